@@ -1,0 +1,1 @@
+//! berth.toml: per-service settings (placeholder, being written).

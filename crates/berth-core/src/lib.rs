@@ -1,0 +1,2 @@
+//! berth-core: the domain of berth, with no IO.
+pub mod config;
