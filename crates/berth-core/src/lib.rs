@@ -1,2 +1,16 @@
 //! berth-core: the domain of berth, with no IO.
+//!
+//! It holds the records ([`model`]), the deployment state machine
+//! ([`state::transition`], the only way a deployment's status, stage and
+//! health change), `berth.toml` ([`config`]), name rules ([`names`]) and
+//! the hostnames deployments get ([`hosts`]).
+//!
+//! Invariants: nothing here touches the network, disk, clock or random
+//! numbers — callers pass timestamps and ids in — so every function is
+//! deterministic and tested by table. Illegal input is an error value,
+//! never a panic.
 pub mod config;
+pub mod hosts;
+pub mod model;
+pub mod names;
+pub mod state;

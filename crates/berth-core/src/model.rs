@@ -1,0 +1,351 @@
+//! Projects, environments, services, deployments and their steps: the
+//! records the store keeps and the API returns (JSON in camelCase).
+
+use crate::state::{Health, Stage, State, Status};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Name of the environment every project has.
+pub const PRODUCTION: &str = "production";
+/// Name of the service of a repository without `berth.toml`.
+pub const DEFAULT_SERVICE: &str = "web";
+/// Images kept per service and environment unless the project says otherwise.
+pub const DEFAULT_RETAIN_IMAGES: u32 = 3;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Project {
+    pub name: String,
+    /// Git URL or local path; credentials inside it are masked when shown.
+    pub repo: String,
+    pub default_branch: String,
+    pub retain_images: u32,
+    /// Whether a webhook secret is set (the secret itself is never returned).
+    pub has_webhook_secret: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnvironmentKind {
+    Production,
+    Branch,
+    Preview,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Environment {
+    pub project_name: String,
+    pub name: String,
+    /// The branch whose pushes deploy this environment.
+    pub branch: Option<String>,
+    pub kind: EnvironmentKind,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An environment variable as shown: secrets never carry their value.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Variable {
+    pub key: String,
+    /// The value, or `None` for a secret (shown masked).
+    pub value: Option<String>,
+    pub secret: bool,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What created a deployment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// `berth deploy` or the API.
+    Manual,
+    /// `git push` to berth's own remote.
+    GitPush,
+    /// A GitHub webhook delivery.
+    Webhook,
+    Rollback,
+    Promote,
+    Redeploy,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Manual => "manual",
+            Trigger::GitPush => "git_push",
+            Trigger::Webhook => "webhook",
+            Trigger::Rollback => "rollback",
+            Trigger::Promote => "promote",
+            Trigger::Redeploy => "redeploy",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Trigger::Manual,
+            Trigger::GitPush,
+            Trigger::Webhook,
+            Trigger::Rollback,
+            Trigger::Promote,
+            Trigger::Redeploy,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Commit {
+    pub sha: String,
+    pub branch: Option<String>,
+    pub message: String,
+    pub author: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageInfo {
+    /// The image reference the runtime starts (tag or registry ref).
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// Registry digest when pushed, else the engine's image ID.
+    pub digest: Option<String>,
+}
+
+/// The steps of a deployment (002), in pipeline order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepName {
+    Clone,
+    Analyze,
+    Build,
+    Push,
+    Release,
+    Deploy,
+    HealthCheck,
+    Finalize,
+}
+
+pub const ALL_STEPS: [StepName; 8] = [
+    StepName::Clone,
+    StepName::Analyze,
+    StepName::Build,
+    StepName::Push,
+    StepName::Release,
+    StepName::Deploy,
+    StepName::HealthCheck,
+    StepName::Finalize,
+];
+
+impl StepName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepName::Clone => "clone",
+            StepName::Analyze => "analyze",
+            StepName::Build => "build",
+            StepName::Push => "push",
+            StepName::Release => "release",
+            StepName::Deploy => "deploy",
+            StepName::HealthCheck => "health_check",
+            StepName::Finalize => "finalize",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        ALL_STEPS.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+impl StepStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Pending => "pending",
+            StepStatus::Running => "running",
+            StepStatus::Succeeded => "succeeded",
+            StepStatus::Failed => "failed",
+            StepStatus::Skipped => "skipped",
+            StepStatus::Cancelled => "cancelled",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            StepStatus::Pending,
+            StepStatus::Running,
+            StepStatus::Succeeded,
+            StepStatus::Failed,
+            StepStatus::Skipped,
+            StepStatus::Cancelled,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
+    pub fn is_finished(self) -> bool {
+        !matches!(self, StepStatus::Pending | StepStatus::Running)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Step {
+    pub name: StepName,
+    pub status: StepStatus,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<i64>,
+    /// The step's output (the last lines when long; `berth logs` has all).
+    pub log: String,
+}
+
+impl Step {
+    pub fn pending(name: StepName) -> Self {
+        Step {
+            name,
+            status: StepStatus::Pending,
+            started_at: None,
+            completed_at: None,
+            duration_ms: None,
+            log: String::new(),
+        }
+    }
+}
+
+/// What analyze found out about the source (002).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildInfo {
+    pub provider: Option<String>,
+    pub framework: Option<String>,
+    pub runtime: Option<String>,
+    pub port: Option<u16>,
+    pub start_command: Option<String>,
+    pub cache_hit: bool,
+}
+
+/// One file of the build output (004's manifest).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestEntry {
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// A single build-and-run of one service in one environment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Deployment {
+    pub id: String,
+    pub project_name: String,
+    pub service_name: String,
+    pub environment_name: String,
+    pub status: Status,
+    pub promotion_stage: Stage,
+    pub health: Health,
+    pub is_active: bool,
+    pub route_url: Option<String>,
+    pub preview_url: Option<String>,
+    pub failure_message: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    /// The ref asked for (branch, tag or SHA).
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub commit: Option<Commit>,
+    pub trigger: Trigger,
+    /// For rollback, promote and redeploy: the deployment this one copies.
+    pub source_deployment_id: Option<String>,
+    pub image: Option<ImageInfo>,
+    pub build: BuildInfo,
+    pub steps: Vec<Step>,
+    /// Traffic share in percent while a canary runs.
+    pub canary_weight: Option<u32>,
+}
+
+impl Deployment {
+    pub fn state(&self) -> State {
+        State {
+            status: self.status,
+            stage: self.promotion_stage,
+            health: self.health,
+        }
+    }
+    pub fn set_state(&mut self, s: State) {
+        self.status = s.status;
+        self.promotion_stage = s.stage;
+        self.health = s.health;
+    }
+    pub fn step(&self, name: StepName) -> Option<&Step> {
+        self.steps.iter().find(|s| s.name == name)
+    }
+    pub fn short_sha(&self) -> Option<&str> {
+        self.commit.as_ref().map(|c| &c.sha[..c.sha.len().min(7)])
+    }
+}
+
+/// A hostname served by an upstream berth does not run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalRoute {
+    pub hostname: String,
+    pub upstream: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Mask the credentials of a URL: `https://user:token@host/x` →
+/// `https://***@host/x`. Anything that is not such a URL is returned as is.
+pub fn mask_url(url: &str) -> String {
+    if let Some(scheme_end) = url.find("://") {
+        let rest = &url[scheme_end + 3..];
+        let host_end = rest.find('/').unwrap_or(rest.len());
+        if let Some(at) = rest[..host_end].rfind('@') {
+            return format!("{}://***@{}", &url[..scheme_end], &rest[at + 1..]);
+        }
+    }
+    url.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_url_hides_credentials_only() {
+        assert_eq!(
+            mask_url("https://x-access-token:ghp_abc@github.com/a/b.git"),
+            "https://***@github.com/a/b.git"
+        );
+        assert_eq!(
+            mask_url("https://github.com/a/b.git"),
+            "https://github.com/a/b.git"
+        );
+        assert_eq!(mask_url("/srv/repo"), "/srv/repo");
+        assert_eq!(mask_url("git@github.com:a/b.git"), "git@github.com:a/b.git");
+        assert_eq!(mask_url("https://host/a@b"), "https://host/a@b");
+    }
+
+    #[test]
+    fn words_round_trip() {
+        for s in ALL_STEPS {
+            assert_eq!(StepName::parse(s.as_str()), Some(s));
+            assert_eq!(
+                serde_json::to_string(&s).unwrap(),
+                format!("\"{}\"", s.as_str())
+            );
+        }
+        assert_eq!(Trigger::parse("rollback"), Some(Trigger::Rollback));
+        assert_eq!(StepStatus::parse("skipped"), Some(StepStatus::Skipped));
+    }
+}
