@@ -1,1 +1,1008 @@
-//! berth.toml: per-service settings (placeholder, being written).
+//! `berth.toml`: the per-service settings read from the repository root.
+//!
+//! The file holds one table per service, `[services.<name>]`. [`parse`] turns
+//! the text into an [`AppConfig`] or a [`ConfigError`] that names the file, the
+//! key path (for example `services.web.readiness.timeout`) and the reason, on
+//! one line. A repository without the file gets [`AppConfig::default`]: one
+//! routable service named `web` with the defaults of the platform documents
+//! (port 3000, `GET /` every 15 s, 5 s timeout, 3 consecutive failures).
+//!
+//! Invariants of a parsed [`AppConfig`]:
+//! - at least one service; every name is a lowercase DNS label;
+//! - unknown keys never pass silently;
+//! - durations are > 0, the port is 1-65535, canary stages strictly increase
+//!   and end at 100, thresholds are > 0.
+//!
+//! This module does no IO: the caller reads the file.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use toml::{Table, Value};
+
+/// The file name used in every error message.
+pub const FILE_NAME: &str = "berth.toml";
+
+/// Default port an app listens on (000: port 3000).
+pub const DEFAULT_PORT: u16 = 3000;
+
+/// Name of the service a repository without `berth.toml` has.
+pub const DEFAULT_SERVICE: &str = "web";
+
+/// An error in `berth.toml`; its message is one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The text is not valid TOML.
+    #[error("{FILE_NAME}: invalid TOML at line {line}: {reason}")]
+    Syntax { line: usize, reason: String },
+    /// A key is unknown or its value is invalid.
+    #[error("{FILE_NAME}: {key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The key path the error is about, when there is one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            ConfigError::Syntax { .. } => None,
+        }
+    }
+}
+
+/// Whether a service receives traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ServiceKind {
+    /// Routable: gets a hostname and readiness checks over HTTP.
+    #[default]
+    Web,
+    /// A background worker without a route.
+    Worker,
+}
+
+impl ServiceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceKind::Web => "web",
+            ServiceKind::Worker => "worker",
+        }
+    }
+}
+
+impl fmt::Display for ServiceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The readiness (health) check of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    /// HTTP path probed with GET; starts with `/`.
+    pub path: String,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Time one probe may take.
+    pub timeout: Duration,
+    /// Consecutive failures that make the service unhealthy.
+    pub failure_threshold: u32,
+    /// Time the new version has to become healthy before the deployment fails.
+    pub deadline: Duration,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness {
+            path: "/".to_string(),
+            interval: Duration::from_secs(15),
+            timeout: Duration::from_secs(5),
+            failure_threshold: 3,
+            deadline: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Resource limits of a service's container. `None` means no limit.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Resources {
+    /// Memory limit in bytes.
+    pub memory_bytes: Option<u64>,
+    /// CPU limit in cores (0.5 = half a core).
+    pub cpus: Option<f64>,
+}
+
+/// A staged canary rollout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanaryConfig {
+    /// Percentages of traffic, strictly increasing, ending at 100.
+    pub stages: Vec<u8>,
+    /// How long each stage is watched before the next one.
+    pub observation_window: Duration,
+    /// Error rate (0-1) above which the canary is rolled back.
+    pub error_rate_threshold: f64,
+    /// p95 latency ratio against the previous deployment above which the
+    /// canary is rolled back (1.5 = 50 % slower).
+    pub latency_p95_threshold: f64,
+}
+
+impl Default for CanaryConfig {
+    fn default() -> Self {
+        CanaryConfig {
+            stages: vec![5, 25, 50, 100],
+            observation_window: Duration::from_secs(30),
+            error_rate_threshold: 0.02,
+            latency_p95_threshold: 1.5,
+        }
+    }
+}
+
+/// What a service says about canary rollouts.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Canary {
+    /// Nothing in the file: the project's default applies.
+    #[default]
+    Unset,
+    /// `canary = "skip"`: always cut over directly.
+    Skip,
+    /// A `[services.<name>.canary]` table.
+    Staged(CanaryConfig),
+}
+
+/// One `[services.<name>]` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub kind: ServiceKind,
+    /// Port the app listens on inside its container (given to it as `$PORT`).
+    pub port: u16,
+    /// Dockerfile path relative to the repository root, when set.
+    pub dockerfile: Option<String>,
+    pub start_command: Option<String>,
+    /// Run once before the new version takes traffic (migrations).
+    pub release_command: Option<String>,
+    /// Overrides the build command of a generated Dockerfile.
+    pub build_command: Option<String>,
+    pub readiness: Readiness,
+    pub resources: Resources,
+    pub canary: Canary,
+}
+
+impl ServiceConfig {
+    /// A service with every default, of the given name and kind.
+    pub fn new(name: impl Into<String>, kind: ServiceKind) -> Self {
+        ServiceConfig {
+            name: name.into(),
+            kind,
+            port: DEFAULT_PORT,
+            dockerfile: None,
+            start_command: None,
+            release_command: None,
+            build_command: None,
+            readiness: Readiness::default(),
+            resources: Resources::default(),
+            canary: Canary::Unset,
+        }
+    }
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig::new(DEFAULT_SERVICE, ServiceKind::Web)
+    }
+}
+
+/// The whole `berth.toml`: services by name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppConfig {
+    pub services: BTreeMap<String, ServiceConfig>,
+}
+
+impl Default for AppConfig {
+    /// One web service named `web`: what a repository without the file gets.
+    fn default() -> Self {
+        let web = ServiceConfig::default();
+        AppConfig {
+            services: BTreeMap::from([(web.name.clone(), web)]),
+        }
+    }
+}
+
+impl AppConfig {
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.get(name)
+    }
+}
+
+/// Parses the text of `berth.toml`.
+pub fn parse(text: &str) -> Result<AppConfig, ConfigError> {
+    let root: Table = text.parse::<Table>().map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+            .unwrap_or(0);
+        ConfigError::Syntax {
+            line,
+            reason: one_line(e.message()),
+        }
+    })?;
+    for key in root.keys() {
+        if key != "services" {
+            return Err(ConfigError::invalid(key, "unknown key"));
+        }
+    }
+    let services = match root.get("services") {
+        None => return Err(ConfigError::invalid("services", "no service is defined")),
+        Some(v) => as_table(v, "services")?,
+    };
+    if services.is_empty() {
+        return Err(ConfigError::invalid("services", "no service is defined"));
+    }
+    let mut out = BTreeMap::new();
+    for (name, value) in services {
+        let path = format!("services.{name}");
+        validate_service_name(name).map_err(|r| ConfigError::invalid(&path, r))?;
+        let svc = parse_service(name, as_table(value, &path)?, &path)?;
+        out.insert(name.clone(), svc);
+    }
+    Ok(AppConfig { services: out })
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn parse_service(name: &str, t: &Table, path: &str) -> Result<ServiceConfig, ConfigError> {
+    let mut svc = ServiceConfig::new(name, ServiceKind::Web);
+    for (key, value) in t {
+        let kp = format!("{path}.{key}");
+        match key.as_str() {
+            "kind" => {
+                svc.kind = match as_str(value, &kp)? {
+                    "web" => ServiceKind::Web,
+                    "worker" => ServiceKind::Worker,
+                    other => {
+                        return Err(ConfigError::invalid(
+                            kp,
+                            format!("expected \"web\" or \"worker\", got \"{other}\""),
+                        ))
+                    }
+                }
+            }
+            "port" => {
+                let p = as_int(value, &kp)?;
+                if !(1..=65535).contains(&p) {
+                    return Err(ConfigError::invalid(
+                        kp,
+                        format!("port must be between 1 and 65535, got {p}"),
+                    ));
+                }
+                svc.port = p as u16;
+            }
+            "dockerfile" => {
+                let s = non_empty(value, &kp)?;
+                if s.starts_with('/') || s.split('/').any(|c| c == "..") {
+                    return Err(ConfigError::invalid(
+                        kp,
+                        "must be a path inside the repository (relative, without \"..\")",
+                    ));
+                }
+                svc.dockerfile = Some(s.to_string());
+            }
+            "start_command" => svc.start_command = Some(non_empty(value, &kp)?.to_string()),
+            "release_command" => svc.release_command = Some(non_empty(value, &kp)?.to_string()),
+            "build_command" => svc.build_command = Some(non_empty(value, &kp)?.to_string()),
+            "readiness" => svc.readiness = parse_readiness(as_table(value, &kp)?, &kp)?,
+            "resources" => svc.resources = parse_resources(as_table(value, &kp)?, &kp)?,
+            "canary" => {
+                svc.canary = match value {
+                    Value::String(s) if s == "skip" => Canary::Skip,
+                    Value::String(s) => {
+                        return Err(ConfigError::invalid(
+                            kp,
+                            format!("expected \"skip\" or a table, got \"{s}\""),
+                        ))
+                    }
+                    Value::Table(t) => Canary::Staged(parse_canary(t, &kp)?),
+                    other => {
+                        return Err(ConfigError::invalid(
+                            kp,
+                            format!("expected \"skip\" or a table, got {}", other.type_str()),
+                        ))
+                    }
+                }
+            }
+            _ => return Err(ConfigError::invalid(kp, "unknown key")),
+        }
+    }
+    Ok(svc)
+}
+
+fn parse_readiness(t: &Table, path: &str) -> Result<Readiness, ConfigError> {
+    let mut r = Readiness::default();
+    for (key, value) in t {
+        let kp = format!("{path}.{key}");
+        match key.as_str() {
+            "path" => {
+                let s = as_str(value, &kp)?;
+                if !s.starts_with('/') || s.chars().any(char::is_whitespace) {
+                    return Err(ConfigError::invalid(
+                        kp,
+                        "must start with \"/\" and contain no whitespace",
+                    ));
+                }
+                r.path = s.to_string();
+            }
+            "interval" => r.interval = duration(value, &kp)?,
+            "timeout" => r.timeout = duration(value, &kp)?,
+            "deadline" => r.deadline = duration(value, &kp)?,
+            "failure_threshold" => {
+                let n = as_int(value, &kp)?;
+                if !(1..=1000).contains(&n) {
+                    return Err(ConfigError::invalid(
+                        kp,
+                        format!("must be between 1 and 1000, got {n}"),
+                    ));
+                }
+                r.failure_threshold = n as u32;
+            }
+            _ => return Err(ConfigError::invalid(kp, "unknown key")),
+        }
+    }
+    Ok(r)
+}
+
+fn parse_resources(t: &Table, path: &str) -> Result<Resources, ConfigError> {
+    let mut r = Resources::default();
+    for (key, value) in t {
+        let kp = format!("{path}.{key}");
+        match key.as_str() {
+            "memory" => {
+                let s = as_str(value, &kp)?;
+                let bytes = parse_memory(s).map_err(|e| ConfigError::invalid(&kp, e))?;
+                if bytes < 6 * 1024 * 1024 {
+                    return Err(ConfigError::invalid(kp, "must be at least 6m"));
+                }
+                r.memory_bytes = Some(bytes);
+            }
+            "cpus" => {
+                let c = as_float(value, &kp)?;
+                if !(c > 0.0 && c <= 1024.0) {
+                    return Err(ConfigError::invalid(
+                        kp,
+                        format!("must be greater than 0 and at most 1024, got {c}"),
+                    ));
+                }
+                r.cpus = Some(c);
+            }
+            _ => return Err(ConfigError::invalid(kp, "unknown key")),
+        }
+    }
+    Ok(r)
+}
+
+fn parse_canary(t: &Table, path: &str) -> Result<CanaryConfig, ConfigError> {
+    let mut c = CanaryConfig::default();
+    for (key, value) in t {
+        let kp = format!("{path}.{key}");
+        match key.as_str() {
+            "stages" => {
+                let Value::Array(items) = value else {
+                    return Err(ConfigError::invalid(
+                        kp,
+                        format!("expected an array, got {}", value.type_str()),
+                    ));
+                };
+                let mut stages = Vec::with_capacity(items.len());
+                for item in items {
+                    let n = as_int(item, &kp)?;
+                    if !(1..=100).contains(&n) {
+                        return Err(ConfigError::invalid(
+                            kp,
+                            format!("each stage must be a percentage between 1 and 100, got {n}"),
+                        ));
+                    }
+                    if stages.last().is_some_and(|&last| last >= n as u8) {
+                        return Err(ConfigError::invalid(kp, "stages must strictly increase"));
+                    }
+                    stages.push(n as u8);
+                }
+                if stages.last() != Some(&100) {
+                    return Err(ConfigError::invalid(kp, "the last stage must be 100"));
+                }
+                c.stages = stages;
+            }
+            "observation_window" => c.observation_window = duration(value, &kp)?,
+            "error_rate_threshold" => {
+                let f = as_float(value, &kp)?;
+                if !(f > 0.0 && f <= 1.0) {
+                    return Err(ConfigError::invalid(
+                        kp,
+                        format!("must be greater than 0 and at most 1, got {f}"),
+                    ));
+                }
+                c.error_rate_threshold = f;
+            }
+            "latency_p95_threshold" => {
+                let f = as_float(value, &kp)?;
+                if !(f > 0.0 && f.is_finite()) {
+                    return Err(ConfigError::invalid(
+                        kp,
+                        format!("must be greater than 0, got {f}"),
+                    ));
+                }
+                c.latency_p95_threshold = f;
+            }
+            _ => return Err(ConfigError::invalid(kp, "unknown key")),
+        }
+    }
+    Ok(c)
+}
+
+fn as_table<'a>(v: &'a Value, key: &str) -> Result<&'a Table, ConfigError> {
+    v.as_table()
+        .ok_or_else(|| ConfigError::invalid(key, format!("expected a table, got {}", v.type_str())))
+}
+
+fn as_str<'a>(v: &'a Value, key: &str) -> Result<&'a str, ConfigError> {
+    v.as_str().ok_or_else(|| {
+        ConfigError::invalid(key, format!("expected a string, got {}", v.type_str()))
+    })
+}
+
+fn non_empty<'a>(v: &'a Value, key: &str) -> Result<&'a str, ConfigError> {
+    let s = as_str(v, key)?;
+    if s.trim().is_empty() {
+        return Err(ConfigError::invalid(key, "must not be empty"));
+    }
+    Ok(s)
+}
+
+fn as_int(v: &Value, key: &str) -> Result<i64, ConfigError> {
+    v.as_integer().ok_or_else(|| {
+        ConfigError::invalid(key, format!("expected an integer, got {}", v.type_str()))
+    })
+}
+
+fn as_float(v: &Value, key: &str) -> Result<f64, ConfigError> {
+    match v {
+        Value::Float(f) => Ok(*f),
+        Value::Integer(i) => Ok(*i as f64),
+        other => Err(ConfigError::invalid(
+            key,
+            format!("expected a number, got {}", other.type_str()),
+        )),
+    }
+}
+
+fn duration(v: &Value, key: &str) -> Result<Duration, ConfigError> {
+    let s = as_str(v, key).map_err(|_| {
+        ConfigError::invalid(
+            key,
+            format!(
+                "expected a duration string such as \"15s\", got {}",
+                v.type_str()
+            ),
+        )
+    })?;
+    let d = parse_duration(s).map_err(|e| ConfigError::invalid(key, e))?;
+    if d.is_zero() {
+        return Err(ConfigError::invalid(key, "must be greater than 0"));
+    }
+    Ok(d)
+}
+
+/// Parses a duration such as `500ms`, `15s`, `2m` or `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("\"{s}\" has no unit (use ms, s, m or h)"))?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("\"{s}\" is not a duration such as \"15s\""))?;
+    let mult_ms: u64 = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(format!("\"{s}\" has an unknown unit (use ms, s, m or h)")),
+    };
+    n.checked_mul(mult_ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("\"{s}\" is too large"))
+}
+
+/// Parses a memory size such as `512m`, `1g`, `1.5g`, `256mb`, `1Gi` or a
+/// plain number of bytes. Units are binary (1m = 1024 * 1024 bytes).
+pub fn parse_memory(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("\"{s}\" is not a size such as \"512m\" or \"1g\""))?;
+    let mult: f64 = match unit {
+        "" | "b" => 1.0,
+        "k" | "kb" | "ki" | "kib" => 1024.0,
+        "m" | "mb" | "mi" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tb" | "ti" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(format!("\"{s}\" has an unknown unit (use k, m or g)")),
+    };
+    let bytes = n * mult;
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+        return Err(format!("\"{s}\" is too large"));
+    }
+    Ok(bytes as u64)
+}
+
+/// Checks that a service name is a lowercase DNS label: 1-63 characters of
+/// `a-z`, `0-9` and `-`, starting with a letter and not ending with `-`.
+pub fn validate_service_name(name: &str) -> Result<(), String> {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let starts = name.bytes().next().is_some_and(|b| b.is_ascii_lowercase());
+    if name.is_empty() || name.len() > 63 || !ok_chars || !starts || name.ends_with('-') {
+        return Err(format!(
+            "\"{name}\" is not a valid service name (lowercase letters, digits and \"-\", starting with a letter, at most 63 characters)"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_one_web_service_with_documented_defaults() {
+        let c = AppConfig::default();
+        assert_eq!(c.services.len(), 1);
+        let web = c.service("web").expect("web service");
+        assert_eq!(web.kind, ServiceKind::Web);
+        assert_eq!(web.port, 3000);
+        assert_eq!(web.readiness.path, "/");
+        assert_eq!(web.readiness.interval, Duration::from_secs(15));
+        assert_eq!(web.readiness.timeout, Duration::from_secs(5));
+        assert_eq!(web.readiness.failure_threshold, 3);
+        assert_eq!(web.canary, Canary::Unset);
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let text = r#"
+[services.web]
+kind = "web"
+port = 8080
+dockerfile = "docker/web.Dockerfile"
+start_command = "node server.js"
+release_command = "npm run migrate"
+build_command = "npm run build"
+
+[services.web.readiness]
+path = "/healthz"
+interval = "500ms"
+timeout = "2s"
+failure_threshold = 5
+deadline = "2m"
+
+[services.web.resources]
+memory = "512m"
+cpus = 0.5
+
+[services.web.canary]
+stages = [10, 50, 100]
+observation_window = "1m"
+error_rate_threshold = 0.05
+latency_p95_threshold = 2
+
+[services.jobs]
+kind = "worker"
+canary = "skip"
+resources = { memory = "1g", cpus = 2 }
+"#;
+        let c = parse(text).expect("valid");
+        let web = c.service("web").unwrap();
+        assert_eq!(web.port, 8080);
+        assert_eq!(web.dockerfile.as_deref(), Some("docker/web.Dockerfile"));
+        assert_eq!(web.start_command.as_deref(), Some("node server.js"));
+        assert_eq!(web.release_command.as_deref(), Some("npm run migrate"));
+        assert_eq!(web.build_command.as_deref(), Some("npm run build"));
+        assert_eq!(web.readiness.path, "/healthz");
+        assert_eq!(web.readiness.interval, Duration::from_millis(500));
+        assert_eq!(web.readiness.timeout, Duration::from_secs(2));
+        assert_eq!(web.readiness.failure_threshold, 5);
+        assert_eq!(web.readiness.deadline, Duration::from_secs(120));
+        assert_eq!(web.resources.memory_bytes, Some(512 * 1024 * 1024));
+        assert_eq!(web.resources.cpus, Some(0.5));
+        assert_eq!(
+            web.canary,
+            Canary::Staged(CanaryConfig {
+                stages: vec![10, 50, 100],
+                observation_window: Duration::from_secs(60),
+                error_rate_threshold: 0.05,
+                latency_p95_threshold: 2.0,
+            })
+        );
+        let jobs = c.service("jobs").unwrap();
+        assert_eq!(jobs.kind, ServiceKind::Worker);
+        assert_eq!(jobs.canary, Canary::Skip);
+        assert_eq!(jobs.port, 3000);
+        assert_eq!(jobs.resources.memory_bytes, Some(1 << 30));
+        assert_eq!(jobs.resources.cpus, Some(2.0));
+    }
+
+    #[test]
+    fn empty_canary_table_takes_defaults() {
+        let c = parse("[services.web.canary]\n").unwrap();
+        assert_eq!(
+            c.service("web").unwrap().canary,
+            Canary::Staged(CanaryConfig::default())
+        );
+    }
+
+    #[test]
+    fn minimal_service_takes_defaults() {
+        let c = parse("[services.web]\n").unwrap();
+        assert_eq!(c, AppConfig::default());
+    }
+
+    /// Every rule: (file text, key path named, words in the reason).
+    #[test]
+    fn rejections_name_file_key_and_reason() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("", "services", "no service"),
+            ("[services]\n", "services", "no service"),
+            ("project = \"x\"\n", "project", "unknown key"),
+            ("services = 3\n", "services", "expected a table"),
+            (
+                "[services.Web]\n",
+                "services.Web",
+                "not a valid service name",
+            ),
+            (
+                "[services.\"my_app\"]\n",
+                "services.my_app",
+                "not a valid service name",
+            ),
+            (
+                "[services.\"-a\"]\n",
+                "services.-a",
+                "not a valid service name",
+            ),
+            (
+                "[services.\"a-\"]\n",
+                "services.a-",
+                "not a valid service name",
+            ),
+            (
+                "[services.\"1a\"]\n",
+                "services.1a",
+                "not a valid service name",
+            ),
+            ("services.web = 1\n", "services.web", "expected a table"),
+            (
+                "[services.web]\nportt = 1\n",
+                "services.web.portt",
+                "unknown key",
+            ),
+            (
+                "[services.web]\nkind = \"cron\"\n",
+                "services.web.kind",
+                "\"web\" or \"worker\"",
+            ),
+            (
+                "[services.web]\nkind = 1\n",
+                "services.web.kind",
+                "expected a string",
+            ),
+            (
+                "[services.web]\nport = 0\n",
+                "services.web.port",
+                "between 1 and 65535",
+            ),
+            (
+                "[services.web]\nport = 65536\n",
+                "services.web.port",
+                "between 1 and 65535",
+            ),
+            (
+                "[services.web]\nport = \"80\"\n",
+                "services.web.port",
+                "expected an integer",
+            ),
+            (
+                "[services.web]\ndockerfile = \"\"\n",
+                "services.web.dockerfile",
+                "must not be empty",
+            ),
+            (
+                "[services.web]\ndockerfile = \"../x\"\n",
+                "services.web.dockerfile",
+                "inside the repository",
+            ),
+            (
+                "[services.web]\ndockerfile = \"/etc/x\"\n",
+                "services.web.dockerfile",
+                "inside the repository",
+            ),
+            (
+                "[services.web]\nstart_command = \" \"\n",
+                "services.web.start_command",
+                "must not be empty",
+            ),
+            (
+                "[services.web]\nrelease_command = 1\n",
+                "services.web.release_command",
+                "expected a string",
+            ),
+            (
+                "[services.web]\nbuild_command = \"\"\n",
+                "services.web.build_command",
+                "must not be empty",
+            ),
+            (
+                "[services.web.readiness]\npath = \"health\"\n",
+                "services.web.readiness.path",
+                "start with \"/\"",
+            ),
+            (
+                "[services.web.readiness]\ninterval = \"15\"\n",
+                "services.web.readiness.interval",
+                "no unit",
+            ),
+            (
+                "[services.web.readiness]\ninterval = 15\n",
+                "services.web.readiness.interval",
+                "duration string",
+            ),
+            (
+                "[services.web.readiness]\ntimeout = \"5 parsecs\"\n",
+                "services.web.readiness.timeout",
+                "unknown unit",
+            ),
+            (
+                "[services.web.readiness]\ntimeout = \"0s\"\n",
+                "services.web.readiness.timeout",
+                "greater than 0",
+            ),
+            (
+                "[services.web.readiness]\ntimeout = \"s\"\n",
+                "services.web.readiness.timeout",
+                "not a duration",
+            ),
+            (
+                "[services.web.readiness]\ndeadline = \"-1s\"\n",
+                "services.web.readiness.deadline",
+                "not a duration",
+            ),
+            (
+                "[services.web.readiness]\nfailure_threshold = 0\n",
+                "services.web.readiness.failure_threshold",
+                "between 1 and 1000",
+            ),
+            (
+                "[services.web.readiness]\nretries = 3\n",
+                "services.web.readiness.retries",
+                "unknown key",
+            ),
+            (
+                "[services.web.resources]\nmemory = \"lots\"\n",
+                "services.web.resources.memory",
+                "not a size",
+            ),
+            (
+                "[services.web.resources]\nmemory = \"512x\"\n",
+                "services.web.resources.memory",
+                "unknown unit",
+            ),
+            (
+                "[services.web.resources]\nmemory = \"1m\"\n",
+                "services.web.resources.memory",
+                "at least 6m",
+            ),
+            (
+                "[services.web.resources]\nmemory = 512\n",
+                "services.web.resources.memory",
+                "expected a string",
+            ),
+            (
+                "[services.web.resources]\ncpus = 0\n",
+                "services.web.resources.cpus",
+                "greater than 0",
+            ),
+            (
+                "[services.web.resources]\ncpus = -1.5\n",
+                "services.web.resources.cpus",
+                "greater than 0",
+            ),
+            (
+                "[services.web.resources]\ncpus = \"1\"\n",
+                "services.web.resources.cpus",
+                "expected a number",
+            ),
+            (
+                "[services.web.resources]\ndisk = \"1g\"\n",
+                "services.web.resources.disk",
+                "unknown key",
+            ),
+            (
+                "[services.web]\ncanary = \"off\"\n",
+                "services.web.canary",
+                "\"skip\" or a table",
+            ),
+            (
+                "[services.web]\ncanary = false\n",
+                "services.web.canary",
+                "\"skip\" or a table",
+            ),
+            (
+                "[services.web.canary]\nstages = [5, 25, 50]\n",
+                "services.web.canary.stages",
+                "last stage must be 100",
+            ),
+            (
+                "[services.web.canary]\nstages = []\n",
+                "services.web.canary.stages",
+                "last stage must be 100",
+            ),
+            (
+                "[services.web.canary]\nstages = [50, 25, 100]\n",
+                "services.web.canary.stages",
+                "strictly increase",
+            ),
+            (
+                "[services.web.canary]\nstages = [50, 50, 100]\n",
+                "services.web.canary.stages",
+                "strictly increase",
+            ),
+            (
+                "[services.web.canary]\nstages = [0, 100]\n",
+                "services.web.canary.stages",
+                "between 1 and 100",
+            ),
+            (
+                "[services.web.canary]\nstages = [50, 150]\n",
+                "services.web.canary.stages",
+                "between 1 and 100",
+            ),
+            (
+                "[services.web.canary]\nstages = \"5,100\"\n",
+                "services.web.canary.stages",
+                "expected an array",
+            ),
+            (
+                "[services.web.canary]\nobservation_window = \"0ms\"\n",
+                "services.web.canary.observation_window",
+                "greater than 0",
+            ),
+            (
+                "[services.web.canary]\nerror_rate_threshold = 0\n",
+                "services.web.canary.error_rate_threshold",
+                "greater than 0",
+            ),
+            (
+                "[services.web.canary]\nerror_rate_threshold = 2\n",
+                "services.web.canary.error_rate_threshold",
+                "at most 1",
+            ),
+            (
+                "[services.web.canary]\nlatency_p95_threshold = -1\n",
+                "services.web.canary.latency_p95_threshold",
+                "greater than 0",
+            ),
+            (
+                "[services.web.canary]\nlatency_p95_threshold = 0.0\n",
+                "services.web.canary.latency_p95_threshold",
+                "greater than 0",
+            ),
+            (
+                "[services.web.canary]\nstep = 1\n",
+                "services.web.canary.step",
+                "unknown key",
+            ),
+        ];
+        for (text, key, reason) in cases {
+            let err = parse(text).expect_err(text);
+            let msg = err.to_string();
+            assert!(msg.starts_with("berth.toml: "), "{text:?} -> {msg}");
+            assert!(
+                err.key().is_some_and(|k| k.starts_with(key)),
+                "{text:?}: expected key {key}, got {msg}"
+            );
+            assert!(
+                msg.contains(reason),
+                "{text:?}: expected {reason:?} in {msg}"
+            );
+            assert!(!msg.contains('\n'), "{text:?}: not one line: {msg}");
+        }
+    }
+
+    #[test]
+    fn syntax_error_is_one_line_with_line_number() {
+        let err = parse("[services.web]\nport = = 3\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, ConfigError::Syntax { line: 2, .. }), "{msg}");
+        assert!(
+            msg.starts_with("berth.toml: invalid TOML at line 2"),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'), "{msg}");
+    }
+
+    #[test]
+    fn durations() {
+        let ok = [
+            ("500ms", Duration::from_millis(500)),
+            ("15s", Duration::from_secs(15)),
+            ("2m", Duration::from_secs(120)),
+            ("1h", Duration::from_secs(3600)),
+        ];
+        for (s, d) in ok {
+            assert_eq!(parse_duration(s), Ok(d), "{s}");
+        }
+        for bad in [
+            "",
+            "15",
+            "s",
+            "1.5s",
+            "15 s",
+            "15sec",
+            "-1s",
+            "99999999999999999999h",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn memory_sizes() {
+        let ok = [
+            ("512m", 512u64 << 20),
+            ("1g", 1 << 30),
+            ("1G", 1 << 30),
+            ("1.5g", 3 << 29),
+            ("256mb", 256 << 20),
+            ("1Gi", 1 << 30),
+            ("64k", 64 << 10),
+            ("1048576", 1 << 20),
+        ];
+        for (s, n) in ok {
+            assert_eq!(parse_memory(s), Ok(n), "{s}");
+        }
+        for bad in ["", "m", "1x", "1..5g", "-1g"] {
+            assert!(parse_memory(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn service_names() {
+        for ok in ["web", "api-v2", "a", "w0rker"] {
+            assert!(validate_service_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "Web",
+            "my_app",
+            "-a",
+            "a-",
+            "1a",
+            "a.b",
+            &"a".repeat(64),
+        ] {
+            assert!(validate_service_name(bad).is_err(), "{bad}");
+        }
+    }
+}
