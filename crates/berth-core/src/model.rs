@@ -349,3 +349,55 @@ mod tests {
         assert_eq!(StepStatus::parse("skipped"), Some(StepStatus::Skipped));
     }
 }
+
+/// Which log stream a line belongs to (003's three streams, with berth's
+/// own split into platform events and build output).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStream {
+    /// berth's own events: stage transitions, probe results, failures.
+    Berth,
+    /// Output of clone, analyze, build, push and release steps.
+    Build,
+    Stdout,
+    Stderr,
+}
+
+impl LogStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Berth => "berth",
+            LogStream::Build => "build",
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            LogStream::Berth,
+            LogStream::Build,
+            LogStream::Stdout,
+            LogStream::Stderr,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
+}
+
+/// One stored log line, tagged as 003 asks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogLine {
+    /// Position in the store, strictly increasing: the resume cursor.
+    pub seq: i64,
+    pub ts: DateTime<Utc>,
+    pub deployment_id: String,
+    pub project_name: String,
+    pub service_name: String,
+    pub environment_name: String,
+    /// Short git SHA of the deployment, when known.
+    pub sha: Option<String>,
+    pub stream: LogStream,
+    pub step: Option<StepName>,
+    pub text: String,
+}

@@ -1,0 +1,197 @@
+//! berth-store: berth's durable state behind one interface, [`Store`].
+//!
+//! The SQLite backend ([`SqliteStore`]) keeps everything in one file in the
+//! data dir, in WAL mode with `synchronous=FULL`, so whatever a call
+//! acknowledged survives a kill -9 at any moment. Migrations are embedded in
+//! the binary and applied at open. A PostgreSQL backend implements the same
+//! trait later; nothing outside this crate sees SQL.
+//!
+//! Invariants:
+//! - secret variable values and webhook secrets are sealed ([`crypto`])
+//!   before they reach the database: no secret is ever written in clear,
+//!   WAL included; reads return them masked except [`Store::resolve_variables`];
+//! - a batch of deployment writes ([`Store::save_deployments`]) is one
+//!   transaction, and the active deployment of a slot (project,
+//!   environment, service) is one row flipped inside it: at any instant each
+//!   slot has at most one active deployment;
+//! - every write validates its input first and writes nothing when invalid.
+
+pub mod crypto;
+mod sqlite;
+
+pub use crypto::Cipher;
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+use berth_core::model::{
+    Deployment, Environment, ExternalRoute, LogLine, LogStream, Project, StepName, Variable,
+};
+use chrono::{DateTime, Utc};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{what} {name:?} not found")]
+    NotFound { what: &'static str, name: String },
+    #[error("{what} {name:?} already exists")]
+    Conflict { what: &'static str, name: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("store error: {0}")]
+    Backend(String),
+}
+
+impl StoreError {
+    pub fn not_found(what: &'static str, name: impl Into<String>) -> Self {
+        StoreError::NotFound {
+            what,
+            name: name.into(),
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A project to create. The `production` environment comes with it.
+#[derive(Clone, Debug)]
+pub struct NewProject {
+    pub name: String,
+    pub repo: String,
+    pub default_branch: String,
+    pub retain_images: u32,
+    pub webhook_secret: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Changes to a project; `None` keeps the current value.
+#[derive(Clone, Debug, Default)]
+pub struct ProjectPatch {
+    pub retain_images: Option<u32>,
+    pub webhook_secret: Option<String>,
+    pub default_branch: Option<String>,
+    pub repo: Option<String>,
+}
+
+/// A variable with its clear value, for the runtime and builds only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ResolvedVar {
+    pub key: String,
+    pub value: String,
+    pub secret: bool,
+}
+
+impl std::fmt::Debug for ResolvedVar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = if self.secret { "***" } else { &self.value };
+        write!(f, "{}={v}", self.key)
+    }
+}
+
+/// Which service slot a deployment belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Slot {
+    pub project: String,
+    pub environment: String,
+    pub service: String,
+}
+
+impl Slot {
+    pub fn of(d: &Deployment) -> Self {
+        Slot {
+            project: d.project_name.clone(),
+            environment: d.environment_name.clone(),
+            service: d.service_name.clone(),
+        }
+    }
+}
+
+/// Filters for listing deployments; results come newest first.
+#[derive(Clone, Debug, Default)]
+pub struct DeploymentQuery {
+    pub project: Option<String>,
+    pub environment: Option<String>,
+    pub service: Option<String>,
+    /// Only deployments whose status is not terminal.
+    pub unfinished: bool,
+    pub limit: Option<u32>,
+}
+
+/// A log line to append (tags are joined from the deployment on read).
+#[derive(Clone, Debug)]
+pub struct NewLogLine {
+    pub deployment_id: String,
+    pub ts: DateTime<Utc>,
+    pub stream: LogStream,
+    pub step: Option<StepName>,
+    pub text: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct LogQuery {
+    pub deployment_id: Option<String>,
+    /// Every deployment of this slot (runtime logs across deployments).
+    pub slot: Option<Slot>,
+    pub streams: Vec<LogStream>,
+    pub step: Option<StepName>,
+    /// Only lines with `seq` greater than this (resume cursor).
+    pub after_seq: Option<i64>,
+    pub since: Option<DateTime<Utc>>,
+    pub limit: Option<u32>,
+    /// When limited, return the last `limit` lines rather than the first.
+    pub tail: bool,
+}
+
+/// The activation change inside [`Store::save_deployments`].
+#[derive(Clone, Debug)]
+pub struct Activate {
+    pub slot: Slot,
+    /// The deployment that serves from now on; `None` empties the slot.
+    pub deployment_id: Option<String>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn create_project(&self, p: NewProject) -> Result<Project>;
+    async fn list_projects(&self) -> Result<Vec<Project>>;
+    async fn get_project(&self, name: &str) -> Result<Project>;
+    async fn update_project(&self, name: &str, patch: ProjectPatch) -> Result<Project>;
+    /// The webhook secret in clear, for signature checks only.
+    async fn webhook_secret(&self, project: &str) -> Result<Option<String>>;
+
+    async fn list_environments(&self, project: &str) -> Result<Vec<Environment>>;
+    async fn get_environment(&self, project: &str, env: &str) -> Result<Environment>;
+    async fn create_environment(&self, env: Environment) -> Result<Environment>;
+    async fn delete_environment(&self, project: &str, env: &str) -> Result<()>;
+
+    async fn set_variable(
+        &self,
+        project: &str,
+        env: &str,
+        key: &str,
+        value: &str,
+        secret: bool,
+        at: DateTime<Utc>,
+    ) -> Result<Variable>;
+    /// Whether the variable existed.
+    async fn unset_variable(&self, project: &str, env: &str, key: &str) -> Result<bool>;
+    /// Variables as shown: secret values are `None`.
+    async fn list_variables(&self, project: &str, env: &str) -> Result<Vec<Variable>>;
+    /// Variables with clear values, for the runtime and builds.
+    async fn resolve_variables(&self, project: &str, env: &str) -> Result<Vec<ResolvedVar>>;
+
+    async fn insert_deployment(&self, d: &Deployment) -> Result<()>;
+    /// `is_active` is filled from the slot.
+    async fn get_deployment(&self, id: &str) -> Result<Deployment>;
+    async fn list_deployments(&self, q: &DeploymentQuery) -> Result<Vec<Deployment>>;
+    /// Write deployments and optionally flip a slot's active pointer, in one
+    /// transaction.
+    async fn save_deployments(&self, ds: &[&Deployment], activate: Option<Activate>) -> Result<()>;
+    async fn active_deployment(&self, slot: &Slot) -> Result<Option<Deployment>>;
+
+    async fn append_logs(&self, lines: &[NewLogLine]) -> Result<()>;
+    async fn read_logs(&self, q: &LogQuery) -> Result<Vec<LogLine>>;
+
+    async fn put_external_route(&self, r: &ExternalRoute) -> Result<()>;
+    async fn list_external_routes(&self) -> Result<Vec<ExternalRoute>>;
+    /// Whether the route existed.
+    async fn remove_external_route(&self, hostname: &str) -> Result<bool>;
+}

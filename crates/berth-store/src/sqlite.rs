@@ -1,0 +1,727 @@
+//! The SQLite backend: one file, WAL, `synchronous=FULL`, embedded migrations.
+
+use crate::crypto::Cipher;
+use crate::{
+    Activate, DeploymentQuery, LogQuery, NewLogLine, NewProject, ProjectPatch, ResolvedVar, Result,
+    Slot, Store, StoreError,
+};
+use async_trait::async_trait;
+use berth_core::model::{
+    Deployment, Environment, EnvironmentKind, ExternalRoute, LogLine, LogStream, Project, StepName,
+    Variable, PRODUCTION,
+};
+use berth_core::names;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Migrations in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+
+/// File name of the database inside the data dir.
+pub const DB_FILE: &str = "berth.db";
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    cipher: Cipher,
+    path: PathBuf,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        backend(e)
+    }
+}
+
+fn ts(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+fn parse_ts(s: &str) -> rusqlite::Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+        })
+}
+
+fn env_kind_str(k: EnvironmentKind) -> &'static str {
+    match k {
+        EnvironmentKind::Production => "production",
+        EnvironmentKind::Branch => "branch",
+        EnvironmentKind::Preview => "preview",
+    }
+}
+
+fn env_kind(s: &str) -> EnvironmentKind {
+    match s {
+        "production" => EnvironmentKind::Production,
+        "preview" => EnvironmentKind::Preview,
+        _ => EnvironmentKind::Branch,
+    }
+}
+
+fn aad_var(project: &str, env: &str, key: &str) -> String {
+    format!("var/{project}/{env}/{key}")
+}
+
+fn aad_hook(project: &str) -> String {
+    format!("webhook/{project}")
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) `<data_dir>/berth.db` and apply migrations.
+    pub fn open(data_dir: &Path, cipher: Cipher) -> Result<Self> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Backend(format!(
+                "cannot create data dir {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        let path = data_dir.join(DB_FILE);
+        let mut conn = Connection::open(&path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut conn)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+            cipher,
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `PRAGMA integrity_check`: "ok" when the file is consistent.
+    pub async fn integrity_check(&self) -> Result<String> {
+        self.call(|c| Ok(c.query_row("PRAGMA integrity_check", [], |r| r.get(0))?))
+            .await
+    }
+
+    async fn call<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(backend)?
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let tx = conn.transaction()?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(sql)
+            .map_err(|e| StoreError::Backend(format!("migration {} failed: {e}", i + 1)))?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn project_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
+    Ok(Project {
+        name: r.get(0)?,
+        repo: r.get(1)?,
+        default_branch: r.get(2)?,
+        retain_images: r.get(3)?,
+        has_webhook_secret: r.get::<_, Option<String>>(4)?.is_some(),
+        created_at: parse_ts(&r.get::<_, String>(5)?)?,
+    })
+}
+
+const PROJECT_COLS: &str = "name, repo, default_branch, retain_images, webhook_secret, created_at";
+
+fn get_project(c: &Connection, name: &str) -> Result<Project> {
+    c.query_row(
+        &format!("SELECT {PROJECT_COLS} FROM projects WHERE name = ?1"),
+        [name],
+        project_row,
+    )
+    .optional()?
+    .ok_or_else(|| StoreError::not_found("project", name))
+}
+
+fn env_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Environment> {
+    Ok(Environment {
+        project_name: r.get(0)?,
+        name: r.get(1)?,
+        branch: r.get(2)?,
+        kind: env_kind(&r.get::<_, String>(3)?),
+        created_at: parse_ts(&r.get::<_, String>(4)?)?,
+    })
+}
+
+fn get_env(c: &Connection, project: &str, env: &str) -> Result<Environment> {
+    get_project(c, project)?;
+    c.query_row(
+        "SELECT project, name, branch, kind, created_at FROM environments WHERE project = ?1 AND name = ?2",
+        [project, env],
+        env_row,
+    )
+    .optional()?
+    .ok_or_else(|| StoreError::not_found("environment", format!("{project}/{env}")))
+}
+
+fn deployment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Deployment> {
+    let data: String = r.get(0)?;
+    let active: Option<String> = r.get(1)?;
+    let mut d: Deployment = serde_json::from_str(&data).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    d.is_active = active.as_deref() == Some(d.id.as_str());
+    Ok(d)
+}
+
+const DEPLOYMENT_SELECT: &str = "SELECT d.data, s.active FROM deployments d \
+     LEFT JOIN slots s ON s.project = d.project AND s.environment = d.environment AND s.service = d.service";
+
+fn write_deployment(c: &Connection, d: &Deployment, insert: bool) -> Result<()> {
+    let mut stored = d.clone();
+    stored.is_active = false; // derived from the slot on read
+    let data = serde_json::to_string(&stored).map_err(backend)?;
+    if insert {
+        c.execute(
+            "INSERT INTO deployments (id, project, environment, service, status, stage, created_at, data) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                d.id,
+                d.project_name,
+                d.environment_name,
+                d.service_name,
+                d.status.as_str(),
+                d.promotion_stage.as_str(),
+                ts(&d.created_at),
+                data
+            ],
+        )
+        .map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                StoreError::Conflict {
+                    what: "deployment",
+                    name: d.id.clone(),
+                }
+            }
+            e => e.into(),
+        })?;
+    } else {
+        let n = c.execute(
+            "UPDATE deployments SET status = ?2, stage = ?3, data = ?4 WHERE id = ?1",
+            params![d.id, d.status.as_str(), d.promotion_stage.as_str(), data],
+        )?;
+        if n == 0 {
+            return Err(StoreError::not_found("deployment", &d.id));
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_project(&self, p: NewProject) -> Result<Project> {
+        names::project_name(&p.name).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        if p.repo.trim().is_empty() {
+            return Err(StoreError::Invalid("repo must not be empty".into()));
+        }
+        let sealed = p
+            .webhook_secret
+            .as_deref()
+            .map(|s| self.cipher.seal(&aad_hook(&p.name), s));
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let exists: bool = tx
+                .query_row("SELECT 1 FROM projects WHERE name = ?1", [&p.name], |_| Ok(true))
+                .optional()?
+                .unwrap_or(false);
+            if exists {
+                return Err(StoreError::Conflict {
+                    what: "project",
+                    name: p.name,
+                });
+            }
+            tx.execute(
+                &format!("INSERT INTO projects ({PROJECT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+                params![p.name, p.repo, p.default_branch, p.retain_images, sealed, ts(&p.created_at)],
+            )?;
+            tx.execute(
+                "INSERT INTO environments (project, name, branch, kind, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![p.name, PRODUCTION, p.default_branch, "production", ts(&p.created_at)],
+            )?;
+            let project = get_project(&tx, &p.name)?;
+            tx.commit()?;
+            Ok(project)
+        })
+        .await
+    }
+
+    async fn list_projects(&self) -> Result<Vec<Project>> {
+        self.call(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {PROJECT_COLS} FROM projects ORDER BY name"
+            ))?;
+            let rows = st.query_map([], project_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn get_project(&self, name: &str) -> Result<Project> {
+        let name = name.to_string();
+        self.call(move |c| get_project(c, &name)).await
+    }
+
+    async fn update_project(&self, name: &str, patch: ProjectPatch) -> Result<Project> {
+        let name = name.to_string();
+        let sealed = patch
+            .webhook_secret
+            .as_deref()
+            .map(|s| self.cipher.seal(&aad_hook(&name), s));
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            get_project(&tx, &name)?;
+            if let Some(n) = patch.retain_images {
+                tx.execute(
+                    "UPDATE projects SET retain_images = ?2 WHERE name = ?1",
+                    params![name, n],
+                )?;
+            }
+            if let Some(s) = sealed {
+                tx.execute(
+                    "UPDATE projects SET webhook_secret = ?2 WHERE name = ?1",
+                    params![name, s],
+                )?;
+            }
+            if let Some(b) = patch.default_branch {
+                tx.execute(
+                    "UPDATE projects SET default_branch = ?2 WHERE name = ?1",
+                    params![name, b],
+                )?;
+            }
+            if let Some(r) = patch.repo {
+                tx.execute(
+                    "UPDATE projects SET repo = ?2 WHERE name = ?1",
+                    params![name, r],
+                )?;
+            }
+            let p = get_project(&tx, &name)?;
+            tx.commit()?;
+            Ok(p)
+        })
+        .await
+    }
+
+    async fn webhook_secret(&self, project: &str) -> Result<Option<String>> {
+        let name = project.to_string();
+        let sealed: Option<String> = self
+            .call(move |c| {
+                get_project(c, &name)?;
+                Ok(c.query_row(
+                    "SELECT webhook_secret FROM projects WHERE name = ?1",
+                    [&name],
+                    |r| r.get(0),
+                )?)
+            })
+            .await?;
+        sealed
+            .map(|s| self.cipher.open(&aad_hook(project), &s).map_err(backend))
+            .transpose()
+    }
+
+    async fn list_environments(&self, project: &str) -> Result<Vec<Environment>> {
+        let project = project.to_string();
+        self.call(move |c| {
+            get_project(c, &project)?;
+            let mut st = c.prepare(
+                "SELECT project, name, branch, kind, created_at FROM environments WHERE project = ?1 \
+                 ORDER BY name <> 'production', name",
+            )?;
+            let rows = st.query_map([&project], env_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn get_environment(&self, project: &str, env: &str) -> Result<Environment> {
+        let (project, env) = (project.to_string(), env.to_string());
+        self.call(move |c| get_env(c, &project, &env)).await
+    }
+
+    async fn create_environment(&self, e: Environment) -> Result<Environment> {
+        names::environment_name(&e.name).map_err(|err| StoreError::Invalid(err.to_string()))?;
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            get_project(&tx, &e.project_name)?;
+            let n = tx.execute(
+                "INSERT OR IGNORE INTO environments (project, name, branch, kind, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![e.project_name, e.name, e.branch, env_kind_str(e.kind), ts(&e.created_at)],
+            )?;
+            if n == 0 {
+                return Err(StoreError::Conflict {
+                    what: "environment",
+                    name: format!("{}/{}", e.project_name, e.name),
+                });
+            }
+            let env = get_env(&tx, &e.project_name, &e.name)?;
+            tx.commit()?;
+            Ok(env)
+        })
+        .await
+    }
+
+    async fn delete_environment(&self, project: &str, env: &str) -> Result<()> {
+        if env == PRODUCTION {
+            return Err(StoreError::Invalid(
+                "the production environment cannot be deleted".into(),
+            ));
+        }
+        let (project, env) = (project.to_string(), env.to_string());
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            get_env(&tx, &project, &env)?;
+            tx.execute(
+                "DELETE FROM slots WHERE project = ?1 AND environment = ?2",
+                [&project, &env],
+            )?;
+            tx.execute(
+                "DELETE FROM environments WHERE project = ?1 AND name = ?2",
+                [&project, &env],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_variable(
+        &self,
+        project: &str,
+        env: &str,
+        key: &str,
+        value: &str,
+        secret: bool,
+        at: DateTime<Utc>,
+    ) -> Result<Variable> {
+        names::variable_name(key).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        names::variable_value(key, value).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let stored = if secret {
+            self.cipher.seal(&aad_var(project, env, key), value)
+        } else {
+            value.to_string()
+        };
+        let (p, e, k) = (project.to_string(), env.to_string(), key.to_string());
+        let shown = (!secret).then(|| value.to_string());
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            get_env(&tx, &p, &e)?;
+            tx.execute(
+                "INSERT INTO variables (project, environment, key, value, secret, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (project, environment, key) DO UPDATE SET value = excluded.value, secret = excluded.secret, updated_at = excluded.updated_at",
+                params![p, e, k, stored, secret, ts(&at)],
+            )?;
+            tx.commit()?;
+            Ok(Variable {
+                key: k,
+                value: shown,
+                secret,
+                updated_at: at,
+            })
+        })
+        .await
+    }
+
+    async fn unset_variable(&self, project: &str, env: &str, key: &str) -> Result<bool> {
+        let (p, e, k) = (project.to_string(), env.to_string(), key.to_string());
+        self.call(move |c| {
+            get_env(c, &p, &e)?;
+            let n = c.execute(
+                "DELETE FROM variables WHERE project = ?1 AND environment = ?2 AND key = ?3",
+                [&p, &e, &k],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn list_variables(&self, project: &str, env: &str) -> Result<Vec<Variable>> {
+        let (p, e) = (project.to_string(), env.to_string());
+        self.call(move |c| {
+            get_env(c, &p, &e)?;
+            let mut st = c.prepare(
+                "SELECT key, value, secret, updated_at FROM variables WHERE project = ?1 AND environment = ?2 ORDER BY key",
+            )?;
+            let rows = st.query_map([&p, &e], |r| {
+                let secret: bool = r.get(2)?;
+                Ok(Variable {
+                    key: r.get(0)?,
+                    value: if secret { None } else { Some(r.get(1)?) },
+                    secret,
+                    updated_at: parse_ts(&r.get::<_, String>(3)?)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn resolve_variables(&self, project: &str, env: &str) -> Result<Vec<ResolvedVar>> {
+        let (p, e) = (project.to_string(), env.to_string());
+        let rows: Vec<(String, String, bool)> = self
+            .call(move |c| {
+                get_env(c, &p, &e)?;
+                let mut st = c.prepare(
+                    "SELECT key, value, secret FROM variables WHERE project = ?1 AND environment = ?2 ORDER BY key",
+                )?;
+                let rows = st.query_map([&p, &e], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(key, value, secret)| {
+                let value = if secret {
+                    self.cipher
+                        .open(&aad_var(project, env, &key), &value)
+                        .map_err(|e| StoreError::Backend(format!("variable {key}: {e}")))?
+                } else {
+                    value
+                };
+                Ok(ResolvedVar { key, value, secret })
+            })
+            .collect()
+    }
+
+    async fn insert_deployment(&self, d: &Deployment) -> Result<()> {
+        let d = d.clone();
+        self.call(move |c| {
+            get_env(c, &d.project_name, &d.environment_name)?;
+            write_deployment(c, &d, true)
+        })
+        .await
+    }
+
+    async fn get_deployment(&self, id: &str) -> Result<Deployment> {
+        let id = id.to_string();
+        self.call(move |c| {
+            c.query_row(
+                &format!("{DEPLOYMENT_SELECT} WHERE d.id = ?1"),
+                [&id],
+                deployment_row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::not_found("deployment", &id))
+        })
+        .await
+    }
+
+    async fn list_deployments(&self, q: &DeploymentQuery) -> Result<Vec<Deployment>> {
+        let q = q.clone();
+        self.call(move |c| {
+            let mut sql = format!("{DEPLOYMENT_SELECT} WHERE 1=1");
+            let mut args: Vec<String> = Vec::new();
+            for (col, v) in [
+                ("d.project", &q.project),
+                ("d.environment", &q.environment),
+                ("d.service", &q.service),
+            ] {
+                if let Some(v) = v {
+                    args.push(v.clone());
+                    sql.push_str(&format!(" AND {col} = ?{}", args.len()));
+                }
+            }
+            if q.unfinished {
+                sql.push_str(" AND d.status IN ('queued', 'running')");
+            }
+            sql.push_str(" ORDER BY d.created_at DESC, d.id DESC");
+            if let Some(l) = q.limit {
+                sql.push_str(&format!(" LIMIT {l}"));
+            }
+            let mut st = c.prepare(&sql)?;
+            let rows = st.query_map(rusqlite::params_from_iter(args.iter()), deployment_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn save_deployments(&self, ds: &[&Deployment], activate: Option<Activate>) -> Result<()> {
+        let ds: Vec<Deployment> = ds.iter().map(|d| (*d).clone()).collect();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            for d in &ds {
+                write_deployment(&tx, d, false)?;
+            }
+            if let Some(a) = activate {
+                tx.execute(
+                    "INSERT INTO slots (project, environment, service, active) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (project, environment, service) DO UPDATE SET active = excluded.active",
+                    params![a.slot.project, a.slot.environment, a.slot.service, a.deployment_id],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn active_deployment(&self, slot: &Slot) -> Result<Option<Deployment>> {
+        let slot = slot.clone();
+        self.call(move |c| {
+            Ok(c.query_row(
+                &format!(
+                    "{DEPLOYMENT_SELECT} WHERE s.project = ?1 AND s.environment = ?2 AND s.service = ?3 AND d.id = s.active"
+                ),
+                [&slot.project, &slot.environment, &slot.service],
+                deployment_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn append_logs(&self, lines: &[NewLogLine]) -> Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let lines = lines.to_vec();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            {
+                let mut st = tx.prepare_cached(
+                    "INSERT INTO logs (deployment_id, ts, stream, step, text) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for l in &lines {
+                    st.execute(params![
+                        l.deployment_id,
+                        ts(&l.ts),
+                        l.stream.as_str(),
+                        l.step.map(|s| s.as_str()),
+                        l.text
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn read_logs(&self, q: &LogQuery) -> Result<Vec<LogLine>> {
+        let q = q.clone();
+        self.call(move |c| {
+            let mut sql = String::from(
+                "SELECT l.seq, l.ts, l.deployment_id, d.project, d.service, d.environment, d.data, l.stream, l.step, l.text \
+                 FROM logs l JOIN deployments d ON d.id = l.deployment_id WHERE 1=1",
+            );
+            let mut args: Vec<String> = Vec::new();
+            let mut push = |sql: &mut String, cond: &str, v: String| {
+                args.push(v);
+                sql.push_str(&cond.replace('?', &format!("?{}", args.len())));
+            };
+            if let Some(id) = &q.deployment_id {
+                push(&mut sql, " AND l.deployment_id = ?", id.clone());
+            }
+            if let Some(s) = &q.slot {
+                push(&mut sql, " AND d.project = ?", s.project.clone());
+                push(&mut sql, " AND d.environment = ?", s.environment.clone());
+                push(&mut sql, " AND d.service = ?", s.service.clone());
+            }
+            if let Some(step) = q.step {
+                push(&mut sql, " AND l.step = ?", step.as_str().to_string());
+            }
+            if let Some(after) = q.after_seq {
+                sql.push_str(&format!(" AND l.seq > {after}"));
+            }
+            if let Some(since) = q.since {
+                push(&mut sql, " AND l.ts >= ?", ts(&since));
+            }
+            if !q.streams.is_empty() {
+                let list: Vec<String> = q.streams.iter().map(|s| format!("'{}'", s.as_str())).collect();
+                sql.push_str(&format!(" AND l.stream IN ({})", list.join(",")));
+            }
+            let tail = q.tail && q.limit.is_some();
+            sql.push_str(if tail { " ORDER BY l.seq DESC" } else { " ORDER BY l.seq" });
+            if let Some(l) = q.limit {
+                sql.push_str(&format!(" LIMIT {l}"));
+            }
+            let mut st = c.prepare(&sql)?;
+            let rows = st.query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                let data: String = r.get(6)?;
+                let sha = serde_json::from_str::<serde_json::Value>(&data)
+                    .ok()
+                    .and_then(|v| v["commit"]["sha"].as_str().map(|s| s.chars().take(7).collect()));
+                Ok(LogLine {
+                    seq: r.get(0)?,
+                    ts: parse_ts(&r.get::<_, String>(1)?)?,
+                    deployment_id: r.get(2)?,
+                    project_name: r.get(3)?,
+                    service_name: r.get(4)?,
+                    environment_name: r.get(5)?,
+                    sha,
+                    stream: LogStream::parse(&r.get::<_, String>(7)?).unwrap_or(LogStream::Berth),
+                    step: r.get::<_, Option<String>>(8)?.and_then(|s| StepName::parse(&s)),
+                    text: r.get(9)?,
+                })
+            })?;
+            let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            if tail {
+                out.reverse();
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn put_external_route(&self, r: &ExternalRoute) -> Result<()> {
+        let r = r.clone();
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO external_routes (hostname, upstream, created_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (hostname) DO UPDATE SET upstream = excluded.upstream",
+                params![r.hostname, r.upstream, ts(&r.created_at)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_external_routes(&self) -> Result<Vec<ExternalRoute>> {
+        self.call(|c| {
+            let mut st = c.prepare(
+                "SELECT hostname, upstream, created_at FROM external_routes ORDER BY hostname",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(ExternalRoute {
+                    hostname: r.get(0)?,
+                    upstream: r.get(1)?,
+                    created_at: parse_ts(&r.get::<_, String>(2)?)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn remove_external_route(&self, hostname: &str) -> Result<bool> {
+        let h = hostname.to_string();
+        self.call(move |c| {
+            Ok(c.execute("DELETE FROM external_routes WHERE hostname = ?1", [&h])? > 0)
+        })
+        .await
+    }
+}
