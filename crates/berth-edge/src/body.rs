@@ -1,0 +1,134 @@
+//! Response body sent to clients: either a small page made by the proxy or
+//! the upstream body streamed frame by frame while holding the in-flight
+//! guard of its target.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::target::InflightGuard;
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Body of every response the edge sends.
+#[derive(Debug)]
+pub struct ProxyBody {
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Full(Option<Bytes>),
+    Upstream(Box<Streaming>),
+}
+
+#[derive(Debug)]
+struct Streaming {
+    inner: Incoming,
+    /// Dropped (in-flight decremented) at end of stream or when the client
+    /// goes away and hyper drops the body.
+    guard: Option<InflightGuard>,
+    abort: CancellationToken,
+    /// Created lazily, the first time the upstream makes us wait.
+    abort_wait: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("response aborted: target drain deadline passed")]
+struct Aborted;
+
+impl ProxyBody {
+    pub(crate) fn full(b: impl Into<Bytes>) -> ProxyBody {
+        ProxyBody {
+            kind: Kind::Full(Some(b.into())),
+        }
+    }
+
+    pub(crate) fn empty() -> ProxyBody {
+        ProxyBody {
+            kind: Kind::Full(None),
+        }
+    }
+
+    pub(crate) fn upstream(
+        inner: Incoming,
+        guard: InflightGuard,
+        abort: CancellationToken,
+    ) -> ProxyBody {
+        ProxyBody {
+            kind: Kind::Upstream(Box::new(Streaming {
+                inner,
+                guard: Some(guard),
+                abort,
+                abort_wait: None,
+            })),
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.get_mut().kind {
+            Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream(s) => {
+                if s.guard.is_none() {
+                    return Poll::Ready(None);
+                }
+                match Pin::new(&mut s.inner).poll_frame(cx) {
+                    Poll::Ready(None) => {
+                        s.guard = None;
+                        Poll::Ready(None)
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        s.guard = None;
+                        Poll::Ready(Some(Err(e.into())))
+                    }
+                    Poll::Ready(Some(Ok(f))) => {
+                        if s.inner.is_end_stream() {
+                            s.guard = None;
+                        }
+                        Poll::Ready(Some(Ok(f)))
+                    }
+                    Poll::Pending => {
+                        let wait = s
+                            .abort_wait
+                            .get_or_insert_with(|| Box::pin(s.abort.clone().cancelled_owned()));
+                        match wait.as_mut().poll(cx) {
+                            Poll::Ready(()) => {
+                                s.guard = None;
+                                Poll::Ready(Some(Err(Box::new(Aborted))))
+                            }
+                            Poll::Pending => Poll::Pending,
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(b) => b.is_none(),
+            Kind::Upstream(s) => s.guard.is_none() || s.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Upstream(s) => s.inner.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! berth-edge: berth's data plane, an HTTP reverse proxy that routes by Host.
+//!
+//! The control plane (the server crate) pushes [`RouteChange`]s with
+//! [`Edge::apply`]; clients are served by [`Edge::serve`] on a listener.
+//! This crate never reads berth's store and depends on no other berth crate.
+//!
+//! ```text
+//! client ── h1/h2c ──> serve ──> RouteTable (ArcSwap, lock-free load)
+//!                                  └─ host ─> Route ─ Picker ─> RouteTarget
+//!                                                   └─ pooled h1 keep-alive ─> 127.0.0.1:<port>
+//! ```
+//!
+//! # API
+//! * [`Edge::new`]`(EdgeConfig) -> Result<Edge, EdgeError>`: loads the routes
+//!   file if it exists, so a restarted berth serves its last routes at once.
+//! * [`Edge::serve`]`(listener, shutdown)`: HTTP/1.1 keep-alive and HTTP/2
+//!   (h2c prior knowledge) towards clients; on `shutdown` stops accepting and
+//!   finishes in-flight requests.
+//! * [`Edge::apply`]`(Vec<RouteChange>) -> Result<(), RouteError>`.
+//! * [`Edge::routes`]`() -> Vec<(String, RouteSpec)>` sorted by host.
+//! * [`Edge::drain`]`(target_id, timeout) -> DrainReport`,
+//!   [`Edge::inflight`]`(target_id) -> usize`.
+//! * [`Edge::metrics_text`]`() -> String` (Prometheus text format).
+//!
+//! # Invariants
+//! * **Atomic batches.** `apply` validates every change first; one invalid
+//!   change refuses the batch and the old table keeps serving. A valid batch
+//!   builds a new immutable table, persists it (temp file, fsync, rename),
+//!   and only then swaps it in. A request sees one whole table, never half.
+//! * **Target identity is its id.** In-flight counters and metrics of a
+//!   target id survive table swaps; its state is dropped only when no table
+//!   references it and no request runs on it.
+//! * **In-flight accounting.** Incremented before forwarding, decremented
+//!   when the response body ends or is dropped (client gone) or when the
+//!   proxy answers with an error status.
+//! * **Never another app.** An unknown host gets 404 from the proxy itself;
+//!   a route without a usable target gets 503; a refused upstream 502; no
+//!   response headers within `upstream_timeout` 504. Proxy error responses
+//!   keep the client connection alive.
+//! * **Headers.** `X-Forwarded-For` (client IP), `X-Forwarded-Proto` and
+//!   `X-Forwarded-Host` are always set by the proxy, replacing client values.
+//!   Hop-by-hop headers and headers named in `Connection` are removed in
+//!   both directions (`Upgrade` is kept for a WebSocket handshake).
+//! * **Request smuggling.** Relies on hyper's HTTP/1 parser: conflicting
+//!   `Content-Length` values get 400 and the connection closed; a request
+//!   with both `Transfer-Encoding: chunked` and `Content-Length` is framed by
+//!   the chunked encoding, the `Content-Length` is dropped before forwarding
+//!   and the client connection is closed after the response (RFC 9112 6.3),
+//!   so no byte of it can be read as a second request, here or upstream; a
+//!   non-chunked final `Transfer-Encoding` gets 400.
+//! * **Drain.** [`Edge::drain`] closes the target's upgraded (WebSocket)
+//!   connections at once by shutting their TCP streams down (no close frame
+//!   is injected: a frame may be half written in either direction), waits
+//!   for its in-flight requests, and at the deadline aborts those left: 504
+//!   if no response had started, otherwise the response stream is cut.
+//! * **Weights.** A target of weight `w` in a route of total weight `W` gets
+//!   exactly `w` of every `W` consecutive requests, evenly spread (see
+//!   `select.rs`); picking is lock-free.
+
+mod body;
+mod metrics;
+mod persist;
+mod proxy;
+mod route;
+mod select;
+mod table;
+mod target;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+
+pub use body::ProxyBody;
+pub use persist::LoadError;
+pub use route::{RouteChange, RouteError, RouteSpec, TargetSpec};
+pub use target::DrainReport;
+
+use table::RouteTable;
+use target::Registry;
+
+/// Settings of the edge proxy.
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// Where the last applied routes are persisted; `None` keeps them in
+    /// memory only.
+    pub routes_file: Option<PathBuf>,
+    /// TCP connect timeout towards an upstream (502 when exceeded).
+    pub connect_timeout: Duration,
+    /// No response headers from the upstream by then: 504.
+    pub upstream_timeout: Duration,
+    /// Value of `X-Forwarded-Proto` (`"http"` on the plain listener).
+    pub proto: &'static str,
+    /// Idle upstream connections are closed after this.
+    pub pool_idle_timeout: Duration,
+    /// Slow-loris guard: a client must send request headers within this.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            routes_file: None,
+            connect_timeout: Duration::from_secs(5),
+            upstream_timeout: Duration::from_secs(60),
+            proto: "http",
+            pool_idle_timeout: Duration::from_secs(60),
+            header_read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why the edge could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("persisted routes are invalid: {0}")]
+    InvalidPersisted(#[source] RouteError),
+}
+
+/// The edge proxy; cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub struct Edge {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) table: ArcSwap<RouteTable>,
+    pub(crate) client: Client<HttpConnector, Incoming>,
+    pub(crate) upstream_timeout: Duration,
+    pub(crate) proto: &'static str,
+    pub(crate) unknown_host: AtomicU64,
+    pub(crate) no_target: AtomicU64,
+    registry: Registry,
+    routes_file: Option<PathBuf>,
+    header_read_timeout: Duration,
+    /// Serialises writers (`apply`); readers never take it.
+    apply_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for Edge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Edge")
+            .field("routes", &self.inner.table.load().specs.len())
+            .finish()
+    }
+}
+
+impl Edge {
+    /// Creates the edge and loads the persisted routes, if any.
+    pub fn new(cfg: EdgeConfig) -> Result<Edge, EdgeError> {
+        let registry = Registry::default();
+        let specs = match &cfg.routes_file {
+            Some(p) => match persist::load(p)? {
+                Some(routes) => {
+                    let changes = routes
+                        .into_iter()
+                        .map(|(host, route)| RouteChange::Upsert { host, route })
+                        .collect();
+                    route::validate_batch(&BTreeMap::new(), changes)
+                        .map_err(EdgeError::InvalidPersisted)?
+                }
+                None => BTreeMap::new(),
+            },
+            None => BTreeMap::new(),
+        };
+        let table = RouteTable::build(specs, &registry);
+
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        http.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(cfg.pool_idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(http);
+
+        Ok(Edge {
+            inner: Arc::new(Inner {
+                table: ArcSwap::from_pointee(table),
+                client,
+                upstream_timeout: cfg.upstream_timeout,
+                proto: cfg.proto,
+                unknown_host: AtomicU64::new(0),
+                no_target: AtomicU64::new(0),
+                registry,
+                routes_file: cfg.routes_file,
+                header_read_timeout: cfg.header_read_timeout,
+                apply_lock: Mutex::new(()),
+            }),
+        })
+    }
+
+    /// Serves clients on `listener` until `shutdown` resolves, then stops
+    /// accepting and waits for in-flight requests (upgraded connections are
+    /// left to end on their own).
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .keep_alive(true)
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.inner.header_read_timeout);
+        builder.http2().timer(TokioTimer::new());
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (stream, remote) = match accepted {
+                        Ok(x) => x,
+                        Err(e) => {
+                            // EMFILE and friends: back off instead of spinning.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let inner = self.inner.clone();
+                    let svc = hyper::service::service_fn(move |req| {
+                        proxy::handle(inner.clone(), remote, req)
+                    });
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .into_owned();
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "client connection ended with error");
+                        }
+                    });
+                }
+                _ = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        graceful.shutdown().await;
+        Ok(())
+    }
+
+    /// Applies a batch of changes atomically (see the crate invariants).
+    pub fn apply(&self, changes: Vec<RouteChange>) -> Result<(), RouteError> {
+        let _writer = self
+            .inner
+            .apply_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let current = self.inner.table.load_full();
+        let next = route::validate_batch(&current.specs, changes)?;
+        if let Some(path) = &self.inner.routes_file {
+            persist::save(path, &next).map_err(|source| RouteError::Persist {
+                path: path.display().to_string(),
+                source,
+            })?;
+        }
+        let table = RouteTable::build(next, &self.inner.registry);
+        self.inner.table.store(Arc::new(table));
+        drop(current);
+        self.inner.registry.prune();
+        Ok(())
+    }
+
+    /// The current routes, sorted by host.
+    pub fn routes(&self) -> Vec<(String, RouteSpec)> {
+        self.inner
+            .table
+            .load()
+            .specs
+            .iter()
+            .map(|(h, s)| (h.clone(), s.clone()))
+            .collect()
+    }
+
+    /// Drains a target the caller has already removed from the routes.
+    pub async fn drain(&self, target_id: &str, timeout: Duration) -> DrainReport {
+        match self.inner.registry.find_target(target_id) {
+            Some(t) => target::drain(&t, timeout).await,
+            None => DrainReport::default(),
+        }
+    }
+
+    /// Requests currently running on a target (0 for an unknown id).
+    pub fn inflight(&self, target_id: &str) -> usize {
+        self.inner
+            .registry
+            .find_target(target_id)
+            .map_or(0, |t| t.inflight())
+    }
+
+    /// Metrics in the Prometheus text exposition format.
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let series = self.inner.registry.live_series();
+        out.push_str("# HELP berth_edge_requests_total Requests proxied, by host, target and status class.\n# TYPE berth_edge_requests_total counter\n");
+        for s in &series {
+            s.render_requests(&mut out);
+        }
+        out.push_str("# HELP berth_edge_request_duration_seconds Time until response headers, by host and target.\n# TYPE berth_edge_request_duration_seconds histogram\n");
+        for s in &series {
+            s.render_latency(&mut out);
+        }
+        let targets = self.inner.registry.live_targets();
+        out.push_str("# HELP berth_edge_inflight_requests Requests in flight, by target.\n# TYPE berth_edge_inflight_requests gauge\n");
+        for t in &targets {
+            let _ = writeln!(
+                out,
+                "berth_edge_inflight_requests{{target=\"{}\"}} {}",
+                metrics::escape(&t.id),
+                t.inflight()
+            );
+        }
+        out.push_str("# HELP berth_edge_upgraded_connections Upgraded (WebSocket) connections open, by target.\n# TYPE berth_edge_upgraded_connections gauge\n");
+        for t in &targets {
+            let _ = writeln!(
+                out,
+                "berth_edge_upgraded_connections{{target=\"{}\"}} {}",
+                metrics::escape(&t.id),
+                t.upgraded()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP berth_edge_unknown_host_total Requests for a host without a route (404).\n# TYPE berth_edge_unknown_host_total counter\nberth_edge_unknown_host_total {}",
+            self.inner.unknown_host.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP berth_edge_no_target_total Requests for a route without a usable target (503).\n# TYPE berth_edge_no_target_total counter\nberth_edge_no_target_total {}",
+            self.inner.no_target.load(Ordering::Relaxed)
+        );
+        out
+    }
+}

@@ -1,0 +1,304 @@
+//! The request path: route lookup, target pick, header rewrite, forwarding,
+//! error statuses and WebSocket splicing.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::body::ProxyBody;
+use crate::route::request_host_key;
+use crate::table::RouteTarget;
+use crate::target::{InflightGuard, UpgradedGuard};
+use crate::Inner;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Hop-by-hop headers (RFC 9110 7.6.1 plus the usual non-standard ones).
+fn hop_by_hop() -> [&'static HeaderName; 9] {
+    [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::PROXY_AUTHORIZATION,
+        &header::PROXY_AUTHENTICATE,
+    ]
+}
+
+/// Removes hop-by-hop headers and every header named in `Connection`.
+/// Returns the `Upgrade` value if `keep_upgrade` and the message asks for an
+/// upgrade (`Connection: upgrade` + `Upgrade`).
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> Option<HeaderValue> {
+    let mut wants_upgrade = false;
+    if headers.contains_key(&header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(&header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| {
+                let t = t.trim();
+                if t.eq_ignore_ascii_case("upgrade") {
+                    wants_upgrade = true;
+                }
+                HeaderName::from_bytes(t.as_bytes()).ok()
+            })
+            .collect();
+        for n in named {
+            if n != header::UPGRADE {
+                headers.remove(&n);
+            }
+        }
+    }
+    let upgrade = headers.get(&header::UPGRADE).cloned();
+    for h in hop_by_hop() {
+        headers.remove(h);
+    }
+    if keep_upgrade && wants_upgrade {
+        upgrade
+    } else {
+        None
+    }
+}
+
+fn error_response(status: StatusCode, msg: &'static str) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(Bytes::from_static(msg.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn request_host(req: &Request<Incoming>) -> Option<&str> {
+    match req.headers().get(header::HOST) {
+        Some(h) => h.to_str().ok(),
+        None => req.uri().authority().map(|a| a.as_str()),
+    }
+}
+
+pub(crate) async fn handle(
+    inner: Arc<Inner>,
+    remote: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    Ok(handle_inner(&inner, remote, req).await)
+}
+
+async fn handle_inner(
+    inner: &Arc<Inner>,
+    remote: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let Some(raw_host) = request_host(&req) else {
+        return error_response(StatusCode::BAD_REQUEST, "400 bad request: missing host\n");
+    };
+    let Some(key) = request_host_key(raw_host) else {
+        return error_response(StatusCode::BAD_REQUEST, "400 bad request: missing host\n");
+    };
+    let table = inner.table.load();
+    let Some(route) = table.lookup(&key) else {
+        inner.unknown_host.fetch_add(1, Ordering::Relaxed);
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "404 not found: no application is served at this host\n",
+        );
+    };
+    let Some(target) = route.pick() else {
+        inner.no_target.fetch_add(1, Ordering::Relaxed);
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "503 service unavailable: no healthy instance for this host\n",
+        );
+    };
+    let started = Instant::now();
+    let guard = InflightGuard::new(target.state.clone());
+    let series = target.series.clone();
+    let abort = target.state.abort_token();
+    let upgraded_token = target.state.upgraded_token();
+    let target_state = target.state.clone();
+    let uri = match upstream_uri(target, req.uri()) {
+        Some(u) => u,
+        None => {
+            return error_response(StatusCode::BAD_REQUEST, "400 bad request: bad target\n");
+        }
+    };
+    drop(table);
+
+    // Header rewrite.
+    let is_h1 = req.version() == Version::HTTP_11;
+    let client_upgrade = strip_hop_by_hop(req.headers_mut(), is_h1);
+    let original_host = match req.headers().get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    let headers = req.headers_mut();
+    let ip = remote.ip().to_string();
+    if let Ok(v) = HeaderValue::from_str(&ip) {
+        headers.insert(&X_FORWARDED_FOR, v);
+    }
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(inner.proto));
+    if let Some(h) = original_host {
+        headers.insert(&X_FORWARDED_HOST, h.clone());
+        if !headers.contains_key(header::HOST) {
+            headers.insert(header::HOST, h);
+        }
+    }
+    let client_on_upgrade = if let Some(up) = &client_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, up.clone());
+        Some(hyper::upgrade::on(&mut req))
+    } else {
+        None
+    };
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+
+    let sent = tokio::time::timeout(inner.upstream_timeout, inner.client.request(req));
+    let result = tokio::select! {
+        r = sent => r,
+        _ = abort.cancelled() => {
+            series.record(504, started.elapsed());
+            return error_response(StatusCode::GATEWAY_TIMEOUT, "504 gateway timeout: instance drained\n");
+        }
+    };
+    let mut resp = match result {
+        Err(_elapsed) => {
+            series.record(504, started.elapsed());
+            return error_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                "504 gateway timeout: the application did not answer in time\n",
+            );
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(target_id = %target_state.id, error = %e, "upstream request failed");
+            series.record(502, started.elapsed());
+            return error_response(
+                StatusCode::BAD_GATEWAY,
+                "502 bad gateway: the application could not be reached\n",
+            );
+        }
+        Ok(Ok(r)) => r,
+    };
+    let status = resp.status();
+    series.record(status.as_u16(), started.elapsed());
+
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_on_upgrade) = client_on_upgrade {
+            let up_value = strip_hop_by_hop(resp.headers_mut(), true);
+            let upstream_on_upgrade = hyper::upgrade::on(&mut resp);
+            let ws_guard = UpgradedGuard::new(target_state);
+            tokio::spawn(async move {
+                let (client_io, upstream_io) =
+                    match tokio::try_join!(client_on_upgrade, upstream_on_upgrade) {
+                        Ok(pair) => pair,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "upgrade failed");
+                            return;
+                        }
+                    };
+                let mut client_io = TokioIo::new(client_io);
+                let mut upstream_io = TokioIo::new(upstream_io);
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io) => {}
+                    _ = upgraded_token.cancelled() => {
+                        // Drained: we cannot know whether a frame is half
+                        // written, so no close frame: shut the TCP streams down.
+                        use tokio::io::AsyncWriteExt;
+                        let _ = client_io.shutdown().await;
+                        let _ = upstream_io.shutdown().await;
+                    }
+                }
+                drop(ws_guard);
+            });
+            let (mut parts, _) = resp.into_parts();
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            if let Some(v) = up_value {
+                parts.headers.insert(header::UPGRADE, v);
+            }
+            drop(guard);
+            return Response::from_parts(parts, ProxyBody::empty());
+        }
+        // 101 without a client upgrade request: refuse it.
+        return error_response(
+            StatusCode::BAD_GATEWAY,
+            "502 bad gateway: unexpected protocol switch\n",
+        );
+    }
+
+    strip_hop_by_hop(resp.headers_mut(), false);
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(parts, ProxyBody::upstream(body, guard, abort))
+}
+
+fn upstream_uri(target: &RouteTarget, original: &Uri) -> Option<Uri> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(target.authority.clone());
+    parts.path_and_query = Some(
+        original
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(KEEP_ALIVE.clone(), HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::PROXY_AUTHORIZATION, HeaderValue::from_static("x"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        assert!(
+            strip_hop_by_hop(&mut h, true).is_none(),
+            "no Connection: upgrade"
+        );
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn upgrade_is_kept_only_when_asked() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        let mut h2 = h.clone();
+        assert_eq!(strip_hop_by_hop(&mut h, true).unwrap(), "websocket");
+        assert!(strip_hop_by_hop(&mut h2, false).is_none());
+        assert!(h.is_empty() && h2.is_empty());
+    }
+}

@@ -1,0 +1,278 @@
+//! Live state of a target (keyed by its id): in-flight requests, upgraded
+//! connections, and the tokens that abort them when a drain times out.
+//!
+//! A [`TargetState`] is shared by every route table that names the id and by
+//! every request running on it; the [`Registry`] only keeps weak references,
+//! so the state disappears once no table references it and it is idle.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Series;
+
+#[derive(Debug)]
+pub(crate) struct TargetState {
+    pub(crate) id: Box<str>,
+    inflight: AtomicUsize,
+    upgraded: AtomicUsize,
+    idle: Notify,
+    /// Cancelled when a drain deadline passes; replaced by a fresh token so
+    /// only the requests that were running then are aborted.
+    abort: Mutex<CancellationToken>,
+    /// Cancelled when the target is drained: closes upgraded connections.
+    close_upgraded: Mutex<CancellationToken>,
+}
+
+impl TargetState {
+    fn new(id: &str) -> TargetState {
+        TargetState {
+            id: id.into(),
+            inflight: AtomicUsize::new(0),
+            upgraded: AtomicUsize::new(0),
+            idle: Notify::new(),
+            abort: Mutex::new(CancellationToken::new()),
+            close_upgraded: Mutex::new(CancellationToken::new()),
+        }
+    }
+
+    pub(crate) fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn upgraded(&self) -> usize {
+        self.upgraded.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn abort_token(&self) -> CancellationToken {
+        lock(&self.abort).clone()
+    }
+
+    pub(crate) fn upgraded_token(&self) -> CancellationToken {
+        lock(&self.close_upgraded).clone()
+    }
+
+    fn rotate(slot: &Mutex<CancellationToken>) {
+        let old = std::mem::take(&mut *lock(slot));
+        old.cancel();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Counts one in-flight request from creation until drop (response body
+/// finished or dropped, or error response produced).
+#[derive(Debug)]
+pub(crate) struct InflightGuard {
+    pub(crate) target: Arc<TargetState>,
+}
+
+impl InflightGuard {
+    pub(crate) fn new(target: Arc<TargetState>) -> InflightGuard {
+        target.inflight.fetch_add(1, Ordering::AcqRel);
+        InflightGuard { target }
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        if self.target.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.target.idle.notify_waiters();
+        }
+    }
+}
+
+/// Counts one spliced (upgraded) connection.
+#[derive(Debug)]
+pub(crate) struct UpgradedGuard {
+    target: Arc<TargetState>,
+}
+
+impl UpgradedGuard {
+    pub(crate) fn new(target: Arc<TargetState>) -> UpgradedGuard {
+        target.upgraded.fetch_add(1, Ordering::AcqRel);
+        UpgradedGuard { target }
+    }
+}
+
+impl Drop for UpgradedGuard {
+    fn drop(&mut self) {
+        self.target.upgraded.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What [`crate::Edge::drain`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DrainReport {
+    /// Requests in flight on the target when the drain started.
+    pub inflight_at_start: usize,
+    /// Requests still running at the deadline, aborted (504 to their client
+    /// if no response had started, otherwise the response is cut short).
+    pub aborted: usize,
+    /// Upgraded (WebSocket) connections closed.
+    pub upgraded_closed: usize,
+}
+
+/// Weak index of live targets and metric series, so identity survives swaps.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    targets: Mutex<HashMap<Box<str>, Weak<TargetState>>>,
+    series: Mutex<HashMap<(Box<str>, Box<str>), Weak<Series>>>,
+}
+
+impl Registry {
+    pub(crate) fn target(&self, id: &str) -> Arc<TargetState> {
+        let mut map = lock(&self.targets);
+        if let Some(t) = map.get(id).and_then(Weak::upgrade) {
+            return t;
+        }
+        let t = Arc::new(TargetState::new(id));
+        map.insert(id.into(), Arc::downgrade(&t));
+        t
+    }
+
+    pub(crate) fn find_target(&self, id: &str) -> Option<Arc<TargetState>> {
+        lock(&self.targets).get(id).and_then(Weak::upgrade)
+    }
+
+    pub(crate) fn series(&self, host: &str, target: &str) -> Arc<Series> {
+        let mut map = lock(&self.series);
+        let key: (Box<str>, Box<str>) = (host.into(), target.into());
+        if let Some(s) = map.get(&key).and_then(Weak::upgrade) {
+            return s;
+        }
+        let s = Arc::new(Series::new(host, target));
+        map.insert(key, Arc::downgrade(&s));
+        s
+    }
+
+    /// Forgets entries whose state is gone.
+    pub(crate) fn prune(&self) {
+        lock(&self.targets).retain(|_, w| w.strong_count() > 0);
+        lock(&self.series).retain(|_, w| w.strong_count() > 0);
+    }
+
+    pub(crate) fn live_targets(&self) -> Vec<Arc<TargetState>> {
+        let mut v: Vec<_> = lock(&self.targets)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    pub(crate) fn live_series(&self) -> Vec<Arc<Series>> {
+        let mut v: Vec<_> = lock(&self.series)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        v.sort_by(|a, b| (&a.host, &a.target).cmp(&(&b.host, &b.target)));
+        v
+    }
+}
+
+/// Drains one target: closes its upgraded connections at once, waits for its
+/// in-flight requests until `timeout`, then aborts those still running.
+pub(crate) async fn drain(target: &TargetState, timeout: Duration) -> DrainReport {
+    let mut report = DrainReport {
+        inflight_at_start: target.inflight(),
+        upgraded_closed: target.upgraded(),
+        aborted: 0,
+    };
+    // Long-lived by nature: waiting for them would always hit the deadline.
+    TargetState::rotate(&target.close_upgraded);
+
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let notified = target.idle.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if target.inflight() == 0 {
+            return report;
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    report.aborted = target.inflight();
+    TargetState::rotate(&target.abort);
+    // Give the aborted requests a moment to unwind so the caller sees 0.
+    let grace = tokio::time::Instant::now() + Duration::from_secs(1);
+    while target.inflight() > 0 && tokio::time::Instant::now() < grace {
+        let notified = target.idle.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if target.inflight() == 0 {
+            break;
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep_until(grace) => {}
+        }
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_survives_while_referenced() {
+        let reg = Registry::default();
+        let a = reg.target("dep-1");
+        let b = reg.target("dep-1");
+        assert!(Arc::ptr_eq(&a, &b));
+        let g = InflightGuard::new(a.clone());
+        drop(a);
+        drop(b);
+        // still referenced by the request
+        assert_eq!(reg.find_target("dep-1").unwrap().inflight(), 1);
+        drop(g);
+        reg.prune();
+        assert!(reg.find_target("dep-1").is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_waits_then_aborts_at_deadline() {
+        let reg = Registry::default();
+        let t = reg.target("d");
+        let g1 = InflightGuard::new(t.clone());
+        let g2 = InflightGuard::new(t.clone());
+        let token = t.abort_token();
+        let t2 = t.clone();
+        let h = tokio::spawn(async move { drain(&t2, Duration::from_secs(10)).await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(g1);
+        // g2 is released only when aborted
+        let token2 = token.clone();
+        tokio::spawn(async move {
+            token2.cancelled().await;
+            drop(g2);
+        });
+        let report = h.await.unwrap();
+        assert_eq!(report.inflight_at_start, 2);
+        assert_eq!(report.aborted, 1);
+        assert!(token.is_cancelled());
+        assert!(
+            !t.abort_token().is_cancelled(),
+            "new requests get a fresh token"
+        );
+        assert_eq!(t.inflight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_of_idle_target_is_immediate() {
+        let reg = Registry::default();
+        let t = reg.target("d");
+        let r = drain(&t, Duration::from_secs(30)).await;
+        assert_eq!(r, DrainReport::default());
+    }
+}
