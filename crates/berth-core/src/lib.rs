@@ -9,6 +9,7 @@
 //! numbers — callers pass timestamps and ids in — so every function is
 //! deterministic and tested by table. Illegal input is an error value,
 //! never a panic.
+pub mod api;
 pub mod config;
 pub mod hosts;
 pub mod model;

@@ -1,0 +1,66 @@
+//! How `berth server` is configured (flags or `BERTH_*` variables).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Where the SQLite file, master key, admin token, routes and build
+    /// work trees live.
+    pub data_dir: PathBuf,
+    /// The control-plane API (and console).
+    pub api_listen: SocketAddr,
+    /// The edge proxy, plain HTTP.
+    pub http_listen: SocketAddr,
+    /// The edge proxy, HTTPS (not served yet).
+    pub https_listen: Option<SocketAddr>,
+    /// Hostnames are `<name>.<base_domain>`; `localhost` when unset.
+    pub base_domain: Option<String>,
+    /// The API bearer token; generated into `<data_dir>/admin.token` when unset.
+    pub token: Option<String>,
+    /// Base64 of 32 bytes; else `<data_dir>/master.key`.
+    pub master_key: Option<String>,
+    /// Push images here (e.g. `127.0.0.1:5000`); the engine's store otherwise.
+    pub registry: Option<String>,
+    /// How long draining waits for in-flight requests of the previous version.
+    pub drain_timeout: Duration,
+    /// Builds running at once.
+    pub build_concurrency: usize,
+    /// Memory limit of one build, bytes.
+    pub build_memory: Option<u64>,
+    /// CPUs of one build.
+    pub build_cpus: Option<f64>,
+    /// Time limit of one build.
+    pub build_timeout: Duration,
+    /// Base image for generated Node Dockerfiles (e.g. `local/node:18` offline).
+    pub node_image: Option<String>,
+    /// Base image for generated Python Dockerfiles.
+    pub python_image: Option<String>,
+}
+
+impl ServerConfig {
+    pub fn new(data_dir: PathBuf) -> Self {
+        ServerConfig {
+            data_dir,
+            api_listen: ([127, 0, 0, 1], 7070).into(),
+            http_listen: ([127, 0, 0, 1], 8080).into(),
+            https_listen: None,
+            base_domain: None,
+            token: None,
+            master_key: None,
+            registry: None,
+            drain_timeout: Duration::from_secs(30),
+            build_concurrency: 2,
+            build_memory: Some(2 << 30),
+            build_cpus: None,
+            build_timeout: Duration::from_secs(1800),
+            node_image: None,
+            python_image: None,
+        }
+    }
+
+    pub fn base_domain(&self) -> &str {
+        self.base_domain.as_deref().unwrap_or("localhost")
+    }
+}
