@@ -119,11 +119,14 @@ pub struct DrainReport {
     pub upgraded_closed: usize,
 }
 
+/// `(host, target id)`.
+type SeriesKey = (Box<str>, Box<str>);
+
 /// Weak index of live targets and metric series, so identity survives swaps.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
     targets: Mutex<HashMap<Box<str>, Weak<TargetState>>>,
-    series: Mutex<HashMap<(Box<str>, Box<str>), Weak<Series>>>,
+    series: Mutex<HashMap<SeriesKey, Weak<Series>>>,
 }
 
 impl Registry {
@@ -143,7 +146,7 @@ impl Registry {
 
     pub(crate) fn series(&self, host: &str, target: &str) -> Arc<Series> {
         let mut map = lock(&self.series);
-        let key: (Box<str>, Box<str>) = (host.into(), target.into());
+        let key: SeriesKey = (host.into(), target.into());
         if let Some(s) = map.get(&key).and_then(Weak::upgrade) {
             return s;
         }

@@ -1,1 +1,551 @@
+//! Integration tests of berth-edge on real sockets (127.0.0.1 only).
 
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use berth_edge::{EdgeConfig, RouteChange, RouteSpec};
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[tokio::test]
+async fn routes_by_host_ignoring_case_port_and_trailing_dot() {
+    let (a, b) = (upstream("app-a").await, upstream("app-b").await);
+    let e = edge().await;
+    e.edge
+        .apply(vec![
+            upsert("a.localhost", vec![target("a", a.addr, 1)]),
+            upsert("B.Localhost.", vec![target("b", b.addr, 1)]),
+        ])
+        .unwrap();
+    let mut c = Conn::open(e.addr).await;
+    assert_eq!(
+        c.get("a.localhost", "/").await,
+        (StatusCode::OK, "app-a".into())
+    );
+    assert_eq!(c.get("A.LOCALHOST:8080", "/").await.1, "app-a");
+    assert_eq!(c.get("b.localhost.:80", "/").await.1, "app-b");
+    assert_eq!(
+        e.edge
+            .routes()
+            .iter()
+            .map(|r| r.0.as_str())
+            .collect::<Vec<_>>(),
+        ["a.localhost", "b.localhost"]
+    );
+}
+
+#[tokio::test]
+async fn proxy_errors_keep_the_connection_usable() {
+    let a = upstream("app-a").await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let e = edge().await;
+    e.edge
+        .apply(vec![
+            upsert("a.localhost", vec![target("a", a.addr, 1)]),
+            upsert("down.localhost", vec![target("down", closed, 1)]),
+            upsert("empty.localhost", vec![]),
+        ])
+        .unwrap();
+    let mut c = Conn::open(e.addr).await;
+    let (s, body) = c.get("nobody.localhost", "/").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(body.contains("404"), "{body}");
+    assert_eq!(c.get("a.localhost", "/").await.0, StatusCode::OK);
+    assert_eq!(
+        c.get("down.localhost", "/").await.0,
+        StatusCode::BAD_GATEWAY
+    );
+    assert_eq!(
+        c.get("empty.localhost", "/").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        c.get("a.localhost", "/").await,
+        (StatusCode::OK, "app-a".into())
+    );
+    assert!(!c.is_closed());
+    assert_eq!(e.edge.inflight("down"), 0);
+    let m = e.edge.metrics_text();
+    assert!(m.contains("berth_edge_unknown_host_total 1\n"), "{m}");
+    assert!(m.contains("berth_edge_no_target_total 1\n"), "{m}");
+    assert!(m.contains(
+        "berth_edge_requests_total{host=\"a.localhost\",target=\"a\",class=\"2xx\"} 2\n"
+    ));
+    assert!(m.contains(
+        "berth_edge_requests_total{host=\"down.localhost\",target=\"down\",class=\"5xx\"} 1\n"
+    ));
+    assert!(m.contains(
+        "berth_edge_request_duration_seconds_count{host=\"a.localhost\",target=\"a\"} 2\n"
+    ));
+    assert!(m.contains("berth_edge_inflight_requests{target=\"a\"} 0\n"));
+}
+
+#[tokio::test]
+async fn no_response_headers_in_time_is_504() {
+    let a = upstream("app-a").await;
+    let e = edge_with(EdgeConfig {
+        upstream_timeout: Duration::from_millis(300),
+        ..EdgeConfig::default()
+    })
+    .await;
+    e.edge
+        .apply(vec![upsert("a.localhost", vec![target("a", a.addr, 1)])])
+        .unwrap();
+    let mut c = Conn::open(e.addr).await;
+    assert_eq!(
+        c.get("a.localhost", "/hang").await.0,
+        StatusCode::GATEWAY_TIMEOUT
+    );
+    assert_eq!(c.get("a.localhost", "/").await.0, StatusCode::OK);
+    assert_eq!(e.edge.inflight("a"), 0);
+}
+
+#[tokio::test]
+async fn forwarded_headers_are_set_and_hop_by_hop_stripped() {
+    let a = upstream("app-a").await;
+    let e = edge().await;
+    e.edge
+        .apply(vec![upsert("a.localhost", vec![target("a", a.addr, 1)])])
+        .unwrap();
+    let mut c = Conn::open(e.addr).await;
+    let req = Request::get("/headers")
+        .header("host", "a.localhost:9000")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-forwarded-host", "evil.example")
+        .header("x-forwarded-proto", "https")
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "1")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-authorization", "Basic Zm9v")
+        .header("te", "trailers")
+        .header("x-app", "kept")
+        .body(body(""))
+        .unwrap();
+    let resp = c.send(req).await.unwrap();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let seen: BTreeMap<String, String> = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["x-forwarded-host"], "a.localhost:9000");
+    assert_eq!(seen["host"], "a.localhost:9000");
+    assert_eq!(seen["x-app"], "kept");
+    for gone in [
+        "x-hop",
+        "keep-alive",
+        "proxy-authorization",
+        "te",
+        "upgrade",
+    ] {
+        assert!(!seen.contains_key(gone), "{gone} forwarded: {seen:?}");
+    }
+    // connection may be set by the pooled client itself, but never to x-hop
+    assert!(!seen.get("connection").is_some_and(|v| v.contains("x-hop")));
+
+    let resp = c
+        .send(
+            Request::get("/hop")
+                .header("host", "a.localhost")
+                .body(body(""))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-app"], "kept");
+    assert!(resp.headers().get("x-internal").is_none());
+    assert!(resp.headers().get("keep-alive").is_none());
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_clients_are_served() {
+    let a = upstream("app-a").await;
+    let e = edge().await;
+    e.edge
+        .apply(vec![upsert("a.localhost", vec![target("a", a.addr, 1)])])
+        .unwrap();
+    let stream = TcpStream::connect(e.addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..3 {
+        let req = Request::get("http://A.localhost/headers")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let seen: BTreeMap<String, String> = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(seen["host"], "A.localhost");
+        assert_eq!(seen["x-forwarded-host"], "A.localhost");
+    }
+    let req = Request::get("http://other.localhost/")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(
+        send.send_request(req).await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn bodies_stream_both_ways() {
+    let a = upstream("app-a").await;
+    let e = edge().await;
+    e.edge
+        .apply(vec![upsert("a.localhost", vec![target("a", a.addr, 1)])])
+        .unwrap();
+    let stream = TcpStream::connect(e.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let (mut tx, chan) = http_body_util::channel::Channel::<Bytes, hyper::Error>::new(1);
+    let req = Request::post("/echo")
+        .header("host", "a.localhost")
+        .body(chan)
+        .unwrap();
+    tx.send_data(Bytes::from_static(b"ping-1")).await.unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .expect("response headers before the request body ended")
+        .unwrap();
+    let mut body = resp.into_body();
+    // Each chunk comes back before the next one is sent: nothing buffers the
+    // whole body on either side.
+    for i in 2..=4 {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("echoed chunk")
+            .unwrap()
+            .unwrap();
+        assert!(frame.into_data().unwrap().starts_with(b"ping-"));
+        tx.send_data(Bytes::from(format!("ping-{i}")))
+            .await
+            .unwrap();
+    }
+    drop(tx);
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, Bytes::from_static(b"ping-4"));
+    assert_eq!(e.edge.inflight("a"), 0);
+}
+
+#[tokio::test]
+async fn smuggling_attempts_are_refused_or_neutralised() {
+    let a = upstream("app-a").await;
+    let e = edge().await;
+    e.edge
+        .apply(vec![upsert("a.localhost", vec![target("a", a.addr, 1)])])
+        .unwrap();
+    // conflicting Content-Length values: 400 and closed, upstream untouched
+    let (out, closed) = raw_exchange(
+        e.addr,
+        b"POST / HTTP/1.1\r\nHost: a.localhost\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(closed);
+    // non-chunked Transfer-Encoding: 400
+    let (out, closed) = raw_exchange(
+        e.addr,
+        b"POST / HTTP/1.1\r\nHost: a.localhost\r\nTransfer-Encoding: gzip\r\n\r\nabcd",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(closed);
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // TE + CL: framed as chunked, one response, then the connection closes;
+    // the bytes after the chunked body are never read as a request.
+    let (out, closed) = raw_exchange(
+        e.addr,
+        b"POST /first HTTP/1.1\r\nHost: a.localhost\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a.localhost\r\n\r\n",
+    )
+    .await;
+    assert!(closed, "connection left open: {out}");
+    assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "{out}");
+    let paths = a.paths.lock().unwrap().clone();
+    assert!(!paths.iter().any(|p| p.contains("smuggled")), "{paths:?}");
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_spliced_and_closed_by_drain() {
+    let a = upstream("app-a").await;
+    let e = edge().await;
+    e.edge
+        .apply(vec![upsert("a.localhost", vec![target("a", a.addr, 1)])])
+        .unwrap();
+    let mut s = TcpStream::connect(e.addr).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: a.localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).await.unwrap(),
+            1,
+            "closed during handshake"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    s.write_all(b"hello over ws").await.unwrap();
+    let mut buf = [0u8; 13];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"hello over ws");
+
+    // switch the route away, then drain: the spliced connection is closed
+    e.edge
+        .apply(vec![RouteChange::Remove {
+            host: "a.localhost".into(),
+        }])
+        .unwrap();
+    let report = e.edge.drain("a", Duration::from_secs(5)).await;
+    assert_eq!(report.upgraded_closed, 1);
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .expect("client connection closed after drain")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn weights_split_traffic_exactly() {
+    let (a, b) = (upstream("stable").await, upstream("canary").await);
+    let e = edge().await;
+    e.edge
+        .apply(vec![upsert(
+            "a.localhost",
+            vec![target("stable", a.addr, 75), target("canary", b.addr, 25)],
+        )])
+        .unwrap();
+    let mut c = Conn::open(e.addr).await;
+    let mut canary = 0;
+    for _ in 0..400 {
+        let (s, body) = c.get("a.localhost", "/").await;
+        assert_eq!(s, StatusCode::OK);
+        if body == "canary" {
+            canary += 1;
+        }
+    }
+    assert_eq!(canary, 100);
+}
+
+#[tokio::test]
+async fn in_flight_request_survives_cutover_and_drain() {
+    let (old, new) = (upstream("old").await, upstream("new").await);
+    let e = edge().await;
+    e.edge
+        .apply(vec![upsert(
+            "a.localhost",
+            vec![target("old", old.addr, 1)],
+        )])
+        .unwrap();
+    let addr = e.addr;
+    let slow = tokio::spawn(async move {
+        let mut c = Conn::open(addr).await;
+        c.get("a.localhost", "/slow?ms=1500").await
+    });
+    // wait until the slow request is running on the old target
+    let t0 = Instant::now();
+    while e.edge.inflight("old") == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "slow request never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    e.edge
+        .apply(vec![upsert(
+            "a.localhost",
+            vec![target("new", new.addr, 1)],
+        )])
+        .unwrap();
+    let mut c = Conn::open(addr).await;
+    assert_eq!(c.get("a.localhost", "/").await.1, "new");
+    let report = e.edge.drain("old", Duration::from_secs(30)).await;
+    assert_eq!(report.inflight_at_start, 1);
+    assert_eq!(report.aborted, 0);
+    assert_eq!(slow.await.unwrap(), (StatusCode::OK, "old".into()));
+    assert_eq!(e.edge.inflight("old"), 0);
+}
+
+#[tokio::test]
+async fn drain_deadline_aborts_with_504() {
+    let (old, new) = (upstream("old").await, upstream("new").await);
+    let e = edge().await;
+    e.edge
+        .apply(vec![upsert(
+            "a.localhost",
+            vec![target("old", old.addr, 1)],
+        )])
+        .unwrap();
+    let addr = e.addr;
+    let hung = tokio::spawn(async move {
+        let mut c = Conn::open(addr).await;
+        c.get("a.localhost", "/hang").await.0
+    });
+    let t0 = Instant::now();
+    while e.edge.inflight("old") == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "request never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    e.edge
+        .apply(vec![upsert(
+            "a.localhost",
+            vec![target("new", new.addr, 1)],
+        )])
+        .unwrap();
+    let report = e.edge.drain("old", Duration::from_millis(200)).await;
+    assert_eq!(report.aborted, 1);
+    assert_eq!(hung.await.unwrap(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(e.edge.inflight("old"), 0);
+}
+
+#[tokio::test]
+async fn switching_routes_under_load_loses_nothing() {
+    let (a, b) = (upstream("blue").await, upstream("green").await);
+    let e = edge().await;
+    e.edge
+        .apply(vec![upsert("a.localhost", vec![target("blue", a.addr, 1)])])
+        .unwrap();
+    let addr = e.addr;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let load = tokio::spawn(async move {
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .build_http::<http_body_util::Empty<Bytes>>();
+        let uri: http::Uri = format!("http://{addr}/").parse().unwrap();
+        let (mut ok, mut bad, mut errors) = (0usize, 0usize, 0usize);
+        let t0 = Instant::now();
+        for _ in 0..2000 {
+            if *stop_rx.borrow_and_update() || t0.elapsed() > Duration::from_secs(10) {
+                break;
+            }
+            let req = Request::get(uri.clone())
+                .header("host", "a.localhost")
+                .body(http_body_util::Empty::new())
+                .unwrap();
+            match client.request(req).await {
+                Ok(r) if r.status().is_success() => {
+                    let _ = r.into_body().collect().await;
+                    ok += 1
+                }
+                Ok(_) => bad += 1,
+                Err(_) => errors += 1,
+            }
+        }
+        (ok, bad, errors)
+    });
+    for i in 0..10 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (id, up) = if i % 2 == 0 {
+            ("green", b.addr)
+        } else {
+            ("blue", a.addr)
+        };
+        e.edge
+            .apply(vec![upsert("a.localhost", vec![target(id, up, 1)])])
+            .unwrap();
+    }
+    let _ = stop_tx.send(true);
+    let (ok, bad, errors) = load.await.unwrap();
+    assert_eq!((bad, errors), (0, 0));
+    assert!(ok > 0);
+    use std::sync::atomic::Ordering::SeqCst;
+    assert_eq!(a.hits.load(SeqCst) + b.hits.load(SeqCst), ok);
+}
+
+#[tokio::test]
+async fn invalid_batch_keeps_the_old_table() {
+    let a = upstream("app-a").await;
+    let e = edge().await;
+    e.edge
+        .apply(vec![upsert("a.localhost", vec![target("a", a.addr, 1)])])
+        .unwrap();
+    let before = e.edge.routes();
+    let err = e
+        .edge
+        .apply(vec![
+            RouteChange::Remove {
+                host: "a.localhost".into(),
+            },
+            RouteChange::Upsert {
+                host: "bad_host!.localhost".into(),
+                route: RouteSpec::default(),
+            },
+        ])
+        .unwrap_err();
+    assert!(err.to_string().contains("bad_host!.localhost"), "{err}");
+    assert_eq!(e.edge.routes(), before);
+    let mut c = Conn::open(e.addr).await;
+    assert_eq!(c.get("a.localhost", "/").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn persisted_routes_are_served_after_restart() {
+    let a = upstream("app-a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = EdgeConfig {
+        routes_file: Some(dir.path().join("routes.json")),
+        ..EdgeConfig::default()
+    };
+    let first = edge_with(cfg.clone()).await;
+    first
+        .edge
+        .apply(vec![
+            upsert("a.localhost", vec![target("a", a.addr, 1)]),
+            upsert("*.preview.localhost", vec![target("a", a.addr, 1)]),
+        ])
+        .unwrap();
+    let routes = first.edge.routes();
+    drop(first);
+    let second = edge_with(cfg).await;
+    assert_eq!(second.edge.routes(), routes);
+    let mut c = Conn::open(second.addr).await;
+    assert_eq!(c.get("a.localhost", "/").await.1, "app-a");
+    assert_eq!(c.get("pr-7.preview.localhost", "/").await.1, "app-a");
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_requests() {
+    let a = upstream("app-a").await;
+    let mut e = edge().await;
+    e.edge
+        .apply(vec![upsert("a.localhost", vec![target("a", a.addr, 1)])])
+        .unwrap();
+    let addr = e.addr;
+    let slow = tokio::spawn(async move {
+        let mut c = Conn::open(addr).await;
+        c.get("a.localhost", "/slow?ms=500").await
+    });
+    let t0 = Instant::now();
+    while e.edge.inflight("a") == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "request never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = e.stop.take().unwrap().send(());
+    assert_eq!(slow.await.unwrap(), (StatusCode::OK, "app-a".into()));
+    e.served.await.unwrap().unwrap();
+    assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
+}

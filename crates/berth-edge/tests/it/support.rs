@@ -1,0 +1,231 @@
+//! Test upstreams and clients, all on 127.0.0.1 port 0.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_edge::{Edge, EdgeConfig, RouteChange, RouteSpec, TargetSpec};
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+fn full(s: impl Into<Bytes>) -> Body {
+    Full::new(s.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A small upstream app. Paths: `/` (its name), `/headers` (request headers
+/// as JSON), `/slow?ms=N`, `/hang`, `/echo` (streams the body back), `/hop`
+/// (answers with hop-by-hop headers), `/ws` (101 then echo).
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    pub paths: Arc<Mutex<Vec<String>>>,
+    _stop: oneshot::Sender<()>,
+}
+
+pub async fn upstream(name: &'static str) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let paths = Arc::new(Mutex::new(Vec::new()));
+    let (tx, mut rx) = oneshot::channel::<()>();
+    let (h, p) = (hits.clone(), paths.clone());
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                r = listener.accept() => match r { Ok(x) => x, Err(_) => return },
+                _ = &mut rx => return,
+            };
+            let (h, p) = (h.clone(), p.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    h.fetch_add(1, Ordering::SeqCst);
+                    p.lock().unwrap().push(req.uri().to_string());
+                    app(name, req)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    Upstream {
+        addr,
+        hits,
+        paths,
+        _stop: tx,
+    }
+}
+
+async fn app(name: &'static str, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    let resp = match path.as_str() {
+        "/headers" => {
+            let map: BTreeMap<String, String> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                .collect();
+            Response::new(full(serde_json::to_vec(&map).unwrap()))
+        }
+        "/slow" => {
+            let ms: u64 = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("ms="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(100);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Response::new(full(name))
+        }
+        "/hang" => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Response::new(full(name))
+        }
+        "/echo" => Response::new(req.into_body().boxed()),
+        "/hop" => Response::builder()
+            .header("connection", "x-internal")
+            .header("x-internal", "secret")
+            .header("keep-alive", "timeout=5")
+            .header("x-app", "kept")
+            .body(full(name))
+            .unwrap(),
+        "/ws" => {
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(io) = on_upgrade.await {
+                    let mut io = TokioIo::new(io);
+                    let mut buf = [0u8; 1024];
+                    loop {
+                        match io.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                if io.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+            Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .body(Empty::new().map_err(|never| match never {}).boxed())
+                .unwrap()
+        }
+        _ => Response::new(full(name)),
+    };
+    Ok(resp)
+}
+
+pub struct Running {
+    pub edge: Edge,
+    pub addr: SocketAddr,
+    pub stop: Option<oneshot::Sender<()>>,
+    pub served: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+pub async fn edge_with(cfg: EdgeConfig) -> Running {
+    let edge = Edge::new(cfg).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let e = edge.clone();
+    let served = tokio::spawn(async move {
+        e.serve(listener, async move {
+            let _ = rx.await;
+        })
+        .await
+    });
+    Running {
+        edge,
+        addr,
+        stop: Some(tx),
+        served,
+    }
+}
+
+pub async fn edge() -> Running {
+    edge_with(EdgeConfig::default()).await
+}
+
+pub fn target(id: &str, addr: SocketAddr, weight: u32) -> TargetSpec {
+    TargetSpec {
+        id: id.into(),
+        upstream: addr.to_string(),
+        weight,
+    }
+}
+
+pub fn upsert(host: &str, targets: Vec<TargetSpec>) -> RouteChange {
+    RouteChange::Upsert {
+        host: host.into(),
+        route: RouteSpec { targets },
+    }
+}
+
+/// One HTTP/1.1 keep-alive connection to the edge.
+pub struct Conn {
+    send: hyper::client::conn::http1::SendRequest<Body>,
+}
+
+impl Conn {
+    pub async fn open(addr: SocketAddr) -> Conn {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        Conn { send }
+    }
+
+    pub async fn get(&mut self, host: &str, path: &str) -> (StatusCode, String) {
+        let req = Request::get(path)
+            .header("host", host)
+            .body(full(""))
+            .unwrap();
+        let resp = self.send.send_request(req).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    pub async fn send(&mut self, req: Request<Body>) -> Result<Response<Incoming>, hyper::Error> {
+        self.send.ready().await?;
+        self.send.send_request(req).await
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.send.is_closed()
+    }
+}
+
+pub fn body(s: &'static str) -> Body {
+    full(s)
+}
+
+/// Writes raw bytes and reads until the server closes (bounded by 5 s).
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> (String, bool) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .is_ok();
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
