@@ -1,0 +1,51 @@
+//! berth-runtime: how berth runs app instances.
+//!
+//! The [`Runtime`] trait is the whole interface the server's pipeline uses:
+//! start an instance from an [`InstanceSpec`], inspect, stop, remove, list
+//! the ones berth owns, stream their logs, run a one-off command to
+//! completion, and check or remove images. It is backend-neutral (no engine
+//! types cross it) so a Kubernetes or microVM runtime can implement it later;
+//! [`DockerRuntime`] implements it on a Docker Engine (API 1.41+). This crate
+//! depends on no other berth crate: the server wires it.
+//!
+//! Invariants every backend keeps (see [`Runtime`] for the per-method ones):
+//!
+//! - **Ownership**: every instance carries [`OWNER_LABEL`]`=true` plus the
+//!   project/service/environment/deployment labels the caller passes
+//!   ([`berth_labels`]); `list_owned` returns exactly those, so the
+//!   reconciler never touches anything else on the host.
+//! - **Loopback only**: `spec.port` is published on 127.0.0.1 with an
+//!   ephemeral host port, read back after start. The address belongs to one
+//!   run: after a restart (restart policy, engine restart) the host port may
+//!   differ, so callers re-read it from `inspect`/`list_owned`.
+//! - **Hardening** (Docker): `no-new-privileges`, all capabilities dropped
+//!   except [`docker::CAP_ADD`], an init process as PID 1 (SIGTERM works for
+//!   apps that ignore it as PID 1), memory (no swap), CPU and PID limits,
+//!   json-file logs capped at 3 × 10 MB. Specs are validated first
+//!   ([`InstanceSpec::validate`]): host paths and the engine socket are never
+//!   mounted.
+//! - **Idempotent teardown**: `stop` of a stopped instance and `remove` of a
+//!   missing one succeed; a failed `start` leaves nothing behind; a one-off
+//!   is always removed.
+//! - **Bounded output**: log lines are cut at [`logs::MAX_LINE_BYTES`];
+//!   one-off output keeps the last [`ONEOFF_MAX_LINES`] lines.
+//!
+//! [`health`] probes an instance over HTTP on its published address.
+
+pub mod docker;
+pub mod health;
+pub mod logs;
+pub mod runtime;
+pub mod spec;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+pub use docker::DockerRuntime;
+pub use health::{probe, ProbeFailure, ProbeResult, ProbeSchedule};
+pub use runtime::{Runtime, RuntimeError};
+pub use spec::{
+    berth_labels, shell_command, Instance, InstanceSpec, InstanceState, InstanceStatus, Limits,
+    LogChunk, LogOptions, LogStream, OneOffOutcome, RestartPolicy, SpecError, VolumeMount,
+    DEPLOYMENT_LABEL, ENVIRONMENT_LABEL, ONEOFF_MAX_LINES, OWNER_LABEL, PORT_LABEL, PROJECT_LABEL,
+    SERVICE_LABEL,
+};

@@ -1,0 +1,102 @@
+//! The [`Runtime`] trait every backend (Docker today; Kubernetes and microVMs
+//! later) implements, and its error type.
+
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+
+use crate::spec::{
+    Instance, InstanceSpec, InstanceState, LogChunk, LogOptions, OneOffOutcome, SpecError,
+};
+
+/// Runs app instances. Implementations keep these invariants:
+///
+/// - every instance they create carries `OWNER_LABEL=true`, and they never
+///   list, stop or remove anything without it through `list_owned`;
+/// - a published port listens on 127.0.0.1 only;
+/// - `stop` and `remove` are idempotent (already stopped / already gone is
+///   `Ok`), so a reconciler can repeat them after a crash;
+/// - a spec is validated before anything is created, so a refused spec
+///   leaves nothing behind, and a failed `start` removes what it created.
+#[async_trait::async_trait]
+pub trait Runtime: Send + Sync {
+    /// Creates and starts an instance. `spec.port` (if any) is published on
+    /// 127.0.0.1 with an ephemeral host port, returned in `Instance::addr`.
+    /// The address is `None` when the instance already stopped before it
+    /// could be read; `inspect` then tells why.
+    async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError>;
+
+    /// Current state: status (exit code), OOM kill, restart count, start
+    /// time, published address.
+    async fn inspect(&self, id: &str) -> Result<InstanceState, RuntimeError>;
+
+    /// Asks the instance to stop (SIGTERM, or the image's stop signal), and
+    /// kills it after `grace`. Already stopped is `Ok`; unknown is
+    /// `RuntimeError::NotFound`.
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError>;
+
+    /// Removes the instance, killing it if running. Unknown is `Ok`.
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
+
+    /// Every instance carrying `OWNER_LABEL=true`, running or not.
+    async fn list_owned(&self) -> Result<Vec<Instance>, RuntimeError>;
+
+    /// stdout and stderr, one item per line, each with the engine's
+    /// timestamp and its stream. With `follow` the stream ends when the
+    /// instance stops (or when dropped).
+    fn logs(
+        &self,
+        id: &str,
+        opts: LogOptions,
+    ) -> BoxStream<'static, Result<LogChunk, RuntimeError>>;
+
+    /// Runs `spec` to completion (release commands, migrations): no port is
+    /// published and it is never restarted. Returns the exit code and the
+    /// last `ONEOFF_MAX_LINES` output lines; the instance is removed
+    /// afterwards in every case. After `timeout` it is killed, removed, and
+    /// `RuntimeError::OneOffTimeout` returned.
+    async fn run_oneoff(
+        &self,
+        spec: &InstanceSpec,
+        timeout: Duration,
+    ) -> Result<OneOffOutcome, RuntimeError>;
+
+    /// Whether the image is present locally.
+    async fn image_exists(&self, image: &str) -> Result<bool, RuntimeError>;
+
+    /// Removes an image reference. Missing is `Ok`; still used by an
+    /// instance is `RuntimeError::ImageInUse`.
+    async fn remove_image(&self, image: &str) -> Result<(), RuntimeError>;
+}
+
+/// Errors of every runtime operation.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("invalid instance spec: {0}")]
+    InvalidSpec(#[from] SpecError),
+    #[error("instance {0} not found")]
+    NotFound(String),
+    #[error("image {0} not found")]
+    ImageNotFound(String),
+    #[error("image {image} is in use: {detail}")]
+    ImageInUse { image: String, detail: String },
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("instance {id} is running but port {port} is not published")]
+    PortNotPublished { id: String, port: u16 },
+    #[error("one-off {name} timed out after {}s and was killed", .after.as_secs_f64())]
+    OneOffTimeout { name: String, after: Duration },
+    /// Anything else the backend reported (engine unreachable, engine error).
+    #[error("{op}: {message}")]
+    Backend { op: &'static str, message: String },
+}
+
+impl RuntimeError {
+    /// The instance (or image) does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            RuntimeError::NotFound(_) | RuntimeError::ImageNotFound(_)
+        )
+    }
+}
