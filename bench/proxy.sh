@@ -1,0 +1,222 @@
+#!/usr/bin/env bash
+# Compares berth's edge proxy with nginx, HAProxy and Caddy in front of the
+# same upstream (nginx returning a small static body), all on 127.0.0.1.
+# Installs nothing. See bench/README-proxy.md.
+#
+#   DURATION=10s CONNECTIONS=64 WRK_THREADS=2 PROXY_THREADS=2 bench/proxy.sh
+set -euo pipefail
+
+DURATION="${DURATION:-10s}"
+CONNECTIONS="${CONNECTIONS:-64}"
+WRK_THREADS="${WRK_THREADS:-2}"
+PROXY_THREADS="${PROXY_THREADS:-2}"
+HOST_HEADER="bench.localhost"
+BASE_PORT="${BASE_PORT:-18000}"
+UP_PORT=$BASE_PORT
+BERTH_PORT=$((BASE_PORT + 1))
+NGINX_PORT=$((BASE_PORT + 2))
+HAPROXY_PORT=$((BASE_PORT + 3))
+CADDY_PORT=$((BASE_PORT + 4))
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+WORK="$(mktemp -d /tmp/berth-proxy-bench.XXXXXX)"
+PIDS=()
+
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+missing=()
+for tool in wrk nginx haproxy caddy cargo; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [[ " ${missing[*]} " == *" wrk "* || " ${missing[*]} " == *" nginx "* || " ${missing[*]} " == *" cargo "* ]]; then
+    echo "missing required tools: ${missing[*]} (wrk, nginx and cargo are needed)" >&2
+    exit 1
+fi
+if ((${#missing[@]})); then
+    echo "note: not installed, skipped: ${missing[*]}" >&2
+fi
+have() { ! [[ " ${missing[*]} " == *" $1 "* ]]; }
+
+wait_port() { # port
+    local i
+    for i in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "nothing listens on 127.0.0.1:$1; logs:" >&2
+    tail -n 5 "$WORK"/*.log "$WORK"/*/stderr "$WORK"/*/error.log 2>/dev/null >&2 || true
+    return 1
+}
+
+if [[ -z "${SKIP_BUILD:-}" ]]; then
+    echo "building edge_bench (release)..." >&2
+    (cd "$ROOT" && cargo build --release -q -p berth-edge --example edge_bench)
+fi
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+EDGE_BIN="$TARGET_DIR/release/examples/edge_bench"
+
+nginx_common() { # prefix
+    cat <<EOF
+daemon off;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+user root;
+EOF
+}
+nginx_http_common() { # prefix
+    cat <<EOF
+    access_log off;
+    client_body_temp_path $1/client_body;
+    proxy_temp_path $1/proxy;
+    fastcgi_temp_path $1/fastcgi;
+    uwsgi_temp_path $1/uwsgi;
+    scgi_temp_path $1/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+EOF
+}
+
+# --- upstream: nginx, one worker, fixed small body --------------------------
+UP="$WORK/upstream"; mkdir -p "$UP"
+{
+    nginx_common "$UP"
+    echo "worker_processes 1;"
+    echo "events { worker_connections 4096; }"
+    echo "http {"
+    nginx_http_common "$UP"
+    cat <<EOF
+    server {
+        listen 127.0.0.1:$UP_PORT;
+        location / { default_type text/plain; return 200 "hello from the upstream\n"; }
+    }
+}
+EOF
+} >"$UP/nginx.conf"
+nginx -p "$UP" -c "$UP/nginx.conf" 2>>"$UP/stderr" &
+PIDS+=($!)
+wait_port "$UP_PORT"
+
+# --- berth edge --------------------------------------------------------------
+"$EDGE_BIN" --listen "127.0.0.1:$BERTH_PORT" --host "$HOST_HEADER" \
+    --upstream "127.0.0.1:$UP_PORT" --threads "$PROXY_THREADS" 2>"$WORK/berth.log" &
+PIDS+=($!)
+
+# --- nginx as proxy ----------------------------------------------------------
+NG="$WORK/nginx-proxy"; mkdir -p "$NG"
+{
+    nginx_common "$NG"
+    echo "worker_processes $PROXY_THREADS;"
+    echo "events { worker_connections 4096; }"
+    echo "http {"
+    nginx_http_common "$NG"
+    cat <<EOF
+    upstream app { server 127.0.0.1:$UP_PORT; keepalive 128; keepalive_requests 1000000; }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$remote_addr;
+            proxy_buffering on;
+        }
+    }
+}
+EOF
+} >"$NG/nginx.conf"
+nginx -p "$NG" -c "$NG/nginx.conf" 2>>"$NG/stderr" &
+PIDS+=($!)
+
+# --- HAProxy -----------------------------------------------------------------
+if have haproxy; then
+    cat >"$WORK/haproxy.cfg" <<EOF
+global
+    nbthread $PROXY_THREADS
+    maxconn 4096
+defaults
+    mode http
+    option http-keep-alive
+    option forwardfor
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend fe
+    bind 127.0.0.1:$HAPROXY_PORT
+    default_backend be
+backend be
+    server app 127.0.0.1:$UP_PORT
+EOF
+    haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
+    PIDS+=($!)
+fi
+
+# --- Caddy -------------------------------------------------------------------
+if have caddy; then
+    mkdir -p "$WORK/caddy"
+    cat >"$WORK/Caddyfile" <<EOF
+{
+    admin off
+    auto_https off
+}
+http://:$CADDY_PORT {
+    bind 127.0.0.1
+    reverse_proxy 127.0.0.1:$UP_PORT
+}
+EOF
+    GOMAXPROCS=$PROXY_THREADS XDG_DATA_HOME="$WORK/caddy" XDG_CONFIG_HOME="$WORK/caddy" HOME="$WORK/caddy" \
+        caddy run --config "$WORK/Caddyfile" --adapter caddyfile >"$WORK/caddy.log" 2>&1 &
+    PIDS+=($!)
+fi
+
+proxies=("berth:$BERTH_PORT" "nginx:$NGINX_PORT")
+have haproxy && proxies+=("haproxy:$HAPROXY_PORT")
+have caddy && proxies+=("caddy:$CADDY_PORT")
+
+for p in "${proxies[@]}"; do wait_port "${p#*:}"; done
+
+# wrk reports latency as e.g. 812.00us, 1.23ms, 1.02s; print milliseconds.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        if (v ~ /us$/) { sub(/us$/, "", v); printf "%.2f", v / 1000 }
+        else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.2f", v }
+        else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.2f", v * 1000 }
+        else printf "%s", v }'
+}
+
+results=()
+for p in "${proxies[@]}"; do
+    name="${p%%:*}"; port="${p#*:}"
+    # warm up pools and check the route answers 200 through this proxy
+    wrk -t1 -c4 -d1s -H "Host: $HOST_HEADER" "http://127.0.0.1:$port/" >/dev/null
+    out="$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency \
+        -H "Host: $HOST_HEADER" "http://127.0.0.1:$port/")"
+    echo "$out" >"$WORK/wrk-$name.txt"
+    rps="$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")"
+    p50="$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")"
+    p99="$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")"
+    non2xx="$(awk -F: '/Non-2xx/ {gsub(/ /, "", $2); print $2}' <<<"$out")"
+    errs="$(awk '/Socket errors/ {print $0}' <<<"$out" | sed 's/^ *Socket errors: *//')"
+    results+=("$name|$rps|$p50|$p99|${non2xx:-0}|${errs:-none}")
+done
+
+echo
+echo "wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency, Host: $HOST_HEADER; upstream: nginx (1 worker) returning a 24-byte body"
+echo "every proxy gets $PROXY_THREADS worker threads/processes (berth: tokio workers, nginx: worker_processes, haproxy: nbthread, caddy: GOMAXPROCS);"
+echo "machine: $(nproc) cores shared by wrk, the proxy and the upstream"
+printf '%-8s %12s %10s %10s %8s  %s\n' proxy "req/s" "p50 ms" "p99 ms" non-2xx "socket errors"
+for r in "${results[@]}"; do
+    IFS='|' read -r name rps p50 p99 non2xx errs <<<"$r"
+    printf '%-8s %12s %10s %10s %8s  %s\n' "$name" "$rps" "$p50" "$p99" "$non2xx" "$errs"
+done
