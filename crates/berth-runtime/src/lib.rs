@@ -30,9 +30,13 @@
 //! - **Bounded output**: log lines are cut at [`logs::MAX_LINE_BYTES`];
 //!   one-off output keeps the last [`ONEOFF_MAX_LINES`] lines.
 //!
-//! [`health`] probes an instance over HTTP on its published address.
+//! [`health`] probes an instance over HTTP on its published address. With
+//! the `testing` feature, `testing` builds the busybox test image and `fake`
+//! holds `FakeRuntime`, a recording in-memory runtime for pipeline tests.
 
 pub mod docker;
+#[cfg(any(test, feature = "testing"))]
+pub mod fake;
 pub mod health;
 pub mod logs;
 pub mod runtime;

@@ -375,3 +375,43 @@ async fn remove_image_refuses_in_use_and_accepts_missing() {
     assert!(!rt.image_exists(&tag).await.expect("gone"));
     rt.remove_image(&tag).await.expect("missing is ok");
 }
+
+#[tokio::test]
+async fn restart_policy_counts_restarts() {
+    let (rt, image) = runtime().await;
+    let mut cleanup = Cleanup::new();
+    let mut spec = spec(&image, "echo crash; exit 1");
+    spec.restart = RestartPolicy::OnFailure { max_retries: 2 };
+    cleanup.container(spec.name.clone());
+    let instance = rt.start(&spec).await.expect("start");
+    // Exited for good once the two retries are used (bounded wait).
+    let mut state = rt.inspect(&instance.id).await.expect("inspect");
+    for _ in 0..100 {
+        if state.restart_count == 2 && state.exit_code().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        state = rt.inspect(&instance.id).await.expect("inspect");
+    }
+    assert_eq!(state.restart_count, 2);
+    assert_eq!(state.status, InstanceStatus::Exited { code: 1 });
+    rt.remove(&instance.id).await.expect("remove");
+}
+
+#[tokio::test]
+async fn memory_limit_overrun_is_reported_as_oom() {
+    let (rt, image) = runtime().await;
+    let mut cleanup = Cleanup::new();
+    // The shell holds 64 MB in a variable under a 16 MiB limit.
+    let mut spec = spec(
+        &image,
+        "a=$(head -c 64000000 /dev/zero | tr '\\0' x); echo survived",
+    );
+    spec.limits.memory_bytes = Some(16 << 20);
+    cleanup.container(spec.name.clone());
+    let instance = rt.start(&spec).await.expect("start");
+    let state = wait_not_running(&rt, &instance.id).await;
+    assert!(state.oom_killed, "{state:?}");
+    assert_ne!(state.exit_code(), Some(0));
+    rt.remove(&instance.id).await.expect("remove");
+}
