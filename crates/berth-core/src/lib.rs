@@ -14,4 +14,5 @@ pub mod config;
 pub mod hosts;
 pub mod model;
 pub mod names;
+pub mod redact;
 pub mod state;

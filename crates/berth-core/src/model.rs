@@ -272,6 +272,19 @@ pub struct Deployment {
     pub steps: Vec<Step>,
     /// Traffic share in percent while a canary runs.
     pub canary_weight: Option<u32>,
+    /// Where the deployment's container runs, while it has one.
+    #[serde(default)]
+    pub runtime: Option<RuntimeInfo>,
+}
+
+/// The running instance of a deployment.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeInfo {
+    pub instance_id: String,
+    pub instance_name: String,
+    /// `127.0.0.1:<port>` the edge and probes use; `None` for workers.
+    pub address: Option<String>,
 }
 
 impl Deployment {

@@ -1,10 +1,187 @@
-//! berth-server: the control plane.
+//! berth-server: the control plane. It wires the concrete backends
+//! together (SQLite store, Docker runtime, the edge proxy) and runs:
+//! - the [`deployer::Deployer`], which queues deployments per service slot
+//!   and runs the deploy algorithm of [`pipeline`] — the one place where a
+//!   deployment goes from queued to active;
+//! - the reconciler ([`reconcile`]), at start, so no deployment stays stuck
+//!   after a crash;
+//! - the HTTP API ([`api`]) under `/api/v1`.
+//!
+//! Invariants: the store is the source of truth; the edge only ever gets
+//! route tables computed from it (plus the persisted copy it serves during
+//! a restart); every side effect goes through the `Store`, `Runtime`,
+//! build and edge interfaces.
+
+pub mod api;
 pub mod config;
+pub mod deployer;
+pub mod error;
+pub mod ids;
+pub mod logs;
+pub mod monitor;
+pub mod pipeline;
+pub mod reconcile;
+mod unavailable;
 
 pub use config::ServerConfig;
 
+use anyhow::Context;
+use berth_edge::{Edge, EdgeConfig};
+use berth_runtime::{DockerRuntime, Runtime};
+use berth_store::{Cipher, SqliteStore, Store};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where the generated admin token is written.
+pub const TOKEN_FILE: &str = "admin.token";
+
+/// The API token: the configured one, else the one in
+/// `<data-dir>/admin.token`, else a new random one written there (0600).
+/// Returns the token and the file it came from.
+pub fn resolve_token(cfg: &ServerConfig) -> anyhow::Result<(String, Option<PathBuf>)> {
+    if let Some(t) = cfg.token.as_deref().filter(|t| !t.is_empty()) {
+        return Ok((t.to_string(), None));
+    }
+    let path = cfg.data_dir.join(TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok((t.trim().to_string(), Some(path))),
+        _ => {}
+    }
+    let mut bytes = [0u8; 24];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+    let token = format!("berth_{}", hex::encode(bytes));
+    let _ = std::fs::remove_file(&path);
+    berth_store::crypto::write_private(&path, format!("{token}\n").as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok((token, Some(path)))
+}
+
+fn private_dir(p: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(p)
+        .with_context(|| format!("cannot create data dir {}", p.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700));
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
 /// Run `berth server` until SIGTERM or Ctrl-C.
 pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
-    let _ = cfg;
-    anyhow::bail!("not yet")
+    private_dir(&cfg.data_dir)?;
+    if let Some(b) = &cfg.base_domain {
+        berth_core::names::hostname(b).context("--base-domain")?;
+    }
+    let (token, token_file) = resolve_token(&cfg)?;
+    let cipher = Cipher::load(&cfg.data_dir, cfg.master_key.as_deref())?;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.data_dir, cipher)?);
+
+    // The edge first: it serves the persisted routes while the rest starts.
+    let edge = Edge::new(EdgeConfig {
+        routes_file: Some(cfg.data_dir.join("routes.json")),
+        ..EdgeConfig::default()
+    })
+    .context("cannot start the edge proxy")?;
+    let http = tokio::net::TcpListener::bind(cfg.http_listen)
+        .await
+        .with_context(|| format!("cannot listen on --http-listen {}", cfg.http_listen))?;
+    let api_listener = tokio::net::TcpListener::bind(cfg.api_listen)
+        .await
+        .with_context(|| format!("cannot listen on --api-listen {}", cfg.api_listen))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let edge_task = {
+        let edge = edge.clone();
+        let mut rx = stop_rx.clone();
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            if let Err(e) = edge.serve(http, stop).await {
+                tracing::error!(error = %e, "edge proxy stopped");
+            }
+        })
+    };
+
+    let (runtime, docker): (Arc<dyn Runtime>, Option<bollard::Docker>) =
+        match DockerRuntime::connect().await {
+            Ok(rt) => {
+                let docker = rt.docker().clone();
+                (Arc::new(rt), Some(docker))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the Docker engine is not reachable; deployments will fail until it is");
+                (Arc::new(unavailable::Unavailable(e.to_string())), None)
+            }
+        };
+    let cfg = Arc::new(cfg);
+    let logs = logs::LogHub::start(store.clone());
+    let deployer = deployer::Deployer::new(
+        store.clone(),
+        runtime,
+        docker,
+        edge.clone(),
+        logs,
+        cfg.clone(),
+    );
+    {
+        let d = deployer.clone();
+        tokio::spawn(async move {
+            if let Err(e) = d.reconcile().await {
+                tracing::error!(error = %e, "reconcile at start failed");
+            }
+        });
+    }
+
+    let state = api::AppState {
+        store,
+        deployer,
+        token: Arc::new(token),
+    };
+    let app = api::router(state);
+    println!("berth {} started", env!("CARGO_PKG_VERSION"));
+    println!("  API and console  http://{}", cfg.api_listen);
+    println!(
+        "  edge proxy       http://{} (apps at *.{})",
+        cfg.http_listen,
+        cfg.base_domain()
+    );
+    println!("  data dir         {}", cfg.data_dir.display());
+    match &token_file {
+        Some(p) => println!(
+            "  API token        in {} (export BERTH_TOKEN=$(cat {}))",
+            p.display(),
+            p.display()
+        ),
+        None => println!("  API token        as given by --token / BERTH_TOKEN"),
+    }
+    axum::serve(api_listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("API server failed")?;
+    tracing::info!("shutting down: draining the edge");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), edge_task).await;
+    Ok(())
 }

@@ -50,6 +50,7 @@ fn deployment(id: &str, project: &str, at: chrono::DateTime<Utc>) -> Deployment 
         build: BuildInfo::default(),
         steps: vec![Step::pending(StepName::Clone)],
         canary_weight: None,
+        runtime: None,
     }
 }
 

@@ -1,0 +1,160 @@
+//! Deployments: create (deploy), list (status), show (inspect), cancel,
+//! rollback, promote, redeploy.
+
+use super::{AppState, Json};
+use crate::deployer::NewDeployment;
+use crate::error::{ApiError, ApiResult};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use berth_core::api::{CreateDeployment, Rollback};
+use berth_core::model::{Deployment, Trigger, DEFAULT_SERVICE, PRODUCTION};
+use berth_core::state::{Stage, Status};
+use berth_store::{DeploymentQuery, Slot};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    project: Option<String>,
+    environment: Option<String>,
+    service: Option<String>,
+    limit: Option<u32>,
+}
+
+pub async fn list(
+    State(s): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Vec<Deployment>>> {
+    if let Some(p) = &q.project {
+        s.store.get_project(p).await?;
+        if let Some(e) = &q.environment {
+            s.store.get_environment(p, e).await?;
+        }
+    }
+    let ds = s
+        .store
+        .list_deployments(&DeploymentQuery {
+            project: q.project,
+            environment: q.environment,
+            service: q.service,
+            unfinished: false,
+            limit: Some(q.limit.unwrap_or(100).min(1000)),
+        })
+        .await?;
+    Ok(Json(ds))
+}
+
+pub async fn create(
+    State(s): State<AppState>,
+    Json(req): Json<CreateDeployment>,
+) -> ApiResult<impl IntoResponse> {
+    let d = s
+        .deployer
+        .create(NewDeployment {
+            project: req.project,
+            service: req.service,
+            environment: req.environment,
+            reference: req.reference,
+            trigger: Trigger::Manual,
+            source: None,
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(d)))
+}
+
+pub async fn show(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Deployment>> {
+    Ok(Json(s.store.get_deployment(&id).await?))
+}
+
+pub async fn cancel(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Deployment>> {
+    Ok(Json(s.deployer.cancel(&id).await?))
+}
+
+pub async fn rollback(
+    State(s): State<AppState>,
+    Json(req): Json<Rollback>,
+) -> ApiResult<impl IntoResponse> {
+    s.store.get_project(&req.project).await?;
+    let slot = Slot {
+        project: req.project.clone(),
+        environment: req.environment.unwrap_or_else(|| PRODUCTION.into()),
+        service: req.service.unwrap_or_else(|| DEFAULT_SERVICE.into()),
+    };
+    s.store
+        .get_environment(&slot.project, &slot.environment)
+        .await?;
+    let (_active, target) = s.deployer.rollback_target(&slot).await?;
+    let d = s
+        .deployer
+        .create(NewDeployment {
+            project: slot.project,
+            service: Some(slot.service),
+            environment: Some(slot.environment),
+            reference: None,
+            trigger: Trigger::Rollback,
+            source: Some(target),
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(d)))
+}
+
+pub async fn promote(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let src = s.store.get_deployment(&id).await?;
+    if src.status != Status::Succeeded || src.image.is_none() {
+        return Err(ApiError::conflict(format!(
+            "deployment {id} never went live ({}); only a deployment that succeeded can be promoted",
+            src.status
+        )));
+    }
+    if src.is_active || src.promotion_stage == Stage::Active {
+        return Err(ApiError::conflict(format!(
+            "deployment {id} is already active"
+        )));
+    }
+    let d = s
+        .deployer
+        .create(NewDeployment {
+            project: src.project_name.clone(),
+            service: Some(src.service_name.clone()),
+            environment: Some(src.environment_name.clone()),
+            reference: None,
+            trigger: Trigger::Promote,
+            source: Some(src),
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(d)))
+}
+
+pub async fn redeploy(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let src = s.store.get_deployment(&id).await?;
+    let reference = src
+        .commit
+        .as_ref()
+        .map(|c| c.sha.clone())
+        .unwrap_or_else(|| src.reference.clone());
+    let d = s
+        .deployer
+        .create(NewDeployment {
+            project: src.project_name.clone(),
+            service: Some(src.service_name.clone()),
+            environment: Some(src.environment_name.clone()),
+            reference: Some(reference),
+            trigger: Trigger::Redeploy,
+            source: None,
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(d)))
+}

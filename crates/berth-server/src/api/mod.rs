@@ -1,0 +1,180 @@
+//! The HTTP API under `/api/v1`: bearer-token auth on every route but
+//! health (and, later, webhooks), JSON bodies in and out, JSON errors,
+//! bounded request bodies.
+
+mod deployments;
+mod logs;
+mod openapi;
+mod projects;
+mod routes;
+
+use crate::deployer::Deployer;
+use crate::error::ApiError;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::Router;
+use berth_store::Store;
+use std::sync::Arc;
+
+/// Largest request body accepted (413 beyond).
+pub const BODY_LIMIT: usize = 256 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub deployer: Arc<Deployer>,
+    pub token: Arc<String>,
+}
+
+/// `Json<T>` whose rejections are API errors (400 bad JSON, 413 too large,
+/// 415 wrong content type), each one line naming what was wrong.
+pub struct Json<T>(pub T);
+
+impl<S, T> FromRequest<S> for Json<T>
+where
+    axum::Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Json(v)),
+            Err(rej) => {
+                let status = rej.status();
+                let code = match status {
+                    StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+                    _ => "invalid_json",
+                };
+                let message = match status {
+                    StatusCode::PAYLOAD_TOO_LARGE => {
+                        format!("request body is larger than {} KiB", BODY_LIMIT / 1024)
+                    }
+                    _ => rej.body_text().replace('\n', " "),
+                };
+                Err(ApiError::new(status, code, message))
+            }
+        }
+    }
+}
+
+impl<T: serde::Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// Constant-time comparison, so the token cannot be guessed by timing.
+pub fn token_matches(given: &[u8], want: &[u8]) -> bool {
+    if given.len() != want.len() {
+        return false;
+    }
+    given
+        .iter()
+        .zip(want)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
+}
+
+async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| token_matches(t.trim().as_bytes(), state.token.as_bytes()));
+    if ok {
+        next.run(req).await
+    } else {
+        ApiError::unauthorized().into_response()
+    }
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    let docker = state.deployer.docker.is_some();
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "docker": if docker { "connected" } else { "unreachable" },
+    }))
+    .into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such API route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
+}
+
+pub fn router(state: AppState) -> Router {
+    let authed = Router::new()
+        .route("/openapi.json", get(openapi::document))
+        .route("/projects", get(projects::list).post(projects::create))
+        .route(
+            "/projects/{name}",
+            get(projects::show).patch(projects::update),
+        )
+        .route(
+            "/projects/{name}/environments",
+            get(projects::list_envs).post(projects::create_env),
+        )
+        .route(
+            "/projects/{name}/environments/{env}",
+            delete(projects::delete_env),
+        )
+        .route(
+            "/projects/{name}/environments/{env}/variables",
+            get(projects::list_vars),
+        )
+        .route(
+            "/projects/{name}/environments/{env}/variables/{key}",
+            put(projects::set_var).delete(projects::unset_var),
+        )
+        .route(
+            "/deployments",
+            get(deployments::list).post(deployments::create),
+        )
+        .route("/deployments/{id}", get(deployments::show))
+        .route("/deployments/{id}/cancel", post(deployments::cancel))
+        .route("/deployments/{id}/promote", post(deployments::promote))
+        .route("/deployments/{id}/redeploy", post(deployments::redeploy))
+        .route("/deployments/{id}/logs", get(logs::deployment_logs))
+        .route("/logs", get(logs::service_logs))
+        .route("/rollback", post(deployments::rollback))
+        .route("/routes", get(routes::list).post(routes::add))
+        .route("/routes/{hostname}", delete(routes::remove))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    let api = Router::new()
+        .route("/health", get(health))
+        .merge(authed)
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found);
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(health))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(BODY_LIMIT))
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn token_compare() {
+        assert!(super::token_matches(b"abc", b"abc"));
+        assert!(!super::token_matches(b"abd", b"abc"));
+        assert!(!super::token_matches(b"ab", b"abc"));
+    }
+}

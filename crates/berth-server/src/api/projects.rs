@@ -1,0 +1,232 @@
+//! Projects, environments and variables.
+
+use super::{AppState, Json};
+use crate::error::{ApiError, ApiResult};
+use crate::ids::now;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use berth_core::api::{
+    CreateEnvironment, CreateProject, ProjectDetail, ServiceSummary, SetVariable, UpdateProject,
+};
+use berth_core::model::{Environment, EnvironmentKind, Project, Variable, DEFAULT_RETAIN_IMAGES};
+use berth_core::names;
+use berth_store::{DeploymentQuery, NewProject, ProjectPatch};
+use std::collections::BTreeMap;
+
+fn shown(mut p: Project) -> Project {
+    p.repo = berth_core::model::mask_url(&p.repo);
+    p
+}
+
+fn check_retain(n: Option<u32>) -> ApiResult<()> {
+    match n {
+        Some(0) => Err(ApiError::bad_request(
+            "retainImages must be at least 1 (the active deployment's image is always kept)",
+        )),
+        Some(n) if n > 1000 => Err(ApiError::bad_request("retainImages must be at most 1000")),
+        _ => Ok(()),
+    }
+}
+
+fn check_repo(repo: &str) -> ApiResult<()> {
+    if repo.trim().is_empty() {
+        return Err(ApiError::bad_request("repo must not be empty"));
+    }
+    if repo.contains(['\n', '\r', '\0']) || repo.starts_with('-') {
+        return Err(ApiError::bad_request(format!(
+            "repo {:?} is not a git URL or path",
+            berth_core::model::mask_url(repo)
+        )));
+    }
+    Ok(())
+}
+
+fn check_branch(b: &Option<String>) -> ApiResult<()> {
+    if let Some(b) = b {
+        if b.is_empty() || b.starts_with('-') || b.contains(char::is_whitespace) || b.contains("..")
+        {
+            return Err(ApiError::bad_request(format!(
+                "branch {b:?} is not a valid git branch name"
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub async fn list(State(s): State<AppState>) -> ApiResult<Json<Vec<Project>>> {
+    Ok(Json(
+        s.store
+            .list_projects()
+            .await?
+            .into_iter()
+            .map(shown)
+            .collect(),
+    ))
+}
+
+pub async fn create(
+    State(s): State<AppState>,
+    Json(req): Json<CreateProject>,
+) -> ApiResult<impl IntoResponse> {
+    names::project_name(&req.name)?;
+    check_repo(&req.repo)?;
+    check_retain(req.retain_images)?;
+    check_branch(&req.default_branch)?;
+    if req.webhook_secret.as_deref() == Some("") {
+        return Err(ApiError::bad_request("webhookSecret must not be empty"));
+    }
+    let p = s
+        .store
+        .create_project(NewProject {
+            name: req.name,
+            repo: req.repo,
+            default_branch: req.default_branch.unwrap_or_else(|| "main".into()),
+            retain_images: req.retain_images.unwrap_or(DEFAULT_RETAIN_IMAGES),
+            webhook_secret: req.webhook_secret,
+            created_at: now(),
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(shown(p))))
+}
+
+pub async fn show(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<ProjectDetail>> {
+    let project = s.store.get_project(&name).await?;
+    let environments = s.store.list_environments(&name).await?;
+    let deployments = s
+        .store
+        .list_deployments(&DeploymentQuery {
+            project: Some(name.clone()),
+            ..Default::default()
+        })
+        .await?;
+    // One summary per (environment, service), from the newest deployment
+    // and the active one.
+    let mut services: BTreeMap<(String, String), ServiceSummary> = BTreeMap::new();
+    for d in &deployments {
+        let key = (d.environment_name.clone(), d.service_name.clone());
+        let entry = services.entry(key).or_insert_with(|| ServiceSummary {
+            name: d.service_name.clone(),
+            environment_name: d.environment_name.clone(),
+            active_deployment_id: None,
+            route_url: d.route_url.clone(),
+            status: None,
+            health: None,
+        });
+        if d.is_active {
+            entry.active_deployment_id = Some(d.id.clone());
+            entry.status = Some(d.status.to_string());
+            entry.health = Some(d.health.to_string());
+        }
+    }
+    Ok(Json(ProjectDetail {
+        project: shown(project),
+        environments,
+        services: services.into_values().collect(),
+    }))
+}
+
+pub async fn update(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Json(req): Json<UpdateProject>,
+) -> ApiResult<Json<Project>> {
+    check_retain(req.retain_images)?;
+    check_branch(&req.default_branch)?;
+    if let Some(r) = &req.repo {
+        check_repo(r)?;
+    }
+    if req.webhook_secret.as_deref() == Some("") {
+        return Err(ApiError::bad_request("webhookSecret must not be empty"));
+    }
+    let p = s
+        .store
+        .update_project(
+            &name,
+            ProjectPatch {
+                retain_images: req.retain_images,
+                webhook_secret: req.webhook_secret,
+                default_branch: req.default_branch,
+                repo: req.repo,
+            },
+        )
+        .await?;
+    Ok(Json(shown(p)))
+}
+
+pub async fn list_envs(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<Environment>>> {
+    Ok(Json(s.store.list_environments(&name).await?))
+}
+
+pub async fn create_env(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Json(req): Json<CreateEnvironment>,
+) -> ApiResult<impl IntoResponse> {
+    names::environment_name(&req.name)?;
+    check_branch(&req.branch)?;
+    let kind = if req.name.starts_with("pr-") {
+        EnvironmentKind::Preview
+    } else {
+        EnvironmentKind::Branch
+    };
+    let env = s
+        .store
+        .create_environment(Environment {
+            project_name: name,
+            name: req.name,
+            branch: req.branch,
+            kind,
+            created_at: now(),
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(env)))
+}
+
+pub async fn delete_env(
+    State(s): State<AppState>,
+    Path((name, env)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    s.deployer.teardown_environment(&name, &env).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn list_vars(
+    State(s): State<AppState>,
+    Path((name, env)): Path<(String, String)>,
+) -> ApiResult<Json<Vec<Variable>>> {
+    Ok(Json(s.store.list_variables(&name, &env).await?))
+}
+
+pub async fn set_var(
+    State(s): State<AppState>,
+    Path((name, env, key)): Path<(String, String, String)>,
+    Json(req): Json<SetVariable>,
+) -> ApiResult<Json<Variable>> {
+    names::variable_name(&key)?;
+    names::variable_value(&key, &req.value)?;
+    Ok(Json(
+        s.store
+            .set_variable(&name, &env, &key, &req.value, req.secret, now())
+            .await?,
+    ))
+}
+
+pub async fn unset_var(
+    State(s): State<AppState>,
+    Path((name, env, key)): Path<(String, String, String)>,
+) -> ApiResult<StatusCode> {
+    if s.store.unset_variable(&name, &env, &key).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!(
+            "variable {key} is not set in {name}/{env}"
+        )))
+    }
+}

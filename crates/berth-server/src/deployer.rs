@@ -1,0 +1,446 @@
+//! The deployer: creates deployments, queues them per service slot, runs
+//! one pipeline per slot at a time, and cancels.
+//!
+//! Invariants:
+//! - at most one pipeline runs per slot (project, environment, service);
+//!   a newer trigger replaces a queued older one, which ends cancelled
+//!   saying by which deployment;
+//! - builds run under a global limit (`build_concurrency`);
+//! - every deployment created here ends in a terminal state: the pipeline
+//!   returns only through `succeed`, `fail` or `cancel`, and a restart
+//!   reconciles what a crash interrupted (see `reconcile`).
+
+use crate::error::{ApiError, ApiResult};
+use crate::ids::{new_id, now};
+use crate::logs::LogHub;
+use crate::monitor::Monitors;
+use crate::ServerConfig;
+use berth_core::hosts;
+use berth_core::model::{
+    BuildInfo, Deployment, Step, StepStatus, Trigger, ALL_STEPS, DEFAULT_SERVICE, PRODUCTION,
+};
+use berth_core::state::{transition, Event, Health, Stage, Status};
+use berth_edge::Edge;
+use berth_runtime::Runtime;
+use berth_store::{DeploymentQuery, Slot, Store};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Default)]
+struct SlotQueue {
+    running: Option<String>,
+    queued: VecDeque<String>,
+}
+
+pub struct Deployer {
+    pub store: Arc<dyn Store>,
+    pub runtime: Arc<dyn Runtime>,
+    pub docker: Option<bollard::Docker>,
+    pub edge: Edge,
+    pub logs: LogHub,
+    pub cfg: Arc<ServerConfig>,
+    pub monitors: Monitors,
+    slots: Mutex<HashMap<Slot, SlotQueue>>,
+    pub(crate) build_slots: Arc<Semaphore>,
+    cancels: Mutex<HashMap<String, CancellationToken>>,
+    /// Serialises route switches, so two slots never race on the edge.
+    pub(crate) switch_lock: tokio::sync::Mutex<()>,
+}
+
+/// What a new deployment should be.
+pub struct NewDeployment {
+    pub project: String,
+    pub service: Option<String>,
+    pub environment: Option<String>,
+    pub reference: Option<String>,
+    pub trigger: Trigger,
+    pub source: Option<Deployment>,
+}
+
+impl Deployer {
+    pub fn new(
+        store: Arc<dyn Store>,
+        runtime: Arc<dyn Runtime>,
+        docker: Option<bollard::Docker>,
+        edge: Edge,
+        logs: LogHub,
+        cfg: Arc<ServerConfig>,
+    ) -> Arc<Self> {
+        let monitors = Monitors::default();
+        Arc::new(Deployer {
+            build_slots: Arc::new(Semaphore::new(cfg.build_concurrency.max(1))),
+            store,
+            runtime,
+            docker,
+            edge,
+            logs,
+            cfg,
+            monitors,
+            slots: Default::default(),
+            cancels: Default::default(),
+            switch_lock: Default::default(),
+        })
+    }
+
+    /// The public port of the edge in URLs.
+    pub fn http_port(&self) -> u16 {
+        self.cfg.http_listen.port()
+    }
+
+    pub fn route_url(&self, project: &str, service: &str, env: &str) -> String {
+        let host = hosts::route_host(self.cfg.base_domain(), project, service, env);
+        hosts::url("http", &host, Some(self.http_port()))
+    }
+
+    pub fn preview_url(&self, project: &str, service: &str, env: &str, id: &str) -> String {
+        let host = hosts::preview_host(self.cfg.base_domain(), project, service, env, id);
+        hosts::url("http", &host, Some(self.http_port()))
+    }
+
+    /// Validate, record and queue a new deployment; returns it queued.
+    pub async fn create(self: &Arc<Self>, req: NewDeployment) -> ApiResult<Deployment> {
+        let project = self.store.get_project(&req.project).await?;
+        let env_name = req.environment.unwrap_or_else(|| PRODUCTION.to_string());
+        berth_core::names::environment_name(&env_name)?;
+        let env = self.store.get_environment(&project.name, &env_name).await?;
+        let service = req.service.unwrap_or_else(|| DEFAULT_SERVICE.to_string());
+        berth_core::names::service_name(&service)?;
+        let reference = match &req.reference {
+            Some(r) if r.trim().is_empty() => {
+                return Err(ApiError::bad_request("ref must not be empty"))
+            }
+            Some(r)
+                if r.starts_with('-') || r.contains(char::is_whitespace) || r.contains("..") =>
+            {
+                return Err(ApiError::bad_request(format!(
+                    "ref {r:?} is not a valid git ref"
+                )))
+            }
+            Some(r) => r.clone(),
+            None => env
+                .branch
+                .clone()
+                .unwrap_or_else(|| project.default_branch.clone()),
+        };
+        let id = new_id();
+        let mut d = Deployment {
+            id: id.clone(),
+            project_name: project.name.clone(),
+            service_name: service.clone(),
+            environment_name: env.name.clone(),
+            status: Status::Queued,
+            promotion_stage: Stage::Pending,
+            health: Health::Pending,
+            is_active: false,
+            route_url: Some(self.route_url(&project.name, &service, &env.name)),
+            preview_url: Some(self.preview_url(&project.name, &service, &env.name, &id)),
+            failure_message: None,
+            created_at: now(),
+            started_at: None,
+            completed_at: None,
+            reference,
+            commit: None,
+            trigger: req.trigger,
+            source_deployment_id: None,
+            image: None,
+            build: BuildInfo::default(),
+            steps: ALL_STEPS.iter().map(|s| Step::pending(*s)).collect(),
+            canary_weight: None,
+            runtime: None,
+        };
+        if let Some(src) = &req.source {
+            d.source_deployment_id = Some(src.id.clone());
+            d.commit = src.commit.clone();
+            d.image = src.image.clone();
+            d.build = BuildInfo {
+                cache_hit: false,
+                ..src.build.clone()
+            };
+            if let Some(c) = &src.commit {
+                d.reference = c.sha.clone();
+            }
+        }
+        self.store.insert_deployment(&d).await?;
+        self.logs.event(
+            &d.id,
+            &format!(
+                "deployment {} created for service {} in {} ({}, ref {})",
+                d.id,
+                d.service_name,
+                d.environment_name,
+                d.trigger.as_str(),
+                d.reference
+            ),
+        );
+        self.enqueue(d.clone()).await;
+        Ok(d)
+    }
+
+    /// Put a recorded, queued deployment in its slot's queue.
+    pub async fn enqueue(self: &Arc<Self>, d: Deployment) {
+        let slot = Slot::of(&d);
+        let (start_now, replaced) = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let q = slots.entry(slot.clone()).or_default();
+            let replaced: Vec<String> = q.queued.drain(..).collect();
+            if q.running.is_none() {
+                q.running = Some(d.id.clone());
+                (true, replaced)
+            } else {
+                q.queued.push_back(d.id.clone());
+                (false, replaced)
+            }
+        };
+        for old in replaced {
+            self.cancel_queued(&old, &format!("replaced by newer deployment {}", d.id))
+                .await;
+        }
+        if start_now {
+            self.spawn_slot_runner(slot, d.id);
+        } else {
+            self.logs.event(
+                &d.id,
+                "queued: another deployment of this service is in progress",
+            );
+        }
+    }
+
+    fn spawn_slot_runner(self: &Arc<Self>, slot: Slot, first: String) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut next = Some(first);
+            while let Some(id) = next {
+                this.run_one(&id).await;
+                next = {
+                    let mut slots = this.slots.lock().unwrap_or_else(|p| p.into_inner());
+                    let q = slots.entry(slot.clone()).or_default();
+                    q.running = q.queued.pop_front();
+                    q.running.clone()
+                };
+            }
+        });
+    }
+
+    async fn run_one(self: &Arc<Self>, id: &str) {
+        let d = match self.store.get_deployment(id).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(deployment = id, error = %e, "cannot load queued deployment");
+                return;
+            }
+        };
+        if d.status != Status::Queued {
+            return; // cancelled while queued
+        }
+        let token = CancellationToken::new();
+        self.cancels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), token.clone());
+        let this = self.clone();
+        let run_id = id.to_string();
+        // The pipeline runs in its own task, so a panic in it fails the
+        // deployment instead of leaving it running.
+        let res = tokio::spawn(async move { this.execute(d, token).await }).await;
+        self.cancels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&run_id);
+        if let Err(e) = res {
+            tracing::error!(deployment = run_id, error = %e, "pipeline task panicked");
+            if let Ok(mut d) = self.store.get_deployment(&run_id).await {
+                if !d.status.is_terminal() {
+                    let msg =
+                        "internal error: the pipeline stopped unexpectedly; see the server log";
+                    self.force_fail(&mut d, msg).await;
+                }
+            }
+        }
+    }
+
+    /// Mark a deployment failed without a pipeline (panic, restart).
+    pub async fn force_fail(&self, d: &mut Deployment, msg: &str) {
+        if let Ok(s) = transition(d.state(), Event::Fail) {
+            d.set_state(s);
+        }
+        for step in d.steps.iter_mut() {
+            if step.status == StepStatus::Running {
+                step.status = StepStatus::Failed;
+                step.completed_at = Some(now());
+            }
+        }
+        d.failure_message = Some(msg.to_string());
+        d.completed_at = Some(now());
+        self.logs.event(&d.id, &format!("failed: {msg}"));
+        if let Err(e) = self.store.save_deployments(&[d], None).await {
+            tracing::error!(deployment = d.id, error = %e, "cannot record failure");
+        }
+    }
+
+    async fn cancel_queued(&self, id: &str, why: &str) {
+        if let Ok(mut d) = self.store.get_deployment(id).await {
+            if let Ok(s) = transition(d.state(), Event::Cancel) {
+                d.set_state(s);
+                d.failure_message = Some(format!("cancelled: {why}"));
+                d.completed_at = Some(now());
+                for step in d.steps.iter_mut() {
+                    step.status = StepStatus::Cancelled;
+                }
+                self.logs.event(id, &format!("cancelled: {why}"));
+                if let Err(e) = self.store.save_deployments(&[&d], None).await {
+                    tracing::error!(deployment = id, error = %e, "cannot record cancel");
+                }
+            }
+        }
+    }
+
+    /// `berth cancel`: a queued deployment ends at once; a running one at
+    /// its next step boundary (a build is stopped right away).
+    pub async fn cancel(&self, id: &str) -> ApiResult<Deployment> {
+        let d = self.store.get_deployment(id).await?;
+        if d.status.is_terminal() {
+            return Err(ApiError::conflict(format!(
+                "deployment {id} already ended ({})",
+                d.status
+            )));
+        }
+        if d.status == Status::Queued {
+            {
+                let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(q) = slots.get_mut(&Slot::of(&d)) {
+                    q.queued.retain(|x| x != id);
+                }
+            }
+            self.cancel_queued(id, "cancelled by request").await;
+        } else {
+            if transition(d.state(), Event::Cancel).is_err() {
+                return Err(ApiError::conflict(format!(
+                    "deployment {id} is at stage {} and can no longer be cancelled; roll back instead",
+                    d.promotion_stage
+                )));
+            }
+            let token = self
+                .cancels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(id)
+                .cloned();
+            match token {
+                Some(t) => t.cancel(),
+                None => {
+                    return Err(ApiError::conflict(format!(
+                        "deployment {id} is not running"
+                    )))
+                }
+            }
+            // Wait briefly for the pipeline to record it.
+            for _ in 0..100 {
+                let d = self.store.get_deployment(id).await?;
+                if d.status.is_terminal() {
+                    return Ok(d);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+        Ok(self.store.get_deployment(id).await?)
+    }
+
+    /// The deployment that was active before the current one of a slot.
+    pub async fn rollback_target(&self, slot: &Slot) -> ApiResult<(Deployment, Deployment)> {
+        let active = self.store.active_deployment(slot).await?.ok_or_else(|| {
+            ApiError::conflict(format!(
+                "service {} in {} of project {} has no active deployment to roll back",
+                slot.service, slot.environment, slot.project
+            ))
+        })?;
+        let all = self
+            .store
+            .list_deployments(&DeploymentQuery {
+                project: Some(slot.project.clone()),
+                environment: Some(slot.environment.clone()),
+                service: Some(slot.service.clone()),
+                ..Default::default()
+            })
+            .await?;
+        let target = all
+            .into_iter()
+            .filter(|d| {
+                d.id != active.id
+                    && d.status == Status::Succeeded
+                    && matches!(d.promotion_stage, Stage::Superseded | Stage::RolledBack)
+                    && d.image.is_some()
+            })
+            .max_by_key(|d| d.completed_at)
+            .ok_or_else(|| {
+                ApiError::conflict(format!(
+                    "no previous deployment of service {} in {} to roll back to",
+                    slot.service, slot.environment
+                ))
+            })?;
+        Ok((active, target))
+    }
+
+    pub fn is_running(&self, id: &str) -> bool {
+        self.cancels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(id)
+    }
+}
+
+impl Deployer {
+    /// Tear an environment down: cancel its pipelines, stop its containers,
+    /// remove its routes, then delete it (history is kept).
+    pub async fn teardown_environment(&self, project: &str, env: &str) -> ApiResult<()> {
+        if env == PRODUCTION {
+            return Err(ApiError::bad_request(
+                "the production environment cannot be deleted",
+            ));
+        }
+        self.store.get_environment(project, env).await?;
+        let ds = self
+            .store
+            .list_deployments(&DeploymentQuery {
+                project: Some(project.to_string()),
+                environment: Some(env.to_string()),
+                ..Default::default()
+            })
+            .await?;
+        for d in ds.iter().filter(|d| !d.status.is_terminal()) {
+            let _ = self.cancel(&d.id).await;
+        }
+        for d in ds.iter().filter(|d| d.is_active) {
+            let mut d = d.clone();
+            self.monitors.stop(&d.id);
+            let _ = self.edge.apply(vec![
+                berth_edge::RouteChange::Remove {
+                    host: self.route_host(&d),
+                },
+                berth_edge::RouteChange::Remove {
+                    host: self.preview_host(&d),
+                },
+            ]);
+            if let Some(rt) = d.runtime.take() {
+                let _ = self.runtime.remove(&rt.instance_id).await;
+            }
+            if let Ok(s) = transition(d.state(), Event::Stop) {
+                d.set_state(s);
+            }
+            self.logs
+                .event(&d.id, "stage: stopped — environment torn down");
+            self.store
+                .save_deployments(
+                    &[&d],
+                    Some(berth_store::Activate {
+                        slot: Slot::of(&d),
+                        deployment_id: None,
+                    }),
+                )
+                .await?;
+        }
+        self.store.delete_environment(project, env).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,237 @@
+//! Background work attached to a running deployment: following its
+//! container's stdout/stderr into the log hub, and probing its health after
+//! cutover (000: every `interval`, `failure_threshold` consecutive failures
+//! mark it unhealthy — recorded, logged and visible, never silent).
+
+use crate::deployer::Deployer;
+use berth_core::config::{ServiceConfig, ServiceKind};
+use berth_core::model::{Deployment, LogStream};
+use berth_core::state::{transition, Event, Health, Stage};
+use berth_edge::{RouteChange, RouteSpec, TargetSpec};
+use berth_runtime::{LogOptions, ProbeSchedule};
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Default)]
+pub struct Monitors {
+    logs: Mutex<HashMap<String, CancellationToken>>,
+    health: Mutex<HashMap<String, CancellationToken>>,
+}
+
+fn replace(map: &Mutex<HashMap<String, CancellationToken>>, id: &str) -> CancellationToken {
+    let token = CancellationToken::new();
+    if let Some(old) = map
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id.to_string(), token.clone())
+    {
+        old.cancel();
+    }
+    token
+}
+
+fn cancel(map: &Mutex<HashMap<String, CancellationToken>>, id: &str) {
+    if let Some(t) = map.lock().unwrap_or_else(|p| p.into_inner()).remove(id) {
+        t.cancel();
+    }
+}
+
+impl Monitors {
+    /// Stop everything attached to a deployment.
+    pub fn stop(&self, id: &str) {
+        cancel(&self.logs, id);
+        cancel(&self.health, id);
+    }
+
+    pub fn stop_health(&self, id: &str) {
+        cancel(&self.health, id);
+    }
+
+    /// Follow the container's output into the deployment's log, resuming
+    /// after `since` (lines at or before it are not stored twice).
+    pub fn follow_logs(
+        &self,
+        deployer: &Arc<Deployer>,
+        deployment_id: &str,
+        instance_id: &str,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) {
+        let token = replace(&self.logs, deployment_id);
+        let d = deployer.clone();
+        let (dep, inst) = (deployment_id.to_string(), instance_id.to_string());
+        tokio::spawn(async move {
+            let mut last = since;
+            loop {
+                let mut stream = d.runtime.logs(
+                    &inst,
+                    LogOptions {
+                        follow: true,
+                        since: last,
+                        tail: None,
+                    },
+                );
+                loop {
+                    let item = tokio::select! {
+                        i = stream.next() => i,
+                        _ = token.cancelled() => return,
+                    };
+                    match item {
+                        Some(Ok(chunk)) => {
+                            if last.is_some_and(|l| chunk.ts <= l) {
+                                continue;
+                            }
+                            last = Some(chunk.ts);
+                            let stream = match chunk.stream {
+                                berth_runtime::LogStream::Stdout => LogStream::Stdout,
+                                berth_runtime::LogStream::Stderr => LogStream::Stderr,
+                            };
+                            d.logs.line_at(&dep, chunk.ts, stream, None, &chunk.line);
+                        }
+                        Some(Err(e)) => {
+                            if e.is_not_found() {
+                                return;
+                            }
+                            tracing::debug!(deployment = dep, error = %e, "log stream error");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                // The stream ended: the container stopped, restarts, or is gone.
+                match d.runtime.inspect(&inst).await {
+                    Err(e) if e.is_not_found() => return,
+                    _ => {}
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = token.cancelled() => return,
+                }
+            }
+        });
+    }
+
+    /// Probe an active deployment on its steady schedule.
+    pub fn watch(&self, deployer: &Arc<Deployer>, d: &Deployment, service: &ServiceConfig) {
+        let token = replace(&self.health, &d.id);
+        let dep = deployer.clone();
+        let id = d.id.clone();
+        let readiness = service.readiness.clone();
+        let kind = service.kind;
+        tokio::spawn(async move {
+            let schedule = ProbeSchedule::every(readiness.interval);
+            let mut failures = 0u32;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(schedule.interval_at(Duration::MAX)) => {}
+                    _ = token.cancelled() => return,
+                }
+                let Ok(current) = dep.store.get_deployment(&id).await else {
+                    return;
+                };
+                if !matches!(
+                    current.promotion_stage,
+                    Stage::Active | Stage::DrainingPrevious
+                ) {
+                    return;
+                }
+                let Some(rt) = current.runtime.clone() else {
+                    return;
+                };
+                let (healthy, why) = match dep.runtime.inspect(&rt.instance_id).await {
+                    Ok(st) if st.is_running() => {
+                        if let (Some(addr), ServiceKind::Web) = (st.addr, kind) {
+                            dep.follow_address(&current, addr).await;
+                            let r = berth_runtime::probe(addr, &readiness.path, readiness.timeout)
+                                .await;
+                            (r.is_healthy(), r.describe(&readiness.path))
+                        } else {
+                            (true, "running".to_string())
+                        }
+                    }
+                    Ok(st) => (
+                        false,
+                        match st.exit_code() {
+                            Some(c) => format!("container exited with code {c}"),
+                            None => format!("container is {:?}", st.status).to_lowercase(),
+                        },
+                    ),
+                    Err(e) => (false, format!("cannot inspect container: {e}")),
+                };
+                if healthy {
+                    failures = 0;
+                } else {
+                    failures += 1;
+                    dep.logs.event(
+                        &id,
+                        &format!(
+                            "health check failed ({failures}/{}): {why}",
+                            readiness.failure_threshold
+                        ),
+                    );
+                }
+                let want = if healthy {
+                    Some(Health::Healthy)
+                } else if failures >= readiness.failure_threshold {
+                    Some(Health::Unhealthy)
+                } else {
+                    None
+                };
+                if let Some(h) = want.filter(|h| *h != current.health) {
+                    let mut d = current.clone();
+                    if let Ok(s) = transition(d.state(), Event::HealthChanged(h)) {
+                        d.set_state(s);
+                        dep.logs.event(&id, &format!("health: {h} ({why})"));
+                        dep.save(&d).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl Deployer {
+    /// A restarted container may come back on another published port:
+    /// point the routes and the record at it.
+    pub(crate) async fn follow_address(&self, d: &Deployment, addr: std::net::SocketAddr) {
+        let addr = addr.to_string();
+        let recorded = d.runtime.as_ref().and_then(|r| r.address.clone());
+        if recorded.as_deref() == Some(addr.as_str()) {
+            return;
+        }
+        let target = TargetSpec {
+            id: d.id.clone(),
+            upstream: addr.clone(),
+            weight: 100,
+        };
+        let mut changes = vec![RouteChange::Upsert {
+            host: self.preview_host(d),
+            route: RouteSpec {
+                targets: vec![target.clone()],
+            },
+        }];
+        if d.is_active {
+            changes.push(RouteChange::Upsert {
+                host: self.route_host(d),
+                route: RouteSpec {
+                    targets: vec![target],
+                },
+            });
+        }
+        if let Err(e) = self.edge.apply(changes) {
+            tracing::error!(deployment = d.id, error = %e, "cannot follow new address");
+            return;
+        }
+        let mut updated = d.clone();
+        if let Some(r) = updated.runtime.as_mut() {
+            r.address = Some(addr.clone());
+        }
+        self.logs.event(
+            &d.id,
+            &format!("container restarted; now reached at {addr}"),
+        );
+        self.save(&updated).await;
+    }
+}

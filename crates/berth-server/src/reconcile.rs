@@ -1,0 +1,256 @@
+//! Crash safety: on start, make what runs match what is recorded.
+//!
+//! The edge already serves the routes it persisted (so apps answer within
+//! a second of a restart); then, with the store as the source of truth:
+//! 1. every deployment that was mid-pipeline is finished (when it had
+//!    already switched the route) or failed ("interrupted by restart");
+//!    queued ones are queued again — none stays queued or running forever;
+//! 2. the containers berth owns are adopted when they belong to an active
+//!    deployment (healthy ones are not restarted), re-created when the
+//!    active deployment's container is gone, and removed otherwise
+//!    (orphaned candidates);
+//! 3. the route table is rebuilt from the active deployments and external
+//!    routes, and only the differences are applied.
+
+use crate::deployer::Deployer;
+use crate::ids::now;
+use berth_core::config::{ServiceConfig, ServiceKind};
+use berth_core::model::{Deployment, RuntimeInfo};
+use berth_core::state::{transition, Event, Stage, Status};
+use berth_edge::{RouteChange, RouteSpec, TargetSpec};
+use berth_runtime::DEPLOYMENT_LABEL;
+use berth_store::{DeploymentQuery, Slot};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+impl Deployer {
+    pub async fn reconcile(self: &Arc<Self>) -> anyhow::Result<()> {
+        let unfinished = self
+            .store
+            .list_deployments(&DeploymentQuery {
+                unfinished: true,
+                ..Default::default()
+            })
+            .await?;
+        let owned = match self.runtime.list_owned().await {
+            Ok(o) => Some(o),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list containers; adoption skipped");
+                None
+            }
+        };
+        let mut requeue = Vec::new();
+        for mut d in unfinished.into_iter().rev() {
+            if d.status == Status::Queued {
+                requeue.push(d);
+                continue;
+            }
+            if d.promotion_stage == Stage::DrainingPrevious && d.is_active {
+                // The switch was recorded: finish the promotion.
+                self.logs
+                    .event(&d.id, "berth restarted while draining: finishing");
+                if let Ok(s) = transition(d.state(), Event::Drained) {
+                    d.set_state(s);
+                    d.completed_at = Some(now());
+                }
+                self.save(&d).await;
+                continue;
+            }
+            let stage = d.promotion_stage;
+            if let Some(rt) = d.runtime.take() {
+                let _ = self.runtime.remove(&rt.instance_id).await;
+            }
+            self.force_fail(
+                &mut d,
+                &format!("interrupted by restart at stage {stage}; deploy again to retry"),
+            )
+            .await;
+        }
+
+        // Active deployments: adopt, or re-create what is gone.
+        let all = self
+            .store
+            .list_deployments(&DeploymentQuery::default())
+            .await?;
+        let active: Vec<Deployment> = all.into_iter().filter(|d| d.is_active).collect();
+        let mut keep: HashSet<String> = HashSet::new();
+        if let Some(owned) = &owned {
+            for mut d in active.clone() {
+                let found = owned
+                    .iter()
+                    .find(|i| i.labels.get(DEPLOYMENT_LABEL) == Some(&d.id) && i.running);
+                let service = self.service_of(&d);
+                match found {
+                    Some(inst) => {
+                        keep.insert(inst.id.clone());
+                        let addr = match self.runtime.inspect(&inst.id).await {
+                            Ok(st) => st.addr.or(inst.addr),
+                            Err(_) => inst.addr,
+                        };
+                        d.runtime = Some(RuntimeInfo {
+                            instance_id: inst.id.clone(),
+                            instance_name: inst.name.clone(),
+                            address: addr.map(|a| a.to_string()),
+                        });
+                        self.save(&d).await;
+                        self.logs.event(&d.id, "berth restarted: container adopted");
+                        self.monitors
+                            .follow_logs(self, &d.id, &inst.id, Some(now()));
+                        self.monitors.watch(self, &d, &service);
+                    }
+                    None => {
+                        if let Some(id) = self.recreate(&mut d, &service).await {
+                            keep.insert(id);
+                        }
+                    }
+                }
+            }
+            for inst in owned {
+                if !keep.contains(&inst.id) {
+                    tracing::info!(container = inst.name, "removing orphaned container");
+                    let _ = self.runtime.remove(&inst.id).await;
+                }
+            }
+        }
+
+        self.sync_routes().await?;
+        for d in requeue {
+            self.logs.event(&d.id, "berth restarted: queued again");
+            self.enqueue(d).await;
+        }
+        Ok(())
+    }
+
+    /// The settings an already-built deployment runs with.
+    pub(crate) fn service_of(&self, d: &Deployment) -> ServiceConfig {
+        let kind = if d.route_url.is_some() {
+            ServiceKind::Web
+        } else {
+            ServiceKind::Worker
+        };
+        let mut s = ServiceConfig::new(d.service_name.clone(), kind);
+        if let Some(p) = d.build.port {
+            s.port = p;
+        }
+        s
+    }
+
+    /// Start a fresh container for an active deployment whose container is
+    /// gone (the host rebooted, someone removed it).
+    async fn recreate(
+        self: &Arc<Self>,
+        d: &mut Deployment,
+        service: &ServiceConfig,
+    ) -> Option<String> {
+        let image = d.image.clone()?;
+        let vars = self
+            .store
+            .resolve_variables(&d.project_name, &d.environment_name)
+            .await
+            .ok()?;
+        let spec = self.instance_spec(d, service, &image, &vars);
+        if let Some(old) = d.runtime.take() {
+            let _ = self.runtime.remove(&old.instance_id).await;
+        }
+        match self.runtime.start(&spec).await {
+            Ok(inst) => {
+                self.logs.event(
+                    &d.id,
+                    &format!(
+                        "berth restarted: container was gone; started {} again",
+                        inst.name
+                    ),
+                );
+                d.runtime = Some(RuntimeInfo {
+                    instance_id: inst.id.clone(),
+                    instance_name: inst.name.clone(),
+                    address: inst.addr.map(|a| a.to_string()),
+                });
+                self.save(d).await;
+                self.monitors.follow_logs(self, &d.id, &inst.id, None);
+                self.monitors.watch(self, d, service);
+                Some(inst.id)
+            }
+            Err(e) => {
+                self.logs.event(
+                    &d.id,
+                    &format!("berth restarted: cannot start container again: {e}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// The routes berth should serve, from the store.
+    pub(crate) async fn desired_routes(&self) -> anyhow::Result<BTreeMap<String, RouteSpec>> {
+        let mut out = BTreeMap::new();
+        let all = self
+            .store
+            .list_deployments(&DeploymentQuery::default())
+            .await?;
+        let mut seen_slots = HashSet::new();
+        for d in &all {
+            if !d.is_active || d.route_url.is_none() {
+                continue;
+            }
+            if !seen_slots.insert(Slot::of(d)) {
+                continue;
+            }
+            let Some(addr) = d.runtime.as_ref().and_then(|r| r.address.clone()) else {
+                out.insert(self.route_host(d), RouteSpec { targets: vec![] });
+                continue;
+            };
+            let t = TargetSpec {
+                id: d.id.clone(),
+                upstream: addr,
+                weight: 100,
+            };
+            out.insert(
+                self.route_host(d),
+                RouteSpec {
+                    targets: vec![t.clone()],
+                },
+            );
+            out.insert(self.preview_host(d), RouteSpec { targets: vec![t] });
+        }
+        for r in self.store.list_external_routes().await? {
+            out.insert(
+                r.hostname.clone(),
+                RouteSpec {
+                    targets: vec![TargetSpec {
+                        id: format!("ext:{}", r.hostname),
+                        upstream: r.upstream.clone(),
+                        weight: 100,
+                    }],
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Make the edge's table equal the desired routes, changing only what
+    /// differs.
+    pub async fn sync_routes(&self) -> anyhow::Result<()> {
+        let desired = self.desired_routes().await?;
+        let current: BTreeMap<String, RouteSpec> = self.edge.routes().into_iter().collect();
+        let mut changes = Vec::new();
+        for (host, spec) in &desired {
+            if current.get(host) != Some(spec) {
+                changes.push(RouteChange::Upsert {
+                    host: host.clone(),
+                    route: spec.clone(),
+                });
+            }
+        }
+        for host in current.keys() {
+            if !desired.contains_key(host) {
+                changes.push(RouteChange::Remove { host: host.clone() });
+            }
+        }
+        if !changes.is_empty() {
+            tracing::info!(changes = changes.len(), "route table reconciled");
+            self.edge.apply(changes)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,57 @@
+//! The runtime berth uses while the container engine cannot be reached:
+//! every call fails with the reason, so the API stays up and deployments
+//! fail with a clear message instead of hanging.
+
+use berth_runtime::{
+    Instance, InstanceSpec, InstanceState, LogChunk, LogOptions, OneOffOutcome, Runtime,
+    RuntimeError,
+};
+use futures::stream::BoxStream;
+use std::time::Duration;
+
+pub struct Unavailable(pub String);
+
+impl Unavailable {
+    fn err(&self, op: &'static str) -> RuntimeError {
+        RuntimeError::Backend {
+            op,
+            message: format!("container engine unreachable: {}", self.0),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for Unavailable {
+    async fn start(&self, _: &InstanceSpec) -> Result<Instance, RuntimeError> {
+        Err(self.err("start"))
+    }
+    async fn inspect(&self, _: &str) -> Result<InstanceState, RuntimeError> {
+        Err(self.err("inspect"))
+    }
+    async fn stop(&self, _: &str, _: Duration) -> Result<(), RuntimeError> {
+        Err(self.err("stop"))
+    }
+    async fn remove(&self, _: &str) -> Result<(), RuntimeError> {
+        Err(self.err("remove"))
+    }
+    async fn list_owned(&self) -> Result<Vec<Instance>, RuntimeError> {
+        Err(self.err("list"))
+    }
+    fn logs(&self, _: &str, _: LogOptions) -> BoxStream<'static, Result<LogChunk, RuntimeError>> {
+        let e = self.err("logs");
+        Box::pin(futures::stream::once(async move { Err(e) }))
+    }
+    async fn run_oneoff(
+        &self,
+        _: &InstanceSpec,
+        _: Duration,
+    ) -> Result<OneOffOutcome, RuntimeError> {
+        Err(self.err("run"))
+    }
+    async fn image_exists(&self, _: &str) -> Result<bool, RuntimeError> {
+        Err(self.err("image"))
+    }
+    async fn remove_image(&self, _: &str) -> Result<(), RuntimeError> {
+        Err(self.err("image"))
+    }
+}
