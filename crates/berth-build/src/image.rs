@@ -1,0 +1,406 @@
+//! Build: the context goes to the Docker Engine's legacy builder as a tar
+//! stream; the builder's output goes to the log sink line by line.
+//!
+//! The context is written by a blocking task into a bounded channel that feeds
+//! the request body, so it is never held in memory whole. Limits: memory (the
+//! swap limit equals the memory limit, so no swap), CPU (`cpuperiod` /
+//! `cpuquota`) and time. On timeout or cancel the response stream and the
+//! request body are dropped, which closes the connection; the engine then
+//! cancels the build and removes its intermediate container (`forcerm`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bollard::query_parameters::{BuildImageOptions, BuilderVersion};
+use bollard::Docker;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::analyze::{BuildPlan, BUILD_ARGS_MARKER, GENERATED_DOCKERFILE};
+use crate::error::one_line;
+use crate::{write_context, BuildError, DockerIgnore, LogSink};
+
+/// Resource limits of one build.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildLimits {
+    /// Memory (and memory + swap) limit. The Engine API takes an i32 here, so
+    /// values above 2 GiB - 1 are clamped to it.
+    pub memory_bytes: Option<u64>,
+    /// CPU limit in cores.
+    pub cpus: Option<f64>,
+    pub timeout: Duration,
+}
+
+impl Default for BuildLimits {
+    /// 2 GiB, no CPU limit, 15 minutes.
+    fn default() -> Self {
+        BuildLimits {
+            memory_bytes: Some(2 << 30),
+            cpus: None,
+            timeout: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// One image build.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    /// The checkout (build context root).
+    pub context_dir: PathBuf,
+    pub plan: BuildPlan,
+    /// `repo:tag` of the result, see [`crate::image_tag`].
+    pub tag: String,
+    pub limits: BuildLimits,
+    /// Build args (public variables only, see [`crate::is_public`]). For a
+    /// generated Dockerfile an `ARG` line is added for each.
+    pub build_args: Vec<(String, String)>,
+    /// Labels of the image.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A built image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltImage {
+    /// `sha256:...`
+    pub id: String,
+    pub tag: String,
+}
+
+/// Builds `req` and returns the image; every output line goes to `log`.
+pub async fn build(
+    docker: &Docker,
+    req: &BuildRequest,
+    log: LogSink,
+    cancel: CancellationToken,
+) -> Result<BuiltImage, BuildError> {
+    // bollard's default request timeout (2 minutes) would cut long builds.
+    let docker = docker
+        .clone()
+        .with_timeout(req.limits.timeout + Duration::from_secs(60));
+    let dockerfile_name = if req.plan.generated {
+        GENERATED_DOCKERFILE.to_string()
+    } else {
+        req.plan
+            .dockerfile_path
+            .clone()
+            .unwrap_or_else(|| "Dockerfile".into())
+    };
+    let generated = req
+        .plan
+        .generated
+        .then(|| with_build_args(&req.plan.dockerfile, &req.build_args));
+    let ignore_text =
+        std::fs::read_to_string(req.context_dir.join(".dockerignore")).unwrap_or_default();
+    let ignore = DockerIgnore::parse(&ignore_text);
+
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
+    let dir = req.context_dir.clone();
+    let df_name = dockerfile_name.clone();
+    // A generated Dockerfile must not end up in the image: listing it in the
+    // .dockerignore sent along makes the engine drop it after reading it.
+    let ignore_sent = generated
+        .as_ref()
+        .map(|_| format!("{ignore_text}\n{GENERATED_DOCKERFILE}\n.dockerignore\n"));
+    let writer_task = tokio::task::spawn_blocking(move || {
+        let always = [df_name.as_str(), ".dockerignore"];
+        let mut extra: Vec<(&str, &[u8])> = Vec::new();
+        if let Some(text) = &generated {
+            extra.push((GENERATED_DOCKERFILE, text.as_bytes()));
+        }
+        if let Some(text) = &ignore_sent {
+            extra.push((".dockerignore", text.as_bytes()));
+        }
+        let mut w = ChannelWriter {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(CHUNK),
+        };
+        let res = write_context(&dir, &ignore, &always, &extra, &mut w).and_then(|n| {
+            w.flush().map_err(|e| BuildError::Context(e.to_string()))?;
+            Ok(n)
+        });
+        if let Err(e) = &res {
+            // Fail the request body so the engine does not build a partial context.
+            let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
+        }
+        res
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+
+    let mut options = BuildImageOptions {
+        dockerfile: dockerfile_name,
+        t: Some(req.tag.clone()),
+        rm: true,
+        forcerm: true,
+        version: BuilderVersion::BuilderV1,
+        ..Default::default()
+    };
+    if let Some(mem) = req.limits.memory_bytes {
+        let m = mem.min(i32::MAX as u64) as i32;
+        options.memory = Some(m);
+        options.memswap = Some(m);
+    }
+    if let Some(cpus) = req.limits.cpus {
+        options.cpuperiod = Some(100_000);
+        options.cpuquota = Some(((cpus * 100_000.0) as i32).max(1_000));
+    }
+    if !req.build_args.is_empty() {
+        options.buildargs = Some(req.build_args.iter().cloned().collect::<HashMap<_, _>>());
+    }
+    if !req.labels.is_empty() {
+        options.labels = Some(
+            req.labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        );
+    }
+
+    log(&format!("building {} with the legacy builder", req.tag));
+    let mut stream = docker.build_image(options, None, Some(bollard::body_try_stream(body)));
+    let deadline = tokio::time::sleep(req.limits.timeout);
+    tokio::pin!(deadline);
+    let mut lines = LineBuffer::default();
+    let mut image_id: Option<String> = None;
+    let mut failure: Option<String> = None;
+    loop {
+        let item = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => {
+                log("build cancelled");
+                return Err(BuildError::Cancelled);
+            }
+            _ = &mut deadline => {
+                let secs = req.limits.timeout.as_secs();
+                log(&format!("build exceeded its time limit of {secs}s"));
+                return Err(BuildError::TimedOut { secs });
+            }
+            item = stream.next() => item,
+        };
+        let Some(item) = item else { break };
+        match item {
+            Ok(info) => {
+                if let Some(s) = &info.stream {
+                    lines.push(s, &log);
+                }
+                if let Some(status) = &info.status {
+                    let line = match &info.id {
+                        Some(id) => format!("{id}: {status}"),
+                        None => status.clone(),
+                    };
+                    log(line.trim_end());
+                }
+                if let Some(id) = info.aux.as_ref().and_then(|a| a.id.clone()) {
+                    image_id = Some(id);
+                }
+                if let Some(msg) = info.error_detail.as_ref().and_then(|d| d.message.clone()) {
+                    log(msg.trim_end());
+                    failure = Some(msg);
+                }
+            }
+            Err(e) => {
+                let msg = match e {
+                    bollard::errors::Error::DockerStreamError { error } => error,
+                    bollard::errors::Error::DockerResponseServerError { message, .. } => message,
+                    other => other.to_string(),
+                };
+                log(msg.trim_end());
+                failure = Some(msg);
+                break;
+            }
+        }
+    }
+    lines.flush(&log);
+    drop(stream);
+    let written = writer_task
+        .await
+        .map_err(|e| BuildError::Context(e.to_string()))?;
+    if let Some(msg) = failure {
+        return Err(classify_failure(&msg, req.limits.memory_bytes));
+    }
+    written?;
+    let id = match image_id {
+        Some(id) => id,
+        None => docker
+            .inspect_image(&req.tag)
+            .await?
+            .id
+            .ok_or_else(|| BuildError::Docker(format!("image {} has no id", req.tag)))?,
+    };
+    Ok(BuiltImage {
+        id,
+        tag: req.tag.clone(),
+    })
+}
+
+fn classify_failure(msg: &str, memory: Option<u64>) -> BuildError {
+    let line = one_line(msg);
+    if line.contains("non-zero code: 137") || line.to_ascii_lowercase().contains("oom") {
+        if let Some(m) = memory {
+            return BuildError::OutOfMemory {
+                limit: human_bytes(m),
+            };
+        }
+    }
+    BuildError::BuildFailed(line)
+}
+
+fn human_bytes(b: u64) -> String {
+    if b >= 1 << 30 && b.is_multiple_of(1 << 30) {
+        format!("{}g", b >> 30)
+    } else if b >= 1 << 20 {
+        format!("{}m", b >> 20)
+    } else {
+        format!("{b} bytes")
+    }
+}
+
+/// Inserts `ARG <name>` lines after the build-args marker (or after the first
+/// `FROM` when there is no marker).
+fn with_build_args(dockerfile: &str, args: &[(String, String)]) -> String {
+    if args.is_empty() {
+        return dockerfile.to_string();
+    }
+    let decl: String = args.iter().map(|(k, _)| format!("ARG {k}\n")).collect();
+    let mut out = String::with_capacity(dockerfile.len() + decl.len());
+    let mut done = false;
+    for line in dockerfile.lines() {
+        out.push_str(line);
+        out.push('\n');
+        if !done && line.trim() == BUILD_ARGS_MARKER {
+            out.push_str(&decl);
+            done = true;
+        }
+    }
+    if !done {
+        let mut fixed = String::new();
+        for line in out.lines() {
+            fixed.push_str(line);
+            fixed.push('\n');
+            if !done && line.trim_start().to_ascii_uppercase().starts_with("FROM ") {
+                fixed.push_str(&decl);
+                done = true;
+            }
+        }
+        return fixed;
+    }
+    out
+}
+
+/// Splits the builder's `stream` chunks into lines.
+#[derive(Default)]
+struct LineBuffer {
+    partial: String,
+}
+
+impl LineBuffer {
+    fn push(&mut self, chunk: &str, log: &LogSink) {
+        self.partial.push_str(chunk);
+        while let Some(i) = self.partial.find('\n') {
+            let line: String = self.partial.drain(..=i).collect();
+            let line = line.trim_end();
+            if !line.trim().is_empty() {
+                log(line);
+            }
+        }
+    }
+
+    fn flush(&mut self, log: &LogSink) {
+        if !self.partial.trim().is_empty() {
+            log(self.partial.trim_end());
+        }
+        self.partial.clear();
+    }
+}
+
+const CHUNK: usize = 64 * 1024;
+
+/// A `Write` that sends chunks to the request body; fails with BrokenPipe once
+/// the request is gone (build finished, cancelled or timed out).
+struct ChannelWriter {
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "build request closed"))
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn build_args_are_declared_after_the_marker() {
+        let df = format!("FROM a AS build\n{BUILD_ARGS_MARKER}\nRUN x\nFROM b\n");
+        let args = vec![("VITE_API".to_string(), "u".to_string())];
+        let out = with_build_args(&df, &args);
+        assert_eq!(
+            out,
+            format!("FROM a AS build\n{BUILD_ARGS_MARKER}\nARG VITE_API\nRUN x\nFROM b\n")
+        );
+        let out = with_build_args("FROM a\nRUN x\n", &args);
+        assert_eq!(out, "FROM a\nARG VITE_API\nRUN x\n");
+        assert_eq!(with_build_args("FROM a\n", &[]), "FROM a\n");
+    }
+
+    #[test]
+    fn failures_are_classified() {
+        let oom = classify_failure(
+            "The command '/bin/sh -c x' returned a non-zero code: 137",
+            Some(64 << 20),
+        );
+        assert_eq!(
+            oom.to_string(),
+            "build exceeded its memory limit of 64m (killed with exit code 137)"
+        );
+        let other = classify_failure("COPY failed: file not found\nin build context", None);
+        assert_eq!(
+            other.to_string(),
+            "build failed: COPY failed: file not found in build context"
+        );
+    }
+
+    #[test]
+    fn lines_are_split_across_chunks() {
+        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+        let s2 = seen.clone();
+        let log: LogSink = Arc::new(move |l| s2.lock().unwrap().push(l.to_string()));
+        let mut b = LineBuffer::default();
+        b.push("Step 1/2 : FR", &log);
+        b.push("OM scratch\n ---> \n\nStep 2/2", &log);
+        b.flush(&log);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["Step 1/2 : FROM scratch", " --->", "Step 2/2"]
+        );
+    }
+}

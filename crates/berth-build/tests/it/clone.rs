@@ -1,0 +1,187 @@
+//! Clone against local repositories made with real git commands.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use berth_build::{clone, BuildError, CloneRequest};
+
+use crate::recording_sink;
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "Ada Lovelace")
+        .env("GIT_AUTHOR_EMAIL", "ada@example.com")
+        .env("GIT_COMMITTER_NAME", "Ada Lovelace")
+        .env("GIT_COMMITTER_EMAIL", "ada@example.com")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A repository with two commits on `main` and one on `feature`.
+fn make_repo(dir: &Path) -> (String, String, String) {
+    git(dir, &["init", "-q", "-b", "main"]);
+    std::fs::write(dir.join("a.txt"), "one").unwrap();
+    git(dir, &["add", "."]);
+    git(dir, &["commit", "-q", "-m", "first commit"]);
+    let first = git(dir, &["rev-parse", "HEAD"]);
+    std::fs::write(dir.join("a.txt"), "two").unwrap();
+    git(
+        dir,
+        &["commit", "-q", "-am", "second commit\n\nwith a body"],
+    );
+    let second = git(dir, &["rev-parse", "HEAD"]);
+    git(dir, &["checkout", "-q", "-b", "feature"]);
+    std::fs::write(dir.join("b.txt"), "feature").unwrap();
+    git(dir, &["add", "."]);
+    git(dir, &["commit", "-q", "-m", "feature work"]);
+    let feature = git(dir, &["rev-parse", "HEAD"]);
+    git(dir, &["checkout", "-q", "main"]);
+    (first, second, feature)
+}
+
+fn req(repo: &Path, reference: &str, dest: &Path) -> CloneRequest {
+    CloneRequest {
+        repo: repo.display().to_string(),
+        reference: reference.into(),
+        dest: dest.to_path_buf(),
+        ssh_key: None,
+        timeout: Duration::from_secs(30),
+    }
+}
+
+#[tokio::test]
+async fn clone_branch_records_commit() {
+    let src = tempfile::tempdir().unwrap();
+    let (_, second, _) = make_repo(src.path());
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("co");
+    let (log, lines) = recording_sink();
+    let co = clone(&req(src.path(), "main", &dest), log).await.unwrap();
+    assert_eq!(co.commit.sha, second);
+    assert_eq!(co.commit.branch.as_deref(), Some("main"));
+    assert_eq!(co.commit.message, "second commit\n\nwith a body");
+    assert_eq!(co.commit.author, "Ada Lovelace <ada@example.com>");
+    assert_eq!(co.tree, git(src.path(), &["rev-parse", "main^{tree}"]));
+    assert_eq!(std::fs::read_to_string(dest.join("a.txt")).unwrap(), "two");
+    assert!(!dest.join("b.txt").exists());
+    // Shallow: only one commit was fetched.
+    assert_eq!(git(&dest, &["rev-list", "--count", "HEAD"]), "1");
+    assert!(lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("checked out")));
+}
+
+#[tokio::test]
+async fn clone_other_branch_and_file_url() {
+    let src = tempfile::tempdir().unwrap();
+    let (_, _, feature) = make_repo(src.path());
+    let out = tempfile::tempdir().unwrap();
+    let mut r = req(src.path(), "feature", &out.path().join("co"));
+    r.repo = format!("file://{}", src.path().display());
+    let co = clone(&r, berth_build::null_sink()).await.unwrap();
+    assert_eq!(co.commit.sha, feature);
+    assert_eq!(co.commit.branch.as_deref(), Some("feature"));
+    assert!(co.dir.join("b.txt").exists());
+}
+
+#[tokio::test]
+async fn clone_full_and_short_sha() {
+    let src = tempfile::tempdir().unwrap();
+    let (first, _, _) = make_repo(src.path());
+    let out = tempfile::tempdir().unwrap();
+    let co = clone(
+        &req(src.path(), &first, &out.path().join("full")),
+        berth_build::null_sink(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(co.commit.sha, first);
+    assert_eq!(co.commit.branch, None);
+    assert_eq!(co.commit.message, "first commit");
+    assert_eq!(
+        std::fs::read_to_string(co.dir.join("a.txt")).unwrap(),
+        "one"
+    );
+
+    let co = clone(
+        &req(src.path(), &first[..8], &out.path().join("short")),
+        berth_build::null_sink(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(co.commit.sha, first);
+}
+
+#[tokio::test]
+async fn unknown_ref_fails_naming_it() {
+    let src = tempfile::tempdir().unwrap();
+    make_repo(src.path());
+    let out = tempfile::tempdir().unwrap();
+    for reference in ["no-such-branch", "deadbeef"] {
+        let err = clone(
+            &req(src.path(), reference, &out.path().join(reference)),
+            berth_build::null_sink(),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, BuildError::RefNotFound { .. }), "{err}");
+        assert!(err.to_string().contains(reference), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn unreachable_repo_masks_credentials() {
+    let out = tempfile::tempdir().unwrap();
+    let (log, lines) = recording_sink();
+    let r = CloneRequest {
+        // Port 9 on loopback: nothing listens, the connection is refused at once.
+        repo: "https://user:s3cr3t-token@127.0.0.1:9/owner/repo.git".into(),
+        reference: "main".into(),
+        dest: out.path().join("co"),
+        ssh_key: None,
+        timeout: Duration::from_secs(20),
+    };
+    let err = clone(&r, log).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("https://***@127.0.0.1:9/owner/repo.git"),
+        "{msg}"
+    );
+    assert!(!msg.contains("s3cr3t"), "{msg}");
+    for line in lines.lock().unwrap().iter() {
+        assert!(!line.contains("s3cr3t"), "{line}");
+    }
+    assert!(
+        !out.path().join("co/.git/config").exists()
+            || !std::fs::read_to_string(out.path().join("co/.git/config"))
+                .unwrap()
+                .contains("s3cr3t")
+    );
+}
+
+#[tokio::test]
+async fn non_empty_destination_is_refused() {
+    let src = tempfile::tempdir().unwrap();
+    make_repo(src.path());
+    let out = tempfile::tempdir().unwrap();
+    std::fs::write(out.path().join("x"), "x").unwrap();
+    let err = clone(
+        &req(src.path(), "main", out.path()),
+        berth_build::null_sink(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("not empty"), "{err}");
+}

@@ -1,0 +1,503 @@
+//! Tests against the real Docker Engine (API 1.41). Images are built FROM
+//! scratch with the host's busybox; every image is tagged `berth-test/...`,
+//! labelled `berth.test=1` and removed at the end.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use berth_build::{
+    analyze, build, image_manifest, push, AnalyzeOptions, BuildError, BuildLimits, BuildPlan,
+    BuildRequest, ManifestOptions,
+};
+use berth_core::config::ServiceConfig;
+use bollard::query_parameters::{ListContainersOptions, RemoveImageOptions};
+use bollard::Docker;
+use tokio_util::sync::CancellationToken;
+
+use crate::{example, recording_sink};
+
+async fn docker() -> Docker {
+    Docker::connect_with_local_defaults()
+        .expect("docker socket")
+        .negotiate_version()
+        .await
+        .expect("docker reachable")
+}
+
+fn unique(name: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "berth-test/{name}:{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn labels() -> BTreeMap<String, String> {
+    BTreeMap::from([("berth.test".to_string(), "1".to_string())])
+}
+
+async fn remove(docker: &Docker, image: &str) {
+    let _ = docker
+        .remove_image(
+            image,
+            Some(RemoveImageOptions {
+                force: true,
+                ..Default::default()
+            }),
+            None,
+        )
+        .await;
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+/// The busybox example with the host's busybox copied in.
+fn busybox_context() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    copy_dir(&example("dockerfile-busybox"), d.path());
+    std::fs::copy("/bin/busybox", d.path().join("busybox")).expect("/bin/busybox (busybox-static)");
+    d
+}
+
+fn dockerfile_plan(text: &str) -> BuildPlan {
+    BuildPlan {
+        provider: "dockerfile".into(),
+        framework: None,
+        runtime: None,
+        port: 3000,
+        start_command: None,
+        dockerfile: text.into(),
+        dockerfile_path: Some("Dockerfile".into()),
+        generated: false,
+    }
+}
+
+fn request(dir: &Path, plan: BuildPlan, tag: &str) -> BuildRequest {
+    BuildRequest {
+        context_dir: dir.to_path_buf(),
+        plan,
+        tag: tag.to_string(),
+        limits: BuildLimits {
+            memory_bytes: Some(256 << 20),
+            cpus: Some(1.0),
+            timeout: Duration::from_secs(120),
+        },
+        build_args: vec![],
+        labels: labels(),
+    }
+}
+
+/// Builds the busybox example; returns its tag.
+async fn build_busybox(docker: &Docker, ctx: &Path) -> String {
+    let plan = analyze(ctx, &ServiceConfig::default(), &AnalyzeOptions::default()).unwrap();
+    assert_eq!(plan.provider, "dockerfile");
+    let tag = unique("busybox");
+    build(
+        docker,
+        &request(ctx, plan, &tag),
+        berth_build::null_sink(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    tag
+}
+
+#[tokio::test]
+async fn needs_docker_busybox_example_builds_and_logs() {
+    let docker = docker().await;
+    let ctx = busybox_context();
+    let plan = analyze(
+        ctx.path(),
+        &ServiceConfig::default(),
+        &AnalyzeOptions::default(),
+    )
+    .unwrap();
+    let tag = unique("busybox");
+    let (log, lines) = recording_sink();
+    let built = build(
+        &docker,
+        &request(ctx.path(), plan, &tag),
+        log,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let inspect = docker.inspect_image(&tag).await.unwrap();
+    assert_eq!(inspect.id.as_deref(), Some(built.id.as_str()));
+    let img_labels = inspect.config.and_then(|c| c.labels).unwrap_or_default();
+    assert_eq!(img_labels.get("berth.test").map(String::as_str), Some("1"));
+    let lines = lines.lock().unwrap().clone();
+    assert!(lines.iter().any(|l| l.starts_with("Step 1/")), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("COPY busybox /bin/busybox")),
+        "{lines:?}"
+    );
+
+    // The manifest lists the image's files; .dockerignore kept notes.txt out.
+    let m = image_manifest(&docker, &tag, &ManifestOptions::default())
+        .await
+        .unwrap();
+    let paths: Vec<_> = m.entries.iter().map(|e| e.path.as_str()).collect();
+    assert!(paths.contains(&"/bin/busybox"), "{paths:?}");
+    assert!(paths.contains(&"/www/index.html"), "{paths:?}");
+    let index = m
+        .entries
+        .iter()
+        .find(|e| e.path == "/www/index.html")
+        .unwrap();
+    assert_eq!(index.size, "<h1>hello from busybox</h1>\n".len() as u64);
+    let www_only = image_manifest(
+        &docker,
+        &tag,
+        &ManifestOptions {
+            root: Some("/www".into()),
+            max_files: 100,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(www_only.entries.len(), 1);
+    remove(&docker, &tag).await;
+}
+
+#[tokio::test]
+async fn needs_docker_dockerignore_excludes_files() {
+    let docker = docker().await;
+    let ctx = busybox_context();
+    let base = build_busybox(&docker, ctx.path()).await;
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("notes.txt"), "secret notes").unwrap();
+    std::fs::write(d.path().join("kept.txt"), "kept").unwrap();
+    std::fs::write(d.path().join(".dockerignore"), "notes.txt\nDockerfile\n").unwrap();
+    let text = format!("FROM {base}\nCOPY . /ctx/\n");
+    std::fs::write(d.path().join("Dockerfile"), &text).unwrap();
+    let tag = unique("ignore");
+    build(
+        &docker,
+        &request(d.path(), dockerfile_plan(&text), &tag),
+        berth_build::null_sink(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let m = image_manifest(
+        &docker,
+        &tag,
+        &ManifestOptions {
+            root: Some("/ctx".into()),
+            max_files: 100,
+        },
+    )
+    .await
+    .unwrap();
+    let paths: Vec<_> = m.entries.iter().map(|e| e.path.as_str()).collect();
+    // The Dockerfile is sent (the build read it) but, listed in .dockerignore,
+    // the engine keeps it out of COPY, as Docker does.
+    assert_eq!(paths, ["/ctx/.dockerignore", "/ctx/kept.txt"]);
+    remove(&docker, &tag).await;
+    remove(&docker, &base).await;
+}
+
+#[tokio::test]
+async fn needs_docker_copy_of_missing_file_fails_with_dockers_message() {
+    let docker = docker().await;
+    let d = tempfile::tempdir().unwrap();
+    let text = "FROM scratch\nCOPY missing.txt /missing.txt\n";
+    std::fs::write(d.path().join("Dockerfile"), text).unwrap();
+    let tag = unique("missing");
+    let (log, lines) = recording_sink();
+    let err = build(
+        &docker,
+        &request(d.path(), dockerfile_plan(text), &tag),
+        log,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, BuildError::BuildFailed(_)), "{msg}");
+    assert!(msg.contains("missing.txt"), "{msg}");
+    assert!(!msg.contains('\n'), "{msg}");
+    assert!(lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("missing.txt")));
+    assert!(docker.inspect_image(&tag).await.is_err());
+}
+
+/// A build running `sleep` with a unique argument; returns the argument.
+fn sleeping_dockerfile(base: &str) -> (String, String) {
+    let secs = format!("{}", 300 + std::process::id() % 500);
+    (
+        format!("FROM {base}\nRUN [\"/bin/busybox\", \"sleep\", \"{secs}\"]\n"),
+        secs,
+    )
+}
+
+/// Waits (bounded) until no container runs `sleep <secs>`; returns whether
+/// none is left.
+async fn build_container_gone(docker: &Docker, secs: &str) -> bool {
+    for _ in 0..40 {
+        let list = docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+        let running = list.iter().any(|c| {
+            c.command
+                .as_deref()
+                .is_some_and(|cmd| cmd.contains("sleep") && cmd.contains(secs))
+        });
+        if !running {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn needs_docker_timeout_stops_the_build() {
+    let docker = docker().await;
+    let ctx = busybox_context();
+    let base = build_busybox(&docker, ctx.path()).await;
+    let d = tempfile::tempdir().unwrap();
+    let (text, secs) = sleeping_dockerfile(&base);
+    std::fs::write(d.path().join("Dockerfile"), &text).unwrap();
+    let tag = unique("timeout");
+    let mut req = request(d.path(), dockerfile_plan(&text), &tag);
+    req.limits.timeout = Duration::from_secs(3);
+    let err = build(
+        &docker,
+        &req,
+        berth_build::null_sink(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.to_string(), "build exceeded its time limit of 3s");
+    assert!(
+        build_container_gone(&docker, &secs).await,
+        "the build kept running"
+    );
+    remove(&docker, &base).await;
+}
+
+#[tokio::test]
+async fn needs_docker_cancel_stops_the_build() {
+    let docker = docker().await;
+    let ctx = busybox_context();
+    let base = build_busybox(&docker, ctx.path()).await;
+    let d = tempfile::tempdir().unwrap();
+    let (text, secs) = sleeping_dockerfile(&base);
+    let text = text.replace("sleep\", \"", "sleep\", \"1");
+    let secs = format!("1{secs}");
+    std::fs::write(d.path().join("Dockerfile"), &text).unwrap();
+    let tag = unique("cancel");
+    let req = request(d.path(), dockerfile_plan(&text), &tag);
+    let cancel = CancellationToken::new();
+    let (log, lines) = recording_sink();
+    let c2 = cancel.clone();
+    let l2 = lines.clone();
+    let canceller = tokio::spawn(async move {
+        // Cancel once the RUN step has started.
+        for _ in 0..200 {
+            if l2.lock().unwrap().iter().any(|l| l.contains("Running in")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        c2.cancel();
+    });
+    let err = build(&docker, &req, log, cancel).await.unwrap_err();
+    canceller.await.unwrap();
+    assert!(matches!(err, BuildError::Cancelled), "{err}");
+    assert!(
+        build_container_gone(&docker, &secs).await,
+        "the build kept running"
+    );
+    remove(&docker, &base).await;
+}
+
+#[tokio::test]
+async fn needs_docker_memory_limit_is_reported() {
+    let docker = docker().await;
+    let ctx = busybox_context();
+    let base = build_busybox(&docker, ctx.path()).await;
+    let d = tempfile::tempdir().unwrap();
+    // dd allocates its whole block: 256 MiB against a 32 MiB limit.
+    let text = format!(
+        "FROM {base}\nRUN [\"/bin/busybox\", \"dd\", \"if=/dev/zero\", \"of=/dev/null\", \"bs=256M\", \"count=1\"]\n"
+    );
+    std::fs::write(d.path().join("Dockerfile"), &text).unwrap();
+    let tag = unique("oom");
+    let mut req = request(d.path(), dockerfile_plan(&text), &tag);
+    req.limits.memory_bytes = Some(32 << 20);
+    let err = build(
+        &docker,
+        &req,
+        berth_build::null_sink(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "build exceeded its memory limit of 32m (killed with exit code 137)"
+    );
+    remove(&docker, &base).await;
+}
+
+#[tokio::test]
+async fn needs_docker_generated_static_plan_builds_with_local_base() {
+    let docker = docker().await;
+    let ctx = busybox_context();
+    let base = build_busybox(&docker, ctx.path()).await;
+    let mut opts = AnalyzeOptions::default();
+    opts.base_images.static_ = base.clone();
+    let site = example("static");
+    let plan = analyze(&site, &ServiceConfig::default(), &opts).unwrap();
+    assert!(plan.generated);
+    let tag = unique("static");
+    let mut req = request(&site, plan, &tag);
+    req.build_args = vec![("VITE_GREETING".into(), "hi".into())];
+    let (log, lines) = recording_sink();
+    build(&docker, &req, log, CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("ARG VITE_GREETING")));
+    let m = image_manifest(
+        &docker,
+        &tag,
+        &ManifestOptions {
+            root: Some("/www".into()),
+            max_files: 100,
+        },
+    )
+    .await
+    .unwrap();
+    let paths: Vec<_> = m.entries.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["/www/index.html"]);
+    remove(&docker, &tag).await;
+    remove(&docker, &base).await;
+}
+
+#[tokio::test]
+async fn needs_docker_node_npm_example_on_local_node_image() {
+    let docker = docker().await;
+    if docker.inspect_image("local/node:18").await.is_err() {
+        eprintln!("SKIPPED: local/node:18 is absent (run scripts/make-node-image.sh)");
+        return;
+    }
+    let mut opts = AnalyzeOptions::default();
+    opts.base_images.node = "local/node:18".into();
+    let dir = example("node-npm");
+    let plan = analyze(&dir, &ServiceConfig::default(), &opts).unwrap();
+    assert_eq!(plan.provider, "node");
+    let tag = unique("node-npm");
+    let mut req = request(&dir, plan, &tag);
+    req.limits.memory_bytes = Some(1 << 30);
+    req.limits.timeout = Duration::from_secs(300);
+    let (log, lines) = recording_sink();
+    build(&docker, &req, log, CancellationToken::new())
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", lines.lock().unwrap().join("\n")));
+    let m = image_manifest(
+        &docker,
+        &tag,
+        &ManifestOptions {
+            root: Some("/app".into()),
+            max_files: 100,
+        },
+    )
+    .await
+    .unwrap();
+    let paths: Vec<_> = m.entries.iter().map(|e| e.path.as_str()).collect();
+    assert!(paths.contains(&"/app/server.js"), "{paths:?}");
+    assert!(paths.contains(&"/app/package.json"), "{paths:?}");
+    assert!(lines.lock().unwrap().iter().any(|l| l.contains("npm ci")));
+    remove(&docker, &tag).await;
+}
+
+#[tokio::test]
+async fn needs_docker_push_to_local_registry_returns_digest() {
+    if !Path::new("/usr/bin/docker-registry").exists() {
+        eprintln!("SKIPPED: docker-registry is not installed (apt-get install docker-registry)");
+        return;
+    }
+    let docker = docker().await;
+    let store = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let config = format!(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+        store.path().display()
+    );
+    let cfg_path = store.path().join("config.yml");
+    std::fs::write(&cfg_path, config).unwrap();
+    let mut registry = tokio::process::Command::new("/usr/bin/docker-registry")
+        .arg("serve")
+        .arg(&cfg_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut up = false;
+    for _ in 0..50 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "registry did not start");
+
+    let ctx = busybox_context();
+    let base = build_busybox(&docker, ctx.path()).await;
+    let registry_addr = format!("127.0.0.1:{port}");
+    let (log, lines) = recording_sink();
+    let pushed = push(&docker, &base, &registry_addr, log).await.unwrap();
+    assert_eq!(pushed.reference, format!("{registry_addr}/{base}"));
+    assert!(
+        pushed.digest.starts_with("sha256:") && pushed.digest.len() == 71,
+        "{pushed:?}"
+    );
+    assert!(lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("digest: sha256:")));
+    remove(&docker, &pushed.reference).await;
+    remove(&docker, &base).await;
+    let _ = registry.kill().await;
+}
