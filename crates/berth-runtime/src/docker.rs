@@ -124,6 +124,8 @@ impl DockerRuntime {
         timeout: Duration,
     ) -> Result<OneOffOutcome, RuntimeError> {
         let started = Instant::now();
+        // The engine sends the response head at once (API >= 1.30), so the
+        // client's request timeout does not cut long one-offs short.
         let wait = async {
             let options = WaitContainerOptions {
                 condition: "not-running".to_owned(),
