@@ -213,7 +213,7 @@ done
 
 echo
 echo "wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency, Host: $HOST_HEADER; upstream: nginx (1 worker) returning a 24-byte body"
-echo "every proxy gets $PROXY_THREADS worker threads/processes (berth: tokio workers, nginx: worker_processes, haproxy: nbthread, caddy: GOMAXPROCS);"
+echo "every proxy gets $PROXY_THREADS worker threads/processes (berth: one single-threaded tokio runtime per worker on SO_REUSEPORT listeners, nginx: worker_processes, haproxy: nbthread, caddy: GOMAXPROCS);"
 echo "machine: $(nproc) cores shared by wrk, the proxy and the upstream"
 printf '%-8s %12s %10s %10s %8s  %s\n' proxy "req/s" "p50 ms" "p99 ms" non-2xx "socket errors"
 for r in "${results[@]}"; do
