@@ -1,0 +1,173 @@
+//! `berth inspect ID`: one deployment in detail.
+
+use super::{or_dash, yes_no, Ctx};
+use crate::output::{emit, human_duration_ms, relative_age, step_elapsed_ms, timestamp, Table};
+use berth_core::model::{Deployment, StepStatus};
+use chrono::{DateTime, Utc};
+use clap::Args;
+use std::fmt::Write as _;
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// A deployment id.
+    id: String,
+}
+
+pub async fn run(ctx: &Ctx, a: InspectArgs) -> anyhow::Result<()> {
+    let reply = ctx.client.get_deployment(&a.id).await?;
+    if ctx.json {
+        return ctx.print_json(&reply);
+    }
+    let d = reply.parse()?;
+    // The manifest is extra: a deployment without one (not built yet,
+    // or an older server) still inspects.
+    let manifest = match ctx.client.manifest(&a.id).await {
+        Ok(r) => r.parse().ok().map(|m: Vec<_>| m.len()),
+        Err(_) => None,
+    };
+    emit(&render(&d, manifest, Utc::now()));
+    Ok(())
+}
+
+fn when(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+    match t {
+        Some(t) => format!("{} ({})", timestamp(t), relative_age(t, now)),
+        None => "-".into(),
+    }
+}
+
+/// The readable view.
+pub fn render(d: &Deployment, manifest_files: Option<usize>, now: DateTime<Utc>) -> String {
+    let mut kv = Table::new(["Deployment", d.id.as_str()]);
+    let mut add = |k: &str, v: String| kv.row([k.to_string(), v]);
+    add("Project", d.project_name.clone());
+    add("Service", d.service_name.clone());
+    add("Environment", d.environment_name.clone());
+    add("Status", d.status.to_string());
+    let mut stage = d.promotion_stage.to_string();
+    if let Some(w) = d.canary_weight {
+        let _ = write!(stage, " ({w}% of traffic)");
+    }
+    add("Stage", stage);
+    add("Health", d.health.to_string());
+    add("Active", yes_no(d.is_active).to_string());
+    add("Route URL", or_dash(d.route_url.as_deref()));
+    add("Preview URL", or_dash(d.preview_url.as_deref()));
+    let mut trigger = d.trigger.as_str().to_string();
+    if let Some(src) = &d.source_deployment_id {
+        let _ = write!(trigger, " (from {src})");
+    }
+    add("Trigger", trigger);
+    add("Ref", or_dash(Some(&d.reference)));
+    match &d.commit {
+        Some(c) => {
+            let branch = c
+                .branch
+                .as_deref()
+                .map(|b| format!(" on {b}"))
+                .unwrap_or_default();
+            add("Commit", format!("{}{branch} by {}", c.sha, c.author));
+            let subject = c.message.lines().next().unwrap_or("").trim();
+            if !subject.is_empty() {
+                add("Message", subject.to_string());
+            }
+        }
+        None => add("Commit", "-".into()),
+    }
+    match &d.image {
+        Some(i) => {
+            let mut s = i.reference.clone();
+            if let Some(dg) = &i.digest {
+                let _ = write!(s, " ({dg})");
+            }
+            add("Image", s);
+        }
+        None => add("Image", "-".into()),
+    }
+    let b = &d.build;
+    let mut build = Vec::new();
+    for (k, v) in [
+        ("provider", b.provider.clone()),
+        ("framework", b.framework.clone()),
+        ("runtime", b.runtime.clone()),
+        ("port", b.port.map(|p| p.to_string())),
+    ] {
+        if let Some(v) = v {
+            build.push(format!("{k} {v}"));
+        }
+    }
+    if b.cache_hit {
+        build.push("cache hit".into());
+    }
+    add(
+        "Build",
+        if build.is_empty() {
+            "-".into()
+        } else {
+            build.join(", ")
+        },
+    );
+    if let Some(cmd) = &b.start_command {
+        add("Start command", cmd.clone());
+    }
+    add("Created", when(Some(d.created_at), now));
+    add("Started", when(d.started_at, now));
+    add("Completed", when(d.completed_at, now));
+    if let (Some(s), Some(c)) = (d.started_at.or(Some(d.created_at)), d.completed_at) {
+        add("Took", human_duration_ms((c - s).num_milliseconds()));
+    }
+    add(
+        "Manifest",
+        match manifest_files {
+            Some(1) => "1 file".into(),
+            Some(n) => format!("{n} files"),
+            None => "-".into(),
+        },
+    );
+    if let Some(m) = &d.failure_message {
+        add("Failure", crate::client::one_line(m));
+    }
+    let mut out = kv.render();
+    out.push_str("\nSteps\n");
+    if d.steps.is_empty() {
+        out.push_str("  (none yet)\n");
+    } else {
+        let mut steps = Table::new(["  STEP", "STATUS", "STARTED", "DURATION"]);
+        for s in &d.steps {
+            let dur = match s.status {
+                StepStatus::Pending | StepStatus::Skipped => "-".to_string(),
+                _ => step_elapsed_ms(s, now)
+                    .map(human_duration_ms)
+                    .unwrap_or_else(|| "-".into()),
+            };
+            steps.row([
+                format!("  {}", s.name.as_str()),
+                s.status.as_str().to_string(),
+                s.started_at.map(timestamp).unwrap_or_else(|| "-".into()),
+                dur,
+            ]);
+        }
+        out.push_str(&steps.render());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn inspect_succeeded() {
+        let now = Utc.with_ymd_and_hms(2026, 4, 24, 12, 0, 0).unwrap();
+        let all = crate::cmd::fixture_deployments();
+        insta::assert_snapshot!(render(&all[1], Some(12), now));
+    }
+
+    #[test]
+    fn inspect_failed() {
+        let now = Utc.with_ymd_and_hms(2026, 4, 24, 12, 0, 0).unwrap();
+        let all = crate::cmd::fixture_deployments();
+        insta::assert_snapshot!(render(&all[2], None, now));
+    }
+}

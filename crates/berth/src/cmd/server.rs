@@ -1,0 +1,95 @@
+//! `berth server`: build a [`ServerConfig`] from flags and `BERTH_*`
+//! variables and run the control plane.
+
+use crate::args::{parse_duration, parse_size};
+use berth_server::ServerConfig;
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// The API and console listen here.
+    #[arg(long, env = "BERTH_API_LISTEN", default_value = "127.0.0.1:7070")]
+    api_listen: SocketAddr,
+    /// The edge proxy, plain HTTP.
+    #[arg(long, env = "BERTH_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+    http_listen: SocketAddr,
+    /// The edge proxy, HTTPS.
+    #[arg(long, env = "BERTH_HTTPS_LISTEN")]
+    https_listen: Option<SocketAddr>,
+    /// Hostnames are `<name>.<base-domain>` [default: localhost].
+    #[arg(long, env = "BERTH_BASE_DOMAIN")]
+    base_domain: Option<String>,
+    /// Base64 of 32 bytes sealing secrets [default: <data-dir>/master.key].
+    #[arg(long, env = "BERTH_MASTER_KEY", hide_env_values = true)]
+    master_key: Option<String>,
+    /// Push images to this registry (e.g. 127.0.0.1:5000).
+    #[arg(long, env = "BERTH_REGISTRY")]
+    registry: Option<String>,
+    /// How long draining waits for in-flight requests ("30s", "2m" or seconds).
+    #[arg(long, env = "BERTH_DRAIN_TIMEOUT", value_parser = parse_duration)]
+    drain_timeout: Option<Duration>,
+    /// Builds running at once.
+    #[arg(long, env = "BERTH_BUILD_CONCURRENCY")]
+    build_concurrency: Option<usize>,
+    /// Memory limit of one build ("2g", "512m").
+    #[arg(long, env = "BERTH_BUILD_MEMORY", value_parser = parse_size)]
+    build_memory: Option<u64>,
+    /// CPUs of one build.
+    #[arg(long, env = "BERTH_BUILD_CPUS")]
+    build_cpus: Option<f64>,
+    /// Time limit of one build ("30m").
+    #[arg(long, env = "BERTH_BUILD_TIMEOUT", value_parser = parse_duration)]
+    build_timeout: Option<Duration>,
+    /// Base image of generated Node Dockerfiles.
+    #[arg(long, env = "BERTH_NODE_IMAGE")]
+    node_image: Option<String>,
+    /// Base image of generated Python Dockerfiles.
+    #[arg(long, env = "BERTH_PYTHON_IMAGE")]
+    python_image: Option<String>,
+}
+
+impl ServerArgs {
+    /// The configuration these flags describe, over `ServerConfig::new`'s
+    /// defaults.
+    pub fn config(self, data_dir: PathBuf, token: Option<String>) -> ServerConfig {
+        let mut cfg = ServerConfig::new(data_dir);
+        cfg.api_listen = self.api_listen;
+        cfg.http_listen = self.http_listen;
+        cfg.https_listen = self.https_listen;
+        cfg.base_domain = self.base_domain.filter(|s| !s.is_empty());
+        cfg.token = token.filter(|s| !s.is_empty());
+        cfg.master_key = self.master_key.filter(|s| !s.is_empty());
+        cfg.registry = self.registry.filter(|s| !s.is_empty());
+        if let Some(d) = self.drain_timeout {
+            cfg.drain_timeout = d;
+        }
+        if let Some(n) = self.build_concurrency {
+            cfg.build_concurrency = n.max(1);
+        }
+        if let Some(m) = self.build_memory {
+            cfg.build_memory = Some(m);
+        }
+        if let Some(c) = self.build_cpus {
+            cfg.build_cpus = Some(c);
+        }
+        if let Some(t) = self.build_timeout {
+            cfg.build_timeout = t;
+        }
+        cfg.node_image = self.node_image.filter(|s| !s.is_empty());
+        cfg.python_image = self.python_image.filter(|s| !s.is_empty());
+        cfg
+    }
+}
+
+pub async fn run(args: ServerArgs, data_dir: PathBuf, token: Option<String>) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    berth_server::run(args.config(data_dir, token)).await
+}

@@ -1,0 +1,255 @@
+//! `berth`: the command-line client of berth, and `berth server`.
+//!
+//! Every verb but `server` is a thin client of the HTTP API under
+//! `/api/v1`: it uses only the request and response types of `berth-core`
+//! ([`berth_core::api`], [`berth_core::model`]) and HTTP, never the store.
+//!
+//! Invariants:
+//! - `--json` prints the API's answer exactly as returned (pretty-printed,
+//!   keys in the server's order) and nothing else on stdout.
+//! - On any failure the exit code is 1 and stderr ends with one line
+//!   `error: <message>`; bad or unexpected server answers are errors, never
+//!   panics.
+//! - Secret variable values are never printed.
+//!
+//! Code map: [`client`] (one typed method per endpoint), `cmd/<verb>.rs`
+//! (one file per verb group), [`output`] (tables, ages, the live step
+//! display), [`args`] (flag value parsers).
+
+mod args;
+mod client;
+mod cmd;
+mod output;
+
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "berth",
+    version,
+    about = "Deploy apps from Git to your own server, with zero downtime and instant rollback"
+)]
+struct Cli {
+    /// Base URL of the berth API.
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_API",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    api: String,
+    /// API bearer token (for `server`: the token to accept). When unset, the
+    /// client reads `<data-dir>/admin.token`.
+    #[arg(long, global = true, env = "BERTH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// berth's data directory [default: ./berth-data].
+    #[arg(long, global = true, env = "BERTH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Print the API's JSON answer instead of human output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the control plane, the API, the edge proxy and the console.
+    Server(cmd::server::ServerArgs),
+    /// Create, list, show and change projects.
+    #[command(subcommand)]
+    Projects(cmd::projects::ProjectsCmd),
+    /// Create, list and delete environments of a project.
+    #[command(subcommand)]
+    Envs(cmd::envs::EnvsCmd),
+    /// Set, unset and list environment variables.
+    #[command(subcommand)]
+    Env(cmd::env::EnvCmd),
+    /// Deploy a service from its Git ref.
+    Deploy(cmd::deploy::DeployArgs),
+    /// Put the previously active deployment back.
+    Rollback(cmd::deploy::RollbackArgs),
+    /// Make a historic deployment active again.
+    Promote(cmd::deploy::IdWaitArgs),
+    /// Deploy the same commit again.
+    Redeploy(cmd::deploy::IdWaitArgs),
+    /// Cancel a queued or running deployment.
+    Cancel(cmd::deploy::IdArgs),
+    /// List deployments, newest first.
+    Status(cmd::status::StatusArgs),
+    /// Show one deployment in detail.
+    Inspect(cmd::inspect::InspectArgs),
+    /// Print or follow logs of a deployment or a service.
+    Logs(cmd::logs::LogsArgs),
+    /// Hostnames served by upstreams berth does not run.
+    #[command(subcommand)]
+    Routes(cmd::routes::RoutesCmd),
+    /// Custom domains of a project.
+    #[command(subcommand)]
+    Domains(cmd::domains::DomainsCmd),
+    /// Check that the API answers.
+    Health,
+}
+
+const DEFAULT_DATA_DIR: &str = "./berth-data";
+
+/// The token from the flag or env, else from `<data-dir>/admin.token`.
+fn resolve_token(token: Option<String>, data_dir: Option<&Path>) -> Option<String> {
+    if let Some(t) = token.filter(|t| !t.trim().is_empty()) {
+        return Some(t.trim().to_string());
+    }
+    let dir = data_dir.unwrap_or(Path::new(DEFAULT_DATA_DIR));
+    let t = std::fs::read_to_string(dir.join("admin.token")).ok()?;
+    let t = t.trim();
+    (!t.is_empty()).then(|| t.to_string())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Server(a) = cli.command {
+        let data_dir = cli.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+        return cmd::server::run(a, data_dir, cli.token).await;
+    }
+    let token = resolve_token(cli.token, cli.data_dir.as_deref());
+    let client = client::ApiClient::new(&cli.api, token)?;
+    let ctx = cmd::Ctx {
+        client,
+        json: cli.json,
+    };
+    match cli.command {
+        Command::Server(_) => unreachable!("handled above"),
+        Command::Projects(c) => cmd::projects::run(&ctx, c).await,
+        Command::Envs(c) => cmd::envs::run(&ctx, c).await,
+        Command::Env(c) => cmd::env::run(&ctx, c).await,
+        Command::Deploy(a) => cmd::deploy::deploy(&ctx, a).await,
+        Command::Rollback(a) => cmd::deploy::rollback(&ctx, a).await,
+        Command::Promote(a) => cmd::deploy::action(&ctx, a, "promote").await,
+        Command::Redeploy(a) => cmd::deploy::action(&ctx, a, "redeploy").await,
+        Command::Cancel(a) => cmd::deploy::cancel(&ctx, a).await,
+        Command::Status(a) => cmd::status::run(&ctx, a).await,
+        Command::Inspect(a) => cmd::inspect::run(&ctx, a).await,
+        Command::Logs(a) => cmd::logs::run(&ctx, a).await,
+        Command::Routes(c) => cmd::routes::run(&ctx, c).await,
+        Command::Domains(c) => cmd::domains::run(&ctx, c).await,
+        Command::Health => {
+            let reply = ctx.client.health().await?;
+            if ctx.json {
+                return ctx.print_json(&reply);
+            }
+            output::emitln(&format!("berth API at {} is up", ctx.client.base()));
+            Ok(())
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", client::one_line(&format!("{e:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn token_falls_back_to_admin_token_file() {
+        let dir = std::env::temp_dir().join(format!("berth-cli-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("admin.token"), "tok123\n").unwrap();
+        assert_eq!(resolve_token(None, Some(&dir)).as_deref(), Some("tok123"));
+        assert_eq!(
+            resolve_token(Some("flag".into()), Some(&dir)).as_deref(),
+            Some("flag")
+        );
+        assert_eq!(resolve_token(None, Some(&dir.join("missing"))), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn verbs_parse() {
+        let ok = |args: &[&str]| {
+            let mut v = vec!["berth"];
+            v.extend(args);
+            Cli::try_parse_from(v)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        ok(&[
+            "projects",
+            "create",
+            "shop",
+            "--repo",
+            "/r",
+            "--retain-images",
+            "5",
+        ])
+        .unwrap();
+        ok(&[
+            "deploy",
+            "--project",
+            "shop",
+            "--service",
+            "web",
+            "--env",
+            "staging",
+            "--ref",
+            "main",
+            "--wait",
+            "--json",
+        ])
+        .unwrap();
+        ok(&["status", "--project", "shop", "--json"]).unwrap();
+        ok(&["logs", "dep_1", "--follow", "--stream", "stdout,stderr"]).unwrap();
+        ok(&[
+            "logs",
+            "--project",
+            "shop",
+            "--service",
+            "web",
+            "--since",
+            "10m",
+        ])
+        .unwrap();
+        ok(&["env", "set", "--project", "shop", "--secret", "A=1", "B="]).unwrap();
+        ok(&["routes", "add", "x.example", "--upstream", "127.0.0.1:9000"]).unwrap();
+        ok(&[
+            "rollback",
+            "--project",
+            "shop",
+            "--service",
+            "web",
+            "--env",
+            "production",
+        ])
+        .unwrap();
+        ok(&[
+            "server",
+            "--data-dir",
+            "/tmp/x",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--build-memory",
+            "2g",
+            "--drain-timeout",
+            "30s",
+        ])
+        .unwrap();
+        assert!(ok(&["server", "--build-memory", "lots"]).is_err());
+        assert!(ok(&["logs", "--stream", "nope", "dep_1"]).is_err());
+        assert!(ok(&["projects", "create", "shop"]).is_err());
+    }
+}
