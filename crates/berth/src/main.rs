@@ -143,9 +143,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// A usage error as one line: `error: <what>; see --help`.
+fn usage_error_line(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let body: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .collect();
+    let text = client::one_line(&body.join(" "));
+    let text = text.strip_prefix("error:").unwrap_or(&text).trim();
+    format!("error: {text}; see --help")
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => match e.kind() {
+            clap::error::ErrorKind::DisplayHelp
+            | clap::error::ErrorKind::DisplayVersion
+            | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+            _ => {
+                eprintln!("{}", usage_error_line(&e));
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -177,6 +200,20 @@ mod tests {
         );
         assert_eq!(resolve_token(None, Some(&dir.join("missing"))), None);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn usage_errors_are_one_line() {
+        let e = Cli::try_parse_from(["berth", "logs"]).unwrap_err();
+        let line = usage_error_line(&e);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.starts_with("error: ") && line.contains("<ID>"),
+            "{line}"
+        );
+        let e = Cli::try_parse_from(["berth", "logs", "x", "--stream", "nope"]).unwrap_err();
+        let line = usage_error_line(&e);
+        assert!(line.contains("unknown stream \"nope\""), "{line}");
     }
 
     #[test]
