@@ -275,6 +275,10 @@ pub struct Deployment {
     /// Where the deployment's container runs, while it has one.
     #[serde(default)]
     pub runtime: Option<RuntimeInfo>,
+    /// The repository to clone when it is not the project's (`git push` to
+    /// berth's own remote).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_repo: Option<String>,
 }
 
 /// The running instance of a deployment.

@@ -57,6 +57,8 @@ pub struct NewDeployment {
     pub reference: Option<String>,
     pub trigger: Trigger,
     pub source: Option<Deployment>,
+    /// Clone from here instead of the project's repository.
+    pub source_repo: Option<String>,
 }
 
 impl Deployer {
@@ -149,11 +151,13 @@ impl Deployer {
             steps: ALL_STEPS.iter().map(|s| Step::pending(*s)).collect(),
             canary_weight: None,
             runtime: None,
+            source_repo: req.source_repo.clone(),
         };
         if let Some(src) = &req.source {
             d.source_deployment_id = Some(src.id.clone());
             d.commit = src.commit.clone();
             d.image = src.image.clone();
+            d.source_repo = src.source_repo.clone();
             d.build = BuildInfo {
                 cache_hit: false,
                 ..src.build.clone()
@@ -442,5 +446,49 @@ impl Deployer {
         }
         self.store.delete_environment(project, env).await?;
         Ok(())
+    }
+}
+
+impl Deployer {
+    /// Deploy every service of an environment at `sha` (or its branch
+    /// head): the services deployed in the project before, else `web`.
+    pub async fn deploy_environment(
+        self: &Arc<Self>,
+        project: &str,
+        env: &str,
+        sha: Option<String>,
+        trigger: Trigger,
+        source_repo: Option<String>,
+    ) -> ApiResult<Vec<Deployment>> {
+        let past = self
+            .store
+            .list_deployments(&DeploymentQuery {
+                project: Some(project.to_string()),
+                limit: Some(500),
+                ..Default::default()
+            })
+            .await?;
+        let mut services: Vec<String> = past.iter().map(|d| d.service_name.clone()).collect();
+        services.sort();
+        services.dedup();
+        if services.is_empty() {
+            services.push(DEFAULT_SERVICE.to_string());
+        }
+        let mut out = Vec::new();
+        for service in services {
+            out.push(
+                self.create(NewDeployment {
+                    project: project.to_string(),
+                    service: Some(service),
+                    environment: Some(env.to_string()),
+                    reference: sha.clone(),
+                    trigger,
+                    source: None,
+                    source_repo: source_repo.clone(),
+                })
+                .await?,
+            );
+        }
+        Ok(out)
     }
 }

@@ -275,7 +275,11 @@ impl Deployer {
                 );
                 d.image = None;
             }
-            service = self.build_image(d, &project.repo, vars, cancel).await?;
+            let repo = d
+                .source_repo
+                .clone()
+                .unwrap_or_else(|| project.repo.clone());
+            service = self.build_image(d, &repo, vars, cancel).await?;
         }
         Self::check_cancel(cancel)?;
         let image = d.image.clone().unwrap_or_default();
@@ -1129,6 +1133,7 @@ mod tests {
             steps: vec![],
             canary_weight: None,
             runtime: None,
+            source_repo: None,
         }
     }
 

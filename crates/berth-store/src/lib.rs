@@ -194,4 +194,12 @@ pub trait Store: Send + Sync + 'static {
     async fn list_external_routes(&self) -> Result<Vec<ExternalRoute>>;
     /// Whether the route existed.
     async fn remove_external_route(&self, hostname: &str) -> Result<bool>;
+
+    /// Remember a webhook delivery; `false` when it was seen before.
+    async fn record_delivery(
+        &self,
+        project: &str,
+        delivery_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool>;
 }

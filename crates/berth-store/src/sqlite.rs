@@ -17,7 +17,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// Migrations in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations/0002_deliveries.sql"),
+];
 
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "berth.db";
@@ -721,6 +724,23 @@ impl Store for SqliteStore {
         let h = hostname.to_string();
         self.call(move |c| {
             Ok(c.execute("DELETE FROM external_routes WHERE hostname = ?1", [&h])? > 0)
+        })
+        .await
+    }
+
+    async fn record_delivery(
+        &self,
+        project: &str,
+        delivery_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let (p, id) = (project.to_string(), delivery_id.to_string());
+        self.call(move |c| {
+            let n = c.execute(
+                "INSERT OR IGNORE INTO webhook_deliveries (delivery_id, project, received_at) VALUES (?1, ?2, ?3)",
+                params![id, p, ts(&at)],
+            )?;
+            Ok(n > 0)
         })
         .await
     }

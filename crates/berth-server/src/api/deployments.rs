@@ -58,6 +58,7 @@ pub async fn create(
             reference: req.reference,
             trigger: Trigger::Manual,
             source: None,
+            source_repo: None,
         })
         .await?;
     Ok((StatusCode::CREATED, Json(d)))
@@ -100,6 +101,7 @@ pub async fn rollback(
             reference: None,
             trigger: Trigger::Rollback,
             source: Some(target),
+            source_repo: None,
         })
         .await?;
     Ok((StatusCode::CREATED, Json(d)))
@@ -130,6 +132,7 @@ pub async fn promote(
             reference: None,
             trigger: Trigger::Promote,
             source: Some(src),
+            source_repo: None,
         })
         .await?;
     Ok((StatusCode::CREATED, Json(d)))
@@ -154,6 +157,7 @@ pub async fn redeploy(
             reference: Some(reference),
             trigger: Trigger::Redeploy,
             source: None,
+            source_repo: src.source_repo.clone(),
         })
         .await?;
     Ok((StatusCode::CREATED, Json(d)))

@@ -3,6 +3,8 @@
 //! bounded request bodies.
 
 mod deployments;
+pub mod git;
+pub mod hooks;
 mod logs;
 mod openapi;
 mod projects;
@@ -22,6 +24,10 @@ use std::sync::Arc;
 
 /// Largest request body accepted (413 beyond).
 pub const BODY_LIMIT: usize = 256 * 1024;
+/// Largest webhook delivery accepted (GitHub caps payloads at 25 MB).
+pub const HOOK_BODY_LIMIT: usize = 25 * 1024 * 1024;
+/// Largest `git push` accepted.
+pub const GIT_BODY_LIMIT: usize = 1024 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -160,12 +166,23 @@ pub fn router(state: AppState) -> Router {
         .merge(authed)
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found);
+    let api = api
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(BODY_LIMIT));
+    let hooks = Router::new()
+        .route("/github/{project}", post(hooks::github))
+        .layer(axum::extract::DefaultBodyLimit::max(HOOK_BODY_LIMIT));
+    let git = Router::new()
+        .route("/{repo}/info/refs", get(git::info_refs))
+        .route("/{repo}/git-receive-pack", post(git::receive_pack))
+        .route("/{repo}/git-upload-pack", post(git::upload_pack))
+        .layer(axum::extract::DefaultBodyLimit::max(GIT_BODY_LIMIT));
     Router::new()
         .nest("/api/v1", api)
+        .nest("/hooks", hooks)
+        .nest("/git", git)
         .route("/healthz", get(health))
         .fallback(not_found)
-        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(BODY_LIMIT))
         .with_state(state)
 }
 

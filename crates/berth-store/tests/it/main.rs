@@ -51,6 +51,7 @@ fn deployment(id: &str, project: &str, at: chrono::DateTime<Utc>) -> Deployment 
         steps: vec![Step::pending(StepName::Clone)],
         canary_weight: None,
         runtime: None,
+        source_repo: None,
     }
 }
 

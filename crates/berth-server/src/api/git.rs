@@ -1,0 +1,446 @@
+//! `git push` to berth: Git's smart HTTP protocol at `/git/<project>.git`
+//! (HTTP basic auth, the API token as password). berth keeps a bare
+//! repository per project in `<data-dir>/git/`; after a push it deploys the
+//! environment mapped to each pushed branch and streams the deployment's
+//! stages back to the pusher's terminal as `remote:` messages (side band 2),
+//! the way Heroku and Dokku do. Fetch and clone work too.
+
+use super::{token_matches, AppState};
+use crate::error::ApiError;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use berth_core::model::{Deployment, Trigger};
+use berth_core::state::Status;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+#[derive(Deserialize)]
+pub struct ServiceQuery {
+    service: Option<String>,
+}
+
+fn unauthorized() -> Response {
+    let mut r = ApiError::unauthorized().into_response();
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"berth\""),
+    );
+    r
+}
+
+fn authorized(s: &AppState, h: &HeaderMap) -> bool {
+    let Some(v) = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    if let Some(b) = v.strip_prefix("Bearer ") {
+        return token_matches(b.trim().as_bytes(), s.token.as_bytes());
+    }
+    let Some(b64) = v.strip_prefix("Basic ") else {
+        return false;
+    };
+    let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&raw);
+    let (user, pass) = text.split_once(':').unwrap_or((&text, ""));
+    token_matches(pass.as_bytes(), s.token.as_bytes())
+        || token_matches(user.as_bytes(), s.token.as_bytes())
+}
+
+fn project_of(repo: &str) -> Option<&str> {
+    repo.strip_suffix(".git")
+}
+
+/// The project's bare repository, created on first use.
+pub async fn bare_repo(s: &AppState, project: &str) -> Result<PathBuf, ApiError> {
+    let dir = s
+        .deployer
+        .cfg
+        .data_dir
+        .join("git")
+        .join(format!("{project}.git"));
+    if !dir.join("HEAD").exists() {
+        std::fs::create_dir_all(&dir).map_err(ApiError::internal)?;
+        let out = tokio::process::Command::new("git")
+            .args(["init", "--bare", "-q"])
+            .arg(&dir)
+            .output()
+            .await
+            .map_err(ApiError::internal)?;
+        if !out.status.success() {
+            return Err(ApiError::internal(String::from_utf8_lossy(&out.stderr)));
+        }
+    }
+    Ok(dir)
+}
+
+fn pkt(data: &[u8]) -> Vec<u8> {
+    let mut v = format!("{:04x}", data.len() + 4).into_bytes();
+    v.extend_from_slice(data);
+    v
+}
+
+fn progress(msg: &str) -> Bytes {
+    let mut data = vec![2u8];
+    data.extend_from_slice(msg.as_bytes());
+    data.push(b'\n');
+    Bytes::from(pkt(&data))
+}
+
+#[allow(clippy::result_large_err)]
+async fn checked(
+    s: &AppState,
+    repo: &str,
+    headers: &HeaderMap,
+) -> Result<(String, PathBuf), Response> {
+    if !authorized(s, headers) {
+        return Err(unauthorized());
+    }
+    let Some(project) = project_of(repo) else {
+        return Err(ApiError::not_found("repository paths end in .git").into_response());
+    };
+    if let Err(e) = s.store.get_project(project).await {
+        return Err(ApiError::from(e).into_response());
+    }
+    match bare_repo(s, project).await {
+        Ok(dir) => Ok((project.to_string(), dir)),
+        Err(e) => Err(e.into_response()),
+    }
+}
+
+pub async fn info_refs(
+    State(s): State<AppState>,
+    Path(repo): Path<String>,
+    Query(q): Query<ServiceQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let (_, dir) = match checked(&s, &repo, &headers).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let service = q.service.unwrap_or_default();
+    let sub = match service.as_str() {
+        "git-receive-pack" => "receive-pack",
+        "git-upload-pack" => "upload-pack",
+        _ => {
+            return ApiError::bad_request(
+                "only smart HTTP (service=git-receive-pack or git-upload-pack) is supported",
+            )
+            .into_response()
+        }
+    };
+    let out = match tokio::process::Command::new("git")
+        .args([sub, "--stateless-rpc", "--advertise-refs"])
+        .arg(&dir)
+        .output()
+        .await
+    {
+        Ok(o) if o.status.success() => o.stdout,
+        Ok(o) => return ApiError::internal(String::from_utf8_lossy(&o.stderr)).into_response(),
+        Err(e) => return ApiError::internal(e).into_response(),
+    };
+    let mut body = pkt(format!("# service={service}\n").as_bytes());
+    body.extend_from_slice(b"0000");
+    body.extend_from_slice(&out);
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                format!("application/x-{service}-advertisement"),
+            ),
+            (header::CACHE_CONTROL, "no-cache".to_string()),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+#[allow(clippy::result_large_err)]
+fn decode_body(headers: &HeaderMap, body: Bytes) -> Result<Vec<u8>, Response> {
+    let gz = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("gzip"));
+    if !gz {
+        return Ok(body.to_vec());
+    }
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(&body[..])
+        .read_to_end(&mut out)
+        .map_err(|e| ApiError::bad_request(format!("bad gzip body: {e}")).into_response())?;
+    Ok(out)
+}
+
+/// The ref updates at the start of a receive-pack request:
+/// `(old, new, refname)` and whether the client asked for a side band.
+fn parse_commands(body: &[u8]) -> (Vec<(String, String, String)>, bool) {
+    let mut cmds = Vec::new();
+    let mut sideband = false;
+    let mut i = 0;
+    while i + 4 <= body.len() {
+        let Ok(len) =
+            usize::from_str_radix(std::str::from_utf8(&body[i..i + 4]).unwrap_or("x"), 16)
+        else {
+            break;
+        };
+        if len == 0 || i + len > body.len() || len < 4 {
+            break;
+        }
+        let line = &body[i + 4..i + len];
+        let (cmd, caps) = match line.iter().position(|b| *b == 0) {
+            Some(z) => (&line[..z], Some(&line[z + 1..])),
+            None => (line, None),
+        };
+        if let Some(c) = caps {
+            sideband |= String::from_utf8_lossy(c).contains("side-band");
+        }
+        let text = String::from_utf8_lossy(cmd);
+        let parts: Vec<&str> = text.trim_end().split(' ').collect();
+        if parts.len() == 3 {
+            cmds.push((parts[0].into(), parts[1].into(), parts[2].into()));
+        }
+        i += len;
+    }
+    (cmds, sideband)
+}
+
+pub async fn upload_pack(
+    State(s): State<AppState>,
+    Path(repo): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    rpc(s, repo, headers, body, "upload-pack").await
+}
+
+pub async fn receive_pack(
+    State(s): State<AppState>,
+    Path(repo): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    rpc(s, repo, headers, body, "receive-pack").await
+}
+
+async fn rpc(s: AppState, repo: String, headers: HeaderMap, body: Bytes, sub: &str) -> Response {
+    let (project, dir) = match checked(&s, &repo, &headers).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let input = match decode_body(&headers, body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let (cmds, sideband) = if sub == "receive-pack" {
+        parse_commands(&input)
+    } else {
+        (vec![], false)
+    };
+    let mut child = match tokio::process::Command::new("git")
+        .args([sub, "--stateless-rpc"])
+        .arg(&dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => return ApiError::internal(e).into_response(),
+    };
+    let mut stdin = child.stdin.take();
+    let writer = tokio::spawn(async move {
+        if let Some(si) = stdin.as_mut() {
+            let _ = si.write_all(&input).await;
+            let _ = si.shutdown().await;
+        }
+    });
+    let out = match child.wait_with_output().await {
+        Ok(o) => o,
+        Err(e) => return ApiError::internal(e).into_response(),
+    };
+    let _ = writer.await;
+    let content_type = format!("application/x-git-{sub}-result");
+    if sub != "receive-pack" || !out.status.success() {
+        return ([(header::CONTENT_TYPE, content_type)], out.stdout).into_response();
+    }
+
+    // Deploy each pushed branch's environment and stream its progress.
+    let mut pushed: Vec<(String, String)> = Vec::new();
+    for (_, new, r) in &cmds {
+        if let Some(branch) = r.strip_prefix("refs/heads/") {
+            if new.bytes().any(|b| b != b'0') {
+                pushed.push((branch.to_string(), new.clone()));
+            }
+        }
+    }
+    let mut report = out.stdout;
+    if sideband && report.ends_with(b"0000") {
+        report.truncate(report.len() - 4);
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    let _ = tx.send(Ok(Bytes::from(report))).await;
+    let bare = dir.display().to_string();
+    tokio::spawn(async move {
+        let say = |m: String| {
+            let tx = tx.clone();
+            async move {
+                if sideband {
+                    let _ = tx.send(Ok(progress(&m))).await;
+                }
+            }
+        };
+        let envs = s
+            .store
+            .list_environments(&project)
+            .await
+            .unwrap_or_default();
+        let mut started: Vec<Deployment> = Vec::new();
+        for (branch, sha) in &pushed {
+            match envs
+                .iter()
+                .find(|e| e.branch.as_deref() == Some(branch.as_str()))
+            {
+                None => {
+                    say(format!(
+                        "berth: branch {branch} is not mapped to an environment; nothing deployed"
+                    ))
+                    .await
+                }
+                Some(env) => {
+                    match s
+                        .deployer
+                        .deploy_environment(
+                            &project,
+                            &env.name,
+                            Some(sha.clone()),
+                            Trigger::GitPush,
+                            Some(bare.clone()),
+                        )
+                        .await
+                    {
+                        Ok(ds) => {
+                            for d in &ds {
+                                say(format!(
+                                    "berth: deploying {} of {} to {} as {}",
+                                    &sha[..sha.len().min(7)],
+                                    d.service_name,
+                                    d.environment_name,
+                                    d.id
+                                ))
+                                .await;
+                            }
+                            started.extend(ds);
+                        }
+                        Err(e) => {
+                            say(format!("berth: cannot deploy {branch}: {}", e.message)).await
+                        }
+                    }
+                }
+            }
+        }
+        follow(&s, &started, sideband, &tx).await;
+        if sideband {
+            let _ = tx.send(Ok(Bytes::from_static(b"0000"))).await;
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, content_type)],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// Print stage and step changes of `ds` until they all end (30 min max).
+async fn follow(
+    s: &AppState,
+    ds: &[Deployment],
+    sideband: bool,
+    tx: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+) {
+    if !sideband || ds.is_empty() {
+        return;
+    }
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1800);
+    loop {
+        let mut all_done = true;
+        for d in ds {
+            let Ok(cur) = s.store.get_deployment(&d.id).await else {
+                continue;
+            };
+            let running = cur
+                .steps
+                .iter()
+                .find(|st| st.status == berth_core::model::StepStatus::Running)
+                .map(|st| st.name.as_str())
+                .unwrap_or("");
+            let key = format!("{} {} {running}", cur.status, cur.promotion_stage);
+            if seen.get(&cur.id) != Some(&key) {
+                let line = if running.is_empty() {
+                    format!("berth: {} {} ({})", cur.id, cur.promotion_stage, cur.status)
+                } else {
+                    format!("berth: {} {} — {running}", cur.id, cur.promotion_stage)
+                };
+                let _ = tx.send(Ok(progress(&line))).await;
+                seen.insert(cur.id.clone(), key);
+            }
+            if cur.status.is_terminal() {
+                let end = match cur.status {
+                    Status::Succeeded => format!(
+                        "berth: {} is live at {}",
+                        cur.id,
+                        cur.route_url.clone().unwrap_or_default()
+                    ),
+                    _ => format!(
+                        "berth: {} {}: {}",
+                        cur.id,
+                        cur.status,
+                        cur.failure_message.clone().unwrap_or_default()
+                    ),
+                };
+                if let std::collections::hash_map::Entry::Vacant(e) =
+                    seen.entry(format!("end:{}", cur.id))
+                {
+                    e.insert(String::new());
+                    let _ = tx.send(Ok(progress(&end))).await;
+                }
+            } else {
+                all_done = false;
+            }
+        }
+        if all_done || tokio::time::Instant::now() > deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_receive_pack_commands() {
+        let z = "0".repeat(40);
+        let a = "a".repeat(40);
+        let mut body =
+            pkt(format!("{z} {a} refs/heads/main\0report-status side-band-64k\n").as_bytes());
+        body.extend(pkt(format!("{a} {z} refs/heads/old\n").as_bytes()));
+        body.extend_from_slice(b"0000PACK...");
+        let (cmds, sb) = parse_commands(&body);
+        assert!(sb);
+        assert_eq!(cmds.len(), 2);
+        assert_eq!(cmds[0], (z.clone(), a.clone(), "refs/heads/main".into()));
+        assert_eq!(cmds[1].2, "refs/heads/old");
+        assert_eq!(progress("hi"), Bytes::from_static(b"0008\x02hi\n"));
+    }
+}
