@@ -47,6 +47,10 @@ pub struct Deployer {
     cancels: Mutex<HashMap<String, CancellationToken>>,
     /// Serialises route switches, so two slots never race on the edge.
     pub(crate) switch_lock: tokio::sync::Mutex<()>,
+    /// This berth's identity on the container engine (`dev.berth.instance`
+    /// label): it only ever adopts or removes its own containers, even when
+    /// several berths share one engine.
+    pub instance: String,
 }
 
 /// What a new deployment should be.
@@ -69,6 +73,7 @@ impl Deployer {
         edge: Edge,
         logs: LogHub,
         cfg: Arc<ServerConfig>,
+        instance: String,
     ) -> Arc<Self> {
         let monitors = Monitors::default();
         Arc::new(Deployer {
@@ -83,6 +88,7 @@ impl Deployer {
             slots: Default::default(),
             cancels: Default::default(),
             switch_lock: Default::default(),
+            instance,
         })
     }
 

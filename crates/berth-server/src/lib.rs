@@ -56,6 +56,20 @@ pub fn resolve_token(cfg: &ServerConfig) -> anyhow::Result<(String, Option<PathB
     Ok((token, Some(path)))
 }
 
+/// This berth's identity on the container engine, kept in the data dir.
+fn instance_id(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("instance.id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        if !id.trim().is_empty() {
+            return Ok(id.trim().to_string());
+        }
+    }
+    let id = ids::new_id();
+    berth_store::crypto::write_private(&path, format!("{id}\n").as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(id)
+}
+
 fn private_dir(p: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(p)
         .with_context(|| format!("cannot create data dir {}", p.display()))?;
@@ -135,6 +149,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
                 (Arc::new(unavailable::Unavailable(e.to_string())), None)
             }
         };
+    let instance = instance_id(&cfg.data_dir)?;
     let cfg = Arc::new(cfg);
     let logs = logs::LogHub::start(store.clone());
     let deployer = deployer::Deployer::new(
@@ -144,6 +159,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         edge.clone(),
         logs,
         cfg.clone(),
+        instance,
     );
     {
         let d = deployer.clone();

@@ -53,6 +53,9 @@ fn fail<T>(step: StepName, message: impl Into<String>) -> Flow<T> {
     })
 }
 
+/// Label naming the berth instance that owns a container.
+pub const INSTANCE_LABEL: &str = "dev.berth.instance";
+
 /// Grace given to a stopping container after its requests drained.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -585,8 +588,15 @@ impl Deployer {
         env
     }
 
-    fn labels_for(d: &Deployment) -> BTreeMap<String, String> {
-        berth_runtime::berth_labels(&d.project_name, &d.service_name, &d.environment_name, &d.id)
+    fn labels_for(&self, d: &Deployment) -> BTreeMap<String, String> {
+        let mut l = berth_runtime::berth_labels(
+            &d.project_name,
+            &d.service_name,
+            &d.environment_name,
+            &d.id,
+        );
+        l.insert(INSTANCE_LABEL.into(), self.instance.clone());
+        l
     }
 
     pub(crate) fn instance_spec(
@@ -605,7 +615,7 @@ impl Deployer {
             image.reference.clone(),
         );
         spec.env = self.env_for(d, port, vars);
-        spec.labels = Self::labels_for(d);
+        spec.labels = self.labels_for(d);
         spec.port = port;
         spec.command = service
             .start_command
@@ -641,7 +651,7 @@ impl Deployer {
             image.reference.clone(),
         );
         spec.env = self.env_for(d, None, vars);
-        spec.labels = Self::labels_for(d);
+        spec.labels = self.labels_for(d);
         spec.labels
             .insert("dev.berth.role".into(), "release".into());
         spec.command = Some(berth_runtime::shell_command(&cmd));

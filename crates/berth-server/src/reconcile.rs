@@ -14,6 +14,7 @@
 
 use crate::deployer::Deployer;
 use crate::ids::now;
+use crate::pipeline::INSTANCE_LABEL;
 use berth_core::config::{ServiceConfig, ServiceKind};
 use berth_core::model::{Deployment, RuntimeInfo};
 use berth_core::state::{transition, Event, Stage, Status};
@@ -33,7 +34,11 @@ impl Deployer {
             })
             .await?;
         let owned = match self.runtime.list_owned().await {
-            Ok(o) => Some(o),
+            Ok(o) => Some(
+                o.into_iter()
+                    .filter(|i| i.labels.get(INSTANCE_LABEL) == Some(&self.instance))
+                    .collect::<Vec<_>>(),
+            ),
             Err(e) => {
                 tracing::error!(error = %e, "cannot list containers; adoption skipped");
                 None
