@@ -1,0 +1,265 @@
+//! End-to-end tests: the real `berth` binary (server and CLI), real SQLite
+//! files, real HTTP on 127.0.0.1, real git, and — in `needs_docker` — a
+//! real Docker Engine.
+
+mod harness;
+mod needs_docker;
+
+use harness::*;
+use serde_json::Value;
+use std::time::Duration;
+
+#[test]
+fn api_requires_the_token_and_answers_json_errors() {
+    let s = Server::start();
+    let c = s.client();
+    let r = c
+        .get(format!("{}/api/v1/projects", s.api()))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let body: Value = r.json().unwrap();
+    assert_eq!(body["error"], "unauthorized");
+    let r = c
+        .get(format!("{}/api/v1/projects", s.api()))
+        .bearer_auth("wrong")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .get(format!("{}/api/v1/openapi.json", s.api()))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401, "only health and webhooks are open");
+    let r = c.get(format!("{}/api/v1/health", s.api())).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .get(format!("{}/api/v1/projects", s.api()))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().unwrap(), serde_json::json!([]));
+    let r = c
+        .get(format!("{}/api/v1/openapi.json", s.api()))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(r.json::<Value>().unwrap()["openapi"], "3.0.3");
+
+    // Malformed JSON, oversize body, unknown project: clear errors.
+    let r = c
+        .post(format!("{}/api/v1/projects", s.api()))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body("{\"name\": ")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().unwrap()["error"], "invalid_json");
+    let big = format!("{{\"name\":\"x\",\"repo\":\"{}\"}}", "a".repeat(300 * 1024));
+    let r = c
+        .post(format!("{}/api/v1/projects", s.api()))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    // The server closes a connection whose body it refused to read.
+    let c = s.client();
+    let r = c
+        .get(format!("{}/api/v1/projects/nope", s.api()))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.json::<Value>().unwrap()["message"],
+        "project \"nope\" not found"
+    );
+    let listed = s.json(&["projects", "list", "--json"]);
+    assert_eq!(listed, serde_json::json!([]));
+}
+
+#[test]
+fn generated_token_is_written_private_and_its_path_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let api = free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args([
+            "server",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--api-listen",
+            &format!("127.0.0.1:{api}"),
+            "--http-listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
+        .env_remove("BERTH_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let token_file = data.join("admin.token");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !token_file.exists() || std::net::TcpStream::connect(("127.0.0.1", api)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let token = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(token.len() >= 32);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let r = reqwest::blocking::Client::new()
+        .get(format!("http://127.0.0.1:{api}/api/v1/projects"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(token_file.to_str().unwrap()), "{stdout}");
+    assert!(
+        !stdout.contains(&token),
+        "the token itself is never printed"
+    );
+}
+
+#[test]
+fn projects_and_variables_survive_kill_9_and_secrets_never_leak() {
+    let secret = "sk_live_THIS-MUST-NEVER-LEAK-42";
+    let mut s = Server::start();
+    s.ok(&["projects", "create", "demo", "--repo", "/srv/git/demo.git"]);
+    s.ok(&["env", "set", "--project", "demo", "PLAIN=hello", "EMPTY="]);
+    let set = s.cli(&[
+        "env",
+        "set",
+        "--project",
+        "demo",
+        "--secret",
+        &format!("API_KEY={secret}"),
+    ]);
+    assert!(set.status.success());
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&set.stdout),
+        String::from_utf8_lossy(&set.stderr)
+    );
+    assert!(!printed.contains(secret));
+
+    s.kill9();
+    s.spawn();
+
+    let projects = s.json(&["projects", "list", "--json"]);
+    assert_eq!(projects[0]["name"], "demo");
+    assert_eq!(projects[0]["repo"], "/srv/git/demo.git");
+    let vars = s.json(&["env", "list", "--project", "demo", "--json"]);
+    let vars = vars.as_array().unwrap();
+    assert_eq!(vars.len(), 3);
+    let by_key = |k: &str| vars.iter().find(|v| v["key"] == k).unwrap().clone();
+    assert_eq!(by_key("PLAIN")["value"], "hello");
+    assert_eq!(by_key("EMPTY")["value"], "");
+    assert_eq!(by_key("API_KEY")["secret"], true);
+    assert_eq!(by_key("API_KEY")["value"], Value::Null);
+    let human = s.ok(&["env", "list", "--project", "demo"]);
+    assert!(human.contains("API_KEY") && !human.contains(secret));
+    let raw = s
+        .client()
+        .get(format!(
+            "{}/api/v1/projects/demo/environments/production/variables",
+            s.api()
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(!raw.contains(secret));
+    assert!(!s.log().contains(secret), "the server log holds the secret");
+
+    // Not in any file of the data dir, WAL included.
+    fn scan(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
+        let mut hits = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                hits.extend(scan(&p, needle));
+            } else if std::fs::read(&p)
+                .unwrap()
+                .windows(needle.len())
+                .any(|w| w == needle)
+            {
+                hits.push(p.display().to_string());
+            }
+        }
+        hits
+    }
+    let data = s.data_dir();
+    assert!(data.join("berth.db").exists());
+    assert!(scan(&data, secret.as_bytes()).is_empty());
+    assert!(
+        !scan(&data, b"hello").is_empty(),
+        "the scan sees plain data"
+    );
+}
+
+#[test]
+fn bad_input_is_refused_with_one_line_and_changes_nothing() {
+    let s = Server::start();
+    s.ok(&["projects", "create", "demo", "--repo", "/srv/x"]);
+    for (args, needle) in [
+        (
+            vec!["env", "set", "--project", "nope", "A=1"],
+            "project \"nope\" not found",
+        ),
+        (vec!["env", "set", "--project", "demo", "1BAD=1"], "POSIX"),
+        (
+            vec!["env", "set", "--project", "demo", "=1"],
+            "variable name",
+        ),
+        (
+            vec!["env", "set", "--project", "demo", "--env", "staging", "A=1"],
+            "not found",
+        ),
+        (
+            vec!["projects", "create", "Bad_Name", "--repo", "/x"],
+            "project name",
+        ),
+        (
+            vec!["projects", "create", "demo", "--repo", "/x"],
+            "already exists",
+        ),
+        (vec!["projects", "show", "nope"], "not found"),
+        (vec!["inspect", "doesnotexist"], "not found"),
+        (vec!["deploy", "--project", "nope"], "not found"),
+    ] {
+        let o = s.cli(&args);
+        assert!(!o.status.success(), "{args:?} should fail");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "{args:?}: one line, got {err:?}"
+        );
+        assert!(
+            err.contains(needle),
+            "{args:?}: {err:?} should mention {needle:?}"
+        );
+    }
+    let big = format!("BIG={}", "x".repeat(64 * 1024 + 1));
+    let o = s.cli(&["env", "set", "--project", "demo", &big]);
+    assert!(!o.status.success());
+    let vars = s.json(&["env", "list", "--project", "demo", "--json"]);
+    assert_eq!(vars, serde_json::json!([]));
+    let projects = s.json(&["projects", "list", "--json"]);
+    assert_eq!(projects.as_array().unwrap().len(), 1);
+}

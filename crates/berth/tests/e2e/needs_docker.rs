@@ -1,0 +1,345 @@
+//! End-to-end tests on a real Docker Engine: build, run, route, cut over
+//! under load, fail safely, roll back, survive kill -9.
+
+mod triggers;
+
+use crate::harness::*;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+pub(crate) fn unique(prefix: &str) -> String {
+    let n: u32 = rand_u32();
+    format!("{prefix}{:05x}", n & 0xfffff)
+}
+
+fn rand_u32() -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    t ^ std::process::id().rotate_left(16)
+}
+
+pub(crate) struct Cleanup(pub String);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        remove_project_containers(&self.0);
+        remove_project_images(&self.0);
+    }
+}
+
+pub(crate) fn host(project: &str) -> String {
+    format!("{project}.{BASE}")
+}
+
+pub(crate) fn deploy_wait(s: &Server, project: &str) -> (bool, Value) {
+    let o = s.cli(&["deploy", "--project", project, "--wait", "--json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "deploy --json printed no JSON ({e}): {}\n{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            s.log()
+        )
+    });
+    (o.status.success(), v)
+}
+
+pub(crate) fn step<'a>(d: &'a Value, name: &str) -> &'a Value {
+    d["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no step {name} in {d}"))
+}
+
+pub(crate) fn wait_body(s: &Server, host: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok((200, body)) = s.get_host(host, "/") {
+            if body.contains(want) {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{host} never served {want:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn deploy_busybox_app_records_commit_steps_image_and_serves_it() {
+    let project = unique("e2ea");
+    let _c = Cleanup(project.clone());
+    let s = Server::start();
+    let repo = AppRepo::new("hello v1");
+    s.ok(&["projects", "create", &project, "--repo", repo.path()]);
+    let (ok, d) = deploy_wait(&s, &project);
+    assert!(ok, "deploy failed: {d}\n{}", s.log());
+    assert_eq!(d["status"], "succeeded");
+    assert_eq!(d["promotionStage"], "active");
+    assert_eq!(d["health"], "healthy");
+    assert_eq!(d["isActive"], true);
+    assert_eq!(d["commit"]["sha"], repo.head());
+    assert_eq!(d["commit"]["branch"], "main");
+    assert_eq!(d["commit"]["message"], "first version");
+    assert!(d["commit"]["author"]
+        .as_str()
+        .unwrap()
+        .contains("Ada Tester"));
+    for name in ["clone", "analyze", "build"] {
+        let st = step(&d, name);
+        assert_eq!(st["status"], "succeeded", "{name}: {st}");
+        assert!(st["durationMs"].is_i64(), "{name}: {st}");
+        assert!(!st["log"].as_str().unwrap().is_empty(), "{name} has a log");
+    }
+    assert_eq!(step(&d, "push")["status"], "skipped");
+    assert!(d["image"]["ref"]
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("berth/{project}-web:")));
+    assert_eq!(
+        d["routeUrl"],
+        format!("http://{project}.{BASE}:{}/", s.http_port)
+    );
+    let (status, body) = s.get_host(&host(&project), "/").unwrap();
+    assert_eq!((status, body.as_str()), (200, "hello v1"));
+    // The preview hostname serves exactly this deployment.
+    let preview = d["previewUrl"].as_str().unwrap();
+    let preview_host = preview
+        .trim_start_matches("http://")
+        .split(':')
+        .next()
+        .unwrap();
+    assert_eq!(s.get_host(preview_host, "/").unwrap().1, "hello v1");
+    // Unknown hosts never reach an app.
+    assert_eq!(s.get_host("other.berth.test", "/").unwrap().0, 404);
+
+    // The same commit again: no build.
+    let (ok, again) = deploy_wait(&s, &project);
+    assert!(ok, "{again}");
+    let build = step(&again, "build");
+    assert!(
+        build["log"].as_str().unwrap().contains("cache hit"),
+        "{build}"
+    );
+    assert_eq!(again["image"]["ref"], d["image"]["ref"]);
+
+    // The old one was superseded; exactly one is active.
+    let all = s.deployments(&project);
+    assert_eq!(all[0]["id"], again["id"]);
+    assert_eq!(all.iter().filter(|x| x["isActive"] == true).count(), 1);
+    assert_eq!(all[1]["promotionStage"], "superseded");
+
+    // inspect and logs work on it.
+    let inspected = s.json(&["inspect", again["id"].as_str().unwrap(), "--json"]);
+    assert_eq!(inspected["id"], again["id"]);
+    let logs = s.ok(&["logs", d["id"].as_str().unwrap()]);
+    assert!(logs.contains("stage: building"), "{logs}");
+    assert!(logs.contains("stage: active"), "{logs}");
+}
+
+#[test]
+fn a_broken_build_fails_naming_the_step_and_the_app_keeps_serving() {
+    let project = unique("e2eb");
+    let _c = Cleanup(project.clone());
+    let s = Server::start();
+    let repo = AppRepo::new("stable");
+    s.ok(&["projects", "create", &project, "--repo", repo.path()]);
+    let (ok, good) = deploy_wait(&s, &project);
+    assert!(ok, "{good}");
+    let broken = DOCKERFILE.replace("COPY www /www", "COPY missing-dir /www");
+    repo.commit_app("broken", &broken, "break the build");
+    let (ok, bad) = deploy_wait(&s, &project);
+    assert!(!ok, "a broken build must exit non-zero");
+    assert_eq!(bad["status"], "failed");
+    assert_eq!(bad["image"], Value::Null);
+    let msg = bad["failureMessage"].as_str().unwrap();
+    assert!(msg.starts_with("build:"), "{msg}");
+    assert!(
+        msg.contains("missing-dir"),
+        "Docker's error is named: {msg}"
+    );
+    assert_eq!(
+        s.get_host(&host(&project), "/").unwrap(),
+        (200, "stable".into())
+    );
+    let all = s.deployments(&project);
+    let active: Vec<_> = all.iter().filter(|d| d["isActive"] == true).collect();
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0]["id"], good["id"]);
+}
+
+#[test]
+fn a_candidate_that_never_gets_healthy_fails_and_the_previous_serves_every_request() {
+    let project = unique("e2ec");
+    let _c = Cleanup(project.clone());
+    let s = Server::start();
+    let repo = AppRepo::new("v1");
+    // A short readiness deadline so the test is quick.
+    std::fs::write(
+        repo.dir.path().join("berth.toml"),
+        "[services.web]\n[services.web.readiness]\ndeadline = \"4s\"\n",
+    )
+    .unwrap();
+    repo.commit_app("v1", DOCKERFILE, "v1 with readiness");
+    s.ok(&["projects", "create", &project, "--repo", repo.path()]);
+    let (ok, d1) = deploy_wait(&s, &project);
+    assert!(ok, "{d1}");
+    let wrong_port = DOCKERFILE.replace("\"-p\", \"3000\"", "\"-p\", \"3999\"");
+    repo.commit_app("v2 wrong port", &wrong_port, "listen on the wrong port");
+    let load = Load::start(
+        s.http_port,
+        &host(&project),
+        4,
+        50_000,
+        Duration::from_secs(60),
+    );
+    let (ok, d2) = deploy_wait(&s, &project);
+    let report = load.finish();
+    assert!(!ok);
+    assert_eq!(d2["status"], "failed");
+    assert_eq!(d2["promotionStage"], "checking_readiness");
+    let msg = d2["failureMessage"].as_str().unwrap();
+    assert!(msg.starts_with("health_check:"), "{msg}");
+    assert!(
+        msg.contains("GET / -> connection refused") || msg.contains("GET / ->"),
+        "{msg}"
+    );
+    assert_eq!(
+        report.non2xx + report.errors,
+        0,
+        "samples: {:?}",
+        report.samples
+    );
+    assert!(report.ok > 0);
+    assert_eq!(s.get_host(&host(&project), "/").unwrap().1, "v1");
+    // Its container was removed.
+    let d2_full = s.json(&["inspect", d2["id"].as_str().unwrap(), "--json"]);
+    assert_eq!(d2_full["runtime"], Value::Null);
+}
+
+#[test]
+fn cutovers_and_rollback_under_load_drop_no_request() {
+    let project = unique("e2ed");
+    let _c = Cleanup(project.clone());
+    let s = Server::start();
+    let repo = AppRepo::new("v1");
+    s.ok(&["projects", "create", &project, "--repo", repo.path()]);
+    let (ok, d1) = deploy_wait(&s, &project);
+    assert!(ok, "{d1}");
+    let h = host(&project);
+    let load = Load::start(s.http_port, &h, 4, 200_000, Duration::from_secs(120));
+
+    // A slow request in flight across the cutover completes.
+    let slow = {
+        let port = s.http_port;
+        let h = h.clone();
+        std::thread::spawn(move || {
+            reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap()
+                .get(format!("http://127.0.0.1:{port}/cgi-bin/slow"))
+                .header("host", h)
+                .send()
+                .map(|r| (r.status().as_u16(), r.text().unwrap_or_default()))
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    repo.commit_app("v2", DOCKERFILE, "v2");
+    let (ok, d2) = deploy_wait(&s, &project);
+    assert!(ok, "{d2}");
+    wait_body(&s, &h, "v2");
+    let (st, body) = slow.join().unwrap().expect("slow request");
+    assert_eq!((st, body.trim()), (200, "slow-done"));
+
+    repo.commit_app("v3", DOCKERFILE, "v3");
+    let (ok, d3) = deploy_wait(&s, &project);
+    assert!(ok, "{d3}");
+    wait_body(&s, &h, "v3");
+
+    let o = s.cli(&[
+        "rollback",
+        "--project",
+        &project,
+        "--service",
+        "web",
+        "--wait",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rb: Value = serde_json::from_slice(&o.stdout).unwrap();
+    wait_body(&s, &h, "v2");
+    let report = load.finish();
+
+    assert_eq!(rb["trigger"], "rollback");
+    assert_eq!(rb["status"], "succeeded");
+    assert_eq!(rb["image"], d2["image"], "the rollback runs the same image");
+    assert_eq!(step(&rb, "build")["status"], "skipped");
+    let d3_after = s.json(&["inspect", d3["id"].as_str().unwrap(), "--json"]);
+    assert_eq!(d3_after["promotionStage"], "rolled_back");
+    let rate = report.ok as f64 / report.secs;
+    assert_eq!(
+        report.non2xx + report.errors,
+        0,
+        "{} ok, {} non-2xx, {} errors; samples {:?}",
+        report.ok,
+        report.non2xx,
+        report.errors,
+        report.samples
+    );
+    assert!(report.ok > 500, "the load generator ran ({rate:.0} req/s)");
+}
+
+#[test]
+fn kill_9_then_restart_serves_from_the_same_container_and_nothing_is_stuck() {
+    let project = unique("e2ee");
+    let _c = Cleanup(project.clone());
+    let mut s = Server::start();
+    let repo = AppRepo::new("survivor");
+    s.ok(&["projects", "create", &project, "--repo", repo.path()]);
+    let (ok, d) = deploy_wait(&s, &project);
+    assert!(ok, "{d}");
+    let container =
+        s.json(&["inspect", d["id"].as_str().unwrap(), "--json"])["runtime"]["instanceId"].clone();
+    assert!(container.is_string());
+
+    // Kill -9 in the middle of a second deployment's pipeline.
+    let slow_build = DOCKERFILE.replace(
+        "COPY www /www",
+        "COPY www /www\nRUN [\"/bin/sleep\", \"8\"]",
+    );
+    repo.commit_app("next", &slow_build, "next");
+    let pending = s.json(&["deploy", "--project", &project, "--json"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    s.kill9();
+    s.spawn();
+    wait_body(&s, &host(&project), "survivor");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let all = s.deployments(&project);
+        let stuck: Vec<_> = all
+            .iter()
+            .filter(|x| x["status"] == "queued" || x["status"] == "running")
+            .collect();
+        if stuck.is_empty() {
+            let p = all.iter().find(|x| x["id"] == pending["id"]).unwrap();
+            assert_eq!(p["status"], "failed");
+            assert!(p["failureMessage"]
+                .as_str()
+                .unwrap()
+                .contains("interrupted by restart"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "deployments stuck: {stuck:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = s.json(&["inspect", d["id"].as_str().unwrap(), "--json"]);
+    assert_eq!(after["isActive"], true);
+    assert_eq!(
+        after["runtime"]["instanceId"], container,
+        "the container was adopted, not restarted"
+    );
+}
