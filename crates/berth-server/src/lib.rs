@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod config;
+pub mod console;
 pub mod deployer;
 pub mod error;
 pub mod ids;
@@ -174,6 +175,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         store,
         deployer,
         token: Arc::new(token),
+        sessions: Arc::new(console::Sessions::default()),
     };
     let app = api::router(state);
     println!("berth {} started", env!("CARGO_PKG_VERSION"));

@@ -34,6 +34,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub deployer: Arc<Deployer>,
     pub token: Arc<String>,
+    pub sessions: Arc<crate::console::Sessions>,
 }
 
 /// `Json<T>` whose rejections are API errors (400 bad JSON, 413 too large,
@@ -94,6 +95,13 @@ async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Respon
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .is_some_and(|t| token_matches(t.trim().as_bytes(), state.token.as_bytes()));
+    // The console's session cookie is good for reads (it follows logs);
+    // changes go through the console's CSRF-protected forms.
+    let read = matches!(
+        req.method(),
+        &axum::http::Method::GET | &axum::http::Method::HEAD
+    );
+    let ok = ok || (read && crate::console::authorized(&state, req.headers()));
     if ok {
         next.run(req).await
     } else {
@@ -178,6 +186,7 @@ pub fn router(state: AppState) -> Router {
         .route("/{repo}/git-upload-pack", post(git::upload_pack))
         .layer(axum::extract::DefaultBodyLimit::max(GIT_BODY_LIMIT));
     Router::new()
+        .merge(crate::console::router())
         .nest("/api/v1", api)
         .nest("/hooks", hooks)
         .nest("/git", git)

@@ -212,7 +212,7 @@ fn pull_requests_get_a_preview_environment_that_is_torn_down_when_closed() {
             "ps",
             "-q",
             "--filter",
-            &format!("label=dev.berth.environment=pr-7"),
+            "label=dev.berth.environment=pr-7",
             "--filter",
             &format!("label=dev.berth.project={project}"),
         ])
