@@ -41,13 +41,14 @@
 //!   `X-Forwarded-Host` are always set by the proxy, replacing client values.
 //!   Hop-by-hop headers and headers named in `Connection` are removed in
 //!   both directions (`Upgrade` is kept for a WebSocket handshake).
-//! * **Request smuggling.** Relies on hyper's HTTP/1 parser: conflicting
-//!   `Content-Length` values get 400 and the connection closed; a request
-//!   with both `Transfer-Encoding: chunked` and `Content-Length` is framed by
-//!   the chunked encoding, the `Content-Length` is dropped before forwarding
-//!   and the client connection is closed after the response (RFC 9112 6.3),
-//!   so no byte of it can be read as a second request, here or upstream; a
-//!   non-chunked final `Transfer-Encoding` gets 400.
+//! * **Request smuggling.** A request with both `Content-Length` and
+//!   `Transfer-Encoding`, or with conflicting `Content-Length` values, gets
+//!   400 and the connection closed; nothing of it is forwarded. hyper hides
+//!   `Content-Length` when `Transfer-Encoding` is present, so the client
+//!   socket is wrapped in a framing scanner (`scan.rs`) that parses each
+//!   request head as hyper reads it and follows body framing to the next
+//!   head (pipelining and keep-alive included); a non-chunked final
+//!   `Transfer-Encoding` gets 400 from hyper.
 //! * **Drain.** [`Edge::drain`] closes the target's upgraded (WebSocket)
 //!   connections at once by shutting their TCP streams down (no close frame
 //!   is injected: a frame may be half written in either direction), waits
@@ -62,6 +63,7 @@ mod metrics;
 mod persist;
 mod proxy;
 mod route;
+mod scan;
 mod select;
 mod table;
 mod target;
@@ -137,7 +139,8 @@ pub struct Edge {
 
 pub(crate) struct Inner {
     pub(crate) table: ArcSwap<RouteTable>,
-    pub(crate) client: Client<HttpConnector, Incoming>,
+    connect_timeout: Duration,
+    pool_idle_timeout: Duration,
     pub(crate) upstream_timeout: Duration,
     pub(crate) proto: &'static str,
     pub(crate) unknown_host: AtomicU64,
@@ -147,6 +150,29 @@ pub(crate) struct Inner {
     header_read_timeout: Duration,
     /// Serialises writers (`apply`); readers never take it.
     apply_lock: Mutex<()>,
+}
+
+impl Inner {
+    /// A fresh upstream client (its own connection pool). Each `serve` call
+    /// makes one, so on a single-threaded runtime every pooled connection
+    /// is used by the thread that owns it: no cross-thread wake-ups.
+    fn new_client(&self) -> Client<HttpConnector, Incoming> {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(self.connect_timeout));
+        http.enforce_http(true);
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(self.pool_idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(http)
+    }
+}
+
+/// What one `serve` loop shares with its connections.
+pub(crate) struct Worker {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) client: Client<HttpConnector, Incoming>,
 }
 
 impl std::fmt::Debug for Edge {
@@ -177,20 +203,11 @@ impl Edge {
         };
         let table = RouteTable::build(specs, &registry);
 
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(cfg.connect_timeout));
-        http.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(cfg.pool_idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(http);
-
         Ok(Edge {
             inner: Arc::new(Inner {
                 table: ArcSwap::from_pointee(table),
-                client,
+                connect_timeout: cfg.connect_timeout,
+                pool_idle_timeout: cfg.pool_idle_timeout,
                 upstream_timeout: cfg.upstream_timeout,
                 proto: cfg.proto,
                 unknown_host: AtomicU64::new(0),
@@ -219,6 +236,10 @@ impl Edge {
             .header_read_timeout(self.inner.header_read_timeout);
         builder.http2().timer(TokioTimer::new());
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let worker = Arc::new(Worker {
+            inner: self.inner.clone(),
+            client: self.inner.new_client(),
+        });
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -233,12 +254,14 @@ impl Edge {
                         }
                     };
                     let _ = stream.set_nodelay(true);
-                    let inner = self.inner.clone();
+                    let worker = worker.clone();
+                    let ctx = Arc::new(proxy::ConnCtx::new(remote));
+                    let io = scan::ScanIo::new(stream, ctx.scan.clone());
                     let svc = hyper::service::service_fn(move |req| {
-                        proxy::handle(inner.clone(), remote, req)
+                        proxy::handle(worker.clone(), ctx.clone(), req)
                     });
                     let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .serve_connection_with_upgrades(TokioIo::new(io), svc)
                         .into_owned();
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {

@@ -14,9 +14,10 @@ use hyper_util::rt::TokioIo;
 
 use crate::body::ProxyBody;
 use crate::route::request_host_key;
+use crate::scan::{ScanState, Verdict};
 use crate::table::RouteTarget;
 use crate::target::{InflightGuard, UpgradedGuard};
-use crate::Inner;
+use crate::Worker;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -94,19 +95,56 @@ fn request_host(req: &Request<Incoming>) -> Option<&str> {
     }
 }
 
+/// Per client connection: its address and its framing verdicts.
+pub(crate) struct ConnCtx {
+    /// `X-Forwarded-For` value, formatted once per connection.
+    client_ip: Option<HeaderValue>,
+    pub(crate) scan: Arc<ScanState>,
+}
+
+impl ConnCtx {
+    pub(crate) fn new(remote: SocketAddr) -> ConnCtx {
+        ConnCtx {
+            client_ip: HeaderValue::from_str(&remote.ip().to_string()).ok(),
+            scan: Arc::new(ScanState::default()),
+        }
+    }
+}
+
 pub(crate) async fn handle(
-    inner: Arc<Inner>,
-    remote: SocketAddr,
+    worker: Arc<Worker>,
+    conn: Arc<ConnCtx>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
-    Ok(handle_inner(&inner, remote, req).await)
+    let verdict = if req.version() == Version::HTTP_2 {
+        Verdict::Ok
+    } else {
+        conn.scan.next_request()
+    };
+    if verdict == Verdict::Refuse {
+        let mut r = error_response(
+            StatusCode::BAD_REQUEST,
+            "400 bad request: ambiguous message framing\n",
+        );
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(r);
+    }
+    let mut resp = handle_inner(&worker, &conn, req).await;
+    if verdict == Verdict::CloseUnlessSwitching && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+    {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(resp)
 }
 
 async fn handle_inner(
-    inner: &Arc<Inner>,
-    remote: SocketAddr,
+    worker: &Worker,
+    conn: &ConnCtx,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    let inner = &worker.inner;
     let Some(raw_host) = request_host(&req) else {
         return error_response(StatusCode::BAD_REQUEST, "400 bad request: missing host\n");
     };
@@ -153,10 +191,10 @@ async fn handle_inner(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
     let headers = req.headers_mut();
-    let ip = remote.ip().to_string();
-    if let Ok(v) = HeaderValue::from_str(&ip) {
-        headers.insert(&X_FORWARDED_FOR, v);
-    }
+    match &conn.client_ip {
+        Some(v) => headers.insert(&X_FORWARDED_FOR, v.clone()),
+        None => headers.remove(&X_FORWARDED_FOR),
+    };
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(inner.proto));
     if let Some(h) = original_host {
         headers.insert(&X_FORWARDED_HOST, h.clone());
@@ -174,7 +212,7 @@ async fn handle_inner(
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
 
-    let sent = tokio::time::timeout(inner.upstream_timeout, inner.client.request(req));
+    let sent = tokio::time::timeout(inner.upstream_timeout, worker.client.request(req));
     let result = tokio::select! {
         r = sent => r,
         _ = abort.cancelled() => {

@@ -264,17 +264,50 @@ async fn smuggling_attempts_are_refused_or_neutralised() {
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     assert!(closed);
     assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
-    // TE + CL: framed as chunked, one response, then the connection closes;
+    // TE + CL, in both orders: 400, the connection closed, nothing forwarded;
     // the bytes after the chunked body are never read as a request.
+    for head in [
+        "Content-Length: 40\r\nTransfer-Encoding: chunked",
+        "Transfer-Encoding: chunked\r\nContent-Length: 40",
+    ] {
+        let req = format!(
+            "POST /first HTTP/1.1\r\nHost: a.localhost\r\n{head}\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a.localhost\r\n\r\n"
+        );
+        let (out, closed) = raw_exchange(e.addr, req.as_bytes()).await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+        assert!(closed, "connection left open: {out}");
+        assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "{out}");
+    }
+    // the same after a good keep-alive request on the same connection
     let (out, closed) = raw_exchange(
         e.addr,
-        b"POST /first HTTP/1.1\r\nHost: a.localhost\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a.localhost\r\n\r\n",
+        b"GET /ok HTTP/1.1\r\nHost: a.localhost\r\n\r\nPOST /second HTTP/1.1\r\nHost: a.localhost\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     )
     .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("HTTP/1.1 400"), "{out}");
     assert!(closed, "connection left open: {out}");
-    assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "{out}");
     let paths = a.paths.lock().unwrap().clone();
-    assert!(!paths.iter().any(|p| p.contains("smuggled")), "{paths:?}");
+    assert_eq!(paths, ["/ok"], "only the good request was forwarded");
+}
+
+#[tokio::test]
+async fn pipelined_keep_alive_requests_with_bodies_are_all_served() {
+    let a = upstream("app-a").await;
+    let e = edge().await;
+    e.edge
+        .apply(vec![upsert("a.localhost", vec![target("a", a.addr, 1)])])
+        .unwrap();
+    let mut s = TcpStream::connect(e.addr).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: a.localhost\r\nContent-Length: 5\r\n\r\nhelloPOST /echo HTTP/1.1\r\nHost: a.localhost\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /last HTTP/1.1\r\nHost: a.localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("closed after the last request")
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(out.matches("HTTP/1.1 200").count(), 3, "{out}");
+    assert!(out.contains("hello") && out.contains("abc"), "{out}");
 }
 
 #[tokio::test]
