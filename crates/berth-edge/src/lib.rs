@@ -49,11 +49,14 @@
 //!   request head as hyper reads it and follows body framing to the next
 //!   head (pipelining and keep-alive included); a non-chunked final
 //!   `Transfer-Encoding` gets 400 from hyper.
-//! * **Drain.** [`Edge::drain`] closes the target's upgraded (WebSocket)
-//!   connections at once by shutting their TCP streams down (no close frame
-//!   is injected: a frame may be half written in either direction), waits
-//!   for its in-flight requests, and at the deadline aborts those left: 504
-//!   if no response had started, otherwise the response stream is cut.
+//! * **Drain.** [`Edge::drain`] closes the target's upgraded connections at
+//!   once: a WebSocket gets, in each direction, the end of the frame in
+//!   flight (frame headers are followed as bytes pass, see `splice.rs`), then
+//!   a close frame with status 1001 "going away" (masked towards the
+//!   upstream), then a TCP shutdown; other upgraded protocols are shut down.
+//!   It then waits for the target's in-flight requests, and at the deadline
+//!   aborts those left: 504 if no response had started, otherwise the
+//!   response stream is cut.
 //! * **Weights.** A target of weight `w` in a route of total weight `W` gets
 //!   exactly `w` of every `W` consecutive requests, evenly spread (see
 //!   `select.rs`); picking is lock-free.
@@ -65,6 +68,7 @@ mod proxy;
 mod route;
 mod scan;
 mod select;
+mod splice;
 mod table;
 mod target;
 

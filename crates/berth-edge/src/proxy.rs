@@ -245,6 +245,9 @@ async fn handle_inner(
         if let Some(client_on_upgrade) = client_on_upgrade {
             let up_value = strip_hop_by_hop(resp.headers_mut(), true);
             let upstream_on_upgrade = hyper::upgrade::on(&mut resp);
+            let websocket = client_upgrade
+                .as_ref()
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
             let ws_guard = UpgradedGuard::new(target_state);
             tokio::spawn(async move {
                 let (client_io, upstream_io) =
@@ -255,18 +258,9 @@ async fn handle_inner(
                             return;
                         }
                     };
-                let mut client_io = TokioIo::new(client_io);
-                let mut upstream_io = TokioIo::new(upstream_io);
-                tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io) => {}
-                    _ = upgraded_token.cancelled() => {
-                        // Drained: we cannot know whether a frame is half
-                        // written, so no close frame: shut the TCP streams down.
-                        use tokio::io::AsyncWriteExt;
-                        let _ = client_io.shutdown().await;
-                        let _ = upstream_io.shutdown().await;
-                    }
-                }
+                let client_io = TokioIo::new(client_io);
+                let upstream_io = TokioIo::new(upstream_io);
+                crate::splice::splice(client_io, upstream_io, upgraded_token, websocket).await;
                 drop(ws_guard);
             });
             let (mut parts, _) = resp.into_parts();

@@ -582,3 +582,71 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     e.served.await.unwrap().unwrap();
     assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
 }
+
+#[tokio::test]
+async fn drain_closes_websockets_with_1001_at_a_frame_boundary() {
+    let (up, frames) = ws_upstream().await;
+    let e = edge().await;
+    e.edge
+        .apply(vec![upsert("ws.localhost", vec![target("w", up, 1)])])
+        .unwrap();
+    let mut s = TcpStream::connect(e.addr).await.unwrap();
+    s.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: ws.localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).await.unwrap(),
+            1,
+            "closed during handshake"
+        );
+        head.push(byte[0]);
+    }
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"));
+    let mut welcome = [0u8; 9];
+    s.read_exact(&mut welcome).await.unwrap();
+    assert_eq!(&welcome, b"\x81\x07welcome");
+
+    // The upstream starts a 10-byte frame and finishes it 300 ms later; the
+    // drain comes in between and must not cut the frame.
+    s.write_all(&masked_frame(1, b"half")).await.unwrap();
+    let mut first_half = [0u8; 7];
+    s.read_exact(&mut first_half).await.unwrap();
+    assert_eq!(&first_half, b"\x81\x0a01234");
+    e.edge
+        .apply(vec![RouteChange::Remove {
+            host: "ws.localhost".into(),
+        }])
+        .unwrap();
+    let report = e.edge.drain("w", Duration::from_secs(5)).await;
+    assert_eq!(report.upgraded_closed, 1);
+
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+        .await
+        .expect("client connection closed after drain")
+        .unwrap();
+    assert_eq!(
+        rest, b"56789\x88\x02\x03\xe9",
+        "rest of the frame, then close 1001"
+    );
+
+    // the upstream got a masked close frame with 1001 too
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = frames.lock().unwrap().clone();
+        if got.iter().any(|(op, _)| *op == 8) {
+            assert_eq!(got.last().unwrap(), &(8, vec![0x03, 0xE9]), "{got:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no close frame upstream: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

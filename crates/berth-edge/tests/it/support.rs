@@ -229,3 +229,81 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> (String, bool) {
         .is_ok();
     (String::from_utf8_lossy(&out).into_owned(), closed)
 }
+
+/// Frames (opcode, unmasked payload) a [`ws_upstream`] received.
+pub type Frames = Arc<Mutex<Vec<(u8, Vec<u8>)>>>;
+
+/// Reads one client frame (masked, payload < 126 bytes); `None` at EOF.
+pub async fn read_masked_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Option<(u8, Vec<u8>)> {
+    let mut h = [0u8; 2];
+    r.read_exact(&mut h).await.ok()?;
+    assert_eq!(h[1] & 0x80, 0x80, "client frames are masked");
+    let len = usize::from(h[1] & 0x7F);
+    assert!(len < 126);
+    let mut mask = [0u8; 4];
+    r.read_exact(&mut mask).await.ok()?;
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload).await.ok()?;
+    for (i, b) in payload.iter_mut().enumerate() {
+        *b ^= mask[i % 4];
+    }
+    Some((h[0] & 0x0F, payload))
+}
+
+/// A masked client frame.
+pub fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x11, 0x22, 0x33, 0x44];
+    let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// A WebSocket upstream speaking real frames: greets with a text frame
+/// "welcome"; on a text frame "half" sends the first half of a 10-byte text
+/// frame, then the rest 300 ms later; records every frame it receives.
+pub async fn ws_upstream() -> (SocketAddr, Frames) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let frames: Frames = Arc::default();
+    let f = frames.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let f = f.clone();
+            let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                let f = f.clone();
+                let on_upgrade = hyper::upgrade::on(&mut req);
+                tokio::spawn(async move {
+                    let Ok(io) = on_upgrade.await else { return };
+                    let mut io = TokioIo::new(io);
+                    let _ = io.write_all(b"\x81\x07welcome").await;
+                    while let Some((op, payload)) = read_masked_frame(&mut io).await {
+                        f.lock().unwrap().push((op, payload.clone()));
+                        if op == 1 && payload == b"half" {
+                            let _ = io.write_all(b"\x81\x0a01234").await;
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            let _ = io.write_all(b"56789").await;
+                        }
+                    }
+                });
+                async move {
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .status(StatusCode::SWITCHING_PROTOCOLS)
+                            .header("connection", "upgrade")
+                            .header("upgrade", "websocket")
+                            .body(Empty::<Bytes>::new())
+                            .unwrap(),
+                    )
+                }
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    (addr, frames)
+}
