@@ -51,6 +51,7 @@ pub struct Deployer {
     /// label): it only ever adopts or removes its own containers, even when
     /// several berths share one engine.
     pub instance: String,
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// What a new deployment should be.
@@ -89,6 +90,7 @@ impl Deployer {
             cancels: Default::default(),
             switch_lock: Default::default(),
             instance,
+            metrics: Default::default(),
         })
     }
 

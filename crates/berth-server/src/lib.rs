@@ -19,6 +19,7 @@ pub mod deployer;
 pub mod error;
 pub mod ids;
 pub mod logs;
+pub mod metrics;
 pub mod monitor;
 pub mod pipeline;
 pub mod reconcile;

@@ -63,6 +63,7 @@ impl Monitors {
         let d = deployer.clone();
         let (dep, inst) = (deployment_id.to_string(), instance_id.to_string());
         tokio::spawn(async move {
+            d.ensure_redactor(&dep).await;
             let mut last = since;
             loop {
                 let mut stream = d.runtime.logs(
@@ -193,6 +194,29 @@ impl Monitors {
 }
 
 impl Deployer {
+    /// Make sure the deployment's lines are redacted with its environment's
+    /// secrets (after a restart the pipeline that set them is gone).
+    pub(crate) async fn ensure_redactor(&self, id: &str) {
+        if self.logs.redactor(id).is_some() {
+            return;
+        }
+        let Ok(d) = self.store.get_deployment(id).await else {
+            return;
+        };
+        if let Ok(vars) = self
+            .store
+            .resolve_variables(&d.project_name, &d.environment_name)
+            .await
+        {
+            self.logs.set_redactor(
+                id,
+                berth_core::redact::Redactor::new(
+                    vars.iter().filter(|v| v.secret).map(|v| v.value.as_str()),
+                ),
+            );
+        }
+    }
+
     /// A restarted container may come back on another published port:
     /// point the routes and the record at it.
     pub(crate) async fn follow_address(&self, d: &Deployment, addr: std::net::SocketAddr) {

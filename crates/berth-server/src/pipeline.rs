@@ -121,7 +121,10 @@ impl Deployer {
                 }
             }
         }
-        self.logs.forget(&d.id);
+        if d.status != berth_core::state::Status::Succeeded {
+            self.logs.forget(&d.id);
+        }
+        self.metrics.record_pipeline(&d);
     }
 
     /// Apply a state-machine event, record it, and log the stage change.
@@ -518,6 +521,7 @@ impl Deployer {
             }
         }
         self.save(d).await;
+        self.record_manifest(d);
         Self::check_cancel(cancel)?;
 
         // Push.
@@ -551,6 +555,62 @@ impl Deployer {
             }
         }
         Ok(service)
+    }
+
+    /// Record the build output manifest (004) of the deployment's image in
+    /// the background, once per image.
+    fn record_manifest(self: &Arc<Self>, d: &Deployment) {
+        let (Some(docker), Some(image)) = (self.docker.clone(), d.image.clone()) else {
+            return;
+        };
+        let this = self.clone();
+        let id = d.id.clone();
+        tokio::spawn(async move {
+            if let Ok(Some(_)) = this.store.get_manifest(&image.reference).await {
+                return;
+            }
+            let root = docker
+                .inspect_image(&image.reference)
+                .await
+                .ok()
+                .and_then(|i| i.config)
+                .and_then(|c| c.working_dir)
+                .filter(|w| !w.is_empty() && w != "/");
+            let opts = berth_build::ManifestOptions {
+                root,
+                max_files: 5000,
+            };
+            match berth_build::image_manifest(&docker, &image.reference, &opts).await {
+                Ok(m) => {
+                    let entries: Vec<berth_core::model::ManifestEntry> = m
+                        .entries
+                        .iter()
+                        .map(|e| berth_core::model::ManifestEntry {
+                            path: e.path.clone(),
+                            size: e.size,
+                            sha256: e.sha256.clone(),
+                        })
+                        .collect();
+                    let note = match m.note() {
+                        Some(n) => format!("manifest recorded: {} files ({n})", entries.len()),
+                        None => format!("manifest recorded: {} files", entries.len()),
+                    };
+                    if let Err(e) = this
+                        .store
+                        .put_manifest(&image.reference, &entries, now())
+                        .await
+                    {
+                        tracing::warn!(error = %e, "cannot store manifest");
+                    } else {
+                        this.logs
+                            .line(&id, LogStream::Berth, Some(StepName::Build), &note);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(image = image.reference, error = %e, "cannot compute manifest")
+                }
+            }
+        });
     }
 
     fn base_images(&self) -> BaseImages {

@@ -24,7 +24,8 @@ pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
 use berth_core::model::{
-    Deployment, Environment, ExternalRoute, LogLine, LogStream, Project, StepName, Variable,
+    Deployment, Environment, ExternalRoute, LogLine, LogStream, ManifestEntry, Project, StepName,
+    Variable,
 };
 use chrono::{DateTime, Utc};
 
@@ -202,4 +203,13 @@ pub trait Store: Send + Sync + 'static {
         delivery_id: &str,
         at: DateTime<Utc>,
     ) -> Result<bool>;
+
+    /// The build output manifest of an image.
+    async fn put_manifest(
+        &self,
+        image: &str,
+        entries: &[ManifestEntry],
+        at: DateTime<Utc>,
+    ) -> Result<()>;
+    async fn get_manifest(&self, image: &str) -> Result<Option<Vec<ManifestEntry>>>;
 }

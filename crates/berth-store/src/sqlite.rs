@@ -6,6 +6,7 @@ use crate::{
     Slot, Store, StoreError,
 };
 use async_trait::async_trait;
+use berth_core::model::ManifestEntry;
 use berth_core::model::{
     Deployment, Environment, EnvironmentKind, ExternalRoute, LogLine, LogStream, Project, StepName,
     Variable, PRODUCTION,
@@ -20,6 +21,7 @@ use std::sync::{Arc, Mutex};
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_deliveries.sql"),
+    include_str!("../migrations/0003_manifests.sql"),
 ];
 
 /// File name of the database inside the data dir.
@@ -743,5 +745,40 @@ impl Store for SqliteStore {
             Ok(n > 0)
         })
         .await
+    }
+
+    async fn put_manifest(
+        &self,
+        image: &str,
+        entries: &[ManifestEntry],
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        let data = serde_json::to_string(entries).map_err(backend)?;
+        let image = image.to_string();
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO manifests (image, data, created_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (image) DO UPDATE SET data = excluded.data",
+                params![image, data, ts(&at)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_manifest(&self, image: &str) -> Result<Option<Vec<ManifestEntry>>> {
+        let image = image.to_string();
+        let data: Option<String> = self
+            .call(move |c| {
+                Ok(c.query_row(
+                    "SELECT data FROM manifests WHERE image = ?1",
+                    [&image],
+                    |r| r.get(0),
+                )
+                .optional()?)
+            })
+            .await?;
+        data.map(|d| serde_json::from_str(&d).map_err(backend))
+            .transpose()
     }
 }

@@ -162,3 +162,20 @@ pub async fn redeploy(
         .await?;
     Ok((StatusCode::CREATED, Json(d)))
 }
+
+pub async fn manifest(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<berth_core::model::ManifestEntry>>> {
+    let d = s.store.get_deployment(&id).await?;
+    let image = d
+        .image
+        .ok_or_else(|| ApiError::not_found(format!("deployment {id} has no image")))?;
+    match s.store.get_manifest(&image.reference).await? {
+        Some(m) => Ok(Json(m)),
+        None => Err(ApiError::not_found(format!(
+            "no manifest recorded for image {} yet",
+            image.reference
+        ))),
+    }
+}

@@ -119,6 +119,27 @@ async fn health(State(state): State<AppState>) -> Response {
     .into_response()
 }
 
+/// `GET /metrics`: the edge's request metrics and the control plane's
+/// pipeline metrics, in Prometheus text format (bearer token required).
+async fn metrics(State(state): State<AppState>) -> Response {
+    let mut out = state.deployer.edge.metrics_text();
+    state.deployer.metrics.render(&mut out);
+    out.push_str("# HELP berth_log_lines_dropped_total Log lines dropped because the log store could not keep up.\n");
+    out.push_str("# TYPE berth_log_lines_dropped_total counter\n");
+    out.push_str(&format!(
+        "berth_log_lines_dropped_total {}\n",
+        state.deployer.logs.dropped_total()
+    ));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}
+
 async fn not_found() -> ApiError {
     ApiError::not_found("no such API route")
 }
@@ -164,6 +185,7 @@ pub fn router(state: AppState) -> Router {
         .route("/deployments/{id}/promote", post(deployments::promote))
         .route("/deployments/{id}/redeploy", post(deployments::redeploy))
         .route("/deployments/{id}/logs", get(logs::deployment_logs))
+        .route("/deployments/{id}/manifest", get(deployments::manifest))
         .route("/logs", get(logs::service_logs))
         .route("/rollback", post(deployments::rollback))
         .route("/routes", get(routes::list).post(routes::add))
@@ -191,6 +213,10 @@ pub fn router(state: AppState) -> Router {
         .nest("/hooks", hooks)
         .nest("/git", git)
         .route("/healthz", get(health))
+        .route(
+            "/metrics",
+            get(metrics).route_layer(middleware::from_fn_with_state(state.clone(), auth)),
+        )
         .fallback(not_found)
         .with_state(state)
 }

@@ -131,6 +131,60 @@ fn deploy_busybox_app_records_commit_steps_image_and_serves_it() {
     assert_eq!(all.iter().filter(|x| x["isActive"] == true).count(), 1);
     assert_eq!(all[1]["promotionStage"], "superseded");
 
+    // The build output manifest (path, size, sha256) is recorded.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let manifest = loop {
+        let r = s
+            .client()
+            .get(format!(
+                "{}/api/v1/deployments/{}/manifest",
+                s.api(),
+                d["id"].as_str().unwrap()
+            ))
+            .bearer_auth(TOKEN)
+            .send()
+            .unwrap();
+        if r.status() == 200 {
+            break r.json::<Value>().unwrap();
+        }
+        assert!(Instant::now() < deadline, "no manifest recorded");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let index = manifest
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"].as_str().unwrap().ends_with("www/index.html"))
+        .unwrap_or_else(|| panic!("index.html in {manifest}"));
+    assert_eq!(index["size"], 8);
+    assert_eq!(index["sha256"].as_str().unwrap().len(), 64);
+
+    // Metrics: token required; edge and pipeline figures present.
+    let r = s
+        .client()
+        .get(format!("{}/metrics", s.api()))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let m = s
+        .client()
+        .get(format!("{}/metrics", s.api()))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        m.contains(&format!(
+            "berth_pipelines_total{{project=\"{project}\",status=\"succeeded\"}} 2"
+        )),
+        "{m}"
+    );
+    assert!(
+        m.contains(again["id"].as_str().unwrap()),
+        "edge metrics name the deployment: {m}"
+    );
+
     // inspect and logs work on it.
     let inspected = s.json(&["inspect", again["id"].as_str().unwrap(), "--json"]);
     assert_eq!(inspected["id"], again["id"]);
