@@ -1,20 +1,634 @@
-//! The web console (placeholder: being written).
+//! The web console, served on the API listener: server-rendered pages and
+//! one small script, all embedded in the binary (nothing is fetched from
+//! the internet at run time).
+//!
+//! - `GET /login`, `POST /login` (the API token), `POST /logout`;
+//! - `/console` projects; `/console/projects/{p}` environments, services
+//!   with their active deployment, the deployments table and the variables
+//!   editor; `/console/deployments/{id}` steps with durations, commit,
+//!   image, build, live logs and the rollback / promote / redeploy / cancel
+//!   buttons; `/console/deployments/{id}/manifest` the image's files.
+//!
+//! Invariants: every page but the sign-in form needs a session (see
+//! [`session`]: in memory, 12 h, lost on restart); every state change is a
+//! POST form carrying the session's CSRF token, compared in constant time,
+//! from the same origin; actions go through the same `Deployer` and `Store`
+//! calls as the JSON API; every value shown is HTML-escaped; secret
+//! variables are never shown (the store does not return their values) and
+//! log lines reach the page already redacted by the log hub.
+
+mod html;
+mod pages;
+mod session;
+
+pub use session::Sessions;
 
 use crate::api::AppState;
-use axum::http::HeaderMap;
-use axum::Router;
+use crate::deployer::NewDeployment;
+use crate::error::ApiError;
+use crate::ids::now;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::map_response;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use berth_core::model::{Deployment, Trigger, DEFAULT_SERVICE, PRODUCTION};
+use berth_core::state::{Stage, Status};
+use berth_store::{DeploymentQuery, LogQuery, Slot, StoreError};
+use serde::Deserialize;
+use std::time::Duration;
 
-/// Console sign-in sessions.
-#[derive(Default)]
-pub struct Sessions {}
+const CSS: &str = include_str!("console.css");
+const JS: &str = include_str!("console.js");
 
 /// Whether the request carries a valid console session cookie (GET/HEAD
 /// requests of the API accept it, so the console can read and follow logs).
-pub fn authorized(_state: &AppState, _headers: &HeaderMap) -> bool {
-    false
+pub fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
+    session::session_id(headers).is_some_and(|id| state.sessions.csrf(id).is_some())
 }
 
 /// The console's routes, mounted at `/` of the API listener.
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/", get(root))
+        .route("/login", get(login_form).post(login))
+        .route("/logout", post(logout))
+        .route("/console", get(projects))
+        .route("/console/static/console.css", get(css))
+        .route("/console/static/console.js", get(js))
+        .route("/console/projects/{p}", get(project))
+        .route("/console/projects/{p}/deploy", post(deploy))
+        .route("/console/projects/{p}/rollback", post(rollback_slot))
+        .route("/console/projects/{p}/variables", post(set_variable))
+        .route(
+            "/console/projects/{p}/variables/unset",
+            post(unset_variable),
+        )
+        .route("/console/deployments/{id}", get(deployment))
+        .route("/console/deployments/{id}/manifest", get(manifest))
+        .route(
+            "/console/deployments/{id}/{action}",
+            post(deployment_action),
+        )
+        .layer(map_response(security_headers))
+}
+
+async fn security_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+             img-src 'self' data:; connect-src 'self'; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    r
+}
+
+/// A signed-in request: its session and CSRF token.
+struct Authed {
+    sid: String,
+    csrf: String,
+}
+
+impl FromRequestParts<AppState> for Authed {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let found = session::session_id(&parts.headers)
+            .and_then(|sid| state.sessions.csrf(sid).map(|csrf| (sid.to_string(), csrf)));
+        match found {
+            Some((sid, csrf)) => Ok(Authed { sid, csrf }),
+            None if parts.method == axum::http::Method::GET => {
+                let next = parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/console");
+                let q: String = url_query_escape(next);
+                Err(Redirect::to(&format!("/login?next={q}")).into_response())
+            }
+            None => Err(Redirect::to("/login").into_response()),
+        }
+    }
+}
+
+impl Authed {
+    /// Check a state-changing request: same origin and the session's token.
+    fn check(&self, headers: &HeaderMap, csrf: &str) -> Result<(), Oops> {
+        if !session::same_origin(headers) || !session::csrf_ok(&self.csrf, csrf) {
+            return Err(Oops(
+                StatusCode::FORBIDDEN,
+                "the form was stale or came from another site; reload the page and try again"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn url_query_escape(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// An error shown as a page.
+struct Oops(StatusCode, String);
+
+impl From<ApiError> for Oops {
+    fn from(e: ApiError) -> Self {
+        Oops(e.status, e.message)
+    }
+}
+
+impl From<StoreError> for Oops {
+    fn from(e: StoreError) -> Self {
+        ApiError::from(e).into()
+    }
+}
+
+impl IntoResponse for Oops {
+    fn into_response(self) -> Response {
+        let body = format!(
+            r#"<section class="card error"><h1>{}</h1><p>{}</p><p><a href="/console" data-back>← Back</a> · <a href="/console">Projects</a></p></section>"#,
+            html::esc(self.0.canonical_reason().unwrap_or("Error")),
+            html::esc(&self.1)
+        );
+        let page = html::page(
+            &html::Frame {
+                title: "Error",
+                crumbs: &[],
+                csrf: None,
+            },
+            &body,
+        );
+        (self.0, Html(page)).into_response()
+    }
+}
+
+type PageResult = Result<Response, Oops>;
+
+async fn root(State(s): State<AppState>, headers: HeaderMap) -> Redirect {
+    if authorized(&s, &headers) {
+        Redirect::to("/console")
+    } else {
+        Redirect::to("/login")
+    }
+}
+
+async fn css() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        CSS,
+    )
+        .into_response()
+}
+
+async fn js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        JS,
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct NextQuery {
+    next: Option<String>,
+}
+
+/// Only a console path: never another site (`//evil`, `/\evil`).
+fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n)
+            if n.starts_with("/console")
+                && !n.contains("//")
+                && !n.contains('\\')
+                && !n.chars().any(char::is_control) =>
+        {
+            n.to_string()
+        }
+        _ => "/console".to_string(),
+    }
+}
+
+async fn login_form(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<NextQuery>,
+) -> Response {
+    let next = safe_next(q.next.as_deref());
+    if authorized(&s, &headers) {
+        return Redirect::to(&next).into_response();
+    }
+    Html(pages::login(&next, None)).into_response()
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+    next: Option<String>,
+}
+
+async fn login(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    let next = safe_next(f.next.as_deref());
+    if !session::same_origin(&headers) {
+        return Oops(StatusCode::FORBIDDEN, "sign-in from another site".into()).into_response();
+    }
+    if !crate::api::token_matches(f.token.trim().as_bytes(), s.token.as_bytes()) {
+        // Slow down guessing a little.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        return (
+            StatusCode::UNAUTHORIZED,
+            Html(pages::login(
+                &next,
+                Some("That token is not this server's API token."),
+            )),
+        )
+            .into_response();
+    }
+    let (sid, _csrf) = s.sessions.create();
+    (
+        [(header::SET_COOKIE, session::set_cookie(&sid))],
+        Redirect::to(&next),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    csrf: String,
+}
+
+async fn logout(
+    State(s): State<AppState>,
+    a: Authed,
+    headers: HeaderMap,
+    Form(f): Form<CsrfForm>,
+) -> PageResult {
+    a.check(&headers, &f.csrf)?;
+    s.sessions.remove(&a.sid);
+    Ok((
+        [(header::SET_COOKIE, session::clear_cookie())],
+        Redirect::to("/login"),
+    )
+        .into_response())
+}
+
+async fn projects(State(s): State<AppState>, a: Authed) -> PageResult {
+    let projects = s.store.list_projects().await?;
+    let recent = s
+        .store
+        .list_deployments(&DeploymentQuery {
+            limit: Some(500),
+            ..Default::default()
+        })
+        .await?;
+    Ok(Html(pages::projects(&a.csrf, &projects, &recent)).into_response())
+}
+
+async fn project(State(s): State<AppState>, a: Authed, Path(p): Path<String>) -> PageResult {
+    let project = s.store.get_project(&p).await?;
+    let envs = s.store.list_environments(&p).await?;
+    let deployments = s
+        .store
+        .list_deployments(&DeploymentQuery {
+            project: Some(p.clone()),
+            limit: Some(200),
+            ..Default::default()
+        })
+        .await?;
+    let mut vars = Vec::with_capacity(envs.len());
+    for e in &envs {
+        vars.push(s.store.list_variables(&p, &e.name).await?);
+    }
+    Ok(Html(pages::project(
+        &a.csrf,
+        &project,
+        &envs,
+        &vars,
+        &deployments,
+    ))
+    .into_response())
+}
+
+async fn deployment(State(s): State<AppState>, a: Authed, Path(id): Path<String>) -> PageResult {
+    let d = s.store.get_deployment(&id).await?;
+    let logs = s
+        .store
+        .read_logs(&LogQuery {
+            deployment_id: Some(id.clone()),
+            limit: Some(pages::LOG_LINES),
+            tail: true,
+            ..Default::default()
+        })
+        .await?;
+    let rollback_to = if d.is_active {
+        s.deployer
+            .rollback_target(&Slot::of(&d))
+            .await
+            .ok()
+            .map(|(_, t)| t)
+    } else {
+        None
+    };
+    Ok(Html(pages::deployment(&a.csrf, &d, &logs, rollback_to.as_ref())).into_response())
+}
+
+async fn manifest(State(s): State<AppState>, a: Authed, Path(id): Path<String>) -> PageResult {
+    let d = s.store.get_deployment(&id).await?;
+    let result = match (&s.deployer.docker, &d.image) {
+        (None, _) => Err("the Docker engine is not reachable".to_string()),
+        (_, None) => Err("this deployment has no image (it never built)".to_string()),
+        (Some(docker), Some(img)) => {
+            let opts = berth_build::ManifestOptions {
+                root: None,
+                max_files: pages::MANIFEST_ENTRIES,
+            };
+            match tokio::time::timeout(
+                Duration::from_secs(60),
+                berth_build::image_manifest(docker, &img.reference, &opts),
+            )
+            .await
+            {
+                Ok(Ok(m)) => Ok(m),
+                Ok(Err(e)) => Err(format!(
+                    "cannot read the image {} (pruned?): {e}",
+                    img.reference
+                )),
+                Err(_) => Err("reading the image took longer than 60 s".to_string()),
+            }
+        }
+    };
+    Ok(Html(pages::manifest(&a.csrf, &d, result)).into_response())
+}
+
+#[derive(Deserialize)]
+struct DeployForm {
+    csrf: String,
+    environment: Option<String>,
+    service: Option<String>,
+    reference: Option<String>,
+}
+
+fn non_empty(s: Option<String>) -> Option<String> {
+    s.map(|x| x.trim().to_string()).filter(|x| !x.is_empty())
+}
+
+fn to_deployment(d: &Deployment) -> Response {
+    Redirect::to(&format!("/console/deployments/{}", html::seg(&d.id))).into_response()
+}
+
+async fn deploy(
+    State(s): State<AppState>,
+    a: Authed,
+    headers: HeaderMap,
+    Path(p): Path<String>,
+    Form(f): Form<DeployForm>,
+) -> PageResult {
+    a.check(&headers, &f.csrf)?;
+    let d = s
+        .deployer
+        .create(NewDeployment {
+            project: p,
+            service: non_empty(f.service),
+            environment: non_empty(f.environment),
+            reference: non_empty(f.reference),
+            trigger: Trigger::Manual,
+            source: None,
+            source_repo: None,
+        })
+        .await?;
+    Ok(to_deployment(&d))
+}
+
+#[derive(Deserialize)]
+struct SlotForm {
+    csrf: String,
+    environment: Option<String>,
+    service: Option<String>,
+}
+
+/// What `POST /api/v1/rollback` does: the previous deployment of a slot.
+async fn rollback(s: &AppState, slot: Slot) -> Result<Deployment, Oops> {
+    s.store.get_project(&slot.project).await?;
+    s.store
+        .get_environment(&slot.project, &slot.environment)
+        .await?;
+    let (_active, target) = s.deployer.rollback_target(&slot).await?;
+    Ok(s.deployer
+        .create(NewDeployment {
+            project: slot.project,
+            service: Some(slot.service),
+            environment: Some(slot.environment),
+            reference: None,
+            trigger: Trigger::Rollback,
+            source: Some(target),
+            source_repo: None,
+        })
+        .await?)
+}
+
+async fn rollback_slot(
+    State(s): State<AppState>,
+    a: Authed,
+    headers: HeaderMap,
+    Path(p): Path<String>,
+    Form(f): Form<SlotForm>,
+) -> PageResult {
+    a.check(&headers, &f.csrf)?;
+    let slot = Slot {
+        project: p,
+        environment: non_empty(f.environment).unwrap_or_else(|| PRODUCTION.into()),
+        service: non_empty(f.service).unwrap_or_else(|| DEFAULT_SERVICE.into()),
+    };
+    Ok(to_deployment(&rollback(&s, slot).await?))
+}
+
+async fn deployment_action(
+    State(s): State<AppState>,
+    a: Authed,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+    Form(f): Form<CsrfForm>,
+) -> PageResult {
+    a.check(&headers, &f.csrf)?;
+    let src = s.store.get_deployment(&id).await?;
+    let d = match action.as_str() {
+        "rollback" => {
+            if !src.is_active {
+                return Err(Oops(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "deployment {id} is not the active one; promote it instead to make it serve"
+                    ),
+                ));
+            }
+            rollback(&s, Slot::of(&src)).await?
+        }
+        "promote" => {
+            if src.status != Status::Succeeded || src.image.is_none() {
+                return Err(Oops(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "deployment {id} never went live ({}); only a deployment that succeeded can be promoted",
+                        src.status
+                    ),
+                ));
+            }
+            if src.is_active || src.promotion_stage == Stage::Active {
+                return Err(Oops(
+                    StatusCode::CONFLICT,
+                    format!("deployment {id} is already active"),
+                ));
+            }
+            s.deployer
+                .create(NewDeployment {
+                    project: src.project_name.clone(),
+                    service: Some(src.service_name.clone()),
+                    environment: Some(src.environment_name.clone()),
+                    reference: None,
+                    trigger: Trigger::Promote,
+                    source: Some(src),
+                    source_repo: None,
+                })
+                .await?
+        }
+        "redeploy" => {
+            let reference = src
+                .commit
+                .as_ref()
+                .map(|c| c.sha.clone())
+                .unwrap_or_else(|| src.reference.clone());
+            s.deployer
+                .create(NewDeployment {
+                    project: src.project_name.clone(),
+                    service: Some(src.service_name.clone()),
+                    environment: Some(src.environment_name.clone()),
+                    reference: Some(reference),
+                    trigger: Trigger::Redeploy,
+                    source: None,
+                    source_repo: src.source_repo.clone(),
+                })
+                .await?
+        }
+        "cancel" => s.deployer.cancel(&id).await?,
+        _ => {
+            return Err(Oops(
+                StatusCode::NOT_FOUND,
+                format!("no action {action:?} on deployments"),
+            ))
+        }
+    };
+    Ok(to_deployment(&d))
+}
+
+#[derive(Deserialize)]
+struct VariableForm {
+    csrf: String,
+    environment: String,
+    key: String,
+    #[serde(default)]
+    value: String,
+    secret: Option<String>,
+}
+
+fn vars_anchor(p: &str, env: &str) -> Response {
+    Redirect::to(&format!(
+        "/console/projects/{}#vars-{}",
+        html::seg(p),
+        html::seg(env)
+    ))
+    .into_response()
+}
+
+async fn set_variable(
+    State(s): State<AppState>,
+    a: Authed,
+    headers: HeaderMap,
+    Path(p): Path<String>,
+    Form(f): Form<VariableForm>,
+) -> PageResult {
+    a.check(&headers, &f.csrf)?;
+    let key = f.key.trim();
+    berth_core::names::variable_name(key).map_err(ApiError::from)?;
+    berth_core::names::variable_value(key, &f.value).map_err(ApiError::from)?;
+    s.store
+        .set_variable(&p, &f.environment, key, &f.value, f.secret.is_some(), now())
+        .await?;
+    Ok(vars_anchor(&p, &f.environment))
+}
+
+#[derive(Deserialize)]
+struct UnsetForm {
+    csrf: String,
+    environment: String,
+    key: String,
+}
+
+async fn unset_variable(
+    State(s): State<AppState>,
+    a: Authed,
+    headers: HeaderMap,
+    Path(p): Path<String>,
+    Form(f): Form<UnsetForm>,
+) -> PageResult {
+    a.check(&headers, &f.csrf)?;
+    if !s.store.unset_variable(&p, &f.environment, &f.key).await? {
+        return Err(Oops(
+            StatusCode::NOT_FOUND,
+            format!("variable {} is not set in {p}/{}", f.key, f.environment),
+        ));
+    }
+    Ok(vars_anchor(&p, &f.environment))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_is_only_ever_a_console_path() {
+        assert_eq!(
+            safe_next(Some("/console/deployments/x")),
+            "/console/deployments/x"
+        );
+        assert_eq!(safe_next(Some("https://evil.test/")), "/console");
+        assert_eq!(safe_next(Some("//evil.test/console")), "/console");
+        assert_eq!(safe_next(Some("/console//evil.test")), "/console");
+        assert_eq!(safe_next(Some("/console\\evil")), "/console");
+        assert_eq!(safe_next(None), "/console");
+    }
 }
