@@ -120,6 +120,16 @@ pub fn time(t: &DateTime<Utc>) -> String {
     )
 }
 
+/// `11-22 11:16:44`, the full time on hover.
+pub fn short_time(t: &DateTime<Utc>) -> String {
+    format!(
+        r#"<time datetime="{}" title="{}">{}</time>"#,
+        t.to_rfc3339(),
+        t.format("%Y-%m-%d %H:%M:%S UTC"),
+        t.format("%m-%d %H:%M:%S")
+    )
+}
+
 pub fn opt_time(t: &Option<DateTime<Utc>>) -> String {
     t.as_ref().map(time).unwrap_or_else(|| "—".into())
 }

@@ -1,6 +1,8 @@
 //! The console's pages, rendered from records (no IO here).
 
-use super::html::{action, badge, duration_ms, esc, ext_link, opt_time, page, seg, time, Frame};
+use super::html::{
+    action, badge, duration_ms, esc, ext_link, opt_time, page, seg, short_time, time, Frame,
+};
 use berth_core::model::{
     Deployment, Environment, EnvironmentKind, LogLine, Project, Step, StepStatus, Variable,
 };
@@ -193,10 +195,14 @@ pub fn project(
             .unwrap_or_default();
         let _ = write!(
             body,
-            r#"<section class="card env" id="env-{}"><div class="card-head"><h3>{} <span class="pill">{}</span></h3><span class="muted">{branch}</span><div class="spacer"></div>{}</div>"#,
+            r#"<section class="card env" id="env-{}"><div class="card-head"><h3>{}{}</h3><span class="muted">{branch}</span><div class="spacer"></div>{}</div>"#,
             esc(&e.name),
             esc(&e.name),
-            kind_word(e.kind),
+            if e.name == kind_word(e.kind) {
+                String::new()
+            } else {
+                format!(r#" <span class="pill">{}</span>"#, kind_word(e.kind))
+            },
             deploy_form(csrf, &pl, &e.name, None)
         );
         if services.is_empty() {
@@ -266,7 +272,7 @@ pub fn project(
                 badge("health", d.health.as_str()),
                 commit_cell(d),
                 esc(d.trigger.as_str()),
-                time(&d.created_at),
+                short_time(&d.created_at),
                 total_ms(d).map(duration_ms).unwrap_or_else(|| "—".into())
             );
         }
@@ -380,8 +386,11 @@ fn step_rows(d: &Deployment) -> String {
         let dur = step_ms(s, now);
         let bar = match (t0, s.started_at) {
             (Some(t0), Some(st)) => {
-                let left = ((st - t0).num_milliseconds() as f64 / span * 100.0).clamp(0.0, 100.0);
-                let width = (dur.unwrap_or(0) as f64 / span * 100.0).clamp(0.6, 100.0 - left);
+                let (left, width) = bar_geometry(
+                    (st - t0).num_milliseconds() as f64,
+                    dur.unwrap_or(0) as f64,
+                    span,
+                );
                 format!(
                     r#"<div class="track"><div class="bar {}" style="margin-left:{left:.2}%;width:{width:.2}%"></div></div>"#,
                     s.status.as_str()
@@ -410,6 +419,23 @@ fn step_rows(d: &Deployment) -> String {
         );
     }
     out
+}
+
+/// Left offset and width in percent of a step's bar: at least a sliver
+/// wide, never past the end of the track (never panics, whatever the input).
+fn bar_geometry(offset_ms: f64, dur_ms: f64, span_ms: f64) -> (f64, f64) {
+    const MIN: f64 = 0.6;
+    let pct = |v: f64| {
+        let p = v / span_ms.max(1.0) * 100.0;
+        if p.is_finite() {
+            p
+        } else {
+            0.0
+        }
+    };
+    let left = pct(offset_ms).clamp(0.0, 100.0 - MIN);
+    let width = pct(dur_ms).max(MIN).min(100.0 - left);
+    (left, width)
 }
 
 fn step_ms(s: &Step, now: chrono::DateTime<Utc>) -> Option<i64> {
@@ -740,4 +766,27 @@ pub fn manifest(csrf: &str, d: &Deployment, m: Result<berth_build::Manifest, Str
         },
         &body,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_bars_stay_on_the_track() {
+        assert_eq!(bar_geometry(0.0, 500.0, 1000.0), (0.0, 50.0));
+        assert_eq!(bar_geometry(500.0, 500.0, 1000.0), (50.0, 50.0));
+        for (o, d, s) in [
+            (1000.0, 0.0, 1000.0),
+            (2000.0, 10.0, 1000.0),
+            (-5.0, 0.0, 0.0),
+            (f64::NAN, f64::INFINITY, 0.0),
+        ] {
+            let (l, w) = bar_geometry(o, d, s);
+            assert!(
+                (0.0..=100.0).contains(&l) && w > 0.0 && l + w <= 100.0 + 1e-9,
+                "{o} {d} {s}: {l} {w}"
+            );
+        }
+    }
 }
