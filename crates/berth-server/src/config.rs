@@ -37,6 +37,9 @@ pub struct ServerConfig {
     pub node_image: Option<String>,
     /// Base image for generated Python Dockerfiles.
     pub python_image: Option<String>,
+    /// A deployment still waiting for a pipeline or build slot after this
+    /// long ends failed, so nothing waits forever.
+    pub queue_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -57,6 +60,7 @@ impl ServerConfig {
             build_timeout: Duration::from_secs(1800),
             node_image: None,
             python_image: None,
+            queue_timeout: Duration::from_secs(3600),
         }
     }
 

@@ -246,6 +246,17 @@ impl Deployer {
         if d.status != Status::Queued {
             return; // cancelled while queued
         }
+        let waited = (now() - d.created_at).to_std().unwrap_or_default();
+        if waited > self.cfg.queue_timeout {
+            let mut d = d;
+            let msg = format!(
+                "waited {}s in the queue, longer than the {}s limit; deploy again",
+                waited.as_secs(),
+                self.cfg.queue_timeout.as_secs()
+            );
+            self.force_fail(&mut d, &msg).await;
+            return;
+        }
         let token = CancellationToken::new();
         self.cancels
             .lock()

@@ -187,6 +187,9 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         cfg.base_domain()
     );
     println!("  data dir         {}", cfg.data_dir.display());
+    if let Some(h) = cfg.https_listen {
+        println!("  note             --https-listen {h} is accepted but TLS is not served yet");
+    }
     match &token_file {
         Some(p) => println!(
             "  API token        in {} (export BERTH_TOKEN=$(cat {}))",

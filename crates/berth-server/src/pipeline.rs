@@ -478,6 +478,13 @@ impl Deployer {
             let _permit = tokio::select! {
                 p = self.build_slots.clone().acquire_owned() => p.ok(),
                 _ = cancel.cancelled() => return Err(Stop::Cancelled),
+                _ = tokio::time::sleep(self.cfg.queue_timeout) => {
+                    return fail(StepName::Build, format!(
+                        "no build slot became free within {}s (--build-concurrency {})",
+                        self.cfg.queue_timeout.as_secs(),
+                        self.cfg.build_concurrency
+                    ));
+                }
             };
             let (sink, tail) = self.sink(d, StepName::Build);
             let mut labels = BTreeMap::new();

@@ -2,6 +2,7 @@
 //! under load, fail safely, roll back, survive kill -9.
 
 mod console;
+mod logs;
 mod triggers;
 
 use crate::harness::*;
@@ -397,4 +398,88 @@ fn kill_9_then_restart_serves_from_the_same_container_and_nothing_is_stuck() {
         after["runtime"]["instanceId"], container,
         "the container was adopted, not restarted"
     );
+}
+
+#[test]
+fn a_node_app_without_dockerfile_is_detected_built_and_served() {
+    if !image_exists("local/node:18") {
+        eprintln!(
+            "notice: local/node:18 is missing (scripts/make-node-image.sh makes it); skipping"
+        );
+        return;
+    }
+    let project = unique("e2en");
+    let _c = Cleanup(project.clone());
+    let s = Server::start_with(&["--node-image", "local/node:18"]);
+    let dir = tempfile::tempdir().unwrap();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/apps/node-npm");
+    for f in ["package.json", "package-lock.json", "server.js"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    git(dir.path(), &["init", "-q", "-b", "main"]);
+    git(dir.path(), &["add", "-A"]);
+    git(dir.path(), &["commit", "-q", "-m", "node app"]);
+    s.ok(&[
+        "projects",
+        "create",
+        &project,
+        "--repo",
+        dir.path().to_str().unwrap(),
+    ]);
+    let (ok, d) = deploy_wait(&s, &project);
+    assert!(ok, "{d}\n{}", s.log());
+    assert_eq!(d["build"]["provider"], "node");
+    assert_eq!(d["build"]["port"], 3000);
+    assert!(step(&d, "analyze")["log"]
+        .as_str()
+        .unwrap()
+        .contains("Dockerfile generated"));
+    wait_body(&s, &host(&project), "hello from node-npm");
+}
+
+#[test]
+fn cancel_stops_a_running_build_and_ends_cancelled() {
+    let project = unique("e2ek");
+    let _c = Cleanup(project.clone());
+    let s = Server::start();
+    let repo = AppRepo::new("never");
+    let slow = DOCKERFILE.replace(
+        "COPY www /www",
+        "COPY www /www\nRUN [\"/bin/sleep\", \"47\"]",
+    );
+    repo.commit_app("never", &slow, "slow build");
+    s.ok(&["projects", "create", &project, "--repo", repo.path()]);
+    let d = s.json(&["deploy", "--project", &project, "--json"]);
+    let id = d["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let cur = s.json(&["inspect", &id, "--json"]);
+        if step(&cur, "build")["status"] == "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "build never started: {cur}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let c = s.json(&["cancel", &id, "--json"]);
+    assert_eq!(c["status"], "cancelled", "{c}");
+    assert_eq!(step(&c, "build")["status"], "cancelled");
+    assert_eq!(c["image"], Value::Null);
+    // The build's container is gone soon after.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ps = std::process::Command::new("docker")
+            .args(["ps", "--no-trunc", "--format", "{{.Command}}"])
+            .output()
+            .unwrap();
+        if !String::from_utf8_lossy(&ps.stdout).contains("sleep 47") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the build kept running");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Cancelling again is a clear conflict.
+    let o = s.cli(&["cancel", &id]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already ended"));
 }
