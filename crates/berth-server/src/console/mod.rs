@@ -369,30 +369,52 @@ async fn deployment(State(s): State<AppState>, a: Authed, Path(id): Path<String>
 
 async fn manifest(State(s): State<AppState>, a: Authed, Path(id): Path<String>) -> PageResult {
     let d = s.store.get_deployment(&id).await?;
-    let result = match (&s.deployer.docker, &d.image) {
-        (None, _) => Err("the Docker engine is not reachable".to_string()),
-        (_, None) => Err("this deployment has no image (it never built)".to_string()),
-        (Some(docker), Some(img)) => {
-            let opts = berth_build::ManifestOptions {
-                root: None,
-                max_files: pages::MANIFEST_ENTRIES,
-            };
-            match tokio::time::timeout(
-                Duration::from_secs(60),
-                berth_build::image_manifest(docker, &img.reference, &opts),
-            )
-            .await
-            {
-                Ok(Ok(m)) => Ok(m),
-                Ok(Err(e)) => Err(format!(
-                    "cannot read the image {} (pruned?): {e}",
-                    img.reference
-                )),
-                Err(_) => Err("reading the image took longer than 60 s".to_string()),
-            }
-        }
+    let result = match &d.image {
+        None => Err("this deployment has no image (it never built)".to_string()),
+        Some(img) => match s.store.get_manifest(&img.reference).await? {
+            // Recorded when the image was built.
+            Some(entries) => Ok(pages::Files {
+                total: entries.len() as u64,
+                entries: entries.into_iter().take(pages::MANIFEST_ENTRIES).collect(),
+                source: "recorded at build time",
+            }),
+            // Older images: read the image now.
+            None => compute_manifest(&s, &img.reference).await,
+        },
     };
     Ok(Html(pages::manifest(&a.csrf, &d, result)).into_response())
+}
+
+async fn compute_manifest(s: &AppState, image: &str) -> Result<pages::Files, String> {
+    let Some(docker) = &s.deployer.docker else {
+        return Err("the Docker engine is not reachable".to_string());
+    };
+    let opts = berth_build::ManifestOptions {
+        root: None,
+        max_files: pages::MANIFEST_ENTRIES,
+    };
+    match tokio::time::timeout(
+        Duration::from_secs(60),
+        berth_build::image_manifest(docker, image, &opts),
+    )
+    .await
+    {
+        Ok(Ok(m)) => Ok(pages::Files {
+            total: m.entries.len() as u64 + m.skipped,
+            entries: m
+                .entries
+                .into_iter()
+                .map(|e| berth_core::model::ManifestEntry {
+                    path: e.path,
+                    size: e.size,
+                    sha256: e.sha256,
+                })
+                .collect(),
+            source: "read from the image now",
+        }),
+        Ok(Err(e)) => Err(format!("cannot read the image {image} (pruned?): {e}")),
+        Err(_) => Err("reading the image took longer than 60 s".to_string()),
+    }
 }
 
 #[derive(Deserialize)]

@@ -4,7 +4,8 @@ use super::html::{
     action, badge, duration_ms, esc, ext_link, opt_time, page, seg, short_time, time, Frame,
 };
 use berth_core::model::{
-    Deployment, Environment, EnvironmentKind, LogLine, Project, Step, StepStatus, Variable,
+    Deployment, Environment, EnvironmentKind, LogLine, ManifestEntry, Project, Step, StepStatus,
+    Variable,
 };
 use berth_core::state::Stage;
 use chrono::Utc;
@@ -712,7 +713,14 @@ pub fn deployment(
     )
 }
 
-pub fn manifest(csrf: &str, d: &Deployment, m: Result<berth_build::Manifest, String>) -> String {
+/// Files of an image's manifest, the first [`MANIFEST_ENTRIES`] of `total`.
+pub struct Files {
+    pub entries: Vec<ManifestEntry>,
+    pub total: u64,
+    pub source: &'static str,
+}
+
+pub fn manifest(csrf: &str, d: &Deployment, m: Result<Files, String>) -> String {
     let dl = format!("/console/deployments/{}", seg(&d.id));
     let mut body = format!(
         r#"<div class="head"><h1>Manifest of <span class="mono">{}</span></h1><p class="sub">{}</p></div>"#,
@@ -730,14 +738,19 @@ pub fn manifest(csrf: &str, d: &Deployment, m: Result<berth_build::Manifest, Str
             let total: u64 = m.entries.iter().map(|e| e.size).sum();
             let _ = write!(
                 body,
-                r#"<section class="card"><p class="pad muted">{} files, {} bytes{}</p><table class="grid"><thead><tr><th>Path</th><th class="num">Size</th><th>SHA-256</th></tr></thead><tbody>"#,
-                m.entries.len(),
-                total,
-                if m.skipped > 0 {
-                    format!("; {} more not listed", m.skipped)
+                r#"<section class="card"><p class="pad muted">{} files{}, {}; {}</p><table class="grid"><thead><tr><th>Path</th><th class="num">Size</th><th>SHA-256</th></tr></thead><tbody>"#,
+                m.total,
+                if m.total > m.entries.len() as u64 {
+                    format!(" (the first {} listed)", m.entries.len())
                 } else {
                     String::new()
-                }
+                },
+                if m.total > m.entries.len() as u64 {
+                    format!("{} bytes listed", total)
+                } else {
+                    format!("{} bytes", total)
+                },
+                m.source
             );
             for e in &m.entries {
                 let _ = write!(

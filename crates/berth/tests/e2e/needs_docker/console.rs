@@ -343,6 +343,29 @@ fn console_signs_in_follows_live_logs_and_rolls_back_in_a_browser() {
     );
     b.screenshot("02-project");
 
+    // The variables editor: a plain value is shown, a secret never.
+    b.type_into(".setvar input[name=key]", "PLAIN_Y");
+    b.type_into(".setvar input[name=value]", "plain-value");
+    b.click(".setvar button");
+    b.wait_text("#vars-production", "plain-value", 20);
+    b.type_into(".setvar input[name=key]", "SECRET_Z");
+    b.type_into(".setvar input[name=value]", "zz-hidden-zz");
+    b.click(".setvar input[name=secret]");
+    b.click(".setvar button");
+    b.wait_text("#vars-production", "SECRET_Z", 20);
+    let html = b
+        .js("return document.documentElement.outerHTML")
+        .to_string();
+    assert!(!html.contains("zz-hidden-zz") && !html.contains(SECRET));
+    let listed = s.json(&["env", "list", "--project", &project, "--json"]);
+    let listed = listed.to_string();
+    assert!(
+        listed.contains("SECRET_Z") && listed.contains("plain-value"),
+        "{listed}"
+    );
+    b.scroll_to("#vars-production");
+    b.screenshot("03-variables");
+
     // The active deployment's page, its logs live.
     b.click(&format!("a[href='/console/deployments/{v2_id}']"));
     b.wait_for("#logs", 20);
@@ -357,7 +380,7 @@ fn console_signs_in_follows_live_logs_and_rolls_back_in_a_browser() {
         .to_string();
     assert!(!html.contains(SECRET));
     assert!(b.text_of("#badges").contains("succeeded"));
-    b.screenshot("03-deployment");
+    b.screenshot("04-deployment");
 
     // A line the app writes now appears without a reload.
     let inspected = s.json(&["inspect", &v2_id, "--json"]);
@@ -384,7 +407,7 @@ fn console_signs_in_follows_live_logs_and_rolls_back_in_a_browser() {
         "the line arrived live, not by a reload"
     );
     b.scroll_to("#logs");
-    b.screenshot("04-live-log");
+    b.screenshot("05-live-log");
 
     // The session cookie reads the API but changes nothing without the
     // form's CSRF token, nor through the JSON API.
@@ -445,12 +468,12 @@ fn console_signs_in_follows_live_logs_and_rolls_back_in_a_browser() {
     assert_eq!(rb["commit"]["sha"], v1["commit"]["sha"]);
     wait_body(&s, &host(&project), "console v1");
     b.wait_text("#logs", "secret is ***", 20);
-    b.screenshot("05-rolled-back");
+    b.screenshot("06-rolled-back");
     b.scroll_to("#logs");
-    b.screenshot("06-rolled-back-logs");
+    b.screenshot("07-rolled-back-logs");
 
     // The manifest of the image, computed on demand.
     b.goto(&format!("{}/console/deployments/{rb_id}/manifest", s.api()));
     b.wait_text("main", "/bin/busybox", 60);
-    b.screenshot("07-manifest");
+    b.screenshot("08-manifest");
 }
