@@ -11,6 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use crate::pool::Pooled;
 use crate::target::InflightGuard;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -33,6 +34,8 @@ struct Streaming {
     /// Dropped (in-flight decremented) at end of stream or when the client
     /// goes away and hyper drops the body.
     guard: Option<InflightGuard>,
+    /// The upstream connection, back to its pool at end of stream.
+    conn: Option<Pooled>,
     abort: CancellationToken,
     /// Created lazily, the first time the upstream makes us wait.
     abort_wait: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
@@ -58,15 +61,31 @@ impl ProxyBody {
     pub(crate) fn upstream(
         inner: Incoming,
         guard: InflightGuard,
+        conn: Pooled,
         abort: CancellationToken,
     ) -> ProxyBody {
+        let mut s = Streaming {
+            inner,
+            guard: Some(guard),
+            conn: Some(conn),
+            abort,
+            abort_wait: None,
+        };
+        if s.inner.is_end_stream() {
+            s.finished();
+        }
         ProxyBody {
-            kind: Kind::Upstream(Box::new(Streaming {
-                inner,
-                guard: Some(guard),
-                abort,
-                abort_wait: None,
-            })),
+            kind: Kind::Upstream(Box::new(s)),
+        }
+    }
+}
+
+impl Streaming {
+    /// End of the upstream body: the request is over, the connection reusable.
+    fn finished(&mut self) {
+        self.guard = None;
+        if let Some(c) = self.conn.take() {
+            c.release();
         }
     }
 }
@@ -87,7 +106,7 @@ impl Body for ProxyBody {
                 }
                 match Pin::new(&mut s.inner).poll_frame(cx) {
                     Poll::Ready(None) => {
-                        s.guard = None;
+                        s.finished();
                         Poll::Ready(None)
                     }
                     Poll::Ready(Some(Err(e))) => {
@@ -96,7 +115,7 @@ impl Body for ProxyBody {
                     }
                     Poll::Ready(Some(Ok(f))) => {
                         if s.inner.is_end_stream() {
-                            s.guard = None;
+                            s.finished();
                         }
                         Poll::Ready(Some(Ok(f)))
                     }

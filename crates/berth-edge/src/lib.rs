@@ -64,6 +64,7 @@
 mod body;
 mod metrics;
 mod persist;
+mod pool;
 mod proxy;
 mod route;
 mod scan;
@@ -81,9 +82,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 
@@ -156,27 +154,12 @@ pub(crate) struct Inner {
     apply_lock: Mutex<()>,
 }
 
-impl Inner {
-    /// A fresh upstream client (its own connection pool). Each `serve` call
-    /// makes one, so on a single-threaded runtime every pooled connection
-    /// is used by the thread that owns it: no cross-thread wake-ups.
-    fn new_client(&self) -> Client<HttpConnector, Incoming> {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(self.connect_timeout));
-        http.enforce_http(true);
-        Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(self.pool_idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(http)
-    }
-}
-
 /// What one `serve` loop shares with its connections.
 pub(crate) struct Worker {
     pub(crate) inner: Arc<Inner>,
-    pub(crate) client: Client<HttpConnector, Incoming>,
+    /// This loop's upstream connections: on a single-threaded runtime every
+    /// pooled connection is used by the thread that owns it.
+    pub(crate) pool: Arc<pool::Pool>,
 }
 
 impl std::fmt::Debug for Edge {
@@ -242,8 +225,24 @@ impl Edge {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let worker = Arc::new(Worker {
             inner: self.inner.clone(),
-            client: self.inner.new_client(),
+            pool: Arc::new(pool::Pool::new(
+                self.inner.connect_timeout,
+                self.inner.pool_idle_timeout,
+            )),
         });
+        let reaper = {
+            let pool = Arc::downgrade(&worker.pool);
+            let every = (worker.pool.idle_timeout() / 2).max(Duration::from_secs(1));
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    match pool.upgrade() {
+                        Some(p) => p.reap(),
+                        None => return,
+                    }
+                }
+            })
+        };
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -279,6 +278,7 @@ impl Edge {
         }
         drop(listener);
         graceful.shutdown().await;
+        reaper.abort();
         Ok(())
     }
 

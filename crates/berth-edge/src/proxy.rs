@@ -15,7 +15,6 @@ use hyper_util::rt::TokioIo;
 use crate::body::ProxyBody;
 use crate::route::request_host_key;
 use crate::scan::{ScanState, Verdict};
-use crate::table::RouteTarget;
 use crate::target::{InflightGuard, UpgradedGuard};
 use crate::Worker;
 
@@ -172,12 +171,8 @@ async fn handle_inner(
     let abort = target.state.abort_token();
     let upgraded_token = target.state.upgraded_token();
     let target_state = target.state.clone();
-    let uri = match upstream_uri(target, req.uri()) {
-        Some(u) => u,
-        None => {
-            return error_response(StatusCode::BAD_REQUEST, "400 bad request: bad target\n");
-        }
-    };
+    let uri = upstream_uri(req.uri());
+    let target_authority = target.authority.clone();
     drop(table);
 
     // Header rewrite.
@@ -212,7 +207,8 @@ async fn handle_inner(
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
 
-    let sent = tokio::time::timeout(inner.upstream_timeout, worker.client.request(req));
+    let authority = &target_authority;
+    let sent = tokio::time::timeout(inner.upstream_timeout, worker.pool.send(authority, req));
     let result = tokio::select! {
         r = sent => r,
         _ = abort.cancelled() => {
@@ -220,7 +216,7 @@ async fn handle_inner(
             return error_response(StatusCode::GATEWAY_TIMEOUT, "504 gateway timeout: instance drained\n");
         }
     };
-    let mut resp = match result {
+    let resp = match result {
         Err(_elapsed) => {
             series.record(504, started.elapsed());
             return error_response(
@@ -238,6 +234,7 @@ async fn handle_inner(
         }
         Ok(Ok(r)) => r,
     };
+    let (mut resp, conn) = resp;
     let status = resp.status();
     series.record(status.as_u16(), started.elapsed());
 
@@ -282,20 +279,15 @@ async fn handle_inner(
 
     strip_hop_by_hop(resp.headers_mut(), false);
     let (parts, body) = resp.into_parts();
-    Response::from_parts(parts, ProxyBody::upstream(body, guard, abort))
+    Response::from_parts(parts, ProxyBody::upstream(body, guard, conn, abort))
 }
 
-fn upstream_uri(target: &RouteTarget, original: &Uri) -> Option<Uri> {
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(http::uri::Scheme::HTTP);
-    parts.authority = Some(target.authority.clone());
-    parts.path_and_query = Some(
-        original
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    );
-    Uri::from_parts(parts).ok()
+/// The origin-form request target sent upstream (`/path?query`).
+fn upstream_uri(original: &Uri) -> Uri {
+    match original.path_and_query() {
+        Some(pq) => Uri::from(pq.clone()),
+        None => Uri::from_static("/"),
+    }
 }
 
 #[cfg(test)]
