@@ -1,0 +1,237 @@
+#!/usr/bin/env bash
+# Deploy of an already built image and rollback, against `docker run` of the
+# same image: time until the edge serves the new version, beside the time from
+# `docker run -d` to the first 200.
+#
+# Target (issue): time from `deploy` of an already built image to active, and
+# from `rollback` to serving, printed beside `docker run` + first 200 of the
+# same image.
+#
+#   RUNS=3 bench/deploy.sh
+#
+# The edge is polled every POLL_MS (default 10) ms with curl. See bench/README.md.
+set -euo pipefail
+shopt -s inherit_errexit
+
+RUNS="${RUNS:-3}"
+POLL_MS="${POLL_MS:-10}"
+TOKEN="bench-token-$$-$RANDOM"
+PROJECT="bench-deploy-$$"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+BERTH="${BERTH_BIN:-$ROOT/target/release/berth}"
+
+missing=()
+for tool in docker git jq curl date awk sort; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if ((${#missing[@]})); then
+    echo "missing tools: ${missing[*]} (apt-get install -y jq curl git)" >&2
+    exit 1
+fi
+[[ -x /bin/busybox ]] || { echo "/bin/busybox missing (apt-get install -y busybox-static)" >&2; exit 1; }
+[[ -x "$BERTH" ]] || { echo "$BERTH missing: cargo build --release --bin berth" >&2; exit 1; }
+[[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || { echo "RUNS must be a positive integer" >&2; exit 1; }
+
+TMP="$(mktemp -d /tmp/berth-bench-deploy.XXXXXX)"
+SERVER_PID=""
+
+cleanup() {
+    set +e
+    if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID"
+        for _ in $(seq 1 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -0 "$SERVER_PID" 2>/dev/null && kill -KILL "$SERVER_PID"
+        wait "$SERVER_PID" 2>/dev/null
+    fi
+    docker ps -aq --filter "label=dev.berth.project=$PROJECT" | xargs -r docker rm -f >/dev/null 2>&1
+    docker ps -aq --filter "label=berthbench=$PROJECT" | xargs -r docker rm -f >/dev/null 2>&1
+    docker images --format '{{.Repository}}:{{.Tag}}' |
+        grep -E "^(berth/$PROJECT-|berthbench/$PROJECT:)" | xargs -r docker rmi -f >/dev/null 2>&1
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+now_ns() { date +%s%N; }
+ms_since() { echo $((($(now_ns) - $1) / 1000000)); }
+
+free_port() {
+    local p i
+    for i in $(seq 1 200); do
+        p=$((20000 + RANDOM % 40000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return 0; fi
+    done
+    echo "no free port found" >&2
+    return 1
+}
+
+# stats v1 v2 ... -> "median min max"
+stats() {
+    printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {
+        m = (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2
+        printf "%s %s %s\n", m, a[1], a[NR] }'
+}
+# cell "median min max" -> "median (min-max)"
+cell() { awk '{printf "%.0f (%.0f-%.0f)", $1, $2, $3}' <<<"$1"; }
+
+start_server() {
+    API_PORT=$(free_port)
+    HTTP_PORT=$(free_port)
+    while [[ "$HTTP_PORT" == "$API_PORT" ]]; do HTTP_PORT=$(free_port); done
+    "$BERTH" server --data-dir "$TMP/data" --api-listen "127.0.0.1:$API_PORT" \
+        --http-listen "127.0.0.1:$HTTP_PORT" --token "$TOKEN" >"$TMP/server.log" 2>&1 &
+    SERVER_PID=$!
+    export BERTH_API="http://127.0.0.1:$API_PORT" BERTH_TOKEN="$TOKEN"
+    for _ in $(seq 1 200); do
+        curl -fsS -o /dev/null "$BERTH_API/api/v1/health" 2>/dev/null && return 0
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "berth server did not start; log:" >&2
+    tail -n 20 "$TMP/server.log" >&2
+    exit 1
+}
+
+iso_ms() { date -d "$1" +%s%3N; }
+# "clone 12, analyze 0, ..." of the last timed command's deployment
+step_times() {
+    jq -r '[.steps[] | select(.status != "skipped") | "\(.name) \(.durationMs // 0)"] | join(", ")' "$TMP/cmd.json"
+}
+git_c() {
+    git -C "$APP" -c user.name=bench -c user.email=bench@localhost -c commit.gpgsign=false "$@"
+}
+
+# The app: busybox httpd FROM scratch serving /www/index.html.
+APP="$TMP/app"
+NONCE="$(now_ns)"
+V1="v1 $NONCE"
+V2="v2 $NONCE"
+mkdir -p "$APP/www"
+cp /bin/busybox "$APP/busybox"
+cat >"$APP/Dockerfile" <<'DOCKERFILE'
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+COPY www /www
+EXPOSE 3000
+CMD ["/bin/busybox", "httpd", "-f", "-p", "3000", "-h", "/www"]
+DOCKERFILE
+git -C "$APP" init -q -b main
+echo "$V1" >"$APP/www/index.html"
+git_c add -A
+git_c commit -q -m v1
+SHA1=$(git_c rev-parse HEAD)
+echo "$V2" >"$APP/www/index.html"
+git_c commit -q -am v2
+SHA2=$(git_c rev-parse HEAD)
+
+edge_body() {
+    curl -s --max-time 2 -H "Host: $PROJECT.localhost" "http://127.0.0.1:$HTTP_PORT/" 2>/dev/null || true
+}
+# poll_edge <t0 ns> <expected body> -> ms from t0 until the edge serves it
+poll_edge() {
+    local deadline=$(($(now_ns) + 120 * 1000000000)) pause
+    pause=$(awk -v m="$POLL_MS" 'BEGIN{printf "%.3f", m/1000}')
+    while (($(now_ns) < deadline)); do
+        if [[ "$(edge_body)" == "$2" ]]; then ms_since "$1"; return 0; fi
+        sleep "$pause"
+    done
+    echo "the edge never served '$2' within 120 s" >&2
+    return 1
+}
+# poll_200 <t0 ns> <port> -> ms from t0 until the first 200
+poll_200() {
+    local deadline=$(($(now_ns) + 60 * 1000000000)) pause
+    pause=$(awk -v m="$POLL_MS" 'BEGIN{printf "%.3f", m/1000}')
+    while (($(now_ns) < deadline)); do
+        if [[ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$2/" 2>/dev/null)" == 200 ]]; then
+            ms_since "$1"
+            return 0
+        fi
+        sleep "$pause"
+    done
+    echo "the container never answered 200 within 60 s" >&2
+    return 1
+}
+
+# timed <expected body> <berth args...>: run a berth command with --wait
+# --json in the background while polling the edge; prints
+# "<edge ms> <cli ms> <createdAt->completedAt ms>".
+timed() {
+    local want="$1" t0 pid edge cli rc created completed
+    shift
+    t0=$(now_ns)
+    "$BERTH" "$@" --wait --json >"$TMP/cmd.json" 2>"$TMP/cmd.err" &
+    pid=$!
+    edge=$(poll_edge "$t0" "$want") || { kill -TERM "$pid" 2>/dev/null; wait "$pid"; return 1; }
+    rc=0
+    wait "$pid" || rc=$?
+    cli=$(ms_since "$t0")
+    if ((rc != 0)); then
+        echo "berth $* failed:" >&2
+        cat "$TMP/cmd.err" >&2
+        return 1
+    fi
+    read -r created completed < <(jq -r '"\(.createdAt) \(.completedAt)"' "$TMP/cmd.json")
+    echo "$edge $cli $(($(iso_ms "$completed") - $(iso_ms "$created")))"
+}
+
+echo "berth deploy bench: RUNS=$RUNS POLL_MS=$POLL_MS, $(nproc) cores, load:$(uptime | sed 's/.*load average://')" >&2
+start_server
+"$BERTH" projects create "$PROJECT" --repo "$APP" >/dev/null
+
+# Warm-up (not measured): build both versions; v2 is active.
+echo "warm-up: building v1 and v2..." >&2
+"$BERTH" deploy --project "$PROJECT" --ref "$SHA1" --wait --json >"$TMP/v1.json" 2>"$TMP/warm.err" ||
+    { cat "$TMP/warm.err" >&2; exit 1; }
+IMAGE=$(jq -r '.image.ref' "$TMP/v1.json")
+"$BERTH" deploy --project "$PROJECT" --ref "$SHA2" --wait --json >/dev/null 2>"$TMP/warm.err" ||
+    { cat "$TMP/warm.err" >&2; exit 1; }
+[[ "$(edge_body)" == "$V2" ]] || { echo "the edge does not serve v2 after warm-up" >&2; exit 1; }
+docker image inspect "$IMAGE" >/dev/null || { echo "image $IMAGE missing" >&2; exit 1; }
+
+dep_edge=() dep_cli=() dep_json=() rb_edge=() rb_cli=() rb_json=() ref=()
+for r in $(seq 1 "$RUNS"); do
+    echo "run $r/$RUNS" >&2
+    # (a) deploy of v1, whose image exists (cache hit), over the active v2.
+    out=$(timed "$V1" deploy --project "$PROJECT" --ref "$SHA1")
+    jq -r '.steps[] | select(.name == "build") | .log' "$TMP/cmd.json" | grep -qi "cache hit" ||
+        echo "warning: the deploy of v1 was not a cache hit" >&2
+    read -r e c j <<<"$out"
+    dep_edge+=("$e") dep_cli+=("$c") dep_json+=("$j")
+    echo "  deploy:   edge serves v1 after $e ms, CLI returned after $c ms, createdAt->completedAt $j ms ($(step_times))" >&2
+
+    # (b) rollback: v2 again.
+    out=$(timed "$V2" rollback --project "$PROJECT" --service web)
+    read -r e c j <<<"$out"
+    rb_edge+=("$e") rb_cli+=("$c") rb_json+=("$j")
+    echo "  rollback: edge serves v2 after $e ms, CLI returned after $c ms, createdAt->completedAt $j ms ($(step_times))" >&2
+
+    # (c) docker run of the same image (v1) and the first 200.
+    port=$(free_port)
+    t0=$(now_ns)
+    cid=$(docker run -d --label "berthbench=$PROJECT" -p "127.0.0.1:$port:3000" "$IMAGE")
+    d=$(poll_200 "$t0" "$port")
+    docker rm -f "$cid" >/dev/null
+    ref+=("$d")
+    echo "  docker run -> first 200 after $d ms" >&2
+done
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", (b>0)?a/b:0}'; }
+read -r de_med _ _ <<<"$(stats "${dep_edge[@]}")"
+read -r dc_med _ _ <<<"$(stats "${dep_cli[@]}")"
+read -r re_med _ _ <<<"$(stats "${rb_edge[@]}")"
+read -r rc_med _ _ <<<"$(stats "${rb_cli[@]}")"
+read -r ref_med _ _ <<<"$(stats "${ref[@]}")"
+REF_CELL="$(cell "$(stats "${ref[@]}")")"
+
+echo
+echo "berth deploy bench, RUNS=$RUNS, times in ms: median (min-max); reference = docker run -d + first 200"
+printf '%-42s %-20s %-20s %s\n' "measurement" "berth" "docker run" "berth/docker"
+printf '%-42s %-20s %-20s %s\n' "deploy (built image) -> edge serves it" "$(cell "$(stats "${dep_edge[@]}")")" "$REF_CELL" "$(ratio "$de_med" "$ref_med")"
+printf '%-42s %-20s %-20s %s\n' "deploy (built image) -> CLI says active" "$(cell "$(stats "${dep_cli[@]}")")" "$REF_CELL" "$(ratio "$dc_med" "$ref_med")"
+printf '%-42s %-20s %-20s %s\n' "deploy createdAt -> completedAt" "$(cell "$(stats "${dep_json[@]}")")" "-" "-"
+printf '%-42s %-20s %-20s %s\n' "rollback -> edge serves it" "$(cell "$(stats "${rb_edge[@]}")")" "$REF_CELL" "$(ratio "$re_med" "$ref_med")"
+printf '%-42s %-20s %-20s %s\n' "rollback -> CLI says active" "$(cell "$(stats "${rb_cli[@]}")")" "$REF_CELL" "$(ratio "$rc_med" "$ref_med")"
+printf '%-42s %-20s %-20s %s\n' "rollback createdAt -> completedAt" "$(cell "$(stats "${rb_json[@]}")")" "-" "-"
+echo "verdict: printed beside docker run as the issue asks - a deploy of a built image is served after ${de_med} ms ($(ratio "$de_med" "$ref_med")x docker run + first 200, ${ref_med} ms), a rollback after ${re_med} ms ($(ratio "$re_med" "$ref_med")x); the CLI reports active after ${dc_med} / ${rc_med} ms"

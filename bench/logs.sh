@@ -1,0 +1,276 @@
+#!/usr/bin/env bash
+# A container printing as fast as it can: lines per second berth stores, and
+# the app's own throughput with and without berth attached.
+#
+# Target (issue): a container printing as fast as it can: lines per second
+# stored, and the app's own throughput with and without berth attached.
+#
+#   RUNS=3 LINES=200000 bench/logs.sh
+#
+# The app is busybox sh printing LINES numbered lines then DONE (httpd serves
+# on 3000 meanwhile, for the health check). Stored: the deployment's logs are
+# polled through the API every 50 ms. The app's own throughput comes from the
+# timestamps docker recorded (`docker logs --timestamps`). See bench/README.md.
+set -euo pipefail
+shopt -s inherit_errexit
+
+RUNS="${RUNS:-3}"
+LINES="${LINES:-200000}"
+TOKEN="bench-token-$$-$RANDOM"
+PROJECT="bench-logs-$$"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+BERTH="${BERTH_BIN:-$ROOT/target/release/berth}"
+
+missing=()
+for tool in docker git jq curl date awk sort; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if ((${#missing[@]})); then
+    echo "missing tools: ${missing[*]} (apt-get install -y jq curl git)" >&2
+    exit 1
+fi
+[[ -x /bin/busybox ]] || { echo "/bin/busybox missing (apt-get install -y busybox-static)" >&2; exit 1; }
+[[ -x "$BERTH" ]] || { echo "$BERTH missing: cargo build --release --bin berth" >&2; exit 1; }
+[[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || { echo "RUNS must be a positive integer" >&2; exit 1; }
+
+TMP="$(mktemp -d /tmp/berth-bench-logs.XXXXXX)"
+SERVER_PID=""
+
+cleanup() {
+    set +e
+    if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID"
+        for _ in $(seq 1 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -0 "$SERVER_PID" 2>/dev/null && kill -KILL "$SERVER_PID"
+        wait "$SERVER_PID" 2>/dev/null
+    fi
+    docker ps -aq --filter "label=dev.berth.project=$PROJECT" | xargs -r docker rm -f >/dev/null 2>&1
+    docker ps -aq --filter "label=berthbench=$PROJECT" | xargs -r docker rm -f >/dev/null 2>&1
+    docker images --format '{{.Repository}}:{{.Tag}}' |
+        grep -E "^(berth/$PROJECT-|berthbench/$PROJECT:)" | xargs -r docker rmi -f >/dev/null 2>&1
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+now_ns() { date +%s%N; }
+ms_since() { echo $((($(now_ns) - $1) / 1000000)); }
+
+free_port() {
+    local p i
+    for i in $(seq 1 200); do
+        p=$((20000 + RANDOM % 40000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return 0; fi
+    done
+    echo "no free port found" >&2
+    return 1
+}
+
+# stats v1 v2 ... -> "median min max"
+stats() {
+    printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {
+        m = (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2
+        printf "%s %s %s\n", m, a[1], a[NR] }'
+}
+# cell "median min max" -> "median (min-max)"
+cell() { awk '{printf "%.0f (%.0f-%.0f)", $1, $2, $3}' <<<"$1"; }
+
+start_server() {
+    API_PORT=$(free_port)
+    HTTP_PORT=$(free_port)
+    while [[ "$HTTP_PORT" == "$API_PORT" ]]; do HTTP_PORT=$(free_port); done
+    "$BERTH" server --data-dir "$TMP/data" --api-listen "127.0.0.1:$API_PORT" \
+        --http-listen "127.0.0.1:$HTTP_PORT" --token "$TOKEN" >"$TMP/server.log" 2>&1 &
+    SERVER_PID=$!
+    export BERTH_API="http://127.0.0.1:$API_PORT" BERTH_TOKEN="$TOKEN"
+    for _ in $(seq 1 200); do
+        curl -fsS -o /dev/null "$BERTH_API/api/v1/health" 2>/dev/null && return 0
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "berth server did not start; log:" >&2
+    tail -n 20 "$TMP/server.log" >&2
+    exit 1
+}
+
+[[ "$LINES" =~ ^[1-9][0-9]*$ ]] || { echo "LINES must be a positive integer" >&2; exit 1; }
+git_c() {
+    git -C "$APP" -c user.name=bench -c user.email=bench@localhost -c commit.gpgsign=false "$@"
+}
+api() { # path -> JSON
+    curl -fsS --max-time 30 -H "Authorization: Bearer $TOKEN" "$BERTH_API/api/v1/$1"
+}
+ts_ns() { date -d "$1" +%s%N; }
+rate() { awk -v n="$1" -v ns="$2" 'BEGIN{printf "%.0f", (ns>0)?n/(ns/1e9):0}'; }
+
+# The app: httpd in the background, then LINES numbered lines as fast as
+# busybox sh can print them, then DONE; it keeps serving afterwards.
+APP="$TMP/app"
+mkdir -p "$APP/www"
+cp /bin/busybox "$APP/busybox"
+echo "logs bench" >"$APP/www/index.html"
+cat >"$APP/Dockerfile" <<DOCKERFILE
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+COPY www /www
+EXPOSE 3000
+CMD ["/bin/sh", "-c", "/bin/busybox httpd -f -p 3000 -h /www & i=0; while [ \$i -lt $LINES ]; do echo line \$i; i=\$((i+1)); done; echo DONE; wait"]
+DOCKERFILE
+git -C "$APP" init -q -b main
+git_c add -A
+git_c commit -q -m "chatty app"
+SHA=$(git_c rev-parse HEAD)
+
+# app_rate <container> -> "<lines/s> <first ts ns> <DONE ts ns>" from docker's timestamps
+app_rate() {
+    local first last
+    first=$(docker logs --timestamps "$1" 2>/dev/null | sed -n '1{s/ .*//;p}')
+    last=$(docker logs --timestamps --tail 1 "$1" 2>/dev/null)
+    [[ "$last" == *" DONE" ]] || { echo "container $1 has not printed DONE" >&2; return 1; }
+    first=$(ts_ns "$first")
+    last=$(ts_ns "${last%% *}")
+    echo "$(rate $((LINES + 1)) $((last - first))) $first $last"
+}
+
+# Stdout lines stored for a deployment, counted page by page.
+count_stdout() { # id
+    local after=0 total=0 n last
+    for _ in $(seq 1 1000); do
+        read -r n last < <(api "deployments/$1/logs?stream=stdout&after=$after&limit=50000" |
+            jq -r '"\(length) \(.[-1].seq // 0)"')
+        total=$((total + n))
+        ((n == 50000)) || break
+        after=$last
+    done
+    echo "$total"
+}
+# Wait until the DONE line of a deployment is stored (bounded).
+wait_done() { # id
+    for _ in $(seq 1 1200); do
+        [[ "$(api "deployments/$1/logs?stream=stdout&limit=1&tail=true" | jq -r '.[0].text // ""')" == DONE ]] && return 0
+        sleep 0.1
+    done
+    echo "the DONE line of deployment $1 was not stored within 120 s" >&2
+    return 1
+}
+
+# The reference: plain docker run of the same image.
+docker_only() {
+    local cid i
+    cid=$(docker run -d --label "berthbench=$PROJECT" "$IMAGE")
+    for i in $(seq 1 1200); do
+        [[ "$(docker logs --tail 1 "$cid" 2>/dev/null)" == DONE ]] && break
+        sleep 0.1
+    done
+    app_rate "$cid" | cut -d' ' -f1
+    docker rm -f "$cid" >/dev/null
+}
+
+# With berth: a deployment of the built image (cache hit); poll the stored
+# lines until DONE. Prints "<app lines/s> <stored lines/s> <stored> <dropped> <lag ms>".
+with_berth() {
+    local id j first_seq="" t_first="" done_seq="" t_done="" last_seq="" t_change stalled=0 cid
+    id=$("$BERTH" deploy --project "$PROJECT" --ref "$SHA" --json | jq -r .id)
+    t_change=$(now_ns)
+    # Bounded: 3000 polls of >= 50 ms, or 15 s without a new line once started.
+    for _ in $(seq 1 3000); do
+        if [[ -z "$first_seq" ]]; then
+            j=$(api "deployments/$id/logs?stream=stdout&limit=1")
+            if [[ "$(jq length <<<"$j")" -gt 0 ]]; then
+                first_seq=$(jq -r '.[0].seq' <<<"$j")
+                t_first=$(now_ns)
+            fi
+        fi
+        if [[ -n "$first_seq" ]]; then
+            j=$(api "deployments/$id/logs?stream=stdout&limit=1&tail=true")
+            if [[ "$(jq -r '.[0].text // ""' <<<"$j")" == DONE ]]; then
+                t_done=$(now_ns)
+                done_seq=$(jq -r '.[0].seq' <<<"$j")
+                break
+            fi
+            if [[ "$(jq -r '.[0].seq' <<<"$j")" != "$last_seq" ]]; then
+                last_seq=$(jq -r '.[0].seq' <<<"$j")
+                t_change=$(now_ns)
+            elif (($(now_ns) - t_change > 15000000000)); then
+                stalled=1
+                break
+            fi
+        fi
+        sleep 0.05
+    done
+    if [[ -z "$first_seq" ]]; then
+        echo "no stdout line of deployment $id was stored" >&2
+        return 1
+    fi
+    if ((stalled)) || [[ -z "$done_seq" ]]; then
+        echo "warning: DONE of deployment $id was never stored (dropped?); counting up to the last stored line" >&2
+        done_seq=$last_seq
+        t_done=$t_change
+    fi
+    local stored dropped
+    stored=$(count_stdout "$id")
+    # Wait until the deployment is finished (active) before reading its container.
+    for _ in $(seq 1 600); do
+        j=$(api "deployments/$id")
+        [[ "$(jq -r .status <<<"$j")" =~ ^(succeeded|failed|cancelled)$ ]] && break
+        sleep 0.1
+    done
+    [[ "$(jq -r .status <<<"$j")" == succeeded ]] || { echo "deployment $id: $(jq -r '.status + " " + (.failureMessage // "")' <<<"$j")" >&2; return 1; }
+    dropped=$(api "deployments/$id/logs?stream=berth&limit=50000" |
+        jq '[.[] | .text | capture("^(?<n>[0-9]+) log lines dropped") | .n | tonumber] | add // 0')
+    cid=$(jq -r '.runtime.instanceId // empty' <<<"$j")
+    [[ -n "$cid" ]] || cid=$(docker ps -q --filter "label=dev.berth.deployment=$id" | head -n 1)
+    local app app_first app_done
+    read -r app app_first app_done <<<"$(app_rate "$cid")"
+    echo "$app $(rate "$stored" $((t_done - t_first))) $stored $dropped $(((t_done - app_done) / 1000000))"
+}
+
+echo "berth logs bench: RUNS=$RUNS LINES=$LINES, $(nproc) cores, load:$(uptime | sed 's/.*load average://')" >&2
+start_server
+"$BERTH" projects create "$PROJECT" --repo "$APP" >/dev/null
+echo "warm-up: building the image..." >&2
+"$BERTH" deploy --project "$PROJECT" --ref "$SHA" --wait --json >"$TMP/warm.json" 2>"$TMP/warm.err" ||
+    { cat "$TMP/warm.err" >&2; exit 1; }
+IMAGE=$(jq -r '.image.ref' "$TMP/warm.json")
+# Its lines must all be stored before a measured run starts.
+wait_done "$(jq -r .id "$TMP/warm.json")"
+
+b_app=() b_stored=() b_count=() b_dropped=() b_lag=() d_app=()
+for r in $(seq 1 "$RUNS"); do
+    echo "run $r/$RUNS" >&2
+    if ((r % 2)); then
+        out=$(with_berth)
+        d=$(docker_only)
+    else
+        d=$(docker_only)
+        out=$(with_berth)
+    fi
+    read -r a s n dr lag <<<"$out"
+    b_app+=("$a") b_stored+=("$s") b_count+=("$n") b_dropped+=("$dr") b_lag+=("$lag") d_app+=("$d")
+    echo "  with berth: app $a lines/s, stored $s lines/s ($n of $((LINES + 1)) stored, $dr dropped reported, DONE stored ${lag} ms after printed); docker only: app $d lines/s" >&2
+done
+
+read -r ba_med _ _ <<<"$(stats "${b_app[@]}")"
+read -r bs_med _ _ <<<"$(stats "${b_stored[@]}")"
+read -r da_med _ _ <<<"$(stats "${d_app[@]}")"
+read -r bd_med _ bd_max <<<"$(stats "${b_dropped[@]}")"
+read -r bn_med bn_min _ <<<"$(stats "${b_count[@]}")"
+
+echo
+echo "berth logs bench, RUNS=$RUNS, LINES=$LINES: median (min-max)"
+printf '%-40s %-26s %-26s %s\n' "measurement" "berth attached" "docker only" "berth/docker"
+printf '%-40s %-26s %-26s %s\n' "app throughput (lines/s)" "$(cell "$(stats "${b_app[@]}")")" "$(cell "$(stats "${d_app[@]}")")" \
+    "$(awk -v a="$ba_med" -v b="$da_med" 'BEGIN{printf "%.2f", (b>0)?a/b:0}')"
+printf '%-40s %-26s %-26s %s\n' "lines stored per second" "$(cell "$(stats "${b_stored[@]}")")" "-" "-"
+printf '%-40s %-26s %-26s %s\n' "lines stored (of $((LINES + 1)))" "$(cell "$(stats "${b_count[@]}")")" "-" "-"
+printf '%-40s %-26s %-26s %s\n' "dropped lines berth reported" "$(cell "$(stats "${b_dropped[@]}")")" "-" "-"
+printf '%-40s %-26s %-26s %s\n' "DONE stored after printed (ms)" "$(cell "$(stats "${b_lag[@]}")")" "-" "-"
+
+awk -v ba="$ba_med" -v da="$da_med" -v bs="$bs_med" -v dmax="$bd_max" -v nmin="$bn_min" -v total=$((LINES + 1)) 'BEGIN {
+    slow = (da > 0) ? (1 - ba / da) * 100 : 0
+    keeps = (dmax == 0 && nmin == total)
+    printf "verdict: berth stores %.0f lines/s; %s; the app runs %.1f %% %s with berth attached (%.0f vs %.0f lines/s)\n",
+        bs, keeps ? "every line stored, none dropped" : sprintf("lines lost: at worst %d stored of %d, %d dropped reported", nmin, total, dmax),
+        (slow < 0 ? -slow : slow), (slow >= 0 ? "slower" : "faster"), ba, da
+}'
