@@ -784,6 +784,133 @@ pub fn manifest(csrf: &str, d: &Deployment, m: Result<Files, String>) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use berth_core::model::{BuildInfo, Commit, Trigger, ALL_STEPS};
+    use berth_core::state::{Health, Status};
+
+    fn failed_deployment() -> Deployment {
+        let t = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let mut steps: Vec<Step> = ALL_STEPS.iter().map(|s| Step::pending(*s)).collect();
+        steps[0].status = StepStatus::Succeeded;
+        steps[0].started_at = Some(t);
+        steps[0].completed_at = Some(t + chrono::Duration::milliseconds(400));
+        steps[0].duration_ms = Some(400);
+        steps[0].log = "cloned <b>".into();
+        steps[1].status = StepStatus::Failed;
+        steps[1].started_at = Some(t + chrono::Duration::milliseconds(400));
+        steps[1].completed_at = Some(t + chrono::Duration::milliseconds(1400));
+        steps[1].duration_ms = Some(1000);
+        Deployment {
+            id: "01abc".into(),
+            project_name: "shop".into(),
+            service_name: "web".into(),
+            environment_name: "production".into(),
+            status: Status::Failed,
+            promotion_stage: Stage::Building,
+            health: Health::Pending,
+            is_active: false,
+            route_url: Some("http://shop.localhost:8080/".into()),
+            preview_url: None,
+            failure_message: Some("analyze: bad <script>alert(1)</script>".into()),
+            created_at: t,
+            started_at: Some(t),
+            completed_at: Some(t + chrono::Duration::milliseconds(1400)),
+            reference: "main".into(),
+            commit: Some(Commit {
+                sha: "0123456789abcdef".into(),
+                branch: Some("main".into()),
+                message: "\"quoted\" & <tagged>".into(),
+                author: "Ada".into(),
+            }),
+            trigger: Trigger::Manual,
+            source_deployment_id: None,
+            image: None,
+            build: BuildInfo::default(),
+            steps,
+            canary_weight: None,
+            runtime: None,
+            source_repo: None,
+        }
+    }
+
+    #[test]
+    fn deployment_page_escapes_and_offers_only_fitting_actions() {
+        let d = failed_deployment();
+        let html = deployment("tok", &d, &[], None);
+        assert!(!html.contains("<script>alert"), "failure message escaped");
+        assert!(html.contains("bad &lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(html.contains("&quot;quoted&quot; &amp; &lt;tagged&gt;"));
+        assert!(html.contains("cloned &lt;b&gt;"));
+        // A failed, inactive deployment: redeploy only.
+        assert!(html.contains("/console/deployments/01abc/redeploy"));
+        for a in ["rollback", "promote", "cancel"] {
+            assert!(
+                !html.contains(&format!("/console/deployments/01abc/{a}\"")),
+                "{a}"
+            );
+        }
+        assert!(html.contains("400 ms") && html.contains("1.0 s"));
+        assert!(html.contains(r#"name="csrf" value="tok""#));
+        assert!(html.contains(r#"data-live="false""#));
+    }
+
+    #[test]
+    fn an_active_deployment_can_be_rolled_back_and_a_running_one_cancelled() {
+        let mut d = failed_deployment();
+        d.status = Status::Succeeded;
+        d.promotion_stage = Stage::Active;
+        d.is_active = true;
+        d.failure_message = None;
+        let html = deployment("tok", &d, &[], None);
+        assert!(html.contains("/console/deployments/01abc/rollback"));
+        assert!(!html.contains("/console/deployments/01abc/cancel"));
+        assert!(html.contains(r#"data-live="true""#));
+        d.status = Status::Running;
+        d.is_active = false;
+        d.promotion_stage = Stage::Building;
+        let html = deployment("tok", &d, &[], None);
+        assert!(html.contains("/console/deployments/01abc/cancel"));
+        assert!(!html.contains("/console/deployments/01abc/rollback"));
+    }
+
+    #[test]
+    fn secrets_never_show_their_value() {
+        let t = chrono::Utc::now();
+        let p = Project {
+            name: "shop".into(),
+            repo: "https://user:pw@example.com/x.git".into(),
+            default_branch: "main".into(),
+            retain_images: 3,
+            has_webhook_secret: false,
+            created_at: t,
+        };
+        let env = Environment {
+            project_name: "shop".into(),
+            name: "production".into(),
+            branch: None,
+            kind: EnvironmentKind::Production,
+            created_at: t,
+        };
+        let vars = vec![vec![
+            Variable {
+                key: "PLAIN".into(),
+                value: Some("<v>".into()),
+                secret: false,
+                updated_at: t,
+            },
+            // Even if a value came along, a secret is masked.
+            Variable {
+                key: "TOKEN".into(),
+                value: Some("hunter2".into()),
+                secret: true,
+                updated_at: t,
+            },
+        ]];
+        let html = project("tok", &p, &[env], &vars, &[]);
+        assert!(html.contains("&lt;v&gt;"));
+        assert!(!html.contains("hunter2"));
+        assert!(!html.contains("user:pw"), "repo credentials masked");
+        assert!(html.contains("•••"));
+    }
 
     #[test]
     fn step_bars_stay_on_the_track() {

@@ -331,9 +331,16 @@ fn console_signs_in_follows_live_logs_and_rolls_back_in_a_browser() {
     b.type_into("#token", TOKEN);
     b.click("#signin");
 
-    // The project page: services with the active deployment, the list.
+    // Signed in, back where we were going: the project page.
     b.wait_for("#deployments", 20);
     assert!(b.url().ends_with(&format!("/console/projects/{project}")));
+    b.goto(&format!("{}/console", s.api()));
+    b.wait_text("main", &project, 20);
+    b.screenshot("02-projects");
+    b.click(&format!("a[href='/console/projects/{project}']"));
+
+    // The project page: services with the active deployment, the list.
+    b.wait_for("#deployments", 20);
     let page = b.text_of("#deployments");
     assert!(page.contains(&v2_id) && page.contains(v1["id"].as_str().unwrap()));
     let vars = b.js("return document.body.innerText").to_string();
@@ -341,7 +348,7 @@ fn console_signs_in_follows_live_logs_and_rolls_back_in_a_browser() {
         vars.contains("SECRET_X") && !vars.contains(SECRET),
         "{vars}"
     );
-    b.screenshot("02-project");
+    b.screenshot("03-project");
 
     // The variables editor: a plain value is shown, a secret never.
     b.type_into(".setvar input[name=key]", "PLAIN_Y");
@@ -364,7 +371,7 @@ fn console_signs_in_follows_live_logs_and_rolls_back_in_a_browser() {
         "{listed}"
     );
     b.scroll_to("#vars-production");
-    b.screenshot("03-variables");
+    b.screenshot("04-variables");
 
     // The active deployment's page, its logs live.
     b.click(&format!("a[href='/console/deployments/{v2_id}']"));
@@ -380,7 +387,7 @@ fn console_signs_in_follows_live_logs_and_rolls_back_in_a_browser() {
         .to_string();
     assert!(!html.contains(SECRET));
     assert!(b.text_of("#badges").contains("succeeded"));
-    b.screenshot("04-deployment");
+    b.screenshot("05-deployment");
 
     // A line the app writes now appears without a reload.
     let inspected = s.json(&["inspect", &v2_id, "--json"]);
@@ -407,7 +414,7 @@ fn console_signs_in_follows_live_logs_and_rolls_back_in_a_browser() {
         "the line arrived live, not by a reload"
     );
     b.scroll_to("#logs");
-    b.screenshot("05-live-log");
+    b.screenshot("06-live-log");
 
     // The session cookie reads the API but changes nothing without the
     // form's CSRF token, nor through the JSON API.
@@ -468,12 +475,12 @@ fn console_signs_in_follows_live_logs_and_rolls_back_in_a_browser() {
     assert_eq!(rb["commit"]["sha"], v1["commit"]["sha"]);
     wait_body(&s, &host(&project), "console v1");
     b.wait_text("#logs", "secret is ***", 20);
-    b.screenshot("06-rolled-back");
+    b.screenshot("07-rolled-back");
     b.scroll_to("#logs");
-    b.screenshot("07-rolled-back-logs");
+    b.screenshot("08-rolled-back-logs");
 
     // The manifest of the image, computed on demand.
     b.goto(&format!("{}/console/deployments/{rb_id}/manifest", s.api()));
     b.wait_text("main", "/bin/busybox", 60);
-    b.screenshot("08-manifest");
+    b.screenshot("09-manifest");
 }
