@@ -29,9 +29,6 @@ fn main() {
         eprintln!("--upstream ADDR is required");
         std::process::exit(2);
     }
-    // One single-threaded runtime per worker, each with its own SO_REUSEPORT
-    // listener (the kernel spreads connections), all sharing one Edge: no
-    // work stealing between cores, like nginx's worker processes.
     let edge = Edge::new(EdgeConfig {
         upstream_timeout: Duration::from_secs(30),
         ..EdgeConfig::default()
@@ -58,45 +55,15 @@ fn main() {
         std::process::exit(2);
     });
     eprintln!("edge_bench listening on {listen} with {threads} worker threads");
-    let workers: Vec<_> = (0..threads.max(1))
-        .map(|_| {
-            let edge = edge.clone();
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap_or_else(|e| {
-                        eprintln!("cannot start runtime: {e}");
-                        std::process::exit(1);
-                    });
-                rt.block_on(async move {
-                    let listener = bind(addr).unwrap_or_else(|e| {
-                        eprintln!("cannot listen on {addr}: {e}");
-                        std::process::exit(1);
-                    });
-                    let shutdown = async {
-                        let _ = tokio::signal::ctrl_c().await;
-                    };
-                    if let Err(e) = edge.serve(listener, shutdown).await {
-                        eprintln!("serve: {e}");
-                    }
-                });
-            })
+    // The fast path: one single-threaded runtime per worker, each with its
+    // own SO_REUSEPORT listener and upstream pool (Edge::serve_threads).
+    let handle = edge
+        .serve_threads(addr, threads, async {
+            let _ = tokio::signal::ctrl_c().await;
         })
-        .collect();
-    for w in workers {
-        let _ = w.join();
-    }
-}
-
-fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
+        .unwrap_or_else(|e| {
+            eprintln!("cannot listen on {addr}: {e}");
+            std::process::exit(1);
+        });
+    handle.join();
 }

@@ -15,7 +15,12 @@
 //!   file if it exists, so a restarted berth serves its last routes at once.
 //! * [`Edge::serve`]`(listener, shutdown)`: HTTP/1.1 keep-alive and HTTP/2
 //!   (h2c prior knowledge) towards clients; on `shutdown` stops accepting and
-//!   finishes in-flight requests.
+//!   finishes in-flight requests. Works on any runtime; on a multi-threaded
+//!   one, requests and upstream connections may hop between threads.
+//! * [`Edge::serve_threads`]`(addr, threads, shutdown) -> io::Result<ServeHandle>`:
+//!   the fast path. `threads` worker threads, each with a single-threaded
+//!   runtime, its own `SO_REUSEPORT` listener and its own upstream pool;
+//!   [`ServeHandle::wait`] resolves when they have all stopped.
 //! * [`Edge::apply`]`(Vec<RouteChange>) -> Result<(), RouteError>`.
 //! * [`Edge::routes`]`() -> Vec<(String, RouteSpec)>` sorted by host.
 //! * [`Edge::drain`]`(target_id, timeout) -> DrainReport`,
@@ -76,6 +81,7 @@ mod target;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -92,6 +98,42 @@ pub use target::DrainReport;
 
 use table::RouteTable;
 use target::Registry;
+
+/// The worker threads started by [`Edge::serve_threads`].
+#[derive(Debug)]
+pub struct ServeHandle {
+    addr: SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+    done: Vec<tokio::sync::oneshot::Receiver<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl ServeHandle {
+    /// The address every worker listens on (the port chosen for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting now, as if the `shutdown` future had resolved.
+    pub fn shutdown(&self) {
+        self.stop.cancel();
+    }
+
+    /// Resolves once every worker has stopped and finished its in-flight
+    /// requests (after `shutdown`).
+    pub async fn wait(self) {
+        for d in self.done {
+            let _ = d.await;
+        }
+    }
+
+    /// Blocking form of [`ServeHandle::wait`], for use outside a runtime.
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
 
 /// Settings of the edge proxy.
 #[derive(Debug, Clone)]
@@ -280,6 +322,120 @@ impl Edge {
         graceful.shutdown().await;
         reaper.abort();
         Ok(())
+    }
+
+    /// The fast path: serves clients on `addr` with `threads` worker threads,
+    /// each running its own single-threaded tokio runtime with its own
+    /// `SO_REUSEPORT` listener (the kernel spreads new connections among
+    /// them) and its own upstream connection pool, so a request is handled
+    /// from accept to response on one thread, without cross-thread
+    /// wake-ups; the route table, in-flight counters and metrics stay shared.
+    ///
+    /// Every listener is bound before this returns (port 0 picks one port
+    /// for all; see [`ServeHandle::local_addr`]). When `shutdown` resolves
+    /// (it is polled on the first worker's runtime), every worker stops
+    /// accepting and finishes its in-flight requests, as [`Edge::serve`]
+    /// does; [`ServeHandle::wait`] resolves then. Callable from inside or
+    /// outside a tokio runtime. Note that `SO_REUSEPORT` lets another
+    /// process of the same user bind the same port.
+    pub fn serve_threads(
+        &self,
+        addr: SocketAddr,
+        threads: usize,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<ServeHandle> {
+        let threads = threads.max(1);
+        let mut sockets = Vec::with_capacity(threads);
+        let mut bind_to = addr;
+        for _ in 0..threads {
+            let socket = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            socket.set_reuseaddr(true)?;
+            socket.set_reuseport(true)?;
+            socket.bind(bind_to)?;
+            bind_to = socket.local_addr()?;
+            sockets.push(socket);
+        }
+        let stop = tokio_util::sync::CancellationToken::new();
+        let mut shutdown: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> =
+            Some(Box::pin(shutdown));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
+        let mut done = Vec::with_capacity(threads);
+        let mut handles = Vec::with_capacity(threads);
+        for (i, socket) in sockets.into_iter().enumerate() {
+            let edge = self.clone();
+            let worker_stop = stop.clone();
+            let ready = ready_tx.clone();
+            let shutdown = shutdown.take();
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+            done.push(done_rx);
+            let spawned = std::thread::Builder::new()
+                .name(format!("berth-edge-{i}"))
+                .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ = ready.send(Err(e));
+                            return;
+                        }
+                    };
+                    rt.block_on(async move {
+                        let listener = match socket.listen(1024) {
+                            Ok(l) => l,
+                            Err(e) => {
+                                let _ = ready.send(Err(e));
+                                return;
+                            }
+                        };
+                        let _ = ready.send(Ok(()));
+                        drop(ready);
+                        if let Some(shutdown) = shutdown {
+                            let stop = worker_stop.clone();
+                            tokio::spawn(async move {
+                                shutdown.await;
+                                stop.cancel();
+                            });
+                        }
+                        if let Err(e) = edge.serve(listener, worker_stop.cancelled_owned()).await {
+                            tracing::error!(error = %e, "edge worker stopped");
+                        }
+                    });
+                    let _ = done_tx.send(());
+                });
+            match spawned {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    stop.cancel();
+                    return Err(e);
+                }
+            }
+        }
+        drop(ready_tx);
+        for _ in 0..threads {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    stop.cancel();
+                    return Err(e);
+                }
+                Err(_) => {
+                    stop.cancel();
+                    return Err(std::io::Error::other("an edge worker thread ended early"));
+                }
+            }
+        }
+        Ok(ServeHandle {
+            addr: bind_to,
+            stop,
+            done,
+            threads: handles,
+        })
     }
 
     /// Applies a batch of changes atomically (see the crate invariants).

@@ -650,3 +650,39 @@ async fn drain_closes_websockets_with_1001_at_a_frame_boundary() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn serve_threads_serves_on_every_worker_and_stops() {
+    let a = upstream("app-a").await;
+    let edge = berth_edge::Edge::new(EdgeConfig::default()).unwrap();
+    edge.apply(vec![upsert("a.localhost", vec![target("a", a.addr, 1)])])
+        .unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = edge
+        .serve_threads("127.0.0.1:0".parse().unwrap(), 2, async move {
+            let _ = rx.await;
+        })
+        .unwrap();
+    let addr = handle.local_addr();
+    assert_ne!(addr.port(), 0);
+    for _ in 0..8 {
+        let mut c = Conn::open(addr).await;
+        for _ in 0..3 {
+            assert_eq!(
+                c.get("a.localhost", "/").await,
+                (StatusCode::OK, "app-a".to_string())
+            );
+        }
+    }
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 24);
+    // a request in flight at shutdown still completes
+    let mut slow = Conn::open(addr).await;
+    let pending = tokio::spawn(async move { slow.get("a.localhost", "/slow?ms=300").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tx.send(()).unwrap();
+    assert_eq!(pending.await.unwrap().0, StatusCode::OK);
+    tokio::time::timeout(Duration::from_secs(10), handle.wait())
+        .await
+        .expect("workers stopped");
+    assert!(TcpStream::connect(addr).await.is_err(), "still listening");
+}
