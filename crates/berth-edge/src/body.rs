@@ -4,12 +4,14 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio::sync::futures::OwnedNotified;
+use tokio::sync::Notify;
 
 use crate::pool::Pooled;
 use crate::target::InflightGuard;
@@ -36,9 +38,12 @@ struct Streaming {
     guard: Option<InflightGuard>,
     /// The upstream connection, back to its pool at end of stream.
     conn: Option<Pooled>,
-    abort: CancellationToken,
+    /// Abort generation recorded at the start of the request.
+    abort_gen: u64,
+    /// The worker's abort bell (see `target::wait_abort`).
+    bell: Arc<Notify>,
     /// Created lazily, the first time the upstream makes us wait.
-    abort_wait: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    abort_wait: Option<Pin<Box<OwnedNotified>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,13 +67,15 @@ impl ProxyBody {
         inner: Incoming,
         guard: InflightGuard,
         conn: Pooled,
-        abort: CancellationToken,
+        abort_gen: u64,
+        bell: Arc<Notify>,
     ) -> ProxyBody {
         let mut s = Streaming {
             inner,
             guard: Some(guard),
             conn: Some(conn),
-            abort,
+            abort_gen,
+            bell,
             abort_wait: None,
         };
         if s.inner.is_end_stream() {
@@ -119,18 +126,27 @@ impl Body for ProxyBody {
                         }
                         Poll::Ready(Some(Ok(f)))
                     }
-                    Poll::Pending => {
-                        let wait = s
-                            .abort_wait
-                            .get_or_insert_with(|| Box::pin(s.abort.clone().cancelled_owned()));
-                        match wait.as_mut().poll(cx) {
-                            Poll::Ready(()) => {
-                                s.guard = None;
-                                Poll::Ready(Some(Err(Box::new(Aborted))))
-                            }
-                            Poll::Pending => Poll::Pending,
+                    Poll::Pending => loop {
+                        let wait = s.abort_wait.get_or_insert_with(|| {
+                            let mut w = Box::pin(s.bell.clone().notified_owned());
+                            w.as_mut().enable();
+                            w
+                        });
+                        let aborted = s
+                            .guard
+                            .as_ref()
+                            .is_some_and(|g| g.target.is_aborted(s.abort_gen));
+                        if aborted {
+                            s.guard = None;
+                            s.conn = None;
+                            return Poll::Ready(Some(Err(Box::new(Aborted))));
                         }
-                    }
+                        match wait.as_mut().poll(cx) {
+                            // rung for some target: re-arm and check again
+                            Poll::Ready(()) => s.abort_wait = None,
+                            Poll::Pending => return Poll::Pending,
+                        }
+                    },
                 }
             }
         }

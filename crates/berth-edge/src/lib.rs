@@ -202,6 +202,8 @@ pub(crate) struct Worker {
     /// This loop's upstream connections: on a single-threaded runtime every
     /// pooled connection is used by the thread that owns it.
     pub(crate) pool: Arc<pool::Pool>,
+    /// Rung when a drain deadline aborts requests (see `target.rs`).
+    pub(crate) bell: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Edge {
@@ -271,6 +273,7 @@ impl Edge {
                 self.inner.connect_timeout,
                 self.inner.pool_idle_timeout,
             )),
+            bell: self.inner.registry.new_bell(),
         });
         let reaper = {
             let pool = Arc::downgrade(&worker.pool);
@@ -474,7 +477,7 @@ impl Edge {
     /// Drains a target the caller has already removed from the routes.
     pub async fn drain(&self, target_id: &str, timeout: Duration) -> DrainReport {
         match self.inner.registry.find_target(target_id) {
-            Some(t) => target::drain(&t, timeout).await,
+            Some(t) => target::drain(&t, timeout, &self.inner.registry).await,
             None => DrainReport::default(),
         }
     }

@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use crate::body::ProxyBody;
 use crate::route::request_host_key;
 use crate::scan::{ScanState, Verdict};
-use crate::target::{InflightGuard, UpgradedGuard};
+use crate::target::{wait_abort, InflightGuard, UpgradedGuard};
 use crate::Worker;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -168,8 +168,7 @@ async fn handle_inner(
     let started = Instant::now();
     let guard = InflightGuard::new(target.state.clone());
     let series = target.series.clone();
-    let abort = target.state.abort_token();
-    let upgraded_token = target.state.upgraded_token();
+    let abort_gen = target.state.abort_gen();
     let target_state = target.state.clone();
     let uri = upstream_uri(req.uri());
     let target_authority = target.authority.clone();
@@ -178,6 +177,10 @@ async fn handle_inner(
     // Header rewrite.
     let is_h1 = req.version() == Version::HTTP_11;
     let client_upgrade = strip_hop_by_hop(req.headers_mut(), is_h1);
+    // Taken at the start, so a drain during the handshake still closes it.
+    let upgraded_token = client_upgrade
+        .as_ref()
+        .map(|_| target_state.upgraded_token());
     let original_host = match req.headers().get(header::HOST) {
         Some(h) => Some(h.clone()),
         None => req
@@ -211,7 +214,7 @@ async fn handle_inner(
     let sent = tokio::time::timeout(inner.upstream_timeout, worker.pool.send(authority, req));
     let result = tokio::select! {
         r = sent => r,
-        _ = abort.cancelled() => {
+        _ = wait_abort(&target_state, abort_gen, &worker.bell) => {
             series.record(504, started.elapsed());
             return error_response(StatusCode::GATEWAY_TIMEOUT, "504 gateway timeout: instance drained\n");
         }
@@ -257,7 +260,8 @@ async fn handle_inner(
                     };
                 let client_io = TokioIo::new(client_io);
                 let upstream_io = TokioIo::new(upstream_io);
-                crate::splice::splice(client_io, upstream_io, upgraded_token, websocket).await;
+                let token = upgraded_token.unwrap_or_default();
+                crate::splice::splice(client_io, upstream_io, token, websocket).await;
                 drop(ws_guard);
             });
             let (mut parts, _) = resp.into_parts();
@@ -279,7 +283,10 @@ async fn handle_inner(
 
     strip_hop_by_hop(resp.headers_mut(), false);
     let (parts, body) = resp.into_parts();
-    Response::from_parts(parts, ProxyBody::upstream(body, guard, conn, abort))
+    Response::from_parts(
+        parts,
+        ProxyBody::upstream(body, guard, conn, abort_gen, worker.bell.clone()),
+    )
 }
 
 /// The origin-form request target sent upstream (`/path?query`).

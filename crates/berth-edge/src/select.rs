@@ -24,6 +24,9 @@ pub(crate) struct Picker {
     cumulative: Box<[u64]>,
     total: u64,
     stride: u64,
+    /// Set when a single target has weight: picking it needs no ticket (no
+    /// shared counter written on every request).
+    only: Option<usize>,
     next: AtomicU64,
 }
 
@@ -41,8 +44,14 @@ impl Picker {
         if sum == 0 {
             return None;
         }
+        let mut weighted = weights.iter().enumerate().filter(|(_, w)| **w > 0);
+        let only = match (weighted.next(), weighted.next()) {
+            (Some((i, _)), None) => Some(i),
+            _ => None,
+        };
         Some(Picker {
             cumulative,
+            only,
             total: sum,
             stride: stride_for(sum),
             next: AtomicU64::new(0),
@@ -51,6 +60,9 @@ impl Picker {
 
     /// Index of the target that gets the next request.
     pub(crate) fn pick(&self) -> usize {
+        if let Some(i) = self.only {
+            return i;
+        }
         let n = self.next.fetch_add(1, Ordering::Relaxed) % self.total;
         let p = ((u128::from(n) * u128::from(self.stride)) % u128::from(self.total)) as u64;
         // First target whose cumulative weight is above p; zero-weight targets

@@ -6,7 +6,7 @@
 //! so the state disappears once no table references it and it is idle.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -21,9 +21,10 @@ pub(crate) struct TargetState {
     inflight: AtomicUsize,
     upgraded: AtomicUsize,
     idle: Notify,
-    /// Cancelled when a drain deadline passes; replaced by a fresh token so
-    /// only the requests that were running then are aborted.
-    abort: Mutex<CancellationToken>,
+    /// Bumped when a drain deadline passes: a request aborts when it differs
+    /// from the value it read at its start, so only the requests that were
+    /// running then are aborted. Reading it costs no lock nor shared write.
+    abort_gen: AtomicU64,
     /// Cancelled when the target is drained: closes upgraded connections.
     close_upgraded: Mutex<CancellationToken>,
 }
@@ -35,7 +36,7 @@ impl TargetState {
             inflight: AtomicUsize::new(0),
             upgraded: AtomicUsize::new(0),
             idle: Notify::new(),
-            abort: Mutex::new(CancellationToken::new()),
+            abort_gen: AtomicU64::new(0),
             close_upgraded: Mutex::new(CancellationToken::new()),
         }
     }
@@ -48,8 +49,13 @@ impl TargetState {
         self.upgraded.load(Ordering::Acquire)
     }
 
-    pub(crate) fn abort_token(&self) -> CancellationToken {
-        lock(&self.abort).clone()
+    /// The abort generation a starting request records.
+    pub(crate) fn abort_gen(&self) -> u64 {
+        self.abort_gen.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn is_aborted(&self, gen: u64) -> bool {
+        self.abort_gen() != gen
     }
 
     pub(crate) fn upgraded_token(&self) -> CancellationToken {
@@ -119,6 +125,21 @@ pub struct DrainReport {
     pub upgraded_closed: usize,
 }
 
+/// Resolves when the request that recorded `gen` on `target` is aborted.
+/// Waits on its worker's `bell` (one per `serve` loop, so registering is an
+/// uncontended lock on the worker's own thread).
+pub(crate) async fn wait_abort(target: &TargetState, gen: u64, bell: &Notify) {
+    loop {
+        let rung = bell.notified();
+        tokio::pin!(rung);
+        rung.as_mut().enable();
+        if target.is_aborted(gen) {
+            return;
+        }
+        rung.await;
+    }
+}
+
 /// `(host, target id)`.
 type SeriesKey = (Box<str>, Box<str>);
 
@@ -127,6 +148,8 @@ type SeriesKey = (Box<str>, Box<str>);
 pub(crate) struct Registry {
     targets: Mutex<HashMap<Box<str>, Weak<TargetState>>>,
     series: Mutex<HashMap<SeriesKey, Weak<Series>>>,
+    /// One bell per `serve` loop, rung when a drain aborts requests.
+    bells: Mutex<Vec<Weak<Notify>>>,
 }
 
 impl Registry {
@@ -153,6 +176,22 @@ impl Registry {
         let s = Arc::new(Series::new(host, target));
         map.insert(key, Arc::downgrade(&s));
         s
+    }
+
+    /// A bell for a new `serve` loop.
+    pub(crate) fn new_bell(&self) -> Arc<Notify> {
+        let bell = Arc::new(Notify::new());
+        let mut bells = lock(&self.bells);
+        bells.retain(|b| b.strong_count() > 0);
+        bells.push(Arc::downgrade(&bell));
+        bell
+    }
+
+    /// Wakes every request waiting for an abort, so each checks its target.
+    pub(crate) fn ring(&self) {
+        for b in lock(&self.bells).iter().filter_map(Weak::upgrade) {
+            b.notify_waiters();
+        }
     }
 
     /// Forgets entries whose state is gone.
@@ -182,7 +221,11 @@ impl Registry {
 
 /// Drains one target: closes its upgraded connections at once, waits for its
 /// in-flight requests until `timeout`, then aborts those still running.
-pub(crate) async fn drain(target: &TargetState, timeout: Duration) -> DrainReport {
+pub(crate) async fn drain(
+    target: &TargetState,
+    timeout: Duration,
+    registry: &Registry,
+) -> DrainReport {
     let mut report = DrainReport {
         inflight_at_start: target.inflight(),
         upgraded_closed: target.upgraded(),
@@ -205,7 +248,8 @@ pub(crate) async fn drain(target: &TargetState, timeout: Duration) -> DrainRepor
         }
     }
     report.aborted = target.inflight();
-    TargetState::rotate(&target.abort);
+    target.abort_gen.fetch_add(1, Ordering::AcqRel);
+    registry.ring();
     // Give the aborted requests a moment to unwind so the caller sees 0.
     let grace = tokio::time::Instant::now() + Duration::from_secs(1);
     while target.inflight() > 0 && tokio::time::Instant::now() < grace {
@@ -249,25 +293,25 @@ mod tests {
         let t = reg.target("d");
         let g1 = InflightGuard::new(t.clone());
         let g2 = InflightGuard::new(t.clone());
-        let token = t.abort_token();
-        let t2 = t.clone();
-        let h = tokio::spawn(async move { drain(&t2, Duration::from_secs(10)).await });
+        let gen = t.abort_gen();
+        let reg = Arc::new(reg);
+        let bell = reg.new_bell();
+        let (t2, reg2) = (t.clone(), reg.clone());
+        let h = tokio::spawn(async move { drain(&t2, Duration::from_secs(10), &reg2).await });
         tokio::time::sleep(Duration::from_secs(1)).await;
         drop(g1);
         // g2 is released only when aborted
-        let token2 = token.clone();
-        tokio::spawn(async move {
-            token2.cancelled().await;
+        let t3 = t.clone();
+        let aborted = tokio::spawn(async move {
+            wait_abort(&t3, gen, &bell).await;
             drop(g2);
         });
         let report = h.await.unwrap();
         assert_eq!(report.inflight_at_start, 2);
         assert_eq!(report.aborted, 1);
-        assert!(token.is_cancelled());
-        assert!(
-            !t.abort_token().is_cancelled(),
-            "new requests get a fresh token"
-        );
+        aborted.await.unwrap();
+        assert!(t.is_aborted(gen));
+        assert!(!t.is_aborted(t.abort_gen()), "new requests are not aborted");
         assert_eq!(t.inflight(), 0);
     }
 
@@ -275,7 +319,7 @@ mod tests {
     async fn drain_of_idle_target_is_immediate() {
         let reg = Registry::default();
         let t = reg.target("d");
-        let r = drain(&t, Duration::from_secs(30)).await;
+        let r = drain(&t, Duration::from_secs(30), &reg).await;
         assert_eq!(r, DrainReport::default());
     }
 }
