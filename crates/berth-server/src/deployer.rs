@@ -511,3 +511,72 @@ impl Deployer {
         Ok(out)
     }
 }
+
+impl Deployer {
+    /// `berth rollback`: a new deployment (trigger rollback) of the slot's
+    /// previously active deployment.
+    pub async fn rollback(self: &Arc<Self>, slot: &Slot) -> ApiResult<Deployment> {
+        self.store.get_project(&slot.project).await?;
+        self.store
+            .get_environment(&slot.project, &slot.environment)
+            .await?;
+        let (_active, target) = self.rollback_target(slot).await?;
+        self.create(NewDeployment {
+            project: slot.project.clone(),
+            service: Some(slot.service.clone()),
+            environment: Some(slot.environment.clone()),
+            reference: None,
+            trigger: Trigger::Rollback,
+            source: Some(target),
+            source_repo: None,
+        })
+        .await
+    }
+
+    /// `berth promote`: make a historic deployment that once went live
+    /// active again (its image, or a rebuild of its commit when pruned).
+    pub async fn promote(self: &Arc<Self>, id: &str) -> ApiResult<Deployment> {
+        let src = self.store.get_deployment(id).await?;
+        if src.status != Status::Succeeded || src.image.is_none() {
+            return Err(ApiError::conflict(format!(
+                "deployment {id} never went live ({}); only a deployment that succeeded can be promoted",
+                src.status
+            )));
+        }
+        if src.is_active || src.promotion_stage == Stage::Active {
+            return Err(ApiError::conflict(format!(
+                "deployment {id} is already active"
+            )));
+        }
+        self.create(NewDeployment {
+            project: src.project_name.clone(),
+            service: Some(src.service_name.clone()),
+            environment: Some(src.environment_name.clone()),
+            reference: None,
+            trigger: Trigger::Promote,
+            source: Some(src),
+            source_repo: None,
+        })
+        .await
+    }
+
+    /// `berth redeploy`: the same commit again, through the whole pipeline.
+    pub async fn redeploy(self: &Arc<Self>, id: &str) -> ApiResult<Deployment> {
+        let src = self.store.get_deployment(id).await?;
+        let reference = src
+            .commit
+            .as_ref()
+            .map(|c| c.sha.clone())
+            .unwrap_or_else(|| src.reference.clone());
+        self.create(NewDeployment {
+            project: src.project_name.clone(),
+            service: Some(src.service_name.clone()),
+            environment: Some(src.environment_name.clone()),
+            reference: Some(reference),
+            trigger: Trigger::Redeploy,
+            source: None,
+            source_repo: src.source_repo.clone(),
+        })
+        .await
+    }
+}

@@ -9,7 +9,6 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use berth_core::api::{CreateDeployment, Rollback};
 use berth_core::model::{Deployment, Trigger, DEFAULT_SERVICE, PRODUCTION};
-use berth_core::state::{Stage, Status};
 use berth_store::{DeploymentQuery, Slot};
 use serde::Deserialize;
 
@@ -82,28 +81,12 @@ pub async fn rollback(
     State(s): State<AppState>,
     Json(req): Json<Rollback>,
 ) -> ApiResult<impl IntoResponse> {
-    s.store.get_project(&req.project).await?;
     let slot = Slot {
         project: req.project.clone(),
         environment: req.environment.unwrap_or_else(|| PRODUCTION.into()),
         service: req.service.unwrap_or_else(|| DEFAULT_SERVICE.into()),
     };
-    s.store
-        .get_environment(&slot.project, &slot.environment)
-        .await?;
-    let (_active, target) = s.deployer.rollback_target(&slot).await?;
-    let d = s
-        .deployer
-        .create(NewDeployment {
-            project: slot.project,
-            service: Some(slot.service),
-            environment: Some(slot.environment),
-            reference: None,
-            trigger: Trigger::Rollback,
-            source: Some(target),
-            source_repo: None,
-        })
-        .await?;
+    let d = s.deployer.rollback(&slot).await?;
     Ok((StatusCode::CREATED, Json(d)))
 }
 
@@ -111,56 +94,14 @@ pub async fn promote(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let src = s.store.get_deployment(&id).await?;
-    if src.status != Status::Succeeded || src.image.is_none() {
-        return Err(ApiError::conflict(format!(
-            "deployment {id} never went live ({}); only a deployment that succeeded can be promoted",
-            src.status
-        )));
-    }
-    if src.is_active || src.promotion_stage == Stage::Active {
-        return Err(ApiError::conflict(format!(
-            "deployment {id} is already active"
-        )));
-    }
-    let d = s
-        .deployer
-        .create(NewDeployment {
-            project: src.project_name.clone(),
-            service: Some(src.service_name.clone()),
-            environment: Some(src.environment_name.clone()),
-            reference: None,
-            trigger: Trigger::Promote,
-            source: Some(src),
-            source_repo: None,
-        })
-        .await?;
-    Ok((StatusCode::CREATED, Json(d)))
+    Ok((StatusCode::CREATED, Json(s.deployer.promote(&id).await?)))
 }
 
 pub async fn redeploy(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let src = s.store.get_deployment(&id).await?;
-    let reference = src
-        .commit
-        .as_ref()
-        .map(|c| c.sha.clone())
-        .unwrap_or_else(|| src.reference.clone());
-    let d = s
-        .deployer
-        .create(NewDeployment {
-            project: src.project_name.clone(),
-            service: Some(src.service_name.clone()),
-            environment: Some(src.environment_name.clone()),
-            reference: Some(reference),
-            trigger: Trigger::Redeploy,
-            source: None,
-            source_repo: src.source_repo.clone(),
-        })
-        .await?;
-    Ok((StatusCode::CREATED, Json(d)))
+    Ok((StatusCode::CREATED, Json(s.deployer.redeploy(&id).await?)))
 }
 
 pub async fn manifest(

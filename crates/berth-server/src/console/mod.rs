@@ -35,7 +35,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use berth_core::model::{Deployment, Trigger, DEFAULT_SERVICE, PRODUCTION};
-use berth_core::state::{Stage, Status};
+
 use berth_store::{DeploymentQuery, LogQuery, Slot, StoreError};
 use serde::Deserialize;
 use std::time::Duration;
@@ -463,26 +463,6 @@ struct SlotForm {
     service: Option<String>,
 }
 
-/// What `POST /api/v1/rollback` does: the previous deployment of a slot.
-async fn rollback(s: &AppState, slot: Slot) -> Result<Deployment, Oops> {
-    s.store.get_project(&slot.project).await?;
-    s.store
-        .get_environment(&slot.project, &slot.environment)
-        .await?;
-    let (_active, target) = s.deployer.rollback_target(&slot).await?;
-    Ok(s.deployer
-        .create(NewDeployment {
-            project: slot.project,
-            service: Some(slot.service),
-            environment: Some(slot.environment),
-            reference: None,
-            trigger: Trigger::Rollback,
-            source: Some(target),
-            source_repo: None,
-        })
-        .await?)
-}
-
 async fn rollback_slot(
     State(s): State<AppState>,
     a: Authed,
@@ -496,7 +476,7 @@ async fn rollback_slot(
         environment: non_empty(f.environment).unwrap_or_else(|| PRODUCTION.into()),
         service: non_empty(f.service).unwrap_or_else(|| DEFAULT_SERVICE.into()),
     };
-    Ok(to_deployment(&rollback(&s, slot).await?))
+    Ok(to_deployment(&s.deployer.rollback(&slot).await?))
 }
 
 async fn deployment_action(
@@ -518,54 +498,10 @@ async fn deployment_action(
                     ),
                 ));
             }
-            rollback(&s, Slot::of(&src)).await?
+            s.deployer.rollback(&Slot::of(&src)).await?
         }
-        "promote" => {
-            if src.status != Status::Succeeded || src.image.is_none() {
-                return Err(Oops(
-                    StatusCode::CONFLICT,
-                    format!(
-                        "deployment {id} never went live ({}); only a deployment that succeeded can be promoted",
-                        src.status
-                    ),
-                ));
-            }
-            if src.is_active || src.promotion_stage == Stage::Active {
-                return Err(Oops(
-                    StatusCode::CONFLICT,
-                    format!("deployment {id} is already active"),
-                ));
-            }
-            s.deployer
-                .create(NewDeployment {
-                    project: src.project_name.clone(),
-                    service: Some(src.service_name.clone()),
-                    environment: Some(src.environment_name.clone()),
-                    reference: None,
-                    trigger: Trigger::Promote,
-                    source: Some(src),
-                    source_repo: None,
-                })
-                .await?
-        }
-        "redeploy" => {
-            let reference = src
-                .commit
-                .as_ref()
-                .map(|c| c.sha.clone())
-                .unwrap_or_else(|| src.reference.clone());
-            s.deployer
-                .create(NewDeployment {
-                    project: src.project_name.clone(),
-                    service: Some(src.service_name.clone()),
-                    environment: Some(src.environment_name.clone()),
-                    reference: Some(reference),
-                    trigger: Trigger::Redeploy,
-                    source: None,
-                    source_repo: src.source_repo.clone(),
-                })
-                .await?
-        }
+        "promote" => s.deployer.promote(&id).await?,
+        "redeploy" => s.deployer.redeploy(&id).await?,
         "cancel" => s.deployer.cancel(&id).await?,
         _ => {
             return Err(Oops(
