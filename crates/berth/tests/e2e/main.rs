@@ -263,3 +263,76 @@ fn bad_input_is_refused_with_one_line_and_changes_nothing() {
     let projects = s.json(&["projects", "list", "--json"]);
     assert_eq!(projects.as_array().unwrap().len(), 1);
 }
+
+/// A tiny HTTP server on 127.0.0.1 that answers every request with `body`
+/// and echoes the X-Forwarded-* headers it got.
+fn legacy_upstream(body: &'static str) -> u16 {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten().take(50) {
+            let mut buf = [0u8; 4096];
+            let n = c.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+            let fwd: Vec<&str> = req
+                .lines()
+                .filter(|l| l.starts_with("x-forwarded-"))
+                .collect();
+            let text = format!("{body}\n{}", fwd.join("\n"));
+            let _ = write!(
+                c,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                text.len()
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn external_routes_send_a_hostname_to_an_upstream_berth_does_not_run() {
+    let s = Server::start();
+    let port = legacy_upstream("legacy app");
+    s.ok(&[
+        "routes",
+        "add",
+        "Legacy.Example.com",
+        "--upstream",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    let listed = s.json(&["routes", "list", "--json"]);
+    assert_eq!(listed[0]["hostname"], "legacy.example.com");
+    let (st, body) = s.get_host("legacy.example.com:80", "/").unwrap();
+    assert_eq!(st, 200);
+    assert!(body.starts_with("legacy app"), "{body}");
+    assert!(body.contains("x-forwarded-for: 127.0.0.1"), "{body}");
+    assert!(
+        body.contains("x-forwarded-host: legacy.example.com"),
+        "{body}"
+    );
+    assert!(body.contains("x-forwarded-proto: http"), "{body}");
+    // Invalid changes are refused and change nothing.
+    for (host, up) in [
+        ("bad host", "127.0.0.1:1"),
+        ("ok.example.com", "127.0.0.1"),
+        ("ok.example.com", "127.0.0.1:99999"),
+    ] {
+        let o = s.cli(&["routes", "add", host, "--upstream", up]);
+        assert!(!o.status.success(), "{host} {up}");
+    }
+    assert_eq!(
+        s.json(&["routes", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // The route survives a restart, then goes away when removed.
+    let mut s = s;
+    s.kill9();
+    s.spawn();
+    assert_eq!(s.get_host("legacy.example.com", "/").unwrap().0, 200);
+    s.ok(&["routes", "remove", "legacy.example.com"]);
+    assert_eq!(s.get_host("legacy.example.com", "/").unwrap().0, 404);
+}
