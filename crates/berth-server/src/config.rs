@@ -40,6 +40,10 @@ pub struct ServerConfig {
     /// A deployment still waiting for a pipeline or build slot after this
     /// long ends failed, so nothing waits forever.
     pub queue_timeout: Duration,
+    /// Log lines older than this are deleted.
+    pub log_retention: Duration,
+    /// Each project keeps at most this many log lines (the newest).
+    pub log_max_lines_per_project: u64,
 }
 
 impl ServerConfig {
@@ -61,6 +65,8 @@ impl ServerConfig {
             node_image: None,
             python_image: None,
             queue_timeout: Duration::from_secs(3600),
+            log_retention: Duration::from_secs(30 * 24 * 3600),
+            log_max_lines_per_project: 2_000_000,
         }
     }
 

@@ -172,6 +172,24 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         });
     }
 
+    // Log retention, at start and every 10 minutes.
+    {
+        let store = store.clone();
+        let (age, max) = (cfg.log_retention, cfg.log_max_lines_per_project);
+        tokio::spawn(async move {
+            loop {
+                let cutoff =
+                    chrono::Utc::now() - chrono::Duration::from_std(age).unwrap_or_default();
+                match store.prune_logs(cutoff, max).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(lines = n, "log retention removed old lines"),
+                    Err(e) => tracing::warn!(error = %e, "log retention failed"),
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+            }
+        });
+    }
+
     let state = api::AppState {
         store,
         deployer,

@@ -212,4 +212,13 @@ pub trait Store: Send + Sync + 'static {
         at: DateTime<Utc>,
     ) -> Result<()>;
     async fn get_manifest(&self, image: &str) -> Result<Option<Vec<ManifestEntry>>>;
+
+    /// Log retention: drop lines older than `older_than`, and each
+    /// project's oldest lines beyond `max_lines_per_project`. Returns how
+    /// many lines went.
+    async fn prune_logs(
+        &self,
+        older_than: DateTime<Utc>,
+        max_lines_per_project: u64,
+    ) -> Result<u64>;
 }

@@ -781,4 +781,40 @@ impl Store for SqliteStore {
         data.map(|d| serde_json::from_str(&d).map_err(backend))
             .transpose()
     }
+
+    async fn prune_logs(
+        &self,
+        older_than: DateTime<Utc>,
+        max_lines_per_project: u64,
+    ) -> Result<u64> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let mut removed = tx.execute("DELETE FROM logs WHERE ts < ?1", [ts(&older_than)])? as u64;
+            let projects: Vec<String> = {
+                let mut st = tx.prepare("SELECT name FROM projects")?;
+                let rows = st.query_map([], |r| r.get(0))?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            for p in projects {
+                // The seq below which this project's oldest lines go.
+                let cut: Option<i64> = tx
+                    .query_row(
+                        "SELECT l.seq FROM logs l JOIN deployments d ON d.id = l.deployment_id \
+                         WHERE d.project = ?1 ORDER BY l.seq DESC LIMIT 1 OFFSET ?2",
+                        params![p, max_lines_per_project as i64],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(cut) = cut {
+                    removed += tx.execute(
+                        "DELETE FROM logs WHERE seq <= ?1 AND deployment_id IN (SELECT id FROM deployments WHERE project = ?2)",
+                        params![cut, p],
+                    )? as u64;
+                }
+            }
+            tx.commit()?;
+            Ok(removed)
+        })
+        .await
+    }
 }

@@ -368,3 +368,52 @@ async fn environments_and_external_routes() {
     assert!(s.remove_external_route("legacy.example.com").await.unwrap());
     assert!(!s.remove_external_route("legacy.example.com").await.unwrap());
 }
+
+#[tokio::test]
+async fn log_retention_drops_old_lines_and_caps_each_project() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.create_project(new_project("shop")).await.unwrap();
+    s.create_project(new_project("blog")).await.unwrap();
+    let now = Utc::now();
+    s.insert_deployment(&deployment("a", "shop", now))
+        .await
+        .unwrap();
+    s.insert_deployment(&deployment("b", "blog", now))
+        .await
+        .unwrap();
+    let line = |id: &str, age_days: i64, i: usize| NewLogLine {
+        deployment_id: id.into(),
+        ts: now - Duration::days(age_days),
+        stream: LogStream::Stdout,
+        step: None,
+        text: format!("{id} {i}"),
+    };
+    let mut lines: Vec<NewLogLine> = (0..3).map(|i| line("a", 40, i)).collect();
+    lines.extend((0..10).map(|i| line("a", 0, i)));
+    lines.extend((0..4).map(|i| line("b", 0, i)));
+    s.append_logs(&lines).await.unwrap();
+    let removed = s.prune_logs(now - Duration::days(30), 5).await.unwrap();
+    assert_eq!(removed, 3 + 5);
+    let q = |id: &str| LogQuery {
+        deployment_id: Some(id.into()),
+        ..Default::default()
+    };
+    let a: Vec<String> = s
+        .read_logs(&q("a"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.text)
+        .collect();
+    assert_eq!(
+        a,
+        ["a 5", "a 6", "a 7", "a 8", "a 9"],
+        "the newest lines stay"
+    );
+    assert_eq!(
+        s.read_logs(&q("b")).await.unwrap().len(),
+        4,
+        "other projects untouched"
+    );
+}
