@@ -10,6 +10,7 @@
 //! deterministic and tested by table. Illegal input is an error value,
 //! never a panic.
 pub mod api;
+pub mod canary;
 pub mod config;
 pub mod hosts;
 pub mod model;
