@@ -111,7 +111,15 @@ impl Body for ProxyBody {
                 if s.guard.is_none() {
                     return Poll::Ready(None);
                 }
-                match Pin::new(&mut s.inner).poll_frame(cx) {
+                let mut polled = Pin::new(&mut s.inner).poll_frame(cx);
+                if polled.is_pending() {
+                    if let Some(c) = &mut s.conn {
+                        // the upstream connection runs in this task
+                        c.drive(cx);
+                        polled = Pin::new(&mut s.inner).poll_frame(cx);
+                    }
+                }
+                match polled {
                     Poll::Ready(None) => {
                         s.finished();
                         Poll::Ready(None)

@@ -1,9 +1,13 @@
 //! Upstream HTTP/1.1 keep-alive connections, pooled per `serve` loop.
 //!
 //! Each `serve` loop (so each worker thread of `Edge::serve_threads`) owns
-//! one [`Pool`]: a connection is created, used and reused on the runtime
-//! that spawned its connection task, so a request never wakes another
-//! thread. A connection is lent to one request at a time and comes back to
+//! one [`Pool`]. A connection has no task of its own: hyper's client
+//! connection future is driven inline by the request that borrows it (while
+//! waiting for the response head) and then by the response body, so the
+//! upstream socket wakes the client connection's task directly, with no
+//! hop through another task or thread. An idle connection is not polled; a
+//! close by the upstream is noticed when it is next checked out. A
+//! connection is lent to one request at a time and comes back to
 //! the pool only when its response body has been read to the end (see
 //! `body.rs`); a response abandoned half-way drops the connection. A pooled
 //! connection the upstream closed in the meantime is skipped, and a request
@@ -11,7 +15,10 @@
 //! fresh connection.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
@@ -34,25 +41,89 @@ pub(crate) enum SendError {
         #[source]
         source: std::io::Error,
     },
+    #[error("upstream connection closed before the request was sent")]
+    Closed,
     #[error("upstream http: {0}")]
     Http(#[from] hyper::Error),
 }
 
-struct Idle {
+type ConnFuture = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
+
+/// One upstream connection: the request sender and the connection future
+/// (`None` once it has ended).
+pub(crate) struct UpConn {
     tx: SendRequest<Incoming>,
+    conn: Option<ConnFuture>,
+}
+
+impl UpConn {
+    /// Lets the connection make progress; true once it has ended.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        match &mut self.conn {
+            None => true,
+            Some(c) => match c.as_mut().poll(cx) {
+                Poll::Pending => false,
+                Poll::Ready(r) => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "upstream connection ended with error");
+                    }
+                    self.conn = None;
+                    true
+                }
+            },
+        }
+    }
+
+    /// Waits until a request can be sent; false if the connection is dead.
+    async fn ready(&mut self) -> bool {
+        std::future::poll_fn(|cx| {
+            self.drive(cx);
+            self.tx.poll_ready(cx).map(|r| r.is_ok())
+        })
+        .await
+    }
+}
+
+/// FNV-1a: upstream keys are short and not attacker-chosen (they come from
+/// validated routes), so SipHash's flooding resistance is not needed here.
+#[derive(Default, Clone, Copy)]
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+type FnvBuild = std::hash::BuildHasherDefault<Fnv>;
+
+struct Idle {
+    up: UpConn,
     since: Instant,
 }
 
 /// Keep-alive connections by upstream authority.
 pub(crate) struct Pool {
-    idle: Mutex<HashMap<Authority, Vec<Idle>>>,
+    idle: Mutex<HashMap<Authority, Vec<Idle>, FnvBuild>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
 }
 
 /// A connection lent to one request; give it back with [`Pooled::release`].
 pub(crate) struct Pooled {
-    tx: SendRequest<Incoming>,
+    up: UpConn,
     key: Authority,
     pool: Arc<Pool>,
 }
@@ -66,16 +137,34 @@ impl std::fmt::Debug for Pooled {
 }
 
 impl Pooled {
+    /// Drives the connection while its response body is read; true once
+    /// the connection has ended.
+    pub(crate) fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        self.up.drive(cx)
+    }
+
+    /// Hands the connection to a task of its own (after a 101, so that the
+    /// upgrade completes); it is not reused.
+    pub(crate) fn detach(self) {
+        if let Some(conn) = self.up.conn {
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream connection ended with error");
+                }
+            });
+        }
+    }
+
     /// Returns the connection to its pool (its response is fully read).
     pub(crate) fn release(self) {
-        if self.tx.is_closed() {
+        if self.up.conn.is_none() || self.up.tx.is_closed() {
             return;
         }
         let mut idle = lock(&self.pool.idle);
         let list = idle.entry(self.key).or_default();
         if list.len() < MAX_IDLE_PER_UPSTREAM {
             list.push(Idle {
-                tx: self.tx,
+                up: self.up,
                 since: Instant::now(),
             });
         }
@@ -89,7 +178,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Pool {
     pub(crate) fn new(connect_timeout: Duration, idle_timeout: Duration) -> Pool {
         Pool {
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(HashMap::default()),
             connect_timeout,
             idle_timeout,
         }
@@ -98,7 +187,7 @@ impl Pool {
     /// The pool's own copy of `key` (cloning the route table's copy on
     /// every request would bounce its reference count between threads) and
     /// the most recently used live connection to it, if any.
-    fn checkout(&self, key: &Authority) -> (Authority, Option<SendRequest<Incoming>>) {
+    fn checkout(&self, key: &Authority) -> (Authority, Option<UpConn>) {
         let mut idle = lock(&self.idle);
         if !idle.contains_key(key) {
             let own = Authority::try_from(key.as_str().as_bytes()).unwrap_or_else(|_| key.clone());
@@ -112,8 +201,8 @@ impl Pool {
             return (own, None);
         };
         while let Some(i) = list.pop() {
-            if !i.tx.is_closed() && i.since.elapsed() < self.idle_timeout {
-                return (own, Some(i.tx));
+            if !i.up.tx.is_closed() && i.since.elapsed() < self.idle_timeout {
+                return (own, Some(i.up));
             }
         }
         (own, None)
@@ -123,7 +212,7 @@ impl Pool {
     pub(crate) fn reap(&self) {
         let mut idle = lock(&self.idle);
         for list in idle.values_mut() {
-            list.retain(|i| !i.tx.is_closed() && i.since.elapsed() < self.idle_timeout);
+            list.retain(|i| !i.up.tx.is_closed() && i.since.elapsed() < self.idle_timeout);
         }
         idle.retain(|_, list| !list.is_empty());
     }
@@ -132,7 +221,7 @@ impl Pool {
         self.idle_timeout
     }
 
-    async fn connect(&self, key: &Authority) -> Result<SendRequest<Incoming>, SendError> {
+    async fn connect(&self, key: &Authority) -> Result<UpConn, SendError> {
         let upstream = key.as_str();
         let stream = tokio::time::timeout(
             self.connect_timeout,
@@ -150,12 +239,10 @@ impl Pool {
         let (tx, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with error");
-            }
-        });
-        Ok(tx)
+        Ok(UpConn {
+            tx,
+            conn: Some(Box::pin(conn.with_upgrades())),
+        })
     }
 
     /// Sends `req` (origin-form URI) to `key` on a pooled or new connection.
@@ -165,30 +252,41 @@ impl Pool {
         mut req: Request<Incoming>,
     ) -> Result<(Response<Incoming>, Pooled), SendError> {
         loop {
-            let (own, tx) = self.checkout(key);
-            let Some(mut tx) = tx else {
-                let mut tx = self.connect(key).await?;
-                tx.ready().await?;
-                let resp = tx.send_request(req).await?;
-                return Ok((resp, self.lend(own, tx)));
+            let (own, idle) = self.checkout(key);
+            let fresh = idle.is_none();
+            let mut up = match idle {
+                Some(up) => up,
+                None => Box::pin(self.connect(key)).await?,
             };
-            if tx.ready().await.is_err() {
+            if !up.ready().await {
+                if fresh {
+                    return Err(SendError::Closed);
+                }
                 continue;
             }
-            match tx.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, self.lend(own, tx))),
+            let mut sent = std::pin::pin!(up.tx.try_send_request(req));
+            let res = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = sent.as_mut().poll(cx) {
+                    return Poll::Ready(r);
+                }
+                up.drive(cx);
+                sent.as_mut().poll(cx)
+            })
+            .await;
+            match res {
+                Ok(resp) => return Ok((resp, self.lend(own, up))),
                 Err(mut e) => match e.take_message() {
                     // not written: the connection died while idle
-                    Some(r) => req = r,
-                    None => return Err(e.into_error().into()),
+                    Some(r) if !fresh => req = r,
+                    _ => return Err(e.into_error().into()),
                 },
             }
         }
     }
 
-    fn lend(self: &Arc<Self>, key: Authority, tx: SendRequest<Incoming>) -> Pooled {
+    fn lend(self: &Arc<Self>, key: Authority, up: UpConn) -> Pooled {
         Pooled {
-            tx,
+            up,
             key,
             pool: self.clone(),
         }

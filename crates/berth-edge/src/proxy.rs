@@ -43,6 +43,12 @@ fn hop_by_hop() -> [&'static HeaderName; 9] {
 /// Returns the `Upgrade` value if `keep_upgrade` and the message asks for an
 /// upgrade (`Connection: upgrade` + `Upgrade`).
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> Option<HeaderValue> {
+    // Fast path: one pass over the (few) names, no lookups, when none is
+    // hop-by-hop (the common case).
+    let hop = hop_by_hop();
+    if !headers.keys().any(|k| hop.contains(&k)) {
+        return None;
+    }
     let mut wants_upgrade = false;
     if headers.contains_key(&header::CONNECTION) {
         let named: Vec<HeaderName> = headers
@@ -245,6 +251,8 @@ async fn handle_inner(
         if let Some(client_on_upgrade) = client_on_upgrade {
             let up_value = strip_hop_by_hop(resp.headers_mut(), true);
             let upstream_on_upgrade = hyper::upgrade::on(&mut resp);
+            // the connection future must run on to hand its socket over
+            conn.detach();
             let websocket = client_upgrade
                 .as_ref()
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
