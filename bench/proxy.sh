@@ -3,13 +3,14 @@
 # same upstream (nginx returning a small static body), all on 127.0.0.1.
 # Installs nothing. See bench/README-proxy.md.
 #
-#   DURATION=10s CONNECTIONS=64 WRK_THREADS=2 PROXY_THREADS=2 bench/proxy.sh
+#   DURATION=10s CONNECTIONS=64 WRK_THREADS=2 PROXY_THREADS=2 RUNS=3 bench/proxy.sh
 set -euo pipefail
 
 DURATION="${DURATION:-10s}"
 CONNECTIONS="${CONNECTIONS:-64}"
 WRK_THREADS="${WRK_THREADS:-2}"
 PROXY_THREADS="${PROXY_THREADS:-2}"
+RUNS="${RUNS:-1}"
 HOST_HEADER="bench.localhost"
 BASE_PORT="${BASE_PORT:-18000}"
 UP_PORT=$BASE_PORT
@@ -110,6 +111,8 @@ wait_port "$UP_PORT"
 "$EDGE_BIN" --listen "127.0.0.1:$BERTH_PORT" --host "$HOST_HEADER" \
     --upstream "127.0.0.1:$UP_PORT" --threads "$PROXY_THREADS" 2>"$WORK/berth.log" &
 PIDS+=($!)
+declare -A PID_OF
+PID_OF[berth]=$!
 
 # --- nginx as proxy ----------------------------------------------------------
 NG="$WORK/nginx-proxy"; mkdir -p "$NG"
@@ -137,6 +140,7 @@ EOF
 } >"$NG/nginx.conf"
 nginx -p "$NG" -c "$NG/nginx.conf" 2>>"$NG/stderr" &
 PIDS+=($!)
+PID_OF[nginx]=$!
 
 # --- HAProxy -----------------------------------------------------------------
 if have haproxy; then
@@ -160,6 +164,7 @@ backend be
 EOF
     haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
     PIDS+=($!)
+    PID_OF[haproxy]=$!
 fi
 
 # --- Caddy -------------------------------------------------------------------
@@ -178,6 +183,7 @@ EOF
     GOMAXPROCS=$PROXY_THREADS XDG_DATA_HOME="$WORK/caddy" XDG_CONFIG_HOME="$WORK/caddy" HOME="$WORK/caddy" \
         caddy run --config "$WORK/Caddyfile" --adapter caddyfile >"$WORK/caddy.log" 2>&1 &
     PIDS+=($!)
+    PID_OF[caddy]=$!
 fi
 
 proxies=("berth:$BERTH_PORT" "nginx:$NGINX_PORT")
@@ -195,28 +201,44 @@ to_ms() {
         else printf "%s", v }'
 }
 
-results=()
-for p in "${proxies[@]}"; do
-    name="${p%%:*}"; port="${p#*:}"
-    # warm up pools and check the route answers 200 through this proxy
-    wrk -t1 -c4 -d1s -H "Host: $HOST_HEADER" "http://127.0.0.1:$port/" >/dev/null
-    out="$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency \
-        -H "Host: $HOST_HEADER" "http://127.0.0.1:$port/")"
-    echo "$out" >"$WORK/wrk-$name.txt"
-    rps="$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")"
-    p50="$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")"
-    p99="$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")"
-    non2xx="$(awk -F: '/Non-2xx/ {gsub(/ /, "", $2); print $2}' <<<"$out")"
-    errs="$(awk '/Socket errors/ {print $0}' <<<"$out" | sed 's/^ *Socket errors: *//')"
-    results+=("$name|$rps|$p50|$p99|${non2xx:-0}|${errs:-none}")
-done
+# CPU time (clock ticks) of a proxy: its process and its children (nginx workers).
+cpu_ticks() { # pid
+    local t=0 p
+    for p in "$1" $(pgrep -P "$1"); do
+        t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$t"
+}
+HZ="$(getconf CLK_TCK)"
 
+# Each run measures every proxy once, one after the other; several runs show
+# the spread (figures move with any other load on the machine).
 echo
 echo "wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency, Host: $HOST_HEADER; upstream: nginx (1 worker) returning a 24-byte body"
-echo "every proxy gets $PROXY_THREADS worker threads/processes (berth: one single-threaded tokio runtime per worker on SO_REUSEPORT listeners, nginx: worker_processes, haproxy: nbthread, caddy: GOMAXPROCS);"
+echo "every proxy gets $PROXY_THREADS worker threads/processes (berth: Edge::serve_threads, one single-threaded tokio runtime per worker on SO_REUSEPORT listeners, nginx: worker_processes, haproxy: nbthread, caddy: GOMAXPROCS);"
 echo "machine: $(nproc) cores shared by wrk, the proxy and the upstream"
-printf '%-8s %12s %10s %10s %8s  %s\n' proxy "req/s" "p50 ms" "p99 ms" non-2xx "socket errors"
-for r in "${results[@]}"; do
-    IFS='|' read -r name rps p50 p99 non2xx errs <<<"$r"
-    printf '%-8s %12s %10s %10s %8s  %s\n' "$name" "$rps" "$p50" "$p99" "$non2xx" "$errs"
+echo "cpu us/req: CPU time the proxy process(es) used per request (less sensitive to other load than req/s)"
+printf '%-4s %-8s %12s %10s %10s %10s %8s  %-16s %s\n' run proxy "req/s" "p50 ms" "p99 ms" "cpu us/req" non-2xx "load (1/5/15)" "socket errors"
+for p in "${proxies[@]}"; do
+    # warm up pools and check the route answers through this proxy
+    wrk -t1 -c4 -d1s -H "Host: $HOST_HEADER" "http://127.0.0.1:${p#*:}/" >/dev/null
+done
+for run in $(seq 1 "$RUNS"); do
+    for p in "${proxies[@]}"; do
+        name="${p%%:*}"; port="${p#*:}"
+        load="$(cut -d' ' -f1-3 /proc/loadavg)"
+        c0="$(cpu_ticks "${PID_OF[$name]}")"
+        out="$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency \
+            -H "Host: $HOST_HEADER" "http://127.0.0.1:$port/")"
+        c1="$(cpu_ticks "${PID_OF[$name]}")"
+        echo "$out" >"$WORK/wrk-$name-$run.txt"
+        reqs="$(awk '/requests in/ {print $1}' <<<"$out")"
+        cpu="$(awk -v c=$((c1 - c0)) -v n="$reqs" -v hz="$HZ" 'BEGIN { if (n > 0) printf "%.1f", c * 1e6 / hz / n; else print "-" }')"
+        rps="$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")"
+        p50="$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")"
+        p99="$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")"
+        non2xx="$(awk -F: '/Non-2xx/ {gsub(/ /, "", $2); print $2}' <<<"$out")"
+        errs="$(awk '/Socket errors/ {print $0}' <<<"$out" | sed 's/^ *Socket errors: *//')"
+        printf '%-4s %-8s %12s %10s %10s %10s %8s  %-16s %s\n' "$run" "$name" "$rps" "$p50" "$p99" "$cpu" "${non2xx:-0}" "$load" "${errs:-none}"
+    done
 done

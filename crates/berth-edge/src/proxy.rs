@@ -175,7 +175,6 @@ async fn handle_inner(
     let guard = InflightGuard::new(target.state.clone());
     let series = target.series.clone();
     let abort_gen = target.state.abort_gen();
-    let target_state = target.state.clone();
     let uri = upstream_uri(req.uri());
     let target_authority = target.authority.clone();
     drop(table);
@@ -186,7 +185,7 @@ async fn handle_inner(
     // Taken at the start, so a drain during the handshake still closes it.
     let upgraded_token = client_upgrade
         .as_ref()
-        .map(|_| target_state.upgraded_token());
+        .map(|_| guard.target.upgraded_token());
     let original_host = match req.headers().get(header::HOST) {
         Some(h) => Some(h.clone()),
         None => req
@@ -220,7 +219,7 @@ async fn handle_inner(
     let sent = tokio::time::timeout(inner.upstream_timeout, worker.pool.send(authority, req));
     let result = tokio::select! {
         r = sent => r,
-        _ = wait_abort(&target_state, abort_gen, &worker.bell) => {
+        _ = wait_abort(&guard.target, abort_gen, &worker.bell) => {
             series.record(504, started.elapsed());
             return error_response(StatusCode::GATEWAY_TIMEOUT, "504 gateway timeout: instance drained\n");
         }
@@ -234,7 +233,7 @@ async fn handle_inner(
             );
         }
         Ok(Err(e)) => {
-            tracing::debug!(target_id = %target_state.id, error = %e, "upstream request failed");
+            tracing::debug!(target_id = %guard.target.id, error = %e, "upstream request failed");
             series.record(502, started.elapsed());
             return error_response(
                 StatusCode::BAD_GATEWAY,
@@ -256,7 +255,7 @@ async fn handle_inner(
             let websocket = client_upgrade
                 .as_ref()
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-            let ws_guard = UpgradedGuard::new(target_state);
+            let ws_guard = UpgradedGuard::new(guard.target.clone());
             tokio::spawn(async move {
                 let (client_io, upstream_io) =
                     match tokio::try_join!(client_on_upgrade, upstream_on_upgrade) {
