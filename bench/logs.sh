@@ -173,24 +173,25 @@ with_berth() {
     local id j first_seq="" t_first="" done_seq="" t_done="" last_seq="" t_change stalled=0 cid
     id=$("$BERTH" deploy --project "$PROJECT" --ref "$SHA" --json | jq -r .id)
     t_change=$(now_ns)
-    # Bounded: 3000 polls of >= 50 ms, or 15 s without a new line once started.
+    # One request and one jq per poll, to take as little CPU as possible
+    # from the app and berth. Bounded: 3000 polls of >= 50 ms, or 15 s
+    # without a new line once started.
+    local seq text
     for _ in $(seq 1 3000); do
-        if [[ -z "$first_seq" ]]; then
-            j=$(api "deployments/$id/logs?stream=stdout&limit=1")
-            if [[ "$(jq length <<<"$j")" -gt 0 ]]; then
-                first_seq=$(jq -r '.[0].seq' <<<"$j")
+        read -r seq text < <(api "deployments/$id/logs?stream=stdout&limit=1&tail=true" |
+            jq -r '.[0] // {} | "\(.seq // "") \(.text // "")"')
+        if [[ -n "$seq" ]]; then
+            if [[ -z "$first_seq" ]]; then
+                first_seq=$seq
                 t_first=$(now_ns)
             fi
-        fi
-        if [[ -n "$first_seq" ]]; then
-            j=$(api "deployments/$id/logs?stream=stdout&limit=1&tail=true")
-            if [[ "$(jq -r '.[0].text // ""' <<<"$j")" == DONE ]]; then
+            if [[ "$text" == DONE ]]; then
                 t_done=$(now_ns)
-                done_seq=$(jq -r '.[0].seq' <<<"$j")
+                done_seq=$seq
                 break
             fi
-            if [[ "$(jq -r '.[0].seq' <<<"$j")" != "$last_seq" ]]; then
-                last_seq=$(jq -r '.[0].seq' <<<"$j")
+            if [[ "$seq" != "$last_seq" ]]; then
+                last_seq=$seq
                 t_change=$(now_ns)
             elif (($(now_ns) - t_change > 15000000000)); then
                 stalled=1
