@@ -208,11 +208,17 @@ impl Pool {
         (own, None)
     }
 
-    /// Drops idle connections that are closed or idle for too long.
+    /// Drops idle connections that are closed or idle for too long. Idle
+    /// connections are not otherwise polled: each is polled once here (with
+    /// a no-op waker) so one the upstream closed is noticed and released.
     pub(crate) fn reap(&self) {
         let mut idle = lock(&self.idle);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
         for list in idle.values_mut() {
-            list.retain(|i| !i.up.tx.is_closed() && i.since.elapsed() < self.idle_timeout);
+            list.retain_mut(|i| {
+                let ended = i.up.drive(&mut cx);
+                !ended && !i.up.tx.is_closed() && i.since.elapsed() < self.idle_timeout
+            });
         }
         idle.retain(|_, list| !list.is_empty());
     }

@@ -686,3 +686,34 @@ async fn serve_threads_serves_on_every_worker_and_stops() {
         .expect("workers stopped");
     assert!(TcpStream::connect(addr).await.is_err(), "still listening");
 }
+
+#[tokio::test]
+async fn upstream_connections_are_reused_after_full_bodies_only() {
+    let a = upstream("app-a").await;
+    let e = edge().await;
+    e.edge
+        .apply(vec![upsert("a.localhost", vec![target("a", a.addr, 1)])])
+        .unwrap();
+    let mut c = Conn::open(e.addr).await;
+    for _ in 0..5 {
+        assert_eq!(c.get("a.localhost", "/").await.0, StatusCode::OK);
+    }
+    assert_eq!(
+        a.conns.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one kept-alive upstream connection"
+    );
+    // a response abandoned half-way does not put its connection back: the
+    // next request gets a fresh one and its own complete answer
+    let mut s = TcpStream::connect(e.addr).await.unwrap();
+    s.write_all(b"GET /slow?ms=300 HTTP/1.1\r\nHost: a.localhost\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(s);
+    assert_eq!(
+        c.get("a.localhost", "/").await,
+        (StatusCode::OK, "app-a".to_string())
+    );
+    assert_eq!(a.conns.load(std::sync::atomic::Ordering::SeqCst), 2);
+}

@@ -30,6 +30,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
     pub paths: Arc<Mutex<Vec<String>>>,
+    /// TCP connections accepted.
+    pub conns: Arc<AtomicUsize>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -38,14 +40,16 @@ pub async fn upstream(name: &'static str) -> Upstream {
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
     let paths = Arc::new(Mutex::new(Vec::new()));
+    let conns = Arc::new(AtomicUsize::new(0));
     let (tx, mut rx) = oneshot::channel::<()>();
-    let (h, p) = (hits.clone(), paths.clone());
+    let (h, p, c) = (hits.clone(), paths.clone(), conns.clone());
     tokio::spawn(async move {
         loop {
             let (stream, _) = tokio::select! {
                 r = listener.accept() => match r { Ok(x) => x, Err(_) => return },
                 _ = &mut rx => return,
             };
+            c.fetch_add(1, Ordering::SeqCst);
             let (h, p) = (h.clone(), p.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
@@ -64,6 +68,7 @@ pub async fn upstream(name: &'static str) -> Upstream {
         addr,
         hits,
         paths,
+        conns,
         _stop: tx,
     }
 }
