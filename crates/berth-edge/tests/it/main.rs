@@ -709,7 +709,12 @@ async fn upstream_connections_are_reused_after_full_bodies_only() {
     s.write_all(b"GET /slow?ms=300 HTTP/1.1\r\nHost: a.localhost\r\n\r\n")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // wait until the upstream has the request, then go away
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.hits.load(std::sync::atomic::Ordering::SeqCst) < 6 {
+        assert!(Instant::now() < deadline, "slow request never arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     drop(s);
     assert_eq!(
         c.get("a.localhost", "/").await,
