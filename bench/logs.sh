@@ -122,15 +122,19 @@ git_c add -A
 git_c commit -q -m "chatty app"
 SHA=$(git_c rev-parse HEAD)
 
-# app_rate <container> -> "<lines/s> <first ts ns> <DONE ts ns>" from docker's timestamps
+# app_rate <container> -> "<lines/s> <first ts ns> <DONE ts ns>" from docker's
+# timestamps. berth's containers rotate their log (json-file max-size 10m,
+# max-file 3): when the oldest file is gone, count from the first line kept.
 app_rate() {
-    local first last
-    first=$(docker logs --timestamps "$1" 2>/dev/null | sed -n '1{s/ .*//;p}')
+    local first last n0=0
+    first=$(docker logs --timestamps "$1" 2>/dev/null | sed -n 1p)
     last=$(docker logs --timestamps --tail 1 "$1" 2>/dev/null)
     [[ "$last" == *" DONE" ]] || { echo "container $1 has not printed DONE" >&2; return 1; }
-    first=$(ts_ns "$first")
+    [[ "$first" =~ \ line\ ([0-9]+)$ ]] && n0=${BASH_REMATCH[1]}
+    ((n0 == 0)) || echo "note: container $1's log starts at line $n0 (rotated)" >&2
+    first=$(ts_ns "${first%% *}")
     last=$(ts_ns "${last%% *}")
-    echo "$(rate $((LINES + 1)) $((last - first))) $first $last"
+    echo "$(rate $((LINES - n0 + 1)) $((last - first))) $first $last"
 }
 
 # Stdout lines stored for a deployment, counted page by page.
