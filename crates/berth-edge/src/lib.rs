@@ -5,10 +5,16 @@
 //! This crate never reads berth's store and depends on no other berth crate.
 //!
 //! ```text
-//! client ── h1/h2c ──> serve ──> RouteTable (ArcSwap, lock-free load)
+//! client ── h1/h2c ──> ScanIo (framing check) ──> serve ──> RouteTable (ArcSwap, lock-free load)
 //!                                  └─ host ─> Route ─ Picker ─> RouteTarget
-//!                                                   └─ pooled h1 keep-alive ─> 127.0.0.1:<port>
+//!                                                   └─ Pool (one per serve loop): h1 keep-alive ─> 127.0.0.1:<port>
 //! ```
+//!
+//! Code map: `proxy.rs` the request path; `scan.rs` the smuggling guard on
+//! the client socket; `pool.rs` upstream connections; `body.rs` the response
+//! body (in-flight accounting, abort, connection return); `splice.rs`
+//! upgraded connections and their clean close; `target.rs` in-flight state
+//! and drain; `table.rs`/`select.rs`/`route.rs` routes; `metrics.rs`.
 //!
 //! # API
 //! * [`Edge::new`]`(EdgeConfig) -> Result<Edge, EdgeError>`: loads the routes
@@ -62,6 +68,10 @@
 //!   It then waits for the target's in-flight requests, and at the deadline
 //!   aborts those left: 504 if no response had started, otherwise the
 //!   response stream is cut.
+//! * **Upstream connections.** Each serve loop has its own pool; a
+//!   connection serves one request at a time, is driven by the task of the
+//!   client connection that borrows it (no task of its own), and returns to
+//!   the pool only after its response body was read to the end.
 //! * **Weights.** A target of weight `w` in a route of total weight `W` gets
 //!   exactly `w` of every `W` consecutive requests, evenly spread (see
 //!   `select.rs`); picking is lock-free.
@@ -75,6 +85,7 @@ mod route;
 mod scan;
 mod select;
 mod splice;
+mod stats;
 mod table;
 mod target;
 
@@ -94,6 +105,7 @@ use hyper_util::server::conn::auto;
 pub use body::ProxyBody;
 pub use persist::LoadError;
 pub use route::{RouteChange, RouteError, RouteSpec, TargetSpec};
+pub use stats::TargetStats;
 pub use target::DrainReport;
 
 use table::RouteTable;
@@ -189,7 +201,7 @@ pub(crate) struct Inner {
     pub(crate) proto: &'static str,
     pub(crate) unknown_host: AtomicU64,
     pub(crate) no_target: AtomicU64,
-    registry: Registry,
+    pub(crate) registry: Registry,
     routes_file: Option<PathBuf>,
     header_read_timeout: Duration,
     /// Serialises writers (`apply`); readers never take it.

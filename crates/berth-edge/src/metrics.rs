@@ -55,6 +55,19 @@ impl Series {
         self.by_class[class].load(Ordering::Relaxed)
     }
 
+    /// The latency histogram as `(upper bound, cumulative count)`.
+    pub(crate) fn latency_cumulative(&self) -> Vec<(f64, u64)> {
+        let mut acc = 0;
+        BUCKETS
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                acc += self.buckets[i].load(Ordering::Relaxed);
+                (*b, acc)
+            })
+            .collect()
+    }
+
     fn labels(&self) -> String {
         format!(
             "host=\"{}\",target=\"{}\"",
