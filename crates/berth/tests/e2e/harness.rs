@@ -348,6 +348,17 @@ impl Load {
         max_requests: u64,
         max_time: Duration,
     ) -> Load {
+        Self::start_path(port, host, "/", workers, max_requests, max_time)
+    }
+
+    pub fn start_path(
+        port: u16,
+        host: &str,
+        path: &str,
+        workers: usize,
+        max_requests: u64,
+        max_time: Duration,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
         let non2xx = Arc::new(AtomicU64::new(0));
@@ -358,6 +369,7 @@ impl Load {
             let (stop, ok, non2xx, errors) =
                 (stop.clone(), ok.clone(), non2xx.clone(), errors.clone());
             let host = host.to_string();
+            let path = path.to_string();
             handles.push(std::thread::spawn(move || {
                 let c = reqwest::blocking::Client::builder()
                     .timeout(Duration::from_secs(30))
@@ -373,7 +385,7 @@ impl Load {
                         < max_requests
                 {
                     match c
-                        .get(format!("http://127.0.0.1:{port}/"))
+                        .get(format!("http://127.0.0.1:{port}{path}"))
                         .header("host", &host)
                         .send()
                     {
