@@ -84,54 +84,66 @@ impl UpConn {
     }
 }
 
-/// FNV-1a: upstream keys are short and not attacker-chosen (they come from
-/// validated routes), so SipHash's flooding resistance is not needed here.
+/// Upstream ids are small integers from the registry: no need to hash.
 #[derive(Default, Clone, Copy)]
-struct Fnv(u64);
+struct IdHash(u64);
 
-impl std::hash::Hasher for Fnv {
+impl std::hash::Hasher for IdHash {
     fn finish(&self) -> u64 {
-        self.0
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
         for b in bytes {
-            h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+            self.0 = (self.0 << 8) | u64::from(*b);
         }
-        self.0 = h;
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
-type FnvBuild = std::hash::BuildHasherDefault<Fnv>;
+type IdBuild = std::hash::BuildHasherDefault<IdHash>;
 
 struct Idle {
     up: UpConn,
     since: Instant,
 }
 
-/// Keep-alive connections by upstream authority.
+/// The connections of one upstream.
+struct Entry {
+    /// The pool's own copy: cloning the route table's copy on every request
+    /// would bounce its reference count between threads.
+    authority: Authority,
+    idle: Vec<Idle>,
+    last_used: Instant,
+}
+
+/// Keep-alive connections by upstream id (see `Registry::upstream_id`).
 pub(crate) struct Pool {
-    idle: Mutex<HashMap<Authority, Vec<Idle>, FnvBuild>>,
+    entries: Mutex<HashMap<u64, Entry, IdBuild>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
+}
+
+enum Checkout {
+    Idle(UpConn),
+    Connect(Authority),
+    Unknown,
 }
 
 /// A connection lent to one request; give it back with [`Pooled::release`].
 pub(crate) struct Pooled {
     up: UpConn,
-    key: Authority,
+    id: u64,
     pool: Arc<Pool>,
 }
 
 impl std::fmt::Debug for Pooled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pooled")
-            .field("upstream", &self.key)
+            .field("upstream", &self.id)
             .finish()
     }
 }
@@ -160,13 +172,16 @@ impl Pooled {
         if self.up.conn.is_none() || self.up.tx.is_closed() {
             return;
         }
-        let mut idle = lock(&self.pool.idle);
-        let list = idle.entry(self.key).or_default();
-        if list.len() < MAX_IDLE_PER_UPSTREAM {
-            list.push(Idle {
-                up: self.up,
-                since: Instant::now(),
-            });
+        let mut entries = lock(&self.pool.entries);
+        if let Some(e) = entries.get_mut(&self.id) {
+            if e.idle.len() < MAX_IDLE_PER_UPSTREAM {
+                let now = Instant::now();
+                e.last_used = now;
+                e.idle.push(Idle {
+                    up: self.up,
+                    since: now,
+                });
+            }
         }
     }
 }
@@ -178,49 +193,52 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Pool {
     pub(crate) fn new(connect_timeout: Duration, idle_timeout: Duration) -> Pool {
         Pool {
-            idle: Mutex::new(HashMap::default()),
+            entries: Mutex::new(HashMap::default()),
             connect_timeout,
             idle_timeout,
         }
     }
 
-    /// The pool's own copy of `key` (cloning the route table's copy on
-    /// every request would bounce its reference count between threads) and
-    /// the most recently used live connection to it, if any.
-    fn checkout(&self, key: &Authority) -> (Authority, Option<UpConn>) {
-        let mut idle = lock(&self.idle);
-        if !idle.contains_key(key) {
-            let own = Authority::try_from(key.as_str().as_bytes()).unwrap_or_else(|_| key.clone());
-            idle.insert(own, Vec::new());
-        }
-        let Some((own, _)) = idle.get_key_value(key) else {
-            return (key.clone(), None);
+    /// Makes sure the pool knows upstream `id` (call before `send`).
+    pub(crate) fn prepare(&self, id: u64, authority: &Authority) {
+        lock(&self.entries).entry(id).or_insert_with(|| Entry {
+            authority: Authority::try_from(authority.as_str().as_bytes())
+                .unwrap_or_else(|_| authority.clone()),
+            idle: Vec::new(),
+            last_used: Instant::now(),
+        });
+    }
+
+    /// The most recently used live connection to `id`, or what to dial.
+    fn checkout(&self, id: u64) -> Checkout {
+        let mut entries = lock(&self.entries);
+        let Some(e) = entries.get_mut(&id) else {
+            return Checkout::Unknown;
         };
-        let own = own.clone();
-        let Some(list) = idle.get_mut(key) else {
-            return (own, None);
-        };
-        while let Some(i) = list.pop() {
-            if !i.up.tx.is_closed() && i.since.elapsed() < self.idle_timeout {
-                return (own, Some(i.up));
+        let now = Instant::now();
+        e.last_used = now;
+        while let Some(i) = e.idle.pop() {
+            if !i.up.tx.is_closed() && now.duration_since(i.since) < self.idle_timeout {
+                return Checkout::Idle(i.up);
             }
         }
-        (own, None)
+        Checkout::Connect(e.authority.clone())
     }
 
     /// Drops idle connections that are closed or idle for too long. Idle
     /// connections are not otherwise polled: each is polled once here (with
     /// a no-op waker) so one the upstream closed is noticed and released.
     pub(crate) fn reap(&self) {
-        let mut idle = lock(&self.idle);
+        let mut entries = lock(&self.entries);
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        for list in idle.values_mut() {
-            list.retain_mut(|i| {
+        for e in entries.values_mut() {
+            e.idle.retain_mut(|i| {
                 let ended = i.up.drive(&mut cx);
                 !ended && !i.up.tx.is_closed() && i.since.elapsed() < self.idle_timeout
             });
         }
-        idle.retain(|_, list| !list.is_empty());
+        // an upstream unused for a while (its deployment is gone) is forgotten
+        entries.retain(|_, e| !e.idle.is_empty() || e.last_used.elapsed() < self.idle_timeout);
     }
 
     pub(crate) fn idle_timeout(&self) -> Duration {
@@ -251,18 +269,18 @@ impl Pool {
         })
     }
 
-    /// Sends `req` (origin-form URI) to `key` on a pooled or new connection.
+    /// Sends `req` (origin-form URI) to upstream `id` (see [`Pool::prepare`])
+    /// on a pooled or new connection.
     pub(crate) async fn send(
         self: &Arc<Self>,
-        key: &Authority,
+        id: u64,
         mut req: Request<Incoming>,
     ) -> Result<(Response<Incoming>, Pooled), SendError> {
         loop {
-            let (own, idle) = self.checkout(key);
-            let fresh = idle.is_none();
-            let mut up = match idle {
-                Some(up) => up,
-                None => Box::pin(self.connect(key)).await?,
+            let (fresh, mut up) = match self.checkout(id) {
+                Checkout::Idle(up) => (false, up),
+                Checkout::Connect(authority) => (true, Box::pin(self.connect(&authority)).await?),
+                Checkout::Unknown => return Err(SendError::Closed),
             };
             if !up.ready().await {
                 if fresh {
@@ -280,7 +298,7 @@ impl Pool {
             })
             .await;
             match res {
-                Ok(resp) => return Ok((resp, self.lend(own, up))),
+                Ok(resp) => return Ok((resp, self.lend(id, up))),
                 Err(mut e) => match e.take_message() {
                     // not written: the connection died while idle
                     Some(r) if !fresh => req = r,
@@ -290,10 +308,10 @@ impl Pool {
         }
     }
 
-    fn lend(self: &Arc<Self>, key: Authority, up: UpConn) -> Pooled {
+    fn lend(self: &Arc<Self>, id: u64, up: UpConn) -> Pooled {
         Pooled {
             up,
-            key,
+            id,
             pool: self.clone(),
         }
     }

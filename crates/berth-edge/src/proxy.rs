@@ -176,7 +176,8 @@ async fn handle_inner(
     let series = target.series.clone();
     let abort_gen = target.state.abort_gen();
     let uri = upstream_uri(req.uri());
-    let target_authority = target.authority.clone();
+    let upstream_id = target.upstream_id;
+    worker.pool.prepare(upstream_id, &target.authority);
     drop(table);
 
     // Header rewrite.
@@ -215,8 +216,7 @@ async fn handle_inner(
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
 
-    let authority = &target_authority;
-    let sent = tokio::time::timeout(inner.upstream_timeout, worker.pool.send(authority, req));
+    let sent = tokio::time::timeout(inner.upstream_timeout, worker.pool.send(upstream_id, req));
     let result = tokio::select! {
         r = sent => r,
         _ = wait_abort(&guard.target, abort_gen, &worker.bell) => {

@@ -16,6 +16,8 @@ pub(crate) struct RouteTarget {
     pub(crate) state: Arc<TargetState>,
     pub(crate) series: Arc<Series>,
     pub(crate) authority: Authority,
+    /// Pool key of `authority` (see `Registry::upstream_id`).
+    pub(crate) upstream_id: u64,
 }
 
 #[derive(Debug)]
@@ -56,6 +58,7 @@ impl RouteTable {
                 targets.push(RouteTarget {
                     state: registry.target(&t.id),
                     series: registry.series(host, &t.id),
+                    upstream_id: registry.upstream_id(authority.as_str()),
                     authority,
                 });
                 weights.push(t.weight);

@@ -150,6 +150,9 @@ pub(crate) struct Registry {
     series: Mutex<HashMap<SeriesKey, Weak<Series>>>,
     /// One bell per `serve` loop, rung when a drain aborts requests.
     bells: Mutex<Vec<Weak<Notify>>>,
+    /// Upstream `host:port` -> small id, the key of the upstream pools.
+    /// Never shrinks: one entry per distinct upstream ever routed.
+    upstreams: Mutex<HashMap<Box<str>, u64>>,
 }
 
 impl Registry {
@@ -176,6 +179,17 @@ impl Registry {
         let s = Arc::new(Series::new(host, target));
         map.insert(key, Arc::downgrade(&s));
         s
+    }
+
+    /// The pool key of an upstream `host:port`; stable for the process.
+    pub(crate) fn upstream_id(&self, upstream: &str) -> u64 {
+        let mut map = lock(&self.upstreams);
+        if let Some(id) = map.get(upstream) {
+            return *id;
+        }
+        let id = map.len() as u64;
+        map.insert(upstream.into(), id);
+        id
     }
 
     /// A bell for a new `serve` loop.
