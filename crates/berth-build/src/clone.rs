@@ -70,6 +70,63 @@ pub async fn clone(req: &CloneRequest, log: LogSink) -> Result<Checkout, BuildEr
 
 /// Replaces the user-info part of a URL (`https://token@host/...`) by `***`.
 /// SSH `git@host:path` addresses carry no secret and are kept.
+/// Resolve `reference` to a commit without cloning: a full 40-hex SHA is
+/// itself; a branch or tag is looked up with `git ls-remote`. Returns
+/// `(sha, branch)`, or `None` when it cannot be resolved this way (a short
+/// SHA, an unknown ref, an unreachable remote) — the caller then clones,
+/// which reports the error properly.
+pub async fn resolve_ref(
+    repo: &str,
+    reference: &str,
+    ssh_key: Option<&Path>,
+    timeout: Duration,
+) -> Option<(String, Option<String>)> {
+    let r = reference.trim();
+    if r.len() == 40 && r.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Some((r.to_ascii_lowercase(), None));
+    }
+    if r.is_empty() || r.starts_with('-') || r.contains("..") {
+        return None;
+    }
+    let tmp = std::env::temp_dir();
+    let sink = crate::null_sink();
+    let git = Git {
+        dir: &tmp,
+        ssh_key,
+        secret: secret_of(repo),
+        masked_repo: "",
+        log: &sink,
+    };
+    let url = fetch_url(repo);
+    let out = tokio::time::timeout(timeout, git.run(&["ls-remote", &url, r], false))
+        .await
+        .ok()?
+        .ok()?;
+    if !out.ok {
+        return None;
+    }
+    let mut branch_sha = None;
+    let mut tag_sha = None;
+    let mut peeled = None;
+    for line in out.stdout.lines() {
+        let mut parts = line.split('\t');
+        let (Some(sha), Some(name)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        if name == format!("refs/heads/{r}") {
+            branch_sha = Some(sha.to_string());
+        } else if name == format!("refs/tags/{r}^{{}}") {
+            peeled = Some(sha.to_string());
+        } else if name == format!("refs/tags/{r}") {
+            tag_sha = Some(sha.to_string());
+        }
+    }
+    if let Some(sha) = branch_sha {
+        return Some((sha, Some(r.to_string())));
+    }
+    peeled.or(tag_sha).map(|sha| (sha, None))
+}
+
 pub fn mask_url(url: &str) -> String {
     if let Some(scheme_end) = url.find("://") {
         let rest = &url[scheme_end + 3..];

@@ -42,7 +42,7 @@ use std::sync::Arc;
 
 pub use analyze::{analyze, AnalyzeOptions, BaseImages, BuildPlan, Provider, GENERATED_DOCKERFILE};
 pub use cache::{cache_key, image_tag};
-pub use clone::{clone, mask_url, Checkout, CloneRequest, CommitInfo};
+pub use clone::{clone, mask_url, resolve_ref, Checkout, CloneRequest, CommitInfo};
 pub use context::write_context;
 pub use dockerignore::DockerIgnore;
 pub use error::BuildError;

@@ -231,6 +231,14 @@ pub struct BuildInfo {
     pub port: Option<u16>,
     pub start_command: Option<String>,
     pub cache_hit: bool,
+    /// The `berth.toml` of the commit as it was read ("" when absent), so a
+    /// rollback or a no-clone redeploy runs with the same settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
+    /// Hash of what besides the commit decides the image (build args, base
+    /// images): equal commit and inputs mean an equal image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<String>,
 }
 
 /// One file of the build output (004's manifest).

@@ -340,18 +340,113 @@ impl Deployer {
         Ok(())
     }
 
-    /// berth.toml of the copied deployment is not at hand without a clone;
-    /// the settings that matter for running are the defaults unless the
-    /// source recorded them.
+    /// The settings a copied deployment runs with: its recorded berth.toml.
     async fn service_config_from_source(&self, d: &Deployment) -> ServiceConfig {
-        let mut s = ServiceConfig::new(d.service_name.clone(), ServiceKind::Web);
-        if let Some(p) = d.build.port {
-            s.port = p;
+        service_from_record(d)
+    }
+
+    /// Hash of the inputs that decide an image besides the commit.
+    fn inputs_key(&self, service: &str, build_args: &[(String, String)]) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(format!("{service}\0{:?}\0", self.base_images()).as_bytes());
+        let mut args = build_args.to_vec();
+        args.sort();
+        for (k, v) in args {
+            h.update(format!("{k}={v}\0").as_bytes());
         }
-        if d.route_url.is_none() {
-            s.kind = ServiceKind::Worker;
+        hex::encode(h.finalize())
+    }
+
+    /// The no-clone path: when the ref resolves (`git ls-remote`) to a commit
+    /// this service already built with the same inputs, and that image still
+    /// exists, reuse it — commit, plan and berth.toml included.
+    async fn reuse_built_image(
+        &self,
+        d: &mut Deployment,
+        repo: &str,
+        inputs: &str,
+    ) -> Option<ServiceConfig> {
+        let (sha, branch) =
+            berth_build::resolve_ref(repo, &d.reference, None, Duration::from_secs(20)).await?;
+        let past = self
+            .store
+            .list_deployments(&berth_store::DeploymentQuery {
+                project: Some(d.project_name.clone()),
+                service: Some(d.service_name.clone()),
+                limit: Some(200),
+                ..Default::default()
+            })
+            .await
+            .ok()?;
+        let prev = past.into_iter().find(|p| {
+            p.id != d.id
+                && p.commit.as_ref().is_some_and(|c| c.sha == sha)
+                && p.image.is_some()
+                && p.build.inputs.as_deref() == Some(inputs)
+                && p.build.config.is_some()
+        })?;
+        let image = prev.image.clone()?;
+        if !self
+            .runtime
+            .image_exists(&image.reference)
+            .await
+            .unwrap_or(false)
+        {
+            return None;
         }
-        s
+        let service = parse_app_config(prev.build.config.as_deref().unwrap_or(""))
+            .ok()?
+            .service(&d.service_name)
+            .cloned()?;
+        let mut commit = prev.commit.clone()?;
+        commit.branch = branch.or(commit.branch);
+        d.commit = Some(commit);
+        d.image = Some(image.clone());
+        d.build = berth_core::model::BuildInfo {
+            cache_hit: true,
+            ..prev.build.clone()
+        };
+        if service.kind == ServiceKind::Worker {
+            d.route_url = None;
+            d.preview_url = None;
+        }
+        let short = &sha[..12];
+        self.finish_step(
+            d,
+            StepName::Clone,
+            StepStatus::Succeeded,
+            Some(&format!(
+                "resolved {} to {short}; an image of this commit exists, no clone needed",
+                d.reference
+            )),
+        );
+        self.finish_step(
+            d,
+            StepName::Analyze,
+            StepStatus::Skipped,
+            Some(&format!(
+                "same commit and inputs as deployment {}: its plan is reused",
+                prev.id
+            )),
+        );
+        self.finish_step(
+            d,
+            StepName::Build,
+            StepStatus::Succeeded,
+            Some(&format!(
+                "cache hit: image {} was built from this commit; build skipped",
+                image.reference
+            )),
+        );
+        let push_note = if self.cfg.registry.is_some() {
+            "the image was pushed when it was built"
+        } else {
+            "no registry configured: the engine's image store keeps the image"
+        };
+        self.finish_step(d, StepName::Push, StepStatus::Skipped, Some(push_note));
+        self.save(d).await;
+        Some(service)
     }
 
     async fn build_image(
@@ -364,9 +459,20 @@ impl Deployer {
         let Some(docker) = self.docker.clone() else {
             return fail(StepName::Build, "the Docker engine is not reachable");
         };
+        let build_args: Vec<(String, String)> = vars
+            .iter()
+            .filter(|v| !v.secret && berth_build::is_public(&v.key))
+            .map(|v| (v.key.clone(), v.value.clone()))
+            .collect();
+        let inputs = self.inputs_key(&d.service_name, &build_args);
+        d.build.inputs = Some(inputs.clone());
+
         // Clone.
         self.start_step(d, StepName::Clone);
         self.save(d).await;
+        if let Some(service) = self.reuse_built_image(d, repo, &inputs).await {
+            return Ok(service);
+        }
         let work = self.cfg.data_dir.join("work").join(&d.id);
         let _ = std::fs::remove_dir_all(&work);
         let _cleanup = RemoveOnDrop(work.clone());
@@ -402,10 +508,9 @@ impl Deployer {
         // Analyze.
         self.start_step(d, StepName::Analyze);
         let toml_path = checkout.dir.join("berth.toml");
-        let app = match std::fs::read_to_string(&toml_path) {
-            Ok(text) => config::parse(&text).or_else(|e| fail(StepName::Analyze, e.to_string()))?,
-            Err(_) => AppConfig::default(),
-        };
+        let toml_text = std::fs::read_to_string(&toml_path).unwrap_or_default();
+        let app = parse_app_config(&toml_text).or_else(|e| fail(StepName::Analyze, e))?;
+        d.build.config = Some(toml_text);
         let Some(service) = app.service(&d.service_name).cloned() else {
             let known: Vec<&str> = app.services.keys().map(String::as_str).collect();
             return fail(
@@ -461,11 +566,6 @@ impl Deployer {
         // Build (or reuse).
         self.start_step(d, StepName::Build);
         self.save(d).await;
-        let build_args: Vec<(String, String)> = vars
-            .iter()
-            .filter(|v| !v.secret && berth_build::is_public(&v.key))
-            .map(|v| (v.key.clone(), v.value.clone()))
-            .collect();
         let key = berth_build::cache_key(&checkout.tree, &plan, &build_args);
         let tag = berth_build::image_tag(&d.project_name, &d.service_name, &key);
         if self.runtime.image_exists(&tag).await.unwrap_or(false) {
@@ -490,14 +590,9 @@ impl Deployer {
                 }
             };
             let (sink, tail) = self.sink(d, StepName::Build);
-            let mut labels = BTreeMap::new();
-            labels.insert("dev.berth.managed".to_string(), "true".to_string());
-            labels.insert("dev.berth.project".to_string(), d.project_name.clone());
-            labels.insert("dev.berth.service".to_string(), d.service_name.clone());
-            labels.insert("dev.berth.deployment".to_string(), d.id.clone());
-            if let Some(c) = &d.commit {
-                labels.insert("dev.berth.sha".to_string(), c.sha.clone());
-            }
+            // No image labels: the legacy builder turns each into a build
+            // step of its own (~0.1 s each); the tag names the image.
+            let labels = BTreeMap::new();
             let req = BuildRequest {
                 context_dir: checkout.dir.clone(),
                 plan: plan.clone(),
@@ -1328,6 +1423,38 @@ fn short_id(id: &str) -> &str {
 
 async fn image_id(docker: &bollard::Docker, tag: &str) -> Option<String> {
     docker.inspect_image(tag).await.ok().and_then(|i| i.id)
+}
+
+/// Parse a recorded or checked-out berth.toml; "" means the file is absent.
+pub(crate) fn parse_app_config(text: &str) -> Result<AppConfig, String> {
+    if text.trim().is_empty() {
+        Ok(AppConfig::default())
+    } else {
+        config::parse(text).map_err(|e| e.to_string())
+    }
+}
+
+/// The service settings recorded with a deployment (defaults when the
+/// deployment predates recording them).
+pub(crate) fn service_from_record(d: &Deployment) -> ServiceConfig {
+    let recorded = d
+        .build
+        .config
+        .as_deref()
+        .and_then(|t| parse_app_config(t).ok())
+        .and_then(|a| a.service(&d.service_name).cloned());
+    recorded.unwrap_or_else(|| {
+        let kind = if d.route_url.is_some() {
+            ServiceKind::Web
+        } else {
+            ServiceKind::Worker
+        };
+        let mut s = ServiceConfig::new(d.service_name.clone(), kind);
+        if let Some(p) = d.build.port {
+            s.port = p;
+        }
+        s
+    })
 }
 
 #[cfg(test)]

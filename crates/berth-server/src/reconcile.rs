@@ -15,7 +15,7 @@
 use crate::deployer::Deployer;
 use crate::ids::now;
 use crate::pipeline::INSTANCE_LABEL;
-use berth_core::config::{ServiceConfig, ServiceKind};
+use berth_core::config::ServiceConfig;
 use berth_core::model::{Deployment, RuntimeInfo};
 use berth_core::state::{transition, Event, Stage, Status};
 use berth_edge::{RouteChange, RouteSpec, TargetSpec};
@@ -128,16 +128,7 @@ impl Deployer {
 
     /// The settings an already-built deployment runs with.
     pub(crate) fn service_of(&self, d: &Deployment) -> ServiceConfig {
-        let kind = if d.route_url.is_some() {
-            ServiceKind::Web
-        } else {
-            ServiceKind::Worker
-        };
-        let mut s = ServiceConfig::new(d.service_name.clone(), kind);
-        if let Some(p) = d.build.port {
-            s.port = p;
-        }
-        s
+        crate::pipeline::service_from_record(d)
     }
 
     /// Start a fresh container for an active deployment whose container is
