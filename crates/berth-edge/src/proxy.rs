@@ -43,42 +43,53 @@ fn hop_by_hop() -> [&'static HeaderName; 9] {
 /// Returns the `Upgrade` value if `keep_upgrade` and the message asks for an
 /// upgrade (`Connection: upgrade` + `Upgrade`).
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> Option<HeaderValue> {
-    // Fast path: one pass over the (few) names, no lookups, when none is
-    // hop-by-hop (the common case).
+    // One pass over the (few) names notes which hop-by-hop headers are
+    // present; only those are then looked up and removed.
     let hop = hop_by_hop();
-    if !headers.keys().any(|k| hop.contains(&k)) {
+    let mut present = 0u16;
+    for k in headers.keys() {
+        if let Some(i) = hop.iter().position(|h| *h == k) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return None;
     }
     let mut wants_upgrade = false;
-    if headers.contains_key(&header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
+    // hop[0] is Connection: remove the headers it names
+    if present & 1 != 0 {
+        let mut named: Vec<HeaderName> = Vec::new();
+        for t in headers
             .get_all(&header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|t| {
-                let t = t.trim();
-                if t.eq_ignore_ascii_case("upgrade") {
-                    wants_upgrade = true;
-                }
-                HeaderName::from_bytes(t.as_bytes()).ok()
-            })
-            .collect();
-        for n in named {
-            if n != header::UPGRADE {
-                headers.remove(&n);
+        {
+            let t = t.trim();
+            if t.eq_ignore_ascii_case("upgrade") {
+                wants_upgrade = true;
+            } else if t.eq_ignore_ascii_case("keep-alive") {
+                // in the hop-by-hop list already
+            } else if let Ok(n) = HeaderName::from_bytes(t.as_bytes()) {
+                named.push(n);
             }
         }
+        for n in named {
+            headers.remove(&n);
+        }
     }
-    let upgrade = headers.get(&header::UPGRADE).cloned();
-    for h in hop_by_hop() {
-        headers.remove(h);
-    }
-    if keep_upgrade && wants_upgrade {
-        upgrade
+    let upgrade_bit = 1 << 6;
+    let upgrade = if keep_upgrade && wants_upgrade && present & upgrade_bit != 0 {
+        headers.get(&header::UPGRADE).cloned()
     } else {
         None
+    };
+    for (i, h) in hop.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(*h);
+        }
     }
+    upgrade
 }
 
 fn error_response(status: StatusCode, msg: &'static str) -> Response<ProxyBody> {
