@@ -52,9 +52,12 @@ pub const CAP_ADD: &[&str] = &[
 ];
 
 /// json-file log rotation: at most `LOG_MAX_FILE` files of `LOG_MAX_SIZE`.
-pub const LOG_MAX_SIZE: &str = "10m";
+/// Docker 20.10's follow skips a whole rotated file when the reader lags
+/// behind, so the files are large enough (100 MB in all) to absorb a burst
+/// while berth stores what it reads.
+pub const LOG_MAX_SIZE: &str = "20m";
 /// See [`LOG_MAX_SIZE`].
-pub const LOG_MAX_FILE: &str = "3";
+pub const LOG_MAX_FILE: &str = "5";
 
 /// Extra time the engine client waits for `stop` beyond the grace period.
 const STOP_SLACK: Duration = Duration::from_secs(30);
@@ -641,7 +644,7 @@ mod tests {
         assert!(host.binds.is_none() && host.mounts.is_none());
         let log = host.log_config.expect("log config");
         assert_eq!(log.typ.as_deref(), Some("json-file"));
-        assert_eq!(log.config.expect("log opts")["max-size"], "10m");
+        assert_eq!(log.config.expect("log opts")["max-size"], LOG_MAX_SIZE);
         let restart = host.restart_policy.expect("restart");
         assert_eq!(restart.name, Some(RestartPolicyNameEnum::ON_FAILURE));
         assert_eq!(restart.maximum_retry_count, Some(3));

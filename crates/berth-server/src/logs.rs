@@ -104,18 +104,7 @@ impl LogHub {
         step: Option<StepName>,
         text: &str,
     ) {
-        let mut text = match self.redactor(deployment_id) {
-            Some(r) => r.redact(text),
-            None => text.to_string(),
-        };
-        if text.len() > MAX_LINE {
-            let mut cut = MAX_LINE;
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            text.truncate(cut);
-            text.push_str(" …[line cut]");
-        }
+        let text = self.prepare(deployment_id, text);
         // Report lines dropped earlier, once there is room again.
         let pending_drop = {
             let mut d = self.dropped.lock().unwrap_or_else(|p| p.into_inner());
@@ -143,6 +132,46 @@ impl LogHub {
         if self.tx.try_send(line).is_err() {
             self.count_drop(deployment_id, 1);
         }
+    }
+
+    /// Like [`LogHub::line_at`], but waits for room instead of dropping:
+    /// for container output, which the engine already buffers on disk, so
+    /// waiting slows nobody down.
+    pub async fn line_wait(
+        &self,
+        deployment_id: &str,
+        ts: chrono::DateTime<chrono::Utc>,
+        stream: LogStream,
+        text: &str,
+    ) {
+        let text = self.prepare(deployment_id, text);
+        let line = NewLogLine {
+            deployment_id: deployment_id.to_string(),
+            ts,
+            stream,
+            step: None,
+            text,
+        };
+        if self.tx.send(line).await.is_err() {
+            self.count_drop(deployment_id, 1);
+        }
+    }
+
+    /// Redact secrets and cut overlong lines.
+    fn prepare(&self, deployment_id: &str, text: &str) -> String {
+        let mut text = match self.redactor(deployment_id) {
+            Some(r) => r.redact(text),
+            None => text.to_string(),
+        };
+        if text.len() > MAX_LINE {
+            let mut cut = MAX_LINE;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+            text.push_str(" …[line cut]");
+        }
+        text
     }
 
     fn count_drop(&self, deployment_id: &str, n: u64) {

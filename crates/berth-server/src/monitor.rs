@@ -89,7 +89,7 @@ impl Monitors {
                                 berth_runtime::LogStream::Stdout => LogStream::Stdout,
                                 berth_runtime::LogStream::Stderr => LogStream::Stderr,
                             };
-                            d.logs.line_at(&dep, chunk.ts, stream, None, &chunk.line);
+                            d.logs.line_wait(&dep, chunk.ts, stream, &chunk.line).await;
                         }
                         Some(Err(e)) => {
                             if e.is_not_found() {
