@@ -155,7 +155,8 @@ pub struct EdgeConfig {
     pub routes_file: Option<PathBuf>,
     /// TCP connect timeout towards an upstream (502 when exceeded).
     pub connect_timeout: Duration,
-    /// No response headers from the upstream by then: 504.
+    /// No response headers from the upstream by then: 504 (checked on a
+    /// tick of a eighth of it, between 10 ms and 1 s, so up to a tick late).
     pub upstream_timeout: Duration,
     /// Value of `X-Forwarded-Proto` (`"http"` on the plain listener).
     pub proto: &'static str,
@@ -287,6 +288,23 @@ impl Edge {
             )),
             bell: self.inner.registry.new_bell(),
         });
+        // Coarse clock of the upstream timeouts (see `target::wait_stop`).
+        let tick = (self.inner.upstream_timeout / 8)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let ticker = {
+            let bell = Arc::downgrade(&worker.bell);
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(tick);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    match bell.upgrade() {
+                        Some(b) => b.notify_waiters(),
+                        None => return,
+                    }
+                }
+            })
+        };
         let reaper = {
             let pool = Arc::downgrade(&worker.pool);
             let every = (worker.pool.idle_timeout() / 2).max(Duration::from_secs(1));
@@ -336,6 +354,7 @@ impl Edge {
         drop(listener);
         graceful.shutdown().await;
         reaper.abort();
+        ticker.abort();
         Ok(())
     }
 

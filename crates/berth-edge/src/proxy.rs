@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use crate::body::ProxyBody;
 use crate::route::request_host_key;
 use crate::scan::{ScanState, Verdict};
-use crate::target::{wait_abort, InflightGuard, UpgradedGuard};
+use crate::target::{wait_stop, InflightGuard, Stop, UpgradedGuard};
 use crate::Worker;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -227,16 +227,22 @@ async fn handle_inner(
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
 
-    let sent = tokio::time::timeout(inner.upstream_timeout, worker.pool.send(upstream_id, req));
+    // No timer per request: the worker's bell rings on drain aborts and on a
+    // coarse tick (see `Worker::tick`), and the request checks both.
+    let deadline = started + inner.upstream_timeout;
     let result = tokio::select! {
-        r = sent => r,
-        _ = wait_abort(&guard.target, abort_gen, &worker.bell) => {
-            series.record(504, started.elapsed());
-            return error_response(StatusCode::GATEWAY_TIMEOUT, "504 gateway timeout: instance drained\n");
-        }
+        r = worker.pool.send(upstream_id, req) => Ok(r),
+        stop = wait_stop(&guard.target, abort_gen, &worker.bell, deadline) => Err(stop),
     };
     let resp = match result {
-        Err(_elapsed) => {
+        Err(Stop::Aborted) => {
+            series.record(504, started.elapsed());
+            return error_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                "504 gateway timeout: instance drained\n",
+            );
+        }
+        Err(Stop::TimedOut) => {
             series.record(504, started.elapsed());
             return error_response(
                 StatusCode::GATEWAY_TIMEOUT,

@@ -125,16 +125,32 @@ pub struct DrainReport {
     pub upgraded_closed: usize,
 }
 
-/// Resolves when the request that recorded `gen` on `target` is aborted.
-/// Waits on its worker's `bell` (one per `serve` loop, so registering is an
-/// uncontended lock on the worker's own thread).
-pub(crate) async fn wait_abort(target: &TargetState, gen: u64, bell: &Notify) {
+/// Why a request waiting for its upstream stops waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    Aborted,
+    TimedOut,
+}
+
+/// Resolves when the request that recorded `gen` on `target` is aborted or
+/// `deadline` has passed. Checked each time the worker's `bell` rings (drain
+/// aborts, and the worker's coarse tick), so no timer is armed per request;
+/// the timeout fires at most one tick late.
+pub(crate) async fn wait_stop(
+    target: &TargetState,
+    gen: u64,
+    bell: &Notify,
+    deadline: std::time::Instant,
+) -> Stop {
     loop {
         let rung = bell.notified();
         tokio::pin!(rung);
         rung.as_mut().enable();
         if target.is_aborted(gen) {
-            return;
+            return Stop::Aborted;
+        }
+        if std::time::Instant::now() >= deadline {
+            return Stop::TimedOut;
         }
         rung.await;
     }
@@ -317,7 +333,8 @@ mod tests {
         // g2 is released only when aborted
         let t3 = t.clone();
         let aborted = tokio::spawn(async move {
-            wait_abort(&t3, gen, &bell).await;
+            let far = std::time::Instant::now() + Duration::from_secs(3600);
+            assert_eq!(wait_stop(&t3, gen, &bell, far).await, Stop::Aborted);
             drop(g2);
         });
         let report = h.await.unwrap();
