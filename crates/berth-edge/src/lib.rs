@@ -14,7 +14,8 @@
 //! the client socket; `pool.rs` upstream connections; `body.rs` the response
 //! body (in-flight accounting, abort, connection return); `splice.rs`
 //! upgraded connections and their clean close; `target.rs` in-flight state
-//! and drain; `table.rs`/`select.rs`/`route.rs` routes; `metrics.rs`.
+//! and drain; `table.rs`/`select.rs`/`route.rs` routes; `metrics.rs` and
+//! `stats.rs` (typed per-target counters for canary judgement).
 //!
 //! # API
 //! * [`Edge::new`]`(EdgeConfig) -> Result<Edge, EdgeError>`: loads the routes
