@@ -27,7 +27,12 @@ impl Window {
     /// The 95th percentile latency: the upper bound of the bucket holding
     /// it (`None` without requests, `f64::INFINITY` beyond the last bound).
     pub fn p95(&self) -> Option<f64> {
-        let total = self.latency.last().map(|(_, c)| *c).unwrap_or(0).max(self.requests);
+        let total = self
+            .latency
+            .last()
+            .map(|(_, c)| *c)
+            .unwrap_or(0)
+            .max(self.requests);
         if total == 0 {
             return None;
         }
@@ -153,7 +158,10 @@ mod tests {
             assert!(text.starts_with(want), "{cand:?}: {text}");
         }
         // A baseline that errs as much is no regression.
-        assert_eq!(judge(&w(100, 5, 100), &w(100, 6, 100), &cfg), Verdict::Healthy);
+        assert_eq!(
+            judge(&w(100, 5, 100), &w(100, 6, 100), &cfg),
+            Verdict::Healthy
+        );
     }
 
     #[test]

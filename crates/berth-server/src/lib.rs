@@ -120,25 +120,18 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         ..EdgeConfig::default()
     })
     .context("cannot start the edge proxy")?;
-    let http = tokio::net::TcpListener::bind(cfg.http_listen)
-        .await
-        .with_context(|| format!("cannot listen on --http-listen {}", cfg.http_listen))?;
     let api_listener = tokio::net::TcpListener::bind(cfg.api_listen)
         .await
         .with_context(|| format!("cannot listen on --api-listen {}", cfg.api_listen))?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let edge_task = {
-        let edge = edge.clone();
-        let mut rx = stop_rx.clone();
-        tokio::spawn(async move {
-            let stop = async move {
-                let _ = rx.wait_for(|s| *s).await;
-            };
-            if let Err(e) = edge.serve(http, stop).await {
-                tracing::error!(error = %e, "edge proxy stopped");
-            }
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    // One single-threaded runtime per core, each with its own listener
+    // (SO_REUSEPORT) and upstream pool.
+    let edge_threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let edge_handle = edge
+        .serve_threads(cfg.http_listen, edge_threads, async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
         })
-    };
+        .with_context(|| format!("cannot listen on --http-listen {}", cfg.http_listen))?;
 
     let (runtime, docker): (Arc<dyn Runtime>, Option<bollard::Docker>) =
         match DockerRuntime::connect().await {
@@ -222,6 +215,6 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         .context("API server failed")?;
     tracing::info!("shutting down: draining the edge");
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), edge_task).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), edge_handle.wait()).await;
     Ok(())
 }
