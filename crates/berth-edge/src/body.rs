@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
 
+use crate::fast::RawBody;
 use crate::pool::Pooled;
 use crate::target::InflightGuard;
 
@@ -28,6 +29,17 @@ pub struct ProxyBody {
 enum Kind {
     Full(Option<Bytes>),
     Upstream(Box<Streaming>),
+    Raw(Box<RawStreaming>),
+}
+
+/// An upstream body read by the fast path (`fast.rs`).
+#[derive(Debug)]
+struct RawStreaming {
+    inner: RawBody,
+    guard: Option<InflightGuard>,
+    abort_gen: u64,
+    bell: Arc<Notify>,
+    abort_wait: Option<Pin<Box<OwnedNotified>>>,
 }
 
 #[derive(Debug)]
@@ -87,6 +99,56 @@ impl ProxyBody {
     }
 }
 
+/// Ready once the request's target was aborted (drain deadline); otherwise
+/// registers for the worker's bell.
+fn poll_aborted(
+    guard: &Option<InflightGuard>,
+    abort_gen: u64,
+    bell: &Arc<Notify>,
+    abort_wait: &mut Option<Pin<Box<OwnedNotified>>>,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    loop {
+        let wait = abort_wait.get_or_insert_with(|| {
+            let mut w = Box::pin(bell.clone().notified_owned());
+            w.as_mut().enable();
+            w
+        });
+        if guard
+            .as_ref()
+            .is_some_and(|g| g.target.is_aborted(abort_gen))
+        {
+            return Poll::Ready(());
+        }
+        match wait.as_mut().poll(cx) {
+            // rung for some target: re-arm and check again
+            Poll::Ready(()) => *abort_wait = None,
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+}
+
+impl ProxyBody {
+    /// A body read by the fast path; holds the in-flight guard until its end.
+    pub(crate) fn raw(
+        inner: RawBody,
+        guard: InflightGuard,
+        abort_gen: u64,
+        bell: Arc<Notify>,
+    ) -> ProxyBody {
+        let guard = if inner.is_end() { None } else { Some(guard) };
+        ProxyBody {
+            kind: Kind::Raw(Box::new(RawStreaming {
+                inner,
+                guard,
+                abort_gen,
+                bell,
+                abort_wait: None,
+            })),
+        }
+    }
+}
+
 impl Streaming {
     /// End of the upstream body: the request is over, the connection reusable.
     fn finished(&mut self) {
@@ -134,27 +196,51 @@ impl Body for ProxyBody {
                         }
                         Poll::Ready(Some(Ok(f)))
                     }
-                    Poll::Pending => loop {
-                        let wait = s.abort_wait.get_or_insert_with(|| {
-                            let mut w = Box::pin(s.bell.clone().notified_owned());
-                            w.as_mut().enable();
-                            w
-                        });
-                        let aborted = s
-                            .guard
-                            .as_ref()
-                            .is_some_and(|g| g.target.is_aborted(s.abort_gen));
-                        if aborted {
+                    Poll::Pending => {
+                        ready!(poll_aborted(
+                            &s.guard,
+                            s.abort_gen,
+                            &s.bell,
+                            &mut s.abort_wait,
+                            cx
+                        ));
+                        s.guard = None;
+                        s.conn = None;
+                        Poll::Ready(Some(Err(Box::new(Aborted))))
+                    }
+                }
+            }
+            Kind::Raw(s) => {
+                if s.guard.is_none() {
+                    return Poll::Ready(None);
+                }
+                match s.inner.poll_data(cx) {
+                    Poll::Ready(None) => {
+                        s.guard = None;
+                        Poll::Ready(None)
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        s.guard = None;
+                        Poll::Ready(Some(Err(e.into())))
+                    }
+                    Poll::Ready(Some(Ok(d))) => {
+                        if s.inner.is_end() {
                             s.guard = None;
-                            s.conn = None;
-                            return Poll::Ready(Some(Err(Box::new(Aborted))));
                         }
-                        match wait.as_mut().poll(cx) {
-                            // rung for some target: re-arm and check again
-                            Poll::Ready(()) => s.abort_wait = None,
-                            Poll::Pending => return Poll::Pending,
-                        }
-                    },
+                        Poll::Ready(Some(Ok(Frame::data(d))))
+                    }
+                    Poll::Pending => {
+                        ready!(poll_aborted(
+                            &s.guard,
+                            s.abort_gen,
+                            &s.bell,
+                            &mut s.abort_wait,
+                            cx
+                        ));
+                        s.guard = None;
+                        s.inner.abandon();
+                        Poll::Ready(Some(Err(Box::new(Aborted))))
+                    }
                 }
             }
         }
@@ -164,6 +250,7 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Full(b) => b.is_none(),
             Kind::Upstream(s) => s.guard.is_none() || s.inner.is_end_stream(),
+            Kind::Raw(s) => s.guard.is_none() || s.inner.is_end(),
         }
     }
 
@@ -172,6 +259,10 @@ impl Body for ProxyBody {
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
             Kind::Upstream(s) => s.inner.size_hint(),
+            Kind::Raw(s) => match s.inner.exact_len() {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::default(),
+            },
         }
     }
 }

@@ -11,7 +11,9 @@
 //! ```
 //!
 //! Code map: `proxy.rs` the request path; `scan.rs` the smuggling guard on
-//! the client socket; `pool.rs` upstream connections; `body.rs` the response
+//! the client socket; `fast.rs` the hand-written HTTP/1.1 upstream client of
+//! bodiless `GET`/`OPTIONS` requests (anything else, upgrades included, goes
+//! through hyper); `pool.rs` upstream connections; `body.rs` the response
 //! body (in-flight accounting, abort, connection return); `splice.rs`
 //! upgraded connections and their clean close; `target.rs` in-flight state
 //! and drain; `table.rs`/`select.rs`/`route.rs` routes; `metrics.rs` and
@@ -72,12 +74,19 @@
 //! * **Upstream connections.** Each serve loop has its own pool; a
 //!   connection serves one request at a time, is driven by the task of the
 //!   client connection that borrows it (no task of its own), and returns to
-//!   the pool only after its response body was read to the end.
+//!   the pool only after its response body was read to the end (and, on the
+//!   fast path, only if it was framed by length or chunks and the upstream
+//!   did not ask to close). A pooled connection found closed before any
+//!   response byte arrived is retried once on a fresh connection for
+//!   idempotent requests (fast path: the only ones it takes; hyper path:
+//!   when the request was not written yet), so an upstream's idle timeout
+//!   never turns into a 502.
 //! * **Weights.** A target of weight `w` in a route of total weight `W` gets
 //!   exactly `w` of every `W` consecutive requests, evenly spread (see
 //!   `select.rs`); picking is lock-free.
 
 mod body;
+mod fast;
 mod metrics;
 mod persist;
 mod pool;

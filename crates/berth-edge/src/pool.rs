@@ -13,6 +13,11 @@
 //! connection the upstream closed in the meantime is skipped, and a request
 //! not yet written when its connection turned out dead is retried once on a
 //! fresh connection.
+//!
+//! The pool also keeps the idle connections of the hand-written fast path
+//! (`fast.rs`) apart from hyper's: plain sockets, lent by
+//! [`Pool::checkout_raw`] and returned by [`Pool::release_raw`] under the
+//! same rule (response body read to the end).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -26,6 +31,8 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+
+use crate::fast::RawConn;
 
 /// Idle connections kept per upstream and pool.
 const MAX_IDLE_PER_UPSTREAM: usize = 512;
@@ -45,6 +52,12 @@ pub(crate) enum SendError {
     Closed,
     #[error("upstream http: {0}")]
     Http(#[from] hyper::Error),
+    #[error("upstream i/o: {0}")]
+    Io(#[source] std::io::Error),
+    #[error("upstream sent a malformed response: {0}")]
+    BadResponse(&'static str),
+    #[error("upstream switched protocols unasked")]
+    UnexpectedSwitch,
 }
 
 type ConnFuture = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
@@ -111,12 +124,19 @@ struct Idle {
     since: Instant,
 }
 
+/// An idle connection of the fast path (`fast.rs`).
+struct RawIdle {
+    conn: RawConn,
+    since: Instant,
+}
+
 /// The connections of one upstream.
 struct Entry {
     /// The pool's own copy: cloning the route table's copy on every request
     /// would bounce its reference count between threads.
     authority: Authority,
     idle: Vec<Idle>,
+    raw_idle: Vec<RawIdle>,
     last_used: Instant,
 }
 
@@ -125,6 +145,13 @@ pub(crate) struct Pool {
     entries: Mutex<HashMap<u64, Entry, IdBuild>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
+}
+
+/// What the fast path gets from [`Pool::checkout_raw`].
+pub(crate) enum RawCheckout {
+    Idle(RawConn),
+    Connect(Authority),
+    Unknown,
 }
 
 enum Checkout {
@@ -205,6 +232,7 @@ impl Pool {
             authority: Authority::try_from(authority.as_str().as_bytes())
                 .unwrap_or_else(|_| authority.clone()),
             idle: Vec::new(),
+            raw_idle: Vec::new(),
             last_used: Instant::now(),
         });
     }
@@ -225,6 +253,44 @@ impl Pool {
         Checkout::Connect(e.authority.clone())
     }
 
+    /// The most recently used idle fast-path connection to `id` (none if
+    /// `fresh`), or what to dial.
+    pub(crate) fn checkout_raw(&self, id: u64, fresh: bool) -> RawCheckout {
+        let mut entries = lock(&self.entries);
+        let Some(e) = entries.get_mut(&id) else {
+            return RawCheckout::Unknown;
+        };
+        let now = Instant::now();
+        e.last_used = now;
+        if !fresh {
+            while let Some(i) = e.raw_idle.pop() {
+                if now.duration_since(i.since) < self.idle_timeout {
+                    return RawCheckout::Idle(i.conn);
+                }
+            }
+        }
+        RawCheckout::Connect(e.authority.clone())
+    }
+
+    /// Returns a fast-path connection whose response was read to the end.
+    pub(crate) fn release_raw(&self, id: u64, conn: RawConn) {
+        let mut entries = lock(&self.entries);
+        if let Some(e) = entries.get_mut(&id) {
+            if e.raw_idle.len() < MAX_IDLE_PER_UPSTREAM {
+                let now = Instant::now();
+                e.last_used = now;
+                e.raw_idle.push(RawIdle { conn, since: now });
+            }
+        }
+    }
+
+    /// Drops the idle fast-path connections to `id` (one turned out stale).
+    pub(crate) fn forget_raw_idle(&self, id: u64) {
+        if let Some(e) = lock(&self.entries).get_mut(&id) {
+            e.raw_idle.clear();
+        }
+    }
+
     /// Drops idle connections that are closed or idle for too long. Idle
     /// connections are not otherwise polled: each is polled once here (with
     /// a no-op waker) so one the upstream closed is noticed and released.
@@ -236,9 +302,15 @@ impl Pool {
                 let ended = i.up.drive(&mut cx);
                 !ended && !i.up.tx.is_closed() && i.since.elapsed() < self.idle_timeout
             });
+            e.raw_idle
+                .retain(|i| i.since.elapsed() < self.idle_timeout && i.conn.looks_alive());
         }
         // an upstream unused for a while (its deployment is gone) is forgotten
-        entries.retain(|_, e| !e.idle.is_empty() || e.last_used.elapsed() < self.idle_timeout);
+        entries.retain(|_, e| {
+            !e.idle.is_empty()
+                || !e.raw_idle.is_empty()
+                || e.last_used.elapsed() < self.idle_timeout
+        });
     }
 
     pub(crate) fn idle_timeout(&self) -> Duration {
@@ -246,6 +318,21 @@ impl Pool {
     }
 
     async fn connect(&self, key: &Authority) -> Result<UpConn, SendError> {
+        let stream = self.connect_tcp(key).await?;
+        let (tx, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await?;
+        Ok(UpConn {
+            tx,
+            conn: Some(Box::pin(conn.with_upgrades())),
+        })
+    }
+
+    /// A new TCP connection to `key` (no delay), within the connect timeout.
+    pub(crate) async fn connect_tcp(
+        &self,
+        key: &Authority,
+    ) -> Result<tokio::net::TcpStream, SendError> {
         let upstream = key.as_str();
         let stream = tokio::time::timeout(
             self.connect_timeout,
@@ -260,13 +347,7 @@ impl Pool {
             source,
         })?;
         let _ = stream.set_nodelay(true);
-        let (tx, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await?;
-        Ok(UpConn {
-            tx,
-            conn: Some(Box::pin(conn.with_upgrades())),
-        })
+        Ok(stream)
     }
 
     /// Sends `req` (origin-form URI) to upstream `id` (see [`Pool::prepare`])

@@ -8,11 +8,13 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::body::ProxyBody;
+use crate::pool::SendError;
 use crate::route::request_host_key;
 use crate::scan::{ScanState, Verdict};
 use crate::target::{wait_stop, InflightGuard, Stop, UpgradedGuard};
@@ -25,7 +27,7 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Hop-by-hop headers (RFC 9110 7.6.1 plus the usual non-standard ones).
-fn hop_by_hop() -> [&'static HeaderName; 9] {
+pub(crate) fn hop_by_hop() -> [&'static HeaderName; 9] {
     [
         &header::CONNECTION,
         &KEEP_ALIVE,
@@ -217,6 +219,29 @@ async fn handle_inner(
             headers.insert(header::HOST, h);
         }
     }
+    if client_upgrade.is_none()
+        && (req.method() == Method::GET || req.method() == Method::OPTIONS)
+        && req.body().is_end_stream()
+        && !req.headers().contains_key(header::EXPECT)
+    {
+        let head = request_head(&req);
+        let idempotent = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+        drop(req);
+        return fast_path(
+            worker,
+            FastRequest {
+                upstream_id,
+                head: &head,
+                idempotent,
+            },
+            guard,
+            abort_gen,
+            started,
+            &series,
+        )
+        .await;
+    }
+    let headers = req.headers_mut();
     let client_on_upgrade = if let Some(up) = &client_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, up.clone());
@@ -235,28 +260,8 @@ async fn handle_inner(
         stop = wait_stop(&guard.target, abort_gen, &worker.bell, deadline) => Err(stop),
     };
     let resp = match result {
-        Err(Stop::Aborted) => {
-            series.record(504, started.elapsed());
-            return error_response(
-                StatusCode::GATEWAY_TIMEOUT,
-                "504 gateway timeout: instance drained\n",
-            );
-        }
-        Err(Stop::TimedOut) => {
-            series.record(504, started.elapsed());
-            return error_response(
-                StatusCode::GATEWAY_TIMEOUT,
-                "504 gateway timeout: the application did not answer in time\n",
-            );
-        }
-        Ok(Err(e)) => {
-            tracing::debug!(target_id = %guard.target.id, error = %e, "upstream request failed");
-            series.record(502, started.elapsed());
-            return error_response(
-                StatusCode::BAD_GATEWAY,
-                "502 bad gateway: the application could not be reached\n",
-            );
-        }
+        Err(stop) => return stop_response(stop, started, &series),
+        Ok(Err(e)) => return send_failed(&guard, &e, started, &series),
         Ok(Ok(r)) => r,
     };
     let (mut resp, conn) = resp;
@@ -310,6 +315,102 @@ async fn handle_inner(
     Response::from_parts(
         parts,
         ProxyBody::upstream(body, guard, conn, abort_gen, worker.bell.clone()),
+    )
+}
+
+/// The request head the fast path writes: origin-form target, the headers
+/// already rewritten.
+fn request_head(req: &Request<Incoming>) -> Vec<u8> {
+    let target = match req.uri().path_and_query().map(|pq| pq.as_str()) {
+        Some(t) if t.starts_with('/') || t == "*" => t,
+        _ => "/",
+    };
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(req.method().as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// Forwards a bodiless `GET`/`OPTIONS` with the hand-written client
+/// (`fast.rs`); the same statuses, metrics and in-flight accounting as the
+/// hyper path.
+/// What the fast path sends.
+struct FastRequest<'a> {
+    upstream_id: u64,
+    head: &'a [u8],
+    /// Retried once on a fresh connection if a pooled one turns out closed.
+    idempotent: bool,
+}
+
+async fn fast_path(
+    worker: &Worker,
+    req: FastRequest<'_>,
+    guard: InflightGuard,
+    abort_gen: u64,
+    started: Instant,
+    series: &crate::metrics::Series,
+) -> Response<ProxyBody> {
+    let deadline = started + worker.inner.upstream_timeout;
+    let result = tokio::select! {
+        r = crate::fast::send(&worker.pool, req.upstream_id, req.head, req.idempotent) => Ok(r),
+        stop = wait_stop(&guard.target, abort_gen, &worker.bell, deadline) => Err(stop),
+    };
+    let (head, body) = match result {
+        Err(stop) => return stop_response(stop, started, series),
+        Ok(Err(e)) => return send_failed(&guard, &e, started, series),
+        Ok(Ok(r)) => r,
+    };
+    series.record(head.status.as_u16(), started.elapsed());
+    let mut resp = Response::new(ProxyBody::raw(body, guard, abort_gen, worker.bell.clone()));
+    *resp.status_mut() = head.status;
+    *resp.headers_mut() = head.headers;
+    resp
+}
+
+fn stop_response(
+    stop: Stop,
+    started: Instant,
+    series: &crate::metrics::Series,
+) -> Response<ProxyBody> {
+    series.record(504, started.elapsed());
+    match stop {
+        Stop::Aborted => error_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            "504 gateway timeout: instance drained\n",
+        ),
+        Stop::TimedOut => error_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            "504 gateway timeout: the application did not answer in time\n",
+        ),
+    }
+}
+
+fn send_failed(
+    guard: &InflightGuard,
+    e: &SendError,
+    started: Instant,
+    series: &crate::metrics::Series,
+) -> Response<ProxyBody> {
+    tracing::debug!(target_id = %guard.target.id, error = %e, "upstream request failed");
+    series.record(502, started.elapsed());
+    if matches!(e, SendError::UnexpectedSwitch) {
+        return error_response(
+            StatusCode::BAD_GATEWAY,
+            "502 bad gateway: unexpected protocol switch\n",
+        );
+    }
+    error_response(
+        StatusCode::BAD_GATEWAY,
+        "502 bad gateway: the application could not be reached\n",
     )
 }
 

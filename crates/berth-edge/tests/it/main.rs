@@ -722,3 +722,55 @@ async fn upstream_connections_are_reused_after_full_bodies_only() {
     );
     assert_eq!(a.conns.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn chunked_interim_and_read_to_close_responses_are_relayed() {
+    let up = raw_upstream().await;
+    let e = edge().await;
+    e.edge
+        .apply(vec![upsert("r.localhost", vec![target("r", up.addr, 1)])])
+        .unwrap();
+    let mut c = Conn::open(e.addr).await;
+    for _ in 0..3 {
+        assert_eq!(
+            c.get("r.localhost", "/chunked").await,
+            (StatusCode::OK, "hello, world".to_string())
+        );
+    }
+    assert_eq!(
+        up.conns.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "a fully read chunked response keeps its connection"
+    );
+    assert_eq!(
+        c.get("r.localhost", "/close").await,
+        (StatusCode::OK, "until the end".to_string())
+    );
+    // the read-to-close connection is not reused
+    assert_eq!(
+        c.get("r.localhost", "/").await,
+        (StatusCode::OK, "ok".to_string())
+    );
+    assert_eq!(up.conns.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(e.edge.inflight("r"), 0);
+}
+
+#[tokio::test]
+async fn pooled_connections_closed_by_the_upstream_are_retried_not_502() {
+    let up = raw_upstream().await;
+    let e = edge().await;
+    e.edge
+        .apply(vec![upsert("r.localhost", vec![target("r", up.addr, 1)])])
+        .unwrap();
+    let mut c = Conn::open(e.addr).await;
+    // every answer leaves a pooled connection the upstream has closed
+    for i in 0..20 {
+        assert_eq!(
+            c.get("r.localhost", "/once").await,
+            (StatusCode::OK, "once".to_string()),
+            "request {i}"
+        );
+    }
+    assert_eq!(up.requests.load(std::sync::atomic::Ordering::SeqCst), 20);
+    assert_eq!(e.edge.inflight("r"), 0);
+}

@@ -312,3 +312,87 @@ pub async fn ws_upstream() -> (SocketAddr, Frames) {
     });
     (addr, frames)
 }
+
+/// A hand-written HTTP/1.1 upstream for framing corner cases. By path:
+/// `/chunked` (a 103 interim head, then a chunked body written in pieces),
+/// `/close` (HTTP/1.0, no length: the body ends when the socket closes),
+/// `/once` (a `Content-Length` answer, then the socket is closed without
+/// `Connection: close`, as an upstream's idle timeout would), anything else
+/// `Content-Length: 2` "ok". Counts accepted connections and requests.
+pub struct RawUpstream {
+    pub addr: SocketAddr,
+    pub conns: Arc<AtomicUsize>,
+    pub requests: Arc<AtomicUsize>,
+}
+
+pub async fn raw_upstream() -> RawUpstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let (c, r) = (conns.clone(), requests.clone());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            let r = r.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    // one request head (the edge sends bodiless GETs here)
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end);
+                    r.fetch_add(1, Ordering::SeqCst);
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                    let pause = || tokio::time::sleep(Duration::from_millis(20));
+                    match path.as_str() {
+                        "/chunked" => {
+                            let _ = s
+                                .write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n")
+                                .await;
+                            pause().await;
+                            let _ = s
+                                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-App: raw\r\n\r\n5\r\nhel")
+                                .await;
+                            pause().await;
+                            let _ = s.write_all(b"lo\r\n7;x=y\r\n, world\r\n0\r\n").await;
+                            pause().await;
+                            let _ = s.write_all(b"X-Trailer: 1\r\n\r\n").await;
+                        }
+                        "/close" => {
+                            let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\nuntil ").await;
+                            pause().await;
+                            let _ = s.write_all(b"the end").await;
+                            return;
+                        }
+                        "/once" => {
+                            let _ = s
+                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nonce")
+                                .await;
+                            return;
+                        }
+                        _ => {
+                            let _ = s
+                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                                .await;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    RawUpstream {
+        addr,
+        conns,
+        requests,
+    }
+}
