@@ -124,6 +124,14 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on --api-listen {}", cfg.api_listen))?;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    // SO_REUSEPORT would let a second berth share the port silently: make
+    // sure nobody listens there first.
+    if cfg.http_listen.port() != 0 {
+        drop(
+            std::net::TcpListener::bind(cfg.http_listen)
+                .with_context(|| format!("cannot listen on --http-listen {}", cfg.http_listen))?,
+        );
+    }
     // One single-threaded runtime per core, each with its own listener
     // (SO_REUSEPORT) and upstream pool.
     let edge_threads = std::thread::available_parallelism().map_or(2, |n| n.get());

@@ -336,3 +336,26 @@ fn external_routes_send_a_hostname_to_an_upstream_berth_does_not_run() {
     s.ok(&["routes", "remove", "legacy.example.com"]);
     assert_eq!(s.get_host("legacy.example.com", "/").unwrap().0, 404);
 }
+
+#[test]
+fn a_second_server_on_the_same_ports_refuses_to_start() {
+    let s = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args([
+            "server",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--api-listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--http-listen",
+            &format!("127.0.0.1:{}", s.http_port),
+            "--token",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot listen on --http-listen"), "{err}");
+}
