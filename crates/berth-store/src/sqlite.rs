@@ -630,7 +630,7 @@ impl Store for SqliteStore {
         let q = q.clone();
         self.call(move |c| {
             let mut sql = String::from(
-                "SELECT l.seq, l.ts, l.deployment_id, d.project, d.service, d.environment, d.data, l.stream, l.step, l.text \
+                "SELECT l.seq, l.ts, l.deployment_id, d.project, d.service, d.environment, l.stream, l.step, l.text \
                  FROM logs l JOIN deployments d ON d.id = l.deployment_id WHERE 1=1",
             );
             let mut args: Vec<String> = Vec::new();
@@ -666,10 +666,6 @@ impl Store for SqliteStore {
             }
             let mut st = c.prepare(&sql)?;
             let rows = st.query_map(rusqlite::params_from_iter(args.iter()), |r| {
-                let data: String = r.get(6)?;
-                let sha = serde_json::from_str::<serde_json::Value>(&data)
-                    .ok()
-                    .and_then(|v| v["commit"]["sha"].as_str().map(|s| s.chars().take(7).collect()));
                 Ok(LogLine {
                     seq: r.get(0)?,
                     ts: parse_ts(&r.get::<_, String>(1)?)?,
@@ -677,13 +673,27 @@ impl Store for SqliteStore {
                     project_name: r.get(3)?,
                     service_name: r.get(4)?,
                     environment_name: r.get(5)?,
-                    sha,
-                    stream: LogStream::parse(&r.get::<_, String>(7)?).unwrap_or(LogStream::Berth),
-                    step: r.get::<_, Option<String>>(8)?.and_then(|s| StepName::parse(&s)),
-                    text: r.get(9)?,
+                    sha: None,
+                    stream: LogStream::parse(&r.get::<_, String>(6)?).unwrap_or(LogStream::Berth),
+                    step: r.get::<_, Option<String>>(7)?.and_then(|s| StepName::parse(&s)),
+                    text: r.get(8)?,
                 })
             })?;
             let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            // The short SHA, read once per deployment rather than per line.
+            let mut shas: std::collections::HashMap<String, Option<String>> = Default::default();
+            for line in out.iter_mut() {
+                if !shas.contains_key(&line.deployment_id) {
+                    let data: Option<String> = c
+                        .query_row("SELECT data FROM deployments WHERE id = ?1", [&line.deployment_id], |r| r.get(0))
+                        .optional()?;
+                    let sha = data
+                        .and_then(|d| serde_json::from_str::<Deployment>(&d).ok())
+                        .and_then(|d| d.commit.map(|c| c.sha.chars().take(7).collect()));
+                    shas.insert(line.deployment_id.clone(), sha);
+                }
+                line.sha = shas[&line.deployment_id].clone();
+            }
             if tail {
                 out.reverse();
             }
