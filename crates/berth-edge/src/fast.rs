@@ -14,7 +14,8 @@
 //! * A pooled connection that fails before any byte of the response arrived
 //!   (the upstream closed it while idle) is retried once on a fresh
 //!   connection, and only for idempotent requests; any other failure is an
-//!   error (502).
+//!   error (502). So is a `408` read on a pooled connection (some upstreams
+//!   send one on a keep-alive connection they time out, then close it).
 
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -334,6 +335,18 @@ pub(crate) async fn send(
             RawCheckout::Unknown => return Err(SendError::Closed),
         };
         match exchange(&mut conn, head).await {
+            // what an upstream sends on a keep-alive connection it times out
+            // before closing it: read now, it is not this request's answer
+            Ok((h, _, _))
+                if h.status == StatusCode::REQUEST_TIMEOUT
+                    && !fresh
+                    && idempotent
+                    && !force_fresh =>
+            {
+                tracing::debug!("pooled upstream connection answered 408; retrying on a new one");
+                pool.forget_raw_idle(id);
+                force_fresh = true;
+            }
             Ok((head, framing, reuse)) => {
                 let mut body = RawBody {
                     conn: Some(conn),

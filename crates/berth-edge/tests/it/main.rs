@@ -772,5 +772,14 @@ async fn pooled_connections_closed_by_the_upstream_are_retried_not_502() {
         );
     }
     assert_eq!(up.requests.load(std::sync::atomic::Ordering::SeqCst), 20);
+    // a 408 left on a pooled connection is not taken for the next answer
+    for i in 0..5 {
+        assert_eq!(
+            c.get("r.localhost", "/then408").await,
+            (StatusCode::OK, "ok".to_string()),
+            "request {i}"
+        );
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
     assert_eq!(e.edge.inflight("r"), 0);
 }

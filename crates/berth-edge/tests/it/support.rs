@@ -317,7 +317,8 @@ pub async fn ws_upstream() -> (SocketAddr, Frames) {
 /// `/chunked` (a 103 interim head, then a chunked body written in pieces),
 /// `/close` (HTTP/1.0, no length: the body ends when the socket closes),
 /// `/once` (a `Content-Length` answer, then the socket is closed without
-/// `Connection: close`, as an upstream's idle timeout would), anything else
+/// `Connection: close`, as an upstream's idle timeout would), `/then408`
+/// (an answer, then a 408 and a close 20 ms later), anything else
 /// `Content-Length: 2` "ok". Counts accepted connections and requests.
 pub struct RawUpstream {
     pub addr: SocketAddr,
@@ -372,6 +373,17 @@ pub async fn raw_upstream() -> RawUpstream {
                             let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\nuntil ").await;
                             pause().await;
                             let _ = s.write_all(b"the end").await;
+                            return;
+                        }
+                        "/then408" => {
+                            let _ = s
+                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                                .await;
+                            // an idle timeout's farewell, after the answer
+                            pause().await;
+                            let _ = s
+                                .write_all(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                                .await;
                             return;
                         }
                         "/once" => {
