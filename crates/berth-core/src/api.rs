@@ -111,3 +111,14 @@ pub struct AddRoute {
     pub hostname: String,
     pub upstream: String,
 }
+
+/// `POST /api/v1/projects/{p}/domains`
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AddDomain {
+    pub hostname: String,
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(default)]
+    pub environment: Option<String>,
+}

@@ -426,3 +426,35 @@ pub struct LogLine {
     pub step: Option<StepName>,
     pub text: String,
 }
+
+/// A custom domain (004): verified by a TXT record, then routed to a
+/// service's active deployment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Domain {
+    pub hostname: String,
+    pub project_name: String,
+    pub service_name: String,
+    pub environment_name: String,
+    pub verified: bool,
+    pub verified_at: Option<DateTime<Utc>>,
+    /// The TXT record that proves control of the domain.
+    pub verification: DomainVerification,
+    /// Point the domain here (CNAME, or ALIAS at an apex).
+    pub target: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainVerification {
+    #[serde(rename = "type")]
+    pub record_type: String,
+    pub name: String,
+    pub value: String,
+}
+
+/// The TXT record name that verifies `hostname`.
+pub fn verification_name(hostname: &str) -> String {
+    format!("_berth-challenge.{hostname}")
+}

@@ -44,6 +44,8 @@ pub struct ServerConfig {
     pub log_retention: Duration,
     /// Each project keeps at most this many log lines (the newest).
     pub log_max_lines_per_project: u64,
+    /// DNS resolver for custom domain verification (else /etc/resolv.conf).
+    pub dns_server: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -67,6 +69,7 @@ impl ServerConfig {
             queue_timeout: Duration::from_secs(3600),
             log_retention: Duration::from_secs(30 * 24 * 3600),
             log_max_lines_per_project: 2_000_000,
+            dns_server: None,
         }
     }
 

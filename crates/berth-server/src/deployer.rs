@@ -463,7 +463,15 @@ impl Deployer {
                 )
                 .await?;
         }
+        for dom in self.store.list_domains(Some(project)).await? {
+            if dom.environment_name == env {
+                self.store.remove_domain(&dom.hostname).await?;
+            }
+        }
         self.store.delete_environment(project, env).await?;
+        if let Err(e) = self.sync_routes().await {
+            tracing::warn!(error = %e, "route sync after teardown failed");
+        }
         Ok(())
     }
 }

@@ -16,6 +16,7 @@ pub mod api;
 pub mod config;
 pub mod console;
 pub mod deployer;
+pub mod dns;
 pub mod error;
 pub mod ids;
 pub mod logs;

@@ -7,7 +7,6 @@ use crate::deployer::Deployer;
 use berth_core::config::{ServiceConfig, ServiceKind};
 use berth_core::model::{Deployment, LogStream};
 use berth_core::state::{transition, Event, Health, Stage};
-use berth_edge::{RouteChange, RouteSpec, TargetSpec};
 use berth_runtime::{LogOptions, ProbeSchedule};
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -225,29 +224,6 @@ impl Deployer {
         if recorded.as_deref() == Some(addr.as_str()) {
             return;
         }
-        let target = TargetSpec {
-            id: d.id.clone(),
-            upstream: addr.clone(),
-            weight: 100,
-        };
-        let mut changes = vec![RouteChange::Upsert {
-            host: self.preview_host(d),
-            route: RouteSpec {
-                targets: vec![target.clone()],
-            },
-        }];
-        if d.is_active {
-            changes.push(RouteChange::Upsert {
-                host: self.route_host(d),
-                route: RouteSpec {
-                    targets: vec![target],
-                },
-            });
-        }
-        if let Err(e) = self.edge.apply(changes) {
-            tracing::error!(deployment = d.id, error = %e, "cannot follow new address");
-            return;
-        }
         let mut updated = d.clone();
         if let Some(r) = updated.runtime.as_mut() {
             r.address = Some(addr.clone());
@@ -257,5 +233,9 @@ impl Deployer {
             &format!("container restarted; now reached at {addr}"),
         );
         self.save(&updated).await;
+        // The store now holds the new address: recompute the routes.
+        if let Err(e) = self.sync_routes().await {
+            tracing::error!(deployment = d.id, error = %e, "cannot follow new address");
+        }
     }
 }

@@ -1061,8 +1061,8 @@ impl Deployer {
             return Ok(());
         };
         self.apply(d, Event::CanaryStarted).await;
-        let host = self.route_host(d);
-        let split = |w: u32| {
+        let slot_hosts = self.slot_hosts(d).await;
+        let split_one = |host: &String, w: u32| {
             let mut targets = vec![TargetSpec {
                 id: d.id.clone(),
                 upstream: cand_addr.clone(),
@@ -1080,19 +1080,26 @@ impl Deployer {
                 route: RouteSpec { targets },
             }
         };
-        let restore = || RouteChange::Upsert {
-            host: host.clone(),
-            route: RouteSpec {
-                targets: vec![TargetSpec {
-                    id: prev.id.clone(),
-                    upstream: prev_addr.clone(),
-                    weight: 100,
-                }],
-            },
+        let split =
+            |w: u32| -> Vec<RouteChange> { slot_hosts.iter().map(|h| split_one(h, w)).collect() };
+        let restore = || -> Vec<RouteChange> {
+            slot_hosts
+                .iter()
+                .map(|h| RouteChange::Upsert {
+                    host: h.clone(),
+                    route: RouteSpec {
+                        targets: vec![TargetSpec {
+                            id: prev.id.clone(),
+                            upstream: prev_addr.clone(),
+                            weight: 100,
+                        }],
+                    },
+                })
+                .collect()
         };
         for &stage in cfg.stages.iter().filter(|w| **w < 100) {
             let w = u32::from(stage);
-            if let Err(e) = self.edge.apply(vec![split(w)]) {
+            if let Err(e) = self.edge.apply(split(w)) {
                 return fail(
                     StepName::HealthCheck,
                     format!("canary: route change refused: {e}"),
@@ -1149,7 +1156,7 @@ impl Deployer {
                     );
                 }
                 other => {
-                    let _ = self.edge.apply(vec![restore()]);
+                    let _ = self.edge.apply(restore());
                     d.canary_weight = None;
                     let report = self.edge.drain(&d.id, self.cfg.drain_timeout).await;
                     self.logs.event(
@@ -1198,20 +1205,23 @@ impl Deployer {
                     upstream: addr,
                     weight: 100,
                 };
-                let mut changes = vec![
-                    RouteChange::Upsert {
-                        host: self.route_host(d),
+                let mut changes: Vec<RouteChange> = self
+                    .slot_hosts(d)
+                    .await
+                    .into_iter()
+                    .map(|host| RouteChange::Upsert {
+                        host,
                         route: RouteSpec {
                             targets: vec![target.clone()],
                         },
+                    })
+                    .collect();
+                changes.extend([RouteChange::Upsert {
+                    host: self.preview_host(d),
+                    route: RouteSpec {
+                        targets: vec![target],
                     },
-                    RouteChange::Upsert {
-                        host: self.preview_host(d),
-                        route: RouteSpec {
-                            targets: vec![target],
-                        },
-                    },
-                ];
+                }]);
                 if let Some(p) = &previous {
                     changes.push(RouteChange::Remove {
                         host: self.preview_host(p),
@@ -1295,6 +1305,25 @@ impl Deployer {
                 .event(&p.id, &format!("container {} stopped", rt.instance_name));
         }
         self.save(p).await;
+    }
+
+    /// Every hostname that follows a slot's active deployment: its route
+    /// hostname and its verified custom domains.
+    pub(crate) async fn slot_hosts(&self, d: &Deployment) -> Vec<String> {
+        let mut hosts = vec![self.route_host(d)];
+        if let Ok(domains) = self.store.list_domains(Some(&d.project_name)).await {
+            hosts.extend(
+                domains
+                    .into_iter()
+                    .filter(|x| {
+                        x.verified
+                            && x.service_name == d.service_name
+                            && x.environment_name == d.environment_name
+                    })
+                    .map(|x| x.hostname),
+            );
+        }
+        hosts
     }
 
     pub(crate) fn route_host(&self, d: &Deployment) -> String {

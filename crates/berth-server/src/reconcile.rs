@@ -201,12 +201,14 @@ impl Deployer {
                 upstream: addr,
                 weight: 100,
             };
-            out.insert(
-                self.route_host(d),
-                RouteSpec {
-                    targets: vec![t.clone()],
-                },
-            );
+            for host in self.slot_hosts(d).await {
+                out.insert(
+                    host,
+                    RouteSpec {
+                        targets: vec![t.clone()],
+                    },
+                );
+            }
             out.insert(self.preview_host(d), RouteSpec { targets: vec![t] });
         }
         for r in self.store.list_external_routes().await? {

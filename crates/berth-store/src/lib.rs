@@ -24,8 +24,8 @@ pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
 use berth_core::model::{
-    Deployment, Environment, ExternalRoute, LogLine, LogStream, ManifestEntry, Project, StepName,
-    Variable,
+    Deployment, Domain, Environment, ExternalRoute, LogLine, LogStream, ManifestEntry, Project,
+    StepName, Variable,
 };
 use chrono::{DateTime, Utc};
 
@@ -221,4 +221,12 @@ pub trait Store: Send + Sync + 'static {
         older_than: DateTime<Utc>,
         max_lines_per_project: u64,
     ) -> Result<u64>;
+
+    /// Custom domains.
+    async fn add_domain(&self, d: &Domain) -> Result<Domain>;
+    /// A project's domains, or every domain.
+    async fn list_domains(&self, project: Option<&str>) -> Result<Vec<Domain>>;
+    async fn set_domain_verified(&self, hostname: &str, at: DateTime<Utc>) -> Result<()>;
+    /// Whether the domain existed.
+    async fn remove_domain(&self, hostname: &str) -> Result<bool>;
 }

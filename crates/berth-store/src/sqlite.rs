@@ -6,11 +6,11 @@ use crate::{
     Slot, Store, StoreError,
 };
 use async_trait::async_trait;
-use berth_core::model::ManifestEntry;
 use berth_core::model::{
     Deployment, Environment, EnvironmentKind, ExternalRoute, LogLine, LogStream, Project, StepName,
     Variable, PRODUCTION,
 };
+use berth_core::model::{Domain, DomainVerification, ManifestEntry};
 use berth_core::names;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -22,6 +22,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_deliveries.sql"),
     include_str!("../migrations/0003_manifests.sql"),
+    include_str!("../migrations/0004_domains.sql"),
 ];
 
 /// File name of the database inside the data dir.
@@ -826,5 +827,84 @@ impl Store for SqliteStore {
             Ok(removed)
         })
         .await
+    }
+
+    async fn add_domain(&self, d: &Domain) -> Result<Domain> {
+        let d = d.clone();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            get_env(&tx, &d.project_name, &d.environment_name)?;
+            let n = tx.execute(
+                "INSERT OR IGNORE INTO domains (hostname, project, environment, service, token, target, verified_at, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7)",
+                params![d.hostname, d.project_name, d.environment_name, d.service_name, d.verification.value, d.target, ts(&d.created_at)],
+            )?;
+            if n == 0 {
+                return Err(StoreError::Conflict { what: "domain", name: d.hostname });
+            }
+            tx.commit()?;
+            Ok(d)
+        })
+        .await
+    }
+
+    async fn list_domains(&self, project: Option<&str>) -> Result<Vec<Domain>> {
+        let project = project.map(String::from);
+        self.call(move |c| {
+            let mut sql = String::from(
+                "SELECT hostname, project, environment, service, token, target, verified_at, created_at FROM domains",
+            );
+            if project.is_some() {
+                sql.push_str(" WHERE project = ?1");
+            }
+            sql.push_str(" ORDER BY hostname");
+            let mut st = c.prepare(&sql)?;
+            let map = |r: &rusqlite::Row<'_>| {
+                let hostname: String = r.get(0)?;
+                let verified_at = r.get::<_, Option<String>>(6)?.map(|t| parse_ts(&t)).transpose()?;
+                Ok(Domain {
+                    verification: DomainVerification {
+                        record_type: "TXT".into(),
+                        name: berth_core::model::verification_name(&hostname),
+                        value: r.get(4)?,
+                    },
+                    hostname,
+                    project_name: r.get(1)?,
+                    environment_name: r.get(2)?,
+                    service_name: r.get(3)?,
+                    target: r.get(5)?,
+                    verified: verified_at.is_some(),
+                    verified_at,
+                    created_at: parse_ts(&r.get::<_, String>(7)?)?,
+                })
+            };
+            let rows = match &project {
+                Some(p) => st.query_map([p], map)?.collect::<rusqlite::Result<Vec<_>>>()?,
+                None => st.query_map([], map)?.collect::<rusqlite::Result<Vec<_>>>()?,
+            };
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn set_domain_verified(&self, hostname: &str, at: DateTime<Utc>) -> Result<()> {
+        let h = hostname.to_string();
+        self.call(move |c| {
+            let n = c.execute(
+                "UPDATE domains SET verified_at = ?2 WHERE hostname = ?1",
+                params![h, ts(&at)],
+            )?;
+            if n == 0 {
+                return Err(StoreError::not_found("domain", h));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove_domain(&self, hostname: &str) -> Result<bool> {
+        let h = hostname.to_string();
+        self.call(move |c| Ok(c.execute("DELETE FROM domains WHERE hostname = ?1", [&h])? > 0))
+            .await
     }
 }

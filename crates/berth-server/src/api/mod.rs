@@ -3,6 +3,7 @@
 //! bounded request bodies.
 
 mod deployments;
+mod domains;
 pub mod git;
 pub mod hooks;
 mod logs;
@@ -188,6 +189,18 @@ pub fn router(state: AppState) -> Router {
         .route("/deployments/{id}/manifest", get(deployments::manifest))
         .route("/logs", get(logs::service_logs))
         .route("/rollback", post(deployments::rollback))
+        .route(
+            "/projects/{name}/domains",
+            get(domains::list).post(domains::add),
+        )
+        .route(
+            "/projects/{name}/domains/{hostname}",
+            delete(domains::remove),
+        )
+        .route(
+            "/projects/{name}/domains/{hostname}/verify",
+            post(domains::verify),
+        )
         .route("/routes", get(routes::list).post(routes::add))
         .route("/routes/{hostname}", delete(routes::remove))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));

@@ -43,6 +43,9 @@ pub fn spec() -> Value {
             "/deployments/{id}/logs": {"get": op("logs of a deployment; follow=true streams SSE", "200")},
             "/logs": {"get": op("logs of a service across deployments; follow=true streams SSE", "200")},
             "/rollback": {"post": op("roll a service back to its previous deployment", "201")},
+            "/projects/{name}/domains": {"get": op("list custom domains", "200"), "post": op("attach a custom domain (returns the TXT record to create)", "201")},
+            "/projects/{name}/domains/{hostname}": {"delete": op("detach a custom domain", "204")},
+            "/projects/{name}/domains/{hostname}/verify": {"post": op("check the TXT record; a verified domain is routed", "200")},
             "/routes": {"get": op("list external routes", "200"), "post": op("add an external route", "201")},
             "/routes/{hostname}": {"delete": op("remove an external route", "204")},
         }

@@ -49,6 +49,10 @@ pub struct ServerArgs {
     /// Base image of generated Python Dockerfiles.
     #[arg(long, env = "BERTH_PYTHON_IMAGE")]
     python_image: Option<String>,
+    /// DNS resolver (ip:port) for custom domain verification; default: the
+    /// first nameserver of /etc/resolv.conf.
+    #[arg(long, env = "BERTH_DNS_SERVER")]
+    dns_server: Option<std::net::SocketAddr>,
 }
 
 impl ServerArgs {
@@ -80,6 +84,7 @@ impl ServerArgs {
         }
         cfg.node_image = self.node_image.filter(|s| !s.is_empty());
         cfg.python_image = self.python_image.filter(|s| !s.is_empty());
+        cfg.dns_server = self.dns_server;
         cfg
     }
 }

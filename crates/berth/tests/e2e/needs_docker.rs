@@ -3,6 +3,7 @@
 
 mod canary;
 mod console;
+mod domains;
 mod logs;
 mod triggers;
 

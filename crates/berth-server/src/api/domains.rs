@@ -1,0 +1,124 @@
+//! Custom domains (004): add a hostname to a service, prove control with a
+//! TXT record, then the edge routes it to the service's active deployment
+//! (TLS certificates come with the HTTPS listener).
+
+use super::{AppState, Json};
+use crate::error::{ApiError, ApiResult};
+use crate::ids::now;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use berth_core::api::AddDomain;
+use berth_core::model::{
+    verification_name, Domain, DomainVerification, DEFAULT_SERVICE, PRODUCTION,
+};
+use berth_core::{hosts, names};
+use rand::RngCore;
+
+pub async fn list(
+    State(s): State<AppState>,
+    Path(project): Path<String>,
+) -> ApiResult<Json<Vec<Domain>>> {
+    s.store.get_project(&project).await?;
+    Ok(Json(s.store.list_domains(Some(&project)).await?))
+}
+
+pub async fn add(
+    State(s): State<AppState>,
+    Path(project): Path<String>,
+    Json(req): Json<AddDomain>,
+) -> ApiResult<impl IntoResponse> {
+    s.store.get_project(&project).await?;
+    let hostname = names::hostname(&req.hostname)?;
+    if hostname.starts_with("*.") {
+        return Err(ApiError::bad_request(
+            "wildcard domains need a DNS-01 certificate and are not supported yet",
+        ));
+    }
+    let base = s.deployer.cfg.base_domain().to_string();
+    if hostname == base || hostname.ends_with(&format!(".{base}")) {
+        return Err(ApiError::bad_request(format!(
+            "{hostname} is under berth's own base domain {base}"
+        )));
+    }
+    if s.store
+        .list_external_routes()
+        .await?
+        .iter()
+        .any(|r| r.hostname == hostname)
+    {
+        return Err(ApiError::conflict(format!(
+            "{hostname} is an external route; remove it first"
+        )));
+    }
+    let environment = req.environment.unwrap_or_else(|| PRODUCTION.into());
+    let service = req.service.unwrap_or_else(|| DEFAULT_SERVICE.into());
+    names::service_name(&service)?;
+    s.store.get_environment(&project, &environment).await?;
+    let mut token = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut token);
+    let d = Domain {
+        verification: DomainVerification {
+            record_type: "TXT".into(),
+            name: verification_name(&hostname),
+            value: format!("berth-verify={}", hex::encode(token)),
+        },
+        target: hosts::route_host(&base, &project, &service, &environment),
+        hostname,
+        project_name: project,
+        service_name: service,
+        environment_name: environment,
+        verified: false,
+        verified_at: None,
+        created_at: now(),
+    };
+    Ok((StatusCode::CREATED, Json(s.store.add_domain(&d).await?)))
+}
+
+async fn find(s: &AppState, project: &str, hostname: &str) -> ApiResult<Domain> {
+    s.store.get_project(project).await?;
+    let h = names::normalize_host(hostname);
+    s.store
+        .list_domains(Some(project))
+        .await?
+        .into_iter()
+        .find(|d| d.hostname == h)
+        .ok_or_else(|| ApiError::not_found(format!("domain {h} is not attached to {project}")))
+}
+
+pub async fn verify(
+    State(s): State<AppState>,
+    Path((project, hostname)): Path<(String, String)>,
+) -> ApiResult<Json<Domain>> {
+    let d = find(&s, &project, &hostname).await?;
+    let server = crate::dns::resolver(s.deployer.cfg.dns_server)
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "dns", e.to_string()))?;
+    let found = crate::dns::lookup_txt(server, &d.verification.name)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "dns", e.to_string()))?;
+    if !found.iter().any(|v| v.trim() == d.verification.value) {
+        return Err(ApiError::conflict(format!(
+            "TXT record {} does not hold {:?} yet (found: {}); DNS changes can take a while",
+            d.verification.name,
+            d.verification.value,
+            if found.is_empty() {
+                "none".to_string()
+            } else {
+                found.join(", ")
+            }
+        )));
+    }
+    s.store.set_domain_verified(&d.hostname, now()).await?;
+    s.deployer.sync_routes().await.map_err(ApiError::internal)?;
+    Ok(Json(find(&s, &project, &hostname).await?))
+}
+
+pub async fn remove(
+    State(s): State<AppState>,
+    Path((project, hostname)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let d = find(&s, &project, &hostname).await?;
+    s.store.remove_domain(&d.hostname).await?;
+    s.deployer.sync_routes().await.map_err(ApiError::internal)?;
+    Ok(StatusCode::NO_CONTENT)
+}
