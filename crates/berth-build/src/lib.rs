@@ -47,7 +47,10 @@ pub use context::write_context;
 pub use dockerignore::DockerIgnore;
 pub use error::BuildError;
 pub use image::{build, BuildLimits, BuildRequest, BuiltImage};
-pub use manifest::{image_manifest, output_manifest, Manifest, ManifestEntry, ManifestOptions};
+pub use manifest::{
+    image_manifest, output_manifest, remove_stale_manifest_containers, Manifest, ManifestEntry,
+    ManifestOptions,
+};
 pub use push::{push, PushedImage};
 pub use vars::{is_public, PUBLIC_PREFIXES};
 

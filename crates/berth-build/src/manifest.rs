@@ -10,7 +10,9 @@ use std::io::Read;
 use std::path::Path;
 
 use bollard::models::ContainerCreateBody;
-use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
+use bollard::query_parameters::{
+    CreateContainerOptions, ListContainersOptions, RemoveContainerOptions,
+};
 use bollard::Docker;
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -251,6 +253,49 @@ fn read_tar(r: impl Read, opts: &ManifestOptions) -> Result<Manifest, BuildError
     }
     m.entries.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(m)
+}
+
+/// Remove manifest containers (never started, label `berth.manifest=1`)
+/// created more than `older_than` ago: what an interrupted
+/// [`image_manifest`] (a server killed mid-export) left behind. Returns how
+/// many were removed.
+pub async fn remove_stale_manifest_containers(
+    docker: &Docker,
+    older_than: std::time::Duration,
+) -> Result<usize, BuildError> {
+    let mut filters = std::collections::HashMap::new();
+    filters.insert("label".to_string(), vec!["berth.manifest=1".to_string()]);
+    filters.insert("status".to_string(), vec!["created".to_string()]);
+    let list = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|e| BuildError::Docker(e.to_string()))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let cutoff = now - older_than.as_secs() as i64;
+    let mut removed = 0;
+    for c in list {
+        let (Some(id), Some(created)) = (c.id, c.created) else {
+            continue;
+        };
+        if created > cutoff {
+            continue;
+        }
+        let opts = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        if docker.remove_container(&id, Some(opts)).await.is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]

@@ -146,6 +146,16 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         match DockerRuntime::connect().await {
             Ok(rt) => {
                 let docker = rt.docker().clone();
+                // Manifest containers an interrupted export left behind.
+                let d = docker.clone();
+                tokio::spawn(async move {
+                    let ten_min = std::time::Duration::from_secs(600);
+                    if let Ok(n @ 1..) =
+                        berth_build::remove_stale_manifest_containers(&d, ten_min).await
+                    {
+                        tracing::info!(containers = n, "removed stale manifest containers");
+                    }
+                });
                 (Arc::new(rt), Some(docker))
             }
             Err(e) => {

@@ -501,3 +501,53 @@ async fn needs_docker_push_to_local_registry_returns_digest() {
     remove(&docker, &base).await;
     let _ = registry.kill().await;
 }
+
+#[tokio::test]
+async fn needs_docker_stale_manifest_containers_are_swept_fresh_ones_kept() {
+    let docker = docker().await;
+    let ctx = busybox_context();
+    let tag = build_busybox(&docker, ctx.path()).await;
+    let label = format!("sweep-{}", unique("m"));
+    let create = || {
+        docker.create_container(
+            None::<bollard::query_parameters::CreateContainerOptions>,
+            bollard::models::ContainerCreateBody {
+                image: Some(tag.clone()),
+                cmd: Some(vec!["/berth-manifest".into()]),
+                labels: Some(
+                    [
+                        ("berth.manifest".to_string(), "1".to_string()),
+                        ("berth.test".to_string(), label.clone()),
+                    ]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+        )
+    };
+    let old = create().await.unwrap().id;
+    // Five seconds, so a manifest another test exports meanwhile is too
+    // young to be swept.
+    tokio::time::sleep(Duration::from_millis(5600)).await;
+    let fresh = create().await.unwrap().id;
+    let removed = berth_build::remove_stale_manifest_containers(&docker, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(removed >= 1);
+    let exists = |id: String| {
+        let d = docker.clone();
+        async move { d.inspect_container(&id, None).await.is_ok() }
+    };
+    assert!(!exists(old).await, "the stale one is gone");
+    assert!(exists(fresh.clone()).await, "a fresh one is kept");
+    let _ = docker
+        .remove_container(
+            &fresh,
+            Some(bollard::query_parameters::RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await;
+    remove(&docker, &tag).await;
+}
