@@ -127,16 +127,9 @@ pub async fn resolve_ref(
     peeled.or(tag_sha).map(|sha| (sha, None))
 }
 
-pub fn mask_url(url: &str) -> String {
-    if let Some(scheme_end) = url.find("://") {
-        let rest = &url[scheme_end + 3..];
-        let host_end = rest.find('/').unwrap_or(rest.len());
-        if let Some(at) = rest[..host_end].rfind('@') {
-            return format!("{}***@{}", &url[..scheme_end + 3], &rest[at + 1..]);
-        }
-    }
-    url.to_string()
-}
+/// Credentials in a URL masked: `https://***@host/...` (one rule for all
+/// of berth, in berth-core).
+pub use berth_core::model::mask_url;
 
 /// The secret part of a URL, to be scrubbed from git's output.
 fn secret_of(url: &str) -> Option<String> {

@@ -272,7 +272,7 @@ impl Deployer {
             ] {
                 self.skip(d, s, &why).await;
             }
-            service = self.service_config_from_source(d).await;
+            service = service_from_record(d);
         } else {
             if d.source_deployment_id.is_some() && d.image.is_some() {
                 self.logs.event(
@@ -338,11 +338,6 @@ impl Deployer {
         // 8-10: switch, drain, finalize.
         self.promote_candidate(d, &service).await;
         Ok(())
-    }
-
-    /// The settings a copied deployment runs with: its recorded berth.toml.
-    async fn service_config_from_source(&self, d: &Deployment) -> ServiceConfig {
-        service_from_record(d)
     }
 
     /// Hash of the inputs that decide an image besides the commit.
@@ -1310,19 +1305,32 @@ impl Deployer {
     /// Every hostname that follows a slot's active deployment: its route
     /// hostname and its verified custom domains.
     pub(crate) async fn slot_hosts(&self, d: &Deployment) -> Vec<String> {
+        let domains = self
+            .store
+            .list_domains(Some(&d.project_name))
+            .await
+            .unwrap_or_default();
+        self.slot_hosts_in(d, &domains)
+    }
+
+    /// [`Deployer::slot_hosts`] over an already-read list of domains.
+    pub(crate) fn slot_hosts_in(
+        &self,
+        d: &Deployment,
+        domains: &[berth_core::model::Domain],
+    ) -> Vec<String> {
         let mut hosts = vec![self.route_host(d)];
-        if let Ok(domains) = self.store.list_domains(Some(&d.project_name)).await {
-            hosts.extend(
-                domains
-                    .into_iter()
-                    .filter(|x| {
-                        x.verified
-                            && x.service_name == d.service_name
-                            && x.environment_name == d.environment_name
-                    })
-                    .map(|x| x.hostname),
-            );
-        }
+        hosts.extend(
+            domains
+                .iter()
+                .filter(|x| {
+                    x.verified
+                        && x.project_name == d.project_name
+                        && x.service_name == d.service_name
+                        && x.environment_name == d.environment_name
+                })
+                .map(|x| x.hostname.clone()),
+        );
         hosts
     }
 

@@ -84,7 +84,7 @@ impl Deployer {
                 let found = owned
                     .iter()
                     .find(|i| i.labels.get(DEPLOYMENT_LABEL) == Some(&d.id) && i.running);
-                let service = self.service_of(&d);
+                let service = crate::pipeline::service_from_record(&d);
                 match found {
                     Some(inst) => {
                         keep.insert(inst.id.clone());
@@ -124,11 +124,6 @@ impl Deployer {
             self.enqueue(d).await;
         }
         Ok(())
-    }
-
-    /// The settings an already-built deployment runs with.
-    pub(crate) fn service_of(&self, d: &Deployment) -> ServiceConfig {
-        crate::pipeline::service_from_record(d)
     }
 
     /// Start a fresh container for an active deployment whose container is
@@ -184,6 +179,7 @@ impl Deployer {
             .store
             .list_deployments(&DeploymentQuery::default())
             .await?;
+        let domains = self.store.list_domains(None).await?;
         let mut seen_slots = HashSet::new();
         for d in &all {
             if !d.is_active || d.route_url.is_none() {
@@ -201,7 +197,7 @@ impl Deployer {
                 upstream: addr,
                 weight: 100,
             };
-            for host in self.slot_hosts(d).await {
+            for host in self.slot_hosts_in(d, &domains) {
                 out.insert(
                     host,
                     RouteSpec {
