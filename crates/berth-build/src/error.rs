@@ -39,6 +39,21 @@ pub enum BuildError {
     Io(String),
 }
 
+impl BuildError {
+    /// The engine lost an image the build was using: a layer the legacy
+    /// builder took from its cache was removed (by a clean-up on the same
+    /// engine) between the cache hit and its use. Building again is safe.
+    pub fn is_lost_cache_layer(&self) -> bool {
+        match self {
+            BuildError::BuildFailed(m) | BuildError::Docker(m) => {
+                let m = m.to_ascii_lowercase();
+                m.contains("unable to find image") || m.contains("no such image")
+            }
+            _ => false,
+        }
+    }
+}
+
 impl From<bollard::errors::Error> for BuildError {
     fn from(e: bollard::errors::Error) -> Self {
         BuildError::Docker(one_line(&e.to_string()))
@@ -48,4 +63,22 @@ impl From<bollard::errors::Error> for BuildError {
 /// Collapses all whitespace (newlines included) into single spaces.
 pub(crate) fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BuildError;
+
+    #[test]
+    fn a_layer_lost_to_a_concurrent_removal_is_recognised() {
+        // The legacy builder's words when a cached parent vanished.
+        let lost = BuildError::BuildFailed(
+            "unable to find image \"sha256:7e8eef02e07bc6afc60d240ad7f60eef46ac00212d6738a37f468b6a32a36d1a\"".into(),
+        );
+        assert!(lost.is_lost_cache_layer());
+        assert!(BuildError::Docker("Error: No such image: sha256:ab".into()).is_lost_cache_layer());
+        let broken = BuildError::BuildFailed("COPY failed: file not found: missing-dir".into());
+        assert!(!broken.is_lost_cache_layer());
+        assert!(!BuildError::TimedOut { secs: 1 }.is_lost_cache_layer());
+    }
 }

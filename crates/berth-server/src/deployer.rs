@@ -44,6 +44,10 @@ pub struct Deployer {
     pub monitors: Monitors,
     slots: Mutex<HashMap<Slot, SlotQueue>>,
     pub(crate) build_slots: Arc<Semaphore>,
+    /// Builds hold it shared, image removal exclusively: removing an image
+    /// also removes its untagged parent layers, which a concurrent legacy
+    /// build may have just taken from its cache.
+    pub(crate) image_gate: tokio::sync::RwLock<()>,
     cancels: Mutex<HashMap<String, CancellationToken>>,
     /// Serialises route switches, so two slots never race on the edge.
     pub(crate) switch_lock: tokio::sync::Mutex<()>,
@@ -89,6 +93,7 @@ impl Deployer {
             slots: Default::default(),
             cancels: Default::default(),
             switch_lock: Default::default(),
+            image_gate: Default::default(),
             instance,
             metrics: Default::default(),
         })

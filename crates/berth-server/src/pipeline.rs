@@ -58,6 +58,9 @@ pub const INSTANCE_LABEL: &str = "dev.berth.instance";
 
 /// Grace given to a stopping container after its requests drained.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// A build that loses a cached layer to a concurrent clean-up is tried again
+/// (the engine's legacy builder has no lease on the layers it reuses).
+const BUILD_ATTEMPTS: u32 = 3;
 
 impl Deployer {
     pub(crate) async fn execute(self: &Arc<Self>, mut d: Deployment, cancel: CancellationToken) {
@@ -601,7 +604,22 @@ impl Deployer {
                 labels,
             };
             let started = Instant::now();
-            let res = berth_build::build(&docker, &req, sink, cancel.clone()).await;
+            let mut attempt = 1;
+            let res = loop {
+                let res = {
+                    let _shared = self.image_gate.read().await;
+                    berth_build::build(&docker, &req, sink.clone(), cancel.clone()).await
+                };
+                match res {
+                    Err(e) if e.is_lost_cache_layer() && attempt < BUILD_ATTEMPTS => {
+                        attempt += 1;
+                        sink(&format!(
+                            "a cached layer was removed from the engine during the build ({e}); building again (attempt {attempt} of {BUILD_ATTEMPTS})"
+                        ));
+                    }
+                    res => break res,
+                }
+            };
             Self::keep_tail(d, StepName::Build, &tail);
             match res {
                 Ok(img) => {
@@ -1394,6 +1412,7 @@ impl Deployer {
         candidates.sort();
         candidates.dedup();
         let mut removed = Vec::new();
+        let _exclusive = self.image_gate.write().await;
         for image in candidates {
             match self.runtime.image_exists(&image).await {
                 Ok(true) => {}

@@ -209,28 +209,30 @@ pub fn remove_project_containers(project: &str) {
     }
 }
 
+/// Removes the project's image tags. By tag, never by ID and never
+/// forced: another test's project may hold the same image (identical
+/// builds share one ID), and a forced removal by ID would pull it, and the
+/// cached layers its build is using, from under that test.
 pub fn remove_project_images(project: &str) {
     let out = Command::new("docker")
         .args([
             "images",
-            "-q",
+            "--format",
+            "{{.Repository}}:{{.Tag}}",
             "--filter",
             &format!("reference=berth/{project}-*"),
         ])
         .output();
     if let Ok(o) = out {
-        let mut ids: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        let mut tags: Vec<String> = String::from_utf8_lossy(&o.stdout)
             .split_whitespace()
+            .filter(|t| !t.ends_with(":<none>"))
             .map(String::from)
             .collect();
-        ids.sort();
-        ids.dedup();
-        if !ids.is_empty() {
-            let _ = Command::new("docker")
-                .arg("rmi")
-                .arg("-f")
-                .args(&ids)
-                .output();
+        tags.sort();
+        tags.dedup();
+        if !tags.is_empty() {
+            let _ = Command::new("docker").arg("rmi").args(&tags).output();
         }
     }
 }
