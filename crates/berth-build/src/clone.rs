@@ -204,8 +204,16 @@ impl Git<'_> {
             "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new -o ConnectTimeout=15",
         );
         if let Some(key) = self.ssh_key {
-            let quoted = key.display().to_string().replace('\'', r"'\''");
-            ssh.push_str(&format!(" -o IdentitiesOnly=yes -i '{quoted}'"));
+            let quote = |p: &Path| p.display().to_string().replace('\'', r"'\''");
+            ssh.push_str(&format!(" -o IdentitiesOnly=yes -i '{}'", quote(key)));
+            // Host keys are trusted on first use and remembered next to the
+            // key (berth's own file), never in the user's ~/.ssh.
+            if let Some(dir) = key.parent() {
+                ssh.push_str(&format!(
+                    " -o UserKnownHostsFile='{}'",
+                    quote(&dir.join("known_hosts"))
+                ));
+            }
         }
         cmd.env("GIT_SSH_COMMAND", ssh);
         let mut child = cmd.spawn().map_err(|e| BuildError::Git {

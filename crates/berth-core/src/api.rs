@@ -23,6 +23,9 @@ pub struct CreateProject {
     pub webhook_secret: Option<String>,
     #[serde(default)]
     pub retain_images: Option<u32>,
+    /// An SSH private key (OpenSSH PEM) for cloning `repo`; stored sealed.
+    #[serde(default)]
+    pub deploy_key: Option<String>,
 }
 
 /// `PATCH /api/v1/projects/{name}`
@@ -37,6 +40,9 @@ pub struct UpdateProject {
     pub webhook_secret: Option<String>,
     #[serde(default)]
     pub retain_images: Option<u32>,
+    /// A new SSH deploy key; an empty string removes the stored one.
+    #[serde(default)]
+    pub deploy_key: Option<String>,
 }
 
 /// One service of a project in one environment, as `projects show` lists it.
@@ -77,6 +83,9 @@ pub struct SetVariable {
     pub value: String,
     #[serde(default)]
     pub secret: bool,
+    /// Available to builds (see [`crate::model::Variable::build`]).
+    #[serde(default)]
+    pub build: bool,
 }
 
 /// `POST /api/v1/deployments`

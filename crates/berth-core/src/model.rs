@@ -22,6 +22,13 @@ pub struct Project {
     pub retain_images: u32,
     /// Whether a webhook secret is set (the secret itself is never returned).
     pub has_webhook_secret: bool,
+    /// Whether credentials for the repository are stored (given inside
+    /// the repository URL at create or set; kept sealed, never returned).
+    #[serde(default)]
+    pub has_repo_credentials: bool,
+    /// Whether an SSH deploy key is stored (sealed, never returned).
+    #[serde(default)]
+    pub has_deploy_key: bool,
     pub created_at: DateTime<Utc>,
 }
 
@@ -52,6 +59,11 @@ pub struct Variable {
     /// The value, or `None` for a secret (shown masked).
     pub value: Option<String>,
     pub secret: bool,
+    /// Available to builds: a plain value as a build argument, a secret as
+    /// a BuildKit secret (`RUN --mount=type=secret,id=KEY`), never as a
+    /// layer. Variables with a public prefix are build arguments anyway.
+    #[serde(default)]
+    pub build: bool,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -331,6 +343,37 @@ pub struct ExternalRoute {
 
 /// Mask the credentials of a URL: `https://user:token@host/x` →
 /// `https://***@host/x`. Anything that is not such a URL is returned as is.
+/// Splits the credentials (`user:token@`) out of a URL: the URL without
+/// them, and the userinfo. Paths, `scp`-style SSH addresses and URLs
+/// without userinfo come back unchanged, with `None`.
+pub fn split_url_credentials(url: &str) -> (String, Option<String>) {
+    if let Some(scheme_end) = url.find("://") {
+        let rest = &url[scheme_end + 3..];
+        let host_end = rest.find('/').unwrap_or(rest.len());
+        if let Some(at) = rest[..host_end].rfind('@') {
+            let scheme = &url[..scheme_end];
+            // ssh://git@host/… names a user, not a credential.
+            let userinfo = &rest[..at];
+            if scheme == "ssh" && !userinfo.contains(':') {
+                return (url.to_string(), None);
+            }
+            return (
+                format!("{scheme}://{}", &rest[at + 1..]),
+                Some(userinfo.to_string()),
+            );
+        }
+    }
+    (url.to_string(), None)
+}
+
+/// Puts credentials split off by [`split_url_credentials`] back.
+pub fn with_url_credentials(url: &str, userinfo: Option<&str>) -> String {
+    match (userinfo, url.find("://")) {
+        (Some(u), Some(i)) => format!("{}://{u}@{}", &url[..i], &url[i + 3..]),
+        _ => url.to_string(),
+    }
+}
+
 pub fn mask_url(url: &str) -> String {
     if let Some(scheme_end) = url.find("://") {
         let rest = &url[scheme_end + 3..];
@@ -359,6 +402,29 @@ mod tests {
         assert_eq!(mask_url("/srv/repo"), "/srv/repo");
         assert_eq!(mask_url("git@github.com:a/b.git"), "git@github.com:a/b.git");
         assert_eq!(mask_url("https://host/a@b"), "https://host/a@b");
+    }
+
+    #[test]
+    fn url_credentials_split_and_join() {
+        let url = "https://x-access-token:ghp_abc@github.com/a/b.git";
+        let (bare, cred) = split_url_credentials(url);
+        assert_eq!(bare, "https://github.com/a/b.git");
+        assert_eq!(cred.as_deref(), Some("x-access-token:ghp_abc"));
+        assert_eq!(with_url_credentials(&bare, cred.as_deref()), url);
+        for plain in [
+            "https://github.com/a/b.git",
+            "/srv/repo",
+            "git@github.com:a/b.git",
+            "ssh://git@github.com/a/b.git",
+            "https://host/a@b",
+        ] {
+            assert_eq!(split_url_credentials(plain), (plain.to_string(), None));
+            assert_eq!(with_url_credentials(plain, None), plain);
+        }
+        assert_eq!(
+            split_url_credentials("ssh://git:pw@host/r.git"),
+            ("ssh://host/r.git".to_string(), Some("git:pw".to_string()))
+        );
     }
 
     #[test]

@@ -34,6 +34,7 @@ use berth_edge::{RouteChange, RouteSpec, TargetSpec};
 use berth_runtime::{InstanceSpec, Limits, RestartPolicy};
 use berth_store::{Activate, Slot};
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -284,11 +285,18 @@ impl Deployer {
                 );
                 d.image = None;
             }
-            let repo = d
-                .source_repo
-                .clone()
-                .unwrap_or_else(|| project.repo.clone());
-            service = self.build_image(d, &repo, vars, cancel).await?;
+            let access = match &d.source_repo {
+                // A `git push` to berth: the pushed objects on this host.
+                Some(local) => berth_store::RepoAccess {
+                    url: local.clone(),
+                    deploy_key: None,
+                },
+                None => match self.store.repo_access(&project.name).await {
+                    Ok(a) => a,
+                    Err(e) => return fail(StepName::Clone, e.to_string()),
+                },
+            };
+            service = self.build_image(d, &access, vars, cancel).await?;
         }
         Self::check_cancel(cancel)?;
         let image = d.image.clone().unwrap_or_default();
@@ -363,10 +371,11 @@ impl Deployer {
         &self,
         d: &mut Deployment,
         repo: &str,
+        ssh_key: Option<&Path>,
         inputs: &str,
     ) -> Option<ServiceConfig> {
         let (sha, branch) =
-            berth_build::resolve_ref(repo, &d.reference, None, Duration::from_secs(20)).await?;
+            berth_build::resolve_ref(repo, &d.reference, ssh_key, Duration::from_secs(20)).await?;
         let past = self
             .store
             .list_deployments(&berth_store::DeploymentQuery {
@@ -450,16 +459,20 @@ impl Deployer {
     async fn build_image(
         self: &Arc<Self>,
         d: &mut Deployment,
-        repo: &str,
+        access: &berth_store::RepoAccess,
         vars: &[berth_store::ResolvedVar],
         cancel: &CancellationToken,
     ) -> Flow<ServiceConfig> {
+        let repo = access.url.as_str();
         let Some(docker) = self.docker.clone() else {
             return fail(StepName::Build, "the Docker engine is not reachable");
         };
+        // Build arguments: plain variables flagged for builds, and those
+        // with a public prefix (meant for browser bundles). A secret is
+        // never one: `docker history` shows arguments.
         let build_args: Vec<(String, String)> = vars
             .iter()
-            .filter(|v| !v.secret && berth_build::is_public(&v.key))
+            .filter(|v| !v.secret && (v.build || berth_build::is_public(&v.key)))
             .map(|v| (v.key.clone(), v.value.clone()))
             .collect();
         let inputs = self.inputs_key(&d.service_name, &build_args);
@@ -468,7 +481,18 @@ impl Deployer {
         // Clone.
         self.start_step(d, StepName::Clone);
         self.save(d).await;
-        if let Some(service) = self.reuse_built_image(d, repo, &inputs).await {
+        // The deploy key, for ssh: a private file only while fetching.
+        let key_file = match &access.deploy_key {
+            Some(key) => match PrivateFile::write(&self.cfg.data_dir.join("keys"), &d.id, key) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    return fail(StepName::Clone, format!("cannot write the deploy key: {e}"))
+                }
+            },
+            None => None,
+        };
+        let ssh_key = key_file.as_ref().map(|f| f.0.as_path());
+        if let Some(service) = self.reuse_built_image(d, repo, ssh_key, &inputs).await {
             return Ok(service);
         }
         let work = self.cfg.data_dir.join("work").join(&d.id);
@@ -479,7 +503,7 @@ impl Deployer {
             repo: repo.to_string(),
             reference: d.reference.clone(),
             dest: work.clone(),
-            ssh_key: None,
+            ssh_key: ssh_key.map(Path::to_path_buf),
             timeout: Duration::from_secs(300),
         };
         let checkout = tokio::select! {
@@ -1465,6 +1489,35 @@ pub(crate) fn images_to_keep(all: &[Deployment], n: usize) -> std::collections::
 }
 
 struct RemoveOnDrop(std::path::PathBuf);
+
+/// A file only its owner can read (a deploy key for ssh), removed on drop.
+struct PrivateFile(std::path::PathBuf);
+
+impl PrivateFile {
+    fn write(dir: &Path, name: &str, text: &str) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        let path = dir.join(name);
+        let _ = std::fs::remove_file(&path);
+        // ssh refuses a key without a final newline.
+        let mut text = text.replace("\r\n", "\n");
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        berth_store::crypto::write_private(&path, text.as_bytes())?;
+        Ok(PrivateFile(path))
+    }
+}
+
+impl Drop for PrivateFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {

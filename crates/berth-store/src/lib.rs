@@ -20,7 +20,7 @@ pub mod crypto;
 mod sqlite;
 
 pub use crypto::Cipher;
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, DB_FILE};
 
 use async_trait::async_trait;
 use berth_core::model::{
@@ -60,6 +60,8 @@ pub struct NewProject {
     pub default_branch: String,
     pub retain_images: u32,
     pub webhook_secret: Option<String>,
+    /// SSH private key for the repository.
+    pub deploy_key: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -70,6 +72,46 @@ pub struct ProjectPatch {
     pub webhook_secret: Option<String>,
     pub default_branch: Option<String>,
     pub repo: Option<String>,
+    /// `Some("")` removes the stored key.
+    pub deploy_key: Option<String>,
+}
+
+/// How a variable is used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VarFlags {
+    /// Sealed at rest, never shown.
+    pub secret: bool,
+    /// Given to builds (a build argument, or a BuildKit secret).
+    pub build: bool,
+}
+
+impl VarFlags {
+    pub const PLAIN: VarFlags = VarFlags {
+        secret: false,
+        build: false,
+    };
+    pub const SECRET: VarFlags = VarFlags {
+        secret: true,
+        build: false,
+    };
+}
+
+/// What the pipeline needs to fetch a project's repository, in clear.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RepoAccess {
+    /// The URL with its credentials, if any were stored.
+    pub url: String,
+    /// The SSH deploy key, if one is stored.
+    pub deploy_key: Option<String>,
+}
+
+impl std::fmt::Debug for RepoAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepoAccess")
+            .field("url", &berth_core::model::mask_url(&self.url))
+            .field("deploy_key", &self.deploy_key.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 /// A variable with its clear value, for the runtime and builds only.
@@ -78,6 +120,7 @@ pub struct ResolvedVar {
     pub key: String,
     pub value: String,
     pub secret: bool,
+    pub build: bool,
 }
 
 impl std::fmt::Debug for ResolvedVar {
@@ -157,6 +200,9 @@ pub trait Store: Send + Sync + 'static {
     async fn update_project(&self, name: &str, patch: ProjectPatch) -> Result<Project>;
     /// The webhook secret in clear, for signature checks only.
     async fn webhook_secret(&self, project: &str) -> Result<Option<String>>;
+    /// The repository URL with its credentials and the deploy key, in
+    /// clear, for fetching only.
+    async fn repo_access(&self, project: &str) -> Result<RepoAccess>;
 
     async fn list_environments(&self, project: &str) -> Result<Vec<Environment>>;
     async fn get_environment(&self, project: &str, env: &str) -> Result<Environment>;
@@ -169,7 +215,7 @@ pub trait Store: Send + Sync + 'static {
         env: &str,
         key: &str,
         value: &str,
-        secret: bool,
+        flags: VarFlags,
         at: DateTime<Utc>,
     ) -> Result<Variable>;
     /// Whether the variable existed.

@@ -2,15 +2,17 @@
 
 use crate::crypto::Cipher;
 use crate::{
-    Activate, DeploymentQuery, LogQuery, NewLogLine, NewProject, ProjectPatch, ResolvedVar, Result,
-    Slot, Store, StoreError,
+    Activate, DeploymentQuery, LogQuery, NewLogLine, NewProject, ProjectPatch, RepoAccess,
+    ResolvedVar, Result, Slot, Store, StoreError, VarFlags,
 };
 use async_trait::async_trait;
+use berth_core::model::{
+    split_url_credentials, with_url_credentials, Domain, DomainVerification, ManifestEntry,
+};
 use berth_core::model::{
     Deployment, Environment, EnvironmentKind, ExternalRoute, LogLine, LogStream, Project, StepName,
     Variable, PRODUCTION,
 };
-use berth_core::model::{Domain, DomainVerification, ManifestEntry};
 use berth_core::names;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -23,6 +25,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_deliveries.sql"),
     include_str!("../migrations/0003_manifests.sql"),
     include_str!("../migrations/0004_domains.sql"),
+    include_str!("../migrations/0005_credentials.sql"),
 ];
 
 /// File name of the database inside the data dir.
@@ -81,6 +84,14 @@ fn aad_hook(project: &str) -> String {
     format!("webhook/{project}")
 }
 
+fn aad_repo(project: &str) -> String {
+    format!("repo-credentials/{project}")
+}
+
+fn aad_key(project: &str) -> String {
+    format!("deploy-key/{project}")
+}
+
 impl SqliteStore {
     /// Open (creating if needed) `<data_dir>/berth.db` and apply migrations.
     pub fn open(data_dir: &Path, cipher: Cipher) -> Result<Self> {
@@ -95,8 +106,12 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // A deleted or replaced value (a credential moved out of a URL, a
+        // rotated key) is overwritten on disk, not left in a free page.
+        conn.pragma_update(None, "secure_delete", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
+        seal_repo_credentials(&mut conn, &cipher)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             cipher,
@@ -141,6 +156,33 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
+/// Projects written before credentials were sealed kept them inside the
+/// repository URL: move them into the sealed column, then checkpoint so the
+/// old page leaves the WAL too.
+fn seal_repo_credentials(conn: &mut Connection, cipher: &Cipher) -> Result<()> {
+    let rows: Vec<(String, String)> = {
+        let mut st = conn.prepare("SELECT name, repo FROM projects")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()?
+    };
+    let mut moved = 0;
+    let tx = conn.transaction()?;
+    for (name, repo) in rows {
+        if let (bare, Some(cred)) = split_url_credentials(&repo) {
+            tx.execute(
+                "UPDATE projects SET repo = ?2, repo_credentials = ?3 WHERE name = ?1",
+                params![name, bare, cipher.seal(&aad_repo(&name), &cred)],
+            )?;
+            moved += 1;
+        }
+    }
+    tx.commit()?;
+    if moved > 0 {
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    }
+    Ok(())
+}
+
 fn project_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
     Ok(Project {
         name: r.get(0)?,
@@ -149,10 +191,12 @@ fn project_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
         retain_images: r.get(3)?,
         has_webhook_secret: r.get::<_, Option<String>>(4)?.is_some(),
         created_at: parse_ts(&r.get::<_, String>(5)?)?,
+        has_repo_credentials: r.get::<_, Option<String>>(6)?.is_some(),
+        has_deploy_key: r.get::<_, Option<String>>(7)?.is_some(),
     })
 }
 
-const PROJECT_COLS: &str = "name, repo, default_branch, retain_images, webhook_secret, created_at";
+const PROJECT_COLS: &str = "name, repo, default_branch, retain_images, webhook_secret, created_at, repo_credentials, deploy_key";
 
 fn get_project(c: &Connection, name: &str) -> Result<Project> {
     c.query_row(
@@ -251,6 +295,13 @@ impl Store for SqliteStore {
             .webhook_secret
             .as_deref()
             .map(|s| self.cipher.seal(&aad_hook(&p.name), s));
+        let (repo, cred) = split_url_credentials(p.repo.trim());
+        let cred = cred.map(|c| self.cipher.seal(&aad_repo(&p.name), &c));
+        let key = p
+            .deploy_key
+            .as_deref()
+            .filter(|k| !k.trim().is_empty())
+            .map(|k| self.cipher.seal(&aad_key(&p.name), k));
         self.call(move |c| {
             let tx = c.transaction()?;
             let exists: bool = tx
@@ -264,8 +315,8 @@ impl Store for SqliteStore {
                 });
             }
             tx.execute(
-                &format!("INSERT INTO projects ({PROJECT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
-                params![p.name, p.repo, p.default_branch, p.retain_images, sealed, ts(&p.created_at)],
+                &format!("INSERT INTO projects ({PROJECT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+                params![p.name, repo, p.default_branch, p.retain_images, sealed, ts(&p.created_at), cred, key],
             )?;
             tx.execute(
                 "INSERT INTO environments (project, name, branch, kind, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -300,6 +351,16 @@ impl Store for SqliteStore {
             .webhook_secret
             .as_deref()
             .map(|s| self.cipher.seal(&aad_hook(&name), s));
+        // A new URL replaces the stored credentials too: with its own, or
+        // with none.
+        let repo = patch.repo.as_deref().map(|r| {
+            let (bare, cred) = split_url_credentials(r.trim());
+            (bare, cred.map(|c| self.cipher.seal(&aad_repo(&name), &c)))
+        });
+        let key = patch
+            .deploy_key
+            .as_deref()
+            .map(|k| (!k.trim().is_empty()).then(|| self.cipher.seal(&aad_key(&name), k)));
         self.call(move |c| {
             let tx = c.transaction()?;
             get_project(&tx, &name)?;
@@ -321,10 +382,16 @@ impl Store for SqliteStore {
                     params![name, b],
                 )?;
             }
-            if let Some(r) = patch.repo {
+            if let Some((r, cred)) = repo {
                 tx.execute(
-                    "UPDATE projects SET repo = ?2 WHERE name = ?1",
-                    params![name, r],
+                    "UPDATE projects SET repo = ?2, repo_credentials = ?3 WHERE name = ?1",
+                    params![name, r, cred],
+                )?;
+            }
+            if let Some(k) = key {
+                tx.execute(
+                    "UPDATE projects SET deploy_key = ?2 WHERE name = ?1",
+                    params![name, k],
                 )?;
             }
             let p = get_project(&tx, &name)?;
@@ -349,6 +416,34 @@ impl Store for SqliteStore {
         sealed
             .map(|s| self.cipher.open(&aad_hook(project), &s).map_err(backend))
             .transpose()
+    }
+
+    async fn repo_access(&self, project: &str) -> Result<RepoAccess> {
+        let name = project.to_string();
+        let (repo, cred, key): (String, Option<String>, Option<String>) = self
+            .call(move |c| {
+                get_project(c, &name)?;
+                Ok(c.query_row(
+                    "SELECT repo, repo_credentials, deploy_key FROM projects WHERE name = ?1",
+                    [&name],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?)
+            })
+            .await?;
+        let open = |aad: String, sealed: Option<String>, what: &str| {
+            sealed
+                .map(|s| {
+                    self.cipher
+                        .open(&aad, &s)
+                        .map_err(|e| StoreError::Backend(format!("{what} of {project}: {e}")))
+                })
+                .transpose()
+        };
+        let cred = open(aad_repo(project), cred, "repository credentials")?;
+        Ok(RepoAccess {
+            url: with_url_credentials(&repo, cred.as_deref()),
+            deploy_key: open(aad_key(project), key, "deploy key")?,
+        })
     }
 
     async fn list_environments(&self, project: &str) -> Result<Vec<Environment>> {
@@ -422,9 +517,10 @@ impl Store for SqliteStore {
         env: &str,
         key: &str,
         value: &str,
-        secret: bool,
+        flags: VarFlags,
         at: DateTime<Utc>,
     ) -> Result<Variable> {
+        let VarFlags { secret, build } = flags;
         names::variable_name(key).map_err(|e| StoreError::Invalid(e.to_string()))?;
         names::variable_value(key, value).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let stored = if secret {
@@ -438,15 +534,16 @@ impl Store for SqliteStore {
             let tx = c.transaction()?;
             get_env(&tx, &p, &e)?;
             tx.execute(
-                "INSERT INTO variables (project, environment, key, value, secret, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-                 ON CONFLICT (project, environment, key) DO UPDATE SET value = excluded.value, secret = excluded.secret, updated_at = excluded.updated_at",
-                params![p, e, k, stored, secret, ts(&at)],
+                "INSERT INTO variables (project, environment, key, value, secret, build, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                 ON CONFLICT (project, environment, key) DO UPDATE SET value = excluded.value, secret = excluded.secret, build = excluded.build, updated_at = excluded.updated_at",
+                params![p, e, k, stored, secret, build, ts(&at)],
             )?;
             tx.commit()?;
             Ok(Variable {
                 key: k,
                 value: shown,
                 secret,
+                build,
                 updated_at: at,
             })
         })
@@ -471,7 +568,7 @@ impl Store for SqliteStore {
         self.call(move |c| {
             get_env(c, &p, &e)?;
             let mut st = c.prepare(
-                "SELECT key, value, secret, updated_at FROM variables WHERE project = ?1 AND environment = ?2 ORDER BY key",
+                "SELECT key, value, secret, updated_at, build FROM variables WHERE project = ?1 AND environment = ?2 ORDER BY key",
             )?;
             let rows = st.query_map([&p, &e], |r| {
                 let secret: bool = r.get(2)?;
@@ -479,6 +576,7 @@ impl Store for SqliteStore {
                     key: r.get(0)?,
                     value: if secret { None } else { Some(r.get(1)?) },
                     secret,
+                    build: r.get(4)?,
                     updated_at: parse_ts(&r.get::<_, String>(3)?)?,
                 })
             })?;
@@ -489,18 +587,20 @@ impl Store for SqliteStore {
 
     async fn resolve_variables(&self, project: &str, env: &str) -> Result<Vec<ResolvedVar>> {
         let (p, e) = (project.to_string(), env.to_string());
-        let rows: Vec<(String, String, bool)> = self
+        let rows: Vec<(String, String, bool, bool)> = self
             .call(move |c| {
                 get_env(c, &p, &e)?;
                 let mut st = c.prepare(
-                    "SELECT key, value, secret FROM variables WHERE project = ?1 AND environment = ?2 ORDER BY key",
+                    "SELECT key, value, secret, build FROM variables WHERE project = ?1 AND environment = ?2 ORDER BY key",
                 )?;
-                let rows = st.query_map([&p, &e], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                let rows = st.query_map([&p, &e], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?;
                 Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
             })
             .await?;
         rows.into_iter()
-            .map(|(key, value, secret)| {
+            .map(|(key, value, secret, build)| {
                 let value = if secret {
                     self.cipher
                         .open(&aad_var(project, env, &key), &value)
@@ -508,7 +608,12 @@ impl Store for SqliteStore {
                 } else {
                     value
                 };
-                Ok(ResolvedVar { key, value, secret })
+                Ok(ResolvedVar {
+                    key,
+                    value,
+                    secret,
+                    build,
+                })
             })
             .collect()
     }

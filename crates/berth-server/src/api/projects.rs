@@ -11,7 +11,7 @@ use berth_core::api::{
 };
 use berth_core::model::{Environment, EnvironmentKind, Project, Variable, DEFAULT_RETAIN_IMAGES};
 use berth_core::names;
-use berth_store::{DeploymentQuery, NewProject, ProjectPatch};
+use berth_store::{DeploymentQuery, NewProject, ProjectPatch, VarFlags};
 use std::collections::BTreeMap;
 
 fn shown(mut p: Project) -> Project {
@@ -38,6 +38,29 @@ fn check_repo(repo: &str) -> ApiResult<()> {
             "repo {:?} is not a git URL or path",
             berth_core::model::mask_url(repo)
         )));
+    }
+    Ok(())
+}
+
+/// An SSH deploy key: an OpenSSH or PEM private key, not a public key
+/// or a path. `allow_empty` for updates, where "" removes the key.
+fn check_deploy_key(key: &Option<String>, allow_empty: bool) -> ApiResult<()> {
+    let Some(k) = key else { return Ok(()) };
+    if k.trim().is_empty() {
+        return if allow_empty {
+            Ok(())
+        } else {
+            Err(ApiError::bad_request("deployKey must not be empty"))
+        };
+    }
+    if k.len() > 16 * 1024 {
+        return Err(ApiError::bad_request("deployKey is over 16 KiB"));
+    }
+    let t = k.trim();
+    if !(t.starts_with("-----BEGIN ") && t.contains("PRIVATE KEY-----") && t.ends_with("-----")) {
+        return Err(ApiError::bad_request(
+            "deployKey is not a private key (expected -----BEGIN … PRIVATE KEY-----)",
+        ));
     }
     Ok(())
 }
@@ -76,6 +99,7 @@ pub async fn create(
     if req.webhook_secret.as_deref() == Some("") {
         return Err(ApiError::bad_request("webhookSecret must not be empty"));
     }
+    check_deploy_key(&req.deploy_key, false)?;
     let p = s
         .store
         .create_project(NewProject {
@@ -84,6 +108,7 @@ pub async fn create(
             default_branch: req.default_branch.unwrap_or_else(|| "main".into()),
             retain_images: req.retain_images.unwrap_or(DEFAULT_RETAIN_IMAGES),
             webhook_secret: req.webhook_secret,
+            deploy_key: req.deploy_key,
             created_at: now(),
         })
         .await?;
@@ -142,6 +167,7 @@ pub async fn update(
     if req.webhook_secret.as_deref() == Some("") {
         return Err(ApiError::bad_request("webhookSecret must not be empty"));
     }
+    check_deploy_key(&req.deploy_key, true)?;
     let p = s
         .store
         .update_project(
@@ -151,6 +177,7 @@ pub async fn update(
                 webhook_secret: req.webhook_secret,
                 default_branch: req.default_branch,
                 repo: req.repo,
+                deploy_key: req.deploy_key,
             },
         )
         .await?;
@@ -213,7 +240,17 @@ pub async fn set_var(
     names::variable_value(&key, &req.value)?;
     Ok(Json(
         s.store
-            .set_variable(&name, &env, &key, &req.value, req.secret, now())
+            .set_variable(
+                &name,
+                &env,
+                &key,
+                &req.value,
+                VarFlags {
+                    secret: req.secret,
+                    build: req.build,
+                },
+                now(),
+            )
             .await?,
     ))
 }

@@ -521,6 +521,7 @@ struct VariableForm {
     #[serde(default)]
     value: String,
     secret: Option<String>,
+    build: Option<String>,
 }
 
 fn vars_anchor(p: &str, env: &str) -> Response {
@@ -544,7 +545,17 @@ async fn set_variable(
     berth_core::names::variable_name(key).map_err(ApiError::from)?;
     berth_core::names::variable_value(key, &f.value).map_err(ApiError::from)?;
     s.store
-        .set_variable(&p, &f.environment, key, &f.value, f.secret.is_some(), now())
+        .set_variable(
+            &p,
+            &f.environment,
+            key,
+            &f.value,
+            berth_store::VarFlags {
+                secret: f.secret.is_some(),
+                build: f.build.is_some(),
+            },
+            now(),
+        )
         .await?;
     Ok(vars_anchor(&p, &f.environment))
 }

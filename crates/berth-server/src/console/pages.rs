@@ -167,7 +167,7 @@ pub fn project(
         .any(|d| !d.status.is_terminal() || d.promotion_stage == Stage::DrainingPrevious);
     let pl = format!("/console/projects/{}", seg(&p.name));
     let mut body = format!(
-        r#"<div class="head" data-refresh-while-busy="{busy}"><h1>{}</h1><p class="sub"><span class="mono">{}</span> · default branch <span class="mono">{}</span> · keeps {} images per service · webhook secret {}</p></div>"#,
+        r#"<div class="head" data-refresh-while-busy="{busy}"><h1>{}</h1><p class="sub"><span class="mono">{}</span> · default branch <span class="mono">{}</span> · keeps {} images per service · webhook secret {}{}</p></div>"#,
         esc(&p.name),
         esc(&berth_core::model::mask_url(&p.repo)),
         esc(&p.default_branch),
@@ -176,6 +176,12 @@ pub fn project(
             "set"
         } else {
             "not set"
+        },
+        match (p.has_repo_credentials, p.has_deploy_key) {
+            (true, true) => " · repository token and deploy key stored",
+            (true, false) => " · repository token stored",
+            (false, true) => " · deploy key stored",
+            (false, false) => "",
         }
     );
 
@@ -295,10 +301,13 @@ pub fn project(
         } else {
             body.push_str(r#"<table class="grid vars"><thead><tr><th>Key</th><th>Value</th><th>Updated</th><th class="right"></th></tr></thead><tbody>"#);
             for v in vs {
-                let value = match (&v.value, v.secret) {
+                let mut value = match (&v.value, v.secret) {
                     (Some(val), false) => format!(r#"<span class="mono">{}</span>"#, esc(val)),
                     _ => r#"<span class="secret" title="secret: never shown">•••</span> <span class="pill">secret</span>"#.into(),
                 };
+                if v.build {
+                    value.push_str(r#" <span class="pill" title="given to builds">build</span>"#);
+                }
                 let unset = format!(
                     r#"<form method="post" action="{pl}/variables/unset" class="inline" data-confirm="Unset {k} in {env}? Deployments from now on will not have it."><input type="hidden" name="csrf" value="{c}"><input type="hidden" name="environment" value="{env}"><input type="hidden" name="key" value="{k}"><button class="btn small danger" type="submit">Unset</button></form>"#,
                     k = esc(&v.key),
@@ -316,7 +325,7 @@ pub fn project(
         }
         let _ = write!(
             body,
-            r#"<form method="post" action="{pl}/variables" class="setvar"><input type="hidden" name="csrf" value="{c}"><input type="hidden" name="environment" value="{env}"><input name="key" placeholder="KEY" required pattern="[A-Za-z_][A-Za-z0-9_]*" class="mono" aria-label="key"><input name="value" placeholder="value" class="mono grow" aria-label="value" autocomplete="off"><label class="check"><input type="checkbox" name="secret" value="on"> secret</label><button class="btn" type="submit">Set</button></form><p class="hint">Applies to deployments started from now on. Secrets are encrypted at rest, never shown, and masked as <code>***</code> in logs.</p></section>"#,
+            r#"<form method="post" action="{pl}/variables" class="setvar"><input type="hidden" name="csrf" value="{c}"><input type="hidden" name="environment" value="{env}"><input name="key" placeholder="KEY" required pattern="[A-Za-z_][A-Za-z0-9_]*" class="mono" aria-label="key"><input name="value" placeholder="value" class="mono grow" aria-label="value" autocomplete="off"><label class="check"><input type="checkbox" name="secret" value="on"> secret</label><label class="check" title="plain: a build argument; secret: a BuildKit secret (RUN --mount=type=secret,id=KEY)"><input type="checkbox" name="build" value="on"> build</label><button class="btn" type="submit">Set</button></form><p class="hint">Applies to deployments started from now on. Secrets are encrypted at rest, never shown, and masked as <code>***</code> in logs.</p></section>"#,
             c = esc(csrf),
             env = esc(&e.name)
         );
@@ -881,6 +890,8 @@ mod tests {
             default_branch: "main".into(),
             retain_images: 3,
             has_webhook_secret: false,
+            has_repo_credentials: true,
+            has_deploy_key: false,
             created_at: t,
         };
         let env = Environment {
@@ -895,6 +906,7 @@ mod tests {
                 key: "PLAIN".into(),
                 value: Some("<v>".into()),
                 secret: false,
+                build: false,
                 updated_at: t,
             },
             // Even if a value came along, a secret is masked.
@@ -902,6 +914,7 @@ mod tests {
                 key: "TOKEN".into(),
                 value: Some("hunter2".into()),
                 secret: true,
+                build: true,
                 updated_at: t,
             },
         ]];

@@ -17,6 +17,7 @@ fn new_project(name: &str) -> NewProject {
         default_branch: "main".into(),
         retain_images: 3,
         webhook_secret: Some("whsec-very-secret-1".into()),
+        deploy_key: None,
         created_at: Utc::now(),
     }
 }
@@ -114,22 +115,36 @@ async fn invalid_input_writes_nothing() {
     s.create_project(new_project("shop")).await.unwrap();
     for key in ["", "1X", "A=B", "A-B"] {
         let e = s
-            .set_variable("shop", "production", key, "v", false, Utc::now())
+            .set_variable("shop", "production", key, "v", VarFlags::PLAIN, Utc::now())
             .await
             .unwrap_err();
         assert!(matches!(e, StoreError::Invalid(_)), "{key:?}: {e}");
     }
     let big = "x".repeat(64 * 1024 + 1);
     assert!(s
-        .set_variable("shop", "production", "BIG", &big, false, Utc::now())
+        .set_variable(
+            "shop",
+            "production",
+            "BIG",
+            &big,
+            VarFlags::PLAIN,
+            Utc::now()
+        )
         .await
         .is_err());
     assert!(s
-        .set_variable("shop", "production", "NUL", "a\0b", false, Utc::now())
+        .set_variable(
+            "shop",
+            "production",
+            "NUL",
+            "a\0b",
+            VarFlags::PLAIN,
+            Utc::now()
+        )
         .await
         .is_err());
     assert!(matches!(
-        s.set_variable("nope", "production", "K", "v", false, Utc::now())
+        s.set_variable("nope", "production", "K", "v", VarFlags::PLAIN, Utc::now())
             .await,
         Err(StoreError::NotFound {
             what: "project",
@@ -137,7 +152,7 @@ async fn invalid_input_writes_nothing() {
         })
     ));
     assert!(matches!(
-        s.set_variable("shop", "staging", "K", "v", false, Utc::now())
+        s.set_variable("shop", "staging", "K", "v", VarFlags::PLAIN, Utc::now())
             .await,
         Err(StoreError::NotFound {
             what: "environment",
@@ -159,13 +174,27 @@ async fn secrets_are_masked_on_read_and_never_in_clear_on_disk() {
         let s = open(dir.path());
         s.create_project(new_project("shop")).await.unwrap();
         let v = s
-            .set_variable("shop", "production", "API_KEY", secret, true, Utc::now())
+            .set_variable(
+                "shop",
+                "production",
+                "API_KEY",
+                secret,
+                VarFlags::SECRET,
+                Utc::now(),
+            )
             .await
             .unwrap();
         assert_eq!(v.value, None);
-        s.set_variable("shop", "production", "PLAIN", "visible", false, Utc::now())
-            .await
-            .unwrap();
+        s.set_variable(
+            "shop",
+            "production",
+            "PLAIN",
+            "visible",
+            VarFlags::PLAIN,
+            Utc::now(),
+        )
+        .await
+        .unwrap();
         let listed = s.list_variables("shop", "production").await.unwrap();
         assert_eq!(listed.len(), 2);
         assert_eq!(listed[0].key, "API_KEY");
@@ -191,6 +220,125 @@ async fn secrets_are_masked_on_read_and_never_in_clear_on_disk() {
         .unset_variable("shop", "production", "API_KEY")
         .await
         .unwrap());
+}
+
+#[tokio::test]
+async fn repository_credentials_and_deploy_keys_are_sealed_and_given_to_fetches_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "ghp_tokenThatMustNotLeak42";
+    let key = "-----BEGIN OPENSSH PRIVATE KEY-----\nkeyMaterialThatMustNotLeak\n-----END OPENSSH PRIVATE KEY-----\n";
+    let s = open(dir.path());
+    let mut p = new_project("shop");
+    p.repo = format!("https://x-access-token:{token}@git.example.com/a/shop.git");
+    p.deploy_key = Some(key.into());
+    let shown = s.create_project(p).await.unwrap();
+    assert_eq!(shown.repo, "https://git.example.com/a/shop.git");
+    assert!(shown.has_repo_credentials && shown.has_deploy_key);
+    let access = s.repo_access("shop").await.unwrap();
+    assert_eq!(
+        access.url,
+        format!("https://x-access-token:{token}@git.example.com/a/shop.git")
+    );
+    assert_eq!(access.deploy_key.as_deref(), Some(key));
+    assert!(!format!("{access:?}").contains(token));
+    assert!(!format!("{access:?}").contains("keyMaterial"));
+    let bytes = all_bytes(dir.path());
+    assert!(
+        contains(&bytes, "git.example.com"),
+        "the scan must see the data"
+    );
+    assert!(!contains(&bytes, token));
+    assert!(!contains(&bytes, "keyMaterialThatMustNotLeak"));
+
+    // A new URL without credentials drops the old ones; "" removes the key.
+    let p = s
+        .update_project(
+            "shop",
+            ProjectPatch {
+                repo: Some("https://git.example.com/a/other.git".into()),
+                deploy_key: Some(String::new()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!p.has_repo_credentials && !p.has_deploy_key);
+    let access = s.repo_access("shop").await.unwrap();
+    assert_eq!(access.url, "https://git.example.com/a/other.git");
+    assert_eq!(access.deploy_key, None);
+}
+
+#[tokio::test]
+async fn credentials_stored_in_clear_by_an_older_berth_are_sealed_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "ghp_legacyTokenInClear77";
+    {
+        let s = open(dir.path());
+        s.create_project(new_project("shop")).await.unwrap();
+    }
+    {
+        // What versions before migration 5 wrote: the token in the URL.
+        let c = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        c.execute(
+            "UPDATE projects SET repo = ?1 WHERE name = 'shop'",
+            [format!("https://u:{token}@git.example.com/shop.git")],
+        )
+        .unwrap();
+    }
+    let s = open(dir.path());
+    let p = s.get_project("shop").await.unwrap();
+    assert_eq!(p.repo, "https://git.example.com/shop.git");
+    assert!(p.has_repo_credentials);
+    assert_eq!(
+        s.repo_access("shop").await.unwrap().url,
+        format!("https://u:{token}@git.example.com/shop.git")
+    );
+    assert!(!contains(&all_bytes(dir.path()), token));
+}
+
+#[tokio::test]
+async fn build_flags_of_variables_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.create_project(new_project("shop")).await.unwrap();
+    let both = VarFlags {
+        secret: true,
+        build: true,
+    };
+    let v = s
+        .set_variable("shop", "production", "NPM_TOKEN", "t0k", both, Utc::now())
+        .await
+        .unwrap();
+    assert!(v.build && v.secret && v.value.is_none());
+    s.set_variable(
+        "shop",
+        "production",
+        "PLAIN",
+        "p",
+        VarFlags::PLAIN,
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let r = s.resolve_variables("shop", "production").await.unwrap();
+    assert_eq!(
+        r.iter()
+            .map(|v| (v.key.as_str(), v.build))
+            .collect::<Vec<_>>(),
+        [("NPM_TOKEN", true), ("PLAIN", false)]
+    );
+    // Setting again without the flag clears it.
+    s.set_variable(
+        "shop",
+        "production",
+        "NPM_TOKEN",
+        "t0k",
+        VarFlags::SECRET,
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    assert!(!s.list_variables("shop", "production").await.unwrap()[0].build);
 }
 
 #[tokio::test]
@@ -346,7 +494,7 @@ async fn environments_and_external_routes() {
         s.create_environment(env).await,
         Err(StoreError::Conflict { .. })
     ));
-    s.set_variable("shop", "staging", "K", "v", false, Utc::now())
+    s.set_variable("shop", "staging", "K", "v", VarFlags::PLAIN, Utc::now())
         .await
         .unwrap();
     assert!(s.delete_environment("shop", "production").await.is_err());

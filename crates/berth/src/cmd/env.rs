@@ -18,6 +18,11 @@ pub enum EnvCmd {
         /// Store the values sealed; they are never shown again.
         #[arg(long)]
         secret: bool,
+        /// Give the values to builds too: a plain value as a build
+        /// argument, a secret as a BuildKit secret
+        /// (`RUN --mount=type=secret,id=KEY`), never as an image layer.
+        #[arg(long)]
+        build: bool,
         #[arg(required = true, value_name = "KEY=VALUE")]
         pairs: Vec<String>,
     },
@@ -55,6 +60,7 @@ pub async fn run(ctx: &Ctx, cmd: EnvCmd) -> anyhow::Result<()> {
             project,
             environment,
             secret,
+            build,
             pairs,
         } => {
             // Validate every pair before changing anything.
@@ -68,13 +74,19 @@ pub async fn run(ctx: &Ctx, cmd: EnvCmd) -> anyhow::Result<()> {
                 let body = SetVariable {
                     value: value.to_string(),
                     secret,
+                    build,
                 };
                 let reply = c.set_variable(&project, &environment, key, &body).await?;
                 if ctx.json {
                     answers.push(reply.pretty()?);
                 } else {
                     let v = reply.parse()?;
-                    let kind = if v.secret { " (secret)" } else { "" };
+                    let kind = match (v.secret, v.build) {
+                        (true, true) => " (secret, build)",
+                        (true, false) => " (secret)",
+                        (false, true) => " (build)",
+                        (false, false) => "",
+                    };
                     emitln(&format!("set {}{kind} in {project}/{environment}", v.key));
                 }
             }
@@ -108,7 +120,7 @@ pub async fn run(ctx: &Ctx, cmd: EnvCmd) -> anyhow::Result<()> {
             if ctx.json {
                 return ctx.print_json(&reply);
             }
-            let mut t = Table::new(["KEY", "VALUE", "SECRET", "UPDATED"]);
+            let mut t = Table::new(["KEY", "VALUE", "SECRET", "BUILD", "UPDATED"]);
             for v in reply.parse()? {
                 // Never show a secret, even if a server sent its value.
                 let value = match (&v.value, v.secret) {
@@ -119,6 +131,7 @@ pub async fn run(ctx: &Ctx, cmd: EnvCmd) -> anyhow::Result<()> {
                     v.key,
                     crate::client::one_line(&value),
                     if v.secret { "yes" } else { "no" }.to_string(),
+                    if v.build { "yes" } else { "no" }.to_string(),
                     timestamp(v.updated_at),
                 ]);
             }

@@ -23,6 +23,11 @@ pub enum ProjectsCmd {
         /// Images kept per service and environment for instant rollback.
         #[arg(long)]
         retain_images: Option<u32>,
+        /// SSH private key for an ssh:// or git@ repository (stored sealed).
+        /// Credentials inside an https URL (`https://user:token@host/…`) are
+        /// stored sealed too and never shown again.
+        #[arg(long, value_name = "PATH")]
+        deploy_key_file: Option<std::path::PathBuf>,
     },
     /// List projects.
     List,
@@ -39,7 +44,27 @@ pub enum ProjectsCmd {
         repo: Option<String>,
         #[arg(long)]
         branch: Option<String>,
+        /// Replace the SSH deploy key.
+        #[arg(long, value_name = "PATH", conflicts_with = "remove_deploy_key")]
+        deploy_key_file: Option<std::path::PathBuf>,
+        /// Remove the stored SSH deploy key.
+        #[arg(long)]
+        remove_deploy_key: bool,
     },
+}
+
+fn read_key(path: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read deploy key {}: {e}", path.display()))
+}
+
+fn credentials(p: &berth_core::model::Project) -> &'static str {
+    match (p.has_repo_credentials, p.has_deploy_key) {
+        (true, true) => "token and deploy key",
+        (true, false) => "token",
+        (false, true) => "deploy key",
+        (false, false) => "none",
+    }
 }
 
 pub async fn run(ctx: &Ctx, cmd: ProjectsCmd) -> anyhow::Result<()> {
@@ -51,6 +76,7 @@ pub async fn run(ctx: &Ctx, cmd: ProjectsCmd) -> anyhow::Result<()> {
             branch,
             webhook_secret,
             retain_images,
+            deploy_key_file,
         } => {
             let body = CreateProject {
                 name,
@@ -58,6 +84,7 @@ pub async fn run(ctx: &Ctx, cmd: ProjectsCmd) -> anyhow::Result<()> {
                 default_branch: branch,
                 webhook_secret,
                 retain_images,
+                deploy_key: deploy_key_file.as_deref().map(read_key).transpose()?,
             };
             let reply = c.create_project(&body).await?;
             if ctx.json {
@@ -107,6 +134,7 @@ pub async fn run(ctx: &Ctx, cmd: ProjectsCmd) -> anyhow::Result<()> {
             kv.row(["Branch", p.default_branch.as_str()]);
             kv.row(["Retain images".to_string(), p.retain_images.to_string()]);
             kv.row(["Webhook secret", yes_no(p.has_webhook_secret)]);
+            kv.row(["Repo credentials", credentials(p)]);
             kv.row(["Created".to_string(), timestamp(p.created_at)]);
             out.push_str(&kv.render());
             out.push_str("\nEnvironments\n");
@@ -145,16 +173,24 @@ pub async fn run(ctx: &Ctx, cmd: ProjectsCmd) -> anyhow::Result<()> {
             webhook_secret,
             repo,
             branch,
+            deploy_key_file,
+            remove_deploy_key,
         } => {
+            let deploy_key = match (deploy_key_file, remove_deploy_key) {
+                (Some(path), _) => Some(read_key(&path)?),
+                (None, true) => Some(String::new()),
+                (None, false) => None,
+            };
             let body = UpdateProject {
                 repo,
                 default_branch: branch,
                 webhook_secret,
                 retain_images,
+                deploy_key,
             };
             if body == UpdateProject::default() {
                 anyhow::bail!(
-                    "nothing to change: give --retain-images, --webhook-secret, --repo or --branch"
+                    "nothing to change: give --retain-images, --webhook-secret, --repo, --branch, --deploy-key-file or --remove-deploy-key"
                 );
             }
             let reply = c.update_project(&name, &body).await?;

@@ -5,6 +5,7 @@ mod canary;
 mod console;
 mod domains;
 mod logs;
+mod ssh;
 mod triggers;
 
 use crate::harness::*;

@@ -255,6 +255,29 @@ fn git_push_to_berth_deploys_the_branch_and_prints_its_stages() {
     assert_eq!(all[0]["trigger"], "git_push");
     assert_eq!(all[0]["commit"]["sha"], repo.head());
 
+    // A project that clones over HTTP with a token in its URL (berth's own
+    // git endpoint needs one): the token is stored sealed, never shown,
+    // and given to the fetch.
+    let mirror = format!("{project}m");
+    let _cm = Cleanup(mirror.clone());
+    let created = s.json(&["projects", "create", &mirror, "--repo", &remote, "--json"]);
+    let bare = format!("http://127.0.0.1:{}/git/{project}.git", s.api_port);
+    assert_eq!(created["repo"], bare.as_str());
+    assert_eq!(created["hasRepoCredentials"], true);
+    let shown = s.ok(&["projects", "show", &mirror]);
+    assert!(!shown.contains(TOKEN), "{shown}");
+    let d = s.json(&["deploy", "--project", &mirror, "--wait", "--json"]);
+    assert_eq!(d["status"], "succeeded", "{d}");
+    assert_eq!(d["commit"]["sha"], repo.head());
+    assert!(!d.to_string().contains(TOKEN), "{d}");
+    for f in ["berth.db", "berth.db-wal"] {
+        let bytes = std::fs::read(s.data_dir().join(f)).unwrap_or_default();
+        assert!(
+            !bytes.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()),
+            "{f} holds the repository token in clear"
+        );
+    }
+
     // A branch no environment maps deploys nothing.
     git(repo.dir.path(), &["checkout", "-q", "-b", "unmapped"]);
     repo.commit_app("other", DOCKERFILE, "other");
