@@ -30,6 +30,11 @@ pub enum BuildError {
     OutOfMemory { limit: String },
     #[error("build cancelled")]
     Cancelled,
+    /// A build secret's id is not a POSIX environment variable name.
+    #[error(
+        "build secret {0:?} is not a valid name (letters, digits and _, not starting with a digit)"
+    )]
+    SecretName(String),
     #[error("push of {image} failed: {reason}")]
     Push { image: String, reason: String },
     /// The Docker Engine API failed.
@@ -50,6 +55,44 @@ impl BuildError {
                 m.contains("unable to find image") || m.contains("no such image")
             }
             _ => false,
+        }
+    }
+}
+
+impl BuildError {
+    /// The same error with `f` applied to its text (to mask secret values).
+    pub(crate) fn map_text(self, f: impl Fn(&str) -> String) -> BuildError {
+        use BuildError::*;
+        match self {
+            RefNotFound { reference, repo } => RefNotFound {
+                reference: f(&reference),
+                repo: f(&repo),
+            },
+            Unreachable { repo, reason } => Unreachable {
+                repo: f(&repo),
+                reason: f(&reason),
+            },
+            CloneTimeout { repo, secs } => CloneTimeout {
+                repo: f(&repo),
+                secs,
+            },
+            Git { step, reason } => Git {
+                step: f(&step),
+                reason: f(&reason),
+            },
+            Analyze(m) => Analyze(f(&m)),
+            Context(m) => Context(f(&m)),
+            BuildFailed(m) => BuildFailed(f(&m)),
+            TimedOut { secs } => TimedOut { secs },
+            OutOfMemory { limit } => OutOfMemory { limit },
+            Cancelled => Cancelled,
+            SecretName(m) => SecretName(f(&m)),
+            Push { image, reason } => Push {
+                image: f(&image),
+                reason: f(&reason),
+            },
+            Docker(m) => Docker(f(&m)),
+            Io(m) => Io(f(&m)),
         }
     }
 }

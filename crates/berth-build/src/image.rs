@@ -1,5 +1,7 @@
-//! Build: the context goes to the Docker Engine's legacy builder as a tar
-//! stream; the builder's output goes to the log sink line by line.
+//! Build: the context goes to the Docker Engine's builder as a tar stream;
+//! the builder's output goes to the log sink line by line. This file holds
+//! the legacy builder (builds without secrets) and what both builders share;
+//! builds with secrets go to BuildKit (`buildkit.rs`).
 //!
 //! The context is written by a blocking task into a bounded channel that feeds
 //! the request body, so it is never held in memory whole. Limits: memory (the
@@ -13,6 +15,7 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bollard::models::{BuildInfo, BuildInfoAux};
 use bollard::query_parameters::{BuildImageOptions, BuilderVersion};
 use bollard::Docker;
 use bytes::Bytes;
@@ -22,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::analyze::{BuildPlan, BUILD_ARGS_MARKER, GENERATED_DOCKERFILE};
 use crate::error::one_line;
+use crate::progress::Progress;
 use crate::{write_context, BuildError, DockerIgnore, LogSink};
 
 /// Resource limits of one build.
@@ -46,8 +50,8 @@ impl Default for BuildLimits {
     }
 }
 
-/// One image build.
-#[derive(Debug, Clone)]
+/// One image build. Its `Debug` shows the secrets' ids, never their values.
+#[derive(Clone)]
 pub struct BuildRequest {
     /// The checkout (build context root).
     pub context_dir: PathBuf,
@@ -60,6 +64,27 @@ pub struct BuildRequest {
     pub build_args: Vec<(String, String)>,
     /// Labels of the image.
     pub labels: BTreeMap<String, String>,
+    /// Build secrets, id → value (ids are POSIX environment variable names).
+    /// When there is any, the build runs on the engine's BuildKit, where a
+    /// Dockerfile mounts them with `RUN --mount=type=secret,id=<id>`; they
+    /// never become build args, layers or image history. Empty: the legacy
+    /// builder.
+    pub secrets: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for BuildRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret_ids: Vec<&str> = self.secrets.iter().map(|(id, _)| id.as_str()).collect();
+        f.debug_struct("BuildRequest")
+            .field("context_dir", &self.context_dir)
+            .field("plan", &self.plan)
+            .field("tag", &self.tag)
+            .field("limits", &self.limits)
+            .field("build_args", &self.build_args)
+            .field("labels", &self.labels)
+            .field("secrets", &secret_ids)
+            .finish()
+    }
 }
 
 /// A built image.
@@ -71,74 +96,36 @@ pub struct BuiltImage {
 }
 
 /// Builds `req` and returns the image; every output line goes to `log`.
+///
+/// Without secrets this is the engine's legacy builder, under the memory and
+/// CPU limits. With secrets it is the engine's BuildKit (see
+/// [`crate::buildkit`]): a Dockerfile reads them with `RUN
+/// --mount=type=secret,id=<NAME>`; they never become build args, image
+/// layers or history, and their values are masked in every line and error.
 pub async fn build(
     docker: &Docker,
     req: &BuildRequest,
     log: LogSink,
     cancel: CancellationToken,
 ) -> Result<BuiltImage, BuildError> {
-    // bollard's default request timeout (2 minutes) would cut long builds.
-    let docker = docker
-        .clone()
-        .with_timeout(req.limits.timeout + Duration::from_secs(60));
-    let dockerfile_name = if req.plan.generated {
-        GENERATED_DOCKERFILE.to_string()
+    if req.secrets.is_empty() {
+        build_legacy(docker, req, log, cancel).await
     } else {
-        req.plan
-            .dockerfile_path
-            .clone()
-            .unwrap_or_else(|| "Dockerfile".into())
-    };
-    let generated = req
-        .plan
-        .generated
-        .then(|| with_build_args(&req.plan.dockerfile, &req.build_args));
-    let ignore_text =
-        std::fs::read_to_string(req.context_dir.join(".dockerignore")).unwrap_or_default();
-    let ignore = DockerIgnore::parse(&ignore_text);
+        crate::buildkit::build(docker, req, log, cancel).await
+    }
+}
 
-    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
-    let dir = req.context_dir.clone();
-    let df_name = dockerfile_name.clone();
-    // A generated Dockerfile must not end up in the image: listing it in the
-    // .dockerignore sent along makes the engine drop it after reading it.
-    let ignore_sent = generated
-        .as_ref()
-        .map(|_| format!("{ignore_text}\n{GENERATED_DOCKERFILE}\n.dockerignore\n"));
-    let writer_task = tokio::task::spawn_blocking(move || {
-        let always = [df_name.as_str(), ".dockerignore"];
-        let mut extra: Vec<(&str, &[u8])> = Vec::new();
-        if let Some(text) = &generated {
-            extra.push((GENERATED_DOCKERFILE, text.as_bytes()));
-        }
-        if let Some(text) = &ignore_sent {
-            extra.push((".dockerignore", text.as_bytes()));
-        }
-        let mut w = ChannelWriter {
-            tx: tx.clone(),
-            buf: Vec::with_capacity(CHUNK),
-        };
-        let res = write_context(&dir, &ignore, &always, &extra, &mut w).and_then(|n| {
-            w.flush().map_err(|e| BuildError::Context(e.to_string()))?;
-            Ok(n)
-        });
-        if let Err(e) = &res {
-            // Fail the request body so the engine does not build a partial context.
-            let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
-        }
-        res
-    });
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-
+async fn build_legacy(
+    docker: &Docker,
+    req: &BuildRequest,
+    log: LogSink,
+    cancel: CancellationToken,
+) -> Result<BuiltImage, BuildError> {
+    let docker = client_for(docker, req);
+    let upload = ContextUpload::start(req);
     let mut options = BuildImageOptions {
-        dockerfile: dockerfile_name,
-        t: Some(req.tag.clone()),
-        rm: true,
-        forcerm: true,
         version: BuilderVersion::BuilderV1,
-        ..Default::default()
+        ..base_options(req, &upload.dockerfile)
     };
     if let Some(mem) = req.limits.memory_bytes {
         let m = mem.min(i32::MAX as u64) as i32;
@@ -149,6 +136,28 @@ pub async fn build(
         options.cpuperiod = Some(100_000);
         options.cpuquota = Some(((cpus * 100_000.0) as i32).max(1_000));
     }
+
+    log(&format!("building {} with the legacy builder", req.tag));
+    let stream = docker.build_image(options, None, Some(bollard::body_try_stream(upload.body)));
+    drive(&docker, stream, upload.writer, req, &log, &cancel, None).await
+}
+
+/// bollard's default request timeout (2 minutes) would cut long builds.
+pub(crate) fn client_for(docker: &Docker, req: &BuildRequest) -> Docker {
+    docker
+        .clone()
+        .with_timeout(req.limits.timeout + Duration::from_secs(60))
+}
+
+/// The options both builders share: Dockerfile, tag, build args, labels.
+pub(crate) fn base_options(req: &BuildRequest, dockerfile: &str) -> BuildImageOptions {
+    let mut options = BuildImageOptions {
+        dockerfile: dockerfile.to_string(),
+        t: Some(req.tag.clone()),
+        rm: true,
+        forcerm: true,
+        ..Default::default()
+    };
     if !req.build_args.is_empty() {
         options.buildargs = Some(req.build_args.iter().cloned().collect::<HashMap<_, _>>());
     }
@@ -160,14 +169,102 @@ pub async fn build(
                 .collect(),
         );
     }
+    options
+}
 
-    log(&format!("building {} with the legacy builder", req.tag));
-    let mut stream = docker.build_image(options, None, Some(bollard::body_try_stream(body)));
+/// The request body: chunks of the context's tar.
+pub(crate) type ContextBody =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// The build context on its way to the engine: a blocking task writes the
+/// tar into a bounded channel that feeds the request body.
+pub(crate) struct ContextUpload {
+    /// The Dockerfile's name in the context.
+    pub(crate) dockerfile: String,
+    pub(crate) body: ContextBody,
+    pub(crate) writer: tokio::task::JoinHandle<Result<u64, BuildError>>,
+}
+
+impl ContextUpload {
+    pub(crate) fn start(req: &BuildRequest) -> ContextUpload {
+        let dockerfile_name = if req.plan.generated {
+            GENERATED_DOCKERFILE.to_string()
+        } else {
+            req.plan
+                .dockerfile_path
+                .clone()
+                .unwrap_or_else(|| "Dockerfile".into())
+        };
+        let generated = req
+            .plan
+            .generated
+            .then(|| with_build_args(&req.plan.dockerfile, &req.build_args));
+        let ignore_text =
+            std::fs::read_to_string(req.context_dir.join(".dockerignore")).unwrap_or_default();
+        let ignore = DockerIgnore::parse(&ignore_text);
+
+        let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
+        let dir = req.context_dir.clone();
+        let df_name = dockerfile_name.clone();
+        // A generated Dockerfile must not end up in the image: listing it in the
+        // .dockerignore sent along makes the engine drop it after reading it.
+        let ignore_sent = generated
+            .as_ref()
+            .map(|_| format!("{ignore_text}\n{GENERATED_DOCKERFILE}\n.dockerignore\n"));
+        let writer = tokio::task::spawn_blocking(move || {
+            let always = [df_name.as_str(), ".dockerignore"];
+            let mut extra: Vec<(&str, &[u8])> = Vec::new();
+            if let Some(text) = &generated {
+                extra.push((GENERATED_DOCKERFILE, text.as_bytes()));
+            }
+            if let Some(text) = &ignore_sent {
+                extra.push((".dockerignore", text.as_bytes()));
+            }
+            let mut w = ChannelWriter {
+                tx: tx.clone(),
+                buf: Vec::with_capacity(CHUNK),
+            };
+            let res = write_context(&dir, &ignore, &always, &extra, &mut w).and_then(|n| {
+                w.flush().map_err(|e| BuildError::Context(e.to_string()))?;
+                Ok(n)
+            });
+            if let Err(e) = &res {
+                // Fail the request body so the engine does not build a partial context.
+                let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
+            }
+            res
+        });
+        let body = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        ContextUpload {
+            dockerfile: dockerfile_name,
+            body: Box::pin(body),
+            writer,
+        }
+    }
+}
+
+/// Follows the builder's output until the build ends, fails, times out or is
+/// cancelled; returns the image. BuildKit's progress (`aux` traces) goes
+/// through `progress`, whose lines go to `log` like the legacy builder's.
+pub(crate) async fn drive(
+    docker: &Docker,
+    stream: impl futures_util::Stream<Item = Result<BuildInfo, bollard::errors::Error>>,
+    writer: tokio::task::JoinHandle<Result<u64, BuildError>>,
+    req: &BuildRequest,
+    log: &LogSink,
+    cancel: &CancellationToken,
+    mut progress: Option<&mut Progress>,
+) -> Result<BuiltImage, BuildError> {
+    // Boxed so that dropping it closes the request (and so the body) below.
+    let mut stream = Box::pin(stream);
     let deadline = tokio::time::sleep(req.limits.timeout);
     tokio::pin!(deadline);
     let mut lines = LineBuffer::default();
     let mut image_id: Option<String> = None;
     let mut failure: Option<String> = None;
+    let mut traced = Vec::new();
     loop {
         let item = tokio::select! {
             biased;
@@ -186,7 +283,7 @@ pub async fn build(
         match item {
             Ok(info) => {
                 if let Some(s) = &info.stream {
-                    lines.push(s, &log);
+                    lines.push(s, log);
                 }
                 if let Some(status) = &info.status {
                     let line = match &info.id {
@@ -195,8 +292,21 @@ pub async fn build(
                     };
                     log(line.trim_end());
                 }
-                if let Some(id) = info.aux.as_ref().and_then(|a| a.id.clone()) {
-                    image_id = Some(id);
+                match &info.aux {
+                    Some(BuildInfoAux::Default(img)) => {
+                        if let Some(id) = &img.id {
+                            image_id = Some(id.clone());
+                        }
+                    }
+                    Some(BuildInfoAux::BuildKit(update)) => {
+                        if let Some(p) = progress.as_deref_mut() {
+                            p.apply(update, &mut traced);
+                            for line in traced.drain(..) {
+                                log(&line);
+                            }
+                        }
+                    }
+                    None => {}
                 }
                 if let Some(msg) = info.error_detail.as_ref().and_then(|d| d.message.clone()) {
                     log(msg.trim_end());
@@ -215,9 +325,15 @@ pub async fn build(
             }
         }
     }
-    lines.flush(&log);
+    if let Some(p) = progress {
+        p.finish(&mut traced);
+        for line in traced.drain(..) {
+            log(&line);
+        }
+    }
+    lines.flush(log);
     drop(stream);
-    let written = writer_task
+    let written = writer
         .await
         .map_err(|e| BuildError::Context(e.to_string()))?;
     if let Some(msg) = failure {

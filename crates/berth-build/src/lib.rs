@@ -10,7 +10,11 @@
 //! 3. [`cache_key`] / [`image_tag`]: the same tree, plan and build args give the
 //!    same tag, so the caller can skip a build whose image already exists.
 //! 4. [`build()`]: stream the context (honouring `.dockerignore`) to the Docker
-//!    Engine's legacy builder with memory, CPU and time limits.
+//!    Engine's legacy builder with memory, CPU and time limits; a build with
+//!    [`BuildRequest::secrets`] goes to the engine's BuildKit instead, which
+//!    hands them to `RUN --mount=type=secret` steps through a session berth
+//!    serves (time limit and cancel as for the legacy builder; no memory or
+//!    CPU limit there).
 //! 5. [`push()`]: tag and push to a registry, returning the digest.
 //! 6. [`image_manifest`] / [`output_manifest`]: path, size and sha256 of every
 //!    regular file of the output.
@@ -22,12 +26,15 @@
 //!   `.git/config`;
 //! - the Docker socket is never mounted or passed into a build, and secrets are
 //!   never build args: only the caller's `build_args` (see [`is_public`]) are;
-//!   BuildKit secrets come later;
+//!   secrets reach a build only as BuildKit secret mounts, which no layer,
+//!   build arg or image history holds, and their values are masked in every
+//!   line and error of that build;
 //! - a build that times out or is cancelled is stopped (the request stream is
-//!   dropped, which makes the engine cancel a legacy build);
+//!   dropped, which makes the engine cancel a legacy or BuildKit build);
 //! - analysis does no network IO and only reads the checkout.
 
 mod analyze;
+mod buildkit;
 mod cache;
 mod clone;
 mod context;
@@ -35,7 +42,9 @@ mod dockerignore;
 mod error;
 mod image;
 mod manifest;
+mod progress;
 mod push;
+mod session;
 mod vars;
 
 use std::sync::Arc;

@@ -2,9 +2,10 @@
 //!
 //! Only variables with a public prefix belong in a browser build (004): they
 //! are compiled into files anyone can download. The caller passes those as
-//! `BuildRequest::build_args`; secrets are never passed to the legacy builder
-//! (build args are visible in the image history). BuildKit secret mounts come
-//! later.
+//! `BuildRequest::build_args` (build args are visible in the image history);
+//! variables flagged as build secrets go in `BuildRequest::secrets`, which
+//! reach the build only as BuildKit secret mounts (`RUN
+//! --mount=type=secret,id=<NAME>`), never as build args or layers.
 
 /// Prefixes of variables that may be exposed to browser builds.
 pub const PUBLIC_PREFIXES: [&str; 3] = ["BERTH_PUBLIC_", "NEXT_PUBLIC_", "VITE_"];

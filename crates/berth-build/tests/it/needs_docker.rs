@@ -98,6 +98,7 @@ fn request(dir: &Path, plan: BuildPlan, tag: &str) -> BuildRequest {
         },
         build_args: vec![],
         labels: labels(),
+        secrets: vec![],
     }
 }
 
@@ -550,4 +551,353 @@ async fn needs_docker_stale_manifest_containers_are_swept_fresh_ones_kept() {
         )
         .await;
     remove(&docker, &tag).await;
+}
+
+// BuildKit: builds with secrets.
+
+const SECRET: &str = "s3cr3t-value";
+
+/// A context with busybox and `text` as its Dockerfile; the image gets the
+/// busybox applets as links so that shell-form RUN works.
+fn secrets_context(text: &str) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::copy("/bin/busybox", d.path().join("busybox")).expect("/bin/busybox (busybox-static)");
+    std::fs::write(d.path().join("Dockerfile"), text).unwrap();
+    d
+}
+
+/// The Dockerfile checks the secret against its sha256, so that the value
+/// itself is not in the Dockerfile (whose RUN lines are the image history).
+/// Its ENV line is unique: BuildKit's cache keys do not cover secret values,
+/// so a step another test (or run) built would be a cache hit that reads no
+/// secret, and concurrent builds of equal steps share one execution.
+fn secrets_dockerfile() -> String {
+    use sha2::Digest;
+    let sum = hex::encode(sha2::Sha256::digest(SECRET.as_bytes()));
+    format!(
+        "FROM scratch
+ENV BERTH_TEST_RUN={}
+COPY busybox /bin/busybox
+RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]
+RUN echo build-output-line
+RUN --mount=type=secret,id=API_TOKEN,required=true sh -c 'test \"$(sha256sum < /run/secrets/API_TOKEN)\" = \"{sum}  -\" && echo ok > /proof'
+RUN --mount=type=secret,id=API_TOKEN cat /run/secrets/API_TOKEN
+",
+        unique("run")
+    )
+}
+
+fn with_secret(mut req: BuildRequest) -> BuildRequest {
+    req.secrets = vec![("API_TOKEN".into(), SECRET.into())];
+    req
+}
+
+/// The bytes of `docker save <tag>` (layers, config and history).
+async fn saved_image(docker: &Docker, tag: &str) -> Vec<u8> {
+    use futures_util::StreamExt;
+    let mut out = Vec::new();
+    let mut s = docker.export_image(tag);
+    while let Some(chunk) = s.next().await {
+        out.extend_from_slice(&chunk.unwrap());
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn needs_docker_buildkit_secret_reaches_run_but_no_layer_history_or_log() {
+    let docker = docker().await;
+    let text = secrets_dockerfile();
+    assert!(!text.contains(SECRET));
+    let ctx = secrets_context(&text);
+    let tag = unique("secrets");
+    let req = with_secret(request(ctx.path(), dockerfile_plan(&text), &tag));
+    let (log, lines) = recording_sink();
+    let built = build(&docker, &req, log, CancellationToken::new())
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", lines.lock().unwrap().join("\n")));
+    let lines = lines.lock().unwrap().clone();
+    let all = lines.join("\n");
+
+    // Tagged, id returned, labels applied.
+    let inspect = docker.inspect_image(&tag).await.unwrap();
+    assert_eq!(inspect.id.as_deref(), Some(built.id.as_str()));
+    let img_labels = inspect.config.and_then(|c| c.labels).unwrap_or_default();
+    assert_eq!(img_labels.get("berth.test").map(String::as_str), Some("1"));
+
+    // The RUN that needed the secret passed: /proof is in the image.
+    let m = image_manifest(&docker, &tag, &ManifestOptions::default())
+        .await
+        .unwrap();
+    let proof = m.entries.iter().find(|e| e.path == "/proof");
+    assert_eq!(proof.map(|e| e.size), Some(3), "{:?}", m.entries);
+    assert!(!m.entries.iter().any(|e| e.path.starts_with("/run/secrets")));
+
+    // Neither layers, config nor history hold the value.
+    let saved = saved_image(&docker, &tag).await;
+    assert!(
+        saved.len() > 1_000_000,
+        "docker save gave {} bytes",
+        saved.len()
+    );
+    assert!(
+        !contains(&saved, SECRET),
+        "the secret is in the saved image"
+    );
+    let history = docker.image_history(&tag).await.unwrap();
+    assert!(history.iter().any(|h| h.created_by.contains("API_TOKEN")));
+    for h in &history {
+        assert!(!h.created_by.contains(SECRET), "{}", h.created_by);
+    }
+
+    // The build's output is logged, attributed to its step; the value that
+    // a RUN printed is masked.
+    let echo_step = lines
+        .iter()
+        .find(|l| l.contains("RUN echo build-output-line"))
+        .unwrap_or_else(|| panic!("{all}"));
+    let n = echo_step.split(' ').next().unwrap();
+    assert!(n.starts_with('#'), "{echo_step}");
+    assert!(lines.contains(&format!("{n} build-output-line")), "{all}");
+    assert!(lines.iter().any(|l| l.ends_with(" ***")), "{all}");
+    assert!(!all.contains(SECRET), "{all}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("with BuildKit (build secrets: API_TOKEN)")),
+        "{all}"
+    );
+    remove(&docker, &tag).await;
+}
+
+#[tokio::test]
+async fn needs_docker_buildkit_required_secret_missing_fails_clearly() {
+    let docker = docker().await;
+    let text = &secrets_dockerfile();
+    let ctx = secrets_context(text);
+    // Another secret is given, so the build runs on BuildKit.
+    let tag = unique("secret-missing");
+    let mut req = request(ctx.path(), dockerfile_plan(text), &tag);
+    req.secrets = vec![("OTHER_TOKEN".into(), "other-value".into())];
+    let (log, lines) = recording_sink();
+    let err = build(&docker, &req, log, CancellationToken::new())
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, BuildError::BuildFailed(_)), "{msg}");
+    assert!(
+        msg.contains("API_TOKEN") && msg.contains("not found"),
+        "{msg}"
+    );
+    assert!(!msg.contains('\n'), "{msg}");
+    assert!(lines.lock().unwrap().iter().any(|l| l.contains("ERROR")));
+    assert!(docker.inspect_image(&tag).await.is_err());
+
+    // Without any secret it is the legacy builder, which refuses --mount.
+    let mut req = request(ctx.path(), dockerfile_plan(text), &tag);
+    req.secrets.clear();
+    let err = build(
+        &docker,
+        &req,
+        berth_build::null_sink(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, BuildError::BuildFailed(_)), "{err}");
+    assert!(err.to_string().contains("--mount"), "{err}");
+}
+
+#[tokio::test]
+async fn needs_docker_buildkit_failing_run_is_build_failed_with_engine_message() {
+    let docker = docker().await;
+    let text = "FROM scratch
+COPY busybox /bin/busybox
+RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo about-to-fail; exit 3\"]
+";
+    let ctx = secrets_context(text);
+    let tag = unique("secret-fail");
+    let req = with_secret(request(ctx.path(), dockerfile_plan(text), &tag));
+    let (log, lines) = recording_sink();
+    let err = build(&docker, &req, log, CancellationToken::new())
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, BuildError::BuildFailed(_)), "{msg}");
+    assert!(msg.contains("exit code: 3"), "{msg}");
+    let lines = lines.lock().unwrap().clone();
+    assert!(
+        lines.iter().any(|l| l.ends_with(" about-to-fail")),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn needs_docker_buildkit_context_honours_dockerignore() {
+    let docker = docker().await;
+    let text = "FROM scratch\nCOPY . /ctx/\n";
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("notes.txt"), "ignored notes").unwrap();
+    std::fs::write(d.path().join("kept.txt"), "kept").unwrap();
+    std::fs::create_dir(d.path().join("lib")).unwrap();
+    std::fs::write(d.path().join("lib/drop.txt"), "drop").unwrap();
+    std::fs::write(d.path().join("lib/keep.txt"), "keep").unwrap();
+    std::fs::write(
+        d.path().join(".dockerignore"),
+        "notes.txt\nlib\n!lib/keep.txt\n",
+    )
+    .unwrap();
+    std::fs::write(d.path().join("Dockerfile"), text).unwrap();
+    let tag = unique("secret-ignore");
+    let req = with_secret(request(d.path(), dockerfile_plan(text), &tag));
+    build(
+        &docker,
+        &req,
+        berth_build::null_sink(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let m = image_manifest(
+        &docker,
+        &tag,
+        &ManifestOptions {
+            root: Some("/ctx".into()),
+            max_files: 100,
+        },
+    )
+    .await
+    .unwrap();
+    let paths: Vec<_> = m.entries.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/ctx/.dockerignore",
+            "/ctx/Dockerfile",
+            "/ctx/kept.txt",
+            "/ctx/lib/keep.txt"
+        ]
+    );
+    remove(&docker, &tag).await;
+}
+
+/// Whether a process on this host runs `sleep <secs>` (a BuildKit step is a
+/// process under the engine, not a container).
+fn sleep_process_runs(secs: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            return false;
+        };
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        args.iter().any(|a| a.ends_with(b"sleep")) && args.contains(&secs.as_bytes())
+    })
+}
+
+/// Waits (bounded) until no process runs `sleep <secs>`; returns whether
+/// none is left.
+async fn sleep_process_gone(secs: &str) -> bool {
+    for _ in 0..40 {
+        if !sleep_process_runs(secs) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    false
+}
+
+/// A BuildKit build that sleeps `secs` seconds in its last step.
+fn sleeping_secrets_dockerfile(secs: &str) -> String {
+    format!(
+        "FROM scratch\nENV BERTH_TEST_RUN={}\nCOPY busybox /bin/busybox\nRUN --mount=type=secret,id=API_TOKEN [\"/bin/busybox\", \"sleep\", \"{secs}\"]\n",
+        unique("run")
+    )
+}
+
+#[tokio::test]
+async fn needs_docker_buildkit_timeout_stops_the_build() {
+    let docker = docker().await;
+    let secs = format!("{}", 2300 + std::process::id() % 500);
+    let text = sleeping_secrets_dockerfile(&secs);
+    let ctx = secrets_context(&text);
+    let tag = unique("secret-timeout");
+    let mut req = with_secret(request(ctx.path(), dockerfile_plan(&text), &tag));
+    req.limits.timeout = Duration::from_secs(4);
+    let (log, lines) = recording_sink();
+    let err = build(&docker, &req, log, CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "build exceeded its time limit of 4s");
+    assert!(
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("RUN") && l.contains(&secs)),
+        "the step never started: {:?}",
+        lines.lock().unwrap()
+    );
+    assert!(sleep_process_gone(&secs).await, "the build kept running");
+    assert!(docker.inspect_image(&tag).await.is_err());
+}
+
+#[tokio::test]
+async fn needs_docker_buildkit_cancel_stops_the_build() {
+    let docker = docker().await;
+    let secs = format!("{}", 3300 + std::process::id() % 500);
+    let text = sleeping_secrets_dockerfile(&secs);
+    let ctx = secrets_context(&text);
+    let tag = unique("secret-cancel");
+    let req = with_secret(request(ctx.path(), dockerfile_plan(&text), &tag));
+    let cancel = CancellationToken::new();
+    let (log, lines) = recording_sink();
+    let c2 = cancel.clone();
+    let l2 = lines.clone();
+    let needle = secs.clone();
+    let canceller = tokio::spawn(async move {
+        // Cancel once the sleeping step runs.
+        for _ in 0..400 {
+            if l2
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("RUN") && l.contains(&needle))
+                && sleep_process_runs(&needle)
+            {
+                c2.cancel();
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        c2.cancel();
+        false
+    });
+    let err = build(&docker, &req, log, cancel).await.unwrap_err();
+    assert!(canceller.await.unwrap(), "the step never ran");
+    assert!(matches!(err, BuildError::Cancelled), "{err}");
+    assert!(sleep_process_gone(&secs).await, "the build kept running");
+}
+
+#[tokio::test]
+async fn needs_docker_buildkit_refuses_bad_secret_names() {
+    let docker = docker().await;
+    let d = tempfile::tempdir().unwrap();
+    let text = "FROM scratch\n";
+    std::fs::write(d.path().join("Dockerfile"), text).unwrap();
+    let mut req = request(d.path(), dockerfile_plan(text), &unique("bad-secret"));
+    req.secrets = vec![("../etc/passwd".into(), "value-1".into())];
+    let err = build(
+        &docker,
+        &req,
+        berth_build::null_sink(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, BuildError::SecretName(_)), "{err}");
+    assert!(!err.to_string().contains("value-1"));
 }
