@@ -48,6 +48,8 @@ pub struct Deployer {
     /// also removes its untagged parent layers, which a concurrent legacy
     /// build may have just taken from its cache.
     pub(crate) image_gate: tokio::sync::RwLock<()>,
+    /// One push's deployments discover new services one at a time.
+    pub(crate) fan_out_lock: tokio::sync::Mutex<()>,
     cancels: Mutex<HashMap<String, CancellationToken>>,
     /// Serialises route switches, so two slots never race on the edge.
     pub(crate) switch_lock: tokio::sync::Mutex<()>,
@@ -94,6 +96,7 @@ impl Deployer {
             cancels: Default::default(),
             switch_lock: Default::default(),
             image_gate: Default::default(),
+            fan_out_lock: Default::default(),
             instance,
             metrics: Default::default(),
         })

@@ -533,6 +533,9 @@ impl Deployer {
         let toml_text = std::fs::read_to_string(&toml_path).unwrap_or_default();
         let app = parse_app_config(&toml_text).or_else(|e| fail(StepName::Analyze, e))?;
         d.build.config = Some(toml_text);
+        if matches!(d.trigger, Trigger::Webhook | Trigger::GitPush) {
+            self.deploy_new_services(d, &app).await;
+        }
         let Some(service) = app.service(&d.service_name).cloned() else {
             let known: Vec<&str> = app.services.keys().map(String::as_str).collect();
             return fail(
@@ -1399,6 +1402,68 @@ impl Deployer {
         let _ = self.edge.apply(vec![RouteChange::Remove {
             host: self.preview_host(d),
         }]);
+    }
+
+    /// A push deploys the services its environment ran before; a service
+    /// that berth.toml at the pushed commit adds (or the first services of
+    /// a repository whose berth.toml has no `web`) is found here, by the
+    /// first of that push's deployments to read the file, and deployed at
+    /// the same commit.
+    async fn deploy_new_services(self: &Arc<Self>, d: &Deployment, app: &AppConfig) {
+        let Some(sha) = d.commit.as_ref().map(|c| c.sha.clone()) else {
+            return;
+        };
+        let _one_at_a_time = self.fan_out_lock.lock().await;
+        let Ok(known) = self
+            .store
+            .list_deployments(&berth_store::DeploymentQuery {
+                project: Some(d.project_name.clone()),
+                environment: Some(d.environment_name.clone()),
+                limit: Some(1000),
+                ..Default::default()
+            })
+            .await
+        else {
+            return;
+        };
+        for name in app.services.keys() {
+            if *name == d.service_name || known.iter().any(|k| k.service_name == *name) {
+                continue;
+            }
+            let req = crate::deployer::NewDeployment {
+                project: d.project_name.clone(),
+                service: Some(name.clone()),
+                environment: Some(d.environment_name.clone()),
+                reference: Some(sha.clone()),
+                trigger: d.trigger,
+                source: None,
+                source_repo: d.source_repo.clone(),
+            };
+            // Boxed: this future is part of the pipeline that `create` spawns.
+            let created: std::pin::Pin<
+                Box<dyn std::future::Future<Output = crate::error::ApiResult<Deployment>> + Send>,
+            > = Box::pin({
+                let this = self.clone();
+                async move { this.create(req).await }
+            });
+            match created.await {
+                Ok(n) => self.logs.event(
+                    &d.id,
+                    &format!(
+                        "berth.toml at {} adds service {name}: deploying it too ({})",
+                        &sha[..sha.len().min(12)],
+                        n.id
+                    ),
+                ),
+                Err(e) => self.logs.event(
+                    &d.id,
+                    &format!(
+                        "berth.toml adds service {name}, but it cannot be deployed: {}",
+                        e.message
+                    ),
+                ),
+            }
+        }
     }
 
     /// Retention: keep the images of the last N deployments of each slot

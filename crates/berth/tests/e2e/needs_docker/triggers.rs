@@ -278,6 +278,41 @@ fn git_push_to_berth_deploys_the_branch_and_prints_its_stages() {
         );
     }
 
+    // A push whose berth.toml adds a service deploys it too, at that commit.
+    std::fs::write(
+        repo.dir.path().join("berth.toml"),
+        "[services.web]\n\n[services.api]\nport = 3000\n",
+    )
+    .unwrap();
+    let sha = repo.commit_app("pushed-2", DOCKERFILE, "add an api service");
+    let out = std::process::Command::new("git")
+        .args(["push", &remote, "main"])
+        .current_dir(repo.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_body(&s, &host(&project), "pushed-2");
+    wait_body(&s, &format!("api-{}", host(&project)), "pushed-2");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let api = loop {
+        let all = s.deployments(&project);
+        if let Some(api) = all
+            .iter()
+            .find(|d| d["serviceName"] == "api" && d["status"] == "succeeded")
+        {
+            break api.clone();
+        }
+        assert!(Instant::now() < deadline, "api never deployed: {all:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(api["commit"]["sha"], sha.as_str());
+    assert_eq!(api["trigger"], "git_push");
+    let pushes = s.deployments(&project).len();
+
     // A branch no environment maps deploys nothing.
     git(repo.dir.path(), &["checkout", "-q", "-b", "unmapped"]);
     repo.commit_app("other", DOCKERFILE, "other");
@@ -288,7 +323,7 @@ fn git_push_to_berth_deploys_the_branch_and_prints_its_stages() {
         .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not mapped"));
-    assert_eq!(s.deployments(&project).len(), 1);
+    assert_eq!(s.deployments(&project).len(), pushes);
 
     // Without the token: refused.
     let bad = format!("http://git:nope@127.0.0.1:{}/git/{project}.git", s.api_port);
