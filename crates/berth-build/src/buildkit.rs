@@ -8,6 +8,14 @@
 //! engine's built-in Dockerfile frontend understands `--mount` without a
 //! `# syntax=` line (nothing is pulled).
 //!
+//! The context is the legacy builder's tar, with one difference BuildKit
+//! forces: it applies no `.dockerignore` to an uploaded context, so the tar
+//! is all COPY sees. berth already leaves out what `.dockerignore` excludes
+//! (both builders), and here also `.dockerignore` itself when it lists
+//! itself; only the Dockerfile, which BuildKit reads from the context, stays
+//! visible to COPY even when `.dockerignore` lists it (for a generated plan:
+//! `Dockerfile.berth`).
+//!
 //! Progress comes back in the same response stream as BuildKit status
 //! updates (`aux` of `moby.buildkit.trace`); [`Progress`] turns them into
 //! numbered lines, each step's output attributed to the step.
@@ -29,7 +37,7 @@ use bollard::query_parameters::{BuildImageOptions, BuilderVersion};
 use bollard::Docker;
 use tokio_util::sync::CancellationToken;
 
-use crate::image::{base_options, client_for, drive, ContextUpload};
+use crate::image::{base_options, client_for, drive, Builder, ContextUpload};
 use crate::progress::Progress;
 use crate::session::{engine_socket, Session};
 use crate::{BuildError, BuildRequest, BuiltImage, LogSink};
@@ -89,7 +97,7 @@ async fn build_redacted(
     };
 
     let docker = client_for(docker, req);
-    let upload = ContextUpload::start(req);
+    let upload = ContextUpload::start(req, Builder::BuildKit);
     let options = BuildImageOptions {
         version: BuilderVersion::BuilderBuildKit,
         session: Some(session.id.clone()),

@@ -122,7 +122,7 @@ async fn build_legacy(
     cancel: CancellationToken,
 ) -> Result<BuiltImage, BuildError> {
     let docker = client_for(docker, req);
-    let upload = ContextUpload::start(req);
+    let upload = ContextUpload::start(req, Builder::Legacy);
     let mut options = BuildImageOptions {
         version: BuilderVersion::BuilderV1,
         ..base_options(req, &upload.dockerfile)
@@ -172,6 +172,13 @@ pub(crate) fn base_options(req: &BuildRequest, dockerfile: &str) -> BuildImageOp
     options
 }
 
+/// Which of the engine's builders a context is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Builder {
+    Legacy,
+    BuildKit,
+}
+
 /// The request body: chunks of the context's tar.
 pub(crate) type ContextBody =
     std::pin::Pin<Box<dyn futures_util::Stream<Item = io::Result<Bytes>> + Send>>;
@@ -186,7 +193,7 @@ pub(crate) struct ContextUpload {
 }
 
 impl ContextUpload {
-    pub(crate) fn start(req: &BuildRequest) -> ContextUpload {
+    pub(crate) fn start(req: &BuildRequest, builder: Builder) -> ContextUpload {
         let dockerfile_name = if req.plan.generated {
             GENERATED_DOCKERFILE.to_string()
         } else {
@@ -201,18 +208,42 @@ impl ContextUpload {
             .then(|| with_build_args(&req.plan.dockerfile, &req.build_args));
         let ignore_text =
             std::fs::read_to_string(req.context_dir.join(".dockerignore")).unwrap_or_default();
-        let ignore = DockerIgnore::parse(&ignore_text);
+        // What COPY sees must be what the legacy builder lets it see.
+        let (ignore, always, ignore_sent) = match builder {
+            // The legacy builder reads the Dockerfile and .dockerignore from the
+            // context, then drops those of them that the .dockerignore sent
+            // along lists. A generated Dockerfile must not end up in the image:
+            // listing it there makes the engine drop it after reading it.
+            Builder::Legacy => (
+                DockerIgnore::parse(&ignore_text),
+                vec![dockerfile_name.clone(), ".dockerignore".to_string()],
+                generated
+                    .as_ref()
+                    .map(|_| format!("{ignore_text}\n{GENERATED_DOCKERFILE}\n.dockerignore\n")),
+            ),
+            // BuildKit applies no .dockerignore to an uploaded context: the
+            // context is COPY's whole view. So .dockerignore is sent only when
+            // it does not exclude itself (never for a generated Dockerfile,
+            // as above); the Dockerfile must be sent, and so stays visible to
+            // COPY even when listed (the one difference to the legacy builder).
+            Builder::BuildKit => {
+                let text = if generated.is_some() {
+                    format!("{ignore_text}\n.dockerignore\n")
+                } else {
+                    ignore_text
+                };
+                (
+                    DockerIgnore::parse(&text),
+                    vec![dockerfile_name.clone()],
+                    None,
+                )
+            }
+        };
 
         let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
         let dir = req.context_dir.clone();
-        let df_name = dockerfile_name.clone();
-        // A generated Dockerfile must not end up in the image: listing it in the
-        // .dockerignore sent along makes the engine drop it after reading it.
-        let ignore_sent = generated
-            .as_ref()
-            .map(|_| format!("{ignore_text}\n{GENERATED_DOCKERFILE}\n.dockerignore\n"));
         let writer = tokio::task::spawn_blocking(move || {
-            let always = [df_name.as_str(), ".dockerignore"];
+            let always: Vec<&str> = always.iter().map(String::as_str).collect();
             let mut extra: Vec<(&str, &[u8])> = Vec::new();
             if let Some(text) = &generated {
                 extra.push((GENERATED_DOCKERFILE, text.as_bytes()));

@@ -786,6 +786,36 @@ async fn needs_docker_buildkit_context_honours_dockerignore() {
     remove(&docker, &tag).await;
 }
 
+#[tokio::test]
+async fn needs_docker_buildkit_generated_plan_on_local_base() {
+    let docker = docker().await;
+    let ctx = busybox_context();
+    let base = build_busybox(&docker, ctx.path()).await;
+    let mut opts = AnalyzeOptions::default();
+    opts.base_images.static_ = base.clone();
+    let site = example("static");
+    let plan = analyze(&site, &ServiceConfig::default(), &opts).unwrap();
+    assert!(plan.generated);
+    let tag = unique("secret-static");
+    let mut req = with_secret(request(&site, plan, &tag));
+    req.build_args = vec![("VITE_GREETING".into(), "hi".into())];
+    let (log, lines) = recording_sink();
+    build(&docker, &req, log, CancellationToken::new())
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", lines.lock().unwrap().join("\n")));
+    let m = image_manifest(&docker, &tag, &ManifestOptions::default())
+        .await
+        .unwrap();
+    let paths: Vec<_> = m.entries.iter().map(|e| e.path.as_str()).collect();
+    assert!(paths.contains(&"/www/index.html"), "{paths:?}");
+    assert!(
+        !paths.iter().any(|p| p.ends_with(".dockerignore")),
+        "{paths:?}"
+    );
+    remove(&docker, &tag).await;
+    remove(&docker, &base).await;
+}
+
 /// Whether a process on this host runs `sleep <secs>` (a BuildKit step is a
 /// process under the engine, not a container).
 fn sleep_process_runs(secs: &str) -> bool {
