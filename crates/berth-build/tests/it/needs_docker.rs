@@ -816,6 +816,34 @@ async fn needs_docker_buildkit_generated_plan_on_local_base() {
     remove(&docker, &base).await;
 }
 
+#[tokio::test]
+async fn needs_docker_buildkit_secrets_example_builds() {
+    let docker = docker().await;
+    let d = tempfile::tempdir().unwrap();
+    copy_dir(&example("dockerfile-secrets"), d.path());
+    std::fs::copy("/bin/busybox", d.path().join("busybox")).expect("/bin/busybox (busybox-static)");
+    let plan = analyze(
+        d.path(),
+        &ServiceConfig::default(),
+        &AnalyzeOptions::default(),
+    )
+    .unwrap();
+    let tag = unique("secrets-example");
+    let req = with_secret(request(d.path(), plan, &tag));
+    let (log, lines) = recording_sink();
+    build(&docker, &req, log, CancellationToken::new())
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", lines.lock().unwrap().join("\n")));
+    let m = image_manifest(&docker, &tag, &ManifestOptions::default())
+        .await
+        .unwrap();
+    let paths: Vec<_> = m.entries.iter().map(|e| e.path.as_str()).collect();
+    assert!(paths.contains(&"/token-checked"), "{paths:?}");
+    assert!(paths.contains(&"/www/index.html"), "{paths:?}");
+    assert!(!contains(&saved_image(&docker, &tag).await, SECRET));
+    remove(&docker, &tag).await;
+}
+
 /// Whether a process on this host runs `sleep <secs>` (a BuildKit step is a
 /// process under the engine, not a container).
 fn sleep_process_runs(secs: &str) -> bool {

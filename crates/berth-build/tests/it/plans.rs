@@ -82,3 +82,8 @@ fn plan_static() {
 fn plan_dockerfile_busybox() {
     plan_snapshot("dockerfile-busybox");
 }
+
+#[test]
+fn plan_dockerfile_secrets() {
+    plan_snapshot("dockerfile-secrets");
+}
