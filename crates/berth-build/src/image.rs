@@ -520,6 +520,31 @@ mod tests {
     }
 
     #[test]
+    fn debug_shows_secret_ids_not_values() {
+        let req = BuildRequest {
+            context_dir: "/src".into(),
+            plan: BuildPlan {
+                provider: "dockerfile".into(),
+                framework: None,
+                runtime: None,
+                port: 3000,
+                start_command: None,
+                dockerfile: "FROM scratch\n".into(),
+                dockerfile_path: Some("Dockerfile".into()),
+                generated: false,
+            },
+            tag: "berth/x:1".into(),
+            limits: BuildLimits::default(),
+            build_args: vec![],
+            labels: BTreeMap::new(),
+            secrets: vec![("NPM_TOKEN".into(), "npm-s3cret".into())],
+        };
+        let text = format!("{req:?}");
+        assert!(text.contains("NPM_TOKEN"), "{text}");
+        assert!(!text.contains("npm-s3cret"), "{text}");
+    }
+
+    #[test]
     fn failures_are_classified() {
         let oom = classify_failure(
             "The command '/bin/sh -c x' returned a non-zero code: 137",
