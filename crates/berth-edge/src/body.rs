@@ -101,7 +101,7 @@ impl ProxyBody {
 
 /// Ready once the request's target was aborted (drain deadline); otherwise
 /// registers for the worker's bell.
-fn poll_aborted(
+pub(crate) fn poll_aborted(
     guard: &Option<InflightGuard>,
     abort_gen: u64,
     bell: &Arc<Notify>,

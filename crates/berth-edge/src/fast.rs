@@ -1,11 +1,14 @@
-//! Hand-written HTTP/1.1 upstream client for the common request: a `GET` or
-//! `OPTIONS` without a body and without an upgrade (see `proxy.rs` for the
-//! exact test; everything else goes through hyper in `pool.rs`).
+//! Hand-written HTTP/1.1 upstream client for the common request: a `GET`,
+//! `HEAD` or `OPTIONS` without a body and without an upgrade (see `proxy.rs`
+//! and `front.rs` for the exact tests; everything else goes through hyper in
+//! `pool.rs`).
 //!
 //! The request head is written in one `write`, the response head is parsed
-//! with `httparse`, and the body is read by `Content-Length`, the chunked
-//! encoding or until the upstream closes. Interim `1xx` heads are skipped;
-//! a `101` is refused (no upgrade was asked).
+//! with `httparse` and handed, without hop-by-hop headers, to a [`HeadSink`]
+//! (a `HeaderMap` for hyper's server side, raw bytes for `front.rs`), and
+//! the body is read by `Content-Length`, the chunked encoding or until the
+//! upstream closes (a `HEAD` response has none). Interim `1xx` heads are
+//! skipped; a `101` is refused (no upgrade was asked).
 //!
 //! Invariants:
 //! * A connection returns to the pool only after its response body was read
@@ -17,6 +20,7 @@
 //!   error (502). So is a `408` read on a pooled connection (some upstreams
 //!   send one on a keep-alive connection they time out, then close it).
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -27,7 +31,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::pool::{Pool, RawCheckout, SendError};
-use crate::proxy::hop_by_hop;
 
 /// Longest response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -61,17 +64,14 @@ impl RawConn {
     }
 
     /// Reads what the socket has into the buffer; `Ok(0)` at end of stream.
+    /// (Through `AsyncRead`, which takes a short read as the socket being
+    /// drained: the next call waits for readiness instead of trying a read
+    /// that would fail with `EAGAIN`.)
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < READ_ROOM / 2 {
             self.buf.reserve(READ_ROOM);
         }
-        loop {
-            ready!(self.io.poll_read_ready(cx))?;
-            match self.io.try_read_buf(&mut self.buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                r => return Poll::Ready(r),
-            }
-        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 
     async fn fill(&mut self) -> std::io::Result<usize> {
@@ -116,29 +116,43 @@ const CHUNK_START: Chunk = Chunk::Size { size: 0, digits: 0 };
 #[error("upstream sent malformed chunked framing")]
 pub(crate) struct BadChunk;
 
+/// What [`Chunk::decode`] found at the start of a buffer: `framing` bytes of
+/// chunk framing, then `data` bytes of body data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Step {
+    framing: usize,
+    data: usize,
+}
+
 impl Chunk {
-    /// Consumes framing bytes from `buf`; returns body data when some is
-    /// available, `None` when `buf` is exhausted or the body is done.
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, BadChunk> {
+    /// Reads the framing at the start of `buf` up to the next body data; the
+    /// caller consumes `framing + data` bytes. `data` is 0 when `buf` ran out
+    /// or the body is done (`Chunk::Done`).
+    fn decode(&mut self, buf: &[u8]) -> Result<Step, BadChunk> {
+        let mut i = 0;
         loop {
             if let Chunk::Data(rem) = *self {
-                if buf.is_empty() {
-                    return Ok(None);
+                let n = rem.min((buf.len() - i) as u64) as usize;
+                if n > 0 {
+                    *self = if rem == n as u64 {
+                        Chunk::DataCr
+                    } else {
+                        Chunk::Data(rem - n as u64)
+                    };
                 }
-                let n = rem.min(buf.len() as u64) as usize;
-                let data = buf.split_to(n).freeze();
-                *self = if rem == n as u64 {
-                    Chunk::DataCr
-                } else {
-                    Chunk::Data(rem - n as u64)
-                };
-                return Ok(Some(data));
+                return Ok(Step {
+                    framing: i,
+                    data: n,
+                });
             }
-            if *self == Chunk::Done || buf.is_empty() {
-                return Ok(None);
+            if *self == Chunk::Done || i == buf.len() {
+                return Ok(Step {
+                    framing: i,
+                    data: 0,
+                });
             }
-            let b = buf[0];
-            buf.advance(1);
+            let b = buf[i];
+            i += 1;
             *self = match (*self, b) {
                 (Chunk::Size { size, digits }, b) if b.is_ascii_hexdigit() => {
                     if digits >= 15 {
@@ -172,12 +186,53 @@ impl Chunk {
     }
 }
 
-/// A response head from the upstream.
+/// Receives the response head as it is parsed: the status, then every
+/// header to pass on (hop-by-hop headers and those named in `Connection`
+/// are already left out).
+pub(crate) trait HeadSink {
+    /// A final response head starts; forget what an earlier one left.
+    fn start(&mut self, status: StatusCode);
+    fn header(&mut self, name: &str, value: &[u8]) -> Result<(), SendError>;
+}
+
+/// A response head for hyper's server side.
 pub(crate) struct Head {
     pub(crate) status: StatusCode,
     /// The headers to pass on: hop-by-hop ones and those named in
     /// `Connection` are already removed.
     pub(crate) headers: HeaderMap,
+}
+
+impl HeadSink for Head {
+    fn start(&mut self, status: StatusCode) {
+        self.status = status;
+        self.headers.clear();
+    }
+
+    fn header(&mut self, name: &str, value: &[u8]) -> Result<(), SendError> {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| SendError::BadResponse("bad header name"))?;
+        let value = HeaderValue::from_bytes(value)
+            .map_err(|_| SendError::BadResponse("bad header value"))?;
+        self.headers.append(name, value);
+        Ok(())
+    }
+}
+
+/// The headers that are never passed on (RFC 9110 7.6.1 and the usual
+/// non-standard ones), compared without regard to case.
+pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
+    let eq = |s: &[u8]| name.eq_ignore_ascii_case(s);
+    match name.len() {
+        2 => eq(b"te"),
+        7 => eq(b"trailer") || eq(b"upgrade"),
+        10 => eq(b"connection") || eq(b"keep-alive"),
+        16 => eq(b"proxy-connection"),
+        17 => eq(b"transfer-encoding"),
+        18 => eq(b"proxy-authenticate"),
+        19 => eq(b"proxy-authorization"),
+        _ => false,
+    }
 }
 
 /// The response body being read from a fast-path connection.
@@ -208,6 +263,25 @@ pub(crate) enum BodyError {
     Chunk(#[from] BadChunk),
 }
 
+/// Appends `data` to `out` as one chunk of the chunked encoding.
+fn put_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    let mut hex = [0u8; 16];
+    let mut i = hex.len();
+    let mut n = data.len();
+    loop {
+        i -= 1;
+        hex[i] = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&hex[i..]);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
 impl RawBody {
     pub(crate) fn is_end(&self) -> bool {
         self.conn.is_none()
@@ -223,6 +297,12 @@ impl RawBody {
             Framing::Length(n) => Some(n),
             _ => None,
         }
+    }
+
+    /// True if the body has no length known in advance (chunked, or until
+    /// the upstream closes): it has to be sent in chunks.
+    pub(crate) fn needs_chunks(&self) -> bool {
+        !matches!(self.framing, Framing::Length(_))
     }
 
     /// The body has been read to its end: the connection may go back.
@@ -264,13 +344,15 @@ impl RawBody {
                     }
                 }
                 Framing::Chunked(state) => {
-                    let data = match state.decode(&mut c.buf) {
-                        Ok(d) => d,
+                    let step = match state.decode(&c.buf) {
+                        Ok(s) => s,
                         Err(e) => {
                             self.conn = None;
                             return Poll::Ready(Some(Err(e.into())));
                         }
                     };
+                    c.buf.advance(step.framing);
+                    let data = (step.data > 0).then(|| c.buf.split_to(step.data).freeze());
                     if *state == Chunk::Done {
                         self.finish();
                     }
@@ -283,22 +365,104 @@ impl RawBody {
                 }
             }
             // the buffer is empty (or holds a partial chunk line): read more
+            if let Some(end) = ready!(self.poll_more(cx)) {
+                return Poll::Ready(end.err().map(Err));
+            }
+        }
+    }
+
+    /// Reads more of the body into the connection's buffer: `None` when
+    /// something was read, `Some(Ok)` when the body ended with the stream
+    /// (read until close), `Some(Err)` on a failure.
+    fn poll_more(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<(), BodyError>>> {
+        let Some(c) = self.conn.as_mut() else {
+            return Poll::Ready(Some(Ok(())));
+        };
+        match ready!(c.poll_fill(cx)) {
+            Ok(0) => {
+                self.conn = None;
+                if self.framing == Framing::Close {
+                    return Poll::Ready(Some(Ok(())));
+                }
+                Poll::Ready(Some(Err(BodyError::Truncated)))
+            }
+            Ok(_) => Poll::Ready(None),
+            Err(e) => {
+                self.conn = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
+        }
+    }
+
+    /// Appends the body bytes available now to `out`, without allocating:
+    /// as they are when the body has a length, else as chunks of the
+    /// chunked encoding (with the last chunk at the end; see
+    /// [`RawBody::needs_chunks`]). `Ready(Ok(true))` once the body has
+    /// ended, `Ready(Ok(false))` when bytes were appended, `Pending` while
+    /// the upstream has nothing more yet.
+    pub(crate) fn poll_copy(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut Vec<u8>,
+    ) -> Poll<Result<bool, BodyError>> {
+        let chunked = self.needs_chunks();
+        let done = |out: &mut Vec<u8>| {
+            if chunked {
+                out.extend_from_slice(b"0\r\n\r\n");
+            }
+            Poll::Ready(Ok(true))
+        };
+        loop {
             let Some(c) = self.conn.as_mut() else {
-                return Poll::Ready(None);
+                return Poll::Ready(Ok(true));
             };
-            match ready!(c.poll_fill(cx)) {
-                Ok(0) => {
-                    self.conn = None;
-                    if self.framing == Framing::Close {
-                        return Poll::Ready(None);
+            let before = out.len();
+            match &mut self.framing {
+                Framing::Length(rem) => {
+                    let n = (*rem).min(c.buf.len() as u64) as usize;
+                    out.extend_from_slice(&c.buf[..n]);
+                    c.buf.advance(n);
+                    *rem -= n as u64;
+                    if *rem == 0 {
+                        self.finish();
+                        return Poll::Ready(Ok(true));
                     }
-                    return Poll::Ready(Some(Err(BodyError::Truncated)));
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    self.conn = None;
-                    return Poll::Ready(Some(Err(e.into())));
+                Framing::Close => {
+                    if !c.buf.is_empty() {
+                        put_chunk(out, &c.buf);
+                        c.buf.clear();
+                    }
                 }
+                Framing::Chunked(state) => {
+                    loop {
+                        let step = match state.decode(&c.buf) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                self.conn = None;
+                                return Poll::Ready(Err(e.into()));
+                            }
+                        };
+                        c.buf.advance(step.framing);
+                        if step.data == 0 {
+                            break;
+                        }
+                        put_chunk(out, &c.buf[..step.data]);
+                        c.buf.advance(step.data);
+                    }
+                    if *state == Chunk::Done {
+                        self.finish();
+                        return done(out);
+                    }
+                }
+            }
+            if out.len() > before {
+                return Poll::Ready(Ok(false));
+            }
+            match ready!(self.poll_more(cx)) {
+                None => {}
+                Some(Ok(())) => return done(out),
+                Some(Err(e)) => return Poll::Ready(Err(e)),
             }
         }
     }
@@ -317,53 +481,65 @@ fn failed(error: SendError, before_response: bool) -> Failed {
     }
 }
 
-/// Sends the request `head` (a bodiless request) to upstream `id` and reads
-/// the response head. See the module invariants for pooling and retries.
-pub(crate) async fn send(
+/// What the fast path sends upstream.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Exchange<'a> {
+    /// Upstream id (see `Registry::upstream_id`).
+    pub(crate) id: u64,
+    /// The whole request head of a bodiless request.
+    pub(crate) head: &'a [u8],
+    /// Retried once on a fresh connection if a pooled one turns out closed.
+    pub(crate) idempotent: bool,
+    /// A `HEAD` request: the response has no body whatever it announces.
+    pub(crate) head_method: bool,
+}
+
+/// Sends the request to the upstream and reads the response head into
+/// `sink`. See the module invariants for pooling and retries.
+pub(crate) async fn send<S: HeadSink>(
     pool: &Arc<Pool>,
-    id: u64,
-    head: &[u8],
-    idempotent: bool,
-) -> Result<(Head, RawBody), SendError> {
+    req: Exchange<'_>,
+    sink: &mut S,
+) -> Result<(StatusCode, RawBody), SendError> {
     let mut force_fresh = false;
     loop {
-        let (fresh, mut conn) = match pool.checkout_raw(id, force_fresh) {
+        let (fresh, mut conn) = match pool.checkout_raw(req.id, force_fresh) {
             RawCheckout::Idle(c) => (false, c),
             RawCheckout::Connect(authority) => {
                 (true, RawConn::new(pool.connect_tcp(&authority).await?))
             }
             RawCheckout::Unknown => return Err(SendError::Closed),
         };
-        match exchange(&mut conn, head).await {
+        match exchange(&mut conn, req, sink).await {
             // what an upstream sends on a keep-alive connection it times out
             // before closing it: read now, it is not this request's answer
-            Ok((h, _, _))
-                if h.status == StatusCode::REQUEST_TIMEOUT
+            Ok((status, _, _))
+                if status == StatusCode::REQUEST_TIMEOUT
                     && !fresh
-                    && idempotent
+                    && req.idempotent
                     && !force_fresh =>
             {
                 tracing::debug!("pooled upstream connection answered 408; retrying on a new one");
-                pool.forget_raw_idle(id);
+                pool.forget_raw_idle(req.id);
                 force_fresh = true;
             }
-            Ok((head, framing, reuse)) => {
+            Ok((status, framing, reuse)) => {
                 let mut body = RawBody {
                     conn: Some(conn),
                     framing,
                     reuse,
-                    id,
+                    id: req.id,
                     pool: pool.clone(),
                 };
                 if framing == Framing::Length(0) {
                     body.finish();
                 }
-                return Ok((head, body));
+                return Ok((status, body));
             }
-            Err(f) if f.before_response && !fresh && idempotent && !force_fresh => {
+            Err(f) if f.before_response && !fresh && req.idempotent && !force_fresh => {
                 tracing::debug!(error = %f.error, "pooled upstream connection was closed; retrying on a new one");
                 // its idle siblings are likely stale too (upstream restart)
-                pool.forget_raw_idle(id);
+                pool.forget_raw_idle(req.id);
                 force_fresh = true;
             }
             Err(f) => return Err(f.error),
@@ -371,8 +547,12 @@ pub(crate) async fn send(
     }
 }
 
-async fn exchange(conn: &mut RawConn, head: &[u8]) -> Result<(Head, Framing, bool), Failed> {
-    if let Err(e) = conn.io.write_all(head).await {
+async fn exchange<S: HeadSink>(
+    conn: &mut RawConn,
+    req: Exchange<'_>,
+    sink: &mut S,
+) -> Result<(StatusCode, Framing, bool), Failed> {
+    if let Err(e) = conn.io.write_all(req.head).await {
         return Err(failed(SendError::Io(e), true));
     }
     conn.buf.clear();
@@ -387,7 +567,7 @@ async fn exchange(conn: &mut RawConn, head: &[u8]) -> Result<(Head, Framing, boo
         }
         received = true;
         loop {
-            match parse_head(&conn.buf).map_err(|e| failed(e, false))? {
+            match parse_head(&conn.buf, req.head_method, sink).map_err(|e| failed(e, false))? {
                 None => {
                     if conn.buf.len() > MAX_HEAD {
                         return Err(failed(SendError::BadResponse("head too long"), false));
@@ -395,9 +575,9 @@ async fn exchange(conn: &mut RawConn, head: &[u8]) -> Result<(Head, Framing, boo
                     break;
                 }
                 Some(Parsed::Interim(n)) => conn.buf.advance(n),
-                Some(Parsed::Final(n, head, framing, reuse)) => {
+                Some(Parsed::Final(n, status, framing, reuse)) => {
                     conn.buf.advance(n);
-                    return Ok((head, framing, reuse));
+                    return Ok((status, framing, reuse));
                 }
             }
             if conn.buf.is_empty() {
@@ -407,14 +587,22 @@ async fn exchange(conn: &mut RawConn, head: &[u8]) -> Result<(Head, Framing, boo
     }
 }
 
+#[derive(Debug)]
 enum Parsed {
     /// A `1xx` head of this length, to skip.
     Interim(usize),
-    Final(usize, Head, Framing, bool),
+    /// A final head of this length (its headers went to the sink), its body
+    /// framing, and whether the connection may be reused after the body.
+    Final(usize, StatusCode, Framing, bool),
 }
 
 /// Parses a response head at the start of `buf`; `None` if incomplete.
-fn parse_head(buf: &[u8]) -> Result<Option<Parsed>, SendError> {
+/// `head_method`: the request was a `HEAD` (no body follows).
+fn parse_head<S: HeadSink>(
+    buf: &[u8],
+    head_method: bool,
+    sink: &mut S,
+) -> Result<Option<Parsed>, SendError> {
     let mut slots = [std::mem::MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
     let mut res = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default()
@@ -434,18 +622,15 @@ fn parse_head(buf: &[u8]) -> Result<Option<Parsed>, SendError> {
         return Ok(Some(Parsed::Interim(len)));
     }
     let http11 = res.version == Some(1);
-    let mut headers = HeaderMap::with_capacity(res.headers.len());
     let mut length: Option<u64> = None;
     let mut chunked: Option<bool> = None;
     let mut close = false;
     let mut keep_alive = false;
-    // other headers named in `Connection`, removed at the end (rare)
-    let mut named: Vec<HeaderName> = Vec::new();
-    let hop = hop_by_hop();
+    // other headers named in `Connection` (rare): left out below
+    let mut named: Vec<&[u8]> = Vec::new();
     for h in res.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| SendError::BadResponse("bad header name"))?;
-        if name == http::header::CONTENT_LENGTH {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
             let v = std::str::from_utf8(h.value)
                 .ok()
                 .map(str::trim)
@@ -456,56 +641,50 @@ fn parse_head(buf: &[u8]) -> Result<Option<Parsed>, SendError> {
                 return Err(SendError::BadResponse("conflicting content-length"));
             }
             length = Some(v);
-        } else if name == http::header::TRANSFER_ENCODING {
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             // the last coding decides
             let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
             chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name == http::header::CONNECTION {
+        } else if name.eq_ignore_ascii_case(b"connection") {
             for t in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
                 if t.eq_ignore_ascii_case(b"close") {
                     close = true;
                 } else if t.eq_ignore_ascii_case(b"keep-alive") {
                     keep_alive = true;
-                } else if let Ok(n) = HeaderName::from_bytes(t) {
-                    named.push(n);
+                } else if !t.is_empty() {
+                    named.push(t);
                 }
             }
         }
-        // hop-by-hop headers are not passed on
-        if hop.iter().any(|n| **n == name) {
+    }
+    sink.start(status);
+    for h in res.headers.iter() {
+        let name = h.name.as_bytes();
+        if is_hop_by_hop(name) || named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
             continue;
         }
-        let value = HeaderValue::from_bytes(h.value)
-            .map_err(|_| SendError::BadResponse("bad header value"))?;
-        headers.append(name, value);
-    }
-    for n in named {
-        headers.remove(&n);
+        sink.header(h.name, h.value)?;
     }
     let mut reuse = if http11 { !close } else { keep_alive && !close };
-    let framing = if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        Framing::Length(0)
-    } else {
-        match (chunked, length) {
-            (Some(true), l) => {
-                // both: framed by chunks, but the connection is not trusted
-                reuse &= l.is_none();
-                Framing::Chunked(CHUNK_START)
+    let framing =
+        if head_method || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            Framing::Length(0)
+        } else {
+            match (chunked, length) {
+                (Some(true), l) => {
+                    // both: framed by chunks, but the connection is not trusted
+                    reuse &= l.is_none();
+                    Framing::Chunked(CHUNK_START)
+                }
+                (Some(false), _) => Framing::Close,
+                (None, Some(l)) => Framing::Length(l),
+                (None, None) => Framing::Close,
             }
-            (Some(false), _) => Framing::Close,
-            (None, Some(l)) => Framing::Length(l),
-            (None, None) => Framing::Close,
-        }
-    };
+        };
     if framing == Framing::Close {
         reuse = false;
     }
-    Ok(Some(Parsed::Final(
-        len,
-        Head { status, headers },
-        framing,
-        reuse,
-    )))
+    Ok(Some(Parsed::Final(len, status, framing, reuse)))
 }
 
 #[cfg(test)]
@@ -518,8 +697,14 @@ mod tests {
         let mut buf = BytesMut::new();
         for piece in input.chunks(split.max(1)) {
             buf.extend_from_slice(piece);
-            while let Some(d) = state.decode(&mut buf)? {
-                out.extend_from_slice(&d);
+            loop {
+                let step = state.decode(&buf)?;
+                buf.advance(step.framing);
+                out.extend_from_slice(&buf[..step.data]);
+                buf.advance(step.data);
+                if step.data == 0 {
+                    break;
+                }
             }
         }
         Ok((out, state == Chunk::Done && buf.is_empty()))
@@ -558,11 +743,18 @@ mod tests {
         }
     }
 
+    fn map() -> Head {
+        Head {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+        }
+    }
+
     fn final_head(raw: &[u8]) -> (StatusCode, Framing, bool) {
-        match parse_head(raw).unwrap().unwrap() {
-            Parsed::Final(n, h, f, r) => {
+        match parse_head(raw, false, &mut map()).unwrap().unwrap() {
+            Parsed::Final(n, s, f, r) => {
                 assert_eq!(n, raw.len());
-                (h.status, f, r)
+                (s, f, r)
             }
             Parsed::Interim(_) => panic!("interim"),
         }
@@ -600,7 +792,8 @@ mod tests {
     #[test]
     fn hop_by_hop_response_headers_are_dropped() {
         let raw = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Internal\r\nX-Internal: 1\r\nKeep-Alive: timeout=5\r\nX-App: kept\r\nContent-Length: 0\r\n\r\n";
-        let Some(Parsed::Final(_, head, _, reuse)) = parse_head(raw).unwrap() else {
+        let mut head = map();
+        let Some(Parsed::Final(_, _, _, reuse)) = parse_head(raw, false, &mut head).unwrap() else {
             panic!("not a final head");
         };
         assert!(reuse);
@@ -612,15 +805,19 @@ mod tests {
     #[test]
     fn bad_heads_are_errors_and_interim_heads_are_skipped() {
         assert!(matches!(
-            parse_head(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200"),
+            parse_head(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200", false, &mut map()),
             Ok(Some(Parsed::Interim(n))) if n == 40
         ));
         assert!(matches!(
-            parse_head(b"HTTP/1.1 101 Switching Protocols\r\n\r\n"),
+            parse_head(
+                b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+                false,
+                &mut map()
+            ),
             Err(SendError::UnexpectedSwitch)
         ));
         assert!(matches!(
-            parse_head(b"HTTP/1.1 200 OK\r\nContent-"),
+            parse_head(b"HTTP/1.1 200 OK\r\nContent-", false, &mut map()),
             Ok(None)
         ));
         for bad in [
@@ -630,7 +827,7 @@ mod tests {
             b"garbage\r\n\r\n",
         ] {
             assert!(
-                parse_head(bad).is_err(),
+                parse_head(bad, false, &mut map()).is_err(),
                 "{:?}",
                 String::from_utf8_lossy(bad)
             );

@@ -5,15 +5,23 @@
 //! This crate never reads berth's store and depends on no other berth crate.
 //!
 //! ```text
-//! client ── h1/h2c ──> ScanIo (framing check) ──> serve ──> RouteTable (ArcSwap, lock-free load)
-//!                                  └─ host ─> Route ─ Picker ─> RouteTarget
-//!                                                   └─ Pool (one per serve loop): h1 keep-alive ─> 127.0.0.1:<port>
+//! client ──> front (hand-written h1: bodiless GET/HEAD/OPTIONS) ─────────────┐
+//!              └─ anything else: hand-over ─> ScanIo (framing check) ─> hyper (h1/h2c) ─> proxy::handle
+//!                                                                            │
+//!   RouteTable (ArcSwap, lock-free load) ─ host ─> Route ─ Picker ─> RouteTarget
+//!     └─ Pool (one per serve loop): h1 keep-alive ─> 127.0.0.1:<port>  (fast.rs or hyper's client)
 //! ```
 //!
-//! Code map: `proxy.rs` the request path; `scan.rs` the smuggling guard on
-//! the client socket; `fast.rs` the hand-written HTTP/1.1 upstream client of
-//! bodiless `GET`/`OPTIONS` requests (anything else, upgrades included, goes
-//! through hyper); `pool.rs` upstream connections; `body.rs` the response
+//! Code map: `front.rs` the client side of the common request (a
+//! hand-written HTTP/1.1 server loop for bodiless `GET`/`HEAD`/`OPTIONS`,
+//! keep-alive and pipelined, which hands the connection to hyper, with the
+//! bytes already read, at the first request it does not take); `proxy.rs`
+//! the request path behind hyper, and the routing, pages and error
+//! accounting both paths share; `scan.rs` the smuggling guard on the
+//! client socket (hyper's side); `fast.rs` the hand-written HTTP/1.1
+//! upstream client of bodiless `GET`/`HEAD`/`OPTIONS` requests (anything
+//! else, upgrades included, goes through hyper's client); `pool.rs`
+//! upstream connections; `body.rs` the response
 //! body (in-flight accounting, abort, connection return); `splice.rs`
 //! upgraded connections and their clean close; `target.rs` in-flight state
 //! and drain; `table.rs`/`select.rs`/`route.rs` routes; `metrics.rs` and
@@ -57,7 +65,10 @@
 //!   both directions (`Upgrade` is kept for a WebSocket handshake).
 //! * **Request smuggling.** A request with both `Content-Length` and
 //!   `Transfer-Encoding`, or with conflicting `Content-Length` values, gets
-//!   400 and the connection closed; nothing of it is forwarded. hyper hides
+//!   400 and the connection closed; nothing of it is forwarded. The
+//!   hand-written path (`front.rs`) takes no request that has either
+//!   header (nor an upgrade, `Expect`, or anything it does not parse):
+//!   those go to hyper from their first byte on. hyper hides
 //!   `Content-Length` when `Transfer-Encoding` is present, so the client
 //!   socket is wrapped in a framing scanner (`scan.rs`) that parses each
 //!   request head as hyper reads it and follows body framing to the next
@@ -87,6 +98,7 @@
 
 mod body;
 mod fast;
+mod front;
 mod metrics;
 mod persist;
 mod pool;
@@ -109,8 +121,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 
 pub use body::ProxyBody;
 pub use persist::LoadError;
@@ -227,6 +237,8 @@ pub(crate) struct Worker {
     pub(crate) pool: Arc<pool::Pool>,
     /// Rung when a drain deadline aborts requests (see `target.rs`).
     pub(crate) bell: Arc<tokio::sync::Notify>,
+    /// Client connections: hyper's settings and the shutdown signal.
+    pub(crate) front: front::Shared,
 }
 
 impl std::fmt::Debug for Edge {
@@ -282,14 +294,6 @@ impl Edge {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .keep_alive(true)
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.inner.header_read_timeout);
-        builder.http2().timer(TokioTimer::new());
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let worker = Arc::new(Worker {
             inner: self.inner.clone(),
             pool: Arc::new(pool::Pool::new(
@@ -297,7 +301,9 @@ impl Edge {
                 self.inner.pool_idle_timeout,
             )),
             bell: self.inner.registry.new_bell(),
+            front: front::Shared::new(self.inner.header_read_timeout),
         });
+        let conns = tokio_util::task::TaskTracker::new();
         // Coarse clock of the upstream timeouts (see `target::wait_stop`).
         let tick = (self.inner.upstream_timeout / 8)
             .clamp(Duration::from_millis(10), Duration::from_secs(1));
@@ -342,27 +348,15 @@ impl Edge {
                         }
                     };
                     let _ = stream.set_nodelay(true);
-                    let worker = worker.clone();
-                    let ctx = Arc::new(proxy::ConnCtx::new(remote));
-                    let io = scan::ScanIo::new(stream, ctx.scan.clone());
-                    let svc = hyper::service::service_fn(move |req| {
-                        proxy::handle(worker.clone(), ctx.clone(), req)
-                    });
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(io), svc)
-                        .into_owned();
-                    let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, "client connection ended with error");
-                        }
-                    });
+                    conns.spawn(front::serve(worker.clone(), stream, remote));
                 }
                 _ = &mut shutdown => break,
             }
         }
         drop(listener);
-        graceful.shutdown().await;
+        worker.front.shut_down();
+        conns.close();
+        conns.wait().await;
         reaper.abort();
         ticker.abort();
         Ok(())

@@ -14,9 +14,11 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::body::ProxyBody;
+use crate::fast::{Exchange, Head};
 use crate::pool::SendError;
 use crate::route::request_host_key;
 use crate::scan::{ScanState, Verdict};
+use crate::table::{RouteTable, RouteTarget};
 use crate::target::{wait_stop, InflightGuard, Stop, UpgradedGuard};
 use crate::Worker;
 
@@ -94,6 +96,64 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> Option<Heade
     upgrade
 }
 
+/// A response the proxy makes itself (a small text page).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Page {
+    pub(crate) status: StatusCode,
+    pub(crate) text: &'static str,
+}
+
+pub(crate) const MISSING_HOST: Page = Page {
+    status: StatusCode::BAD_REQUEST,
+    text: "400 bad request: missing host\n",
+};
+pub(crate) const UNKNOWN_HOST: Page = Page {
+    status: StatusCode::NOT_FOUND,
+    text: "404 not found: no application is served at this host\n",
+};
+pub(crate) const NO_TARGET: Page = Page {
+    status: StatusCode::SERVICE_UNAVAILABLE,
+    text: "503 service unavailable: no healthy instance for this host\n",
+};
+const UNREACHABLE: Page = Page {
+    status: StatusCode::BAD_GATEWAY,
+    text: "502 bad gateway: the application could not be reached\n",
+};
+const UNEXPECTED_SWITCH: Page = Page {
+    status: StatusCode::BAD_GATEWAY,
+    text: "502 bad gateway: unexpected protocol switch\n",
+};
+const DRAINED: Page = Page {
+    status: StatusCode::GATEWAY_TIMEOUT,
+    text: "504 gateway timeout: instance drained\n",
+};
+const TOO_SLOW: Page = Page {
+    status: StatusCode::GATEWAY_TIMEOUT,
+    text: "504 gateway timeout: the application did not answer in time\n",
+};
+
+/// The target of a request for `raw_host` (its Host header), or the page
+/// to answer with; counts unknown hosts and routes without targets.
+pub(crate) fn route<'t>(
+    inner: &crate::Inner,
+    table: &'t RouteTable,
+    raw_host: Option<&str>,
+) -> Result<&'t RouteTarget, Page> {
+    let key = raw_host.and_then(request_host_key).ok_or(MISSING_HOST)?;
+    let Some(route) = table.lookup(&key) else {
+        inner.unknown_host.fetch_add(1, Ordering::Relaxed);
+        return Err(UNKNOWN_HOST);
+    };
+    route.pick().ok_or_else(|| {
+        inner.no_target.fetch_add(1, Ordering::Relaxed);
+        NO_TARGET
+    })
+}
+
+fn page_response(page: Page) -> Response<ProxyBody> {
+    error_response(page.status, page.text)
+}
+
 fn error_response(status: StatusCode, msg: &'static str) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::full(Bytes::from_static(msg.as_bytes())));
     *r.status_mut() = status;
@@ -163,26 +223,10 @@ async fn handle_inner(
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let inner = &worker.inner;
-    let Some(raw_host) = request_host(&req) else {
-        return error_response(StatusCode::BAD_REQUEST, "400 bad request: missing host\n");
-    };
-    let Some(key) = request_host_key(raw_host) else {
-        return error_response(StatusCode::BAD_REQUEST, "400 bad request: missing host\n");
-    };
     let table = inner.table.load();
-    let Some(route) = table.lookup(&key) else {
-        inner.unknown_host.fetch_add(1, Ordering::Relaxed);
-        return error_response(
-            StatusCode::NOT_FOUND,
-            "404 not found: no application is served at this host\n",
-        );
-    };
-    let Some(target) = route.pick() else {
-        inner.no_target.fetch_add(1, Ordering::Relaxed);
-        return error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "503 service unavailable: no healthy instance for this host\n",
-        );
+    let target = match route(inner, &table, request_host(&req)) {
+        Ok(t) => t,
+        Err(page) => return page_response(page),
     };
     let started = Instant::now();
     let guard = InflightGuard::new(target.state.clone());
@@ -225,21 +269,14 @@ async fn handle_inner(
         && !req.headers().contains_key(header::EXPECT)
     {
         let head = request_head(&req);
-        let idempotent = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
         drop(req);
-        return fast_path(
-            worker,
-            FastRequest {
-                upstream_id,
-                head: &head,
-                idempotent,
-            },
-            guard,
-            abort_gen,
-            started,
-            &series,
-        )
-        .await;
+        let req = Exchange {
+            id: upstream_id,
+            head: &head,
+            idempotent: true,
+            head_method: false,
+        };
+        return fast_path(worker, req, guard, abort_gen, started, &series).await;
     }
     let headers = req.headers_mut();
     let client_on_upgrade = if let Some(up) = &client_upgrade {
@@ -260,8 +297,8 @@ async fn handle_inner(
         stop = wait_stop(&guard.target, abort_gen, &worker.bell, deadline) => Err(stop),
     };
     let resp = match result {
-        Err(stop) => return stop_response(stop, started, &series),
-        Ok(Err(e)) => return send_failed(&guard, &e, started, &series),
+        Err(stop) => return page_response(stopped(stop, started, &series)),
+        Ok(Err(e)) => return page_response(send_failed(&guard, &e, started, &series)),
         Ok(Ok(r)) => r,
     };
     let (mut resp, conn) = resp;
@@ -304,10 +341,7 @@ async fn handle_inner(
             return Response::from_parts(parts, ProxyBody::empty());
         }
         // 101 without a client upgrade request: refuse it.
-        return error_response(
-            StatusCode::BAD_GATEWAY,
-            "502 bad gateway: unexpected protocol switch\n",
-        );
+        return page_response(UNEXPECTED_SWITCH);
     }
 
     strip_hop_by_hop(resp.headers_mut(), false);
@@ -343,75 +377,59 @@ fn request_head(req: &Request<Incoming>) -> Vec<u8> {
 /// Forwards a bodiless `GET`/`OPTIONS` with the hand-written client
 /// (`fast.rs`); the same statuses, metrics and in-flight accounting as the
 /// hyper path.
-/// What the fast path sends.
-struct FastRequest<'a> {
-    upstream_id: u64,
-    head: &'a [u8],
-    /// Retried once on a fresh connection if a pooled one turns out closed.
-    idempotent: bool,
-}
-
 async fn fast_path(
     worker: &Worker,
-    req: FastRequest<'_>,
+    req: Exchange<'_>,
     guard: InflightGuard,
     abort_gen: u64,
     started: Instant,
     series: &crate::metrics::Series,
 ) -> Response<ProxyBody> {
     let deadline = started + worker.inner.upstream_timeout;
+    let mut head = Head {
+        status: StatusCode::OK,
+        headers: HeaderMap::new(),
+    };
     let result = tokio::select! {
-        r = crate::fast::send(&worker.pool, req.upstream_id, req.head, req.idempotent) => Ok(r),
+        r = crate::fast::send(&worker.pool, req, &mut head) => Ok(r),
         stop = wait_stop(&guard.target, abort_gen, &worker.bell, deadline) => Err(stop),
     };
-    let (head, body) = match result {
-        Err(stop) => return stop_response(stop, started, series),
-        Ok(Err(e)) => return send_failed(&guard, &e, started, series),
+    let (status, body) = match result {
+        Err(stop) => return page_response(stopped(stop, started, series)),
+        Ok(Err(e)) => return page_response(send_failed(&guard, &e, started, series)),
         Ok(Ok(r)) => r,
     };
-    series.record(head.status.as_u16(), started.elapsed());
+    series.record(status.as_u16(), started.elapsed());
     let mut resp = Response::new(ProxyBody::raw(body, guard, abort_gen, worker.bell.clone()));
-    *resp.status_mut() = head.status;
+    *resp.status_mut() = status;
     *resp.headers_mut() = head.headers;
     resp
 }
 
-fn stop_response(
-    stop: Stop,
-    started: Instant,
-    series: &crate::metrics::Series,
-) -> Response<ProxyBody> {
+/// The page for a request that stopped waiting for its upstream (504);
+/// records it.
+pub(crate) fn stopped(stop: Stop, started: Instant, series: &crate::metrics::Series) -> Page {
     series.record(504, started.elapsed());
     match stop {
-        Stop::Aborted => error_response(
-            StatusCode::GATEWAY_TIMEOUT,
-            "504 gateway timeout: instance drained\n",
-        ),
-        Stop::TimedOut => error_response(
-            StatusCode::GATEWAY_TIMEOUT,
-            "504 gateway timeout: the application did not answer in time\n",
-        ),
+        Stop::Aborted => DRAINED,
+        Stop::TimedOut => TOO_SLOW,
     }
 }
 
-fn send_failed(
+/// The page for a request the upstream could not answer (502); records it.
+pub(crate) fn send_failed(
     guard: &InflightGuard,
     e: &SendError,
     started: Instant,
     series: &crate::metrics::Series,
-) -> Response<ProxyBody> {
+) -> Page {
     tracing::debug!(target_id = %guard.target.id, error = %e, "upstream request failed");
     series.record(502, started.elapsed());
     if matches!(e, SendError::UnexpectedSwitch) {
-        return error_response(
-            StatusCode::BAD_GATEWAY,
-            "502 bad gateway: unexpected protocol switch\n",
-        );
+        UNEXPECTED_SWITCH
+    } else {
+        UNREACHABLE
     }
-    error_response(
-        StatusCode::BAD_GATEWAY,
-        "502 bad gateway: the application could not be reached\n",
-    )
 }
 
 /// The origin-form request target sent upstream (`/path?query`).

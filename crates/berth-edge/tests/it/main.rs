@@ -1,5 +1,6 @@
 //! Integration tests of berth-edge on real sockets (127.0.0.1 only).
 
+mod front;
 mod support;
 
 use std::collections::BTreeMap;

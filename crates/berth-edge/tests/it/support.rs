@@ -24,8 +24,9 @@ fn full(s: impl Into<Bytes>) -> Body {
 }
 
 /// A small upstream app. Paths: `/` (its name), `/headers` (request headers
-/// as JSON), `/slow?ms=N`, `/hang`, `/echo` (streams the body back), `/hop`
-/// (answers with hop-by-hop headers), `/ws` (101 then echo).
+/// as JSON, repeated ones joined with `, `), `/slow?ms=N`, `/hang`, `/echo`
+/// (streams the body back), `/hop` (answers with hop-by-hop headers), `/ws`
+/// (101 then echo), `/p/...` (its request target, after its name).
 pub struct Upstream {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
@@ -77,13 +78,19 @@ async fn app(name: &'static str, mut req: Request<Incoming>) -> Result<Response<
     let path = req.uri().path().to_string();
     let resp = match path.as_str() {
         "/headers" => {
-            let map: BTreeMap<String, String> = req
-                .headers()
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
-                .collect();
+            let mut map: BTreeMap<String, String> = BTreeMap::new();
+            for (k, v) in req.headers() {
+                let v = v.to_str().unwrap_or("");
+                map.entry(k.to_string())
+                    .and_modify(|e| {
+                        e.push_str(", ");
+                        e.push_str(v);
+                    })
+                    .or_insert_with(|| v.to_string());
+            }
             Response::new(full(serde_json::to_vec(&map).unwrap()))
         }
+        p if p.starts_with("/p/") => Response::new(full(format!("{name} {}", req.uri()))),
         "/slow" => {
             let ms: u64 = req
                 .uri()
@@ -318,8 +325,10 @@ pub async fn ws_upstream() -> (SocketAddr, Frames) {
 /// `/close` (HTTP/1.0, no length: the body ends when the socket closes),
 /// `/once` (a `Content-Length` answer, then the socket is closed without
 /// `Connection: close`, as an upstream's idle timeout would), `/then408`
-/// (an answer, then a 408 and a close 20 ms later), anything else
-/// `Content-Length: 2` "ok". Counts accepted connections and requests.
+/// (an answer, then a 408 and a close 20 ms later), `/head` (the request
+/// head it received, as the body), anything else `Content-Length: 2` "ok"
+/// (with header names in mixed case, which hyper would lowercase). Counts
+/// accepted connections and requests.
 pub struct RawUpstream {
     pub addr: SocketAddr,
     pub conns: Arc<AtomicUsize>,
@@ -386,6 +395,13 @@ pub async fn raw_upstream() -> RawUpstream {
                                 .await;
                             return;
                         }
+                        "/head" => {
+                            let answer = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{head}",
+                                head.len()
+                            );
+                            let _ = s.write_all(answer.as_bytes()).await;
+                        }
                         "/once" => {
                             let _ = s
                                 .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nonce")
@@ -393,9 +409,12 @@ pub async fn raw_upstream() -> RawUpstream {
                             return;
                         }
                         _ => {
-                            let _ = s
-                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                                .await;
+                            let answer: &[u8] = if head.starts_with("HEAD ") {
+                                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Raw-Upstream: yes\r\n\r\n"
+                            } else {
+                                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Raw-Upstream: yes\r\n\r\nok"
+                            };
+                            let _ = s.write_all(answer).await;
                         }
                     }
                 }
@@ -406,5 +425,157 @@ pub async fn raw_upstream() -> RawUpstream {
         addr,
         conns,
         requests,
+    }
+}
+
+/// One response read by [`RawClient`].
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    /// The head as received, status line included.
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// The first value of a header (name compared without case).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.split("\r\n").skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A hand-driven HTTP/1.1 client connection: raw bytes out, responses read
+/// one at a time (each read bounded by 5 s).
+pub struct RawClient {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawClient {
+    pub async fn open(addr: SocketAddr) -> RawClient {
+        RawClient {
+            stream: TcpStream::connect(addr).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads more bytes; false at end of stream (or on a reset).
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 8192];
+        match tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut chunk)).await {
+            Err(_) => panic!("no response within 5 s; got so far: {:?}", self.text()),
+            Ok(Ok(0)) | Ok(Err(_)) => false,
+            Ok(Ok(n)) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buf).into_owned()
+    }
+
+    /// The next response; `None` if the connection closed before one.
+    /// `head_request`: the request was a `HEAD` (no body follows).
+    pub async fn try_response(&mut self, head_request: bool) -> Option<RawResponse> {
+        let (status, head_len, length, chunked) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut res = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(n) = res.parse(&self.buf).expect("a response head") {
+                let get = |name: &str| {
+                    res.headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .map(|h| String::from_utf8_lossy(h.value).into_owned())
+                };
+                let length = get("content-length").map(|v| v.parse::<usize>().unwrap());
+                let chunked = get("transfer-encoding").is_some_and(|v| v.contains("chunked"));
+                break (res.code.unwrap(), n, length, chunked);
+            }
+            if !self.fill().await {
+                assert!(self.buf.is_empty(), "closed mid-head: {:?}", self.text());
+                return None;
+            }
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_len]).into_owned();
+        self.buf.drain(..head_len);
+        let bodiless = head_request || status == 101 || status == 204 || status == 304;
+        let body = if bodiless {
+            Vec::new()
+        } else if chunked {
+            let mut body = Vec::new();
+            loop {
+                let Some(eol) = self.buf.windows(2).position(|w| w == b"\r\n") else {
+                    assert!(self.fill().await, "closed mid-chunk");
+                    continue;
+                };
+                let size = usize::from_str_radix(
+                    String::from_utf8_lossy(&self.buf[..eol])
+                        .split(';')
+                        .next()
+                        .unwrap(),
+                    16,
+                )
+                .unwrap();
+                while self.buf.len() < eol + 2 + size + 2 {
+                    assert!(self.fill().await, "closed mid-chunk");
+                }
+                body.extend_from_slice(&self.buf[eol + 2..eol + 2 + size]);
+                assert_eq!(&self.buf[eol + 2 + size..eol + 4 + size], b"\r\n");
+                self.buf.drain(..eol + 4 + size);
+                if size == 0 {
+                    break body;
+                }
+            }
+        } else if let Some(n) = length {
+            while self.buf.len() < n {
+                assert!(self.fill().await, "closed mid-body");
+            }
+            self.buf.drain(..n).collect()
+        } else {
+            while self.fill().await {}
+            std::mem::take(&mut self.buf)
+        };
+        Some(RawResponse { status, head, body })
+    }
+
+    pub async fn response(&mut self, head_request: bool) -> RawResponse {
+        match self.try_response(head_request).await {
+            Some(r) => r,
+            None => panic!("connection closed before a response"),
+        }
+    }
+
+    /// Sends a `GET` of `path` for `host` and reads its response.
+    pub async fn get(&mut self, host: &str, path: &str) -> RawResponse {
+        self.send(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await;
+        self.response(false).await
+    }
+
+    /// True if the peer closes (end of stream) within `within`, with
+    /// nothing more sent.
+    pub async fn closes_within(&mut self, within: Duration) -> bool {
+        let mut chunk = [0u8; 1024];
+        match tokio::time::timeout(within, self.stream.read(&mut chunk)).await {
+            Err(_) => false,
+            Ok(Ok(0)) | Ok(Err(_)) => true,
+            Ok(Ok(n)) => panic!(
+                "unexpected bytes: {:?}",
+                String::from_utf8_lossy(&chunk[..n])
+            ),
+        }
     }
 }

@@ -1,0 +1,972 @@
+//! The client side of the common request, by hand: an HTTP/1.1 server loop
+//! for bodiless `GET`, `HEAD` and `OPTIONS` requests, which hands the
+//! connection to hyper the moment a request is anything else.
+//!
+//! Every client connection starts here ([`serve`]). A request is answered
+//! here when it is *eligible*: its head parses (`httparse`, at most
+//! [`MAX_HEADERS`] headers and [`MAX_HEAD`] bytes), it is HTTP/1.1, its method
+//! is `GET`, `HEAD` or `OPTIONS`, its target is an origin-form path of plain
+//! characters (letters, digits, `-._~!$&'()*+,;=:@/?%`), it has exactly one
+//! `Host` that yields a host key, no `Content-Length`, `Transfer-Encoding`,
+//! `Upgrade` or `Expect`, and its `Connection` names nothing but
+//! `keep-alive` and `close`. The upstream request head is written straight
+//! from the client's bytes (hop-by-hop headers left out, `X-Forwarded-For`,
+//! `-Proto` and `-Host` replaced), sent with the hand-written upstream
+//! client (`fast.rs`), and the response head and body are copied into one
+//! write buffer (a body without a length is re-chunked), so a small
+//! response costs one read and one write on each side and no allocation.
+//!
+//! Anything else (a body, an upgrade, HTTP/1.0, the h2c preface, a head that
+//! does not parse or is too large or has too many headers, an absolute-form
+//! target, a missing or repeated `Host`) goes to hyper together with the
+//! bytes already read, from the start of that request ([`Rewind`]). hyper
+//! then serves the rest of the connection as it serves any connection:
+//! `proxy::handle` behind the framing scanner, upgrades, h2c, its own
+//! 400/431 answers.
+//!
+//! Invariants:
+//! * Responses leave in request order: the next request is parsed once the
+//!   previous response is written (pipelined requests wait in the buffer).
+//! * Routing, statuses, pages, metrics and in-flight accounting are
+//!   `proxy.rs`'s (shared helpers): the in-flight guard is held from the
+//!   target pick until the upstream body was read to its end, or until the
+//!   error page is decided.
+//! * Slow-loris guard: a request head must be complete within
+//!   `header_read_timeout` of the first wait for it (idle keep-alive waits
+//!   included), else the connection is closed without an answer, as hyper
+//!   does. One timer per connection, re-armed only when it fires.
+//! * Shutdown ([`Shared::shut_down`]): a connection waiting for a new request
+//!   closes at once, one in the middle of a request finishes it and answers
+//!   with `connection: close`; connections handed to hyper shut down
+//!   gracefully.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use http::StatusCode;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::futures::OwnedNotified;
+use tokio::sync::Notify;
+
+use crate::fast::{Exchange, HeadSink};
+use crate::pool::SendError;
+use crate::proxy::{self, ConnCtx, Page};
+use crate::scan::ScanIo;
+use crate::target::{wait_stop, InflightGuard};
+use crate::Worker;
+
+/// Longest request head answered here (hyper takes longer ones).
+pub(crate) const MAX_HEAD: usize = 16 * 1024;
+/// Most request headers parsed here (hyper takes requests with more).
+pub(crate) const MAX_HEADERS: usize = 64;
+/// Read buffer of a connection, to start with.
+const BUF_SIZE: usize = 4096;
+/// Response bytes gathered before a write while more body is available.
+const FLUSH_AT: usize = 64 * 1024;
+/// Largest write buffer a connection keeps between requests.
+const KEEP_OUT: usize = 16 * 1024;
+
+/// What the connections of one `serve` loop share: hyper's settings for the
+/// connections handed over, and the shutdown signal.
+pub(crate) struct Shared {
+    auto: auto::Builder<TokioExecutor>,
+    http1: hyper::server::conn::http1::Builder,
+    stopping: AtomicBool,
+    stop: Notify,
+    header_read_timeout: Duration,
+}
+
+impl Shared {
+    pub(crate) fn new(header_read_timeout: Duration) -> Shared {
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        auto.http1()
+            .keep_alive(true)
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout);
+        auto.http2().timer(TokioTimer::new());
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .keep_alive(true)
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout);
+        Shared {
+            auto,
+            http1,
+            stopping: AtomicBool::new(false),
+            stop: Notify::new(),
+            header_read_timeout,
+        }
+    }
+
+    /// Idle connections close, busy ones close after their request.
+    pub(crate) fn shut_down(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.stop.notify_waiters();
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+}
+
+/// Serves one client connection until it closes.
+pub(crate) async fn serve(worker: Arc<Worker>, io: TcpStream, remote: SocketAddr) {
+    let conn = Conn {
+        io,
+        buf: Vec::with_capacity(BUF_SIZE),
+        pos: 0,
+        out: Vec::new(),
+        up: Vec::new(),
+        client_ip: remote.ip().to_string().into_bytes(),
+        served: 0,
+        head_deadline: None,
+        timer: None,
+        worker,
+        remote,
+    };
+    conn.run().await;
+}
+
+/// One client connection on the hand-written path.
+struct Conn {
+    io: TcpStream,
+    /// Bytes read from the client; `buf[pos..]` is not consumed yet.
+    buf: Vec<u8>,
+    pos: usize,
+    /// The response being written.
+    out: Vec<u8>,
+    /// The upstream request head.
+    up: Vec<u8>,
+    /// `X-Forwarded-For` value.
+    client_ip: Vec<u8>,
+    /// Requests answered so far.
+    served: u64,
+    /// When the head being waited for must be complete.
+    head_deadline: Option<tokio::time::Instant>,
+    /// The slow-loris timer, armed at or before `head_deadline`.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    worker: Arc<Worker>,
+    remote: SocketAddr,
+}
+
+/// How a wait for request bytes ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Data,
+    /// End of stream, read error, header timeout or shutdown: close.
+    Close,
+}
+
+/// How a request went, for the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    KeepAlive,
+    Close,
+    /// Write failed, or the response was cut: drop the socket.
+    Abort,
+}
+
+impl Conn {
+    async fn run(mut self) {
+        loop {
+            if self.pos == self.buf.len() {
+                self.buf.clear();
+                self.pos = 0;
+            }
+            let parsed = parse(
+                &self.buf[self.pos..],
+                &self.client_ip,
+                self.worker.inner.proto,
+                &mut self.up,
+            );
+            match parsed {
+                Parse::Partial => {
+                    if self.buf.len() - self.pos >= MAX_HEAD {
+                        return self.hand_over().await;
+                    }
+                    if self.read().await == Wait::Close {
+                        return;
+                    }
+                }
+                Parse::Handover => return self.hand_over().await,
+                Parse::Request(req) => {
+                    self.head_deadline = None;
+                    let outcome = self.answer(&req).await;
+                    self.pos += req.len;
+                    self.served += 1;
+                    if self.out.capacity() > KEEP_OUT {
+                        // a large response passed: do not keep its buffer
+                        // for the life of an idle keep-alive connection
+                        self.out = Vec::new();
+                    }
+                    match outcome {
+                        Outcome::KeepAlive => {}
+                        Outcome::Close => {
+                            let _ = self.io.shutdown().await;
+                            return;
+                        }
+                        Outcome::Abort => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads more request bytes, within the header timeout; an idle
+    /// connection also stops waiting on shutdown.
+    async fn read(&mut self) -> Wait {
+        if self.buf.capacity() - self.buf.len() < BUF_SIZE / 4 {
+            if self.pos > 0 {
+                self.buf.drain(..self.pos);
+                self.pos = 0;
+            }
+            if self.buf.capacity() - self.buf.len() < BUF_SIZE / 4 {
+                self.buf.reserve(self.buf.capacity().max(BUF_SIZE));
+            }
+        }
+        let idle = self.pos == self.buf.len();
+        let Conn {
+            io,
+            buf,
+            head_deadline,
+            timer,
+            worker,
+            ..
+        } = self;
+        let front = &worker.front;
+        let mut stop = pin!(front.stop.notified());
+        poll_fn(|cx| {
+            match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut *buf) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Wait::Close),
+                Poll::Ready(Ok(_)) => return Poll::Ready(Wait::Data),
+                Poll::Pending => {}
+            }
+            if idle && (stop.as_mut().poll(cx).is_ready() || front.is_stopping()) {
+                return Poll::Ready(Wait::Close);
+            }
+            let deadline = *head_deadline
+                .get_or_insert_with(|| tokio::time::Instant::now() + front.header_read_timeout);
+            let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            // armed for an earlier head: move it on instead of re-arming it
+            // for every request
+            while t.as_mut().poll(cx).is_ready() {
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::debug!("request head not received in time; closing");
+                    return Poll::Ready(Wait::Close);
+                }
+                t.as_mut().reset(deadline);
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Writes `out` to the client.
+    async fn flush(&mut self) -> bool {
+        let ok = self.io.write_all(&self.out).await.is_ok();
+        self.out.clear();
+        ok
+    }
+
+    /// Whether to close after the response now being written: the client
+    /// asked, or the server is shutting down.
+    fn closing(&self, req: &Request) -> bool {
+        req.close || self.worker.front.is_stopping()
+    }
+
+    /// Answers with a page of the proxy's own.
+    async fn page(&mut self, page: Page, req: &Request) -> Outcome {
+        let (method, close) = (req.method, self.closing(req));
+        self.out.clear();
+        write_page(&mut self.out, page, method == Verb::Head, close);
+        match self.flush().await {
+            true if close => Outcome::Close,
+            true => Outcome::KeepAlive,
+            false => Outcome::Abort,
+        }
+    }
+
+    /// Routes and forwards one eligible request, and writes its response.
+    async fn answer(&mut self, req: &Request) -> Outcome {
+        let worker = self.worker.clone();
+        let inner = &worker.inner;
+        let host = &self.buf[self.pos + req.host.0..self.pos + req.host.1];
+        let host = std::str::from_utf8(host).ok();
+        let table = inner.table.load();
+        let target = match proxy::route(inner, &table, host) {
+            Ok(t) => t,
+            Err(page) => {
+                drop(table);
+                return self.page(page, req).await;
+            }
+        };
+        let started = Instant::now();
+        let guard = InflightGuard::new(target.state.clone());
+        let series = target.series.clone();
+        let abort_gen = target.state.abort_gen();
+        let id = target.upstream_id;
+        worker.pool.prepare(id, &target.authority);
+        drop(table);
+
+        let deadline = started + inner.upstream_timeout;
+        let exchange = Exchange {
+            id,
+            head: &self.up,
+            idempotent: true,
+            head_method: req.method == Verb::Head,
+        };
+        let mut sink = RawHead {
+            out: &mut self.out,
+            date: false,
+            length: false,
+        };
+        let result = tokio::select! {
+            biased;
+            r = crate::fast::send(&worker.pool, exchange, &mut sink) => Ok(r),
+            stop = wait_stop(&guard.target, abort_gen, &worker.bell, deadline) => Err(stop),
+        };
+        let (had_date, had_length) = (sink.date, sink.length);
+        let (status, mut body) = match result {
+            Err(stop) => {
+                let page = proxy::stopped(stop, started, &series);
+                drop(guard);
+                return self.page(page, req).await;
+            }
+            Ok(Err(e)) => {
+                let page = proxy::send_failed(&guard, &e, started, &series);
+                drop(guard);
+                return self.page(page, req).await;
+            }
+            Ok(Ok(r)) => r,
+        };
+        series.record(status.as_u16(), started.elapsed());
+        let close = self.closing(req);
+
+        // the end of the head
+        let with_body = req.method != Verb::Head
+            && status != StatusCode::NO_CONTENT
+            && status != StatusCode::NOT_MODIFIED;
+        if with_body && body.needs_chunks() {
+            if had_length {
+                // chunked and a length: the chunks decide (RFC 9112 6.3)
+                drop_content_length(&mut self.out);
+            }
+            self.out
+                .extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        if close {
+            self.out.extend_from_slice(b"connection: close\r\n");
+        }
+        if !had_date {
+            put_date(&mut self.out);
+        }
+        self.out.extend_from_slice(b"\r\n");
+
+        // the body, as it comes; the head leaves with its first bytes
+        let mut guard = Some(guard);
+        let mut abort_wait: Option<Pin<Box<OwnedNotified>>> = None;
+        loop {
+            let out = &mut self.out;
+            let step = poll_fn(|cx| match body.poll_copy(cx, out) {
+                Poll::Ready(r) => Poll::Ready(Some(r.map_err(|e| e.to_string()))),
+                Poll::Pending if !out.is_empty() => Poll::Ready(None),
+                Poll::Pending => {
+                    if crate::body::poll_aborted(
+                        &guard,
+                        abort_gen,
+                        &worker.bell,
+                        &mut abort_wait,
+                        cx,
+                    )
+                    .is_ready()
+                    {
+                        return Poll::Ready(Some(Err("target drained".to_string())));
+                    }
+                    Poll::Pending
+                }
+            })
+            .await;
+            match step {
+                // nothing more yet: send what there is, then wait
+                None => {
+                    if !self.flush().await {
+                        return Outcome::Abort;
+                    }
+                }
+                Some(Ok(false)) => {
+                    if self.out.len() >= FLUSH_AT && !self.flush().await {
+                        return Outcome::Abort;
+                    }
+                }
+                Some(Ok(true)) => {
+                    drop(guard.take());
+                    return match self.flush().await {
+                        true if close => Outcome::Close,
+                        true => Outcome::KeepAlive,
+                        false => Outcome::Abort,
+                    };
+                }
+                Some(Err(e)) => {
+                    drop(guard.take());
+                    body.abandon();
+                    tracing::debug!(error = %e, "response cut short");
+                    return Outcome::Abort;
+                }
+            }
+        }
+    }
+
+    /// Hands the connection, with the unconsumed bytes, to hyper.
+    async fn hand_over(self) {
+        let Conn {
+            io,
+            mut buf,
+            pos,
+            served,
+            worker,
+            remote,
+            ..
+        } = self;
+        buf.drain(..pos);
+        let io = Rewind {
+            pre: buf,
+            pos: 0,
+            io,
+        };
+        serve_hyper(worker, io, remote, served == 0).await;
+    }
+}
+
+/// Drives a hyper connection, shutting it down gracefully on shutdown.
+macro_rules! drive {
+    ($conn:expr, $front:expr) => {{
+        let mut conn = pin!($conn);
+        let mut stop = pin!($front.stop.notified());
+        stop.as_mut().enable();
+        if $front.is_stopping() {
+            conn.as_mut().graceful_shutdown();
+        }
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = stop => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "client connection ended with error");
+        }
+    }};
+}
+
+/// Serves the rest of a connection with hyper (`proxy::handle` behind the
+/// framing scanner). `fresh`: nothing was answered on it yet, so it may
+/// still turn out to be HTTP/2 (h2c prior knowledge).
+async fn serve_hyper(worker: Arc<Worker>, io: Rewind, remote: SocketAddr, fresh: bool) {
+    let ctx = Arc::new(ConnCtx::new(remote));
+    let io = TokioIo::new(ScanIo::new(io, ctx.scan.clone()));
+    let w = worker.clone();
+    let svc = hyper::service::service_fn(move |req| proxy::handle(w.clone(), ctx.clone(), req));
+    let front = &worker.front;
+    if fresh {
+        drive!(front.auto.serve_connection_with_upgrades(io, svc), front);
+    } else {
+        drive!(front.http1.serve_connection(io, svc).with_upgrades(), front);
+    }
+}
+
+/// The client socket with bytes already read put back in front of it.
+pub(crate) struct Rewind {
+    pre: Vec<u8>,
+    pos: usize,
+    io: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.pos < this.pre.len() {
+            let n = (this.pre.len() - this.pos).min(buf.remaining());
+            buf.put_slice(&this.pre[this.pos..this.pos + n]);
+            this.pos += n;
+            if this.pos == this.pre.len() {
+                this.pre = Vec::new();
+                this.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// The methods answered here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verb {
+    Get,
+    Head,
+    Options,
+}
+
+/// An eligible request whose upstream head is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Request {
+    /// Length of its head (it has no body).
+    len: usize,
+    method: Verb,
+    /// The `Host` value, as a range of the bytes given to `parse`.
+    host: (usize, usize),
+    /// The client asked to close after this request.
+    close: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Parse {
+    /// More bytes are needed.
+    Partial,
+    /// Not for this path: hyper takes it from here.
+    Handover,
+    Request(Request),
+}
+
+/// What a request header means here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Name {
+    Host,
+    Connection,
+    /// Hop-by-hop, or set by the proxy: not forwarded.
+    Drop,
+    /// Framing, upgrades, expectations: hyper's job.
+    Handover,
+    Forward,
+}
+
+fn classify(name: &[u8]) -> Name {
+    let eq = |s: &[u8]| name.eq_ignore_ascii_case(s);
+    let hit = |s: &[u8], n: Name| if eq(s) { n } else { Name::Forward };
+    match name.len() {
+        2 => hit(b"te", Name::Drop),
+        4 => hit(b"host", Name::Host),
+        6 => hit(b"expect", Name::Handover),
+        7 if eq(b"upgrade") => Name::Handover,
+        7 => hit(b"trailer", Name::Drop),
+        10 if eq(b"connection") => Name::Connection,
+        10 => hit(b"keep-alive", Name::Drop),
+        14 => hit(b"content-length", Name::Handover),
+        15 => hit(b"x-forwarded-for", Name::Drop),
+        16 if eq(b"x-forwarded-host") => Name::Drop,
+        16 => hit(b"proxy-connection", Name::Drop),
+        17 if eq(b"x-forwarded-proto") => Name::Drop,
+        17 => hit(b"transfer-encoding", Name::Handover),
+        18 => hit(b"proxy-authenticate", Name::Drop),
+        19 => hit(b"proxy-authorization", Name::Drop),
+        _ => Name::Forward,
+    }
+}
+
+/// Bytes of a request target answered here (RFC 3986 `pchar`, `/`, `?`);
+/// anything else (`#`, quotes, spaces, non-ASCII...) is left to hyper.
+const fn target_chars() -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+                    | b'/'
+                    | b'?'
+                    | b'%'
+            );
+        i += 1;
+    }
+    t
+}
+
+static TARGET_CHARS: [bool; 256] = target_chars();
+
+/// Parses a request head at the start of `buf` and, if the request is
+/// eligible, writes its upstream head into `up`.
+fn parse(buf: &[u8], client_ip: &[u8], proto: &str, up: &mut Vec<u8>) -> Parse {
+    if buf.is_empty() {
+        return Parse::Partial;
+    }
+    let mut slots = [std::mem::MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_request_with_uninit_headers(&mut req, buf, &mut slots)
+    {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parse::Partial,
+        Err(_) => return Parse::Handover,
+    };
+    let method = match req.method {
+        Some("GET") => Verb::Get,
+        Some("HEAD") => Verb::Head,
+        Some("OPTIONS") => Verb::Options,
+        _ => return Parse::Handover,
+    };
+    let target = req.path.unwrap_or_default().as_bytes();
+    if req.version != Some(1)
+        || !target.starts_with(b"/")
+        || !target.iter().all(|b| TARGET_CHARS[usize::from(*b)])
+    {
+        return Parse::Handover;
+    }
+    up.clear();
+    up.extend_from_slice(req.method.unwrap_or_default().as_bytes());
+    up.push(b' ');
+    up.extend_from_slice(target);
+    up.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut host: Option<&[u8]> = None;
+    let mut close = false;
+    for h in req.headers.iter() {
+        match classify(h.name.as_bytes()) {
+            Name::Forward => {
+                up.extend_from_slice(h.name.as_bytes());
+                up.extend_from_slice(b": ");
+                up.extend_from_slice(h.value);
+                up.extend_from_slice(b"\r\n");
+            }
+            Name::Drop => {}
+            Name::Handover => return Parse::Handover,
+            Name::Host => {
+                if host.is_some() {
+                    return Parse::Handover;
+                }
+                host = Some(h.value);
+                up.extend_from_slice(b"Host: ");
+                up.extend_from_slice(h.value);
+                up.extend_from_slice(b"\r\n");
+            }
+            Name::Connection => {
+                for t in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                    if t.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") {
+                        // names headers to strip, or asks for an upgrade
+                        return Parse::Handover;
+                    }
+                }
+            }
+        }
+    }
+    // what hyper's path reads (`HeaderValue::to_str`); an empty host key
+    // gets the same 400 page from `proxy::route` as there
+    let Some(host) = host.filter(|h| h.iter().all(|b| *b == b'\t' || (b' '..0x7f).contains(b)))
+    else {
+        return Parse::Handover;
+    };
+    up.extend_from_slice(b"X-Forwarded-For: ");
+    up.extend_from_slice(client_ip);
+    up.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
+    up.extend_from_slice(proto.as_bytes());
+    up.extend_from_slice(b"\r\nX-Forwarded-Host: ");
+    up.extend_from_slice(host);
+    up.extend_from_slice(b"\r\n\r\n");
+    let start = host.as_ptr() as usize - buf.as_ptr() as usize;
+    Parse::Request(Request {
+        len,
+        method,
+        host: (start, start + host.len()),
+        close,
+    })
+}
+
+/// Writes the upstream's response head as the client's: status line, then
+/// the headers (the caller ends the head).
+struct RawHead<'a> {
+    out: &'a mut Vec<u8>,
+    /// A `Date` header was passed on.
+    date: bool,
+    /// A `Content-Length` header was passed on.
+    length: bool,
+}
+
+impl HeadSink for RawHead<'_> {
+    fn start(&mut self, status: StatusCode) {
+        self.out.clear();
+        self.date = false;
+        self.length = false;
+        status_line(self.out, status);
+    }
+
+    fn header(&mut self, name: &str, value: &[u8]) -> Result<(), SendError> {
+        // httparse let through only what `HeaderValue::from_bytes` accepts
+        // on hyper's path (tab, visible ASCII, obs-text): no check needed
+        let n = name.as_bytes();
+        self.date |= n.eq_ignore_ascii_case(b"date");
+        self.length |= n.eq_ignore_ascii_case(b"content-length");
+        self.out.extend_from_slice(n);
+        self.out.extend_from_slice(b": ");
+        self.out.extend_from_slice(value);
+        self.out.extend_from_slice(b"\r\n");
+        Ok(())
+    }
+}
+
+/// Removes `content-length` lines from a head being written.
+fn drop_content_length(out: &mut Vec<u8>) {
+    let mut kept = Vec::with_capacity(out.len());
+    for line in out.split_inclusive(|b| *b == b'\n') {
+        let is_length = line
+            .get(..15)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"content-length:"));
+        if !is_length {
+            kept.extend_from_slice(line);
+        }
+    }
+    *out = kept;
+}
+
+/// The status line hyper writes.
+fn status_line(out: &mut Vec<u8>, status: StatusCode) {
+    if status == StatusCode::OK {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        return;
+    }
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A page of the proxy's own, with the headers hyper's path sends.
+fn write_page(out: &mut Vec<u8>, page: Page, head_method: bool, close: bool) {
+    status_line(out, page.status);
+    out.extend_from_slice(
+        b"content-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\ncontent-length: ",
+    );
+    out.extend_from_slice(page.text.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    put_date(out);
+    out.extend_from_slice(b"\r\n");
+    if !head_method {
+        out.extend_from_slice(page.text.as_bytes());
+    }
+}
+
+thread_local! {
+    /// The `Date` header line of the current second.
+    static DATE: std::cell::Cell<(u64, [u8; 29])> = const { std::cell::Cell::new((u64::MAX, [0; 29])) };
+}
+
+/// Appends `date: <IMF-fixdate>\r\n` (formatted once a second per thread).
+fn put_date(out: &mut Vec<u8>) {
+    let secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (at, mut text) = DATE.get();
+    if at != secs {
+        text = http_date(secs);
+        DATE.set((secs, text));
+    }
+    out.extend_from_slice(b"date: ");
+    out.extend_from_slice(&text);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `secs` since the Unix epoch as an IMF-fixdate (RFC 9110 5.6.7), e.g.
+/// `Sun, 06 Nov 1994 08:49:37 GMT`.
+fn http_date(secs: u64) -> [u8; 29] {
+    const DAYS: [&[u8; 3]; 7] = [b"Sun", b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat"];
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
+    ];
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // civil date from days since 1970-01-01 (H. Hinnant's algorithm)
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = (yoe + era * 400 + u64::from(month <= 2)).min(9999);
+    let mut d = [0u8; 29];
+    d[..3].copy_from_slice(DAYS[((days + 4) % 7) as usize]);
+    d[3..5].copy_from_slice(b", ");
+    let two = |d: &mut [u8], v: u64| {
+        d[0] = b'0' + (v / 10) as u8;
+        d[1] = b'0' + (v % 10) as u8;
+    };
+    two(&mut d[5..7], day);
+    d[7] = b' ';
+    d[8..11].copy_from_slice(MONTHS[(month - 1) as usize]);
+    d[11] = b' ';
+    two(&mut d[12..14], year / 100);
+    two(&mut d[14..16], year % 100);
+    d[16] = b' ';
+    two(&mut d[17..19], rem / 3600);
+    d[19] = b':';
+    two(&mut d[20..22], rem / 60 % 60);
+    d[22] = b':';
+    two(&mut d[23..25], rem % 60);
+    d[25..29].copy_from_slice(b" GMT");
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up_head(raw: &[u8]) -> (Parse, String) {
+        let mut up = Vec::new();
+        let p = parse(raw, b"10.0.0.7", "http", &mut up);
+        (p, String::from_utf8(up).unwrap())
+    }
+
+    #[test]
+    fn eligible_requests_are_rewritten_for_the_upstream() {
+        let raw = b"GET /a?b=c HTTP/1.1\r\nHost: Shop.localhost:8080\r\nX-Forwarded-For: 6.6.6.6\r\nx-forwarded-host: evil\r\nX-Forwarded-Proto: https\r\nConnection: keep-alive\r\nKeep-Alive: 5\r\nTE: trailers\r\nProxy-Authorization: x\r\nAccept: */*\r\n\r\nGET /next";
+        let (p, up) = up_head(raw);
+        let Parse::Request(r) = p else {
+            panic!("{p:?}")
+        };
+        assert_eq!(r.len, raw.len() - 9);
+        assert_eq!(r.method, Verb::Get);
+        assert!(!r.close);
+        assert_eq!(&raw[r.host.0..r.host.1], b"Shop.localhost:8080");
+        assert_eq!(
+            up,
+            "GET /a?b=c HTTP/1.1\r\nHost: Shop.localhost:8080\r\nAccept: */*\r\nX-Forwarded-For: 10.0.0.7\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: Shop.localhost:8080\r\n\r\n"
+        );
+        let (p, _) =
+            up_head(b"HEAD / HTTP/1.1\r\nhost: a\r\nconnection: Keep-Alive, close\r\n\r\n");
+        assert!(
+            matches!(
+                p,
+                Parse::Request(Request {
+                    method: Verb::Head,
+                    close: true,
+                    ..
+                })
+            ),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn partial_heads_wait_and_the_rest_goes_to_hyper() {
+        assert_eq!(up_head(b"").0, Parse::Partial);
+        assert_eq!(up_head(b"GET / HTTP/1.1\r\nHost: a\r\n").0, Parse::Partial);
+        assert_eq!(up_head(b"PRI * HT").0, Parse::Partial);
+        for raw in [
+            &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx",
+            b"GET / HTTP/1.1\r\nHost: a\r\ncontent-length: 0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: x-secret\r\nX-Secret: 1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+            b"GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+            b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /a\"b HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: caf\xc3\xa9\r\n\r\n",
+            b"DELETE / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"get / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GARBAGE\r\n\r\n",
+        ] {
+            assert_eq!(
+                up_head(raw).0,
+                Parse::Handover,
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        let mut many = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
+        for i in 0..MAX_HEADERS {
+            many.extend_from_slice(format!("x-{i}: 1\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(up_head(&many).0, Parse::Handover);
+    }
+
+    #[test]
+    fn dates_are_imf_fixdates() {
+        let d = |s| String::from_utf8(http_date(s).to_vec()).unwrap();
+        assert_eq!(d(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(d(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(d(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
+        assert_eq!(d(1_798_761_599), "Thu, 31 Dec 2026 23:59:59 GMT");
+    }
+
+    #[test]
+    fn chunked_answers_lose_their_length() {
+        let mut out =
+            b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 3\r\ncontent-length: 3\r\nX-B: 2\r\n"
+                .to_vec();
+        drop_content_length(&mut out);
+        assert_eq!(out, b"HTTP/1.1 200 OK\r\nX-A: 1\r\nX-B: 2\r\n");
+    }
+}
