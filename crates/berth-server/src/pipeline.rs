@@ -475,7 +475,22 @@ impl Deployer {
             .filter(|v| !v.secret && (v.build || berth_build::is_public(&v.key)))
             .map(|v| (v.key.clone(), v.value.clone()))
             .collect();
-        let inputs = self.inputs_key(&d.service_name, &build_args);
+        // Secrets flagged for builds reach them only as BuildKit secrets
+        // (`RUN --mount=type=secret,id=KEY`). Their ids are part of the
+        // build's identity, their values are not: a rotated token does not
+        // rebuild (as with BuildKit's own cache).
+        let build_secrets: Vec<(String, String)> = vars
+            .iter()
+            .filter(|v| v.secret && v.build)
+            .map(|v| (v.key.clone(), v.value.clone()))
+            .collect();
+        let mut identity = build_args.clone();
+        identity.extend(
+            build_secrets
+                .iter()
+                .map(|(k, _)| (format!("secret:{k}"), String::new())),
+        );
+        let inputs = self.inputs_key(&d.service_name, &identity);
         d.build.inputs = Some(inputs.clone());
 
         // Clone.
@@ -553,7 +568,8 @@ impl Deployer {
         }
         let opts = AnalyzeOptions {
             base_images: self.base_images(),
-            buildkit: false,
+            // Generated Dockerfiles get cache mounts on the BuildKit path.
+            buildkit: !build_secrets.is_empty(),
         };
         let dir = checkout.dir.clone();
         let svc = service.clone();
@@ -591,7 +607,7 @@ impl Deployer {
         // Build (or reuse).
         self.start_step(d, StepName::Build);
         self.save(d).await;
-        let key = berth_build::cache_key(&checkout.tree, &plan, &build_args);
+        let key = berth_build::cache_key(&checkout.tree, &plan, &identity);
         let tag = berth_build::image_tag(&d.project_name, &d.service_name, &key);
         if self.runtime.image_exists(&tag).await.unwrap_or(false) {
             d.build.cache_hit = true;
@@ -629,6 +645,7 @@ impl Deployer {
                 },
                 build_args,
                 labels,
+                secrets: build_secrets,
             };
             let started = Instant::now();
             let mut attempt = 1;
@@ -662,7 +679,10 @@ impl Deployer {
                     self.finish_step(d, StepName::Build, StepStatus::Succeeded, Some(&note));
                 }
                 Err(berth_build::BuildError::Cancelled) => return Err(Stop::Cancelled),
-                Err(e) => return fail(StepName::Build, e.to_string()),
+                Err(e) => {
+                    let hint = missing_secret_hint(&plan.dockerfile, &req.secrets);
+                    return fail(StepName::Build, format!("{e}{hint}"));
+                }
             }
         }
         self.save(d).await;
@@ -1555,6 +1575,29 @@ pub(crate) fn images_to_keep(all: &[Deployment], n: usize) -> std::collections::
 
 struct RemoveOnDrop(std::path::PathBuf);
 
+/// When a build that mounts secrets failed without them, say how to give
+/// them (secrets reach builds only when flagged).
+fn missing_secret_hint(dockerfile: &str, given: &[(String, String)]) -> String {
+    let missing: Vec<&str> = dockerfile
+        .split("--mount=")
+        .skip(1)
+        .filter(|m| m.starts_with("type=secret"))
+        .filter_map(|m| {
+            let opts = m.split_whitespace().next().unwrap_or("");
+            opts.split(',').find_map(|o| o.strip_prefix("id="))
+        })
+        .filter(|id| !given.iter().any(|(k, _)| k == id))
+        .collect();
+    match missing.as_slice() {
+        [] => String::new(),
+        ids => format!(
+            " (the Dockerfile mounts build secret {}: set it with `berth env set --secret --build {}=…`)",
+            ids.join(", "),
+            ids[0]
+        ),
+    }
+}
+
 /// A file only its owner can read (a deploy key for ssh), removed on drop.
 struct PrivateFile(std::path::PathBuf);
 
@@ -1679,6 +1722,19 @@ mod tests {
             runtime: None,
             source_repo: None,
         }
+    }
+
+    #[test]
+    fn a_build_without_its_mounted_secret_says_how_to_give_it() {
+        let df = "FROM x\nRUN --mount=type=secret,id=NPM_TOKEN,required=true npm ci\nRUN --mount=type=cache,target=/c true\n";
+        let hint = super::missing_secret_hint(df, &[]);
+        assert!(
+            hint.contains("NPM_TOKEN") && hint.contains("--build"),
+            "{hint}"
+        );
+        let given = vec![("NPM_TOKEN".to_string(), "v".to_string())];
+        assert_eq!(super::missing_secret_hint(df, &given), "");
+        assert_eq!(super::missing_secret_hint("FROM x\nRUN true\n", &[]), "");
     }
 
     #[test]
