@@ -400,6 +400,9 @@ async fn clone_inner(
         &sha,
     ])
     .await?;
+    if req.dest.join(".gitmodules").is_file() {
+        submodules(&git, &url).await?;
+    }
     let info = git
         .must(&["log", "-1", "--format=%H%x00%T%x00%an <%ae>%x00%B", &sha])
         .await?;
@@ -430,6 +433,72 @@ async fn clone_inner(
     })
 }
 
+/// Checks out the submodules the commit pins, recursively. Relative
+/// submodule URLs resolve against the repository's; the repository's
+/// credentials go to submodules on the same host (GitHub's usual layout);
+/// local (file) submodules are allowed only when the repository itself is
+/// local, so a hostile `.gitmodules` cannot read other repositories on the
+/// server. Nothing of this stays in `.git/config` (the build context).
+async fn submodules(git: &Git<'_>, url: &str) -> Result<(), BuildError> {
+    git.log.as_ref()("checking out submodules");
+    git.must(&["config", "remote.origin.url", url]).await?;
+    let mut config: Vec<String> = Vec::new();
+    if url.starts_with("file://") {
+        config.push("protocol.file.allow=always".into());
+    }
+    if let Some((with, without)) = credentialed_base(url) {
+        config.push(format!("url.{with}.insteadOf={without}"));
+    }
+    let mut base: Vec<&str> = Vec::new();
+    for c in &config {
+        base.extend(["-c", c.as_str()]);
+    }
+    let update = [
+        "submodule",
+        "update",
+        "--init",
+        "--recursive",
+        "--jobs",
+        "4",
+    ];
+    let mut shallow = base.clone();
+    shallow.extend(update);
+    shallow.extend(["--depth", "1"]);
+    let mut out = git.run(&shallow, true).await?;
+    if !out.ok {
+        // Not every server gives a pinned commit to a shallow fetch.
+        git.log.as_ref()("a shallow submodule fetch was refused; fetching full history");
+        let mut full = base.clone();
+        full.extend(update);
+        out = git.run(&full, true).await?;
+    }
+    let _ = git
+        .run(&["config", "--unset", "remote.origin.url"], false)
+        .await;
+    if !out.ok {
+        return Err(BuildError::Git {
+            step: "submodule".into(),
+            reason: git.scrub(&last_line(&out.stderr)),
+        });
+    }
+    Ok(())
+}
+
+/// `https://user:token@host/` and `https://host/` for a URL with
+/// credentials, so that same-host submodule URLs get them too.
+fn credentialed_base(url: &str) -> Option<(String, String)> {
+    let scheme_end = url.find("://")?;
+    let rest = &url[scheme_end + 3..];
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    let at = rest[..host_end].rfind('@')?;
+    let scheme = &url[..scheme_end];
+    let host = &rest[at + 1..host_end];
+    Some((
+        format!("{scheme}://{}/", &rest[..host_end]),
+        format!("{scheme}://{host}/"),
+    ))
+}
+
 /// The branch name git recorded in FETCH_HEAD (`<sha>\t\tbranch 'main' of <url>`).
 fn fetched_branch(dest: &Path) -> Option<String> {
     let text = std::fs::read_to_string(dest.join(".git").join("FETCH_HEAD")).ok()?;
@@ -442,6 +511,19 @@ fn fetched_branch(dest: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_host_submodules_get_the_repository_credentials() {
+        assert_eq!(
+            credentialed_base("https://x:tok@github.com/o/app.git"),
+            Some((
+                "https://x:tok@github.com/".to_string(),
+                "https://github.com/".to_string()
+            ))
+        );
+        assert_eq!(credentialed_base("https://github.com/o/app.git"), None);
+        assert_eq!(credentialed_base("file:///srv/app"), None);
+    }
 
     #[test]
     fn masks_credentials() {

@@ -84,6 +84,124 @@ async fn clone_branch_records_commit() {
 }
 
 #[tokio::test]
+async fn submodules_are_checked_out_recursively_and_leave_no_remote_behind() {
+    let root = tempfile::tempdir().unwrap();
+    // lib (with a nested submodule "deep"), then app pinning lib by a
+    // relative URL, as GitHub projects usually do.
+    let deep = root.path().join("deep");
+    std::fs::create_dir(&deep).unwrap();
+    git(&deep, &["init", "-q", "-b", "main"]);
+    std::fs::write(deep.join("deep.txt"), "deep").unwrap();
+    git(&deep, &["add", "."]);
+    git(&deep, &["commit", "-q", "-m", "deep"]);
+    let lib = root.path().join("lib");
+    std::fs::create_dir(&lib).unwrap();
+    git(&lib, &["init", "-q", "-b", "main"]);
+    std::fs::write(lib.join("lib.txt"), "v1").unwrap();
+    git(&lib, &["add", "."]);
+    git(&lib, &["commit", "-q", "-m", "lib v1"]);
+    git(
+        &lib,
+        &[
+            "-c",
+            "protocol.file.allow=always",
+            "submodule",
+            "add",
+            "-q",
+            "../deep",
+            "deep",
+        ],
+    );
+    git(&lib, &["commit", "-q", "-m", "nest deep"]);
+    let pinned = git(&lib, &["rev-parse", "HEAD"]);
+    let app = root.path().join("app");
+    std::fs::create_dir(&app).unwrap();
+    git(&app, &["init", "-q", "-b", "main"]);
+    std::fs::write(app.join("app.txt"), "app").unwrap();
+    git(&app, &["add", "."]);
+    git(
+        &app,
+        &[
+            "-c",
+            "protocol.file.allow=always",
+            "submodule",
+            "add",
+            "-q",
+            "../lib",
+            "vendor/lib",
+        ],
+    );
+    git(&app, &["commit", "-q", "-m", "app with lib"]);
+    // lib moves on; the app still pins the older commit.
+    std::fs::write(lib.join("lib.txt"), "v2").unwrap();
+    git(&lib, &["commit", "-q", "-am", "lib v2"]);
+
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("co");
+    let (log, lines) = recording_sink();
+    clone(&req(&app, "main", &dest), log).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dest.join("vendor/lib/lib.txt")).unwrap(),
+        "v1"
+    );
+    assert_eq!(
+        git(&dest.join("vendor/lib"), &["rev-parse", "HEAD"]),
+        pinned
+    );
+    assert_eq!(
+        std::fs::read_to_string(dest.join("vendor/lib/deep/deep.txt")).unwrap(),
+        "deep"
+    );
+    let config = std::fs::read_to_string(dest.join(".git/config")).unwrap();
+    assert!(!config.contains("[remote"), "{config}");
+    assert!(lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("submodule")));
+}
+
+#[tokio::test]
+async fn a_missing_submodule_fails_the_clone_naming_it() {
+    let root = tempfile::tempdir().unwrap();
+    let lib = root.path().join("lib");
+    std::fs::create_dir(&lib).unwrap();
+    git(&lib, &["init", "-q", "-b", "main"]);
+    std::fs::write(lib.join("lib.txt"), "v1").unwrap();
+    git(&lib, &["add", "."]);
+    git(&lib, &["commit", "-q", "-m", "lib"]);
+    let app = root.path().join("app");
+    std::fs::create_dir(&app).unwrap();
+    git(&app, &["init", "-q", "-b", "main"]);
+    git(
+        &app,
+        &[
+            "-c",
+            "protocol.file.allow=always",
+            "submodule",
+            "add",
+            "-q",
+            "../lib",
+            "lib",
+        ],
+    );
+    git(&app, &["commit", "-q", "-m", "app"]);
+    std::fs::remove_dir_all(&lib).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let (log, _) = recording_sink();
+    let err = clone(&req(&app, "main", &out.path().join("co")), log)
+        .await
+        .unwrap_err();
+    match err {
+        BuildError::Git { step, reason } => {
+            assert_eq!(step, "submodule");
+            assert!(reason.contains("lib"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn clone_other_branch_and_file_url() {
     let src = tempfile::tempdir().unwrap();
     let (_, _, feature) = make_repo(src.path());
