@@ -44,6 +44,9 @@ pub struct ServerConfig {
     pub log_retention: Duration,
     /// Each project keeps at most this many log lines (the newest).
     pub log_max_lines_per_project: u64,
+    /// Preview environments idle (no deployment) this long are torn down;
+    /// `None` keeps them until their pull request closes.
+    pub preview_ttl: Option<Duration>,
     /// DNS resolver for custom domain verification (else /etc/resolv.conf).
     pub dns_server: Option<SocketAddr>,
 }
@@ -70,6 +73,7 @@ impl ServerConfig {
             log_retention: Duration::from_secs(30 * 24 * 3600),
             log_max_lines_per_project: 2_000_000,
             dns_server: None,
+            preview_ttl: Some(Duration::from_secs(7 * 24 * 3600)),
         }
     }
 

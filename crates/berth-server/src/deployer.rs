@@ -480,11 +480,66 @@ impl Deployer {
         if let Err(e) = self.sync_routes().await {
             tracing::warn!(error = %e, "route sync after teardown failed");
         }
+        // Its images go too (retention keeps none for a gone environment).
+        if let Err(e) = self.prune_project_images(project).await {
+            tracing::warn!(error = %e, "image pruning after teardown failed");
+        }
         Ok(())
     }
 }
 
 impl Deployer {
+    /// Preview environments (`pr-<n>`) that had no deployment for `ttl`
+    /// are torn down with their images, so a missed "closed" webhook never
+    /// leaves a preview running forever. Returns `project/env` of each.
+    pub async fn reap_idle_previews(
+        &self,
+        ttl: std::time::Duration,
+    ) -> anyhow::Result<Vec<String>> {
+        let cutoff = now() - chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+        let mut reaped = Vec::new();
+        for p in self.store.list_projects().await? {
+            for e in self.store.list_environments(&p.name).await? {
+                if e.kind != berth_core::model::EnvironmentKind::Preview {
+                    continue;
+                }
+                let newest = self
+                    .store
+                    .list_deployments(&DeploymentQuery {
+                        project: Some(p.name.clone()),
+                        environment: Some(e.name.clone()),
+                        limit: Some(1),
+                        ..Default::default()
+                    })
+                    .await?
+                    .first()
+                    .map(|d| d.created_at);
+                let last = newest.unwrap_or(e.created_at).max(e.created_at);
+                if last > cutoff {
+                    continue;
+                }
+                match self.teardown_environment(&p.name, &e.name).await {
+                    Ok(()) => {
+                        tracing::info!(
+                            project = %p.name,
+                            environment = %e.name,
+                            idle_since = %last,
+                            "preview environment idle past --preview-ttl: torn down"
+                        );
+                        reaped.push(format!("{}/{}", p.name, e.name));
+                    }
+                    Err(err) => tracing::warn!(
+                        project = %p.name,
+                        environment = %e.name,
+                        error = %err.message,
+                        "idle preview environment could not be torn down"
+                    ),
+                }
+            }
+        }
+        Ok(reaped)
+    }
+
     /// Deploy every service of an environment at `sha` (or its branch
     /// head): the services deployed in the project before, else `web`.
     pub async fn deploy_environment(

@@ -202,6 +202,24 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         });
     }
 
+    // Idle preview environments, checked at a quarter of the TTL (at most
+    // every 10 minutes).
+    if let Some(ttl) = cfg.preview_ttl {
+        let d = deployer.clone();
+        let every = (ttl / 4).clamp(
+            std::time::Duration::from_millis(500),
+            std::time::Duration::from_secs(600),
+        );
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = d.reap_idle_previews(ttl).await {
+                    tracing::warn!(error = %e, "preview reaper failed");
+                }
+            }
+        });
+    }
+
     let state = api::AppState {
         store,
         deployer,

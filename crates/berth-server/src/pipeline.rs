@@ -1487,7 +1487,8 @@ impl Deployer {
     }
 
     /// Retention: keep the images of the last N deployments of each slot
-    /// of the project (N = the project's `retain_images`), always the
+    /// of the project's existing environments (N = the project's
+    /// `retain_images`; a torn-down environment keeps none), always the
     /// active deployments' and those of unfinished ones; remove only images
     /// berth built (`berth/…`) that no kept deployment uses. Returns a note
     /// for the finalize step.
@@ -1512,7 +1513,20 @@ impl Deployer {
                 ..Default::default()
             })
             .await?;
-        let keep = images_to_keep(&all, p.retain_images as usize);
+        // A torn-down environment keeps its history, not its images.
+        let envs: std::collections::HashSet<String> = self
+            .store
+            .list_environments(project)
+            .await?
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        let live: Vec<Deployment> = all
+            .iter()
+            .filter(|d| envs.contains(&d.environment_name))
+            .cloned()
+            .collect();
+        let keep = images_to_keep(&live, p.retain_images as usize);
         let mut candidates: Vec<String> = all
             .iter()
             .filter_map(|d| d.image.as_ref().map(|i| i.reference.clone()))

@@ -161,7 +161,6 @@ async fn pull_request(s: &AppState, project: &str, p: &Value) -> ApiResult<Respo
                 Err(e) if e.status == StatusCode::NOT_FOUND => {}
                 Err(e) => return Err(e),
             }
-            let _ = s.deployer.prune_project_images(project).await;
             Ok(accepted(
                 json!({"status": "torn_down", "environment": env_name}),
             ))

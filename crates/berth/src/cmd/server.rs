@@ -53,6 +53,11 @@ pub struct ServerArgs {
     /// first nameserver of /etc/resolv.conf.
     #[arg(long, env = "BERTH_DNS_SERVER")]
     dns_server: Option<std::net::SocketAddr>,
+    /// Tear down preview environments (pr-<n>) without a deployment for
+    /// this long, in case their "closed" webhook never comes ("7d", "12h";
+    /// "0" keeps them until closed).
+    #[arg(long, env = "BERTH_PREVIEW_TTL", value_parser = parse_duration)]
+    preview_ttl: Option<Duration>,
 }
 
 impl ServerArgs {
@@ -85,6 +90,9 @@ impl ServerArgs {
         cfg.node_image = self.node_image.filter(|s| !s.is_empty());
         cfg.python_image = self.python_image.filter(|s| !s.is_empty());
         cfg.dns_server = self.dns_server;
+        if let Some(ttl) = self.preview_ttl {
+            cfg.preview_ttl = (!ttl.is_zero()).then_some(ttl);
+        }
         cfg
     }
 }

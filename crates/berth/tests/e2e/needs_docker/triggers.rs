@@ -222,6 +222,80 @@ fn pull_requests_get_a_preview_environment_that_is_torn_down_when_closed() {
         String::from_utf8_lossy(&out.stdout).trim().is_empty(),
         "containers gone"
     );
+    let image = all[0]["image"]["ref"].as_str().unwrap();
+    assert!(!image_exists(image), "the preview's image {image} is kept");
+}
+
+#[test]
+fn an_idle_preview_whose_close_never_came_is_torn_down_after_the_ttl() {
+    let project = unique("e2ettl");
+    let _c = Cleanup(project.clone());
+    let s = Server::start_with(&["--preview-ttl", "4s"]);
+    let repo = AppRepo::new("main version");
+    s.ok(&[
+        "projects",
+        "create",
+        &project,
+        "--repo",
+        repo.path(),
+        "--webhook-secret",
+        "ttl-secret",
+    ]);
+    git(repo.dir.path(), &["checkout", "-q", "-b", "feature"]);
+    let sha = repo.commit_app("pr version", DOCKERFILE, "pr change");
+    let opened = json!({"action": "opened", "number": 9, "pull_request": {"number": 9, "head": {"ref": "feature", "sha": sha}}});
+    let raw = serde_json::to_vec(&opened).unwrap();
+    let (st, body) = hook(
+        &s,
+        &project,
+        "pull_request",
+        "t1",
+        &opened,
+        Some(sign("ttl-secret", &raw)),
+    );
+    assert_eq!(st, 202, "{body}");
+    let all = wait_idle(&s, &project);
+    assert_eq!(all[0]["status"], "succeeded", "{}", all[0]);
+    let image = all[0]["image"]["ref"].as_str().unwrap().to_string();
+    let pr_host = format!("{project}-pr-9.{BASE}");
+    wait_body(&s, &pr_host, "pr version");
+    // Production is not a preview: it stays, however idle.
+    s.ok(&["deploy", "--project", &project, "--wait"]);
+
+    // No "closed" delivery: the TTL (4 s without a deployment) ends it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let envs = s.json(&["envs", "list", "--project", &project, "--json"]);
+        if envs.as_array().unwrap().iter().all(|e| e["name"] != "pr-9") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "preview never reaped: {envs}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(s.get_host(&pr_host, "/").unwrap().0, 404, "route gone");
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            "label=dev.berth.environment=pr-9",
+            "--filter",
+            &format!("label=dev.berth.project={project}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty());
+    // Images are pruned right after the teardown.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while image_exists(&image) {
+        assert!(
+            Instant::now() < deadline,
+            "the preview's image {image} is kept"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_body(&s, &host(&project), "main version");
+    assert!(s.log().contains("preview environment idle"));
 }
 
 #[test]
