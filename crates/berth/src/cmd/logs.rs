@@ -35,6 +35,11 @@ pub struct LogsArgs {
     /// Only lines since this long ago (10m, 2h) or since an RFC 3339 time.
     #[arg(long)]
     since: Option<String>,
+    /// Only lines after this sequence number: the `seq` of the last line a
+    /// follower printed with --json, to resume without losing or repeating
+    /// a line.
+    #[arg(long, value_name = "SEQ")]
+    after: Option<i64>,
 }
 
 fn parse_streams(s: &str) -> Result<String, String> {
@@ -106,7 +111,7 @@ pub async fn run(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<()> {
     };
     let mut printer = Printer {
         json: ctx.json,
-        last_seq: None,
+        last_seq: a.after,
     };
     let query = |after: Option<i64>, limit: Option<u32>| LogQuery {
         after,

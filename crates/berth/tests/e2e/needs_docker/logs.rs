@@ -201,6 +201,33 @@ fn logs_are_tagged_redacted_and_followed_with_resume() {
         .expect("the line printed while away arrives");
     assert_eq!(texts[away + 1], "second-followed-line");
     drop(reader);
+    // The CLI resumes the same way: --after the last seq it printed.
+    let out = s.ok(&[
+        "logs",
+        &id,
+        "--stream",
+        "stdout",
+        "--after",
+        &resume_from.to_string(),
+        "--json",
+    ]);
+    let resumed: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(resumed
+        .iter()
+        .all(|v| v["seq"].as_i64().unwrap() > resume_from));
+    let texts_cli: Vec<&str> = resumed
+        .iter()
+        .map(|v| v["text"].as_str().unwrap())
+        .collect();
+    let i = texts_cli
+        .iter()
+        .position(|t| *t == "printed-while-away")
+        .unwrap();
+    assert_eq!(texts_cli[i + 1], "second-followed-line");
+    assert!(!texts_cli.contains(&"first-followed-line"));
 
     // After kill -9 and a restart, the adopted container's output is still
     // captured and still redacted.
