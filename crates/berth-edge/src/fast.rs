@@ -587,6 +587,19 @@ async fn exchange<S: HeadSink>(
     }
 }
 
+/// A `Content-Length` value: decimal digits (surrounding blanks allowed),
+/// no sign, no overflow.
+fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, b| {
+        let d = b.checked_sub(b'0').filter(|d| *d <= 9)?;
+        n.checked_mul(10)?.checked_add(u64::from(d))
+    })
+}
+
 #[derive(Debug)]
 enum Parsed {
     /// A `1xx` head of this length, to skip.
@@ -631,12 +644,7 @@ fn parse_head<S: HeadSink>(
     for h in res.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
-            let v = std::str::from_utf8(h.value)
-                .ok()
-                .map(str::trim)
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or(SendError::BadResponse("bad content-length"))?;
+            let v = parse_length(h.value).ok_or(SendError::BadResponse("bad content-length"))?;
             if length.is_some_and(|l| l != v) {
                 return Err(SendError::BadResponse("conflicting content-length"));
             }
@@ -787,6 +795,29 @@ mod tests {
             (s, f, r),
             (StatusCode::NOT_MODIFIED, Framing::Length(0), true)
         );
+    }
+
+    #[test]
+    fn lengths_are_plain_decimal() {
+        assert_eq!(parse_length(b"24"), Some(24));
+        assert_eq!(parse_length(b" 0 "), Some(0));
+        assert_eq!(parse_length(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            &b""[..],
+            b" ",
+            b"+1",
+            b"-1",
+            b"1 2",
+            b"0x10",
+            b"18446744073709551616",
+        ] {
+            assert_eq!(
+                parse_length(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]
