@@ -295,7 +295,12 @@ fn an_idle_preview_whose_close_never_came_is_torn_down_after_the_ttl() {
         std::thread::sleep(Duration::from_millis(200));
     }
     wait_body(&s, &host(&project), "main version");
-    assert!(s.log().contains("preview environment idle"));
+    // Logged once the teardown (images included) returned.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s.log().contains("preview environment idle") {
+        assert!(Instant::now() < deadline, "the reaper logged nothing");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]
