@@ -211,9 +211,11 @@ cpu_ticks() { # pid
 }
 HZ="$(getconf CLK_TCK)"
 
-# Each run measures every proxy once, one after the other; several runs show
+# Each run measures every proxy once, one after the other, starting with a
+# different proxy each run (so none always goes first); several runs show
 # the spread (figures move with any other load on the machine).
 echo
+echo "$(date -u +%FT%TZ), commit $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet -- crates/berth-edge 2>/dev/null || echo ' (+ uncommitted berth-edge changes)'): DURATION=$DURATION CONNECTIONS=$CONNECTIONS WRK_THREADS=$WRK_THREADS PROXY_THREADS=$PROXY_THREADS RUNS=$RUNS bench/proxy.sh"
 echo "wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency, Host: $HOST_HEADER; upstream: nginx (1 worker) returning a 24-byte body"
 echo "every proxy gets $PROXY_THREADS worker threads/processes (berth: Edge::serve_threads, one single-threaded tokio runtime per worker on SO_REUSEPORT listeners, nginx: worker_processes, haproxy: nbthread, caddy: GOMAXPROCS);"
 echo "machine: $(nproc) cores shared by wrk, the proxy and the upstream"
@@ -223,8 +225,11 @@ for p in "${proxies[@]}"; do
     # warm up pools and check the route answers through this proxy
     wrk -t1 -c4 -d1s -H "Host: $HOST_HEADER" "http://127.0.0.1:${p#*:}/" >/dev/null
 done
+declare -A RPS P99
 for run in $(seq 1 "$RUNS"); do
-    for p in "${proxies[@]}"; do
+    n=${#proxies[@]}
+    for k in $(seq 0 $((n - 1))); do
+        p="${proxies[$(((run - 1 + k) % n))]}"
         name="${p%%:*}"; port="${p#*:}"
         load="$(cut -d' ' -f1-3 /proc/loadavg)"
         c0="$(cpu_ticks "${PID_OF[$name]}")"
@@ -240,5 +245,28 @@ for run in $(seq 1 "$RUNS"); do
         non2xx="$(awk -F: '/Non-2xx/ {gsub(/ /, "", $2); print $2}' <<<"$out")"
         errs="$(awk '/Socket errors/ {print $0}' <<<"$out" | sed 's/^ *Socket errors: *//')"
         printf '%-4s %-8s %12s %10s %10s %10s %8s  %-16s %s\n' "$run" "$name" "$rps" "$p50" "$p99" "$cpu" "${non2xx:-0}" "$load" "${errs:-none}"
+        RPS[$name,$run]=$rps
+        P99[$name,$run]=$p99
     done
+done
+
+# Target (per run): berth >= nginx in req/s and <= nginx in p99.
+echo
+met=0
+for run in $(seq 1 "$RUNS"); do
+    verdict="$(awk -v br="${RPS[berth,$run]}" -v nr="${RPS[nginx,$run]}" -v bp="${P99[berth,$run]}" -v np="${P99[nginx,$run]}" 'BEGIN {
+        ok = (br >= nr && bp <= np)
+        printf "%s: berth/nginx req/s %.3f, p99 %.3f", ok ? "met" : "not met", br / nr, bp / np }')"
+    [[ "$verdict" == met* ]] && met=$((met + 1))
+    echo "run $run: $verdict"
+done
+echo "target met in $met of $RUNS runs"
+for p in "${proxies[@]}"; do
+    name="${p%%:*}"
+    r=(); q=()
+    for run in $(seq 1 "$RUNS"); do r+=("${RPS[$name,$run]}"); q+=("${P99[$name,$run]}"); done
+    printf '%s\n' "${r[@]}" | sort -n | awk -v name="$name" '{a[NR]=$1} END {
+        printf "%-8s median req/s %10.0f (min %.0f, max %.0f)", name, (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2, a[1], a[NR] }'
+    printf '%s\n' "${q[@]}" | sort -n | awk '{a[NR]=$1} END {
+        printf ", median p99 %.2f ms (min %.2f, max %.2f)\n", (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2, a[1], a[NR] }'
 done
