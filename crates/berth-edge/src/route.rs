@@ -215,8 +215,11 @@ pub(crate) fn request_host_key(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
             None => raw,
         }
     } else {
-        match raw.rsplit_once(':') {
-            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        // a `:` followed by nothing but digits ends the name
+        let b = raw.as_bytes();
+        let digits = b.iter().rev().take_while(|c| c.is_ascii_digit()).count();
+        match b.len().checked_sub(digits + 1) {
+            Some(colon) if b[colon] == b':' => &raw[..colon],
             _ => raw,
         }
     };
@@ -361,5 +364,11 @@ mod tests {
         assert_eq!(request_host_key("[::1]:80").unwrap(), "[::1]");
         assert!(request_host_key("").is_none());
         assert!(request_host_key(":80").is_none());
+        assert!(request_host_key(":").is_none());
+        assert_eq!(request_host_key("a:").unwrap(), "a");
+        assert_eq!(request_host_key("a:b:80").unwrap(), "a:b");
+        assert_eq!(request_host_key("a:8x").unwrap(), "a:8x");
+        assert_eq!(request_host_key("8080").unwrap(), "8080");
+        assert_eq!(request_host_key("host1").unwrap(), "host1");
     }
 }

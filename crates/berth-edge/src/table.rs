@@ -1,6 +1,7 @@
 //! The immutable route table the request path reads (through `ArcSwap`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use http::uri::Authority;
@@ -33,20 +34,67 @@ impl Route {
     }
 }
 
+/// The hash of the table's host keys. The keys are configured (trusted),
+/// and a lookup of any request host costs at most the comparisons within
+/// one probe group, so a multiply-rotate hash of 8 bytes at a time (then a
+/// 64-bit finaliser) serves instead of SipHash, at a fraction of its cost.
+#[derive(Debug, Default, Clone, Copy)]
+struct HostHash(u64);
+
+const K: u64 = 0x517c_c1b7_2722_0a95;
+
+impl HostHash {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
+    }
+}
+
+impl Hasher for HostHash {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w) ^ (rest.len() as u64) << 59);
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    fn finish(&self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 30;
+        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x ^= x >> 27;
+        x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^ (x >> 31)
+    }
+}
+
+type Hosts = HashMap<Box<str>, Route, BuildHasherDefault<HostHash>>;
+
 /// Validated routes, by normalised host. Never mutated once built.
 #[derive(Debug, Default)]
 pub(crate) struct RouteTable {
-    exact: HashMap<Box<str>, Route>,
+    exact: Hosts,
     /// `*.example.com` stored under `example.com`; matches one label.
-    wildcard: HashMap<Box<str>, Route>,
+    wildcard: Hosts,
     pub(crate) specs: BTreeMap<String, RouteSpec>,
 }
 
 impl RouteTable {
     /// Builds the table; `specs` must have passed `route::validate_batch`.
     pub(crate) fn build(specs: BTreeMap<String, RouteSpec>, registry: &Registry) -> RouteTable {
-        let mut exact = HashMap::new();
-        let mut wildcard = HashMap::new();
+        let mut exact = Hosts::default();
+        let mut wildcard = Hosts::default();
         for (host, spec) in &specs {
             let mut targets = Vec::with_capacity(spec.targets.len());
             let mut weights = Vec::with_capacity(spec.targets.len());
@@ -120,6 +168,27 @@ mod tests {
         assert_eq!(id("b.preview.localhost").as_deref(), Some("wild"));
         assert_eq!(id("x.b.preview.localhost"), None);
         assert_eq!(id("preview.localhost"), None);
+    }
+
+    #[test]
+    fn many_similar_hosts_each_find_their_route() {
+        let reg = Registry::default();
+        let hosts: Vec<String> = (0..500)
+            .map(|i| format!("app-{i}.preview-{}.localhost", i % 7))
+            .collect();
+        let specs = hosts
+            .iter()
+            .map(|h| (h.clone(), spec(h)))
+            .collect::<BTreeMap<_, _>>();
+        let t = RouteTable::build(specs, &reg);
+        for h in &hosts {
+            let id = t
+                .lookup(h)
+                .and_then(|r| r.pick())
+                .map(|x| x.state.id.to_string());
+            assert_eq!(id.as_deref(), Some(h.as_str()));
+        }
+        assert!(t.lookup("app-500.preview-3.localhost").is_none());
     }
 
     #[test]
