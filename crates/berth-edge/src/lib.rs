@@ -249,6 +249,20 @@ impl std::fmt::Debug for Edge {
     }
 }
 
+/// Returns once no request still reads the replaced `table` (bounded by
+/// 100 ms). A request routes and counts itself in flight on its target
+/// while it holds its snapshot, so after this no request can pick a target
+/// that the new table dropped without being counted: a drain that starts
+/// after `apply` sees every request it must wait for. `ArcSwap::store`
+/// turns the readers' borrowed snapshots into counted references, so the
+/// strong count is exact.
+fn wait_for_readers(table: &Arc<RouteTable>) {
+    let deadline = std::time::Instant::now() + Duration::from_millis(100);
+    while Arc::strong_count(table) > 1 && std::time::Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+}
+
 impl Edge {
     /// Creates the edge and loads the persisted routes, if any.
     pub fn new(cfg: EdgeConfig) -> Result<Edge, EdgeError> {
@@ -493,6 +507,7 @@ impl Edge {
         }
         let table = RouteTable::build(next, &self.inner.registry);
         self.inner.table.store(Arc::new(table));
+        wait_for_readers(&current);
         drop(current);
         self.inner.registry.prune();
         Ok(())
@@ -567,5 +582,40 @@ impl Edge {
             self.inner.no_target.load(Ordering::Relaxed)
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    #[test]
+    fn apply_returns_after_readers_of_the_old_table_are_done() {
+        let edge = Edge::new(EdgeConfig::default()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let released = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let edge = edge.clone();
+            let released = released.clone();
+            std::thread::spawn(move || {
+                // A request between routing and counting itself in flight.
+                let snapshot = edge.inner.table.load();
+                tx.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(30));
+                released.store(true, Ordering::SeqCst);
+                drop(snapshot);
+            })
+        };
+        rx.recv().unwrap();
+        edge.apply(vec![RouteChange::Remove {
+            host: "gone.test".into(),
+        }])
+        .unwrap();
+        assert!(
+            released.load(Ordering::SeqCst),
+            "apply returned while a request still read the old table"
+        );
+        reader.join().unwrap();
     }
 }
