@@ -509,6 +509,58 @@ pub struct Domain {
     /// Point the domain here (CNAME, or ALIAS at an apex).
     pub target: String,
     pub created_at: DateTime<Utc>,
+    /// Its TLS certificate (ACME), once verified.
+    #[serde(default)]
+    pub certificate: CertificateStatus,
+}
+
+/// Where a hostname's TLS certificate stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertState {
+    /// None asked for (not verified, or no ACME directory configured).
+    #[default]
+    None,
+    /// Being obtained (or waiting for its first attempt).
+    Pending,
+    /// Issued and served.
+    Issued,
+    /// The last attempt failed; retried with backoff.
+    Failed,
+}
+
+impl CertState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertState::None => "none",
+            CertState::Pending => "pending",
+            CertState::Issued => "issued",
+            CertState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CertState> {
+        Some(match s {
+            "none" => CertState::None,
+            "pending" => CertState::Pending,
+            "issued" => CertState::Issued,
+            "failed" => CertState::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// A hostname's certificate as the API shows it (never the key).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateStatus {
+    pub state: CertState,
+    /// End of validity of the issued certificate.
+    pub not_after: Option<DateTime<Utc>>,
+    /// Why the last attempt failed.
+    pub error: Option<String>,
+    /// When the next attempt (issue, renewal or retry) is due.
+    pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -668,6 +668,7 @@ fn parse(buf: &[u8], client_ip: &[u8], proto: &str, up: &mut Vec<u8>) -> Parse {
     if req.version != Some(1)
         || !target.starts_with(b"/")
         || !target.iter().all(|b| TARGET_CHARS[usize::from(*b)])
+        || target.starts_with(crate::tls::ACME_CHALLENGE_PREFIX.as_bytes())
     {
         return Parse::Handover;
     }

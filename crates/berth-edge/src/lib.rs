@@ -38,6 +38,10 @@
 //!   the fast path. `threads` worker threads, each with a single-threaded
 //!   runtime, its own `SO_REUSEPORT` listener and its own upstream pool;
 //!   [`ServeHandle::wait`] resolves when they have all stopped.
+//! * [`Edge::serve_tls`]`(listener, TlsCerts, shutdown)`: HTTPS (see
+//!   `tls.rs`): TLS 1.2/1.3, certificate by SNI, ALPN h2/http1.1, then the
+//!   same request path as [`Edge::serve`]; [`Edge::set_acme_challenge`]
+//!   answers ACME HTTP-01 tokens on every listener, before routing.
 //! * [`Edge::apply`]`(Vec<RouteChange>) -> Result<(), RouteError>`.
 //! * [`Edge::routes`]`() -> Vec<(String, RouteSpec)>` sorted by host.
 //! * [`Edge::drain`]`(target_id, timeout) -> DrainReport`,
@@ -110,6 +114,7 @@ mod splice;
 mod stats;
 mod table;
 mod target;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -127,6 +132,7 @@ pub use persist::LoadError;
 pub use route::{RouteChange, RouteError, RouteSpec, TargetSpec};
 pub use stats::TargetStats;
 pub use target::DrainReport;
+pub use tls::{certified_key, Issuer, TlsCerts, TlsError, ACME_CHALLENGE_PREFIX};
 
 use table::RouteTable;
 use target::Registry;
@@ -227,6 +233,8 @@ pub(crate) struct Inner {
     header_read_timeout: Duration,
     /// Serialises writers (`apply`); readers never take it.
     apply_lock: Mutex<()>,
+    /// Pending ACME HTTP-01 answers (see `tls.rs`).
+    acme: tls::Challenges,
 }
 
 /// What one `serve` loop shares with its connections.
@@ -296,6 +304,7 @@ impl Edge {
                 routes_file: cfg.routes_file,
                 header_read_timeout: cfg.header_read_timeout,
                 apply_lock: Mutex::new(()),
+                acme: tls::Challenges::default(),
             }),
         })
     }

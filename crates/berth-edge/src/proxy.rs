@@ -178,6 +178,8 @@ pub(crate) struct ConnCtx {
     /// `X-Forwarded-For` value, formatted once per connection.
     client_ip: Option<HeaderValue>,
     pub(crate) scan: Arc<ScanState>,
+    /// `X-Forwarded-Proto` when not the edge's (`https` on the TLS listener).
+    proto: Option<&'static str>,
 }
 
 impl ConnCtx {
@@ -185,7 +187,13 @@ impl ConnCtx {
         ConnCtx {
             client_ip: HeaderValue::from_str(&remote.ip().to_string()).ok(),
             scan: Arc::new(ScanState::default()),
+            proto: None,
         }
+    }
+
+    pub(crate) fn with_proto(mut self, proto: &'static str) -> ConnCtx {
+        self.proto = Some(proto);
+        self
     }
 }
 
@@ -206,6 +214,9 @@ pub(crate) async fn handle(
         );
         r.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(r);
+    }
+    if let Some(r) = crate::tls::challenge_response(&worker, &req) {
         return Ok(r);
     }
     let mut resp = handle_inner(&worker, &conn, req).await;
@@ -256,7 +267,10 @@ async fn handle_inner(
         Some(v) => headers.insert(&X_FORWARDED_FOR, v.clone()),
         None => headers.remove(&X_FORWARDED_FOR),
     };
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(inner.proto));
+    headers.insert(
+        &X_FORWARDED_PROTO,
+        HeaderValue::from_static(conn.proto.unwrap_or(inner.proto)),
+    );
     if let Some(h) = original_host {
         headers.insert(&X_FORWARDED_HOST, h.clone());
         if !headers.contains_key(header::HOST) {

@@ -13,8 +13,14 @@ pub struct ServerConfig {
     pub api_listen: SocketAddr,
     /// The edge proxy, plain HTTP.
     pub http_listen: SocketAddr,
-    /// The edge proxy, HTTPS (not served yet).
+    /// The edge proxy, HTTPS (certificates: see `tls`).
     pub https_listen: Option<SocketAddr>,
+    /// ACME directory URL; `None`: no ACME (the local CA covers `*.localhost`).
+    pub acme_directory: Option<String>,
+    /// Contact of the ACME account.
+    pub acme_email: Option<String>,
+    /// Extra root (PEM) trusted for the ACME server's own HTTPS.
+    pub acme_ca_file: Option<PathBuf>,
     /// Hostnames are `<name>.<base_domain>`; `localhost` when unset.
     pub base_domain: Option<String>,
     /// The API bearer token; generated into `<data_dir>/admin.token` when unset.
@@ -58,6 +64,9 @@ impl ServerConfig {
             api_listen: ([127, 0, 0, 1], 7070).into(),
             http_listen: ([127, 0, 0, 1], 8080).into(),
             https_listen: None,
+            acme_directory: None,
+            acme_email: None,
+            acme_ca_file: None,
             base_domain: None,
             token: None,
             master_key: None,

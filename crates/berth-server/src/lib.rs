@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod pipeline;
 pub mod reconcile;
+pub mod tls;
 mod unavailable;
 
 pub use config::ServerConfig;
@@ -113,7 +114,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     }
     let (token, token_file) = resolve_token(&cfg)?;
     let cipher = Cipher::load(&cfg.data_dir, cfg.master_key.as_deref())?;
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.data_dir, cipher)?);
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.data_dir, cipher.clone())?);
 
     // The edge first: it serves the persisted routes while the rest starts.
     let edge = Edge::new(EdgeConfig {
@@ -141,6 +142,28 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             let _ = stop_rx.wait_for(|s| *s).await;
         })
         .with_context(|| format!("cannot listen on --http-listen {}", cfg.http_listen))?;
+
+    // HTTPS: its own accept loop over the same routes (see `tls`).
+    let https = match cfg.https_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on --https-listen {addr}"))?;
+            let started = tls::start(&cfg, store.clone(), edge.clone(), &cipher)?;
+            let mut stop = stop_tx.subscribe();
+            let (edge, certs) = (edge.clone(), started.certs.clone());
+            let task = tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                if let Err(e) = edge.serve_tls(listener, certs, stopped).await {
+                    tracing::error!(error = %e, "https listener stopped");
+                }
+            });
+            Some((addr, started.local_ca, task))
+        }
+        None => None,
+    };
 
     let (runtime, docker): (Arc<dyn Runtime>, Option<bollard::Docker>) =
         match DockerRuntime::connect().await {
@@ -235,8 +258,19 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         cfg.base_domain()
     );
     println!("  data dir         {}", cfg.data_dir.display());
-    if let Some(h) = cfg.https_listen {
-        println!("  note             --https-listen {h} is accepted but TLS is not served yet");
+    if let Some((addr, ca, _)) = &https {
+        println!("  edge proxy TLS   https://{addr}");
+        match &cfg.acme_directory {
+            Some(d) => println!(
+                "  ACME             {d} (custom domains, *.{})",
+                cfg.base_domain()
+            ),
+            None => println!("  ACME             off (custom domains get no certificate)"),
+        }
+        println!(
+            "  local CA         {} (trust it for https://*.localhost)",
+            ca.display()
+        );
     }
     match &token_file {
         Some(p) => println!(
@@ -253,5 +287,8 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     tracing::info!("shutting down: draining the edge");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), edge_handle.wait()).await;
+    if let Some((_, _, task)) = https {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+    }
     Ok(())
 }

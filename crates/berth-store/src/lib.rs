@@ -24,8 +24,8 @@ pub use sqlite::{SqliteStore, DB_FILE};
 
 use async_trait::async_trait;
 use berth_core::model::{
-    Deployment, Domain, Environment, ExternalRoute, LogLine, LogStream, ManifestEntry, Project,
-    StepName, Variable,
+    CertState, Deployment, Domain, Environment, ExternalRoute, LogLine, LogStream, ManifestEntry,
+    Project, StepName, Variable,
 };
 use chrono::{DateTime, Utc};
 
@@ -51,6 +51,39 @@ impl StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A hostname's TLS certificate record. `key_pem` is sealed in the store
+/// and opened on read; it is never serialized.
+#[derive(Clone, PartialEq)]
+pub struct CertRecord {
+    pub hostname: String,
+    pub state: CertState,
+    /// PEM chain, leaf first (issued, or kept while a renewal fails).
+    pub chain_pem: Option<String>,
+    /// PEM private key of `chain_pem`.
+    pub key_pem: Option<String>,
+    pub not_after: Option<DateTime<Utc>>,
+    /// Why the last attempt failed.
+    pub error: Option<String>,
+    /// Failed attempts in a row (backoff).
+    pub attempts: u32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for CertRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertRecord")
+            .field("hostname", &self.hostname)
+            .field("state", &self.state)
+            .field("not_after", &self.not_after)
+            .field("error", &self.error)
+            .field("attempts", &self.attempts)
+            .field("next_attempt_at", &self.next_attempt_at)
+            .field("key_pem", &self.key_pem.as_ref().map(|_| "<sealed>"))
+            .finish()
+    }
+}
 
 /// A project to create. The `production` environment comes with it.
 #[derive(Clone, Debug)]
@@ -275,4 +308,15 @@ pub trait Store: Send + Sync + 'static {
     async fn set_domain_verified(&self, hostname: &str, at: DateTime<Utc>) -> Result<()>;
     /// Whether the domain existed.
     async fn remove_domain(&self, hostname: &str) -> Result<bool>;
+
+    /// TLS certificates (private keys sealed at rest).
+    async fn put_certificate(&self, c: &CertRecord) -> Result<()>;
+    async fn get_certificate(&self, hostname: &str) -> Result<Option<CertRecord>>;
+    /// Every certificate record, keys opened, by hostname.
+    async fn list_certificates(&self) -> Result<Vec<CertRecord>>;
+    /// Whether a record existed.
+    async fn remove_certificate(&self, hostname: &str) -> Result<bool>;
+    /// The ACME account credentials (JSON, sealed at rest) for a directory URL.
+    async fn acme_account(&self, directory: &str) -> Result<Option<String>>;
+    async fn put_acme_account(&self, directory: &str, credentials: &str) -> Result<()>;
 }

@@ -2,12 +2,13 @@
 
 use crate::crypto::Cipher;
 use crate::{
-    Activate, DeploymentQuery, LogQuery, NewLogLine, NewProject, ProjectPatch, RepoAccess,
-    ResolvedVar, Result, Slot, Store, StoreError, VarFlags,
+    Activate, CertRecord, DeploymentQuery, LogQuery, NewLogLine, NewProject, ProjectPatch,
+    RepoAccess, ResolvedVar, Result, Slot, Store, StoreError, VarFlags,
 };
 use async_trait::async_trait;
 use berth_core::model::{
-    split_url_credentials, with_url_credentials, Domain, DomainVerification, ManifestEntry,
+    split_url_credentials, with_url_credentials, CertState, CertificateStatus, Domain,
+    DomainVerification, ManifestEntry,
 };
 use berth_core::model::{
     Deployment, Environment, EnvironmentKind, ExternalRoute, LogLine, LogStream, Project, StepName,
@@ -26,6 +27,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_manifests.sql"),
     include_str!("../migrations/0004_domains.sql"),
     include_str!("../migrations/0005_credentials.sql"),
+    include_str!("../migrations/0006_certificates.sql"),
 ];
 
 /// File name of the database inside the data dir.
@@ -88,6 +90,42 @@ fn aad_repo(project: &str) -> String {
     format!("repo-credentials/{project}")
 }
 
+fn aad_cert(hostname: &str) -> String {
+    format!("tls-key/{hostname}")
+}
+
+fn aad_acme(directory: &str) -> String {
+    format!("acme-account/{directory}")
+}
+
+const CERT_COLUMNS: &str =
+    "hostname, state, chain_pem, key_sealed, not_after, error, attempts, next_attempt_at, updated_at";
+
+fn opt_ts(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<DateTime<Utc>>> {
+    r.get::<_, Option<String>>(i)?
+        .map(|t| parse_ts(&t))
+        .transpose()
+}
+
+/// A certificate row, the key still sealed.
+fn cert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(CertRecord, Option<String>)> {
+    let state: String = r.get(1)?;
+    Ok((
+        CertRecord {
+            hostname: r.get(0)?,
+            state: CertState::parse(&state).unwrap_or(CertState::Failed),
+            chain_pem: r.get(2)?,
+            key_pem: None,
+            not_after: opt_ts(r, 4)?,
+            error: r.get(5)?,
+            attempts: r.get::<_, i64>(6)?.max(0) as u32,
+            next_attempt_at: opt_ts(r, 7)?,
+            updated_at: parse_ts(&r.get::<_, String>(8)?)?,
+        },
+        r.get(3)?,
+    ))
+}
+
 fn aad_key(project: &str) -> String {
     format!("deploy-key/{project}")
 }
@@ -141,6 +179,17 @@ impl SqliteStore {
         })
         .await
         .map_err(backend)?
+    }
+}
+
+impl SqliteStore {
+    /// Opens a certificate row's sealed key.
+    fn open_cert(&self, (mut rec, sealed): (CertRecord, Option<String>)) -> Result<CertRecord> {
+        rec.key_pem = sealed
+            .map(|s| self.cipher.open(&aad_cert(&rec.hostname), &s))
+            .transpose()
+            .map_err(backend)?;
+        Ok(rec)
     }
 }
 
@@ -957,12 +1006,14 @@ impl Store for SqliteStore {
         let project = project.map(String::from);
         self.call(move |c| {
             let mut sql = String::from(
-                "SELECT hostname, project, environment, service, token, target, verified_at, created_at FROM domains",
+                "SELECT d.hostname, d.project, d.environment, d.service, d.token, d.target, d.verified_at, d.created_at, \
+                 c.state, c.not_after, c.error, c.next_attempt_at \
+                 FROM domains d LEFT JOIN certificates c ON c.hostname = d.hostname",
             );
             if project.is_some() {
-                sql.push_str(" WHERE project = ?1");
+                sql.push_str(" WHERE d.project = ?1");
             }
-            sql.push_str(" ORDER BY hostname");
+            sql.push_str(" ORDER BY d.hostname");
             let mut st = c.prepare(&sql)?;
             let map = |r: &rusqlite::Row<'_>| {
                 let hostname: String = r.get(0)?;
@@ -981,6 +1032,15 @@ impl Store for SqliteStore {
                     verified: verified_at.is_some(),
                     verified_at,
                     created_at: parse_ts(&r.get::<_, String>(7)?)?,
+                    certificate: CertificateStatus {
+                        state: r
+                            .get::<_, Option<String>>(8)?
+                            .and_then(|s| CertState::parse(&s))
+                            .unwrap_or_default(),
+                        not_after: opt_ts(r, 9)?,
+                        error: r.get(10)?,
+                        next_attempt_at: opt_ts(r, 11)?,
+                    },
                 })
             };
             let rows = match &project {
@@ -1011,5 +1071,99 @@ impl Store for SqliteStore {
         let h = hostname.to_string();
         self.call(move |c| Ok(c.execute("DELETE FROM domains WHERE hostname = ?1", [&h])? > 0))
             .await
+    }
+    async fn put_certificate(&self, cert: &CertRecord) -> Result<()> {
+        let sealed = cert
+            .key_pem
+            .as_ref()
+            .map(|k| self.cipher.seal(&aad_cert(&cert.hostname), k));
+        let cert = cert.clone();
+        self.call(move |c| {
+            c.execute(
+                &format!(
+                    "INSERT OR REPLACE INTO certificates ({CERT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+                ),
+                params![
+                    cert.hostname,
+                    cert.state.as_str(),
+                    cert.chain_pem,
+                    sealed,
+                    cert.not_after.as_ref().map(ts),
+                    cert.error,
+                    i64::from(cert.attempts),
+                    cert.next_attempt_at.as_ref().map(ts),
+                    ts(&cert.updated_at),
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_certificate(&self, hostname: &str) -> Result<Option<CertRecord>> {
+        let h = hostname.to_string();
+        let row = self
+            .call(move |c| {
+                Ok(c.query_row(
+                    &format!("SELECT {CERT_COLUMNS} FROM certificates WHERE hostname = ?1"),
+                    [&h],
+                    cert_row,
+                )
+                .optional()?)
+            })
+            .await?;
+        row.map(|r| self.open_cert(r)).transpose()
+    }
+
+    async fn list_certificates(&self) -> Result<Vec<CertRecord>> {
+        let rows = self
+            .call(move |c| {
+                let mut st = c.prepare(&format!(
+                    "SELECT {CERT_COLUMNS} FROM certificates ORDER BY hostname"
+                ))?;
+                let rows = st
+                    .query_map([], cert_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok(rows)
+            })
+            .await?;
+        rows.into_iter().map(|r| self.open_cert(r)).collect()
+    }
+
+    async fn remove_certificate(&self, hostname: &str) -> Result<bool> {
+        let h = hostname.to_string();
+        self.call(move |c| Ok(c.execute("DELETE FROM certificates WHERE hostname = ?1", [&h])? > 0))
+            .await
+    }
+
+    async fn acme_account(&self, directory: &str) -> Result<Option<String>> {
+        let d = directory.to_string();
+        let sealed: Option<String> = self
+            .call(move |c| {
+                Ok(c.query_row(
+                    "SELECT credentials_sealed FROM acme_accounts WHERE directory = ?1",
+                    [&d],
+                    |r| r.get(0),
+                )
+                .optional()?)
+            })
+            .await?;
+        sealed
+            .map(|s| self.cipher.open(&aad_acme(directory), &s).map_err(backend))
+            .transpose()
+    }
+
+    async fn put_acme_account(&self, directory: &str, credentials: &str) -> Result<()> {
+        let sealed = self.cipher.seal(&aad_acme(directory), credentials);
+        let d = directory.to_string();
+        let now = ts(&Utc::now());
+        self.call(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO acme_accounts (directory, credentials_sealed, created_at) VALUES (?1, ?2, ?3)",
+                params![d, sealed, now],
+            )?;
+            Ok(())
+        })
+        .await
     }
 }

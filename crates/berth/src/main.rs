@@ -57,7 +57,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the control plane, the API, the edge proxy and the console.
-    Server(cmd::server::ServerArgs),
+    Server(Box<cmd::server::ServerArgs>),
     /// Create, list, show and change projects.
     #[command(subcommand)]
     Projects(cmd::projects::ProjectsCmd),
@@ -109,7 +109,7 @@ fn resolve_token(token: Option<String>, data_dir: Option<&Path>) -> Option<Strin
 async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Server(a) = cli.command {
         let data_dir = cli.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into());
-        return cmd::server::run(a, data_dir, cli.token).await;
+        return cmd::server::run(*a, data_dir, cli.token).await;
     }
     let token = resolve_token(cli.token, cli.data_dir.as_deref());
     let client = client::ApiClient::new(&cli.api, token)?;

@@ -2,6 +2,7 @@
 
 mod front;
 mod support;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

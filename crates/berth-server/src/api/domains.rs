@@ -1,6 +1,6 @@
 //! Custom domains (004): add a hostname to a service, prove control with a
 //! TXT record, then the edge routes it to the service's active deployment
-//! (TLS certificates come with the HTTPS listener).
+//! (its certificate: `crate::tls`, shown as `certificate` on each domain).
 
 use super::{AppState, Json};
 use crate::error::{ApiError, ApiResult};
@@ -71,6 +71,7 @@ pub async fn add(
         verified: false,
         verified_at: None,
         created_at: now(),
+        certificate: Default::default(),
     };
     Ok((StatusCode::CREATED, Json(s.store.add_domain(&d).await?)))
 }

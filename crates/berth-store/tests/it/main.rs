@@ -565,3 +565,89 @@ async fn log_retention_drops_old_lines_and_caps_each_project() {
         "other projects untouched"
     );
 }
+
+#[tokio::test]
+async fn certificate_keys_and_acme_accounts_are_sealed_and_domains_show_the_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = open(tmp.path());
+    s.create_project(new_project("shop")).await.unwrap();
+    let d = Domain {
+        hostname: "shop.example.com".into(),
+        project_name: "shop".into(),
+        service_name: "web".into(),
+        environment_name: "production".into(),
+        verified: false,
+        verified_at: None,
+        verification: DomainVerification {
+            record_type: "TXT".into(),
+            name: verification_name("shop.example.com"),
+            value: "berth-verify=1".into(),
+        },
+        target: "shop.berth.test".into(),
+        created_at: Utc::now(),
+        certificate: CertificateStatus::default(),
+    };
+    s.add_domain(&d).await.unwrap();
+    assert_eq!(
+        s.list_domains(None).await.unwrap()[0].certificate.state,
+        CertState::None
+    );
+
+    let key =
+        "-----BEGIN PRIVATE KEY-----\nTOP-SECRET-TLS-KEY-MATERIAL\n-----END PRIVATE KEY-----\n";
+    let not_after = Utc::now() + Duration::days(90);
+    let rec = CertRecord {
+        hostname: "shop.example.com".into(),
+        state: CertState::Issued,
+        chain_pem: Some("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into()),
+        key_pem: Some(key.into()),
+        not_after: Some(not_after),
+        error: None,
+        attempts: 0,
+        next_attempt_at: Some(not_after - Duration::days(30)),
+        updated_at: Utc::now(),
+    };
+    s.put_certificate(&rec).await.unwrap();
+    let creds = r#"{"id":"acct","key_pkcs8":"ACME-ACCOUNT-SECRET-KEY"}"#;
+    s.put_acme_account("https://acme.test/dir", creds)
+        .await
+        .unwrap();
+    drop(s);
+
+    // Reopened: the key comes back, the domain shows the state.
+    let s = open(tmp.path());
+    let got = s
+        .get_certificate("shop.example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.key_pem.as_deref(), Some(key));
+    assert_eq!(got.state, CertState::Issued);
+    assert_eq!(s.list_certificates().await.unwrap().len(), 1);
+    let dom = &s.list_domains(Some("shop")).await.unwrap()[0];
+    assert_eq!(dom.certificate.state, CertState::Issued);
+    assert!(dom.certificate.not_after.is_some());
+    assert_eq!(
+        s.acme_account("https://acme.test/dir")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(creds)
+    );
+    assert_eq!(
+        s.acme_account("https://other.test/dir").await.unwrap(),
+        None
+    );
+    // Neither secret is on disk in clear (WAL included), nor in Debug.
+    let bytes = all_bytes(tmp.path());
+    assert!(!contains(&bytes, "TOP-SECRET-TLS-KEY-MATERIAL"));
+    assert!(!contains(&bytes, "ACME-ACCOUNT-SECRET-KEY"));
+    assert!(!format!("{got:?}").contains("TOP-SECRET"));
+
+    assert!(s.remove_certificate("shop.example.com").await.unwrap());
+    assert!(s
+        .get_certificate("shop.example.com")
+        .await
+        .unwrap()
+        .is_none());
+}

@@ -1,8 +1,9 @@
 //! `berth domains add|verify|list`: custom domains of a project (004:
 //! TXT verification, then CNAME/ALIAS and an automatic certificate).
 //!
-//! The answers have no type in `berth-core` yet, so the human output is
-//! the JSON itself.
+//! `add` and `verify` print the JSON answer; `list` prints one line per
+//! domain with its certificate state (none, pending, issued with notAfter,
+//! failed with the reason), or the JSON with `--json`.
 
 use super::Ctx;
 use clap::Subcommand;
@@ -51,7 +52,50 @@ pub async fn run(ctx: &Ctx, cmd: DomainsCmd) -> anyhow::Result<()> {
             c.add_domain(&project, &body).await?
         }
         DomainsCmd::Verify { project, hostname } => c.verify_domain(&project, &hostname).await?,
-        DomainsCmd::List { project } => c.list_domains(&project).await?,
+        DomainsCmd::List { project } => {
+            let reply = c.list_domains(&project).await?;
+            if ctx.json {
+                return ctx.print_json(&reply);
+            }
+            let domains: Vec<berth_core::model::Domain> = serde_json::from_value(reply.parse()?)?;
+            crate::output::emitln(&domain_table(&domains));
+            return Ok(());
+        }
     };
     ctx.print_json(&reply)
+}
+
+/// `HOSTNAME  VERIFIED  CERTIFICATE` lines.
+fn domain_table(domains: &[berth_core::model::Domain]) -> String {
+    use berth_core::model::CertState;
+    let width = domains
+        .iter()
+        .map(|d| d.hostname.len())
+        .max()
+        .unwrap_or(0)
+        .max("HOSTNAME".len());
+    let mut out = format!("{:<width$}  VERIFIED  CERTIFICATE", "HOSTNAME");
+    for d in domains {
+        let c = &d.certificate;
+        let cert = match c.state {
+            CertState::Issued => match c.not_after {
+                Some(t) => format!("issued, valid until {}", t.format("%Y-%m-%d %H:%M UTC")),
+                None => "issued".to_string(),
+            },
+            CertState::Failed => format!(
+                "failed: {}{}",
+                c.error.as_deref().unwrap_or("unknown reason"),
+                c.next_attempt_at
+                    .map(|t| format!(" (retry at {})", t.format("%H:%M:%S UTC")))
+                    .unwrap_or_default()
+            ),
+            other => other.as_str().to_string(),
+        };
+        out.push_str(&format!(
+            "\n{:<width$}  {:<8}  {cert}",
+            d.hostname,
+            super::yes_no(d.verified)
+        ));
+    }
+    out
 }

@@ -19,6 +19,16 @@ pub struct ServerArgs {
     /// The edge proxy, HTTPS.
     #[arg(long, env = "BERTH_HTTPS_LISTEN")]
     https_listen: Option<SocketAddr>,
+    /// ACME directory URL for automatic certificates (e.g. Let's Encrypt's
+    /// https://acme-v02.api.letsencrypt.org/directory) [default: none, no ACME].
+    #[arg(long, env = "BERTH_ACME_DIRECTORY")]
+    acme_directory: Option<String>,
+    /// Contact e-mail of the ACME account.
+    #[arg(long, env = "BERTH_ACME_EMAIL")]
+    acme_email: Option<String>,
+    /// Extra root certificate (PEM) to trust for the ACME server's own HTTPS.
+    #[arg(long, env = "BERTH_ACME_CA_FILE")]
+    acme_ca_file: Option<PathBuf>,
     /// Hostnames are `<name>.<base-domain>` [default: localhost].
     #[arg(long, env = "BERTH_BASE_DOMAIN")]
     base_domain: Option<String>,
@@ -68,6 +78,9 @@ impl ServerArgs {
         cfg.api_listen = self.api_listen;
         cfg.http_listen = self.http_listen;
         cfg.https_listen = self.https_listen;
+        cfg.acme_directory = self.acme_directory.filter(|s| !s.is_empty());
+        cfg.acme_email = self.acme_email.filter(|s| !s.is_empty());
+        cfg.acme_ca_file = self.acme_ca_file;
         cfg.base_domain = self.base_domain.filter(|s| !s.is_empty());
         cfg.token = token.filter(|s| !s.is_empty());
         cfg.master_key = self.master_key.filter(|s| !s.is_empty());

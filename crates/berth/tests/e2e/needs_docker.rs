@@ -7,6 +7,7 @@ mod console;
 mod domains;
 mod logs;
 mod ssh;
+mod tls;
 mod triggers;
 
 use crate::harness::*;

@@ -1,0 +1,259 @@
+//! HTTPS: TLS termination with SNI certificates in front of the same
+//! routing as plain HTTP, ALPN h2/http1.1, the fallback certificate for
+//! unknown names, and ACME HTTP-01 answers on the plain listener.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use berth_edge::{certified_key, Edge, EdgeConfig, TlsCerts};
+use bytes::Bytes;
+use http::{Request, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
+
+struct Ca {
+    pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+fn ca() -> Ca {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "edge test CA");
+    let cert = p.self_signed(&key).unwrap();
+    Ca {
+        pem: cert.pem(),
+        issuer: rcgen::Issuer::new(p, key),
+    }
+}
+
+fn leaf(ca: &Ca, name: &str) -> Arc<rustls::sign::CertifiedKey> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let p = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+    let cert = p.signed_by(&key, &ca.issuer).unwrap();
+    certified_key(&cert.pem(), &key.serialize_pem()).unwrap()
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn client_config(
+    ca_pem: &str,
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    cfg
+}
+
+async fn connect(
+    addr: SocketAddr,
+    cfg: rustls::ClientConfig,
+    sni: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
+        .await
+}
+
+/// GET over an established TLS stream, HTTP/2 or HTTP/1.1 as ALPN chose.
+async fn get(
+    tls: tokio_rustls::client::TlsStream<TcpStream>,
+    host: &str,
+    path: &str,
+) -> (StatusCode, Version, String) {
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let req = Request::get(format!("https://{host}{path}"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = if h2 {
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        send.send_request(req).await.unwrap()
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut req = req;
+        *req.uri_mut() = path.parse().unwrap();
+        req.headers_mut().insert("host", host.parse().unwrap());
+        send.send_request(req).await.unwrap()
+    };
+    let (status, version) = (resp.status(), resp.version());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, version, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Accepts any certificate and records the leaf it was shown.
+#[derive(Debug)]
+struct Record(Mutex<Option<Vec<u8>>>);
+
+impl ServerCertVerifier for Record {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        *self.0.lock().unwrap() = Some(end_entity.to_vec());
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+async fn serve_tls(edge: &Edge, certs: TlsCerts) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let e = edge.clone();
+    tokio::spawn(async move { e.serve_tls(listener, certs, std::future::pending()).await });
+    addr
+}
+
+#[tokio::test]
+async fn https_is_routed_like_http_with_sni_certificates_and_alpn() {
+    let a = upstream("app-a").await;
+    let e = edge_with(EdgeConfig::default()).await;
+    e.edge
+        .apply(vec![upsert("a.localhost", vec![target("a", a.addr, 1)])])
+        .unwrap();
+    let ca = ca();
+    let fallback = leaf(&ca, "fallback.invalid");
+    let certs = TlsCerts::new(fallback.clone());
+    let a_key = leaf(&ca, "a.localhost");
+    certs.set("a.localhost", a_key.clone());
+    let addr = serve_tls(&e.edge, certs).await;
+
+    // HTTP/2 through ALPN, the chain validated against the CA.
+    let tls = connect(
+        addr,
+        client_config(&ca.pem, &[b"h2", b"http/1.1"], &[&rustls::version::TLS13]),
+        "a.localhost",
+    )
+    .await
+    .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (status, version, body) = get(tls, "a.localhost", "/headers").await;
+    assert_eq!((status, version), (StatusCode::OK, Version::HTTP_2));
+    let seen: BTreeMap<String, String> = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["x-forwarded-proto"], "https");
+    assert_eq!(seen["x-forwarded-host"], "a.localhost");
+
+    // HTTP/1.1 over TLS 1.2.
+    let tls = connect(
+        addr,
+        client_config(&ca.pem, &[b"http/1.1"], &[&rustls::version::TLS12]),
+        "a.localhost",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    let (status, version, body) = get(tls, "a.localhost", "/headers").await;
+    assert_eq!((status, version), (StatusCode::OK, Version::HTTP_11));
+    let seen: BTreeMap<String, String> = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["x-forwarded-proto"], "https");
+
+    // An unknown name: the handshake completes with the fallback (never
+    // a.localhost's certificate), and the answer is the 404 page.
+    let record = Arc::new(Record(Mutex::new(None)));
+    let mut cfg = client_config(&ca.pem, &[b"h2"], &[&rustls::version::TLS13]);
+    cfg.dangerous().set_certificate_verifier(record.clone());
+    let tls = connect(addr, cfg, "other.localhost").await.unwrap();
+    let (status, _, body) = get(tls, "other.localhost", "/").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body.contains("no application is served at this host"));
+    let shown = record.0.lock().unwrap().clone().unwrap();
+    assert_eq!(shown, fallback.cert[0].to_vec());
+    assert_ne!(shown, a_key.cert[0].to_vec());
+    // A client validating the name refuses that certificate.
+    let refused = connect(
+        addr,
+        client_config(&ca.pem, &[b"h2"], &[&rustls::version::TLS13]),
+        "other.localhost",
+    )
+    .await;
+    assert!(refused.is_err());
+}
+
+#[tokio::test]
+async fn acme_http01_answers_come_before_routing_on_the_plain_listener() {
+    let a = upstream("app-a").await;
+    let e = edge().await;
+    e.edge
+        .apply(vec![upsert("a.localhost", vec![target("a", a.addr, 1)])])
+        .unwrap();
+    e.edge.set_acme_challenge("tok-1", "tok-1.thumbprint");
+    let mut c = Conn::open(e.addr).await;
+    // For a routed host and for an unknown one alike.
+    for host in ["a.localhost", "new.example.com"] {
+        let (status, body) = c.get(host, "/.well-known/acme-challenge/tok-1").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "tok-1.thumbprint")
+        );
+    }
+    // Other tokens and paths are routed as usual.
+    let (status, body) = c
+        .get("a.localhost", "/.well-known/acme-challenge/other")
+        .await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "app-a"));
+    let (status, _) = c
+        .get("new.example.com", "/.well-known/acme-challenge/x")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Removed: no longer answered.
+    e.edge.remove_acme_challenge("tok-1");
+    let (status, _) = c
+        .get("new.example.com", "/.well-known/acme-challenge/tok-1")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

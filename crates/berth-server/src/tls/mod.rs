@@ -1,0 +1,391 @@
+//! Certificates for the edge's HTTPS listener (`--https-listen`).
+//!
+//! [`start`] builds the edge's [`TlsCerts`] (a self-signed fallback for
+//! unknown names; routed names under `localhost` get a leaf of the local CA
+//! at their first handshake, see [`local_ca`]) and spawns the
+//! [`CertManager`], which every few seconds:
+//! 1. computes the hostnames that should have a certificate
+//!    ([`wanted_hosts`]): verified custom domains, and — with an ACME
+//!    directory — the route and preview hostnames under `--base-domain`;
+//! 2. serves the stored certificates of those hosts, stops serving the
+//!    others (their records are deleted after a day unwanted);
+//! 3. obtains or renews, one host at a time, those whose
+//!    [`renew::decide`] says so, through ACME HTTP-01 ([`acme`]), recording
+//!    pending → issued (notAfter) or failed (reason, retry time) in the store.
+//!
+//! Invariants: nothing here blocks the API or a deployment (it is its own
+//! task, and the edge keeps serving the previous certificate while a renewal
+//! runs or fails); private keys reach the store only sealed; the edge never
+//! reads the store, it is handed certificates.
+
+pub mod acme;
+pub mod local_ca;
+pub mod renew;
+
+use crate::ServerConfig;
+use acme::AcmeSettings;
+use berth_core::model::{CertState, Domain};
+use berth_edge::{Edge, TlsCerts};
+use berth_store::{CertRecord, Cipher, Store};
+use chrono::{DateTime, Utc};
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How often the manager looks for work.
+const POLL: Duration = Duration::from_secs(2);
+/// A certificate record no host wants any more is deleted after this.
+const UNWANTED_GRACE: Duration = Duration::from_secs(24 * 3600);
+/// Validity of the local CA's leaves; re-signed when a third of it is left.
+const LOCAL_LEAF_DAYS: i64 = 90;
+
+/// What [`start`] gives the server.
+pub struct Started {
+    pub certs: TlsCerts,
+    /// The local CA certificate to trust for `*.localhost`.
+    pub local_ca: PathBuf,
+}
+
+/// The hostnames that should have a certificate: verified custom domains,
+/// plus the routed hostnames under `base` when ACME is on (never under
+/// `localhost`, which no public CA signs: the local CA covers it).
+pub fn wanted_hosts(
+    domains: &[Domain],
+    routed: &[String],
+    base: &str,
+    acme_on: bool,
+) -> BTreeSet<String> {
+    let mut out: BTreeSet<String> = domains
+        .iter()
+        .filter(|d| d.verified)
+        .map(|d| d.hostname.clone())
+        .collect();
+    let local = base == "localhost" || base.ends_with(".localhost");
+    if acme_on && !local {
+        let suffix = format!(".{base}");
+        out.extend(
+            routed
+                .iter()
+                .filter(|h| h.ends_with(&suffix) && !h.starts_with("*."))
+                .cloned(),
+        );
+    }
+    out
+}
+
+/// Whether `name` is under `localhost` (the local CA's names).
+pub fn is_local(name: &str) -> bool {
+    name == "localhost" || name.ends_with(".localhost")
+}
+
+/// Creates the certificates the HTTPS listener serves and starts the
+/// manager that keeps them.
+pub fn start(
+    cfg: &ServerConfig,
+    store: Arc<dyn Store>,
+    edge: Edge,
+    cipher: &Cipher,
+) -> anyhow::Result<Started> {
+    let (fb_chain, fb_key) = local_ca::fallback()?;
+    let certs = TlsCerts::new(berth_edge::certified_key(&fb_chain, &fb_key)?);
+    let ca = Arc::new(local_ca::LocalCa::load_or_create(
+        &cfg.data_dir.join("tls"),
+        cipher,
+    )?);
+    let local_ca = ca.cert_path.clone();
+    // Routed names under localhost (and localhost itself) get a leaf of
+    // the local CA at their first handshake; other unknown names the
+    // fallback.
+    {
+        let edge = edge.clone();
+        certs.set_issuer(Arc::new(move |name: &str| {
+            if !is_local(name) {
+                return None;
+            }
+            if name != "localhost" && !edge.routes().iter().any(|(h, _)| h == name) {
+                return None;
+            }
+            let (chain, key) = ca.issue(&[name], LOCAL_LEAF_DAYS).ok()?;
+            berth_edge::certified_key(&chain, &key).ok()
+        }));
+    }
+    let acme = cfg.acme_directory.as_ref().map(|d| AcmeSettings {
+        directory: d.clone(),
+        email: cfg.acme_email.clone(),
+        ca_file: cfg.acme_ca_file.clone(),
+    });
+    let m = Arc::new(CertManager {
+        store,
+        edge,
+        certs: certs.clone(),
+        acme,
+        base_domain: cfg.base_domain().to_string(),
+        account: tokio::sync::Mutex::new(None),
+        loaded: Mutex::new(HashMap::new()),
+        unwanted_since: Mutex::new(HashMap::new()),
+        local_renew_at: Mutex::new(Utc::now() + chrono::Duration::days(LOCAL_LEAF_DAYS * 2 / 3)),
+    });
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = m.pass().await {
+                tracing::warn!(error = %format!("{e:#}"), "certificate manager pass failed");
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    });
+    Ok(Started { certs, local_ca })
+}
+
+/// Keeps the edge's certificates (see the module docs).
+pub struct CertManager {
+    store: Arc<dyn Store>,
+    edge: Edge,
+    certs: TlsCerts,
+    acme: Option<AcmeSettings>,
+    base_domain: String,
+    account: tokio::sync::Mutex<Option<instant_acme::Account>>,
+    /// Host → notAfter of the certificate handed to the edge.
+    loaded: Mutex<HashMap<String, DateTime<Utc>>>,
+    /// Stored certificates no host wants, since when.
+    unwanted_since: Mutex<HashMap<String, DateTime<Utc>>>,
+    /// When the local CA's leaves are dropped (re-signed at the next
+    /// handshake), a third of their validity before they end.
+    local_renew_at: Mutex<DateTime<Utc>>,
+}
+
+impl CertManager {
+    /// Drops the local CA's leaves when they are due for renewal.
+    fn refresh_local(&self) {
+        let now = Utc::now();
+        let mut at = self
+            .local_renew_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if now < *at {
+            return;
+        }
+        for h in self.certs.hosts() {
+            if is_local(&h) {
+                self.certs.remove(&h);
+            }
+        }
+        *at = now + chrono::Duration::days(LOCAL_LEAF_DAYS * 2 / 3);
+    }
+
+    async fn pass(&self) -> anyhow::Result<()> {
+        self.refresh_local();
+        let domains = self.store.list_domains(None).await?;
+        let routed: Vec<String> = self.edge.routes().into_iter().map(|(h, _)| h).collect();
+        let wanted = wanted_hosts(&domains, &routed, &self.base_domain, self.acme.is_some());
+        let records: HashMap<String, CertRecord> = self
+            .store
+            .list_certificates()
+            .await?
+            .into_iter()
+            .map(|r| (r.hostname.clone(), r))
+            .collect();
+        let now = Utc::now();
+
+        // Serve what is stored for wanted hosts. A record no host wants is
+        // deleted after a grace period, so a route that comes back soon (a
+        // domain removed and re-added, a restart) does not cost a new
+        // certificate from the CA.
+        let mut unwanted = self
+            .unwanted_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        unwanted.retain(|h, _| records.contains_key(h) && !wanted.contains(h));
+        for (host, rec) in &records {
+            if wanted.contains(host) {
+                self.serve(rec, now);
+                continue;
+            }
+            let since = *unwanted.entry(host.clone()).or_insert(now);
+            if now - since >= chrono::Duration::from_std(UNWANTED_GRACE).unwrap_or_default() {
+                self.store.remove_certificate(host).await?;
+                unwanted.remove(host);
+            }
+        }
+        *self
+            .unwanted_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = unwanted;
+        let stale: Vec<String> = {
+            let loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+            loaded
+                .iter()
+                .filter(|(h, end)| !wanted.contains(*h) || **end <= now)
+                .map(|(h, _)| h.clone())
+                .collect()
+        };
+        for h in stale {
+            self.certs.remove(&h);
+            self.loaded
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&h);
+        }
+
+        let Some(acme) = &self.acme else {
+            return Ok(());
+        };
+        for host in &wanted {
+            let rec = records.get(host);
+            let facts = rec.map(|r| renew::Facts {
+                state: r.state,
+                not_after: r.not_after,
+                next_attempt_at: r.next_attempt_at,
+            });
+            if renew::decide(Utc::now(), facts) == renew::Action::Obtain {
+                self.obtain(acme, host, rec).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands a stored certificate to the edge if it is valid and new.
+    fn serve(&self, rec: &CertRecord, now: DateTime<Utc>) {
+        let (Some(chain), Some(key), Some(end)) = (&rec.chain_pem, &rec.key_pem, rec.not_after)
+        else {
+            return;
+        };
+        if !renew::servable(now, Some(end)) {
+            return;
+        }
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if loaded.get(&rec.hostname) == Some(&end) {
+            return;
+        }
+        match berth_edge::certified_key(chain, key) {
+            Ok(ck) => {
+                self.certs.set(&rec.hostname, ck);
+                loaded.insert(rec.hostname.clone(), end);
+                tracing::info!(host = %rec.hostname, not_after = %end, "serving certificate");
+            }
+            Err(e) => {
+                tracing::warn!(host = %rec.hostname, error = %e, "stored certificate unusable")
+            }
+        }
+    }
+
+    /// One attempt for `host`: pending, then issued or failed (with backoff).
+    async fn obtain(
+        &self,
+        acme: &AcmeSettings,
+        host: &str,
+        prev: Option<&CertRecord>,
+    ) -> anyhow::Result<()> {
+        let mut rec = prev.cloned().unwrap_or_else(|| CertRecord {
+            hostname: host.to_string(),
+            state: CertState::Pending,
+            chain_pem: None,
+            key_pem: None,
+            not_after: None,
+            error: None,
+            attempts: 0,
+            next_attempt_at: None,
+            updated_at: Utc::now(),
+        });
+        rec.state = CertState::Pending;
+        rec.updated_at = Utc::now();
+        self.store.put_certificate(&rec).await?;
+        tracing::info!(%host, directory = %acme.directory, "obtaining a certificate");
+        let result = async {
+            let mut account = self.account.lock().await;
+            if account.is_none() {
+                *account = Some(acme::account(acme, self.store.as_ref()).await?);
+            }
+            let account = account.as_ref().expect("set above");
+            acme::obtain(account, &self.edge, host).await
+        }
+        .await;
+        let now = Utc::now();
+        match result {
+            Ok(issued) => {
+                rec.state = CertState::Issued;
+                rec.chain_pem = Some(issued.chain_pem);
+                rec.key_pem = Some(issued.key_pem);
+                rec.not_after = Some(issued.not_after);
+                rec.error = None;
+                rec.attempts = 0;
+                rec.next_attempt_at = Some(issued.not_after - renew::renew_before());
+                tracing::info!(%host, not_after = %issued.not_after, "certificate issued");
+            }
+            Err(e) => {
+                let mut why = format!("{e:#}");
+                why.truncate(500);
+                rec.state = CertState::Failed;
+                rec.attempts = rec.attempts.saturating_add(1);
+                rec.next_attempt_at = Some(now + renew::backoff(rec.attempts));
+                tracing::warn!(%host, error = %why, retry_at = ?rec.next_attempt_at, "certificate failed");
+                rec.error = Some(why);
+            }
+        }
+        rec.updated_at = now;
+        self.store.put_certificate(&rec).await?;
+        self.serve(&rec, now);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_core::model::DomainVerification;
+
+    fn domain(host: &str, verified: bool) -> Domain {
+        Domain {
+            hostname: host.into(),
+            project_name: "shop".into(),
+            service_name: "web".into(),
+            environment_name: "production".into(),
+            verified,
+            verified_at: None,
+            verification: DomainVerification {
+                record_type: "TXT".into(),
+                name: String::new(),
+                value: String::new(),
+            },
+            target: String::new(),
+            created_at: Utc::now(),
+            certificate: Default::default(),
+        }
+    }
+
+    #[test]
+    fn verified_domains_always_and_base_domain_hosts_only_with_acme() {
+        let domains = [
+            domain("shop.example.com", true),
+            domain("new.example.com", false),
+        ];
+        let routed = vec![
+            "shop.apps.test".to_string(),
+            "shop-ab12cd.apps.test".to_string(),
+            "legacy.other.test".to_string(),
+            "shop.example.com".to_string(),
+        ];
+        let got = wanted_hosts(&domains, &routed, "apps.test", true);
+        let want: BTreeSet<String> = [
+            "shop.example.com",
+            "shop.apps.test",
+            "shop-ab12cd.apps.test",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(got, want);
+        // Without ACME: the verified domain only (served if a certificate is stored).
+        assert_eq!(
+            wanted_hosts(&domains, &routed, "apps.test", false),
+            BTreeSet::from(["shop.example.com".to_string()])
+        );
+        // Never hosts under localhost: the local CA covers them.
+        let routed = vec!["shop.localhost".to_string()];
+        assert_eq!(
+            wanted_hosts(&[], &routed, "localhost", true),
+            BTreeSet::new()
+        );
+    }
+}
