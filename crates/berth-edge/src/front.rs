@@ -24,6 +24,11 @@
 //! `proxy::handle` behind the framing scanner, upgrades, h2c, its own
 //! 400/431 answers.
 //!
+//! Visible differences with hyper's path, none of them semantic: header
+//! names keep the spelling the upstream (towards the client) or the client
+//! (towards the upstream) used, where hyper lowercased them, and headers keep
+//! their order, where hyper grouped repeated names.
+//!
 //! Invariants:
 //! * Responses leave in request order: the next request is parsed once the
 //!   previous response is written (pipelined requests wait in the buffer).
