@@ -24,8 +24,11 @@ impl Window {
         }
     }
 
-    /// The 95th percentile latency: the upper bound of the bucket holding
-    /// it (`None` without requests, `f64::INFINITY` beyond the last bound).
+    /// The 95th percentile latency, interpolated linearly inside the
+    /// bucket holding it as Prometheus' `histogram_quantile` does (`None`
+    /// without requests, `f64::INFINITY` beyond the last bound). Taking the
+    /// bucket's upper bound instead would double a p95 that merely crossed
+    /// a bound (50 ms → 100 ms) and fail healthy canaries.
     pub fn p95(&self) -> Option<f64> {
         let total = self
             .latency
@@ -36,11 +39,18 @@ impl Window {
         if total == 0 {
             return None;
         }
-        let rank = (total as f64 * 0.95).ceil() as u64;
+        let rank = total as f64 * 0.95;
+        let (mut lower, mut below) = (0.0, 0u64);
         for (bound, count) in &self.latency {
-            if *count >= rank {
-                return Some(*bound);
+            if *count as f64 >= rank {
+                let inside = count.saturating_sub(below);
+                if inside == 0 {
+                    return Some(*bound);
+                }
+                let share = (rank - below as f64) / inside as f64;
+                return Some(lower + (bound - lower) * share.clamp(0.0, 1.0));
             }
+            (lower, below) = (*bound, *count);
         }
         Some(f64::INFINITY)
     }
@@ -81,10 +91,15 @@ pub enum Verdict {
 /// anything.
 pub const MIN_REQUESTS: u64 = 20;
 
+/// A p95 latency regression also has to be at least this much slower in
+/// absolute terms: a few milliseconds of scheduling noise on a busy host
+/// are not a regression, however large the ratio.
+pub const LATENCY_NOISE_FLOOR_SECS: f64 = 0.05;
+
 /// Judge the candidate against the baseline: it regresses when its error
 /// rate exceeds the baseline's by more than `error_rate_threshold`
 /// (absolute), or its p95 latency exceeds the baseline's times
-/// `latency_p95_threshold`.
+/// `latency_p95_threshold` and by at least [`LATENCY_NOISE_FLOOR_SECS`].
 pub fn judge(baseline: &Window, candidate: &Window, cfg: &CanaryConfig) -> Verdict {
     if candidate.requests < MIN_REQUESTS {
         return Verdict::NotEnoughTraffic {
@@ -102,7 +117,7 @@ pub fn judge(baseline: &Window, candidate: &Window, cfg: &CanaryConfig) -> Verdi
     }
     if baseline.requests >= MIN_REQUESTS {
         if let (Some(cp), Some(bp)) = (candidate.p95(), baseline.p95()) {
-            if cp > bp * cfg.latency_p95_threshold {
+            if cp > bp * cfg.latency_p95_threshold && cp - bp >= LATENCY_NOISE_FLOOR_SECS {
                 return Verdict::Regressed(format!(
                     "p95 latency {} against {} of the previous deployment (threshold {:.2}x)",
                     fmt_secs(cp),
@@ -146,7 +161,7 @@ mod tests {
             (w(10, 10, 10), "not enough"),
             (w(100, 2, 100), "healthy"),
             (w(100, 3, 100), "error rate 3.0% against 0.0%"),
-            (w(100, 0, 50), "p95 latency 1.00s against 10ms"),
+            (w(100, 0, 50), "p95 latency 910ms against 10ms"),
             (w(100, 0, 96), "healthy"),
         ] {
             let got = judge(&base, &cand, &cfg);
@@ -157,6 +172,25 @@ mod tests {
             };
             assert!(text.starts_with(want), "{cand:?}: {text}");
         }
+        // A p95 that crossed a bucket bound, or doubled from a few ms, is
+        // noise, not a regression.
+        let fast = |p50ms: u64| Window {
+            requests: 100,
+            errors: 0,
+            latency: vec![(0.005, 0), (0.01, 100 - p50ms), (0.05, 100), (0.1, 100)],
+        };
+        assert_eq!(judge(&fast(1), &fast(40), &cfg), Verdict::Healthy);
+        let crossed = Window {
+            requests: 100,
+            errors: 0,
+            latency: vec![(0.05, 90), (0.1, 100)],
+        };
+        let under = Window {
+            requests: 100,
+            errors: 0,
+            latency: vec![(0.05, 97), (0.1, 100)],
+        };
+        assert_eq!(judge(&under, &crossed, &cfg), Verdict::Healthy);
         // A baseline that errs as much is no regression.
         assert_eq!(
             judge(&w(100, 5, 100), &w(100, 6, 100), &cfg),
@@ -167,8 +201,20 @@ mod tests {
     #[test]
     fn p95_and_deltas() {
         assert_eq!(w(0, 0, 0).p95(), None);
-        assert_eq!(w(100, 0, 95).p95(), Some(0.01));
-        assert_eq!(w(100, 0, 94).p95(), Some(1.0));
+        let near = |got: Option<f64>, want: f64| {
+            assert!((got.unwrap() - want).abs() < 1e-9, "{got:?} != {want}")
+        };
+        // 95 of 100 under 10 ms: the 95th is the last of the first bucket.
+        near(w(100, 0, 95).p95(), 0.01);
+        // 94 under 10 ms, the 95th in (100 ms, 1 s]: 1/6 of the way.
+        near(w(100, 0, 94).p95(), 0.1 + 0.9 / 6.0);
+        // Beyond the last bound.
+        let slow = Window {
+            requests: 100,
+            errors: 0,
+            latency: vec![(0.01, 10), (1.0, 50)],
+        };
+        assert_eq!(slow.p95(), Some(f64::INFINITY));
         let late = w(300, 9, 250);
         let early = w(100, 4, 100);
         let d = late.since(&early);

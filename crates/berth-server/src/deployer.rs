@@ -503,18 +503,26 @@ impl Deployer {
                 if e.kind != berth_core::model::EnvironmentKind::Preview {
                     continue;
                 }
-                let newest = self
+                let recent = self
                     .store
                     .list_deployments(&DeploymentQuery {
                         project: Some(p.name.clone()),
                         environment: Some(e.name.clone()),
-                        limit: Some(1),
+                        limit: Some(20),
                         ..Default::default()
                     })
-                    .await?
-                    .first()
-                    .map(|d| d.created_at);
-                let last = newest.unwrap_or(e.created_at).max(e.created_at);
+                    .await?;
+                // A deployment still under way is activity, however long
+                // its build takes.
+                if recent.iter().any(|d| !d.status.is_terminal()) {
+                    continue;
+                }
+                let last = recent
+                    .iter()
+                    .map(|d| d.completed_at.unwrap_or(d.created_at))
+                    .chain([e.created_at])
+                    .max()
+                    .unwrap_or(e.created_at);
                 if last > cutoff {
                     continue;
                 }
