@@ -434,3 +434,80 @@ async fn shutdown_closes_idle_fast_path_connections_at_once() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn proxy_pages_keep_the_fast_path_connection() {
+    let a = upstream("app-a").await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let e = edge_with(EdgeConfig {
+        upstream_timeout: Duration::from_millis(300),
+        ..EdgeConfig::default()
+    })
+    .await;
+    e.edge
+        .apply(vec![
+            upsert("a.localhost", vec![target("a", a.addr, 1)]),
+            upsert("down.localhost", vec![target("down", closed, 1)]),
+            upsert("empty.localhost", vec![]),
+        ])
+        .unwrap();
+    let mut c = RawClient::open(e.addr).await;
+    for (host, path, status, text) in [
+        ("down.localhost", "/", 502, "502 bad gateway"),
+        ("empty.localhost", "/", 503, "503 service unavailable"),
+        ("a.localhost", "/hang", 504, "504 gateway timeout"),
+        ("nobody.localhost", "/", 404, "404 not found"),
+        ("a.localhost:", "/", 200, "app-a"),
+    ] {
+        let r = c.get(host, path).await;
+        assert_eq!(r.status, status, "{host}{path}: {}", r.head);
+        assert!(r.text().starts_with(text), "{host}{path}: {}", r.text());
+        if status != 200 {
+            assert_eq!(
+                r.header("content-type").as_deref(),
+                Some("text/plain; charset=utf-8")
+            );
+            assert_eq!(r.header("cache-control").as_deref(), Some("no-store"));
+            assert!(r.header("connection").is_none(), "{}", r.head);
+        }
+    }
+    assert_eq!(e.edge.inflight("a"), 0);
+    assert_eq!(e.edge.inflight("down"), 0);
+    let m = e.edge.metrics_text();
+    assert!(m.contains(
+        "berth_edge_requests_total{host=\"down.localhost\",target=\"down\",class=\"5xx\"} 1\n"
+    ));
+    assert!(m.contains("berth_edge_no_target_total 1\n"), "{m}");
+}
+
+#[tokio::test]
+async fn connection_close_and_exact_targets_on_the_fast_path() {
+    let a = upstream("app-a").await;
+    let e = edge().await;
+    e.edge
+        .apply(vec![upsert("a.localhost", vec![target("a", a.addr, 1)])])
+        .unwrap();
+    let mut c = RawClient::open(e.addr).await;
+    c.send(b"GET /p/a%20b/;x=1?q=%2F&r=(1)*2,3:@!$'~ HTTP/1.1\r\nHost: a.localhost\r\n\r\n")
+        .await;
+    assert_eq!(
+        c.response(false).await.text(),
+        "app-a /p/a%20b/;x=1?q=%2F&r=(1)*2,3:@!$'~"
+    );
+    c.send(b"GET /p/last HTTP/1.1\r\nHost: a.localhost\r\nConnection: close\r\n\r\n")
+        .await;
+    let r = c.response(false).await;
+    assert_eq!(r.text(), "app-a /p/last");
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+    assert!(c.closes_within(Duration::from_secs(5)).await);
+    // a 400 for an empty host key, as hyper's path answers it
+    let mut c = RawClient::open(e.addr).await;
+    c.send(b"GET / HTTP/1.1\r\nHost: :80\r\n\r\n").await;
+    let r = c.response(false).await;
+    assert_eq!(r.status, 400, "{}", r.head);
+    assert!(r.text().contains("missing host"));
+    assert_eq!(c.get("a.localhost", "/p/1").await.text(), "app-a /p/1");
+}
