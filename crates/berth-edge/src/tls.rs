@@ -173,7 +173,7 @@ impl TlsCerts {
     }
 
     /// A rustls server configuration over these certificates: TLS 1.2 and
-    /// 1.3 only, ALPN `h2` then `http/1.1`.
+    /// 1.3 only, ALPN `h2` then `http/1.1`, session resumption.
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
@@ -182,6 +182,11 @@ impl TlsCerts {
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(Resolver(self.clone())));
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // Resumption by ticket (keys rotate every 6 h) besides the session
+        // cache, so a returning client skips the full handshake.
+        if let Ok(t) = rustls::crypto::ring::Ticketer::new() {
+            cfg.ticketer = t;
+        }
         Arc::new(cfg)
     }
 }

@@ -58,11 +58,10 @@ pub fn wanted_hosts(
 ) -> BTreeSet<String> {
     let mut out: BTreeSet<String> = domains
         .iter()
-        .filter(|d| d.verified)
+        .filter(|d| d.verified && !is_local(&d.hostname))
         .map(|d| d.hostname.clone())
         .collect();
-    let local = base == "localhost" || base.ends_with(".localhost");
-    if acme_on && !local {
+    if acme_on && !is_local(base) {
         let suffix = format!(".{base}");
         out.extend(
             routed
@@ -359,6 +358,7 @@ mod tests {
         let domains = [
             domain("shop.example.com", true),
             domain("new.example.com", false),
+            domain("dev.localhost", true),
         ];
         let routed = vec![
             "shop.apps.test".to_string(),
