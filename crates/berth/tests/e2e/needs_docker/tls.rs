@@ -145,7 +145,7 @@ fn a_verified_domain_gets_an_acme_certificate_served_over_https_with_h2() {
     );
 
     let (acme_port, pebble_mgmt, https_port) = (free_port(), free_port(), free_port());
-    let s = Server::start_with(&[
+    let mut s = Server::start_with(&[
         "--dns-server",
         &format!("127.0.0.1:{dns_port}"),
         "--https-listen",
@@ -217,6 +217,7 @@ fn a_verified_domain_gets_an_acme_certificate_served_over_https_with_h2() {
     assert_eq!(v["verified"], true);
 
     // The manager obtains it in the background: pending, then issued.
+    let verified_at = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(180);
     let cert = loop {
         let c = cert_state(&s, &project, &domain);
@@ -231,6 +232,10 @@ fn a_verified_domain_gets_an_acme_certificate_served_over_https_with_h2() {
         );
         std::thread::sleep(Duration::from_millis(250));
     };
+    eprintln!(
+        "certificate for {domain} issued {:?} after verification",
+        verified_at.elapsed()
+    );
     assert!(cert["notAfter"].is_string(), "{cert}");
     assert!(cert["error"].is_null(), "{cert}");
     let human = s.ok(&["domains", "list", "--project", &project]);
@@ -269,6 +274,27 @@ fn a_verified_domain_gets_an_acme_certificate_served_over_https_with_h2() {
     let r = h1.get(&url).send().unwrap();
     assert_eq!(r.version(), reqwest::Version::HTTP_11);
     assert!(r.text().unwrap().contains("tls v1"));
+
+    // After a kill -9 and restart, the stored certificate (key sealed in
+    // the store) is served again without a new order.
+    s.kill9();
+    s.spawn();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match h2.get(&url).send() {
+            Ok(r) if r.status() == 200 => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "not served after restart: {other:?}\n{}",
+                s.log()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        cert_state(&s, &project, &domain)["notAfter"],
+        cert["notAfter"]
+    );
 
     // The route hostname under --base-domain gets one too (ACME is on).
     let route = host(&project);
