@@ -32,6 +32,10 @@ impl Server {
         Self::start_with(&[])
     }
 
+    /// A server on two free ports. A port found free can be taken by
+    /// another test (or a container's published port) before the server
+    /// binds it: then the server exits saying so, and it starts again on
+    /// other ports.
     pub fn start_with(extra: &[&str]) -> Server {
         let mut s = Server {
             dir: tempfile::tempdir().unwrap(),
@@ -40,6 +44,13 @@ impl Server {
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
+        for _ in 0..5 {
+            if s.try_spawn() {
+                return s;
+            }
+            s.api_port = free_port();
+            s.http_port = free_port();
+        }
         s.spawn();
         s
     }
@@ -49,6 +60,11 @@ impl Server {
     }
 
     pub fn spawn(&mut self) {
+        assert!(self.try_spawn(), "server did not start:\n{}", self.log());
+    }
+
+    /// Starts the server; `false` when it exited because a port was taken.
+    fn try_spawn(&mut self) -> bool {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -79,8 +95,29 @@ impl Server {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
+            // Ours must still run: a listener on the port could be another's.
+            let exited = self
+                .child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+            if exited {
+                let log = self.log();
+                if log.contains("cannot listen") && log.contains("in use") {
+                    self.child = None;
+                    return false;
+                }
+                panic!("server exited at start:\n{log}");
+            }
             if std::net::TcpStream::connect(("127.0.0.1", self.api_port)).is_ok() {
-                return;
+                std::thread::sleep(Duration::from_millis(20));
+                let alive = self
+                    .child
+                    .as_mut()
+                    .is_some_and(|c| c.try_wait().ok().flatten().is_none());
+                if alive {
+                    return true;
+                }
+                continue;
             }
             std::thread::sleep(Duration::from_millis(50));
         }

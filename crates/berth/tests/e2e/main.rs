@@ -346,8 +346,9 @@ fn a_second_server_on_the_same_ports_refuses_to_start() {
             "server",
             "--data-dir",
             dir.path().to_str().unwrap(),
+            // Port 0: only the --http-listen port can be the one in use.
             "--api-listen",
-            &format!("127.0.0.1:{}", free_port()),
+            "127.0.0.1:0",
             "--http-listen",
             &format!("127.0.0.1:{}", s.http_port),
             "--token",
