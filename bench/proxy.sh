@@ -216,6 +216,7 @@ HZ="$(getconf CLK_TCK)"
 # the spread (figures move with any other load on the machine).
 echo
 echo "$(date -u +%FT%TZ), commit $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?') (berth-edge at $(cd "$ROOT" && git log -1 --format=%h -- crates/berth-edge 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD -- crates/berth-edge 2>/dev/null || echo ' + uncommitted changes')): DURATION=$DURATION CONNECTIONS=$CONNECTIONS WRK_THREADS=$WRK_THREADS PROXY_THREADS=$PROXY_THREADS RUNS=$RUNS bench/proxy.sh"
+echo "edge_bench built $(date -u -r "$EDGE_BIN" +%FT%TZ)${SKIP_BUILD:+ (SKIP_BUILD: not rebuilt for this run)}"
 echo "wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency, Host: $HOST_HEADER; upstream: nginx (1 worker) returning a 24-byte body"
 echo "every proxy gets $PROXY_THREADS worker threads/processes (berth: Edge::serve_threads, one single-threaded tokio runtime per worker on SO_REUSEPORT listeners, nginx: worker_processes, haproxy: nbthread, caddy: GOMAXPROCS);"
 echo "machine: $(nproc) cores shared by wrk, the proxy and the upstream"
