@@ -309,14 +309,16 @@ impl Edge {
         })
     }
 
-    /// Serves clients on `listener` until `shutdown` resolves, then stops
-    /// accepting and waits for in-flight requests (upgraded connections are
-    /// left to end on their own).
-    pub async fn serve(
+    /// One worker's shared state for a listener: its upstream pool, the
+    /// coarse clock of the upstream timeouts (see `target::wait_stop`) and
+    /// the pool's idle reaper. Abort the two tasks when the listener stops.
+    pub(crate) fn worker(
         &self,
-        listener: tokio::net::TcpListener,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
+    ) -> (
+        Arc<Worker>,
+        tokio::task::JoinHandle<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let worker = Arc::new(Worker {
             inner: self.inner.clone(),
             pool: Arc::new(pool::Pool::new(
@@ -326,8 +328,6 @@ impl Edge {
             bell: self.inner.registry.new_bell(),
             front: front::Shared::new(self.inner.header_read_timeout),
         });
-        let conns = tokio_util::task::TaskTracker::new();
-        // Coarse clock of the upstream timeouts (see `target::wait_stop`).
         let tick = (self.inner.upstream_timeout / 8)
             .clamp(Duration::from_millis(10), Duration::from_secs(1));
         let ticker = {
@@ -357,6 +357,19 @@ impl Edge {
                 }
             })
         };
+        (worker, ticker, reaper)
+    }
+
+    /// Serves clients on `listener` until `shutdown` resolves, then stops
+    /// accepting and waits for in-flight requests (upgraded connections are
+    /// left to end on their own).
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let (worker, ticker, reaper) = self.worker();
+        let conns = tokio_util::task::TaskTracker::new();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {

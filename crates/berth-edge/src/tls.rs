@@ -267,44 +267,7 @@ impl Edge {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let acceptor = tokio_rustls::TlsAcceptor::from(certs.server_config());
-        let worker = Arc::new(Worker {
-            inner: self.inner.clone(),
-            pool: Arc::new(crate::pool::Pool::new(
-                self.inner.connect_timeout,
-                self.inner.pool_idle_timeout,
-            )),
-            bell: self.inner.registry.new_bell(),
-            front: crate::front::Shared::new(self.inner.header_read_timeout),
-        });
-        let tick = (self.inner.upstream_timeout / 8)
-            .clamp(Duration::from_millis(10), Duration::from_secs(1));
-        let ticker = {
-            let bell = Arc::downgrade(&worker.bell);
-            tokio::spawn(async move {
-                let mut every = tokio::time::interval(tick);
-                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    every.tick().await;
-                    match bell.upgrade() {
-                        Some(b) => b.notify_waiters(),
-                        None => return,
-                    }
-                }
-            })
-        };
-        let reaper = {
-            let pool = Arc::downgrade(&worker.pool);
-            let every = (worker.pool.idle_timeout() / 2).max(Duration::from_secs(1));
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    match pool.upgrade() {
-                        Some(p) => p.reap(),
-                        None => return,
-                    }
-                }
-            })
-        };
+        let (worker, ticker, reaper) = self.worker();
         let stop = tokio_util::sync::CancellationToken::new();
         let conns = tokio_util::task::TaskTracker::new();
         let mut shutdown = pin!(shutdown);
