@@ -338,9 +338,99 @@ async fn clone_inner(
     log(&format!("cloning {masked} at {reference}"));
     git.must(&["init", "-q"]).await?;
 
+    let local = match local_git_dir(&git, &url).await {
+        Some(objects) => Some(borrow_local(&git, &objects, reference, &req.dest, masked).await?),
+        None => None,
+    };
+    let (sha, branch) = if let Some(found) = local {
+        found
+    } else {
+        fetch(&git, &url, reference, masked, &req.dest).await?
+    };
+    checkout_commit(&git, req, &url, &sha, branch).await
+}
+
+/// The git directory of a repository on this host (`file://` URL), when
+/// it is one: such a checkout borrows its objects (git alternates) instead
+/// of packing and copying them, which is most of a local clone's time.
+async fn local_git_dir(git: &Git<'_>, url: &str) -> Option<std::path::PathBuf> {
+    let path = url.strip_prefix("file://")?;
+    let out = git
+        .run(
+            &[
+                "-C",
+                path,
+                "rev-parse",
+                "--path-format=absolute",
+                "--git-common-dir",
+            ],
+            false,
+        )
+        .await
+        .ok()?;
+    let dir = std::path::PathBuf::from(out.stdout.trim());
+    // The repository must be the path itself (bare) or its `.git`, not one
+    // that merely encloses it: a fetch would refuse such a path too.
+    let path = std::fs::canonicalize(path).ok()?;
+    let own = dir == path || dir == path.join(".git");
+    (out.ok && own && dir.join("objects").is_dir()).then_some(dir)
+}
+
+/// Resolves `reference` in the local repository at `git_dir` and points
+/// the new repository's object store at it. Nothing of the borrowed
+/// repository ends up in the build context (`.git` never does).
+async fn borrow_local(
+    git: &Git<'_>,
+    git_dir: &Path,
+    reference: &str,
+    dest: &Path,
+    masked: &str,
+) -> Result<(String, Option<String>), BuildError> {
+    let gd = format!("--git-dir={}", git_dir.display());
+    let spec = format!("{reference}^{{commit}}");
+    let out = git
+        .run(&[&gd, "rev-parse", "--verify", "--quiet", &spec], false)
+        .await?;
+    if !out.ok || out.stdout.trim().is_empty() {
+        return Err(BuildError::RefNotFound {
+            reference: reference.to_string(),
+            repo: masked.to_string(),
+        });
+    }
+    let sha = out.stdout.trim().to_string();
+    let full = git
+        .run(
+            &[&gd, "rev-parse", "--symbolic-full-name", reference],
+            false,
+        )
+        .await?;
+    let branch = full
+        .stdout
+        .trim()
+        .strip_prefix("refs/heads/")
+        .map(String::from);
+    let alternates = dest.join(".git/objects/info/alternates");
+    std::fs::write(
+        &alternates,
+        format!("{}\n", git_dir.join("objects").display()),
+    )
+    .map_err(|e| BuildError::Io(format!("cannot write {}: {e}", alternates.display())))?;
+    Ok((sha, branch))
+}
+
+/// A shallow fetch of exactly `reference` (a commit the remote will not
+/// give shallowly is fetched with all branches and tags).
+async fn fetch(
+    git: &Git<'_>,
+    url: &str,
+    reference: &str,
+    masked: &str,
+    dest: &Path,
+) -> Result<(String, Option<String>), BuildError> {
+    let log = git.log;
     let shallow = git
         .run(
-            &["fetch", "--depth", "1", "--no-tags", &url, reference],
+            &["fetch", "--depth", "1", "--no-tags", url, reference],
             false,
         )
         .await?;
@@ -350,7 +440,7 @@ async fn clone_inner(
             .await?
             .trim()
             .to_string();
-        let branch = fetched_branch(&req.dest);
+        let branch = fetched_branch(dest);
         (sha, branch)
     } else if ref_missing(&shallow.stderr) && is_sha_like(reference) {
         log("the remote refused the commit for a shallow fetch; fetching all branches and tags");
@@ -359,7 +449,7 @@ async fn clone_inner(
                 &[
                     "fetch",
                     "--no-tags",
-                    &url,
+                    url,
                     "+refs/heads/*:refs/remotes/origin/*",
                     "+refs/tags/*:refs/tags/*",
                 ],
@@ -389,22 +479,33 @@ async fn clone_inner(
         return Err(git.unreachable(&shallow.stderr));
     };
     // FETCH_HEAD names the URL it came from; do not leave it behind.
-    let _ = std::fs::remove_file(req.dest.join(".git").join("FETCH_HEAD"));
+    let _ = std::fs::remove_file(dest.join(".git").join("FETCH_HEAD"));
+    Ok((sha, branch))
+}
 
+/// Checks `sha` out (with its submodules) and reads its commit.
+async fn checkout_commit(
+    git: &Git<'_>,
+    req: &CloneRequest,
+    url: &str,
+    sha: &str,
+    branch: Option<String>,
+) -> Result<Checkout, BuildError> {
+    let log = git.log;
     git.must(&[
         "-c",
         "advice.detachedHead=false",
         "checkout",
         "-q",
         "--detach",
-        &sha,
+        sha,
     ])
     .await?;
     if req.dest.join(".gitmodules").is_file() {
-        submodules(&git, &url).await?;
+        submodules(git, url).await?;
     }
     let info = git
-        .must(&["log", "-1", "--format=%H%x00%T%x00%an <%ae>%x00%B", &sha])
+        .must(&["log", "-1", "--format=%H%x00%T%x00%an <%ae>%x00%B", sha])
         .await?;
     let mut parts = info.splitn(4, '\0');
     let (Some(full), Some(tree), Some(author), Some(message)) =

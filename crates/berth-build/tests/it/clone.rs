@@ -74,8 +74,14 @@ async fn clone_branch_records_commit() {
     assert_eq!(co.tree, git(src.path(), &["rev-parse", "main^{tree}"]));
     assert_eq!(std::fs::read_to_string(dest.join("a.txt")).unwrap(), "two");
     assert!(!dest.join("b.txt").exists());
-    // Shallow: only one commit was fetched.
-    assert_eq!(git(&dest, &["rev-list", "--count", "HEAD"]), "1");
+    // A repository on this host lends its objects (git alternates): none
+    // is packed or copied.
+    let alternates = std::fs::read_to_string(dest.join(".git/objects/info/alternates")).unwrap();
+    assert!(alternates.trim().ends_with("/objects"), "{alternates}");
+    let packs = std::fs::read_dir(dest.join(".git/objects/pack"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(packs, 0, "objects were copied");
     assert!(lines
         .lock()
         .unwrap()
@@ -198,6 +204,47 @@ async fn a_missing_submodule_fails_the_clone_naming_it() {
             assert!(reason.contains("lib"), "{reason}");
         }
         other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_directory_inside_another_repository_is_not_that_repository() {
+    let src = tempfile::tempdir().unwrap();
+    make_repo(src.path());
+    let inner = src.path().join("not-a-repo");
+    std::fs::create_dir(&inner).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let (log, _) = recording_sink();
+    let err = clone(&req(&inner, "main", &out.path().join("co")), log)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BuildError::Unreachable { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_bare_repository_on_this_host_is_borrowed_too() {
+    let src = tempfile::tempdir().unwrap();
+    let (_, second, feature) = make_repo(src.path());
+    let bare = tempfile::tempdir().unwrap();
+    let bare_path = bare.path().join("b.git");
+    git(
+        src.path(),
+        &["clone", "-q", "--bare", ".", bare_path.to_str().unwrap()],
+    );
+    for (reference, sha, branch) in [
+        ("main", &second, Some("main")),
+        ("feature", &feature, Some("feature")),
+        (second.as_str(), &second, None),
+    ] {
+        let out = tempfile::tempdir().unwrap();
+        let dest = out.path().join("co");
+        let (log, _) = recording_sink();
+        let co = clone(&req(&bare_path, reference, &dest), log)
+            .await
+            .unwrap();
+        assert_eq!(&co.commit.sha, sha);
+        assert_eq!(co.commit.branch.as_deref(), branch);
+        assert!(dest.join(".git/objects/info/alternates").exists());
     }
 }
 
