@@ -1,0 +1,114 @@
+//! Step 6: the candidate's instance: its spec (environment, labels, limits)
+//! and its start beside the active deployment.
+
+use super::{fail, Flow, INSTANCE_LABEL};
+use crate::deployer::Deployer;
+use berth_core::config::{ServiceConfig, ServiceKind};
+use berth_core::model::{Deployment, ImageInfo, RuntimeInfo, StepName, StepStatus};
+use berth_core::state::Event;
+use berth_runtime::{InstanceSpec, Limits, RestartPolicy};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+impl Deployer {
+    pub(super) fn env_for(
+        &self,
+        d: &Deployment,
+        port: Option<u16>,
+        vars: &[berth_store::ResolvedVar],
+    ) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = vars
+            .iter()
+            .map(|v| (v.key.clone(), v.value.clone()))
+            .collect();
+        if let Some(p) = port {
+            env.push(("PORT".into(), p.to_string()));
+        }
+        env.push(("BERTH_DEPLOYMENT_ID".into(), d.id.clone()));
+        env.push((
+            "BERTH_GIT_SHA".into(),
+            d.commit.as_ref().map(|c| c.sha.clone()).unwrap_or_default(),
+        ));
+        env.push(("BERTH_SERVICE".into(), d.service_name.clone()));
+        env.push(("BERTH_ENVIRONMENT".into(), d.environment_name.clone()));
+        env.push(("BERTH_PROJECT".into(), d.project_name.clone()));
+        env
+    }
+
+    pub(super) fn labels_for(&self, d: &Deployment) -> BTreeMap<String, String> {
+        let mut l = berth_runtime::berth_labels(
+            &d.project_name,
+            &d.service_name,
+            &d.environment_name,
+            &d.id,
+        );
+        l.insert(INSTANCE_LABEL.into(), self.instance.clone());
+        l
+    }
+
+    pub(crate) fn instance_spec(
+        &self,
+        d: &Deployment,
+        service: &ServiceConfig,
+        image: &ImageInfo,
+        vars: &[berth_store::ResolvedVar],
+    ) -> InstanceSpec {
+        let port = (service.kind == ServiceKind::Web).then_some(service.port);
+        let mut spec = InstanceSpec::new(
+            format!(
+                "berth-{}-{}-{}-{}",
+                d.project_name, d.service_name, d.environment_name, d.id
+            ),
+            image.reference.clone(),
+        );
+        spec.env = self.env_for(d, port, vars);
+        spec.labels = self.labels_for(d);
+        spec.port = port;
+        spec.command = service
+            .start_command
+            .as_deref()
+            .map(berth_runtime::shell_command);
+        spec.limits = Limits {
+            memory_bytes: service.resources.memory_bytes,
+            nano_cpus: service.resources.cpus.map(|c| (c * 1e9) as i64),
+            pids: Some(512),
+        };
+        spec.restart = RestartPolicy::UnlessStopped;
+        spec
+    }
+
+    /// Step 6: start the candidate beside the active deployment and follow
+    /// its output.
+    pub(super) async fn start_candidate(
+        self: &Arc<Self>,
+        d: &mut Deployment,
+        service: &ServiceConfig,
+        image: &ImageInfo,
+        vars: &[berth_store::ResolvedVar],
+    ) -> Flow<()> {
+        self.apply(d, Event::CandidateStarting).await;
+        self.start_step(d, StepName::Deploy);
+        let spec = self.instance_spec(d, service, image, vars);
+        let instance = match self.runtime.start(&spec).await {
+            Ok(i) => i,
+            Err(e) => return fail(StepName::Deploy, format!("cannot start container: {e}")),
+        };
+        d.runtime = Some(RuntimeInfo {
+            instance_id: instance.id.clone(),
+            instance_name: instance.name.clone(),
+            address: instance.addr.map(|a| a.to_string()),
+        });
+        self.monitors.follow_logs(self, &d.id, &instance.id, None);
+        self.finish_step(
+            d,
+            StepName::Deploy,
+            StepStatus::Succeeded,
+            Some(&format!(
+                "container {} started from {}",
+                instance.name, image.reference
+            )),
+        );
+        self.apply(d, Event::CandidateStarted).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,178 @@
+//! Step 7: readiness: probe the candidate on a fast schedule until it
+//! answers, or fail naming the cause.
+
+use super::{fail, Flow, Stop};
+use crate::deployer::Deployer;
+use berth_core::config::{ServiceConfig, ServiceKind};
+use berth_core::model::{Deployment, LogStream, StepName, StepStatus};
+use berth_core::state::Event;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+impl Deployer {
+    /// Step 7: wait until the candidate is ready.
+    pub(super) async fn readiness(
+        &self,
+        d: &mut Deployment,
+        service: &ServiceConfig,
+        cancel: &CancellationToken,
+    ) -> Flow<()> {
+        self.start_step(d, StepName::HealthCheck);
+        self.save(d).await;
+        let ready = self.wait_ready(d, service, cancel).await?;
+        self.finish_step(
+            d,
+            StepName::HealthCheck,
+            StepStatus::Succeeded,
+            Some(&ready),
+        );
+        self.apply(d, Event::Ready).await;
+        Ok(())
+    }
+
+    /// Probe the candidate on a fast schedule until it is ready, or fail
+    /// naming the cause (exit code, crash, last probe result, deadline).
+    async fn wait_ready(
+        &self,
+        d: &mut Deployment,
+        service: &ServiceConfig,
+        cancel: &CancellationToken,
+    ) -> Flow<String> {
+        let rt = d.runtime.clone().unwrap_or_default();
+        let readiness = &service.readiness;
+        let deadline = readiness.deadline;
+        let started = Instant::now();
+        let schedule = berth_runtime::ProbeSchedule::default();
+        let mut last_probe = String::from("no probe answered yet");
+        loop {
+            if cancel.is_cancelled() {
+                return Err(Stop::Cancelled);
+            }
+            let state = self.runtime.inspect(&rt.instance_id).await;
+            match state {
+                Ok(st) => {
+                    if let Some(code) = st.exit_code() {
+                        let oom = if st.oom_killed {
+                            " (killed: out of memory)"
+                        } else {
+                            ""
+                        };
+                        return fail(
+                            StepName::HealthCheck,
+                            format!(
+                                "container exited with code {code}{oom} before it became healthy; last output: {}",
+                                self.last_output(&d.id).await
+                            ),
+                        );
+                    }
+                    if st.restart_count > 0 {
+                        return fail(
+                            StepName::HealthCheck,
+                            format!(
+                                "container crashed and was restarted {} time(s) before it became healthy; last output: {}",
+                                st.restart_count,
+                                self.last_output(&d.id).await
+                            ),
+                        );
+                    }
+                    if let Some(err) = st.error.clone().filter(|e| !e.is_empty()) {
+                        return fail(StepName::HealthCheck, format!("container failed: {err}"));
+                    }
+                    if st.is_running() {
+                        match service.kind {
+                            ServiceKind::Worker => {
+                                if started.elapsed() >= Duration::from_secs(2).min(deadline) {
+                                    return Ok("worker is running".into());
+                                }
+                            }
+                            ServiceKind::Web => {
+                                let addr = st
+                                    .addr
+                                    .or_else(|| rt.address.as_deref().and_then(|a| a.parse().ok()));
+                                if let Some(addr) = addr {
+                                    if d.runtime.as_ref().and_then(|r| r.address.clone())
+                                        != Some(addr.to_string())
+                                    {
+                                        if let Some(r) = d.runtime.as_mut() {
+                                            r.address = Some(addr.to_string());
+                                        }
+                                    }
+                                    let res = berth_runtime::probe(
+                                        addr,
+                                        &readiness.path,
+                                        readiness.timeout,
+                                    )
+                                    .await;
+                                    last_probe = res.describe(&readiness.path);
+                                    if res.is_healthy() {
+                                        let msg = format!(
+                                            "{last_probe} after {:.1}s",
+                                            started.elapsed().as_secs_f64()
+                                        );
+                                        self.logs.line(
+                                            &d.id,
+                                            LogStream::Berth,
+                                            Some(StepName::HealthCheck),
+                                            &last_probe,
+                                        );
+                                        return Ok(msg);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.is_not_found() => {
+                    return fail(
+                        StepName::HealthCheck,
+                        "container disappeared before it became healthy",
+                    );
+                }
+                Err(e) => last_probe = format!("cannot inspect container: {e}"),
+            }
+            if started.elapsed() >= deadline {
+                let port_hint = if last_probe.contains("refused") || last_probe.contains("reset") {
+                    format!(
+                        " (is the app listening on 0.0.0.0:{}? berth sets PORT={})",
+                        service.port, service.port
+                    )
+                } else {
+                    String::new()
+                };
+                return fail(
+                    StepName::HealthCheck,
+                    format!(
+                        "not healthy within the {}s deadline; last probe: {last_probe}{port_hint}",
+                        deadline.as_secs()
+                    ),
+                );
+            }
+            tokio::time::sleep(schedule.interval_at(started.elapsed())).await;
+        }
+    }
+
+    async fn last_output(&self, id: &str) -> String {
+        // Give the log follower a moment to store the last lines.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let lines = self
+            .store
+            .read_logs(&berth_store::LogQuery {
+                deployment_id: Some(id.to_string()),
+                streams: vec![LogStream::Stdout, LogStream::Stderr],
+                limit: Some(5),
+                tail: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_default();
+        if lines.is_empty() {
+            "(none)".into()
+        } else {
+            lines
+                .iter()
+                .map(|l| l.text.as_str())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Steps 8-10: switch the route and the slot's active pointer, drain and
+//! stop the previous deployment, finalize; and the hostnames a slot serves.
+
+use crate::deployer::Deployer;
+use berth_core::config::{ServiceConfig, ServiceKind};
+use berth_core::hosts;
+use berth_core::model::{Deployment, StepName, StepStatus, Trigger};
+use berth_core::state::{transition, Event};
+use berth_edge::{RouteChange, RouteSpec, TargetSpec};
+use berth_store::{Activate, Slot};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Grace given to a stopping container after its requests drained.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+impl Deployer {
+    /// Steps 8-10: switch the route, drain the previous deployment,
+    /// finalize. Nothing here can fail the candidate: it is healthy.
+    pub(crate) async fn promote_candidate(
+        self: &Arc<Self>,
+        d: &mut Deployment,
+        service: &ServiceConfig,
+    ) {
+        let slot = Slot::of(d);
+        let _switch = self.switch_lock.lock().await;
+        let previous = self.store.active_deployment(&slot).await.ok().flatten();
+        // The route: one swap of the edge's table.
+        if service.kind == ServiceKind::Web {
+            if let Some(addr) = d.runtime.as_ref().and_then(|r| r.address.clone()) {
+                let target = TargetSpec {
+                    id: d.id.clone(),
+                    upstream: addr,
+                    weight: 100,
+                };
+                let mut changes: Vec<RouteChange> = self
+                    .slot_hosts(d)
+                    .await
+                    .into_iter()
+                    .map(|host| RouteChange::Upsert {
+                        host,
+                        route: RouteSpec {
+                            targets: vec![target.clone()],
+                        },
+                    })
+                    .collect();
+                changes.extend([RouteChange::Upsert {
+                    host: self.preview_host(d),
+                    route: RouteSpec {
+                        targets: vec![target],
+                    },
+                }]);
+                if let Some(p) = &previous {
+                    changes.push(RouteChange::Remove {
+                        host: self.preview_host(p),
+                    });
+                }
+                if let Err(e) = self.edge.apply(changes) {
+                    tracing::error!(deployment = d.id, error = %e, "route change refused");
+                    self.logs
+                        .event(&d.id, &format!("route change refused: {e}"));
+                }
+            }
+        }
+        // The record: one transaction flips the slot's active pointer.
+        let mut prev = previous.clone();
+        if let Ok(s) = transition(d.state(), Event::RouteSwitched) {
+            d.set_state(s);
+        }
+        self.logs.event(&d.id, "stage: draining_previous");
+        if let Some(p) = prev.as_mut() {
+            let ev = if matches!(d.trigger, Trigger::Rollback | Trigger::Promote) {
+                Event::RollBack
+            } else {
+                Event::Supersede
+            };
+            if let Ok(s) = transition(p.state(), ev) {
+                p.set_state(s);
+            }
+            self.logs.event(
+                &p.id,
+                &format!(
+                    "stage: {} — replaced by deployment {}",
+                    p.promotion_stage, d.id
+                ),
+            );
+        }
+        let mut batch: Vec<&Deployment> = vec![d];
+        if let Some(p) = prev.as_ref() {
+            batch.push(p);
+        }
+        if let Err(e) = self
+            .store
+            .save_deployments(
+                &batch,
+                Some(Activate {
+                    slot: slot.clone(),
+                    deployment_id: Some(d.id.clone()),
+                }),
+            )
+            .await
+        {
+            tracing::error!(deployment = d.id, error = %e, "cannot record the switch");
+        }
+        drop(_switch);
+        self.monitors.watch(self, d, service);
+
+        // Drain the previous deployment, then stop it.
+        if let Some(p) = prev.as_mut() {
+            self.retire(p).await;
+        }
+
+        // Finalize.
+        self.start_step(d, StepName::Finalize);
+        let pruned = self.prune_images(&slot).await;
+        self.finish_step(d, StepName::Finalize, StepStatus::Succeeded, Some(&pruned));
+        self.apply(d, Event::Drained).await;
+    }
+
+    /// Drain a replaced deployment's in-flight requests and stop its container.
+    pub(crate) async fn retire(&self, p: &mut Deployment) {
+        self.monitors.stop(&p.id);
+        let report = self.edge.drain(&p.id, self.cfg.drain_timeout).await;
+        self.logs.event(&p.id, &format!("drained: {report:?}"));
+        if let Some(rt) = p.runtime.take() {
+            if let Err(e) = self.runtime.stop(&rt.instance_id, STOP_GRACE).await {
+                tracing::warn!(deployment = p.id, error = %e, "cannot stop previous container");
+            }
+            if let Err(e) = self.runtime.remove(&rt.instance_id).await {
+                tracing::warn!(deployment = p.id, error = %e, "cannot remove previous container");
+            }
+            self.logs
+                .event(&p.id, &format!("container {} stopped", rt.instance_name));
+        }
+        self.save(p).await;
+    }
+
+    /// Every hostname that follows a slot's active deployment: its route
+    /// hostname and its verified custom domains.
+    pub(crate) async fn slot_hosts(&self, d: &Deployment) -> Vec<String> {
+        let domains = self
+            .store
+            .list_domains(Some(&d.project_name))
+            .await
+            .unwrap_or_default();
+        self.slot_hosts_in(d, &domains)
+    }
+
+    /// [`Deployer::slot_hosts`] over an already-read list of domains.
+    pub(crate) fn slot_hosts_in(
+        &self,
+        d: &Deployment,
+        domains: &[berth_core::model::Domain],
+    ) -> Vec<String> {
+        let mut hosts = vec![self.route_host(d)];
+        hosts.extend(
+            domains
+                .iter()
+                .filter(|x| {
+                    x.verified
+                        && x.project_name == d.project_name
+                        && x.service_name == d.service_name
+                        && x.environment_name == d.environment_name
+                })
+                .map(|x| x.hostname.clone()),
+        );
+        hosts
+    }
+
+    pub(crate) fn route_host(&self, d: &Deployment) -> String {
+        hosts::route_host(
+            self.cfg.base_domain(),
+            &d.project_name,
+            &d.service_name,
+            &d.environment_name,
+        )
+    }
+
+    pub(crate) fn preview_host(&self, d: &Deployment) -> String {
+        hosts::preview_host(
+            self.cfg.base_domain(),
+            &d.project_name,
+            &d.service_name,
+            &d.environment_name,
+            &d.id,
+        )
+    }
+
+    pub(super) async fn edge_remove_preview(&self, d: &Deployment) {
+        let _ = self.edge.apply(vec![RouteChange::Remove {
+            host: self.preview_host(d),
+        }]);
+    }
+}
