@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use toml::{Table, Value};
 
+use crate::{names, units};
+
 /// The file name used in every error message.
 pub const FILE_NAME: &str = "berth.toml";
 
@@ -366,7 +368,8 @@ fn parse_resources(t: &Table, path: &str) -> Result<Resources, ConfigError> {
         match key.as_str() {
             "memory" => {
                 let s = as_str(value, &kp)?;
-                let bytes = parse_memory(s).map_err(|e| ConfigError::invalid(&kp, e))?;
+                let bytes =
+                    units::parse_size(s).map_err(|e| ConfigError::invalid(&kp, e.to_string()))?;
                 if bytes < 6 * 1024 * 1024 {
                     return Err(ConfigError::invalid(kp, "must be at least 6m"));
                 }
@@ -492,74 +495,16 @@ fn duration(v: &Value, key: &str) -> Result<Duration, ConfigError> {
             ),
         )
     })?;
-    let d = parse_duration(s).map_err(|e| ConfigError::invalid(key, e))?;
+    let d = units::parse_duration(s).map_err(|e| ConfigError::invalid(key, e.to_string()))?;
     if d.is_zero() {
         return Err(ConfigError::invalid(key, "must be greater than 0"));
     }
     Ok(d)
 }
 
-/// Parses a duration such as `500ms`, `15s`, `2m` or `1h`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("\"{s}\" has no unit (use ms, s, m or h)"))?;
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("\"{s}\" is not a duration such as \"15s\""))?;
-    let mult_ms: u64 = match unit {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return Err(format!("\"{s}\" has an unknown unit (use ms, s, m or h)")),
-    };
-    n.checked_mul(mult_ms)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("\"{s}\" is too large"))
-}
-
-/// Parses a memory size such as `512m`, `1g`, `1.5g`, `256mb`, `1Gi` or a
-/// plain number of bytes. Units are binary (1m = 1024 * 1024 bytes).
-pub fn parse_memory(s: &str) -> Result<u64, String> {
-    let t = s.trim().to_ascii_lowercase();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("\"{s}\" is not a size such as \"512m\" or \"1g\""))?;
-    let mult: f64 = match unit {
-        "" | "b" => 1.0,
-        "k" | "kb" | "ki" | "kib" => 1024.0,
-        "m" | "mb" | "mi" | "mib" => 1024.0 * 1024.0,
-        "g" | "gb" | "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        "t" | "tb" | "ti" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        _ => return Err(format!("\"{s}\" has an unknown unit (use k, m or g)")),
-    };
-    let bytes = n * mult;
-    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
-        return Err(format!("\"{s}\" is too large"));
-    }
-    Ok(bytes as u64)
-}
-
-/// Checks that a service name is a lowercase DNS label: 1-63 characters of
-/// `a-z`, `0-9` and `-`, starting with a letter and not ending with `-`.
+/// Checks a service name with the one rule of [`names::service_name`].
 pub fn validate_service_name(name: &str) -> Result<(), String> {
-    let ok_chars = name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    let starts = name.bytes().next().is_some_and(|b| b.is_ascii_lowercase());
-    if name.is_empty() || name.len() > 63 || !ok_chars || !starts || name.ends_with('-') {
-        return Err(format!(
-            "\"{name}\" is not a valid service name (lowercase letters, digits and \"-\", starting with a letter, at most 63 characters)"
-        ));
-    }
-    Ok(())
+    names::service_name(name).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -670,29 +615,34 @@ resources = { memory = "1g", cpus = 2 }
             (
                 "[services.Web]\n",
                 "services.Web",
-                "not a valid service name",
+                "must be lowercase letters",
             ),
             (
                 "[services.\"my_app\"]\n",
                 "services.my_app",
-                "not a valid service name",
+                "must be lowercase letters",
             ),
             (
                 "[services.\"-a\"]\n",
                 "services.-a",
-                "not a valid service name",
+                "must be lowercase letters",
             ),
             (
                 "[services.\"a-\"]\n",
                 "services.a-",
-                "not a valid service name",
+                "must be lowercase letters",
             ),
             (
                 "[services.\"1a\"]\n",
                 "services.1a",
-                "not a valid service name",
+                "must be lowercase letters",
             ),
             ("services.web = 1\n", "services.web", "expected a table"),
+            (
+                "[services.aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa]\n",
+                "services.a",
+                "longer than 63 characters",
+            ),
             (
                 "[services.web]\nportt = 1\n",
                 "services.web.portt",
@@ -770,6 +720,11 @@ resources = { memory = "1g", cpus = 2 }
             ),
             (
                 "[services.web.readiness]\ntimeout = \"5 parsecs\"\n",
+                "services.web.readiness.timeout",
+                "not a duration",
+            ),
+            (
+                "[services.web.readiness]\ntimeout = \"5w\"\n",
                 "services.web.readiness.timeout",
                 "unknown unit",
             ),
@@ -942,67 +897,31 @@ resources = { memory = "1g", cpus = 2 }
         assert!(!msg.contains('\n'), "{msg}");
     }
 
+    /// berth.toml and the API apply the same name rule: a 40-character
+    /// name is accepted by both, a 64-character one refused by both with
+    /// the same reason.
     #[test]
-    fn durations() {
-        let ok = [
-            ("500ms", Duration::from_millis(500)),
-            ("15s", Duration::from_secs(15)),
-            ("2m", Duration::from_secs(120)),
-            ("1h", Duration::from_secs(3600)),
-        ];
-        for (s, d) in ok {
-            assert_eq!(parse_duration(s), Ok(d), "{s}");
-        }
-        for bad in [
-            "",
-            "15",
-            "s",
-            "1.5s",
-            "15 s",
-            "15sec",
-            "-1s",
-            "99999999999999999999h",
-        ] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
+    fn service_names_follow_the_one_rule() {
+        let forty = "s".repeat(40);
+        let c = parse(&format!("[services.{forty}]\n")).expect("40 characters");
+        assert!(c.service(&forty).is_some());
+        assert!(names::service_name(&forty).is_ok());
+        let long = "s".repeat(64);
+        let e = parse(&format!("[services.{long}]\n"))
+            .unwrap_err()
+            .to_string();
+        let rule = names::service_name(&long).unwrap_err().to_string();
+        assert!(e.ends_with(&rule), "{e} vs {rule}");
     }
 
     #[test]
-    fn memory_sizes() {
-        let ok = [
-            ("512m", 512u64 << 20),
-            ("1g", 1 << 30),
-            ("1G", 1 << 30),
-            ("1.5g", 3 << 29),
-            ("256mb", 256 << 20),
-            ("1Gi", 1 << 30),
-            ("64k", 64 << 10),
-            ("1048576", 1 << 20),
-        ];
-        for (s, n) in ok {
-            assert_eq!(parse_memory(s), Ok(n), "{s}");
-        }
-        for bad in ["", "m", "1x", "1..5g", "-1g"] {
-            assert!(parse_memory(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn service_names() {
-        for ok in ["web", "api-v2", "a", "w0rker"] {
-            assert!(validate_service_name(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "",
-            "Web",
-            "my_app",
-            "-a",
-            "a-",
-            "1a",
-            "a.b",
-            &"a".repeat(64),
-        ] {
-            assert!(validate_service_name(bad).is_err(), "{bad}");
-        }
+    fn durations_and_sizes_follow_the_one_rule() {
+        let c = parse(
+            "[services.web.readiness]\ndeadline = \"1d\"\n[services.web.resources]\nmemory = \"1.5GiB\"\n",
+        )
+        .unwrap();
+        let web = c.service("web").unwrap();
+        assert_eq!(web.readiness.deadline, Duration::from_secs(86_400));
+        assert_eq!(web.resources.memory_bytes, Some(3 << 29));
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! It holds the records ([`model`]), the deployment state machine
 //! ([`state::transition`], the only way a deployment's status, stage and
-//! health change), `berth.toml` ([`config`]), name rules ([`names`]) and
+//! health change), `berth.toml` ([`config`]), name rules ([`names`]),
+//! durations and sizes ([`units`]) and
 //! the hostnames deployments get ([`hosts`]).
 //!
 //! Invariants: nothing here touches the network, disk, clock or random
@@ -17,3 +18,4 @@ pub mod model;
 pub mod names;
 pub mod redact;
 pub mod state;
+pub mod units;

@@ -55,6 +55,39 @@ fn dns_label(what: &'static str, name: &str, max: usize) -> Result<(), NameError
     Ok(())
 }
 
+/// Longest DNS label (RFC 1035).
+pub const MAX_LABEL: usize = 63;
+
+/// A label of at most `max` characters made from `label` (lowercase DNS
+/// characters): `label` itself when it fits, else its first characters,
+/// `-` and 8 characters of a hash of the whole of it, so the result is
+/// stable across versions and machines and two long labels that share
+/// their beginning stay apart. Hostnames and runtime names berth derives
+/// from several user names go through it.
+pub fn fit_label(label: &str, max: usize) -> String {
+    if label.len() <= max {
+        return label.to_string();
+    }
+    let tag = hash_tag(label);
+    let keep = max.saturating_sub(tag.len() + 1);
+    let prefix = label[..keep].trim_end_matches('-');
+    format!("{prefix}-{tag}")
+}
+
+/// 8 base32 characters (40 bits) of the FNV-1a hash of `s` (not `std`'s
+/// hasher, which may change between Rust versions).
+fn hash_tag(s: &str) -> String {
+    const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (0..8)
+        .map(|i| ALPHABET[((h >> (5 * i)) & 31) as usize] as char)
+        .collect()
+}
+
 /// Project names become hostnames and container names: DNS labels of at
 /// most 40 characters.
 pub fn project_name(name: &str) -> Result<(), NameError> {
@@ -66,9 +99,16 @@ pub fn environment_name(name: &str) -> Result<(), NameError> {
     dns_label("environment name", name, 30)
 }
 
-/// Service names from berth.toml.
+/// Longest service name: a DNS label (RFC 1035), like a Kubernetes
+/// Service name, so a service maps 1:1 onto a runtime's service name.
+pub const MAX_SERVICE_NAME: usize = 63;
+
+/// Service names, the one rule for `berth.toml`, the API and the CLI: a
+/// lowercase DNS label of 1-63 characters (`a-z`, `0-9`, `-`, starting with
+/// a letter, not ending with `-`). The hostnames berth derives from it stay
+/// valid at any length ([`crate::hosts`] shortens long labels).
 pub fn service_name(name: &str) -> Result<(), NameError> {
-    dns_label("service name", name, 30)
+    dns_label("service name", name, MAX_SERVICE_NAME)
 }
 
 /// A POSIX environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
@@ -181,6 +221,57 @@ mod tests {
             project_name("").unwrap_err().to_string(),
             "project name must not be empty"
         );
+    }
+
+    #[test]
+    fn service_names_are_dns_labels_up_to_63() {
+        for good in [
+            "web",
+            "api-v2",
+            "a",
+            "w0rker",
+            &"a".repeat(40),
+            &"a".repeat(63),
+        ] {
+            assert!(service_name(good).is_ok(), "{good}");
+        }
+        // (name, words in the error)
+        let bad: &[(&str, &str)] = &[
+            ("", "must not be empty"),
+            ("Web", "lowercase letters"),
+            ("my_app", "lowercase letters"),
+            ("-a", "lowercase letters"),
+            ("a-", "lowercase letters"),
+            ("1a", "starting with a letter"),
+            ("a.b", "lowercase letters"),
+            ("wéb", "lowercase letters"),
+            (&"a".repeat(64), "longer than 63 characters"),
+        ];
+        for (name, words) in bad {
+            let e = service_name(name).expect_err(name).to_string();
+            assert!(e.starts_with("service name"), "{e}");
+            assert!(e.contains(words), "{name:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn long_labels_are_fitted_stably() {
+        assert_eq!(fit_label("shop", 63), "shop");
+        assert_eq!(fit_label(&"a".repeat(63), 63), "a".repeat(63));
+        let long = format!("{}-{}", "a".repeat(50), "b".repeat(30));
+        let f = fit_label(&long, 63);
+        assert_eq!(f.len(), 63);
+        assert!(f.starts_with(&"a".repeat(50)), "{f}");
+        assert_eq!(f, fit_label(&long, 63), "stable");
+        // Pinned: the hash must not change between versions, or every
+        // long hostname would move.
+        assert_eq!(&f[54..], "-tj2kr69y", "{f}");
+        assert_ne!(f, fit_label(&format!("{long}c"), 63));
+        // No "--" where the cut falls on a '-'.
+        let cut = format!("{}-{}", "a".repeat(53), "b".repeat(30));
+        let f = fit_label(&cut, 63);
+        assert!(!f.contains("--") && f.len() <= 63, "{f}");
+        assert!(dns_label("label", &f, 63).is_ok());
     }
 
     #[test]

@@ -16,7 +16,6 @@
 //! (one file per verb group), [`output`] (tables, ages, the live step
 //! display), [`args`] (flag value parsers).
 
-mod args;
 mod client;
 mod cmd;
 mod output;
@@ -286,6 +285,13 @@ mod tests {
         ])
         .unwrap();
         assert!(ok(&["server", "--build-memory", "lots"]).is_err());
+        // The rules of berth-core's `units`, as in berth.toml and the API.
+        assert!(ok(&["server", "--build-memory", "1.5g", "--preview-ttl", "0"]).is_ok());
+        assert!(ok(&["server", "--preview-ttl", "7d", "--build-timeout", "30m"]).is_ok());
+        let e = ok(&["server", "--drain-timeout", "30"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"30\" has no unit"), "{e}");
         assert!(ok(&["logs", "--stream", "nope", "dep_1"]).is_err());
         assert!(ok(&["projects", "create", "shop"]).is_err());
     }

@@ -48,19 +48,12 @@ fn parse_streams(s: &Option<String>) -> ApiResult<Vec<LogStream>> {
         .collect()
 }
 
+/// `since`: the rule of the CLI's `--since` ([`berth_core::units::parse_since`]).
 fn parse_since(s: &Option<String>) -> ApiResult<Option<DateTime<Utc>>> {
     let Some(s) = s else { return Ok(None) };
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Ok(Some(t.with_timezone(&Utc)));
-    }
-    let d = berth_core::config::parse_duration(s).map_err(|e| {
-        ApiError::bad_request(format!(
-            "since {s:?} is neither RFC 3339 nor a duration: {e}"
-        ))
-    })?;
-    Ok(Some(
-        Utc::now() - chrono::Duration::from_std(d).unwrap_or_default(),
-    ))
+    berth_core::units::parse_since(s, Utc::now())
+        .map(Some)
+        .map_err(|e| ApiError::bad_request(format!("since: {e}")))
 }
 
 fn last_event_id(h: &HeaderMap) -> Option<i64> {

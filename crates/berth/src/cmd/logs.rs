@@ -7,10 +7,10 @@
 //! printed twice.
 
 use super::Ctx;
-use crate::args::parse_since;
 use crate::client::{ClientError, LogQuery, LogSource};
 use crate::output::{emit, timestamp};
 use berth_core::model::{LogLine, LogStream};
+use berth_core::units::parse_since;
 use chrono::Utc;
 use clap::Args;
 use std::time::Duration;
@@ -105,7 +105,7 @@ pub async fn run(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<()> {
     };
     let since = match &a.since {
         Some(s) => Some(timestamp(
-            parse_since(s, Utc::now()).map_err(anyhow::Error::msg)?,
+            parse_since(s, Utc::now()).map_err(|e| anyhow::anyhow!("--since: {e}"))?,
         )),
         None => None,
     };

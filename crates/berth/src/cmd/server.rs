@@ -1,7 +1,7 @@
 //! `berth server`: build a [`ServerConfig`] from flags and `BERTH_*`
 //! variables and run the control plane.
 
-use crate::args::{parse_duration, parse_size};
+use berth_core::units::{parse_duration, parse_size};
 use berth_server::ServerConfig;
 use clap::Args;
 use std::net::SocketAddr;
@@ -38,7 +38,7 @@ pub struct ServerArgs {
     /// Push images to this registry (e.g. 127.0.0.1:5000).
     #[arg(long, env = "BERTH_REGISTRY")]
     registry: Option<String>,
-    /// How long draining waits for in-flight requests ("30s", "2m" or seconds).
+    /// How long draining waits for in-flight requests ("30s", "2m").
     #[arg(long, env = "BERTH_DRAIN_TIMEOUT", value_parser = parse_duration)]
     drain_timeout: Option<Duration>,
     /// Builds running at once.

@@ -360,3 +360,76 @@ fn a_second_server_on_the_same_ports_refuses_to_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot listen on --http-listen"), "{err}");
 }
+
+/// Durations, sizes and service names follow one rule in berth.toml, the
+/// CLI and the API (berth-core's `units` and `names`): `?since=1d` works
+/// on both log routes as `--since 1d` does, a bad value is a 400 naming
+/// it, and a 40-character service name is accepted at create as at parse.
+#[test]
+fn since_and_service_names_follow_the_same_rule_in_api_and_cli() {
+    let s = Server::start();
+    let missing = s.dir.path().join("no-such-repo");
+    s.ok(&[
+        "projects",
+        "create",
+        "rules",
+        "--repo",
+        missing.to_str().unwrap(),
+    ]);
+    let forty = "s".repeat(40);
+    let d = s.json(&[
+        "deploy",
+        "--project",
+        "rules",
+        "--service",
+        &forty,
+        "--json",
+    ]);
+    assert_eq!(d["serviceName"], forty.as_str(), "{d}");
+    let id = d["id"].as_str().unwrap().to_string();
+    let long = "s".repeat(64);
+    let o = s.cli(&["deploy", "--project", "rules", "--service", &long]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("longer than 63 characters"), "{err}");
+
+    // The clone fails (no such repository): the deployment ends with
+    // berth's own log lines, no Docker needed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let cur = s.json(&["inspect", &id, "--json"]);
+        if cur["status"] == "failed" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never failed: {cur}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let get = |path: &str| {
+        let r = s
+            .client()
+            .get(format!("{}/api/v1/{path}", s.api()))
+            .bearer_auth(TOKEN)
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().unwrap())
+    };
+    let svc = format!("logs?project=rules&service={forty}");
+    for base in [format!("deployments/{id}/logs?"), format!("{svc}&")] {
+        let (st, all) = get(&format!("{base}since=1d"));
+        assert_eq!(st, 200, "{base}since=1d: {all}");
+        let n = all.as_array().unwrap().len();
+        assert!(n > 0, "{base}: no lines since 1d: {all}");
+        assert_eq!(get(&format!("{base}since=10m")).1, all);
+        let (st, none) = get(&format!("{base}since=2099-01-01T00:00:00Z"));
+        assert_eq!((st, none), (200, serde_json::json!([])), "{base}");
+        let (st, e) = get(&format!("{base}since=1x"));
+        assert_eq!(st, 400, "{base}: {e}");
+        let msg = e["message"].as_str().unwrap();
+        assert!(msg.contains("\"1x\"") && !msg.contains('\n'), "{msg}");
+    }
+    let cli = s.ok(&["logs", &id, "--since", "1d", "--json"]);
+    assert!(!cli.trim().is_empty(), "CLI --since 1d printed nothing");
+    let o = s.cli(&["logs", &id, "--since", "1x"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--since: \"1x\""));
+}
