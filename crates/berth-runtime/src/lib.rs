@@ -39,6 +39,7 @@ pub mod docker;
 pub mod fake;
 pub mod health;
 pub mod logs;
+pub mod microvm;
 pub mod runtime;
 pub mod spec;
 #[cfg(any(test, feature = "testing"))]
@@ -46,6 +47,7 @@ pub mod testing;
 
 pub use docker::DockerRuntime;
 pub use health::{probe, ProbeFailure, ProbeResult, ProbeSchedule};
+pub use microvm::{MicroVmConfig, MicroVmRuntime};
 pub use runtime::{Runtime, RuntimeError};
 pub use spec::{
     berth_labels, shell_command, Instance, InstanceSpec, InstanceState, InstanceStatus, Limits,

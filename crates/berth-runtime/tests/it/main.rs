@@ -3,3 +3,4 @@
 //! skip it with `cargo test -- --skip needs_docker`.
 
 mod needs_docker;
+mod needs_qemu;

@@ -1,0 +1,940 @@
+//! [`MicroVmRuntime`]: the [`Runtime`] where each instance is its own QEMU
+//! virtual machine with berth's guest init (`berth-init`) as PID 1.
+//!
+//! - **Images** stay in the Docker Engine (built and inspected there); a
+//!   VM's root disk is the image's filesystem as ext4 ([`rootfs`]), cached
+//!   per image id and shared read-only (`snapshot=on`: writes go to a
+//!   throw-away overlay, as a container's writable layer).
+//! - **Boot**: the guest kernel ([`kernel`]) with a per-instance initramfs
+//!   ([`initramfs`]) holding berth-init, the virtio modules and the merged
+//!   config (argv = entrypoint + cmd, env = image env + berth's, working
+//!   directory, user, hostname).
+//! - **Channels** (no vsock here): virtio-console ports. stdout, stderr and
+//!   status go to files in the VM's directory (so nothing is lost while
+//!   berth is down), control comes from a unix socket (signals).
+//! - **Lifetime**: QEMU runs daemonized in its own session with a pidfile;
+//!   a kill -9 of berth leaves VMs running, and `list_owned` finds them again
+//!   from `<state>/vms/*/meta.json` (adopted, not rebooted).
+//! - **Network**: QEMU user-mode networking; `spec.port` is forwarded from
+//!   an ephemeral port on 127.0.0.1 (`hostfwd`), so the edge, health checks
+//!   and drain work as with containers.
+//!
+//! Not supported (refused or ignored, documented): volumes (refused),
+//! restart policies (a VM whose app exits stays exited), PID limits.
+
+pub mod initramfs;
+pub mod kernel;
+pub mod qemu;
+pub mod rootfs;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_init::config::{Config as InitConfig, Network};
+use berth_init::lines;
+use berth_init::protocol::{self, Control, Status};
+use bollard::errors::Error as DockerError;
+use bollard::Docker;
+use chrono::{DateTime, TimeZone, Utc};
+use futures::stream::{self, BoxStream};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+
+pub use kernel::GuestKernel;
+pub use qemu::Accel;
+
+use crate::logs::MAX_LINE_BYTES;
+use crate::runtime::{Runtime, RuntimeError};
+use crate::spec::{
+    Instance, InstanceSpec, InstanceState, InstanceStatus, LogChunk, LogOptions, LogStream,
+    OneOffOutcome, ONEOFF_MAX_LINES, OWNER_LABEL, PORT_LABEL,
+};
+
+/// Guest memory when the spec sets no limit.
+pub const DEFAULT_MEMORY_MIB: u64 = 256;
+/// Smallest guest memory: the kernel and init need about 60 MiB.
+pub const MIN_MEMORY_MIB: u64 = 128;
+/// How long a probe boot under KVM may take before `auto` falls back to TCG.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How the microVM runtime is set up (from the server's flags).
+#[derive(Debug, Clone)]
+pub struct MicroVmConfig {
+    /// Where VMs and root disks live (`<data dir>/microvm`).
+    pub state_dir: PathBuf,
+    /// The guest kernel; `None` finds `/boot/vmlinuz-*-cloud-amd64`.
+    pub kernel: Option<PathBuf>,
+    /// The static berth-init binary.
+    pub init: PathBuf,
+    pub accel: Accel,
+    /// The QEMU binary (`qemu-system-x86_64`).
+    pub qemu: PathBuf,
+}
+
+/// Why the microVM runtime cannot run on this host.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("{0}")]
+    Kernel(#[from] kernel::KernelError),
+    #[error("qemu not found ({0}): install qemu-system-x86")]
+    NoQemu(String),
+    #[error(
+        "berth-init not found at {0} (build it with scripts/build-init.sh or pass --microvm-init)"
+    )]
+    NoInit(PathBuf),
+    #[error("kvm requested but {0}")]
+    NoKvm(String),
+    #[error("state dir {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("state dir {0} is too long for the VMs' unix sockets")]
+    StateDirTooLong(PathBuf),
+}
+
+/// A [`Runtime`] running each instance in a QEMU microVM.
+#[derive(Clone)]
+pub struct MicroVmRuntime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    docker: Docker,
+    config: MicroVmConfig,
+    kernel: GuestKernel,
+    /// `kvm` or `tcg`, decided at setup.
+    accel: Accel,
+    /// Serializes root-disk builds.
+    build_lock: tokio::sync::Mutex<()>,
+}
+
+/// What berth keeps about a VM (`<vm dir>/meta.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Meta {
+    name: String,
+    image: String,
+    labels: BTreeMap<String, String>,
+    port: Option<u16>,
+    host_port: Option<u16>,
+    memory_mib: u64,
+    cpus: u32,
+    accel: String,
+    started_at: DateTime<Utc>,
+}
+
+impl MicroVmRuntime {
+    /// Checks the host (QEMU, kernel and modules, berth-init, state dir) and
+    /// settles the accelerator: `auto` boots a probe VM under KVM with a
+    /// timeout and falls back to TCG with a warning.
+    pub async fn new(docker: Docker, config: MicroVmConfig) -> Result<Self, SetupError> {
+        which(&config.qemu).ok_or_else(|| SetupError::NoQemu(config.qemu.display().to_string()))?;
+        if !config.init.is_file() {
+            return Err(SetupError::NoInit(config.init.clone()));
+        }
+        let kernel = GuestKernel::find(config.kernel.as_deref())?;
+        for dir in [
+            config.state_dir.join("vms"),
+            config.state_dir.join("images"),
+        ] {
+            std::fs::create_dir_all(&dir).map_err(|source| SetupError::StateDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let state_dir =
+            std::fs::canonicalize(&config.state_dir).map_err(|source| SetupError::StateDir {
+                path: config.state_dir.clone(),
+                source,
+            })?;
+        // vms/<16 hex>/control.sock must fit in sun_path.
+        if state_dir
+            .join("vms/0123456789abcdef")
+            .join(qemu::CONTROL_SOCK)
+            .as_os_str()
+            .len()
+            > qemu::MAX_SOCKET_PATH
+        {
+            return Err(SetupError::StateDirTooLong(state_dir));
+        }
+        let config = MicroVmConfig {
+            state_dir,
+            ..config
+        };
+        let mut runtime = MicroVmRuntime {
+            inner: Arc::new(Inner {
+                docker,
+                accel: Accel::Tcg,
+                kernel,
+                config: config.clone(),
+                build_lock: tokio::sync::Mutex::new(()),
+            }),
+        };
+        let accel = match config.accel {
+            Accel::Tcg => Accel::Tcg,
+            Accel::Kvm => {
+                kvm_usable().map_err(SetupError::NoKvm)?;
+                Accel::Kvm
+            }
+            Accel::Auto => match kvm_usable() {
+                Err(why) => {
+                    tracing::info!("microvm: {why}; using TCG");
+                    Accel::Tcg
+                }
+                Ok(()) => match runtime.probe(Accel::Kvm).await {
+                    Ok(()) => Accel::Kvm,
+                    Err(why) => {
+                        tracing::warn!(
+                            "microvm: a probe VM did not boot under KVM ({why}); falling back to TCG (slow)"
+                        );
+                        Accel::Tcg
+                    }
+                },
+            },
+        };
+        Arc::get_mut(&mut runtime.inner)
+            .expect("not shared yet")
+            .accel = accel;
+        Ok(runtime)
+    }
+
+    /// The accelerator VMs run with (`kvm` or `tcg`).
+    pub fn accel(&self) -> Accel {
+        self.inner.accel
+    }
+
+    /// The guest kernel VMs boot.
+    pub fn kernel(&self) -> &Path {
+        &self.inner.kernel.image
+    }
+
+    /// Boots a VM that only loads its modules and reports `probe_ok`.
+    async fn probe(&self, accel: Accel) -> Result<(), String> {
+        let dir = tempfile::Builder::new()
+            .prefix("probe-")
+            .tempdir_in(self.inner.config.state_dir.join("vms"))
+            .map_err(|e| e.to_string())?;
+        let config = InitConfig {
+            argv: vec!["/probe".into()],
+            env: Vec::new(),
+            workdir: String::new(),
+            user: String::new(),
+            hostname: "probe".into(),
+            modules: Vec::new(),
+            root_device: "/dev/vda".into(),
+            network: None,
+            probe: true,
+        };
+        self.write_initrd(dir.path(), config)
+            .await
+            .map_err(|e| e.to_string())?;
+        // Any readable file does as the (unused) root disk.
+        let launch = qemu::VmLaunch {
+            name: "probe".into(),
+            dir: dir.path().to_owned(),
+            kernel: self.inner.kernel.image.clone(),
+            root_disk: dir.path().join(qemu::INITRD),
+            accel,
+            memory_mib: MIN_MEMORY_MIB,
+            cpus: 1,
+            forward: None,
+        };
+        self.launch(&launch).await.map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + PROBE_TIMEOUT;
+        let result = loop {
+            let status =
+                std::fs::read_to_string(dir.path().join(qemu::STATUS_LOG)).unwrap_or_default();
+            if protocol::decode_all::<Status>(&status).contains(&Status::ProbeOk) {
+                break Ok(());
+            }
+            if qemu::running_pid(dir.path()).is_none() {
+                break Err("the probe VM exited without reporting".to_owned());
+            }
+            if Instant::now() >= deadline {
+                break Err(format!("no answer within {}s", PROBE_TIMEOUT.as_secs()));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        if let Some(pid) = qemu::running_pid(dir.path()) {
+            qemu::kill(pid, libc::SIGKILL);
+            qemu::wait_gone(dir.path(), Duration::from_secs(5)).await;
+        }
+        result
+    }
+
+    fn vms_dir(&self) -> PathBuf {
+        self.inner.config.state_dir.join("vms")
+    }
+
+    fn images_dir(&self) -> PathBuf {
+        self.inner.config.state_dir.join("images")
+    }
+
+    /// A VM's directory: a hash of its name (names may be long; unix socket
+    /// paths may not).
+    fn vm_dir(&self, name: &str) -> PathBuf {
+        self.vms_dir().join(name_hash(name))
+    }
+
+    fn read_meta(dir: &Path) -> Option<Meta> {
+        serde_json::from_slice(&std::fs::read(dir.join("meta.json")).ok()?).ok()
+    }
+
+    /// The directory and meta of instance `id` (= its name).
+    fn find(&self, id: &str) -> Result<(PathBuf, Meta), RuntimeError> {
+        let dir = self.vm_dir(id);
+        match Self::read_meta(&dir) {
+            Some(meta) if meta.name == id => Ok((dir, meta)),
+            _ => Err(RuntimeError::NotFound(id.to_owned())),
+        }
+    }
+
+    async fn write_initrd(&self, dir: &Path, config: InitConfig) -> Result<(), RuntimeError> {
+        let init = self.inner.config.init.clone();
+        let modules = self.inner.kernel.modules.clone();
+        let path = dir.join(qemu::INITRD);
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let init = std::fs::read(&init)?;
+            let mut loaded = Vec::new();
+            for module in &modules {
+                let name = module
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                loaded.push((name, std::fs::read(module)?));
+            }
+            let config = InitConfig {
+                modules: loaded.iter().map(|(n, _)| n.clone()).collect(),
+                ..config
+            };
+            let config = serde_json::to_vec(&config).map_err(std::io::Error::other)?;
+            let mut out = Vec::new();
+            initramfs::write_archive(&mut out, &initramfs::entries(&init, &config, &loaded))?;
+            // It holds the app's environment (secrets): owner only.
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)?;
+            std::io::Write::write_all(&mut file, &out)
+        })
+        .await
+        .map_err(|e| backend("write initramfs", e))?
+        .map_err(|e| backend("write initramfs", e))
+    }
+
+    async fn launch(&self, launch: &qemu::VmLaunch) -> Result<(), RuntimeError> {
+        let output = tokio::process::Command::new(&self.inner.config.qemu)
+            .args(launch.args())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|e| backend("run qemu", e))?;
+        if !output.status.success() {
+            return Err(RuntimeError::Backend {
+                op: "start microvm",
+                message: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Image id and merged init config for `spec`.
+    async fn image_config(
+        &self,
+        spec: &InstanceSpec,
+    ) -> Result<(String, InitConfig), RuntimeError> {
+        let inspect = match self.inner.docker.inspect_image(&spec.image).await {
+            Ok(i) => i,
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Err(RuntimeError::ImageNotFound(spec.image.clone())),
+            Err(e) => return Err(backend("inspect image", e)),
+        };
+        let id = inspect.id.unwrap_or_else(|| spec.image.clone());
+        let cfg = inspect.config.unwrap_or_default();
+        let mut argv = cfg.entrypoint.unwrap_or_default();
+        argv.extend(spec.command.clone().or(cfg.cmd).unwrap_or_default());
+        let mut env: Vec<(String, String)> = cfg
+            .env
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            })
+            .collect();
+        env.extend(spec.env.iter().cloned());
+        if argv.is_empty() {
+            return Err(RuntimeError::Backend {
+                op: "start microvm",
+                message: format!("image {} has no entrypoint or cmd", spec.image),
+            });
+        }
+        Ok((
+            id,
+            InitConfig {
+                argv,
+                env,
+                workdir: cfg.working_dir.unwrap_or_default(),
+                user: cfg.user.unwrap_or_default(),
+                hostname: hostname(&spec.name),
+                modules: Vec::new(),
+                root_device: "/dev/vda".into(),
+                network: Some(Network::qemu_user()),
+                probe: false,
+            },
+        ))
+    }
+
+    async fn create(&self, spec: &InstanceSpec, oneoff: bool) -> Result<Instance, RuntimeError> {
+        spec.validate()?;
+        if !spec.mounts.is_empty() {
+            return Err(RuntimeError::Backend {
+                op: "start microvm",
+                message: "volumes are not supported by the microvm runtime yet".into(),
+            });
+        }
+        let dir = self.vm_dir(&spec.name);
+        if dir.exists() {
+            return Err(RuntimeError::Conflict(format!(
+                "instance {} already exists",
+                spec.name
+            )));
+        }
+        let (image_id, init_config) = self.image_config(spec).await?;
+        let root_disk = {
+            let _guard = self.inner.build_lock.lock().await;
+            rootfs::ensure(
+                &self.inner.docker,
+                &self.images_dir(),
+                &spec.image,
+                &image_id,
+            )
+            .await?
+        };
+        let port = if oneoff { None } else { spec.port };
+        let memory_mib = spec
+            .limits
+            .memory_bytes
+            .map(|b| (b / (1024 * 1024)).max(MIN_MEMORY_MIB))
+            .unwrap_or(DEFAULT_MEMORY_MIB);
+        let cpus = spec
+            .limits
+            .nano_cpus
+            .map(|n| {
+                u32::try_from((n + 999_999_999) / 1_000_000_000)
+                    .unwrap_or(1)
+                    .clamp(1, 16)
+            })
+            .unwrap_or(1);
+        std::fs::create_dir_all(&dir).map_err(|e| backend("create vm dir", e))?;
+        let result = async {
+            self.write_initrd(&dir, init_config).await?;
+            // An ephemeral port, then QEMU binds it; retried when taken meanwhile.
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let host_port = match port {
+                    Some(_) => Some(free_port().map_err(|e| backend("pick a host port", e))?),
+                    None => None,
+                };
+                let mut labels = spec.labels.clone();
+                labels.insert(OWNER_LABEL.to_owned(), "true".to_owned());
+                if let Some(p) = port {
+                    labels.insert(PORT_LABEL.to_owned(), p.to_string());
+                }
+                let meta = Meta {
+                    name: spec.name.clone(),
+                    image: spec.image.clone(),
+                    labels,
+                    port,
+                    host_port,
+                    memory_mib,
+                    cpus,
+                    accel: self.inner.accel.as_str().into(),
+                    started_at: Utc::now(),
+                };
+                std::fs::write(
+                    dir.join("meta.json"),
+                    serde_json::to_vec_pretty(&meta).map_err(|e| backend("write meta", e))?,
+                )
+                .map_err(|e| backend("write meta", e))?;
+                let launch = qemu::VmLaunch {
+                    name: spec.name.clone(),
+                    dir: dir.clone(),
+                    kernel: self.inner.kernel.image.clone(),
+                    root_disk: root_disk.clone(),
+                    accel: self.inner.accel,
+                    memory_mib,
+                    cpus,
+                    forward: port.zip(host_port).map(|(g, h)| (h, g)),
+                };
+                match self.launch(&launch).await {
+                    Ok(()) => return Ok(self.instance(&dir, meta)),
+                    Err(e) if attempt < 3 && e.to_string().contains("hostfwd") => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        .await;
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        result
+    }
+
+    fn instance(&self, dir: &Path, meta: Meta) -> Instance {
+        let running = qemu::running_pid(dir).is_some() && exited(dir).is_none();
+        Instance {
+            id: meta.name.clone(),
+            addr: meta
+                .host_port
+                .filter(|_| running)
+                .map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, p))),
+            name: meta.name,
+            image: meta.image,
+            labels: meta.labels,
+            running,
+        }
+    }
+
+    /// Sends a control record to the init; false when the VM cannot be
+    /// reached.
+    async fn control(dir: &Path, record: &Control) -> bool {
+        let path = dir.join(qemu::CONTROL_SOCK);
+        let Ok(Ok(mut sock)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::UnixStream::connect(&path),
+        )
+        .await
+        else {
+            return false;
+        };
+        let ok = sock
+            .write_all(protocol::encode(record).as_bytes())
+            .await
+            .is_ok();
+        let _ = sock.flush().await;
+        // Let QEMU read it before the connection closes.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        ok
+    }
+
+    async fn wait_exit(&self, dir: &Path, timeout: Duration) -> bool {
+        qemu::wait_gone(dir, timeout).await
+    }
+}
+
+/// The init's `Exited` record, if the app exited.
+fn exited(dir: &Path) -> Option<(i32, bool, i64)> {
+    statuses(dir).into_iter().find_map(|s| match s {
+        Status::Exited { code, oom, at_ms } => Some((code, oom, at_ms)),
+        _ => None,
+    })
+}
+
+fn statuses(dir: &Path) -> Vec<Status> {
+    protocol::decode_all(&std::fs::read_to_string(dir.join(qemu::STATUS_LOG)).unwrap_or_default())
+}
+
+fn backend(op: &'static str, e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Backend {
+        op,
+        message: e.to_string(),
+    }
+}
+
+/// 16 hex digits of FNV-1a over `name`.
+fn name_hash(name: &str) -> String {
+    let mut hash: u64 = 0xcbf29ce484222325;
+    for b in name.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x100000001b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// A DNS label from an instance name (at most 63 characters).
+fn hostname(name: &str) -> String {
+    let label: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    let label = label.trim_matches('-').to_owned();
+    if label.is_empty() {
+        "berth".into()
+    } else {
+        label
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+fn which(program: &Path) -> Option<PathBuf> {
+    if program.components().count() > 1 {
+        return program.is_file().then(|| program.to_owned());
+    }
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.is_file())
+}
+
+fn kvm_usable() -> Result<(), String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map(|_| ())
+        .map_err(|e| format!("/dev/kvm cannot be opened ({e})"))
+}
+
+fn ms_to_time(ms: i64) -> Option<DateTime<Utc>> {
+    Utc.timestamp_millis_opt(ms).single()
+}
+
+/// Reads one log file's records as chunks.
+fn read_records(path: &Path, stream: LogStream, from: u64) -> (Vec<LogChunk>, u64) {
+    let Ok(bytes) = std::fs::read(path) else {
+        return (Vec::new(), from);
+    };
+    let start = (from as usize).min(bytes.len());
+    // Only complete records; a torn last one is read next time.
+    let end = bytes[start..]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map(|p| start + p + 1)
+        .unwrap_or(start);
+    let chunks = bytes[start..end]
+        .split(|&b| b == b'\n')
+        .filter(|r| !r.is_empty())
+        .filter_map(lines::parse_record)
+        .map(|(ns, line)| {
+            let line = &line[..line.len().min(MAX_LINE_BYTES)];
+            LogChunk {
+                stream,
+                ts: Utc.timestamp_nanos(ns),
+                line: String::from_utf8_lossy(line).into_owned(),
+            }
+        })
+        .collect();
+    (chunks, end as u64)
+}
+
+#[async_trait::async_trait]
+impl Runtime for MicroVmRuntime {
+    async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
+        self.create(spec, false).await
+    }
+
+    async fn inspect(&self, id: &str) -> Result<InstanceState, RuntimeError> {
+        let (dir, meta) = self.find(id)?;
+        let records = statuses(&dir);
+        let alive = qemu::running_pid(&dir).is_some();
+        let error = records.iter().find_map(|s| match s {
+            Status::Error { message } => Some(message.clone()),
+            _ => None,
+        });
+        let exit = exited(&dir);
+        let stopped_by_host = dir.join("stopped").exists();
+        let (status, oom, finished) = match (exit, alive) {
+            (Some((code, oom, at)), _) => (
+                InstanceStatus::Exited { code: code.into() },
+                oom,
+                ms_to_time(at),
+            ),
+            (None, true) => (InstanceStatus::Running, false, None),
+            // Killed from outside (stop after grace, or QEMU died).
+            (None, false) => (
+                InstanceStatus::Exited {
+                    code: if stopped_by_host { 137 } else { 255 },
+                },
+                false,
+                std::fs::metadata(dir.join(qemu::STATUS_LOG))
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .map(DateTime::<Utc>::from),
+            ),
+        };
+        let running = status == InstanceStatus::Running;
+        Ok(InstanceState {
+            id: meta.name.clone(),
+            name: meta.name.clone(),
+            status,
+            oom_killed: oom,
+            restart_count: 0,
+            started_at: Some(meta.started_at),
+            finished_at: finished,
+            error,
+            addr: meta
+                .host_port
+                .filter(|_| running)
+                .map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, p))),
+            labels: meta.labels,
+        })
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let (dir, _) = self.find(id)?;
+        if qemu::running_pid(&dir).is_none() {
+            return Ok(());
+        }
+        let _ = std::fs::write(dir.join("stopped"), b"");
+        Self::control(
+            &dir,
+            &Control::Signal {
+                signal: libc::SIGTERM,
+            },
+        )
+        .await;
+        if self.wait_exit(&dir, grace).await {
+            return Ok(());
+        }
+        Self::control(
+            &dir,
+            &Control::Signal {
+                signal: libc::SIGKILL,
+            },
+        )
+        .await;
+        if self.wait_exit(&dir, Duration::from_secs(2)).await {
+            return Ok(());
+        }
+        if let Some(pid) = qemu::running_pid(&dir) {
+            qemu::kill(pid, libc::SIGKILL);
+        }
+        self.wait_exit(&dir, Duration::from_secs(5)).await;
+        Ok(())
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let Ok((dir, _)) = self.find(id) else {
+            return Ok(());
+        };
+        if let Some(pid) = qemu::running_pid(&dir) {
+            qemu::kill(pid, libc::SIGKILL);
+            qemu::wait_gone(&dir, Duration::from_secs(5)).await;
+        }
+        std::fs::remove_dir_all(&dir).or_else(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Ok(())
+            } else {
+                Err(backend("remove microvm", e))
+            }
+        })
+    }
+
+    async fn list_owned(&self) -> Result<Vec<Instance>, RuntimeError> {
+        let mut out = Vec::new();
+        let entries = std::fs::read_dir(self.vms_dir()).map_err(|e| backend("list microvms", e))?;
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            if let Some(meta) = Self::read_meta(&dir) {
+                out.push(self.instance(&dir, meta));
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn logs(
+        &self,
+        id: &str,
+        opts: LogOptions,
+    ) -> BoxStream<'static, Result<LogChunk, RuntimeError>> {
+        let found = self.find(id);
+        let (dir, _) = match found {
+            Ok(found) => found,
+            Err(e) => return stream::once(async move { Err(e) }).boxed(),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel::<LogChunk>(256);
+        tokio::spawn(async move {
+            let out_path = dir.join(qemu::STDOUT_LOG);
+            let err_path = dir.join(qemu::STDERR_LOG);
+            let (mut out, out_pos) = read_records(&out_path, LogStream::Stdout, 0);
+            let (err, err_pos) = read_records(&err_path, LogStream::Stderr, 0);
+            out.extend(err);
+            out.sort_by_key(|c| c.ts);
+            if let Some(since) = opts.since {
+                out.retain(|c| c.ts >= since);
+            }
+            if let Some(tail) = opts.tail {
+                let skip = out.len().saturating_sub(tail as usize);
+                out.drain(..skip);
+            }
+            for chunk in out {
+                if tx.send(chunk).await.is_err() {
+                    return;
+                }
+            }
+            if !opts.follow {
+                return;
+            }
+            let (mut out_pos, mut err_pos) = (out_pos, err_pos);
+            loop {
+                let alive = qemu::running_pid(&dir).is_some() && exited(&dir).is_none();
+                let (mut new, p1) = read_records(&out_path, LogStream::Stdout, out_pos);
+                let (new_err, p2) = read_records(&err_path, LogStream::Stderr, err_pos);
+                (out_pos, err_pos) = (p1, p2);
+                new.extend(new_err);
+                new.sort_by_key(|c| c.ts);
+                for chunk in new {
+                    if tx.send(chunk).await.is_err() {
+                        return;
+                    }
+                }
+                if !alive {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|c| (Ok(c), rx)) },
+        )
+        .boxed()
+    }
+
+    async fn run_oneoff(
+        &self,
+        spec: &InstanceSpec,
+        timeout: Duration,
+    ) -> Result<OneOffOutcome, RuntimeError> {
+        let started = Instant::now();
+        let instance = self.create(spec, true).await?;
+        let dir = self.vm_dir(&instance.id);
+        let finished = self.wait_exit(&dir, timeout).await;
+        let result = if !finished {
+            Err(RuntimeError::OneOffTimeout {
+                name: spec.name.clone(),
+                after: timeout,
+            })
+        } else {
+            let state = self.inspect(&instance.id).await?;
+            let mut output: VecDeque<LogChunk> = VecDeque::new();
+            let mut dropped = 0;
+            let mut logs = self.logs(&instance.id, LogOptions::default());
+            while let Some(chunk) = logs.next().await {
+                output.push_back(chunk?);
+                if output.len() > ONEOFF_MAX_LINES {
+                    output.pop_front();
+                    dropped += 1;
+                }
+            }
+            let exit_code = match state.status {
+                InstanceStatus::Exited { code } => code,
+                _ => 255,
+            };
+            Ok(OneOffOutcome {
+                exit_code,
+                oom_killed: state.oom_killed,
+                output: output.into(),
+                dropped_lines: dropped,
+                duration: started.elapsed(),
+            })
+        };
+        self.remove(&instance.id).await?;
+        result
+    }
+
+    async fn image_exists(&self, image: &str) -> Result<bool, RuntimeError> {
+        match self.inner.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => Err(backend("inspect image", e)),
+        }
+    }
+
+    async fn remove_image(&self, image: &str) -> Result<(), RuntimeError> {
+        let id = match self.inner.docker.inspect_image(image).await {
+            Ok(i) => i.id,
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Ok(()),
+            Err(e) => return Err(backend("inspect image", e)),
+        };
+        // In use by a VM of ours (the engine cannot know).
+        for vm in self.list_owned().await? {
+            if vm.image == image && vm.running {
+                return Err(RuntimeError::ImageInUse {
+                    image: image.to_owned(),
+                    detail: format!("microvm {} runs it", vm.name),
+                });
+            }
+        }
+        crate::DockerRuntime::from_docker(self.inner.docker.clone())
+            .remove_image(image)
+            .await?;
+        if let Some(id) = id {
+            // Only when no other tag still points at the same image.
+            if !self.image_exists(&id).await.unwrap_or(true) {
+                rootfs::remove_cached(&self.images_dir(), &id);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_dirs_are_short_and_stable() {
+        let a = name_hash("berth-shop-web-production-1a2b3c4d");
+        assert_eq!(a.len(), 16);
+        assert_eq!(a, name_hash("berth-shop-web-production-1a2b3c4d"));
+        assert_ne!(a, name_hash("berth-shop-web-production-1a2b3c4e"));
+    }
+
+    #[test]
+    fn hostnames_are_dns_labels() {
+        assert_eq!(hostname("berth-Shop_web.1"), "berth-shop-web-1");
+        assert_eq!(hostname(&"x".repeat(100)).len(), 63);
+        assert_eq!(hostname("__"), "berth");
+    }
+
+    #[test]
+    fn log_records_read_incrementally_and_skip_torn_tails() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stdout.log");
+        std::fs::write(&path, b"1000 one\n2000 two\n30").unwrap();
+        let (chunks, pos) = read_records(&path, LogStream::Stdout, 0);
+        assert_eq!(
+            chunks.iter().map(|c| c.line.as_str()).collect::<Vec<_>>(),
+            ["one", "two"]
+        );
+        assert_eq!(chunks[1].ts, Utc.timestamp_nanos(2000));
+        std::fs::write(&path, b"1000 one\n2000 two\n3000 three\n").unwrap();
+        let (chunks, _) = read_records(&path, LogStream::Stdout, pos);
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(chunks[0].line, "three");
+    }
+}

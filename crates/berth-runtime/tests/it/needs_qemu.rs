@@ -1,0 +1,271 @@
+//! [`MicroVmRuntime`] on real QEMU (TCG) with the host's guest kernel and
+//! the busybox test image. Each test skips with a notice when QEMU or the
+//! kernel is missing, and fails under `CI=true`.
+
+use std::time::{Duration, Instant};
+
+use berth_runtime::microvm::testing::{self as vm_testing, require_host};
+use berth_runtime::microvm::Accel;
+use berth_runtime::testing::{self, TEST_LABEL};
+use berth_runtime::{
+    berth_labels, shell_command, InstanceSpec, InstanceState, InstanceStatus, LogOptions,
+    LogStream, MicroVmRuntime, Runtime,
+};
+use futures::StreamExt;
+
+/// Boots take seconds under TCG on a loaded host.
+const BOOT_DEADLINE: Duration = Duration::from_secs(120);
+
+async fn setup(test: &str) -> Option<(MicroVmRuntime, tempfile::TempDir, String)> {
+    require_host(test)?;
+    let docker = testing::connect().await.expect("connect to docker");
+    let image = testing::ensure_test_image(&docker)
+        .await
+        .expect("test image");
+    let dir = tempfile::Builder::new()
+        .prefix("berth-mvm-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let rt = vm_testing::runtime(dir.path(), Accel::Tcg).await;
+    Some((rt, dir, image))
+}
+
+fn spec(image: &str, command: &str) -> InstanceSpec {
+    let suffix = testing::unique_suffix();
+    let mut spec = InstanceSpec::new(format!("berth-mvm-{suffix}"), image);
+    spec.labels = berth_labels("rt-test", "web", "test", &suffix);
+    spec.labels
+        .insert(TEST_LABEL.to_owned(), "berth-runtime".to_owned());
+    spec.command = Some(shell_command(command));
+    spec
+}
+
+/// Removes the VM even when an assertion fails.
+struct VmGuard(MicroVmRuntime, String);
+
+impl Drop for VmGuard {
+    fn drop(&mut self) {
+        let (rt, id) = (self.0.clone(), self.1.clone());
+        let _ = std::thread::spawn(move || {
+            let r = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(r) = r {
+                let _ = r.block_on(rt.remove(&id));
+            }
+        })
+        .join();
+    }
+}
+
+async fn wait_exited(rt: &MicroVmRuntime, id: &str) -> InstanceState {
+    let deadline = Instant::now() + BOOT_DEADLINE;
+    loop {
+        let state = rt.inspect(id).await.expect("inspect");
+        if state.status != InstanceStatus::Running {
+            return state;
+        }
+        assert!(Instant::now() < deadline, "{id} still running");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn lines(rt: &MicroVmRuntime, id: &str) -> Vec<(LogStream, String)> {
+    rt.logs(id, LogOptions::default())
+        .map(|c| {
+            let c = c.expect("log chunk");
+            (c.stream, c.line)
+        })
+        .collect()
+        .await
+}
+
+async fn http_get(addr: std::net::SocketAddr) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock =
+        tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
+            .await
+            .ok()?
+            .ok()?;
+    sock.write_all(b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .ok()?;
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), sock.read_to_string(&mut out))
+        .await
+        .ok()?
+        .ok()?;
+    out.starts_with("HTTP/1.").then_some(out)
+}
+
+#[tokio::test]
+async fn vm_serves_logs_apart_stops_with_grace_and_is_adopted() {
+    let Some((rt, dir, image)) =
+        setup("vm_serves_logs_apart_stops_with_grace_and_is_adopted").await
+    else {
+        return;
+    };
+    let mut spec = spec(
+        &image,
+        "trap 'echo got-term; exit 7' TERM; echo hello-out; echo hello-err >&2; \
+         echo \"cmdline=$(cat /proc/1/cmdline)\"; echo \"kernel=$(busybox uname -r)\"; \
+         echo \"greeting=$GREETING\"; ls /proc | busybox grep -c '^[0-9]' ; \
+         httpd -p 3000 -h /www; while true; do sleep 1; done",
+    );
+    spec.env = vec![("GREETING".into(), "bonjour le monde".into())];
+    spec.port = Some(3000);
+    let instance = rt.start(&spec).await.expect("start");
+    let _guard = VmGuard(rt.clone(), instance.id.clone());
+    assert!(instance.running);
+    let addr = instance.addr.expect("published address");
+    assert!(addr.ip().is_loopback());
+
+    let deadline = Instant::now() + BOOT_DEADLINE;
+    let body = loop {
+        if let Some(body) = http_get(addr).await {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "no HTTP answer from the VM");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(body.ends_with(testing::INDEX_BODY), "{body}");
+
+    let logs = lines(&rt, &instance.id).await;
+    let stdout: Vec<&str> = logs
+        .iter()
+        .filter(|(s, _)| *s == LogStream::Stdout)
+        .map(|(_, l)| l.as_str())
+        .collect();
+    let stderr: Vec<&str> = logs
+        .iter()
+        .filter(|(s, _)| *s == LogStream::Stderr)
+        .map(|(_, l)| l.as_str())
+        .collect();
+    assert!(stdout.contains(&"hello-out"), "{logs:?}");
+    assert_eq!(stderr, ["hello-err"], "{logs:?}");
+    assert!(stdout.contains(&"cmdline=/berth-init"), "{logs:?}");
+    assert!(stdout.contains(&"greeting=bonjour le monde"), "{logs:?}");
+    let kernel = rt
+        .kernel()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let version = kernel.strip_prefix("vmlinuz-").unwrap();
+    assert!(
+        stdout.contains(&format!("kernel={version}").as_str()),
+        "{logs:?}"
+    );
+
+    // A second runtime on the same state dir (berth restarted) adopts it.
+    let again = vm_testing::runtime(dir.path(), Accel::Tcg).await;
+    let owned = again.list_owned().await.expect("list_owned");
+    let found = owned.iter().find(|i| i.id == instance.id).expect("adopted");
+    assert!(found.running);
+    assert_eq!(found.addr, Some(addr));
+    assert_eq!(found.labels["dev.berth.port"], "3000");
+    assert!(
+        http_get(addr).await.is_some(),
+        "still serving after adoption"
+    );
+
+    again
+        .stop(&instance.id, Duration::from_secs(30))
+        .await
+        .expect("stop");
+    let state = again.inspect(&instance.id).await.expect("inspect");
+    assert_eq!(
+        state.status,
+        InstanceStatus::Exited { code: 7 },
+        "{state:?}"
+    );
+    assert!(!state.oom_killed);
+    assert_eq!(state.addr, None);
+    let logs = lines(&again, &instance.id).await;
+    assert!(
+        logs.contains(&(LogStream::Stdout, "got-term".into())),
+        "{logs:?}"
+    );
+    // Stopping again is fine; remove, then it is gone.
+    again
+        .stop(&instance.id, Duration::from_secs(1))
+        .await
+        .expect("stop again");
+    again.remove(&instance.id).await.expect("remove");
+    assert!(again
+        .inspect(&instance.id)
+        .await
+        .unwrap_err()
+        .is_not_found());
+    again.remove(&instance.id).await.expect("remove again");
+}
+
+#[tokio::test]
+async fn missing_entrypoint_fails_naming_it() {
+    let Some((rt, _dir, image)) = setup("missing_entrypoint_fails_naming_it").await else {
+        return;
+    };
+    let mut spec = spec(&image, "unused");
+    spec.command = Some(vec!["/nonexistent-entrypoint".into(), "x".into()]);
+    let instance = rt.start(&spec).await.expect("start");
+    let _guard = VmGuard(rt.clone(), instance.id.clone());
+    let state = wait_exited(&rt, &instance.id).await;
+    assert_eq!(
+        state.status,
+        InstanceStatus::Exited { code: 127 },
+        "{state:?}"
+    );
+    let error = state.error.expect("init error");
+    assert!(error.contains("/nonexistent-entrypoint"), "{error}");
+    // The VM powered itself off.
+    assert!(!rt
+        .list_owned()
+        .await
+        .unwrap()
+        .iter()
+        .any(|i| i.id == instance.id && i.running));
+}
+
+#[tokio::test]
+async fn oneoff_reports_exit_code_and_output_and_leaves_nothing() {
+    let Some((rt, _dir, image)) =
+        setup("oneoff_reports_exit_code_and_output_and_leaves_nothing").await
+    else {
+        return;
+    };
+    let spec = spec(&image, "echo one; echo two >&2; exit 3");
+    let outcome = rt
+        .run_oneoff(&spec, BOOT_DEADLINE)
+        .await
+        .expect("run_oneoff");
+    assert_eq!(outcome.exit_code, 3);
+    let lines: Vec<(LogStream, &str)> = outcome
+        .output
+        .iter()
+        .map(|c| (c.stream, c.line.as_str()))
+        .collect();
+    assert!(lines.contains(&(LogStream::Stdout, "one")), "{lines:?}");
+    assert!(lines.contains(&(LogStream::Stderr, "two")), "{lines:?}");
+    assert!(rt.list_owned().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn auto_accel_never_hangs() {
+    if require_host("auto_accel_never_hangs").is_none() {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("berth-mvm-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    vm_testing::init_binary().expect("berth-init");
+    let started = Instant::now();
+    let rt = vm_testing::runtime(dir.path(), Accel::Auto).await;
+    let took = started.elapsed();
+    assert!(matches!(rt.accel(), Accel::Kvm | Accel::Tcg));
+    assert!(
+        took < berth_runtime::microvm::PROBE_TIMEOUT + Duration::from_secs(15),
+        "auto took {took:?}"
+    );
+    eprintln!("auto chose {} in {took:?}", rt.accel().as_str());
+}
