@@ -30,12 +30,12 @@ use http::StatusCode;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::h1::chunked::{BadChunk, Decoder};
+use crate::h1::framing::{is_chunked, parse_length_list};
+use crate::h1::hop::is_hop_by_hop;
+use crate::h1::{MAX_HEAD, MAX_HEADERS};
 use crate::pool::{Pool, RawCheckout, SendError};
 
-/// Longest response head accepted.
-const MAX_HEAD: usize = 64 * 1024;
-/// Most response headers parsed.
-const MAX_HEADERS: usize = 100;
 /// Free room kept in the read buffer before each read.
 const READ_ROOM: usize = 8 * 1024;
 
@@ -80,110 +80,11 @@ impl RawConn {
 }
 
 /// How the response body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Framing {
     Length(u64),
-    Chunked(Chunk),
+    Chunked(Decoder),
     Close,
-}
-
-/// Chunked decoder state (RFC 9112 7.1); trailers are read and dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    Size {
-        size: u64,
-        digits: u8,
-    },
-    Ext(u64),
-    SizeLf(u64),
-    Data(u64),
-    DataCr,
-    DataLf,
-    /// In a trailer line; `empty` while nothing but its start was seen.
-    Trailer {
-        empty: bool,
-    },
-    TrailerLf {
-        empty: bool,
-    },
-    Done,
-}
-
-const CHUNK_START: Chunk = Chunk::Size { size: 0, digits: 0 };
-
-/// Bad chunked framing from the upstream.
-#[derive(Debug, thiserror::Error)]
-#[error("upstream sent malformed chunked framing")]
-pub(crate) struct BadChunk;
-
-/// What [`Chunk::decode`] found at the start of a buffer: `framing` bytes of
-/// chunk framing, then `data` bytes of body data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Step {
-    framing: usize,
-    data: usize,
-}
-
-impl Chunk {
-    /// Reads the framing at the start of `buf` up to the next body data; the
-    /// caller consumes `framing + data` bytes. `data` is 0 when `buf` ran out
-    /// or the body is done (`Chunk::Done`).
-    fn decode(&mut self, buf: &[u8]) -> Result<Step, BadChunk> {
-        let mut i = 0;
-        loop {
-            if let Chunk::Data(rem) = *self {
-                let n = rem.min((buf.len() - i) as u64) as usize;
-                if n > 0 {
-                    *self = if rem == n as u64 {
-                        Chunk::DataCr
-                    } else {
-                        Chunk::Data(rem - n as u64)
-                    };
-                }
-                return Ok(Step {
-                    framing: i,
-                    data: n,
-                });
-            }
-            if *self == Chunk::Done || i == buf.len() {
-                return Ok(Step {
-                    framing: i,
-                    data: 0,
-                });
-            }
-            let b = buf[i];
-            i += 1;
-            *self = match (*self, b) {
-                (Chunk::Size { size, digits }, b) if b.is_ascii_hexdigit() => {
-                    if digits >= 15 {
-                        return Err(BadChunk);
-                    }
-                    let d = (b as char).to_digit(16).unwrap_or(0) as u64;
-                    Chunk::Size {
-                        size: size * 16 + d,
-                        digits: digits + 1,
-                    }
-                }
-                (Chunk::Size { size, digits }, b';' | b' ' | b'\t') if digits > 0 => {
-                    Chunk::Ext(size)
-                }
-                (Chunk::Size { size, digits }, b'\r') if digits > 0 => Chunk::SizeLf(size),
-                (Chunk::Ext(size), b'\r') => Chunk::SizeLf(size),
-                (Chunk::Ext(_), b'\n') => return Err(BadChunk),
-                (Chunk::Ext(size), _) => Chunk::Ext(size),
-                (Chunk::SizeLf(0), b'\n') => Chunk::Trailer { empty: true },
-                (Chunk::SizeLf(size), b'\n') => Chunk::Data(size),
-                (Chunk::DataCr, b'\r') => Chunk::DataLf,
-                (Chunk::DataLf, b'\n') => CHUNK_START,
-                (Chunk::Trailer { empty }, b'\r') => Chunk::TrailerLf { empty },
-                (Chunk::Trailer { .. }, b'\n') => return Err(BadChunk),
-                (Chunk::Trailer { .. }, _) => Chunk::Trailer { empty: false },
-                (Chunk::TrailerLf { empty: true }, b'\n') => Chunk::Done,
-                (Chunk::TrailerLf { empty: false }, b'\n') => Chunk::Trailer { empty: true },
-                _ => return Err(BadChunk),
-            };
-        }
-    }
 }
 
 /// Receives the response head as it is parsed: the status, then every
@@ -219,22 +120,6 @@ impl HeadSink for Head {
     }
 }
 
-/// The headers that are never passed on (RFC 9110 7.6.1 and the usual
-/// non-standard ones), compared without regard to case.
-pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
-    let eq = |s: &[u8]| name.eq_ignore_ascii_case(s);
-    match name.len() {
-        2 => eq(b"te"),
-        7 => eq(b"trailer") || eq(b"upgrade"),
-        10 => eq(b"connection") || eq(b"keep-alive"),
-        16 => eq(b"proxy-connection"),
-        17 => eq(b"transfer-encoding"),
-        18 => eq(b"proxy-authenticate"),
-        19 => eq(b"proxy-authorization"),
-        _ => false,
-    }
-}
-
 /// The response body being read from a fast-path connection.
 pub(crate) struct RawBody {
     conn: Option<RawConn>,
@@ -259,7 +144,7 @@ pub(crate) enum BodyError {
     Io(#[from] std::io::Error),
     #[error("upstream closed the connection before the end of the body")]
     Truncated,
-    #[error(transparent)]
+    #[error("upstream body: {0}")]
     Chunk(#[from] BadChunk),
 }
 
@@ -353,7 +238,7 @@ impl RawBody {
                     };
                     c.buf.advance(step.framing);
                     let data = (step.data > 0).then(|| c.buf.split_to(step.data).freeze());
-                    if *state == Chunk::Done {
+                    if state.is_done() {
                         self.finish();
                     }
                     if let Some(d) = data {
@@ -450,7 +335,7 @@ impl RawBody {
                         put_chunk(out, &c.buf[..step.data]);
                         c.buf.advance(step.data);
                     }
-                    if *state == Chunk::Done {
+                    if state.is_done() {
                         self.finish();
                         return done(out);
                     }
@@ -524,6 +409,7 @@ pub(crate) async fn send<S: HeadSink>(
                 force_fresh = true;
             }
             Ok((status, framing, reuse)) => {
+                let length0 = framing == Framing::Length(0);
                 let mut body = RawBody {
                     conn: Some(conn),
                     framing,
@@ -531,7 +417,7 @@ pub(crate) async fn send<S: HeadSink>(
                     id: req.id,
                     pool: pool.clone(),
                 };
-                if framing == Framing::Length(0) {
+                if length0 {
                     body.finish();
                 }
                 return Ok((status, body));
@@ -587,19 +473,6 @@ async fn exchange<S: HeadSink>(
     }
 }
 
-/// A `Content-Length` value: decimal digits (surrounding blanks allowed),
-/// no sign, no overflow.
-fn parse_length(v: &[u8]) -> Option<u64> {
-    let v = v.trim_ascii();
-    if v.is_empty() {
-        return None;
-    }
-    v.iter().try_fold(0u64, |n, b| {
-        let d = b.checked_sub(b'0').filter(|d| *d <= 9)?;
-        n.checked_mul(10)?.checked_add(u64::from(d))
-    })
-}
-
 #[derive(Debug)]
 enum Parsed {
     /// A `1xx` head of this length, to skip.
@@ -644,15 +517,15 @@ fn parse_head<S: HeadSink>(
     for h in res.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
-            let v = parse_length(h.value).ok_or(SendError::BadResponse("bad content-length"))?;
+            let v =
+                parse_length_list(h.value).ok_or(SendError::BadResponse("bad content-length"))?;
             if length.is_some_and(|l| l != v) {
                 return Err(SendError::BadResponse("conflicting content-length"));
             }
             length = Some(v);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             // the last coding decides
-            let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
-            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            chunked = Some(is_chunked(h.value));
         } else if name.eq_ignore_ascii_case(b"connection") {
             for t in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
                 if t.eq_ignore_ascii_case(b"close") {
@@ -682,7 +555,7 @@ fn parse_head<S: HeadSink>(
                 (Some(true), l) => {
                     // both: framed by chunks, but the connection is not trusted
                     reuse &= l.is_none();
-                    Framing::Chunked(CHUNK_START)
+                    Framing::Chunked(Decoder::new())
                 }
                 (Some(false), _) => Framing::Close,
                 (None, Some(l)) => Framing::Length(l),
@@ -698,58 +571,6 @@ fn parse_head<S: HeadSink>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn decode_all(input: &[u8], split: usize) -> Result<(Vec<u8>, bool), BadChunk> {
-        let mut state = CHUNK_START;
-        let mut out = Vec::new();
-        let mut buf = BytesMut::new();
-        for piece in input.chunks(split.max(1)) {
-            buf.extend_from_slice(piece);
-            loop {
-                let step = state.decode(&buf)?;
-                buf.advance(step.framing);
-                out.extend_from_slice(&buf[..step.data]);
-                buf.advance(step.data);
-                if step.data == 0 {
-                    break;
-                }
-            }
-        }
-        Ok((out, state == Chunk::Done && buf.is_empty()))
-    }
-
-    #[test]
-    fn chunked_bodies_decode_whatever_the_read_boundaries() {
-        let input =
-            b"5;ext=1\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-trailer: 1\r\n\r\n";
-        for split in [1, 2, 3, 7, 100] {
-            let (out, done) = decode_all(input, split).unwrap();
-            assert_eq!(out, b"helloabcdefghijklmnopqrstuvwxyz", "split {split}");
-            assert!(done, "split {split}");
-        }
-        let (out, done) = decode_all(b"0\r\n\r\n", 1).unwrap();
-        assert!(out.is_empty() && done);
-        let (_, done) = decode_all(b"3\r\nabc\r\n", 2).unwrap();
-        assert!(!done, "no last chunk yet");
-    }
-
-    #[test]
-    fn malformed_chunks_are_refused() {
-        for bad in [
-            &b"zz\r\n"[..],
-            b"\r\n",
-            b"3\r\nabcX\r\n",
-            b"3\nabc",
-            b"11111111111111111\r\n",
-            b"0\r\nx\n",
-        ] {
-            assert!(
-                decode_all(bad, 100).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-    }
 
     fn map() -> Head {
         Head {
@@ -773,11 +594,11 @@ mod tests {
         let (s, f, r) = final_head(b"HTTP/1.1 200 OK\r\nContent-Length: 24\r\n\r\n");
         assert_eq!((s, f, r), (StatusCode::OK, Framing::Length(24), true));
         let (_, f, r) = final_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
-        assert_eq!((f, r), (Framing::Chunked(CHUNK_START), true));
+        assert_eq!((f, r), (Framing::Chunked(Decoder::new()), true));
         let (_, f, r) = final_head(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
         );
-        assert_eq!((f, r), (Framing::Chunked(CHUNK_START), false));
+        assert_eq!((f, r), (Framing::Chunked(Decoder::new()), false));
         let (_, f, r) = final_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
         assert_eq!((f, r), (Framing::Close, false));
         let (_, f, r) =
@@ -795,29 +616,6 @@ mod tests {
             (s, f, r),
             (StatusCode::NOT_MODIFIED, Framing::Length(0), true)
         );
-    }
-
-    #[test]
-    fn lengths_are_plain_decimal() {
-        assert_eq!(parse_length(b"24"), Some(24));
-        assert_eq!(parse_length(b" 0 "), Some(0));
-        assert_eq!(parse_length(b"18446744073709551615"), Some(u64::MAX));
-        for bad in [
-            &b""[..],
-            b" ",
-            b"+1",
-            b"-1",
-            b"1 2",
-            b"0x10",
-            b"18446744073709551616",
-        ] {
-            assert_eq!(
-                parse_length(bad),
-                None,
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
     }
 
     #[test]

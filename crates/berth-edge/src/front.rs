@@ -63,16 +63,13 @@ use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
 
 use crate::fast::{Exchange, HeadSink};
+use crate::h1::{self, MAX_HEAD, MAX_HEADERS};
 use crate::pool::SendError;
 use crate::proxy::{self, ConnCtx, Page};
 use crate::scan::ScanIo;
 use crate::target::{wait_stop, InflightGuard};
 use crate::Worker;
 
-/// Longest request head answered here (hyper takes longer ones).
-pub(crate) const MAX_HEAD: usize = 16 * 1024;
-/// Most request headers parsed here (hyper takes requests with more).
-pub(crate) const MAX_HEADERS: usize = 64;
 /// Read buffer of a connection, to start with.
 const BUF_SIZE: usize = 4096;
 /// Response bytes gathered before a write while more body is available.
@@ -94,12 +91,16 @@ impl Shared {
     pub(crate) fn new(header_read_timeout: Duration) -> Shared {
         let mut auto = auto::Builder::new(TokioExecutor::new());
         auto.http1()
+            .max_buf_size(MAX_HEAD)
+            .max_headers(MAX_HEADERS)
             .keep_alive(true)
             .timer(TokioTimer::new())
             .header_read_timeout(header_read_timeout);
         auto.http2().timer(TokioTimer::new());
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
+            .max_buf_size(MAX_HEAD)
+            .max_headers(MAX_HEADERS)
             .keep_alive(true)
             .timer(TokioTimer::new())
             .header_read_timeout(header_read_timeout);
@@ -557,18 +558,18 @@ enum Verb {
 
 /// An eligible request whose upstream head is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Request {
+pub(crate) struct Request {
     /// Length of its head (it has no body).
-    len: usize,
+    pub(crate) len: usize,
     method: Verb,
     /// The `Host` value, as a range of the bytes given to `parse`.
-    host: (usize, usize),
+    pub(crate) host: (usize, usize),
     /// The client asked to close after this request.
     close: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Parse {
+pub(crate) enum Parse {
     /// More bytes are needed.
     Partial,
     /// Not for this path: hyper takes it from here.
@@ -590,23 +591,17 @@ enum Name {
 
 fn classify(name: &[u8]) -> Name {
     let eq = |s: &[u8]| name.eq_ignore_ascii_case(s);
-    let hit = |s: &[u8], n: Name| if eq(s) { n } else { Name::Forward };
     match name.len() {
-        2 => hit(b"te", Name::Drop),
-        4 => hit(b"host", Name::Host),
-        6 => hit(b"expect", Name::Handover),
+        4 if eq(b"host") => Name::Host,
+        6 if eq(b"expect") => Name::Handover,
         7 if eq(b"upgrade") => Name::Handover,
-        7 => hit(b"trailer", Name::Drop),
         10 if eq(b"connection") => Name::Connection,
-        10 => hit(b"keep-alive", Name::Drop),
-        14 => hit(b"content-length", Name::Handover),
-        15 => hit(b"x-forwarded-for", Name::Drop),
+        14 if eq(b"content-length") => Name::Handover,
+        17 if eq(b"transfer-encoding") => Name::Handover,
+        15 if eq(b"x-forwarded-for") => Name::Drop,
         16 if eq(b"x-forwarded-host") => Name::Drop,
-        16 => hit(b"proxy-connection", Name::Drop),
         17 if eq(b"x-forwarded-proto") => Name::Drop,
-        17 => hit(b"transfer-encoding", Name::Handover),
-        18 => hit(b"proxy-authenticate", Name::Drop),
-        19 => hit(b"proxy-authorization", Name::Drop),
+        _ if h1::hop::is_hop_by_hop(name) => Name::Drop,
         _ => Name::Forward,
     }
 }
@@ -650,7 +645,7 @@ static TARGET_CHARS: [bool; 256] = target_chars();
 
 /// Parses a request head at the start of `buf` and, if the request is
 /// eligible, writes its upstream head into `up`.
-fn parse(buf: &[u8], client_ip: &[u8], proto: &str, up: &mut Vec<u8>) -> Parse {
+pub(crate) fn parse(buf: &[u8], client_ip: &[u8], proto: &str, up: &mut Vec<u8>) -> Parse {
     if buf.is_empty() {
         return Parse::Partial;
     }

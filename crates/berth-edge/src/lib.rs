@@ -12,7 +12,10 @@
 //!     └─ Pool (one per serve loop): h1 keep-alive ─> 127.0.0.1:<port>  (fast.rs or hyper's client)
 //! ```
 //!
-//! Code map: `front.rs` the client side of the common request (a
+//! Code map: `h1/` the HTTP/1 rules every path uses (limits, hop-by-hop
+//! headers, `Content-Length`/`Transfer-Encoding` framing, the one chunked
+//! decoder; a property test against hyper); `front.rs` the client side of
+//! the common request (a
 //! hand-written HTTP/1.1 server loop for bodiless `GET`/`HEAD`/`OPTIONS`,
 //! keep-alive and pipelined, which hands the connection to hyper, with the
 //! bytes already read, at the first request it does not take); `proxy.rs`
@@ -69,7 +72,9 @@
 //!   both directions (`Upgrade` is kept for a WebSocket handshake).
 //! * **Request smuggling.** A request with both `Content-Length` and
 //!   `Transfer-Encoding`, or with conflicting `Content-Length` values, gets
-//!   400 and the connection closed; nothing of it is forwarded. The
+//!   400 and the connection closed; nothing of it is forwarded. So does a
+//!   request whose body turns out malformed while it is forwarded (bad
+//!   chunk framing): 400, `Connection: close`, counted as a 4xx. The
 //!   hand-written path (`front.rs`) takes no request that has either
 //!   header (nor an upgrade, `Expect`, or anything it does not parse):
 //!   those go to hyper from their first byte on. hyper hides
@@ -103,6 +108,7 @@
 mod body;
 mod fast;
 mod front;
+mod h1;
 mod metrics;
 mod persist;
 mod pool;

@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::body::ProxyBody;
 use crate::fast::{Exchange, Head};
+use crate::h1;
 use crate::pool::SendError;
 use crate::route::request_host_key;
 use crate::scan::{ScanState, Verdict};
@@ -25,77 +26,6 @@ use crate::Worker;
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// Hop-by-hop headers (RFC 9110 7.6.1 plus the usual non-standard ones).
-pub(crate) fn hop_by_hop() -> [&'static HeaderName; 9] {
-    [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &header::PROXY_AUTHORIZATION,
-        &header::PROXY_AUTHENTICATE,
-    ]
-}
-
-/// Removes hop-by-hop headers and every header named in `Connection`.
-/// Returns the `Upgrade` value if `keep_upgrade` and the message asks for an
-/// upgrade (`Connection: upgrade` + `Upgrade`).
-fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> Option<HeaderValue> {
-    // One pass over the (few) names notes which hop-by-hop headers are
-    // present; only those are then looked up and removed.
-    let hop = hop_by_hop();
-    let mut present = 0u16;
-    for k in headers.keys() {
-        if let Some(i) = hop.iter().position(|h| *h == k) {
-            present |= 1 << i;
-        }
-    }
-    if present == 0 {
-        return None;
-    }
-    let mut wants_upgrade = false;
-    // hop[0] is Connection: remove the headers it names
-    if present & 1 != 0 {
-        let mut named: Vec<HeaderName> = Vec::new();
-        for t in headers
-            .get_all(&header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-        {
-            let t = t.trim();
-            if t.eq_ignore_ascii_case("upgrade") {
-                wants_upgrade = true;
-            } else if t.eq_ignore_ascii_case("keep-alive") {
-                // in the hop-by-hop list already
-            } else if let Ok(n) = HeaderName::from_bytes(t.as_bytes()) {
-                named.push(n);
-            }
-        }
-        for n in named {
-            headers.remove(&n);
-        }
-    }
-    let upgrade_bit = 1 << 6;
-    let upgrade = if keep_upgrade && wants_upgrade && present & upgrade_bit != 0 {
-        headers.get(&header::UPGRADE).cloned()
-    } else {
-        None
-    };
-    for (i, h) in hop.iter().enumerate() {
-        if present & (1 << i) != 0 {
-            headers.remove(*h);
-        }
-    }
-    upgrade
-}
-
 /// A response the proxy makes itself (a small text page).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Page {
@@ -118,6 +48,10 @@ pub(crate) const NO_TARGET: Page = Page {
 const UNREACHABLE: Page = Page {
     status: StatusCode::BAD_GATEWAY,
     text: "502 bad gateway: the application could not be reached\n",
+};
+const BAD_BODY: Page = Page {
+    status: StatusCode::BAD_REQUEST,
+    text: "400 bad request: malformed request body\n",
 };
 const UNEXPECTED_SWITCH: Page = Page {
     status: StatusCode::BAD_GATEWAY,
@@ -250,7 +184,7 @@ async fn handle_inner(
 
     // Header rewrite.
     let is_h1 = req.version() == Version::HTTP_11;
-    let client_upgrade = strip_hop_by_hop(req.headers_mut(), is_h1);
+    let client_upgrade = h1::hop::strip(req.headers_mut(), is_h1);
     // Taken at the start, so a drain during the handshake still closes it.
     let upgraded_token = client_upgrade
         .as_ref()
@@ -312,6 +246,15 @@ async fn handle_inner(
     };
     let resp = match result {
         Err(stop) => return page_response(stopped(stop, started, &series)),
+        Ok(Err(e)) if client_body_failed(&e) => {
+            // the client's fault, not the application's: 400 and close
+            tracing::debug!(target_id = %guard.target.id, error = %e, "malformed request body");
+            series.record(400, started.elapsed());
+            let mut r = page_response(BAD_BODY);
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
         Ok(Err(e)) => return page_response(send_failed(&guard, &e, started, &series)),
         Ok(Ok(r)) => r,
     };
@@ -321,7 +264,7 @@ async fn handle_inner(
 
     if status == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_on_upgrade) = client_on_upgrade {
-            let up_value = strip_hop_by_hop(resp.headers_mut(), true);
+            let up_value = h1::hop::strip(resp.headers_mut(), true);
             let upstream_on_upgrade = hyper::upgrade::on(&mut resp);
             // the connection future must run on to hand its socket over
             conn.detach();
@@ -358,7 +301,7 @@ async fn handle_inner(
         return page_response(UNEXPECTED_SWITCH);
     }
 
-    strip_hop_by_hop(resp.headers_mut(), false);
+    h1::hop::strip(resp.headers_mut(), false);
     let (parts, body) = resp.into_parts();
     Response::from_parts(
         parts,
@@ -446,47 +389,18 @@ pub(crate) fn send_failed(
     }
 }
 
+/// True when forwarding failed because the client's request body could not
+/// be read (malformed chunked framing, a body cut short): hyper's client
+/// reports an error of the body it was given as a user error, and the only
+/// body it is given is the client's.
+fn client_body_failed(e: &SendError) -> bool {
+    matches!(e, SendError::Http(e) if e.is_user())
+}
+
 /// The origin-form request target sent upstream (`/path?query`).
 fn upstream_uri(original: &Uri) -> Uri {
     match original.path_and_query() {
         Some(pq) => Uri::from(pq.clone()),
         None => Uri::from_static("/"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_by_hop_and_connection_named_headers_go() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret"),
-        );
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert(KEEP_ALIVE.clone(), HeaderValue::from_static("timeout=5"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-        h.insert(header::PROXY_AUTHORIZATION, HeaderValue::from_static("x"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        assert!(
-            strip_hop_by_hop(&mut h, true).is_none(),
-            "no Connection: upgrade"
-        );
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-kept"));
-    }
-
-    #[test]
-    fn upgrade_is_kept_only_when_asked() {
-        let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        let mut h2 = h.clone();
-        assert_eq!(strip_hop_by_hop(&mut h, true).unwrap(), "websocket");
-        assert!(strip_hop_by_hop(&mut h2, false).is_none());
-        assert!(h.is_empty() && h2.is_empty());
     }
 }

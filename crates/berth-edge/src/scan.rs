@@ -27,10 +27,9 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Longest request head the scanner buffers across reads.
-pub(crate) const MAX_HEAD: usize = 64 * 1024;
-/// Most headers the scanner parses (hyper's default limit is 100).
-const MAX_HEADERS: usize = 128;
+use crate::h1::chunked::{BadChunk, Decoder};
+use crate::h1::{self, framing, MAX_HEAD};
+
 const NONE: u64 = u64::MAX;
 
 /// What the service must do with a request (HTTP/1 only).
@@ -81,24 +80,11 @@ impl ScanState {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    Size { size: u64, digits: u8 },
-    Ext { size: u64 },
-    SizeLf { size: u64 },
-    Data(u64),
-    DataCr,
-    DataLf,
-    TrailerStart,
-    TrailerLine,
-    TrailerEndLf,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
     Head,
     Body(u64),
-    Chunked(Chunk),
+    Chunked(Decoder),
     /// Not HTTP/1 any more, or framing lost: nothing more is scanned.
     Stopped,
 }
@@ -110,6 +96,9 @@ pub(crate) struct Scanner {
     /// A head split across reads.
     partial: Vec<u8>,
     shared: Arc<ScanState>,
+    /// Test builds: the request lines (`METHOD target`) scanned, in order.
+    #[cfg(test)]
+    pub(crate) seen: Vec<String>,
 }
 
 struct HeadInfo {
@@ -119,42 +108,25 @@ struct HeadInfo {
 }
 
 fn inspect(req: &httparse::Request<'_, '_>) -> HeadInfo {
-    let mut cl: Option<Option<u64>> = None;
-    let mut cl_conflict = false;
-    let mut te: Option<bool> = None; // Some(final coding is chunked)
-    let mut upgrade = req.method == Some("CONNECT");
-    for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let v = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok());
-            match cl {
-                None => cl = Some(v),
-                Some(prev) => {
-                    if prev != v || v.is_none() {
-                        cl_conflict = true;
-                    }
-                }
-            }
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            let last = h.value.rsplit(|b| *b == b',').next().unwrap_or(b"");
-            te = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if h.name.eq_ignore_ascii_case("upgrade") {
-            upgrade = true;
-        }
-    }
-    let refuse = cl_conflict || (cl.is_some() && te.is_some());
-    let body = match (te, cl) {
-        (Some(true), _) => Some(State::Chunked(Chunk::Size { size: 0, digits: 0 })),
-        (Some(false), _) => None,
-        (None, Some(Some(n))) => Some(State::Body(n)),
-        (None, Some(None)) => None,
-        (None, None) => Some(State::Body(0)),
-    };
-    HeadInfo {
-        refuse,
-        upgrade,
-        body,
+    let upgrade = req.method == Some("CONNECT")
+        || req
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("upgrade"));
+    match framing::request_body(req.headers, req.version == Some(1)) {
+        Err(_) => HeadInfo {
+            refuse: true,
+            upgrade,
+            body: None,
+        },
+        Ok(body) => HeadInfo {
+            refuse: false,
+            upgrade,
+            body: Some(match body {
+                framing::Body::Length(n) => State::Body(n),
+                framing::Body::Chunked => State::Chunked(Decoder::new()),
+            }),
+        },
     }
 }
 
@@ -164,6 +136,8 @@ impl Scanner {
             state: State::Head,
             partial: Vec::new(),
             shared,
+            #[cfg(test)]
+            seen: Vec::new(),
         }
     }
 
@@ -174,12 +148,18 @@ impl Scanner {
 
     /// Parses a head at the start of `buf`: `Some(len)` when complete.
     fn head(&mut self, buf: &[u8]) -> Result<Option<usize>, ()> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(buf) {
             Ok(httparse::Status::Partial) => Ok(None),
             Err(_) => Err(()),
             Ok(httparse::Status::Complete(len)) => {
+                #[cfg(test)]
+                self.seen.push(format!(
+                    "{} {}",
+                    req.method.unwrap_or_default(),
+                    req.path.unwrap_or_default()
+                ));
                 let info = inspect(&req);
                 let idx = self.shared.scanned.load(Ordering::Relaxed);
                 if info.refuse {
@@ -201,7 +181,7 @@ impl Scanner {
     /// Feeds the bytes just read from the client.
     pub(crate) fn feed(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
-            match self.state {
+            match &mut self.state {
                 State::Stopped => return,
                 State::Head => {
                     if self.partial.is_empty() {
@@ -233,100 +213,27 @@ impl Scanner {
                     }
                 }
                 State::Body(n) => {
-                    let skip = usize::try_from(n).unwrap_or(usize::MAX).min(data.len());
+                    let skip = usize::try_from(*n).unwrap_or(usize::MAX).min(data.len());
                     data = &data[skip..];
-                    let left = n - skip as u64;
+                    let left = *n - skip as u64;
                     self.state = if left == 0 {
                         State::Head
                     } else {
                         State::Body(left)
                     };
                 }
-                State::Chunked(Chunk::Data(n)) => {
-                    let skip = usize::try_from(n).unwrap_or(usize::MAX).min(data.len());
-                    data = &data[skip..];
-                    let left = n - skip as u64;
-                    self.state = State::Chunked(if left == 0 {
-                        Chunk::DataCr
-                    } else {
-                        Chunk::Data(left)
-                    });
-                }
-                State::Chunked(c) => {
-                    let b = data[0];
-                    data = &data[1..];
-                    match chunk_step(c, b) {
-                        Some(Some(next)) => self.state = State::Chunked(next),
-                        Some(None) => self.state = State::Head,
-                        None => return self.stop(),
+                State::Chunked(d) => match d.decode(data) {
+                    Ok(step) => {
+                        data = &data[step.framing + step.data..];
+                        if d.is_done() {
+                            self.state = State::Head;
+                        }
                     }
-                }
+                    Err(BadChunk) => return self.stop(),
+                },
             }
         }
     }
-}
-
-/// One byte of the chunked framing outside chunk data: `Some(None)` at the
-/// end of the body, `None` when the framing is broken.
-fn chunk_step(c: Chunk, b: u8) -> Option<Option<Chunk>> {
-    let end_size = |size: u64| {
-        if size == 0 {
-            Chunk::TrailerStart
-        } else {
-            Chunk::Data(size)
-        }
-    };
-    let next = match c {
-        Chunk::Size { size, digits } => match b {
-            b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                let d = u64::from((b as char).to_digit(16)?);
-                if digits >= 15 {
-                    return None;
-                }
-                Chunk::Size {
-                    size: size * 16 + d,
-                    digits: digits + 1,
-                }
-            }
-            _ if digits == 0 => return None,
-            b';' | b' ' | b'\t' => Chunk::Ext { size },
-            b'\r' => Chunk::SizeLf { size },
-            b'\n' => end_size(size),
-            _ => return None,
-        },
-        Chunk::Ext { size } => match b {
-            b'\r' => Chunk::SizeLf { size },
-            b'\n' => end_size(size),
-            _ => Chunk::Ext { size },
-        },
-        Chunk::SizeLf { size } => match b {
-            b'\n' => end_size(size),
-            _ => return None,
-        },
-        Chunk::Data(_) | Chunk::DataCr => match b {
-            b'\r' => Chunk::DataLf,
-            b'\n' => Chunk::Size { size: 0, digits: 0 },
-            _ => return None,
-        },
-        Chunk::DataLf => match b {
-            b'\n' => Chunk::Size { size: 0, digits: 0 },
-            _ => return None,
-        },
-        Chunk::TrailerStart => match b {
-            b'\r' => Chunk::TrailerEndLf,
-            b'\n' => return Some(None),
-            _ => Chunk::TrailerLine,
-        },
-        Chunk::TrailerLine => match b {
-            b'\n' => Chunk::TrailerStart,
-            _ => Chunk::TrailerLine,
-        },
-        Chunk::TrailerEndLf => match b {
-            b'\n' => return Some(None),
-            _ => return None,
-        },
-    };
-    Some(Some(next))
 }
 
 /// The client socket, with every byte read fed to a [`Scanner`].

@@ -334,6 +334,8 @@ async fn serve_conn(
     }
     builder
         .http1()
+        .max_buf_size(crate::h1::MAX_HEAD)
+        .max_headers(crate::h1::MAX_HEADERS)
         .keep_alive(true)
         .timer(TokioTimer::new())
         .header_read_timeout(worker.inner.header_read_timeout);

@@ -294,6 +294,53 @@ async fn smuggling_attempts_are_refused_or_neutralised() {
 }
 
 #[tokio::test]
+async fn malformed_chunked_request_body_is_400_and_closes() {
+    let a = upstream("app-a").await;
+    let e = edge().await;
+    e.edge
+        .apply(vec![upsert("a.localhost", vec![target("a", a.addr, 1)])])
+        .unwrap();
+    for body in [
+        "zz\r\n\r\n",
+        "3\r\nabc\r\nzz\r\n",
+        "3\r\nabcX\r\n0\r\n\r\n",
+        "3\nabc\n0\n\n",
+    ] {
+        // a request after it on the same connection is never answered
+        let req = format!(
+            "POST /collect HTTP/1.1\r\nHost: a.localhost\r\nTransfer-Encoding: chunked\r\n\r\n{body}GET /after HTTP/1.1\r\nHost: a.localhost\r\n\r\n"
+        );
+        let (out, closed) = raw_exchange(e.addr, req.as_bytes()).await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{body:?}: {out}");
+        assert!(out.contains("malformed request body"), "{body:?}: {out}");
+        assert!(closed, "{body:?}: connection left open: {out}");
+        assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "{body:?}: {out}");
+    }
+    assert!(!a.paths.lock().unwrap().iter().any(|p| p == "/after"));
+    // not counted against the target as a bad gateway
+    let metrics = e.edge.metrics_text();
+    for line in metrics.lines().filter(|l| l.contains("5xx")) {
+        assert!(line.ends_with(" 0"), "{line}");
+    }
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.contains("class=\"4xx\"") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    // a well-formed chunked body still goes through
+    let (out, _) = raw_exchange(
+        e.addr,
+        b"POST /collect HTTP/1.1\r\nHost: a.localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.contains("abc"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
 async fn pipelined_keep_alive_requests_with_bodies_are_all_served() {
     let a = upstream("app-a").await;
     let e = edge().await;

@@ -106,6 +106,14 @@ async fn app(name: &'static str, mut req: Request<Incoming>) -> Result<Response<
             Response::new(full(name))
         }
         "/echo" => Response::new(req.into_body().boxed()),
+        // the whole body first, then the answer
+        "/collect" => match req.into_body().collect().await {
+            Ok(b) => Response::new(full(b.to_bytes())),
+            Err(_) => Response::builder()
+                .status(StatusCode::BAD_REQUEST)
+                .body(full("bad body"))
+                .unwrap(),
+        },
         "/hop" => Response::builder()
             .header("connection", "x-internal")
             .header("x-internal", "secret")
