@@ -30,6 +30,11 @@
 //! - **Bounded output**: log lines are cut at [`logs::MAX_LINE_BYTES`];
 //!   one-off output keeps the last [`ONEOFF_MAX_LINES`] lines.
 //!
+//! [`SwarmRuntime`] implements it on a Docker Swarm manager: one Swarm
+//! service per deployment, instances are its slots, reached at
+//! `<node address>:<host-mode published port>` (see [`swarm`]; there the
+//! loopback-only invariant is replaced by "reachable from the edge").
+//!
 //! [`health`] probes an instance over HTTP on its published address. With
 //! the `testing` feature, `testing` builds the busybox test image and `fake`
 //! holds `FakeRuntime`, a recording in-memory runtime for pipeline tests.
@@ -42,6 +47,7 @@ pub mod logs;
 pub mod microvm;
 pub mod runtime;
 pub mod spec;
+pub mod swarm;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
@@ -55,3 +61,4 @@ pub use spec::{
     DEPLOYMENT_LABEL, ENVIRONMENT_LABEL, ONEOFF_MAX_LINES, OWNER_LABEL, PORT_LABEL, PROJECT_LABEL,
     SERVICE_LABEL,
 };
+pub use swarm::{SwarmConfig, SwarmRuntime};
