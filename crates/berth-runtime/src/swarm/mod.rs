@@ -114,6 +114,8 @@ pub struct SwarmRuntime {
 
 /// Extra time `stop` waits beyond the stop grace for the tasks to end.
 const STOP_SLACK: Duration = Duration::from_secs(30);
+/// Longest wait of `remove` for Swarm to act on it.
+const REMOVE_WAIT: Duration = Duration::from_secs(30);
 
 impl SwarmRuntime {
     /// Connects to the local engine (`DOCKER_HOST` or the default socket),
@@ -430,10 +432,14 @@ impl SwarmRuntime {
         )))
     }
 
-    /// Deletes a service and its tasks. Missing is `Ok`.
+    /// Deletes a service and its tasks; returns once none of its tasks
+    /// runs (bounded wait). Missing is `Ok`.
     pub async fn remove_service(&self, service_id: &str) -> Result<(), RuntimeError> {
         match self.docker.delete_service(service_id).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.wait_tasks_ended(service_id, REMOVE_WAIT).await;
+                Ok(())
+            }
             Err(DockerError::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(()),
@@ -617,6 +623,30 @@ impl SwarmRuntime {
         Ok(out)
     }
 
+    /// Waits until Swarm wants at most `replicas` slots running.
+    async fn wait_scaled_down(&self, service_id: &str, replicas: u32, within: Duration) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            match self.service_tasks(service_id).await {
+                Ok(all) => {
+                    let live = tasks::by_slot(all)
+                        .values()
+                        .filter(|t| {
+                            t.last().is_some_and(|t| {
+                                tasks::desired_running(t) && !tasks::is_terminal(t)
+                            })
+                        })
+                        .count();
+                    if live <= replicas as usize {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+            tokio::time::sleep(self.config.poll_interval).await;
+        }
+    }
+
     async fn wait_tasks_ended(&self, service_id: &str, within: Duration) {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
@@ -765,7 +795,10 @@ impl Runtime for SwarmRuntime {
         // One slot of several: only when that slot still runs something.
         match self.slot_task(service_id, slot).await? {
             Some(task) if tasks::desired_running(&task) => {
-                self.scale(service_id, replicas - 1).await
+                self.scale(service_id, replicas - 1).await?;
+                self.wait_scaled_down(service_id, replicas - 1, REMOVE_WAIT)
+                    .await;
+                Ok(())
             }
             _ => Ok(()),
         }
