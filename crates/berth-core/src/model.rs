@@ -299,6 +299,11 @@ pub struct Deployment {
     /// berth's own remote).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_repo: Option<String>,
+    /// The store's version of this record when it was read: a save of a
+    /// stale copy is refused (compare-and-set). Kept by the store, never
+    /// serialized.
+    #[serde(skip)]
+    pub version: u64,
 }
 
 /// The running instance of a deployment.

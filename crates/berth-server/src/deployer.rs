@@ -168,6 +168,7 @@ impl Deployer {
             canary_weight: None,
             runtime: None,
             source_repo: req.source_repo.clone(),
+            version: 0,
         };
         if let Some(src) = &req.source {
             d.source_deployment_id = Some(src.id.clone());
@@ -293,35 +294,62 @@ impl Deployer {
 
     /// Mark a deployment failed without a pipeline (panic, restart).
     pub async fn force_fail(&self, d: &mut Deployment, msg: &str) {
-        if let Ok(s) = transition(d.state(), Event::Fail) {
-            d.set_state(s);
-        }
-        for step in d.steps.iter_mut() {
-            if step.status == StepStatus::Running {
-                step.status = StepStatus::Failed;
-                step.completed_at = Some(now());
+        let fail = |d: &mut Deployment| {
+            if let Ok(s) = transition(d.state(), Event::Fail) {
+                d.set_state(s);
             }
-        }
-        d.failure_message = Some(msg.to_string());
-        d.completed_at = Some(now());
+            for step in d.steps.iter_mut() {
+                if step.status == StepStatus::Running {
+                    step.status = StepStatus::Failed;
+                    step.completed_at = Some(now());
+                }
+            }
+            d.failure_message = Some(msg.to_string());
+            d.completed_at = Some(now());
+        };
+        fail(d);
         self.logs.event(&d.id, &format!("failed: {msg}"));
-        if let Err(e) = self.store.save_deployments(&[d], None).await {
+        let redo = |mine: &mut Deployment, fresh: Deployment| {
+            if fresh.status.is_terminal() {
+                return false;
+            }
+            *mine = fresh;
+            mine.runtime = None;
+            fail(mine);
+            true
+        };
+        if let Err(e) = crate::saving::save_retrying(&*self.store, d, redo).await {
             tracing::error!(deployment = d.id, error = %e, "cannot record failure");
         }
     }
 
     async fn cancel_queued(&self, id: &str, why: &str) {
-        if let Ok(mut d) = self.store.get_deployment(id).await {
-            if let Ok(s) = transition(d.state(), Event::Cancel) {
+        let cancel = |d: &mut Deployment| match transition(d.state(), Event::Cancel) {
+            Ok(s) => {
                 d.set_state(s);
                 d.failure_message = Some(format!("cancelled: {why}"));
                 d.completed_at = Some(now());
                 for step in d.steps.iter_mut() {
                     step.status = StepStatus::Cancelled;
                 }
-                self.logs.event(id, &format!("cancelled: {why}"));
-                if let Err(e) = self.store.save_deployments(&[&d], None).await {
-                    tracing::error!(deployment = id, error = %e, "cannot record cancel");
+                true
+            }
+            Err(_) => false,
+        };
+        if let Ok(mut d) = self.store.get_deployment(id).await {
+            if cancel(&mut d) {
+                // A pipeline that picked it up in between wins: the record
+                // is no longer queued and the cancel is not redone.
+                let redo = |mine: &mut Deployment, fresh: Deployment| {
+                    *mine = fresh;
+                    mine.status == Status::Queued && cancel(mine)
+                };
+                match crate::saving::save_retrying(&*self.store, &mut d, redo).await {
+                    Ok(crate::saving::Saved::Written) => {
+                        self.logs.event(id, &format!("cancelled: {why}"))
+                    }
+                    Ok(crate::saving::Saved::GaveUp) => {}
+                    Err(e) => tracing::error!(deployment = id, error = %e, "cannot record cancel"),
                 }
             }
         }
@@ -463,7 +491,7 @@ impl Deployer {
                 .event(&d.id, "stage: stopped — environment torn down");
             self.store
                 .save_deployments(
-                    &[&d],
+                    &mut [&mut d.clone()],
                     Some(berth_store::Activate {
                         slot: Slot::of(&d),
                         deployment_id: None,

@@ -52,7 +52,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound { .. } => ApiError::not_found(e.to_string()),
-            StoreError::Conflict { .. } => ApiError::conflict(e.to_string()),
+            StoreError::Conflict { .. } | StoreError::Stale { .. } => {
+                ApiError::conflict(e.to_string())
+            }
             StoreError::Invalid(m) => ApiError::bad_request(m),
             StoreError::Backend(_) => ApiError::internal(e),
         }

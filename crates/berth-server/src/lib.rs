@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod pipeline;
 pub mod reconcile;
+pub mod saving;
 pub mod tls;
 mod unavailable;
 

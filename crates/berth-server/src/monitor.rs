@@ -6,7 +6,7 @@
 use crate::deployer::Deployer;
 use berth_core::config::{ServiceConfig, ServiceKind};
 use berth_core::model::{Deployment, LogStream};
-use berth_core::state::{transition, Event, Health, Stage};
+use berth_core::state::{Health, Stage};
 use berth_runtime::{LogOptions, ProbeSchedule};
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -180,11 +180,14 @@ impl Monitors {
                     None
                 };
                 if let Some(h) = want.filter(|h| *h != current.health) {
-                    let mut d = current.clone();
-                    if let Ok(s) = transition(d.state(), Event::HealthChanged(h)) {
-                        d.set_state(s);
-                        dep.logs.event(&id, &format!("health: {h} ({why})"));
-                        dep.save(&d).await;
+                    // Compare-and-set: a supersede saved since `current`
+                    // was read is never undone (see saving.rs).
+                    match crate::saving::record_health(&*dep.store, &current, h).await {
+                        Ok(Some(_)) => dep.logs.event(&id, &format!("health: {h} ({why})")),
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::error!(deployment = id, error = %e, "cannot record health")
+                        }
                     }
                 }
             }
@@ -232,7 +235,19 @@ impl Deployer {
             &d.id,
             &format!("container restarted; now reached at {addr}"),
         );
-        self.save(&updated).await;
+        let redo = |mine: &mut Deployment, fresh: Deployment| {
+            *mine = fresh;
+            match mine.runtime.as_mut() {
+                Some(r) => {
+                    r.address = Some(addr.clone());
+                    true
+                }
+                None => false,
+            }
+        };
+        if let Err(e) = crate::saving::save_retrying(&*self.store, &mut updated, redo).await {
+            tracing::error!(deployment = d.id, error = %e, "cannot record new address");
+        }
         // The store now holds the new address: recompute the routes.
         if let Err(e) = self.sync_routes().await {
             tracing::error!(deployment = d.id, error = %e, "cannot follow new address");

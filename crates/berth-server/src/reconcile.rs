@@ -58,7 +58,7 @@ impl Deployer {
                     d.set_state(s);
                     d.completed_at = Some(now());
                 }
-                self.save(&d).await;
+                self.save(&mut d).await;
                 continue;
             }
             let stage = d.promotion_stage;
@@ -97,7 +97,7 @@ impl Deployer {
                             instance_name: inst.name.clone(),
                             address: addr.map(|a| a.to_string()),
                         });
-                        self.save(&d).await;
+                        self.save(&mut d).await;
                         self.logs.event(&d.id, "berth restarted: container adopted");
                         self.monitors
                             .follow_logs(self, &d.id, &inst.id, Some(now()));

@@ -10,6 +10,10 @@
 //! - secret variable values and webhook secrets are sealed ([`crypto`])
 //!   before they reach the database: no secret is ever written in clear,
 //!   WAL included; reads return them masked except [`Store::resolve_variables`];
+//! - secrets are sealed in one place, [`seal`], which every backend uses;
+//! - a deployment record carries a version: a save of a copy read before
+//!   another writer's save is refused ([`StoreError::Stale`]), so a stale
+//!   writer (a health monitor) cannot undo a newer change (a supersede);
 //! - a batch of deployment writes ([`Store::save_deployments`]) is one
 //!   transaction, and the active deployment of a slot (project,
 //!   environment, service) is one row flipped inside it: at any instant each
@@ -17,9 +21,11 @@
 //! - every write validates its input first and writes nothing when invalid.
 
 pub mod crypto;
+pub mod seal;
 mod sqlite;
 
 pub use crypto::Cipher;
+pub use seal::{Sealer, Secret};
 pub use sqlite::{SqliteStore, DB_FILE};
 
 use async_trait::async_trait;
@@ -37,6 +43,14 @@ pub enum StoreError {
     Conflict { what: &'static str, name: String },
     #[error("{0}")]
     Invalid(String),
+    /// A compare-and-set save named a version another writer replaced:
+    /// read the record again and redo the change on it.
+    #[error("deployment {id} changed since it was read (version {expected}, now {found})")]
+    Stale {
+        id: String,
+        expected: u64,
+        found: u64,
+    },
     #[error("store error: {0}")]
     Backend(String),
 }
@@ -48,6 +62,26 @@ impl StoreError {
             name: name.into(),
         }
     }
+
+    pub fn stale(d: &Deployment, found: u64) -> Self {
+        StoreError::Stale {
+            id: d.id.clone(),
+            expected: d.version,
+            found,
+        }
+    }
+
+    pub fn is_stale(&self) -> bool {
+        matches!(self, StoreError::Stale { .. })
+    }
+}
+
+/// A deployment as the backends store it (JSON): `is_active` is derived
+/// from the slot and `version` kept in its own column.
+pub(crate) fn deployment_json(d: &Deployment) -> Result<String> {
+    let mut stored = d.clone();
+    stored.is_active = false;
+    serde_json::to_string(&stored).map_err(|e| StoreError::Backend(e.to_string()))
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -263,8 +297,16 @@ pub trait Store: Send + Sync + 'static {
     async fn get_deployment(&self, id: &str) -> Result<Deployment>;
     async fn list_deployments(&self, q: &DeploymentQuery) -> Result<Vec<Deployment>>;
     /// Write deployments and optionally flip a slot's active pointer, in one
-    /// transaction.
-    async fn save_deployments(&self, ds: &[&Deployment], activate: Option<Activate>) -> Result<()>;
+    /// transaction. Compare-and-set: each record is written only when the
+    /// stored version is still the `version` it was read with; otherwise
+    /// nothing of the batch is written and the answer is
+    /// [`StoreError::Stale`]. On success each `version` is bumped to the
+    /// stored one, so the caller's copies stay current.
+    async fn save_deployments(
+        &self,
+        ds: &mut [&mut Deployment],
+        activate: Option<Activate>,
+    ) -> Result<()>;
     async fn active_deployment(&self, slot: &Slot) -> Result<Option<Deployment>>;
 
     async fn append_logs(&self, lines: &[NewLogLine]) -> Result<()>;

@@ -1,6 +1,7 @@
 //! The SQLite backend: one file, WAL, `synchronous=FULL`, embedded migrations.
 
 use crate::crypto::Cipher;
+use crate::seal::{Sealer, Secret};
 use crate::{
     Activate, CertRecord, DeploymentQuery, LogQuery, NewLogLine, NewProject, ProjectPatch,
     RepoAccess, ResolvedVar, Result, Slot, Store, StoreError, VarFlags,
@@ -28,6 +29,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0004_domains.sql"),
     include_str!("../migrations/0005_credentials.sql"),
     include_str!("../migrations/0006_certificates.sql"),
+    include_str!("../migrations/0007_versions.sql"),
 ];
 
 /// File name of the database inside the data dir.
@@ -36,7 +38,7 @@ pub const DB_FILE: &str = "berth.db";
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
-    cipher: Cipher,
+    sealer: Sealer,
     path: PathBuf,
 }
 
@@ -78,26 +80,6 @@ fn env_kind(s: &str) -> EnvironmentKind {
     }
 }
 
-fn aad_var(project: &str, env: &str, key: &str) -> String {
-    format!("var/{project}/{env}/{key}")
-}
-
-fn aad_hook(project: &str) -> String {
-    format!("webhook/{project}")
-}
-
-fn aad_repo(project: &str) -> String {
-    format!("repo-credentials/{project}")
-}
-
-fn aad_cert(hostname: &str) -> String {
-    format!("tls-key/{hostname}")
-}
-
-fn aad_acme(directory: &str) -> String {
-    format!("acme-account/{directory}")
-}
-
 const CERT_COLUMNS: &str =
     "hostname, state, chain_pem, key_sealed, not_after, error, attempts, next_attempt_at, updated_at";
 
@@ -126,10 +108,6 @@ fn cert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(CertRecord, Option<Strin
     ))
 }
 
-fn aad_key(project: &str) -> String {
-    format!("deploy-key/{project}")
-}
-
 impl SqliteStore {
     /// Open (creating if needed) `<data_dir>/berth.db` and apply migrations.
     pub fn open(data_dir: &Path, cipher: Cipher) -> Result<Self> {
@@ -149,10 +127,11 @@ impl SqliteStore {
         conn.pragma_update(None, "secure_delete", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
-        seal_repo_credentials(&mut conn, &cipher)?;
+        let sealer = Sealer::new(cipher);
+        seal_repo_credentials(&mut conn, &sealer)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
-            cipher,
+            sealer,
             path,
         })
     }
@@ -186,9 +165,8 @@ impl SqliteStore {
     /// Opens a certificate row's sealed key.
     fn open_cert(&self, (mut rec, sealed): (CertRecord, Option<String>)) -> Result<CertRecord> {
         rec.key_pem = sealed
-            .map(|s| self.cipher.open(&aad_cert(&rec.hostname), &s))
-            .transpose()
-            .map_err(backend)?;
+            .map(|s| self.sealer.open(Secret::TlsKey(&rec.hostname), &s))
+            .transpose()?;
         Ok(rec)
     }
 }
@@ -208,7 +186,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
 /// Projects written before credentials were sealed kept them inside the
 /// repository URL: move them into the sealed column, then checkpoint so the
 /// old page leaves the WAL too.
-fn seal_repo_credentials(conn: &mut Connection, cipher: &Cipher) -> Result<()> {
+fn seal_repo_credentials(conn: &mut Connection, sealer: &Sealer) -> Result<()> {
     let rows: Vec<(String, String)> = {
         let mut st = conn.prepare("SELECT name, repo FROM projects")?;
         let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -220,7 +198,11 @@ fn seal_repo_credentials(conn: &mut Connection, cipher: &Cipher) -> Result<()> {
         if let (bare, Some(cred)) = split_url_credentials(&repo) {
             tx.execute(
                 "UPDATE projects SET repo = ?2, repo_credentials = ?3 WHERE name = ?1",
-                params![name, bare, cipher.seal(&aad_repo(&name), &cred)],
+                params![
+                    name,
+                    bare,
+                    sealer.seal(Secret::RepoCredentials(&name), &cred)
+                ],
             )?;
             moved += 1;
         }
@@ -285,50 +267,69 @@ fn deployment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Deployment> {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
     })?;
     d.is_active = active.as_deref() == Some(d.id.as_str());
+    d.version = r.get::<_, i64>(2)? as u64;
     Ok(d)
 }
 
-const DEPLOYMENT_SELECT: &str = "SELECT d.data, s.active FROM deployments d \
+const DEPLOYMENT_SELECT: &str = "SELECT d.data, s.active, d.version FROM deployments d \
      LEFT JOIN slots s ON s.project = d.project AND s.environment = d.environment AND s.service = d.service";
 
-fn write_deployment(c: &Connection, d: &Deployment, insert: bool) -> Result<()> {
-    let mut stored = d.clone();
-    stored.is_active = false; // derived from the slot on read
-    let data = serde_json::to_string(&stored).map_err(backend)?;
-    if insert {
-        c.execute(
-            "INSERT INTO deployments (id, project, environment, service, status, stage, created_at, data) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                d.id,
-                d.project_name,
-                d.environment_name,
-                d.service_name,
-                d.status.as_str(),
-                d.promotion_stage.as_str(),
-                ts(&d.created_at),
-                data
-            ],
-        )
-        .map_err(|e| match e {
-            rusqlite::Error::SqliteFailure(f, _)
-                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                StoreError::Conflict {
-                    what: "deployment",
-                    name: d.id.clone(),
-                }
+fn insert_deployment(c: &Connection, d: &Deployment) -> Result<()> {
+    let data = crate::deployment_json(d)?;
+    c.execute(
+        "INSERT INTO deployments (id, project, environment, service, status, stage, created_at, data, version) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            d.id,
+            d.project_name,
+            d.environment_name,
+            d.service_name,
+            d.status.as_str(),
+            d.promotion_stage.as_str(),
+            ts(&d.created_at),
+            data,
+            d.version as i64
+        ],
+    )
+    .map_err(|e| match e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+            StoreError::Conflict {
+                what: "deployment",
+                name: d.id.clone(),
             }
-            e => e.into(),
-        })?;
-    } else {
-        let n = c.execute(
-            "UPDATE deployments SET status = ?2, stage = ?3, data = ?4 WHERE id = ?1",
-            params![d.id, d.status.as_str(), d.promotion_stage.as_str(), data],
-        )?;
-        if n == 0 {
-            return Err(StoreError::not_found("deployment", &d.id));
         }
+        e => e.into(),
+    })?;
+    Ok(())
+}
+
+/// Compare-and-set: writes `d` only when the stored version is still
+/// `d.version`, and bumps it.
+fn update_deployment(c: &Connection, d: &Deployment) -> Result<()> {
+    let data = crate::deployment_json(d)?;
+    let n = c.execute(
+        "UPDATE deployments SET status = ?2, stage = ?3, data = ?4, version = version + 1 \
+         WHERE id = ?1 AND version = ?5",
+        params![
+            d.id,
+            d.status.as_str(),
+            d.promotion_stage.as_str(),
+            data,
+            d.version as i64
+        ],
+    )?;
+    if n == 0 {
+        let found: Option<i64> = c
+            .query_row(
+                "SELECT version FROM deployments WHERE id = ?1",
+                [&d.id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        return Err(match found {
+            None => StoreError::not_found("deployment", &d.id),
+            Some(v) => StoreError::stale(d, v as u64),
+        });
     }
     Ok(())
 }
@@ -343,14 +344,14 @@ impl Store for SqliteStore {
         let sealed = p
             .webhook_secret
             .as_deref()
-            .map(|s| self.cipher.seal(&aad_hook(&p.name), s));
+            .map(|s| self.sealer.seal(Secret::Webhook(&p.name), s));
         let (repo, cred) = split_url_credentials(p.repo.trim());
-        let cred = cred.map(|c| self.cipher.seal(&aad_repo(&p.name), &c));
+        let cred = cred.map(|c| self.sealer.seal(Secret::RepoCredentials(&p.name), &c));
         let key = p
             .deploy_key
             .as_deref()
             .filter(|k| !k.trim().is_empty())
-            .map(|k| self.cipher.seal(&aad_key(&p.name), k));
+            .map(|k| self.sealer.seal(Secret::DeployKey(&p.name), k));
         self.call(move |c| {
             let tx = c.transaction()?;
             let exists: bool = tx
@@ -399,17 +400,20 @@ impl Store for SqliteStore {
         let sealed = patch
             .webhook_secret
             .as_deref()
-            .map(|s| self.cipher.seal(&aad_hook(&name), s));
+            .map(|s| self.sealer.seal(Secret::Webhook(&name), s));
         // A new URL replaces the stored credentials too: with its own, or
         // with none.
         let repo = patch.repo.as_deref().map(|r| {
             let (bare, cred) = split_url_credentials(r.trim());
-            (bare, cred.map(|c| self.cipher.seal(&aad_repo(&name), &c)))
+            (
+                bare,
+                cred.map(|c| self.sealer.seal(Secret::RepoCredentials(&name), &c)),
+            )
         });
         let key = patch
             .deploy_key
             .as_deref()
-            .map(|k| (!k.trim().is_empty()).then(|| self.cipher.seal(&aad_key(&name), k)));
+            .map(|k| (!k.trim().is_empty()).then(|| self.sealer.seal(Secret::DeployKey(&name), k)));
         self.call(move |c| {
             let tx = c.transaction()?;
             get_project(&tx, &name)?;
@@ -462,9 +466,8 @@ impl Store for SqliteStore {
                 )?)
             })
             .await?;
-        sealed
-            .map(|s| self.cipher.open(&aad_hook(project), &s).map_err(backend))
-            .transpose()
+        self.sealer
+            .open_opt(Secret::Webhook(project), sealed.as_deref())
     }
 
     async fn repo_access(&self, project: &str) -> Result<RepoAccess> {
@@ -479,19 +482,14 @@ impl Store for SqliteStore {
                 )?)
             })
             .await?;
-        let open = |aad: String, sealed: Option<String>, what: &str| {
-            sealed
-                .map(|s| {
-                    self.cipher
-                        .open(&aad, &s)
-                        .map_err(|e| StoreError::Backend(format!("{what} of {project}: {e}")))
-                })
-                .transpose()
-        };
-        let cred = open(aad_repo(project), cred, "repository credentials")?;
+        let cred = self
+            .sealer
+            .open_opt(Secret::RepoCredentials(project), cred.as_deref())?;
         Ok(RepoAccess {
             url: with_url_credentials(&repo, cred.as_deref()),
-            deploy_key: open(aad_key(project), key, "deploy key")?,
+            deploy_key: self
+                .sealer
+                .open_opt(Secret::DeployKey(project), key.as_deref())?,
         })
     }
 
@@ -573,7 +571,14 @@ impl Store for SqliteStore {
         names::variable_name(key).map_err(|e| StoreError::Invalid(e.to_string()))?;
         names::variable_value(key, value).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let stored = if secret {
-            self.cipher.seal(&aad_var(project, env, key), value)
+            self.sealer.seal(
+                Secret::Variable {
+                    project,
+                    environment: env,
+                    key,
+                },
+                value,
+            )
         } else {
             value.to_string()
         };
@@ -651,9 +656,14 @@ impl Store for SqliteStore {
         rows.into_iter()
             .map(|(key, value, secret, build)| {
                 let value = if secret {
-                    self.cipher
-                        .open(&aad_var(project, env, &key), &value)
-                        .map_err(|e| StoreError::Backend(format!("variable {key}: {e}")))?
+                    self.sealer.open(
+                        Secret::Variable {
+                            project,
+                            environment: env,
+                            key: &key,
+                        },
+                        &value,
+                    )?
                 } else {
                     value
                 };
@@ -671,7 +681,7 @@ impl Store for SqliteStore {
         let d = d.clone();
         self.call(move |c| {
             get_env(c, &d.project_name, &d.environment_name)?;
-            write_deployment(c, &d, true)
+            insert_deployment(c, &d)
         })
         .await
     }
@@ -719,12 +729,16 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn save_deployments(&self, ds: &[&Deployment], activate: Option<Activate>) -> Result<()> {
-        let ds: Vec<Deployment> = ds.iter().map(|d| (*d).clone()).collect();
+    async fn save_deployments(
+        &self,
+        ds: &mut [&mut Deployment],
+        activate: Option<Activate>,
+    ) -> Result<()> {
+        let copies: Vec<Deployment> = ds.iter().map(|d| (**d).clone()).collect();
         self.call(move |c| {
             let tx = c.transaction()?;
-            for d in &ds {
-                write_deployment(&tx, d, false)?;
+            for d in &copies {
+                update_deployment(&tx, d)?;
             }
             if let Some(a) = activate {
                 tx.execute(
@@ -736,7 +750,11 @@ impl Store for SqliteStore {
             tx.commit()?;
             Ok(())
         })
-        .await
+        .await?;
+        for d in ds.iter_mut() {
+            d.version += 1;
+        }
+        Ok(())
     }
 
     async fn active_deployment(&self, slot: &Slot) -> Result<Option<Deployment>> {
@@ -1076,7 +1094,7 @@ impl Store for SqliteStore {
         let sealed = cert
             .key_pem
             .as_ref()
-            .map(|k| self.cipher.seal(&aad_cert(&cert.hostname), k));
+            .map(|k| self.sealer.seal(Secret::TlsKey(&cert.hostname), k));
         let cert = cert.clone();
         self.call(move |c| {
             c.execute(
@@ -1148,13 +1166,14 @@ impl Store for SqliteStore {
                 .optional()?)
             })
             .await?;
-        sealed
-            .map(|s| self.cipher.open(&aad_acme(directory), &s).map_err(backend))
-            .transpose()
+        self.sealer
+            .open_opt(Secret::AcmeAccount(directory), sealed.as_deref())
     }
 
     async fn put_acme_account(&self, directory: &str, credentials: &str) -> Result<()> {
-        let sealed = self.cipher.seal(&aad_acme(directory), credentials);
+        let sealed = self
+            .sealer
+            .seal(Secret::AcmeAccount(directory), credentials);
         let d = directory.to_string();
         let now = ts(&Utc::now());
         self.call(move |c| {

@@ -55,9 +55,10 @@ impl Deployer {
         };
         self.apply(d, Event::CanaryStarted).await;
         let slot_hosts = self.slot_hosts(d).await;
+        let cand_id = d.id.clone();
         let split_one = |host: &String, w: u32| {
             let mut targets = vec![TargetSpec {
-                id: d.id.clone(),
+                id: cand_id.clone(),
                 upstream: cand_addr.clone(),
                 weight: w,
             }];

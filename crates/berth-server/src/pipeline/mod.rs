@@ -204,9 +204,15 @@ impl Deployer {
         self.save(d).await;
     }
 
-    pub(crate) async fn save(&self, d: &Deployment) {
-        if let Err(e) = self.store.save_deployments(&[d], None).await {
-            tracing::error!(deployment = d.id, error = %e, "cannot save deployment");
+    /// Save the pipeline's record; a save that lost a race is redone on the
+    /// fresh record ([`crate::saving::rebase_pipeline`]).
+    pub(crate) async fn save(&self, d: &mut Deployment) {
+        match crate::saving::save_retrying(&*self.store, d, crate::saving::rebase_pipeline).await {
+            Ok(crate::saving::Saved::Written) => {}
+            Ok(crate::saving::Saved::GaveUp) => {
+                tracing::warn!(deployment = d.id, "not saved: the deployment ended elsewhere")
+            }
+            Err(e) => tracing::error!(deployment = d.id, error = %e, "cannot save deployment"),
         }
     }
 }

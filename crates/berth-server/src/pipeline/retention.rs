@@ -154,6 +154,7 @@ mod tests {
             canary_weight: None,
             runtime: None,
             source_repo: None,
+            version: 0,
         }
     }
 

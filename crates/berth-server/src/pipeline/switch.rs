@@ -68,15 +68,18 @@ impl Deployer {
             d.set_state(s);
         }
         self.logs.event(&d.id, "stage: draining_previous");
-        if let Some(p) = prev.as_mut() {
-            let ev = if matches!(d.trigger, Trigger::Rollback | Trigger::Promote) {
-                Event::RollBack
-            } else {
-                Event::Supersede
-            };
+        let ev = if matches!(d.trigger, Trigger::Rollback | Trigger::Promote) {
+            Event::RollBack
+        } else {
+            Event::Supersede
+        };
+        let replace = |p: &mut Deployment| {
             if let Ok(s) = transition(p.state(), ev) {
                 p.set_state(s);
             }
+        };
+        if let Some(p) = prev.as_mut() {
+            replace(p);
             self.logs.event(
                 &p.id,
                 &format!(
@@ -85,22 +88,41 @@ impl Deployer {
                 ),
             );
         }
-        let mut batch: Vec<&Deployment> = vec![d];
-        if let Some(p) = prev.as_ref() {
-            batch.push(p);
-        }
-        if let Err(e) = self
-            .store
-            .save_deployments(
-                &batch,
-                Some(Activate {
-                    slot: slot.clone(),
-                    deployment_id: Some(d.id.clone()),
-                }),
-            )
-            .await
-        {
-            tracing::error!(deployment = d.id, error = %e, "cannot record the switch");
+        // Compare-and-set: when a health monitor saved either record since
+        // it was read, the change is redone on the fresh record.
+        let activate = Activate {
+            slot: slot.clone(),
+            deployment_id: Some(d.id.clone()),
+        };
+        for _ in 0..5 {
+            let mut batch: Vec<&mut Deployment> = vec![&mut *d];
+            if let Some(p) = prev.as_mut() {
+                batch.push(p);
+            }
+            match self
+                .store
+                .save_deployments(&mut batch, Some(activate.clone()))
+                .await
+            {
+                Ok(()) => break,
+                Err(berth_store::StoreError::Stale { id, .. }) => {
+                    let Ok(fresh) = self.store.get_deployment(&id).await else {
+                        break;
+                    };
+                    if id == d.id {
+                        if !crate::saving::rebase_pipeline(d, fresh) {
+                            break;
+                        }
+                    } else if let Some(p) = prev.as_mut() {
+                        *p = fresh;
+                        replace(p);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(deployment = d.id, error = %e, "cannot record the switch");
+                    break;
+                }
+            }
         }
         drop(_switch);
         self.monitors.watch(self, d, service);

@@ -1,0 +1,770 @@
+//! The store contract: one property per function, over `&dyn Store`.
+//! Every backend runs each of them on a fresh, empty store
+//! ([`crate::contract_tests`]).
+
+use crate::{contains, deployment, new_project};
+use berth_core::model::*;
+use berth_core::state::{transition, Event, Health, Stage, Status};
+use berth_store::*;
+use chrono::{Duration, Utc};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// A fresh store of one backend, and how to read everything it persisted.
+pub struct Harness {
+    pub store: Arc<dyn Store>,
+    /// Every byte the backend holds for this store (files, or a dump), for
+    /// "no secret in clear" checks.
+    pub dump: Box<dyn Fn() -> Vec<u8> + Send + Sync>,
+    /// Keeps the backend's files or database alive.
+    pub _guard: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl Harness {
+    pub fn dump(&self) -> Vec<u8> {
+        (self.dump)()
+    }
+}
+
+pub async fn projects_come_with_production(h: &Harness) {
+    let s = &*h.store;
+    let p = s.create_project(new_project("shop")).await.unwrap();
+    assert!(p.has_webhook_secret);
+    assert!(matches!(
+        s.create_project(new_project("shop")).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    let envs = s.list_environments("shop").await.unwrap();
+    assert_eq!(envs.len(), 1);
+    assert_eq!(envs[0].name, PRODUCTION);
+    assert_eq!(envs[0].branch.as_deref(), Some("main"));
+    assert_eq!(s.list_projects().await.unwrap()[0].name, "shop");
+    assert_eq!(
+        s.webhook_secret("shop").await.unwrap().as_deref(),
+        Some("whsec-very-secret-1")
+    );
+    let p = s
+        .update_project(
+            "shop",
+            ProjectPatch {
+                retain_images: Some(7),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(p.retain_images, 7);
+    assert!(matches!(
+        s.get_project("nope").await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+pub async fn secrets_are_masked_on_read_and_never_in_clear(h: &Harness) {
+    let s = &*h.store;
+    let secret = "s3cr3t-value-that-must-not-leak";
+    s.create_project(new_project("shop")).await.unwrap();
+    let v = s
+        .set_variable(
+            "shop",
+            "production",
+            "API_KEY",
+            secret,
+            VarFlags::SECRET,
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(v.value, None);
+    s.set_variable(
+        "shop",
+        "production",
+        "PLAIN",
+        "visible",
+        VarFlags::PLAIN,
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let listed = s.list_variables("shop", "production").await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].key, "API_KEY");
+    assert_eq!(listed[0].value, None);
+    assert_eq!(listed[1].value.as_deref(), Some("visible"));
+    let resolved = s.resolve_variables("shop", "production").await.unwrap();
+    assert_eq!(resolved[0].value, secret);
+    assert!(!format!("{resolved:?}").contains(secret));
+    let bytes = h.dump();
+    assert!(contains(&bytes, "visible"), "the dump must see the data");
+    assert!(!contains(&bytes, secret));
+    assert!(!contains(&bytes, "whsec-very-secret-1"));
+    assert!(s
+        .unset_variable("shop", "production", "API_KEY")
+        .await
+        .unwrap());
+    assert!(!s
+        .unset_variable("shop", "production", "API_KEY")
+        .await
+        .unwrap());
+}
+
+/// Compare-and-set: a copy read before another writer's save cannot be
+/// saved, and a refused batch writes nothing (not even its activation).
+pub async fn a_stale_save_is_refused_and_writes_nothing(h: &Harness) {
+    let s = &*h.store;
+    s.create_project(new_project("shop")).await.unwrap();
+    let t0 = Utc::now();
+    let mut a = deployment("a", "shop", t0);
+    let slot = Slot::of(&a);
+    s.insert_deployment(&a).await.unwrap();
+    let mut b = deployment("b", "shop", t0 + Duration::seconds(1));
+    s.insert_deployment(&b).await.unwrap();
+    // `a` goes live.
+    a.status = Status::Succeeded;
+    a.promotion_stage = Stage::Active;
+    a.health = Health::Healthy;
+    s.save_deployments(
+        &mut [&mut a],
+        Some(Activate {
+            slot: slot.clone(),
+            deployment_id: Some("a".into()),
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.version, s.get_deployment("a").await.unwrap().version);
+
+    // A health monitor reads `a`...
+    let monitor_copy = s.get_deployment("a").await.unwrap();
+    // ...then `b` supersedes it.
+    let mut pipeline_copy = s.get_deployment("a").await.unwrap();
+    pipeline_copy.set_state(transition(pipeline_copy.state(), Event::Supersede).unwrap());
+    b.status = Status::Succeeded;
+    b.promotion_stage = Stage::Active;
+    s.save_deployments(
+        &mut [&mut b, &mut pipeline_copy],
+        Some(Activate {
+            slot: slot.clone(),
+            deployment_id: Some("b".into()),
+        }),
+    )
+    .await
+    .unwrap();
+    // The monitor's stale save (health unhealthy, stage still active) is
+    // refused and the supersede stays.
+    let mut stale = monitor_copy.clone();
+    stale.set_state(transition(stale.state(), Event::HealthChanged(Health::Unhealthy)).unwrap());
+    let before = stale.version;
+    let e = s
+        .save_deployments(&mut [&mut stale], None)
+        .await
+        .unwrap_err();
+    assert!(e.is_stale(), "{e}");
+    assert!(e.to_string().contains("deployment a"), "{e}");
+    assert_eq!(stale.version, before, "a refused save bumps nothing");
+    let now = s.get_deployment("a").await.unwrap();
+    assert_ne!(now.promotion_stage, Stage::Active);
+    assert_eq!(now.health, Health::Healthy);
+
+    // A refused batch writes nothing: `b` fresh, `a` stale, flipping back.
+    let mut b2 = s.get_deployment("b").await.unwrap();
+    b2.failure_message = Some("must not be written".into());
+    let mut stale_a = monitor_copy.clone();
+    let e = s
+        .save_deployments(
+            &mut [&mut b2, &mut stale_a],
+            Some(Activate {
+                slot: slot.clone(),
+                deployment_id: Some("a".into()),
+            }),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.is_stale(), "{e}");
+    let b_now = s.get_deployment("b").await.unwrap();
+    assert_eq!(b_now.failure_message, None);
+    assert!(b_now.is_active);
+    assert_eq!(
+        s.active_deployment(&Slot::of(&a))
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        "b"
+    );
+    // A fresh copy saves, twice in a row with the bumped version.
+    let mut fresh = s.get_deployment("a").await.unwrap();
+    fresh.failure_message = Some("x".into());
+    s.save_deployments(&mut [&mut fresh], None).await.unwrap();
+    s.save_deployments(&mut [&mut fresh], None).await.unwrap();
+    assert_eq!(s.get_deployment("a").await.unwrap().version, fresh.version);
+    // An unknown record is not found, not stale.
+    let mut ghost = deployment("ghost", "shop", t0);
+    assert!(matches!(
+        s.save_deployments(&mut [&mut ghost], None).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+/// Concurrent writers append while a follower resumes from its cursor:
+/// the follower sees every line exactly once, in the order of the cursor.
+pub async fn log_cursor_never_skips_or_repeats_under_concurrent_writers(h: &Harness) {
+    let s = h.store.clone();
+    s.create_project(new_project("shop")).await.unwrap();
+    s.insert_deployment(&deployment("a", "shop", Utc::now()))
+        .await
+        .unwrap();
+    const WRITERS: usize = 6;
+    const BATCHES: usize = 25;
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            for b in 0..BATCHES {
+                let lines: Vec<NewLogLine> = (0..(1 + (w + b) % 4))
+                    .map(|i| NewLogLine {
+                        deployment_id: "a".into(),
+                        ts: Utc::now(),
+                        stream: LogStream::Stdout,
+                        step: None,
+                        text: format!("w{w} b{b} i{i}"),
+                    })
+                    .collect();
+                s.append_logs(&lines).await.unwrap();
+            }
+        }));
+    }
+    let total: usize = (0..WRITERS)
+        .map(|w| (0..BATCHES).map(|b| 1 + (w + b) % 4).sum::<usize>())
+        .sum();
+    let follower = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let mut cursor = None;
+            let mut seen: Vec<(i64, String)> = Vec::new();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while seen.len() < total && std::time::Instant::now() < deadline {
+                let got = s
+                    .read_logs(&LogQuery {
+                        deployment_id: Some("a".into()),
+                        after_seq: cursor,
+                        limit: Some(7),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                if let Some(last) = got.last() {
+                    cursor = Some(last.seq);
+                }
+                seen.extend(got.into_iter().map(|l| (l.seq, l.text)));
+                tokio::task::yield_now().await;
+            }
+            seen
+        })
+    };
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let seen = follower.await.unwrap();
+    assert_eq!(seen.len(), total, "the follower saw every line once");
+    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "cursor order");
+    let texts: HashSet<&str> = seen.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(texts.len(), total, "no line repeated");
+    // Within one batch, lines keep their order.
+    for w in 0..WRITERS {
+        let mine: Vec<&str> = seen
+            .iter()
+            .map(|(_, t)| t.as_str())
+            .filter(|t| t.starts_with(&format!("w{w} ")))
+            .collect();
+        let mut sorted = mine.clone();
+        sorted.sort_by_key(|t| {
+            let p: Vec<usize> = t.split(' ').map(|x| x[1..].parse().unwrap()).collect();
+            (p[1], p[2])
+        });
+        assert_eq!(mine, sorted, "writer {w}'s lines in order");
+    }
+}
+
+pub async fn deliveries_and_manifests(h: &Harness) {
+    let s = &*h.store;
+    s.create_project(new_project("shop")).await.unwrap();
+    assert!(s.record_delivery("shop", "d-1", Utc::now()).await.unwrap());
+    assert!(!s.record_delivery("shop", "d-1", Utc::now()).await.unwrap());
+    assert!(s.record_delivery("shop", "d-2", Utc::now()).await.unwrap());
+    let entries = vec![ManifestEntry {
+        path: "/app/server".into(),
+        size: 42,
+        sha256: "ab".repeat(32),
+    }];
+    assert_eq!(s.get_manifest("img:1").await.unwrap(), None);
+    s.put_manifest("img:1", &entries, Utc::now()).await.unwrap();
+    assert_eq!(s.get_manifest("img:1").await.unwrap(), Some(entries));
+    s.put_manifest("img:1", &[], Utc::now()).await.unwrap();
+    assert_eq!(s.get_manifest("img:1").await.unwrap(), Some(vec![]));
+}
+
+pub async fn certificate_keys_and_acme_accounts_are_sealed_and_domains_show_the_state(h: &Harness) {
+    let s = &*h.store;
+    s.create_project(new_project("shop")).await.unwrap();
+    let d = Domain {
+        hostname: "shop.example.com".into(),
+        project_name: "shop".into(),
+        service_name: "web".into(),
+        environment_name: "production".into(),
+        verified: false,
+        verified_at: None,
+        verification: DomainVerification {
+            record_type: "TXT".into(),
+            name: verification_name("shop.example.com"),
+            value: "berth-verify=1".into(),
+        },
+        target: "shop.berth.test".into(),
+        created_at: Utc::now(),
+        certificate: CertificateStatus::default(),
+    };
+    s.add_domain(&d).await.unwrap();
+    assert!(matches!(
+        s.add_domain(&d).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert_eq!(
+        s.list_domains(None).await.unwrap()[0].certificate.state,
+        CertState::None
+    );
+    s.set_domain_verified("shop.example.com", Utc::now())
+        .await
+        .unwrap();
+    assert!(s.list_domains(Some("shop")).await.unwrap()[0].verified);
+
+    let key =
+        "-----BEGIN PRIVATE KEY-----\nTOP-SECRET-TLS-KEY-MATERIAL\n-----END PRIVATE KEY-----\n";
+    let not_after = Utc::now() + Duration::days(90);
+    let rec = CertRecord {
+        hostname: "shop.example.com".into(),
+        state: CertState::Issued,
+        chain_pem: Some("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into()),
+        key_pem: Some(key.into()),
+        not_after: Some(not_after),
+        error: None,
+        attempts: 0,
+        next_attempt_at: Some(not_after - Duration::days(30)),
+        updated_at: Utc::now(),
+    };
+    s.put_certificate(&rec).await.unwrap();
+    let creds = r#"{"id":"acct","key_pkcs8":"ACME-ACCOUNT-SECRET-KEY"}"#;
+    s.put_acme_account("https://acme.test/dir", creds)
+        .await
+        .unwrap();
+    let got = s
+        .get_certificate("shop.example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.key_pem.as_deref(), Some(key));
+    assert_eq!(got.state, CertState::Issued);
+    assert_eq!(s.list_certificates().await.unwrap().len(), 1);
+    let dom = &s.list_domains(Some("shop")).await.unwrap()[0];
+    assert_eq!(dom.certificate.state, CertState::Issued);
+    assert!(dom.certificate.not_after.is_some());
+    assert_eq!(
+        s.acme_account("https://acme.test/dir")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(creds)
+    );
+    assert_eq!(
+        s.acme_account("https://other.test/dir").await.unwrap(),
+        None
+    );
+    let bytes = h.dump();
+    assert!(
+        contains(&bytes, "shop.berth.test"),
+        "the dump must see the data"
+    );
+    assert!(!contains(&bytes, "TOP-SECRET-TLS-KEY-MATERIAL"));
+    assert!(!contains(&bytes, "ACME-ACCOUNT-SECRET-KEY"));
+    assert!(!format!("{got:?}").contains("TOP-SECRET"));
+
+    assert!(s.remove_certificate("shop.example.com").await.unwrap());
+    assert!(s
+        .get_certificate("shop.example.com")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(s.remove_domain("shop.example.com").await.unwrap());
+    assert!(!s.remove_domain("shop.example.com").await.unwrap());
+}
+
+pub async fn invalid_input_writes_nothing(h: &Harness) {
+    let s = &*h.store;
+    let mut bad = new_project("Bad_Name");
+    assert!(matches!(
+        s.create_project(bad.clone()).await,
+        Err(StoreError::Invalid(_))
+    ));
+    bad.name = "ok".into();
+    bad.repo = " ".into();
+    assert!(s.create_project(bad).await.is_err());
+    assert!(s.list_projects().await.unwrap().is_empty());
+    s.create_project(new_project("shop")).await.unwrap();
+    for key in ["", "1X", "A=B", "A-B"] {
+        let e = s
+            .set_variable("shop", "production", key, "v", VarFlags::PLAIN, Utc::now())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Invalid(_)), "{key:?}: {e}");
+    }
+    let big = "x".repeat(64 * 1024 + 1);
+    assert!(s
+        .set_variable(
+            "shop",
+            "production",
+            "BIG",
+            &big,
+            VarFlags::PLAIN,
+            Utc::now()
+        )
+        .await
+        .is_err());
+    assert!(s
+        .set_variable(
+            "shop",
+            "production",
+            "NUL",
+            "a\0b",
+            VarFlags::PLAIN,
+            Utc::now()
+        )
+        .await
+        .is_err());
+    assert!(matches!(
+        s.set_variable("nope", "production", "K", "v", VarFlags::PLAIN, Utc::now())
+            .await,
+        Err(StoreError::NotFound {
+            what: "project",
+            ..
+        })
+    ));
+    assert!(matches!(
+        s.set_variable("shop", "staging", "K", "v", VarFlags::PLAIN, Utc::now())
+            .await,
+        Err(StoreError::NotFound {
+            what: "environment",
+            ..
+        })
+    ));
+    assert!(s
+        .list_variables("shop", "production")
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn repository_credentials_and_deploy_keys_are_sealed_and_given_to_fetches_only(
+    h: &Harness,
+) {
+    let token = "ghp_tokenThatMustNotLeak42";
+    let key = "-----BEGIN OPENSSH PRIVATE KEY-----\nkeyMaterialThatMustNotLeak\n-----END OPENSSH PRIVATE KEY-----\n";
+    let s = &*h.store;
+    let mut p = new_project("shop");
+    p.repo = format!("https://x-access-token:{token}@git.example.com/a/shop.git");
+    p.deploy_key = Some(key.into());
+    let shown = s.create_project(p).await.unwrap();
+    assert_eq!(shown.repo, "https://git.example.com/a/shop.git");
+    assert!(shown.has_repo_credentials && shown.has_deploy_key);
+    let access = s.repo_access("shop").await.unwrap();
+    assert_eq!(
+        access.url,
+        format!("https://x-access-token:{token}@git.example.com/a/shop.git")
+    );
+    assert_eq!(access.deploy_key.as_deref(), Some(key));
+    assert!(!format!("{access:?}").contains(token));
+    assert!(!format!("{access:?}").contains("keyMaterial"));
+    let bytes = h.dump();
+    assert!(
+        contains(&bytes, "git.example.com"),
+        "the scan must see the data"
+    );
+    assert!(!contains(&bytes, token));
+    assert!(!contains(&bytes, "keyMaterialThatMustNotLeak"));
+
+    // A new URL without credentials drops the old ones; "" removes the key.
+    let p = s
+        .update_project(
+            "shop",
+            ProjectPatch {
+                repo: Some("https://git.example.com/a/other.git".into()),
+                deploy_key: Some(String::new()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!p.has_repo_credentials && !p.has_deploy_key);
+    let access = s.repo_access("shop").await.unwrap();
+    assert_eq!(access.url, "https://git.example.com/a/other.git");
+    assert_eq!(access.deploy_key, None);
+}
+
+pub async fn build_flags_of_variables_are_kept(h: &Harness) {
+    let s = &*h.store;
+    s.create_project(new_project("shop")).await.unwrap();
+    let both = VarFlags {
+        secret: true,
+        build: true,
+    };
+    let v = s
+        .set_variable("shop", "production", "NPM_TOKEN", "t0k", both, Utc::now())
+        .await
+        .unwrap();
+    assert!(v.build && v.secret && v.value.is_none());
+    s.set_variable(
+        "shop",
+        "production",
+        "PLAIN",
+        "p",
+        VarFlags::PLAIN,
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let r = s.resolve_variables("shop", "production").await.unwrap();
+    assert_eq!(
+        r.iter()
+            .map(|v| (v.key.as_str(), v.build))
+            .collect::<Vec<_>>(),
+        [("NPM_TOKEN", true), ("PLAIN", false)]
+    );
+    // Setting again without the flag clears it.
+    s.set_variable(
+        "shop",
+        "production",
+        "NPM_TOKEN",
+        "t0k",
+        VarFlags::SECRET,
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    assert!(!s.list_variables("shop", "production").await.unwrap()[0].build);
+}
+
+pub async fn deployments_list_newest_first_and_one_active_per_slot(h: &Harness) {
+    let s = &*h.store;
+    s.create_project(new_project("shop")).await.unwrap();
+    let t0 = Utc::now();
+    let mut a = deployment("a", "shop", t0);
+    let slot = Slot::of(&a);
+    let mut b = deployment("b", "shop", t0 + Duration::seconds(1));
+    s.insert_deployment(&a).await.unwrap();
+    s.insert_deployment(&b).await.unwrap();
+    assert!(matches!(
+        s.insert_deployment(&a).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    let ids: Vec<_> = s
+        .list_deployments(&DeploymentQuery::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(ids, ["b", "a"]);
+
+    a.status = Status::Succeeded;
+    a.promotion_stage = Stage::Active;
+    s.save_deployments(
+        &mut [&mut a],
+        Some(Activate {
+            slot: slot.clone(),
+            deployment_id: Some("a".into()),
+        }),
+    )
+    .await
+    .unwrap();
+    assert!(s.get_deployment("a").await.unwrap().is_active);
+    assert!(!s.get_deployment("b").await.unwrap().is_active);
+
+    a.promotion_stage = Stage::Superseded;
+    b.status = Status::Succeeded;
+    b.promotion_stage = Stage::Active;
+    s.save_deployments(
+        &mut [&mut a, &mut b],
+        Some(Activate {
+            slot: slot.clone(),
+            deployment_id: Some("b".into()),
+        }),
+    )
+    .await
+    .unwrap();
+    let all = s
+        .list_deployments(&DeploymentQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(all.iter().filter(|d| d.is_active).count(), 1);
+    assert_eq!(
+        s.active_deployment(&Slot::of(&a))
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        "b"
+    );
+    assert_eq!(
+        s.get_deployment("a").await.unwrap().promotion_stage,
+        Stage::Superseded
+    );
+    let unfinished = s
+        .list_deployments(&DeploymentQuery {
+            unfinished: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(unfinished.is_empty());
+    assert!(matches!(
+        s.get_deployment("zzz").await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+pub async fn logs_are_tagged_ordered_and_resumable(h: &Harness) {
+    let s = &*h.store;
+    s.create_project(new_project("shop")).await.unwrap();
+    s.insert_deployment(&deployment("a", "shop", Utc::now()))
+        .await
+        .unwrap();
+    let lines: Vec<NewLogLine> = (0..10)
+        .map(|i| NewLogLine {
+            deployment_id: "a".into(),
+            ts: Utc::now(),
+            stream: if i % 2 == 0 {
+                LogStream::Stdout
+            } else {
+                LogStream::Build
+            },
+            step: (i % 2 == 1).then_some(StepName::Build),
+            text: format!("line {i}"),
+        })
+        .collect();
+    s.append_logs(&lines).await.unwrap();
+    let all = s
+        .read_logs(&LogQuery {
+            deployment_id: Some("a".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 10);
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(all[0].sha.as_deref(), Some("0123456"));
+    assert_eq!(all[0].service_name, "web");
+    let after = s
+        .read_logs(&LogQuery {
+            deployment_id: Some("a".into()),
+            after_seq: Some(all[4].seq),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(after[0].text, "line 5");
+    let build = s
+        .read_logs(&LogQuery {
+            deployment_id: Some("a".into()),
+            step: Some(StepName::Build),
+            limit: Some(2),
+            tail: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let texts: Vec<_> = build.iter().map(|l| l.text.as_str()).collect();
+    assert_eq!(texts, ["line 7", "line 9"]);
+}
+
+pub async fn environments_and_external_routes(h: &Harness) {
+    let s = &*h.store;
+    s.create_project(new_project("shop")).await.unwrap();
+    let env = Environment {
+        project_name: "shop".into(),
+        name: "staging".into(),
+        branch: Some("develop".into()),
+        kind: EnvironmentKind::Branch,
+        created_at: Utc::now(),
+    };
+    s.create_environment(env.clone()).await.unwrap();
+    assert!(matches!(
+        s.create_environment(env).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    s.set_variable("shop", "staging", "K", "v", VarFlags::PLAIN, Utc::now())
+        .await
+        .unwrap();
+    assert!(s.delete_environment("shop", "production").await.is_err());
+    s.delete_environment("shop", "staging").await.unwrap();
+    assert_eq!(s.list_environments("shop").await.unwrap().len(), 1);
+
+    let r = ExternalRoute {
+        hostname: "legacy.example.com".into(),
+        upstream: "127.0.0.1:9000".into(),
+        created_at: Utc::now(),
+    };
+    s.put_external_route(&r).await.unwrap();
+    let listed = s.list_external_routes().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].hostname.as_str(), listed[0].upstream.as_str()),
+        ("legacy.example.com", "127.0.0.1:9000")
+    );
+    assert!(s.remove_external_route("legacy.example.com").await.unwrap());
+    assert!(!s.remove_external_route("legacy.example.com").await.unwrap());
+}
+
+pub async fn log_retention_drops_old_lines_and_caps_each_project(h: &Harness) {
+    let s = &*h.store;
+    s.create_project(new_project("shop")).await.unwrap();
+    s.create_project(new_project("blog")).await.unwrap();
+    let now = Utc::now();
+    s.insert_deployment(&deployment("a", "shop", now))
+        .await
+        .unwrap();
+    s.insert_deployment(&deployment("b", "blog", now))
+        .await
+        .unwrap();
+    let line = |id: &str, age_days: i64, i: usize| NewLogLine {
+        deployment_id: id.into(),
+        ts: now - Duration::days(age_days),
+        stream: LogStream::Stdout,
+        step: None,
+        text: format!("{id} {i}"),
+    };
+    let mut lines: Vec<NewLogLine> = (0..3).map(|i| line("a", 40, i)).collect();
+    lines.extend((0..10).map(|i| line("a", 0, i)));
+    lines.extend((0..4).map(|i| line("b", 0, i)));
+    s.append_logs(&lines).await.unwrap();
+    let removed = s.prune_logs(now - Duration::days(30), 5).await.unwrap();
+    assert_eq!(removed, 3 + 5);
+    let q = |id: &str| LogQuery {
+        deployment_id: Some(id.into()),
+        ..Default::default()
+    };
+    let a: Vec<String> = s
+        .read_logs(&q("a"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.text)
+        .collect();
+    assert_eq!(
+        a,
+        ["a 5", "a 6", "a 7", "a 8", "a 9"],
+        "the newest lines stay"
+    );
+    assert_eq!(
+        s.read_logs(&q("b")).await.unwrap().len(),
+        4,
+        "other projects untouched"
+    );
+}
