@@ -210,7 +210,10 @@ impl Deployer {
         match crate::saving::save_retrying(&*self.store, d, crate::saving::rebase_pipeline).await {
             Ok(crate::saving::Saved::Written) => {}
             Ok(crate::saving::Saved::GaveUp) => {
-                tracing::warn!(deployment = d.id, "not saved: the deployment ended elsewhere")
+                tracing::warn!(
+                    deployment = d.id,
+                    "not saved: the deployment ended elsewhere"
+                )
             }
             Err(e) => tracing::error!(deployment = d.id, error = %e, "cannot save deployment"),
         }
