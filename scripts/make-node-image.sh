@@ -20,7 +20,7 @@ fi
 if ! command -v mmdebstrap >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "make-node-image: installing mmdebstrap"
-        apt-get install -y mmdebstrap >/dev/null
+        apt-get update -qq && apt-get install -y mmdebstrap >/dev/null
     else
         echo "make-node-image: mmdebstrap is missing (apt-get install mmdebstrap)" >&2
         exit 1

@@ -25,3 +25,12 @@ pub fn recording_sink() -> (LogSink, Arc<Mutex<Vec<String>>>) {
         lines,
     )
 }
+
+/// A test whose tool `what` is missing: under `CI=true` a failure, never a
+/// silent pass; elsewhere the caller returns (skips) after this notice.
+pub fn missing_tool(what: &str, install: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{what} is missing and CI=true: {install} (scripts/ensure-deps.sh does it)");
+    }
+    eprintln!("SKIPPED: {what} is missing ({install}); under CI=true this fails");
+}

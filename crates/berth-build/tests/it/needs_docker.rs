@@ -16,7 +16,7 @@ use bollard::query_parameters::{ListContainersOptions, RemoveImageOptions};
 use bollard::Docker;
 use tokio_util::sync::CancellationToken;
 
-use crate::{example, recording_sink};
+use crate::{example, missing_tool, recording_sink};
 
 async fn docker() -> Docker {
     Docker::connect_with_local_defaults()
@@ -411,7 +411,7 @@ async fn needs_docker_generated_static_plan_builds_with_local_base() {
 async fn needs_docker_node_npm_example_on_local_node_image() {
     let docker = docker().await;
     if docker.inspect_image("local/node:18").await.is_err() {
-        eprintln!("SKIPPED: local/node:18 is absent (run scripts/make-node-image.sh)");
+        missing_tool("the image local/node:18", "run scripts/make-node-image.sh");
         return;
     }
     let mut opts = AnalyzeOptions::default();
@@ -447,7 +447,7 @@ async fn needs_docker_node_npm_example_on_local_node_image() {
 #[tokio::test]
 async fn needs_docker_push_to_local_registry_returns_digest() {
     if !Path::new("/usr/bin/docker-registry").exists() {
-        eprintln!("SKIPPED: docker-registry is not installed (apt-get install docker-registry)");
+        missing_tool("docker-registry", "apt-get install docker-registry");
         return;
     }
     let docker = docker().await;

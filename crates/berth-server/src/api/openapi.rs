@@ -14,7 +14,7 @@ fn op(summary: &str, ok: &str) -> Value {
 }
 
 pub fn spec() -> Value {
-    json!({
+    let mut doc = json!({
         "openapi": "3.0.3",
         "info": {"title": "berth API", "version": env!("CARGO_PKG_VERSION")},
         "servers": [{"url": "/api/v1"}],
@@ -41,6 +41,7 @@ pub fn spec() -> Value {
             "/deployments/{id}/promote": {"post": op("make a historic deployment active again", "201")},
             "/deployments/{id}/redeploy": {"post": op("run the same commit again", "201")},
             "/deployments/{id}/logs": {"get": op("logs of a deployment; follow=true streams SSE", "200")},
+            "/deployments/{id}/manifest": {"get": op("files of a deployment's image (path, size, sha256)", "200")},
             "/logs": {"get": op("logs of a service across deployments; follow=true streams SSE", "200")},
             "/rollback": {"post": op("roll a service back to its previous deployment", "201")},
             "/projects/{name}/domains": {"get": op("list custom domains", "200"), "post": op("attach a custom domain (returns the TXT record to create)", "201")},
@@ -49,7 +50,31 @@ pub fn spec() -> Value {
             "/routes": {"get": op("list external routes", "200"), "post": op("add an external route", "201")},
             "/routes/{hostname}": {"delete": op("remove an external route", "204")},
         }
-    })
+    });
+    declare_path_parameters(&mut doc);
+    doc
+}
+
+/// OpenAPI requires every `{name}` of a path to be declared as a
+/// parameter: one string parameter per segment, on the path item.
+fn declare_path_parameters(doc: &mut Value) {
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let params: Vec<Value> = path_parameters(path)
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        if !params.is_empty() {
+            item["parameters"] = Value::Array(params);
+        }
+    }
+}
+
+/// The `{name}` segments of a path.
+fn path_parameters(path: &str) -> impl Iterator<Item = &str> {
+    path.split('/')
+        .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
 }
 
 pub async fn document() -> Response {
@@ -58,15 +83,137 @@ pub async fn document() -> Response {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn every_path_has_operations_with_responses() {
-        let s = super::spec();
-        let paths = s["paths"].as_object().unwrap();
-        assert!(paths.len() >= 15);
-        for (p, item) in paths {
-            for (_, op) in item.as_object().unwrap() {
-                assert!(op["responses"].is_object(), "{p}");
+    use super::*;
+    use std::collections::BTreeSet;
+
+    const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
+
+    /// (path, method) of every route of the `/api/v1` router, read from
+    /// the router's source (`api::router`), so a route added without its
+    /// documentation, or documented without a route, fails this test.
+    fn routed() -> BTreeSet<(String, String)> {
+        let src = include_str!("mod.rs");
+        let start = src.find("let authed").expect("api::router builds `authed`");
+        let end = src[start..].find("let hooks").expect("then `hooks`") + start;
+        let mut out = BTreeSet::new();
+        for (at, _) in src[start..end].match_indices(".route(") {
+            // The arguments of this `.route(...)` call, parentheses balanced.
+            let args = &src[start + at + ".route(".len()..end];
+            let mut depth = 1;
+            let close = args
+                .char_indices()
+                .find(|&(_, c)| {
+                    depth += match c {
+                        '(' => 1,
+                        ')' => -1,
+                        _ => 0,
+                    };
+                    depth == 0
+                })
+                .expect("balanced .route( call")
+                .0;
+            let call = &args[..close];
+            let path = call.split('"').nth(1).expect("a path literal");
+            for m in METHODS {
+                let found = call.match_indices(&format!("{m}(")).any(|(i, _)| {
+                    i == 0 || !call[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_')
+                });
+                if found {
+                    out.insert((path.to_string(), m.to_string()));
+                }
             }
         }
+        out
+    }
+
+    fn documented(doc: &Value) -> BTreeSet<(String, String)> {
+        let mut out = BTreeSet::new();
+        for (p, item) in doc["paths"].as_object().unwrap() {
+            for (m, _) in item.as_object().unwrap() {
+                if m != "parameters" {
+                    out.insert((p.clone(), m.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_route_is_documented_and_every_documented_route_exists() {
+        let routes = routed();
+        assert!(
+            routes.len() >= 25,
+            "router source not understood: {routes:?}"
+        );
+        let docs = documented(&spec());
+        let undocumented: Vec<_> = routes.difference(&docs).collect();
+        let unrouted: Vec<_> = docs.difference(&routes).collect();
+        assert!(
+            undocumented.is_empty(),
+            "routes missing from openapi.json: {undocumented:?}"
+        );
+        assert!(
+            unrouted.is_empty(),
+            "documented but not routed: {unrouted:?}"
+        );
+    }
+
+    #[test]
+    fn every_operation_is_valid_openapi() {
+        let doc = spec();
+        for (p, item) in doc["paths"].as_object().unwrap() {
+            let declared: BTreeSet<&str> = item["parameters"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .inspect(|x| {
+                            assert_eq!(
+                                (&x["in"], &x["required"]),
+                                (&json!("path"), &json!(true)),
+                                "{p}"
+                            )
+                        })
+                        .map(|x| x["name"].as_str().unwrap())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let wanted: BTreeSet<&str> = path_parameters(p).collect();
+            assert_eq!(declared, wanted, "{p}: path parameters");
+            for (m, op) in item.as_object().unwrap() {
+                if m == "parameters" {
+                    continue;
+                }
+                assert!(METHODS.contains(&m.as_str()), "{p}: {m}");
+                assert!(
+                    op["summary"].as_str().is_some_and(|s| !s.is_empty()),
+                    "{p} {m}"
+                );
+                let responses = op["responses"].as_object().unwrap();
+                let ok: Vec<_> = responses.keys().filter(|k| k.starts_with('2')).collect();
+                assert_eq!(ok.len(), 1, "{p} {m}: one success status");
+                if p != "/health" {
+                    assert_eq!(
+                        responses["default"]["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/Error",
+                        "{p} {m}: errors documented"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The checks above can fail: a router with a route the document lacks.
+    #[test]
+    fn an_undocumented_route_is_noticed() {
+        let mut doc = spec();
+        doc["paths"]
+            .as_object_mut()
+            .unwrap()
+            .remove("/deployments/{id}/manifest");
+        let missing: Vec<_> = routed().difference(&documented(&doc)).cloned().collect();
+        assert_eq!(
+            missing,
+            [("/deployments/{id}/manifest".to_string(), "get".to_string())]
+        );
     }
 }

@@ -274,18 +274,48 @@ pub fn remove_project_images(project: &str) {
     }
 }
 
+/// Runs the docker CLI and returns its stdout; a failure to run it or a
+/// non-zero exit panics with its stderr, so an assertion on the output
+/// never passes because docker did not answer.
+pub fn docker(args: &[&str]) -> String {
+    let o = Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("docker {args:?}: {e}"));
+    assert!(
+        o.status.success(),
+        "docker {args:?} failed ({}): {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr).trim()
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Whether the engine has `image`: false only when the engine says it has
+/// no such image; any other failure (no docker CLI, engine down) panics.
 pub fn image_exists(image: &str) -> bool {
-    Command::new("docker")
-        .args(["image", "inspect", image])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    let o = Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", image])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("docker image inspect {image}: {e}"));
+    if o.status.success() {
+        return true;
+    }
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("No such image") || err.contains("No such object"),
+        "docker image inspect {image} failed ({}): {}",
+        o.status,
+        err.trim()
+    );
+    false
 }
 
 /// A git repository of a busybox httpd app that serves `body` on / and has
-/// a 6-second CGI at /cgi-bin/slow.
+/// a CGI at /cgi-bin/held that answers only once the test releases it
+/// (see [`HELD_CGI`]).
 pub struct AppRepo {
     pub dir: tempfile::TempDir,
 }
@@ -308,6 +338,20 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap().trim().to_string()
 }
 
+/// A request that stays in flight until the test says so: it marks
+/// `/tmp/held-started` in its container, waits (at most 30 s) for
+/// `/tmp/held-release` (`docker exec <container> touch /tmp/held-release`),
+/// then answers `held-done <the version's index.html>`.
+pub const HELD_CGI: &str = "#!/bin/sh
+mkdir -p /tmp
+touch /tmp/held-started
+i=0
+while [ ! -e /tmp/held-release ] && [ \"$i\" -lt 30 ]; do sleep 1; i=$((i+1)); done
+echo 'Content-Type: text/plain'
+echo
+echo \"held-done $(cat /www/index.html)\"
+";
+
 pub const DOCKERFILE: &str = "FROM scratch
 COPY busybox /bin/busybox
 RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]
@@ -323,16 +367,12 @@ impl AppRepo {
         git(p, &["init", "-q", "-b", "main"]);
         std::fs::copy("/bin/busybox", p.join("busybox")).expect("busybox-static is installed");
         std::fs::create_dir_all(p.join("www/cgi-bin")).unwrap();
-        std::fs::write(
-            p.join("www/cgi-bin/slow"),
-            "#!/bin/sh\nsleep 6\necho 'Content-Type: text/plain'\necho\necho slow-done\n",
-        )
-        .unwrap();
+        std::fs::write(p.join("www/cgi-bin/held"), HELD_CGI).unwrap();
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(
-                p.join("www/cgi-bin/slow"),
+                p.join("www/cgi-bin/held"),
                 std::fs::Permissions::from_mode(0o755),
             )
             .unwrap();
@@ -478,4 +518,13 @@ impl Load {
             samples,
         }
     }
+}
+
+/// A test whose tool `what` is missing: under `CI=true` a failure, never a
+/// silent pass; elsewhere the caller returns (skips) after this notice.
+pub fn missing_tool(what: &str, install: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{what} is missing and CI=true: {install} (scripts/ensure-deps.sh does it)");
+    }
+    eprintln!("SKIPPED: {what} is missing ({install}); under CI=true this fails");
 }

@@ -292,28 +292,74 @@ fn cutovers_and_rollback_under_load_drop_no_request() {
     let h = host(&project);
     let load = Load::start(s.http_port, &h, 4, 200_000, Duration::from_secs(120));
 
-    // A slow request in flight across the cutover completes.
-    let slow = {
+    // A request in flight at the switch completes on the version that
+    // took it. It is held in v1's container until the route serves v2,
+    // so it is provably in flight across the cutover, then released while
+    // v1 drains.
+    let d1 = s.json(&["inspect", d1["id"].as_str().unwrap(), "--json"]);
+    let c1 = d1["runtime"]["instanceId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no runtime.instanceId: {d1}"))
+        .to_string();
+    let held = {
         let port = s.http_port;
         let h = h.clone();
         std::thread::spawn(move || {
             reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(30))
+                .timeout(Duration::from_secs(60))
                 .build()
                 .unwrap()
-                .get(format!("http://127.0.0.1:{port}/cgi-bin/slow"))
+                .get(format!("http://127.0.0.1:{port}/cgi-bin/held"))
                 .header("host", h)
                 .send()
                 .map(|r| (r.status().as_u16(), r.text().unwrap_or_default()))
         })
     };
-    std::thread::sleep(Duration::from_millis(500));
+    let in_c1 = |cmd: &str| docker(&["exec", &c1, "/bin/sh", "-c", cmd]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while in_c1("test -e /tmp/held-started && echo yes || echo no").trim() != "yes" {
+        assert!(!held.is_finished(), "the held request ended early");
+        assert!(
+            Instant::now() < deadline,
+            "the held request never reached v1"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     repo.commit_app("v2", DOCKERFILE, "v2");
-    let (ok, d2) = deploy_wait(&s, &project);
-    assert!(ok, "{d2}");
-    wait_body(&s, &h, "v2");
-    let (st, body) = slow.join().unwrap().expect("slow request");
-    assert_eq!((st, body.trim()), (200, "slow-done"));
+    let d2 = s.json(&["deploy", "--project", &project, "--json"]);
+    let id2 = d2["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok((200, body)) = s.get_host(&h, "/") {
+            if body.contains("v2") {
+                break;
+            }
+        }
+        let cur = s.json(&["inspect", &id2, "--json"]);
+        assert!(
+            cur["completedAt"].is_null(),
+            "v2 ended before serving: {cur}"
+        );
+        assert!(Instant::now() < deadline, "v2 never served: {cur}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !held.is_finished(),
+        "the held request ended before the switch: nothing was in flight across it"
+    );
+    in_c1("touch /tmp/held-release");
+    let (st, body) = held.join().unwrap().expect("held request");
+    assert_eq!((st, body.trim()), (200, "held-done v1"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let d2 = loop {
+        let cur = s.json(&["inspect", &id2, "--json"]);
+        if !cur["completedAt"].is_null() {
+            break cur;
+        }
+        assert!(Instant::now() < deadline, "v2 never ended: {cur}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(d2["status"], "succeeded", "{d2}");
 
     repo.commit_app("v3", DOCKERFILE, "v3");
     let (ok, d3) = deploy_wait(&s, &project);
@@ -408,9 +454,7 @@ fn kill_9_then_restart_serves_from_the_same_container_and_nothing_is_stuck() {
 #[test]
 fn a_node_app_without_dockerfile_is_detected_built_and_served() {
     if !image_exists("local/node:18") {
-        eprintln!(
-            "notice: local/node:18 is missing (scripts/make-node-image.sh makes it); skipping"
-        );
+        missing_tool("the image local/node:18", "run scripts/make-node-image.sh");
         return;
     }
     let project = unique("e2en");
@@ -473,11 +517,8 @@ fn cancel_stops_a_running_build_and_ends_cancelled() {
     // The build's container is gone soon after.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let ps = std::process::Command::new("docker")
-            .args(["ps", "--no-trunc", "--format", "{{.Command}}"])
-            .output()
-            .unwrap();
-        if !String::from_utf8_lossy(&ps.stdout).contains("sleep 47") {
+        let ps = docker(&["ps", "--no-trunc", "--format", "{{.Command}}"]);
+        if !ps.contains("sleep 47") {
             break;
         }
         assert!(Instant::now() < deadline, "the build kept running");

@@ -289,7 +289,7 @@ fn deployed(s: &Server, project: &str) -> Value {
 #[test]
 fn console_signs_in_follows_live_logs_and_rolls_back_in_a_browser() {
     if !std::path::Path::new(CHROMEDRIVER).exists() {
-        eprintln!("skipping the console browser test: {CHROMEDRIVER} is missing (apt-get install chromium chromium-driver)");
+        missing_tool(CHROMEDRIVER, "apt-get install chromium chromium-driver");
         return;
     }
     let project = unique("e2ecn");

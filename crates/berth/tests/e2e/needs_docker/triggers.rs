@@ -207,21 +207,15 @@ fn pull_requests_get_a_preview_environment_that_is_torn_down_when_closed() {
     assert_eq!(s.get_host(&pr_host, "/").unwrap().0, 404, "route gone");
     let envs = s.json(&["envs", "list", "--project", &project, "--json"]);
     assert!(envs.as_array().unwrap().iter().all(|e| e["name"] != "pr-7"));
-    let out = std::process::Command::new("docker")
-        .args([
-            "ps",
-            "-q",
-            "--filter",
-            "label=dev.berth.environment=pr-7",
-            "--filter",
-            &format!("label=dev.berth.project={project}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&out.stdout).trim().is_empty(),
-        "containers gone"
-    );
+    let out = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        "label=dev.berth.environment=pr-7",
+        "--filter",
+        &format!("label=dev.berth.project={project}"),
+    ]);
+    assert!(out.trim().is_empty(), "containers gone");
     let image = all[0]["image"]["ref"].as_str().unwrap();
     assert!(!image_exists(image), "the preview's image {image} is kept");
 }
@@ -273,18 +267,15 @@ fn an_idle_preview_whose_close_never_came_is_torn_down_after_the_ttl() {
         std::thread::sleep(Duration::from_millis(250));
     }
     assert_eq!(s.get_host(&pr_host, "/").unwrap().0, 404, "route gone");
-    let out = std::process::Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            "label=dev.berth.environment=pr-9",
-            "--filter",
-            &format!("label=dev.berth.project={project}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty());
+    let out = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        "label=dev.berth.environment=pr-9",
+        "--filter",
+        &format!("label=dev.berth.project={project}"),
+    ]);
+    assert!(out.trim().is_empty(), "containers gone: {out}");
     // Images are pruned right after the teardown.
     let deadline = Instant::now() + Duration::from_secs(10);
     while image_exists(&image) {

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Makes this machine ready for the whole test suite; ./scripts/test.sh runs
+# it first, so the README's one test command works on a fresh Debian 12
+# machine by itself (.ci/run only sets CI=true and calls test.sh).
+#
+# - installs the packages the tests use when they are missing (with apt-get,
+#   when run as root; otherwise it says what to install);
+# - starts dockerd when the engine does not answer (as root);
+# - builds the local Node base image `local/node:18` (no registry can be
+#   reached by the tests) with scripts/make-node-image.sh.
+#
+# Idempotent and quick when everything is there. Under CI=true anything it
+# cannot provide is an error (exit 1): a test must never pass for lack of
+# its tool. Set BERTH_SKIP_DEPS=1 to skip this script entirely.
+#
+# Other parts append their own packages below (one `need_*` line each).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ci=false
+[ "${CI:-}" = "true" ] && ci=true
+root=false
+[ "$(id -u)" = 0 ] && root=true
+problems=()
+
+say() { echo "ensure-deps: $*"; }
+
+need=()
+need_cmd() { command -v "$1" >/dev/null 2>&1 || need+=("$2"); }
+need_file() { [ -e "$1" ] || need+=("$2"); }
+
+# What the tests use (package per missing command or file).
+need_cmd dockerd docker.io
+need_cmd docker docker.io
+need_file /bin/busybox busybox-static
+need_cmd git git
+need_cmd curl curl
+need_file /usr/bin/chromium chromium
+need_file /usr/bin/chromedriver chromium-driver
+need_file /usr/sbin/sshd openssh-server
+need_cmd ssh-keygen openssh-client
+need_cmd pebble pebble
+need_cmd pebble-challtestsrv pebble
+need_file /usr/bin/docker-registry docker-registry
+need_cmd mmdebstrap mmdebstrap
+# microVM runtime tests: QEMU, a guest kernel, mkfs.ext4 -d (e2fsprogs).
+need_cmd qemu-system-x86_64 qemu-system-x86
+ls /boot/vmlinuz-*-cloud-amd64 >/dev/null 2>&1 || need+=(linux-image-cloud-amd64)
+need_cmd mkfs.ext4 e2fsprogs
+# The two-node test swarm (scripts/swarm-testnet.sh): a registry, network
+# namespaces (ip, nsenter, unshare), python3 for the htpasswd hash.
+need_cmd docker-registry docker-registry
+need_cmd ip iproute2
+need_cmd nsenter util-linux
+need_cmd unshare util-linux
+need_cmd python3 python3
+
+if ((${#need[@]})); then
+    # One entry per package.
+    mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
+    if $root && command -v apt-get >/dev/null 2>&1; then
+        say "installing ${need[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        if ! apt-get install -y -qq "${need[@]}" >/dev/null; then
+            problems+=("apt-get install ${need[*]} failed")
+        fi
+    else
+        problems+=("missing packages: ${need[*]} (as root: apt-get install ${need[*]})")
+    fi
+fi
+
+# The Docker engine.
+if command -v docker >/dev/null 2>&1 && ! docker info >/dev/null 2>&1; then
+    if $root && command -v dockerd >/dev/null 2>&1; then
+        say "starting dockerd (log: /tmp/berth-dockerd.log)"
+        (dockerd >/tmp/berth-dockerd.log 2>&1 &)
+        for _ in $(seq 1 60); do
+            docker info >/dev/null 2>&1 && break
+            sleep 1
+        done
+        if ! docker info >/dev/null 2>&1; then
+            tail -20 /tmp/berth-dockerd.log >&2 || true
+            problems+=("dockerd did not start")
+        fi
+    else
+        problems+=("the Docker engine does not answer (start dockerd, or run this as root)")
+    fi
+fi
+
+# The local Node base image of the auto-detected Node app tests.
+if docker info >/dev/null 2>&1 && ! docker image inspect local/node:18 >/dev/null 2>&1; then
+    if ! ./scripts/make-node-image.sh local/node:18; then
+        problems+=("local/node:18 could not be built (scripts/make-node-image.sh)")
+    fi
+fi
+
+if ((${#problems[@]})); then
+    for p in "${problems[@]}"; do
+        say "$p" >&2
+    done
+    if $ci; then
+        say "CI=true: the tests that need these would fail; stopping" >&2
+        exit 1
+    fi
+    say "continuing (CI is not true): tests that need what is missing will fail or skip with a notice" >&2
+fi
+exit 0
