@@ -3,8 +3,9 @@
 //! It holds the records ([`model`]), the deployment state machine
 //! ([`state::transition`], the only way a deployment's status, stage and
 //! health change), `berth.toml` ([`config`]), name rules ([`names`]),
-//! durations and sizes ([`units`]) and
-//! the hostnames deployments get ([`hosts`]).
+//! durations and sizes ([`units`]), the hostnames deployments get
+//! ([`hosts`]) and the telemetry variables every instance gets
+//! ([`telemetry`]).
 //!
 //! Invariants: nothing here touches the network, disk, clock or random
 //! numbers — callers pass timestamps and ids in — so every function is
@@ -18,4 +19,5 @@ pub mod model;
 pub mod names;
 pub mod redact;
 pub mod state;
+pub mod telemetry;
 pub mod units;

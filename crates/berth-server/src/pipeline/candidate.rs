@@ -32,6 +32,17 @@ impl Deployer {
         env.push(("BERTH_SERVICE".into(), d.service_name.clone()));
         env.push(("BERTH_ENVIRONMENT".into(), d.environment_name.clone()));
         env.push(("BERTH_PROJECT".into(), d.project_name.clone()));
+        // OTEL_*, SENTRY_*, SOURCE_VERSION: the user's values win
+        berth_core::telemetry::add_telemetry_env(
+            &mut env,
+            &berth_core::telemetry::Identity {
+                project: &d.project_name,
+                service: &d.service_name,
+                environment: &d.environment_name,
+                deployment_id: &d.id,
+                sha: d.commit.as_ref().map(|c| c.sha.as_str()),
+            },
+        );
         env
     }
 
