@@ -8,7 +8,10 @@
 //! (port 3000, `GET /` every 15 s, 5 s timeout, 3 consecutive failures).
 //!
 //! Invariants of a parsed [`AppConfig`]:
-//! - at least one service; every name is a lowercase DNS label;
+//! - at least one service; every name follows [`names::service_name`] (the
+//!   rule the API applies at create: a lowercase DNS label of 1-63);
+//! - durations and sizes follow [`units`] (the rules of CLI flags and API
+//!   queries);
 //! - unknown keys never pass silently;
 //! - durations are > 0, the port is 1-65535, canary stages strictly increase
 //!   and end at 100, thresholds are > 0.
