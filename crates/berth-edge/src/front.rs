@@ -68,6 +68,7 @@ use crate::pool::SendError;
 use crate::proxy::{self, ConnCtx, Page};
 use crate::scan::ScanIo;
 use crate::target::{wait_stop, InflightGuard};
+use crate::trace::TraceContext;
 use crate::Worker;
 
 /// Read buffer of a connection, to start with.
@@ -566,6 +567,8 @@ pub(crate) struct Request {
     pub(crate) host: (usize, usize),
     /// The client asked to close after this request.
     close: bool,
+    /// Its trace context (the `traceparent` sent upstream).
+    pub(crate) trace: TraceContext,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -584,6 +587,8 @@ enum Name {
     Connection,
     /// Hop-by-hop, or set by the proxy: not forwarded.
     Drop,
+    TraceParent,
+    TraceState,
     /// Framing, upgrades, expectations: hyper's job.
     Handover,
     Forward,
@@ -596,6 +601,8 @@ fn classify(name: &[u8]) -> Name {
         6 if eq(b"expect") => Name::Handover,
         7 if eq(b"upgrade") => Name::Handover,
         10 if eq(b"connection") => Name::Connection,
+        10 if eq(b"tracestate") => Name::TraceState,
+        11 if eq(b"traceparent") => Name::TraceParent,
         14 if eq(b"content-length") => Name::Handover,
         17 if eq(b"transfer-encoding") => Name::Handover,
         15 if eq(b"x-forwarded-for") => Name::Drop,
@@ -679,8 +686,24 @@ pub(crate) fn parse(buf: &[u8], client_ip: &[u8], proto: &str, up: &mut Vec<u8>)
     up.extend_from_slice(b" HTTP/1.1\r\n");
     let mut host: Option<&[u8]> = None;
     let mut close = false;
+    let mut traceparent: Option<&[u8]> = None;
+    let mut traceparents = 0;
+    let mut tracestate: [&[u8]; 4] = [b""; 4];
+    let mut tracestates = 0;
     for h in req.headers.iter() {
         match classify(h.name.as_bytes()) {
+            Name::TraceParent => {
+                traceparent = Some(h.value);
+                traceparents += 1;
+            }
+            Name::TraceState => {
+                // kept aside: forwarded only with the trace they belong to
+                let Some(slot) = tracestate.get_mut(tracestates) else {
+                    return Parse::Handover;
+                };
+                *slot = h.value;
+                tracestates += 1;
+            }
             Name::Forward => {
                 up.extend_from_slice(h.name.as_bytes());
                 up.extend_from_slice(b": ");
@@ -716,6 +739,17 @@ pub(crate) fn parse(buf: &[u8], client_ip: &[u8], proto: &str, up: &mut Vec<u8>)
     else {
         return Parse::Handover;
     };
+    let trace = TraceContext::for_request(traceparent.filter(|_| traceparents == 1));
+    up.extend_from_slice(b"traceparent: ");
+    up.extend_from_slice(&trace.traceparent());
+    up.extend_from_slice(b"\r\n");
+    if trace.continued() {
+        for v in &tracestate[..tracestates] {
+            up.extend_from_slice(b"tracestate: ");
+            up.extend_from_slice(v);
+            up.extend_from_slice(b"\r\n");
+        }
+    }
     up.extend_from_slice(b"X-Forwarded-For: ");
     up.extend_from_slice(client_ip);
     up.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
@@ -729,6 +763,7 @@ pub(crate) fn parse(buf: &[u8], client_ip: &[u8], proto: &str, up: &mut Vec<u8>)
         method,
         host: (start, start + host.len()),
         close,
+        trace,
     })
 }
 
@@ -893,10 +928,41 @@ mod tests {
         assert_eq!(r.method, Verb::Get);
         assert!(!r.close);
         assert_eq!(&raw[r.host.0..r.host.1], b"Shop.localhost:8080");
+        let tp = format!(
+            "traceparent: {}\r\n",
+            std::str::from_utf8(&r.trace.traceparent()).unwrap()
+        );
         assert_eq!(
             up,
-            "GET /a?b=c HTTP/1.1\r\nHost: Shop.localhost:8080\r\nAccept: */*\r\nX-Forwarded-For: 10.0.0.7\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: Shop.localhost:8080\r\n\r\n"
+            format!("GET /a?b=c HTTP/1.1\r\nHost: Shop.localhost:8080\r\nAccept: */*\r\n{tp}X-Forwarded-For: 10.0.0.7\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: Shop.localhost:8080\r\n\r\n")
         );
+        assert!(!r.trace.continued(), "no traceparent came: a new trace");
+        // a valid one keeps its trace id and its tracestate; repeated
+        // traceparents are malformed: a new trace, tracestate dropped
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let raw = format!("GET / HTTP/1.1\r\ntracestate: a=1\r\nHost: a\r\ntraceparent: {good}\r\ntracestate: b=2\r\n\r\n");
+        let (p, up) = up_head(raw.as_bytes());
+        let Parse::Request(r) = p else {
+            panic!("{p:?}")
+        };
+        assert!(r.trace.continued());
+        assert!(
+            up.contains("traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{up}"
+        );
+        assert!(!up.contains(good), "{up}");
+        assert!(
+            up.contains("tracestate: a=1\r\ntracestate: b=2\r\n"),
+            "{up}"
+        );
+        assert_eq!(up.matches("traceparent").count(), 1, "{up}");
+        let raw = format!("GET / HTTP/1.1\r\nHost: a\r\ntraceparent: {good}\r\ntraceparent: {good}\r\ntracestate: b=2\r\n\r\n");
+        let (_, up) = up_head(raw.as_bytes());
+        assert!(
+            !up.contains("4bf92f3577b34da6a3ce929d0e0e4736") && !up.contains("tracestate"),
+            "{up}"
+        );
+        assert_eq!(up.matches("traceparent").count(), 1, "{up}");
         let (p, _) =
             up_head(b"HEAD / HTTP/1.1\r\nhost: a\r\nconnection: Keep-Alive, close\r\n\r\n");
         assert!(

@@ -28,7 +28,8 @@
 //! body (in-flight accounting, abort, connection return); `splice.rs`
 //! upgraded connections and their clean close; `target.rs` in-flight state
 //! and drain; `table.rs`/`select.rs`/`route.rs` routes; `metrics.rs` and
-//! `stats.rs` (typed per-target counters for canary judgement).
+//! `stats.rs` (typed per-target counters for canary judgement); `trace.rs`
+//! W3C trace context.
 //!
 //! # API
 //! * [`Edge::new`]`(EdgeConfig) -> Result<Edge, EdgeError>`: loads the routes
@@ -70,6 +71,11 @@
 //!   `X-Forwarded-Host` are always set by the proxy, replacing client values.
 //!   Hop-by-hop headers and headers named in `Connection` are removed in
 //!   both directions (`Upgrade` is kept for a WebSocket handshake).
+//! * **Trace context** (`trace.rs`). Every forwarded request carries one
+//!   valid W3C `traceparent` whose parent is the edge's span: a valid
+//!   incoming one keeps its trace id and flags (and its `tracestate`); an
+//!   absent, malformed or repeated one is replaced by a new trace, and its
+//!   `tracestate` dropped.
 //! * **Request smuggling.** A request with both `Content-Length` and
 //!   `Transfer-Encoding`, or with conflicting `Content-Length` values, gets
 //!   400 and the connection closed; nothing of it is forwarded. So does a
@@ -121,6 +127,7 @@ mod stats;
 mod table;
 mod target;
 mod tls;
+mod trace;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

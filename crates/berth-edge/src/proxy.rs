@@ -21,11 +21,14 @@ use crate::route::request_host_key;
 use crate::scan::{ScanState, Verdict};
 use crate::table::{RouteTable, RouteTarget};
 use crate::target::{wait_stop, InflightGuard, Stop, UpgradedGuard};
+use crate::trace::TraceContext;
 use crate::Worker;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// A response the proxy makes itself (a small text page).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Page {
@@ -205,6 +208,18 @@ async fn handle_inner(
         &X_FORWARDED_PROTO,
         HeaderValue::from_static(conn.proto.unwrap_or(inner.proto)),
     );
+    let trace = {
+        let mut values = headers.get_all(&TRACEPARENT).iter();
+        let first = values.next();
+        let repeated = values.next().is_some();
+        TraceContext::for_request(first.filter(|_| !repeated).map(HeaderValue::as_bytes))
+    };
+    if let Ok(v) = HeaderValue::from_bytes(&trace.traceparent()) {
+        headers.insert(&TRACEPARENT, v);
+    }
+    if !trace.continued() {
+        headers.remove(&TRACESTATE);
+    }
     if let Some(h) = original_host {
         headers.insert(&X_FORWARDED_HOST, h.clone());
         if !headers.contains_key(header::HOST) {

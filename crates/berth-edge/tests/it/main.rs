@@ -340,6 +340,91 @@ async fn malformed_chunked_request_body_is_400_and_closes() {
     );
 }
 
+/// The `traceparent` and `tracestate` the app saw for one request.
+async fn traced(
+    c: &mut Conn,
+    method: &str,
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+) -> (String, Option<String>) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri("/headers")
+        .header("host", "a.localhost");
+    if let Some(v) = traceparent {
+        req = req.header("traceparent", v);
+    }
+    if let Some(v) = tracestate {
+        req = req.header("tracestate", v);
+    }
+    // a body sends the request through hyper's path, none through front.rs
+    let body = if method == "POST" {
+        body("x")
+    } else {
+        body("")
+    };
+    let resp = c.send(req.body(body).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let seen: BTreeMap<String, String> =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    (
+        seen.get("traceparent")
+            .cloned()
+            .expect("the app got a traceparent"),
+        seen.get("tracestate").cloned(),
+    )
+}
+
+fn is_valid_traceparent(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('-').collect();
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && s.bytes().any(|b| b != b'0')
+    };
+    parts.len() == 4
+        && parts[0] == "00"
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && parts[3].len() == 2
+}
+
+#[tokio::test]
+async fn trace_context_reaches_the_app_on_both_paths() {
+    let a = upstream("app-a").await;
+    let e = edge().await;
+    e.edge
+        .apply(vec![upsert("a.localhost", vec![target("a", a.addr, 1)])])
+        .unwrap();
+    let mut c = Conn::open(e.addr).await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let incoming = format!("00-{trace}-00f067aa0ba902b7-01");
+    for method in ["GET", "POST"] {
+        // a valid one: the same trace id, the edge's span as the new parent
+        let (tp, ts) = traced(&mut c, method, Some(&incoming), Some("vendor=abc")).await;
+        assert!(is_valid_traceparent(&tp), "{method}: {tp}");
+        assert!(tp.starts_with(&format!("00-{trace}-")), "{method}: {tp}");
+        assert_ne!(tp, incoming, "{method}: the parent id is the edge's span");
+        assert!(tp.ends_with("-01"), "{method}: flags kept: {tp}");
+        assert_eq!(ts.as_deref(), Some("vendor=abc"), "{method}");
+        // none: a fresh valid one, a new trace each time
+        let (t1, _) = traced(&mut c, method, None, None).await;
+        let (t2, _) = traced(&mut c, method, None, None).await;
+        assert!(
+            is_valid_traceparent(&t1) && is_valid_traceparent(&t2),
+            "{t1} {t2}"
+        );
+        assert_ne!(t1[3..35], t2[3..35], "{method}");
+        // malformed: replaced, never forwarded, and its tracestate dropped
+        let bad = format!("00-{}-00f067aa0ba902b7-01", trace.to_uppercase());
+        let (tp, ts) = traced(&mut c, method, Some(&bad), Some("vendor=abc")).await;
+        assert!(is_valid_traceparent(&tp), "{method}: {tp}");
+        assert!(!tp.to_lowercase().contains(trace), "{method}: {tp}");
+        assert_eq!(ts, None, "{method}");
+    }
+}
+
 #[tokio::test]
 async fn pipelined_keep_alive_requests_with_bodies_are_all_served() {
     let a = upstream("app-a").await;
