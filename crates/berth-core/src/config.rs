@@ -115,6 +115,17 @@ impl Default for Readiness {
     }
 }
 
+/// Where a service's instances run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Isolation {
+    /// A container sharing the host's kernel (`isolation = "container"`).
+    #[default]
+    Container,
+    /// Its own microVM with its own kernel (`isolation = "microvm"`); a
+    /// server that cannot run microVMs fails the deployment.
+    MicroVm,
+}
+
 /// Resource limits of a service's container. `None` means no limit.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Resources {
@@ -178,6 +189,7 @@ pub struct ServiceConfig {
     pub readiness: Readiness,
     pub resources: Resources,
     pub canary: Canary,
+    pub isolation: Isolation,
 }
 
 impl ServiceConfig {
@@ -194,6 +206,7 @@ impl ServiceConfig {
             readiness: Readiness::default(),
             resources: Resources::default(),
             canary: Canary::Unset,
+            isolation: Isolation::Container,
         }
     }
 }
@@ -306,6 +319,18 @@ fn parse_service(name: &str, t: &Table, path: &str) -> Result<ServiceConfig, Con
             "build_command" => svc.build_command = Some(non_empty(value, &kp)?.to_string()),
             "readiness" => svc.readiness = parse_readiness(as_table(value, &kp)?, &kp)?,
             "resources" => svc.resources = parse_resources(as_table(value, &kp)?, &kp)?,
+            "isolation" => {
+                svc.isolation = match as_str(value, &kp)? {
+                    "container" => Isolation::Container,
+                    "microvm" => Isolation::MicroVm,
+                    other => {
+                        return Err(ConfigError::invalid(
+                            kp,
+                            format!("expected \"container\" or \"microvm\", got \"{other}\""),
+                        ))
+                    }
+                }
+            }
             "canary" => {
                 svc.canary = match value {
                     Value::String(s) if s == "skip" => Canary::Skip,
@@ -526,6 +551,19 @@ mod tests {
         assert_eq!(web.readiness.timeout, Duration::from_secs(5));
         assert_eq!(web.readiness.failure_threshold, 3);
         assert_eq!(web.canary, Canary::Unset);
+        assert_eq!(web.isolation, Isolation::Container);
+    }
+
+    #[test]
+    fn isolation_is_container_or_microvm() {
+        let c = parse("[services.web]\nisolation = \"microvm\"\n[services.jobs]\nkind = \"worker\"\nisolation = \"container\"\n").unwrap();
+        assert_eq!(c.service("web").unwrap().isolation, Isolation::MicroVm);
+        assert_eq!(c.service("jobs").unwrap().isolation, Isolation::Container);
+        let err = parse("[services.web]\nisolation = \"vm\"\n").unwrap_err();
+        assert_eq!(err.key(), Some("services.web.isolation"));
+        assert!(err.to_string().contains("got \"vm\""), "{err}");
+        let err = parse("[services.web]\nisolation = 1\n").unwrap_err();
+        assert_eq!(err.key(), Some("services.web.isolation"));
     }
 
     #[test]

@@ -55,6 +55,38 @@ pub struct ServerConfig {
     pub preview_ttl: Option<Duration>,
     /// DNS resolver for custom domain verification (else /etc/resolv.conf).
     pub dns_server: Option<SocketAddr>,
+    /// What runs app instances (`--runtime`).
+    pub runtime: RuntimeKind,
+    /// Guest kernel of microVMs; `None`: the newest /boot/vmlinuz-*-cloud-amd64.
+    pub microvm_kernel: Option<PathBuf>,
+    /// The static berth-init; `None`: `berth-init` next to the berth binary.
+    pub microvm_init: Option<PathBuf>,
+    /// How microVMs run: KVM where a probe VM boots, else TCG (`auto`).
+    pub microvm_accel: berth_runtime::microvm::Accel,
+}
+
+/// What runs app instances.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RuntimeKind {
+    /// Containers on the Docker Engine; services with `isolation =
+    /// "microvm"` still get a microVM where the host can run one.
+    #[default]
+    Docker,
+    /// Every instance in its own microVM (QEMU + berth-init); the server
+    /// refuses to start when the host cannot run them.
+    MicroVm,
+}
+
+impl std::str::FromStr for RuntimeKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "docker" => Ok(RuntimeKind::Docker),
+            "microvm" => Ok(RuntimeKind::MicroVm),
+            other => Err(format!("unknown runtime {other:?} (use docker or microvm)")),
+        }
+    }
 }
 
 impl ServerConfig {
@@ -83,6 +115,10 @@ impl ServerConfig {
             log_max_lines_per_project: 2_000_000,
             dns_server: None,
             preview_ttl: Some(Duration::from_secs(7 * 24 * 3600)),
+            runtime: RuntimeKind::Docker,
+            microvm_kernel: None,
+            microvm_init: None,
+            microvm_accel: berth_runtime::microvm::Accel::Auto,
         }
     }
 

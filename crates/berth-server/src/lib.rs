@@ -28,7 +28,8 @@ pub mod saving;
 pub mod tls;
 mod unavailable;
 
-pub use config::ServerConfig;
+pub use berth_runtime::microvm::Accel as MicroVmAccel;
+pub use config::{RuntimeKind, ServerConfig};
 
 use anyhow::Context;
 use berth_edge::{Edge, EdgeConfig};
@@ -105,6 +106,49 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
+}
+
+/// The containers' runtime wrapped so instances asking for a microVM (every
+/// one under `--runtime microvm`, else services with `isolation =
+/// "microvm"`) get one. `--runtime microvm` checks the host now and fails
+/// the start naming what is missing; otherwise the check waits for the
+/// first microVM deployment, which fails naming it.
+async fn with_microvms(
+    cfg: &ServerConfig,
+    containers: Arc<dyn Runtime>,
+    docker: Option<bollard::Docker>,
+) -> anyhow::Result<Arc<dyn Runtime>> {
+    use berth_runtime::microvm::{Isolating, MicroVmConfig, MicroVmRuntime};
+    let all = cfg.runtime == RuntimeKind::MicroVm;
+    let init = match &cfg.microvm_init {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()
+            .map(|exe| exe.with_file_name("berth-init"))
+            .unwrap_or_else(|_| PathBuf::from("berth-init")),
+    };
+    let config = MicroVmConfig {
+        state_dir: cfg.data_dir.join("microvm"),
+        kernel: cfg.microvm_kernel.clone(),
+        init,
+        accel: cfg.microvm_accel,
+        qemu: PathBuf::from("qemu-system-x86_64"),
+    };
+    let vms = match docker {
+        None => Err("the Docker engine is not reachable (images are built and kept there)".into()),
+        Some(docker) if all => {
+            tracing::info!("checking the microVM runtime (a probe boot may take a few seconds)");
+            Ok(MicroVmRuntime::new(docker, config)
+                .await
+                .context("--runtime microvm")?)
+        }
+        Some(docker) => MicroVmRuntime::open(docker, config).map_err(|e| e.to_string()),
+    };
+    if all {
+        if let Err(why) = &vms {
+            anyhow::bail!("--runtime microvm: {why}");
+        }
+    }
+    Ok(Arc::new(Isolating::new(containers, vms, all)))
 }
 
 /// Run `berth server` until SIGTERM or Ctrl-C.
@@ -187,6 +231,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
                 (Arc::new(unavailable::Unavailable(e.to_string())), None)
             }
         };
+    let runtime = with_microvms(&cfg, runtime, docker.clone()).await?;
     let instance = instance_id(&cfg.data_dir)?;
     let cfg = Arc::new(cfg);
     let logs = logs::LogHub::start(store.clone());

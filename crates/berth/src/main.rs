@@ -292,6 +292,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("\"30\" has no unit"), "{e}");
+        assert!(ok(&["server", "--runtime", "microvm", "--microvm-accel", "tcg"]).is_ok());
+        let e = ok(&["server", "--runtime", "vm"]).unwrap_err().to_string();
+        assert!(e.contains("use docker or microvm"), "{e}");
+        let e = ok(&["server", "--microvm-accel", "xen"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("use auto, kvm or tcg"), "{e}");
         assert!(ok(&["logs", "--stream", "nope", "dep_1"]).is_err());
         assert!(ok(&["projects", "create", "shop"]).is_err());
     }

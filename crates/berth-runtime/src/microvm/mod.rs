@@ -26,6 +26,7 @@ pub mod initramfs;
 pub mod kernel;
 pub mod qemu;
 pub mod rootfs;
+pub mod select;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
@@ -48,6 +49,7 @@ use tokio::io::AsyncWriteExt;
 
 pub use kernel::GuestKernel;
 pub use qemu::Accel;
+pub use select::{Isolating, ISOLATION_LABEL, MICROVM};
 
 use crate::logs::MAX_LINE_BYTES;
 use crate::runtime::{Runtime, RuntimeError};
@@ -100,6 +102,12 @@ pub enum SetupError {
 }
 
 /// A [`Runtime`] running each instance in a QEMU microVM.
+///
+/// [`MicroVmRuntime::open`] only prepares the state dir: inspecting,
+/// stopping, removing, listing and reading the logs of existing VMs need
+/// nothing else. What booting needs (QEMU, kernel, modules, berth-init, the
+/// accelerator) is checked on the first start, once ([`MicroVmRuntime::new`]
+/// checks it up front).
 #[derive(Clone)]
 pub struct MicroVmRuntime {
     inner: Arc<Inner>,
@@ -108,11 +116,16 @@ pub struct MicroVmRuntime {
 struct Inner {
     docker: Docker,
     config: MicroVmConfig,
-    kernel: GuestKernel,
-    /// `kvm` or `tcg`, decided at setup.
-    accel: Accel,
+    boot: tokio::sync::OnceCell<Result<Boot, String>>,
     /// Serializes root-disk builds.
     build_lock: tokio::sync::Mutex<()>,
+}
+
+/// What booting a VM needs, settled once.
+struct Boot {
+    kernel: GuestKernel,
+    /// `kvm` or `tcg`.
+    accel: Accel,
 }
 
 /// What berth keeps about a VM (`<vm dir>/meta.json`).
@@ -130,15 +143,9 @@ struct Meta {
 }
 
 impl MicroVmRuntime {
-    /// Checks the host (QEMU, kernel and modules, berth-init, state dir) and
-    /// settles the accelerator: `auto` boots a probe VM under KVM with a
-    /// timeout and falls back to TCG with a warning.
-    pub async fn new(docker: Docker, config: MicroVmConfig) -> Result<Self, SetupError> {
-        which(&config.qemu).ok_or_else(|| SetupError::NoQemu(config.qemu.display().to_string()))?;
-        if !config.init.is_file() {
-            return Err(SetupError::NoInit(config.init.clone()));
-        }
-        let kernel = GuestKernel::find(config.kernel.as_deref())?;
+    /// Prepares the state dir; boot requirements are checked at the first
+    /// start.
+    pub fn open(docker: Docker, config: MicroVmConfig) -> Result<Self, SetupError> {
         for dir in [
             config.state_dir.join("vms"),
             config.state_dir.join("images"),
@@ -163,19 +170,36 @@ impl MicroVmRuntime {
         {
             return Err(SetupError::StateDirTooLong(state_dir));
         }
-        let config = MicroVmConfig {
-            state_dir,
-            ..config
-        };
-        let mut runtime = MicroVmRuntime {
+        Ok(MicroVmRuntime {
             inner: Arc::new(Inner {
                 docker,
-                accel: Accel::Tcg,
-                kernel,
-                config: config.clone(),
+                config: MicroVmConfig {
+                    state_dir,
+                    ..config
+                },
+                boot: tokio::sync::OnceCell::new(),
                 build_lock: tokio::sync::Mutex::new(()),
             }),
-        };
+        })
+    }
+
+    /// [`open`](Self::open), then checks the host (QEMU, kernel and modules,
+    /// berth-init) and settles the accelerator: `auto` boots a probe VM
+    /// under KVM with a timeout and falls back to TCG with a warning.
+    pub async fn new(docker: Docker, config: MicroVmConfig) -> Result<Self, SetupError> {
+        let runtime = Self::open(docker, config)?;
+        let boot = runtime.setup_boot().await?;
+        let _ = runtime.inner.boot.set(Ok(boot));
+        Ok(runtime)
+    }
+
+    async fn setup_boot(&self) -> Result<Boot, SetupError> {
+        let config = &self.inner.config;
+        which(&config.qemu).ok_or_else(|| SetupError::NoQemu(config.qemu.display().to_string()))?;
+        if !config.init.is_file() {
+            return Err(SetupError::NoInit(config.init.clone()));
+        }
+        let kernel = GuestKernel::find(config.kernel.as_deref())?;
         let accel = match config.accel {
             Accel::Tcg => Accel::Tcg,
             Accel::Kvm => {
@@ -187,7 +211,7 @@ impl MicroVmRuntime {
                     tracing::info!("microvm: {why}; using TCG");
                     Accel::Tcg
                 }
-                Ok(()) => match runtime.probe(Accel::Kvm).await {
+                Ok(()) => match self.probe(&kernel, Accel::Kvm).await {
                     Ok(()) => Accel::Kvm,
                     Err(why) => {
                         tracing::warn!(
@@ -198,24 +222,51 @@ impl MicroVmRuntime {
                 },
             },
         };
-        Arc::get_mut(&mut runtime.inner)
-            .expect("not shared yet")
-            .accel = accel;
-        Ok(runtime)
+        tracing::info!(
+            kernel = %kernel.image.display(),
+            accel = accel.as_str(),
+            "microvm runtime ready"
+        );
+        Ok(Boot { kernel, accel })
     }
 
-    /// The accelerator VMs run with (`kvm` or `tcg`).
+    /// What booting needs; checked once, at the first call.
+    async fn boot(&self) -> Result<&Boot, RuntimeError> {
+        self.inner
+            .boot
+            .get_or_init(|| async { self.setup_boot().await.map_err(|e| e.to_string()) })
+            .await
+            .as_ref()
+            .map_err(|why| RuntimeError::Backend {
+                op: "microvm runtime",
+                message: format!("this server cannot run microVMs: {why}"),
+            })
+    }
+
+    /// The accelerator VMs run with (`kvm` or `tcg`) once settled, else the
+    /// configured one.
     pub fn accel(&self) -> Accel {
-        self.inner.accel
+        match self.inner.boot.get() {
+            Some(Ok(boot)) => boot.accel,
+            _ => self.inner.config.accel,
+        }
     }
 
-    /// The guest kernel VMs boot.
-    pub fn kernel(&self) -> &Path {
-        &self.inner.kernel.image
+    /// The guest kernel VMs boot, once settled.
+    pub fn kernel(&self) -> Option<&Path> {
+        match self.inner.boot.get() {
+            Some(Ok(boot)) => Some(&boot.kernel.image),
+            _ => None,
+        }
+    }
+
+    /// Whether `id` names a VM of this runtime (running or not).
+    pub fn knows(&self, id: &str) -> bool {
+        self.find(id).is_ok()
     }
 
     /// Boots a VM that only loads its modules and reports `probe_ok`.
-    async fn probe(&self, accel: Accel) -> Result<(), String> {
+    async fn probe(&self, kernel: &GuestKernel, accel: Accel) -> Result<(), String> {
         let dir = tempfile::Builder::new()
             .prefix("probe-")
             .tempdir_in(self.inner.config.state_dir.join("vms"))
@@ -231,14 +282,14 @@ impl MicroVmRuntime {
             network: None,
             probe: true,
         };
-        self.write_initrd(dir.path(), config)
+        self.write_initrd(dir.path(), kernel, config)
             .await
             .map_err(|e| e.to_string())?;
         // Any readable file does as the (unused) root disk.
         let launch = qemu::VmLaunch {
             name: "probe".into(),
             dir: dir.path().to_owned(),
-            kernel: self.inner.kernel.image.clone(),
+            kernel: kernel.image.clone(),
             root_disk: dir.path().join(qemu::INITRD),
             accel,
             memory_mib: MIN_MEMORY_MIB,
@@ -295,9 +346,14 @@ impl MicroVmRuntime {
         }
     }
 
-    async fn write_initrd(&self, dir: &Path, config: InitConfig) -> Result<(), RuntimeError> {
+    async fn write_initrd(
+        &self,
+        dir: &Path,
+        kernel: &GuestKernel,
+        config: InitConfig,
+    ) -> Result<(), RuntimeError> {
         let init = self.inner.config.init.clone();
-        let modules = self.inner.kernel.modules.clone();
+        let modules = kernel.modules.clone();
         let path = dir.join(qemu::INITRD);
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             let init = std::fs::read(&init)?;
@@ -410,6 +466,7 @@ impl MicroVmRuntime {
                 spec.name
             )));
         }
+        let boot = self.boot().await?;
         let (image_id, init_config) = self.image_config(spec).await?;
         let root_disk = {
             let _guard = self.inner.build_lock.lock().await;
@@ -438,7 +495,7 @@ impl MicroVmRuntime {
             .unwrap_or(1);
         std::fs::create_dir_all(&dir).map_err(|e| backend("create vm dir", e))?;
         let result = async {
-            self.write_initrd(&dir, init_config).await?;
+            self.write_initrd(&dir, &boot.kernel, init_config).await?;
             // An ephemeral port, then QEMU binds it; retried when taken meanwhile.
             let mut attempt = 0;
             loop {
@@ -460,7 +517,7 @@ impl MicroVmRuntime {
                     host_port,
                     memory_mib,
                     cpus,
-                    accel: self.inner.accel.as_str().into(),
+                    accel: boot.accel.as_str().into(),
                     started_at: Utc::now(),
                 };
                 std::fs::write(
@@ -471,9 +528,9 @@ impl MicroVmRuntime {
                 let launch = qemu::VmLaunch {
                     name: spec.name.clone(),
                     dir: dir.clone(),
-                    kernel: self.inner.kernel.image.clone(),
+                    kernel: boot.kernel.image.clone(),
                     root_disk: root_disk.clone(),
-                    accel: self.inner.accel,
+                    accel: boot.accel,
                     memory_mib,
                     cpus,
                     forward: port.zip(host_port).map(|(g, h)| (h, g)),

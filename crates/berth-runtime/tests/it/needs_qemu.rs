@@ -147,6 +147,7 @@ async fn vm_serves_logs_apart_stops_with_grace_and_is_adopted() {
     assert!(stdout.contains(&"greeting=bonjour le monde"), "{logs:?}");
     let kernel = rt
         .kernel()
+        .expect("kernel settled")
         .file_name()
         .unwrap()
         .to_string_lossy()

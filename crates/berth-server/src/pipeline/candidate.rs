@@ -10,6 +10,16 @@ use berth_runtime::{InstanceSpec, Limits, RestartPolicy};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// Asks the runtime for a microVM when the service wants one.
+pub(super) fn isolation_label(service: &ServiceConfig, labels: &mut BTreeMap<String, String>) {
+    if service.isolation == berth_core::config::Isolation::MicroVm {
+        labels.insert(
+            berth_runtime::microvm::ISOLATION_LABEL.into(),
+            berth_runtime::microvm::MICROVM.into(),
+        );
+    }
+}
+
 impl Deployer {
     pub(super) fn env_for(
         &self,
@@ -74,6 +84,7 @@ impl Deployer {
         );
         spec.env = self.env_for(d, port, vars);
         spec.labels = self.labels_for(d);
+        isolation_label(service, &mut spec.labels);
         spec.port = port;
         spec.command = service
             .start_command

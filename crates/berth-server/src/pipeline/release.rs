@@ -35,6 +35,7 @@ impl Deployer {
         spec.labels = self.labels_for(d);
         spec.labels
             .insert("dev.berth.role".into(), "release".into());
+        super::candidate::isolation_label(service, &mut spec.labels);
         spec.command = Some(berth_runtime::shell_command(&cmd));
         self.logs.line(
             &d.id,

@@ -2,7 +2,7 @@
 //! variables and run the control plane.
 
 use berth_core::units::{parse_duration, parse_size};
-use berth_server::ServerConfig;
+use berth_server::{MicroVmAccel as Accel, RuntimeKind, ServerConfig};
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -68,6 +68,21 @@ pub struct ServerArgs {
     /// "0" keeps them until closed).
     #[arg(long, env = "BERTH_PREVIEW_TTL", value_parser = parse_duration)]
     preview_ttl: Option<Duration>,
+    /// What runs app instances: "docker" (containers; services with
+    /// isolation = "microvm" still get a microVM where the host can run one)
+    /// or "microvm" (every instance in its own QEMU microVM).
+    #[arg(long, env = "BERTH_RUNTIME", default_value = "docker")]
+    runtime: RuntimeKind,
+    /// Guest kernel of microVMs [default: newest /boot/vmlinuz-*-cloud-amd64].
+    #[arg(long, env = "BERTH_MICROVM_KERNEL")]
+    microvm_kernel: Option<PathBuf>,
+    /// The static guest init [default: berth-init next to this binary].
+    #[arg(long, env = "BERTH_MICROVM_INIT")]
+    microvm_init: Option<PathBuf>,
+    /// microVM acceleration: "kvm", "tcg" (emulation), or "auto" (KVM when a
+    /// probe VM boots under it, else TCG with a warning).
+    #[arg(long, env = "BERTH_MICROVM_ACCEL", default_value = "auto")]
+    microvm_accel: Accel,
 }
 
 impl ServerArgs {
@@ -106,6 +121,10 @@ impl ServerArgs {
         if let Some(ttl) = self.preview_ttl {
             cfg.preview_ttl = (!ttl.is_zero()).then_some(ttl);
         }
+        cfg.runtime = self.runtime;
+        cfg.microvm_kernel = self.microvm_kernel;
+        cfg.microvm_init = self.microvm_init;
+        cfg.microvm_accel = self.microvm_accel;
         cfg
     }
 }

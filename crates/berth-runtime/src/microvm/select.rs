@@ -1,0 +1,189 @@
+//! [`Isolating`]: one [`Runtime`] over containers and microVMs, choosing per
+//! instance. A spec labelled [`ISOLATION_LABEL`]`=microvm` (or every spec,
+//! on a server started with `--runtime microvm`) runs in a VM; the rest in
+//! containers. Instances are found again by id: a VM's id is its name and
+//! its state is on disk, so the VM backend is asked first.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+
+use super::MicroVmRuntime;
+use crate::runtime::{Runtime, RuntimeError};
+use crate::spec::{Instance, InstanceSpec, InstanceState, LogChunk, LogOptions, OneOffOutcome};
+
+/// Label asking for an isolation level; the only value acted on is
+/// [`MICROVM`].
+pub const ISOLATION_LABEL: &str = "dev.berth.isolation";
+/// [`ISOLATION_LABEL`]'s value for a microVM.
+pub const MICROVM: &str = "microvm";
+
+/// Containers by default, microVMs where asked (see the module docs).
+pub struct Isolating {
+    containers: Arc<dyn Runtime>,
+    /// `Err` says why this server cannot run microVMs.
+    vms: Result<MicroVmRuntime, String>,
+    /// `--runtime microvm`: every instance is a VM.
+    all_vms: bool,
+}
+
+impl Isolating {
+    pub fn new(
+        containers: Arc<dyn Runtime>,
+        vms: Result<MicroVmRuntime, String>,
+        all_vms: bool,
+    ) -> Self {
+        Isolating {
+            containers,
+            vms,
+            all_vms,
+        }
+    }
+
+    fn wants_vm(&self, spec: &InstanceSpec) -> bool {
+        self.all_vms || spec.labels.get(ISOLATION_LABEL).map(String::as_str) == Some(MICROVM)
+    }
+
+    /// The VM backend for a spec that asks for one, or why there is none.
+    fn vm_for(&self, spec: &InstanceSpec) -> Result<&MicroVmRuntime, RuntimeError> {
+        self.vms.as_ref().map_err(|why| RuntimeError::Backend {
+            op: "microvm runtime",
+            message: format!(
+                "{} asks for isolation = \"microvm\" but this server cannot run microVMs: {why}",
+                spec.name
+            ),
+        })
+    }
+
+    /// The backend holding instance `id`.
+    fn holder(&self, id: &str) -> &dyn Runtime {
+        match &self.vms {
+            Ok(vms) if vms.knows(id) => vms,
+            _ => self.containers.as_ref(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for Isolating {
+    async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
+        if self.wants_vm(spec) {
+            self.vm_for(spec)?.start(spec).await
+        } else {
+            self.containers.start(spec).await
+        }
+    }
+
+    async fn inspect(&self, id: &str) -> Result<InstanceState, RuntimeError> {
+        self.holder(id).inspect(id).await
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        self.holder(id).stop(id, grace).await
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        self.holder(id).remove(id).await
+    }
+
+    async fn list_owned(&self) -> Result<Vec<Instance>, RuntimeError> {
+        let mut all = match &self.vms {
+            Ok(vms) => vms.list_owned().await?,
+            Err(_) => Vec::new(),
+        };
+        match self.containers.list_owned().await {
+            Ok(containers) => all.extend(containers),
+            // A VM-only server may run without a reachable engine's containers.
+            Err(e) if !self.all_vms => return Err(e),
+            Err(_) => {}
+        }
+        Ok(all)
+    }
+
+    fn logs(
+        &self,
+        id: &str,
+        opts: LogOptions,
+    ) -> BoxStream<'static, Result<LogChunk, RuntimeError>> {
+        self.holder(id).logs(id, opts)
+    }
+
+    async fn run_oneoff(
+        &self,
+        spec: &InstanceSpec,
+        timeout: Duration,
+    ) -> Result<OneOffOutcome, RuntimeError> {
+        if self.wants_vm(spec) {
+            self.vm_for(spec)?.run_oneoff(spec, timeout).await
+        } else {
+            self.containers.run_oneoff(spec, timeout).await
+        }
+    }
+
+    async fn image_exists(&self, image: &str) -> Result<bool, RuntimeError> {
+        self.containers.image_exists(image).await
+    }
+
+    async fn remove_image(&self, image: &str) -> Result<(), RuntimeError> {
+        match &self.vms {
+            // Also drops the cached root disk and refuses while a VM runs it.
+            Ok(vms) => vms.remove_image(image).await,
+            Err(_) => self.containers.remove_image(image).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::FakeRuntime;
+
+    fn spec(labelled: bool) -> InstanceSpec {
+        let mut spec = InstanceSpec::new("web-1", "img");
+        if labelled {
+            spec.labels.insert(ISOLATION_LABEL.into(), MICROVM.into());
+        }
+        spec
+    }
+
+    #[tokio::test]
+    async fn unlabelled_specs_run_in_containers() {
+        let fake = Arc::new(FakeRuntime::new());
+        fake.add_image("img");
+        let rt = Isolating::new(fake.clone(), Err("qemu not found".into()), false);
+        let instance = rt.start(&spec(false)).await.expect("start");
+        assert!(rt.inspect(&instance.id).await.is_ok());
+        assert_eq!(rt.list_owned().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn microvm_specs_on_a_server_without_vms_fail_naming_why() {
+        let fake = Arc::new(FakeRuntime::new());
+        fake.add_image("img");
+        let rt = Isolating::new(
+            fake.clone(),
+            Err("qemu not found (install qemu-system-x86)".into()),
+            false,
+        );
+        let err = rt.start(&spec(true)).await.unwrap_err().to_string();
+        assert!(err.contains("isolation = \"microvm\""), "{err}");
+        assert!(err.contains("qemu not found"), "{err}");
+        let err = rt
+            .run_oneoff(&spec(true), Duration::from_secs(1))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("qemu not found"), "{err}");
+        // Nothing was started anywhere.
+        assert!(rt.list_owned().await.unwrap().is_empty());
+        // --runtime microvm: even unlabelled specs ask for a VM.
+        let all = Isolating::new(fake, Err("no kernel".into()), true);
+        assert!(all
+            .start(&spec(false))
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("no kernel"));
+    }
+}
