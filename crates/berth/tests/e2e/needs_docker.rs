@@ -6,6 +6,7 @@ mod canary;
 mod console;
 mod domains;
 mod logs;
+mod microvm;
 mod ssh;
 mod tls;
 mod triggers;

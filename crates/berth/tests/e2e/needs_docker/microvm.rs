@@ -1,0 +1,244 @@
+//! `berth server --runtime microvm` (issue 12): the busybox app deployed in
+//! QEMU microVMs (TCG), served through the edge, its stdout and stderr
+//! apart in `berth logs`, its own kernel and berth-init as PID 1, then a
+//! rollback under load without a failed request, and VMs that survive a
+//! kill -9 of berth and are adopted.
+
+use super::{deploy_wait, host, step, unique, wait_body, Cleanup};
+use crate::harness::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const INSIDE_CGI: &str = "#!/bin/sh
+echo 'Content-Type: text/plain'
+echo
+echo \"init=$(cat /proc/1/cmdline)\"
+echo \"kernel=$(uname -r)\"
+echo \"docker-sock=$(test -e /var/run/docker.sock && echo yes || echo no)\"
+echo \"processes=$(ls /proc | grep -c '^[0-9]')\"
+";
+
+const BERTH_TOML: &str = "[services.web]
+start_command = \"echo vm-out; echo vm-err >&2; exec httpd -f -p 3000 -h /www\"
+isolation = \"microvm\"
+[services.web.resources]
+memory = \"192m\"
+";
+
+/// Kills the QEMU processes of a data dir's VMs (the test started them).
+struct KillVms(PathBuf);
+
+impl Drop for KillVms {
+    fn drop(&mut self) {
+        for entry in std::fs::read_dir(self.0.join("microvm/vms"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let pidfile = entry.path().join("qemu.pid");
+            let Ok(pid) = std::fs::read_to_string(&pidfile) else {
+                continue;
+            };
+            let pid = pid.trim();
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let ours = cmdline
+                .split(|&b| b == 0)
+                .any(|a| a == pidfile.to_string_lossy().as_bytes());
+            if ours {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", pid])
+                    .status();
+            }
+        }
+    }
+}
+
+fn guest_kernel_version() -> Option<String> {
+    let mut kernels: Vec<String> = std::fs::read_dir("/boot")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter_map(|n| n.strip_prefix("vmlinuz-").map(str::to_owned))
+        .filter(|v| v.ends_with("-cloud-amd64"))
+        .collect();
+    kernels.sort();
+    kernels.pop()
+}
+
+fn running_vms(data: &Path) -> Vec<Value> {
+    std::fs::read_dir(data.join("microvm/vms"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("meta.json")).ok())
+        .filter_map(|b| serde_json::from_slice::<Value>(&b).ok())
+        .collect()
+}
+
+#[test]
+fn microvm_runtime_deploys_serves_logs_apart_rolls_back_and_survives_kill_9() {
+    if let Err(why) = berth_runtime::microvm::testing::host_ready() {
+        missing_tool(
+            &why,
+            "apt-get install qemu-system-x86 linux-image-cloud-amd64",
+        );
+        return;
+    }
+    let kernel = guest_kernel_version().expect("a cloud kernel under /boot");
+    let init = berth_runtime::microvm::testing::init_binary().expect("build berth-init");
+    let project = unique("e2evm");
+    let _c = Cleanup(project.clone());
+    let mut s = Server::start_with(&[
+        "--runtime",
+        "microvm",
+        "--microvm-accel",
+        "tcg",
+        "--microvm-init",
+        init.to_str().unwrap(),
+    ]);
+    let _vms = KillVms(s.data_dir());
+    let repo = AppRepo::new("vm v1");
+    std::fs::write(repo.dir.path().join("www/cgi-bin/inside"), INSIDE_CGI).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let p = repo.dir.path().join("www/cgi-bin/inside");
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::write(repo.dir.path().join("berth.toml"), BERTH_TOML).unwrap();
+    repo.commit_app("vm v1", DOCKERFILE, "v1 in a microVM");
+    s.ok(&["projects", "create", &project, "--repo", repo.path()]);
+    let (ok, d1) = deploy_wait(&s, &project);
+    assert!(ok, "deploy failed: {d1}\n{}", s.log());
+    assert_eq!(d1["status"], "succeeded");
+    let h = host(&project);
+    wait_body(&s, &h, "vm v1");
+
+    // The instance is a VM of this server, with the service's memory.
+    let d1 = s.json(&["inspect", d1["id"].as_str().unwrap(), "--json"]);
+    let vm1 = d1["runtime"]["instanceId"].as_str().unwrap().to_string();
+    let vms = running_vms(&s.data_dir());
+    let meta = vms
+        .iter()
+        .find(|m| m["name"] == vm1.as_str())
+        .unwrap_or_else(|| panic!("{vm1} is not a microVM: {vms:?}"));
+    assert_eq!(meta["memory_mib"], 192);
+    assert_eq!(meta["accel"], "tcg");
+
+    // Inside: berth-init is PID 1, the guest kernel runs, no host processes
+    // and no Docker socket.
+    let (st, inside) = s.get_host(&h, "/cgi-bin/inside").unwrap();
+    assert_eq!(st, 200, "{inside}");
+    assert!(inside.contains("init=/berth-init"), "{inside}");
+    assert!(inside.contains(&format!("kernel={kernel}")), "{inside}");
+    assert!(inside.contains("docker-sock=no"), "{inside}");
+    let processes: usize = inside
+        .lines()
+        .find_map(|l| l.strip_prefix("processes="))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(usize::MAX);
+    assert!(processes < 200, "host processes visible: {inside}");
+
+    // stdout and stderr apart in `berth logs`.
+    let id1 = d1["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = s.ok(&["logs", &id1, "--json"]);
+        let lines: Vec<Value> = out
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let has = |stream: &str, text: &str| {
+            lines
+                .iter()
+                .any(|l| l["stream"] == stream && l["text"].as_str() == Some(text))
+        };
+        if has("stdout", "vm-out") && has("stderr", "vm-err") {
+            assert!(!has("stdout", "vm-err") && !has("stderr", "vm-out"));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no app output in berth logs: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // kill -9 of berth: the VM keeps serving; after the restart it is
+    // adopted, not rebooted.
+    let pid_before = std::fs::read_to_string(
+        s.data_dir()
+            .join("microvm/vms")
+            .join(vm_dir_of(&s.data_dir(), &vm1))
+            .join("qemu.pid"),
+    )
+    .unwrap();
+    s.kill9();
+    let (st, body) = {
+        // The edge is down with berth; the VM's own port still answers.
+        let port = meta["host_port"].as_u64().unwrap();
+        let r = reqwest::blocking::get(format!("http://127.0.0.1:{port}/")).unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    assert_eq!((st, body.as_str()), (200, "vm v1"));
+    s.spawn();
+    wait_body(&s, &h, "vm v1");
+    let after = s.json(&["inspect", &id1, "--json"]);
+    assert_eq!(after["isActive"], true);
+    assert_eq!(after["runtime"]["instanceId"], vm1.as_str());
+    let pid_after = std::fs::read_to_string(
+        s.data_dir()
+            .join("microvm/vms")
+            .join(vm_dir_of(&s.data_dir(), &vm1))
+            .join("qemu.pid"),
+    )
+    .unwrap();
+    assert_eq!(pid_before, pid_after, "the VM was rebooted");
+
+    // v2, then a rollback to v1 under load: no failed request.
+    repo.commit_app("vm v2", DOCKERFILE, "v2");
+    let (ok, d2) = deploy_wait(&s, &project);
+    assert!(ok, "{d2}\n{}", s.log());
+    wait_body(&s, &h, "vm v2");
+    let load = Load::start(s.http_port, &h, 2, 100_000, Duration::from_secs(300));
+    let o = s.cli(&[
+        "rollback",
+        "--project",
+        &project,
+        "--service",
+        "web",
+        "--wait",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rb: Value = serde_json::from_slice(&o.stdout).unwrap();
+    wait_body(&s, &h, "vm v1");
+    let report = load.finish();
+    assert_eq!(rb["status"], "succeeded", "{rb}");
+    assert_eq!(step(&rb, "build")["status"], "skipped");
+    assert_eq!(
+        report.non2xx + report.errors,
+        0,
+        "{} ok, {} non-2xx, {} errors; samples {:?}",
+        report.ok,
+        report.non2xx,
+        report.errors,
+        report.samples
+    );
+    assert!(report.ok > 20, "the load generator ran: {}", report.ok);
+}
+
+/// The directory of VM `name` (its meta.json names it).
+fn vm_dir_of(data: &Path, name: &str) -> PathBuf {
+    std::fs::read_dir(data.join("microvm/vms"))
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            std::fs::read(e.path().join("meta.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .is_some_and(|m| m["name"] == name)
+        })
+        .map(|e| e.file_name().into())
+        .unwrap_or_else(|| panic!("no VM named {name}"))
+}
