@@ -28,11 +28,12 @@ use chrono::{DateTime, Utc};
 use futures::stream::{self, BoxStream};
 use futures::StreamExt;
 
+use crate::images::Images;
 use crate::logs::LineSplitter;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::spec::{
-    Instance, InstanceSpec, InstanceState, InstanceStatus, LogChunk, LogOptions, LogStream,
-    OneOffOutcome, RestartPolicy, ONEOFF_MAX_LINES, OWNER_LABEL, PORT_LABEL,
+    Endpoint, Instance, InstanceSpec, InstanceState, InstanceStatus, LogChunk, LogOptions,
+    LogStream, OneOffOutcome, RestartPolicy, ONEOFF_MAX_LINES, OWNER_LABEL, PORT_LABEL,
 };
 
 /// Capabilities kept after dropping all: what common web-app images need to
@@ -86,9 +87,17 @@ impl DockerRuntime {
         Self { docker }
     }
 
-    /// The underlying client, for the build step and tests.
+    /// The underlying client, for tests of this crate.
     pub fn docker(&self) -> &Docker {
         &self.docker
+    }
+
+    /// The engine's own image store, where its builds land and from which
+    /// it starts instances.
+    pub fn images(&self) -> EngineImages {
+        EngineImages {
+            docker: self.docker.clone(),
+        }
     }
 
     async fn create(&self, spec: &InstanceSpec, oneoff: bool) -> Result<String, RuntimeError> {
@@ -185,7 +194,7 @@ impl Runtime for DockerRuntime {
                 return Err(e);
             }
         };
-        if let (Some(port), None, true) = (spec.port, state.addr, state.is_running()) {
+        if let (Some(port), None, true) = (spec.port, &state.endpoint, state.is_running()) {
             self.remove_quietly(&id).await;
             return Err(RuntimeError::PortNotPublished { id, port });
         }
@@ -195,7 +204,7 @@ impl Runtime for DockerRuntime {
             name: state.name,
             image: spec.image.clone(),
             labels: state.labels,
-            addr: state.addr,
+            endpoint: state.endpoint,
         })
     }
 
@@ -348,8 +357,24 @@ impl Runtime for DockerRuntime {
         self.remove_quietly(&id).await;
         result
     }
+}
 
-    async fn image_exists(&self, image: &str) -> Result<bool, RuntimeError> {
+/// [`Images`] in a Docker Engine's local image store: what a
+/// [`DockerRuntime`] on the same engine starts from.
+#[derive(Debug, Clone)]
+pub struct EngineImages {
+    docker: Docker,
+}
+
+impl EngineImages {
+    pub fn from_docker(docker: Docker) -> Self {
+        Self { docker }
+    }
+}
+
+#[async_trait::async_trait]
+impl Images for EngineImages {
+    async fn exists(&self, image: &str) -> Result<bool, RuntimeError> {
         match self.docker.inspect_image(image).await {
             Ok(_) => Ok(true),
             Err(DockerError::DockerResponseServerError {
@@ -359,7 +384,7 @@ impl Runtime for DockerRuntime {
         }
     }
 
-    async fn remove_image(&self, image: &str) -> Result<(), RuntimeError> {
+    async fn remove(&self, image: &str) -> Result<(), RuntimeError> {
         let options = RemoveImageOptions {
             force: false,
             noprune: false,
@@ -414,12 +439,13 @@ pub fn container_config(spec: &InstanceSpec, oneoff: bool) -> ContainerCreateBod
         )])
     });
     let restart = if oneoff {
-        RestartPolicy::No
+        RestartPolicy::Never
     } else {
         spec.restart
     };
+    // berth's restart words → Docker's.
     let restart_policy = match restart {
-        RestartPolicy::No => DockerRestartPolicy {
+        RestartPolicy::Never => DockerRestartPolicy {
             name: Some(RestartPolicyNameEnum::NO),
             maximum_retry_count: None,
         },
@@ -427,7 +453,7 @@ pub fn container_config(spec: &InstanceSpec, oneoff: bool) -> ContainerCreateBod
             name: Some(RestartPolicyNameEnum::ON_FAILURE),
             maximum_retry_count: Some(i64::from(max_retries)),
         },
-        RestartPolicy::UnlessStopped => DockerRestartPolicy {
+        RestartPolicy::Always => DockerRestartPolicy {
             name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
             maximum_retry_count: None,
         },
@@ -494,19 +520,20 @@ fn state_from_inspect(id: &str, r: ContainerInspectResponse) -> InstanceState {
         .into_iter()
         .collect();
     let state = r.state.unwrap_or_default();
+    // Docker's container states → berth's.
     let status = match state.status {
         Some(ContainerStateStatusEnum::RUNNING) => InstanceStatus::Running,
         Some(ContainerStateStatusEnum::RESTARTING) => InstanceStatus::Restarting,
-        Some(ContainerStateStatusEnum::PAUSED) => InstanceStatus::Paused,
-        Some(ContainerStateStatusEnum::REMOVING) => InstanceStatus::Removing,
-        Some(ContainerStateStatusEnum::DEAD) => InstanceStatus::Dead,
+        Some(ContainerStateStatusEnum::PAUSED) => InstanceStatus::Suspended,
+        Some(ContainerStateStatusEnum::REMOVING) => InstanceStatus::Stopping,
+        Some(ContainerStateStatusEnum::DEAD) => InstanceStatus::Failed,
         Some(ContainerStateStatusEnum::EXITED) => InstanceStatus::Exited {
             code: state.exit_code.unwrap_or(-1),
         },
         _ if state.running == Some(true) => InstanceStatus::Running,
-        _ => InstanceStatus::Created,
+        _ => InstanceStatus::Pending,
     };
-    let addr = if status == InstanceStatus::Running {
+    let endpoint = if status == InstanceStatus::Running {
         let port = labels.get(PORT_LABEL).and_then(|p| p.parse::<u16>().ok());
         let ports = r.network_settings.as_ref().and_then(|n| n.ports.as_ref());
         match (port, ports) {
@@ -532,12 +559,13 @@ fn state_from_inspect(id: &str, r: ContainerInspectResponse) -> InstanceState {
         finished_at: state.finished_at.as_deref().and_then(parse_engine_time),
         error: state.error.filter(|e| !e.is_empty()),
         labels,
-        addr,
+        endpoint,
     }
 }
 
-/// The loopback address of `port`'s host binding.
-fn published_addr(ports: &PortMap, port: u16) -> Option<SocketAddr> {
+/// The loopback address of `port`'s host binding: where the edge, on the
+/// same host, reaches it.
+fn published_addr(ports: &PortMap, port: u16) -> Option<Endpoint> {
     let bindings = ports.get(&format!("{port}/tcp"))?.as_ref()?;
     let rank = |b: &&PortBinding| match b.host_ip.as_deref() {
         Some("127.0.0.1") => 0,
@@ -546,7 +574,7 @@ fn published_addr(ports: &PortMap, port: u16) -> Option<SocketAddr> {
     };
     let best = bindings.iter().filter(|b| rank(b) < 2).min_by_key(rank)?;
     let host_port = best.host_port.as_deref()?.parse::<u16>().ok()?;
-    (host_port != 0).then(|| SocketAddr::from((Ipv4Addr::LOCALHOST, host_port)))
+    (host_port != 0).then(|| Endpoint::from(SocketAddr::from((Ipv4Addr::LOCALHOST, host_port))))
 }
 
 /// Engine timestamps; the zero time (never started) is `None`.
@@ -560,13 +588,13 @@ fn instance_from_summary(c: ContainerSummary) -> Option<Instance> {
     let labels: BTreeMap<String, String> = c.labels.unwrap_or_default().into_iter().collect();
     let running = c.state == Some(ContainerSummaryStateEnum::RUNNING);
     let port = labels.get(PORT_LABEL).and_then(|p| p.parse::<u16>().ok());
-    let addr = match (running, port) {
+    let endpoint = match (running, port) {
         (true, Some(port)) => c.ports.unwrap_or_default().iter().find_map(|p| {
             let loopback = matches!(p.ip.as_deref(), Some("127.0.0.1" | "0.0.0.0") | None);
             (p.private_port == port && loopback)
                 .then_some(p.public_port)
                 .flatten()
-                .map(|host| SocketAddr::from((Ipv4Addr::LOCALHOST, host)))
+                .map(|host| Endpoint::from(SocketAddr::from((Ipv4Addr::LOCALHOST, host))))
         }),
         _ => None,
     };
@@ -579,7 +607,7 @@ fn instance_from_summary(c: ContainerSummary) -> Option<Instance> {
             .unwrap_or_default(),
         image: c.image.unwrap_or_default(),
         labels,
-        addr,
+        endpoint,
         running,
     })
 }
@@ -708,7 +736,7 @@ mod tests {
         )]);
         assert_eq!(
             published_addr(&ports, 3000),
-            Some("127.0.0.1:49153".parse().expect("addr"))
+            Some(Endpoint::new("127.0.0.1", 49153))
         );
         assert_eq!(published_addr(&ports, 8080), None);
     }

@@ -14,10 +14,11 @@ use futures::stream::{self, BoxStream, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::images::Images;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::spec::{
-    Instance, InstanceSpec, InstanceState, InstanceStatus, LogChunk, LogOptions, LogStream,
-    OneOffOutcome, OWNER_LABEL, PORT_LABEL,
+    Endpoint, Instance, InstanceSpec, InstanceState, InstanceStatus, LogChunk, LogOptions,
+    LogStream, OneOffOutcome, OWNER_LABEL, PORT_LABEL,
 };
 
 /// One recorded call (instance name or id, or image).
@@ -124,7 +125,7 @@ impl FakeRuntime {
         if let Some(i) = self.lock().instances.get_mut(id) {
             i.status = InstanceStatus::Exited { code };
             i.instance.running = false;
-            i.instance.addr = None;
+            i.instance.endpoint = None;
             if let Some(server) = i.server.take() {
                 server.abort();
             }
@@ -206,7 +207,7 @@ impl Runtime for FakeRuntime {
                 .unwrap_or_default()
         };
         let http_status = Arc::new(AtomicU16::new(behaviour.http_status));
-        let (addr, server) = match (spec.port, behaviour.crash_with) {
+        let (endpoint, server) = match (spec.port, behaviour.crash_with) {
             (Some(_), None) => {
                 let listener =
                     TcpListener::bind("127.0.0.1:0")
@@ -221,7 +222,7 @@ impl Runtime for FakeRuntime {
                         message: e.to_string(),
                     })?;
                 let task = tokio::spawn(serve(listener, http_status.clone(), spec.name.clone()));
-                (Some(addr), Some(task))
+                (Some(Endpoint::from(addr)), Some(task))
             }
             _ => (None, None),
         };
@@ -242,7 +243,7 @@ impl Runtime for FakeRuntime {
             name: spec.name.clone(),
             image: spec.image.clone(),
             labels,
-            addr,
+            endpoint,
             running: status == InstanceStatus::Running,
         };
         state.instances.insert(
@@ -270,7 +271,7 @@ impl Runtime for FakeRuntime {
             finished_at: None,
             error: None,
             labels: i.instance.labels.clone(),
-            addr: i.instance.addr,
+            endpoint: i.instance.endpoint.clone(),
         })
     }
 
@@ -282,7 +283,7 @@ impl Runtime for FakeRuntime {
             if i.status == InstanceStatus::Running {
                 i.status = InstanceStatus::Exited { code: 143 };
                 i.instance.running = false;
-                i.instance.addr = None;
+                i.instance.endpoint = None;
                 if let Some(server) = i.server.take() {
                     server.abort();
                 }
@@ -363,13 +364,17 @@ impl Runtime for FakeRuntime {
             duration: Duration::ZERO,
         })
     }
+}
 
-    async fn image_exists(&self, image: &str) -> Result<bool, RuntimeError> {
+/// The fake's image store: what `add_image` added, minus what was removed.
+#[async_trait::async_trait]
+impl Images for FakeRuntime {
+    async fn exists(&self, image: &str) -> Result<bool, RuntimeError> {
         self.record(Call::ImageExists(image.to_owned()));
         Ok(self.lock().images.contains(image))
     }
 
-    async fn remove_image(&self, image: &str) -> Result<(), RuntimeError> {
+    async fn remove(&self, image: &str) -> Result<(), RuntimeError> {
         self.record(Call::RemoveImage(image.to_owned()));
         let mut state = self.lock();
         if state.in_use_check && state.instances.values().any(|i| i.instance.image == image) {
@@ -395,15 +400,15 @@ mod tests {
         let mut spec = InstanceSpec::new("web-1", "app:1");
         spec.port = Some(3000);
         let instance = fake.start(&spec).await.expect("start");
-        let addr = instance.addr.expect("addr");
-        assert!(probe(addr, "/", Duration::from_secs(2)).await.is_healthy());
+        let addr = instance.endpoint.clone().expect("endpoint");
+        assert!(probe(&addr, "/", Duration::from_secs(2)).await.is_healthy());
         fake.set_http_status(&instance.id, 503);
         assert_eq!(
-            probe(addr, "/", Duration::from_secs(2)).await.to_string(),
+            probe(&addr, "/", Duration::from_secs(2)).await.to_string(),
             "503"
         );
         assert!(matches!(
-            fake.remove_image("app:1").await,
+            Images::remove(&fake, "app:1").await,
             Err(RuntimeError::ImageInUse { .. })
         ));
         fake.stop(&instance.id, Duration::from_secs(1))
@@ -411,8 +416,10 @@ mod tests {
             .expect("stop");
         let state = fake.inspect(&instance.id).await.expect("inspect");
         assert_eq!(state.status, InstanceStatus::Exited { code: 143 });
-        fake.remove(&instance.id).await.expect("remove");
-        fake.remove(&instance.id).await.expect("remove again");
+        Runtime::remove(&fake, &instance.id).await.expect("remove");
+        Runtime::remove(&fake, &instance.id)
+            .await
+            .expect("remove again");
         assert!(fake.instance_ids().is_empty());
         assert_eq!(fake.calls()[0], Call::Start("web-1".to_owned()));
     }

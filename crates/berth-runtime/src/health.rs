@@ -7,7 +7,6 @@
 //! `timed out after 5s`, ...) for messages like `GET / -> connection refused`.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +15,8 @@ use hyper::header::{CONNECTION, HOST, USER_AGENT};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+
+use crate::spec::Endpoint;
 
 /// Outcome of one probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,9 +67,9 @@ pub enum ProbeFailure {
     Other(String),
 }
 
-/// Probes `http://<addr><path>` once; the whole exchange (connect, send,
+/// Probes `http://<endpoint><path>` once; the whole exchange (connect, send,
 /// response head) is bounded by `timeout`. The body is not read.
-pub async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> ProbeResult {
+pub async fn probe(endpoint: &Endpoint, path: &str, timeout: Duration) -> ProbeResult {
     let path = if path.starts_with('/') {
         path.to_owned()
     } else {
@@ -83,15 +84,20 @@ pub async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> ProbeResu
         Ok(r) => r,
         Err(_) => return ProbeResult::Failed(ProbeFailure::BadPath(path)),
     };
-    match tokio::time::timeout(timeout, exchange(addr, request)).await {
+    match tokio::time::timeout(timeout, exchange(endpoint, request)).await {
         Ok(Ok(code)) => ProbeResult::Status(code),
         Ok(Err(failure)) => ProbeResult::Failed(failure),
         Err(_) => ProbeResult::Failed(ProbeFailure::Timeout(timeout)),
     }
 }
 
-async fn exchange(addr: SocketAddr, request: Request<Empty<Bytes>>) -> Result<u16, ProbeFailure> {
-    let stream = TcpStream::connect(addr).await.map_err(|e| io_failure(&e))?;
+async fn exchange(
+    endpoint: &Endpoint,
+    request: Request<Empty<Bytes>>,
+) -> Result<u16, ProbeFailure> {
+    let stream = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
+        .await
+        .map_err(|e| io_failure(&e))?;
     let _ = stream.set_nodelay(true);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -204,6 +210,7 @@ impl Default for ProbeSchedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -241,7 +248,7 @@ mod tests {
     async fn ok_is_healthy_and_request_is_well_formed() {
         let (addr, server) =
             one_shot_server(Some("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")).await;
-        let result = probe(addr, "/healthz", Duration::from_secs(5)).await;
+        let result = probe(&addr.into(), "/healthz", Duration::from_secs(5)).await;
         assert_eq!(result, ProbeResult::Status(200));
         assert!(result.is_healthy());
         let head = server.await.expect("server").to_ascii_lowercase();
@@ -255,13 +262,15 @@ mod tests {
             "HTTP/1.1 302 Found\r\nlocation: /x\r\ncontent-length: 0\r\n\r\n",
         ))
         .await;
-        assert!(probe(addr, "/", Duration::from_secs(5)).await.is_healthy());
+        assert!(probe(&addr.into(), "/", Duration::from_secs(5))
+            .await
+            .is_healthy());
 
         let (addr, _s) = one_shot_server(Some(
             "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n",
         ))
         .await;
-        let result = probe(addr, "/", Duration::from_secs(5)).await;
+        let result = probe(&addr.into(), "/", Duration::from_secs(5)).await;
         assert_eq!(result, ProbeResult::Status(500));
         assert!(!result.is_healthy());
         assert_eq!(result.describe("/"), "GET / -> 500");
@@ -272,7 +281,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         drop(listener);
-        let result = probe(addr, "/", Duration::from_secs(5)).await;
+        let result = probe(&addr.into(), "/", Duration::from_secs(5)).await;
         assert_eq!(result, ProbeResult::Failed(ProbeFailure::Refused));
         assert_eq!(result.describe("/"), "GET / -> connection refused");
     }
@@ -280,7 +289,7 @@ mod tests {
     #[tokio::test]
     async fn timeout_when_server_never_answers() {
         let (addr, server) = one_shot_server(None).await;
-        let result = probe(addr, "/", Duration::from_millis(200)).await;
+        let result = probe(&addr.into(), "/", Duration::from_millis(200)).await;
         assert_eq!(
             result,
             ProbeResult::Failed(ProbeFailure::Timeout(Duration::from_millis(200)))
@@ -292,7 +301,7 @@ mod tests {
     #[tokio::test]
     async fn closed_without_response() {
         let (addr, _s) = one_shot_server(Some("")).await;
-        let result = probe(addr, "/", Duration::from_secs(5)).await;
+        let result = probe(&addr.into(), "/", Duration::from_secs(5)).await;
         assert!(!result.is_healthy());
         assert!(
             matches!(
@@ -306,7 +315,7 @@ mod tests {
     #[tokio::test]
     async fn garbage_is_a_bad_response() {
         let (addr, _s) = one_shot_server(Some("SSH-2.0-OpenSSH\r\n\r\n")).await;
-        let result = probe(addr, "/", Duration::from_secs(5)).await;
+        let result = probe(&addr.into(), "/", Duration::from_secs(5)).await;
         assert_eq!(result, ProbeResult::Failed(ProbeFailure::BadResponse));
     }
 

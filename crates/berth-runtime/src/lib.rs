@@ -1,12 +1,17 @@
 //! berth-runtime: how berth runs app instances.
 //!
-//! The [`Runtime`] trait is the whole interface the server's pipeline uses:
-//! start an instance from an [`InstanceSpec`], inspect, stop, remove, list
-//! the ones berth owns, stream their logs, run a one-off command to
-//! completion, and check or remove images. It is backend-neutral (no engine
-//! types cross it) so a Kubernetes or microVM runtime can implement it later;
-//! [`DockerRuntime`] implements it on a Docker Engine (API 1.41+). This crate
-//! depends on no other berth crate: the server wires it.
+//! The [`Runtime`] trait is the whole interface the server's pipeline uses
+//! to run instances: start one from an [`InstanceSpec`], inspect, stop,
+//! remove, list the ones berth owns, stream their logs, run a one-off
+//! command to completion. [`Images`] is the image seam beside it (check or
+//! remove an image where the runtime starts from): [`EngineImages`] for a
+//! local engine's store, [`RegistryImages`] for a registry a remote runtime
+//! pulls from. Both are backend-neutral (no engine types, no engine words
+//! cross them: an instance is reached at an [`Endpoint`], named by
+//! [`instance_name`], restarted per [`RestartPolicy`], reported as an
+//! [`InstanceStatus`]) so a swarm or microVM runtime implements them too;
+//! [`DockerRuntime`] implements `Runtime` on a Docker Engine (API 1.41+).
+//! This crate depends on no other berth crate: the server wires it.
 //!
 //! Invariants every backend keeps (see [`Runtime`] for the per-method ones):
 //!
@@ -14,10 +19,14 @@
 //!   project/service/environment/deployment labels the caller passes
 //!   ([`berth_labels`]); `list_owned` returns exactly those, so the
 //!   reconciler never touches anything else on the host.
-//! - **Loopback only**: `spec.port` is published on 127.0.0.1 with an
-//!   ephemeral host port, read back after start. The address belongs to one
-//!   run: after a restart (restart policy, engine restart) the host port may
-//!   differ, so callers re-read it from `inspect`/`list_owned`.
+//! - **Reachable from the edge, nothing more**: an instance's [`Endpoint`]
+//!   is where berth's proxy connects (Docker: `spec.port` published on
+//!   127.0.0.1 with an ephemeral host port, read back after start). The
+//!   endpoint belongs to one run: after a restart (restart policy, engine
+//!   restart) it may differ, so callers re-read it from
+//!   `inspect`/`list_owned`.
+//! - **Names are DNS labels** (≤ 63, lowercase letters, digits, '-'), made
+//!   by [`instance_name`] only.
 //! - **Hardening** (Docker): `no-new-privileges`, all capabilities dropped
 //!   except [`docker::CAP_ADD`], an init process as PID 1 (SIGTERM works for
 //!   apps that ignore it as PID 1), memory (no swap), CPU and PID limits,
@@ -32,10 +41,10 @@
 //!
 //! [`SwarmRuntime`] implements it on a Docker Swarm manager: one Swarm
 //! service per deployment, instances are its slots, reached at
-//! `<node address>:<host-mode published port>` (see [`swarm`]; there the
-//! loopback-only invariant is replaced by "reachable from the edge").
+//! `<node address>:<host-mode published port>` (see [`swarm`]; its
+//! endpoints are reachable from the edge, not loopback).
 //!
-//! [`health`] probes an instance over HTTP on its published address. With
+//! [`health`] probes an instance over HTTP at its endpoint. With
 //! the `testing` feature, `testing` builds the busybox test image and `fake`
 //! holds `FakeRuntime`, a recording in-memory runtime for pipeline tests.
 
@@ -43,6 +52,7 @@ pub mod docker;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod health;
+pub mod images;
 pub mod logs;
 pub mod microvm;
 pub mod runtime;
@@ -51,14 +61,15 @@ pub mod swarm;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use docker::DockerRuntime;
+pub use docker::{DockerRuntime, EngineImages};
 pub use health::{probe, ProbeFailure, ProbeResult, ProbeSchedule};
+pub use images::{Images, RegistryImages};
 pub use microvm::{MicroVmConfig, MicroVmRuntime};
 pub use runtime::{Runtime, RuntimeError};
 pub use spec::{
-    berth_labels, shell_command, Instance, InstanceSpec, InstanceState, InstanceStatus, Limits,
-    LogChunk, LogOptions, LogStream, OneOffOutcome, RestartPolicy, SpecError, VolumeMount,
-    DEPLOYMENT_LABEL, ENVIRONMENT_LABEL, ONEOFF_MAX_LINES, OWNER_LABEL, PORT_LABEL, PROJECT_LABEL,
-    SERVICE_LABEL,
+    berth_labels, instance_name, is_dns_label, shell_command, BadEndpoint, Endpoint, Instance,
+    InstanceSpec, InstanceState, InstanceStatus, Limits, LogChunk, LogOptions, LogStream,
+    OneOffOutcome, RestartPolicy, SpecError, VolumeMount, DEPLOYMENT_LABEL, ENVIRONMENT_LABEL,
+    MAX_NAME_LEN, ONEOFF_MAX_LINES, OWNER_LABEL, PORT_LABEL, PROJECT_LABEL, SERVICE_LABEL,
 };
 pub use swarm::{SwarmConfig, SwarmRuntime};

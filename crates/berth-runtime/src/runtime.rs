@@ -9,25 +9,30 @@ use crate::spec::{
     Instance, InstanceSpec, InstanceState, LogChunk, LogOptions, OneOffOutcome, SpecError,
 };
 
-/// Runs app instances. Implementations keep these invariants:
+/// Runs app instances. Images are another seam ([`crate::Images`]).
+/// Implementations keep these invariants:
 ///
 /// - every instance they create carries `OWNER_LABEL=true`, and they never
 ///   list, stop or remove anything without it through `list_owned`;
-/// - a published port listens on 127.0.0.1 only;
+/// - an instance's [`crate::Endpoint`] is reachable from the edge, and from
+///   nothing more than the backend needs (Docker: 127.0.0.1 only);
+/// - names are DNS labels ([`crate::instance_name`]); the backend's own
+///   vocabulary (restart policies, states) stays inside it;
 /// - `stop` and `remove` are idempotent (already stopped / already gone is
 ///   `Ok`), so a reconciler can repeat them after a crash;
 /// - a spec is validated before anything is created, so a refused spec
 ///   leaves nothing behind, and a failed `start` removes what it created.
 #[async_trait::async_trait]
 pub trait Runtime: Send + Sync {
-    /// Creates and starts an instance. `spec.port` (if any) is published on
-    /// 127.0.0.1 with an ephemeral host port, returned in `Instance::addr`.
-    /// The address is `None` when the instance already stopped before it
-    /// could be read; `inspect` then tells why.
+    /// Creates and starts an instance. `spec.port` (if any) is made
+    /// reachable from the edge at `Instance::endpoint` (Docker: published
+    /// on 127.0.0.1 with an ephemeral host port). The endpoint is `None`
+    /// when the instance already stopped before it could be read; `inspect`
+    /// then tells why.
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError>;
 
     /// Current state: status (exit code), OOM kill, restart count, start
-    /// time, published address.
+    /// time, endpoint.
     async fn inspect(&self, id: &str) -> Result<InstanceState, RuntimeError>;
 
     /// Asks the instance to stop (SIGTERM, or the image's stop signal), and
@@ -60,13 +65,6 @@ pub trait Runtime: Send + Sync {
         spec: &InstanceSpec,
         timeout: Duration,
     ) -> Result<OneOffOutcome, RuntimeError>;
-
-    /// Whether the image is present locally.
-    async fn image_exists(&self, image: &str) -> Result<bool, RuntimeError>;
-
-    /// Removes an image reference. Missing is `Ok`; still used by an
-    /// instance is `RuntimeError::ImageInUse`.
-    async fn remove_image(&self, image: &str) -> Result<(), RuntimeError>;
 }
 
 /// Errors of every runtime operation.

@@ -2,7 +2,9 @@
 //! runtime reports back about it (what is running).
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -40,6 +42,117 @@ pub fn berth_labels(
     ])
 }
 
+/// Longest instance name: a DNS label (RFC 1035), so every backend can use
+/// it as a host, container, pod or VM name.
+pub const MAX_NAME_LEN: usize = 63;
+
+/// The one way instance names are made: `berth-<parts…>-<id>`, a valid DNS
+/// label (lowercase letters, digits and '-', at most [`MAX_NAME_LEN`],
+/// starting and ending with a letter or digit). `id` (a deployment id) makes
+/// it unique and is always kept whole when it fits in 40 characters; the
+/// readable `parts` (project, service, environment, or a role such as
+/// `release`) are lowercased, anything else becomes '-', and they are cut
+/// to fit.
+pub fn instance_name(parts: &[&str], id: &str) -> String {
+    fn clean(s: &str) -> String {
+        let mut out = String::with_capacity(s.len());
+        for c in s.chars() {
+            let c = c.to_ascii_lowercase();
+            let c = if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '-'
+            };
+            if !(c == '-' && (out.is_empty() || out.ends_with('-'))) {
+                out.push(c);
+            }
+        }
+        out.trim_end_matches('-').to_owned()
+    }
+    let mut id = clean(id);
+    if id.len() > 40 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut h);
+        id = format!("{}{:016x}", &id[..23], h.finish());
+    }
+    let mut head = String::from("berth");
+    for part in parts.iter().map(|p| clean(p)).filter(|p| !p.is_empty()) {
+        head.push('-');
+        head.push_str(&part);
+    }
+    let room = MAX_NAME_LEN - id.len() - usize::from(!id.is_empty());
+    head.truncate(room);
+    let head = head.trim_end_matches('-');
+    if id.is_empty() {
+        head.to_owned()
+    } else {
+        format!("{head}-{id}")
+    }
+}
+
+/// Where the edge reaches an instance's port. Invariant: **reachable from
+/// the edge** — the backend that returns it guarantees berth's proxy can
+/// connect to it (the Docker backend: `127.0.0.1` and the published port;
+/// a remote backend: a routable address of the node or VM). `host` is a
+/// name or an IP address (IPv6 without brackets).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Self {
+            host: host.into(),
+            port,
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    /// `host:port`, `[v6]:port` for an IPv6 address.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl From<SocketAddr> for Endpoint {
+    fn from(a: SocketAddr) -> Self {
+        Self::new(a.ip().to_string(), a.port())
+    }
+}
+
+/// Why a `host:port` string is not an [`Endpoint`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad endpoint {0:?}: expected host:port")]
+pub struct BadEndpoint(pub String);
+
+impl FromStr for Endpoint {
+    type Err = BadEndpoint;
+
+    /// Parses what `Display` writes.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || BadEndpoint(s.to_owned());
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let host = match host.strip_prefix('[') {
+            Some(v6) => v6.strip_suffix(']').ok_or_else(bad)?,
+            None if host.contains(':') => return Err(bad()),
+            None => host,
+        };
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if host.is_empty() || port == 0 || host.chars().any(|c| c.is_whitespace() || c == '/') {
+            return Err(bad());
+        }
+        Ok(Self::new(host, port))
+    }
+}
+
 /// Most output lines `Runtime::run_oneoff` keeps (the last ones win).
 pub const ONEOFF_MAX_LINES: usize = 1000;
 
@@ -47,8 +160,9 @@ pub const ONEOFF_MAX_LINES: usize = 1000;
 /// sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceSpec {
-    /// Unique instance name, e.g. `berth-shop-web-production-1a2b3c4d`:
-    /// `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most 128 characters.
+    /// Unique instance name, e.g. `berth-shop-web-production-1a2b3c4d`, made
+    /// by [`instance_name`]: a DNS label (lowercase letters, digits, '-', at
+    /// most [`MAX_NAME_LEN`]).
     pub name: String,
     /// Image reference, e.g. `berth/shop-web:1a2b3c4d` or `node:20`.
     pub image: String,
@@ -56,8 +170,8 @@ pub struct InstanceSpec {
     pub env: Vec<(String, String)>,
     /// Labels. The runtime adds `OWNER_LABEL=true` and `PORT_LABEL`.
     pub labels: BTreeMap<String, String>,
-    /// Port the app listens on inside the instance; published on
-    /// 127.0.0.1 with an ephemeral host port. `None` for workers.
+    /// Port the app listens on inside the instance; the runtime makes it
+    /// reachable from the edge at an [`Endpoint`]. `None` for workers.
     pub port: Option<u16>,
     /// Replaces the image's command (its entrypoint is kept). Use
     /// [`shell_command`] to run a shell-form string such as `npm start`.
@@ -73,7 +187,7 @@ pub struct InstanceSpec {
 
 impl InstanceSpec {
     /// A spec with no env, labels, port, command override, limits or mounts,
-    /// and `RestartPolicy::No`.
+    /// and `RestartPolicy::Never`.
     pub fn new(name: impl Into<String>, image: impl Into<String>) -> Self {
         Self {
             name: name.into(),
@@ -83,14 +197,16 @@ impl InstanceSpec {
             port: None,
             command: None,
             limits: Limits::default(),
-            restart: RestartPolicy::No,
+            restart: RestartPolicy::Never,
             mounts: Vec::new(),
         }
     }
 
     /// Checks everything a backend relies on; see [`SpecError`].
     pub fn validate(&self) -> Result<(), SpecError> {
-        validate_name(&self.name)?;
+        if !is_dns_label(&self.name) {
+            return Err(SpecError::BadName(self.name.clone()));
+        }
         if self.image.is_empty() || self.image.chars().any(|c| c.is_whitespace() || c == '\0') {
             return Err(SpecError::BadImage(self.image.clone()));
         }
@@ -139,6 +255,18 @@ pub fn shell_command(cmd: &str) -> Vec<String> {
     vec!["/bin/sh".to_owned(), "-c".to_owned(), cmd.to_owned()]
 }
 
+/// A DNS label: 1 to 63 lowercase letters, digits or '-', starting and
+/// ending with a letter or digit.
+pub fn is_dns_label(name: &str) -> bool {
+    let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name.chars().all(|c| ok(c) || c == '-')
+        && name.starts_with(ok)
+        && name.ends_with(ok)
+}
+
+/// Volume names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most 128 characters.
 fn validate_name(name: &str) -> Result<(), SpecError> {
     let mut chars = name.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
@@ -181,15 +309,17 @@ impl Limits {
     }
 }
 
-/// What the runtime does when the main process exits.
+/// What the runtime does when the main process exits. Each backend maps
+/// these to its own words (Docker: `no`, `on-failure`, `unless-stopped`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestartPolicy {
     /// Never restart (one-off commands).
-    No,
+    Never,
     /// Restart after a non-zero exit, at most `max_retries` times (>= 1).
     OnFailure { max_retries: u32 },
-    /// Restart always, including after an engine restart, until stopped.
-    UnlessStopped,
+    /// Restart after every exit, and after the backend or host restarts,
+    /// until berth stops the instance.
+    Always,
 }
 
 /// A named volume mounted into the instance.
@@ -229,7 +359,7 @@ fn mentions_engine_socket(s: &str) -> bool {
 /// Why a spec was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
-    #[error("bad instance name {0:?}: use letters, digits, '_', '.', '-' (at most 128, starting with a letter or digit)")]
+    #[error("bad instance name {0:?}: use lowercase letters, digits and '-' (at most 63, starting and ending with a letter or digit)")]
     BadName(String),
     #[error("bad image reference {0:?}")]
     BadImage(String),
@@ -265,29 +395,31 @@ pub struct Instance {
     pub name: String,
     pub image: String,
     pub labels: BTreeMap<String, String>,
-    /// `127.0.0.1:<published port>`; `None` without `spec.port` or when the
-    /// instance is not running (ephemeral ports exist only while it runs).
-    pub addr: Option<SocketAddr>,
+    /// Where the edge reaches `spec.port`; `None` without `spec.port` or
+    /// when the instance is not running (it may change between runs).
+    pub endpoint: Option<Endpoint>,
     pub running: bool,
 }
 
-/// Lifecycle status of an instance.
+/// Lifecycle status of an instance, in berth's words; each backend maps its
+/// own states to these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InstanceStatus {
-    /// Created, never started.
-    Created,
+    /// Created or scheduled, not running yet.
+    Pending,
     Running,
     /// Between two runs of its restart policy.
     Restarting,
-    Paused,
-    /// Being removed.
-    Removing,
+    /// Frozen: exists, runs no code (a paused container or VM).
+    Suspended,
+    /// Being stopped or removed.
+    Stopping,
     /// The main process exited with this code.
     Exited {
         code: i64,
     },
-    /// The engine failed to stop or remove it.
-    Dead,
+    /// The backend cannot run, stop or remove it.
+    Failed,
 }
 
 /// What `inspect` reports.
@@ -305,8 +437,8 @@ pub struct InstanceState {
     /// The engine's error, e.g. the entrypoint was not found.
     pub error: Option<String>,
     pub labels: BTreeMap<String, String>,
-    /// `127.0.0.1:<published port>` while running.
-    pub addr: Option<SocketAddr>,
+    /// Where the edge reaches `spec.port`, while running.
+    pub endpoint: Option<Endpoint>,
 }
 
 impl InstanceState {
@@ -436,7 +568,10 @@ mod tests {
             (|s| s.name = String::new(), "empty name"),
             (|s| s.name = "-leading-dash".into(), "leading dash"),
             (|s| s.name = "has space".into(), "space in name"),
-            (|s| s.name = "a".repeat(129), "long name"),
+            (|s| s.name = "a".repeat(64), "long name"),
+            (|s| s.name = "Upper".into(), "uppercase name"),
+            (|s| s.name = "under_score".into(), "underscore in name"),
+            (|s| s.name = "trailing-".into(), "trailing dash"),
             (|s| s.image = String::new(), "empty image"),
             (|s| s.image = "bad image".into(), "space in image"),
             (|s| s.env.push(("A=B".into(), "c".into())), "= in env key"),
@@ -482,6 +617,50 @@ mod tests {
         assert_eq!(labels[SERVICE_LABEL], "web");
         assert_eq!(labels[ENVIRONMENT_LABEL], "production");
         assert_eq!(labels[DEPLOYMENT_LABEL], "d1");
+    }
+
+    #[test]
+    fn instance_names_are_dns_labels_and_keep_the_id() {
+        let short = instance_name(&["shop", "web", "production"], "01hx2k3m4n5p6q");
+        assert_eq!(short, "berth-shop-web-production-01hx2k3m4n5p6q");
+        let long = "a".repeat(63);
+        let n = instance_name(&[&long, "Web_API", "pr-1234"], "01hx2k3m4n5p6q");
+        assert!(is_dns_label(&n), "{n}");
+        assert!(n.ends_with("-01hx2k3m4n5p6q"), "{n}");
+        let n = instance_name(&["release", "My.Shop"], "d1");
+        assert_eq!(n, "berth-release-my-shop-d1");
+        let a = instance_name(&["p"], &"x".repeat(80));
+        let b = instance_name(&["p"], &format!("{}y", "x".repeat(79)));
+        assert!(is_dns_label(&a) && is_dns_label(&b) && a != b, "{a} {b}");
+        let mut s = spec();
+        s.name = n;
+        assert_eq!(s.validate(), Ok(()));
+    }
+
+    #[test]
+    fn endpoints_print_and_parse() {
+        for (text, host, port) in [
+            ("127.0.0.1:8080", "127.0.0.1", 8080),
+            ("web-1.node.internal:3000", "web-1.node.internal", 3000),
+            ("[fd00::1]:80", "fd00::1", 80),
+        ] {
+            let e: Endpoint = text.parse().expect(text);
+            assert_eq!(e, Endpoint::new(host, port));
+            assert_eq!(e.to_string(), text);
+        }
+        for bad in [
+            "",
+            "host",
+            "host:0",
+            ":80",
+            "fd00::1:80",
+            "h:99999",
+            "a b:1",
+        ] {
+            assert!(bad.parse::<Endpoint>().is_err(), "{bad:?} accepted");
+        }
+        let a: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        assert_eq!(Endpoint::from(a).to_string(), "127.0.0.1:9");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use berth_core::model::{
 };
 use berth_core::state::{transition, Event, Health, Stage, Status};
 use berth_edge::Edge;
-use berth_runtime::Runtime;
+use berth_runtime::{Images, Runtime};
 use berth_store::{DeploymentQuery, Slot, Store};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -37,6 +37,8 @@ struct SlotQueue {
 pub struct Deployer {
     pub store: Arc<dyn Store>,
     pub runtime: Arc<dyn Runtime>,
+    /// Where the runtime starts images from (the seam beside `runtime`).
+    pub images: Arc<dyn Images>,
     pub docker: Option<bollard::Docker>,
     pub edge: Edge,
     pub logs: LogHub,
@@ -60,6 +62,15 @@ pub struct Deployer {
     pub metrics: crate::metrics::Metrics,
 }
 
+/// The side effects a deployer drives, one seam each.
+pub struct Backends {
+    pub store: Arc<dyn Store>,
+    pub runtime: Arc<dyn Runtime>,
+    pub images: Arc<dyn Images>,
+    pub docker: Option<bollard::Docker>,
+    pub edge: Edge,
+}
+
 /// What a new deployment should be.
 pub struct NewDeployment {
     pub project: String,
@@ -74,19 +85,24 @@ pub struct NewDeployment {
 
 impl Deployer {
     pub fn new(
-        store: Arc<dyn Store>,
-        runtime: Arc<dyn Runtime>,
-        docker: Option<bollard::Docker>,
-        edge: Edge,
+        backends: Backends,
         logs: LogHub,
         cfg: Arc<ServerConfig>,
         instance: String,
     ) -> Arc<Self> {
         let monitors = Monitors::default();
+        let Backends {
+            store,
+            runtime,
+            images,
+            docker,
+            edge,
+        } = backends;
         Arc::new(Deployer {
             build_slots: Arc::new(Semaphore::new(cfg.build_concurrency.max(1))),
             store,
             runtime,
+            images,
             docker,
             edge,
             logs,

@@ -116,8 +116,9 @@ async fn shutdown_signal() {
 async fn with_microvms(
     cfg: &ServerConfig,
     containers: Arc<dyn Runtime>,
+    images: Arc<dyn berth_runtime::Images>,
     docker: Option<bollard::Docker>,
-) -> anyhow::Result<Arc<dyn Runtime>> {
+) -> anyhow::Result<(Arc<dyn Runtime>, Arc<dyn berth_runtime::Images>)> {
     use berth_runtime::microvm::{Isolating, MicroVmConfig, MicroVmRuntime};
     let all = cfg.runtime == RuntimeKind::MicroVm;
     let init = match &cfg.microvm_init {
@@ -148,7 +149,8 @@ async fn with_microvms(
             anyhow::bail!("--runtime microvm: {why}");
         }
     }
-    Ok(Arc::new(Isolating::new(containers, vms, all)))
+    let isolating = Arc::new(Isolating::new(containers, images, vms, all));
+    Ok((isolating.clone(), isolating))
 }
 
 /// Run `berth server` until SIGTERM or Ctrl-C.
@@ -210,36 +212,44 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         None => None,
     };
 
-    let (runtime, docker): (Arc<dyn Runtime>, Option<bollard::Docker>) =
-        match DockerRuntime::connect().await {
-            Ok(rt) => {
-                let docker = rt.docker().clone();
-                // Manifest containers an interrupted export left behind.
-                let d = docker.clone();
-                tokio::spawn(async move {
-                    let ten_min = std::time::Duration::from_secs(600);
-                    if let Ok(n @ 1..) =
-                        berth_build::remove_stale_manifest_containers(&d, ten_min).await
-                    {
-                        tracing::info!(containers = n, "removed stale manifest containers");
-                    }
-                });
-                (Arc::new(rt), Some(docker))
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "the Docker engine is not reachable; deployments will fail until it is");
-                (Arc::new(unavailable::Unavailable(e.to_string())), None)
-            }
-        };
-    let runtime = with_microvms(&cfg, runtime, docker.clone()).await?;
+    #[allow(clippy::type_complexity)]
+    let (runtime, images, docker): (
+        Arc<dyn Runtime>,
+        Arc<dyn berth_runtime::Images>,
+        Option<bollard::Docker>,
+    ) = match DockerRuntime::connect().await {
+        Ok(rt) => {
+            let docker = rt.docker().clone();
+            // Manifest containers an interrupted export left behind.
+            let d = docker.clone();
+            tokio::spawn(async move {
+                let ten_min = std::time::Duration::from_secs(600);
+                if let Ok(n @ 1..) =
+                    berth_build::remove_stale_manifest_containers(&d, ten_min).await
+                {
+                    tracing::info!(containers = n, "removed stale manifest containers");
+                }
+            });
+            (Arc::new(rt.clone()), Arc::new(rt.images()), Some(docker))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the Docker engine is not reachable; deployments will fail until it is");
+            let unavailable = Arc::new(unavailable::Unavailable(e.to_string()));
+            (unavailable.clone(), unavailable, None)
+        }
+    };
+    let (runtime, images) = with_microvms(&cfg, runtime, images, docker.clone()).await?;
     let instance = instance_id(&cfg.data_dir)?;
     let cfg = Arc::new(cfg);
     let logs = logs::LogHub::start(store.clone());
     let deployer = deployer::Deployer::new(
-        store.clone(),
-        runtime,
-        docker,
-        edge.clone(),
+        deployer::Backends {
+            store: store.clone(),
+            runtime,
+            images,
+            docker,
+            edge: edge.clone(),
+        },
         logs,
         cfg.clone(),
         instance,

@@ -142,9 +142,9 @@ impl Monitors {
                 };
                 let (healthy, why) = match dep.runtime.inspect(&rt.instance_id).await {
                     Ok(st) if st.is_running() => {
-                        if let (Some(addr), ServiceKind::Web) = (st.addr, kind) {
-                            dep.follow_address(&current, addr).await;
-                            let r = berth_runtime::probe(addr, &readiness.path, readiness.timeout)
+                        if let (Some(addr), ServiceKind::Web) = (st.endpoint, kind) {
+                            dep.follow_address(&current, &addr).await;
+                            let r = berth_runtime::probe(&addr, &readiness.path, readiness.timeout)
                                 .await;
                             (r.is_healthy(), r.describe(&readiness.path))
                         } else {
@@ -221,7 +221,7 @@ impl Deployer {
 
     /// A restarted container may come back on another published port:
     /// point the routes and the record at it.
-    pub(crate) async fn follow_address(&self, d: &Deployment, addr: std::net::SocketAddr) {
+    pub(crate) async fn follow_address(&self, d: &Deployment, addr: &berth_runtime::Endpoint) {
         let addr = addr.to_string();
         let recorded = d.runtime.as_ref().and_then(|r| r.address.clone());
         if recorded.as_deref() == Some(addr.as_str()) {

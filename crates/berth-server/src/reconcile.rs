@@ -89,8 +89,8 @@ impl Deployer {
                     Some(inst) => {
                         keep.insert(inst.id.clone());
                         let addr = match self.runtime.inspect(&inst.id).await {
-                            Ok(st) => st.addr.or(inst.addr),
-                            Err(_) => inst.addr,
+                            Ok(st) => st.endpoint.or(inst.endpoint.clone()),
+                            Err(_) => inst.endpoint.clone(),
                         };
                         d.runtime = Some(RuntimeInfo {
                             instance_id: inst.id.clone(),
@@ -155,7 +155,7 @@ impl Deployer {
                 d.runtime = Some(RuntimeInfo {
                     instance_id: inst.id.clone(),
                     instance_name: inst.name.clone(),
-                    address: inst.addr.map(|a| a.to_string()),
+                    address: inst.endpoint.map(|a| a.to_string()),
                 });
                 self.save(d).await;
                 self.monitors.follow_logs(self, &d.id, &inst.id, None);

@@ -3,7 +3,7 @@
 //! fail with a clear message instead of hanging.
 
 use berth_runtime::{
-    Instance, InstanceSpec, InstanceState, LogChunk, LogOptions, OneOffOutcome, Runtime,
+    Images, Instance, InstanceSpec, InstanceState, LogChunk, LogOptions, OneOffOutcome, Runtime,
     RuntimeError,
 };
 use futures::stream::BoxStream;
@@ -48,10 +48,14 @@ impl Runtime for Unavailable {
     ) -> Result<OneOffOutcome, RuntimeError> {
         Err(self.err("run"))
     }
-    async fn image_exists(&self, _: &str) -> Result<bool, RuntimeError> {
+}
+
+#[async_trait::async_trait]
+impl Images for Unavailable {
+    async fn exists(&self, _: &str) -> Result<bool, RuntimeError> {
         Err(self.err("image"))
     }
-    async fn remove_image(&self, _: &str) -> Result<(), RuntimeError> {
+    async fn remove(&self, _: &str) -> Result<(), RuntimeError> {
         Err(self.err("image"))
     }
 }

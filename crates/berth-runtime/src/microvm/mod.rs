@@ -54,8 +54,8 @@ pub use select::{Isolating, ISOLATION_LABEL, MICROVM};
 use crate::logs::MAX_LINE_BYTES;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::spec::{
-    Instance, InstanceSpec, InstanceState, InstanceStatus, LogChunk, LogOptions, LogStream,
-    OneOffOutcome, ONEOFF_MAX_LINES, OWNER_LABEL, PORT_LABEL,
+    Endpoint, Instance, InstanceSpec, InstanceState, InstanceStatus, LogChunk, LogOptions,
+    LogStream, OneOffOutcome, ONEOFF_MAX_LINES, OWNER_LABEL, PORT_LABEL,
 };
 
 /// Guest memory when the spec sets no limit.
@@ -553,10 +553,10 @@ impl MicroVmRuntime {
         let running = qemu::running_pid(dir).is_some() && exited(dir).is_none();
         Instance {
             id: meta.name.clone(),
-            addr: meta
+            endpoint: meta
                 .host_port
                 .filter(|_| running)
-                .map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, p))),
+                .map(|p| Endpoint::from(SocketAddr::from((Ipv4Addr::LOCALHOST, p)))),
             name: meta.name,
             image: meta.image,
             labels: meta.labels,
@@ -744,10 +744,10 @@ impl Runtime for MicroVmRuntime {
             started_at: Some(meta.started_at),
             finished_at: finished,
             error,
-            addr: meta
+            endpoint: meta
                 .host_port
                 .filter(|_| running)
-                .map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, p))),
+                .map(|p| Endpoint::from(SocketAddr::from((Ipv4Addr::LOCALHOST, p)))),
             labels: meta.labels,
         })
     }
@@ -918,8 +918,14 @@ impl Runtime for MicroVmRuntime {
         self.remove(&instance.id).await?;
         result
     }
+}
 
-    async fn image_exists(&self, image: &str) -> Result<bool, RuntimeError> {
+/// A VM boots from a root disk made from an image of the engine's store, so
+/// that store is where its images are; removing one also drops the cached
+/// root disk.
+#[async_trait::async_trait]
+impl crate::images::Images for MicroVmRuntime {
+    async fn exists(&self, image: &str) -> Result<bool, RuntimeError> {
         match self.inner.docker.inspect_image(image).await {
             Ok(_) => Ok(true),
             Err(DockerError::DockerResponseServerError {
@@ -929,7 +935,7 @@ impl Runtime for MicroVmRuntime {
         }
     }
 
-    async fn remove_image(&self, image: &str) -> Result<(), RuntimeError> {
+    async fn remove(&self, image: &str) -> Result<(), RuntimeError> {
         let id = match self.inner.docker.inspect_image(image).await {
             Ok(i) => i.id,
             Err(DockerError::DockerResponseServerError {
@@ -946,12 +952,17 @@ impl Runtime for MicroVmRuntime {
                 });
             }
         }
-        crate::DockerRuntime::from_docker(self.inner.docker.clone())
-            .remove_image(image)
-            .await?;
+        crate::images::Images::remove(
+            &crate::EngineImages::from_docker(self.inner.docker.clone()),
+            image,
+        )
+        .await?;
         if let Some(id) = id {
             // Only when no other tag still points at the same image.
-            if !self.image_exists(&id).await.unwrap_or(true) {
+            if !crate::images::Images::exists(self, &id)
+                .await
+                .unwrap_or(true)
+            {
                 rootfs::remove_cached(&self.images_dir(), &id);
             }
         }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures::stream::BoxStream;
 
 use super::MicroVmRuntime;
+use crate::images::Images;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::spec::{Instance, InstanceSpec, InstanceState, LogChunk, LogOptions, OneOffOutcome};
 
@@ -22,6 +23,8 @@ pub const MICROVM: &str = "microvm";
 /// Containers by default, microVMs where asked (see the module docs).
 pub struct Isolating {
     containers: Arc<dyn Runtime>,
+    /// The containers' image store (VMs boot from images kept there too).
+    container_images: Arc<dyn Images>,
     /// `Err` says why this server cannot run microVMs.
     vms: Result<MicroVmRuntime, String>,
     /// `--runtime microvm`: every instance is a VM.
@@ -31,11 +34,13 @@ pub struct Isolating {
 impl Isolating {
     pub fn new(
         containers: Arc<dyn Runtime>,
+        container_images: Arc<dyn Images>,
         vms: Result<MicroVmRuntime, String>,
         all_vms: bool,
     ) -> Self {
         Isolating {
             containers,
+            container_images,
             vms,
             all_vms,
         }
@@ -120,16 +125,19 @@ impl Runtime for Isolating {
             self.containers.run_oneoff(spec, timeout).await
         }
     }
+}
 
-    async fn image_exists(&self, image: &str) -> Result<bool, RuntimeError> {
-        self.containers.image_exists(image).await
+#[async_trait::async_trait]
+impl Images for Isolating {
+    async fn exists(&self, image: &str) -> Result<bool, RuntimeError> {
+        self.container_images.exists(image).await
     }
 
-    async fn remove_image(&self, image: &str) -> Result<(), RuntimeError> {
+    async fn remove(&self, image: &str) -> Result<(), RuntimeError> {
         match &self.vms {
             // Also drops the cached root disk and refuses while a VM runs it.
-            Ok(vms) => vms.remove_image(image).await,
-            Err(_) => self.containers.remove_image(image).await,
+            Ok(vms) => Images::remove(vms, image).await,
+            Err(_) => self.container_images.remove(image).await,
         }
     }
 }
@@ -151,7 +159,12 @@ mod tests {
     async fn unlabelled_specs_run_in_containers() {
         let fake = Arc::new(FakeRuntime::new());
         fake.add_image("img");
-        let rt = Isolating::new(fake.clone(), Err("qemu not found".into()), false);
+        let rt = Isolating::new(
+            fake.clone(),
+            fake.clone(),
+            Err("qemu not found".into()),
+            false,
+        );
         let instance = rt.start(&spec(false)).await.expect("start");
         assert!(rt.inspect(&instance.id).await.is_ok());
         assert_eq!(rt.list_owned().await.unwrap().len(), 1);
@@ -162,6 +175,7 @@ mod tests {
         let fake = Arc::new(FakeRuntime::new());
         fake.add_image("img");
         let rt = Isolating::new(
+            fake.clone(),
             fake.clone(),
             Err("qemu not found (install qemu-system-x86)".into()),
             false,
@@ -178,7 +192,7 @@ mod tests {
         // Nothing was started anywhere.
         assert!(rt.list_owned().await.unwrap().is_empty());
         // --runtime microvm: even unlabelled specs ask for a VM.
-        let all = Isolating::new(fake, Err("no kernel".into()), true);
+        let all = Isolating::new(fake.clone(), fake, Err("no kernel".into()), true);
         assert!(all
             .start(&spec(false))
             .await

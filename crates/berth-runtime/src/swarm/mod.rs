@@ -28,8 +28,9 @@
 //!   of one slot among several they scale down by one (Swarm picks the
 //!   task). Swarm applies the stop grace given at creation
 //!   ([`service::DEFAULT_STOP_GRACE`]).
-//! - Images (`image_exists`, `remove_image`) are the manager engine's
-//!   store, where berth builds.
+//! - Images ([`crate::Images`]) are the manager engine's store, where
+//!   berth builds ([`crate::EngineImages`]); nodes other than the manager
+//!   need a registry ([`crate::RegistryImages`]) to pull from.
 
 pub mod nodes;
 pub mod service;
@@ -52,7 +53,6 @@ use bollard::Docker;
 use futures::stream::{self, BoxStream};
 use futures::StreamExt;
 
-use crate::docker::DockerRuntime;
 use crate::logs::LineSplitter;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::spec::{
@@ -109,7 +109,7 @@ impl Default for SwarmConfig {
 pub struct SwarmRuntime {
     docker: Docker,
     config: SwarmConfig,
-    images: DockerRuntime,
+    images: crate::EngineImages,
 }
 
 /// Extra time `stop` waits beyond the stop grace for the tasks to end.
@@ -134,7 +134,7 @@ impl SwarmRuntime {
     pub async fn new(docker: Docker, config: SwarmConfig) -> Result<Self, RuntimeError> {
         ensure_manager(&docker).await?;
         Ok(Self {
-            images: DockerRuntime::from_docker(docker.clone()),
+            images: crate::EngineImages::from_docker(docker.clone()),
             docker,
             config,
         })
@@ -347,7 +347,7 @@ impl SwarmRuntime {
             name: format!("{}.{slot}", spec.name),
             image: spec.image.clone(),
             labels,
-            addr: task.and_then(|t| tasks::task_addr(t, spec.port, nodes)),
+            endpoint: task.and_then(|t| tasks::task_addr(t, spec.port, nodes)),
             running: task.is_some_and(|t| tasks::state(t) == TaskState::RUNNING),
         }
     }
@@ -611,7 +611,7 @@ impl SwarmRuntime {
                     name: format!("{name}.{slot}"),
                     image: image.clone(),
                     labels: labels.clone(),
-                    addr: task
+                    endpoint: task
                         .as_ref()
                         .and_then(|t| tasks::task_addr(t, port, &nodes)),
                     running,
@@ -843,13 +843,17 @@ impl Runtime for SwarmRuntime {
         self.delete_quietly(&service_id).await;
         result
     }
+}
 
-    async fn image_exists(&self, image: &str) -> Result<bool, RuntimeError> {
-        self.images.image_exists(image).await
+/// The manager engine's image store (see the module docs).
+#[async_trait::async_trait]
+impl crate::Images for SwarmRuntime {
+    async fn exists(&self, image: &str) -> Result<bool, RuntimeError> {
+        self.images.exists(image).await
     }
 
-    async fn remove_image(&self, image: &str) -> Result<(), RuntimeError> {
-        self.images.remove_image(image).await
+    async fn remove(&self, image: &str) -> Result<(), RuntimeError> {
+        crate::Images::remove(&self.images, image).await
     }
 }
 

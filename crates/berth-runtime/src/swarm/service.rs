@@ -43,12 +43,12 @@ pub fn service_spec(spec: &InstanceSpec, replicas: u32, oneoff: bool) -> Service
         labels.insert(ONEOFF_LABEL.to_owned(), "true".to_owned());
     }
     let restart = if oneoff {
-        RestartPolicy::No
+        RestartPolicy::Never
     } else {
         spec.restart
     };
     let restart_policy = match restart {
-        RestartPolicy::No => TaskSpecRestartPolicy {
+        RestartPolicy::Never => TaskSpecRestartPolicy {
             condition: Some(TaskSpecRestartPolicyConditionEnum::NONE),
             ..Default::default()
         },
@@ -58,7 +58,7 @@ pub fn service_spec(spec: &InstanceSpec, replicas: u32, oneoff: bool) -> Service
             delay: Some(nanos(Duration::from_secs(1))),
             ..Default::default()
         },
-        RestartPolicy::UnlessStopped => TaskSpecRestartPolicy {
+        RestartPolicy::Always => TaskSpecRestartPolicy {
             condition: Some(TaskSpecRestartPolicyConditionEnum::ANY),
             delay: Some(nanos(Duration::from_secs(1))),
             ..Default::default()

@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use bollard::models::{Node, Task, TaskState};
 use chrono::{DateTime, Utc};
 
-use crate::spec::{InstanceState, InstanceStatus, PORT_LABEL};
+use crate::spec::{Endpoint, InstanceState, InstanceStatus, PORT_LABEL};
 
 /// The instance id of a slot.
 pub fn instance_id(service_id: &str, slot: u32) -> String {
@@ -142,7 +142,7 @@ pub fn hostname(node: &Node) -> String {
 }
 
 /// The node address and host port serving `port` of a running task.
-pub fn task_addr(task: &Task, port: Option<u16>, nodes: &NodeAddrs) -> Option<SocketAddr> {
+pub fn task_addr(task: &Task, port: Option<u16>, nodes: &NodeAddrs) -> Option<Endpoint> {
     if state(task) != TaskState::RUNNING {
         return None;
     }
@@ -160,7 +160,7 @@ pub fn task_addr(task: &Task, port: Option<u16>, nodes: &NodeAddrs) -> Option<So
         .and_then(|p| u16::try_from(p).ok())
         .filter(|p| *p != 0)?;
     let ip = nodes.ip(task.node_id.as_deref()?)?;
-    Some(SocketAddr::new(ip, published))
+    Some(Endpoint::from(SocketAddr::new(ip, published)))
 }
 
 /// The instance port recorded in the service's labels.
@@ -183,14 +183,14 @@ pub fn slot_state(
         return InstanceState {
             id: id.to_owned(),
             name: name.to_owned(),
-            status: InstanceStatus::Created,
+            status: InstanceStatus::Pending,
             oom_killed: false,
             restart_count: 0,
             started_at: None,
             finished_at: None,
             error: None,
             labels,
-            addr: None,
+            endpoint: None,
         };
     };
     let status_ts = task
@@ -214,10 +214,10 @@ pub fn slot_state(
         },
         // Never ran (e.g. the image could not be pulled on its node).
         TaskState::REJECTED => InstanceStatus::Exited { code: -1 },
-        TaskState::REMOVE | TaskState::ORPHANED => InstanceStatus::Dead,
+        TaskState::REMOVE | TaskState::ORPHANED => InstanceStatus::Failed,
         // Not running yet: a replacement in a slot that ran before is a restart.
         _ if tasks.len() > 1 => InstanceStatus::Restarting,
-        _ => InstanceStatus::Created,
+        _ => InstanceStatus::Pending,
     };
     let started_at = tasks
         .iter()
@@ -225,9 +225,12 @@ pub fn slot_state(
         .find(|t| state(t) == TaskState::RUNNING || is_terminal(t))
         .and(status_ts)
         .filter(|_| status == InstanceStatus::Running);
-    let finished_at = matches!(status, InstanceStatus::Exited { .. } | InstanceStatus::Dead)
-        .then_some(status_ts)
-        .flatten();
+    let finished_at = matches!(
+        status,
+        InstanceStatus::Exited { .. } | InstanceStatus::Failed
+    )
+    .then_some(status_ts)
+    .flatten();
     let error = task
         .status
         .as_ref()
@@ -247,7 +250,7 @@ pub fn slot_state(
         started_at,
         finished_at,
         error,
-        addr: task_addr(task, port, nodes),
+        endpoint: task_addr(task, port, nodes),
         labels,
     }
 }
@@ -341,9 +344,9 @@ mod tests {
         let s1 = slot_state("s.1", "web.1", &slots[&1], labels(), &nodes());
         assert_eq!(s1.status, InstanceStatus::Running);
         assert_eq!(s1.restart_count, 1);
-        assert_eq!(s1.addr, Some("10.0.0.12:30001".parse().expect("addr")));
+        assert_eq!(s1.endpoint, Some("10.0.0.12:30001".parse().expect("addr")));
         let s2 = slot_state("s.2", "web.2", &slots[&2], labels(), &nodes());
-        assert_eq!(s2.addr, Some("10.0.0.11:30002".parse().expect("addr")));
+        assert_eq!(s2.endpoint, Some("10.0.0.11:30002".parse().expect("addr")));
         assert_eq!(s2.restart_count, 0);
     }
 
@@ -359,7 +362,7 @@ mod tests {
         let s = slot_state("s.1", "web.1", &failed, labels(), &nodes());
         assert_eq!(s.status, InstanceStatus::Exited { code: 3 });
         assert!(s.finished_at.is_some());
-        assert_eq!(s.addr, None);
+        assert_eq!(s.endpoint, None);
         let rejected = [task(
             1,
             "2024-05-01T10:00:01Z",
@@ -392,7 +395,7 @@ mod tests {
             None,
         )];
         let s = slot_state("s.1", "web.1", &first, labels(), &nodes());
-        assert_eq!(s.status, InstanceStatus::Created);
+        assert_eq!(s.status, InstanceStatus::Pending);
         assert_eq!(s.error, None);
     }
 

@@ -5,4 +5,5 @@
 
 mod needs_docker;
 mod needs_qemu;
+mod registry;
 mod swarm;

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use berth_runtime::testing::{self, Cleanup, TEST_LABEL};
 use berth_runtime::{
-    berth_labels, probe, shell_command, DockerRuntime, InstanceSpec, InstanceStatus, Limits,
-    LogOptions, LogStream, ProbeSchedule, RestartPolicy, Runtime, RuntimeError, VolumeMount,
-    ONEOFF_MAX_LINES, OWNER_LABEL, PORT_LABEL,
+    berth_labels, instance_name, probe, shell_command, DockerRuntime, Images, InstanceSpec,
+    InstanceStatus, Limits, LogOptions, LogStream, ProbeSchedule, RestartPolicy, Runtime,
+    RuntimeError, VolumeMount, ONEOFF_MAX_LINES, OWNER_LABEL, PORT_LABEL,
 };
 use futures::StreamExt;
 
@@ -23,7 +23,7 @@ async fn runtime() -> (DockerRuntime, String) {
 
 fn spec(image: &str, command: &str) -> InstanceSpec {
     let suffix = testing::unique_suffix();
-    let mut spec = InstanceSpec::new(format!("berth-test-{suffix}"), image);
+    let mut spec = InstanceSpec::new(instance_name(&["test"], &suffix), image);
     spec.labels = berth_labels("rt-test", "web", "test", &suffix);
     spec.labels
         .insert(TEST_LABEL.to_owned(), "berth-runtime".to_owned());
@@ -67,9 +67,9 @@ async fn web_instance_lifecycle() {
     let instance = rt.start(&spec).await.expect("start");
     assert!(instance.running);
     assert_eq!(instance.name, spec.name);
-    let addr = instance.addr.expect("published address");
-    assert!(addr.ip().is_loopback());
-    assert_ne!(addr.port(), 3000);
+    let addr = instance.endpoint.clone().expect("endpoint");
+    assert_eq!(addr.host, "127.0.0.1");
+    assert_ne!(addr.port, 3000);
     assert_eq!(instance.labels[OWNER_LABEL], "true");
 
     // What the engine actually holds.
@@ -120,7 +120,7 @@ async fn web_instance_lifecycle() {
         .all(|b| b.host_ip.as_deref() == Some("127.0.0.1")));
     assert_eq!(
         bindings[0].host_port.as_deref(),
-        Some(addr.port().to_string().as_str())
+        Some(addr.port.to_string().as_str())
     );
 
     // Healthy over the published port, following the startup schedule.
@@ -128,7 +128,7 @@ async fn web_instance_lifecycle() {
     let started = std::time::Instant::now();
     let mut last = None;
     for _ in 0..100 {
-        let result = probe(addr, "/", Duration::from_secs(2)).await;
+        let result = probe(&addr, "/", Duration::from_secs(2)).await;
         if result.is_healthy() {
             last = Some(result);
             break;
@@ -141,7 +141,7 @@ async fn web_instance_lifecycle() {
 
     let state = rt.inspect(&instance.id).await.expect("inspect");
     assert!(state.is_running());
-    assert_eq!(state.addr, Some(addr));
+    assert_eq!(state.endpoint, Some(addr));
     assert!(state.started_at.is_some());
     assert_eq!(state.restart_count, 0);
     assert!(!state.oom_killed);
@@ -188,7 +188,7 @@ async fn web_instance_lifecycle() {
         .expect("stop");
     let state = rt.inspect(&instance.id).await.expect("inspect stopped");
     assert_eq!(state.status, InstanceStatus::Exited { code: 143 });
-    assert_eq!(state.addr, None);
+    assert_eq!(state.endpoint, None);
     assert!(state.finished_at.is_some());
     let followed = tokio::time::timeout(Duration::from_secs(10), follower)
         .await
@@ -224,7 +224,7 @@ async fn exited_instance_shows_its_code_and_is_listed() {
     let state = wait_not_running(&rt, &instance.id).await;
     assert_eq!(state.status, InstanceStatus::Exited { code: 3 });
     assert_eq!(state.exit_code(), Some(3));
-    assert_eq!(state.addr, None);
+    assert_eq!(state.endpoint, None);
 
     let owned = rt.list_owned().await.expect("list");
     let listed = owned.iter().find(|i| i.id == instance.id).expect("listed");
@@ -251,7 +251,7 @@ async fn list_owned_reports_the_published_address() {
     let owned = rt.list_owned().await.expect("list");
     let listed = owned.iter().find(|i| i.id == instance.id).expect("listed");
     assert!(listed.running);
-    assert_eq!(listed.addr, instance.addr);
+    assert_eq!(listed.endpoint, instance.endpoint);
     assert_eq!(listed.image, image);
     rt.remove(&instance.id).await.expect("remove");
 }
@@ -361,19 +361,20 @@ async fn remove_image_refuses_in_use_and_accepts_missing() {
     testing::build_busybox_image(rt.docker(), &tag, &labels)
         .await
         .expect("build");
-    assert!(rt.image_exists(&tag).await.expect("exists"));
+    let images = rt.images();
+    assert!(images.exists(&tag).await.expect("exists"));
 
     let user = spec(&tag, "sleep 300");
     cleanup.container(user.name.clone());
     let instance = rt.start(&user).await.expect("start");
-    let err = rt.remove_image(&tag).await.expect_err("in use");
+    let err = images.remove(&tag).await.expect_err("in use");
     assert!(matches!(err, RuntimeError::ImageInUse { .. }), "{err}");
-    assert!(rt.image_exists(&tag).await.expect("still exists"));
+    assert!(images.exists(&tag).await.expect("still exists"));
 
     rt.remove(&instance.id).await.expect("remove container");
-    rt.remove_image(&tag).await.expect("remove image");
-    assert!(!rt.image_exists(&tag).await.expect("gone"));
-    rt.remove_image(&tag).await.expect("missing is ok");
+    images.remove(&tag).await.expect("remove image");
+    assert!(!images.exists(&tag).await.expect("gone"));
+    images.remove(&tag).await.expect("missing is ok");
 }
 
 #[tokio::test]

@@ -32,7 +32,7 @@ async fn setup(test: &str) -> Option<(MicroVmRuntime, tempfile::TempDir, String)
 
 fn spec(image: &str, command: &str) -> InstanceSpec {
     let suffix = testing::unique_suffix();
-    let mut spec = InstanceSpec::new(format!("berth-mvm-{suffix}"), image);
+    let mut spec = InstanceSpec::new(berth_runtime::instance_name(&["mvm"], &suffix), image);
     spec.labels = berth_labels("rt-test", "web", "test", &suffix);
     spec.labels
         .insert(TEST_LABEL.to_owned(), "berth-runtime".to_owned());
@@ -117,8 +117,9 @@ async fn vm_serves_logs_apart_stops_with_grace_and_is_adopted() {
     let instance = rt.start(&spec).await.expect("start");
     let _guard = VmGuard(rt.clone(), instance.id.clone());
     assert!(instance.running);
-    let addr = instance.addr.expect("published address");
-    assert!(addr.ip().is_loopback());
+    let endpoint = instance.endpoint.clone().expect("endpoint");
+    assert_eq!(endpoint.host, "127.0.0.1");
+    let addr: std::net::SocketAddr = endpoint.to_string().parse().expect("socket address");
 
     let deadline = Instant::now() + BOOT_DEADLINE;
     let body = loop {
@@ -163,7 +164,7 @@ async fn vm_serves_logs_apart_stops_with_grace_and_is_adopted() {
     let owned = again.list_owned().await.expect("list_owned");
     let found = owned.iter().find(|i| i.id == instance.id).expect("adopted");
     assert!(found.running);
-    assert_eq!(found.addr, Some(addr));
+    assert_eq!(found.endpoint, Some(endpoint.clone()));
     assert_eq!(found.labels["dev.berth.port"], "3000");
     assert!(
         http_get(addr).await.is_some(),
@@ -181,7 +182,7 @@ async fn vm_serves_logs_apart_stops_with_grace_and_is_adopted() {
         "{state:?}"
     );
     assert!(!state.oom_killed);
-    assert_eq!(state.addr, None);
+    assert_eq!(state.endpoint, None);
     let logs = lines(&again, &instance.id).await;
     assert!(
         logs.contains(&(LogStream::Stdout, "got-term".into())),

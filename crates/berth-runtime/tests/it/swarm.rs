@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn spec(image: &str, command: &str) -> InstanceSpec {
     let suffix = testing::unique_suffix();
-    let mut spec = InstanceSpec::new(format!("berth-sw-{suffix}"), image);
+    let mut spec = InstanceSpec::new(berth_runtime::instance_name(&["sw"], &suffix), image);
     spec.labels = berth_labels("sw-test", "web", "test", &suffix);
     spec.command = Some(shell_command(command));
     spec
@@ -36,6 +36,11 @@ fn config(auth: Option<RegistryAuth>) -> SwarmConfig {
 }
 
 /// `GET path` over HTTP/1.0; the body.
+/// An IP endpoint as a socket address (swarm tasks are reached at node IPs).
+fn sock(e: berth_runtime::Endpoint) -> SocketAddr {
+    e.to_string().parse().expect("an ip endpoint")
+}
+
 async fn get(addr: SocketAddr, path: &str) -> Result<String, String> {
     let work = async {
         let mut stream = tokio::net::TcpStream::connect(addr)
@@ -110,7 +115,7 @@ async fn replicas_spread_serve_log_and_are_adopted(
         "echo \"started $HOSTNAME\"; echo warn >&2; echo $HOSTNAME > /www/who; exec httpd -f -p 3000 -h /www",
     );
     spec.port = Some(3000);
-    spec.restart = RestartPolicy::UnlessStopped;
+    spec.restart = RestartPolicy::Always;
     let instances = rt
         .start_replicated(&spec, 2)
         .await
@@ -118,7 +123,7 @@ async fn replicas_spread_serve_log_and_are_adopted(
     assert_eq!(instances.len(), 2);
     let hosts: BTreeSet<_> = instances
         .iter()
-        .map(|i| i.addr.expect("address").ip())
+        .map(|i| sock(i.endpoint.clone().expect("address")).ip())
         .collect();
     assert_eq!(
         hosts,
@@ -130,13 +135,16 @@ async fn replicas_spread_serve_log_and_are_adopted(
     for inst in &instances {
         assert!(inst.running);
         assert_eq!(inst.labels[OWNER_LABEL], "true");
-        let addr = inst.addr.expect("address");
-        assert!(probe(addr, "/", Duration::from_secs(2)).await.is_healthy());
+        let endpoint = inst.endpoint.clone().expect("address");
+        let addr = sock(endpoint.clone());
+        assert!(probe(&endpoint, "/", Duration::from_secs(2))
+            .await
+            .is_healthy());
         let who = get(addr, "/who").await.expect("GET /who");
         whos.insert(who.trim().to_owned());
         let state = rt.inspect(&inst.id).await.expect("inspect");
         assert_eq!(state.status, InstanceStatus::Running);
-        assert_eq!(state.addr, Some(addr));
+        assert_eq!(state.endpoint, Some(endpoint));
         assert_eq!(
             state.labels[DEPLOYMENT_LABEL],
             spec.labels[DEPLOYMENT_LABEL]
@@ -183,8 +191,14 @@ async fn replicas_spread_serve_log_and_are_adopted(
         .into_iter()
         .filter(|i| i.labels.get(DEPLOYMENT_LABEL) == spec.labels.get(DEPLOYMENT_LABEL))
         .collect();
-    let mut want: Vec<_> = instances.iter().map(|i| (i.id.clone(), i.addr)).collect();
-    let mut got: Vec<_> = owned.iter().map(|i| (i.id.clone(), i.addr)).collect();
+    let mut want: Vec<_> = instances
+        .iter()
+        .map(|i| (i.id.clone(), i.endpoint.clone()))
+        .collect();
+    let mut got: Vec<_> = owned
+        .iter()
+        .map(|i| (i.id.clone(), i.endpoint.clone()))
+        .collect();
     want.sort();
     got.sort();
     assert_eq!(got, want);
@@ -211,8 +225,11 @@ async fn replicas_spread_serve_log_and_are_adopted(
 
     // One instance through the trait: stop keeps it inspectable, exited.
     let single = rt.start(&spec).await.expect("start one");
-    let addr = single.addr.expect("address");
-    assert!(probe(addr, "/", Duration::from_secs(2)).await.is_healthy());
+    let endpoint = single.endpoint.clone().expect("address");
+    let addr = sock(endpoint.clone());
+    assert!(probe(&endpoint, "/", Duration::from_secs(2))
+        .await
+        .is_healthy());
     rt.stop(&single.id, Duration::from_secs(2))
         .await
         .expect("stop");
@@ -221,7 +238,7 @@ async fn replicas_spread_serve_log_and_are_adopted(
         matches!(state.status, InstanceStatus::Exited { .. }),
         "{state:?}"
     );
-    assert_eq!(state.addr, None);
+    assert_eq!(state.endpoint, None);
     assert!(
         get(addr, "/").await.is_err(),
         "stopped instance still answers"
@@ -320,9 +337,9 @@ async fn nodes_list_and_availability(swarm: &TestSwarm, rt: &SwarmRuntime) {
     let instances = rt.start_replicated(&spec, 2).await.expect("start");
     assert!(instances
         .iter()
-        .all(|i| i.addr.map(|a| a.ip()) == Some(swarm.manager_addr)));
+        .all(|i| i.endpoint.clone().map(|a| sock(a).ip()) == Some(swarm.manager_addr)));
     assert_ne!(
-        instances[0].addr, instances[1].addr,
+        instances[0].endpoint, instances[1].endpoint,
         "two tasks on one node get distinct ports"
     );
     let counted = rt.nodes().await.expect("nodes");

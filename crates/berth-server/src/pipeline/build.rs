@@ -132,7 +132,13 @@ impl Deployer {
         self.save(d).await;
         let key = berth_build::cache_key(&checkout.tree, plan, &inputs.identity);
         let tag = berth_build::image_tag(&d.project_name, &d.service_name, &key);
-        if self.runtime.image_exists(&tag).await.unwrap_or(false) {
+        let exists = self.images.exists(&tag).await.or_else(|e| {
+            fail(
+                StepName::Build,
+                format!("cannot tell whether image {tag} exists: {e}"),
+            )
+        })?;
+        if exists {
             d.build.cache_hit = true;
             d.image = Some(ImageInfo {
                 reference: tag.clone(),

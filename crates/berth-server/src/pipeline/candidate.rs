@@ -6,7 +6,7 @@ use crate::deployer::Deployer;
 use berth_core::config::{ServiceConfig, ServiceKind};
 use berth_core::model::{Deployment, ImageInfo, RuntimeInfo, StepName, StepStatus};
 use berth_core::state::Event;
-use berth_runtime::{InstanceSpec, Limits, RestartPolicy};
+use berth_runtime::{instance_name, InstanceSpec, Limits, RestartPolicy};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -76,9 +76,9 @@ impl Deployer {
     ) -> InstanceSpec {
         let port = (service.kind == ServiceKind::Web).then_some(service.port);
         let mut spec = InstanceSpec::new(
-            format!(
-                "berth-{}-{}-{}-{}",
-                d.project_name, d.service_name, d.environment_name, d.id
+            instance_name(
+                &[&d.project_name, &d.service_name, &d.environment_name],
+                &d.id,
             ),
             image.reference.clone(),
         );
@@ -95,7 +95,7 @@ impl Deployer {
             nano_cpus: service.resources.cpus.map(|c| (c * 1e9) as i64),
             pids: Some(512),
         };
-        spec.restart = RestartPolicy::UnlessStopped;
+        spec.restart = RestartPolicy::Always;
         spec
     }
 
@@ -118,7 +118,7 @@ impl Deployer {
         d.runtime = Some(RuntimeInfo {
             instance_id: instance.id.clone(),
             instance_name: instance.name.clone(),
-            address: instance.addr.map(|a| a.to_string()),
+            address: instance.endpoint.map(|a| a.to_string()),
         });
         self.monitors.follow_logs(self, &d.id, &instance.id, None);
         self.finish_step(

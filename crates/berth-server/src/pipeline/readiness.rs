@@ -87,7 +87,8 @@ impl Deployer {
                             }
                             ServiceKind::Web => {
                                 let addr = st
-                                    .addr
+                                    .endpoint
+                                    .clone()
                                     .or_else(|| rt.address.as_deref().and_then(|a| a.parse().ok()));
                                 if let Some(addr) = addr {
                                     if d.runtime.as_ref().and_then(|r| r.address.clone())
@@ -98,7 +99,7 @@ impl Deployer {
                                         }
                                     }
                                     let res = berth_runtime::probe(
-                                        addr,
+                                        &addr,
                                         &readiness.path,
                                         readiness.timeout,
                                     )

@@ -6,7 +6,7 @@ use crate::deployer::Deployer;
 use berth_core::config::ServiceConfig;
 use berth_core::model::{Deployment, ImageInfo, LogStream, StepName, StepStatus};
 use berth_core::state::Event;
-use berth_runtime::InstanceSpec;
+use berth_runtime::{instance_name, InstanceSpec};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -28,7 +28,7 @@ impl Deployer {
         self.start_step(d, StepName::Release);
         self.save(d).await;
         let mut spec = InstanceSpec::new(
-            format!("berth-release-{}-{}", d.project_name, d.id),
+            instance_name(&["release", &d.project_name], &d.id),
             image.reference.clone(),
         );
         spec.env = self.env_for(d, None, vars);

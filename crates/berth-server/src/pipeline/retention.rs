@@ -57,11 +57,15 @@ impl Deployer {
         let mut removed = Vec::new();
         let _exclusive = self.image_gate.write().await;
         for image in candidates {
-            match self.runtime.image_exists(&image).await {
+            match self.images.exists(&image).await {
                 Ok(true) => {}
-                _ => continue,
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(image, error = %e, "cannot check image; kept");
+                    continue;
+                }
             }
-            match self.runtime.remove_image(&image).await {
+            match self.images.remove(&image).await {
                 Ok(()) => removed.push(image),
                 Err(e) => tracing::info!(image, error = %e, "image kept"),
             }

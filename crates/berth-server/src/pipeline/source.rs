@@ -17,11 +17,14 @@ impl Deployer {
     /// 1-4 and runs the service settings recorded with the deployment.
     pub(super) async fn retained_image(&self, d: &mut Deployment) -> Flow<Option<ServiceConfig>> {
         let retained = match &d.image {
-            Some(img) if d.source_deployment_id.is_some() => self
-                .runtime
-                .image_exists(&img.reference)
-                .await
-                .unwrap_or(false),
+            Some(img) if d.source_deployment_id.is_some() => {
+                self.images.exists(&img.reference).await.or_else(|e| {
+                    fail(
+                        StepName::Clone,
+                        format!("cannot tell whether image {} exists: {e}", img.reference),
+                    )
+                })?
+            }
             _ => false,
         };
         if !retained {
@@ -110,13 +113,20 @@ impl Deployer {
                 && p.build.config.is_some()
         })?;
         let image = prev.image.clone()?;
-        if !self
-            .runtime
-            .image_exists(&image.reference)
-            .await
-            .unwrap_or(false)
-        {
-            return None;
+        match self.images.exists(&image.reference).await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                // Not fatal: building from source is always possible.
+                self.logs.event(
+                    &d.id,
+                    &format!(
+                        "cannot tell whether image {} exists ({e}): building from source",
+                        image.reference
+                    ),
+                );
+                return None;
+            }
         }
         let service = parse_app_config(prev.build.config.as_deref().unwrap_or(""))
             .ok()?
