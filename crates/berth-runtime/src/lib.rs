@@ -10,8 +10,11 @@
 //! cross them: an instance is reached at an [`Endpoint`], named by
 //! [`instance_name`], restarted per [`RestartPolicy`], reported as an
 //! [`InstanceStatus`]) so a swarm or microVM runtime implements them too;
-//! [`DockerRuntime`] implements `Runtime` on a Docker Engine (API 1.41+).
-//! This crate depends on no other berth crate: the server wires it.
+//! [`DockerRuntime`] implements `Runtime` on a Docker Engine (API 1.41+),
+//! [`MicroVmRuntime`] with one QEMU microVM per instance ([`microvm`]), and
+//! [`microvm::Isolating`] picks one of them per instance. This crate
+//! depends on no other berth crate but `berth-init` (the guest init's wire
+//! formats): the server wires it.
 //!
 //! Invariants every backend keeps (see [`Runtime`] for the per-method ones):
 //!
