@@ -41,6 +41,8 @@ fn main() {
         host,
         route: RouteSpec {
             targets: vec![TargetSpec {
+                deployment_id: None,
+                sha: None,
                 id: "bench".into(),
                 upstream,
                 weight: 1,

@@ -294,7 +294,7 @@ impl Conn {
     async fn page(&mut self, page: Page, req: &Request) -> Outcome {
         let (method, close) = (req.method, self.closing(req));
         self.out.clear();
-        write_page(&mut self.out, page, method == Verb::Head, close);
+        write_page(&mut self.out, &page, req.json, method == Verb::Head, close);
         match self.flush().await {
             true if close => Outcome::Close,
             true => Outcome::KeepAlive,
@@ -344,7 +344,7 @@ impl Conn {
         let (had_date, had_length) = (sink.date, sink.length);
         let (status, mut body) = match result {
             Err(stop) => {
-                let page = proxy::stopped(stop, started, &series);
+                let page = proxy::stopped(stop, &guard, started, &series);
                 drop(guard);
                 return self.page(page, req).await;
             }
@@ -569,6 +569,8 @@ pub(crate) struct Request {
     close: bool,
     /// Its trace context (the `traceparent` sent upstream).
     pub(crate) trace: TraceContext,
+    /// `Accept` names `application/json`: the edge's own pages in JSON.
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -690,6 +692,7 @@ pub(crate) fn parse(buf: &[u8], client_ip: &[u8], proto: &str, up: &mut Vec<u8>)
     let mut traceparents = 0;
     let mut tracestate: [&[u8]; 4] = [b""; 4];
     let mut tracestates = 0;
+    let mut json = false;
     for h in req.headers.iter() {
         match classify(h.name.as_bytes()) {
             Name::TraceParent => {
@@ -705,6 +708,9 @@ pub(crate) fn parse(buf: &[u8], client_ip: &[u8], proto: &str, up: &mut Vec<u8>)
                 tracestates += 1;
             }
             Name::Forward => {
+                if h.name.len() == 6 && h.name.eq_ignore_ascii_case("accept") {
+                    json |= proxy::wants_json(h.value);
+                }
                 up.extend_from_slice(h.name.as_bytes());
                 up.extend_from_slice(b": ");
                 up.extend_from_slice(h.value);
@@ -764,6 +770,7 @@ pub(crate) fn parse(buf: &[u8], client_ip: &[u8], proto: &str, up: &mut Vec<u8>)
         host: (start, start + host.len()),
         close,
         trace,
+        json,
     })
 }
 
@@ -827,12 +834,13 @@ fn status_line(out: &mut Vec<u8>, status: StatusCode) {
 }
 
 /// A page of the proxy's own, with the headers hyper's path sends.
-fn write_page(out: &mut Vec<u8>, page: Page, head_method: bool, close: bool) {
+fn write_page(out: &mut Vec<u8>, page: &Page, json: bool, head_method: bool, close: bool) {
+    let (content_type, text) = page.render(json);
     status_line(out, page.status);
-    out.extend_from_slice(
-        b"content-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\ncontent-length: ",
-    );
-    out.extend_from_slice(page.text.len().to_string().as_bytes());
+    out.extend_from_slice(b"content-type: ");
+    out.extend_from_slice(content_type.as_bytes());
+    out.extend_from_slice(b"\r\ncache-control: no-store\r\ncontent-length: ");
+    out.extend_from_slice(text.len().to_string().as_bytes());
     out.extend_from_slice(b"\r\n");
     if close {
         out.extend_from_slice(b"connection: close\r\n");
@@ -840,7 +848,7 @@ fn write_page(out: &mut Vec<u8>, page: Page, head_method: bool, close: bool) {
     put_date(out);
     out.extend_from_slice(b"\r\n");
     if !head_method {
-        out.extend_from_slice(page.text.as_bytes());
+        out.extend_from_slice(&text);
     }
 }
 

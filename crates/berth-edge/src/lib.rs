@@ -66,7 +66,11 @@
 //! * **Never another app.** An unknown host gets 404 from the proxy itself;
 //!   a route without a usable target gets 503; a refused upstream 502; no
 //!   response headers within `upstream_timeout` 504. Proxy error responses
-//!   keep the client connection alive.
+//!   keep the client connection alive, and the 502/504 ones name the
+//!   deployment that failed to answer (`TargetSpec::deployment_id` and the
+//!   first 7 characters of `TargetSpec::sha`), never its address; a client
+//!   whose `Accept` names `application/json` gets them as JSON (`status`,
+//!   `error`, `deploymentId`, `commit`).
 //! * **Headers.** `X-Forwarded-For` (client IP), `X-Forwarded-Proto` and
 //!   `X-Forwarded-Host` are always set by the proxy, replacing client values.
 //!   Hop-by-hop headers and headers named in `Connection` are removed in

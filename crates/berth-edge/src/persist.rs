@@ -98,6 +98,8 @@ mod tests {
             "a.localhost".to_string(),
             RouteSpec {
                 targets: vec![TargetSpec {
+                    deployment_id: None,
+                    sha: None,
                     id: "d1".into(),
                     upstream: "127.0.0.1:5000".into(),
                     weight: 3,

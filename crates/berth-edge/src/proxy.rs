@@ -20,7 +20,7 @@ use crate::pool::SendError;
 use crate::route::request_host_key;
 use crate::scan::{ScanState, Verdict};
 use crate::table::{RouteTable, RouteTarget};
-use crate::target::{wait_stop, InflightGuard, Stop, UpgradedGuard};
+use crate::target::{wait_stop, InflightGuard, Stop, TargetInfo, UpgradedGuard};
 use crate::trace::TraceContext;
 use crate::Worker;
 
@@ -29,45 +29,106 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
-/// A response the proxy makes itself (a small text page).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A response the proxy makes itself: a small text page, or JSON for a
+/// client that accepts it; it names the deployment (id and short SHA) that
+/// failed to answer, never an upstream address.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Page {
     pub(crate) status: StatusCode,
     pub(crate) text: &'static str,
+    /// The deployment the request went to, if any.
+    pub(crate) who: Option<Arc<TargetInfo>>,
 }
 
-pub(crate) const MISSING_HOST: Page = Page {
-    status: StatusCode::BAD_REQUEST,
-    text: "400 bad request: missing host\n",
-};
-pub(crate) const UNKNOWN_HOST: Page = Page {
-    status: StatusCode::NOT_FOUND,
-    text: "404 not found: no application is served at this host\n",
-};
-pub(crate) const NO_TARGET: Page = Page {
-    status: StatusCode::SERVICE_UNAVAILABLE,
-    text: "503 service unavailable: no healthy instance for this host\n",
-};
-const UNREACHABLE: Page = Page {
-    status: StatusCode::BAD_GATEWAY,
-    text: "502 bad gateway: the application could not be reached\n",
-};
-const BAD_BODY: Page = Page {
-    status: StatusCode::BAD_REQUEST,
-    text: "400 bad request: malformed request body\n",
-};
-const UNEXPECTED_SWITCH: Page = Page {
-    status: StatusCode::BAD_GATEWAY,
-    text: "502 bad gateway: unexpected protocol switch\n",
-};
-const DRAINED: Page = Page {
-    status: StatusCode::GATEWAY_TIMEOUT,
-    text: "504 gateway timeout: instance drained\n",
-};
-const TOO_SLOW: Page = Page {
-    status: StatusCode::GATEWAY_TIMEOUT,
-    text: "504 gateway timeout: the application did not answer in time\n",
-};
+impl Page {
+    const fn new(status: StatusCode, text: &'static str) -> Page {
+        Page {
+            status,
+            text,
+            who: None,
+        }
+    }
+
+    fn by(mut self, who: Option<Arc<TargetInfo>>) -> Page {
+        self.who = who;
+        self
+    }
+
+    /// The content type and body: the text page, or a JSON object
+    /// (`status`, `error`, `deploymentId`, `commit`) when `json`.
+    pub(crate) fn render(&self, json: bool) -> (&'static str, Bytes) {
+        let who = self.who.as_deref();
+        let id = who.and_then(|w| w.deployment_id.as_deref());
+        let sha = who.and_then(|w| w.short_sha.as_deref());
+        if json {
+            let message = self.text.trim_end();
+            let message = message.split_once(' ').map_or(message, |(_, m)| m);
+            let mut v = serde_json::json!({ "status": self.status.as_u16(), "error": message });
+            if let Some(id) = id {
+                v["deploymentId"] = id.into();
+            }
+            if let Some(sha) = sha {
+                v["commit"] = sha.into();
+            }
+            let mut body = v.to_string().into_bytes();
+            body.push(b'\n');
+            return ("application/json", Bytes::from(body));
+        }
+        if id.is_none() && sha.is_none() {
+            return (TEXT, Bytes::from_static(self.text.as_bytes()));
+        }
+        let mut t = self.text.trim_end().to_string();
+        let named: Vec<String> = [
+            id.map(|i| format!("deployment {i}")),
+            sha.map(|s| format!("commit {s}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        t.push_str(&format!(" ({})\n", named.join(", ")));
+        (TEXT, Bytes::from(t))
+    }
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// True if the client asked for JSON (`Accept` names `application/json`).
+pub(crate) fn wants_json(accept: &[u8]) -> bool {
+    accept
+        .windows(16)
+        .any(|w| w.eq_ignore_ascii_case(b"application/json"))
+}
+
+pub(crate) const MISSING_HOST: Page =
+    Page::new(StatusCode::BAD_REQUEST, "400 bad request: missing host\n");
+pub(crate) const UNKNOWN_HOST: Page = Page::new(
+    StatusCode::NOT_FOUND,
+    "404 not found: no application is served at this host\n",
+);
+pub(crate) const NO_TARGET: Page = Page::new(
+    StatusCode::SERVICE_UNAVAILABLE,
+    "503 service unavailable: no healthy instance for this host\n",
+);
+const UNREACHABLE: Page = Page::new(
+    StatusCode::BAD_GATEWAY,
+    "502 bad gateway: the application could not be reached\n",
+);
+const BAD_BODY: Page = Page::new(
+    StatusCode::BAD_REQUEST,
+    "400 bad request: malformed request body\n",
+);
+const UNEXPECTED_SWITCH: Page = Page::new(
+    StatusCode::BAD_GATEWAY,
+    "502 bad gateway: unexpected protocol switch\n",
+);
+const DRAINED: Page = Page::new(
+    StatusCode::GATEWAY_TIMEOUT,
+    "504 gateway timeout: instance drained\n",
+);
+const TOO_SLOW: Page = Page::new(
+    StatusCode::GATEWAY_TIMEOUT,
+    "504 gateway timeout: the application did not answer in time\n",
+);
 
 /// The target of a request for `raw_host` (its Host header), or the page
 /// to answer with; counts unknown hosts and routes without targets.
@@ -87,8 +148,15 @@ pub(crate) fn route<'t>(
     })
 }
 
-fn page_response(page: Page) -> Response<ProxyBody> {
-    error_response(page.status, page.text)
+fn page_response(page: Page, json: bool) -> Response<ProxyBody> {
+    let (content_type, body) = page.render(json);
+    let mut r = Response::new(ProxyBody::full(body));
+    *r.status_mut() = page.status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
 }
 
 fn error_response(status: StatusCode, msg: &'static str) -> Response<ProxyBody> {
@@ -170,11 +238,15 @@ async fn handle_inner(
     conn: &ConnCtx,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    let json = req
+        .headers()
+        .get(header::ACCEPT)
+        .is_some_and(|v| wants_json(v.as_bytes()));
     let inner = &worker.inner;
     let table = inner.table.load();
     let target = match route(inner, &table, request_host(&req)) {
         Ok(t) => t,
-        Err(page) => return page_response(page),
+        Err(page) => return page_response(page, json),
     };
     let started = Instant::now();
     let guard = InflightGuard::new(target.state.clone());
@@ -239,7 +311,7 @@ async fn handle_inner(
             idempotent: true,
             head_method: false,
         };
-        return fast_path(worker, req, guard, abort_gen, started, &series).await;
+        return fast_path(worker, req, guard, abort_gen, started, &series, json).await;
     }
     let headers = req.headers_mut();
     let client_on_upgrade = if let Some(up) = &client_upgrade {
@@ -260,17 +332,17 @@ async fn handle_inner(
         stop = wait_stop(&guard.target, abort_gen, &worker.bell, deadline) => Err(stop),
     };
     let resp = match result {
-        Err(stop) => return page_response(stopped(stop, started, &series)),
+        Err(stop) => return page_response(stopped(stop, &guard, started, &series), json),
         Ok(Err(e)) if client_body_failed(&e) => {
             // the client's fault, not the application's: 400 and close
             tracing::debug!(target_id = %guard.target.id, error = %e, "malformed request body");
             series.record(400, started.elapsed());
-            let mut r = page_response(BAD_BODY);
+            let mut r = page_response(BAD_BODY, json);
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return r;
         }
-        Ok(Err(e)) => return page_response(send_failed(&guard, &e, started, &series)),
+        Ok(Err(e)) => return page_response(send_failed(&guard, &e, started, &series), json),
         Ok(Ok(r)) => r,
     };
     let (mut resp, conn) = resp;
@@ -313,7 +385,7 @@ async fn handle_inner(
             return Response::from_parts(parts, ProxyBody::empty());
         }
         // 101 without a client upgrade request: refuse it.
-        return page_response(UNEXPECTED_SWITCH);
+        return page_response(UNEXPECTED_SWITCH.by(guard.target.info()), json);
     }
 
     h1::hop::strip(resp.headers_mut(), false);
@@ -356,6 +428,7 @@ async fn fast_path(
     abort_gen: u64,
     started: Instant,
     series: &crate::metrics::Series,
+    json: bool,
 ) -> Response<ProxyBody> {
     let deadline = started + worker.inner.upstream_timeout;
     let mut head = Head {
@@ -367,8 +440,8 @@ async fn fast_path(
         stop = wait_stop(&guard.target, abort_gen, &worker.bell, deadline) => Err(stop),
     };
     let (status, body) = match result {
-        Err(stop) => return page_response(stopped(stop, started, series)),
-        Ok(Err(e)) => return page_response(send_failed(&guard, &e, started, series)),
+        Err(stop) => return page_response(stopped(stop, &guard, started, series), json),
+        Ok(Err(e)) => return page_response(send_failed(&guard, &e, started, series), json),
         Ok(Ok(r)) => r,
     };
     series.record(status.as_u16(), started.elapsed());
@@ -380,12 +453,18 @@ async fn fast_path(
 
 /// The page for a request that stopped waiting for its upstream (504);
 /// records it.
-pub(crate) fn stopped(stop: Stop, started: Instant, series: &crate::metrics::Series) -> Page {
+pub(crate) fn stopped(
+    stop: Stop,
+    guard: &InflightGuard,
+    started: Instant,
+    series: &crate::metrics::Series,
+) -> Page {
     series.record(504, started.elapsed());
     match stop {
         Stop::Aborted => DRAINED,
         Stop::TimedOut => TOO_SLOW,
     }
+    .by(guard.target.info())
 }
 
 /// The page for a request the upstream could not answer (502); records it.
@@ -402,6 +481,7 @@ pub(crate) fn send_failed(
     } else {
         UNREACHABLE
     }
+    .by(guard.target.info())
 }
 
 /// True when forwarding failed because the client's request body could not

@@ -35,6 +35,14 @@ pub struct TargetSpec {
     /// Relative share of the route's requests; 0 keeps the target known
     /// (metrics, drain) but sends it nothing.
     pub weight: u32,
+    /// The deployment the target runs, named by the edge's own error pages
+    /// (never the upstream address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_id: Option<String>,
+    /// The full commit SHA of that deployment's build; error pages show its
+    /// first 7 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha: Option<String>,
 }
 
 /// One change of the route table.
@@ -240,6 +248,8 @@ mod tests {
 
     fn t(id: &str, up: &str, w: u32) -> TargetSpec {
         TargetSpec {
+            deployment_id: None,
+            sha: None,
             id: id.into(),
             upstream: up.into(),
             weight: w,

@@ -9,7 +9,7 @@ use http::uri::Authority;
 use crate::metrics::Series;
 use crate::route::RouteSpec;
 use crate::select::Picker;
-use crate::target::{Registry, TargetState};
+use crate::target::{Registry, TargetInfo, TargetState};
 
 /// One target as seen by one route.
 #[derive(Debug)]
@@ -103,8 +103,10 @@ impl RouteTable {
                 let Ok(authority) = t.upstream.parse::<Authority>() else {
                     continue;
                 };
+                let state = registry.target(&t.id);
+                state.set_info(TargetInfo::of(t.deployment_id.as_deref(), t.sha.as_deref()));
                 targets.push(RouteTarget {
-                    state: registry.target(&t.id),
+                    state,
                     series: registry.series(host, &t.id),
                     upstream_id: registry.upstream_id(authority.as_str()),
                     authority,
@@ -145,6 +147,8 @@ mod tests {
     fn spec(id: &str) -> RouteSpec {
         RouteSpec {
             targets: vec![TargetSpec {
+                deployment_id: None,
+                sha: None,
                 id: id.into(),
                 upstream: "127.0.0.1:9".into(),
                 weight: 1,

@@ -27,6 +27,29 @@ pub(crate) struct TargetState {
     abort_gen: AtomicU64,
     /// Cancelled when the target is drained: closes upgraded connections.
     close_upgraded: Mutex<CancellationToken>,
+    /// What its error pages name (from the last table that had it).
+    info: Mutex<Option<Arc<TargetInfo>>>,
+}
+
+/// The deployment a target runs, as the edge's error pages name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TargetInfo {
+    pub(crate) deployment_id: Option<String>,
+    /// The first 7 characters of the commit SHA.
+    pub(crate) short_sha: Option<String>,
+}
+
+impl TargetInfo {
+    pub(crate) fn of(deployment_id: Option<&str>, sha: Option<&str>) -> Option<TargetInfo> {
+        let short_sha = sha
+            .filter(|s| !s.is_empty())
+            .map(|s| s.chars().take(7).collect());
+        let deployment_id = deployment_id.filter(|s| !s.is_empty()).map(str::to_string);
+        (deployment_id.is_some() || short_sha.is_some()).then_some(TargetInfo {
+            deployment_id,
+            short_sha,
+        })
+    }
 }
 
 impl TargetState {
@@ -38,6 +61,19 @@ impl TargetState {
             idle: Notify::new(),
             abort_gen: AtomicU64::new(0),
             close_upgraded: Mutex::new(CancellationToken::new()),
+            info: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn info(&self) -> Option<Arc<TargetInfo>> {
+        self.info.lock().ok().and_then(|i| i.clone())
+    }
+
+    pub(crate) fn set_info(&self, info: Option<TargetInfo>) {
+        if let Ok(mut i) = self.info.lock() {
+            if i.as_deref() != info.as_ref() {
+                *i = info.map(Arc::new);
+            }
         }
     }
 

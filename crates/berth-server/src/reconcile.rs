@@ -196,6 +196,8 @@ impl Deployer {
                 id: d.id.clone(),
                 upstream: addr,
                 weight: 100,
+                deployment_id: Some(d.id.clone()),
+                sha: d.commit.as_ref().map(|c| c.sha.clone()),
             };
             for host in self.slot_hosts_in(d, &domains) {
                 out.insert(
@@ -215,6 +217,8 @@ impl Deployer {
                         id: format!("ext:{}", r.hostname),
                         upstream: r.upstream.clone(),
                         weight: 100,
+                        deployment_id: None,
+                        sha: None,
                     }],
                 },
             );

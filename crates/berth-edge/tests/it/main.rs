@@ -426,6 +426,70 @@ async fn trace_context_reaches_the_app_on_both_paths() {
 }
 
 #[tokio::test]
+async fn error_pages_name_the_deployment_and_short_sha_never_the_address() {
+    let e = edge().await;
+    let dead = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    let mut down = target("dep_1", dead, 1);
+    down.deployment_id = Some("dep_1".into());
+    down.sha = Some(sha.into());
+    e.edge
+        .apply(vec![
+            upsert("a.localhost", vec![down]),
+            upsert("b.localhost", vec![]),
+        ])
+        .unwrap();
+    let port = dead.port().to_string();
+    // GET goes through front.rs, POST with a body through hyper's path
+    for (req_line, extra) in [
+        ("GET / HTTP/1.1", ""),
+        ("POST / HTTP/1.1", "Content-Length: 1\r\n"),
+    ] {
+        let body = if extra.is_empty() { "" } else { "x" };
+        let req =
+            format!("{req_line}\r\nHost: a.localhost\r\nConnection: close\r\n{extra}\r\n{body}");
+        let (out, _) = raw_exchange(e.addr, req.as_bytes()).await;
+        assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+        assert!(
+            out.contains("could not be reached (deployment dep_1, commit 0123456)\n"),
+            "{out}"
+        );
+        assert!(!out.contains(&port) && !out.contains("127.0.0.1"), "{out}");
+        assert!(!out.contains(sha), "only the short SHA: {out}");
+        let req = format!("{req_line}\r\nHost: a.localhost\r\nAccept: application/json\r\nConnection: close\r\n{extra}\r\n{body}");
+        let (out, _) = raw_exchange(e.addr, req.as_bytes()).await;
+        assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+        assert!(
+            out.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{out}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(out.split("\r\n\r\n").nth(1).unwrap().trim()).unwrap();
+        assert_eq!(json["status"], 502, "{json}");
+        assert_eq!(json["deploymentId"], "dep_1", "{json}");
+        assert_eq!(json["commit"], "0123456", "{json}");
+        assert!(!json.to_string().contains(&port), "{json}");
+    }
+    // no target: 503, no deployment to name
+    let (out, _) = raw_exchange(
+        e.addr,
+        b"GET / HTTP/1.1\r\nHost: b.localhost\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+    assert!(
+        out.contains(
+            "{\"error\":\"service unavailable: no healthy instance for this host\",\"status\":503}"
+        ),
+        "{out}"
+    );
+}
+
+#[tokio::test]
 async fn pipelined_keep_alive_requests_with_bodies_are_all_served() {
     let a = upstream("app-a").await;
     let e = edge().await;

@@ -184,6 +184,8 @@ pub async fn edge() -> Running {
 
 pub fn target(id: &str, addr: SocketAddr, weight: u32) -> TargetSpec {
     TargetSpec {
+        deployment_id: None,
+        sha: None,
         id: id.into(),
         upstream: addr.to_string(),
         weight,

@@ -56,17 +56,22 @@ impl Deployer {
         self.apply(d, Event::CanaryStarted).await;
         let slot_hosts = self.slot_hosts(d).await;
         let cand_id = d.id.clone();
+        let cand_sha = d.commit.as_ref().map(|c| c.sha.clone());
         let split_one = |host: &String, w: u32| {
             let mut targets = vec![TargetSpec {
                 id: cand_id.clone(),
                 upstream: cand_addr.clone(),
                 weight: w,
+                deployment_id: Some(cand_id.clone()),
+                sha: cand_sha.clone(),
             }];
             if w < 100 {
                 targets.push(TargetSpec {
                     id: prev.id.clone(),
                     upstream: prev_addr.clone(),
                     weight: 100 - w,
+                    deployment_id: Some(prev.id.clone()),
+                    sha: prev.commit.as_ref().map(|c| c.sha.clone()),
                 });
             }
             RouteChange::Upsert {
@@ -86,6 +91,8 @@ impl Deployer {
                             id: prev.id.clone(),
                             upstream: prev_addr.clone(),
                             weight: 100,
+                            deployment_id: Some(prev.id.clone()),
+                            sha: prev.commit.as_ref().map(|c| c.sha.clone()),
                         }],
                     },
                 })

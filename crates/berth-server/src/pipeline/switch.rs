@@ -32,6 +32,8 @@ impl Deployer {
                     id: d.id.clone(),
                     upstream: addr,
                     weight: 100,
+                    deployment_id: Some(d.id.clone()),
+                    sha: d.commit.as_ref().map(|c| c.sha.clone()),
                 };
                 let mut changes: Vec<RouteChange> = self
                     .slot_hosts(d)
