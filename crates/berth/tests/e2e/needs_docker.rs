@@ -8,6 +8,7 @@ mod domains;
 mod logs;
 mod microvm;
 mod ssh;
+mod telemetry;
 mod tls;
 mod triggers;
 
