@@ -9,9 +9,6 @@ pub struct ServerConfig {
     /// Where the SQLite file, master key, admin token, routes and build
     /// work trees live.
     pub data_dir: PathBuf,
-    /// `sqlite://<path>` or `postgres://user:pass@host:port/db`;
-    /// `None`: `sqlite://<data_dir>/berth.db`.
-    pub database_url: Option<String>,
     /// The control-plane API (and console).
     pub api_listen: SocketAddr,
     /// The edge proxy, plain HTTP.
@@ -66,6 +63,10 @@ pub struct ServerConfig {
     pub microvm_init: Option<PathBuf>,
     /// How microVMs run: KVM where a probe VM boots, else TCG (`auto`).
     pub microvm_accel: berth_runtime::microvm::Accel,
+    /// User of `--registry`, passed to swarm nodes so they can pull.
+    pub registry_user: Option<String>,
+    /// Password of `--registry` (never logged).
+    pub registry_password: Option<String>,
 }
 
 /// What runs app instances.
@@ -78,6 +79,8 @@ pub enum RuntimeKind {
     /// Every instance in its own microVM (QEMU + berth-init); the server
     /// refuses to start when the host cannot run them.
     MicroVm,
+    /// Services on a Docker Swarm (the engine must be a manager).
+    Swarm,
 }
 
 impl std::str::FromStr for RuntimeKind {
@@ -87,7 +90,10 @@ impl std::str::FromStr for RuntimeKind {
         match s {
             "docker" => Ok(RuntimeKind::Docker),
             "microvm" => Ok(RuntimeKind::MicroVm),
-            other => Err(format!("unknown runtime {other:?} (use docker or microvm)")),
+            "swarm" => Ok(RuntimeKind::Swarm),
+            other => Err(format!(
+                "unknown runtime {other:?} (use docker, swarm or microvm)"
+            )),
         }
     }
 }
@@ -96,7 +102,6 @@ impl ServerConfig {
     pub fn new(data_dir: PathBuf) -> Self {
         ServerConfig {
             data_dir,
-            database_url: None,
             api_listen: ([127, 0, 0, 1], 7070).into(),
             http_listen: ([127, 0, 0, 1], 8080).into(),
             https_listen: None,
@@ -118,23 +123,13 @@ impl ServerConfig {
             log_retention: Duration::from_secs(30 * 24 * 3600),
             log_max_lines_per_project: 2_000_000,
             dns_server: None,
+            registry_user: None,
+            registry_password: None,
             preview_ttl: Some(Duration::from_secs(7 * 24 * 3600)),
             runtime: RuntimeKind::Docker,
             microvm_kernel: None,
             microvm_init: None,
             microvm_accel: berth_runtime::microvm::Accel::Auto,
-        }
-    }
-
-    /// The store to open: `--database-url`, else SQLite in the data dir.
-    pub fn store_url(&self) -> Result<berth_store::StoreUrl, berth_store::StoreError> {
-        match self
-            .database_url
-            .as_deref()
-            .filter(|u| !u.trim().is_empty())
-        {
-            Some(u) => berth_store::StoreUrl::parse(u),
-            None => Ok(berth_store::StoreUrl::default_for(&self.data_dir)),
         }
     }
 

@@ -22,6 +22,7 @@ pub mod ids;
 pub mod logs;
 pub mod metrics;
 pub mod monitor;
+pub mod nodes;
 pub mod pipeline;
 pub mod reconcile;
 pub mod saving;
@@ -34,7 +35,7 @@ pub use config::{RuntimeKind, ServerConfig};
 use anyhow::Context;
 use berth_edge::{Edge, EdgeConfig};
 use berth_runtime::{DockerRuntime, Runtime};
-use berth_store::{Cipher, Store};
+use berth_store::{Cipher, SqliteStore, Store};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -153,6 +154,37 @@ async fn with_microvms(
     Ok((isolating.clone(), isolating))
 }
 
+/// `--runtime swarm`: the engine must be a swarm manager; fails the start
+/// with one line saying how to make it one.
+async fn swarm_runtime(
+    cfg: &ServerConfig,
+    docker: Option<bollard::Docker>,
+) -> anyhow::Result<berth_runtime::SwarmRuntime> {
+    use berth_runtime::swarm::{RegistryAuth, SwarmConfig};
+    let Some(docker) = docker else {
+        anyhow::bail!("--runtime swarm: the Docker engine is not reachable (set DOCKER_HOST to a swarm manager)");
+    };
+    let registry_auth = match (&cfg.registry, &cfg.registry_user, &cfg.registry_password) {
+        (Some(server), Some(user), Some(password)) => Some(RegistryAuth {
+            server: server.clone(),
+            username: user.clone(),
+            password: password.clone(),
+        }),
+        _ => None,
+    };
+    let config = SwarmConfig {
+        registry_auth,
+        ..SwarmConfig::default()
+    };
+    let swarm = berth_runtime::SwarmRuntime::new(docker, config)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if cfg.registry.is_none() {
+        tracing::warn!("--runtime swarm without --registry: images stay on the manager, so tasks placed on other nodes cannot start");
+    }
+    Ok(swarm)
+}
+
 /// Run `berth server` until SIGTERM or Ctrl-C.
 pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     private_dir(&cfg.data_dir)?;
@@ -161,12 +193,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     }
     let (token, token_file) = resolve_token(&cfg)?;
     let cipher = Cipher::load(&cfg.data_dir, cfg.master_key.as_deref())?;
-    let store_url = cfg.store_url()?;
-    let store: Arc<dyn Store> = store_url
-        .open(cipher.clone())
-        .await
-        .with_context(|| format!("cannot open the store {}", store_url.describe()))?;
-    tracing::info!(store = %store_url.describe(), "store open");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.data_dir, cipher.clone())?);
 
     // The edge first: it serves the persisted routes while the rest starts.
     let edge = Edge::new(EdgeConfig {
@@ -243,6 +270,14 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             (unavailable.clone(), unavailable, None)
         }
     };
+    let swarm = match cfg.runtime {
+        RuntimeKind::Swarm => Some(Arc::new(swarm_runtime(&cfg, docker.clone()).await?)),
+        RuntimeKind::Docker | RuntimeKind::MicroVm => None,
+    };
+    let runtime: Arc<dyn Runtime> = match &swarm {
+        Some(swarm) => swarm.clone(),
+        None => runtime,
+    };
     let (runtime, images) = with_microvms(&cfg, runtime, images, docker.clone()).await?;
     let instance = instance_id(&cfg.data_dir)?;
     let cfg = Arc::new(cfg);
@@ -309,6 +344,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         deployer,
         token: Arc::new(token),
         sessions: Arc::new(console::Sessions::default()),
+        swarm,
     };
     let app = api::router(state);
     println!("berth {} started", env!("CARGO_PKG_VERSION"));

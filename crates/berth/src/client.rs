@@ -417,6 +417,20 @@ impl ApiClient {
         self.delete(&["routes", hostname]).await
     }
 
+    pub async fn list_nodes(&self) -> R<Vec<serde_json::Value>> {
+        self.get(&["nodes"], &[]).await
+    }
+
+    /// `drain` or `activate` a node.
+    pub async fn node_action(&self, node: &str, action: &str) -> R<serde_json::Value> {
+        self.with_body(
+            Method::POST,
+            &["nodes", node, action],
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
     pub async fn list_domains(&self, project: &str) -> R<serde_json::Value> {
         self.get(&["projects", project, "domains"], &[]).await
     }

@@ -88,6 +88,9 @@ enum Command {
     /// Custom domains of a project.
     #[command(subcommand)]
     Domains(cmd::domains::DomainsCmd),
+    /// The swarm's nodes (`berth server --runtime swarm`).
+    #[command(subcommand)]
+    Nodes(cmd::nodes::NodesCmd),
     /// Check that the API answers.
     Health,
 }
@@ -131,6 +134,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logs(a) => cmd::logs::run(&ctx, a).await,
         Command::Routes(c) => cmd::routes::run(&ctx, c).await,
         Command::Domains(c) => cmd::domains::run(&ctx, c).await,
+        Command::Nodes(c) => cmd::nodes::run(&ctx, c).await,
         Command::Health => {
             let reply = ctx.client.health().await?;
             if ctx.json {

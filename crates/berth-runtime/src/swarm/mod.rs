@@ -344,7 +344,7 @@ impl SwarmRuntime {
         }
         Instance {
             id: tasks::instance_id(service_id, slot),
-            name: format!("{}.{slot}", spec.name),
+            name: format!("{}.{slot}", service::service_name(&spec.name)),
             image: spec.image.clone(),
             labels,
             endpoint: task.and_then(|t| tasks::task_addr(t, spec.port, nodes)),
@@ -531,6 +531,20 @@ impl SwarmRuntime {
         Err(RuntimeError::Conflict(format!(
             "node {node_id} kept changing while updating it"
         )))
+    }
+
+    /// Every berth instance with the node its current task is on (`None`
+    /// while not placed).
+    pub async fn placements(&self) -> Result<Vec<(Instance, Option<String>)>, RuntimeError> {
+        Ok(self
+            .owned_tasks()
+            .await?
+            .into_iter()
+            .map(|(instance, task)| {
+                let node = task.and_then(|t| t.node_id).filter(|n| !n.is_empty());
+                (instance, node)
+            })
+            .collect())
     }
 
     /// Every berth service's slots with their newest task (if any).

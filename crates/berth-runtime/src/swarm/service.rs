@@ -125,7 +125,7 @@ pub fn service_spec(spec: &InstanceSpec, replicas: u32, oneoff: bool) -> Service
         }]
     });
     ServiceSpec {
-        name: Some(spec.name.clone()),
+        name: Some(service_name(&spec.name)),
         labels: Some(labels),
         task_template: Some(task),
         mode: Some(ServiceSpecMode {
@@ -140,6 +140,43 @@ pub fn service_spec(spec: &InstanceSpec, replicas: u32, oneoff: bool) -> Service
         }),
         ..Default::default()
     }
+}
+
+/// Longest service name Swarm accepts (a DNS label).
+pub const MAX_SERVICE_NAME: usize = 63;
+
+/// The Swarm service name of an instance name: Swarm wants a DNS label
+/// (letters, digits, '-', at most 63). A name that is one already is kept;
+/// another is lowercased, other characters become '-', and a long one is
+/// cut and ends with a hash of the whole name, so distinct names stay
+/// distinct.
+pub fn service_name(name: &str) -> String {
+    let is_label = !name.is_empty()
+        && name.len() <= MAX_SERVICE_NAME
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if is_label {
+        return name.to_owned();
+    }
+    let mut clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    // FNV-1a of the original name.
+    let hash = name.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    clean.truncate(MAX_SERVICE_NAME - 9);
+    let clean = clean.trim_matches('-');
+    let clean = if clean.is_empty() { "berth" } else { clean };
+    format!("{clean}-{hash:08x}")
 }
 
 /// A duration as Swarm's nanoseconds.
@@ -235,6 +272,28 @@ mod tests {
             task.log_driver.expect("log").options.expect("opts")["max-size"],
             LOG_MAX_SIZE
         );
+    }
+
+    #[test]
+    fn service_names_are_dns_labels_and_stay_distinct() {
+        assert_eq!(
+            service_name("berth-shop-web-prod-1a2b"),
+            "berth-shop-web-prod-1a2b"
+        );
+        let long_a = format!("berth-{}-a", "x".repeat(70));
+        let long_b = format!("berth-{}-b", "x".repeat(70));
+        for name in [&long_a, &long_b, &"Web_App.1".to_owned(), &"--".to_owned()] {
+            let s = service_name(name);
+            assert!(s.len() <= MAX_SERVICE_NAME, "{s}");
+            assert!(
+                s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+                "{s}"
+            );
+            assert!(!s.starts_with('-') && !s.ends_with('-'), "{s}");
+        }
+        assert_ne!(service_name(&long_a), service_name(&long_b));
+        assert!(service_name("Web_App.1").starts_with("web-app-1-"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod domains;
 pub mod git;
 pub mod hooks;
 mod logs;
+mod nodes;
 mod openapi;
 mod projects;
 mod routes;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub deployer: Arc<Deployer>,
     pub token: Arc<String>,
     pub sessions: Arc<crate::console::Sessions>,
+    /// The swarm under `--runtime swarm` (nodes API), else `None`.
+    pub swarm: Option<Arc<berth_runtime::SwarmRuntime>>,
 }
 
 /// `Json<T>` whose rejections are API errors (400 bad JSON, 413 too large,
@@ -203,6 +206,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/routes", get(routes::list).post(routes::add))
         .route("/routes/{hostname}", delete(routes::remove))
+        .route("/nodes", get(nodes::list))
+        .route("/nodes/{id}/drain", post(nodes::drain))
+        .route("/nodes/{id}/activate", post(nodes::activate))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     let api = Router::new()
         .route("/health", get(health))

@@ -9,6 +9,7 @@ pub mod env;
 pub mod envs;
 pub mod inspect;
 pub mod logs;
+pub mod nodes;
 pub mod projects;
 pub mod routes;
 pub mod server;

@@ -32,17 +32,18 @@ pub struct ServerArgs {
     /// Hostnames are `<name>.<base-domain>` [default: localhost].
     #[arg(long, env = "BERTH_BASE_DOMAIN")]
     base_domain: Option<String>,
-    /// The store: sqlite://<path> or postgres://user:pass@host:port/db
-    /// [default: sqlite://<data-dir>/berth.db]. Servers sharing one
-    /// PostgreSQL database share --master-key and --token too.
-    #[arg(long, env = "BERTH_DATABASE_URL", hide_env_values = true)]
-    database_url: Option<String>,
     /// Base64 of 32 bytes sealing secrets [default: <data-dir>/master.key].
     #[arg(long, env = "BERTH_MASTER_KEY", hide_env_values = true)]
     master_key: Option<String>,
     /// Push images to this registry (e.g. 127.0.0.1:5000).
     #[arg(long, env = "BERTH_REGISTRY")]
     registry: Option<String>,
+    /// User of --registry (swarm nodes pull with it).
+    #[arg(long, env = "BERTH_REGISTRY_USER")]
+    registry_user: Option<String>,
+    /// Password of --registry.
+    #[arg(long, env = "BERTH_REGISTRY_PASSWORD", hide_env_values = true)]
+    registry_password: Option<String>,
     /// How long draining waits for in-flight requests ("30s", "2m").
     #[arg(long, env = "BERTH_DRAIN_TIMEOUT", value_parser = parse_duration)]
     drain_timeout: Option<Duration>,
@@ -74,8 +75,9 @@ pub struct ServerArgs {
     #[arg(long, env = "BERTH_PREVIEW_TTL", value_parser = parse_duration)]
     preview_ttl: Option<Duration>,
     /// What runs app instances: "docker" (containers; services with
-    /// isolation = "microvm" still get a microVM where the host can run one)
-    /// or "microvm" (every instance in its own QEMU microVM).
+    /// isolation = "microvm" still get a microVM where the host can run one),
+    /// "swarm" (services on a Docker Swarm; the engine must be a manager) or
+    /// "microvm" (every instance in its own QEMU microVM).
     #[arg(long, env = "BERTH_RUNTIME", default_value = "docker")]
     runtime: RuntimeKind,
     /// Guest kernel of microVMs [default: newest /boot/vmlinuz-*-cloud-amd64].
@@ -104,7 +106,6 @@ impl ServerArgs {
         cfg.base_domain = self.base_domain.filter(|s| !s.is_empty());
         cfg.token = token.filter(|s| !s.is_empty());
         cfg.master_key = self.master_key.filter(|s| !s.is_empty());
-        cfg.database_url = self.database_url.filter(|s| !s.is_empty());
         cfg.registry = self.registry.filter(|s| !s.is_empty());
         if let Some(d) = self.drain_timeout {
             cfg.drain_timeout = d;
@@ -124,6 +125,8 @@ impl ServerArgs {
         cfg.node_image = self.node_image.filter(|s| !s.is_empty());
         cfg.python_image = self.python_image.filter(|s| !s.is_empty());
         cfg.dns_server = self.dns_server;
+        cfg.registry_user = self.registry_user.filter(|s| !s.is_empty());
+        cfg.registry_password = self.registry_password.filter(|s| !s.is_empty());
         if let Some(ttl) = self.preview_ttl {
             cfg.preview_ttl = (!ttl.is_zero()).then_some(ttl);
         }

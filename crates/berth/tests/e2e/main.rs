@@ -451,3 +451,17 @@ fn since_and_service_names_follow_the_same_rule_in_api_and_cli() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--since: \"1x\""));
 }
+
+/// `berth nodes` on a server that does not run on a swarm: a one-line
+/// error saying so, non-zero exit.
+#[test]
+fn nodes_need_the_swarm_runtime() {
+    let s = Server::start();
+    let out = s.cli(&["nodes", "list"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--runtime swarm"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let out = s.cli(&["nodes", "drain", "some-node"]);
+    assert!(!out.status.success());
+}

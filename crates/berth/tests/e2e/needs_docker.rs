@@ -8,7 +8,7 @@ mod domains;
 mod logs;
 mod microvm;
 mod ssh;
-mod telemetry;
+mod swarm;
 mod tls;
 mod triggers;
 
