@@ -54,6 +54,10 @@ need_cmd ip iproute2
 need_cmd nsenter util-linux
 need_cmd unshare util-linux
 need_cmd python3 python3
+# The store contract on a real PostgreSQL: the tests start a private cluster
+# with initdb/postgres (as the postgres user when root), or use
+# BERTH_TEST_POSTGRES_URL.
+need_file /usr/lib/postgresql/15/bin/initdb postgresql
 
 if ((${#need[@]})); then
     # One entry per package.

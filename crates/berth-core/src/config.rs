@@ -14,7 +14,8 @@
 //!   queries);
 //! - unknown keys never pass silently;
 //! - durations are > 0, the port is 1-65535, canary stages strictly increase
-//!   and end at 100, thresholds are > 0.
+//!   and end at 100, thresholds are > 0, a canary's `min_requests` is >= 1
+//!   and `on_low_traffic` one of [`LowTraffic`]'s three words.
 //!
 //! This module does no IO: the caller reads the file.
 
@@ -147,6 +148,40 @@ pub struct CanaryConfig {
     /// p95 latency ratio against the previous deployment above which the
     /// canary is rolled back (1.5 = 50 % slower).
     pub latency_p95_threshold: f64,
+    /// Fewest candidate requests a window needs to be judged (>= 1).
+    pub min_requests: u64,
+    /// What a window that ends below `min_requests` does.
+    pub on_low_traffic: LowTraffic,
+}
+
+/// `on_low_traffic`: the rule for a canary window that saw fewer than
+/// `min_requests` candidate requests ("no data" is not a pass by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LowTraffic {
+    /// `"extend"`: watch the stage for another window, at most
+    /// [`crate::canary::MAX_EXTENSIONS`] times, then fail the deployment.
+    #[default]
+    Extend,
+    /// `"promote"`: the stage passes on container health alone.
+    Promote,
+    /// `"fail"`: fail the deployment at once.
+    Fail,
+}
+
+impl LowTraffic {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LowTraffic::Extend => "extend",
+            LowTraffic::Promote => "promote",
+            LowTraffic::Fail => "fail",
+        }
+    }
+}
+
+impl fmt::Display for LowTraffic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Default for CanaryConfig {
@@ -156,6 +191,8 @@ impl Default for CanaryConfig {
             observation_window: Duration::from_secs(30),
             error_rate_threshold: 0.02,
             latency_p95_threshold: 1.5,
+            min_requests: 100,
+            on_low_traffic: LowTraffic::Extend,
         }
     }
 }
@@ -471,6 +508,29 @@ fn parse_canary(t: &Table, path: &str) -> Result<CanaryConfig, ConfigError> {
                 }
                 c.latency_p95_threshold = f;
             }
+            "min_requests" => {
+                let n = as_int(value, &kp)?;
+                if n < 1 {
+                    return Err(ConfigError::invalid(
+                        kp,
+                        format!("must be at least 1, got {n}"),
+                    ));
+                }
+                c.min_requests = n as u64;
+            }
+            "on_low_traffic" => {
+                c.on_low_traffic = match as_str(value, &kp)? {
+                    "extend" => LowTraffic::Extend,
+                    "promote" => LowTraffic::Promote,
+                    "fail" => LowTraffic::Fail,
+                    other => {
+                        return Err(ConfigError::invalid(
+                            kp,
+                            format!("expected \"extend\", \"promote\" or \"fail\", got {other:?}"),
+                        ))
+                    }
+                };
+            }
             _ => return Err(ConfigError::invalid(kp, "unknown key")),
         }
     }
@@ -593,6 +653,8 @@ stages = [10, 50, 100]
 observation_window = "1m"
 error_rate_threshold = 0.05
 latency_p95_threshold = 2
+min_requests = 500
+on_low_traffic = "promote"
 
 [services.jobs]
 kind = "worker"
@@ -620,6 +682,8 @@ resources = { memory = "1g", cpus = 2 }
                 observation_window: Duration::from_secs(60),
                 error_rate_threshold: 0.05,
                 latency_p95_threshold: 2.0,
+                min_requests: 500,
+                on_low_traffic: LowTraffic::Promote,
             })
         );
         let jobs = c.service("jobs").unwrap();
@@ -903,6 +967,31 @@ resources = { memory = "1g", cpus = 2 }
                 "[services.web.canary]\nlatency_p95_threshold = 0.0\n",
                 "services.web.canary.latency_p95_threshold",
                 "greater than 0",
+            ),
+            (
+                "[services.web.canary]\nmin_requests = 0\n",
+                "services.web.canary.min_requests",
+                "must be at least 1, got 0",
+            ),
+            (
+                "[services.web.canary]\nmin_requests = -5\n",
+                "services.web.canary.min_requests",
+                "must be at least 1",
+            ),
+            (
+                "[services.web.canary]\nmin_requests = \"100\"\n",
+                "services.web.canary.min_requests",
+                "expected an integer",
+            ),
+            (
+                "[services.web.canary]\non_low_traffic = \"maybe\"\n",
+                "services.web.canary.on_low_traffic",
+                "expected \"extend\", \"promote\" or \"fail\", got \"maybe\"",
+            ),
+            (
+                "[services.web.canary]\non_low_traffic = true\n",
+                "services.web.canary.on_low_traffic",
+                "expected a string",
             ),
             (
                 "[services.web.canary]\nstep = 1\n",

@@ -9,6 +9,9 @@ pub struct ServerConfig {
     /// Where the SQLite file, master key, admin token, routes and build
     /// work trees live.
     pub data_dir: PathBuf,
+    /// `sqlite://<path>` or `postgres://user:pass@host:port/db`;
+    /// `None`: `sqlite://<data_dir>/berth.db`.
+    pub database_url: Option<String>,
     /// The control-plane API (and console).
     pub api_listen: SocketAddr,
     /// The edge proxy, plain HTTP.
@@ -102,6 +105,7 @@ impl ServerConfig {
     pub fn new(data_dir: PathBuf) -> Self {
         ServerConfig {
             data_dir,
+            database_url: None,
             api_listen: ([127, 0, 0, 1], 7070).into(),
             http_listen: ([127, 0, 0, 1], 8080).into(),
             https_listen: None,
@@ -130,6 +134,18 @@ impl ServerConfig {
             microvm_kernel: None,
             microvm_init: None,
             microvm_accel: berth_runtime::microvm::Accel::Auto,
+        }
+    }
+
+    /// The store to open: `--database-url`, else SQLite in the data dir.
+    pub fn store_url(&self) -> Result<berth_store::StoreUrl, berth_store::StoreError> {
+        match self
+            .database_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+        {
+            Some(u) => berth_store::StoreUrl::parse(u),
+            None => Ok(berth_store::StoreUrl::default_for(&self.data_dir)),
         }
     }
 

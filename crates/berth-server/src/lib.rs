@@ -35,7 +35,7 @@ pub use config::{RuntimeKind, ServerConfig};
 use anyhow::Context;
 use berth_edge::{Edge, EdgeConfig};
 use berth_runtime::{DockerRuntime, Runtime};
-use berth_store::{Cipher, SqliteStore, Store};
+use berth_store::{Cipher, Store};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -193,7 +193,12 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     }
     let (token, token_file) = resolve_token(&cfg)?;
     let cipher = Cipher::load(&cfg.data_dir, cfg.master_key.as_deref())?;
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.data_dir, cipher.clone())?);
+    let store_url = cfg.store_url()?;
+    let store: Arc<dyn Store> = store_url
+        .open(cipher.clone())
+        .await
+        .with_context(|| format!("cannot open the store {}", store_url.describe()))?;
+    tracing::info!(store = %store_url.describe(), "store open");
 
     // The edge first: it serves the persisted routes while the rest starts.
     let edge = Edge::new(EdgeConfig {

@@ -21,10 +21,14 @@
 //! - every write validates its input first and writes nothing when invalid.
 
 pub mod crypto;
+mod postgres;
 pub mod seal;
 mod sqlite;
+#[doc(hidden)]
+pub mod testpg;
 
 pub use crypto::Cipher;
+pub use postgres::{describe_target, PgStore};
 pub use seal::{Sealer, Secret};
 pub use sqlite::{SqliteStore, DB_FILE};
 
@@ -73,6 +77,66 @@ impl StoreError {
 
     pub fn is_stale(&self) -> bool {
         matches!(self, StoreError::Stale { .. })
+    }
+}
+
+/// Which backend a database URL names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// `sqlite://<path>`: the database file.
+    Sqlite(std::path::PathBuf),
+    /// `postgres://...` or `postgresql://...`, as given.
+    Postgres(String),
+}
+
+impl StoreUrl {
+    /// The default: `sqlite://<data_dir>/berth.db`.
+    pub fn default_for(data_dir: &std::path::Path) -> Self {
+        StoreUrl::Sqlite(data_dir.join(DB_FILE))
+    }
+
+    pub fn parse(url: &str) -> Result<Self> {
+        let url = url.trim();
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(StoreError::Invalid(
+                    "database URL sqlite:// needs a file path (sqlite:///var/lib/berth/berth.db)"
+                        .into(),
+                ));
+            }
+            return Ok(StoreUrl::Sqlite(path.into()));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(StoreUrl::Postgres(url.to_string()));
+        }
+        let scheme = url.split("://").next().unwrap_or(url);
+        Err(StoreError::Invalid(format!(
+            "database URL must start with sqlite:// or postgres:// (got {:?})",
+            if url.contains("://") {
+                scheme
+            } else {
+                "no scheme"
+            }
+        )))
+    }
+
+    /// Open the store this URL names (migrations applied).
+    pub async fn open(&self, cipher: Cipher) -> Result<std::sync::Arc<dyn Store>> {
+        Ok(match self {
+            StoreUrl::Sqlite(path) => std::sync::Arc::new(SqliteStore::open_file(path, cipher)?),
+            StoreUrl::Postgres(url) => std::sync::Arc::new(PgStore::connect(url, cipher).await?),
+        })
+    }
+
+    /// For messages: the file, or host:port/db (never a password).
+    pub fn describe(&self) -> String {
+        match self {
+            StoreUrl::Sqlite(p) => format!("sqlite://{}", p.display()),
+            StoreUrl::Postgres(url) => match url.parse::<tokio_postgres::Config>() {
+                Ok(c) => format!("postgres://{}", describe_target(&c)),
+                Err(_) => "postgres://(invalid)".into(),
+            },
+        }
     }
 }
 

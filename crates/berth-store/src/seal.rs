@@ -28,6 +28,9 @@ pub enum Secret<'a> {
     TlsKey(&'a str),
     /// ACME account credentials of a directory URL.
     AcmeAccount(&'a str),
+    /// A fixed value sealed at a store's first start: whether a master key
+    /// opens this store's secrets.
+    KeyCheck,
 }
 
 impl Secret<'_> {
@@ -44,6 +47,7 @@ impl Secret<'_> {
             Secret::DeployKey(p) => format!("deploy-key/{p}"),
             Secret::TlsKey(h) => format!("tls-key/{h}"),
             Secret::AcmeAccount(d) => format!("acme-account/{d}"),
+            Secret::KeyCheck => "key-check".into(),
         }
     }
 
@@ -60,6 +64,7 @@ impl Secret<'_> {
             Secret::DeployKey(p) => format!("deploy key of {p}"),
             Secret::TlsKey(h) => format!("tls key of {h}"),
             Secret::AcmeAccount(d) => format!("acme account of {d}"),
+            Secret::KeyCheck => "key check".into(),
         }
     }
 }

@@ -64,7 +64,7 @@ fn parse_ts(s: &str) -> rusqlite::Result<DateTime<Utc>> {
         })
 }
 
-fn env_kind_str(k: EnvironmentKind) -> &'static str {
+pub(crate) fn env_kind_str(k: EnvironmentKind) -> &'static str {
     match k {
         EnvironmentKind::Production => "production",
         EnvironmentKind::Branch => "branch",
@@ -72,7 +72,7 @@ fn env_kind_str(k: EnvironmentKind) -> &'static str {
     }
 }
 
-fn env_kind(s: &str) -> EnvironmentKind {
+pub(crate) fn env_kind(s: &str) -> EnvironmentKind {
     match s {
         "production" => EnvironmentKind::Production,
         "preview" => EnvironmentKind::Preview,
@@ -111,13 +111,20 @@ fn cert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(CertRecord, Option<Strin
 impl SqliteStore {
     /// Open (creating if needed) `<data_dir>/berth.db` and apply migrations.
     pub fn open(data_dir: &Path, cipher: Cipher) -> Result<Self> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
-            StoreError::Backend(format!(
-                "cannot create data dir {}: {e}",
-                data_dir.display()
-            ))
+        Self::open_file(&data_dir.join(DB_FILE), cipher)
+    }
+
+    /// Open (creating if needed) the database file `path` and apply
+    /// migrations.
+    pub fn open_file(path: &Path, cipher: Cipher) -> Result<Self> {
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Backend(format!("cannot create directory {}: {e}", dir.display()))
         })?;
-        let path = data_dir.join(DB_FILE);
+        let path = path.to_path_buf();
         let mut conn = Connection::open(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;

@@ -2,6 +2,7 @@
 
 use super::{fail, Flow, Stop};
 use crate::deployer::Deployer;
+use berth_core::canary;
 use berth_core::config::{ServiceConfig, ServiceKind};
 use berth_core::model::{Deployment, StepName, Trigger};
 use berth_core::state::Event;
@@ -115,73 +116,93 @@ impl Deployer {
                     cfg.observation_window.as_secs()
                 ),
             );
+            // Counters at the start of the stage: an extended window is
+            // judged on everything seen since.
             let (b0, c0) = (self.window_of(&prev.id), self.window_of(&d.id));
-            let interrupted = tokio::select! {
-                _ = tokio::time::sleep(cfg.observation_window) => None,
-                _ = cancel.cancelled() => Some(Stop::Cancelled),
-            };
-            let verdict = match interrupted {
-                Some(stop) => Err(stop),
-                None => {
-                    let alive = self
-                        .runtime
-                        .inspect(
-                            &d.runtime
-                                .as_ref()
-                                .map(|r| r.instance_id.clone())
-                                .unwrap_or_default(),
-                        )
-                        .await
-                        .map(|st| st.is_running())
-                        .unwrap_or(false);
-                    if !alive {
-                        Ok(berth_core::canary::Verdict::Regressed(
-                            "the container stopped".into(),
-                        ))
-                    } else {
-                        let b = self.window_of(&prev.id).since(&b0);
-                        let c = self.window_of(&d.id).since(&c0);
-                        Ok(berth_core::canary::judge(&b, &c, cfg))
-                    }
+            let mut extensions = 0;
+            let outcome = loop {
+                let interrupted = tokio::select! {
+                    _ = tokio::time::sleep(cfg.observation_window) => None,
+                    _ = cancel.cancelled() => Some(Stop::Cancelled),
+                };
+                if let Some(stop) = interrupted {
+                    break Err(stop);
+                }
+                let alive = self
+                    .runtime
+                    .inspect(
+                        &d.runtime
+                            .as_ref()
+                            .map(|r| r.instance_id.clone())
+                            .unwrap_or_default(),
+                    )
+                    .await
+                    .map(|st| st.is_running())
+                    .unwrap_or(false);
+                let b = self.window_of(&prev.id).since(&b0);
+                let c = self.window_of(&d.id).since(&c0);
+                let verdict = if alive {
+                    canary::judge(&b, &c, cfg, extensions)
+                } else {
+                    canary::Verdict::Regressed("the container stopped".into())
+                };
+                self.logs.event(
+                    &d.id,
+                    &canary::decision_line(stage, extensions + 1, &b, &c, &verdict),
+                );
+                match verdict {
+                    canary::Verdict::Extend { extension, .. } => extensions = extension,
+                    other => break Ok(other),
                 }
             };
-            match verdict {
-                Ok(berth_core::canary::Verdict::Healthy) => {
+            let why = match outcome {
+                Ok(canary::Verdict::Healthy) => {
                     self.logs
                         .event(&d.id, &format!("canary: {w}% stage healthy"));
+                    continue;
                 }
-                Ok(berth_core::canary::Verdict::NotEnoughTraffic { requests }) => {
+                Ok(canary::Verdict::PromotedOnHealth { requests }) => {
                     self.logs.event(
                         &d.id,
-                        &format!("canary: {w}% stage saw {requests} request(s), too few to judge; continuing"),
-                    );
-                }
-                other => {
-                    let _ = self.edge.apply(restore());
-                    d.canary_weight = None;
-                    let report = self.edge.drain(&d.id, self.cfg.drain_timeout).await;
-                    self.logs.event(
-                        &d.id,
-                        &format!("canary: traffic back on {}; drained: {report:?}", prev.id),
-                    );
-                    return match other {
-                        Ok(berth_core::canary::Verdict::Regressed(why)) => fail(
-                            StepName::HealthCheck,
-                            format!("canary at {w}% regressed: {why}; rolled back automatically, the previous deployment serves"),
+                        &format!(
+                            "canary: {w}% stage promoted on health alone: it saw {requests} request(s), fewer than min_requests = {} (on_low_traffic = \"promote\")",
+                            cfg.min_requests
                         ),
-                        Err(stop) => Err(stop),
-                        Ok(_) => Ok(()),
-                    };
+                    );
+                    continue;
                 }
-            }
+                Ok(canary::Verdict::Regressed(why)) => Ok(format!(
+                    "canary at {w}% regressed: {why}; rolled back automatically, the previous deployment serves"
+                )),
+                Ok(canary::Verdict::TooLittleTraffic(why)) => Ok(format!(
+                    "canary at {w}% {why}; rolled back automatically, the previous deployment serves"
+                )),
+                // The loop above never ends on an extension.
+                Ok(v @ canary::Verdict::Extend { .. }) => Ok(format!(
+                    "canary at {w}%: {}; rolled back automatically, the previous deployment serves",
+                    v.describe()
+                )),
+                Err(stop) => Err(stop),
+            };
+            let _ = self.edge.apply(restore());
+            d.canary_weight = None;
+            let report = self.edge.drain(&d.id, self.cfg.drain_timeout).await;
+            self.logs.event(
+                &d.id,
+                &format!("canary: traffic back on {}; drained: {report:?}", prev.id),
+            );
+            return match why {
+                Ok(msg) => fail(StepName::HealthCheck, msg),
+                Err(stop) => Err(stop),
+            };
         }
         d.canary_weight = Some(100);
         Ok(())
     }
 
-    fn window_of(&self, target: &str) -> berth_core::canary::Window {
+    fn window_of(&self, target: &str) -> canary::Window {
         let s = self.edge.target_stats(target);
-        berth_core::canary::Window {
+        canary::Window {
             requests: s.requests,
             errors: s.errors,
             latency: s.latency,

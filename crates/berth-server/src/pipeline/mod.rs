@@ -150,7 +150,15 @@ impl Deployer {
                             None => message,
                         };
                         self.finish_step(&mut d, step, StepStatus::Failed, None);
-                        let msg = format!("{}: {message}", step.as_str());
+                        // the error report names the build that failed
+                        let msg = match d.commit.as_ref().filter(|c| !c.sha.is_empty()) {
+                            Some(c) => format!(
+                                "{}: {message} (commit {})",
+                                step.as_str(),
+                                c.sha.get(..7).unwrap_or(&c.sha)
+                            ),
+                            None => format!("{}: {message}", step.as_str()),
+                        };
                         self.logs.line(
                             &d.id,
                             LogStream::Berth,

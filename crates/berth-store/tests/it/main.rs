@@ -3,6 +3,7 @@
 //! particular to each backend.
 
 mod contract;
+mod postgres;
 mod sqlite;
 
 use berth_core::model::*;
@@ -11,7 +12,9 @@ use berth_store::*;
 use chrono::Utc;
 use std::path::Path;
 
-/// One `#[tokio::test]` per contract property, on stores from `$make`.
+/// One `#[tokio::test]` per contract property, on stores from `$make`
+/// (`None`: the backend is missing here and the test is skipped, which only
+/// happens outside CI).
 #[macro_export]
 macro_rules! contract_tests {
     ($make:path) => {
@@ -35,7 +38,7 @@ macro_rules! contract_tests {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $name() {
-                let h = $make().await;
+                let Some(h) = $make().await else { return };
                 $crate::contract::$name(&h).await;
             }
         )*

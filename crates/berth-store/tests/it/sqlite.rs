@@ -13,14 +13,14 @@ fn open(dir: &Path) -> SqliteStore {
     SqliteStore::open(dir, Cipher::load(dir, None).unwrap()).unwrap()
 }
 
-async fn harness() -> Harness {
+async fn harness() -> Option<Harness> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
-    Harness {
+    Some(Harness {
         store: Arc::new(open(dir.path())),
         dump: Box::new(move || all_bytes(&path)),
         _guard: Box::new(dir),
-    }
+    })
 }
 
 mod contract {

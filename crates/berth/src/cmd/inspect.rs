@@ -1,8 +1,10 @@
 //! `berth inspect ID`: one deployment in detail.
 
 use super::{or_dash, yes_no, Ctx};
+use crate::client::{ClientError, LogQuery, LogSource};
 use crate::output::{emit, human_duration_ms, relative_age, step_elapsed_ms, timestamp, Table};
-use berth_core::model::{Deployment, StepStatus};
+use berth_core::canary::DECISION_PREFIX;
+use berth_core::model::{Deployment, LogLine, StepStatus};
 use chrono::{DateTime, Utc};
 use clap::Args;
 use std::fmt::Write as _;
@@ -25,8 +27,41 @@ pub async fn run(ctx: &Ctx, a: InspectArgs) -> anyhow::Result<()> {
         Ok(r) => r.parse().ok().map(|m: Vec<_>| m.len()),
         Err(_) => None,
     };
-    emit(&render(&d, manifest, Utc::now()));
+    // So are the canary judge's decisions, read from the deployment's
+    // berth log (an older server's log simply has none).
+    let decisions = canary_decisions(ctx, &a.id).await.unwrap_or_default();
+    emit(&render(&d, manifest, &decisions, Utc::now()));
     Ok(())
+}
+
+/// The canary judge's decision lines of a deployment, oldest first.
+async fn canary_decisions(ctx: &Ctx, id: &str) -> anyhow::Result<Vec<LogLine>> {
+    const PAGE: u32 = 5000;
+    let src = LogSource::Deployment(id.to_string());
+    let (mut out, mut after) = (Vec::new(), None);
+    // Bounded: a deployment's berth log is a few hundred lines.
+    for _ in 0..20 {
+        let q = LogQuery {
+            after,
+            stream: Some("berth".into()),
+            since: None,
+            limit: Some(PAGE),
+        };
+        let raws = ctx.client.logs(&src, &q).await?.elements()?;
+        let before = after;
+        for raw in &raws {
+            let line: LogLine =
+                serde_json::from_str(raw.get()).map_err(|e| ClientError::Decode(e.to_string()))?;
+            after = Some(line.seq);
+            if line.text.starts_with(DECISION_PREFIX) {
+                out.push(line);
+            }
+        }
+        if raws.len() < PAGE as usize || after == before {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 fn when(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
@@ -37,7 +72,12 @@ fn when(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
 }
 
 /// The readable view.
-pub fn render(d: &Deployment, manifest_files: Option<usize>, now: DateTime<Utc>) -> String {
+pub fn render(
+    d: &Deployment,
+    manifest_files: Option<usize>,
+    decisions: &[LogLine],
+    now: DateTime<Utc>,
+) -> String {
     let mut kv = Table::new(["Deployment", d.id.as_str()]);
     let mut add = |k: &str, v: String| kv.row([k.to_string(), v]);
     add("Project", d.project_name.clone());
@@ -149,6 +189,15 @@ pub fn render(d: &Deployment, manifest_files: Option<usize>, now: DateTime<Utc>)
         }
         out.push_str(&steps.render());
     }
+    if !decisions.is_empty() {
+        // One line per judged window: requests, errors and p95 of both
+        // sides, and the verdict.
+        out.push_str("\nCanary decisions\n");
+        for l in decisions {
+            let text = l.text.strip_prefix(DECISION_PREFIX).unwrap_or(&l.text);
+            let _ = writeln!(out, "  {}  {text}", timestamp(l.ts));
+        }
+    }
     out
 }
 
@@ -161,13 +210,76 @@ mod tests {
     fn inspect_succeeded() {
         let now = Utc.with_ymd_and_hms(2026, 4, 24, 12, 0, 0).unwrap();
         let all = crate::cmd::fixture_deployments();
-        insta::assert_snapshot!(render(&all[1], Some(12), now));
+        insta::assert_snapshot!(render(&all[1], Some(12), &[], now));
     }
 
     #[test]
     fn inspect_failed() {
         let now = Utc.with_ymd_and_hms(2026, 4, 24, 12, 0, 0).unwrap();
         let all = crate::cmd::fixture_deployments();
-        insta::assert_snapshot!(render(&all[2], None, now));
+        insta::assert_snapshot!(render(&all[2], None, &[], now));
+    }
+
+    #[test]
+    fn inspect_lists_canary_decisions() {
+        let now = Utc.with_ymd_and_hms(2026, 4, 24, 12, 0, 0).unwrap();
+        let all = crate::cmd::fixture_deployments();
+        let d = &all[2];
+        let line = |seq: i64, text: String| LogLine {
+            seq,
+            ts: now - chrono::Duration::seconds(60 - seq),
+            deployment_id: d.id.clone(),
+            project_name: d.project_name.clone(),
+            service_name: d.service_name.clone(),
+            environment_name: d.environment_name.clone(),
+            sha: None,
+            stream: berth_core::model::LogStream::Berth,
+            step: None,
+            text,
+        };
+        let w = |requests, errors| berth_core::canary::Window {
+            requests,
+            errors,
+            latency: vec![(0.01, requests)],
+        };
+        let decisions = [
+            line(
+                1,
+                berth_core::canary::decision_line(
+                    25,
+                    1,
+                    &w(300, 0),
+                    &w(0, 0),
+                    &berth_core::canary::Verdict::Extend {
+                        requests: 0,
+                        extension: 1,
+                    },
+                ),
+            ),
+            line(
+                2,
+                berth_core::canary::decision_line(
+                    25,
+                    2,
+                    &w(600, 0),
+                    &w(150, 30),
+                    &berth_core::canary::Verdict::Regressed("error rate".into()),
+                ),
+            ),
+        ];
+        let out = render(d, None, &decisions, now);
+        let tail = out.split("\nCanary decisions\n").nth(1).expect(&out);
+        let rows: Vec<&str> = tail.lines().collect();
+        assert_eq!(rows.len(), 2, "{out}");
+        assert!(rows[0].ends_with(
+            "25% stage, window 1: candidate 0 requests, 0 errors, p95 -; baseline 300 requests, 0 errors, p95 10ms; verdict: too few requests, window extended (1 of 3)"
+        ), "{out}");
+        assert!(
+            rows[1].contains("candidate 150 requests, 30 errors"),
+            "{out}"
+        );
+        assert!(rows[1].ends_with("verdict: regressed: error rate"), "{out}");
+        // Without decisions the section is absent.
+        assert!(!render(d, None, &[], now).contains("Canary decisions"));
     }
 }

@@ -32,6 +32,11 @@ pub struct ServerArgs {
     /// Hostnames are `<name>.<base-domain>` [default: localhost].
     #[arg(long, env = "BERTH_BASE_DOMAIN")]
     base_domain: Option<String>,
+    /// The store: sqlite://<path> or postgres://user:pass@host:port/db
+    /// [default: sqlite://<data-dir>/berth.db]. Servers sharing one
+    /// PostgreSQL database share --master-key and --token too.
+    #[arg(long, env = "BERTH_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     /// Base64 of 32 bytes sealing secrets [default: <data-dir>/master.key].
     #[arg(long, env = "BERTH_MASTER_KEY", hide_env_values = true)]
     master_key: Option<String>,
@@ -106,6 +111,7 @@ impl ServerArgs {
         cfg.base_domain = self.base_domain.filter(|s| !s.is_empty());
         cfg.token = token.filter(|s| !s.is_empty());
         cfg.master_key = self.master_key.filter(|s| !s.is_empty());
+        cfg.database_url = self.database_url.filter(|s| !s.is_empty());
         cfg.registry = self.registry.filter(|s| !s.is_empty());
         if let Some(d) = self.drain_timeout {
             cfg.drain_timeout = d;

@@ -9,6 +9,7 @@ mod logs;
 mod microvm;
 mod ssh;
 mod swarm;
+mod telemetry;
 mod tls;
 mod triggers;
 

@@ -9,6 +9,7 @@ const CANARY_TOML: &str = "[services.web.canary]
 stages = [50, 100]
 observation_window = \"3s\"
 error_rate_threshold = 0.05
+min_requests = 20
 ";
 
 fn app_cgi(repo: &AppRepo, status: &str) {

@@ -464,7 +464,7 @@ fn release_commands_run_once_and_a_failing_one_keeps_the_previous_version() {
         "[services.web]\nrelease_command = \"echo migrating; exit 3\"\n",
     )
     .unwrap();
-    repo.commit_app("r2", DOCKERFILE, "failing release");
+    let r2 = repo.commit_app("r2", DOCKERFILE, "failing release");
     let (ok, d2) = deploy_wait(&s, &project);
     assert!(!ok);
     let msg = d2["failureMessage"].as_str().unwrap();
@@ -472,6 +472,8 @@ fn release_commands_run_once_and_a_failing_one_keeps_the_previous_version() {
         msg.starts_with("release:") && msg.contains("code 3") && msg.contains("migrating"),
         "{msg}"
     );
+    // the error report names the commit that failed
+    assert!(msg.ends_with(&format!("(commit {})", &r2[..7])), "{msg}");
     assert_eq!(s.get_host(&host(&project), "/").unwrap().1, "r1");
 }
 

@@ -1,0 +1,1181 @@
+//! The PostgreSQL backend: a connection pool (deadpool-postgres over
+//! tokio-postgres), embedded migrations applied under an advisory lock,
+//! secrets sealed by [`crate::seal`] exactly as on SQLite.
+//!
+//! The log cursor: `logs.seq` is not a sequence (sequences hand out numbers
+//! in call order, not commit order, so a follower could read line 12 before
+//! line 11 commits and skip it forever). Each append bumps the one row of
+//! `log_cursor` inside its transaction; that row stays locked until commit,
+//! so the next appender gets its numbers only after this one committed.
+
+use crate::seal::{Sealer, Secret};
+use crate::sqlite::{env_kind, env_kind_str};
+use crate::{
+    Activate, CertRecord, Cipher, DeploymentQuery, LogQuery, NewLogLine, NewProject, ProjectPatch,
+    RepoAccess, ResolvedVar, Result, Slot, Store, StoreError, VarFlags,
+};
+use async_trait::async_trait;
+use berth_core::model::{
+    split_url_credentials, with_url_credentials, CertState, CertificateStatus, Deployment, Domain,
+    DomainVerification, Environment, ExternalRoute, LogLine, LogStream, ManifestEntry, Project,
+    StepName, Variable, PRODUCTION,
+};
+use berth_core::names;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::str::FromStr;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+/// Migrations in order; `berth_migrations` records which ran.
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/postgres/0001_init.sql")];
+
+/// The advisory lock key migrations run under ("berth" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0062_6572_7468;
+
+/// Connections per server.
+const POOL_SIZE: usize = 16;
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    sealer: Sealer,
+    /// `host:port` (or the socket dir), for messages; never the password.
+    target: String,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PgStore({})", self.target)
+    }
+}
+
+fn pg_err(e: tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(db) => StoreError::Backend(format!("postgresql: {}", db.message())),
+        None => StoreError::Backend(format!("postgresql: {e}")),
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        pg_err(e)
+    }
+}
+
+fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+}
+
+/// Where a connection string points, for messages (no credentials).
+pub fn describe_target(cfg: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let host = match cfg.get_hosts().first() {
+        Some(Host::Tcp(h)) => format!("{h}:{port}"),
+        #[cfg(unix)]
+        Some(Host::Unix(p)) => format!("{} (port {port})", p.display()),
+        None => format!("localhost:{port}"),
+    };
+    match cfg.get_dbname() {
+        Some(db) => format!("{host}/{db}"),
+        None => host,
+    }
+}
+
+impl PgStore {
+    /// Connect to `url` (`postgres://user:password@host:port/db`, or
+    /// `postgres:///db?host=/socket/dir`), apply migrations, and check that
+    /// `cipher` opens this database's secrets.
+    pub async fn connect(url: &str, cipher: Cipher) -> Result<Self> {
+        let cfg = tokio_postgres::Config::from_str(url)
+            .map_err(|e| StoreError::Invalid(format!("invalid PostgreSQL URL: {e}")))?;
+        let target = describe_target(&cfg);
+        let mgr = Manager::from_config(
+            cfg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(mgr)
+            .max_size(POOL_SIZE)
+            .wait_timeout(Some(std::time::Duration::from_secs(30)))
+            .create_timeout(Some(std::time::Duration::from_secs(10)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Backend(format!("postgresql pool: {e}")))?;
+        let store = PgStore {
+            pool,
+            sealer: Sealer::new(cipher),
+            target,
+        };
+        let mut c = store.client().await?;
+        migrate(&mut c).await?;
+        store.check_key(&c).await?;
+        Ok(store)
+    }
+
+    /// Where the store points (host:port/db), for messages.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(|e| {
+            let why = match &e {
+                deadpool_postgres::PoolError::Backend(e) => match e.as_db_error() {
+                    Some(db) => db.message().to_string(),
+                    None => e.to_string(),
+                },
+                e => e.to_string(),
+            };
+            StoreError::Backend(format!(
+                "cannot connect to PostgreSQL at {}: {why}",
+                self.target
+            ))
+        })
+    }
+
+    async fn check_key(&self, c: &deadpool_postgres::Object) -> Result<()> {
+        let fresh = self.sealer.seal(Secret::KeyCheck, "berth");
+        c.execute(
+            "INSERT INTO key_check (id, sealed) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
+            &[&fresh],
+        )
+        .await?;
+        let sealed: String = c
+            .query_one("SELECT sealed FROM key_check WHERE id = 1", &[])
+            .await?
+            .get(0);
+        self.sealer.open(Secret::KeyCheck, &sealed).map_err(|_| {
+            StoreError::Invalid(format!(
+                "the master key does not open the secrets of the store at {}; start with the key the other servers use",
+                self.target
+            ))
+        })?;
+        Ok(())
+    }
+
+    fn open_cert(&self, (mut rec, sealed): (CertRecord, Option<String>)) -> Result<CertRecord> {
+        rec.key_pem = self
+            .sealer
+            .open_opt(Secret::TlsKey(&rec.hostname), sealed.as_deref())?;
+        Ok(rec)
+    }
+}
+
+async fn migrate(c: &mut deadpool_postgres::Object) -> Result<()> {
+    let tx = c.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS berth_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    )
+    .await?;
+    let done: i32 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM berth_migrations",
+            &[],
+        )
+        .await?
+        .get(0);
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done as usize) {
+        tx.batch_execute(sql).await.map_err(|e| {
+            StoreError::Backend(format!("migration {} failed: {}", i + 1, pg_err(e)))
+        })?;
+        tx.execute(
+            "INSERT INTO berth_migrations (version) VALUES ($1)",
+            &[&((i + 1) as i32)],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+const PROJECT_COLS: &str = "name, repo, default_branch, retain_images, webhook_secret, created_at, repo_credentials, deploy_key";
+
+fn project_row(r: &Row) -> Project {
+    Project {
+        name: r.get(0),
+        repo: r.get(1),
+        default_branch: r.get(2),
+        retain_images: r.get::<_, i32>(3).max(0) as u32,
+        has_webhook_secret: r.get::<_, Option<String>>(4).is_some(),
+        created_at: r.get(5),
+        has_repo_credentials: r.get::<_, Option<String>>(6).is_some(),
+        has_deploy_key: r.get::<_, Option<String>>(7).is_some(),
+    }
+}
+
+async fn get_project<C: GenericClient>(c: &C, name: &str) -> Result<Project> {
+    c.query_opt(
+        &format!("SELECT {PROJECT_COLS} FROM projects WHERE name = $1"),
+        &[&name],
+    )
+    .await?
+    .map(|r| project_row(&r))
+    .ok_or_else(|| StoreError::not_found("project", name))
+}
+
+fn env_row(r: &Row) -> Environment {
+    Environment {
+        project_name: r.get(0),
+        name: r.get(1),
+        branch: r.get(2),
+        kind: env_kind(r.get(3)),
+        created_at: r.get(4),
+    }
+}
+
+async fn get_env<C: GenericClient>(c: &C, project: &str, env: &str) -> Result<Environment> {
+    get_project(c, project).await?;
+    c.query_opt(
+        "SELECT project, name, branch, kind, created_at FROM environments WHERE project = $1 AND name = $2",
+        &[&project, &env],
+    )
+    .await?
+    .map(|r| env_row(&r))
+    .ok_or_else(|| StoreError::not_found("environment", format!("{project}/{env}")))
+}
+
+const DEPLOYMENT_SELECT: &str = "SELECT d.data, s.active, d.version FROM deployments d \
+     LEFT JOIN slots s ON s.project = d.project AND s.environment = d.environment AND s.service = d.service";
+
+fn deployment_row(r: &Row) -> Result<Deployment> {
+    let data: String = r.get(0);
+    let active: Option<String> = r.get(1);
+    let mut d: Deployment = serde_json::from_str(&data)
+        .map_err(|e| StoreError::Backend(format!("deployment record: {e}")))?;
+    d.is_active = active.as_deref() == Some(d.id.as_str());
+    d.version = r.get::<_, i64>(2) as u64;
+    Ok(d)
+}
+
+const CERT_COLUMNS: &str =
+    "hostname, state, chain_pem, key_sealed, not_after, error, attempts, next_attempt_at, updated_at";
+
+fn cert_row(r: &Row) -> (CertRecord, Option<String>) {
+    let state: String = r.get(1);
+    (
+        CertRecord {
+            hostname: r.get(0),
+            state: CertState::parse(&state).unwrap_or(CertState::Failed),
+            chain_pem: r.get(2),
+            key_pem: None,
+            not_after: r.get(4),
+            error: r.get(5),
+            attempts: r.get::<_, i32>(6).max(0) as u32,
+            next_attempt_at: r.get(7),
+            updated_at: r.get(8),
+        },
+        r.get(3),
+    )
+}
+
+type Params = Vec<Box<dyn ToSql + Sync + Send>>;
+
+fn refs(p: &Params) -> Vec<&(dyn ToSql + Sync)> {
+    p.iter()
+        .map(|b| b.as_ref() as &(dyn ToSql + Sync))
+        .collect()
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn create_project(&self, p: NewProject) -> Result<Project> {
+        names::project_name(&p.name).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        if p.repo.trim().is_empty() {
+            return Err(StoreError::Invalid("repo must not be empty".into()));
+        }
+        let sealed = p
+            .webhook_secret
+            .as_deref()
+            .map(|s| self.sealer.seal(Secret::Webhook(&p.name), s));
+        let (repo, cred) = split_url_credentials(p.repo.trim());
+        let cred = cred.map(|c| self.sealer.seal(Secret::RepoCredentials(&p.name), &c));
+        let key = p
+            .deploy_key
+            .as_deref()
+            .filter(|k| !k.trim().is_empty())
+            .map(|k| self.sealer.seal(Secret::DeployKey(&p.name), k));
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let retain = p.retain_images as i32;
+        let n = tx
+            .execute(
+                &format!(
+                    "INSERT INTO projects ({PROJECT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (name) DO NOTHING"
+                ),
+                &[&p.name, &repo, &p.default_branch, &retain, &sealed, &p.created_at, &cred, &key],
+            )
+            .await?;
+        if n == 0 {
+            return Err(StoreError::Conflict {
+                what: "project",
+                name: p.name,
+            });
+        }
+        tx.execute(
+            "INSERT INTO environments (project, name, branch, kind, created_at) VALUES ($1, $2, $3, 'production', $4)",
+            &[&p.name, &PRODUCTION, &p.default_branch, &p.created_at],
+        )
+        .await?;
+        let project = get_project(&tx, &p.name).await?;
+        tx.commit().await?;
+        Ok(project)
+    }
+
+    async fn list_projects(&self) -> Result<Vec<Project>> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                &format!("SELECT {PROJECT_COLS} FROM projects ORDER BY name"),
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(project_row).collect())
+    }
+
+    async fn get_project(&self, name: &str) -> Result<Project> {
+        let c = self.client().await?;
+        get_project(&c, name).await
+    }
+
+    async fn update_project(&self, name: &str, patch: ProjectPatch) -> Result<Project> {
+        let sealed = patch
+            .webhook_secret
+            .as_deref()
+            .map(|s| self.sealer.seal(Secret::Webhook(name), s));
+        let repo = patch.repo.as_deref().map(|r| {
+            let (bare, cred) = split_url_credentials(r.trim());
+            (
+                bare,
+                cred.map(|c| self.sealer.seal(Secret::RepoCredentials(name), &c)),
+            )
+        });
+        let key = patch
+            .deploy_key
+            .as_deref()
+            .map(|k| (!k.trim().is_empty()).then(|| self.sealer.seal(Secret::DeployKey(name), k)));
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        tx.query_opt(
+            "SELECT 1 FROM projects WHERE name = $1 FOR UPDATE",
+            &[&name],
+        )
+        .await?
+        .ok_or_else(|| StoreError::not_found("project", name))?;
+        if let Some(n) = patch.retain_images {
+            tx.execute(
+                "UPDATE projects SET retain_images = $2 WHERE name = $1",
+                &[&name, &(n as i32)],
+            )
+            .await?;
+        }
+        if let Some(s) = sealed {
+            tx.execute(
+                "UPDATE projects SET webhook_secret = $2 WHERE name = $1",
+                &[&name, &s],
+            )
+            .await?;
+        }
+        if let Some(b) = patch.default_branch {
+            tx.execute(
+                "UPDATE projects SET default_branch = $2 WHERE name = $1",
+                &[&name, &b],
+            )
+            .await?;
+        }
+        if let Some((r, cred)) = repo {
+            tx.execute(
+                "UPDATE projects SET repo = $2, repo_credentials = $3 WHERE name = $1",
+                &[&name, &r, &cred],
+            )
+            .await?;
+        }
+        if let Some(k) = key {
+            tx.execute(
+                "UPDATE projects SET deploy_key = $2 WHERE name = $1",
+                &[&name, &k],
+            )
+            .await?;
+        }
+        let p = get_project(&tx, name).await?;
+        tx.commit().await?;
+        Ok(p)
+    }
+
+    async fn webhook_secret(&self, project: &str) -> Result<Option<String>> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                "SELECT webhook_secret FROM projects WHERE name = $1",
+                &[&project],
+            )
+            .await?
+            .ok_or_else(|| StoreError::not_found("project", project))?;
+        let sealed: Option<String> = row.get(0);
+        self.sealer
+            .open_opt(Secret::Webhook(project), sealed.as_deref())
+    }
+
+    async fn repo_access(&self, project: &str) -> Result<RepoAccess> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                "SELECT repo, repo_credentials, deploy_key FROM projects WHERE name = $1",
+                &[&project],
+            )
+            .await?
+            .ok_or_else(|| StoreError::not_found("project", project))?;
+        let repo: String = row.get(0);
+        let cred: Option<String> = row.get(1);
+        let key: Option<String> = row.get(2);
+        let cred = self
+            .sealer
+            .open_opt(Secret::RepoCredentials(project), cred.as_deref())?;
+        Ok(RepoAccess {
+            url: with_url_credentials(&repo, cred.as_deref()),
+            deploy_key: self
+                .sealer
+                .open_opt(Secret::DeployKey(project), key.as_deref())?,
+        })
+    }
+
+    async fn list_environments(&self, project: &str) -> Result<Vec<Environment>> {
+        let c = self.client().await?;
+        get_project(&c, project).await?;
+        let rows = c
+            .query(
+                "SELECT project, name, branch, kind, created_at FROM environments WHERE project = $1 \
+                 ORDER BY name <> 'production', name",
+                &[&project],
+            )
+            .await?;
+        Ok(rows.iter().map(env_row).collect())
+    }
+
+    async fn get_environment(&self, project: &str, env: &str) -> Result<Environment> {
+        let c = self.client().await?;
+        get_env(&c, project, env).await
+    }
+
+    async fn create_environment(&self, e: Environment) -> Result<Environment> {
+        names::environment_name(&e.name).map_err(|err| StoreError::Invalid(err.to_string()))?;
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        get_project(&tx, &e.project_name).await?;
+        let n = tx
+            .execute(
+                "INSERT INTO environments (project, name, branch, kind, created_at) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (project, name) DO NOTHING",
+                &[&e.project_name, &e.name, &e.branch, &env_kind_str(e.kind), &e.created_at],
+            )
+            .await?;
+        if n == 0 {
+            return Err(StoreError::Conflict {
+                what: "environment",
+                name: format!("{}/{}", e.project_name, e.name),
+            });
+        }
+        let env = get_env(&tx, &e.project_name, &e.name).await?;
+        tx.commit().await?;
+        Ok(env)
+    }
+
+    async fn delete_environment(&self, project: &str, env: &str) -> Result<()> {
+        if env == PRODUCTION {
+            return Err(StoreError::Invalid(
+                "the production environment cannot be deleted".into(),
+            ));
+        }
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        get_env(&tx, project, env).await?;
+        tx.execute(
+            "DELETE FROM slots WHERE project = $1 AND environment = $2",
+            &[&project, &env],
+        )
+        .await?;
+        tx.execute(
+            "DELETE FROM environments WHERE project = $1 AND name = $2",
+            &[&project, &env],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn set_variable(
+        &self,
+        project: &str,
+        env: &str,
+        key: &str,
+        value: &str,
+        flags: VarFlags,
+        at: DateTime<Utc>,
+    ) -> Result<Variable> {
+        let VarFlags { secret, build } = flags;
+        names::variable_name(key).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        names::variable_value(key, value).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let stored = if secret {
+            self.sealer.seal(
+                Secret::Variable {
+                    project,
+                    environment: env,
+                    key,
+                },
+                value,
+            )
+        } else {
+            value.to_string()
+        };
+        let c = self.client().await?;
+        get_env(&c, project, env).await?;
+        c.execute(
+            "INSERT INTO variables (project, environment, key, value, secret, build, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (project, environment, key) DO UPDATE SET value = excluded.value, secret = excluded.secret, build = excluded.build, updated_at = excluded.updated_at",
+            &[&project, &env, &key, &stored, &secret, &build, &at],
+        )
+        .await?;
+        Ok(Variable {
+            key: key.to_string(),
+            value: (!secret).then(|| value.to_string()),
+            secret,
+            build,
+            updated_at: at,
+        })
+    }
+
+    async fn unset_variable(&self, project: &str, env: &str, key: &str) -> Result<bool> {
+        let c = self.client().await?;
+        get_env(&c, project, env).await?;
+        let n = c
+            .execute(
+                "DELETE FROM variables WHERE project = $1 AND environment = $2 AND key = $3",
+                &[&project, &env, &key],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn list_variables(&self, project: &str, env: &str) -> Result<Vec<Variable>> {
+        let c = self.client().await?;
+        get_env(&c, project, env).await?;
+        let rows = c
+            .query(
+                "SELECT key, value, secret, updated_at, build FROM variables WHERE project = $1 AND environment = $2 ORDER BY key",
+                &[&project, &env],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let secret: bool = r.get(2);
+                Variable {
+                    key: r.get(0),
+                    value: if secret { None } else { Some(r.get(1)) },
+                    secret,
+                    build: r.get(4),
+                    updated_at: r.get(3),
+                }
+            })
+            .collect())
+    }
+
+    async fn resolve_variables(&self, project: &str, env: &str) -> Result<Vec<ResolvedVar>> {
+        let c = self.client().await?;
+        get_env(&c, project, env).await?;
+        let rows = c
+            .query(
+                "SELECT key, value, secret, build FROM variables WHERE project = $1 AND environment = $2 ORDER BY key",
+                &[&project, &env],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let key: String = r.get(0);
+                let value: String = r.get(1);
+                let secret: bool = r.get(2);
+                let value = if secret {
+                    self.sealer.open(
+                        Secret::Variable {
+                            project,
+                            environment: env,
+                            key: &key,
+                        },
+                        &value,
+                    )?
+                } else {
+                    value
+                };
+                Ok(ResolvedVar {
+                    key,
+                    value,
+                    secret,
+                    build: r.get(3),
+                })
+            })
+            .collect()
+    }
+
+    async fn insert_deployment(&self, d: &Deployment) -> Result<()> {
+        let data = crate::deployment_json(d)?;
+        let c = self.client().await?;
+        get_env(&c, &d.project_name, &d.environment_name).await?;
+        c.execute(
+            "INSERT INTO deployments (id, project, environment, service, status, stage, created_at, data, version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &[
+                &d.id,
+                &d.project_name,
+                &d.environment_name,
+                &d.service_name,
+                &d.status.as_str(),
+                &d.promotion_stage.as_str(),
+                &d.created_at,
+                &data,
+                &(d.version as i64),
+            ],
+        )
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict {
+                    what: "deployment",
+                    name: d.id.clone(),
+                }
+            } else {
+                pg_err(e)
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn get_deployment(&self, id: &str) -> Result<Deployment> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(&format!("{DEPLOYMENT_SELECT} WHERE d.id = $1"), &[&id])
+            .await?
+            .ok_or_else(|| StoreError::not_found("deployment", id))?;
+        deployment_row(&row)
+    }
+
+    async fn list_deployments(&self, q: &DeploymentQuery) -> Result<Vec<Deployment>> {
+        let mut sql = format!("{DEPLOYMENT_SELECT} WHERE TRUE");
+        let mut params: Params = Vec::new();
+        for (col, v) in [
+            ("d.project", &q.project),
+            ("d.environment", &q.environment),
+            ("d.service", &q.service),
+        ] {
+            if let Some(v) = v {
+                params.push(Box::new(v.clone()));
+                sql.push_str(&format!(" AND {col} = ${}", params.len()));
+            }
+        }
+        if q.unfinished {
+            sql.push_str(" AND d.status IN ('queued', 'running')");
+        }
+        sql.push_str(" ORDER BY d.created_at DESC, d.id DESC");
+        if let Some(l) = q.limit {
+            sql.push_str(&format!(" LIMIT {l}"));
+        }
+        let c = self.client().await?;
+        let rows = c.query(&sql, &refs(&params)).await?;
+        rows.iter().map(deployment_row).collect()
+    }
+
+    async fn save_deployments(
+        &self,
+        ds: &mut [&mut Deployment],
+        activate: Option<Activate>,
+    ) -> Result<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        for d in ds.iter() {
+            let data = crate::deployment_json(d)?;
+            let n = tx
+                .execute(
+                    "UPDATE deployments SET status = $2, stage = $3, data = $4, version = version + 1 \
+                     WHERE id = $1 AND version = $5",
+                    &[
+                        &d.id,
+                        &d.status.as_str(),
+                        &d.promotion_stage.as_str(),
+                        &data,
+                        &(d.version as i64),
+                    ],
+                )
+                .await?;
+            if n == 0 {
+                let found = tx
+                    .query_opt("SELECT version FROM deployments WHERE id = $1", &[&d.id])
+                    .await?;
+                return Err(match found {
+                    None => StoreError::not_found("deployment", &d.id),
+                    Some(r) => StoreError::stale(d, r.get::<_, i64>(0) as u64),
+                });
+            }
+        }
+        if let Some(a) = activate {
+            tx.execute(
+                "INSERT INTO slots (project, environment, service, active) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (project, environment, service) DO UPDATE SET active = excluded.active",
+                &[&a.slot.project, &a.slot.environment, &a.slot.service, &a.deployment_id],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        for d in ds.iter_mut() {
+            d.version += 1;
+        }
+        Ok(())
+    }
+
+    async fn active_deployment(&self, slot: &Slot) -> Result<Option<Deployment>> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                &format!(
+                    "{DEPLOYMENT_SELECT} WHERE s.project = $1 AND s.environment = $2 AND s.service = $3 AND d.id = s.active"
+                ),
+                &[&slot.project, &slot.environment, &slot.service],
+            )
+            .await?;
+        row.map(|r| deployment_row(&r)).transpose()
+    }
+
+    async fn append_logs(&self, lines: &[NewLogLine]) -> Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        // The counter row stays locked until commit: cursors in commit order.
+        let last: i64 = tx
+            .query_one(
+                "UPDATE log_cursor SET last = last + $1 WHERE id = 1 RETURNING last",
+                &[&(lines.len() as i64)],
+            )
+            .await?
+            .get(0);
+        let first = last - lines.len() as i64 + 1;
+        let st = tx
+            .prepare(
+                "INSERT INTO logs (seq, deployment_id, ts, stream, step, text) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .await?;
+        for (i, l) in lines.iter().enumerate() {
+            tx.execute(
+                &st,
+                &[
+                    &(first + i as i64),
+                    &l.deployment_id,
+                    &l.ts,
+                    &l.stream.as_str(),
+                    &l.step.map(|s| s.as_str()),
+                    &l.text,
+                ],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn read_logs(&self, q: &LogQuery) -> Result<Vec<LogLine>> {
+        let mut sql = String::from(
+            "SELECT l.seq, l.ts, l.deployment_id, d.project, d.service, d.environment, l.stream, l.step, l.text \
+             FROM logs l JOIN deployments d ON d.id = l.deployment_id WHERE TRUE",
+        );
+        let mut params: Params = Vec::new();
+        let mut push = |sql: &mut String, cond: &str, v: Box<dyn ToSql + Sync + Send>| {
+            params.push(v);
+            sql.push_str(&cond.replace('?', &format!("${}", params.len())));
+        };
+        if let Some(id) = &q.deployment_id {
+            push(&mut sql, " AND l.deployment_id = ?", Box::new(id.clone()));
+        }
+        if let Some(s) = &q.slot {
+            push(&mut sql, " AND d.project = ?", Box::new(s.project.clone()));
+            push(
+                &mut sql,
+                " AND d.environment = ?",
+                Box::new(s.environment.clone()),
+            );
+            push(&mut sql, " AND d.service = ?", Box::new(s.service.clone()));
+        }
+        if let Some(step) = q.step {
+            push(
+                &mut sql,
+                " AND l.step = ?",
+                Box::new(step.as_str().to_string()),
+            );
+        }
+        if let Some(after) = q.after_seq {
+            push(&mut sql, " AND l.seq > ?", Box::new(after));
+        }
+        if let Some(since) = q.since {
+            push(&mut sql, " AND l.ts >= ?", Box::new(since));
+        }
+        if !q.streams.is_empty() {
+            let list: Vec<String> = q.streams.iter().map(|s| s.as_str().to_string()).collect();
+            push(&mut sql, " AND l.stream = ANY(?)", Box::new(list));
+        }
+        let tail = q.tail && q.limit.is_some();
+        sql.push_str(if tail {
+            " ORDER BY l.seq DESC"
+        } else {
+            " ORDER BY l.seq"
+        });
+        if let Some(l) = q.limit {
+            sql.push_str(&format!(" LIMIT {l}"));
+        }
+        let c = self.client().await?;
+        let rows = c.query(&sql, &refs(&params)).await?;
+        let mut out: Vec<LogLine> = rows
+            .iter()
+            .map(|r| LogLine {
+                seq: r.get(0),
+                ts: r.get(1),
+                deployment_id: r.get(2),
+                project_name: r.get(3),
+                service_name: r.get(4),
+                environment_name: r.get(5),
+                sha: None,
+                stream: LogStream::parse(r.get(6)).unwrap_or(LogStream::Berth),
+                step: r
+                    .get::<_, Option<String>>(7)
+                    .and_then(|s| StepName::parse(&s)),
+                text: r.get(8),
+            })
+            .collect();
+        let mut shas: std::collections::HashMap<String, Option<String>> = Default::default();
+        for line in out.iter_mut() {
+            if !shas.contains_key(&line.deployment_id) {
+                let data: Option<String> = c
+                    .query_opt(
+                        "SELECT data FROM deployments WHERE id = $1",
+                        &[&line.deployment_id],
+                    )
+                    .await?
+                    .map(|r| r.get(0));
+                let sha = data
+                    .and_then(|d| serde_json::from_str::<Deployment>(&d).ok())
+                    .and_then(|d| d.commit.map(|c| c.sha.chars().take(7).collect()));
+                shas.insert(line.deployment_id.clone(), sha);
+            }
+            line.sha = shas[&line.deployment_id].clone();
+        }
+        if tail {
+            out.reverse();
+        }
+        Ok(out)
+    }
+
+    async fn put_external_route(&self, r: &ExternalRoute) -> Result<()> {
+        let c = self.client().await?;
+        c.execute(
+            "INSERT INTO external_routes (hostname, upstream, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (hostname) DO UPDATE SET upstream = excluded.upstream",
+            &[&r.hostname, &r.upstream, &r.created_at],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn list_external_routes(&self) -> Result<Vec<ExternalRoute>> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT hostname, upstream, created_at FROM external_routes ORDER BY hostname",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| ExternalRoute {
+                hostname: r.get(0),
+                upstream: r.get(1),
+                created_at: r.get(2),
+            })
+            .collect())
+    }
+
+    async fn remove_external_route(&self, hostname: &str) -> Result<bool> {
+        let c = self.client().await?;
+        Ok(c.execute(
+            "DELETE FROM external_routes WHERE hostname = $1",
+            &[&hostname],
+        )
+        .await?
+            > 0)
+    }
+
+    async fn record_delivery(
+        &self,
+        project: &str,
+        delivery_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                "INSERT INTO webhook_deliveries (delivery_id, project, received_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (delivery_id) DO NOTHING",
+                &[&delivery_id, &project, &at],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn put_manifest(
+        &self,
+        image: &str,
+        entries: &[ManifestEntry],
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        let data =
+            serde_json::to_string(entries).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let c = self.client().await?;
+        c.execute(
+            "INSERT INTO manifests (image, data, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (image) DO UPDATE SET data = excluded.data",
+            &[&image, &data, &at],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn get_manifest(&self, image: &str) -> Result<Option<Vec<ManifestEntry>>> {
+        let c = self.client().await?;
+        let data: Option<String> = c
+            .query_opt("SELECT data FROM manifests WHERE image = $1", &[&image])
+            .await?
+            .map(|r| r.get(0));
+        data.map(|d| serde_json::from_str(&d).map_err(|e| StoreError::Backend(e.to_string())))
+            .transpose()
+    }
+
+    async fn prune_logs(
+        &self,
+        older_than: DateTime<Utc>,
+        max_lines_per_project: u64,
+    ) -> Result<u64> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let mut removed = tx
+            .execute("DELETE FROM logs WHERE ts < $1", &[&older_than])
+            .await?;
+        let projects = tx.query("SELECT name FROM projects", &[]).await?;
+        for p in projects {
+            let p: String = p.get(0);
+            let cut: Option<i64> = tx
+                .query_opt(
+                    "SELECT l.seq FROM logs l JOIN deployments d ON d.id = l.deployment_id \
+                     WHERE d.project = $1 ORDER BY l.seq DESC LIMIT 1 OFFSET $2",
+                    &[&p, &(max_lines_per_project as i64)],
+                )
+                .await?
+                .map(|r| r.get(0));
+            if let Some(cut) = cut {
+                removed += tx
+                    .execute(
+                        "DELETE FROM logs WHERE seq <= $1 AND deployment_id IN (SELECT id FROM deployments WHERE project = $2)",
+                        &[&cut, &p],
+                    )
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(removed)
+    }
+
+    async fn add_domain(&self, d: &Domain) -> Result<Domain> {
+        let c = self.client().await?;
+        get_env(&c, &d.project_name, &d.environment_name).await?;
+        let n = c
+            .execute(
+                "INSERT INTO domains (hostname, project, environment, service, token, target, verified_at, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, NULL, $7) ON CONFLICT (hostname) DO NOTHING",
+                &[
+                    &d.hostname,
+                    &d.project_name,
+                    &d.environment_name,
+                    &d.service_name,
+                    &d.verification.value,
+                    &d.target,
+                    &d.created_at,
+                ],
+            )
+            .await?;
+        if n == 0 {
+            return Err(StoreError::Conflict {
+                what: "domain",
+                name: d.hostname.clone(),
+            });
+        }
+        Ok(d.clone())
+    }
+
+    async fn list_domains(&self, project: Option<&str>) -> Result<Vec<Domain>> {
+        let mut sql = String::from(
+            "SELECT d.hostname, d.project, d.environment, d.service, d.token, d.target, d.verified_at, d.created_at, \
+             c.state, c.not_after, c.error, c.next_attempt_at \
+             FROM domains d LEFT JOIN certificates c ON c.hostname = d.hostname",
+        );
+        let mut params: Params = Vec::new();
+        if let Some(p) = project {
+            params.push(Box::new(p.to_string()));
+            sql.push_str(" WHERE d.project = $1");
+        }
+        sql.push_str(" ORDER BY d.hostname");
+        let c = self.client().await?;
+        let rows = c.query(&sql, &refs(&params)).await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let hostname: String = r.get(0);
+                let verified_at: Option<DateTime<Utc>> = r.get(6);
+                Domain {
+                    verification: DomainVerification {
+                        record_type: "TXT".into(),
+                        name: berth_core::model::verification_name(&hostname),
+                        value: r.get(4),
+                    },
+                    hostname,
+                    project_name: r.get(1),
+                    environment_name: r.get(2),
+                    service_name: r.get(3),
+                    target: r.get(5),
+                    verified: verified_at.is_some(),
+                    verified_at,
+                    created_at: r.get(7),
+                    certificate: CertificateStatus {
+                        state: r
+                            .get::<_, Option<String>>(8)
+                            .and_then(|s| CertState::parse(&s))
+                            .unwrap_or_default(),
+                        not_after: r.get(9),
+                        error: r.get(10),
+                        next_attempt_at: r.get(11),
+                    },
+                }
+            })
+            .collect())
+    }
+
+    async fn set_domain_verified(&self, hostname: &str, at: DateTime<Utc>) -> Result<()> {
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                "UPDATE domains SET verified_at = $2 WHERE hostname = $1",
+                &[&hostname, &at],
+            )
+            .await?;
+        if n == 0 {
+            return Err(StoreError::not_found("domain", hostname));
+        }
+        Ok(())
+    }
+
+    async fn remove_domain(&self, hostname: &str) -> Result<bool> {
+        let c = self.client().await?;
+        Ok(
+            c.execute("DELETE FROM domains WHERE hostname = $1", &[&hostname])
+                .await?
+                > 0,
+        )
+    }
+
+    async fn put_certificate(&self, cert: &CertRecord) -> Result<()> {
+        let sealed = cert
+            .key_pem
+            .as_ref()
+            .map(|k| self.sealer.seal(Secret::TlsKey(&cert.hostname), k));
+        let c = self.client().await?;
+        c.execute(
+            &format!(
+                "INSERT INTO certificates ({CERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT (hostname) DO UPDATE SET state = excluded.state, chain_pem = excluded.chain_pem, \
+                 key_sealed = excluded.key_sealed, not_after = excluded.not_after, error = excluded.error, \
+                 attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at"
+            ),
+            &[
+                &cert.hostname,
+                &cert.state.as_str(),
+                &cert.chain_pem,
+                &sealed,
+                &cert.not_after,
+                &cert.error,
+                &(cert.attempts as i32),
+                &cert.next_attempt_at,
+                &cert.updated_at,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn get_certificate(&self, hostname: &str) -> Result<Option<CertRecord>> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                &format!("SELECT {CERT_COLUMNS} FROM certificates WHERE hostname = $1"),
+                &[&hostname],
+            )
+            .await?;
+        row.map(|r| self.open_cert(cert_row(&r))).transpose()
+    }
+
+    async fn list_certificates(&self) -> Result<Vec<CertRecord>> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                &format!("SELECT {CERT_COLUMNS} FROM certificates ORDER BY hostname"),
+                &[],
+            )
+            .await?;
+        rows.iter().map(|r| self.open_cert(cert_row(r))).collect()
+    }
+
+    async fn remove_certificate(&self, hostname: &str) -> Result<bool> {
+        let c = self.client().await?;
+        Ok(
+            c.execute("DELETE FROM certificates WHERE hostname = $1", &[&hostname])
+                .await?
+                > 0,
+        )
+    }
+
+    async fn acme_account(&self, directory: &str) -> Result<Option<String>> {
+        let c = self.client().await?;
+        let sealed: Option<String> = c
+            .query_opt(
+                "SELECT credentials_sealed FROM acme_accounts WHERE directory = $1",
+                &[&directory],
+            )
+            .await?
+            .map(|r| r.get(0));
+        self.sealer
+            .open_opt(Secret::AcmeAccount(directory), sealed.as_deref())
+    }
+
+    async fn put_acme_account(&self, directory: &str, credentials: &str) -> Result<()> {
+        let sealed = self
+            .sealer
+            .seal(Secret::AcmeAccount(directory), credentials);
+        let c = self.client().await?;
+        c.execute(
+            "INSERT INTO acme_accounts (directory, credentials_sealed, created_at) VALUES ($1, $2, now()) \
+             ON CONFLICT (directory) DO UPDATE SET credentials_sealed = excluded.credentials_sealed",
+            &[&directory, &sealed],
+        )
+        .await?;
+        Ok(())
+    }
+}
