@@ -5,7 +5,12 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Upper bounds (seconds) of the latency histogram buckets.
+use crate::stats::{bucket_range, LatencyHistogram, LEN};
+
+/// Upper bounds (seconds) of the latency buckets `/metrics` renders, read
+/// from the finer histogram (a fine bucket counts under the first bound
+/// its upper end fits under, so a value within 3.1 % below a bound may
+/// show under the next one, never under a smaller one).
 pub(crate) const BUCKETS: [f64; 12] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
@@ -19,7 +24,7 @@ pub(crate) struct Series {
     pub(crate) target: Box<str>,
     /// Index 0..5 = 1xx..5xx.
     by_class: [AtomicU64; 5],
-    buckets: [AtomicU64; BUCKETS.len()],
+    latency: LatencyHistogram,
     count: AtomicU64,
     sum_micros: AtomicU64,
 }
@@ -30,7 +35,7 @@ impl Series {
             host: host.into(),
             target: target.into(),
             by_class: Default::default(),
-            buckets: Default::default(),
+            latency: LatencyHistogram::default(),
             count: AtomicU64::new(0),
             sum_micros: AtomicU64::new(0),
         }
@@ -39,11 +44,7 @@ impl Series {
     pub(crate) fn record(&self, status: u16, elapsed: Duration) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.by_class[class].fetch_add(1, Ordering::Relaxed);
-        let secs = elapsed.as_secs_f64();
-        // Non-cumulative storage; rendering accumulates.
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
+        self.latency.record(elapsed);
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_micros.fetch_add(
             u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
@@ -55,17 +56,9 @@ impl Series {
         self.by_class[class].load(Ordering::Relaxed)
     }
 
-    /// The latency histogram as `(upper bound, cumulative count)`.
+    /// The fine latency histogram as `(upper bound, cumulative count)`.
     pub(crate) fn latency_cumulative(&self) -> Vec<(f64, u64)> {
-        let mut acc = 0;
-        BUCKETS
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                acc += self.buckets[i].load(Ordering::Relaxed);
-                (*b, acc)
-            })
-            .collect()
+        self.latency.cumulative()
     }
 
     fn labels(&self) -> String {
@@ -89,9 +82,13 @@ impl Series {
 
     pub(crate) fn render_latency(&self, out: &mut String) {
         let l = self.labels();
-        let mut acc = 0;
-        for (i, b) in BUCKETS.iter().enumerate() {
-            acc += self.buckets[i].load(Ordering::Relaxed);
+        let (mut acc, mut fine) = (0, 0);
+        for b in BUCKETS {
+            let bound_micros = (b * 1e6).round() as u64;
+            while fine < LEN && bucket_range(fine).1 <= bound_micros {
+                acc += self.latency.count(fine);
+                fine += 1;
+            }
             let _ = writeln!(
                 out,
                 "berth_edge_request_duration_seconds_bucket{{{l},le=\"{b}\"}} {acc}"
