@@ -78,6 +78,7 @@ fn report(status: &Arc<Mutex<StatusPort>>, record: &Status) {
 /// Returns the app's exit code, or -1 when no `Exited` record is due
 /// (probe boots).
 fn run(status: &Arc<Mutex<StatusPort>>) -> Result<i32, String> {
+    let init_uptime_ms = uptime_ms();
     // Stage 1: the initramfs.
     mount("devtmpfs", "/dev", "devtmpfs", 0, "mode=0755")?;
     mount("proc", "/proc", "proc", 0, "")?;
@@ -158,6 +159,8 @@ fn run(status: &Arc<Mutex<StatusPort>>) -> Result<i32, String> {
         &Status::Started {
             pid,
             at_ms: now_ns() / 1_000_000,
+            init_uptime_ms,
+            app_uptime_ms: uptime_ms(),
         },
     );
     let pumps = [pump(out_read, stdout_port), pump(err_read, stderr_port)];
@@ -439,6 +442,16 @@ fn oom_kills() -> u64 {
                 .flatten()
         })
         .unwrap_or(0)
+}
+
+/// Time since the kernel booted (CLOCK_BOOTTIME), in ms.
+fn uptime_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
 fn now_ns() -> i64 {

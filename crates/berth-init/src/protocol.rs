@@ -17,8 +17,18 @@ pub const CONTROL_PORT: &str = "berth.control";
 pub enum Status {
     /// A probe boot got through stage 1.
     ProbeOk,
-    /// The app's process was started (guest clock, ms since the epoch).
-    Started { pid: i32, at_ms: i64 },
+    /// The app's process was started (guest clock, ms since the epoch),
+    /// with where the boot time went: the kernel's uptime when the init
+    /// began (`init_uptime_ms`: kernel boot) and when the app was spawned
+    /// (`app_uptime_ms`; the difference is the init's work).
+    Started {
+        pid: i32,
+        at_ms: i64,
+        #[serde(default)]
+        init_uptime_ms: u64,
+        #[serde(default)]
+        app_uptime_ms: u64,
+    },
     /// The app exited: its code (128 + signal when killed) and whether the
     /// kernel's OOM killer ran meanwhile.
     Exited { code: i32, oom: bool, at_ms: i64 },
@@ -57,7 +67,12 @@ mod tests {
     #[test]
     fn status_records_round_trip_and_skip_torn_lines() {
         let records = vec![
-            Status::Started { pid: 7, at_ms: 1 },
+            Status::Started {
+                pid: 7,
+                at_ms: 1,
+                init_uptime_ms: 3000,
+                app_uptime_ms: 3500,
+            },
             Status::Error {
                 message: "entrypoint \"/nope\" not found".into(),
             },

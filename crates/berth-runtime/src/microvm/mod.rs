@@ -260,6 +260,27 @@ impl MicroVmRuntime {
         }
     }
 
+    /// Where VM `id`'s boot time went, from the init's `Started` record:
+    /// `(kernel, init)` in ms (kernel boot to the init, init to the app).
+    /// `None` before the app started.
+    pub fn boot_times(&self, id: &str) -> Option<(u64, u64)> {
+        let (dir, _) = self.find(id).ok()?;
+        statuses(&dir).into_iter().find_map(|s| match s {
+            Status::Started {
+                init_uptime_ms,
+                app_uptime_ms,
+                ..
+            } => Some((init_uptime_ms, app_uptime_ms.saturating_sub(init_uptime_ms))),
+            _ => None,
+        })
+    }
+
+    /// The pid of VM `id`'s QEMU process while it runs.
+    pub fn vmm_pid(&self, id: &str) -> Option<i32> {
+        let (dir, _) = self.find(id).ok()?;
+        qemu::running_pid(&dir)
+    }
+
     /// Whether `id` names a VM of this runtime (running or not).
     pub fn knows(&self, id: &str) -> bool {
         self.find(id).is_ok()
