@@ -1,6 +1,7 @@
 //! Integration tests of berth-edge on real sockets (127.0.0.1 only).
 
 mod front;
+mod latency;
 mod support;
 mod tls;
 
