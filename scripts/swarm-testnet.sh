@@ -2,7 +2,8 @@
 # A two-node Docker Swarm on this machine, for tests: every node is its own
 # dockerd in its own network namespace; the machine's engine is never touched.
 #
-#   swarm-testnet.sh up <dir> [<octet>]   create it; writes <dir>/env (sourceable)
+#   swarm-testnet.sh up <dir> [<octet>]   create it; writes <dir>/env (sourceable);
+#                                         SWARM_REGISTRY_AUTH=none: no registry auth
 #   swarm-testnet.sh down <dir>           tear down everything `up` made (idempotent)
 #
 # Layout (subnet 10.231.<octet>.0/24, octet default 0; one subnet, no routing):
@@ -143,11 +144,16 @@ storage:
     enabled: true
 http:
   addr: $subnet.11:5000
+EOF
+    # SWARM_REGISTRY_AUTH=none: an open registry (for berth's own push).
+    if [ "${SWARM_REGISTRY_AUTH:-htpasswd}" != none ]; then
+        cat >>"$dir/registry/config.yml" <<EOF
 auth:
   htpasswd:
     realm: berth-test
     path: $dir/registry/htpasswd
 EOF
+    fi
     in_ns "$ns1" docker-registry serve "$dir/registry/config.yml" >"$dir/registry/registry.log" 2>&1 &
     echo $! >"$dir/node1/registry.pid"
 

@@ -174,6 +174,7 @@ async fn swarm_runtime(
     };
     let config = SwarmConfig {
         registry_auth,
+        registry: cfg.registry.clone(),
         ..SwarmConfig::default()
     };
     let swarm = berth_runtime::SwarmRuntime::new(docker, config)

@@ -88,6 +88,10 @@ impl std::fmt::Debug for RegistryAuth {
 pub struct SwarmConfig {
     /// Sent with every service create and update, so every node can pull.
     pub registry_auth: Option<RegistryAuth>,
+    /// The registry berth pushes to (`--registry`): an image reference
+    /// without a registry host (`berth/shop-web:abc`) is pulled by the
+    /// nodes as `<registry>/berth/shop-web:abc`, where the push put it.
+    pub registry: Option<String>,
     /// How long `start` waits for every task to run (pulls included).
     pub start_timeout: Duration,
     /// Polling interval while waiting for tasks.
@@ -98,6 +102,7 @@ impl Default for SwarmConfig {
     fn default() -> Self {
         Self {
             registry_auth: None,
+            registry: None,
             start_timeout: Duration::from_secs(300),
             poll_interval: Duration::from_millis(200),
         }
@@ -145,6 +150,16 @@ impl SwarmRuntime {
         &self.docker
     }
 
+    /// The reference the nodes pull `image` by (see [`SwarmConfig::registry`]).
+    pub fn node_image(&self, image: &str) -> String {
+        match &self.config.registry {
+            Some(registry) if !has_registry_host(image) => {
+                format!("{}/{image}", registry.trim_end_matches('/'))
+            }
+            _ => image.to_owned(),
+        }
+    }
+
     fn credentials(&self) -> Option<DockerCredentials> {
         self.config
             .registry_auth
@@ -183,7 +198,14 @@ impl SwarmRuntime {
         replicas: u32,
         oneoff: bool,
     ) -> Result<String, RuntimeError> {
-        let body = service::service_spec(spec, replicas, oneoff);
+        let mut body = service::service_spec(spec, replicas, oneoff);
+        if let Some(container) = body
+            .task_template
+            .as_mut()
+            .and_then(|t| t.container_spec.as_mut())
+        {
+            container.image = Some(self.node_image(&spec.image));
+        }
         let created = self
             .docker
             .create_service(body, self.credentials())
@@ -225,7 +247,9 @@ impl SwarmRuntime {
                 let newest = slots.get(&slot).and_then(|t| t.last());
                 match newest {
                     Some(task) if tasks::is_rejected(task) => {
-                        return Err(self.rejected(task, &spec.image, &nodes).await);
+                        return Err(self
+                            .rejected(task, &self.node_image(&spec.image), &nodes)
+                            .await);
                     }
                     Some(task) if tasks::state(task) == TaskState::RUNNING => {
                         let addr = tasks::task_addr(task, spec.port, &nodes);
@@ -685,7 +709,9 @@ impl SwarmRuntime {
             if let Some(task) = self.slot_task(service_id, 1).await? {
                 if tasks::is_rejected(&task) {
                     let nodes = NodeAddrs::new(&self.raw_nodes().await?);
-                    return Err(self.rejected(&task, &spec.image, &nodes).await);
+                    return Err(self
+                        .rejected(&task, &self.node_image(&spec.image), &nodes)
+                        .await);
                 }
                 if tasks::is_terminal(&task) {
                     break task;
@@ -897,6 +923,15 @@ async fn ensure_manager(docker: &Docker) -> Result<(), RuntimeError> {
     })
 }
 
+/// Whether a reference names its registry (`host.tld/x`, `host:5000/x`,
+/// `localhost/x`), as Docker reads it.
+fn has_registry_host(image: &str) -> bool {
+    match image.split_once('/') {
+        Some((first, _)) => first.contains('.') || first.contains(':') || first == "localhost",
+        None => false,
+    }
+}
+
 fn strip_digest(image: &str) -> &str {
     image.split_once('@').map_or(image, |(name, _)| name)
 }
@@ -979,5 +1014,24 @@ fn map_err(op: &'static str, subject: &str, e: DockerError) -> RuntimeError {
             message,
         } => RuntimeError::Conflict(message),
         e => backend(op, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_registry_host;
+
+    #[test]
+    fn registry_hosts_are_told_from_repositories() {
+        for named in [
+            "10.0.0.5:5000/shop:1",
+            "registry.example/x",
+            "localhost/x:1",
+        ] {
+            assert!(has_registry_host(named), "{named}");
+        }
+        for bare in ["berth/shop-web:abc", "node:20", "busybox"] {
+            assert!(!has_registry_host(bare), "{bare}");
+        }
     }
 }

@@ -88,8 +88,15 @@ pub fn skip_reason() -> Option<String> {
 }
 
 impl TestSwarm {
-    /// Creates the swarm (a few seconds). Blocking.
+    /// Creates the swarm (a few seconds), its registry asking for basic
+    /// auth. Blocking.
     pub fn up() -> Result<Self, String> {
+        Self::up_with(true)
+    }
+
+    /// Like [`TestSwarm::up`]; `registry_auth: false` makes an open
+    /// registry (for a berth server pushing without credentials).
+    pub fn up_with(registry_auth: bool) -> Result<Self, String> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let started = Instant::now();
         // A subnet 10.231.<octet>.0/24 nobody on this machine uses yet.
@@ -109,6 +116,10 @@ impl TestSwarm {
             .arg("up")
             .arg(&dir)
             .arg(octet.to_string())
+            .env(
+                "SWARM_REGISTRY_AUTH",
+                if registry_auth { "htpasswd" } else { "none" },
+            )
             .output()
             .map_err(|e| format!("run {}: {e}", script().display()))?;
         // From here on, Drop tears down whatever `up` made.

@@ -30,6 +30,7 @@ fn spec(image: &str, command: &str) -> InstanceSpec {
 fn config(auth: Option<RegistryAuth>) -> SwarmConfig {
     SwarmConfig {
         registry_auth: auth,
+        registry: None,
         start_timeout: Duration::from_secs(90),
         poll_interval: Duration::from_millis(200),
     }

@@ -25,6 +25,8 @@ pub struct Server {
     pub http_port: u16,
     pub child: Option<Child>,
     pub extra: Vec<String>,
+    /// Environment of the server process (e.g. `DOCKER_HOST`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -37,12 +39,21 @@ impl Server {
     /// binds it: then the server exits saying so, and it starts again on
     /// other ports.
     pub fn start_with(extra: &[&str]) -> Server {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// Like [`Server::start_with`], with extra environment variables.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut s = Server {
             dir: tempfile::tempdir().unwrap(),
             api_port: free_port(),
             http_port: free_port(),
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         for _ in 0..5 {
             if s.try_spawn() {
@@ -87,6 +98,7 @@ impl Server {
                 "10s",
             ])
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "info")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
