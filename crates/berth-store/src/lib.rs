@@ -20,6 +20,7 @@
 //!   slot has at most one active deployment;
 //! - every write validates its input first and writes nothing when invalid.
 
+pub mod copy;
 pub mod crypto;
 mod postgres;
 pub mod seal;
@@ -425,4 +426,11 @@ pub trait Store: Send + Sync + 'static {
     /// The ACME account credentials (JSON, sealed at rest) for a directory URL.
     async fn acme_account(&self, directory: &str) -> Result<Option<String>>;
     async fn put_acme_account(&self, directory: &str, credentials: &str) -> Result<()>;
+
+    /// Every directory URL with an ACME account (for copying a store).
+    async fn list_acme_directories(&self) -> Result<Vec<String>>;
+    /// Every image with a manifest (for copying a store).
+    async fn list_manifest_images(&self) -> Result<Vec<String>>;
+    /// Every webhook delivery seen: (project, delivery id, received at).
+    async fn list_deliveries(&self) -> Result<Vec<(String, String, DateTime<Utc>)>>;
 }

@@ -1178,4 +1178,37 @@ impl Store for PgStore {
         .await?;
         Ok(())
     }
+
+    async fn list_acme_directories(&self) -> Result<Vec<String>> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT directory FROM acme_accounts ORDER BY directory",
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn list_manifest_images(&self) -> Result<Vec<String>> {
+        let c = self.client().await?;
+        let rows = c
+            .query("SELECT image FROM manifests ORDER BY image", &[])
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn list_deliveries(&self) -> Result<Vec<(String, String, DateTime<Utc>)>> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT project, delivery_id, received_at FROM webhook_deliveries ORDER BY received_at, delivery_id",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
 }

@@ -1192,4 +1192,35 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn list_acme_directories(&self) -> Result<Vec<String>> {
+        self.call(|c| {
+            let mut st = c.prepare("SELECT directory FROM acme_accounts ORDER BY directory")?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn list_manifest_images(&self) -> Result<Vec<String>> {
+        self.call(|c| {
+            let mut st = c.prepare("SELECT image FROM manifests ORDER BY image")?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn list_deliveries(&self) -> Result<Vec<(String, String, DateTime<Utc>)>> {
+        self.call(|c| {
+            let mut st = c.prepare(
+                "SELECT project, delivery_id, received_at FROM webhook_deliveries ORDER BY received_at, delivery_id",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, parse_ts(&r.get::<_, String>(2)?)?))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
 }

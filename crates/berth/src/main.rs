@@ -93,6 +93,9 @@ enum Command {
     Nodes(cmd::nodes::NodesCmd),
     /// Check that the API answers.
     Health,
+    /// Operations on the store itself (run on the server's machine).
+    #[command(subcommand)]
+    Admin(cmd::admin::AdminCmd),
 }
 
 const DEFAULT_DATA_DIR: &str = "./berth-data";
@@ -113,6 +116,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let data_dir = cli.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into());
         return cmd::server::run(*a, data_dir, cli.token).await;
     }
+    if let Command::Admin(c) = cli.command {
+        return cmd::admin::run(c, cli.data_dir.as_deref(), cli.json).await;
+    }
     let token = resolve_token(cli.token, cli.data_dir.as_deref());
     let client = client::ApiClient::new(&cli.api, token)?;
     let ctx = cmd::Ctx {
@@ -120,7 +126,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         json: cli.json,
     };
     match cli.command {
-        Command::Server(_) => unreachable!("handled above"),
+        Command::Server(_) | Command::Admin(_) => unreachable!("handled above"),
         Command::Projects(c) => cmd::projects::run(&ctx, c).await,
         Command::Envs(c) => cmd::envs::run(&ctx, c).await,
         Command::Env(c) => cmd::env::run(&ctx, c).await,

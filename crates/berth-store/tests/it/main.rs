@@ -3,6 +3,7 @@
 //! particular to each backend.
 
 mod contract;
+mod copy;
 mod postgres;
 mod sqlite;
 

@@ -4,6 +4,7 @@
 
 mod harness;
 mod needs_docker;
+mod postgres_store;
 
 use harness::*;
 use serde_json::Value;
