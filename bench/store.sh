@@ -22,6 +22,8 @@ TMP=$(mktemp -d "${BENCH_TMPDIR:-/tmp}/berth-store-bench.XXXXXX")
 chmod 755 "$TMP"
 pids=()
 cleanup() {
+    # runuser does not pass a signal on: stop the postmaster by its own PID.
+    [ -f "$TMP/pg/data/postmaster.pid" ] && kill -INT "$(head -1 "$TMP/pg/data/postmaster.pid")" 2>/dev/null || true
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$TMP"
