@@ -19,6 +19,10 @@
 //! 6. [`image_manifest`] / [`output_manifest`]: path, size and sha256 of every
 //!    regular file of the output.
 //!
+//! [`Builder`] is the seam the server's pipeline uses for all of the above
+//! (recording fakes in its tests); [`EngineBuilder`] implements it on a
+//! Docker Engine.
+//!
 //! Invariants:
 //! - every output line of a step goes to its [`LogSink`] as it happens;
 //! - credentials of a repository URL never reach a log line or an error
@@ -34,6 +38,7 @@
 //! - analysis does no network IO and only reads the checkout.
 
 mod analyze;
+mod builder;
 mod buildkit;
 mod cache;
 mod clone;
@@ -50,6 +55,7 @@ mod vars;
 use std::sync::Arc;
 
 pub use analyze::{analyze, AnalyzeOptions, BaseImages, BuildPlan, Provider, GENERATED_DOCKERFILE};
+pub use builder::{Builder, EngineBuilder, ImageFacts};
 pub use cache::{cache_key, image_tag};
 pub use clone::{clone, mask_url, resolve_ref, Checkout, CloneRequest, CommitInfo};
 pub use context::write_context;

@@ -15,6 +15,7 @@ use crate::ids::{new_id, now};
 use crate::logs::LogHub;
 use crate::monitor::Monitors;
 use crate::ServerConfig;
+use berth_build::Builder;
 use berth_core::hosts;
 use berth_core::model::{
     BuildInfo, Deployment, Step, StepStatus, Trigger, ALL_STEPS, DEFAULT_SERVICE, PRODUCTION,
@@ -39,7 +40,9 @@ pub struct Deployer {
     pub runtime: Arc<dyn Runtime>,
     /// Where the runtime starts images from (the seam beside `runtime`).
     pub images: Arc<dyn Images>,
-    pub docker: Option<bollard::Docker>,
+    pub builder: Arc<dyn Builder>,
+    /// Whether the container engine answered at start (for `/health`).
+    pub engine_connected: bool,
     pub edge: Edge,
     pub logs: LogHub,
     pub cfg: Arc<ServerConfig>,
@@ -67,7 +70,8 @@ pub struct Backends {
     pub store: Arc<dyn Store>,
     pub runtime: Arc<dyn Runtime>,
     pub images: Arc<dyn Images>,
-    pub docker: Option<bollard::Docker>,
+    pub builder: Arc<dyn Builder>,
+    pub engine_connected: bool,
     pub edge: Edge,
 }
 
@@ -95,7 +99,8 @@ impl Deployer {
             store,
             runtime,
             images,
-            docker,
+            builder,
+            engine_connected,
             edge,
         } = backends;
         Arc::new(Deployer {
@@ -103,7 +108,8 @@ impl Deployer {
             store,
             runtime,
             images,
-            docker,
+            builder,
+            engine_connected,
             edge,
             logs,
             cfg,

@@ -118,7 +118,7 @@ async fn with_microvms(
     cfg: &ServerConfig,
     containers: Arc<dyn Runtime>,
     images: Arc<dyn berth_runtime::Images>,
-    docker: Option<bollard::Docker>,
+    engine: Option<DockerRuntime>,
 ) -> anyhow::Result<(Arc<dyn Runtime>, Arc<dyn berth_runtime::Images>)> {
     use berth_runtime::microvm::{Isolating, MicroVmConfig, MicroVmRuntime};
     let all = cfg.runtime == RuntimeKind::MicroVm;
@@ -135,7 +135,7 @@ async fn with_microvms(
         accel: cfg.microvm_accel,
         qemu: PathBuf::from("qemu-system-x86_64"),
     };
-    let vms = match docker {
+    let vms = match engine.map(|e| e.docker().clone()) {
         None => Err("the Docker engine is not reachable (images are built and kept there)".into()),
         Some(docker) if all => {
             tracing::info!("checking the microVM runtime (a probe boot may take a few seconds)");
@@ -158,10 +158,10 @@ async fn with_microvms(
 /// with one line saying how to make it one.
 async fn swarm_runtime(
     cfg: &ServerConfig,
-    docker: Option<bollard::Docker>,
+    engine: Option<&DockerRuntime>,
 ) -> anyhow::Result<berth_runtime::SwarmRuntime> {
     use berth_runtime::swarm::{RegistryAuth, SwarmConfig};
-    let Some(docker) = docker else {
+    let Some(engine) = engine else {
         anyhow::bail!("--runtime swarm: the Docker engine is not reachable (set DOCKER_HOST to a swarm manager)");
     };
     let registry_auth = match (&cfg.registry, &cfg.registry_user, &cfg.registry_password) {
@@ -177,7 +177,7 @@ async fn swarm_runtime(
         registry: cfg.registry.clone(),
         ..SwarmConfig::default()
     };
-    let swarm = berth_runtime::SwarmRuntime::new(docker, config)
+    let swarm = berth_runtime::SwarmRuntime::new(engine.docker().clone(), config)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     if cfg.registry.is_none() {
@@ -250,41 +250,48 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         None => None,
     };
 
+    // The concrete backends, wired here only: one engine serves as runtime,
+    // image store and builder.
     #[allow(clippy::type_complexity)]
-    let (runtime, images, docker): (
+    let (runtime, images, builder, engine): (
         Arc<dyn Runtime>,
         Arc<dyn berth_runtime::Images>,
-        Option<bollard::Docker>,
+        Arc<dyn berth_build::Builder>,
+        Option<DockerRuntime>,
     ) = match DockerRuntime::connect().await {
         Ok(rt) => {
-            let docker = rt.docker().clone();
+            let builder = berth_build::EngineBuilder::from_docker(rt.docker().clone());
             // Manifest containers an interrupted export left behind.
-            let d = docker.clone();
+            let b = builder.clone();
             tokio::spawn(async move {
                 let ten_min = std::time::Duration::from_secs(600);
-                if let Ok(n @ 1..) =
-                    berth_build::remove_stale_manifest_containers(&d, ten_min).await
-                {
+                if let Ok(n @ 1..) = b.remove_stale_manifest_containers(ten_min).await {
                     tracing::info!(containers = n, "removed stale manifest containers");
                 }
             });
-            (Arc::new(rt.clone()), Arc::new(rt.images()), Some(docker))
+            (
+                Arc::new(rt.clone()),
+                Arc::new(rt.images()),
+                Arc::new(builder),
+                Some(rt),
+            )
         }
         Err(e) => {
             tracing::error!(error = %e, "the Docker engine is not reachable; deployments will fail until it is");
             let unavailable = Arc::new(unavailable::Unavailable(e.to_string()));
-            (unavailable.clone(), unavailable, None)
+            (unavailable.clone(), unavailable.clone(), unavailable, None)
         }
     };
+    let engine_connected = engine.is_some();
     let swarm = match cfg.runtime {
-        RuntimeKind::Swarm => Some(Arc::new(swarm_runtime(&cfg, docker.clone()).await?)),
+        RuntimeKind::Swarm => Some(Arc::new(swarm_runtime(&cfg, engine.as_ref()).await?)),
         RuntimeKind::Docker | RuntimeKind::MicroVm => None,
     };
     let runtime: Arc<dyn Runtime> = match &swarm {
         Some(swarm) => swarm.clone(),
         None => runtime,
     };
-    let (runtime, images) = with_microvms(&cfg, runtime, images, docker.clone()).await?;
+    let (runtime, images) = with_microvms(&cfg, runtime, images, engine).await?;
     let instance = instance_id(&cfg.data_dir)?;
     let cfg = Arc::new(cfg);
     let logs = logs::LogHub::start(store.clone());
@@ -293,7 +300,8 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             store: store.clone(),
             runtime,
             images,
-            docker,
+            builder,
+            engine_connected,
             edge: edge.clone(),
         },
         logs,

@@ -114,7 +114,7 @@ async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Respon
 }
 
 async fn health(State(state): State<AppState>) -> Response {
-    let docker = state.deployer.docker.is_some();
+    let docker = state.deployer.engine_connected;
     axum::Json(serde_json::json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),

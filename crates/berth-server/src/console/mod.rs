@@ -386,16 +386,13 @@ async fn manifest(State(s): State<AppState>, a: Authed, Path(id): Path<String>) 
 }
 
 async fn compute_manifest(s: &AppState, image: &str) -> Result<pages::Files, String> {
-    let Some(docker) = &s.deployer.docker else {
-        return Err("the Docker engine is not reachable".to_string());
-    };
     let opts = berth_build::ManifestOptions {
         root: None,
         max_files: pages::MANIFEST_ENTRIES,
     };
     match tokio::time::timeout(
         Duration::from_secs(60),
-        berth_build::image_manifest(docker, image, &opts),
+        s.deployer.builder.manifest(image, &opts),
     )
     .await
     {

@@ -70,9 +70,6 @@ impl Deployer {
     ) -> Flow<ServiceConfig> {
         let access = self.repo_access(d, project).await?;
         let repo = access.url.as_str();
-        let Some(docker) = self.docker.clone() else {
-            return fail(StepName::Build, "the Docker engine is not reachable");
-        };
         let inputs = BuildInputs::of(vars);
         let inputs_key = self.inputs_key(&d.service_name, &inputs.identity);
         d.build.inputs = Some(inputs_key.clone());
@@ -106,14 +103,12 @@ impl Deployer {
         Self::check_cancel(cancel)?;
 
         // 3: build (or reuse).
-        let tag = self
-            .build_step(d, &docker, &checkout, &plan, inputs, cancel)
-            .await?;
+        let tag = self.build_step(d, &checkout, &plan, inputs, cancel).await?;
         self.record_manifest(d);
         Self::check_cancel(cancel)?;
 
         // 4: push.
-        self.push_step(d, &docker, &tag).await?;
+        self.push_step(d, &tag).await?;
         Ok(service)
     }
 
@@ -122,7 +117,6 @@ impl Deployer {
     async fn build_step(
         &self,
         d: &mut Deployment,
-        docker: &bollard::Docker,
         checkout: &Checkout,
         plan: &BuildPlan,
         inputs: BuildInputs,
@@ -142,7 +136,13 @@ impl Deployer {
             d.build.cache_hit = true;
             d.image = Some(ImageInfo {
                 reference: tag.clone(),
-                digest: image_id(docker, &tag).await,
+                digest: self
+                    .builder
+                    .inspect(&tag)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|i| i.id),
             });
             let note =
                 format!("cache hit: image {tag} was built from this tree before; build skipped");
@@ -181,7 +181,7 @@ impl Deployer {
             let res = loop {
                 let res = {
                     let _shared = self.image_gate.read().await;
-                    berth_build::build(docker, &req, sink.clone(), cancel.clone()).await
+                    self.builder.build(&req, sink.clone(), cancel.clone()).await
                 };
                 match res {
                     Err(e) if e.is_lost_cache_layer() && attempt < BUILD_ATTEMPTS => {
@@ -219,7 +219,7 @@ impl Deployer {
     }
 
     /// Step 4: push the image when a registry is configured.
-    async fn push_step(&self, d: &mut Deployment, docker: &bollard::Docker, tag: &str) -> Flow<()> {
+    async fn push_step(&self, d: &mut Deployment, tag: &str) -> Flow<()> {
         let Some(registry) = &self.cfg.registry else {
             self.skip(
                 d,
@@ -232,7 +232,7 @@ impl Deployer {
         self.start_step(d, StepName::Push);
         self.save(d).await;
         let (sink, tail) = self.sink(d, StepName::Push);
-        let res = berth_build::push(docker, tag, registry, sink).await;
+        let res = self.builder.push(tag, registry, sink).await;
         Self::keep_tail(d, StepName::Push, &tail);
         match res {
             Ok(p) => {
@@ -252,7 +252,7 @@ impl Deployer {
     /// Record the build output manifest (004) of the deployment's image in
     /// the background, once per image.
     fn record_manifest(self: &Arc<Self>, d: &Deployment) {
-        let (Some(docker), Some(image)) = (self.docker.clone(), d.image.clone()) else {
+        let Some(image) = d.image.clone() else {
             return;
         };
         let this = self.clone();
@@ -261,18 +261,19 @@ impl Deployer {
             if let Ok(Some(_)) = this.store.get_manifest(&image.reference).await {
                 return;
             }
-            let root = docker
-                .inspect_image(&image.reference)
+            let root = this
+                .builder
+                .inspect(&image.reference)
                 .await
                 .ok()
-                .and_then(|i| i.config)
-                .and_then(|c| c.working_dir)
+                .flatten()
+                .and_then(|i| i.working_dir)
                 .filter(|w| !w.is_empty() && w != "/");
             let opts = berth_build::ManifestOptions {
                 root,
                 max_files: 5000,
             };
-            match berth_build::image_manifest(&docker, &image.reference, &opts).await {
+            match this.builder.manifest(&image.reference, &opts).await {
                 Ok(m) => {
                     let entries: Vec<berth_core::model::ManifestEntry> = m
                         .entries
@@ -332,10 +333,6 @@ fn missing_secret_hint(dockerfile: &str, given: &[(String, String)]) -> String {
 fn short_id(id: &str) -> &str {
     let s = id.strip_prefix("sha256:").unwrap_or(id);
     &s[..s.len().min(12)]
-}
-
-async fn image_id(docker: &bollard::Docker, tag: &str) -> Option<String> {
-    docker.inspect_image(tag).await.ok().and_then(|i| i.id)
 }
 
 #[cfg(test)]

@@ -93,8 +93,10 @@ impl Deployer {
         ssh_key: Option<&Path>,
         inputs: &str,
     ) -> Option<ServiceConfig> {
-        let (sha, branch) =
-            berth_build::resolve_ref(repo, &d.reference, ssh_key, Duration::from_secs(20)).await?;
+        let (sha, branch) = self
+            .builder
+            .resolve_ref(repo, &d.reference, ssh_key, Duration::from_secs(20))
+            .await?;
         let past = self
             .store
             .list_deployments(&berth_store::DeploymentQuery {
@@ -262,7 +264,7 @@ impl Deployer {
             timeout: Duration::from_secs(300),
         };
         let checkout = tokio::select! {
-            r = berth_build::clone(&req, sink) => r,
+            r = self.builder.clone_repo(&req, sink) => r,
             _ = cancel.cancelled() => return Err(Stop::Cancelled),
         };
         Self::keep_tail(d, StepName::Clone, &tail);
@@ -320,9 +322,10 @@ impl Deployer {
         };
         let dir = checkout.dir.clone();
         let svc = service.clone();
-        let plan = tokio::task::spawn_blocking(move || berth_build::analyze(&dir, &svc, &opts))
+        let plan = self
+            .builder
+            .analyze(&dir, &svc, &opts)
             .await
-            .or_else(|e| fail(StepName::Analyze, e.to_string()))?
             .or_else(|e| fail(StepName::Analyze, e.to_string()))?;
         d.build.provider = Some(plan.provider.clone());
         d.build.framework = plan.framework.clone();
