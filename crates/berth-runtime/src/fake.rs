@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -46,6 +46,8 @@ pub struct Behaviour {
     pub oneoff_exit_code: i64,
     /// Lines printed (stdout) by instances and one-offs of this image.
     pub output: Vec<String>,
+    /// How long the instance's HTTP server takes to answer a request.
+    pub response_delay: Duration,
 }
 
 impl Default for Behaviour {
@@ -55,6 +57,7 @@ impl Default for Behaviour {
             crash_with: None,
             oneoff_exit_code: 0,
             output: Vec::new(),
+            response_delay: Duration::ZERO,
         }
     }
 }
@@ -63,6 +66,8 @@ struct FakeInstance {
     instance: Instance,
     status: InstanceStatus,
     http_status: Arc<AtomicU16>,
+    /// Requests the instance's server is answering right now.
+    inflight: Arc<AtomicUsize>,
     server: Option<tokio::task::JoinHandle<()>>,
     output: Vec<String>,
 }
@@ -82,6 +87,8 @@ struct State {
     in_use_check: bool,
     behaviours: HashMap<String, Behaviour>,
     calls: Vec<Call>,
+    /// (instance name, requests in flight) at each `stop` of a running one.
+    inflight_at_stop: Vec<(String, usize)>,
     next_id: u64,
 }
 
@@ -132,6 +139,12 @@ impl FakeRuntime {
         }
     }
 
+    /// (instance name, requests it was answering) at each `stop` of a
+    /// running instance: a stop before the edge drained shows up here.
+    pub fn inflight_at_stop(&self) -> Vec<(String, usize)> {
+        self.lock().inflight_at_stop.clone()
+    }
+
     /// Every call so far, in order.
     pub fn calls(&self) -> Vec<Call> {
         self.lock().calls.clone()
@@ -157,13 +170,20 @@ impl FakeRuntime {
     }
 }
 
-async fn serve(listener: TcpListener, status: Arc<AtomicU16>, body: String) {
+async fn serve(
+    listener: TcpListener,
+    status: Arc<AtomicU16>,
+    body: String,
+    delay: Duration,
+    inflight: Arc<AtomicUsize>,
+) {
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
             continue;
         };
         let status = status.load(Ordering::SeqCst);
         let body = body.clone();
+        let inflight = inflight.clone();
         tokio::spawn(async move {
             let mut head = Vec::new();
             let mut buf = [0u8; 1024];
@@ -173,12 +193,17 @@ async fn serve(listener: TcpListener, status: Arc<AtomicU16>, body: String) {
                     Ok(n) => head.extend_from_slice(&buf[..n]),
                 }
             }
+            inflight.fetch_add(1, Ordering::SeqCst);
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             let response = format!(
                 "HTTP/1.1 {status} Fake\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
             );
             let _ = sock.write_all(response.as_bytes()).await;
             let _ = sock.shutdown().await;
+            inflight.fetch_sub(1, Ordering::SeqCst);
         });
     }
 }
@@ -207,6 +232,7 @@ impl Runtime for FakeRuntime {
                 .unwrap_or_default()
         };
         let http_status = Arc::new(AtomicU16::new(behaviour.http_status));
+        let inflight = Arc::new(AtomicUsize::new(0));
         let (endpoint, server) = match (spec.port, behaviour.crash_with) {
             (Some(_), None) => {
                 let listener =
@@ -221,7 +247,13 @@ impl Runtime for FakeRuntime {
                         op: "fake bind",
                         message: e.to_string(),
                     })?;
-                let task = tokio::spawn(serve(listener, http_status.clone(), spec.name.clone()));
+                let task = tokio::spawn(serve(
+                    listener,
+                    http_status.clone(),
+                    spec.name.clone(),
+                    behaviour.response_delay,
+                    inflight.clone(),
+                ));
                 (Some(Endpoint::from(addr)), Some(task))
             }
             _ => (None, None),
@@ -252,6 +284,7 @@ impl Runtime for FakeRuntime {
                 instance: instance.clone(),
                 status,
                 http_status,
+                inflight,
                 server,
                 output: behaviour.output,
             },
@@ -279,6 +312,14 @@ impl Runtime for FakeRuntime {
         self.record(Call::Stop(id.to_owned()));
         let real_id = self.get(id, |i| i.instance.id.clone())?;
         let mut state = self.lock();
+        let running = state
+            .instances
+            .get(&real_id)
+            .filter(|i| i.status == InstanceStatus::Running)
+            .map(|i| (i.instance.name.clone(), i.inflight.load(Ordering::SeqCst)));
+        if let Some(seen) = running {
+            state.inflight_at_stop.push(seen);
+        }
         if let Some(i) = state.instances.get_mut(&real_id) {
             if i.status == InstanceStatus::Running {
                 i.status = InstanceStatus::Exited { code: 143 };

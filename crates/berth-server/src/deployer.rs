@@ -63,6 +63,9 @@ pub struct Deployer {
     /// several berths share one engine.
     pub instance: String,
     pub metrics: crate::metrics::Metrics,
+    /// Every queue runner and pipeline task this process spawned, so a test
+    /// can drop them all at once (a crash).
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 /// The side effects a deployer drives, one seam each.
@@ -121,6 +124,7 @@ impl Deployer {
             fan_out_lock: Default::default(),
             instance,
             metrics: Default::default(),
+            tasks: Default::default(),
         })
     }
 
@@ -252,7 +256,7 @@ impl Deployer {
 
     fn spawn_slot_runner(self: &Arc<Self>, slot: Slot, first: String) {
         let this = self.clone();
-        tokio::spawn(async move {
+        let runner = tokio::spawn(async move {
             let mut next = Some(first);
             while let Some(id) = next {
                 this.run_one(&id).await;
@@ -264,6 +268,28 @@ impl Deployer {
                 };
             }
         });
+        self.track(runner.abort_handle());
+    }
+
+    fn track(&self, task: tokio::task::AbortHandle) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+    }
+
+    /// A crash of this process, for tests: every pipeline, queue runner,
+    /// log follower and health monitor is dropped where it stands.
+    #[cfg(test)]
+    pub(crate) fn abort_all_for_tests(&self) {
+        for t in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            t.abort();
+        }
+        self.monitors.stop_all();
     }
 
     async fn run_one(self: &Arc<Self>, id: &str) {
@@ -297,7 +323,9 @@ impl Deployer {
         let run_id = id.to_string();
         // The pipeline runs in its own task, so a panic in it fails the
         // deployment instead of leaving it running.
-        let res = tokio::spawn(async move { this.execute(d, token).await }).await;
+        let pipeline = tokio::spawn(async move { this.execute(d, token).await });
+        self.track(pipeline.abort_handle());
+        let res = pipeline.await;
         self.cancels
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -40,6 +40,16 @@ fn cancel(map: &Mutex<HashMap<String, CancellationToken>>, id: &str) {
 
 impl Monitors {
     /// Stop everything attached to a deployment.
+    /// Stops every follower and monitor (a crash, in tests).
+    #[cfg(test)]
+    pub(crate) fn stop_all(&self) {
+        for map in [&self.logs, &self.health] {
+            for (_, t) in map.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+                t.cancel();
+            }
+        }
+    }
+
     pub fn stop(&self, id: &str) {
         cancel(&self.logs, id);
         cancel(&self.health, id);

@@ -37,6 +37,8 @@ mod retention;
 mod source;
 mod steps;
 mod switch;
+#[cfg(test)]
+mod tests;
 
 pub(crate) use source::service_from_record;
 

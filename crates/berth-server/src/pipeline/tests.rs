@@ -1,0 +1,587 @@
+//! The deploy algorithm in process, without Docker: a real store (SQLite in
+//! a temp dir) and a real edge, with recording fakes of the runtime
+//! ([`FakeRuntime`]) and the builder ([`FakeBuilder`]). Every test checks
+//! the invariants at the end: at most one active deployment per slot,
+//! every deployment terminal, the edge's routes equal to the store's.
+
+use crate::deployer::{Backends, Deployer, NewDeployment};
+use crate::ServerConfig;
+use berth_build::{
+    AnalyzeOptions, BuildError, BuildPlan, BuildRequest, Builder, BuiltImage, Checkout,
+    CloneRequest, CommitInfo, ImageFacts, LogSink, Manifest, ManifestOptions, PushedImage,
+};
+use berth_core::config::ServiceConfig;
+use berth_core::model::{Deployment, Trigger};
+use berth_core::state::{Stage, Status};
+use berth_edge::{Edge, EdgeConfig};
+use berth_runtime::fake::{Behaviour, FakeRuntime};
+use berth_runtime::Images;
+use berth_store::{Cipher, DeploymentQuery, NewProject, SqliteStore, Store};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const TOML: &str = "[services.web]\nport = 3000\n\n[services.web.readiness]\ndeadline = \"2s\"\n";
+
+/// A builder that writes `berth.toml` as the "checkout", builds instantly
+/// (adding the image to the fake runtime's store) and records its calls.
+#[derive(Default)]
+struct FakeBuilder {
+    rt: FakeRuntime,
+    toml: Mutex<String>,
+    /// The next builds fail with this message.
+    fail: Mutex<Option<String>>,
+    /// How instances of the next built image behave.
+    behaviour: Mutex<Behaviour>,
+    /// Time a build takes.
+    build_time: Mutex<Duration>,
+    commits: AtomicU32,
+    calls: Mutex<Vec<String>>,
+}
+
+impl FakeBuilder {
+    fn call(&self, c: String) {
+        self.calls.lock().unwrap().push(c);
+    }
+}
+
+#[async_trait::async_trait]
+impl Builder for FakeBuilder {
+    async fn clone_repo(&self, req: &CloneRequest, _: LogSink) -> Result<Checkout, BuildError> {
+        self.call(format!("clone {}", req.reference));
+        std::fs::create_dir_all(&req.dest).map_err(|e| BuildError::Io(e.to_string()))?;
+        let toml = self.toml.lock().unwrap().clone();
+        std::fs::write(req.dest.join("berth.toml"), toml)
+            .map_err(|e| BuildError::Io(e.to_string()))?;
+        // A branch moves on at every clone; a commit is itself.
+        let r = &req.reference;
+        let sha = if r.len() == 40 && r.bytes().all(|b| b.is_ascii_hexdigit()) {
+            r.clone()
+        } else {
+            format!("{:040x}", self.commits.fetch_add(1, Ordering::SeqCst) + 1)
+        };
+        Ok(Checkout {
+            dir: req.dest.clone(),
+            commit: CommitInfo {
+                sha: sha.clone(),
+                branch: Some("main".into()),
+                message: format!("commit {sha}"),
+                author: "t <t@example.com>".into(),
+            },
+            tree: format!("tree-{sha}"),
+        })
+    }
+
+    async fn resolve_ref(
+        &self,
+        _: &str,
+        _: &str,
+        _: Option<&Path>,
+        _: Duration,
+    ) -> Option<(String, Option<String>)> {
+        None
+    }
+
+    async fn analyze(
+        &self,
+        _: &Path,
+        service: &ServiceConfig,
+        _: &AnalyzeOptions,
+    ) -> Result<BuildPlan, BuildError> {
+        self.call("analyze".into());
+        Ok(BuildPlan {
+            provider: "dockerfile".into(),
+            framework: None,
+            runtime: None,
+            port: service.port,
+            start_command: None,
+            dockerfile: "FROM scratch\n".into(),
+            dockerfile_path: Some("Dockerfile".into()),
+            generated: false,
+        })
+    }
+
+    async fn build(
+        &self,
+        req: &BuildRequest,
+        _: LogSink,
+        cancel: CancellationToken,
+    ) -> Result<BuiltImage, BuildError> {
+        self.call(format!("build {}", req.tag));
+        let wait = *self.build_time.lock().unwrap();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = cancel.cancelled() => return Err(BuildError::Cancelled),
+        }
+        if let Some(msg) = self.fail.lock().unwrap().clone() {
+            return Err(BuildError::BuildFailed(msg));
+        }
+        self.rt.add_image(&req.tag);
+        self.rt
+            .set_behaviour(&req.tag, self.behaviour.lock().unwrap().clone());
+        Ok(BuiltImage {
+            id: format!("sha256:{:064x}", self.commits.load(Ordering::SeqCst)),
+            tag: req.tag.clone(),
+        })
+    }
+
+    async fn inspect(&self, image: &str) -> Result<Option<ImageFacts>, BuildError> {
+        let there = self
+            .rt
+            .exists(image)
+            .await
+            .map_err(|e| BuildError::Docker(e.to_string()))?;
+        Ok(there.then(ImageFacts::default))
+    }
+
+    async fn push(
+        &self,
+        image: &str,
+        registry: &str,
+        _: LogSink,
+    ) -> Result<PushedImage, BuildError> {
+        Ok(PushedImage {
+            reference: format!("{registry}/{image}"),
+            digest: format!("sha256:{:064x}", 1),
+        })
+    }
+
+    async fn manifest(&self, _: &str, _: &ManifestOptions) -> Result<Manifest, BuildError> {
+        Ok(Manifest {
+            entries: vec![],
+            skipped: 0,
+        })
+    }
+}
+
+struct Harness {
+    dir: tempfile::TempDir,
+    store: Arc<dyn Store>,
+    rt: FakeRuntime,
+    builder: Arc<FakeBuilder>,
+    edge: Edge,
+    deployer: Arc<Deployer>,
+}
+
+fn config(dir: &Path) -> ServerConfig {
+    let mut cfg = ServerConfig::new(dir.to_path_buf());
+    cfg.drain_timeout = Duration::from_secs(5);
+    cfg
+}
+
+fn edge(dir: &Path) -> Edge {
+    Edge::new(EdgeConfig {
+        routes_file: Some(dir.join("routes.json")),
+        ..EdgeConfig::default()
+    })
+    .expect("edge")
+}
+
+/// A deployer over `store`, `rt` and `builder`: a fresh berth process.
+fn deployer(
+    dir: &Path,
+    store: Arc<dyn Store>,
+    rt: &FakeRuntime,
+    builder: Arc<FakeBuilder>,
+    edge: Edge,
+) -> Arc<Deployer> {
+    Deployer::new(
+        Backends {
+            store: store.clone(),
+            runtime: Arc::new(rt.clone()),
+            images: Arc::new(rt.clone()),
+            builder,
+            engine_connected: true,
+            edge,
+        },
+        crate::logs::LogHub::start(store),
+        Arc::new(config(dir)),
+        "test".into(),
+    )
+}
+
+async fn harness() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(dir.path(), Cipher::from_key([7; 32])).unwrap());
+    store
+        .create_project(NewProject {
+            name: "shop".into(),
+            repo: "/srv/shop".into(),
+            default_branch: "main".into(),
+            retain_images: 3,
+            webhook_secret: None,
+            deploy_key: None,
+            created_at: chrono::Utc::now(),
+        })
+        .await
+        .unwrap();
+    let rt = FakeRuntime::new();
+    let builder = Arc::new(FakeBuilder {
+        rt: rt.clone(),
+        toml: Mutex::new(TOML.into()),
+        ..FakeBuilder::default()
+    });
+    let edge = edge(dir.path());
+    let deployer = deployer(
+        dir.path(),
+        store.clone(),
+        &rt,
+        builder.clone(),
+        edge.clone(),
+    );
+    Harness {
+        dir,
+        store,
+        rt,
+        builder,
+        edge,
+        deployer,
+    }
+}
+
+fn new_deployment(trigger: Trigger) -> NewDeployment {
+    NewDeployment {
+        project: "shop".into(),
+        service: Some("web".into()),
+        environment: None,
+        reference: Some("main".into()),
+        trigger,
+        source: None,
+        source_repo: None,
+    }
+}
+
+impl Harness {
+    async fn deploy(&self) -> Deployment {
+        let d = self
+            .deployer
+            .create(new_deployment(Trigger::Manual))
+            .await
+            .expect("create");
+        self.finished(&d.id).await
+    }
+
+    /// Waits (bounded) until `id` is terminal.
+    async fn finished(&self, id: &str) -> Deployment {
+        for _ in 0..400 {
+            let d = self.store.get_deployment(id).await.unwrap();
+            if d.status.is_terminal() && !self.deployer.is_running(id) {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("deployment {id} did not finish");
+    }
+
+    async fn all(&self) -> Vec<Deployment> {
+        self.store
+            .list_deployments(&DeploymentQuery::default())
+            .await
+            .unwrap()
+    }
+
+    /// At most one active deployment per slot; every deployment terminal;
+    /// the edge serves exactly the routes the store implies; every running
+    /// instance belongs to an active deployment.
+    async fn check_invariants(&self) {
+        let all = self.all().await;
+        let mut active: HashMap<(String, String, String), usize> = HashMap::new();
+        for d in &all {
+            assert!(d.status.is_terminal(), "{} is {:?}", d.id, d.status);
+            if d.is_active {
+                *active
+                    .entry((
+                        d.project_name.clone(),
+                        d.environment_name.clone(),
+                        d.service_name.clone(),
+                    ))
+                    .or_default() += 1;
+                assert_eq!(d.promotion_stage, Stage::Active, "{}", d.id);
+            }
+        }
+        assert!(active.values().all(|n| *n == 1), "{active:?}");
+        let want = self.deployer.desired_routes().await.unwrap();
+        let got: BTreeMap<_, _> = self.edge.routes().into_iter().collect();
+        assert_eq!(got, want, "edge routes differ from the store's");
+        let running: Vec<String> = self.rt.instance_ids().into_iter().collect();
+        let active_ids: Vec<String> = all
+            .iter()
+            .filter(|d| d.is_active)
+            .filter_map(|d| d.runtime.as_ref().map(|r| r.instance_id.clone()))
+            .collect();
+        for id in &running {
+            assert!(
+                active_ids.contains(id),
+                "instance {id} left behind: {running:?} / {active_ids:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_deploy_goes_live_and_routes_to_its_instance() {
+    let h = harness().await;
+    let d = h.deploy().await;
+    assert_eq!(d.status, Status::Succeeded, "{:?}", d.failure_message);
+    assert!(d.is_active);
+    let addr = d
+        .runtime
+        .as_ref()
+        .and_then(|r| r.address.clone())
+        .expect("address");
+    let routes = h.edge.routes();
+    assert!(
+        routes
+            .iter()
+            .any(|(_, r)| r.targets.iter().any(|t| t.upstream == addr && t.id == d.id)),
+        "{routes:?}"
+    );
+    h.check_invariants().await;
+}
+
+#[tokio::test]
+async fn a_failed_build_leaves_nothing_and_names_the_step() {
+    let h = harness().await;
+    let live = h.deploy().await;
+    *h.builder.fail.lock().unwrap() = Some("RUN make: exit 2".into());
+    let d = h.deploy().await;
+    assert_eq!(d.status, Status::Failed);
+    let msg = d.failure_message.unwrap_or_default();
+    assert!(
+        msg.starts_with("build: ") && msg.contains("exit 2"),
+        "{msg}"
+    );
+    let live = h.store.get_deployment(&live.id).await.unwrap();
+    assert!(live.is_active, "the previous deployment still serves");
+    h.check_invariants().await;
+}
+
+#[tokio::test]
+async fn a_candidate_never_healthy_fails_by_the_deadline_and_is_removed() {
+    let h = harness().await;
+    let live = h.deploy().await;
+    *h.builder.behaviour.lock().unwrap() = Behaviour {
+        http_status: 503,
+        ..Behaviour::default()
+    };
+    let d = h.deploy().await;
+    assert_eq!(d.status, Status::Failed);
+    let msg = d.failure_message.unwrap_or_default();
+    assert!(
+        msg.contains("not healthy within the 2s deadline") && msg.contains("503"),
+        "{msg}"
+    );
+    assert!(h.store.get_deployment(&live.id).await.unwrap().is_active);
+    h.check_invariants().await;
+}
+
+#[tokio::test]
+async fn a_candidate_exiting_during_readiness_fails_with_its_exit_code() {
+    let h = harness().await;
+    *h.builder.behaviour.lock().unwrap() = Behaviour {
+        crash_with: Some(3),
+        ..Behaviour::default()
+    };
+    let d = h.deploy().await;
+    assert_eq!(d.status, Status::Failed);
+    let msg = d.failure_message.unwrap_or_default();
+    assert!(msg.contains("exited with code 3"), "{msg}");
+    h.check_invariants().await;
+}
+
+#[tokio::test]
+async fn a_new_deploy_drains_the_previous_before_stopping_it() {
+    let h = harness().await;
+    // The first app answers slowly: a request is in flight at the switch.
+    *h.builder.behaviour.lock().unwrap() = Behaviour {
+        response_delay: Duration::from_millis(1500),
+        ..Behaviour::default()
+    };
+    let first = h.deploy().await;
+    assert_eq!(first.status, Status::Succeeded);
+    *h.builder.behaviour.lock().unwrap() = Behaviour::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let edge_addr = listener.local_addr().unwrap();
+    let serving = h.edge.clone();
+    tokio::spawn(async move {
+        let _ = serving.serve(listener, std::future::pending()).await;
+    });
+    let host = h.deployer.route_host(&first);
+    let slow = tokio::spawn(async move {
+        reqwest::Client::new()
+            .get(format!("http://{edge_addr}/"))
+            .header("host", host)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    // The request reached the old instance.
+    for _ in 0..100 {
+        if h.edge.inflight(&first.id) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        h.edge.inflight(&first.id),
+        1,
+        "the slow request is in flight"
+    );
+    let second = h.deploy().await;
+    assert_eq!(second.status, Status::Succeeded);
+    assert_eq!(slow.await.unwrap().expect("answered"), 200);
+    let first_name = first.runtime.unwrap().instance_name;
+    let stops = h.rt.inflight_at_stop();
+    assert!(
+        stops.iter().any(|(n, _)| *n == first_name),
+        "the previous instance was stopped: {stops:?}"
+    );
+    assert!(
+        stops.iter().all(|(_, inflight)| *inflight == 0),
+        "an instance was stopped with requests in flight (not drained): {stops:?}"
+    );
+    let first = h.store.get_deployment(&first.id).await.unwrap();
+    assert_eq!(first.promotion_stage, Stage::Superseded);
+    h.check_invariants().await;
+}
+
+#[tokio::test]
+async fn rollback_puts_the_previous_image_back_without_a_build() {
+    let h = harness().await;
+    let first = h.deploy().await;
+    let second = h.deploy().await;
+    assert_eq!(second.status, Status::Succeeded);
+    let builds = h.builder.calls.lock().unwrap().len();
+    let slot = berth_store::Slot::of(&second);
+    let rb = h.deployer.rollback(&slot).await.expect("rollback");
+    let rb = h.finished(&rb.id).await;
+    assert_eq!(rb.status, Status::Succeeded, "{:?}", rb.failure_message);
+    assert_eq!(rb.image, first.image, "the first deployment's image");
+    assert_eq!(
+        h.builder.calls.lock().unwrap().len(),
+        builds,
+        "no clone, no build"
+    );
+    let second = h.store.get_deployment(&second.id).await.unwrap();
+    assert_eq!(second.promotion_stage, Stage::RolledBack);
+    h.check_invariants().await;
+}
+
+#[tokio::test]
+async fn promoting_a_deployment_whose_image_was_pruned_rebuilds_it() {
+    let h = harness().await;
+    let first = h.deploy().await;
+    let _second = h.deploy().await;
+    let image = first.image.clone().unwrap().reference;
+    Images::remove(&h.rt, &image).await.unwrap();
+    let p = h.deployer.promote(&first.id).await.expect("promote");
+    let p = h.finished(&p.id).await;
+    assert_eq!(p.status, Status::Succeeded, "{:?}", p.failure_message);
+    let calls = h.builder.calls.lock().unwrap().clone();
+    assert!(
+        calls.iter().filter(|c| c.starts_with("build ")).count() >= 3,
+        "{calls:?}"
+    );
+    assert!(h.rt.exists(&image).await.unwrap(), "rebuilt");
+    h.check_invariants().await;
+}
+
+#[tokio::test]
+async fn cancel_during_the_build_ends_cancelled_and_leaves_nothing() {
+    let h = harness().await;
+    let live = h.deploy().await;
+    *h.builder.build_time.lock().unwrap() = Duration::from_secs(30);
+    let d = h
+        .deployer
+        .create(new_deployment(Trigger::Manual))
+        .await
+        .unwrap();
+    for _ in 0..200 {
+        if h.builder
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.starts_with("build "))
+            .count()
+            == 2
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.deployer.cancel(&d.id).await.expect("cancel");
+    let d = h.finished(&d.id).await;
+    assert_eq!(d.status, Status::Cancelled);
+    assert!(h.store.get_deployment(&live.id).await.unwrap().is_active);
+    h.check_invariants().await;
+}
+
+/// A crash (the pipeline's task dropped) once the deployment reached each
+/// stage, then a new process over the same store, runtime and persisted
+/// routes reconciles: the invariants hold every time.
+#[tokio::test]
+async fn a_crash_at_each_stage_is_reconciled() {
+    for stage in [
+        Stage::Building,
+        Stage::StartingCandidate,
+        Stage::CheckingReadiness,
+        Stage::DrainingPrevious,
+    ] {
+        let h = harness().await;
+        let live = h.deploy().await;
+        assert_eq!(live.status, Status::Succeeded);
+        // Slow steps so that each stage can be caught.
+        *h.builder.build_time.lock().unwrap() = Duration::from_millis(300);
+        *h.builder.behaviour.lock().unwrap() = Behaviour {
+            response_delay: Duration::from_millis(200),
+            ..Behaviour::default()
+        };
+        let d = h
+            .deployer
+            .create(new_deployment(Trigger::Manual))
+            .await
+            .unwrap();
+        let mut seen = false;
+        for _ in 0..400 {
+            let now = h.store.get_deployment(&d.id).await.unwrap();
+            if now.promotion_stage == stage {
+                seen = true;
+                break;
+            }
+            if now.status.is_terminal() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert!(seen, "the deployment never reached {stage:?}");
+        // The crash: this process's tasks are gone.
+        h.deployer.abort_all_for_tests();
+        let edge = edge(h.dir.path());
+        let restarted = deployer(
+            h.dir.path(),
+            h.store.clone(),
+            &h.rt,
+            h.builder.clone(),
+            edge.clone(),
+        );
+        restarted.reconcile().await.expect("reconcile");
+        let h2 = Harness {
+            dir: h.dir,
+            store: h.store.clone(),
+            rt: h.rt.clone(),
+            builder: h.builder.clone(),
+            edge,
+            deployer: restarted,
+        };
+        for x in h2.all().await {
+            h2.finished(&x.id).await;
+        }
+        h2.check_invariants().await;
+        let _: PathBuf = h2.dir.path().to_path_buf();
+    }
+}
