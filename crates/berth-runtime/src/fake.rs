@@ -48,6 +48,9 @@ pub struct Behaviour {
     pub output: Vec<String>,
     /// How long the instance's HTTP server takes to answer a request.
     pub response_delay: Duration,
+    /// How long `start` and `stop` of its instances take.
+    pub start_delay: Duration,
+    pub stop_delay: Duration,
 }
 
 impl Default for Behaviour {
@@ -58,6 +61,8 @@ impl Default for Behaviour {
             oneoff_exit_code: 0,
             output: Vec::new(),
             response_delay: Duration::ZERO,
+            start_delay: Duration::ZERO,
+            stop_delay: Duration::ZERO,
         }
     }
 }
@@ -231,6 +236,9 @@ impl Runtime for FakeRuntime {
                 .cloned()
                 .unwrap_or_default()
         };
+        if !behaviour.start_delay.is_zero() {
+            tokio::time::sleep(behaviour.start_delay).await;
+        }
         let http_status = Arc::new(AtomicU16::new(behaviour.http_status));
         let inflight = Arc::new(AtomicUsize::new(0));
         let (endpoint, server) = match (spec.port, behaviour.crash_with) {
@@ -310,7 +318,16 @@ impl Runtime for FakeRuntime {
 
     async fn stop(&self, id: &str, _grace: Duration) -> Result<(), RuntimeError> {
         self.record(Call::Stop(id.to_owned()));
-        let real_id = self.get(id, |i| i.instance.id.clone())?;
+        let (real_id, image) =
+            self.get(id, |i| (i.instance.id.clone(), i.instance.image.clone()))?;
+        let delay = self
+            .lock()
+            .behaviours
+            .get(&image)
+            .map_or(Duration::ZERO, |b| b.stop_delay);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let mut state = self.lock();
         let running = state
             .instances

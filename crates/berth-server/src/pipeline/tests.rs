@@ -533,14 +533,16 @@ async fn a_crash_at_each_stage_is_reconciled() {
         Stage::DrainingPrevious,
     ] {
         let h = harness().await;
-        let live = h.deploy().await;
-        assert_eq!(live.status, Status::Succeeded);
-        // Slow steps so that each stage can be caught.
-        *h.builder.build_time.lock().unwrap() = Duration::from_millis(300);
+        // Slow steps so that each stage lasts long enough to be caught.
         *h.builder.behaviour.lock().unwrap() = Behaviour {
             response_delay: Duration::from_millis(200),
+            start_delay: Duration::from_millis(200),
+            stop_delay: Duration::from_millis(200),
             ..Behaviour::default()
         };
+        let live = h.deploy().await;
+        assert_eq!(live.status, Status::Succeeded);
+        *h.builder.build_time.lock().unwrap() = Duration::from_millis(200);
         let d = h
             .deployer
             .create(new_deployment(Trigger::Manual))
