@@ -304,7 +304,7 @@ mod tests {
         assert!(e.contains("\"30\" has no unit"), "{e}");
         assert!(ok(&["server", "--runtime", "microvm", "--microvm-accel", "tcg"]).is_ok());
         let e = ok(&["server", "--runtime", "vm"]).unwrap_err().to_string();
-        assert!(e.contains("use docker or microvm"), "{e}");
+        assert!(e.contains("use docker, swarm or microvm"), "{e}");
         let e = ok(&["server", "--microvm-accel", "xen"])
             .unwrap_err()
             .to_string();
