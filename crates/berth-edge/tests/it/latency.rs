@@ -73,8 +73,11 @@ async fn the_judged_p95_is_within_five_percent_of_what_clients_measure() {
     let (wb, wc) = (window(&e, "base"), window(&e, "cand"));
     assert_eq!((wb.requests, wc.requests), (100, 40));
     let edge_cand = wc.p95().unwrap();
+    // 5 % (the histogram's bound is 3.1 %) plus 10 ms for the client's own
+    // scheduling on a loaded CI machine; the old coarse buckets were 80 ms off.
+    let slack = |client: f64| client * 0.05 + 0.010;
     assert!(
-        (edge_cand - client_cand).abs() <= client_cand * 0.05,
+        (edge_cand - client_cand).abs() <= slack(client_cand),
         "edge p95 {edge_cand} against client p95 {client_cand}"
     );
     assert!(wb.p95().unwrap() <= client_base * 1.05, "{wb:?}");
@@ -96,7 +99,7 @@ async fn the_judged_p95_is_within_five_percent_of_what_clients_measure() {
     // machine's load, hence the comparison with the client, not a range.
     assert!(ms >= 380.0, "{why}");
     assert!(
-        (ms / 1000.0 - client_cand).abs() <= client_cand * 0.05,
+        (ms / 1000.0 - client_cand).abs() <= slack(client_cand),
         "{why} against client p95 {client_cand}"
     );
 }
