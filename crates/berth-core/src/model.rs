@@ -324,7 +324,18 @@ impl Deployment {
             health: self.health,
         }
     }
-    pub fn set_state(&mut self, s: State) {
+    /// Moves the deployment by `event` through the state machine
+    /// ([`crate::state::transition`]), the only way its state changes; an
+    /// illegal move leaves it as it was and says why.
+    pub fn apply(
+        &mut self,
+        event: crate::state::Event,
+    ) -> Result<State, crate::state::TransitionError> {
+        let s = crate::state::transition(self.state(), event)?;
+        self.set_state(s);
+        Ok(s)
+    }
+    fn set_state(&mut self, s: State) {
         self.status = s.status;
         self.promotion_stage = s.stage;
         self.health = s.health;

@@ -128,6 +128,21 @@ impl Deployer {
         })
     }
 
+    /// The one way the server moves a deployment: the state machine's
+    /// `transition`. An illegal (state, event) leaves it unchanged, is
+    /// logged with the deployment id and the event, and counted in
+    /// `/metrics` (`berth_illegal_transitions_total`).
+    pub(crate) fn transition(&self, d: &mut Deployment, event: Event) -> bool {
+        match d.apply(event) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(deployment = d.id, event = ?event, error = %e, "illegal transition");
+                self.metrics.illegal_transition();
+                false
+            }
+        }
+    }
+
     /// The public port of the edge in URLs.
     pub fn http_port(&self) -> u16 {
         self.cfg.http_listen.port()
@@ -345,9 +360,7 @@ impl Deployer {
     /// Mark a deployment failed without a pipeline (panic, restart).
     pub async fn force_fail(&self, d: &mut Deployment, msg: &str) {
         let fail = |d: &mut Deployment| {
-            if let Ok(s) = transition(d.state(), Event::Fail) {
-                d.set_state(s);
-            }
+            self.transition(d, Event::Fail);
             for step in d.steps.iter_mut() {
                 if step.status == StepStatus::Running {
                     step.status = StepStatus::Failed;
@@ -374,9 +387,8 @@ impl Deployer {
     }
 
     async fn cancel_queued(&self, id: &str, why: &str) {
-        let cancel = |d: &mut Deployment| match transition(d.state(), Event::Cancel) {
-            Ok(s) => {
-                d.set_state(s);
+        let cancel = |d: &mut Deployment| match self.transition(d, Event::Cancel) {
+            true => {
                 d.failure_message = Some(format!("cancelled: {why}"));
                 d.completed_at = Some(now());
                 for step in d.steps.iter_mut() {
@@ -384,7 +396,7 @@ impl Deployer {
                 }
                 true
             }
-            Err(_) => false,
+            false => false,
         };
         if let Ok(mut d) = self.store.get_deployment(id).await {
             if cancel(&mut d) {
@@ -534,9 +546,7 @@ impl Deployer {
             if let Some(rt) = d.runtime.take() {
                 let _ = self.runtime.remove(&rt.instance_id).await;
             }
-            if let Ok(s) = transition(d.state(), Event::Stop) {
-                d.set_state(s);
-            }
+            self.transition(&mut d, Event::Stop);
             self.logs
                 .event(&d.id, "stage: stopped — environment torn down");
             self.store

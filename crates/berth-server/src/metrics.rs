@@ -21,9 +21,17 @@ struct Histogram {
 pub struct Metrics {
     /// (project, status) → (count, duration histogram)
     pipelines: Mutex<BTreeMap<(String, String), Histogram>>,
+    /// Moves the state machine refused.
+    illegal_transitions: std::sync::atomic::AtomicU64,
 }
 
 impl Metrics {
+    /// Count a move the state machine refused.
+    pub fn illegal_transition(&self) {
+        self.illegal_transitions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Count a deployment that reached a terminal state.
     pub fn record_pipeline(&self, d: &Deployment) {
         if !d.status.is_terminal() {
@@ -47,6 +55,13 @@ impl Metrics {
     }
 
     pub fn render(&self, out: &mut String) {
+        out.push_str("# HELP berth_illegal_transitions_total Deployment state changes the state machine refused.\n# TYPE berth_illegal_transitions_total counter\n");
+        let _ = writeln!(
+            out,
+            "berth_illegal_transitions_total {}",
+            self.illegal_transitions
+                .load(std::sync::atomic::Ordering::Relaxed)
+        );
         let m = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
         out.push_str(
             "# HELP berth_pipelines_total Deployments that ended, by project and status.\n",

@@ -17,7 +17,7 @@ use crate::ids::now;
 use crate::pipeline::INSTANCE_LABEL;
 use berth_core::config::ServiceConfig;
 use berth_core::model::{Deployment, RuntimeInfo};
-use berth_core::state::{transition, Event, Stage, Status};
+use berth_core::state::{Event, Stage, Status};
 use berth_edge::{RouteChange, RouteSpec, TargetSpec};
 use berth_runtime::DEPLOYMENT_LABEL;
 use berth_store::{DeploymentQuery, Slot};
@@ -54,8 +54,7 @@ impl Deployer {
                 // The switch was recorded: finish the promotion.
                 self.logs
                     .event(&d.id, "berth restarted while draining: finishing");
-                if let Ok(s) = transition(d.state(), Event::Drained) {
-                    d.set_state(s);
+                if self.transition(&mut d, Event::Drained) {
                     d.completed_at = Some(now());
                 }
                 self.save(&mut d).await;

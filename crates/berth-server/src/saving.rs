@@ -13,7 +13,7 @@
 //!   copy.
 
 use berth_core::model::Deployment;
-use berth_core::state::{transition, Event, Health, Stage};
+use berth_core::state::{Event, Health, Stage};
 use berth_store::{Store, StoreError};
 
 /// Attempts before a writer gives up on a record others keep changing.
@@ -99,12 +99,12 @@ pub async fn record_health(
         if !is_live(d) || d.health == health {
             return false;
         }
-        match transition(d.state(), Event::HealthChanged(health)) {
-            Ok(s) => {
-                d.set_state(s);
-                true
+        match d.apply(Event::HealthChanged(health)) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(deployment = d.id, event = ?Event::HealthChanged(health), error = %e, "illegal transition");
+                false
             }
-            Err(_) => false,
         }
     };
     let mut d = current.clone();
@@ -208,7 +208,7 @@ mod tests {
         let mut b = dep("b");
         s.insert_deployment(&b).await.unwrap();
         let mut a = s.get_deployment("a").await.unwrap();
-        a.set_state(transition(a.state(), Event::Supersede).unwrap());
+        a.apply(Event::Supersede).unwrap();
         b.status = Status::Running;
         b.promotion_stage = Stage::DrainingPrevious;
         let slot = Slot::of(&b);

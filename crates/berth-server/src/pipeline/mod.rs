@@ -46,7 +46,7 @@ use crate::deployer::Deployer;
 use crate::ids::now;
 use berth_core::model::{Deployment, LogStream, StepName, StepStatus};
 use berth_core::redact::Redactor;
-use berth_core::state::{transition, Event};
+use berth_core::state::Event;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -192,12 +192,8 @@ impl Deployer {
     /// Apply a state-machine event, record it, and log the stage change.
     pub(crate) async fn apply(&self, d: &mut Deployment, event: Event) {
         let before = d.promotion_stage;
-        match transition(d.state(), event) {
-            Ok(s) => d.set_state(s),
-            Err(e) => {
-                tracing::error!(deployment = d.id, error = %e, "illegal transition");
-                return;
-            }
+        if !self.transition(d, event) {
+            return;
         }
         if d.status.is_terminal() && d.completed_at.is_none() {
             d.completed_at = Some(now());

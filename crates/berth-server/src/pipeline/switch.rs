@@ -5,7 +5,7 @@ use crate::deployer::Deployer;
 use berth_core::config::{ServiceConfig, ServiceKind};
 use berth_core::hosts;
 use berth_core::model::{Deployment, StepName, StepStatus, Trigger};
-use berth_core::state::{transition, Event};
+use berth_core::state::Event;
 use berth_edge::{RouteChange, RouteSpec, TargetSpec};
 use berth_store::{Activate, Slot};
 use std::sync::Arc;
@@ -66,9 +66,7 @@ impl Deployer {
         }
         // The record: one transaction flips the slot's active pointer.
         let mut prev = previous.clone();
-        if let Ok(s) = transition(d.state(), Event::RouteSwitched) {
-            d.set_state(s);
-        }
+        self.transition(d, Event::RouteSwitched);
         self.logs.event(&d.id, "stage: draining_previous");
         let ev = if matches!(d.trigger, Trigger::Rollback | Trigger::Promote) {
             Event::RollBack
@@ -76,9 +74,7 @@ impl Deployer {
             Event::Supersede
         };
         let replace = |p: &mut Deployment| {
-            if let Ok(s) = transition(p.state(), ev) {
-                p.set_state(s);
-            }
+            self.transition(p, ev);
         };
         if let Some(p) = prev.as_mut() {
             replace(p);

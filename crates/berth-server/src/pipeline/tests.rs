@@ -587,3 +587,17 @@ async fn a_crash_at_each_stage_is_reconciled() {
         let _: PathBuf = h2.dir.path().to_path_buf();
     }
 }
+
+#[tokio::test]
+async fn an_illegal_transition_changes_nothing_and_is_counted() {
+    let h = harness().await;
+    let mut d = h.deploy().await;
+    let before = d.state();
+    assert!(!h
+        .deployer
+        .transition(&mut d, berth_core::state::Event::Start));
+    assert_eq!(d.state(), before, "unchanged");
+    let mut text = String::new();
+    h.deployer.metrics.render(&mut text);
+    assert!(text.contains("berth_illegal_transitions_total 1"), "{text}");
+}

@@ -4,7 +4,7 @@
 
 use crate::{contains, deployment, new_project};
 use berth_core::model::*;
-use berth_core::state::{transition, Event, Health, Stage, Status};
+use berth_core::state::{Event, Health, Stage, Status};
 use berth_store::*;
 use chrono::{Duration, Utc};
 use std::collections::HashSet;
@@ -138,7 +138,7 @@ pub async fn a_stale_save_is_refused_and_writes_nothing(h: &Harness) {
     let monitor_copy = s.get_deployment("a").await.unwrap();
     // ...then `b` supersedes it.
     let mut pipeline_copy = s.get_deployment("a").await.unwrap();
-    pipeline_copy.set_state(transition(pipeline_copy.state(), Event::Supersede).unwrap());
+    pipeline_copy.apply(Event::Supersede).unwrap();
     b.status = Status::Succeeded;
     b.promotion_stage = Stage::Active;
     s.save_deployments(
@@ -153,7 +153,9 @@ pub async fn a_stale_save_is_refused_and_writes_nothing(h: &Harness) {
     // The monitor's stale save (health unhealthy, stage still active) is
     // refused and the supersede stays.
     let mut stale = monitor_copy.clone();
-    stale.set_state(transition(stale.state(), Event::HealthChanged(Health::Unhealthy)).unwrap());
+    stale
+        .apply(Event::HealthChanged(Health::Unhealthy))
+        .unwrap();
     let before = stale.version;
     let e = s
         .save_deployments(&mut [&mut stale], None)

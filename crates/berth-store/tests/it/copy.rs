@@ -3,7 +3,7 @@
 
 use crate::{all_bytes, contains, deployment, new_project};
 use berth_core::model::*;
-use berth_core::state::{transition, Event, Health, Stage, Status};
+use berth_core::state::{Event, Health, Stage, Status};
 use berth_store::copy::copy_store;
 use berth_store::*;
 use chrono::{Duration, Utc};
@@ -62,7 +62,7 @@ async fn populate(s: &dyn Store) {
         let mut batch: Vec<Deployment> = vec![d];
         if i == 1 {
             let mut prev = s.get_deployment("d1").await.unwrap();
-            prev.set_state(transition(prev.state(), Event::Supersede).unwrap());
+            prev.apply(Event::Supersede).unwrap();
             batch.push(prev);
         }
         let slot = Slot::of(&batch[0]);
