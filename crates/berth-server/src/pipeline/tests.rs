@@ -601,3 +601,33 @@ async fn an_illegal_transition_changes_nothing_and_is_counted() {
     h.deployer.metrics.render(&mut text);
     assert!(text.contains("berth_illegal_transitions_total 1"), "{text}");
 }
+
+#[tokio::test]
+async fn cancel_during_readiness_removes_the_candidate() {
+    let h = harness().await;
+    let live = h.deploy().await;
+    *h.builder.behaviour.lock().unwrap() = Behaviour {
+        http_status: 503,
+        ..Behaviour::default()
+    };
+    let d = h
+        .deployer
+        .create(new_deployment(Trigger::Manual))
+        .await
+        .unwrap();
+    let mut reached = false;
+    for _ in 0..400 {
+        if h.store.get_deployment(&d.id).await.unwrap().promotion_stage == Stage::CheckingReadiness
+        {
+            reached = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(reached, "never reached readiness");
+    h.deployer.cancel(&d.id).await.expect("cancel");
+    let d = h.finished(&d.id).await;
+    assert_eq!(d.status, Status::Cancelled);
+    assert!(h.store.get_deployment(&live.id).await.unwrap().is_active);
+    h.check_invariants().await;
+}
