@@ -314,6 +314,48 @@ pub struct RuntimeInfo {
     pub instance_name: String,
     /// `127.0.0.1:<port>` the edge and probes use; `None` for workers.
     pub address: Option<String>,
+    /// What runs it: `container`, `microvm` or `swarm`; `None` in records
+    /// written before berth kept it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Memory the instance got (a microVM's guest memory, the runtime's
+    /// default when the service sets none); `None` when unlimited or unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// CPUs the instance got (a microVM's vCPUs); `None` when unlimited or
+    /// unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+}
+
+impl RuntimeInfo {
+    /// One line for `berth inspect`: `microvm 256 MiB, 1 CPU`, or `-` when
+    /// nothing is known.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(k) = &self.kind {
+            parts.push(k.clone());
+        }
+        let mut res = Vec::new();
+        if let Some(b) = self.memory_bytes {
+            res.push(if b % (1024 * 1024) == 0 {
+                format!("{} MiB", b / (1024 * 1024))
+            } else {
+                format!("{b} bytes")
+            });
+        }
+        if let Some(c) = self.cpus {
+            res.push(format!("{c} CPU{}", if c == 1.0 { "" } else { "s" }));
+        }
+        if !res.is_empty() {
+            parts.push(res.join(", "));
+        }
+        if parts.is_empty() {
+            "-".into()
+        } else {
+            parts.join(" ")
+        }
+    }
 }
 
 impl Deployment {
@@ -404,6 +446,36 @@ pub fn mask_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runtime_info_reads_old_records_and_summarises() {
+        let old: RuntimeInfo =
+            serde_json::from_str(r#"{"instanceId":"c1","instanceName":"n","address":null}"#)
+                .unwrap();
+        assert_eq!(old.kind, None);
+        assert_eq!(old.summary(), "-");
+        let vm = RuntimeInfo {
+            kind: Some("microvm".into()),
+            memory_bytes: Some(256 << 20),
+            cpus: Some(1.0),
+            ..Default::default()
+        };
+        assert_eq!(vm.summary(), "microvm 256 MiB, 1 CPU");
+        let json = serde_json::to_value(&vm).unwrap();
+        assert_eq!(json["kind"], "microvm");
+        assert_eq!(json["memoryBytes"], 256u64 << 20);
+        assert_eq!(json["cpus"], 1.0);
+        let c = RuntimeInfo {
+            kind: Some("container".into()),
+            cpus: Some(0.5),
+            ..Default::default()
+        };
+        assert_eq!(c.summary(), "container 0.5 CPUs");
+        assert!(serde_json::to_value(&c)
+            .unwrap()
+            .get("memoryBytes")
+            .is_none());
+    }
 
     #[test]
     fn mask_url_hides_credentials_only() {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_core::config::ServiceKind;
-use berth_core::model::{Deployment, RuntimeInfo};
+use berth_core::model::Deployment;
 use berth_runtime::swarm::{Availability, NodeInfo};
 use berth_runtime::SwarmRuntime;
 use berth_store::DeploymentQuery;
@@ -170,11 +170,7 @@ impl Deployer {
                 return Err(fail(reason));
             }
         }
-        let moved = RuntimeInfo {
-            instance_id: inst.id.clone(),
-            instance_name: inst.name.clone(),
-            address: inst.endpoint.as_ref().map(|e| e.to_string()),
-        };
+        let moved = crate::pipeline::runtime_info(self.cfg.runtime, &service, &inst);
         d.runtime = Some(moved.clone());
         // Only the instance changes; anything else another writer saved
         // meanwhile stays. A deployment no longer active keeps its record.

@@ -92,9 +92,8 @@ impl Deployer {
                             Err(_) => inst.endpoint.clone(),
                         };
                         d.runtime = Some(RuntimeInfo {
-                            instance_id: inst.id.clone(),
-                            instance_name: inst.name.clone(),
                             address: addr.map(|a| a.to_string()),
+                            ..crate::pipeline::runtime_info(self.cfg.runtime, &service, inst)
                         });
                         self.save(&mut d).await;
                         self.logs.event(&d.id, "berth restarted: container adopted");
@@ -151,11 +150,11 @@ impl Deployer {
                         inst.name
                     ),
                 );
-                d.runtime = Some(RuntimeInfo {
-                    instance_id: inst.id.clone(),
-                    instance_name: inst.name.clone(),
-                    address: inst.endpoint.map(|a| a.to_string()),
-                });
+                d.runtime = Some(crate::pipeline::runtime_info(
+                    self.cfg.runtime,
+                    service,
+                    &inst,
+                ));
                 self.save(d).await;
                 self.monitors.follow_logs(self, &d.id, &inst.id, None);
                 self.monitors.watch(self, d, service);

@@ -155,6 +155,7 @@ mod tests {
                 instance_id: format!("c-{id}"),
                 instance_name: id.into(),
                 address: Some("127.0.0.1:1000".into()),
+                ..Default::default()
             }),
             source_repo: None,
             version: 0,

@@ -65,6 +65,25 @@ pub const MIN_MEMORY_MIB: u64 = 128;
 /// How long a probe boot under KVM may take before `auto` falls back to TCG.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The guest memory (MiB) and vCPUs a VM gets for `limits`: the memory
+/// limit rounded down to MiB and at least [`MIN_MEMORY_MIB`] (else
+/// [`DEFAULT_MEMORY_MIB`]), the CPU limit rounded up to 1..=16 (else 1).
+pub fn guest_resources(limits: &crate::spec::Limits) -> (u64, u32) {
+    let memory_mib = limits
+        .memory_bytes
+        .map(|b| (b / (1024 * 1024)).max(MIN_MEMORY_MIB))
+        .unwrap_or(DEFAULT_MEMORY_MIB);
+    let cpus = limits
+        .nano_cpus
+        .map(|n| {
+            u32::try_from((n + 999_999_999) / 1_000_000_000)
+                .unwrap_or(1)
+                .clamp(1, 16)
+        })
+        .unwrap_or(1);
+    (memory_mib, cpus)
+}
+
 /// How the microVM runtime is set up (from the server's flags).
 #[derive(Debug, Clone)]
 pub struct MicroVmConfig {
@@ -500,20 +519,7 @@ impl MicroVmRuntime {
             .await?
         };
         let port = if oneoff { None } else { spec.port };
-        let memory_mib = spec
-            .limits
-            .memory_bytes
-            .map(|b| (b / (1024 * 1024)).max(MIN_MEMORY_MIB))
-            .unwrap_or(DEFAULT_MEMORY_MIB);
-        let cpus = spec
-            .limits
-            .nano_cpus
-            .map(|n| {
-                u32::try_from((n + 999_999_999) / 1_000_000_000)
-                    .unwrap_or(1)
-                    .clamp(1, 16)
-            })
-            .unwrap_or(1);
+        let (memory_mib, cpus) = guest_resources(&spec.limits);
         std::fs::create_dir_all(&dir).map_err(|e| backend("create vm dir", e))?;
         let result = async {
             self.write_initrd(&dir, &boot.kernel, init_config).await?;

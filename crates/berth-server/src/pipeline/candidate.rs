@@ -2,6 +2,7 @@
 //! and its start beside the active deployment.
 
 use super::{fail, Flow, INSTANCE_LABEL};
+use crate::config::RuntimeKind;
 use crate::deployer::Deployer;
 use berth_core::config::{ServiceConfig, ServiceKind};
 use berth_core::model::{Deployment, ImageInfo, RuntimeInfo, StepName, StepStatus};
@@ -17,6 +18,49 @@ pub(super) fn isolation_label(service: &ServiceConfig, labels: &mut BTreeMap<Str
             berth_runtime::microvm::ISOLATION_LABEL.into(),
             berth_runtime::microvm::MICROVM.into(),
         );
+    }
+}
+
+/// The limits an instance of `service` runs with.
+fn limits_for(service: &ServiceConfig) -> Limits {
+    Limits {
+        memory_bytes: service.resources.memory_bytes,
+        nano_cpus: service.resources.cpus.map(|c| (c * 1e9) as i64),
+        pids: Some(512),
+    }
+}
+
+/// What a deployment's record says about `instance` of `service` on a
+/// server running `runtime`: the kind of instance and the resources it got
+/// (for a microVM the guest's, with the VM runtime's defaults where the
+/// service sets none).
+pub(crate) fn runtime_info(
+    runtime: RuntimeKind,
+    service: &ServiceConfig,
+    instance: &berth_runtime::Instance,
+) -> RuntimeInfo {
+    let limits = limits_for(service);
+    let vm = runtime == RuntimeKind::MicroVm
+        || (runtime == RuntimeKind::Docker
+            && service.isolation == berth_core::config::Isolation::MicroVm);
+    let (kind, memory_bytes, cpus) = if vm {
+        let (mib, cpus) = berth_runtime::microvm::guest_resources(&limits);
+        ("microvm", Some(mib * 1024 * 1024), Some(f64::from(cpus)))
+    } else {
+        let kind = if runtime == RuntimeKind::Swarm {
+            "swarm"
+        } else {
+            "container"
+        };
+        (kind, limits.memory_bytes, service.resources.cpus)
+    };
+    RuntimeInfo {
+        instance_id: instance.id.clone(),
+        instance_name: instance.name.clone(),
+        address: instance.endpoint.as_ref().map(|a| a.to_string()),
+        kind: Some(kind.into()),
+        memory_bytes,
+        cpus,
     }
 }
 
@@ -90,11 +134,7 @@ impl Deployer {
             .start_command
             .as_deref()
             .map(berth_runtime::shell_command);
-        spec.limits = Limits {
-            memory_bytes: service.resources.memory_bytes,
-            nano_cpus: service.resources.cpus.map(|c| (c * 1e9) as i64),
-            pids: Some(512),
-        };
+        spec.limits = limits_for(service);
         spec.restart = RestartPolicy::Always;
         spec
     }
@@ -115,11 +155,7 @@ impl Deployer {
             Ok(i) => i,
             Err(e) => return fail(StepName::Deploy, format!("cannot start container: {e}")),
         };
-        d.runtime = Some(RuntimeInfo {
-            instance_id: instance.id.clone(),
-            instance_name: instance.name.clone(),
-            address: instance.endpoint.map(|a| a.to_string()),
-        });
+        d.runtime = Some(runtime_info(self.cfg.runtime, service, &instance));
         self.monitors.follow_logs(self, &d.id, &instance.id, None);
         self.finish_step(
             d,
@@ -132,5 +168,68 @@ impl Deployer {
         );
         self.apply(d, Event::CandidateStarted).await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_core::config::Isolation;
+
+    fn instance() -> berth_runtime::Instance {
+        berth_runtime::Instance {
+            id: "i1".into(),
+            name: "app-web-production-d1".into(),
+            image: "img".into(),
+            labels: BTreeMap::new(),
+            endpoint: Some(berth_runtime::Endpoint::new("127.0.0.1", 4000)),
+            running: true,
+        }
+    }
+
+    #[test]
+    fn runtime_info_names_the_kind_and_the_resources_the_instance_got() {
+        let mut svc = ServiceConfig::default();
+        // A container without limits: nothing is made up.
+        let c = runtime_info(RuntimeKind::Docker, &svc, &instance());
+        assert_eq!(c.kind.as_deref(), Some("container"));
+        assert_eq!((c.memory_bytes, c.cpus), (None, None));
+        assert_eq!(c.instance_id, "i1");
+        assert_eq!(c.address.as_deref(), Some("127.0.0.1:4000"));
+
+        // A microVM without limits gets the VM runtime's defaults.
+        svc.isolation = Isolation::MicroVm;
+        let vm = runtime_info(RuntimeKind::Docker, &svc, &instance());
+        assert_eq!(vm.kind.as_deref(), Some("microvm"));
+        assert_eq!(
+            vm.memory_bytes,
+            Some(berth_runtime::microvm::DEFAULT_MEMORY_MIB << 20)
+        );
+        assert_eq!(vm.cpus, Some(1.0));
+
+        // Limits as the VM really gets them: memory raised to the minimum,
+        // CPUs rounded up.
+        svc.resources.memory_bytes = Some(64 << 20);
+        svc.resources.cpus = Some(1.5);
+        let vm = runtime_info(RuntimeKind::Docker, &svc, &instance());
+        assert_eq!(
+            vm.memory_bytes,
+            Some(berth_runtime::microvm::MIN_MEMORY_MIB << 20)
+        );
+        assert_eq!(vm.cpus, Some(2.0));
+        svc.resources.memory_bytes = Some(512 << 20);
+        let vm = runtime_info(RuntimeKind::Docker, &svc, &instance());
+        assert_eq!(vm.memory_bytes, Some(512 << 20));
+
+        // `--runtime microvm` makes every instance a VM; a container keeps
+        // the service's own limits; swarm is named as such.
+        svc.isolation = Isolation::Container;
+        let all = runtime_info(RuntimeKind::MicroVm, &svc, &instance());
+        assert_eq!(all.kind.as_deref(), Some("microvm"));
+        let c = runtime_info(RuntimeKind::Docker, &svc, &instance());
+        assert_eq!(c.kind.as_deref(), Some("container"));
+        assert_eq!((c.memory_bytes, c.cpus), (Some(512 << 20), Some(1.5)));
+        let s = runtime_info(RuntimeKind::Swarm, &svc, &instance());
+        assert_eq!(s.kind.as_deref(), Some("swarm"));
     }
 }

@@ -40,6 +40,7 @@ mod switch;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use candidate::runtime_info;
 pub(crate) use source::service_from_record;
 
 use crate::deployer::Deployer;

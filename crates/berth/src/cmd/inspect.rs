@@ -124,6 +124,15 @@ pub fn render(
         }
         None => add("Image", "-".into()),
     }
+    if let Some(r) = &d.runtime {
+        add(
+            "Runtime",
+            match r.summary().as_str() {
+                "-" => r.instance_name.clone(),
+                s => format!("{s} ({})", r.instance_name),
+            },
+        );
+    }
     let b = &d.build;
     let mut build = Vec::new();
     for (k, v) in [
@@ -211,6 +220,36 @@ mod tests {
         let now = Utc.with_ymd_and_hms(2026, 4, 24, 12, 0, 0).unwrap();
         let all = crate::cmd::fixture_deployments();
         insta::assert_snapshot!(render(&all[1], Some(12), &[], now));
+    }
+
+    #[test]
+    fn inspect_shows_the_runtime_and_its_resources() {
+        let now = Utc.with_ymd_and_hms(2026, 4, 24, 12, 0, 0).unwrap();
+        let mut d = crate::cmd::fixture_deployments()[1].clone();
+        let plain = render(&d, Some(12), &[], now);
+        assert!(!plain.contains("Runtime"), "{plain}");
+        d.runtime = Some(berth_core::model::RuntimeInfo {
+            instance_id: "vm-1".into(),
+            instance_name: "shop-web-production-d1".into(),
+            address: Some("127.0.0.1:4000".into()),
+            kind: Some("microvm".into()),
+            memory_bytes: Some(256 << 20),
+            cpus: Some(1.0),
+        });
+        let out = render(&d, Some(12), &[], now);
+        let line = out.lines().find(|l| l.starts_with("Runtime")).unwrap();
+        assert!(
+            line.ends_with("microvm 256 MiB, 1 CPU (shop-web-production-d1)"),
+            "{line}"
+        );
+        // A record written before berth kept the kind shows the instance.
+        d.runtime = Some(berth_core::model::RuntimeInfo {
+            instance_name: "old".into(),
+            ..Default::default()
+        });
+        let out = render(&d, Some(12), &[], now);
+        let line = out.lines().find(|l| l.starts_with("Runtime")).unwrap();
+        assert!(line.ends_with(" old"), "{line}");
     }
 
     #[test]
