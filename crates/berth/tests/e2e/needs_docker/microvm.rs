@@ -124,6 +124,16 @@ fn microvm_runtime_deploys_serves_logs_apart_rolls_back_and_survives_kill_9() {
         .unwrap_or_else(|| panic!("{vm1} is not a microVM: {vms:?}"));
     assert_eq!(meta["memory_mib"], 192);
     assert_eq!(meta["accel"], "tcg");
+    // `inspect` says so: the kind and the memory the VM got.
+    assert_eq!(d1["runtime"]["kind"], "microvm", "{d1}");
+    assert_eq!(d1["runtime"]["memoryBytes"], 192u64 << 20, "{d1}");
+    assert_eq!(d1["runtime"]["cpus"], 1.0, "{d1}");
+    let text = s.ok(&["inspect", d1["id"].as_str().unwrap()]);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("Runtime") && l.contains("microvm 192 MiB, 1 CPU")),
+        "{text}"
+    );
 
     // Inside: berth-init is PID 1, the guest kernel runs, no host processes
     // and no Docker socket.
@@ -186,6 +196,8 @@ fn microvm_runtime_deploys_serves_logs_apart_rolls_back_and_survives_kill_9() {
     let after = s.json(&["inspect", &id1, "--json"]);
     assert_eq!(after["isActive"], true);
     assert_eq!(after["runtime"]["instanceId"], vm1.as_str());
+    assert_eq!(after["runtime"]["kind"], "microvm", "{after}");
+    assert_eq!(after["runtime"]["memoryBytes"], 192u64 << 20, "{after}");
     let pid_after = std::fs::read_to_string(
         s.data_dir()
             .join("microvm/vms")
