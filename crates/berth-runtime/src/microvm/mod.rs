@@ -785,15 +785,24 @@ impl Runtime for MicroVmRuntime {
             return Ok(());
         }
         let _ = std::fs::write(dir.join("stopped"), b"");
-        Self::control(
-            &dir,
-            &Control::Signal {
-                signal: libc::SIGTERM,
-            },
-        )
-        .await;
-        if self.wait_exit(&dir, grace).await {
-            return Ok(());
+        // SIGTERM again every second of the grace: a control record written
+        // while the guest's end of the port is between two opens is lost.
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            Self::control(
+                &dir,
+                &Control::Signal {
+                    signal: libc::SIGTERM,
+                },
+            )
+            .await;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if self.wait_exit(&dir, left.min(Duration::from_secs(1))).await {
+                return Ok(());
+            }
+            if left <= Duration::from_secs(1) {
+                break;
+            }
         }
         Self::control(
             &dir,

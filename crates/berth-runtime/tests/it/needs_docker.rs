@@ -411,7 +411,16 @@ async fn memory_limit_overrun_is_reported_as_oom() {
     spec.limits.memory_bytes = Some(16 << 20);
     cleanup.container(spec.name.clone());
     let instance = rt.start(&spec).await.expect("start");
-    let state = wait_not_running(&rt, &instance.id).await;
+    let mut state = wait_not_running(&rt, &instance.id).await;
+    // The engine records the OOM from its own event, which may arrive just
+    // after the exit: give it a bounded moment.
+    for _ in 0..30 {
+        if state.oom_killed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        state = rt.inspect(&instance.id).await.expect("inspect");
+    }
     assert!(state.oom_killed, "{state:?}");
     assert_ne!(state.exit_code(), Some(0));
     rt.remove(&instance.id).await.expect("remove");
