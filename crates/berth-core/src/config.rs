@@ -13,7 +13,7 @@
 //! - durations and sizes follow [`units`] (the rules of CLI flags and API
 //!   queries);
 //! - unknown keys never pass silently;
-//! - durations are > 0, the port is 1-65535, canary stages strictly increase
+//! - durations are > 0 (only `bake` may be `"0"`: off), the port is 1-65535, canary stages strictly increase
 //!   and end at 100, thresholds are > 0, a canary's `min_requests` is >= 1
 //!   and `on_low_traffic` one of [`LowTraffic`]'s three words.
 //!
@@ -32,6 +32,12 @@ pub const FILE_NAME: &str = "berth.toml";
 
 /// Default port an app listens on (000: port 3000).
 pub const DEFAULT_PORT: u16 = 3000;
+
+/// Grace of a stopping instance when `stop_timeout` is not set.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bake window when `bake` is not set.
+pub const DEFAULT_BAKE: Duration = Duration::from_secs(600);
 
 /// Name of the service a repository without `berth.toml` has.
 pub const DEFAULT_SERVICE: &str = "web";
@@ -227,6 +233,12 @@ pub struct ServiceConfig {
     pub resources: Resources,
     pub canary: Canary,
     pub isolation: Isolation,
+    /// Grace a stopping instance gets after SIGTERM before it is killed
+    /// (`stop_timeout`, > 0).
+    pub stop_timeout: Duration,
+    /// How long the previous deployment stays running, unrouted, after a
+    /// cutover (`bake`); zero turns the bake window off.
+    pub bake: Duration,
 }
 
 impl ServiceConfig {
@@ -244,6 +256,8 @@ impl ServiceConfig {
             resources: Resources::default(),
             canary: Canary::Unset,
             isolation: Isolation::Container,
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+            bake: DEFAULT_BAKE,
         }
     }
 }
@@ -355,6 +369,8 @@ fn parse_service(name: &str, t: &Table, path: &str) -> Result<ServiceConfig, Con
             "release_command" => svc.release_command = Some(non_empty(value, &kp)?.to_string()),
             "build_command" => svc.build_command = Some(non_empty(value, &kp)?.to_string()),
             "readiness" => svc.readiness = parse_readiness(as_table(value, &kp)?, &kp)?,
+            "stop_timeout" => svc.stop_timeout = duration(value, &kp)?,
+            "bake" => svc.bake = duration_or_zero(value, &kp)?,
             "resources" => svc.resources = parse_resources(as_table(value, &kp)?, &kp)?,
             "isolation" => {
                 svc.isolation = match as_str(value, &kp)? {
@@ -574,6 +590,15 @@ fn as_float(v: &Value, key: &str) -> Result<f64, ConfigError> {
 }
 
 fn duration(v: &Value, key: &str) -> Result<Duration, ConfigError> {
+    let d = duration_or_zero(v, key)?;
+    if d.is_zero() {
+        return Err(ConfigError::invalid(key, "must be greater than 0"));
+    }
+    Ok(d)
+}
+
+/// A duration where `"0"` is allowed (it turns something off).
+fn duration_or_zero(v: &Value, key: &str) -> Result<Duration, ConfigError> {
     let s = as_str(v, key).map_err(|_| {
         ConfigError::invalid(
             key,
@@ -583,11 +608,7 @@ fn duration(v: &Value, key: &str) -> Result<Duration, ConfigError> {
             ),
         )
     })?;
-    let d = units::parse_duration(s).map_err(|e| ConfigError::invalid(key, e.to_string()))?;
-    if d.is_zero() {
-        return Err(ConfigError::invalid(key, "must be greater than 0"));
-    }
-    Ok(d)
+    units::parse_duration(s).map_err(|e| ConfigError::invalid(key, e.to_string()))
 }
 
 /// Checks a service name with the one rule of [`names::service_name`].
@@ -692,6 +713,21 @@ resources = { memory = "1g", cpus = 2 }
         assert_eq!(jobs.port, 3000);
         assert_eq!(jobs.resources.memory_bytes, Some(1 << 30));
         assert_eq!(jobs.resources.cpus, Some(2.0));
+    }
+
+    #[test]
+    fn stop_timeout_and_bake_default_and_parse() {
+        let web = ServiceConfig::default();
+        assert_eq!(web.stop_timeout, Duration::from_secs(10));
+        assert_eq!(web.bake, Duration::from_secs(600));
+        let c = parse(
+            "[services.web]\nstop_timeout = \"30s\"\nbake = \"2m\"\n[services.api]\nbake = \"0\"\n",
+        )
+        .unwrap();
+        let web = c.service("web").unwrap();
+        assert_eq!(web.stop_timeout, Duration::from_secs(30));
+        assert_eq!(web.bake, Duration::from_secs(120));
+        assert_eq!(c.service("api").unwrap().bake, Duration::ZERO);
     }
 
     #[test]
@@ -997,6 +1033,36 @@ resources = { memory = "1g", cpus = 2 }
                 "[services.web.canary]\nstep = 1\n",
                 "services.web.canary.step",
                 "unknown key",
+            ),
+            (
+                "[services.web]\nstop_timeout = \"0\"\n",
+                "services.web.stop_timeout",
+                "must be greater than 0",
+            ),
+            (
+                "[services.web]\nstop_timeout = \"-5s\"\n",
+                "services.web.stop_timeout",
+                "is not a duration",
+            ),
+            (
+                "[services.web]\nstop_timeout = \"10\"\n",
+                "services.web.stop_timeout",
+                "has no unit",
+            ),
+            (
+                "[services.web]\nbake = \"-1s\"\n",
+                "services.web.bake",
+                "is not a duration",
+            ),
+            (
+                "[services.web]\nbake = \"forever\"\n",
+                "services.web.bake",
+                "is not a duration",
+            ),
+            (
+                "[services.web]\nbake = 600\n",
+                "services.web.bake",
+                "expected a duration string",
             ),
         ];
         for (text, key, reason) in cases {

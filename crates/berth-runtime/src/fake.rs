@@ -94,6 +94,8 @@ struct State {
     calls: Vec<Call>,
     /// (instance name, requests in flight) at each `stop` of a running one.
     inflight_at_stop: Vec<(String, usize)>,
+    /// (instance id, grace) of every `stop` call.
+    stop_graces: Vec<(String, Duration)>,
     next_id: u64,
 }
 
@@ -148,6 +150,11 @@ impl FakeRuntime {
     /// running instance: a stop before the edge drained shows up here.
     pub fn inflight_at_stop(&self) -> Vec<(String, usize)> {
         self.lock().inflight_at_stop.clone()
+    }
+
+    /// (instance id, grace asked for) of every `stop` call.
+    pub fn stop_graces(&self) -> Vec<(String, Duration)> {
+        self.lock().stop_graces.clone()
     }
 
     /// Every call so far, in order.
@@ -316,8 +323,9 @@ impl Runtime for FakeRuntime {
         })
     }
 
-    async fn stop(&self, id: &str, _grace: Duration) -> Result<(), RuntimeError> {
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
         self.record(Call::Stop(id.to_owned()));
+        self.lock().stop_graces.push((id.to_owned(), grace));
         let (real_id, image) =
             self.get(id, |i| (i.instance.id.clone(), i.instance.image.clone()))?;
         let delay = self

@@ -286,7 +286,7 @@ impl Deployer {
         self.track(runner.abort_handle());
     }
 
-    fn track(&self, task: tokio::task::AbortHandle) {
+    pub(crate) fn track(&self, task: tokio::task::AbortHandle) {
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         tasks.retain(|t| !t.is_finished());
         tasks.push(task);

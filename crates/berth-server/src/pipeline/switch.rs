@@ -9,10 +9,6 @@ use berth_core::state::Event;
 use berth_edge::{RouteChange, RouteSpec, TargetSpec};
 use berth_store::{Activate, Slot};
 use std::sync::Arc;
-use std::time::Duration;
-
-/// Grace given to a stopping container after its requests drained.
-const STOP_GRACE: Duration = Duration::from_secs(10);
 
 impl Deployer {
     /// Steps 8-10: switch the route, drain the previous deployment,
@@ -137,22 +133,52 @@ impl Deployer {
         self.apply(d, Event::Drained).await;
     }
 
-    /// Drain a replaced deployment's in-flight requests and stop its container.
-    pub(crate) async fn retire(&self, p: &mut Deployment) {
-        self.monitors.stop(&p.id);
+    /// Drain a replaced deployment's in-flight requests, then stop its
+    /// instance in the background with the service's `stop_timeout`: the
+    /// caller (a deploy's result) does not wait for an app that ignores
+    /// SIGTERM. The stop is recorded on the replaced deployment's log.
+    pub(crate) async fn retire(self: &Arc<Self>, p: &mut Deployment) {
+        self.monitors.stop_health(&p.id);
         let report = self.edge.drain(&p.id, self.cfg.drain_timeout).await;
         self.logs.event(&p.id, &format!("drained: {report:?}"));
-        if let Some(rt) = p.runtime.take() {
-            if let Err(e) = self.runtime.stop(&rt.instance_id, STOP_GRACE).await {
-                tracing::warn!(deployment = p.id, error = %e, "cannot stop previous container");
-            }
-            if let Err(e) = self.runtime.remove(&rt.instance_id).await {
-                tracing::warn!(deployment = p.id, error = %e, "cannot remove previous container");
-            }
-            self.logs
-                .event(&p.id, &format!("container {} stopped", rt.instance_name));
-        }
+        let Some(rt) = p.runtime.take() else {
+            self.save(p).await;
+            return;
+        };
         self.save(p).await;
+        let grace = super::service_from_record(p).stop_timeout;
+        self.logs.event(
+            &p.id,
+            &format!(
+                "stopping container {} (grace {}s)",
+                rt.instance_name,
+                grace.as_secs_f64()
+            ),
+        );
+        let this = self.clone();
+        let id = p.id.clone();
+        let stopping = tokio::spawn(async move {
+            this.stop_instance(&id, &rt, grace).await;
+        });
+        self.track(stopping.abort_handle());
+    }
+
+    /// Stop and remove a retired deployment's instance; recorded on its log.
+    pub(crate) async fn stop_instance(
+        &self,
+        id: &str,
+        rt: &berth_core::model::RuntimeInfo,
+        grace: std::time::Duration,
+    ) {
+        if let Err(e) = self.runtime.stop(&rt.instance_id, grace).await {
+            tracing::warn!(deployment = id, error = %e, "cannot stop previous container");
+        }
+        if let Err(e) = self.runtime.remove(&rt.instance_id).await {
+            tracing::warn!(deployment = id, error = %e, "cannot remove previous container");
+        }
+        self.monitors.stop(id);
+        self.logs
+            .event(id, &format!("container {} stopped", rt.instance_name));
     }
 
     /// Every hostname that follows a slot's active deployment: its route

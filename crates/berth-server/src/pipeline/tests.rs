@@ -277,6 +277,25 @@ impl Harness {
         panic!("deployment {id} did not finish");
     }
 
+    /// Waits (bounded, 5 s) until a line of `id`'s log contains `needle`.
+    async fn log_has(&self, id: &str, needle: &str) -> bool {
+        for _ in 0..100 {
+            let lines = self
+                .store
+                .read_logs(&berth_store::LogQuery {
+                    deployment_id: Some(id.to_string()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            if lines.iter().any(|l| l.text.contains(needle)) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
     async fn all(&self) -> Vec<Deployment> {
         self.store
             .list_deployments(&DeploymentQuery::default())
@@ -307,12 +326,24 @@ impl Harness {
         let want = self.deployer.desired_routes().await.unwrap();
         let got: BTreeMap<_, _> = self.edge.routes().into_iter().collect();
         assert_eq!(got, want, "edge routes differ from the store's");
-        let running: Vec<String> = self.rt.instance_ids().into_iter().collect();
         let active_ids: Vec<String> = all
             .iter()
             .filter(|d| d.is_active)
             .filter_map(|d| d.runtime.as_ref().map(|r| r.instance_id.clone()))
             .collect();
+        // A replaced instance is stopped in the background: give it a moment.
+        for _ in 0..100 {
+            if self
+                .rt
+                .instance_ids()
+                .iter()
+                .all(|id| active_ids.contains(id))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let running: Vec<String> = self.rt.instance_ids().into_iter().collect();
         for id in &running {
             assert!(
                 active_ids.contains(id),
@@ -435,6 +466,17 @@ async fn a_new_deploy_drains_the_previous_before_stopping_it() {
     assert_eq!(second.status, Status::Succeeded);
     assert_eq!(slow.await.unwrap().expect("answered"), 200);
     let first_name = first.runtime.unwrap().instance_name;
+    // The stop runs in the background once the drain is done.
+    for _ in 0..100 {
+        if h.rt
+            .inflight_at_stop()
+            .iter()
+            .any(|(n, _)| *n == first_name)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let stops = h.rt.inflight_at_stop();
     assert!(
         stops.iter().any(|(n, _)| *n == first_name),
@@ -446,6 +488,54 @@ async fn a_new_deploy_drains_the_previous_before_stopping_it() {
     );
     let first = h.store.get_deployment(&first.id).await.unwrap();
     assert_eq!(first.promotion_stage, Stage::Superseded);
+    h.check_invariants().await;
+}
+
+#[tokio::test]
+async fn the_deploy_does_not_wait_for_the_previous_instance_to_stop() {
+    let h = harness().await;
+    *h.builder.toml.lock().unwrap() = TOML.replace(
+        "port = 3000\n",
+        "port = 3000\nstop_timeout = \"7s\"\nbake = \"0\"\n",
+    );
+    // The first app ignores SIGTERM: its stop takes the whole grace.
+    *h.builder.behaviour.lock().unwrap() = Behaviour {
+        stop_delay: Duration::from_secs(3),
+        ..Behaviour::default()
+    };
+    let first = h.deploy().await;
+    assert_eq!(
+        first.status,
+        Status::Succeeded,
+        "{:?}",
+        first.failure_message
+    );
+    *h.builder.behaviour.lock().unwrap() = Behaviour::default();
+    let started = std::time::Instant::now();
+    let second = h.deploy().await;
+    let took = started.elapsed();
+    assert_eq!(second.status, Status::Succeeded);
+    assert!(
+        took < Duration::from_millis(2500),
+        "the deploy waited for the old instance to stop: {took:?}"
+    );
+    let first_id = first.runtime.clone().unwrap().instance_id;
+    // The stop got the service's stop_timeout, not a constant.
+    assert!(
+        h.rt.stop_graces()
+            .iter()
+            .any(|(id, g)| *id == first_id && *g == Duration::from_secs(7)),
+        "{:?}",
+        h.rt.stop_graces()
+    );
+    let old = h.store.get_deployment(&first.id).await.unwrap();
+    assert_eq!(old.promotion_stage, Stage::Superseded);
+    assert!(old.runtime.is_none(), "the record no longer points at it");
+    // ... and the stop finishes in the background, recorded on the old one.
+    assert!(
+        h.log_has(&first.id, "container").await && h.log_has(&first.id, "stopped").await,
+        "the old deployment's log records the stop"
+    );
     h.check_invariants().await;
 }
 
