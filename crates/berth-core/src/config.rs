@@ -239,7 +239,12 @@ pub struct ServiceConfig {
     /// How long the previous deployment stays running, unrouted, after a
     /// cutover (`bake`); zero turns the bake window off.
     pub bake: Duration,
+    /// Instances of each deployment (`replicas`, 1 to [`MAX_REPLICAS`]).
+    pub replicas: u32,
 }
+
+/// Most instances one deployment may ask for.
+pub const MAX_REPLICAS: u32 = 50;
 
 impl ServiceConfig {
     /// A service with every default, of the given name and kind.
@@ -258,6 +263,7 @@ impl ServiceConfig {
             isolation: Isolation::Container,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             bake: DEFAULT_BAKE,
+            replicas: 1,
         }
     }
 }
@@ -368,6 +374,16 @@ fn parse_service(name: &str, t: &Table, path: &str) -> Result<ServiceConfig, Con
             "start_command" => svc.start_command = Some(non_empty(value, &kp)?.to_string()),
             "release_command" => svc.release_command = Some(non_empty(value, &kp)?.to_string()),
             "build_command" => svc.build_command = Some(non_empty(value, &kp)?.to_string()),
+            "replicas" => {
+                let n = as_int(value, &kp)?;
+                if !(1..=i64::from(MAX_REPLICAS)).contains(&n) {
+                    return Err(ConfigError::invalid(
+                        kp,
+                        format!("must be between 1 and {MAX_REPLICAS}, got {n}"),
+                    ));
+                }
+                svc.replicas = n as u32;
+            }
             "readiness" => svc.readiness = parse_readiness(as_table(value, &kp)?, &kp)?,
             "stop_timeout" => svc.stop_timeout = duration(value, &kp)?,
             "bake" => svc.bake = duration_or_zero(value, &kp)?,
@@ -633,6 +649,28 @@ mod tests {
         assert_eq!(web.readiness.failure_threshold, 3);
         assert_eq!(web.canary, Canary::Unset);
         assert_eq!(web.isolation, Isolation::Container);
+    }
+
+    #[test]
+    fn replicas_are_1_to_50() {
+        let c = parse("[services.web]\nreplicas = 3\n[services.api]\n").unwrap();
+        assert_eq!(c.service("web").unwrap().replicas, 3);
+        assert_eq!(c.service("api").unwrap().replicas, 1);
+        assert_eq!(
+            parse("[services.web]\nreplicas = 50\n").unwrap().services["web"].replicas,
+            50
+        );
+        for (text, why) in [
+            ("replicas = 0", "must be between 1 and 50, got 0"),
+            ("replicas = 51", "must be between 1 and 50, got 51"),
+            ("replicas = -2", "must be between 1 and 50, got -2"),
+            ("replicas = 2.5", "expected an integer, got float"),
+            ("replicas = \"3\"", "expected an integer, got string"),
+        ] {
+            let err = parse(&format!("[services.web]\n{text}\n")).unwrap_err();
+            assert_eq!(err.key(), Some("services.web.replicas"), "{text}");
+            assert!(err.to_string().contains(why), "{text}: {err}");
+        }
     }
 
     #[test]

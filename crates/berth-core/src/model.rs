@@ -292,9 +292,17 @@ pub struct Deployment {
     pub steps: Vec<Step>,
     /// Traffic share in percent while a canary runs.
     pub canary_weight: Option<u32>,
-    /// Where the deployment's container runs, while it has one.
+    /// Where the deployment's container runs, while it has one (with
+    /// replicas: the first instance; `instances` lists them all).
     #[serde(default)]
     pub runtime: Option<RuntimeInfo>,
+    /// Instances wanted (`replicas` in `berth.toml`; 1 in records written
+    /// before berth kept it).
+    #[serde(default = "one")]
+    pub replicas: u32,
+    /// Every running instance of the deployment, while it has them.
+    #[serde(default)]
+    pub instances: Vec<InstanceInfo>,
     /// The repository to clone when it is not the project's (`git push` to
     /// berth's own remote).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -304,6 +312,27 @@ pub struct Deployment {
     /// serialized.
     #[serde(skip)]
     pub version: u64,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// One instance of a deployment, as `instances` lists it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceInfo {
+    /// The runtime's id (a container id; a Swarm `<service id>.<slot>`).
+    pub id: String,
+    /// Its name (a DNS label).
+    #[serde(default)]
+    pub name: String,
+    /// The node it runs on (Swarm: the node's hostname); `None` on the
+    /// single-host runtimes.
+    pub node: Option<String>,
+    /// `host:port` the edge dials; `None` for workers.
+    pub address: Option<String>,
+    pub health: Health,
 }
 
 /// The running instance of a deployment.

@@ -70,9 +70,10 @@ pub use images::{Images, RegistryImages};
 pub use microvm::{MicroVmConfig, MicroVmRuntime};
 pub use runtime::{Runtime, RuntimeError};
 pub use spec::{
-    berth_labels, instance_name, is_dns_label, shell_command, BadEndpoint, Endpoint, Instance,
-    InstanceSpec, InstanceState, InstanceStatus, Limits, LogChunk, LogOptions, LogStream,
+    berth_labels, instance_name, is_dns_label, replica_name, shell_command, BadEndpoint, Endpoint,
+    Instance, InstanceSpec, InstanceState, InstanceStatus, Limits, LogChunk, LogOptions, LogStream,
     OneOffOutcome, RestartPolicy, SpecError, VolumeMount, DEPLOYMENT_LABEL, ENVIRONMENT_LABEL,
-    MAX_NAME_LEN, ONEOFF_MAX_LINES, OWNER_LABEL, PORT_LABEL, PROJECT_LABEL, SERVICE_LABEL,
+    MAX_NAME_LEN, NODE_LABEL, ONEOFF_MAX_LINES, OWNER_LABEL, PORT_LABEL, PROJECT_LABEL,
+    SERVICE_LABEL,
 };
 pub use swarm::{SwarmConfig, SwarmRuntime};

@@ -31,6 +31,54 @@ pub trait Runtime: Send + Sync {
     /// then tells why.
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError>;
 
+    /// Starts `replicas` instances of `spec` (at least one) and returns them
+    /// in order. By default each is its own instance, started one after the
+    /// other, named by [`crate::replica_name`] (the first keeps
+    /// `spec.name`); when one cannot start, those already started are
+    /// removed and the error returned. A backend with its own notion of
+    /// replicas (Swarm: one service, one slot per replica) overrides it.
+    async fn start_replicas(
+        &self,
+        spec: &InstanceSpec,
+        replicas: u32,
+    ) -> Result<Vec<Instance>, RuntimeError> {
+        let mut started: Vec<Instance> = Vec::new();
+        for k in 1..=replicas.max(1) {
+            let mut one = spec.clone();
+            one.name = crate::replica_name(&spec.name, k);
+            match self.start(&one).await {
+                Ok(i) => started.push(i),
+                Err(e) => {
+                    for i in &started {
+                        let _ = self.remove(&i.id).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(started)
+    }
+
+    /// Stops every instance of `ids` (see [`Runtime::stop`]), the graces
+    /// running at the same time. Returns the first error after trying all.
+    async fn stop_all(&self, ids: &[String], grace: Duration) -> Result<(), RuntimeError> {
+        let results = futures::future::join_all(ids.iter().map(|id| self.stop(id, grace))).await;
+        results
+            .into_iter()
+            .collect::<Result<Vec<()>, _>>()
+            .map(|_| ())
+    }
+
+    /// Removes every instance of `ids` (see [`Runtime::remove`]). Returns
+    /// the first error after trying all.
+    async fn remove_all(&self, ids: &[String]) -> Result<(), RuntimeError> {
+        let results = futures::future::join_all(ids.iter().map(|id| self.remove(id))).await;
+        results
+            .into_iter()
+            .collect::<Result<Vec<()>, _>>()
+            .map(|_| ())
+    }
+
     /// Current state: status (exit code), OOM kill, restart count, start
     /// time, endpoint.
     async fn inspect(&self, id: &str) -> Result<InstanceState, RuntimeError>;

@@ -25,6 +25,11 @@ pub const DEPLOYMENT_LABEL: &str = "dev.berth.deployment";
 /// may not set it.
 pub const PORT_LABEL: &str = "dev.berth.port";
 
+/// Label a multi-node backend (Swarm) puts on the instances and states it
+/// reports (never on the engine's objects): the hostname of the node the
+/// instance's current task runs on.
+pub const NODE_LABEL: &str = "dev.berth.node";
+
 /// The ownership label plus the four identity labels, ready to be extended
 /// with anything else the caller wants on the instance.
 pub fn berth_labels(
@@ -89,6 +94,25 @@ pub fn instance_name(parts: &[&str], id: &str) -> String {
     } else {
         format!("{head}-{id}")
     }
+}
+
+/// The name of replica `k` (from 1) of an instance named `name`: `name`
+/// itself for the first, `name` with `-r<k>` for the others, still a DNS
+/// label of at most [`MAX_NAME_LEN`] (the end of `name` — the deployment
+/// id — is kept, the readable head is cut).
+pub fn replica_name(name: &str, k: u32) -> String {
+    if k <= 1 {
+        return name.to_owned();
+    }
+    let suffix = format!("-r{k}");
+    if name.len() + suffix.len() <= MAX_NAME_LEN {
+        return format!("{name}{suffix}");
+    }
+    // Cut from the readable head, after `berth-`, so the id stays whole.
+    let over = name.len() + suffix.len() - MAX_NAME_LEN;
+    let (head, tail) = name.split_at(name.len().min(6));
+    let tail = tail.get(over..).unwrap_or("").trim_start_matches('-');
+    format!("{head}{tail}{suffix}")
 }
 
 /// Where the edge reaches an instance's port. Invariant: **reachable from
@@ -518,6 +542,23 @@ mod tests {
         spec.labels = berth_labels("shop", "web", "production", "d1");
         spec.port = Some(3000);
         spec
+    }
+
+    #[test]
+    fn replica_names_stay_unique_dns_labels() {
+        let n = instance_name(&["shop", "web", "production"], "d-abc123");
+        assert_eq!(replica_name(&n, 1), n);
+        assert_eq!(replica_name(&n, 2), format!("{n}-r2"));
+        let long = instance_name(&["a".repeat(40).as_str(), "web"], "d-0123456789abcdef");
+        assert_eq!(long.len(), MAX_NAME_LEN);
+        for k in [2, 3, 50] {
+            let r = replica_name(&long, k);
+            assert!(is_dns_label(&r) && r.len() <= MAX_NAME_LEN, "{r}");
+            assert!(
+                r.starts_with("berth-") && r.ends_with(&format!("d-0123456789abcdef-r{k}")),
+                "{r}"
+            );
+        }
     }
 
     #[test]

@@ -207,6 +207,8 @@ impl Deployer {
             build: BuildInfo::default(),
             steps: ALL_STEPS.iter().map(|s| Step::pending(*s)).collect(),
             canary_weight: None,
+            replicas: 1,
+            instances: Vec::new(),
             runtime: None,
             source_repo: req.source_repo.clone(),
             version: 0,

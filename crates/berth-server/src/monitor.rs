@@ -51,8 +51,23 @@ impl Monitors {
     }
 
     pub fn stop(&self, id: &str) {
-        cancel(&self.logs, id);
+        let prefix = format!("{id}/");
+        self.logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|key, token| {
+                let mine = key.starts_with(&prefix);
+                if mine {
+                    token.cancel();
+                }
+                !mine
+            });
         cancel(&self.health, id);
+    }
+
+    /// Stops following one instance's output.
+    pub fn stop_logs(&self, deployment_id: &str, instance_id: &str) {
+        cancel(&self.logs, &format!("{deployment_id}/{instance_id}"));
     }
 
     pub fn stop_health(&self, id: &str) {
@@ -68,7 +83,8 @@ impl Monitors {
         instance_id: &str,
         since: Option<chrono::DateTime<chrono::Utc>>,
     ) {
-        let token = replace(&self.logs, deployment_id);
+        // One follower per instance: a deployment with replicas has several.
+        let token = replace(&self.logs, &format!("{deployment_id}/{instance_id}"));
         let d = deployer.clone();
         let (dep, inst) = (deployment_id.to_string(), instance_id.to_string());
         tokio::spawn(async move {

@@ -16,7 +16,7 @@ use crate::deployer::Deployer;
 use crate::ids::now;
 use crate::pipeline::INSTANCE_LABEL;
 use berth_core::config::ServiceConfig;
-use berth_core::model::{Deployment, RuntimeInfo};
+use berth_core::model::Deployment;
 use berth_core::state::{Event, Stage, Status};
 use berth_edge::{RouteChange, RouteSpec, TargetSpec};
 use berth_runtime::DEPLOYMENT_LABEL;
@@ -61,8 +61,11 @@ impl Deployer {
                 continue;
             }
             let stage = d.promotion_stage;
-            if let Some(rt) = d.runtime.take() {
-                let _ = self.runtime.remove(&rt.instance_id).await;
+            let ids = crate::pipeline::replicas::instance_ids(&d);
+            d.runtime = None;
+            d.instances.clear();
+            if !ids.is_empty() {
+                let _ = self.runtime.remove_all(&ids).await;
             }
             self.force_fail(
                 &mut d,
@@ -80,31 +83,53 @@ impl Deployer {
         let mut keep: HashSet<String> = HashSet::new();
         if let Some(owned) = &owned {
             for mut d in active.clone() {
-                let found = owned
+                // Every running instance of it, in the order recorded.
+                let mut found: Vec<&berth_runtime::Instance> = owned
                     .iter()
-                    .find(|i| i.labels.get(DEPLOYMENT_LABEL) == Some(&d.id) && i.running);
+                    .filter(|i| i.labels.get(DEPLOYMENT_LABEL) == Some(&d.id) && i.running)
+                    .collect();
+                let recorded = crate::pipeline::replicas::instance_ids(&d);
+                found.sort_by_key(|i| {
+                    recorded
+                        .iter()
+                        .position(|r| *r == i.id)
+                        .unwrap_or(usize::MAX)
+                });
                 let service = crate::pipeline::service_from_record(&d);
-                match found {
-                    Some(inst) => {
-                        keep.insert(inst.id.clone());
-                        let addr = match self.runtime.inspect(&inst.id).await {
-                            Ok(st) => st.endpoint.or(inst.endpoint.clone()),
-                            Err(_) => inst.endpoint.clone(),
-                        };
-                        d.runtime = Some(RuntimeInfo {
-                            address: addr.map(|a| a.to_string()),
-                            ..crate::pipeline::runtime_info(self.cfg.runtime, &service, inst)
-                        });
+                match found.is_empty() {
+                    false => {
+                        let mut adopted = Vec::new();
+                        for inst in &found {
+                            keep.insert(inst.id.clone());
+                            let mut inst = (*inst).clone();
+                            if let Ok(st) = self.runtime.inspect(&inst.id).await {
+                                inst.endpoint = st.endpoint.or(inst.endpoint);
+                            }
+                            self.monitors
+                                .follow_logs(self, &d.id, &inst.id, Some(now()));
+                            adopted.push(inst);
+                        }
+                        crate::pipeline::replicas::record_instances(
+                            &mut d,
+                            self.cfg.runtime,
+                            &service,
+                            &adopted,
+                            berth_core::state::Health::Healthy,
+                        );
                         self.save(&mut d).await;
-                        self.logs.event(&d.id, "berth restarted: container adopted");
-                        self.monitors
-                            .follow_logs(self, &d.id, &inst.id, Some(now()));
+                        self.logs.event(
+                            &d.id,
+                            if adopted.len() == 1 {
+                                "berth restarted: container adopted".to_owned()
+                            } else {
+                                format!("berth restarted: {} containers adopted", adopted.len())
+                            }
+                            .as_str(),
+                        );
                         self.monitors.watch(self, &d, &service);
                     }
-                    None => {
-                        if let Some(id) = self.recreate(&mut d, &service).await {
-                            keep.insert(id);
-                        }
+                    true => {
+                        keep.extend(self.recreate(&mut d, &service).await);
                     }
                 }
             }
@@ -130,42 +155,52 @@ impl Deployer {
         self: &Arc<Self>,
         d: &mut Deployment,
         service: &ServiceConfig,
-    ) -> Option<String> {
-        let image = d.image.clone()?;
-        let vars = self
+    ) -> Vec<String> {
+        let Some(image) = d.image.clone() else {
+            return Vec::new();
+        };
+        let Ok(vars) = self
             .store
             .resolve_variables(&d.project_name, &d.environment_name)
             .await
-            .ok()?;
+        else {
+            return Vec::new();
+        };
         let spec = self.instance_spec(d, service, &image, &vars);
-        if let Some(old) = d.runtime.take() {
-            let _ = self.runtime.remove(&old.instance_id).await;
+        let old = crate::pipeline::replicas::instance_ids(d);
+        if !old.is_empty() {
+            let _ = self.runtime.remove_all(&old).await;
         }
-        match self.runtime.start(&spec).await {
-            Ok(inst) => {
+        match self.runtime.start_replicas(&spec, d.replicas.max(1)).await {
+            Ok(started) => {
+                let names: Vec<&str> = started.iter().map(|i| i.name.as_str()).collect();
                 self.logs.event(
                     &d.id,
                     &format!(
                         "berth restarted: container was gone; started {} again",
-                        inst.name
+                        names.join(", ")
                     ),
                 );
-                d.runtime = Some(crate::pipeline::runtime_info(
+                crate::pipeline::replicas::record_instances(
+                    d,
                     self.cfg.runtime,
                     service,
-                    &inst,
-                ));
+                    &started,
+                    berth_core::state::Health::Pending,
+                );
                 self.save(d).await;
-                self.monitors.follow_logs(self, &d.id, &inst.id, None);
+                for inst in &started {
+                    self.monitors.follow_logs(self, &d.id, &inst.id, None);
+                }
                 self.monitors.watch(self, d, service);
-                Some(inst.id)
+                started.into_iter().map(|i| i.id).collect()
             }
             Err(e) => {
                 self.logs.event(
                     &d.id,
                     &format!("berth restarted: cannot start container again: {e}"),
                 );
-                None
+                Vec::new()
             }
         }
     }
@@ -186,26 +221,20 @@ impl Deployer {
             if !seen_slots.insert(Slot::of(d)) {
                 continue;
             }
-            let Some(addr) = d.runtime.as_ref().and_then(|r| r.address.clone()) else {
+            let targets = crate::pipeline::replicas::targets(d, 100);
+            if targets.is_empty() {
                 out.insert(self.route_host(d), RouteSpec { targets: vec![] });
                 continue;
-            };
-            let t = TargetSpec {
-                id: d.id.clone(),
-                upstream: addr,
-                weight: 100,
-                deployment_id: Some(d.id.clone()),
-                sha: d.commit.as_ref().map(|c| c.sha.clone()),
-            };
+            }
             for host in self.slot_hosts_in(d, &domains) {
                 out.insert(
                     host,
                     RouteSpec {
-                        targets: vec![t.clone()],
+                        targets: targets.clone(),
                     },
                 );
             }
-            out.insert(self.preview_host(d), RouteSpec { targets: vec![t] });
+            out.insert(self.preview_host(d), RouteSpec { targets });
         }
         for r in self.store.list_external_routes().await? {
             out.insert(

@@ -6,7 +6,8 @@
 //! owns what:
 //! - the pipeline owns its deployment's progress (steps, stage, status,
 //!   image, route); once the deployment serves, the health monitor owns its
-//!   `health` and the instance's address;
+//!   `health`, the instance's address and the instances (a replica
+//!   replaced, its health);
 //! - the health monitor records a health change only while the deployment
 //!   is live (active or draining the previous one): a supersede, rollback or
 //!   stop saved in between is never undone by a monitor holding an older
@@ -76,6 +77,10 @@ pub fn rebase_pipeline(mine: &mut Deployment, fresh: Deployment) -> bool {
             if m.instance_id == f.instance_id {
                 m.address = f.address;
             }
+        }
+        // Once live, the monitor owns the instances (replaced, health).
+        if !fresh.instances.is_empty() {
+            mine.instances = fresh.instances;
         }
     }
     true
@@ -151,6 +156,8 @@ mod tests {
             build: BuildInfo::default(),
             steps: vec![],
             canary_weight: None,
+            replicas: 1,
+            instances: Vec::new(),
             runtime: Some(RuntimeInfo {
                 instance_id: format!("c-{id}"),
                 instance_name: id.into(),

@@ -366,9 +366,10 @@ impl SwarmRuntime {
         if let Some(port) = spec.port {
             labels.insert(crate::spec::PORT_LABEL.to_owned(), port.to_string());
         }
+        nodes.label_node(&mut labels, task);
         Instance {
             id: tasks::instance_id(service_id, slot),
-            name: format!("{}.{slot}", service::service_name(&spec.name)),
+            name: tasks::instance_name(&service::service_name(&spec.name), slot),
             image: spec.image.clone(),
             labels,
             endpoint: task.and_then(|t| tasks::task_addr(t, spec.port, nodes)),
@@ -644,11 +645,13 @@ impl SwarmRuntime {
                 let running = task
                     .as_ref()
                     .is_some_and(|t| tasks::state(t) == TaskState::RUNNING && replicas > 0);
+                let mut labels = labels.clone();
+                nodes.label_node(&mut labels, task.as_ref());
                 let instance = Instance {
                     id: tasks::instance_id(&id, slot),
-                    name: format!("{name}.{slot}"),
+                    name: tasks::instance_name(&name, slot),
                     image: image.clone(),
-                    labels: labels.clone(),
+                    labels,
                     endpoint: task
                         .as_ref()
                         .and_then(|t| tasks::task_addr(t, port, &nodes)),
@@ -776,6 +779,18 @@ impl SwarmRuntime {
     }
 }
 
+/// The services the instance ids belong to, each once, in order.
+fn services_of(ids: &[String]) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for id in ids {
+        let (service_id, _) = tasks::parse_instance_id(id);
+        if !out.contains(&service_id) {
+            out.push(service_id);
+        }
+    }
+    out
+}
+
 #[async_trait::async_trait]
 impl Runtime for SwarmRuntime {
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
@@ -784,6 +799,42 @@ impl Runtime for SwarmRuntime {
             op: "start swarm service",
             message: format!("{} started no task", spec.name),
         })
+    }
+
+    /// One service with `replicas` slots (Swarm spreads them over the nodes).
+    async fn start_replicas(
+        &self,
+        spec: &InstanceSpec,
+        replicas: u32,
+    ) -> Result<Vec<Instance>, RuntimeError> {
+        self.start_replicated(spec, replicas.max(1)).await
+    }
+
+    /// The slots of one service stop together (scaled to 0 once).
+    async fn stop_all(&self, ids: &[String], grace: Duration) -> Result<(), RuntimeError> {
+        for service_id in services_of(ids) {
+            let Some(service) = self.inspect_service(service_id).await? else {
+                continue;
+            };
+            if service::replicas_of(&service.spec.unwrap_or_default()) == 0 {
+                continue;
+            }
+            self.scale(service_id, 0).await?;
+            self.wait_tasks_ended(
+                service_id,
+                grace.max(service::DEFAULT_STOP_GRACE) + STOP_SLACK,
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    /// The slots of one service go together (the service is deleted once).
+    async fn remove_all(&self, ids: &[String]) -> Result<(), RuntimeError> {
+        for service_id in services_of(ids) {
+            self.remove_service(service_id).await?;
+        }
+        Ok(())
     }
 
     async fn inspect(&self, id: &str) -> Result<InstanceState, RuntimeError> {
@@ -795,7 +846,7 @@ impl Runtime for SwarmRuntime {
         let spec = service.spec.unwrap_or_default();
         let labels: BTreeMap<String, String> =
             spec.labels.unwrap_or_default().into_iter().collect();
-        let name = format!("{}.{slot}", spec.name.unwrap_or_default());
+        let name = tasks::instance_name(&spec.name.unwrap_or_default(), slot);
         let slots = tasks::by_slot(self.service_tasks(service_id).await?);
         let nodes = NodeAddrs::new(&self.raw_nodes().await?);
         let slot_tasks = slots.get(&slot).map(Vec::as_slice).unwrap_or_default();

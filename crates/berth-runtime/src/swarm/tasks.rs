@@ -15,6 +15,14 @@ use chrono::{DateTime, Utc};
 use crate::spec::{Endpoint, InstanceState, InstanceStatus, PORT_LABEL};
 
 /// The instance id of a slot.
+/// The instance name of a slot: `<service name>-<slot>`, a DNS label
+/// (at most 63 characters; no `.`, which Swarm's own task names use).
+pub fn instance_name(service_name: &str, slot: u32) -> String {
+    let suffix = format!("-{slot}");
+    let keep = 63usize.saturating_sub(suffix.len()).min(service_name.len());
+    format!("{}{suffix}", service_name[..keep].trim_end_matches('-'))
+}
+
 pub fn instance_id(service_id: &str, slot: u32) -> String {
     format!("{service_id}.{slot}")
 }
@@ -107,6 +115,22 @@ impl NodeAddrs {
 
     pub fn ip(&self, node_id: &str) -> Option<IpAddr> {
         self.0.get(node_id).and_then(|(ip, _)| *ip)
+    }
+
+    /// A node's hostname.
+    pub fn hostname(&self, node_id: &str) -> Option<&str> {
+        self.0.get(node_id).map(|(_, host)| host.as_str())
+    }
+
+    /// `labels` with [`crate::NODE_LABEL`] set to the hostname of `task`'s
+    /// node, when it has one.
+    pub fn label_node(&self, labels: &mut BTreeMap<String, String>, task: Option<&Task>) {
+        if let Some(host) = task
+            .and_then(|t| t.node_id.as_deref())
+            .and_then(|n| self.hostname(n))
+        {
+            labels.insert(crate::NODE_LABEL.to_owned(), host.to_owned());
+        }
     }
 
     /// `hostname (address)` of a node, for messages.
@@ -241,6 +265,8 @@ pub fn slot_state(
             _ => e,
         });
     let port = port_of(&labels);
+    let mut labels = labels;
+    nodes.label_node(&mut labels, Some(task));
     InstanceState {
         id: id.to_owned(),
         name: name.to_owned(),
@@ -311,6 +337,15 @@ mod tests {
 
     fn labels() -> BTreeMap<String, String> {
         BTreeMap::from([(PORT_LABEL.to_owned(), "3000".to_owned())])
+    }
+
+    #[test]
+    fn instance_names_are_dns_labels() {
+        assert_eq!(instance_name("shop-web", 2), "shop-web-2");
+        let long = "a".repeat(63);
+        let n = instance_name(&long, 12);
+        assert_eq!(n.len(), 63);
+        assert!(n.ends_with("a-12") && !n.contains('.'), "{n}");
     }
 
     #[test]

@@ -836,6 +836,8 @@ mod tests {
             build: BuildInfo::default(),
             steps,
             canary_weight: None,
+            replicas: 1,
+            instances: Vec::new(),
             runtime: None,
             source_repo: None,
             version: 0,

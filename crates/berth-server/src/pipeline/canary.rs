@@ -6,7 +6,7 @@ use berth_core::canary;
 use berth_core::config::{ServiceConfig, ServiceKind};
 use berth_core::model::{Deployment, StepName, Trigger};
 use berth_core::state::Event;
-use berth_edge::{RouteChange, RouteSpec, TargetSpec};
+use berth_edge::{RouteChange, RouteSpec};
 use berth_store::Slot;
 use tokio_util::sync::CancellationToken;
 
@@ -38,42 +38,34 @@ impl Deployer {
             .await
             .ok()
             .flatten();
-        let (Some(prev), Some(cand_addr)) =
-            (prev, d.runtime.as_ref().and_then(|r| r.address.clone()))
-        else {
+        let (Some(prev), false) = (prev, super::replicas::targets(d, 1).is_empty()) else {
             self.logs.event(
                 &d.id,
                 "canary skipped: no previous deployment to compare with",
             );
             return Ok(());
         };
-        let Some(prev_addr) = prev.runtime.as_ref().and_then(|r| r.address.clone()) else {
+        if super::replicas::targets(&prev, 1).is_empty() {
             self.logs.event(
                 &d.id,
                 "canary skipped: the previous deployment has no running container",
             );
             return Ok(());
-        };
+        }
         self.apply(d, Event::CanaryStarted).await;
         let slot_hosts = self.slot_hosts(d).await;
-        let cand_id = d.id.clone();
-        let cand_sha = d.commit.as_ref().map(|c| c.sha.clone());
+        // The share is the deployment's, whatever its replica count: each
+        // of the candidate's n_c targets weighs w·n_p, each of the previous
+        // deployment's n_p targets (100−w)·n_c.
+        let (n_c, n_p) = (
+            super::replicas::target_count(d),
+            super::replicas::target_count(&prev),
+        );
+        let cand = d.clone();
         let split_one = |host: &String, w: u32| {
-            let mut targets = vec![TargetSpec {
-                id: cand_id.clone(),
-                upstream: cand_addr.clone(),
-                weight: w,
-                deployment_id: Some(cand_id.clone()),
-                sha: cand_sha.clone(),
-            }];
+            let mut targets = super::replicas::targets(&cand, w * n_p);
             if w < 100 {
-                targets.push(TargetSpec {
-                    id: prev.id.clone(),
-                    upstream: prev_addr.clone(),
-                    weight: 100 - w,
-                    deployment_id: Some(prev.id.clone()),
-                    sha: prev.commit.as_ref().map(|c| c.sha.clone()),
-                });
+                targets.extend(super::replicas::targets(&prev, (100 - w) * n_c));
             }
             RouteChange::Upsert {
                 host: host.clone(),
@@ -88,13 +80,7 @@ impl Deployer {
                 .map(|h| RouteChange::Upsert {
                     host: h.clone(),
                     route: RouteSpec {
-                        targets: vec![TargetSpec {
-                            id: prev.id.clone(),
-                            upstream: prev_addr.clone(),
-                            weight: 100,
-                            deployment_id: Some(prev.id.clone()),
-                            sha: prev.commit.as_ref().map(|c| c.sha.clone()),
-                        }],
+                        targets: super::replicas::targets(&prev, 100),
                     },
                 })
                 .collect()
@@ -118,7 +104,7 @@ impl Deployer {
             );
             // Counters at the start of the stage: an extended window is
             // judged on everything seen since.
-            let (b0, c0) = (self.window_of(&prev.id), self.window_of(&d.id));
+            let (b0, c0) = (self.window_of(&prev), self.window_of(d));
             let mut extensions = 0;
             let outcome = loop {
                 let interrupted = tokio::select! {
@@ -139,8 +125,8 @@ impl Deployer {
                     .await
                     .map(|st| st.is_running())
                     .unwrap_or(false);
-                let b = self.window_of(&prev.id).since(&b0);
-                let c = self.window_of(&d.id).since(&c0);
+                let b = self.window_of(&prev).since(&b0);
+                let c = self.window_of(d).since(&c0);
                 let verdict = if alive {
                     canary::judge(&b, &c, cfg, extensions)
                 } else {
@@ -186,10 +172,20 @@ impl Deployer {
             };
             let _ = self.edge.apply(restore());
             d.canary_weight = None;
-            let report = self.edge.drain(&d.id, self.cfg.drain_timeout).await;
+            let report = futures::future::join_all(
+                super::replicas::target_ids(d)
+                    .into_iter()
+                    .map(|t| async move { self.edge.drain(&t, self.cfg.drain_timeout).await }),
+            )
+            .await;
+            let report = if report.len() == 1 {
+                format!("{:?}", report[0])
+            } else {
+                format!("{report:?}")
+            };
             self.logs.event(
                 &d.id,
-                &format!("canary: traffic back on {}; drained: {report:?}", prev.id),
+                &format!("canary: traffic back on {}; drained: {report}", prev.id),
             );
             return match why {
                 Ok(msg) => fail(StepName::HealthCheck, msg),
@@ -200,12 +196,26 @@ impl Deployer {
         Ok(())
     }
 
-    fn window_of(&self, target: &str) -> canary::Window {
-        let s = self.edge.target_stats(target);
-        canary::Window {
-            requests: s.requests,
-            errors: s.errors,
-            latency: s.latency,
+    /// The edge's counters of a deployment: every instance's target summed
+    /// (the latency buckets share their bounds).
+    fn window_of(&self, d: &Deployment) -> canary::Window {
+        let mut w = canary::Window {
+            requests: 0,
+            errors: 0,
+            latency: Vec::new(),
+        };
+        for target in super::replicas::target_ids(d) {
+            let s = self.edge.target_stats(&target);
+            w.requests += s.requests;
+            w.errors += s.errors;
+            if w.latency.is_empty() {
+                w.latency = s.latency;
+            } else {
+                for (acc, (_, c)) in w.latency.iter_mut().zip(s.latency) {
+                    acc.1 += c;
+                }
+            }
         }
+        w
     }
 }

@@ -151,19 +151,36 @@ impl Deployer {
         self.apply(d, Event::CandidateStarting).await;
         self.start_step(d, StepName::Deploy);
         let spec = self.instance_spec(d, service, image, vars);
-        let instance = match self.runtime.start(&spec).await {
-            Ok(i) => i,
+        d.replicas = service.replicas.max(1);
+        let instances = match self.runtime.start_replicas(&spec, d.replicas).await {
+            Ok(i) if !i.is_empty() => i,
+            Ok(_) => return fail(StepName::Deploy, "cannot start container: none started"),
             Err(e) => return fail(StepName::Deploy, format!("cannot start container: {e}")),
         };
-        d.runtime = Some(runtime_info(self.cfg.runtime, service, &instance));
-        self.monitors.follow_logs(self, &d.id, &instance.id, None);
+        super::replicas::record_instances(
+            d,
+            self.cfg.runtime,
+            service,
+            &instances,
+            berth_core::state::Health::Pending,
+        );
+        for instance in &instances {
+            self.monitors.follow_logs(self, &d.id, &instance.id, None);
+        }
+        let names: Vec<&str> = instances.iter().map(|i| i.name.as_str()).collect();
         self.finish_step(
             d,
             StepName::Deploy,
             StepStatus::Succeeded,
             Some(&format!(
-                "container {} started from {}",
-                instance.name, image.reference
+                "{} {} started from {}",
+                if names.len() == 1 {
+                    "container"
+                } else {
+                    "containers"
+                },
+                names.join(", "),
+                image.reference
             )),
         );
         self.apply(d, Event::CandidateStarted).await;

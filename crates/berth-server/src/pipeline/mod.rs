@@ -33,6 +33,7 @@ mod canary;
 mod candidate;
 mod readiness;
 mod release;
+pub(crate) mod replicas;
 mod retention;
 mod source;
 mod steps;
@@ -138,11 +139,13 @@ impl Deployer {
         match result {
             Ok(()) => {}
             Err(stop) => {
-                let candidate = d.runtime.take();
-                if let Some(rt) = &candidate {
+                let candidate = replicas::instance_ids(&d);
+                d.runtime = None;
+                d.instances.clear();
+                if !candidate.is_empty() {
                     self.monitors.stop(&d.id);
                     self.edge_remove_preview(&d).await;
-                    if let Err(e) = self.runtime.remove(&rt.instance_id).await {
+                    if let Err(e) = self.runtime.remove_all(&candidate).await {
                         tracing::warn!(deployment = d.id, error = %e, "cannot remove candidate");
                     }
                 }

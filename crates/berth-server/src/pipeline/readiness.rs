@@ -19,7 +19,20 @@ impl Deployer {
     ) -> Flow<()> {
         self.start_step(d, StepName::HealthCheck);
         self.save(d).await;
-        let ready = self.wait_ready(d, service, cancel).await?;
+        // Every instance must be ready; they started together, so the
+        // waits overlap and share the deadline.
+        let started = Instant::now();
+        let count = d.instances.len().max(1);
+        let mut ready = String::new();
+        for index in 0..count {
+            ready = self.wait_ready(d, service, cancel, index, started).await?;
+            if let Some(i) = d.instances.get_mut(index) {
+                i.health = berth_core::state::Health::Healthy;
+            }
+        }
+        if count > 1 {
+            ready = format!("{count} instances ready; the last: {ready}");
+        }
         self.finish_step(
             d,
             StepName::HealthCheck,
@@ -37,11 +50,22 @@ impl Deployer {
         d: &mut Deployment,
         service: &ServiceConfig,
         cancel: &CancellationToken,
+        index: usize,
+        started: Instant,
     ) -> Flow<String> {
-        let rt = d.runtime.clone().unwrap_or_default();
+        let mut rt = d.runtime.clone().unwrap_or_default();
+        if let Some(i) = d.instances.get(index) {
+            rt.instance_id = i.id.clone();
+            rt.instance_name = i.name.clone();
+            rt.address = i.address.clone();
+        }
+        let which = if d.instances.len() > 1 {
+            format!("container {}", rt.instance_name)
+        } else {
+            "container".to_owned()
+        };
         let readiness = &service.readiness;
         let deadline = readiness.deadline;
-        let started = Instant::now();
         let schedule = berth_runtime::ProbeSchedule::default();
         let mut last_probe = String::from("no probe answered yet");
         loop {
@@ -60,7 +84,7 @@ impl Deployer {
                         return fail(
                             StepName::HealthCheck,
                             format!(
-                                "container exited with code {code}{oom} before it became healthy; last output: {}",
+                                "{which} exited with code {code}{oom} before it became healthy; last output: {}",
                                 self.last_output(&d.id).await
                             ),
                         );
@@ -69,14 +93,14 @@ impl Deployer {
                         return fail(
                             StepName::HealthCheck,
                             format!(
-                                "container crashed and was restarted {} time(s) before it became healthy; last output: {}",
+                                "{which} crashed and was restarted {} time(s) before it became healthy; last output: {}",
                                 st.restart_count,
                                 self.last_output(&d.id).await
                             ),
                         );
                     }
                     if let Some(err) = st.error.clone().filter(|e| !e.is_empty()) {
-                        return fail(StepName::HealthCheck, format!("container failed: {err}"));
+                        return fail(StepName::HealthCheck, format!("{which} failed: {err}"));
                     }
                     if st.is_running() {
                         match service.kind {
@@ -91,12 +115,13 @@ impl Deployer {
                                     .clone()
                                     .or_else(|| rt.address.as_deref().and_then(|a| a.parse().ok()));
                                 if let Some(addr) = addr {
-                                    if d.runtime.as_ref().and_then(|r| r.address.clone())
-                                        != Some(addr.to_string())
-                                    {
+                                    if index == 0 {
                                         if let Some(r) = d.runtime.as_mut() {
                                             r.address = Some(addr.to_string());
                                         }
+                                    }
+                                    if let Some(i) = d.instances.get_mut(index) {
+                                        i.address = Some(addr.to_string());
                                     }
                                     let res = berth_runtime::probe(
                                         &addr,
@@ -126,7 +151,7 @@ impl Deployer {
                 Err(e) if e.is_not_found() => {
                     return fail(
                         StepName::HealthCheck,
-                        "container disappeared before it became healthy",
+                        format!("{which} disappeared before it became healthy"),
                     );
                 }
                 Err(e) => last_probe = format!("cannot inspect container: {e}"),

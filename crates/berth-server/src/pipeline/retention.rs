@@ -156,6 +156,8 @@ mod tests {
             build: BuildInfo::default(),
             steps: vec![],
             canary_weight: None,
+            replicas: 1,
+            instances: Vec::new(),
             runtime: None,
             source_repo: None,
             version: 0,

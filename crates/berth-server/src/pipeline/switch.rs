@@ -6,7 +6,7 @@ use berth_core::config::{ServiceConfig, ServiceKind};
 use berth_core::hosts;
 use berth_core::model::{Deployment, StepName, StepStatus, Trigger};
 use berth_core::state::Event;
-use berth_edge::{RouteChange, RouteSpec, TargetSpec};
+use berth_edge::{RouteChange, RouteSpec};
 use berth_store::{Activate, Slot};
 use std::sync::Arc;
 
@@ -23,14 +23,8 @@ impl Deployer {
         let previous = self.store.active_deployment(&slot).await.ok().flatten();
         // The route: one swap of the edge's table.
         if service.kind == ServiceKind::Web {
-            if let Some(addr) = d.runtime.as_ref().and_then(|r| r.address.clone()) {
-                let target = TargetSpec {
-                    id: d.id.clone(),
-                    upstream: addr,
-                    weight: 100,
-                    deployment_id: Some(d.id.clone()),
-                    sha: d.commit.as_ref().map(|c| c.sha.clone()),
-                };
+            let targets = super::replicas::targets(d, 100);
+            if !targets.is_empty() {
                 let mut changes: Vec<RouteChange> = self
                     .slot_hosts(d)
                     .await
@@ -38,15 +32,13 @@ impl Deployer {
                     .map(|host| RouteChange::Upsert {
                         host,
                         route: RouteSpec {
-                            targets: vec![target.clone()],
+                            targets: targets.clone(),
                         },
                     })
                     .collect();
                 changes.extend([RouteChange::Upsert {
                     host: self.preview_host(d),
-                    route: RouteSpec {
-                        targets: vec![target],
-                    },
+                    route: RouteSpec { targets },
                 }]);
                 if let Some(p) = &previous {
                     changes.push(RouteChange::Remove {
@@ -133,52 +125,74 @@ impl Deployer {
         self.apply(d, Event::Drained).await;
     }
 
-    /// Drain a replaced deployment's in-flight requests, then stop its
-    /// instance in the background with the service's `stop_timeout`: the
-    /// caller (a deploy's result) does not wait for an app that ignores
-    /// SIGTERM. The stop is recorded on the replaced deployment's log.
+    /// Drain a replaced deployment's in-flight requests on every target,
+    /// then stop all its instances in the background with the service's
+    /// `stop_timeout`: the caller (a deploy's result) does not wait for an
+    /// app that ignores SIGTERM. The stop is recorded on the replaced
+    /// deployment's log.
     pub(crate) async fn retire(self: &Arc<Self>, p: &mut Deployment) {
         self.monitors.stop_health(&p.id);
-        let report = self.edge.drain(&p.id, self.cfg.drain_timeout).await;
-        self.logs.event(&p.id, &format!("drained: {report:?}"));
-        let Some(rt) = p.runtime.take() else {
-            self.save(p).await;
-            return;
+        let reports = futures::future::join_all(
+            super::replicas::target_ids(p)
+                .into_iter()
+                .map(|t| async move { self.edge.drain(&t, self.cfg.drain_timeout).await }),
+        )
+        .await;
+        let report = if reports.len() == 1 {
+            format!("{:?}", reports[0])
+        } else {
+            format!("{reports:?}")
         };
+        self.logs.event(&p.id, &format!("drained: {report}"));
+        let ids = super::replicas::instance_ids(p);
+        let names: Vec<String> = match p.instances.is_empty() {
+            true => p.runtime.iter().map(|r| r.instance_name.clone()).collect(),
+            false => p.instances.iter().map(|i| i.name.clone()).collect(),
+        };
+        p.runtime = None;
+        p.instances.clear();
         self.save(p).await;
+        if ids.is_empty() {
+            return;
+        }
         let grace = super::service_from_record(p).stop_timeout;
+        let what = format!(
+            "{} {}",
+            if names.len() == 1 {
+                "container"
+            } else {
+                "containers"
+            },
+            names.join(", ")
+        );
         self.logs.event(
             &p.id,
-            &format!(
-                "stopping container {} (grace {}s)",
-                rt.instance_name,
-                grace.as_secs_f64()
-            ),
+            &format!("stopping {what} (grace {}s)", grace.as_secs_f64()),
         );
         let this = self.clone();
         let id = p.id.clone();
         let stopping = tokio::spawn(async move {
-            this.stop_instance(&id, &rt, grace).await;
+            this.stop_instances(&id, &ids, &what, grace).await;
         });
         self.track(stopping.abort_handle());
     }
 
-    /// Stop and remove a retired deployment's instance; recorded on its log.
-    pub(crate) async fn stop_instance(
+    /// Stop and remove a retired deployment's instances; recorded on its log.
+    pub(crate) async fn stop_instances(
         &self,
         id: &str,
-        rt: &berth_core::model::RuntimeInfo,
+        ids: &[String],
+        what: &str,
         grace: std::time::Duration,
     ) {
-        if let Err(e) = self.runtime.stop(&rt.instance_id, grace).await {
+        if let Err(e) = self.runtime.stop_all(ids, grace).await {
             tracing::warn!(deployment = id, error = %e, "cannot stop previous container");
         }
-        if let Err(e) = self.runtime.remove(&rt.instance_id).await {
+        if let Err(e) = self.runtime.remove_all(ids).await {
             tracing::warn!(deployment = id, error = %e, "cannot remove previous container");
         }
         self.monitors.stop(id);
-        self.logs
-            .event(id, &format!("container {} stopped", rt.instance_name));
+        self.logs.event(id, &format!("{what} stopped"));
     }
 
     /// Every hostname that follows a slot's active deployment: its route

@@ -329,7 +329,7 @@ impl Harness {
         let active_ids: Vec<String> = all
             .iter()
             .filter(|d| d.is_active)
-            .filter_map(|d| d.runtime.as_ref().map(|r| r.instance_id.clone()))
+            .flat_map(super::replicas::instance_ids)
             .collect();
         // A replaced instance is stopped in the background: give it a moment.
         for _ in 0..100 {
@@ -371,6 +371,103 @@ async fn a_deploy_goes_live_and_routes_to_its_instance() {
             .any(|(_, r)| r.targets.iter().any(|t| t.upstream == addr && t.id == d.id)),
         "{routes:?}"
     );
+    h.check_invariants().await;
+}
+
+#[tokio::test]
+async fn replicas_start_together_are_all_routed_and_retire_together() {
+    let h = harness().await;
+    *h.builder.toml.lock().unwrap() =
+        format!("{TOML}\n").replace("[services.web]\n", "[services.web]\nreplicas = 3\n");
+    let first = h.deploy().await;
+    assert_eq!(
+        first.status,
+        Status::Succeeded,
+        "{:?}",
+        first.failure_message
+    );
+    assert_eq!(first.replicas, 3);
+    assert_eq!(first.instances.len(), 3, "{:?}", first.instances);
+    let mut ids: Vec<&str> = first.instances.iter().map(|i| i.id.as_str()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 3);
+    assert!(first
+        .instances
+        .iter()
+        .all(|i| i.health == berth_core::state::Health::Healthy && i.address.is_some()));
+    let host = h.deployer.route_host(&first);
+    let route = h
+        .edge
+        .routes()
+        .into_iter()
+        .find(|(hst, _)| *hst == host)
+        .expect("route")
+        .1;
+    let mut upstreams: Vec<String> = route.targets.iter().map(|t| t.upstream.clone()).collect();
+    upstreams.sort();
+    let mut want: Vec<String> = first
+        .instances
+        .iter()
+        .filter_map(|i| i.address.clone())
+        .collect();
+    want.sort();
+    assert_eq!(upstreams, want, "the route holds every instance");
+    assert!(route
+        .targets
+        .iter()
+        .all(|t| t.deployment_id.as_deref() == Some(first.id.as_str())));
+    let json = serde_json::to_value(&first).unwrap();
+    assert_eq!(json["replicas"], 3);
+    assert_eq!(json["instances"].as_array().map(Vec::len), Some(3));
+    assert!(json["instances"][0].get("node").is_some());
+    assert_eq!(json["instances"][0]["health"], "healthy");
+
+    // The next deploy replaces all three; the old ones are all stopped.
+    let second = h.deploy().await;
+    assert_eq!(second.status, Status::Succeeded);
+    let running = h.rt.instance_ids();
+    assert_eq!(running.len(), 3, "{running:?}");
+    for i in &first.instances {
+        assert!(!running.contains(&i.id), "{} left running", i.id);
+    }
+    let first = h.store.get_deployment(&first.id).await.unwrap();
+    assert!(first.instances.is_empty() && first.runtime.is_none());
+    h.check_invariants().await;
+
+    // One replica never healthy fails the deploy and removes all three.
+    *h.builder.behaviour.lock().unwrap() = Behaviour {
+        http_status: 503,
+        ..Behaviour::default()
+    };
+    let third = h.deploy().await;
+    assert_eq!(third.status, Status::Failed);
+    assert!(h.store.get_deployment(&second.id).await.unwrap().is_active);
+    assert_eq!(h.rt.instance_ids().len(), 3);
+    h.check_invariants().await;
+}
+
+#[tokio::test]
+async fn bad_replicas_fail_at_analyze_and_keep_the_previous_serving() {
+    let h = harness().await;
+    let live = h.deploy().await;
+    for (value, why) in [
+        ("0", "must be between 1 and 50, got 0"),
+        ("51", "must be between 1 and 50, got 51"),
+        ("\"two\"", "expected an integer, got string"),
+    ] {
+        *h.builder.toml.lock().unwrap() = TOML.replace(
+            "[services.web]\n",
+            &format!("[services.web]\nreplicas = {value}\n"),
+        );
+        let d = h.deploy().await;
+        assert_eq!(d.status, Status::Failed);
+        let msg = d.failure_message.unwrap_or_default();
+        assert!(
+            msg.starts_with("analyze: berth.toml: services.web.replicas: ") && msg.contains(why),
+            "{msg}"
+        );
+        assert!(h.store.get_deployment(&live.id).await.unwrap().is_active);
+    }
     h.check_invariants().await;
 }
 

@@ -87,6 +87,8 @@ pub fn deployment(id: &str, project: &str, at: chrono::DateTime<Utc>) -> Deploym
         build: BuildInfo::default(),
         steps: vec![Step::pending(StepName::Clone)],
         canary_weight: None,
+        replicas: 1,
+        instances: Vec::new(),
         runtime: None,
         source_repo: None,
         version: 0,

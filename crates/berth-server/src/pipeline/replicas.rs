@@ -1,0 +1,178 @@
+//! A deployment's instances (`replicas = N`) as the record lists them and
+//! as the edge sees them: one target per instance, all under the
+//! deployment's id, so weights and drains apply to the deployment whatever
+//! its replica count.
+
+use crate::config::RuntimeKind;
+use berth_core::config::ServiceConfig;
+use berth_core::model::{Deployment, InstanceInfo};
+use berth_core::state::Health;
+use berth_edge::TargetSpec;
+
+/// The record of `instance` of `service`, its health not known yet.
+pub(crate) fn instance_info(instance: &berth_runtime::Instance, health: Health) -> InstanceInfo {
+    InstanceInfo {
+        id: instance.id.clone(),
+        name: instance.name.clone(),
+        node: instance.labels.get(berth_runtime::NODE_LABEL).cloned(),
+        address: instance.endpoint.as_ref().map(|a| a.to_string()),
+        health,
+    }
+}
+
+/// Records `instances` (the first one also as `d.runtime`) on `d`.
+pub(crate) fn record_instances(
+    d: &mut Deployment,
+    runtime: RuntimeKind,
+    service: &ServiceConfig,
+    instances: &[berth_runtime::Instance],
+    health: Health,
+) {
+    d.runtime = instances
+        .first()
+        .map(|i| super::runtime_info(runtime, service, i));
+    d.instances = instances.iter().map(|i| instance_info(i, health)).collect();
+}
+
+/// The instance ids of `d`: its `instances`, or the one of `runtime` in
+/// records written before berth kept instances.
+pub(crate) fn instance_ids(d: &Deployment) -> Vec<String> {
+    let mut ids: Vec<String> = d.instances.iter().map(|i| i.id.clone()).collect();
+    if let Some(rt) = &d.runtime {
+        if !ids.contains(&rt.instance_id) {
+            ids.insert(0, rt.instance_id.clone());
+        }
+    }
+    ids
+}
+
+/// Edge target id of `d`'s instance number `index` (from 0): the
+/// deployment id for the first, so a one-replica deployment keeps the
+/// target id it always had.
+pub(crate) fn target_id(deployment_id: &str, index: usize) -> String {
+    if index == 0 {
+        deployment_id.to_owned()
+    } else {
+        format!("{deployment_id}~{}", index + 1)
+    }
+}
+
+/// Every target id `d` may have at the edge (for drains and counters).
+pub(crate) fn target_ids(d: &Deployment) -> Vec<String> {
+    let n = d.instances.len().max(1).max(d.replicas as usize);
+    (0..n).map(|i| target_id(&d.id, i)).collect()
+}
+
+/// The edge targets of `d`, each of `weight`: one per instance with an
+/// address that is not unhealthy (all of them when every one is, so the
+/// route keeps trying rather than answering 503).
+pub(crate) fn targets(d: &Deployment, weight: u32) -> Vec<TargetSpec> {
+    let sha = d.commit.as_ref().map(|c| c.sha.clone());
+    let target = |index: usize, upstream: String| TargetSpec {
+        id: target_id(&d.id, index),
+        upstream,
+        weight,
+        deployment_id: Some(d.id.clone()),
+        sha: sha.clone(),
+    };
+    if d.instances.is_empty() {
+        return d
+            .runtime
+            .as_ref()
+            .and_then(|r| r.address.clone())
+            .map(|a| vec![target(0, a)])
+            .unwrap_or_default();
+    }
+    let with_addr: Vec<(usize, &InstanceInfo)> = d
+        .instances
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i.address.is_some())
+        .collect();
+    let serving: Vec<&(usize, &InstanceInfo)> = with_addr
+        .iter()
+        .filter(|(_, i)| i.health != Health::Unhealthy)
+        .collect();
+    let chosen: Vec<&(usize, &InstanceInfo)> = if serving.is_empty() {
+        with_addr.iter().collect()
+    } else {
+        serving
+    };
+    chosen
+        .into_iter()
+        .map(|(index, i)| target(*index, i.address.clone().unwrap_or_default()))
+        .collect()
+}
+
+/// Number of targets [`targets`] gives `d` (at least 1, for weights).
+pub(crate) fn target_count(d: &Deployment) -> u32 {
+    (targets(d, 1).len() as u32).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dep(instances: &[(&str, Option<&str>, Health)]) -> Deployment {
+        let mut d: Deployment = serde_json::from_value(serde_json::json!({
+            "id": "d1", "projectName": "p", "serviceName": "web", "environmentName": "production",
+            "status": "running", "promotionStage": "active", "health": "healthy", "isActive": true,
+            "routeUrl": null, "previewUrl": null, "failureMessage": null,
+            "createdAt": "2026-01-01T00:00:00Z", "startedAt": null, "completedAt": null,
+            "ref": "main", "commit": null, "trigger": "manual", "sourceDeploymentId": null,
+            "image": null, "build": {"provider": null, "framework": null, "runtime": null,
+            "port": null, "startCommand": null, "cacheHit": false}, "steps": [],
+            "canaryWeight": null
+        }))
+        .unwrap();
+        d.instances = instances
+            .iter()
+            .map(|(id, addr, h)| InstanceInfo {
+                id: (*id).into(),
+                name: format!("n-{id}"),
+                node: None,
+                address: addr.map(Into::into),
+                health: *h,
+            })
+            .collect();
+        d.replicas = (instances.len() as u32).max(1);
+        d
+    }
+
+    #[test]
+    fn old_records_read_as_one_replica() {
+        let d = dep(&[]);
+        assert_eq!(d.replicas, 1);
+        assert!(d.instances.is_empty());
+        assert_eq!(target_ids(&d), vec!["d1".to_string()]);
+        assert!(targets(&d, 100).is_empty());
+    }
+
+    #[test]
+    fn one_target_per_serving_instance_under_the_deployment() {
+        let d = dep(&[
+            ("a", Some("127.0.0.1:1"), Health::Healthy),
+            ("b", Some("127.0.0.1:2"), Health::Unhealthy),
+            ("c", Some("127.0.0.1:3"), Health::Pending),
+            ("d", None, Health::Healthy),
+        ]);
+        let t = targets(&d, 7);
+        let ids: Vec<&str> = t.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["d1", "d1~3"]);
+        assert!(t
+            .iter()
+            .all(|t| t.weight == 7 && t.deployment_id.as_deref() == Some("d1")));
+        assert_eq!(target_count(&d), 2);
+        assert_eq!(target_ids(&d), ["d1", "d1~2", "d1~3", "d1~4"]);
+        assert_eq!(instance_ids(&d), ["a", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn all_unhealthy_still_routes_to_every_instance() {
+        let d = dep(&[
+            ("a", Some("127.0.0.1:1"), Health::Unhealthy),
+            ("b", Some("127.0.0.1:2"), Health::Unhealthy),
+        ]);
+        assert_eq!(targets(&d, 100).len(), 2);
+    }
+}
