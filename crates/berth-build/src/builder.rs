@@ -79,6 +79,8 @@ pub trait Builder: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct EngineBuilder {
     docker: Docker,
+    /// Credentials every push sends to the registry.
+    login: Option<crate::RegistryLogin>,
 }
 
 impl EngineBuilder {
@@ -90,11 +92,23 @@ impl EngineBuilder {
             .negotiate_version()
             .await
             .map_err(|e| BuildError::Docker(e.to_string()))?;
-        Ok(Self { docker })
+        Ok(Self {
+            docker,
+            login: None,
+        })
     }
 
     pub fn from_docker(docker: Docker) -> Self {
-        Self { docker }
+        Self {
+            docker,
+            login: None,
+        }
+    }
+
+    /// Pushes send `login` to the registry (`X-Registry-Auth`).
+    pub fn with_registry_login(mut self, login: Option<crate::RegistryLogin>) -> Self {
+        self.login = login;
+        self
     }
 
     /// Removes manifest containers older than `older_than` that an
@@ -164,7 +178,7 @@ impl Builder for EngineBuilder {
         registry: &str,
         log: LogSink,
     ) -> Result<PushedImage, BuildError> {
-        crate::push(&self.docker, image, registry, log).await
+        crate::push_with_auth(&self.docker, image, registry, self.login.as_ref(), log).await
     }
 
     async fn manifest(&self, image: &str, opts: &ManifestOptions) -> Result<Manifest, BuildError> {

@@ -66,7 +66,7 @@ pub use manifest::{
     image_manifest, output_manifest, remove_stale_manifest_containers, Manifest, ManifestEntry,
     ManifestOptions,
 };
-pub use push::{push, PushedImage};
+pub use push::{push, push_with_auth, PushedImage, RegistryLogin};
 pub use vars::{is_public, PUBLIC_PREFIXES};
 
 /// Receives every output line of a step, live, without its trailing newline.

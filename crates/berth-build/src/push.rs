@@ -2,9 +2,11 @@
 //!
 //! The pushed reference is `<registry>/<repo>:<tag>` for a local image
 //! `<repo>:<tag>`. The digest comes from the push stream's final status line
-//! (`<tag>: digest: sha256:... size: N`). Registry credentials are not
-//! supported yet (a loopback registry needs none).
+//! (`<tag>: digest: sha256:... size: N`). Credentials, when given, go to
+//! the engine as `X-Registry-Auth` ([`push_with_auth`]); they are never
+//! logged.
 
+use bollard::auth::DockerCredentials;
 use bollard::query_parameters::{PushImageOptions, TagImageOptions};
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -44,6 +46,33 @@ pub async fn push(
     registry: &str,
     log: LogSink,
 ) -> Result<PushedImage, BuildError> {
+    push_with_auth(docker, image, registry, None, log).await
+}
+
+/// A registry user and password (`--registry-user`, `--registry-password`).
+#[derive(Clone)]
+pub struct RegistryLogin {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryLogin")
+            .field("username", &self.username)
+            .field("password", &"***")
+            .finish()
+    }
+}
+
+/// [`push`] with the registry's credentials, sent as `X-Registry-Auth`.
+pub async fn push_with_auth(
+    docker: &Docker,
+    image: &str,
+    registry: &str,
+    login: Option<&RegistryLogin>,
+    log: LogSink,
+) -> Result<PushedImage, BuildError> {
     let (repo, tag) = split_tag(image);
     let registry = registry.trim_end_matches('/');
     let target = format!("{registry}/{repo}");
@@ -72,7 +101,12 @@ pub async fn push(
             tag: Some(tag.to_string()),
             platform: None,
         }),
-        None,
+        login.map(|l| DockerCredentials {
+            username: Some(l.username.clone()),
+            password: Some(l.password.clone()),
+            serveraddress: Some(registry.to_string()),
+            ..Default::default()
+        }),
     );
     let mut digest = None;
     let mut last = String::new();

@@ -260,7 +260,15 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         Option<DockerRuntime>,
     ) = match DockerRuntime::connect().await {
         Ok(rt) => {
-            let builder = berth_build::EngineBuilder::from_docker(rt.docker().clone());
+            let login = match (&cfg.registry_user, &cfg.registry_password) {
+                (Some(username), Some(password)) => Some(berth_build::RegistryLogin {
+                    username: username.clone(),
+                    password: password.clone(),
+                }),
+                _ => None,
+            };
+            let builder = berth_build::EngineBuilder::from_docker(rt.docker().clone())
+                .with_registry_login(login);
             // Manifest containers an interrupted export left behind.
             let b = builder.clone();
             tokio::spawn(async move {

@@ -139,16 +139,25 @@ impl Monitors {
         });
     }
 
-    /// Probe an active deployment on its steady schedule.
+    /// Probe an active deployment on its steady schedule: every instance
+    /// each round. An instance that fails a probe is recorded unhealthy and
+    /// leaves the edge's rotation at once (while another one serves); it is
+    /// back at its next good probe. An instance that is gone or stopped for
+    /// good (not restarting) is replaced by a new one, except on Swarm,
+    /// which reschedules a slot itself (its new address is followed). The
+    /// deployment is healthy while one instance is, unhealthy after
+    /// `failure_threshold` rounds without any.
     pub fn watch(&self, deployer: &Arc<Deployer>, d: &Deployment, service: &ServiceConfig) {
         let token = replace(&self.health, &d.id);
         let dep = deployer.clone();
         let id = d.id.clone();
-        let readiness = service.readiness.clone();
-        let kind = service.kind;
+        let service = service.clone();
         tokio::spawn(async move {
+            let readiness = &service.readiness;
             let schedule = ProbeSchedule::every(readiness.interval);
             let mut failures = 0u32;
+            // Rounds each instance has been seen stopped (not restarting).
+            let mut stopped: HashMap<String, u32> = HashMap::new();
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(schedule.interval_at(Duration::MAX)) => {}
@@ -163,30 +172,116 @@ impl Monitors {
                 ) {
                     return;
                 }
-                let Some(rt) = current.runtime.clone() else {
+                if current.runtime.is_none() && current.instances.is_empty() {
                     return;
-                };
-                let (healthy, why) = match dep.runtime.inspect(&rt.instance_id).await {
-                    Ok(st) if st.is_running() => {
-                        if let (Some(addr), ServiceKind::Web) = (st.endpoint, kind) {
-                            dep.follow_address(&current, &addr).await;
-                            let r = berth_runtime::probe(&addr, &readiness.path, readiness.timeout)
-                                .await;
-                            (r.is_healthy(), r.describe(&readiness.path))
-                        } else {
-                            (true, "running".to_string())
+                }
+                let mut instances = current.instances.clone();
+                if instances.is_empty() {
+                    let rt = current.runtime.clone().unwrap_or_default();
+                    instances.push(berth_core::model::InstanceInfo {
+                        id: rt.instance_id,
+                        name: rt.instance_name,
+                        node: None,
+                        address: rt.address,
+                        health: current.health,
+                    });
+                }
+                let mut changed = false;
+                let mut any_healthy = false;
+                let mut whys = Vec::new();
+                for (index, inst) in instances.iter_mut().enumerate() {
+                    let state = dep.runtime.inspect(&inst.id).await;
+                    let (healthy, why, gone) = match &state {
+                        Ok(st) if st.is_running() => {
+                            stopped.remove(&inst.id);
+                            if let Some(node) = st.labels.get(berth_runtime::NODE_LABEL) {
+                                if inst.node.as_ref() != Some(node) {
+                                    inst.node = Some(node.clone());
+                                    changed = true;
+                                }
+                            }
+                            if let (Some(addr), ServiceKind::Web) = (&st.endpoint, service.kind) {
+                                if inst.address.as_deref() != Some(addr.to_string().as_str()) {
+                                    dep.logs.event(
+                                        &id,
+                                        &format!(
+                                            "container {} restarted; now reached at {addr}",
+                                            inst.name
+                                        ),
+                                    );
+                                    inst.address = Some(addr.to_string());
+                                    changed = true;
+                                }
+                                let r =
+                                    berth_runtime::probe(addr, &readiness.path, readiness.timeout)
+                                        .await;
+                                (r.is_healthy(), r.describe(&readiness.path), false)
+                            } else {
+                                (true, "running".to_string(), false)
+                            }
+                        }
+                        Ok(st) => {
+                            let restarting = matches!(
+                                st.status,
+                                berth_runtime::InstanceStatus::Restarting
+                                    | berth_runtime::InstanceStatus::Pending
+                            );
+                            let n = stopped.entry(inst.id.clone()).or_default();
+                            if !restarting {
+                                *n += 1;
+                            }
+                            (
+                                false,
+                                match st.exit_code() {
+                                    Some(c) => format!("container exited with code {c}"),
+                                    None => format!("container is {:?}", st.status).to_lowercase(),
+                                },
+                                // Stopped twice in a row and not coming back.
+                                *n >= 2,
+                            )
+                        }
+                        Err(e) if e.is_not_found() => {
+                            (false, "container is gone".to_string(), true)
+                        }
+                        Err(e) => (false, format!("cannot inspect container: {e}"), false),
+                    };
+                    let want = if healthy {
+                        Health::Healthy
+                    } else {
+                        Health::Unhealthy
+                    };
+                    if inst.health != want {
+                        inst.health = want;
+                        changed = true;
+                        if instances_len_gt_one(&current) {
+                            dep.logs
+                                .event(&id, &format!("instance {}: {want} ({why})", inst.name));
                         }
                     }
-                    Ok(st) => (
-                        false,
-                        match st.exit_code() {
-                            Some(c) => format!("container exited with code {c}"),
-                            None => format!("container is {:?}", st.status).to_lowercase(),
-                        },
-                    ),
-                    Err(e) => (false, format!("cannot inspect container: {e}")),
-                };
-                if healthy {
+                    any_healthy |= healthy;
+                    if !healthy {
+                        whys.push(if instances_len_gt_one(&current) {
+                            format!("{}: {why}", inst.name)
+                        } else {
+                            why.clone()
+                        });
+                    }
+                    let swarm = dep.cfg.runtime == crate::config::RuntimeKind::Swarm;
+                    if gone && !swarm {
+                        if let Some(new) =
+                            dep.replace_instance(&current, &service, index, inst).await
+                        {
+                            stopped.remove(&inst.id);
+                            *inst = new;
+                            changed = true;
+                        }
+                    }
+                }
+                if changed {
+                    dep.record_instances(&current, instances).await;
+                }
+                let why = whys.join("; ");
+                if any_healthy {
                     failures = 0;
                 } else {
                     failures += 1;
@@ -198,12 +293,15 @@ impl Monitors {
                         ),
                     );
                 }
-                let want = if healthy {
+                let want = if any_healthy {
                     Some(Health::Healthy)
                 } else if failures >= readiness.failure_threshold {
                     Some(Health::Unhealthy)
                 } else {
                     None
+                };
+                let Ok(current) = dep.store.get_deployment(&id).await else {
+                    return;
                 };
                 if let Some(h) = want.filter(|h| *h != current.health) {
                     // Compare-and-set: a supersede saved since `current`
@@ -219,6 +317,10 @@ impl Monitors {
             }
         });
     }
+}
+
+fn instances_len_gt_one(d: &Deployment) -> bool {
+    d.instances.len() > 1
 }
 
 impl Deployer {
@@ -245,38 +347,94 @@ impl Deployer {
         }
     }
 
-    /// A restarted container may come back on another published port:
-    /// point the routes and the record at it.
-    pub(crate) async fn follow_address(&self, d: &Deployment, addr: &berth_runtime::Endpoint) {
-        let addr = addr.to_string();
-        let recorded = d.runtime.as_ref().and_then(|r| r.address.clone());
-        if recorded.as_deref() == Some(addr.as_str()) {
+    /// Records the monitor's view of `d`'s instances (addresses, health,
+    /// replacements) while it is live, then recomputes the routes.
+    pub(crate) async fn record_instances(
+        &self,
+        d: &Deployment,
+        instances: Vec<berth_core::model::InstanceInfo>,
+    ) {
+        let mut updated = d.clone();
+        let apply = |mine: &mut Deployment| -> bool {
+            if !crate::saving::is_live(mine) {
+                return false;
+            }
+            if mine.instances.is_empty() && instances.len() == 1 {
+                // A record from before instances: the one instance is `runtime`.
+                if let Some(r) = mine.runtime.as_mut() {
+                    r.address = instances[0].address.clone();
+                }
+                return true;
+            }
+            if let (Some(r), Some(first)) = (mine.runtime.as_mut(), instances.first()) {
+                r.instance_id = first.id.clone();
+                r.instance_name = first.name.clone();
+                r.address = first.address.clone();
+            }
+            mine.instances = instances.clone();
+            true
+        };
+        if !apply(&mut updated) {
             return;
         }
-        let mut updated = d.clone();
-        if let Some(r) = updated.runtime.as_mut() {
-            r.address = Some(addr.clone());
-        }
-        self.logs.event(
-            &d.id,
-            &format!("container restarted; now reached at {addr}"),
-        );
         let redo = |mine: &mut Deployment, fresh: Deployment| {
             *mine = fresh;
-            match mine.runtime.as_mut() {
-                Some(r) => {
-                    r.address = Some(addr.clone());
-                    true
-                }
-                None => false,
-            }
+            apply(mine)
         };
         if let Err(e) = crate::saving::save_retrying(&*self.store, &mut updated, redo).await {
-            tracing::error!(deployment = d.id, error = %e, "cannot record new address");
+            tracing::error!(deployment = d.id, error = %e, "cannot record instances");
         }
-        // The store now holds the new address: recompute the routes.
+        // The store now holds the instances: recompute the routes.
+        let _switch = self.switch_lock.lock().await;
         if let Err(e) = self.sync_routes().await {
-            tracing::error!(deployment = d.id, error = %e, "cannot follow new address");
+            tracing::error!(deployment = d.id, error = %e, "cannot follow the instances");
+        }
+    }
+
+    /// Starts a new instance in place of `old` (number `index` of `d`),
+    /// which stopped for good or is gone; `None` when it cannot.
+    pub(crate) async fn replace_instance(
+        self: &Arc<Self>,
+        d: &Deployment,
+        service: &ServiceConfig,
+        index: usize,
+        old: &berth_core::model::InstanceInfo,
+    ) -> Option<berth_core::model::InstanceInfo> {
+        let image = d.image.clone()?;
+        let vars = self
+            .store
+            .resolve_variables(&d.project_name, &d.environment_name)
+            .await
+            .ok()?;
+        let mut spec = self.instance_spec(d, service, &image, &vars);
+        spec.name = berth_runtime::replica_name(&spec.name, index as u32 + 1);
+        self.monitors.stop_logs(&d.id, &old.id);
+        let _ = self.runtime.remove(&old.id).await;
+        match self.runtime.start(&spec).await {
+            Ok(inst) => {
+                self.logs.event(
+                    &d.id,
+                    &format!(
+                        "instance {} stopped for good; replaced by {}",
+                        old.name, inst.name
+                    ),
+                );
+                self.monitors.follow_logs(self, &d.id, &inst.id, None);
+                Some(crate::pipeline::replicas::instance_info(
+                    &inst,
+                    Health::Pending,
+                ))
+            }
+            Err(e) => {
+                self.logs.event(
+                    &d.id,
+                    &format!(
+                        "instance {} stopped for good; cannot replace it: {e}",
+                        old.name
+                    ),
+                );
+                None
+            }
         }
     }
 }

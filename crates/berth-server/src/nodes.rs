@@ -87,9 +87,9 @@ impl Deployer {
             .into_iter()
             .filter(|d| d.is_active)
             .filter(|d| {
-                d.runtime
-                    .as_ref()
-                    .is_some_and(|rt| on_node.contains(&rt.instance_id))
+                crate::pipeline::replicas::instance_ids(d)
+                    .iter()
+                    .any(|id| on_node.contains(id))
             });
         let mut report = DrainReport::default();
         for d in active.collect::<Vec<_>>() {
@@ -102,18 +102,23 @@ impl Deployer {
         Ok(report)
     }
 
-    /// Starts a replacement of `d`'s instance, waits for it to be healthy,
-    /// routes to it, drains and removes the old one.
+    /// Starts a replacement of `d`'s instances (all `replicas` of them:
+    /// one Swarm service), waits for each to be healthy, routes to them,
+    /// drains and removes the old ones.
     async fn move_instance(self: &Arc<Self>, mut d: Deployment) -> Result<(), NodeError> {
         let id = d.id.clone();
         let fail = |reason: String| NodeError::Replacement {
             deployment: id.clone(),
             reason,
         };
-        let old = d
-            .runtime
-            .clone()
-            .ok_or_else(|| fail("no instance".into()))?;
+        let old = crate::pipeline::replicas::instance_ids(&d);
+        if old.is_empty() {
+            return Err(fail("no instance".into()));
+        }
+        let old_names: Vec<String> = match d.instances.is_empty() {
+            true => d.runtime.iter().map(|r| r.instance_name.clone()).collect(),
+            false => d.instances.iter().map(|i| i.name.clone()).collect(),
+        };
         let image = d.image.clone().ok_or_else(|| fail("no image".into()))?;
         let service = crate::pipeline::service_from_record(&d);
         let vars = self
@@ -130,58 +135,48 @@ impl Deployer {
             &d.id,
             &format!(
                 "node drain: starting a replacement of {}",
-                old.instance_name
+                old_names.join(", ")
             ),
         );
-        let inst = self
+        let started = self
             .runtime
-            .start(&spec)
+            .start_replicas(&spec, d.replicas.max(1))
             .await
             .map_err(|e| fail(format!("cannot start a replacement: {e}")))?;
-        if service.kind == ServiceKind::Web {
-            let ready = async {
-                let deadline = Instant::now() + service.readiness.deadline;
-                loop {
-                    let state = self.runtime.inspect(&inst.id).await;
-                    if let Ok(st) = &state {
-                        if let (true, Some(endpoint)) = (st.is_running(), &st.endpoint) {
-                            let r = berth_runtime::probe(
-                                endpoint,
-                                &service.readiness.path,
-                                service.readiness.timeout,
-                            )
-                            .await;
-                            if r.is_healthy() {
-                                return Ok(());
-                            }
-                        }
+        let new_ids: Vec<String> = started.iter().map(|i| i.id.clone()).collect();
+        let mut ready_instances = Vec::new();
+        for inst in &started {
+            let mut inst = inst.clone();
+            if service.kind == ServiceKind::Web {
+                match self.wait_healthy(&inst.id, &service).await {
+                    Ok(endpoint) => inst.endpoint = Some(endpoint),
+                    Err(reason) => {
+                        let _ = self.runtime.remove_all(&new_ids).await;
+                        return Err(fail(reason));
                     }
-                    if Instant::now() >= deadline {
-                        return Err(format!(
-                            "the replacement was not healthy within {}s",
-                            service.readiness.deadline.as_secs()
-                        ));
-                    }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-            };
-            if let Err(reason) = ready.await {
-                let _ = self.runtime.remove(&inst.id).await;
-                return Err(fail(reason));
             }
+            ready_instances.push(inst);
         }
-        let moved = crate::pipeline::runtime_info(self.cfg.runtime, &service, &inst);
-        d.runtime = Some(moved.clone());
-        // Only the instance changes; anything else another writer saved
+        crate::pipeline::replicas::record_instances(
+            &mut d,
+            self.cfg.runtime,
+            &service,
+            &ready_instances,
+            berth_core::state::Health::Healthy,
+        );
+        let (runtime, instances) = (d.runtime.clone(), d.instances.clone());
+        // Only the instances change; anything else another writer saved
         // meanwhile stays. A deployment no longer active keeps its record.
         let saved = crate::saving::save_retrying(&*self.store, &mut d, |mine, fresh| {
             *mine = fresh;
-            mine.runtime = Some(moved.clone());
+            mine.runtime = runtime.clone();
+            mine.instances = instances.clone();
             mine.is_active
         })
         .await;
         if !matches!(saved, Ok(crate::saving::Saved::Written)) {
-            let _ = self.runtime.remove(&inst.id).await;
+            let _ = self.runtime.remove_all(&new_ids).await;
             return Err(fail(match saved {
                 Err(e) => format!("cannot record the replacement: {e}"),
                 _ => "it stopped being active during the move".to_owned(),
@@ -193,30 +188,77 @@ impl Deployer {
                 .await
                 .map_err(|e| fail(format!("cannot switch the route: {e}")))?;
         }
-        // Requests already sent to the old instance finish there (the edge
-        // counts in-flight requests per deployment, old and new together).
+        // Requests already sent to the old instances finish there (the edge
+        // counts in-flight requests per target, old and new together).
         let drain_until = Instant::now() + self.cfg.drain_timeout;
         tokio::time::sleep(Duration::from_millis(500)).await;
-        while self.edge.inflight(&d.id) > 0 && Instant::now() < drain_until {
+        let targets = crate::pipeline::replicas::target_ids(&d);
+        while targets.iter().any(|t| self.edge.inflight(t) > 0) && Instant::now() < drain_until {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        self.monitors.follow_logs(self, &d.id, &inst.id, None);
-        self.monitors.watch(self, &d, &service);
-        if let Err(e) = self.runtime.remove(&old.instance_id).await {
-            tracing::warn!(instance = old.instance_id, error = %e, "could not remove the drained instance");
+        for inst in &started {
+            self.monitors.follow_logs(self, &d.id, &inst.id, None);
         }
+        self.monitors.watch(self, &d, &service);
+        if let Err(e) = self.runtime.remove_all(&old).await {
+            tracing::warn!(deployment = d.id, error = %e, "could not remove the drained instances");
+        }
+        for o in &old {
+            self.monitors.stop_logs(&d.id, o);
+        }
+        let to: Vec<String> = ready_instances
+            .iter()
+            .map(|i| {
+                format!(
+                    "{} ({})",
+                    i.name,
+                    i.endpoint
+                        .as_ref()
+                        .map(|e| e.to_string())
+                        .unwrap_or_default()
+                )
+            })
+            .collect();
         self.logs.event(
             &d.id,
             &format!(
-                "node drain: moved from {} to {} ({})",
-                old.instance_name,
-                inst.name,
-                inst.endpoint
-                    .as_ref()
-                    .map(|e| e.to_string())
-                    .unwrap_or_default()
+                "node drain: moved from {} to {}",
+                old_names.join(", "),
+                to.join(", ")
             ),
         );
         Ok(())
+    }
+
+    /// Probes instance `id` with the service's readiness settings until it
+    /// answers healthy (its endpoint), or says why not by the deadline.
+    pub(crate) async fn wait_healthy(
+        &self,
+        id: &str,
+        service: &berth_core::config::ServiceConfig,
+    ) -> Result<berth_runtime::Endpoint, String> {
+        let deadline = Instant::now() + service.readiness.deadline;
+        loop {
+            if let Ok(st) = self.runtime.inspect(id).await {
+                if let (true, Some(endpoint)) = (st.is_running(), &st.endpoint) {
+                    let r = berth_runtime::probe(
+                        endpoint,
+                        &service.readiness.path,
+                        service.readiness.timeout,
+                    )
+                    .await;
+                    if r.is_healthy() {
+                        return Ok(endpoint.clone());
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the replacement was not healthy within {}s",
+                    service.readiness.deadline.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 }

@@ -446,6 +446,93 @@ async fn replicas_start_together_are_all_routed_and_retire_together() {
     h.check_invariants().await;
 }
 
+/// The upstreams the edge routes the slot's hostname to, sorted.
+fn upstreams(h: &Harness, d: &Deployment) -> Vec<String> {
+    let host = h.deployer.route_host(d);
+    let mut u: Vec<String> = h
+        .edge
+        .routes()
+        .into_iter()
+        .find(|(hst, _)| *hst == host)
+        .map(|(_, r)| r.targets.into_iter().map(|t| t.upstream).collect())
+        .unwrap_or_default();
+    u.sort();
+    u
+}
+
+#[tokio::test]
+async fn a_failing_replica_leaves_the_rotation_and_a_dead_one_is_replaced() {
+    let h = harness().await;
+    *h.builder.toml.lock().unwrap() =
+        TOML.replace("[services.web]\n", "[services.web]\nreplicas = 3\n") + "interval = \"1s\"\n";
+    let d = h.deploy().await;
+    assert_eq!(d.status, Status::Succeeded, "{:?}", d.failure_message);
+    assert_eq!(upstreams(&h, &d).len(), 3);
+    let sick = d.instances[1].clone();
+    h.rt.set_http_status(&sick.id, 503);
+    // Out of the rotation within one probe interval (1 s), the others stay.
+    let wait = |want: usize, why: &'static str| {
+        let h = &h;
+        let d = &d;
+        async move {
+            for _ in 0..100 {
+                if upstreams(h, d).len() == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("{why}: routes {:?}", upstreams(h, d));
+        }
+    };
+    wait(2, "the failing replica left the rotation").await;
+    assert!(!upstreams(&h, &d).contains(sick.address.as_ref().unwrap()));
+    let rec = h.store.get_deployment(&d.id).await.unwrap();
+    assert_eq!(
+        rec.instances[1].health,
+        berth_core::state::Health::Unhealthy
+    );
+    assert_eq!(
+        rec.health,
+        berth_core::state::Health::Healthy,
+        "two still serve"
+    );
+    h.rt.set_http_status(&sick.id, 200);
+    wait(3, "the recovered replica is back").await;
+
+    // A replica that stops for good is replaced by a new instance.
+    let dead = d.instances[2].clone();
+    h.rt.crash(&dead.id, 137);
+    let mut replaced = None;
+    for _ in 0..100 {
+        let rec = h.store.get_deployment(&d.id).await.unwrap();
+        if rec.instances.len() == 3
+            && !rec.instances.iter().any(|i| i.id == dead.id)
+            && upstreams(&h, &d).len() == 3
+        {
+            replaced = Some(rec);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rec = replaced.expect("the dead replica was replaced");
+    assert!(
+        !h.rt.instance_ids().contains(&dead.id),
+        "the dead one is removed"
+    );
+    let want: Vec<String> = {
+        let mut w: Vec<String> = rec
+            .instances
+            .iter()
+            .filter_map(|i| i.address.clone())
+            .collect();
+        w.sort();
+        w
+    };
+    assert_eq!(upstreams(&h, &d), want);
+    h.deployer.monitors.stop_all();
+    h.check_invariants().await;
+}
+
 #[tokio::test]
 async fn bad_replicas_fail_at_analyze_and_keep_the_previous_serving() {
     let h = harness().await;
