@@ -303,6 +303,11 @@ pub struct Deployment {
     /// Every running instance of the deployment, while it has them.
     #[serde(default)]
     pub instances: Vec<InstanceInfo>,
+    /// While set, this replaced deployment keeps running, unrouted (warm),
+    /// until then: a rollback or promote of it is a route flip (the bake
+    /// window). `None` for every other deployment.
+    #[serde(default)]
+    pub bake_until: Option<DateTime<Utc>>,
     /// The repository to clone when it is not the project's (`git push` to
     /// berth's own remote).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -34,6 +34,10 @@ pub struct ServerConfig {
     pub registry: Option<String>,
     /// How long draining waits for in-flight requests of the previous version.
     pub drain_timeout: Duration,
+    /// Most replaced deployments kept warm (running, unrouted) in their
+    /// bake windows at once, over every service; the oldest is stopped
+    /// first. 0 turns every bake window off.
+    pub max_warm: usize,
     /// Builds running at once.
     pub build_concurrency: usize,
     /// Memory limit of one build, bytes.
@@ -117,6 +121,7 @@ impl ServerConfig {
             master_key: None,
             registry: None,
             drain_timeout: Duration::from_secs(30),
+            max_warm: 10,
             build_concurrency: 2,
             build_memory: Some(2 << 30),
             build_cpus: None,

@@ -209,6 +209,7 @@ impl Deployer {
             canary_weight: None,
             replicas: 1,
             instances: Vec::new(),
+            bake_until: None,
             runtime: None,
             source_repo: req.source_repo.clone(),
             version: 0,
@@ -533,6 +534,18 @@ impl Deployer {
             .await?;
         for d in ds.iter().filter(|d| !d.status.is_terminal()) {
             let _ = self.cancel(&d.id).await;
+        }
+        // Warm deployments in their bake window go first: nothing to flip
+        // back to once the environment is gone.
+        for d in ds.iter().filter(|d| crate::pipeline::is_warm(d)) {
+            let mut d = d.clone();
+            self.monitors.stop(&d.id);
+            let ids = crate::pipeline::replicas::instance_ids(&d);
+            let _ = self.runtime.remove_all(&ids).await;
+            d.runtime = None;
+            d.instances.clear();
+            d.bake_until = None;
+            self.store.save_deployments(&mut [&mut d], None).await?;
         }
         for d in ds.iter().filter(|d| d.is_active) {
             let mut d = d.clone();

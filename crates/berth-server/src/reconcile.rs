@@ -7,8 +7,9 @@
 //!    queued ones are queued again — none stays queued or running forever;
 //! 2. the containers berth owns are adopted when they belong to an active
 //!    deployment (healthy ones are not restarted), re-created when the
-//!    active deployment's container is gone, and removed otherwise
-//!    (orphaned candidates);
+//!    active deployment's container is gone, kept for a warm deployment
+//!    with the rest of its bake window, and removed otherwise (orphaned
+//!    candidates, warm ones whose window passed);
 //! 3. the route table is rebuilt from the active deployments and external
 //!    routes, and only the differences are applied.
 
@@ -83,12 +84,18 @@ impl Deployer {
         let mut keep: HashSet<String> = HashSet::new();
         if let Some(owned) = &owned {
             for mut d in active.clone() {
-                // Every running instance of it, in the order recorded.
+                // Every running instance of it, in the order recorded: by
+                // label, or by the recorded id (a rollback in the bake
+                // window adopts instances labelled with another deployment).
+                let recorded = crate::pipeline::replicas::instance_ids(&d);
                 let mut found: Vec<&berth_runtime::Instance> = owned
                     .iter()
-                    .filter(|i| i.labels.get(DEPLOYMENT_LABEL) == Some(&d.id) && i.running)
+                    .filter(|i| {
+                        i.running
+                            && (i.labels.get(DEPLOYMENT_LABEL) == Some(&d.id)
+                                || recorded.contains(&i.id))
+                    })
                     .collect();
-                let recorded = crate::pipeline::replicas::instance_ids(&d);
                 found.sort_by_key(|i| {
                     recorded
                         .iter()
@@ -132,6 +139,10 @@ impl Deployer {
                         keep.extend(self.recreate(&mut d, &service).await);
                     }
                 }
+            }
+            // Warm deployments: adopted with the rest of their bake window.
+            if let Err(e) = self.adopt_warm(owned, &mut keep).await {
+                tracing::error!(error = %e, "cannot adopt warm deployments");
             }
             for inst in owned {
                 if !keep.contains(&inst.id) {

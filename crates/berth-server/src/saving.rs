@@ -158,6 +158,7 @@ mod tests {
             canary_weight: None,
             replicas: 1,
             instances: Vec::new(),
+            bake_until: None,
             runtime: Some(RuntimeInfo {
                 instance_id: format!("c-{id}"),
                 instance_name: id.into(),

@@ -838,6 +838,7 @@ mod tests {
             canary_weight: None,
             replicas: 1,
             instances: Vec::new(),
+            bake_until: None,
             runtime: None,
             source_repo: None,
             version: 0,

@@ -20,7 +20,9 @@
 //! 8. **switch** the route (one edge table swap) and flip the slot's active
 //!    pointer in the store (one transaction, previous → superseded) —
 //!    `switch.rs`;
-//! 9. **drain** the previous deployment's in-flight requests, stop it —
+//! 9. **bake** the previous deployment: it keeps running, unrouted, for the
+//!    service's `bake` window (a rollback in it is a route flip) — `bake.rs`;
+//!    or, without a window, **drain** its in-flight requests and stop it —
 //!    `switch.rs`;
 //! 10. **finalize**: active, succeeded; prune old images — `retention.rs`.
 //!
@@ -28,6 +30,7 @@
 //! deployment serving, untouched. Step bookkeeping (status, timing, log
 //! tails) is in `steps.rs`.
 
+mod bake;
 mod build;
 mod canary;
 mod candidate;
@@ -41,6 +44,7 @@ mod switch;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use bake::is_warm;
 pub(crate) use candidate::runtime_info;
 pub(crate) use source::service_from_record;
 
@@ -133,6 +137,12 @@ impl Deployer {
             &d.id,
             Redactor::new(vars.iter().filter(|v| v.secret).map(|v| v.value.as_str())),
         );
+        // A rollback or promote of a deployment still warm in its bake
+        // window: a route flip, no pipeline.
+        if self.flip_to_warm(&mut d).await {
+            self.metrics.record_pipeline(&d);
+            return;
+        }
         d.started_at = Some(now());
         self.apply(&mut d, Event::Start).await;
         let result = self.pipeline(&mut d, &vars, &cancel).await;

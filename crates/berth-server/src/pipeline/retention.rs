@@ -75,15 +75,16 @@ impl Deployer {
 }
 
 /// The image refs retention keeps: per slot, the images of the newest
-/// `n` deployments that ran (succeeded), plus every active deployment's and
-/// every unfinished deployment's image.
+/// `n` deployments that ran (succeeded), plus every active deployment's,
+/// every unfinished deployment's and every warm one's (bake window) image.
 pub(crate) fn images_to_keep(all: &[Deployment], n: usize) -> std::collections::HashSet<String> {
     use std::collections::{HashMap, HashSet};
     let mut keep = HashSet::new();
     let mut per_slot: HashMap<Slot, Vec<&Deployment>> = HashMap::new();
     for d in all {
         let Some(img) = &d.image else { continue };
-        if d.is_active || !d.status.is_terminal() {
+        // A warm deployment (bake window) may be flipped back to at once.
+        if d.is_active || !d.status.is_terminal() || super::bake::has_instances(d) {
             keep.insert(img.reference.clone());
         }
         if d.status == berth_core::state::Status::Succeeded {
@@ -158,6 +159,7 @@ mod tests {
             canary_weight: None,
             replicas: 1,
             instances: Vec::new(),
+            bake_until: None,
             runtime: None,
             source_repo: None,
             version: 0,
@@ -218,5 +220,11 @@ mod tests {
         let keep1 = images_to_keep(&all[..4], 1);
         assert_eq!(keep1.len(), 1);
         assert!(keep1.contains("berth/p-web:b"));
+        // A warm deployment (bake window) keeps its image beyond the last N.
+        let mut warm = all[..4].to_vec();
+        warm[0].runtime = Some(berth_core::model::RuntimeInfo::default());
+        warm[0].bake_until = Some(chrono::Utc::now());
+        let keep1 = images_to_keep(&warm, 1);
+        assert!(keep1.contains("berth/p-web:a"), "warm: {keep1:?}");
     }
 }

@@ -2,6 +2,7 @@
 //! stop the previous deployment, finalize; and the hostnames a slot serves.
 
 use crate::deployer::Deployer;
+use crate::ids::now;
 use berth_core::config::{ServiceConfig, ServiceKind};
 use berth_core::hosts;
 use berth_core::model::{Deployment, StepName, StepStatus, Trigger};
@@ -11,15 +12,68 @@ use berth_store::{Activate, Slot};
 use std::sync::Arc;
 
 impl Deployer {
-    /// Steps 8-10: switch the route, drain the previous deployment,
-    /// finalize. Nothing here can fail the candidate: it is healthy.
+    /// Steps 8-10: switch the route, keep the previous deployment warm for
+    /// the bake window (or drain and stop it), finalize. Nothing here can
+    /// fail the candidate: it is healthy.
     pub(crate) async fn promote_candidate(
         self: &Arc<Self>,
         d: &mut Deployment,
         service: &ServiceConfig,
     ) {
         let slot = Slot::of(d);
-        let _switch = self.switch_lock.lock().await;
+        let switch = self.switch_lock.lock().await;
+        let prev = self.switch_locked(d, service, None).await;
+        drop(switch);
+        self.monitors.watch(self, d, service);
+
+        // The previous deployment: warm for the bake window, or drained
+        // and stopped.
+        if let Some(mut p) = prev {
+            self.after_cutover(&mut p).await;
+        }
+
+        // Finalize.
+        self.start_step(d, StepName::Finalize);
+        let pruned = self.prune_images(&slot).await;
+        self.finish_step(d, StepName::Finalize, StepStatus::Succeeded, Some(&pruned));
+        self.apply(d, Event::Drained).await;
+    }
+
+    /// What happens to the deployment a cutover replaced: it stays warm
+    /// until its `bakeUntil` (set by the switch), or is drained and stopped.
+    pub(crate) async fn after_cutover(self: &Arc<Self>, p: &mut Deployment) {
+        match p.bake_until {
+            Some(until) if super::bake::has_instances(p) => {
+                self.monitors.stop_health(&p.id);
+                self.logs.event(
+                    &p.id,
+                    &format!(
+                        "bake: kept running, unrouted, until {}; a rollback until then is a route flip",
+                        until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    ),
+                );
+                self.schedule_bake_end(&p.id, until);
+                self.limit_warm().await;
+            }
+            _ => self.retire(p).await,
+        }
+    }
+
+    /// The switch itself, with `switch_lock` held: one swap of the edge's
+    /// table, then one store transaction that flips the slot's active
+    /// pointer, records the previous deployment as superseded (or
+    /// rolled_back) — warm until `now + bake` when the service bakes — and,
+    /// when `adopted` is the warm deployment whose instance `d` took over,
+    /// clears that one's instance. With `adopted`, `d` ends active in the
+    /// same transaction (no drain: the previous deployment stays warm).
+    /// Returns the previous deployment as recorded.
+    pub(crate) async fn switch_locked(
+        &self,
+        d: &mut Deployment,
+        service: &ServiceConfig,
+        mut adopted: Option<&mut Deployment>,
+    ) -> Option<Deployment> {
+        let slot = Slot::of(d);
         let previous = self.store.active_deployment(&slot).await.ok().flatten();
         // The route: one swap of the edge's table.
         if service.kind == ServiceKind::Web {
@@ -54,15 +108,40 @@ impl Deployer {
         }
         // The record: one transaction flips the slot's active pointer.
         let mut prev = previous.clone();
-        self.transition(d, Event::RouteSwitched);
-        self.logs.event(&d.id, "stage: draining_previous");
+        let finish = adopted.is_some();
+        let end = |d: &mut Deployment| {
+            self.transition(d, Event::RouteSwitched);
+            if finish && self.transition(d, Event::Drained) {
+                d.completed_at = Some(now());
+            }
+        };
+        end(d);
+        if finish {
+            self.logs
+                .event(&d.id, "stage: active — deployment succeeded");
+        } else {
+            self.logs.event(&d.id, "stage: draining_previous");
+        }
         let ev = if matches!(d.trigger, Trigger::Rollback | Trigger::Promote) {
             Event::RollBack
         } else {
             Event::Supersede
         };
+        let bake =
+            (service.kind == ServiceKind::Web && !service.bake.is_zero() && self.cfg.max_warm > 0)
+                .then(|| chrono::Duration::from_std(service.bake).ok())
+                .flatten();
         let replace = |p: &mut Deployment| {
             self.transition(p, ev);
+            p.bake_until = match bake {
+                Some(b) if super::bake::has_instances(p) => Some(now() + b),
+                _ => None,
+            };
+        };
+        let release = |a: &mut Deployment| {
+            a.runtime = None;
+            a.instances.clear();
+            a.bake_until = None;
         };
         if let Some(p) = prev.as_mut() {
             replace(p);
@@ -74,6 +153,9 @@ impl Deployer {
                 ),
             );
         }
+        if let Some(a) = adopted.as_deref_mut() {
+            release(a);
+        }
         // Compare-and-set: when a health monitor saved either record since
         // it was read, the change is redone on the fresh record.
         let activate = Activate {
@@ -84,6 +166,9 @@ impl Deployer {
             let mut batch: Vec<&mut Deployment> = vec![&mut *d];
             if let Some(p) = prev.as_mut() {
                 batch.push(p);
+            }
+            if let Some(a) = adopted.as_deref_mut() {
+                batch.push(a);
             }
             match self
                 .store
@@ -99,9 +184,14 @@ impl Deployer {
                         if !crate::saving::rebase_pipeline(d, fresh) {
                             break;
                         }
-                    } else if let Some(p) = prev.as_mut() {
-                        *p = fresh;
-                        replace(p);
+                    } else if prev.as_ref().is_some_and(|p| p.id == id) {
+                        if let Some(p) = prev.as_mut() {
+                            *p = fresh;
+                            replace(p);
+                        }
+                    } else if let Some(a) = adopted.as_deref_mut() {
+                        *a = fresh;
+                        release(a);
                     }
                 }
                 Err(e) => {
@@ -110,19 +200,7 @@ impl Deployer {
                 }
             }
         }
-        drop(_switch);
-        self.monitors.watch(self, d, service);
-
-        // Drain the previous deployment, then stop it.
-        if let Some(p) = prev.as_mut() {
-            self.retire(p).await;
-        }
-
-        // Finalize.
-        self.start_step(d, StepName::Finalize);
-        let pruned = self.prune_images(&slot).await;
-        self.finish_step(d, StepName::Finalize, StepStatus::Succeeded, Some(&pruned));
-        self.apply(d, Event::Drained).await;
+        prev
     }
 
     /// Drain a replaced deployment's in-flight requests on every target,

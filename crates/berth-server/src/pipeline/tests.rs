@@ -188,6 +188,17 @@ fn deployer(
     builder: Arc<FakeBuilder>,
     edge: Edge,
 ) -> Arc<Deployer> {
+    deployer_with(store, rt, builder, edge, config(dir))
+}
+
+/// [`deployer`] with a server configuration of its own.
+fn deployer_with(
+    store: Arc<dyn Store>,
+    rt: &FakeRuntime,
+    builder: Arc<FakeBuilder>,
+    edge: Edge,
+    cfg: ServerConfig,
+) -> Arc<Deployer> {
     Deployer::new(
         Backends {
             store: store.clone(),
@@ -198,12 +209,17 @@ fn deployer(
             edge,
         },
         crate::logs::LogHub::start(store),
-        Arc::new(config(dir)),
+        Arc::new(cfg),
         "test".into(),
     )
 }
 
 async fn harness() -> Harness {
+    harness_with(|_| {}).await
+}
+
+/// A harness whose server configuration `tune` adjusts.
+async fn harness_with(tune: impl FnOnce(&mut ServerConfig)) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(dir.path(), Cipher::from_key([7; 32])).unwrap());
@@ -226,13 +242,9 @@ async fn harness() -> Harness {
         ..FakeBuilder::default()
     });
     let edge = edge(dir.path());
-    let deployer = deployer(
-        dir.path(),
-        store.clone(),
-        &rt,
-        builder.clone(),
-        edge.clone(),
-    );
+    let mut cfg = config(dir.path());
+    tune(&mut cfg);
+    let deployer = deployer_with(store.clone(), &rt, builder.clone(), edge.clone(), cfg);
     Harness {
         dir,
         store,
@@ -275,6 +287,34 @@ impl Harness {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("deployment {id} did not finish");
+    }
+
+    /// A crash of this berth and a new process on the same store, runtime
+    /// and data dir, reconciled.
+    async fn restart(self) -> Harness {
+        self.deployer.abort_all_for_tests();
+        let edge = edge(self.dir.path());
+        let deployer = deployer(
+            self.dir.path(),
+            self.store.clone(),
+            &self.rt,
+            self.builder.clone(),
+            edge.clone(),
+        );
+        deployer.reconcile().await.expect("reconcile");
+        Harness {
+            edge,
+            deployer,
+            ..self
+        }
+    }
+
+    fn starts(&self) -> usize {
+        self.rt
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, berth_runtime::fake::Call::Start(_)))
+            .count()
     }
 
     /// Waits (bounded, 5 s) until a line of `id`'s log contains `needle`.
@@ -326,11 +366,24 @@ impl Harness {
         let want = self.deployer.desired_routes().await.unwrap();
         let got: BTreeMap<_, _> = self.edge.routes().into_iter().collect();
         assert_eq!(got, want, "edge routes differ from the store's");
+        // Instances run for active deployments and warm ones (bake window).
         let active_ids: Vec<String> = all
             .iter()
-            .filter(|d| d.is_active)
+            .filter(|d| d.is_active || crate::pipeline::is_warm(d))
             .flat_map(super::replicas::instance_ids)
             .collect();
+        for d in all.iter().filter(|d| crate::pipeline::is_warm(d)) {
+            assert!(
+                matches!(d.promotion_stage, Stage::Superseded | Stage::RolledBack),
+                "warm {} is {}",
+                d.id,
+                d.promotion_stage
+            );
+        }
+        let mut owners = active_ids.clone();
+        owners.sort();
+        owners.dedup();
+        assert_eq!(owners.len(), active_ids.len(), "an instance has two owners");
         // A replaced instance is stopped in the background: give it a moment.
         for _ in 0..100 {
             if self
@@ -377,8 +430,10 @@ async fn a_deploy_goes_live_and_routes_to_its_instance() {
 #[tokio::test]
 async fn replicas_start_together_are_all_routed_and_retire_together() {
     let h = harness().await;
-    *h.builder.toml.lock().unwrap() =
-        format!("{TOML}\n").replace("[services.web]\n", "[services.web]\nreplicas = 3\n");
+    *h.builder.toml.lock().unwrap() = format!("{TOML}\n").replace(
+        "[services.web]\n",
+        "[services.web]\nreplicas = 3\nbake = \"0\"\n",
+    );
     let first = h.deploy().await;
     assert_eq!(
         first.status,
@@ -611,6 +666,7 @@ async fn a_candidate_exiting_during_readiness_fails_with_its_exit_code() {
 #[tokio::test]
 async fn a_new_deploy_drains_the_previous_before_stopping_it() {
     let h = harness().await;
+    *h.builder.toml.lock().unwrap() = TOML.replace("port = 3000\n", "port = 3000\nbake = \"0\"\n");
     // The first app answers slowly: a request is in flight at the switch.
     *h.builder.behaviour.lock().unwrap() = Behaviour {
         response_delay: Duration::from_millis(1500),
@@ -748,6 +804,8 @@ async fn rollback_puts_the_previous_image_back_without_a_build() {
 #[tokio::test]
 async fn promoting_a_deployment_whose_image_was_pruned_rebuilds_it() {
     let h = harness().await;
+    // No bake: a warm instance would keep the image in use.
+    *h.builder.toml.lock().unwrap() = TOML.replace("port = 3000\n", "port = 3000\nbake = \"0\"\n");
     let first = h.deploy().await;
     let _second = h.deploy().await;
     let image = first.image.clone().unwrap().reference;
@@ -903,5 +961,237 @@ async fn cancel_during_readiness_removes_the_candidate() {
     let d = h.finished(&d.id).await;
     assert_eq!(d.status, Status::Cancelled);
     assert!(h.store.get_deployment(&live.id).await.unwrap().is_active);
+    h.check_invariants().await;
+}
+
+#[tokio::test]
+async fn rollback_in_the_bake_window_is_a_route_flip_to_the_warm_instance() {
+    let h = harness().await;
+    let first = h.deploy().await;
+    let second = h.deploy().await;
+    assert_eq!(second.status, Status::Succeeded);
+    let warm = h.store.get_deployment(&first.id).await.unwrap();
+    assert_eq!(warm.promotion_stage, Stage::Superseded);
+    let until = warm.bake_until.expect("bakeUntil while warm");
+    let left = until - chrono::Utc::now();
+    assert!(
+        left > chrono::Duration::seconds(590) && left <= chrono::Duration::seconds(600),
+        "default bake is 10m: {left:?}"
+    );
+    let first_rt = warm.runtime.clone().expect("the warm instance is kept");
+    assert!(h.rt.instance_ids().contains(&first_rt.instance_id));
+    h.check_invariants().await;
+
+    let starts = h.starts();
+    let builds = h.builder.calls.lock().unwrap().len();
+    let slot = berth_store::Slot::of(&second);
+    let rb = h.deployer.rollback(&slot).await.expect("rollback");
+    let rb = h.finished(&rb.id).await;
+    assert_eq!(rb.status, Status::Succeeded, "{:?}", rb.failure_message);
+    assert!(rb.is_active);
+    assert_eq!(h.starts(), starts, "no instance started");
+    assert_eq!(h.builder.calls.lock().unwrap().len(), builds, "no build");
+    let rb_rt = rb.runtime.clone().unwrap();
+    assert_eq!(rb_rt.instance_id, first_rt.instance_id, "the same instance");
+    // The edge routes the slot to the warm instance, under the rollback's id.
+    let routes = h.edge.routes();
+    let route = routes
+        .iter()
+        .find(|(host, _)| *host == h.deployer.route_host(&rb))
+        .expect("route");
+    assert_eq!(route.1.targets.len(), 1);
+    assert_eq!(
+        route.1.targets[0].upstream,
+        first_rt.address.clone().unwrap()
+    );
+    assert_eq!(route.1.targets[0].id, rb.id);
+    // The first record handed its instance over; the second is warm now.
+    let first = h.store.get_deployment(&first.id).await.unwrap();
+    assert!(first.runtime.is_none() && first.bake_until.is_none());
+    let second = h.store.get_deployment(&second.id).await.unwrap();
+    assert_eq!(second.promotion_stage, Stage::RolledBack);
+    assert!(second.bake_until.is_some() && second.runtime.is_some());
+    let deploy = rb
+        .steps
+        .iter()
+        .find(|s| s.name == berth_core::model::StepName::Deploy)
+        .unwrap();
+    assert!(deploy.log.contains("warm"), "{}", deploy.log);
+    h.check_invariants().await;
+
+    // And back again: the second one's warm instance, still no start.
+    let rb2 = h.deployer.rollback(&slot).await.expect("rollback");
+    let rb2 = h.finished(&rb2.id).await;
+    assert_eq!(rb2.status, Status::Succeeded, "{:?}", rb2.failure_message);
+    assert_eq!(h.starts(), starts, "no instance started");
+    assert_eq!(
+        rb2.runtime.unwrap().instance_id,
+        second.runtime.unwrap().instance_id
+    );
+    h.check_invariants().await;
+}
+
+#[tokio::test]
+async fn a_rollback_in_the_bake_window_takes_every_replica_over() {
+    let h = harness().await;
+    *h.builder.toml.lock().unwrap() =
+        format!("{TOML}\n").replace("[services.web]\n", "[services.web]\nreplicas = 2\n");
+    let first = h.deploy().await;
+    let second = h.deploy().await;
+    assert_eq!(
+        second.status,
+        Status::Succeeded,
+        "{:?}",
+        second.failure_message
+    );
+    let warm = h.store.get_deployment(&first.id).await.unwrap();
+    assert!(crate::pipeline::is_warm(&warm));
+    assert_eq!(warm.instances.len(), 2);
+    h.check_invariants().await;
+    let starts = h.starts();
+    let rb = h
+        .deployer
+        .rollback(&berth_store::Slot::of(&second))
+        .await
+        .unwrap();
+    let rb = h.finished(&rb.id).await;
+    assert_eq!(rb.status, Status::Succeeded, "{:?}", rb.failure_message);
+    assert_eq!(h.starts(), starts, "no instance started");
+    let mut got: Vec<String> = rb.instances.iter().map(|i| i.id.clone()).collect();
+    let mut want: Vec<String> = warm.instances.iter().map(|i| i.id.clone()).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "both warm replicas taken over");
+    let route = h
+        .edge
+        .routes()
+        .into_iter()
+        .find(|(hst, _)| *hst == h.deployer.route_host(&rb))
+        .unwrap()
+        .1;
+    assert_eq!(route.targets.len(), 2, "{route:?}");
+    h.check_invariants().await;
+}
+
+#[tokio::test]
+async fn a_warm_instance_is_stopped_when_its_window_ends() {
+    let h = harness().await;
+    *h.builder.toml.lock().unwrap() = TOML.replace(
+        "port = 3000\n",
+        "port = 3000\nbake = \"1s\"\nstop_timeout = \"3s\"\n",
+    );
+    let first = h.deploy().await;
+    let _second = h.deploy().await;
+    let warm = h.store.get_deployment(&first.id).await.unwrap();
+    let rt = warm.runtime.clone().expect("warm");
+    assert!(h.rt.instance_ids().contains(&rt.instance_id));
+    let mut gone = false;
+    for _ in 0..100 {
+        if !h.rt.instance_ids().contains(&rt.instance_id) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "the warm instance outlived its window");
+    assert!(h
+        .rt
+        .stop_graces()
+        .contains(&(rt.instance_id.clone(), Duration::from_secs(3))));
+    let ended = h.store.get_deployment(&first.id).await.unwrap();
+    assert!(ended.runtime.is_none() && ended.bake_until.is_none());
+    assert_eq!(ended.promotion_stage, Stage::Superseded);
+    assert!(h.log_has(&first.id, "bake window over").await);
+    // A rollback now starts the image again.
+    let starts = h.starts();
+    let rb = h
+        .deployer
+        .rollback(&berth_store::Slot::of(&first))
+        .await
+        .unwrap();
+    let rb = h.finished(&rb.id).await;
+    assert_eq!(rb.status, Status::Succeeded, "{:?}", rb.failure_message);
+    assert_eq!(h.starts(), starts + 1);
+    h.check_invariants().await;
+}
+
+#[tokio::test]
+async fn max_warm_stops_the_oldest_warm_deployment_first() {
+    let h = harness_with(|c| c.max_warm = 1).await;
+    let first = h.deploy().await;
+    let second = h.deploy().await;
+    let _third = h.deploy().await;
+    let first_rt = first.runtime.clone().unwrap();
+    let mut stopped = false;
+    for _ in 0..100 {
+        if !h.rt.instance_ids().contains(&first_rt.instance_id) {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(stopped, "the oldest warm instance is stopped");
+    let first = h.store.get_deployment(&first.id).await.unwrap();
+    assert!(first.bake_until.is_none() && first.runtime.is_none());
+    let second = h.store.get_deployment(&second.id).await.unwrap();
+    assert!(crate::pipeline::is_warm(&second), "the newest stays warm");
+    assert!(h.log_has(&first.id, "--max-warm 1").await);
+    h.check_invariants().await;
+    // --max-warm 0: no bake at all.
+    let h = harness_with(|c| c.max_warm = 0).await;
+    let first = h.deploy().await;
+    let _ = h.deploy().await;
+    let first = h.store.get_deployment(&first.id).await.unwrap();
+    assert!(first.bake_until.is_none());
+    h.check_invariants().await;
+}
+
+#[tokio::test]
+async fn a_restart_during_the_bake_adopts_the_warm_instance_or_stops_it_when_passed() {
+    let h = harness().await;
+    let first = h.deploy().await;
+    let second = h.deploy().await;
+    let starts = h.starts();
+    let h = h.restart().await;
+    let warm = h.store.get_deployment(&first.id).await.unwrap();
+    assert!(
+        crate::pipeline::is_warm(&warm),
+        "still warm after a restart"
+    );
+    let rt = warm.runtime.clone().unwrap();
+    assert!(h.rt.instance_ids().contains(&rt.instance_id), "not removed");
+    assert_eq!(h.starts(), starts, "nothing restarted");
+    h.check_invariants().await;
+    // The flip still works from the new process.
+    let rb = h
+        .deployer
+        .rollback(&berth_store::Slot::of(&second))
+        .await
+        .unwrap();
+    let rb = h.finished(&rb.id).await;
+    assert_eq!(rb.runtime.clone().unwrap().instance_id, rt.instance_id);
+    assert_eq!(h.starts(), starts);
+    h.check_invariants().await;
+    // A restart after the window passed: stopped, and the active one (with
+    // an instance labelled for another deployment) adopted, not restarted.
+    let mut warm = h.store.get_deployment(&second.id).await.unwrap();
+    let second_rt = warm.runtime.clone().unwrap();
+    warm.bake_until = Some(chrono::Utc::now() - chrono::Duration::seconds(1));
+    h.store
+        .save_deployments(&mut [&mut warm], None)
+        .await
+        .unwrap();
+    let h = h.restart().await;
+    let ended = h.store.get_deployment(&second.id).await.unwrap();
+    assert!(ended.runtime.is_none() && ended.bake_until.is_none());
+    assert!(!h.rt.instance_ids().contains(&second_rt.instance_id));
+    let rb = h.store.get_deployment(&rb.id).await.unwrap();
+    assert!(rb.is_active);
+    assert_eq!(rb.runtime.unwrap().instance_id, rt.instance_id);
+    assert_eq!(
+        h.starts(),
+        starts,
+        "the adopted instance was not re-created"
+    );
     h.check_invariants().await;
 }

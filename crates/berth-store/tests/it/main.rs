@@ -89,6 +89,7 @@ pub fn deployment(id: &str, project: &str, at: chrono::DateTime<Utc>) -> Deploym
         canary_weight: None,
         replicas: 1,
         instances: Vec::new(),
+        bake_until: None,
         runtime: None,
         source_repo: None,
         version: 0,

@@ -52,6 +52,10 @@ pub struct ServerArgs {
     /// How long draining waits for in-flight requests ("30s", "2m").
     #[arg(long, env = "BERTH_DRAIN_TIMEOUT", value_parser = parse_duration)]
     drain_timeout: Option<Duration>,
+    /// Most replaced deployments kept warm in their bake windows at once
+    /// (oldest stopped first; 0 turns bake windows off) [default: 10].
+    #[arg(long, env = "BERTH_MAX_WARM")]
+    max_warm: Option<usize>,
     /// Builds running at once.
     #[arg(long, env = "BERTH_BUILD_CONCURRENCY")]
     build_concurrency: Option<usize>,
@@ -115,6 +119,9 @@ impl ServerArgs {
         cfg.registry = self.registry.filter(|s| !s.is_empty());
         if let Some(d) = self.drain_timeout {
             cfg.drain_timeout = d;
+        }
+        if let Some(n) = self.max_warm {
+            cfg.max_warm = n;
         }
         if let Some(n) = self.build_concurrency {
             cfg.build_concurrency = n.max(1);
