@@ -364,10 +364,18 @@ fn cutovers_and_rollback_under_load_drop_no_request() {
     };
     assert_eq!(d2["status"], "succeeded", "{d2}");
 
+    let c2 = d2["runtime"]["instanceId"].as_str().unwrap().to_string();
+    let started = |c: &str| docker(&["inspect", "-f", "{{.State.StartedAt}}", c]);
+    let c2_started = started(&c2);
+
     repo.commit_app("v3", DOCKERFILE, "v3");
     let (ok, d3) = deploy_wait(&s, &project);
     assert!(ok, "{d3}");
     wait_body(&s, &h, "v3");
+    // v2 is warm: unrouted, still running, until its bakeUntil.
+    let warm = s.json(&["inspect", &id2, "--json"]);
+    assert_eq!(warm["promotionStage"], "superseded");
+    assert!(warm["bakeUntil"].is_string(), "{warm}");
 
     let o = s.cli(&[
         "rollback",
@@ -387,6 +395,10 @@ fn cutovers_and_rollback_under_load_drop_no_request() {
     assert_eq!(rb["status"], "succeeded");
     assert_eq!(rb["image"], d2["image"], "the rollback runs the same image");
     assert_eq!(step(&rb, "build")["status"], "skipped");
+    // Inside the bake window the rollback is a route flip: v2's container,
+    // same id, same start time.
+    assert_eq!(rb["runtime"]["instanceId"], c2.as_str(), "{rb}");
+    assert_eq!(started(&c2), c2_started, "v2's container was not restarted");
     let d3_after = s.json(&["inspect", d3["id"].as_str().unwrap(), "--json"]);
     assert_eq!(d3_after["promotionStage"], "rolled_back");
     let rate = report.ok as f64 / report.secs;
