@@ -7,6 +7,7 @@ mod console;
 mod domains;
 mod logs;
 mod microvm;
+mod replicas;
 mod ssh;
 mod swarm;
 mod telemetry;
