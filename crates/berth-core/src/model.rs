@@ -433,6 +433,19 @@ pub struct ExternalRoute {
     pub created_at: DateTime<Utc>,
 }
 
+/// One server of a cluster sharing a store (`berth cluster status`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterMember {
+    /// The server's instance id (kept in its data dir).
+    pub id: String,
+    pub api_url: String,
+    pub is_leader: bool,
+    /// The leader's epoch for the leader; the last epoch a follower saw.
+    pub epoch: u64,
+    pub last_seen_at: DateTime<Utc>,
+}
+
 /// Mask the credentials of a URL: `https://user:token@host/x` →
 /// `https://***@host/x`. Anything that is not such a URL is returned as is.
 /// Splits the credentials (`user:token@`) out of a URL: the URL without

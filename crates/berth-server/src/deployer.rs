@@ -66,6 +66,9 @@ pub struct Deployer {
     /// Every queue runner and pipeline task this process spawned, so a test
     /// can drop them all at once (a crash).
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Whether this server leads (always, on a single server): only the
+    /// leader runs pipelines; see `cluster`.
+    pub leadership: crate::cluster::Leadership,
 }
 
 /// The side effects a deployer drives, one seam each.
@@ -97,6 +100,17 @@ impl Deployer {
         cfg: Arc<ServerConfig>,
         instance: String,
     ) -> Arc<Self> {
+        Self::with_leadership(backends, logs, cfg, instance, Default::default())
+    }
+
+    /// A deployer of one server of a cluster (or of a single server).
+    pub fn with_leadership(
+        backends: Backends,
+        logs: LogHub,
+        cfg: Arc<ServerConfig>,
+        instance: String,
+        leadership: crate::cluster::Leadership,
+    ) -> Arc<Self> {
         let monitors = Monitors::default();
         let Backends {
             store,
@@ -125,6 +139,7 @@ impl Deployer {
             instance,
             metrics: Default::default(),
             tasks: Default::default(),
+            leadership,
         })
     }
 
@@ -243,12 +258,20 @@ impl Deployer {
         Ok(d)
     }
 
-    /// Put a recorded, queued deployment in its slot's queue.
+    /// Put a recorded, queued deployment in its slot's queue. On a
+    /// follower it stays queued in the store, where the leader picks it up
+    /// (`pick_up_queued`).
     pub async fn enqueue(self: &Arc<Self>, d: Deployment) {
+        if !self.leadership.is_leader() {
+            return;
+        }
         let slot = Slot::of(&d);
         let (start_now, replaced) = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             let q = slots.entry(slot.clone()).or_default();
+            if q.running.as_deref() == Some(d.id.as_str()) || q.queued.contains(&d.id) {
+                return; // already here (created here and picked up too)
+            }
             let replaced: Vec<String> = q.queued.drain(..).collect();
             if q.running.is_none() {
                 q.running = Some(d.id.clone());
@@ -272,9 +295,62 @@ impl Deployer {
         }
     }
 
+    /// The leader: queue the deployments other servers recorded queued
+    /// (oldest first, so a newer one replaces an older one as usual).
+    pub async fn pick_up_queued(self: &Arc<Self>) -> Result<(), berth_store::StoreError> {
+        let unfinished = self
+            .store
+            .list_deployments(&DeploymentQuery {
+                unfinished: true,
+                ..Default::default()
+            })
+            .await?;
+        for d in unfinished.into_iter().rev() {
+            if d.status != Status::Queued || !self.leadership.is_leader() {
+                continue;
+            }
+            let known = {
+                let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+                slots.get(&Slot::of(&d)).is_some_and(|q| {
+                    q.running.as_deref() == Some(d.id.as_str()) || q.queued.contains(&d.id)
+                })
+            };
+            if !known {
+                self.logs.event(&d.id, "picked up by the leader");
+                self.enqueue(d).await;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn track_leader_task(&self, task: tokio::task::AbortHandle) {
+        self.track(task);
+    }
+
+    /// This server stopped leading: every pipeline, queue runner, monitor
+    /// and queue goes at once (the new leader reconciles what they left;
+    /// a write they still attempt is refused by the fence).
+    pub(crate) fn drop_leader_work(&self) {
+        for t in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            t.abort();
+        }
+        self.monitors.stop_all();
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.cancels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     fn spawn_slot_runner(self: &Arc<Self>, slot: Slot, first: String) {
         let this = self.clone();
-        let runner = tokio::spawn(async move {
+        let fence = self.leadership.fence();
+        let runner = tokio::spawn(berth_store::cluster::fenced(fence, async move {
             let mut next = Some(first);
             while let Some(id) = next {
                 this.run_one(&id).await;
@@ -285,7 +361,7 @@ impl Deployer {
                     q.running.clone()
                 };
             }
-        });
+        }));
         self.track(runner.abort_handle());
     }
 
@@ -341,7 +417,10 @@ impl Deployer {
         let run_id = id.to_string();
         // The pipeline runs in its own task, so a panic in it fails the
         // deployment instead of leaving it running.
-        let pipeline = tokio::spawn(async move { this.execute(d, token).await });
+        let fence = self.leadership.fence();
+        let pipeline = tokio::spawn(berth_store::cluster::fenced(fence, async move {
+            this.execute(d, token).await
+        }));
         self.track(pipeline.abort_handle());
         let res = pipeline.await;
         self.cancels

@@ -38,6 +38,10 @@ impl ApiError {
             "missing or invalid bearer token",
         )
     }
+    /// 503: a dependency (the database) is unreachable; retry later.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "internal error");
         Self::new(
@@ -57,6 +61,10 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Invalid(m) => ApiError::bad_request(m),
             StoreError::Backend(_) => ApiError::internal(e),
+            StoreError::Unavailable(m) => ApiError::unavailable(format!(
+                "{m}; berth cannot answer this until the database is back (apps keep being served)"
+            )),
+            StoreError::Fenced { .. } => ApiError::unavailable(e.to_string()),
         }
     }
 }

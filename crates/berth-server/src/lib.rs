@@ -13,6 +13,7 @@
 //! build and edge interfaces.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod deployer;
@@ -86,6 +87,17 @@ fn private_dir(p: &Path) -> anyhow::Result<()> {
         let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700));
     }
     Ok(())
+}
+
+/// The API's address for other servers and `berth cluster status`.
+fn api_url(listen: std::net::SocketAddr) -> String {
+    if listen.ip().is_unspecified() {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into());
+        return format!("http://{host}:{}", listen.port());
+    }
+    format!("http://{listen}")
 }
 
 async fn shutdown_signal() {
@@ -200,6 +212,13 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot open the store {}", store_url.describe()))?;
     tracing::info!(store = %store_url.describe(), "store open");
+    // Several servers may share a PostgreSQL store: one leads (see cluster).
+    let member = instance_id(&cfg.data_dir)?;
+    let leadership = if store.clustered() {
+        cluster::Leadership::clustered(&member, &api_url(cfg.api_listen))
+    } else {
+        cluster::Leadership::single(&member, &api_url(cfg.api_listen))
+    };
 
     // The edge first: it serves the persisted routes while the rest starts.
     let edge = Edge::new(EdgeConfig {
@@ -234,7 +253,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on --https-listen {addr}"))?;
-            let started = tls::start(&cfg, store.clone(), edge.clone(), &cipher)?;
+            let started = tls::start(&cfg, store.clone(), edge.clone(), &cipher, &leadership)?;
             let mut stop = stop_tx.subscribe();
             let (edge, certs) = (edge.clone(), started.certs.clone());
             let task = tokio::spawn(async move {
@@ -300,10 +319,16 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         None => runtime,
     };
     let (runtime, images) = with_microvms(&cfg, runtime, images, engine).await?;
-    let instance = instance_id(&cfg.data_dir)?;
+    // The servers of a cluster share one identity on the container engine
+    // (the first one's), so a new leader adopts what the old one started.
+    let instance = store
+        .engine_identity(&member)
+        .await
+        .context("cannot read the cluster's engine identity")?
+        .unwrap_or(member.clone());
     let cfg = Arc::new(cfg);
     let logs = logs::LogHub::start(store.clone());
-    let deployer = deployer::Deployer::new(
+    let deployer = deployer::Deployer::with_leadership(
         deployer::Backends {
             store: store.clone(),
             runtime,
@@ -315,8 +340,13 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         logs,
         cfg.clone(),
         instance,
+        leadership.clone(),
     );
-    {
+    if leadership.is_clustered() {
+        // The leader reconciles when it takes the lease.
+        tokio::spawn(cluster::run(deployer.clone()));
+        tokio::spawn(cluster::follow_routes(deployer.clone()));
+    } else {
         let d = deployer.clone();
         tokio::spawn(async move {
             if let Err(e) = d.reconcile().await {
@@ -329,8 +359,13 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     {
         let store = store.clone();
         let (age, max) = (cfg.log_retention, cfg.log_max_lines_per_project);
+        let leadership = leadership.clone();
         tokio::spawn(async move {
             loop {
+                if !leadership.is_leader() {
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    continue;
+                }
                 let cutoff =
                     chrono::Utc::now() - chrono::Duration::from_std(age).unwrap_or_default();
                 match store.prune_logs(cutoff, max).await {
@@ -354,6 +389,9 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
+                if !d.leadership.is_leader() {
+                    continue;
+                }
                 if let Err(e) = d.reap_idle_previews(ttl).await {
                     tracing::warn!(error = %e, "preview reaper failed");
                 }
@@ -363,7 +401,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
 
     let state = api::AppState {
         store,
-        deployer,
+        deployer: deployer.clone(),
         token: Arc::new(token),
         sessions: Arc::new(console::Sessions::default()),
         swarm,
@@ -403,6 +441,11 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("API server failed")?;
+    if leadership.is_clustered() {
+        // Hand the lease over now rather than after it expires.
+        deployer.drop_leader_work();
+        let _ = deployer.store.release_lease(leadership.member()).await;
+    }
     tracing::info!("shutting down: draining the edge");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), edge_handle.wait()).await;

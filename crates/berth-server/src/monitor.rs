@@ -39,9 +39,8 @@ fn cancel(map: &Mutex<HashMap<String, CancellationToken>>, id: &str) {
 }
 
 impl Monitors {
-    /// Stop everything attached to a deployment.
-    /// Stops every follower and monitor (a crash, in tests).
-    #[cfg(test)]
+    /// Stops every follower and monitor (a crash in tests, or this server
+    /// no longer leads).
     pub(crate) fn stop_all(&self) {
         for map in [&self.logs, &self.health] {
             for (_, t) in map.lock().unwrap_or_else(|p| p.into_inner()).drain() {
@@ -50,6 +49,7 @@ impl Monitors {
         }
     }
 
+    /// Stop everything attached to a deployment.
     pub fn stop(&self, id: &str) {
         let prefix = format!("{id}/");
         self.logs
@@ -152,7 +152,8 @@ impl Monitors {
         let dep = deployer.clone();
         let id = d.id.clone();
         let service = service.clone();
-        tokio::spawn(async move {
+        let fence = deployer.leadership.fence();
+        tokio::spawn(berth_store::cluster::fenced(fence, async move {
             let readiness = &service.readiness;
             let schedule = ProbeSchedule::every(readiness.interval);
             let mut failures = 0u32;
@@ -315,7 +316,7 @@ impl Monitors {
                     }
                 }
             }
-        });
+        }));
     }
 }
 

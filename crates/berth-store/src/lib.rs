@@ -20,6 +20,7 @@
 //!   slot has at most one active deployment;
 //! - every write validates its input first and writes nothing when invalid.
 
+pub mod cluster;
 pub mod copy;
 pub mod crypto;
 mod postgres;
@@ -35,8 +36,8 @@ pub use sqlite::{SqliteStore, DB_FILE};
 
 use async_trait::async_trait;
 use berth_core::model::{
-    CertState, Deployment, Domain, Environment, ExternalRoute, LogLine, LogStream, ManifestEntry,
-    Project, StepName, Variable,
+    CertState, ClusterMember, Deployment, Domain, Environment, ExternalRoute, LogLine, LogStream,
+    ManifestEntry, Project, StepName, Variable,
 };
 use chrono::{DateTime, Utc};
 
@@ -58,6 +59,14 @@ pub enum StoreError {
     },
     #[error("store error: {0}")]
     Backend(String),
+    /// The database cannot be reached (the message names it).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A leader's write after its lease moved on: nothing was written.
+    #[error(
+        "this server is no longer the leader (lease epoch {epoch} moved on); nothing was written"
+    )]
+    Fenced { epoch: u64 },
 }
 
 impl StoreError {
@@ -433,4 +442,36 @@ pub trait Store: Send + Sync + 'static {
     async fn list_manifest_images(&self) -> Result<Vec<String>>;
     /// Every webhook delivery seen: (project, delivery id, received at).
     async fn list_deliveries(&self) -> Result<Vec<(String, String, DateTime<Utc>)>>;
+
+    /// Whether several servers may share this store (a leader lease).
+    fn clustered(&self) -> bool {
+        false
+    }
+    /// Cluster: record server `member` (at `api_url`) as alive, and take
+    /// the leader lease when it is free or expired (a new epoch) or renew
+    /// it for `ttl` when `member` holds it. See [`cluster`].
+    async fn heartbeat(
+        &self,
+        _member: &str,
+        _api_url: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<cluster::Lease> {
+        Err(StoreError::Invalid(
+            "this store has no cluster: use a PostgreSQL database".into(),
+        ))
+    }
+    /// Give the lease up (a clean stop), when `member` holds it.
+    async fn release_lease(&self, _member: &str) -> Result<()> {
+        Ok(())
+    }
+    /// Every server seen, the leader first.
+    async fn cluster_members(&self) -> Result<Vec<ClusterMember>> {
+        Ok(Vec::new())
+    }
+    /// The identity every server of the cluster uses on the container
+    /// engine: the first claimant's `candidate`, kept. `None` when the
+    /// store has no cluster.
+    async fn engine_identity(&self, _candidate: &str) -> Result<Option<String>> {
+        Ok(None)
+    }
 }

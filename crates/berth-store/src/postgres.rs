@@ -16,9 +16,9 @@ use crate::{
 };
 use async_trait::async_trait;
 use berth_core::model::{
-    split_url_credentials, with_url_credentials, CertState, CertificateStatus, Deployment, Domain,
-    DomainVerification, Environment, ExternalRoute, LogLine, LogStream, ManifestEntry, Project,
-    StepName, Variable, PRODUCTION,
+    split_url_credentials, with_url_credentials, CertState, CertificateStatus, ClusterMember,
+    Deployment, Domain, DomainVerification, Environment, ExternalRoute, LogLine, LogStream,
+    ManifestEntry, Project, StepName, Variable, PRODUCTION,
 };
 use berth_core::names;
 use chrono::{DateTime, Utc};
@@ -29,7 +29,10 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 /// Migrations in order; `berth_migrations` records which ran.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/postgres/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/postgres/0001_init.sql"),
+    include_str!("../migrations/postgres/0002_cluster.sql"),
+];
 
 /// The advisory lock key migrations run under ("berth" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0062_6572_7468;
@@ -54,13 +57,43 @@ impl std::fmt::Debug for PgStore {
 fn pg_err(e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
         Some(db) => StoreError::Backend(format!("postgresql: {}", db.message())),
+        None if lost_connection(&e) => {
+            StoreError::Unavailable(format!("the database is unreachable (postgresql: {e})"))
+        }
         None => StoreError::Backend(format!("postgresql: {e}")),
     }
+}
+
+/// Whether an error without a server answer means the connection is gone.
+fn lost_connection(e: &tokio_postgres::Error) -> bool {
+    use std::error::Error;
+    e.is_closed()
+        || e.source()
+            .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some())
 }
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
         pg_err(e)
+    }
+}
+
+/// Inside [`crate::cluster::fenced`]: refuse the transaction unless the
+/// lease still has this holder and epoch; the row stays share-locked until
+/// commit, so the lease cannot move while the write lands.
+async fn check_fence(tx: &tokio_postgres::Transaction<'_>) -> Result<()> {
+    let Some(f) = crate::cluster::current_fence() else {
+        return Ok(());
+    };
+    let held = tx
+        .query_opt(
+            "SELECT 1 FROM cluster_lease WHERE id = 1 AND holder = $1 AND epoch = $2 FOR SHARE",
+            &[&f.member, &(f.epoch as i64)],
+        )
+        .await?;
+    match held {
+        Some(_) => Ok(()),
+        None => Err(StoreError::Fenced { epoch: f.epoch }),
     }
 }
 
@@ -131,7 +164,7 @@ impl PgStore {
                 },
                 e => e.to_string(),
             };
-            StoreError::Backend(format!(
+            StoreError::Unavailable(format!(
                 "cannot connect to PostgreSQL at {}: {why}",
                 self.target
             ))
@@ -696,6 +729,7 @@ impl Store for PgStore {
     ) -> Result<()> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
+        check_fence(&tx).await?;
         for d in ds.iter() {
             let data = crate::deployment_json(d)?;
             let n = tx
@@ -1210,5 +1244,106 @@ impl Store for PgStore {
             .iter()
             .map(|r| (r.get(0), r.get(1), r.get(2)))
             .collect())
+    }
+
+    fn clustered(&self) -> bool {
+        true
+    }
+
+    async fn heartbeat(
+        &self,
+        member: &str,
+        api_url: &str,
+        ttl: std::time::Duration,
+    ) -> Result<crate::cluster::Lease> {
+        let ttl_ms = ttl.as_millis() as i64;
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let row = tx
+            .query_one(
+                "SELECT holder, epoch, expires_at > now() FROM cluster_lease WHERE id = 1 FOR UPDATE",
+                &[],
+            )
+            .await?;
+        let (holder, valid): (Option<String>, bool) = (row.get(0), row.get(2));
+        let row = if valid && holder.as_deref() == Some(member) {
+            tx.query_one(
+                "UPDATE cluster_lease SET expires_at = now() + $1::bigint * interval '1 millisecond' WHERE id = 1 RETURNING holder, epoch, expires_at",
+                &[&ttl_ms],
+            )
+            .await?
+        } else if !valid {
+            // Free or expired (also when it was ours: a server that could
+            // not renew in time leads again only under a new epoch).
+            tx.query_one(
+                "UPDATE cluster_lease SET holder = $1, epoch = epoch + 1, expires_at = now() + $2::bigint * interval '1 millisecond' WHERE id = 1 RETURNING holder, epoch, expires_at",
+                &[&member, &ttl_ms],
+            )
+            .await?
+        } else {
+            tx.query_one(
+                "SELECT holder, epoch, expires_at FROM cluster_lease WHERE id = 1",
+                &[],
+            )
+            .await?
+        };
+        let lease = crate::cluster::Lease {
+            holder: row.get(0),
+            epoch: row.get::<_, i64>(1) as u64,
+            mine: row.get::<_, Option<String>>(0).as_deref() == Some(member),
+            expires_at: row.get(2),
+        };
+        tx.execute(
+            "INSERT INTO cluster_members (id, api_url, epoch, last_seen_at) VALUES ($1, $2, $3, now()) ON CONFLICT (id) DO UPDATE SET api_url = excluded.api_url, epoch = excluded.epoch, last_seen_at = excluded.last_seen_at",
+            &[&member, &api_url, &(lease.epoch as i64)],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(lease)
+    }
+
+    async fn release_lease(&self, member: &str) -> Result<()> {
+        let c = self.client().await?;
+        c.execute(
+            "UPDATE cluster_lease SET expires_at = 'epoch' WHERE id = 1 AND holder = $1",
+            &[&member],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn cluster_members(&self) -> Result<Vec<ClusterMember>> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT m.id, m.api_url, m.epoch, m.last_seen_at, (l.holder = m.id AND l.expires_at > now()) AS leader, l.epoch FROM cluster_members m CROSS JOIN cluster_lease l ORDER BY leader DESC, m.last_seen_at DESC, m.id",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let is_leader: bool = r.get(4);
+                let epoch: i64 = if is_leader { r.get(5) } else { r.get(2) };
+                ClusterMember {
+                    id: r.get(0),
+                    api_url: r.get(1),
+                    is_leader,
+                    epoch: epoch as u64,
+                    last_seen_at: r.get(3),
+                }
+            })
+            .collect())
+    }
+
+    async fn engine_identity(&self, candidate: &str) -> Result<Option<String>> {
+        let c = self.client().await?;
+        let row = c
+            .query_one(
+                "UPDATE cluster_lease SET engine_id = COALESCE(engine_id, $1) WHERE id = 1 RETURNING engine_id",
+                &[&candidate],
+            )
+            .await?;
+        Ok(Some(row.get(0)))
     }
 }

@@ -417,6 +417,10 @@ impl ApiClient {
         self.delete(&["routes", hostname]).await
     }
 
+    pub async fn cluster_status(&self) -> R<Vec<serde_json::Value>> {
+        self.get(&["cluster"], &[]).await
+    }
+
     pub async fn list_nodes(&self) -> R<Vec<serde_json::Value>> {
         self.get(&["nodes"], &[]).await
     }

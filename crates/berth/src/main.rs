@@ -91,6 +91,9 @@ enum Command {
     /// The swarm's nodes (`berth server --runtime swarm`).
     #[command(subcommand)]
     Nodes(cmd::nodes::NodesCmd),
+    /// The berth servers sharing one database (PostgreSQL).
+    #[command(subcommand)]
+    Cluster(cmd::cluster::ClusterCmd),
     /// Check that the API answers.
     Health,
     /// Operations on the store itself (run on the server's machine).
@@ -141,6 +144,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Routes(c) => cmd::routes::run(&ctx, c).await,
         Command::Domains(c) => cmd::domains::run(&ctx, c).await,
         Command::Nodes(c) => cmd::nodes::run(&ctx, c).await,
+        Command::Cluster(c) => cmd::cluster::run(&ctx, c).await,
         Command::Health => {
             let reply = ctx.client.health().await?;
             if ctx.json {

@@ -2,6 +2,7 @@
 //! health (and, later, webhooks), JSON bodies in and out, JSON errors,
 //! bounded request bodies.
 
+mod cluster;
 mod deployments;
 mod domains;
 pub mod git;
@@ -206,6 +207,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/routes", get(routes::list).post(routes::add))
         .route("/routes/{hostname}", delete(routes::remove))
+        .route("/cluster", get(cluster::status))
         .route("/nodes", get(nodes::list))
         .route("/nodes/{id}/drain", post(nodes::drain))
         .route("/nodes/{id}/activate", post(nodes::activate))

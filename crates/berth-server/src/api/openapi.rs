@@ -49,6 +49,7 @@ pub fn spec() -> Value {
             "/projects/{name}/domains/{hostname}/verify": {"post": op("check the TXT record; a verified domain is routed", "200")},
             "/routes": {"get": op("list external routes", "200"), "post": op("add an external route", "201")},
             "/routes/{hostname}": {"delete": op("remove an external route", "204")},
+            "/cluster": {"get": op("the servers sharing this store: id, apiUrl, isLeader, epoch, lastSeenAt (the leader first)", "200")},
             "/nodes": {"get": op("list the swarm's nodes (--runtime swarm; 409 otherwise)", "200")},
             "/nodes/{id}/drain": {"post": op("move every instance off a node (replacements healthy and routed first), then drain it", "200")},
             "/nodes/{id}/activate": {"post": op("let the swarm place instances on a node again", "200")},

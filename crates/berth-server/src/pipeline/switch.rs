@@ -210,6 +210,11 @@ impl Deployer {
     /// deployment's log.
     pub(crate) async fn retire(self: &Arc<Self>, p: &mut Deployment) {
         self.monitors.stop_health(&p.id);
+        if self.leadership.is_clustered() {
+            // The other servers' edges still route to it until they read
+            // the switch (and finish what they sent it).
+            tokio::time::sleep(crate::cluster::FOLLOWER_GRACE).await;
+        }
         let reports = futures::future::join_all(
             super::replicas::target_ids(p)
                 .into_iter()

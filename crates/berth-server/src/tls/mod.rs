@@ -85,6 +85,7 @@ pub fn start(
     store: Arc<dyn Store>,
     edge: Edge,
     cipher: &Cipher,
+    leadership: &crate::cluster::Leadership,
 ) -> anyhow::Result<Started> {
     let (fb_chain, fb_key) = local_ca::fallback()?;
     let certs = TlsCerts::new(berth_edge::certified_key(&fb_chain, &fb_key)?);
@@ -119,6 +120,7 @@ pub fn start(
         edge,
         certs: certs.clone(),
         acme,
+        leadership: leadership.clone(),
         base_domain: cfg.base_domain().to_string(),
         account: tokio::sync::Mutex::new(None),
         loaded: Mutex::new(HashMap::new()),
@@ -142,6 +144,8 @@ pub struct CertManager {
     edge: Edge,
     certs: TlsCerts,
     acme: Option<AcmeSettings>,
+    /// Only the leader orders, renews and deletes; every server serves.
+    leadership: crate::cluster::Leadership,
     base_domain: String,
     account: tokio::sync::Mutex<Option<instant_acme::Account>>,
     /// Host → notAfter of the certificate handed to the edge.
@@ -202,6 +206,9 @@ impl CertManager {
                 continue;
             }
             let since = *unwanted.entry(host.clone()).or_insert(now);
+            if !self.leadership.is_leader() {
+                continue;
+            }
             if now - since >= chrono::Duration::from_std(UNWANTED_GRACE).unwrap_or_default() {
                 self.store.remove_certificate(host).await?;
                 unwanted.remove(host);
@@ -227,7 +234,7 @@ impl CertManager {
                 .remove(&h);
         }
 
-        let Some(acme) = &self.acme else {
+        let Some(acme) = self.acme.as_ref().filter(|_| self.leadership.is_leader()) else {
             return Ok(());
         };
         for host in &wanted {

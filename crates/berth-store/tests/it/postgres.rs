@@ -99,3 +99,95 @@ async fn an_unreachable_database_is_one_line_naming_the_host() {
     .to_string();
     assert!(e.contains("invalid PostgreSQL URL"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_leader_a_lease_that_moves_when_it_expires_and_fenced_writes() {
+    use berth_store::cluster::{fenced, Fence};
+    use std::time::Duration;
+    let Some(base) = testpg::require() else {
+        return;
+    };
+    let url = testpg::fresh_database(&base).await;
+    let a = PgStore::connect(&url, Cipher::from_key([3; 32]))
+        .await
+        .unwrap();
+    let b = PgStore::connect(&url, Cipher::from_key([3; 32]))
+        .await
+        .unwrap();
+    let ttl = Duration::from_millis(1500);
+    let la = a.heartbeat("a", "http://a", ttl).await.unwrap();
+    assert!(la.mine, "{la:?}");
+    assert_eq!(la.epoch, 1);
+    let lb = b.heartbeat("b", "http://b", ttl).await.unwrap();
+    assert!(!lb.mine, "{lb:?}");
+    assert_eq!(lb.holder.as_deref(), Some("a"));
+    // Renewing keeps the epoch.
+    assert_eq!(a.heartbeat("a", "http://a", ttl).await.unwrap().epoch, 1);
+    let members = b.cluster_members().await.unwrap();
+    assert_eq!(members.len(), 2, "{members:?}");
+    assert!(members[0].is_leader && members[0].id == "a", "{members:?}");
+    assert!(!members[1].is_leader, "{members:?}");
+    assert_eq!(members[1].api_url, "http://b");
+
+    // The leader writes under its fence.
+    a.create_project(new_project("shop")).await.unwrap();
+    let mut d = crate::deployment("d1", "shop", chrono::Utc::now());
+    a.insert_deployment(&d).await.unwrap();
+    let fence_a = Some(Fence {
+        member: "a".into(),
+        epoch: 1,
+    });
+    d.status = berth_core::state::Status::Running;
+    fenced(fence_a.clone(), a.save_deployments(&mut [&mut d], None))
+        .await
+        .expect("the leader's write");
+
+    // a stops renewing; b takes the lease with a new epoch.
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let lb = b.heartbeat("b", "http://b", ttl).await.unwrap();
+    assert!(lb.mine, "{lb:?}");
+    assert_eq!(lb.epoch, 2);
+    let la = a.heartbeat("a", "http://a", ttl).await.unwrap();
+    assert!(!la.mine && la.holder.as_deref() == Some("b"), "{la:?}");
+
+    // The old leader wakes up: its write under epoch 1 is refused, nothing written.
+    let before = b.get_deployment("d1").await.unwrap();
+    d.status = berth_core::state::Status::Failed;
+    let e = fenced(fence_a, a.save_deployments(&mut [&mut d], None))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Fenced { epoch: 1 }), "{e}");
+    assert!(e.to_string().contains("no longer the leader"), "{e}");
+    let after = b.get_deployment("d1").await.unwrap();
+    assert_eq!(after.status, berth_core::state::Status::Running);
+    assert_eq!(after.version, before.version);
+    // The new leader's write goes through; an unfenced (API) write too.
+    let mut fresh = after.clone();
+    fresh.status = berth_core::state::Status::Failed;
+    fenced(
+        Some(Fence {
+            member: "b".into(),
+            epoch: 2,
+        }),
+        b.save_deployments(&mut [&mut fresh], None),
+    )
+    .await
+    .unwrap();
+    let mut again = b.get_deployment("d1").await.unwrap();
+    a.save_deployments(&mut [&mut again], None).await.unwrap();
+
+    // A clean stop hands the lease over at once.
+    b.release_lease("b").await.unwrap();
+    let la = a.heartbeat("a", "http://a", ttl).await.unwrap();
+    assert!(la.mine && la.epoch == 3, "{la:?}");
+
+    // One engine identity for every server: the first claimant's.
+    assert_eq!(
+        a.engine_identity("first").await.unwrap().as_deref(),
+        Some("first")
+    );
+    assert_eq!(
+        b.engine_identity("second").await.unwrap().as_deref(),
+        Some("first")
+    );
+}

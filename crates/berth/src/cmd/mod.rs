@@ -4,6 +4,7 @@ use crate::client::{ApiClient, Reply};
 use crate::output::emitln;
 
 pub mod admin;
+pub mod cluster;
 pub mod deploy;
 pub mod domains;
 pub mod env;
