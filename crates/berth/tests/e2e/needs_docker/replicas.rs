@@ -15,8 +15,10 @@ echo
 hostname
 ";
 
+// No bake window: the replaced replicas are drained and removed at once.
 const TOML: &str = "[services.web]
 replicas = 3
+bake = \"0\"
 
 [services.web.readiness]
 interval = \"2s\"
