@@ -191,6 +191,9 @@ impl Body for ProxyBody {
                         Poll::Ready(Some(Err(e.into())))
                     }
                     Poll::Ready(Some(Ok(f))) => {
+                        if let (Some(g), Some(d)) = (&mut s.guard, f.data_ref()) {
+                            g.add_bytes(d.len());
+                        }
                         if s.inner.is_end_stream() {
                             s.finished();
                         }
@@ -224,6 +227,9 @@ impl Body for ProxyBody {
                         Poll::Ready(Some(Err(e.into())))
                     }
                     Poll::Ready(Some(Ok(d))) => {
+                        if let Some(g) = &mut s.guard {
+                            g.add_bytes(d.len());
+                        }
                         if s.inner.is_end() {
                             s.guard = None;
                         }

@@ -306,21 +306,42 @@ impl Conn {
     async fn answer(&mut self, req: &Request) -> Outcome {
         let worker = self.worker.clone();
         let inner = &worker.inner;
-        let host = &self.buf[self.pos + req.host.0..self.pos + req.host.1];
-        let host = std::str::from_utf8(host).ok();
+        let head = &self.buf[self.pos..];
+        let host = std::str::from_utf8(&head[req.host.0..req.host.1]).ok();
+        let hints = proxy::Hints {
+            pin: req.pin.map(|(a, b)| &head[a..b]),
+            cookies: req.cookies[..req.cookie_count]
+                .iter()
+                .map(|(a, b)| &head[*a..*b]),
+            secure: inner.proto == "https",
+        };
         let table = inner.table.load();
-        let target = match proxy::route(inner, &table, host) {
-            Ok(t) => t,
+        let (target, set_cookie) = match proxy::route(inner, &table, host, hints) {
+            Ok(r) => (r.target, r.set_cookie),
             Err(page) => {
                 drop(table);
                 return self.page(page, req).await;
             }
         };
         let started = Instant::now();
-        let guard = InflightGuard::new(target.state.clone());
+        let mut guard = InflightGuard::new(target.state.clone());
         let series = target.series.clone();
         let abort_gen = target.state.abort_gen();
         let id = target.upstream_id;
+        if let Some(observers) = &inner.observers {
+            guard.record = crate::observe::Record::start(
+                observers,
+                crate::observe::Start {
+                    started,
+                    host: &head[req.host.0..req.host.1],
+                    method: req.method.as_str(),
+                    path: &head[req.target.0..req.target.1],
+                    client: self.remote.ip(),
+                    target: &guard.target,
+                    trace: req.trace,
+                },
+            );
+        }
         worker.pool.prepare(id, &target.authority);
         drop(table);
 
@@ -344,18 +365,18 @@ impl Conn {
         let (had_date, had_length) = (sink.date, sink.length);
         let (status, mut body) = match result {
             Err(stop) => {
-                let page = proxy::stopped(stop, &guard, started, &series);
+                let page = proxy::stopped(stop, &mut guard, started, &series);
                 drop(guard);
                 return self.page(page, req).await;
             }
             Ok(Err(e)) => {
-                let page = proxy::send_failed(&guard, &e, started, &series);
+                let page = proxy::send_failed(&mut guard, &e, started, &series);
                 drop(guard);
                 return self.page(page, req).await;
             }
             Ok(Ok(r)) => r,
         };
-        series.record(status.as_u16(), started.elapsed());
+        guard.answered(&series, status.as_u16(), started.elapsed());
         let close = self.closing(req);
 
         // the end of the head
@@ -373,12 +394,19 @@ impl Conn {
         if close {
             self.out.extend_from_slice(b"connection: close\r\n");
         }
+        if let Some(c) = set_cookie.filter(|_| status.as_u16() < 500) {
+            self.out.extend_from_slice(b"set-cookie: ");
+            self.out.extend_from_slice(c.as_bytes());
+            self.out.extend_from_slice(b"\r\n");
+        }
         if !had_date {
             put_date(&mut self.out);
         }
         self.out.extend_from_slice(b"\r\n");
 
         // the body, as it comes; the head leaves with its first bytes
+        let head_len = self.out.len();
+        let mut sent = 0usize;
         let mut guard = Some(guard);
         let mut abort_wait: Option<Pin<Box<OwnedNotified>>> = None;
         loop {
@@ -405,16 +433,23 @@ impl Conn {
             match step {
                 // nothing more yet: send what there is, then wait
                 None => {
+                    sent += self.out.len();
                     if !self.flush().await {
                         return Outcome::Abort;
                     }
                 }
                 Some(Ok(false)) => {
-                    if self.out.len() >= FLUSH_AT && !self.flush().await {
-                        return Outcome::Abort;
+                    if self.out.len() >= FLUSH_AT {
+                        sent += self.out.len();
+                        if !self.flush().await {
+                            return Outcome::Abort;
+                        }
                     }
                 }
                 Some(Ok(true)) => {
+                    if let Some(g) = &mut guard {
+                        g.add_bytes((sent + self.out.len()).saturating_sub(head_len));
+                    }
                     drop(guard.take());
                     return match self.flush().await {
                         true if close => Outcome::Close,
@@ -557,12 +592,24 @@ enum Verb {
     Options,
 }
 
+impl Verb {
+    fn as_str(self) -> &'static str {
+        match self {
+            Verb::Get => "GET",
+            Verb::Head => "HEAD",
+            Verb::Options => "OPTIONS",
+        }
+    }
+}
+
 /// An eligible request whose upstream head is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Request {
     /// Length of its head (it has no body).
     pub(crate) len: usize,
     method: Verb,
+    /// Its request target (path and query), as `host`.
+    target: (usize, usize),
     /// The `Host` value, as a range of the bytes given to `parse`.
     pub(crate) host: (usize, usize),
     /// The client asked to close after this request.
@@ -571,8 +618,19 @@ pub(crate) struct Request {
     pub(crate) trace: TraceContext,
     /// `Accept` names `application/json`: the edge's own pages in JSON.
     pub(crate) json: bool,
+    /// The first `Cookie` values (ranges, as `host`); read only on a route
+    /// under canary.
+    cookies: [(usize, usize); MAX_COOKIES],
+    cookie_count: usize,
+    /// The `X-Berth-Deployment` value (not forwarded).
+    pin: Option<(usize, usize)>,
 }
 
+/// `Cookie` headers of a request looked at for the sticky cookie.
+const MAX_COOKIES: usize = 4;
+
+// On the stack once per request: boxing the request would allocate.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Parse {
     /// More bytes are needed.
@@ -591,6 +649,10 @@ enum Name {
     Drop,
     TraceParent,
     TraceState,
+    /// Forwarded, and kept aside for sticky routing.
+    Cookie,
+    /// `X-Berth-Deployment`: kept aside, not forwarded.
+    Pin,
     /// Framing, upgrades, expectations: hyper's job.
     Handover,
     Forward,
@@ -601,6 +663,7 @@ fn classify(name: &[u8]) -> Name {
     match name.len() {
         4 if eq(b"host") => Name::Host,
         6 if eq(b"expect") => Name::Handover,
+        6 if eq(b"cookie") => Name::Cookie,
         7 if eq(b"upgrade") => Name::Handover,
         10 if eq(b"connection") => Name::Connection,
         10 if eq(b"tracestate") => Name::TraceState,
@@ -610,6 +673,7 @@ fn classify(name: &[u8]) -> Name {
         15 if eq(b"x-forwarded-for") => Name::Drop,
         16 if eq(b"x-forwarded-host") => Name::Drop,
         17 if eq(b"x-forwarded-proto") => Name::Drop,
+        18 if eq(b"x-berth-deployment") => Name::Pin,
         _ if h1::hop::is_hop_by_hop(name) => Name::Drop,
         _ => Name::Forward,
     }
@@ -693,6 +757,13 @@ pub(crate) fn parse(buf: &[u8], client_ip: &[u8], proto: &str, up: &mut Vec<u8>)
     let mut tracestate: [&[u8]; 4] = [b""; 4];
     let mut tracestates = 0;
     let mut json = false;
+    let range = |v: &[u8]| {
+        let start = v.as_ptr() as usize - buf.as_ptr() as usize;
+        (start, start + v.len())
+    };
+    let mut cookies = [(0, 0); MAX_COOKIES];
+    let mut cookie_count = 0;
+    let mut pin = None;
     for h in req.headers.iter() {
         match classify(h.name.as_bytes()) {
             Name::TraceParent => {
@@ -716,6 +787,17 @@ pub(crate) fn parse(buf: &[u8], client_ip: &[u8], proto: &str, up: &mut Vec<u8>)
                 up.extend_from_slice(h.value);
                 up.extend_from_slice(b"\r\n");
             }
+            Name::Cookie => {
+                if let Some(slot) = cookies.get_mut(cookie_count) {
+                    *slot = range(h.value);
+                    cookie_count += 1;
+                }
+                up.extend_from_slice(h.name.as_bytes());
+                up.extend_from_slice(b": ");
+                up.extend_from_slice(h.value);
+                up.extend_from_slice(b"\r\n");
+            }
+            Name::Pin => pin = Some(range(h.value)),
             Name::Drop => {}
             Name::Handover => return Parse::Handover,
             Name::Host => {
@@ -763,14 +845,17 @@ pub(crate) fn parse(buf: &[u8], client_ip: &[u8], proto: &str, up: &mut Vec<u8>)
     up.extend_from_slice(b"\r\nX-Forwarded-Host: ");
     up.extend_from_slice(host);
     up.extend_from_slice(b"\r\n\r\n");
-    let start = host.as_ptr() as usize - buf.as_ptr() as usize;
     Parse::Request(Request {
         len,
         method,
-        host: (start, start + host.len()),
+        target: range(target),
+        host: range(host),
         close,
         trace,
         json,
+        cookies,
+        cookie_count,
+        pin,
     })
 }
 

@@ -29,7 +29,9 @@
 //! upgraded connections and their clean close; `target.rs` in-flight state
 //! and drain; `table.rs`/`select.rs`/`route.rs` routes; `metrics.rs` and
 //! `stats.rs` (typed per-target counters for canary judgement); `trace.rs`
-//! W3C trace context.
+//! W3C trace context; `sticky.rs` sticky canary visitors (cookie, pin
+//! values); `observe.rs` per-request records and the access log;
+//! `otlp.rs` the span exporter.
 //!
 //! # API
 //! * [`Edge::new`]`(EdgeConfig) -> Result<Edge, EdgeError>`: loads the routes
@@ -113,13 +115,21 @@
 //!   never turns into a 502.
 //! * **Weights.** A target of weight `w` in a route of total weight `W` gets
 //!   exactly `w` of every `W` consecutive requests, evenly spread (see
-//!   `select.rs`); picking is lock-free.
+//!   `select.rs`); picking is lock-free. On a route under canary (weighted
+//!   targets of two deployments or more) a request with a valid pin value
+//!   or sticky cookie goes to its deployment without taking a ticket, so
+//!   the weights hold for new visitors (see `sticky.rs`).
+//! * **Records off the request path.** The access log and spans are handed
+//!   over with `try_send` on bounded queues (full: dropped and counted);
+//!   with both off no record is made (see `observe.rs`).
 
 mod body;
 mod fast;
 mod front;
 mod h1;
 mod metrics;
+mod observe;
+mod otlp;
 mod persist;
 mod pool;
 mod proxy;
@@ -128,6 +138,7 @@ mod scan;
 mod select;
 mod splice;
 mod stats;
+mod sticky;
 mod table;
 mod target;
 mod tls;
@@ -145,9 +156,12 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 pub use body::ProxyBody;
+pub use observe::{AccessLogConfig, AccessLogTarget};
+pub use otlp::{OtlpConfig, OtlpError};
 pub use persist::LoadError;
 pub use route::{RouteChange, RouteError, RouteSpec, TargetSpec};
 pub use stats::TargetStats;
+pub use sticky::{COOKIE as STICKY_COOKIE, PIN_HEADER};
 pub use target::DrainReport;
 pub use tls::{certified_key, Issuer, TlsCerts, TlsError, ACME_CHALLENGE_PREFIX};
 
@@ -207,6 +221,14 @@ pub struct EdgeConfig {
     pub pool_idle_timeout: Duration,
     /// Slow-loris guard: a client must send request headers within this.
     pub header_read_timeout: Duration,
+    /// The key of the sticky canary cookie and of pin values (see
+    /// `sticky.rs`), created when absent; `None` keeps a random key in
+    /// memory (cookies given before a restart are then ignored).
+    pub pin_key_file: Option<PathBuf>,
+    /// One JSON line per proxied request (see `observe.rs`); `None`: off.
+    pub access_log: Option<AccessLogConfig>,
+    /// Spans exported over OTLP/HTTP (see `otlp.rs`); `None`: off.
+    pub otlp: Option<OtlpConfig>,
 }
 
 impl Default for EdgeConfig {
@@ -218,6 +240,9 @@ impl Default for EdgeConfig {
             proto: "http",
             pool_idle_timeout: Duration::from_secs(60),
             header_read_timeout: Duration::from_secs(30),
+            pin_key_file: None,
+            access_log: None,
+            otlp: None,
         }
     }
 }
@@ -229,6 +254,20 @@ pub enum EdgeError {
     Load(#[from] LoadError),
     #[error("persisted routes are invalid: {0}")]
     InvalidPersisted(#[source] RouteError),
+    #[error("cannot open the access log {path}: {source}")]
+    AccessLog {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Otlp(#[from] OtlpError),
+    #[error("cannot read or create the edge key {path}: {source}")]
+    PinKey {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The edge proxy; cheap to clone (one `Arc`).
@@ -252,6 +291,10 @@ pub(crate) struct Inner {
     apply_lock: Mutex<()>,
     /// Pending ACME HTTP-01 answers (see `tls.rs`).
     acme: tls::Challenges,
+    /// Signs the sticky cookie and pin values.
+    pin_key: sticky::PinKey,
+    /// The access log and the span export; `None` when both are off.
+    pub(crate) observers: Option<Arc<observe::Observers>>,
 }
 
 /// What one `serve` loop shares with its connections.
@@ -292,6 +335,29 @@ impl Edge {
     /// Creates the edge and loads the persisted routes, if any.
     pub fn new(cfg: EdgeConfig) -> Result<Edge, EdgeError> {
         let registry = Registry::default();
+        let pin_key = match &cfg.pin_key_file {
+            Some(p) => sticky::PinKey::load_or_create(p).map_err(|source| EdgeError::PinKey {
+                path: p.display().to_string(),
+                source,
+            })?,
+            None => sticky::PinKey::random(),
+        };
+        let mut observers = observe::Observers::default();
+        if let Some(log) = &cfg.access_log {
+            observers.log = Some(observe::LogSink::start(log.clone()).map_err(|source| {
+                EdgeError::AccessLog {
+                    path: match &log.target {
+                        AccessLogTarget::Stdout => "-".into(),
+                        AccessLogTarget::File(p) => p.display().to_string(),
+                    },
+                    source,
+                }
+            })?);
+        }
+        if let Some(otlp) = &cfg.otlp {
+            observers.spans = Some(otlp::SpanSink::start(otlp)?);
+        }
+        let observers = (!observers.is_off()).then(|| Arc::new(observers));
         let specs = match &cfg.routes_file {
             Some(p) => match persist::load(p)? {
                 Some(routes) => {
@@ -306,7 +372,7 @@ impl Edge {
             },
             None => BTreeMap::new(),
         };
-        let table = RouteTable::build(specs, &registry);
+        let table = RouteTable::build(specs, &registry, &pin_key);
 
         Ok(Edge {
             inner: Arc::new(Inner {
@@ -322,6 +388,8 @@ impl Edge {
                 header_read_timeout: cfg.header_read_timeout,
                 apply_lock: Mutex::new(()),
                 acme: tls::Challenges::default(),
+                pin_key,
+                observers,
             }),
         })
     }
@@ -544,12 +612,19 @@ impl Edge {
                 source,
             })?;
         }
-        let table = RouteTable::build(next, &self.inner.registry);
+        let table = RouteTable::build(next, &self.inner.registry, &self.inner.pin_key);
         self.inner.table.store(Arc::new(table));
         wait_for_readers(&current);
         drop(current);
         self.inner.registry.prune();
         Ok(())
+    }
+
+    /// The pin value of a deployment: sent as the [`PIN_HEADER`] header (or
+    /// as the value of the [`STICKY_COOKIE`] cookie), it sends a request of
+    /// a route under canary to that deployment (see `sticky.rs`).
+    pub fn pin_value(&self, deployment_id: &str) -> String {
+        self.inner.pin_key.value(deployment_id)
     }
 
     /// The current routes, sorted by host.
@@ -620,6 +695,21 @@ impl Edge {
             "# HELP berth_edge_no_target_total Requests for a route without a usable target (503).\n# TYPE berth_edge_no_target_total counter\nberth_edge_no_target_total {}",
             self.inner.no_target.load(Ordering::Relaxed)
         );
+        if let Some(o) = &self.inner.observers {
+            if let Some(n) = o.dropped_lines() {
+                let _ = writeln!(
+                    out,
+                    "# HELP berth_edge_access_log_dropped_total Access log lines dropped because the writer fell behind.\n# TYPE berth_edge_access_log_dropped_total counter\nberth_edge_access_log_dropped_total {n}"
+                );
+            }
+            if let Some(s) = &o.spans {
+                let _ = writeln!(
+                    out,
+                    "# HELP berth_edge_spans_dropped_total Spans dropped because the exporter fell behind.\n# TYPE berth_edge_spans_dropped_total counter\nberth_edge_spans_dropped_total {}",
+                    s.dropped.load(Ordering::Relaxed)
+                );
+            }
+        }
         out
     }
 }

@@ -29,6 +29,7 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+static PIN: HeaderName = HeaderName::from_static(crate::sticky::PIN_HEADER);
 /// A response the proxy makes itself: a small text page, or JSON for a
 /// client that accepts it; it names the deployment (id and short SHA) that
 /// failed to answer, never an upstream address.
@@ -130,21 +131,62 @@ const TOO_SLOW: Page = Page::new(
     "504 gateway timeout: the application did not answer in time\n",
 );
 
+/// What routing may read of a request besides its host: read only on a
+/// route under canary (see `sticky.rs`).
+pub(crate) struct Hints<'a, C> {
+    /// The `X-Berth-Deployment` value.
+    pub(crate) pin: Option<&'a [u8]>,
+    /// The `Cookie` header values.
+    pub(crate) cookies: C,
+    /// The request came over HTTPS (the cookie gets `Secure`).
+    pub(crate) secure: bool,
+}
+
+/// The target a request goes to, and the cookie that keeps its visitor
+/// there (a new visitor of a route under canary).
+pub(crate) struct Routed<'t> {
+    pub(crate) target: &'t RouteTarget,
+    pub(crate) set_cookie: Option<HeaderValue>,
+}
+
 /// The target of a request for `raw_host` (its Host header), or the page
 /// to answer with; counts unknown hosts and routes without targets.
-pub(crate) fn route<'t>(
+pub(crate) fn route<'t, 'a, C: IntoIterator<Item = &'a [u8]>>(
     inner: &crate::Inner,
     table: &'t RouteTable,
     raw_host: Option<&str>,
-) -> Result<&'t RouteTarget, Page> {
+    hints: Hints<'a, C>,
+) -> Result<Routed<'t>, Page> {
     let key = raw_host.and_then(request_host_key).ok_or(MISSING_HOST)?;
     let Some(route) = table.lookup(&key) else {
         inner.unknown_host.fetch_add(1, Ordering::Relaxed);
         return Err(UNKNOWN_HOST);
     };
-    route.pick().ok_or_else(|| {
+    let no_target = || {
         inner.no_target.fetch_add(1, Ordering::Relaxed);
         NO_TARGET
+    };
+    let Some(sticky) = route.sticky.as_deref() else {
+        let target = route.pick().ok_or_else(no_target)?;
+        return Ok(Routed {
+            target,
+            set_cookie: None,
+        });
+    };
+    let kept = hints
+        .pin
+        .and_then(|p| sticky.pinned(p))
+        .or_else(|| sticky.by_cookie(hints.cookies.into_iter()));
+    if let Some(i) = kept {
+        return Ok(Routed {
+            target: &route.targets[i],
+            set_cookie: None,
+        });
+    }
+    let i = route.pick_index().ok_or_else(no_target)?;
+    Ok(Routed {
+        target: &route.targets[i],
+        set_cookie: sticky.cookie_for(i, hints.secure).cloned(),
     })
 }
 
@@ -185,6 +227,8 @@ pub(crate) struct ConnCtx {
     pub(crate) scan: Arc<ScanState>,
     /// `X-Forwarded-Proto` when not the edge's (`https` on the TLS listener).
     proto: Option<&'static str>,
+    /// The client's address (access log, spans).
+    remote: std::net::IpAddr,
 }
 
 impl ConnCtx {
@@ -193,6 +237,7 @@ impl ConnCtx {
             client_ip: HeaderValue::from_str(&remote.ip().to_string()).ok(),
             scan: Arc::new(ScanState::default()),
             proto: None,
+            remote: remote.ip(),
         }
     }
 
@@ -244,12 +289,22 @@ async fn handle_inner(
         .is_some_and(|v| wants_json(v.as_bytes()));
     let inner = &worker.inner;
     let table = inner.table.load();
-    let target = match route(inner, &table, request_host(&req)) {
-        Ok(t) => t,
+    let proto = conn.proto.unwrap_or(inner.proto);
+    let hints = Hints {
+        pin: req.headers().get(&PIN).map(HeaderValue::as_bytes),
+        cookies: req
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .map(HeaderValue::as_bytes),
+        secure: proto == "https",
+    };
+    let (target, set_cookie) = match route(inner, &table, request_host(&req), hints) {
+        Ok(r) => (r.target, r.set_cookie),
         Err(page) => return page_response(page, json),
     };
     let started = Instant::now();
-    let guard = InflightGuard::new(target.state.clone());
+    let mut guard = InflightGuard::new(target.state.clone());
     let series = target.series.clone();
     let abort_gen = target.state.abort_gen();
     let uri = upstream_uri(req.uri());
@@ -272,14 +327,12 @@ async fn handle_inner(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
     let headers = req.headers_mut();
+    headers.remove(&PIN);
     match &conn.client_ip {
         Some(v) => headers.insert(&X_FORWARDED_FOR, v.clone()),
         None => headers.remove(&X_FORWARDED_FOR),
     };
-    headers.insert(
-        &X_FORWARDED_PROTO,
-        HeaderValue::from_static(conn.proto.unwrap_or(inner.proto)),
-    );
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     let trace = {
         let mut values = headers.get_all(&TRACEPARENT).iter();
         let first = values.next();
@@ -298,6 +351,23 @@ async fn handle_inner(
             headers.insert(header::HOST, h);
         }
     }
+    if let Some(observers) = &inner.observers {
+        guard.record = crate::observe::Record::start(
+            observers,
+            crate::observe::Start {
+                started,
+                host: req
+                    .headers()
+                    .get(&X_FORWARDED_HOST)
+                    .map_or(&b""[..], |h| h.as_bytes()),
+                method: req.method().as_str(),
+                path: req.uri().path().as_bytes(),
+                client: conn.remote,
+                target: &guard.target,
+                trace,
+            },
+        );
+    }
     if client_upgrade.is_none()
         && (req.method() == Method::GET || req.method() == Method::OPTIONS)
         && req.body().is_end_stream()
@@ -311,7 +381,9 @@ async fn handle_inner(
             idempotent: true,
             head_method: false,
         };
-        return fast_path(worker, req, guard, abort_gen, started, &series, json).await;
+        let mut resp = fast_path(worker, req, guard, abort_gen, started, &series, json).await;
+        add_cookie(&mut resp, set_cookie);
+        return resp;
     }
     let headers = req.headers_mut();
     let client_on_upgrade = if let Some(up) = &client_upgrade {
@@ -332,22 +404,22 @@ async fn handle_inner(
         stop = wait_stop(&guard.target, abort_gen, &worker.bell, deadline) => Err(stop),
     };
     let resp = match result {
-        Err(stop) => return page_response(stopped(stop, &guard, started, &series), json),
+        Err(stop) => return page_response(stopped(stop, &mut guard, started, &series), json),
         Ok(Err(e)) if client_body_failed(&e) => {
             // the client's fault, not the application's: 400 and close
             tracing::debug!(target_id = %guard.target.id, error = %e, "malformed request body");
-            series.record(400, started.elapsed());
+            guard.answered(&series, 400, started.elapsed());
             let mut r = page_response(BAD_BODY, json);
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return r;
         }
-        Ok(Err(e)) => return page_response(send_failed(&guard, &e, started, &series), json),
+        Ok(Err(e)) => return page_response(send_failed(&mut guard, &e, started, &series), json),
         Ok(Ok(r)) => r,
     };
     let (mut resp, conn) = resp;
     let status = resp.status();
-    series.record(status.as_u16(), started.elapsed());
+    guard.answered(&series, status.as_u16(), started.elapsed());
 
     if status == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_on_upgrade) = client_on_upgrade {
@@ -389,11 +461,22 @@ async fn handle_inner(
     }
 
     h1::hop::strip(resp.headers_mut(), false);
+    add_cookie(&mut resp, set_cookie);
     let (parts, body) = resp.into_parts();
     Response::from_parts(
         parts,
         ProxyBody::upstream(body, guard, conn, abort_gen, worker.bell.clone()),
     )
+}
+
+/// Sets the sticky cookie on an answer of the application (never on the
+/// edge's own error pages: a visitor is kept only where it was served).
+fn add_cookie<B>(resp: &mut Response<B>, set_cookie: Option<HeaderValue>) {
+    if let Some(c) = set_cookie {
+        if resp.status().as_u16() < 500 {
+            resp.headers_mut().append(header::SET_COOKIE, c);
+        }
+    }
 }
 
 /// The request head the fast path writes: origin-form target, the headers
@@ -424,7 +507,7 @@ fn request_head(req: &Request<Incoming>) -> Vec<u8> {
 async fn fast_path(
     worker: &Worker,
     req: Exchange<'_>,
-    guard: InflightGuard,
+    mut guard: InflightGuard,
     abort_gen: u64,
     started: Instant,
     series: &crate::metrics::Series,
@@ -440,11 +523,11 @@ async fn fast_path(
         stop = wait_stop(&guard.target, abort_gen, &worker.bell, deadline) => Err(stop),
     };
     let (status, body) = match result {
-        Err(stop) => return page_response(stopped(stop, &guard, started, series), json),
-        Ok(Err(e)) => return page_response(send_failed(&guard, &e, started, series), json),
+        Err(stop) => return page_response(stopped(stop, &mut guard, started, series), json),
+        Ok(Err(e)) => return page_response(send_failed(&mut guard, &e, started, series), json),
         Ok(Ok(r)) => r,
     };
-    series.record(status.as_u16(), started.elapsed());
+    guard.answered(series, status.as_u16(), started.elapsed());
     let mut resp = Response::new(ProxyBody::raw(body, guard, abort_gen, worker.bell.clone()));
     *resp.status_mut() = status;
     *resp.headers_mut() = head.headers;
@@ -455,11 +538,11 @@ async fn fast_path(
 /// records it.
 pub(crate) fn stopped(
     stop: Stop,
-    guard: &InflightGuard,
+    guard: &mut InflightGuard,
     started: Instant,
     series: &crate::metrics::Series,
 ) -> Page {
-    series.record(504, started.elapsed());
+    guard.answered(series, 504, started.elapsed());
     match stop {
         Stop::Aborted => DRAINED,
         Stop::TimedOut => TOO_SLOW,
@@ -469,13 +552,13 @@ pub(crate) fn stopped(
 
 /// The page for a request the upstream could not answer (502); records it.
 pub(crate) fn send_failed(
-    guard: &InflightGuard,
+    guard: &mut InflightGuard,
     e: &SendError,
     started: Instant,
     series: &crate::metrics::Series,
 ) -> Page {
     tracing::debug!(target_id = %guard.target.id, error = %e, "upstream request failed");
-    series.record(502, started.elapsed());
+    guard.answered(series, 502, started.elapsed());
     if matches!(e, SendError::UnexpectedSwitch) {
         UNEXPECTED_SWITCH
     } else {

@@ -9,6 +9,7 @@ use http::uri::Authority;
 use crate::metrics::Series;
 use crate::route::RouteSpec;
 use crate::select::Picker;
+use crate::sticky::{PinKey, Sticky};
 use crate::target::{Registry, TargetInfo, TargetState};
 
 /// One target as seen by one route.
@@ -26,11 +27,17 @@ pub(crate) struct Route {
     pub(crate) targets: Box<[RouteTarget]>,
     /// `None` when the route has no target with weight > 0 (503).
     picker: Option<Picker>,
+    /// Set when the route is under canary (see `sticky.rs`).
+    pub(crate) sticky: Option<Box<Sticky>>,
 }
 
 impl Route {
     pub(crate) fn pick(&self) -> Option<&RouteTarget> {
-        self.picker.as_ref().map(|p| &self.targets[p.pick()])
+        self.pick_index().map(|i| &self.targets[i])
+    }
+
+    pub(crate) fn pick_index(&self) -> Option<usize> {
+        self.picker.as_ref().map(Picker::pick)
     }
 }
 
@@ -92,12 +99,17 @@ pub(crate) struct RouteTable {
 
 impl RouteTable {
     /// Builds the table; `specs` must have passed `route::validate_batch`.
-    pub(crate) fn build(specs: BTreeMap<String, RouteSpec>, registry: &Registry) -> RouteTable {
+    pub(crate) fn build(
+        specs: BTreeMap<String, RouteSpec>,
+        registry: &Registry,
+        key: &PinKey,
+    ) -> RouteTable {
         let mut exact = Hosts::default();
         let mut wildcard = Hosts::default();
         for (host, spec) in &specs {
             let mut targets = Vec::with_capacity(spec.targets.len());
             let mut weights = Vec::with_capacity(spec.targets.len());
+            let mut versions = Vec::with_capacity(spec.targets.len());
             for t in &spec.targets {
                 // validated before, but never panic: skip what does not parse
                 let Ok(authority) = t.upstream.parse::<Authority>() else {
@@ -112,9 +124,11 @@ impl RouteTable {
                     authority,
                 });
                 weights.push(t.weight);
+                versions.push((t.deployment_id.as_deref(), t.weight));
             }
             let route = Route {
                 picker: Picker::new(&weights),
+                sticky: Sticky::new(key, &versions).map(Box::new),
                 targets: targets.into_boxed_slice(),
             };
             match host.strip_prefix("*.") {
@@ -162,7 +176,7 @@ mod tests {
         let mut specs = BTreeMap::new();
         specs.insert("*.preview.localhost".to_string(), spec("wild"));
         specs.insert("a.preview.localhost".to_string(), spec("exact"));
-        let t = RouteTable::build(specs, &reg);
+        let t = RouteTable::build(specs, &reg, &PinKey::random());
         let id = |h: &str| {
             t.lookup(h)
                 .and_then(|r| r.pick())
@@ -184,7 +198,7 @@ mod tests {
             .iter()
             .map(|h| (h.clone(), spec(h)))
             .collect::<BTreeMap<_, _>>();
-        let t = RouteTable::build(specs, &reg);
+        let t = RouteTable::build(specs, &reg, &PinKey::random());
         for h in &hosts {
             let id = t
                 .lookup(h)
@@ -200,8 +214,8 @@ mod tests {
         let reg = Registry::default();
         let mut specs = BTreeMap::new();
         specs.insert("a.localhost".to_string(), spec("dep-1"));
-        let t1 = RouteTable::build(specs.clone(), &reg);
-        let t2 = RouteTable::build(specs, &reg);
+        let t1 = RouteTable::build(specs.clone(), &reg, &PinKey::random());
+        let t2 = RouteTable::build(specs, &reg, &PinKey::random());
         let s1 = &t1.lookup("a.localhost").unwrap().targets[0];
         let s2 = &t2.lookup("a.localhost").unwrap().targets[0];
         assert!(Arc::ptr_eq(&s1.state, &s2.state));

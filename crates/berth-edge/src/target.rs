@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Series;
+use crate::observe::Record;
 
 #[derive(Debug)]
 pub(crate) struct TargetState {
@@ -37,17 +38,19 @@ pub(crate) struct TargetInfo {
     pub(crate) deployment_id: Option<String>,
     /// The first 7 characters of the commit SHA.
     pub(crate) short_sha: Option<String>,
+    /// The full commit SHA (`service.version` of the edge's spans).
+    pub(crate) sha: Option<String>,
 }
 
 impl TargetInfo {
     pub(crate) fn of(deployment_id: Option<&str>, sha: Option<&str>) -> Option<TargetInfo> {
-        let short_sha = sha
-            .filter(|s| !s.is_empty())
-            .map(|s| s.chars().take(7).collect());
+        let sha = sha.filter(|s| !s.is_empty());
+        let short_sha = sha.map(|s| s.chars().take(7).collect());
         let deployment_id = deployment_id.filter(|s| !s.is_empty()).map(str::to_string);
         (deployment_id.is_some() || short_sha.is_some()).then_some(TargetInfo {
             deployment_id,
             short_sha,
+            sha: sha.map(str::to_string),
         })
     }
 }
@@ -113,12 +116,34 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Debug)]
 pub(crate) struct InflightGuard {
     pub(crate) target: Arc<TargetState>,
+    /// The request's access log line and span, handed over at drop (see
+    /// `observe.rs`); `None` when both are off.
+    pub(crate) record: Option<Box<Record>>,
 }
 
 impl InflightGuard {
     pub(crate) fn new(target: Arc<TargetState>) -> InflightGuard {
         target.inflight.fetch_add(1, Ordering::AcqRel);
-        InflightGuard { target }
+        InflightGuard {
+            target,
+            record: None,
+        }
+    }
+
+    /// The response head arrived (or the proxy answered for the app):
+    /// counts it in the target's metrics and notes it in the record.
+    pub(crate) fn answered(&mut self, series: &Series, status: u16, elapsed: Duration) {
+        series.record(status, elapsed);
+        if let Some(r) = &mut self.record {
+            r.answered(status, elapsed);
+        }
+    }
+
+    /// Response body bytes passed to the client.
+    pub(crate) fn add_bytes(&mut self, n: usize) {
+        if let Some(r) = &mut self.record {
+            r.bytes += n as u64;
+        }
     }
 }
 
@@ -126,6 +151,9 @@ impl Drop for InflightGuard {
     fn drop(&mut self) {
         if self.target.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.target.idle.notify_waiters();
+        }
+        if let Some(r) = self.record.take() {
+            r.finish();
         }
     }
 }

@@ -74,6 +74,12 @@ pub struct ServerConfig {
     pub registry_user: Option<String>,
     /// Password of `--registry` (never logged).
     pub registry_password: Option<String>,
+    /// The edge's access log: a file path, or `-` for standard output.
+    pub access_log: Option<String>,
+    /// OTLP/HTTP collector of the edge's spans (`http://host:port`).
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces whose edge span is exported (0 to 1).
+    pub trace_sample: f64,
 }
 
 /// What runs app instances.
@@ -134,6 +140,9 @@ impl ServerConfig {
             dns_server: None,
             registry_user: None,
             registry_password: None,
+            access_log: None,
+            otlp_endpoint: None,
+            trace_sample: 0.01,
             preview_ttl: Some(Duration::from_secs(7 * 24 * 3600)),
             runtime: RuntimeKind::Docker,
             microvm_kernel: None,

@@ -223,6 +223,18 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     // The edge first: it serves the persisted routes while the rest starts.
     let edge = Edge::new(EdgeConfig {
         routes_file: Some(cfg.data_dir.join("routes.json")),
+        pin_key_file: Some(cfg.data_dir.join("edge.key")),
+        access_log: cfg
+            .access_log
+            .as_deref()
+            .map(berth_edge::AccessLogConfig::parse),
+        otlp: cfg
+            .otlp_endpoint
+            .clone()
+            .map(|endpoint| berth_edge::OtlpConfig {
+                endpoint,
+                sample: cfg.trace_sample,
+            }),
         ..EdgeConfig::default()
     })
     .context("cannot start the edge proxy")?;

@@ -2,6 +2,8 @@
 
 mod front;
 mod latency;
+mod observe;
+mod sticky;
 mod support;
 mod tls;
 

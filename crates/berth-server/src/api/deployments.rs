@@ -70,6 +70,24 @@ pub async fn show(
     Ok(Json(s.store.get_deployment(&id).await?))
 }
 
+/// `GET /deployments/{id}/pin`: the value that sends a request of a route
+/// under canary to this deployment, as the `X-Berth-Deployment` header or
+/// as the sticky cookie (for testing one version on purpose; see the edge's
+/// `sticky.rs`).
+pub async fn pin(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let d = s.store.get_deployment(&id).await?;
+    let value = s.deployer.edge.pin_value(&d.id);
+    Ok(Json(serde_json::json!({
+        "deploymentId": d.id,
+        "header": berth_edge::PIN_HEADER,
+        "cookie": berth_edge::STICKY_COOKIE,
+        "value": value,
+    })))
+}
+
 pub async fn cancel(
     State(s): State<AppState>,
     Path(id): Path<String>,

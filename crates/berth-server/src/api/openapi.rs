@@ -42,6 +42,7 @@ pub fn spec() -> Value {
             "/deployments/{id}/redeploy": {"post": op("run the same commit again", "201")},
             "/deployments/{id}/logs": {"get": op("logs of a deployment; follow=true streams SSE", "200")},
             "/deployments/{id}/manifest": {"get": op("files of a deployment's image (path, size, sha256)", "200")},
+            "/deployments/{id}/pin": {"get": op("the pin value that sends requests of a route under canary to this deployment (X-Berth-Deployment header or berth_rollout cookie)", "200")},
             "/logs": {"get": op("logs of a service across deployments; follow=true streams SSE", "200")},
             "/rollback": {"post": op("roll a service back to its previous deployment", "201")},
             "/projects/{name}/domains": {"get": op("list custom domains", "200"), "post": op("attach a custom domain (returns the TXT record to create)", "201")},

@@ -99,6 +99,18 @@ pub struct ServerArgs {
     /// probe VM boots under it, else TCG with a warning).
     #[arg(long, env = "BERTH_MICROVM_ACCEL", default_value = "auto")]
     microvm_accel: Accel,
+    /// The edge's access log, one JSON line per request: a file (rotated
+    /// at 100 MiB, 5 kept) or "-" for standard output [default: none].
+    #[arg(long, env = "BERTH_ACCESS_LOG")]
+    access_log: Option<String>,
+    /// Export the edge's spans over OTLP/HTTP (protobuf) to this collector,
+    /// e.g. http://127.0.0.1:4318 [default: none].
+    #[arg(long, env = "BERTH_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Share of new traces whose edge span is exported, 0 to 1 (a trace
+    /// its caller sampled is always exported).
+    #[arg(long, env = "BERTH_TRACE_SAMPLE", default_value_t = 0.01)]
+    trace_sample: f64,
 }
 
 impl ServerArgs {
@@ -147,6 +159,9 @@ impl ServerArgs {
         cfg.microvm_kernel = self.microvm_kernel;
         cfg.microvm_init = self.microvm_init;
         cfg.microvm_accel = self.microvm_accel;
+        cfg.access_log = self.access_log.filter(|s| !s.is_empty());
+        cfg.otlp_endpoint = self.otlp_endpoint.filter(|s| !s.is_empty());
+        cfg.trace_sample = self.trace_sample;
         cfg
     }
 }

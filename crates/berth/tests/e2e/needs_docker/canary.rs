@@ -149,3 +149,140 @@ fn a_canary_without_traffic_is_not_promoted_silently() {
     );
     assert_eq!(s.get_host(&h, "/").unwrap().1, "q3");
 }
+
+/// Sticky visitors (issue 16): during a 25 % stage, 2000 fresh visitors
+/// see v2 25 % ± 3 points and each gets the cookie of the version it saw;
+/// one visitor that keeps its cookies sees one version for all 50 of its
+/// requests; the pin value from the API forces v2 (header or cookie); a
+/// bare deployment id does not; after the rollout the cookie is ignored.
+#[test]
+fn canary_visitors_stay_on_the_version_they_first_got() {
+    let project = unique("e2es");
+    let _c = Cleanup(project.clone());
+    let s = Server::start();
+    let repo = AppRepo::new("s1");
+    std::fs::write(
+        repo.dir.path().join("berth.toml"),
+        "[services.web.canary]\nstages = [25, 100]\nobservation_window = \"40s\"\nmin_requests = 20\n",
+    )
+    .unwrap();
+    repo.commit_app("s1", DOCKERFILE, "v1");
+    s.ok(&["projects", "create", &project, "--repo", repo.path()]);
+    let (ok, d1) = deploy_wait(&s, &project);
+    assert!(ok, "{d1}");
+    let h = host(&project);
+
+    repo.commit_app("s2", DOCKERFILE, "v2");
+    let d2 = s.json(&["deploy", "--project", &project, "--json"]);
+    let d2_id = d2["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let d = s.json(&["inspect", &d2_id, "--json"]);
+        if d["promotionStage"] == "canary" && d["canaryWeight"] == 25 {
+            break;
+        }
+        assert!(d["status"] != "failed", "{d}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reached 25 %: {d}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{}/", s.http_port);
+    let get = |headers: &[(&str, &str)]| {
+        let mut r = client.get(&url).header("host", &h);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let r = r.send().unwrap();
+        assert_eq!(r.status(), 200);
+        let cookie = r
+            .headers()
+            .get("set-cookie")
+            .map(|v| v.to_str().unwrap().to_string());
+        (r.text().unwrap().trim().to_string(), cookie)
+    };
+
+    // 2000 fresh visitors (no cookie sent)
+    let mut v2 = 0;
+    let mut cookies = std::collections::HashMap::<String, String>::new();
+    for _ in 0..2000 {
+        let (body, cookie) = get(&[]);
+        let cookie = cookie.expect("a fresh visitor of a canary gets a cookie");
+        assert!(
+            cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+            "{cookie}"
+        );
+        let pair = cookie.split(';').next().unwrap().to_string();
+        if let Some(before) = cookies.insert(pair, body.clone()) {
+            assert_eq!(before, body, "one cookie value, one version");
+        }
+        v2 += usize::from(body == "s2");
+    }
+    let share = v2 as f64 / 2000.0 * 100.0;
+    assert!(
+        (22.0..=28.0).contains(&share),
+        "v2 saw {share:.1} % of new visitors"
+    );
+
+    // one visitor keeping its cookies: one version for 50 requests
+    let (first, cookie) = get(&[]);
+    let pair = cookie.unwrap().split(';').next().unwrap().to_string();
+    for _ in 0..50 {
+        let (body, again) = get(&[("cookie", &pair)]);
+        assert_eq!(body, first, "a cookie-keeping visitor switched versions");
+        assert!(again.is_none(), "a kept visitor is not given a new cookie");
+    }
+
+    // the pin value from the API forces v2; a bare id does not
+    let pin: serde_json::Value = client
+        .get(format!("{}/api/v1/deployments/{d2_id}/pin", s.api()))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let value = pin["value"].as_str().unwrap();
+    assert_eq!(pin["header"], "x-berth-deployment");
+    for _ in 0..20 {
+        assert_eq!(get(&[("x-berth-deployment", value)]).0, "s2");
+        assert_eq!(
+            get(&[("cookie", &format!("berth_rollout={value}"))]).0,
+            "s2"
+        );
+    }
+    let bare: usize = (0..40)
+        .map(|_| usize::from(get(&[("x-berth-deployment", &d2_id)]).0 == "s2"))
+        .sum();
+    assert!(bare < 25, "a bare id forced v2 {bare} times of 40");
+
+    // the rollout completes; then the cookie is ignored and not set
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let d2 = loop {
+        let d = s.json(&["inspect", &d2_id, "--json"]);
+        if d["status"] == "succeeded" || d["status"] == "failed" {
+            break d;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rollout never ended: {d}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(d2["status"], "succeeded", "{d2}");
+    let v1_pin = cookies
+        .iter()
+        .find(|(_, b)| b.as_str() == "s1")
+        .map(|(c, _)| c.clone())
+        .unwrap();
+    for _ in 0..10 {
+        let (body, cookie) = get(&[("cookie", &v1_pin)]);
+        assert_eq!(body, "s2");
+        assert!(cookie.is_none());
+    }
+}
