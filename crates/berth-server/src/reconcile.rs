@@ -70,7 +70,14 @@ impl Deployer {
             }
             self.force_fail(
                 &mut d,
-                &format!("interrupted by restart at stage {stage}; deploy again to retry"),
+                &match self.leadership.is_clustered() {
+                    false => format!(
+                        "interrupted by restart at stage {stage}; deploy again to retry"
+                    ),
+                    true => format!(
+                        "interrupted: the leader running it stopped at stage {stage}; deploy again to retry"
+                    ),
+                },
             )
             .await;
         }

@@ -2,6 +2,7 @@
 //! files, real HTTP on 127.0.0.1, real git, and — in `needs_docker` — a
 //! real Docker Engine.
 
+mod cluster;
 mod harness;
 mod needs_docker;
 mod postgres_store;

@@ -3,6 +3,7 @@
 
 mod build_secrets;
 mod canary;
+mod cluster;
 mod console;
 mod domains;
 mod logs;

@@ -1,0 +1,145 @@
+//! Two servers on one PostgreSQL with real containers: a deploy asked of
+//! the follower goes live on both edges; kill -9 of the leader during a
+//! deploy with load on the other edge: 0 failed requests, the other leads
+//! within 10 s, nothing stays queued or running, the next deploy succeeds.
+
+use super::{host, unique, Cleanup};
+use crate::cluster::{database, instance_id, member, wait_leader};
+use crate::harness::*;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+fn deployments(s: &Server, project: &str) -> Vec<Value> {
+    s.deployments(project)
+}
+
+fn wait_body(s: &Server, host: &str, want: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok((200, body)) = s.get_host(host, "/") {
+            if body.contains(want) {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{host} never served {want:?}\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn deploy_on_a_follower_goes_live_on_both_edges_and_kill9_of_the_leader_mid_deploy() {
+    let Some(url) = database() else {
+        return;
+    };
+    let project = unique("e2ecl");
+    let _c = Cleanup(project.clone());
+    let a = member(&url);
+    let (leader_id, _) = wait_leader(&a, Duration::from_secs(10), |_, _| true);
+    let b = member(&url);
+    assert_eq!(leader_id, instance_id(&a));
+    let repo = AppRepo::new("cluster v1");
+    a.ok(&["projects", "create", &project, "--repo", repo.path()]);
+
+    // Asked of the follower: queued in the store, run by the leader, and
+    // the answer is the one a single server gives.
+    let o = b.cli(&["deploy", "--project", &project, "--wait", "--json"]);
+    let d: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON ({e}): {}\n{}\nA:\n{}\nB:\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            a.log(),
+            b.log()
+        )
+    });
+    assert!(o.status.success(), "{d}\nA:\n{}", a.log());
+    assert_eq!(d["status"], "succeeded");
+    assert_eq!(d["promotionStage"], "active");
+    wait_body(&a, &host(&project), "cluster v1", Duration::from_secs(5));
+    wait_body(&b, &host(&project), "cluster v1", Duration::from_secs(2));
+
+    // Load on the follower's edge; a deploy asked of it; kill -9 of the
+    // leader while that deploy runs.
+    let load = Load::start(
+        b.http_port,
+        &host(&project),
+        4,
+        200_000,
+        Duration::from_secs(120),
+    );
+    repo.commit_app("cluster v2", DOCKERFILE, "second version");
+    let queued = b.json(&["deploy", "--project", &project, "--json"]);
+    let id = queued["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let d = b.json(&["inspect", &id, "--json"]);
+        if d["status"] == "running" {
+            break;
+        }
+        assert!(d["status"] == "queued", "{d}");
+        assert!(
+            Instant::now() < deadline,
+            "the leader never picked it up\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut a = a;
+    let killed = Instant::now();
+    a.kill9();
+    let (new_leader, _) = wait_leader(&b, Duration::from_secs(10), |id, _| id != leader_id);
+    let failover = killed.elapsed();
+    eprintln!("failover: kill -9 -> new leader in {failover:?}");
+    assert_eq!(new_leader, instance_id(&b));
+
+    // Nothing stays queued or running.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let interrupted = loop {
+        let d = b.json(&["inspect", &id, "--json"]);
+        if d["status"] != "queued" && d["status"] != "running" {
+            break d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {}: {d}\n{}",
+            d["status"],
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    match interrupted["status"].as_str().unwrap() {
+        "failed" => assert!(
+            interrupted["failureMessage"]
+                .as_str()
+                .unwrap()
+                .contains("interrupted"),
+            "{interrupted}"
+        ),
+        "succeeded" => {}
+        other => panic!("{other}: {interrupted}"),
+    }
+    assert!(
+        deployments(&b, &project)
+            .iter()
+            .all(|d| d["status"] != "queued" && d["status"] != "running"),
+        "{:?}",
+        deployments(&b, &project)
+    );
+
+    // The next deploy succeeds on the survivor, and its edge serves it.
+    let (ok, d) = super::deploy_wait(&b, &project);
+    assert!(ok, "{d}\n{}", b.log());
+    wait_body(&b, &host(&project), "cluster v2", Duration::from_secs(5));
+    let report = load.finish();
+    assert!(report.ok > 0);
+    assert_eq!(
+        (report.errors, report.non2xx),
+        (0, 0),
+        "failed requests at the surviving edge: {:?}",
+        report.samples
+    );
+}
