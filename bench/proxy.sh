@@ -18,6 +18,7 @@ BERTH_PORT=$((BASE_PORT + 1))
 NGINX_PORT=$((BASE_PORT + 2))
 HAPROXY_PORT=$((BASE_PORT + 3))
 CADDY_PORT=$((BASE_PORT + 4))
+OTLP_BERTH_PORT=$((BASE_PORT + 5))
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="$(mktemp -d /tmp/berth-proxy-bench.XXXXXX)"
@@ -113,6 +114,13 @@ wait_port "$UP_PORT"
 PIDS+=($!)
 declare -A PID_OF
 PID_OF[berth]=$!
+# the same edge with span export on at the default rate (--trace-sample
+# 0.01); the upstream nginx answers the OTLP POSTs too
+"$EDGE_BIN" --listen "127.0.0.1:$OTLP_BERTH_PORT" --host "$HOST_HEADER" \
+    --upstream "127.0.0.1:$UP_PORT" --threads "$PROXY_THREADS" \
+    --otlp-endpoint "http://127.0.0.1:$UP_PORT" 2>"$WORK/berth-otlp.log" &
+PIDS+=($!)
+PID_OF[berth-otlp]=$!
 
 # --- nginx as proxy ----------------------------------------------------------
 NG="$WORK/nginx-proxy"; mkdir -p "$NG"
@@ -186,7 +194,7 @@ EOF
     PID_OF[caddy]=$!
 fi
 
-proxies=("berth:$BERTH_PORT" "nginx:$NGINX_PORT")
+proxies=("berth:$BERTH_PORT" "berth-otlp:$OTLP_BERTH_PORT" "nginx:$NGINX_PORT")
 have haproxy && proxies+=("haproxy:$HAPROXY_PORT")
 have caddy && proxies+=("caddy:$CADDY_PORT")
 
@@ -221,7 +229,7 @@ echo "wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency, Host: $HOST_HEADE
 echo "every proxy gets $PROXY_THREADS worker threads/processes (berth: Edge::serve_threads, one single-threaded tokio runtime per worker on SO_REUSEPORT listeners, nginx: worker_processes, haproxy: nbthread, caddy: GOMAXPROCS);"
 echo "machine: $(nproc) cores shared by wrk, the proxy and the upstream"
 echo "cpu us/req: CPU time the proxy process(es) used per request (less sensitive to other load than req/s)"
-printf '%-4s %-8s %12s %10s %10s %10s %8s  %-16s %s\n' run proxy "req/s" "p50 ms" "p99 ms" "cpu us/req" non-2xx "load (1/5/15)" "socket errors"
+printf '%-4s %-10s %12s %10s %10s %10s %8s  %-16s %s\n' run proxy "req/s" "p50 ms" "p99 ms" "cpu us/req" non-2xx "load (1/5/15)" "socket errors"
 for p in "${proxies[@]}"; do
     # warm up pools and check the route answers through this proxy
     wrk -t1 -c4 -d1s -H "Host: $HOST_HEADER" "http://127.0.0.1:${p#*:}/" >/dev/null
@@ -245,7 +253,7 @@ for run in $(seq 1 "$RUNS"); do
         p99="$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")"
         non2xx="$(awk -F: '/Non-2xx/ {gsub(/ /, "", $2); print $2}' <<<"$out")"
         errs="$(awk '/Socket errors/ {print $0}' <<<"$out" | sed 's/^ *Socket errors: *//')"
-        printf '%-4s %-8s %12s %10s %10s %10s %8s  %-16s %s\n' "$run" "$name" "$rps" "$p50" "$p99" "$cpu" "${non2xx:-0}" "$load" "${errs:-none}"
+        printf '%-4s %-10s %12s %10s %10s %10s %8s  %-16s %s\n' "$run" "$name" "$rps" "$p50" "$p99" "$cpu" "${non2xx:-0}" "$load" "${errs:-none}"
         RPS[$name,$run]=$rps
         P99[$name,$run]=$p99
     done
@@ -262,6 +270,13 @@ for run in $(seq 1 "$RUNS"); do
     echo "run $run: $verdict"
 done
 echo "target met in $met of $RUNS runs"
+# Span export (issue 17): berth with --otlp-endpoint at the default rate
+# within 2 % of berth without, in the same run.
+for run in $(seq 1 "$RUNS"); do
+    awk -v on="${RPS[berth-otlp,$run]}" -v off="${RPS[berth,$run]}" -v run="$run" 'BEGIN {
+        r = on / off
+        printf "run %s: export on/off req/s %.3f (%s)\n", run, r, (r >= 0.98) ? "within 2 %" : "more than 2 % lost" }'
+done
 for p in "${proxies[@]}"; do
     name="${p%%:*}"
     r=(); q=()

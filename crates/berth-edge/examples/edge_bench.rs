@@ -1,16 +1,19 @@
 //! Runs the edge with one route, for benchmarks (see bench/proxy.sh).
 //!
-//! `edge_bench --listen 127.0.0.1:18080 --host bench.localhost --upstream 127.0.0.1:18000 [--threads 2]`
+//! `edge_bench --listen 127.0.0.1:18080 --host bench.localhost --upstream 127.0.0.1:18000 [--threads 2]
+//! [--otlp-endpoint http://127.0.0.1:4318 [--trace-sample 0.01]]`
 
 use std::time::Duration;
 
-use berth_edge::{Edge, EdgeConfig, RouteChange, RouteSpec, TargetSpec};
+use berth_edge::{Edge, EdgeConfig, OtlpConfig, RouteChange, RouteSpec, TargetSpec};
 
 fn main() {
     let mut listen = "127.0.0.1:18080".to_string();
     let mut host = "bench.localhost".to_string();
     let mut upstream = String::new();
     let mut threads = 2usize;
+    let mut otlp_endpoint = None;
+    let mut trace_sample = 0.01f64;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().unwrap_or_default();
@@ -19,6 +22,8 @@ fn main() {
             "--host" => host = value,
             "--upstream" => upstream = value,
             "--threads" => threads = value.parse().unwrap_or(2),
+            "--otlp-endpoint" => otlp_endpoint = Some(value),
+            "--trace-sample" => trace_sample = value.parse().unwrap_or(0.01),
             other => {
                 eprintln!("unknown flag {other}; usage: --listen ADDR --host H --upstream ADDR [--threads N]");
                 std::process::exit(2);
@@ -31,6 +36,10 @@ fn main() {
     }
     let edge = Edge::new(EdgeConfig {
         upstream_timeout: Duration::from_secs(30),
+        otlp: otlp_endpoint.map(|endpoint| OtlpConfig {
+            endpoint,
+            sample: trace_sample,
+        }),
         ..EdgeConfig::default()
     })
     .unwrap_or_else(|e| {
@@ -41,8 +50,8 @@ fn main() {
         host,
         route: RouteSpec {
             targets: vec![TargetSpec {
-                deployment_id: None,
-                sha: None,
+                deployment_id: Some("bench".into()),
+                sha: Some("0123456789abcdef0123456789abcdef01234567".into()),
                 id: "bench".into(),
                 upstream,
                 weight: 1,

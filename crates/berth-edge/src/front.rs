@@ -189,10 +189,12 @@ impl Conn {
                 self.buf.clear();
                 self.pos = 0;
             }
+            let sampler = self.worker.inner.observers.as_ref();
             let parsed = parse(
                 &self.buf[self.pos..],
                 &self.client_ip,
                 self.worker.inner.proto,
+                sampler.and_then(|o| o.spans.as_ref()),
                 &mut self.up,
             );
             match parsed {
@@ -717,8 +719,15 @@ const fn target_chars() -> [bool; 256] {
 static TARGET_CHARS: [bool; 256] = target_chars();
 
 /// Parses a request head at the start of `buf` and, if the request is
-/// eligible, writes its upstream head into `up`.
-pub(crate) fn parse(buf: &[u8], client_ip: &[u8], proto: &str, up: &mut Vec<u8>) -> Parse {
+/// eligible, writes its upstream head into `up`. With span export on
+/// (`sampler`), a new trace it samples is sent upstream flagged sampled.
+pub(crate) fn parse(
+    buf: &[u8],
+    client_ip: &[u8],
+    proto: &str,
+    sampler: Option<&crate::otlp::SpanSink>,
+    up: &mut Vec<u8>,
+) -> Parse {
     if buf.is_empty() {
         return Parse::Partial;
     }
@@ -827,7 +836,10 @@ pub(crate) fn parse(buf: &[u8], client_ip: &[u8], proto: &str, up: &mut Vec<u8>)
     else {
         return Parse::Handover;
     };
-    let trace = TraceContext::for_request(traceparent.filter(|_| traceparents == 1));
+    let mut trace = TraceContext::for_request(traceparent.filter(|_| traceparents == 1));
+    if let Some(s) = sampler {
+        s.flag(&mut trace);
+    }
     up.extend_from_slice(b"traceparent: ");
     up.extend_from_slice(&trace.traceparent());
     up.extend_from_slice(b"\r\n");
@@ -1006,7 +1018,7 @@ mod tests {
 
     fn up_head(raw: &[u8]) -> (Parse, String) {
         let mut up = Vec::new();
-        let p = parse(raw, b"10.0.0.7", "http", &mut up);
+        let p = parse(raw, b"10.0.0.7", "http", None, &mut up);
         (p, String::from_utf8(up).unwrap())
     }
 

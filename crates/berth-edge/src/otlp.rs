@@ -7,7 +7,8 @@
 //! is parent-based: a continued trace is exported when its caller sampled
 //! it (flag `01`), a new one when its trace id falls in the `--trace-sample`
 //! ratio (the id's low 64 bits against the ratio, as OpenTelemetry's
-//! `TraceIdRatioBased` does). Spans are grouped by the deployment that
+//! `TraceIdRatioBased` does); a new trace it samples reaches the app
+//! flagged sampled (`-01`), so the app's spans join it. Spans are grouped by the deployment that
 //! answered: one resource each, `service.name` = `berth-edge`,
 //! `service.version` = that deployment's full commit SHA,
 //! `berth.deployment.id` its id.
@@ -138,6 +139,14 @@ impl SpanSink {
             return trace.flags & 1 == 1;
         }
         self.always || low64(&trace.trace_id) < self.threshold
+    }
+
+    /// A new trace this export samples is flagged sampled, so the app's
+    /// own (parent-based) sampler records its spans under the edge's.
+    pub(crate) fn flag(&self, trace: &mut TraceContext) {
+        if !trace.continued() && self.samples(trace) {
+            trace.flags |= 1;
+        }
     }
 
     pub(crate) fn send(&self, r: Box<Record>) {

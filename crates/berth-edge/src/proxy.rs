@@ -337,7 +337,12 @@ async fn handle_inner(
         let mut values = headers.get_all(&TRACEPARENT).iter();
         let first = values.next();
         let repeated = values.next().is_some();
-        TraceContext::for_request(first.filter(|_| !repeated).map(HeaderValue::as_bytes))
+        let mut trace =
+            TraceContext::for_request(first.filter(|_| !repeated).map(HeaderValue::as_bytes));
+        if let Some(s) = inner.observers.as_ref().and_then(|o| o.spans.as_ref()) {
+            s.flag(&mut trace);
+        }
+        trace
     };
     if let Ok(v) = HeaderValue::from_bytes(&trace.traceparent()) {
         headers.insert(&TRACEPARENT, v);

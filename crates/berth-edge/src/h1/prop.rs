@@ -404,7 +404,7 @@ fn check_input(input: &[u8], step: usize) -> Result<(), TestCaseError> {
     }
     // the client loop answers only what hyper hands on, unchanged
     let mut up = Vec::new();
-    match front::parse(&input, b"10.0.0.7", "http", &mut up) {
+    match front::parse(&input, b"10.0.0.7", "http", None, &mut up) {
         Parse::Request(r) => {
             let h = hyper.first().ok_or_else(|| {
                 TestCaseError::fail("front answered a request hyper refused".to_string())

@@ -231,6 +231,10 @@ async fn sampled_requests_are_exported_as_spans_with_the_sha_that_answered() {
             .find(|s| hex(&s.trace_id) == tp[3..35])
             .unwrap_or_else(|| panic!("no span for {tp}"));
         assert_eq!(hex(&s.span_id), tp[36..52]);
+        assert!(
+            tp.ends_with("-01"),
+            "an exported trace reaches the app sampled: {tp}"
+        );
         let version = text(&s.resource, "service.version").unwrap();
         let id = text(&s.resource, "berth.deployment.id").unwrap();
         assert_eq!(version, if id == "d1" { SHA1 } else { SHA2 });
@@ -279,8 +283,12 @@ async fn at_a_zero_rate_only_sampled_callers_are_exported() {
             vec![version("d1", SHA1, v1.addr, 1)],
         )])
         .unwrap();
-    for _ in 0..20 {
-        call(e.addr, false, None).await;
+    for post in [false, true] {
+        for _ in 0..10 {
+            let h = call(e.addr, post, None).await;
+            let tp = h["traceparent"].as_str().unwrap();
+            assert!(tp.ends_with("-00"), "not sampled, not flagged: {tp}");
+        }
     }
     let sampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     call(e.addr, false, Some(sampled)).await;

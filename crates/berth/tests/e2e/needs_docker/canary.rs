@@ -3,6 +3,8 @@
 
 use super::{deploy_wait, host, unique, Cleanup};
 use crate::harness::*;
+use std::io::{Read as _, Write as _};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const CANARY_TOML: &str = "[services.web.canary]
@@ -150,20 +152,102 @@ fn a_canary_without_traffic_is_not_promoted_silently() {
     assert_eq!(s.get_host(&h, "/").unwrap().1, "q3");
 }
 
+/// (service.version, berth.deployment.id) of every span received.
+type Spans = Arc<Mutex<Vec<(String, String)>>>;
+
+/// A small OTLP/HTTP receiver on 127.0.0.1: every POST body decoded with
+/// the `opentelemetry-proto` definitions; per span, its resource's
+/// `service.version` and `berth.deployment.id`.
+fn otlp_receiver() -> (u16, Spans) {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as V;
+    use prost::Message as _;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got: Spans = Arc::default();
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 65536];
+            let body = loop {
+                let n = match stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => break None,
+                    Ok(n) => n,
+                };
+                buf.extend_from_slice(&chunk[..n]);
+                let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    continue;
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    assert!(head.starts_with("post /v1/traces "), "{head}");
+                    break Some(buf[end + 4..end + 4 + len].to_vec());
+                }
+            };
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let Some(body) = body else { continue };
+            let export = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+            for rs in export.resource_spans {
+                let attrs = rs.resource.unwrap_or_default().attributes;
+                let text = |k: &str| {
+                    attrs
+                        .iter()
+                        .find(|a| a.key == k)
+                        .and_then(|a| a.value.as_ref()?.value.as_ref())
+                        .map(|v| match v {
+                            V::StringValue(s) => s.clone(),
+                            other => format!("{other:?}"),
+                        })
+                        .unwrap_or_default()
+                };
+                let (sha, id) = (text("service.version"), text("berth.deployment.id"));
+                for ss in rs.scope_spans {
+                    for _ in ss.spans {
+                        g.lock().unwrap().push((sha.clone(), id.clone()));
+                    }
+                }
+            }
+        }
+    });
+    (port, got)
+}
+
 /// Sticky visitors (issue 16): during a 25 % stage, 2000 fresh visitors
 /// see v2 25 % ± 3 points and each gets the cookie of the version it saw;
 /// one visitor that keeps its cookies sees one version for all 50 of its
 /// requests; the pin value from the API forces v2 (header or cookie); a
 /// bare deployment id does not; after the rollout the cookie is ignored.
+/// The server runs with `--access-log` and `--otlp-endpoint --trace-sample
+/// 1` (issue 17): during the canary both versions' SHAs appear in the
+/// exported spans and both deployment ids in the access log.
 #[test]
 fn canary_visitors_stay_on_the_version_they_first_got() {
     let project = unique("e2es");
     let _c = Cleanup(project.clone());
-    let s = Server::start();
+    let (otlp_port, spans) = otlp_receiver();
+    let logs_dir = tempfile::tempdir().unwrap();
+    let access_log = logs_dir.path().join("access.log");
+    let otlp = format!("http://127.0.0.1:{otlp_port}");
+    let s = Server::start_with(&[
+        "--access-log",
+        access_log.to_str().unwrap(),
+        "--otlp-endpoint",
+        &otlp,
+        "--trace-sample",
+        "1",
+    ]);
     let repo = AppRepo::new("s1");
     std::fs::write(
         repo.dir.path().join("berth.toml"),
-        "[services.web.canary]\nstages = [25, 100]\nobservation_window = \"40s\"\nmin_requests = 20\n",
+        "[services.web.canary]\nstages = [25, 100]\nobservation_window = \"60s\"\nmin_requests = 20\n",
     )
     .unwrap();
     repo.commit_app("s1", DOCKERFILE, "v1");
@@ -228,6 +312,55 @@ fn canary_visitors_stay_on_the_version_they_first_got() {
     assert!(
         (22.0..=28.0).contains(&share),
         "v2 saw {share:.1} % of new visitors"
+    );
+
+    // every one of them was exported as a span carrying the SHA and the
+    // deployment that answered it, and logged
+    let (sha1, sha2) = (
+        d1["commit"]["sha"].as_str().unwrap().to_string(),
+        d2["commit"]["sha"].as_str().unwrap_or_default().to_string(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (by_v1, by_v2) = loop {
+        let got = spans.lock().unwrap().clone();
+        let by = |id: &str| {
+            got.iter()
+                .filter(|(_, d)| d == id)
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let (a, b) = (by(d1["id"].as_str().unwrap()), by(&d2_id));
+        if a.len() + b.len() >= 2000 || std::time::Instant::now() > deadline {
+            break (a, b);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(by_v2.len() >= v2, "spans of v2: {} < {v2}", by_v2.len());
+    assert!(by_v1.len() >= 2000 - v2, "spans of v1: {}", by_v1.len());
+    assert!(
+        by_v1.iter().all(|(sha, _)| *sha == sha1),
+        "v1 spans carry v1's SHA"
+    );
+    let v2_shas: std::collections::BTreeSet<_> = by_v2.iter().map(|(s, _)| s.clone()).collect();
+    assert_eq!(v2_shas.len(), 1, "{v2_shas:?}");
+    assert_ne!(
+        v2_shas.iter().next().unwrap(),
+        &sha1,
+        "v2 spans carry v2's SHA"
+    );
+    if !sha2.is_empty() {
+        assert!(v2_shas.contains(&sha2), "{v2_shas:?} vs {sha2}");
+    }
+    let log = std::fs::read_to_string(&access_log).unwrap();
+    let ids: std::collections::BTreeSet<String> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["host"] == h.as_str() && v["path"] == "/")
+        .filter_map(|v| v["deploymentId"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        ids.contains(d1["id"].as_str().unwrap()) && ids.contains(&d2_id),
+        "access log ids {ids:?}"
     );
 
     // one visitor keeping its cookies: one version for 50 requests
