@@ -61,6 +61,23 @@ impl Isolating {
         })
     }
 
+    /// `ids` split into the VMs' and the containers'.
+    fn split(&self, ids: &[String]) -> (Vec<String>, Vec<String>) {
+        ids.iter().cloned().partition(|id| match &self.vms {
+            Ok(vms) => vms.knows(id),
+            Err(_) => false,
+        })
+    }
+
+    /// The VM backend (the containers' when there is none: then no id is
+    /// a VM's, see [`Isolating::split`]).
+    fn vms_or_containers(&self) -> &dyn Runtime {
+        match &self.vms {
+            Ok(vms) => vms,
+            Err(_) => self.containers.as_ref(),
+        }
+    }
+
     /// The backend holding instance `id`.
     fn holder(&self, id: &str) -> &dyn Runtime {
         match &self.vms {
@@ -78,6 +95,37 @@ impl Runtime for Isolating {
         } else {
             self.containers.start(spec).await
         }
+    }
+
+    async fn start_replicas(
+        &self,
+        spec: &InstanceSpec,
+        replicas: u32,
+    ) -> Result<Vec<Instance>, RuntimeError> {
+        if self.wants_vm(spec) {
+            self.vm_for(spec)?.start_replicas(spec, replicas).await
+        } else {
+            // The container backend's own way (Swarm: one service).
+            self.containers.start_replicas(spec, replicas).await
+        }
+    }
+
+    async fn stop_all(&self, ids: &[String], grace: Duration) -> Result<(), RuntimeError> {
+        let (vms, containers) = self.split(ids);
+        let (a, b) = futures::join!(
+            self.vms_or_containers().stop_all(&vms, grace),
+            self.containers.stop_all(&containers, grace)
+        );
+        a.and(b)
+    }
+
+    async fn remove_all(&self, ids: &[String]) -> Result<(), RuntimeError> {
+        let (vms, containers) = self.split(ids);
+        let (a, b) = futures::join!(
+            self.vms_or_containers().remove_all(&vms),
+            self.containers.remove_all(&containers)
+        );
+        a.and(b)
     }
 
     async fn inspect(&self, id: &str) -> Result<InstanceState, RuntimeError> {

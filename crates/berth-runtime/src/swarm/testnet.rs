@@ -243,6 +243,28 @@ impl TestSwarm {
     }
 }
 
+impl TestSwarm {
+    /// Stops the worker's `dockerd` (SIGTERM: it stops its containers and
+    /// leaves the swarm's view only when the manager misses its
+    /// heartbeats): a node that dies. Waits until the process is gone.
+    pub fn stop_worker(&self) -> Result<(), String> {
+        let pidfile = self.dir.join("node2/docker.pid");
+        let pid =
+            std::fs::read_to_string(&pidfile).map_err(|e| format!("{}: {e}", pidfile.display()))?;
+        let pid = pid.trim().to_owned();
+        let kill = |args: &[&str]| Command::new("kill").args(args).status();
+        kill(&[&pid]).map_err(|e| format!("kill {pid}: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while kill(&["-0", &pid]).is_ok_and(|s| s.success()) {
+            if Instant::now() > deadline {
+                return Err(format!("dockerd {pid} still runs 30 s after SIGTERM"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+}
+
 impl Drop for TestSwarm {
     fn drop(&mut self) {
         let out = Command::new("bash")
