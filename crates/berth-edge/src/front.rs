@@ -41,8 +41,12 @@
 //!   included), else the connection is closed without an answer, as hyper
 //!   does. One timer per connection, re-armed only when it fires.
 //! * Shutdown ([`Shared::shut_down`]): a connection waiting for a new request
-//!   closes at once, one in the middle of a request finishes it and answers
-//!   with `connection: close`; connections handed to hyper shut down
+//!   closes once it has been idle for [`STOP_LINGER`] (a request that comes
+//!   in meanwhile is answered, with `connection: close`: closing an idle
+//!   keep-alive connection at once races the client's next request, which
+//!   then fails although another process — see berth-server's `takeover` —
+//!   serves the same socket); one in the middle of a request finishes it and
+//!   answers with `connection: close`; connections handed to hyper shut down
 //!   gracefully.
 
 use std::future::{poll_fn, Future};
@@ -70,6 +74,10 @@ use crate::scan::ScanIo;
 use crate::target::{wait_stop, InflightGuard};
 use crate::trace::TraceContext;
 use crate::Worker;
+
+/// How long an idle keep-alive connection stays open after shutdown began,
+/// for a request the client may already have sent.
+pub(crate) const STOP_LINGER: Duration = Duration::from_millis(500);
 
 /// Read buffer of a connection, to start with.
 const BUF_SIZE: usize = 4096;
@@ -260,11 +268,18 @@ impl Conn {
                 Poll::Pending => {}
             }
             if idle && (stop.as_mut().poll(cx).is_ready() || front.is_stopping()) {
-                return Poll::Ready(Wait::Close);
+                // linger a moment for a request already on its way
+                let linger = tokio::time::Instant::now() + STOP_LINGER;
+                if head_deadline.is_none_or(|d| d > linger) {
+                    *head_deadline = Some(linger);
+                }
             }
             let deadline = *head_deadline
                 .get_or_insert_with(|| tokio::time::Instant::now() + front.header_read_timeout);
             let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if t.deadline() > deadline {
+                t.as_mut().reset(deadline); // moved earlier by a shutdown
+            }
             // armed for an earlier head: move it on instead of re-arming it
             // for every request
             while t.as_mut().poll(cx).is_ready() {

@@ -44,6 +44,8 @@
 //!   the fast path. `threads` worker threads, each with a single-threaded
 //!   runtime, its own `SO_REUSEPORT` listener and its own upstream pool;
 //!   [`ServeHandle::wait`] resolves when they have all stopped.
+//!   [`Edge::serve_listeners`]`(listeners, shutdown)` does the same on
+//!   sockets already listening (handed over by the previous berth process).
 //! * [`Edge::serve_tls`]`(listener, TlsCerts, shutdown)`: HTTPS (see
 //!   `tls.rs`): TLS 1.2/1.3, certificate by SNI, ALPN h2/http1.1, then the
 //!   same request path as [`Edge::serve`]; [`Edge::set_acme_challenge`]
@@ -167,6 +169,22 @@ pub use tls::{certified_key, Issuer, TlsCerts, TlsError, ACME_CHALLENGE_PREFIX};
 
 use table::RouteTable;
 use target::Registry;
+
+/// A worker's socket before its runtime runs: bound, or already listening.
+enum Unlistened {
+    Socket(tokio::net::TcpSocket),
+    Listener(std::net::TcpListener),
+}
+
+impl Unlistened {
+    /// The listener (on the calling thread's runtime).
+    fn listen(self) -> std::io::Result<tokio::net::TcpListener> {
+        match self {
+            Unlistened::Socket(s) => s.listen(1024),
+            Unlistened::Listener(l) => tokio::net::TcpListener::from_std(l),
+        }
+    }
+}
 
 /// The worker threads started by [`Edge::serve_threads`].
 #[derive(Debug)]
@@ -516,8 +534,47 @@ impl Edge {
             socket.set_reuseport(true)?;
             socket.bind(bind_to)?;
             bind_to = socket.local_addr()?;
-            sockets.push(socket);
+            sockets.push(Unlistened::Socket(socket));
         }
+        self.serve_on(sockets, bind_to, shutdown)
+    }
+
+    /// [`Edge::serve_threads`] on listening sockets opened elsewhere (handed
+    /// over by another process, see berth-server's `takeover`): one worker
+    /// thread per listener, each accepting only on its own. Every listener
+    /// must be accepted on: the kernel may queue a new connection on any
+    /// socket of a `SO_REUSEPORT` group. Dropping a listener here (at
+    /// shutdown) does not close the socket while a duplicate of its file
+    /// descriptor stays open in this or another process.
+    pub fn serve_listeners(
+        &self,
+        listeners: Vec<std::net::TcpListener>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<ServeHandle> {
+        let Some(first) = listeners.first() else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "no listener to serve on",
+            ));
+        };
+        let addr = first.local_addr()?;
+        let sockets = listeners
+            .into_iter()
+            .map(|l| {
+                l.set_nonblocking(true)?;
+                Ok(Unlistened::Listener(l))
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        self.serve_on(sockets, addr, shutdown)
+    }
+
+    fn serve_on(
+        &self,
+        sockets: Vec<Unlistened>,
+        bind_to: SocketAddr,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<ServeHandle> {
+        let threads = sockets.len();
         let stop = tokio_util::sync::CancellationToken::new();
         let mut shutdown: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> =
             Some(Box::pin(shutdown));
@@ -545,7 +602,7 @@ impl Edge {
                         }
                     };
                     rt.block_on(async move {
-                        let listener = match socket.listen(1024) {
+                        let listener = match socket.listen() {
                             Ok(l) => l,
                             Err(e) => {
                                 let _ = ready.send(Err(e));

@@ -80,6 +80,9 @@ pub struct ServerConfig {
     pub otlp_endpoint: Option<String>,
     /// Share of new traces whose edge span is exported (0 to 1).
     pub trace_sample: f64,
+    /// Take the listening sockets and the control plane over from the
+    /// server running on the same data dir (see `takeover`).
+    pub takeover: bool,
 }
 
 /// What runs app instances.
@@ -148,6 +151,7 @@ impl ServerConfig {
             microvm_kernel: None,
             microvm_init: None,
             microvm_accel: berth_runtime::microvm::Accel::Auto,
+            takeover: false,
         }
     }
 

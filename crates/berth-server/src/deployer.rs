@@ -69,6 +69,10 @@ pub struct Deployer {
     /// Whether this server leads (always, on a single server): only the
     /// leader runs pipelines; see `cluster`.
     pub leadership: crate::cluster::Leadership,
+    /// Set while the control plane is handed to another process (see
+    /// [`Deployer::quiesce`]): nothing new starts; queued deployments stay
+    /// queued in the store for the next process.
+    quiescing: std::sync::atomic::AtomicBool,
 }
 
 /// The side effects a deployer drives, one seam each.
@@ -140,7 +144,46 @@ impl Deployer {
             metrics: Default::default(),
             tasks: Default::default(),
             leadership,
+            quiescing: Default::default(),
         })
+    }
+
+    fn is_quiescing(&self) -> bool {
+        self.quiescing.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Stops starting deployments and waits up to `grace` for the running
+    /// pipelines to end; those still running then are stopped where they
+    /// stand (as a crash would: the next process's reconcile ends them),
+    /// and so are the log followers and health monitors. Returns the ids of
+    /// the deployments interrupted. Queued deployments stay queued in the
+    /// store. [`Deployer::resume`] undoes it.
+    pub async fn quiesce(&self, grace: std::time::Duration) -> Vec<String> {
+        self.quiescing
+            .store(true, std::sync::atomic::Ordering::Release);
+        let deadline = tokio::time::Instant::now() + grace;
+        let running = || {
+            self.cancels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        while !running().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let interrupted = running();
+        self.drop_leader_work();
+        interrupted
+    }
+
+    /// Starts deployments again after [`Deployer::quiesce`] (a hand-over
+    /// that failed); run [`Deployer::reconcile`] next to pick up what was
+    /// queued or interrupted meanwhile.
+    pub fn resume(&self) {
+        self.quiescing
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 
     /// The one way the server moves a deployment: the state machine's
@@ -262,7 +305,9 @@ impl Deployer {
     /// follower it stays queued in the store, where the leader picks it up
     /// (`pick_up_queued`).
     pub async fn enqueue(self: &Arc<Self>, d: Deployment) {
-        if !self.leadership.is_leader() {
+        if !self.leadership.is_leader() || self.is_quiescing() {
+            // the leader (or, after a hand-over, the next process) takes
+            // it from the store
             return;
         }
         let slot = Slot::of(&d);
@@ -354,6 +399,9 @@ impl Deployer {
             let mut next = Some(first);
             while let Some(id) = next {
                 this.run_one(&id).await;
+                if this.is_quiescing() {
+                    return; // the rest stays queued in the store
+                }
                 next = {
                     let mut slots = this.slots.lock().unwrap_or_else(|p| p.into_inner());
                     let q = slots.entry(slot.clone()).or_default();
@@ -678,6 +726,9 @@ impl Deployer {
         &self,
         ttl: std::time::Duration,
     ) -> anyhow::Result<Vec<String>> {
+        if self.is_quiescing() {
+            return Ok(Vec::new()); // handed over: the next process reaps
+        }
         let cutoff = now() - chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
         let mut reaped = Vec::new();
         for p in self.store.list_projects().await? {

@@ -5,7 +5,9 @@
 //!   deployment goes from queued to active;
 //! - the reconciler ([`reconcile`]), at start, so no deployment stays stuck
 //!   after a crash;
-//! - the HTTP API ([`api`]) under `/api/v1`.
+//! - the HTTP API ([`api`]) under `/api/v1`;
+//! - the hand-over of its listening sockets and control plane to a newer
+//!   process ([`takeover`], `berth server --takeover`).
 //!
 //! Invariants: the store is the source of truth; the edge only ever gets
 //! route tables computed from it (plus the persisted copy it serves during
@@ -27,6 +29,7 @@ pub mod nodes;
 pub mod pipeline;
 pub mod reconcile;
 pub mod saving;
+pub mod takeover;
 pub mod tls;
 mod unavailable;
 
@@ -37,6 +40,7 @@ use anyhow::Context;
 use berth_edge::{Edge, EdgeConfig};
 use berth_runtime::{DockerRuntime, Runtime};
 use berth_store::{Cipher, Store};
+use std::future::IntoFuture;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -206,6 +210,53 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     }
     let (token, token_file) = resolve_token(&cfg)?;
     let cipher = Cipher::load(&cfg.data_dir, cfg.master_key.as_deref())?;
+    let mut cfg = cfg;
+
+    // The listening sockets: fresh ones, or the running server's. A
+    // takeover returns once the old server's control plane is quiet, so
+    // the store (and its migrations) is opened after it.
+    let edge_threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let (listeners, received) = if cfg.takeover {
+        let wants = takeover::Addrs {
+            api: cfg.api_listen,
+            http: cfg.http_listen,
+            https: cfg.https_listen,
+        };
+        let dir = cfg.data_dir.clone();
+        tracing::info!("--takeover: asking the running server for its sockets");
+        let got = tokio::task::spawn_blocking(move || takeover::request(&dir, wants))
+            .await?
+            .context("--takeover")?;
+        tracing::info!(from_pid = got.from_pid, "took the listening sockets over");
+        let listeners = got.listeners.try_clone()?;
+        (listeners, Some(got))
+    } else {
+        (
+            takeover::Listeners::bind(
+                cfg.api_listen,
+                cfg.http_listen,
+                cfg.https_listen,
+                edge_threads,
+            )?,
+            None,
+        )
+    };
+    cfg.api_listen = listeners.api.local_addr()?;
+    if let Some(l) = listeners.http.first() {
+        cfg.http_listen = l.local_addr()?;
+    }
+    if let Some(l) = &listeners.https {
+        cfg.https_listen = Some(l.local_addr()?);
+    }
+    // Duplicates kept for a later hand-over; the originals are served.
+    let keep = listeners.try_clone()?;
+    let takeover::Listeners {
+        api: api_socket,
+        http: http_sockets,
+        https: https_socket,
+    } = listeners;
+    drop(api_socket); // the API serves a fresh duplicate of `keep.api`
+
     let store_url = cfg.store_url()?;
     let store: Arc<dyn Store> = store_url
         .open(cipher.clone())
@@ -238,32 +289,20 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         ..EdgeConfig::default()
     })
     .context("cannot start the edge proxy")?;
-    let api_listener = tokio::net::TcpListener::bind(cfg.api_listen)
-        .await
-        .with_context(|| format!("cannot listen on --api-listen {}", cfg.api_listen))?;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    // SO_REUSEPORT would let a second berth share the port silently: make
-    // sure nobody listens there first.
-    if cfg.http_listen.port() != 0 {
-        drop(
-            std::net::TcpListener::bind(cfg.http_listen)
-                .with_context(|| format!("cannot listen on --http-listen {}", cfg.http_listen))?,
-        );
-    }
-    // One single-threaded runtime per core, each with its own listener
-    // (SO_REUSEPORT) and upstream pool.
-    let edge_threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // One single-threaded runtime per socket (`SO_REUSEPORT`), each with
+    // its own upstream pool.
     let edge_handle = edge
-        .serve_threads(cfg.http_listen, edge_threads, async move {
+        .serve_listeners(http_sockets, async move {
             let _ = stop_rx.wait_for(|s| *s).await;
         })
         .with_context(|| format!("cannot listen on --http-listen {}", cfg.http_listen))?;
 
     // HTTPS: its own accept loop over the same routes (see `tls`).
-    let https = match cfg.https_listen {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
+    let https = match (cfg.https_listen, https_socket) {
+        (Some(addr), Some(socket)) => {
+            socket.set_nonblocking(true)?;
+            let listener = tokio::net::TcpListener::from_std(socket)
                 .with_context(|| format!("cannot listen on --https-listen {addr}"))?;
             let started = tls::start(&cfg, store.clone(), edge.clone(), &cipher, &leadership)?;
             let mut stop = stop_tx.subscribe();
@@ -278,8 +317,14 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             });
             Some((addr, started.local_ca, task))
         }
-        None => None,
+        _ => None,
     };
+    if let Some(got) = received {
+        // The edge serves: the old server may stop accepting now.
+        if let Err(e) = got.ready() {
+            tracing::warn!(error = %e, "could not tell the old server this one serves");
+        }
+    }
 
     // The concrete backends, wired here only: one engine serves as runtime,
     // image store and builder.
@@ -449,11 +494,13 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         ),
         None => println!("  API token        as given by --token / BERTH_TOKEN"),
     }
-    axum::serve(api_listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("API server failed")?;
-    if leadership.is_clustered() {
+    let mut requests = takeover::listen(&cfg.data_dir)?;
+    let handed_over = serve_api(app, &keep, &mut requests, &deployer).await?;
+    if handed_over {
+        // The new process has this server's identity (same data dir) and
+        // carries on as the cluster member.
+        tracing::info!("handed over: draining the edge, then exiting");
+    } else if leadership.is_clustered() {
         // Hand the lease over now rather than after it expires.
         deployer.drop_leader_work();
         let _ = deployer.store.release_lease(leadership.member()).await;
@@ -465,4 +512,85 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
     }
     Ok(())
+}
+
+/// How long in-flight API requests get to finish when the API stops (a
+/// follower of a log stream would hold it forever).
+const API_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves the API on a duplicate of `keep.api` until SIGTERM or Ctrl-C
+/// (returns false) or until a new server took everything over (true; see
+/// [`takeover`]). A takeover that fails leaves this server serving on.
+async fn serve_api(
+    app: axum::Router,
+    keep: &takeover::Listeners,
+    requests: &mut tokio::sync::mpsc::Receiver<takeover::Request>,
+    deployer: &Arc<deployer::Deployer>,
+) -> anyhow::Result<bool> {
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        let socket = keep.api.try_clone()?;
+        socket.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(socket)?;
+        let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut server = tokio::spawn(
+            axum::serve(listener, app.clone())
+                .with_graceful_shutdown(async move {
+                    let _ = api_stopped.await;
+                })
+                .into_future(),
+        );
+        let request = loop {
+            tokio::select! {
+                _ = &mut signal => break None,
+                Some(req) = requests.recv() => {
+                    if let Some(why) = req.refusal(keep) {
+                        tracing::warn!(pid = req.pid, reason = %why, "takeover refused");
+                        req.refuse(&why);
+                        continue;
+                    }
+                    break Some(req);
+                }
+                res = &mut server => {
+                    res?.context("API server failed")?;
+                    anyhow::bail!("the API server stopped");
+                }
+            }
+        };
+        let _ = stop_api.send(());
+        if tokio::time::timeout(API_GRACE, &mut server).await.is_err() {
+            server.abort();
+        }
+        let Some(req) = request else {
+            return Ok(false);
+        };
+        tracing::info!(
+            pid = req.pid,
+            version = %req.version,
+            "takeover: handing the control plane and the sockets over"
+        );
+        let interrupted = deployer.quiesce(takeover::PIPELINE_GRACE).await;
+        if !interrupted.is_empty() {
+            tracing::warn!(
+                deployments = ?interrupted,
+                "takeover: pipelines still running were interrupted; the new server ends them"
+            );
+        }
+        let sockets = keep.try_clone()?;
+        match tokio::task::spawn_blocking(move || req.hand_over(&sockets)).await {
+            Ok(Ok(())) => return Ok(true),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "takeover failed; this server carries on")
+            }
+            Err(e) => tracing::error!(error = %e, "takeover failed; this server carries on"),
+        }
+        deployer.resume();
+        let d = deployer.clone();
+        tokio::spawn(async move {
+            if let Err(e) = d.reconcile().await {
+                tracing::error!(error = %e, "reconcile after a failed takeover failed");
+            }
+        });
+    }
 }

@@ -39,8 +39,8 @@ fn cancel(map: &Mutex<HashMap<String, CancellationToken>>, id: &str) {
 }
 
 impl Monitors {
-    /// Stops every follower and monitor (a crash in tests, or this server
-    /// no longer leads).
+    /// Stops every follower and monitor (a crash in tests, this server no
+    /// longer leads, or a hand-over to another process: see `takeover`).
     pub(crate) fn stop_all(&self) {
         for map in [&self.logs, &self.health] {
             for (_, t) in map.lock().unwrap_or_else(|p| p.into_inner()).drain() {

@@ -411,7 +411,103 @@ async fn fast_path_requests_count_in_flight_and_drain() {
 }
 
 #[tokio::test]
-async fn shutdown_closes_idle_fast_path_connections_at_once() {
+async fn a_request_on_an_idle_connection_just_after_shutdown_is_answered_with_close() {
+    let a = upstream("app-a").await;
+    let mut e = edge().await;
+    e.edge
+        .apply(vec![upsert("a.localhost", vec![target("a", a.addr, 1)])])
+        .unwrap();
+    let mut c = RawClient::open(e.addr).await;
+    assert_eq!(c.get("a.localhost", "/p/1").await.status, 200);
+    let _ = e.stop.take().unwrap().send(());
+    // the client sent its next request as the shutdown began: it is served
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r = c.get("a.localhost", "/p/2").await;
+    assert_eq!((r.status, r.text()), (200, "app-a /p/2".to_string()));
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+    assert!(c.closes_within(Duration::from_secs(2)).await);
+    tokio::time::timeout(Duration::from_secs(5), e.served)
+        .await
+        .expect("serve returned")
+        .unwrap()
+        .unwrap();
+}
+
+/// Two edges (as two berth processes would) on one listening socket: the
+/// second takes a duplicate of it; the first stops; no connection is
+/// refused or lost meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_edge_serves_a_duplicated_listener_while_the_first_stops() {
+    let a = upstream("app-a").await;
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    let dup = socket.try_clone().unwrap();
+    let route = || vec![upsert("a.localhost", vec![target("a", a.addr, 1)])];
+    let first = berth_edge::Edge::new(EdgeConfig::default()).unwrap();
+    first.apply(route()).unwrap();
+    let (stop1, stopped1) = tokio::sync::oneshot::channel::<()>();
+    let h1 = first
+        .serve_listeners(vec![socket], async move {
+            let _ = stopped1.await;
+        })
+        .unwrap();
+    assert_eq!(h1.local_addr(), addr);
+    let second = berth_edge::Edge::new(EdgeConfig::default()).unwrap();
+    second.apply(route()).unwrap();
+
+    let stop_clients = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for w in 0..3 {
+        let stop = stop_clients.clone();
+        clients.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let mut c = RawClient::open(addr).await;
+            let mut i = 0;
+            while !stop.load(SeqCst) {
+                i += 1;
+                let r = c.get("a.localhost", &format!("/w{w}/{i}")).await;
+                if r.status == 200 {
+                    ok += 1;
+                } else {
+                    failed.push(r.status);
+                }
+                if r.header("connection").as_deref() == Some("close") {
+                    c = RawClient::open(addr).await;
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (stop2, stopped2) = tokio::sync::oneshot::channel::<()>();
+    let h2 = second
+        .serve_listeners(vec![dup], async move {
+            let _ = stopped2.await;
+        })
+        .unwrap();
+    let _ = stop1.send(());
+    tokio::time::timeout(Duration::from_secs(5), h1.wait())
+        .await
+        .expect("the first edge stopped");
+    let before = second.metrics_text();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop_clients.store(true, SeqCst);
+    let mut total = 0;
+    for c in clients {
+        let (ok, failed) = c.await.unwrap();
+        assert!(failed.is_empty(), "failed: {failed:?}");
+        total += ok;
+    }
+    assert!(total > 10, "only {total} requests");
+    assert_ne!(before, second.metrics_text(), "the second edge served");
+    let _ = stop2.send(());
+    tokio::time::timeout(Duration::from_secs(5), h2.wait())
+        .await
+        .expect("the second edge stopped");
+}
+
+#[tokio::test]
+async fn shutdown_closes_idle_fast_path_connections_after_a_short_linger() {
     let a = upstream("app-a").await;
     let mut e = edge().await;
     e.edge

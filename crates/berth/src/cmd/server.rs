@@ -111,6 +111,11 @@ pub struct ServerArgs {
     /// its caller sampled is always exported).
     #[arg(long, env = "BERTH_TRACE_SAMPLE", default_value_t = 0.01)]
     trace_sample: f64,
+    /// Take over from the berth server running on the same --data-dir (an
+    /// upgrade): receive its listening sockets, then it finishes its
+    /// in-flight requests and exits; no request is refused meanwhile.
+    #[arg(long)]
+    takeover: bool,
 }
 
 impl ServerArgs {
@@ -162,6 +167,7 @@ impl ServerArgs {
         cfg.access_log = self.access_log.filter(|s| !s.is_empty());
         cfg.otlp_endpoint = self.otlp_endpoint.filter(|s| !s.is_empty());
         cfg.trace_sample = self.trace_sample;
+        cfg.takeover = self.takeover;
         cfg
     }
 }

@@ -74,36 +74,53 @@ impl Server {
         assert!(self.try_spawn(), "server did not start:\n{}", self.log());
     }
 
-    /// Starts the server; `false` when it exited because a port was taken.
-    fn try_spawn(&mut self) -> bool {
+    /// Starts a second server with `--takeover` on the same data dir and
+    /// flags; it becomes this server's process. Returns the old one.
+    pub fn takeover(&mut self) -> Child {
+        let old = self.child.take().expect("a running server");
+        self.child = Some(self.command().arg("--takeover").spawn().unwrap());
+        old
+    }
+
+    /// The new process's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("a running server").id()
+    }
+
+    /// `berth server` with this server's flags, logging to server.log.
+    fn command(&self) -> Command {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("server.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args([
-                "server",
-                "--data-dir",
-                self.data_dir().to_str().unwrap(),
-                "--api-listen",
-                &format!("127.0.0.1:{}", self.api_port),
-                "--http-listen",
-                &format!("127.0.0.1:{}", self.http_port),
-                "--base-domain",
-                BASE,
-                "--token",
-                TOKEN,
-                "--drain-timeout",
-                "10s",
-            ])
-            .args(&self.extra)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn berth server");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        cmd.args([
+            "server",
+            "--data-dir",
+            self.data_dir().to_str().unwrap(),
+            "--api-listen",
+            &format!("127.0.0.1:{}", self.api_port),
+            "--http-listen",
+            &format!("127.0.0.1:{}", self.http_port),
+            "--base-domain",
+            BASE,
+            "--token",
+            TOKEN,
+            "--drain-timeout",
+            "10s",
+        ])
+        .args(&self.extra)
+        .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("RUST_LOG", "info")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+        cmd
+    }
+
+    /// Starts the server; `false` when it exited because a port was taken.
+    fn try_spawn(&mut self) -> bool {
+        let child = self.command().spawn().expect("spawn berth server");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {

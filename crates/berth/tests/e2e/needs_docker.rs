@@ -11,6 +11,7 @@ mod microvm;
 mod replicas;
 mod ssh;
 mod swarm;
+mod takeover;
 mod telemetry;
 mod tls;
 mod triggers;
