@@ -48,10 +48,10 @@ const MAX_FDS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TakeoverError {
-    #[error("no running berth server answers on {path}: {source}")]
+    #[error("no running berth server answers on {path}: {error}")]
     NotRunning {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("the running server refused the takeover: {0}")]
     Refused(String),
@@ -235,9 +235,9 @@ pub struct Received {
 /// the control plane over.
 pub fn request(data_dir: &Path, wants: Addrs) -> Result<Received> {
     let path = data_dir.join(SOCKET_FILE);
-    let conn = UnixStream::connect(&path).map_err(|source| TakeoverError::NotRunning {
+    let conn = UnixStream::connect(&path).map_err(|error| TakeoverError::NotRunning {
         path: path.clone(),
-        source,
+        error,
     })?;
     conn.set_read_timeout(Some(OFFER_TIMEOUT))?;
     let hello = Hello {

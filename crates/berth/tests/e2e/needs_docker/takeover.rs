@@ -133,6 +133,7 @@ fn takeover_under_load_drops_no_request_and_keeps_the_containers() {
 #[test]
 fn a_takeover_with_other_addresses_is_refused_and_the_server_carries_on() {
     let s = Server::start();
+    s.ok(&["projects", "list"]); // serving (the hand-over socket is open)
     let other = free_port();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
         .args([
@@ -168,4 +169,5 @@ fn a_takeover_with_other_addresses_is_refused_and_the_server_carries_on() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no running berth server answers on"), "{err}");
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
 }
