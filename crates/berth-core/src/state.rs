@@ -103,6 +103,9 @@ pub enum Event {
     Supersede,
     /// A rollback replaced this active deployment: active → rolled_back.
     RollBack,
+    /// It regressed in its bake window and berth rolled it back by itself:
+    /// succeeded, active → failed, rolled_back.
+    Regress,
     /// The service or environment was torn down: active → stopped.
     Stop,
 }
@@ -305,6 +308,7 @@ pub fn transition(state: State, event: Event) -> Result<State, TransitionError> 
         ) => to(St::Cancelled, stage, health),
         (St::Succeeded, S::Active, Event::Supersede) => to(St::Succeeded, S::Superseded, health),
         (St::Succeeded, S::Active, Event::RollBack) => to(St::Succeeded, S::RolledBack, health),
+        (St::Succeeded, S::Active, Event::Regress) => to(St::Failed, S::RolledBack, health),
         (St::Succeeded, S::Active, Event::Stop) => to(St::Succeeded, S::Stopped, health),
         _ => err,
     }
@@ -344,6 +348,7 @@ mod tests {
         running  canary             cancel    -> cancelled canary             =
         succeeded active            supersede -> succeeded superseded         =
         succeeded active            rollback  -> succeeded rolled_back        =
+        succeeded active            regress   -> failed    rolled_back        =
         succeeded active            stop      -> succeeded stopped            =
     ";
 
@@ -361,6 +366,7 @@ mod tests {
             ("cancel", Event::Cancel),
             ("supersede", Event::Supersede),
             ("rollback", Event::RollBack),
+            ("regress", Event::Regress),
             ("stop", Event::Stop),
         ];
         for h in ALL_HEALTHS {
@@ -430,7 +436,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(pairs, 5 * 12 * 3 * 16);
+        assert_eq!(pairs, 5 * 12 * 3 * 17);
         assert!(legal > 100, "only {legal} legal pairs");
     }
 

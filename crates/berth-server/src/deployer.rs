@@ -218,6 +218,13 @@ impl Deployer {
 
     /// Validate, record and queue a new deployment; returns it queued.
     pub async fn create(self: &Arc<Self>, req: NewDeployment) -> ApiResult<Deployment> {
+        let d = self.record_new(req).await?;
+        self.enqueue(d.clone()).await;
+        Ok(d)
+    }
+
+    /// Validate and record a new deployment, queued, without queueing it.
+    pub(crate) async fn record_new(&self, req: NewDeployment) -> ApiResult<Deployment> {
         let project = self.store.get_project(&req.project).await?;
         let env_name = req.environment.unwrap_or_else(|| PRODUCTION.to_string());
         berth_core::names::environment_name(&env_name)?;
@@ -297,7 +304,6 @@ impl Deployer {
                 d.reference
             ),
         );
-        self.enqueue(d.clone()).await;
         Ok(d)
     }
 
@@ -516,7 +522,7 @@ impl Deployer {
         }
     }
 
-    async fn cancel_queued(&self, id: &str, why: &str) {
+    pub(crate) async fn cancel_queued(&self, id: &str, why: &str) {
         let cancel = |d: &mut Deployment| match self.transition(d, Event::Cancel) {
             true => {
                 d.failure_message = Some(format!("cancelled: {why}"));

@@ -10,6 +10,11 @@
 //! - When the window ends (a timer per warm deployment), or when more than
 //!   `--max-warm` are warm (oldest first), the instance is stopped with the
 //!   service's `stop_timeout` and the record forgets it ([`Deployer::end_bake`]).
+//! - While the window is open the new deployment is watched
+//!   ([`Deployer::watch_bake`]): an unhealthy health verdict or an edge
+//!   error-rate / p95 regression against the previous deployment (the
+//!   canary's judge) flips back to the warm one by itself
+//!   ([`Deployer::auto_rollback`]) and fails the new one, saying why.
 //! - After a restart, a warm deployment whose instance still runs is
 //!   adopted with the rest of its window; one whose window passed is
 //!   stopped ([`Deployer::adopt_warm`]).
@@ -19,13 +24,18 @@
 
 use crate::deployer::Deployer;
 use crate::ids::now;
+use berth_core::canary::{self, Verdict};
+use berth_core::config::{Canary, CanaryConfig, ServiceConfig};
+use berth_core::model::Trigger;
 use berth_core::model::{Deployment, StepName, StepStatus};
 use berth_core::state::Event;
+use berth_core::state::Health;
 use berth_runtime::{Instance, DEPLOYMENT_LABEL};
-use berth_store::DeploymentQuery;
+use berth_store::{DeploymentQuery, Slot};
 use chrono::{DateTime, Utc};
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A replaced deployment still running in its bake window.
 pub(crate) fn is_warm(d: &Deployment) -> bool {
@@ -60,11 +70,24 @@ impl Deployer {
     /// instance over and goes live in one edge table swap and one store
     /// transaction. Returns false (nothing done) when the deployment `d`
     /// copies is not warm: the pipeline then runs as usual.
-    pub(crate) async fn flip_to_warm(self: &Arc<Self>, d: &mut Deployment) -> bool {
+    /// With `regressed` (the id of the active deployment and why), this is
+    /// berth's own rollback of that deployment: nothing is done unless it
+    /// is still the active one.
+    pub(crate) async fn flip_to_warm(
+        self: &Arc<Self>,
+        d: &mut Deployment,
+        regressed: Option<(&str, &str)>,
+    ) -> bool {
         if d.source_deployment_id.is_none() {
             return false;
         }
         let switch = self.switch_lock.lock().await;
+        if let Some((bad, _)) = regressed {
+            let active = self.store.active_deployment(&Slot::of(d)).await;
+            if !matches!(active, Ok(Some(a)) if a.id == bad) {
+                return false;
+            }
+        }
         let Some(mut warm) = self.warm_source(d).await else {
             return false;
         };
@@ -106,7 +129,9 @@ impl Deployer {
         d.instances = warm.instances.clone();
         d.replicas = warm.replicas;
         let ids = super::replicas::instance_ids(d);
-        let prev = self.switch_locked(d, &service, Some(&mut warm)).await;
+        let prev = self
+            .switch_locked(d, &service, Some(&mut warm), regressed.map(|(_, why)| why))
+            .await;
         drop(switch);
         self.logs.event(
             &warm.id,
@@ -269,4 +294,139 @@ impl Deployer {
         self.limit_warm().await;
         Ok(())
     }
+}
+
+/// How often a deployment in its bake window is judged.
+const BAKE_TICK: Duration = Duration::from_secs(1);
+
+impl Deployer {
+    /// Watch `d`, just cut over from the warm `prev`, for its bake window:
+    /// an unhealthy verdict of the steady health probe (000's rule:
+    /// `failure_threshold` consecutive failures), or an edge error-rate or
+    /// p95 regression against `prev`'s last window (the canary's judge,
+    /// `berth_core::canary::judge`, with the service's canary thresholds or
+    /// their defaults, on every `min_requests` requests) flips traffic back
+    /// to `prev`'s warm instances at once ([`Deployer::auto_rollback`]).
+    pub(crate) fn watch_bake(
+        self: &Arc<Self>,
+        d: &Deployment,
+        prev: &Deployment,
+        service: &ServiceConfig,
+    ) {
+        let cfg = match &service.canary {
+            Canary::Staged(c) => c.clone(),
+            _ => CanaryConfig::default(),
+        };
+        // The previous deployment's last window: what it served until the
+        // cutover.
+        let baseline = self.window_of(prev);
+        let mut start = self.window_of(d);
+        let (id, prev_id) = (d.id.clone(), prev.id.clone());
+        let cut_at = tokio::time::Instant::now();
+        let this = self.clone();
+        let watcher = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(BAKE_TICK).await;
+                let (Ok(cur), Ok(warm)) = (
+                    this.store.get_deployment(&id).await,
+                    this.store.get_deployment(&prev_id).await,
+                ) else {
+                    return;
+                };
+                if !cur.is_active || !is_warm(&warm) || warm.bake_until.is_none_or(|u| u <= now()) {
+                    return;
+                }
+                let secs = cut_at.elapsed().as_secs();
+                if cur.health == Health::Unhealthy {
+                    let why = format!(
+                        "rolled back automatically in its bake window: health check unhealthy ({} consecutive failures of GET {}) {secs}s after the cutover",
+                        service_threshold(&cur),
+                        super::service_from_record(&cur).readiness.path
+                    );
+                    this.auto_rollback(&cur, &warm, why).await;
+                    return;
+                }
+                let c = this.window_of(&cur).since(&start);
+                if c.requests < cfg.min_requests {
+                    continue;
+                }
+                let verdict = canary::judge(&baseline, &c, &cfg, 0);
+                this.logs.event(
+                    &id,
+                    &format!(
+                        "bake judge: {} requests, {} errors since the last window; verdict: {}",
+                        c.requests,
+                        c.errors,
+                        verdict.describe()
+                    ),
+                );
+                if let Verdict::Regressed(why) = verdict {
+                    let why = format!(
+                        "rolled back automatically in its bake window: {why}, over {} requests ({} errors) within {secs}s after the cutover",
+                        c.requests, c.errors
+                    );
+                    this.auto_rollback(&cur, &warm, why).await;
+                    return;
+                }
+                start = this.window_of(&cur);
+            }
+        });
+        self.track(watcher.abort_handle());
+    }
+
+    /// berth's own rollback of `bad` to the warm `warm`: a rollback
+    /// deployment that adopts `warm`'s instances (one edge table swap, one
+    /// store transaction), `bad` ending failed (rolled_back) with `why`.
+    /// It bypasses the slot's queue (the switch lock orders it against a
+    /// running pipeline), so a queued deploy of the slot still runs
+    /// afterwards; never two active (one active pointer per slot).
+    pub(crate) async fn auto_rollback(
+        self: &Arc<Self>,
+        bad: &Deployment,
+        warm: &Deployment,
+        why: String,
+    ) -> bool {
+        let req = crate::deployer::NewDeployment {
+            project: bad.project_name.clone(),
+            service: Some(bad.service_name.clone()),
+            environment: Some(bad.environment_name.clone()),
+            reference: None,
+            trigger: Trigger::Rollback,
+            source: Some(warm.clone()),
+            source_repo: None,
+        };
+        let mut r = match self.record_new(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(deployment = bad.id, error = %e.message, "cannot record an automatic rollback");
+                return false;
+            }
+        };
+        self.logs.event(&bad.id, &why);
+        self.logs.event(
+            &r.id,
+            &format!("automatic rollback of deployment {}: {why}", bad.id),
+        );
+        if self.flip_to_warm(&mut r, Some((&bad.id, &why))).await {
+            tracing::warn!(
+                deployment = bad.id,
+                rollback = r.id,
+                reason = why,
+                "automatic rollback"
+            );
+            self.metrics.record_pipeline(&r);
+            true
+        } else {
+            self.cancel_queued(
+                &r.id,
+                "automatic rollback not needed: the deployment is no longer active or the previous one no longer warm",
+            )
+            .await;
+            false
+        }
+    }
+}
+
+fn service_threshold(d: &Deployment) -> u32 {
+    super::service_from_record(d).readiness.failure_threshold
 }

@@ -198,7 +198,7 @@ impl Deployer {
 
     /// The edge's counters of a deployment: every instance's target summed
     /// (the latency buckets share their bounds).
-    fn window_of(&self, d: &Deployment) -> canary::Window {
+    pub(super) fn window_of(&self, d: &Deployment) -> canary::Window {
         let mut w = canary::Window {
             requests: 0,
             errors: 0,

@@ -139,7 +139,7 @@ impl Deployer {
         );
         // A rollback or promote of a deployment still warm in its bake
         // window: a route flip, no pipeline.
-        if self.flip_to_warm(&mut d).await {
+        if self.flip_to_warm(&mut d, None).await {
             self.metrics.record_pipeline(&d);
             return;
         }

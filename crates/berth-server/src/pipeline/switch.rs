@@ -22,14 +22,20 @@ impl Deployer {
     ) {
         let slot = Slot::of(d);
         let switch = self.switch_lock.lock().await;
-        let prev = self.switch_locked(d, service, None).await;
+        let prev = self.switch_locked(d, service, None, None).await;
         drop(switch);
         self.monitors.watch(self, d, service);
 
-        // The previous deployment: warm for the bake window, or drained
-        // and stopped.
+        // The previous deployment: warm for the bake window (while this one
+        // is watched, and rolled back by itself when it regresses), or
+        // drained and stopped.
         if let Some(mut p) = prev {
             self.after_cutover(&mut p).await;
+            // (`p` as read before the switch still says active.)
+            let warm = p.bake_until.is_some() && super::bake::has_instances(&p);
+            if warm && !matches!(d.trigger, Trigger::Rollback | Trigger::Promote) {
+                self.watch_bake(d, &p, service);
+            }
         }
 
         // Finalize.
@@ -66,12 +72,15 @@ impl Deployer {
     /// when `adopted` is the warm deployment whose instance `d` took over,
     /// clears that one's instance. With `adopted`, `d` ends active in the
     /// same transaction (no drain: the previous deployment stays warm).
-    /// Returns the previous deployment as recorded.
+    /// With `regressed`, the previous deployment is the one that regressed
+    /// in its bake window: it ends failed (rolled_back) with that message
+    /// and is not kept warm. Returns the previous deployment as recorded.
     pub(crate) async fn switch_locked(
         &self,
         d: &mut Deployment,
         service: &ServiceConfig,
         mut adopted: Option<&mut Deployment>,
+        regressed: Option<&str>,
     ) -> Option<Deployment> {
         let slot = Slot::of(d);
         let previous = self.store.active_deployment(&slot).await.ok().flatten();
@@ -132,6 +141,12 @@ impl Deployer {
                 .then(|| chrono::Duration::from_std(service.bake).ok())
                 .flatten();
         let replace = |p: &mut Deployment| {
+            if let Some(why) = regressed {
+                self.transition(p, Event::Regress);
+                p.failure_message = Some(why.to_string());
+                p.bake_until = None;
+                return;
+            }
             self.transition(p, ev);
             p.bake_until = match bake {
                 Some(b) if super::bake::has_instances(p) => Some(now() + b),

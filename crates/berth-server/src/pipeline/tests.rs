@@ -1195,3 +1195,96 @@ async fn a_restart_during_the_bake_adopts_the_warm_instance_or_stops_it_when_pas
     );
     h.check_invariants().await;
 }
+
+#[tokio::test]
+async fn a_deployment_that_regresses_in_its_bake_window_is_rolled_back_by_itself() {
+    let h = harness().await;
+    let first = h.deploy().await;
+    let second = h.deploy().await;
+    assert_eq!(second.status, Status::Succeeded);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let edge_addr = listener.local_addr().unwrap();
+    let serving = h.edge.clone();
+    tokio::spawn(async move {
+        let _ = serving.serve(listener, std::future::pending()).await;
+    });
+    // After its readiness passed, the second version answers 500.
+    let second_rt = second.runtime.clone().unwrap();
+    h.rt.set_http_status(&second_rt.instance_id, 500);
+    let host = h.deployer.route_host(&second);
+    let client = reqwest::Client::new();
+    let mut saw_500 = 0;
+    for _ in 0..150 {
+        let st = client
+            .get(format!("http://{edge_addr}/"))
+            .header("host", &host)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if st == 500 {
+            saw_500 += 1;
+        }
+    }
+    assert!(
+        saw_500 >= 100,
+        "the edge served the broken version: {saw_500}"
+    );
+    let mut rolled = None;
+    for _ in 0..100 {
+        let d = h.store.get_deployment(&second.id).await.unwrap();
+        if d.status == Status::Failed {
+            rolled = Some(d);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let bad = rolled.expect("the regressed deployment was rolled back by itself");
+    assert_eq!(bad.promotion_stage, Stage::RolledBack);
+    assert!(!bad.is_active);
+    let msg = bad.failure_message.clone().unwrap_or_default();
+    assert!(
+        msg.contains("error rate 100.0%")
+            && msg.contains("bake window")
+            && msg.contains("requests"),
+        "{msg}"
+    );
+    assert!(
+        bad.bake_until.is_none(),
+        "a regressed deployment is not kept warm"
+    );
+    // The first version's warm instance serves again, under a rollback.
+    let active = h
+        .store
+        .active_deployment(&berth_store::Slot::of(&second))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(active.trigger, Trigger::Rollback);
+    assert_eq!(
+        active.source_deployment_id.as_deref(),
+        Some(first.id.as_str())
+    );
+    assert_eq!(
+        active.runtime.unwrap().instance_id,
+        first.runtime.unwrap().instance_id
+    );
+    let st = client
+        .get(format!("http://{edge_addr}/"))
+        .header("host", &host)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(st, 200);
+    // A deploy afterwards still runs and goes live; one active.
+    let third = h.deploy().await;
+    assert_eq!(
+        third.status,
+        Status::Succeeded,
+        "{:?}",
+        third.failure_message
+    );
+    h.check_invariants().await;
+}
