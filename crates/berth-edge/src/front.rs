@@ -337,6 +337,23 @@ impl Conn {
             Ok(r) => (r.target, r.set_cookie),
             Err(page) => {
                 drop(table);
+                if let Some(observers) = &inner.observers {
+                    let len = page.render(req.json).1.len();
+                    crate::observe::Record::unrouted(
+                        observers,
+                        crate::observe::Start {
+                            started: Instant::now(),
+                            host: &head[req.host.0..req.host.1],
+                            method: req.method.as_str(),
+                            path: &head[req.target.0..req.target.1],
+                            client: self.remote.ip(),
+                            target: None,
+                            trace: req.trace,
+                        },
+                        page.status.as_u16(),
+                        len,
+                    );
+                }
                 return self.page(page, req).await;
             }
         };
@@ -354,7 +371,7 @@ impl Conn {
                     method: req.method.as_str(),
                     path: &head[req.target.0..req.target.1],
                     client: self.remote.ip(),
-                    target: &guard.target,
+                    target: Some(&guard.target),
                     trace: req.trace,
                 },
             );

@@ -72,8 +72,9 @@ pub(crate) struct Record {
     pub(crate) method: String,
     pub(crate) path: String,
     pub(crate) client: IpAddr,
-    /// The route's target id.
-    pub(crate) target: Box<str>,
+    /// The route's target id (`None`: the edge answered before routing,
+    /// e.g. 404 for an unknown host).
+    pub(crate) target: Option<Box<str>>,
     pub(crate) who: Option<Arc<TargetInfo>>,
     pub(crate) trace: TraceContext,
     /// 0 until the status is known.
@@ -98,7 +99,7 @@ pub(crate) struct Start<'a> {
     pub(crate) method: &'a str,
     pub(crate) path: &'a [u8],
     pub(crate) client: IpAddr,
-    pub(crate) target: &'a crate::target::TargetState,
+    pub(crate) target: Option<&'a crate::target::TargetState>,
     pub(crate) trace: TraceContext,
 }
 
@@ -119,8 +120,8 @@ impl Record {
             path: String::from_utf8_lossy(s.path.split(|b| *b == b'?').next().unwrap_or_default())
                 .into_owned(),
             client: s.client,
-            target: s.target.id.clone(),
-            who: s.target.info(),
+            target: s.target.map(|t| t.id.clone()),
+            who: s.target.and_then(|t| t.info()),
             trace: s.trace,
             status: 0,
             upstream: None,
@@ -130,6 +131,16 @@ impl Record {
             span,
             to: Some(observers.clone()),
         }))
+    }
+
+    /// Logs (or exports) a request the edge answered itself before
+    /// routing it (`status`, a body of `bytes`).
+    pub(crate) fn unrouted(observers: &Arc<Observers>, s: Start<'_>, status: u16, bytes: usize) {
+        if let Some(mut r) = Record::start(observers, s) {
+            r.status = status;
+            r.bytes = bytes as u64;
+            r.finish();
+        }
     }
 
     /// The status and the upstream time, when the response head is known.

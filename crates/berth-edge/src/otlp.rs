@@ -258,7 +258,6 @@ pub(crate) fn encode(batch: &[Box<Record>]) -> ExportTraceServiceRequest {
             text("url.path", &r.path),
             text("server.address", &r.host),
             text("client.address", &r.client.to_string()),
-            text("berth.target", &r.target),
             kv(
                 "http.response.status_code",
                 any_value::Value::IntValue(i64::from(r.status)),
@@ -268,6 +267,9 @@ pub(crate) fn encode(batch: &[Box<Record>]) -> ExportTraceServiceRequest {
                 any_value::Value::IntValue(r.bytes as i64),
             ),
         ];
+        if let Some(t) = &r.target {
+            attributes.push(text("berth.target", t));
+        }
         if let Some(u) = r.upstream {
             attributes.push(kv(
                 "berth.upstream_time_ms",

@@ -301,7 +301,28 @@ async fn handle_inner(
     };
     let (target, set_cookie) = match route(inner, &table, request_host(&req), hints) {
         Ok(r) => (r.target, r.set_cookie),
-        Err(page) => return page_response(page, json),
+        Err(page) => {
+            if let Some(observers) = &inner.observers {
+                let trace = TraceContext::for_request(
+                    req.headers().get(&TRACEPARENT).map(HeaderValue::as_bytes),
+                );
+                crate::observe::Record::unrouted(
+                    observers,
+                    crate::observe::Start {
+                        started: Instant::now(),
+                        host: request_host(&req).unwrap_or_default().as_bytes(),
+                        method: req.method().as_str(),
+                        path: req.uri().path().as_bytes(),
+                        client: conn.remote,
+                        target: None,
+                        trace,
+                    },
+                    page.status.as_u16(),
+                    page.render(json).1.len(),
+                );
+            }
+            return page_response(page, json);
+        }
     };
     let started = Instant::now();
     let mut guard = InflightGuard::new(target.state.clone());
@@ -368,7 +389,7 @@ async fn handle_inner(
                 method: req.method().as_str(),
                 path: req.uri().path().as_bytes(),
                 client: conn.remote,
-                target: &guard.target,
+                target: Some(&guard.target),
                 trace,
             },
         );

@@ -182,6 +182,37 @@ async fn every_request_is_logged_as_one_json_line() {
         assert_eq!(v["traceId"], sent[i], "the trace the app got: {v}");
     }
     assert_eq!(ids.len(), 2, "both versions logged");
+
+    // the edge's own answers before routing are logged too
+    let mut c = Conn::open(e.addr).await;
+    assert_eq!(
+        c.get("nobody.localhost", "/x?q=1").await.0,
+        StatusCode::NOT_FOUND
+    );
+    let req = Request::post("/y")
+        .header("host", "nobody.localhost")
+        .body(body("x"))
+        .unwrap();
+    assert_eq!(c.send(req).await.unwrap().status(), StatusCode::NOT_FOUND);
+    let lines = wait_for("22 access log lines", || {
+        let text = std::fs::read_to_string(&path).ok()?;
+        (text.lines().count() >= 22).then_some(text)
+    })
+    .await;
+    for (line, (method, path)) in lines.lines().skip(20).zip([("GET", "/x"), ("POST", "/y")]) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["status"], 404, "{v}");
+        assert_eq!(v["host"], "nobody.localhost", "{v}");
+        assert_eq!(
+            (v["method"].as_str(), v["path"].as_str()),
+            (Some(method), Some(path))
+        );
+        assert!(
+            v["deploymentId"].is_null() && v["upstreamMs"].is_null(),
+            "{v}"
+        );
+        assert!(v["bytes"].as_u64().unwrap() > 10, "{v}");
+    }
     assert!(e
         .edge
         .metrics_text()
