@@ -79,6 +79,7 @@
 //!   `X-Forwarded-Host` are always set by the proxy, replacing client values.
 //!   Hop-by-hop headers and headers named in `Connection` are removed in
 //!   both directions (`Upgrade` is kept for a WebSocket handshake).
+//!   `x-berth-deployment` (a pin value, see `sticky.rs`) is never forwarded.
 //! * **Trace context** (`trace.rs`). Every forwarded request carries one
 //!   valid W3C `traceparent` whose parent is the edge's span: a valid
 //!   incoming one keeps its trace id and flags (and its `tracestate`); an
