@@ -586,6 +586,19 @@ impl Deployer {
                 .cloned();
             match token {
                 Some(t) => t.cancel(),
+                None if !self.leadership.is_leader() => {
+                    let leader = self
+                        .store
+                        .cluster_members()
+                        .await
+                        .ok()
+                        .and_then(|ms| ms.into_iter().find(|m| m.is_leader))
+                        .map(|m| m.api_url)
+                        .unwrap_or_else(|| "no leader right now".into());
+                    return Err(ApiError::conflict(format!(
+                        "deployment {id} runs on the leader ({leader}); send the cancel there"
+                    )));
+                }
                 None => {
                     return Err(ApiError::conflict(format!(
                         "deployment {id} is not running"

@@ -254,6 +254,36 @@ impl Deployer {
             }
             out.insert(self.preview_host(d), RouteSpec { targets });
         }
+        // A canary in progress splits its slot's hosts the way the
+        // pipeline's edge does (so every server's edge serves the split).
+        for c in &all {
+            let (Stage::Canary, Some(w @ 0..=99)) = (c.promotion_stage, c.canary_weight) else {
+                continue;
+            };
+            let Some(prev) = all
+                .iter()
+                .find(|p| p.is_active && Slot::of(p) == Slot::of(c))
+            else {
+                continue;
+            };
+            let (n_c, n_p) = (
+                crate::pipeline::replicas::target_count(c),
+                crate::pipeline::replicas::target_count(prev),
+            );
+            let mut targets = crate::pipeline::replicas::targets(c, w * n_p);
+            targets.extend(crate::pipeline::replicas::targets(prev, (100 - w) * n_c));
+            if targets.is_empty() {
+                continue;
+            }
+            for host in self.slot_hosts_in(c, &domains) {
+                out.insert(
+                    host,
+                    RouteSpec {
+                        targets: targets.clone(),
+                    },
+                );
+            }
+        }
         for r in self.store.list_external_routes().await? {
             out.insert(
                 r.hostname.clone(),

@@ -1288,3 +1288,54 @@ async fn a_deployment_that_regresses_in_its_bake_window_is_rolled_back_by_itself
     );
     h.check_invariants().await;
 }
+
+/// A follower's edge builds its table from the store: a canary in
+/// progress (stage canary, `canary_weight` saved) splits the slot's hosts
+/// between the candidate and the active deployment.
+#[tokio::test]
+async fn the_route_table_from_the_store_carries_a_canary_split() {
+    let h = harness().await;
+    let v1 = h.deploy().await;
+    assert!(v1.is_active, "{:?}", v1.failure_message);
+    // A candidate as the canary step leaves it: running, routed at 25 %.
+    let mut cand = v1.clone();
+    cand.id = "canary000000c1".into();
+    cand.is_active = false;
+    cand.status = Status::Running;
+    cand.promotion_stage = Stage::Canary;
+    cand.canary_weight = Some(25);
+    if let Some(rt) = cand.runtime.as_mut() {
+        rt.address = Some("127.0.0.1:1".into());
+    }
+    cand.instances.clear();
+    cand.version = 0;
+    h.store.insert_deployment(&cand).await.unwrap();
+    let routes = h.deployer.desired_routes().await.unwrap();
+    let host = h.deployer.route_host(&v1);
+    let weights: Vec<(String, u32)> = routes[&host]
+        .targets
+        .iter()
+        .map(|t| (t.deployment_id.clone().unwrap_or_default(), t.weight))
+        .collect();
+    let of = |id: &str| -> u32 {
+        weights
+            .iter()
+            .filter(|(d, _)| d == id)
+            .map(|(_, w)| *w)
+            .sum()
+    };
+    assert!(of(&cand.id) > 0 && of(&v1.id) > 0, "{weights:?}");
+    assert_eq!(of(&cand.id) * 3, of(&v1.id), "25 % / 75 %: {weights:?}");
+    // Once it is no longer a canary, the active deployment has it all.
+    let mut done = h.store.get_deployment(&cand.id).await.unwrap();
+    done.canary_weight = None;
+    h.store
+        .save_deployments(&mut [&mut done], None)
+        .await
+        .unwrap();
+    let routes = h.deployer.desired_routes().await.unwrap();
+    assert!(routes[&host]
+        .targets
+        .iter()
+        .all(|t| t.deployment_id.as_deref() == Some(v1.id.as_str())));
+}
