@@ -1,6 +1,7 @@
 //! End-to-end tests on a real Docker Engine: build, run, route, cut over
 //! under load, fail safely, roll back, survive kill -9.
 
+mod bake;
 mod build_secrets;
 mod canary;
 mod cluster;
