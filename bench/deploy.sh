@@ -103,6 +103,8 @@ timed() {
     echo "$edge $cli $(($(iso_ms "$completed") - $(iso_ms "$created")))"
 }
 
+# The drain case below runs with a 2 s drain timeout.
+export BERTH_DRAIN_TIMEOUT="${BERTH_DRAIN_TIMEOUT:-2s}"
 echo "berth deploy bench: RUNS=$RUNS POLL_MS=$POLL_MS, $(nproc) cores, load:$(uptime | sed 's/.*load average://')" >&2
 start_server
 "$BERTH" projects create "$PROJECT" --repo "$APP" >/dev/null
@@ -128,7 +130,8 @@ for r in $(seq 1 "$RUNS"); do
     dep_edge+=("$e") dep_cli+=("$c") dep_json+=("$j")
     echo "  deploy:   edge serves v1 after $e ms, CLI returned after $c ms, createdAt->completedAt $j ms ($(step_times))" >&2
 
-    # (b) rollback: v2 again.
+    # (b) rollback: v2 again, inside its bake window (v2 stayed warm after
+    # the deploy of v1): a route flip to v2's running container.
     out=$(timed "$V2" rollback --project "$PROJECT" --service web)
     read -r e c j <<<"$out"
     rb_edge+=("$e") rb_cli+=("$c") rb_json+=("$j")
@@ -142,6 +145,33 @@ for r in $(seq 1 "$RUNS"); do
     docker rm -f "$cid" >/dev/null
     ref+=("$d")
     echo "  docker run -> first 200 after $d ms" >&2
+done
+
+# (d) A deploy over an app that ignores SIGTERM (busybox httpd is PID 1
+# without a handler) with bake = "0" and the server's --drain-timeout 2s:
+# time from the edge serving the new version to the CLI's return (the old
+# container's 10 s stop grace no longer holds it).
+DRAIN_PROJECT="${PROJECT}d"
+printf '[services.web]\nbake = "0"\n' >"$APP/berth.toml"
+git_c add -A
+git_c commit -q -m "no bake"
+SHA3=$(git_c rev-parse HEAD)
+echo "$V1" >"$APP/www/index.html"
+git_c commit -q -am "v1, no bake"
+SHA4=$(git_c rev-parse HEAD)
+"$BERTH" projects create "$DRAIN_PROJECT" --repo "$APP" >/dev/null
+for sha in "$SHA3" "$SHA4"; do
+    "$BERTH" deploy --project "$DRAIN_PROJECT" --ref "$sha" --wait --json >/dev/null 2>"$TMP/warm.err" ||
+        { cat "$TMP/warm.err" >&2; exit 1; }
+done
+drain_after=()
+for r in $(seq 1 "$RUNS"); do
+    if ((r % 2)); then sha=$SHA3 want=$V2; else sha=$SHA4 want=$V1; fi
+    PROJECT="$DRAIN_PROJECT" timed "$want" deploy --project "$DRAIN_PROJECT" --ref "$sha" >"$TMP/drain.out" ||
+        { echo "the drain-case deploy failed" >&2; exit 1; }
+    read -r e c j <"$TMP/drain.out"
+    drain_after+=("$((c - e))")
+    echo "  SIGTERM-ignoring app, bake 0: edge serves after $e ms, CLI returned $((c - e)) ms after that" >&2
 done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", (b>0)?a/b:0}'; }
@@ -158,7 +188,8 @@ printf '%-42s %-20s %-20s %s\n' "measurement" "berth" "docker run" "berth/docker
 printf '%-42s %-20s %-20s %s\n' "deploy (built image) -> edge serves it" "$(cell "$(stats "${dep_edge[@]}")")" "$REF_CELL" "$(ratio "$de_med" "$ref_med")"
 printf '%-42s %-20s %-20s %s\n' "deploy (built image) -> CLI says active" "$(cell "$(stats "${dep_cli[@]}")")" "$REF_CELL" "$(ratio "$dc_med" "$ref_med")"
 printf '%-42s %-20s %-20s %s\n' "deploy createdAt -> completedAt" "$(cell "$(stats "${dep_json[@]}")")" "-" "-"
-printf '%-42s %-20s %-20s %s\n' "rollback -> edge serves it" "$(cell "$(stats "${rb_edge[@]}")")" "$REF_CELL" "$(ratio "$re_med" "$ref_med")"
-printf '%-42s %-20s %-20s %s\n' "rollback -> CLI says active" "$(cell "$(stats "${rb_cli[@]}")")" "$REF_CELL" "$(ratio "$rc_med" "$ref_med")"
+printf '%-42s %-20s %-20s %s\n' "rollback (bake window) -> edge serves it" "$(cell "$(stats "${rb_edge[@]}")")" "$REF_CELL" "$(ratio "$re_med" "$ref_med")"
+printf '%-42s %-20s %-20s %s\n' "rollback (bake window) -> CLI says active" "$(cell "$(stats "${rb_cli[@]}")")" "$REF_CELL" "$(ratio "$rc_med" "$ref_med")"
 printf '%-42s %-20s %-20s %s\n' "rollback createdAt -> completedAt" "$(cell "$(stats "${rb_json[@]}")")" "-" "-"
+printf '%-42s %-20s %-20s %s\n' "SIGTERM-ignoring app: served -> CLI returns" "$(cell "$(stats "${drain_after[@]}")")" "-" "-"
 echo "verdict: printed beside docker run as the issue asks - a deploy of a built image is served after ${de_med} ms ($(ratio "$de_med" "$ref_med")x docker run + first 200, ${ref_med} ms), a rollback after ${re_med} ms ($(ratio "$re_med" "$ref_med")x); the CLI reports active after ${dc_med} / ${rc_med} ms"
