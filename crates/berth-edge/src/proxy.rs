@@ -576,6 +576,30 @@ pub(crate) fn stopped(
     .by(guard.target.info())
 }
 
+/// One warning per second at most for upstream failures (an app that is
+/// down fails every request); the next line counts those left out.
+fn log_upstream_failure(guard: &InflightGuard, e: &SendError) {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    static LEFT_OUT: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST.load(Relaxed);
+    if now > last && LAST.compare_exchange(last, now, Relaxed, Relaxed).is_ok() {
+        let host = guard.record.as_ref().map_or("-", |r| r.host.as_str());
+        tracing::warn!(
+            host,
+            target_id = %guard.target.id,
+            error = %e,
+            left_out = LEFT_OUT.swap(0, Relaxed),
+            "upstream request failed"
+        );
+    } else {
+        LEFT_OUT.fetch_add(1, Relaxed);
+    }
+}
+
 /// The page for a request the upstream could not answer (502); records it.
 pub(crate) fn send_failed(
     guard: &mut InflightGuard,
@@ -583,7 +607,7 @@ pub(crate) fn send_failed(
     started: Instant,
     series: &crate::metrics::Series,
 ) -> Page {
-    tracing::debug!(target_id = %guard.target.id, error = %e, "upstream request failed");
+    log_upstream_failure(guard, e);
     guard.answered(series, 502, started.elapsed());
     if matches!(e, SendError::UnexpectedSwitch) {
         UNEXPECTED_SWITCH

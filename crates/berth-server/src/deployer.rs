@@ -75,6 +75,33 @@ pub struct Deployer {
     quiescing: std::sync::atomic::AtomicBool,
 }
 
+/// The server log's line for a deployment that just ended (one per
+/// outcome): id, slot, trigger, result and, when it did not succeed, why.
+fn log_outcome(d: &Deployment) {
+    let slot = format!(
+        "{}/{}/{}",
+        d.project_name, d.environment_name, d.service_name
+    );
+    let result = d.status.as_str();
+    match (d.status, d.failure_message.as_deref()) {
+        (Status::Succeeded, _) => tracing::info!(
+            deployment = %d.id,
+            %slot,
+            trigger = d.trigger.as_str(),
+            result,
+            "deployment succeeded"
+        ),
+        (_, reason) => tracing::warn!(
+            deployment = %d.id,
+            %slot,
+            trigger = d.trigger.as_str(),
+            result,
+            reason = reason.unwrap_or("none given"),
+            "deployment {result}"
+        ),
+    }
+}
+
 /// The side effects a deployer drives, one seam each.
 pub struct Backends {
     pub store: Arc<dyn Store>,
@@ -191,8 +218,14 @@ impl Deployer {
     /// logged with the deployment id and the event, and counted in
     /// `/metrics` (`berth_illegal_transitions_total`).
     pub(crate) fn transition(&self, d: &mut Deployment, event: Event) -> bool {
+        let was_terminal = d.status.is_terminal();
         match d.apply(event) {
-            Ok(_) => true,
+            Ok(_) => {
+                if d.status.is_terminal() && !was_terminal {
+                    log_outcome(d);
+                }
+                true
+            }
             Err(e) => {
                 tracing::error!(deployment = d.id, event = ?event, error = %e, "illegal transition");
                 self.metrics.illegal_transition();
@@ -496,6 +529,7 @@ impl Deployer {
     /// Mark a deployment failed without a pipeline (panic, restart).
     pub async fn force_fail(&self, d: &mut Deployment, msg: &str) {
         let fail = |d: &mut Deployment| {
+            d.failure_message = Some(msg.to_string());
             self.transition(d, Event::Fail);
             for step in d.steps.iter_mut() {
                 if step.status == StepStatus::Running {
@@ -503,7 +537,6 @@ impl Deployer {
                     step.completed_at = Some(now());
                 }
             }
-            d.failure_message = Some(msg.to_string());
             d.completed_at = Some(now());
         };
         fail(d);
@@ -523,9 +556,16 @@ impl Deployer {
     }
 
     pub(crate) async fn cancel_queued(&self, id: &str, why: &str) {
-        let cancel = |d: &mut Deployment| match self.transition(d, Event::Cancel) {
+        let cancel = |d: &mut Deployment| {
+            let before = d.failure_message.replace(format!("cancelled: {why}"));
+            let done = self.transition(d, Event::Cancel);
+            if !done {
+                d.failure_message = before;
+            }
+            done
+        };
+        let cancel = |d: &mut Deployment| match cancel(d) {
             true => {
-                d.failure_message = Some(format!("cancelled: {why}"));
                 d.completed_at = Some(now());
                 for step in d.steps.iter_mut() {
                     step.status = StepStatus::Cancelled;

@@ -48,7 +48,9 @@ pub async fn github(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let unauthorized = || {
+    let delivery = header(&headers, "x-github-delivery").unwrap_or("none");
+    let unauthorized = |reason: &str| {
+        tracing::warn!(%project, delivery, reason, "webhook refused");
         ApiError::new(
             StatusCode::UNAUTHORIZED,
             "bad_signature",
@@ -58,23 +60,32 @@ pub async fn github(
     let secret = match s.store.webhook_secret(&project).await {
         Ok(Some(secret)) => secret,
         // Unknown projects and projects without a secret look the same.
-        Ok(None) | Err(StoreError::NotFound { .. }) => return Err(unauthorized()),
+        Ok(None) | Err(StoreError::NotFound { .. }) => {
+            return Err(unauthorized("unknown project or no webhook secret"))
+        }
         Err(e) => return Err(e.into()),
     };
     let sig = header(&headers, "x-hub-signature-256").unwrap_or("");
     if !verify_signature(secret.as_bytes(), &body, sig) {
-        return Err(unauthorized());
+        return Err(unauthorized(if sig.is_empty() {
+            "missing signature"
+        } else {
+            "bad signature"
+        }));
     }
     let event = header(&headers, "x-github-event").unwrap_or("").to_string();
     if let Some(delivery) = header(&headers, "x-github-delivery") {
         if !s.store.record_delivery(&project, delivery, now()).await? {
+            tracing::info!(%project, delivery, reason = "duplicate delivery", "webhook refused");
             return Ok(accepted(
                 json!({"status": "duplicate", "delivery": delivery}),
             ));
         }
     }
-    let payload: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("webhook body is not JSON: {e}")))?;
+    let payload: Value = serde_json::from_slice(&body).map_err(|e| {
+        tracing::warn!(%project, delivery, reason = "body is not JSON", "webhook refused");
+        ApiError::bad_request(format!("webhook body is not JSON: {e}"))
+    })?;
     match event.as_str() {
         "ping" => Ok((StatusCode::OK, axum::Json(json!({"status": "pong"}))).into_response()),
         "push" => push(&s, &project, &payload).await,

@@ -116,6 +116,16 @@ pub struct ServerArgs {
     /// in-flight requests and exits; no request is refused meanwhile.
     #[arg(long)]
     takeover: bool,
+    /// The server's own log on stderr: "text", or "json" (one object per
+    /// line: timestamp, level, message and fields).
+    #[arg(long, env = "BERTH_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 impl ServerArgs {
@@ -175,9 +185,12 @@ impl ServerArgs {
 pub async fn run(args: ServerArgs, data_dir: PathBuf, token: Option<String>) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match args.log_format {
+        LogFormat::Text => log.try_init(),
+        LogFormat::Json => log.json().flatten_event(true).try_init(),
+    };
     berth_server::run(args.config(data_dir, token)).await
 }

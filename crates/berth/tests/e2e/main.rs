@@ -6,6 +6,7 @@ mod cluster;
 mod harness;
 mod needs_docker;
 mod postgres_store;
+mod server_log;
 
 use harness::*;
 use serde_json::Value;
