@@ -47,11 +47,19 @@ pub fn leader(s: &Server) -> Option<(String, u64)> {
     })
 }
 
+/// The server's instance id (written once it opened the store, which may
+/// be after its API port is bound).
 pub fn instance_id(s: &Server) -> String {
-    std::fs::read_to_string(s.data_dir().join("instance.id"))
-        .unwrap()
-        .trim()
-        .to_string()
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(id) = std::fs::read_to_string(s.data_dir().join("instance.id")) {
+            if !id.trim().is_empty() {
+                return id.trim().to_string();
+            }
+        }
+        assert!(Instant::now() < deadline, "no instance.id:\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Wait until `s` reports a leader for which `ok` holds; returns it.
