@@ -17,6 +17,7 @@ pub mod config;
 pub mod hosts;
 pub mod model;
 pub mod names;
+pub mod ops;
 pub mod redact;
 pub mod state;
 pub mod telemetry;

@@ -20,8 +20,9 @@ use bollard::models::{
     PortMap, RestartPolicy as DockerRestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, InspectContainerOptions, ListContainersOptions, LogsOptions,
-    RemoveContainerOptions, RemoveImageOptions, StopContainerOptions, WaitContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, InspectContainerOptions, ListContainersOptions,
+    LogsOptions, RemoveContainerOptions, RemoveImageOptions, StopContainerOptions,
+    WaitContainerOptions,
 };
 use bollard::Docker;
 use chrono::{DateTime, Utc};
@@ -30,7 +31,7 @@ use futures::StreamExt;
 
 use crate::images::Images;
 use crate::logs::LineSplitter;
-use crate::runtime::{Runtime, RuntimeError};
+use crate::runtime::{Attach, Runtime, RuntimeError};
 use crate::spec::{
     Endpoint, Instance, InstanceSpec, InstanceState, InstanceStatus, LogChunk, LogOptions,
     LogStream, OneOffOutcome, RestartPolicy, ONEOFF_MAX_LINES, OWNER_LABEL, PORT_LABEL,
@@ -356,6 +357,159 @@ impl Runtime for DockerRuntime {
         // Force removal also kills it when it timed out.
         self.remove_quietly(&id).await;
         result
+    }
+
+    async fn run_attached(
+        &self,
+        spec: &InstanceSpec,
+        io: Attach,
+        timeout: Duration,
+    ) -> Result<OneOffOutcome, RuntimeError> {
+        spec.validate()?;
+        let mut config = container_config(spec, true);
+        let with_stdin = io.stdin.is_some();
+        config.open_stdin = Some(with_stdin);
+        config.stdin_once = Some(with_stdin);
+        config.attach_stdin = Some(with_stdin);
+        config.attach_stdout = Some(true);
+        config.attach_stderr = Some(true);
+        let options = CreateContainerOptions {
+            name: Some(spec.name.clone()),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(Some(options), config)
+            .await
+            .map_err(|e| match e {
+                DockerError::DockerResponseServerError {
+                    status_code: 404, ..
+                } => RuntimeError::ImageNotFound(spec.image.clone()),
+                e => map_err("create container", &spec.name, e),
+            })?;
+        let id = created.id;
+        let result = self.attach_and_run(&id, spec, io, timeout).await;
+        // Force removal also kills it when it timed out.
+        self.remove_quietly(&id).await;
+        result
+    }
+}
+
+impl DockerRuntime {
+    /// Attaches to the created container `id` (before it starts, so no
+    /// output is missed), starts it, pumps stdin and output until it exits.
+    async fn attach_and_run(
+        &self,
+        id: &str,
+        spec: &InstanceSpec,
+        io: Attach,
+        timeout: Duration,
+    ) -> Result<OneOffOutcome, RuntimeError> {
+        use tokio::io::AsyncWriteExt;
+        let started = Instant::now();
+        let Attach { stdin, output } = io;
+        let options = AttachContainerOptions {
+            stdin: stdin.is_some(),
+            stdout: true,
+            stderr: true,
+            stream: true,
+            logs: false,
+            detach_keys: None,
+        };
+        let attached = self
+            .docker
+            .attach_container(id, Some(options))
+            .await
+            .map_err(|e| map_err("attach to container", id, e))?;
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(|e| map_err("start container", &spec.name, e))?;
+        let mut input = attached.input;
+        let pump = stdin.map(|mut rx| {
+            tokio::spawn(async move {
+                while let Some(bytes) = rx.recv().await {
+                    if input.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                    let _ = input.flush().await;
+                }
+                // End of stdin: the process reads EOF (stdin_once).
+                let _ = input.shutdown().await;
+            })
+        });
+        let mut raw = attached.output;
+        let mut splitter = LineSplitter::new();
+        let mut tail = VecDeque::new();
+        let mut dropped_lines = 0;
+        let mut keep = |chunk: LogChunk, tail: &mut VecDeque<LogChunk>| {
+            if tail.len() == ONEOFF_MAX_LINES {
+                tail.pop_front();
+                dropped_lines += 1;
+            }
+            tail.push_back(chunk);
+        };
+        let read = async {
+            while let Some(frame) = raw.next().await {
+                let (stream, bytes) = match frame {
+                    Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                        (LogStream::Stdout, message)
+                    }
+                    Ok(LogOutput::StdErr { message }) => (LogStream::Stderr, message),
+                    Ok(LogOutput::StdIn { .. }) => continue,
+                    // The connection ends when the container exits.
+                    Err(_) => break,
+                };
+                for chunk in splitter.push(stream, &bytes) {
+                    let _ = output.send(chunk.clone()).await;
+                    keep(chunk, &mut tail);
+                }
+            }
+            for chunk in splitter.finish() {
+                let _ = output.send(chunk.clone()).await;
+                keep(chunk, &mut tail);
+            }
+            let wait = WaitContainerOptions {
+                condition: "not-running".to_owned(),
+            };
+            let mut waiting = self.docker.wait_container(id, Some(wait));
+            match waiting.next().await {
+                None | Some(Ok(_)) | Some(Err(DockerError::DockerContainerWaitError { .. })) => {
+                    Ok(())
+                }
+                Some(Err(e)) => Err(map_err("wait for container", id, e)),
+            }
+        };
+        let finished = tokio::time::timeout(timeout, read).await;
+        if let Some(pump) = pump {
+            pump.abort();
+        }
+        match finished {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(RuntimeError::OneOffTimeout {
+                    name: spec.name.clone(),
+                    after: timeout,
+                })
+            }
+        }
+        let mut state = self.inspect(id).await?;
+        // A kill (137) may be the kernel's OOM killer, which the engine
+        // records from its own event just after the exit: a bounded look.
+        for _ in 0..30 {
+            if state.oom_killed || state.exit_code() != Some(137) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            state = self.inspect(id).await?;
+        }
+        Ok(OneOffOutcome {
+            exit_code: state.exit_code().unwrap_or(-1),
+            oom_killed: state.oom_killed,
+            output: tail.into(),
+            dropped_lines,
+            duration: started.elapsed(),
+        })
     }
 }
 

@@ -113,6 +113,38 @@ pub trait Runtime: Send + Sync {
         spec: &InstanceSpec,
         timeout: Duration,
     ) -> Result<OneOffOutcome, RuntimeError>;
+
+    /// Runs `spec` to completion like [`Runtime::run_oneoff`], with its
+    /// streams attached: every output line is sent to `io.output` as it
+    /// comes (stdout and stderr apart), and the bytes received on
+    /// `io.stdin` are the process's stdin (closed when that channel ends).
+    /// The outcome holds the same bounded tail of the output.
+    ///
+    /// The default, for backends that cannot attach, runs the one-off and
+    /// sends its output at the end; their process gets no stdin.
+    async fn run_attached(
+        &self,
+        spec: &InstanceSpec,
+        io: Attach,
+        timeout: Duration,
+    ) -> Result<OneOffOutcome, RuntimeError> {
+        let out = self.run_oneoff(spec, timeout).await?;
+        for line in &out.output {
+            if io.output.send(line.clone()).await.is_err() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The streams of [`Runtime::run_attached`].
+pub struct Attach {
+    /// The process's stdin; `None` closes it from the start.
+    pub stdin: Option<tokio::sync::mpsc::Receiver<bytes::Bytes>>,
+    /// Where output lines go as they come. A receiver that went away does
+    /// not stop the run.
+    pub output: tokio::sync::mpsc::Sender<LogChunk>,
 }
 
 /// Errors of every runtime operation.

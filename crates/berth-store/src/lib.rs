@@ -39,6 +39,7 @@ use berth_core::model::{
     CertState, ClusterMember, Deployment, Domain, Environment, ExternalRoute, LogLine, LogStream,
     ManifestEntry, Project, StepName, Variable,
 };
+use berth_core::ops::Run;
 use chrono::{DateTime, Utc};
 
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +153,14 @@ impl StoreUrl {
 
 /// A deployment as the backends store it (JSON): `is_active` is derived
 /// from the slot and `version` kept in its own column.
+pub(crate) fn run_json(r: &Run) -> Result<String> {
+    serde_json::to_string(r).map_err(|e| StoreError::Backend(e.to_string()))
+}
+
+pub(crate) fn run_from_json(data: &str) -> Result<Run> {
+    serde_json::from_str(data).map_err(|e| StoreError::Backend(format!("bad run record: {e}")))
+}
+
 pub(crate) fn deployment_json(d: &Deployment) -> Result<String> {
     let mut stored = d.clone();
     stored.is_active = false;
@@ -325,6 +334,20 @@ pub struct LogQuery {
     pub tail: bool,
 }
 
+/// Filters for listing runs; results come newest first.
+#[derive(Clone, Debug, Default)]
+pub struct RunQuery {
+    pub project: Option<String>,
+    pub environment: Option<String>,
+    /// Only this job's runs.
+    pub job: Option<String>,
+    /// Only runs of jobs (not `berth run`).
+    pub jobs_only: bool,
+    /// Only runs still going.
+    pub unfinished: bool,
+    pub limit: Option<u32>,
+}
+
 /// The activation change inside [`Store::save_deployments`].
 #[derive(Clone, Debug)]
 pub struct Activate {
@@ -474,4 +497,13 @@ pub trait Store: Send + Sync + 'static {
     async fn engine_identity(&self, _candidate: &str) -> Result<Option<String>> {
         Ok(None)
     }
+
+    /// Records a run (its environment must exist). A second run of one job
+    /// for one firing (project, environment, job, `scheduled_for`) is
+    /// refused with [`StoreError::Conflict`]: a firing runs at most once.
+    async fn insert_run(&self, r: &Run) -> Result<()>;
+    /// Replaces a recorded run ([`StoreError::NotFound`] when absent).
+    async fn save_run(&self, r: &Run) -> Result<()>;
+    async fn get_run(&self, id: &str) -> Result<Run>;
+    async fn list_runs(&self, q: &RunQuery) -> Result<Vec<Run>>;
 }

@@ -10,6 +10,7 @@
 
 use crate::seal::{Sealer, Secret};
 use crate::sqlite::{env_kind, env_kind_str};
+use crate::RunQuery;
 use crate::{
     Activate, CertRecord, Cipher, DeploymentQuery, LogQuery, NewLogLine, NewProject, ProjectPatch,
     RepoAccess, ResolvedVar, Result, Slot, Store, StoreError, VarFlags,
@@ -21,6 +22,7 @@ use berth_core::model::{
     ManifestEntry, Project, StepName, Variable, PRODUCTION,
 };
 use berth_core::names;
+use berth_core::ops::Run;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::str::FromStr;
@@ -32,6 +34,7 @@ use tokio_postgres::{NoTls, Row};
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0001_init.sql"),
     include_str!("../migrations/postgres/0002_cluster.sql"),
+    include_str!("../migrations/postgres/0003_runs.sql"),
 ];
 
 /// The advisory lock key migrations run under ("berth" in ASCII).
@@ -1345,5 +1348,92 @@ impl Store for PgStore {
             )
             .await?;
         Ok(Some(row.get(0)))
+    }
+
+    async fn insert_run(&self, r: &Run) -> Result<()> {
+        let data = crate::run_json(r)?;
+        let c = self.client().await?;
+        get_env(&c, &r.project_name, &r.environment_name).await?;
+        c.execute(
+            "INSERT INTO runs (id, project, environment, service, job, scheduled_for, status, created_at, data) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &[
+                &r.id,
+                &r.project_name,
+                &r.environment_name,
+                &r.service_name,
+                &r.job,
+                &r.scheduled_for,
+                &r.status.as_str(),
+                &r.created_at,
+                &data,
+            ],
+        )
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict {
+                    what: "run",
+                    name: crate::sqlite::run_key(r),
+                }
+            } else {
+                pg_err(e)
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn save_run(&self, r: &Run) -> Result<()> {
+        let data = crate::run_json(r)?;
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                "UPDATE runs SET status = $2, data = $3 WHERE id = $1",
+                &[&r.id, &r.status.as_str(), &data],
+            )
+            .await?;
+        if n == 0 {
+            return Err(StoreError::not_found("run", &r.id));
+        }
+        Ok(())
+    }
+
+    async fn get_run(&self, id: &str) -> Result<Run> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt("SELECT data FROM runs WHERE id = $1", &[&id])
+            .await?
+            .ok_or_else(|| StoreError::not_found("run", id))?;
+        crate::run_from_json(&row.get::<_, String>(0))
+    }
+
+    async fn list_runs(&self, q: &RunQuery) -> Result<Vec<Run>> {
+        let mut sql = String::from("SELECT data FROM runs WHERE TRUE");
+        let mut params: Params = Vec::new();
+        for (col, v) in [
+            ("project", &q.project),
+            ("environment", &q.environment),
+            ("job", &q.job),
+        ] {
+            if let Some(v) = v {
+                params.push(Box::new(v.clone()));
+                sql.push_str(&format!(" AND {col} = ${}", params.len()));
+            }
+        }
+        if q.jobs_only {
+            sql.push_str(" AND job IS NOT NULL");
+        }
+        if q.unfinished {
+            sql.push_str(" AND status = 'running'");
+        }
+        sql.push_str(" ORDER BY created_at DESC, id DESC");
+        if let Some(l) = q.limit {
+            sql.push_str(&format!(" LIMIT {l}"));
+        }
+        let c = self.client().await?;
+        let rows = c.query(&sql, &refs(&params)).await?;
+        rows.iter()
+            .map(|r| crate::run_from_json(&r.get::<_, String>(0)))
+            .collect()
     }
 }

@@ -2,6 +2,7 @@
 
 use crate::crypto::Cipher;
 use crate::seal::{Sealer, Secret};
+use crate::RunQuery;
 use crate::{
     Activate, CertRecord, DeploymentQuery, LogQuery, NewLogLine, NewProject, ProjectPatch,
     RepoAccess, ResolvedVar, Result, Slot, Store, StoreError, VarFlags,
@@ -16,6 +17,7 @@ use berth_core::model::{
     Variable, PRODUCTION,
 };
 use berth_core::names;
+use berth_core::ops::Run;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
@@ -30,6 +32,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0005_credentials.sql"),
     include_str!("../migrations/0006_certificates.sql"),
     include_str!("../migrations/0007_versions.sql"),
+    include_str!("../migrations/0008_runs.sql"),
 ];
 
 /// File name of the database inside the data dir.
@@ -254,6 +257,19 @@ fn env_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Environment> {
         kind: env_kind(&r.get::<_, String>(3)?),
         created_at: parse_ts(&r.get::<_, String>(4)?)?,
     })
+}
+
+/// How a run is named in a conflict: the job and its firing, or its id.
+pub(crate) fn run_key(r: &Run) -> String {
+    match (&r.job, &r.scheduled_for) {
+        (Some(job), Some(at)) => format!(
+            "{}/{}/{job}@{}",
+            r.project_name,
+            r.environment_name,
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+        _ => r.id.clone(),
+    }
 }
 
 fn get_env(c: &Connection, project: &str, env: &str) -> Result<Environment> {
@@ -1220,6 +1236,102 @@ impl Store for SqliteStore {
                 Ok((r.get(0)?, r.get(1)?, parse_ts(&r.get::<_, String>(2)?)?))
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn insert_run(&self, r: &Run) -> Result<()> {
+        let r = r.clone();
+        self.call(move |c| {
+            get_env(c, &r.project_name, &r.environment_name)?;
+            c.execute(
+                "INSERT INTO runs (id, project, environment, service, job, scheduled_for, status, created_at, data) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    r.id,
+                    r.project_name,
+                    r.environment_name,
+                    r.service_name,
+                    r.job,
+                    r.scheduled_for.as_ref().map(ts),
+                    r.status.as_str(),
+                    ts(&r.created_at),
+                    crate::run_json(&r)?
+                ],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    StoreError::Conflict {
+                        what: "run",
+                        name: run_key(&r),
+                    }
+                }
+                e => e.into(),
+            })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn save_run(&self, r: &Run) -> Result<()> {
+        let r = r.clone();
+        self.call(move |c| {
+            let n = c.execute(
+                "UPDATE runs SET status = ?2, data = ?3 WHERE id = ?1",
+                params![r.id, r.status.as_str(), crate::run_json(&r)?],
+            )?;
+            if n == 0 {
+                return Err(StoreError::not_found("run", &r.id));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_run(&self, id: &str) -> Result<Run> {
+        let id = id.to_string();
+        self.call(move |c| {
+            let data: Option<String> = c
+                .query_row("SELECT data FROM runs WHERE id = ?1", [&id], |r| r.get(0))
+                .optional()?;
+            crate::run_from_json(&data.ok_or_else(|| StoreError::not_found("run", &id))?)
+        })
+        .await
+    }
+
+    async fn list_runs(&self, q: &RunQuery) -> Result<Vec<Run>> {
+        let q = q.clone();
+        self.call(move |c| {
+            let mut sql = String::from("SELECT data FROM runs WHERE 1=1");
+            let mut args: Vec<String> = Vec::new();
+            for (col, v) in [
+                ("project", &q.project),
+                ("environment", &q.environment),
+                ("job", &q.job),
+            ] {
+                if let Some(v) = v {
+                    args.push(v.clone());
+                    sql.push_str(&format!(" AND {col} = ?{}", args.len()));
+                }
+            }
+            if q.jobs_only {
+                sql.push_str(" AND job IS NOT NULL");
+            }
+            if q.unfinished {
+                sql.push_str(" AND status = 'running'");
+            }
+            sql.push_str(" ORDER BY created_at DESC, id DESC");
+            if let Some(l) = q.limit {
+                sql.push_str(&format!(" LIMIT {l}"));
+            }
+            let mut st = c.prepare(&sql)?;
+            let rows = st.query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                r.get::<_, String>(0)
+            })?;
+            rows.map(|d| crate::run_from_json(&d?))
+                .collect::<Result<Vec<_>>>()
         })
         .await
     }

@@ -425,3 +425,95 @@ async fn memory_limit_overrun_is_reported_as_oom() {
     assert_ne!(state.exit_code(), Some(0));
     rt.remove(&instance.id).await.expect("remove");
 }
+
+#[tokio::test]
+async fn attached_run_streams_output_live_and_forwards_stdin() {
+    let (rt, image) = runtime().await;
+    let mut cleanup = Cleanup::new();
+    let spec = spec(
+        &image,
+        "echo first; read x; echo \"second:$x\"; echo oops >&2; cat; exit 7",
+    );
+    cleanup.container(spec.name.clone());
+    let (stdin_tx, stdin_rx) = tokio::sync::mpsc::channel(4);
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(64);
+    let io = berth_runtime::Attach {
+        stdin: Some(stdin_rx),
+        output: out_tx,
+    };
+    let run = {
+        let rt = rt.clone();
+        let spec = spec.clone();
+        tokio::spawn(async move { rt.run_attached(&spec, io, Duration::from_secs(60)).await })
+    };
+    // "first" arrives while the process waits for its stdin: live.
+    let first = tokio::time::timeout(Duration::from_secs(30), out_rx.recv())
+        .await
+        .expect("first line in time")
+        .expect("a line");
+    assert_eq!(
+        (first.line.as_str(), first.stream),
+        ("first", LogStream::Stdout)
+    );
+    assert!(!run.is_finished());
+    stdin_tx
+        .send(bytes::Bytes::from_static(b"hello\nrest 1\n"))
+        .await
+        .unwrap();
+    stdin_tx
+        .send(bytes::Bytes::from_static(b"rest 2\n"))
+        .await
+        .unwrap();
+    // Closing our end is EOF for `cat`, so the process can exit.
+    drop(stdin_tx);
+    let outcome = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("run ends")
+        .unwrap()
+        .expect("run");
+    let mut lines = vec![first];
+    while let Ok(l) = out_rx.try_recv() {
+        lines.push(l);
+    }
+    let seen: Vec<_> = lines.iter().map(|c| (c.line.as_str(), c.stream)).collect();
+    assert_eq!(outcome.exit_code, 7);
+    assert!(!outcome.oom_killed);
+    for want in [
+        ("second:hello", LogStream::Stdout),
+        ("oops", LogStream::Stderr),
+        ("rest 1", LogStream::Stdout),
+        ("rest 2", LogStream::Stdout),
+    ] {
+        assert!(seen.contains(&want), "{want:?} not in {seen:?}");
+    }
+    assert_eq!(outcome.output.len(), lines.len());
+    assert!(matches!(
+        rt.inspect(&spec.name).await,
+        Err(RuntimeError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn attached_run_without_stdin_reports_oom() {
+    let (rt, image) = runtime().await;
+    let mut cleanup = Cleanup::new();
+    let mut spec = spec(
+        &image,
+        "echo before; a=$(head -c 64000000 /dev/zero | tr '\\0' x); echo survived",
+    );
+    spec.limits.memory_bytes = Some(16 << 20);
+    cleanup.container(spec.name.clone());
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(64);
+    let io = berth_runtime::Attach {
+        stdin: None,
+        output: out_tx,
+    };
+    let outcome = rt
+        .run_attached(&spec, io, Duration::from_secs(60))
+        .await
+        .expect("run");
+    assert!(outcome.oom_killed, "{outcome:?}");
+    assert_ne!(outcome.exit_code, 0);
+    assert_eq!(out_rx.recv().await.map(|c| c.line), Some("before".into()));
+    assert!(!outcome.output.iter().any(|c| c.line == "survived"));
+}

@@ -770,3 +770,118 @@ pub async fn log_retention_drops_old_lines_and_caps_each_project(h: &Harness) {
         "other projects untouched"
     );
 }
+
+fn run(id: &str, job: Option<&str>, at: chrono::DateTime<Utc>) -> berth_core::ops::Run {
+    berth_core::ops::Run {
+        id: id.into(),
+        project_name: "shop".into(),
+        environment_name: "production".into(),
+        service_name: "web".into(),
+        job: job.map(Into::into),
+        command: vec!["sh".into(), "-c".into(), "echo hi".into()],
+        requested_by: "admin".into(),
+        deployment_id: Some("d1".into()),
+        scheduled_for: job.map(|_| at),
+        status: berth_core::ops::RunStatus::Running,
+        exit_code: None,
+        oom_killed: false,
+        error: None,
+        created_at: at,
+        started_at: Some(at),
+        completed_at: None,
+        output: Vec::new(),
+        dropped_lines: 0,
+    }
+}
+
+pub async fn runs_are_kept_newest_first_and_a_firing_runs_once(h: &Harness) {
+    use berth_core::ops::{RunLine, RunStatus};
+    let s = &*h.store;
+    s.create_project(new_project("shop")).await.unwrap();
+    let t0 = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    // An unknown environment is refused and writes nothing.
+    let mut bad = run("r0", None, t0);
+    bad.environment_name = "nope".into();
+    assert!(matches!(
+        s.insert_run(&bad).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let mut one_off = run("r1", None, t0);
+    s.insert_run(&one_off).await.unwrap();
+    // One-off runs never collide with each other (no job, no firing).
+    s.insert_run(&run("r2", None, t0 + Duration::seconds(1)))
+        .await
+        .unwrap();
+    let firing = t0 + Duration::minutes(1);
+    s.insert_run(&run("r3", Some("report"), firing))
+        .await
+        .unwrap();
+    // The same firing again, under another id (another server, a restart):
+    // refused.
+    match s.insert_run(&run("r4", Some("report"), firing)).await {
+        Err(StoreError::Conflict { what, .. }) => assert_eq!(what, "run"),
+        other => panic!("a second run of one firing was not refused: {other:?}"),
+    }
+    // The next firing, and the same firing of another job, are fine.
+    s.insert_run(&run("r5", Some("report"), firing + Duration::minutes(1)))
+        .await
+        .unwrap();
+    s.insert_run(&run("r6", Some("cleanup"), firing))
+        .await
+        .unwrap();
+
+    one_off.status = RunStatus::Failed;
+    one_off.exit_code = Some(3);
+    one_off.completed_at = Some(t0 + Duration::seconds(2));
+    one_off.push_line(RunLine {
+        ts: t0,
+        stream: LogStream::Stderr,
+        line: "boom".into(),
+    });
+    s.save_run(&one_off).await.unwrap();
+    assert_eq!(s.get_run("r1").await.unwrap(), one_off);
+    assert!(matches!(
+        s.get_run("r4").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.save_run(&run("r9", None, t0)).await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    let ids = |rs: Vec<berth_core::ops::Run>| rs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    let all = s
+        .list_runs(&RunQuery {
+            project: Some("shop".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(all), ["r5", "r6", "r3", "r2", "r1"]);
+    let report = s
+        .list_runs(&RunQuery {
+            project: Some("shop".into()),
+            job: Some("report".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(report), ["r5", "r3"]);
+    let jobs = s
+        .list_runs(&RunQuery {
+            jobs_only: true,
+            limit: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(jobs), ["r5", "r6"]);
+    let going = s
+        .list_runs(&RunQuery {
+            unfinished: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(!ids(going).contains(&"r1".to_string()));
+}

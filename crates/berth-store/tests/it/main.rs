@@ -33,6 +33,7 @@ macro_rules! contract_tests {
             logs_are_tagged_ordered_and_resumable,
             environments_and_external_routes,
             log_retention_drops_old_lines_and_caps_each_project,
+            runs_are_kept_newest_first_and_a_firing_runs_once,
         );
     };
     (@each $make:path; $($name:ident),* $(,)?) => {

@@ -1,0 +1,215 @@
+//! Operations beside deployments: one-off runs (`berth run`) and, with the
+//! same record, runs of scheduled jobs. The records the store keeps and the
+//! API returns (JSON in camelCase).
+
+use crate::model::LogStream;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Output lines a run record keeps (the last ones win).
+pub const RUN_OUTPUT_LINES: usize = 1000;
+
+/// Where a run is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Recorded, its instance starting or running.
+    Running,
+    /// Exited with code 0.
+    Succeeded,
+    /// Exited non-zero, was killed (out of memory, timeout), or never
+    /// started (`error` says why).
+    Failed,
+    /// A scheduled firing that did not run because the previous run of the
+    /// job was still going.
+    Skipped,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Skipped => "skipped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            RunStatus::Running,
+            RunStatus::Succeeded,
+            RunStatus::Failed,
+            RunStatus::Skipped,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        self != RunStatus::Running
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One line of a run's output (secrets already redacted).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunLine {
+    pub ts: DateTime<Utc>,
+    pub stream: LogStream,
+    pub line: String,
+}
+
+/// A one-off command (`berth run`) or a scheduled job's run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Run {
+    pub id: String,
+    pub project_name: String,
+    pub environment_name: String,
+    pub service_name: String,
+    /// The job's name for a scheduled (or `jobs run`) run; `None` for
+    /// `berth run`.
+    pub job: Option<String>,
+    /// argv as given (never holds a secret value: variables are passed as
+    /// the instance's environment).
+    pub command: Vec<String>,
+    /// Who asked: the API token's name, or `scheduler`.
+    pub requested_by: String,
+    /// The deployment whose image and settings it ran with.
+    pub deployment_id: Option<String>,
+    /// The firing a scheduled run belongs to (one run per job and firing).
+    pub scheduled_for: Option<DateTime<Utc>>,
+    pub status: RunStatus,
+    pub exit_code: Option<i64>,
+    /// The kernel killed it for exceeding the service's memory limit.
+    #[serde(default)]
+    pub oom_killed: bool,
+    /// Why it failed without an exit code, or was skipped.
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    /// The last [`RUN_OUTPUT_LINES`] lines, stdout and stderr in order.
+    #[serde(default)]
+    pub output: Vec<RunLine>,
+    /// Lines dropped from the front to respect the bound.
+    #[serde(default)]
+    pub dropped_lines: u64,
+}
+
+impl Run {
+    /// Keeps `line`, dropping the oldest beyond [`RUN_OUTPUT_LINES`].
+    pub fn push_line(&mut self, line: RunLine) {
+        if self.output.len() >= RUN_OUTPUT_LINES {
+            let extra = self.output.len() + 1 - RUN_OUTPUT_LINES;
+            self.output.drain(..extra);
+            self.dropped_lines += extra as u64;
+        }
+        self.output.push(line);
+    }
+
+    /// The one-line outcome shown to a user: `exited with code 3`,
+    /// `exited with code 137 (out of memory)`, or the error.
+    pub fn outcome(&self) -> String {
+        match (self.status, self.exit_code) {
+            (RunStatus::Running, _) => "running".into(),
+            (RunStatus::Skipped, _) => format!(
+                "skipped: {}",
+                self.error.as_deref().unwrap_or("previous run still going")
+            ),
+            (_, Some(code)) => format!(
+                "exited with code {code}{}",
+                if self.oom_killed {
+                    " (out of memory)"
+                } else {
+                    ""
+                }
+            ),
+            (_, None) => self.error.clone().unwrap_or_else(|| "failed".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run() -> Run {
+        Run {
+            id: "r1".into(),
+            project_name: "shop".into(),
+            environment_name: "production".into(),
+            service_name: "web".into(),
+            job: None,
+            command: vec!["true".into()],
+            requested_by: "admin".into(),
+            deployment_id: None,
+            scheduled_for: None,
+            status: RunStatus::Running,
+            exit_code: None,
+            oom_killed: false,
+            error: None,
+            created_at: Utc::now(),
+            started_at: None,
+            completed_at: None,
+            output: Vec::new(),
+            dropped_lines: 0,
+        }
+    }
+
+    #[test]
+    fn output_is_bounded_and_keeps_the_last_lines() {
+        let mut r = run();
+        for i in 0..RUN_OUTPUT_LINES + 5 {
+            r.push_line(RunLine {
+                ts: Utc::now(),
+                stream: LogStream::Stdout,
+                line: i.to_string(),
+            });
+        }
+        assert_eq!(r.output.len(), RUN_OUTPUT_LINES);
+        assert_eq!(r.dropped_lines, 5);
+        assert_eq!(r.output[0].line, "5");
+        assert_eq!(
+            r.output.last().unwrap().line,
+            (RUN_OUTPUT_LINES + 4).to_string()
+        );
+    }
+
+    #[test]
+    fn outcome_names_the_code_and_oom() {
+        let mut r = run();
+        r.status = RunStatus::Failed;
+        r.exit_code = Some(137);
+        r.oom_killed = true;
+        assert_eq!(r.outcome(), "exited with code 137 (out of memory)");
+        r.oom_killed = false;
+        r.exit_code = Some(3);
+        assert_eq!(r.outcome(), "exited with code 3");
+        r.exit_code = None;
+        r.error = Some("no such image".into());
+        assert_eq!(r.outcome(), "no such image");
+    }
+
+    #[test]
+    fn status_words_round_trip() {
+        for s in [
+            RunStatus::Running,
+            RunStatus::Succeeded,
+            RunStatus::Failed,
+            RunStatus::Skipped,
+        ] {
+            assert_eq!(RunStatus::parse(s.as_str()), Some(s));
+            let json = serde_json::to_string(&s).unwrap();
+            assert_eq!(json, format!("\"{}\"", s.as_str()));
+        }
+        assert_eq!(RunStatus::parse("done"), None);
+    }
+}
