@@ -84,6 +84,10 @@ pub struct Run {
     pub requested_by: String,
     /// The deployment whose image and settings it ran with.
     pub deployment_id: Option<String>,
+    /// The berth server that runs it (its `dev.berth.instance`); a run it
+    /// left unfinished when it restarted is marked failed by that server.
+    #[serde(default)]
+    pub server: Option<String>,
     /// The firing a scheduled run belongs to (one run per job and firing).
     pub scheduled_for: Option<DateTime<Utc>>,
     pub status: RunStatus,
@@ -137,6 +141,27 @@ impl Run {
     }
 }
 
+/// `POST /api/v1/projects/{name}/runs`: a detached run. The attached form
+/// (`POST .../runs/attach`) takes the same fields as query parameters,
+/// `command` as a JSON array, and its body is the process's stdin.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateRun {
+    pub service: Option<String>,
+    pub environment: Option<String>,
+    pub command: Vec<String>,
+}
+
+/// One line of the NDJSON answer of `POST .../runs/attach`: `started`
+/// first, then the output lines, then `exit` with the finished record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RunStreamEvent {
+    Started { run: Box<Run> },
+    Line(RunLine),
+    Exit { run: Box<Run> },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,6 +176,7 @@ mod tests {
             command: vec!["true".into()],
             requested_by: "admin".into(),
             deployment_id: None,
+            server: None,
             scheduled_for: None,
             status: RunStatus::Running,
             exit_code: None,

@@ -28,6 +28,7 @@ pub mod monitor;
 pub mod nodes;
 pub mod pipeline;
 pub mod reconcile;
+pub mod runs;
 pub mod saving;
 pub mod takeover;
 pub mod tls;

@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 impl Deployer {
     pub async fn reconcile(self: &Arc<Self>) -> anyhow::Result<()> {
+        self.fail_interrupted_runs().await;
         let unfinished = self
             .store
             .list_deployments(&DeploymentQuery {

@@ -12,6 +12,7 @@ use berth_core::api::{
 use berth_core::model::{
     Deployment, Environment, ExternalRoute, LogLine, ManifestEntry, Project, Variable,
 };
+use berth_core::ops::{CreateRun, Run};
 use bytes::Bytes;
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
@@ -401,6 +402,46 @@ impl ApiClient {
         resp: &mut reqwest::Response,
     ) -> Result<Option<Bytes>, ClientError> {
         resp.chunk().await.map_err(|e| self.transport_error(e))
+    }
+
+    // ---- one-off runs ----
+
+    /// Start a detached run.
+    pub async fn create_run(&self, project: &str, body: &CreateRun) -> R<Run> {
+        self.with_body(Method::POST, &["projects", project, "runs"], body)
+            .await
+    }
+
+    /// Start an attached run: `stdin` (if any) is streamed as the body; the
+    /// answer is NDJSON [`berth_core::ops::RunStreamEvent`]s.
+    pub async fn attach_run(
+        &self,
+        project: &str,
+        body: &CreateRun,
+        stdin: Option<reqwest::Body>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let command =
+            serde_json::to_string(&body.command).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let url = self.url(
+            &["projects", project, "runs", "attach"],
+            &[
+                ("service", body.service.clone()),
+                ("environment", body.environment.clone()),
+                ("command", Some(command)),
+                ("stdin", Some(stdin.is_some().to_string())),
+            ],
+        );
+        let mut req = self
+            .request(Method::POST, url)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream");
+        if let Some(stdin) = stdin {
+            req = req.body(stdin);
+        }
+        self.send(req).await
+    }
+
+    pub async fn get_run(&self, id: &str) -> R<Run> {
+        self.get(&["runs", id], &[]).await
     }
 
     // ---- routes and domains ----

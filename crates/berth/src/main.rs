@@ -80,8 +80,10 @@ enum Command {
     Status(cmd::status::StatusArgs),
     /// Show one deployment in detail.
     Inspect(cmd::inspect::InspectArgs),
-    /// Print or follow logs of a deployment or a service.
+    /// Print or follow logs of a deployment, a service or a run.
     Logs(cmd::logs::LogsArgs),
+    /// Run a command in a new instance of the active deployment's image.
+    Run(cmd::run::RunArgs),
     /// Hostnames served by upstreams berth does not run.
     #[command(subcommand)]
     Routes(cmd::routes::RoutesCmd),
@@ -141,6 +143,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(a) => cmd::status::run(&ctx, a).await,
         Command::Inspect(a) => cmd::inspect::run(&ctx, a).await,
         Command::Logs(a) => cmd::logs::run(&ctx, a).await,
+        Command::Run(a) => {
+            let code = cmd::run::run(&ctx, a).await?;
+            if code != 0 {
+                std::process::exit(i32::from(code));
+            }
+            Ok(())
+        }
         Command::Routes(c) => cmd::routes::run(&ctx, c).await,
         Command::Domains(c) => cmd::domains::run(&ctx, c).await,
         Command::Nodes(c) => cmd::nodes::run(&ctx, c).await,

@@ -173,6 +173,19 @@ impl Runtime for Isolating {
             self.containers.run_oneoff(spec, timeout).await
         }
     }
+
+    async fn run_attached(
+        &self,
+        spec: &InstanceSpec,
+        io: crate::Attach,
+        timeout: Duration,
+    ) -> Result<OneOffOutcome, RuntimeError> {
+        if self.wants_vm(spec) {
+            self.vm_for(spec)?.run_attached(spec, io, timeout).await
+        } else {
+            self.containers.run_attached(spec, io, timeout).await
+        }
+    }
 }
 
 #[async_trait::async_trait]

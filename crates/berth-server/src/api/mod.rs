@@ -12,6 +12,7 @@ mod nodes;
 mod openapi;
 mod projects;
 mod routes;
+mod runs;
 
 use crate::deployer::Deployer;
 use crate::error::ApiError;
@@ -209,6 +210,8 @@ pub fn router(state: AppState) -> Router {
         .route("/routes", get(routes::list).post(routes::add))
         .route("/routes/{hostname}", delete(routes::remove))
         .route("/cluster", get(cluster::status))
+        .route("/projects/{name}/runs", get(runs::list).post(runs::create))
+        .route("/runs/{id}", get(runs::show))
         .route("/nodes", get(nodes::list))
         .route("/nodes/{id}/drain", post(nodes::drain))
         .route("/nodes/{id}/activate", post(nodes::activate))
@@ -220,7 +223,12 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found);
     let api = api
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(BODY_LIMIT));
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(BODY_LIMIT))
+        // Added after the limits: its body is a run's stdin, unbounded.
+        .route(
+            "/projects/{name}/runs/attach",
+            post(runs::attach).route_layer(middleware::from_fn_with_state(state.clone(), auth)),
+        );
     let hooks = Router::new()
         .route("/github/{project}", post(hooks::github))
         .layer(axum::extract::DefaultBodyLimit::max(HOOK_BODY_LIMIT));

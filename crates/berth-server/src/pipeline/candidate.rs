@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Asks the runtime for a microVM when the service wants one.
-pub(super) fn isolation_label(service: &ServiceConfig, labels: &mut BTreeMap<String, String>) {
+pub(crate) fn isolation_label(service: &ServiceConfig, labels: &mut BTreeMap<String, String>) {
     if service.isolation == berth_core::config::Isolation::MicroVm {
         labels.insert(
             berth_runtime::microvm::ISOLATION_LABEL.into(),
@@ -22,7 +22,7 @@ pub(super) fn isolation_label(service: &ServiceConfig, labels: &mut BTreeMap<Str
 }
 
 /// The limits an instance of `service` runs with.
-fn limits_for(service: &ServiceConfig) -> Limits {
+pub(crate) fn limits_for(service: &ServiceConfig) -> Limits {
     Limits {
         memory_bytes: service.resources.memory_bytes,
         nano_cpus: service.resources.cpus.map(|c| (c * 1e9) as i64),
@@ -65,7 +65,7 @@ pub(crate) fn runtime_info(
 }
 
 impl Deployer {
-    pub(super) fn env_for(
+    pub(crate) fn env_for(
         &self,
         d: &Deployment,
         port: Option<u16>,
@@ -100,7 +100,7 @@ impl Deployer {
         env
     }
 
-    pub(super) fn labels_for(&self, d: &Deployment) -> BTreeMap<String, String> {
+    pub(crate) fn labels_for(&self, d: &Deployment) -> BTreeMap<String, String> {
         let mut l = berth_runtime::berth_labels(
             &d.project_name,
             &d.service_name,

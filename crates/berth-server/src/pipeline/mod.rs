@@ -45,7 +45,7 @@ mod switch;
 mod tests;
 
 pub(crate) use bake::is_warm;
-pub(crate) use candidate::runtime_info;
+pub(crate) use candidate::{isolation_label, limits_for, runtime_info};
 pub(crate) use source::service_from_record;
 
 use crate::deployer::Deployer;

@@ -781,6 +781,7 @@ fn run(id: &str, job: Option<&str>, at: chrono::DateTime<Utc>) -> berth_core::op
         command: vec!["sh".into(), "-c".into(), "echo hi".into()],
         requested_by: "admin".into(),
         deployment_id: Some("d1".into()),
+        server: Some("berth-1".into()),
         scheduled_for: job.map(|_| at),
         status: berth_core::ops::RunStatus::Running,
         exit_code: None,

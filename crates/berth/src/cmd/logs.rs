@@ -17,7 +17,7 @@ use std::time::Duration;
 
 #[derive(Args, Debug)]
 pub struct LogsArgs {
-    /// A deployment id (or give --project).
+    /// A deployment or run id (or give --project).
     #[arg(required_unless_present = "project", conflicts_with = "project")]
     id: Option<String>,
     #[arg(long, env = "BERTH_PROJECT")]
@@ -94,6 +94,15 @@ impl Printer {
 }
 
 pub async fn run(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<()> {
+    if let Some(id) = &a.id {
+        // A one-off run's id: its output is kept with the run.
+        match ctx.client.get_run(id).await {
+            Ok(reply) => return super::run::logs(ctx, reply.parse()?, a.follow).await,
+            Err(ClientError::Api { status: 404, .. } | ClientError::Status { status: 404, .. }) => {
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     let src = match (a.id, a.project) {
         (Some(id), _) => LogSource::Deployment(id),
         (None, Some(project)) => LogSource::Runtime {

@@ -14,6 +14,7 @@ pub mod logs;
 pub mod nodes;
 pub mod projects;
 pub mod routes;
+pub mod run;
 pub mod server;
 pub mod status;
 

@@ -10,6 +10,7 @@ mod domains;
 mod logs;
 mod microvm;
 mod replicas;
+mod runs;
 mod ssh;
 mod swarm;
 mod takeover;

@@ -1,0 +1,265 @@
+//! One-off runs (`berth run`): the command runs in a new instance of the
+//! active deployment's image, with that environment's variables (secrets
+//! included), the service's limits and hardening, and nothing published.
+//!
+//! Invariants:
+//! - the run is recorded (who, what, when) before its instance starts, and
+//!   ends terminal: its exit code, "out of memory", or why it never ran;
+//! - every output line is redacted (the environment's secret values) before
+//!   it is streamed or kept, so no run record or stream holds a secret;
+//! - the instance carries the run's id as its deployment label, so the
+//!   reconciler never takes it for a deployment's instance; a run left
+//!   going by a restart of berth is marked failed by that server.
+
+use crate::deployer::Deployer;
+use crate::ids::{new_id, now};
+use crate::pipeline::INSTANCE_LABEL;
+use berth_core::model::{LogStream, PRODUCTION};
+use berth_core::ops::{Run, RunLine, RunStatus};
+use berth_core::redact::Redactor;
+use berth_runtime::{instance_name, Attach, InstanceSpec, RestartPolicy};
+use berth_store::{RunQuery, Slot, StoreError};
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Longest a `berth run` may take before it is killed.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// How often a going run's record (its output so far) is saved, for
+/// `berth logs <run-id>` and `--detach`.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// Label marking an instance as a one-off run, with the run's id.
+pub const RUN_LABEL: &str = "dev.berth.run";
+
+/// What to run, and for whom.
+#[derive(Clone, Debug)]
+pub struct RunRequest {
+    pub project: String,
+    /// Default `web`.
+    pub service: Option<String>,
+    /// Default `production`.
+    pub environment: Option<String>,
+    /// argv; the image's entrypoint is kept.
+    pub command: Vec<String>,
+    pub requested_by: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("no command given: put it after --, e.g. berth run --project shop -- ls")]
+    EmptyCommand,
+    #[error("project {project} has no active deployment of service {service} in environment {environment}: deploy it first")]
+    NoActiveDeployment {
+        project: String,
+        service: String,
+        environment: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a run's follower receives: output lines as they come, then the
+/// finished record (without its output).
+#[derive(Clone, Debug)]
+pub enum RunEvent {
+    Line(RunLine),
+    Done(Box<Run>),
+}
+
+impl Deployer {
+    /// Records the run and starts it in the background. Returns the record
+    /// and the stream of its events (the last one is [`RunEvent::Done`]);
+    /// dropping the receiver does not stop the run. `stdin`, when given, is
+    /// the process's stdin.
+    pub async fn start_run(
+        self: &Arc<Self>,
+        req: RunRequest,
+        stdin: Option<mpsc::Receiver<Bytes>>,
+    ) -> Result<(Run, mpsc::Receiver<RunEvent>), RunError> {
+        if req.command.is_empty() || req.command[0].is_empty() {
+            return Err(RunError::EmptyCommand);
+        }
+        let environment = req.environment.unwrap_or_else(|| PRODUCTION.into());
+        let service = req
+            .service
+            .unwrap_or_else(|| berth_core::model::DEFAULT_SERVICE.into());
+        self.store.get_project(&req.project).await?;
+        self.store
+            .get_environment(&req.project, &environment)
+            .await?;
+        let slot = Slot {
+            project: req.project.clone(),
+            environment: environment.clone(),
+            service: service.clone(),
+        };
+        let no_active = || RunError::NoActiveDeployment {
+            project: req.project.clone(),
+            service: service.clone(),
+            environment: environment.clone(),
+        };
+        let d = self
+            .store
+            .active_deployment(&slot)
+            .await?
+            .ok_or_else(no_active)?;
+        let image = d.image.clone().ok_or_else(no_active)?;
+        let settings = crate::pipeline::service_from_record(&d);
+        let vars = self
+            .store
+            .resolve_variables(&req.project, &environment)
+            .await?;
+        let redactor = Arc::new(Redactor::new(
+            vars.iter().filter(|v| v.secret).map(|v| v.value.as_str()),
+        ));
+
+        let id = new_id();
+        let mut spec = InstanceSpec::new(
+            instance_name(&["run", &req.project, &service], &id),
+            image.reference.clone(),
+        );
+        spec.env = self.env_for(&d, None, &vars);
+        spec.env.push(("BERTH_RUN_ID".into(), id.clone()));
+        spec.labels = berth_runtime::berth_labels(&req.project, &service, &environment, &id);
+        spec.labels
+            .insert(INSTANCE_LABEL.into(), self.instance.clone());
+        spec.labels.insert("dev.berth.role".into(), "run".into());
+        spec.labels.insert(RUN_LABEL.into(), id.clone());
+        crate::pipeline::isolation_label(&settings, &mut spec.labels);
+        spec.limits = crate::pipeline::limits_for(&settings);
+        spec.restart = RestartPolicy::Never;
+        spec.command = Some(req.command.clone());
+
+        let at = now();
+        let run = Run {
+            id,
+            project_name: req.project.clone(),
+            environment_name: environment,
+            service_name: service,
+            job: None,
+            command: req.command.clone(),
+            requested_by: req.requested_by,
+            deployment_id: Some(d.id.clone()),
+            server: Some(self.instance.clone()),
+            scheduled_for: None,
+            status: RunStatus::Running,
+            exit_code: None,
+            oom_killed: false,
+            error: None,
+            created_at: at,
+            started_at: Some(at),
+            completed_at: None,
+            output: Vec::new(),
+            dropped_lines: 0,
+        };
+        // Recorded before the instance starts.
+        self.store.insert_run(&run).await?;
+        let (events_tx, events) = mpsc::channel(256);
+        let this = self.clone();
+        let record = run.clone();
+        tokio::spawn(async move {
+            this.execute_run(record, spec, stdin, RUN_TIMEOUT, redactor, events_tx)
+                .await;
+        });
+        Ok((run, events))
+    }
+
+    /// Runs `spec` for the recorded `run` to its end: streams redacted
+    /// lines to `events`, saves the output as it grows, and records the
+    /// outcome. Never returns an error: a failure to start is the run's
+    /// outcome.
+    pub(crate) async fn execute_run(
+        self: &Arc<Self>,
+        mut run: Run,
+        spec: InstanceSpec,
+        stdin: Option<mpsc::Receiver<Bytes>>,
+        timeout: Duration,
+        redactor: Arc<Redactor>,
+        events: mpsc::Sender<RunEvent>,
+    ) -> Run {
+        let (out_tx, mut out_rx) = mpsc::channel(256);
+        let io = Attach {
+            stdin,
+            output: out_tx,
+        };
+        let runtime = self.runtime.clone();
+        let task = tokio::spawn(async move { runtime.run_attached(&spec, io, timeout).await });
+        let mut last_save = tokio::time::Instant::now();
+        while let Some(chunk) = out_rx.recv().await {
+            let line = RunLine {
+                ts: chunk.ts,
+                stream: match chunk.stream {
+                    berth_runtime::LogStream::Stdout => LogStream::Stdout,
+                    berth_runtime::LogStream::Stderr => LogStream::Stderr,
+                },
+                line: redactor.redact(&chunk.line),
+            };
+            run.push_line(line.clone());
+            // A follower that went away does not stop the run.
+            let _ = events.send(RunEvent::Line(line)).await;
+            if last_save.elapsed() >= SAVE_EVERY {
+                self.save_run_logged(&run).await;
+                last_save = tokio::time::Instant::now();
+            }
+        }
+        let outcome = match task.await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("run task failed: {e}")),
+        };
+        match outcome {
+            Ok(out) => {
+                run.exit_code = Some(out.exit_code);
+                run.oom_killed = out.oom_killed;
+                run.status = if out.success() {
+                    RunStatus::Succeeded
+                } else {
+                    RunStatus::Failed
+                };
+            }
+            Err(e) => {
+                run.status = RunStatus::Failed;
+                run.error = Some(redactor.redact(&e));
+            }
+        }
+        run.completed_at = Some(now());
+        self.save_run_logged(&run).await;
+        let mut done = run.clone();
+        done.output.clear();
+        let _ = events.send(RunEvent::Done(Box::new(done))).await;
+        run
+    }
+
+    async fn save_run_logged(&self, run: &Run) {
+        if let Err(e) = self.store.save_run(run).await {
+            tracing::error!(run = run.id, error = %e, "could not save run");
+        }
+    }
+
+    /// At start: runs this server left going when it stopped are failed
+    /// (their instances are removed by the reconciler as orphans).
+    pub async fn fail_interrupted_runs(&self) {
+        let going = match self
+            .store
+            .list_runs(&RunQuery {
+                unfinished: true,
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list unfinished runs");
+                return;
+            }
+        };
+        for mut run in going
+            .into_iter()
+            .filter(|r| r.server.as_deref() == Some(self.instance.as_str()))
+        {
+            run.status = RunStatus::Failed;
+            run.error = Some("interrupted by a restart of berth".into());
+            run.completed_at = Some(now());
+            self.save_run_logged(&run).await;
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! `berth run`: a command in a new instance of the active deployment's
+//! image. Attached (the default), stdin is forwarded, stdout and stderr
+//! come back apart and live, and berth exits with the command's exit code;
+//! `--detach` prints the run's id (`berth logs <id>` shows its output).
+
+use super::Ctx;
+use crate::client::ClientError;
+use crate::output::emitln;
+use berth_core::model::LogStream;
+use berth_core::ops::{CreateRun, Run, RunLine, RunStatus, RunStreamEvent};
+use clap::Args;
+use std::io::Write;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[arg(long, env = "BERTH_PROJECT")]
+    project: String,
+    /// The service whose active deployment's image runs it [default: web].
+    #[arg(long)]
+    service: Option<String>,
+    /// [default: production]
+    #[arg(long = "env")]
+    environment: Option<String>,
+    /// Return at once with the run's id; `berth logs <id>` shows its output.
+    #[arg(long, short = 'd')]
+    detach: bool,
+    /// Do not forward stdin (the command reads end of file).
+    #[arg(long)]
+    no_stdin: bool,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+/// `berth run`; returns the exit code to leave with.
+pub async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
+    let body = CreateRun {
+        service: a.service,
+        environment: a.environment,
+        command: a.command,
+    };
+    if a.detach {
+        let reply = ctx.client.create_run(&a.project, &body).await?;
+        if ctx.json {
+            ctx.print_json(&reply)?;
+        } else {
+            let run = reply.parse()?;
+            emitln(&format!(
+                "run {} started; follow it with: berth logs {} --follow",
+                run.id, run.id
+            ));
+        }
+        return Ok(0);
+    }
+    let stdin = (!a.no_stdin).then(stdin_body);
+    let mut resp = ctx.client.attach_run(&a.project, &body, stdin).await?;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut done: Option<Run> = None;
+    loop {
+        let chunk = ctx.client.next_chunk(&mut resp).await?;
+        let Some(chunk) = chunk else { break };
+        buf.extend_from_slice(&chunk);
+        while let Some(i) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
+            let event: RunStreamEvent =
+                serde_json::from_slice(&line).map_err(|e| ClientError::Decode(e.to_string()))?;
+            if ctx.json {
+                // The API's events as they came, one JSON object a line.
+                emitln(String::from_utf8_lossy(&line).trim_end());
+            }
+            match event {
+                RunStreamEvent::Started { .. } => {}
+                RunStreamEvent::Line(l) if !ctx.json => print_line(&l),
+                RunStreamEvent::Line(_) => {}
+                RunStreamEvent::Exit { run } => done = Some(*run),
+            }
+        }
+    }
+    let run = done.ok_or_else(|| {
+        anyhow::anyhow!("the connection to berth ended before the run did; see berth logs")
+    })?;
+    exit_code_of(&run)
+}
+
+/// The exit code `berth run` leaves with: the command's (0-255), or an
+/// error when it never ran.
+pub fn exit_code_of(run: &Run) -> anyhow::Result<u8> {
+    match run.exit_code {
+        Some(code) => {
+            if run.oom_killed {
+                eprintln!("berth: run {}: {}", run.id, run.outcome());
+            }
+            Ok(u8::try_from(code).unwrap_or(1))
+        }
+        None => anyhow::bail!("run {}: {}", run.id, run.outcome()),
+    }
+}
+
+/// `berth logs <run-id>`: the run's output, and with `follow` what comes
+/// until it ends.
+pub async fn logs(ctx: &Ctx, first: Run, follow: bool) -> anyhow::Result<()> {
+    let mut run = first;
+    let mut printed = 0u64;
+    loop {
+        let start = run.dropped_lines;
+        for (i, l) in run.output.iter().enumerate() {
+            let at = start + i as u64;
+            if at >= printed {
+                if ctx.json {
+                    emitln(&serde_json::to_string(l)?);
+                } else {
+                    print_line(l);
+                }
+                printed = at + 1;
+            }
+        }
+        if !follow || run.status != RunStatus::Running {
+            if !ctx.json && run.status != RunStatus::Running {
+                eprintln!("berth: run {}: {}", run.id, run.outcome());
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        run = ctx.client.get_run(&run.id).await?.parse()?;
+    }
+}
+
+fn print_line(l: &RunLine) {
+    // Output goes out as it comes: flush every line.
+    match l.stream {
+        LogStream::Stderr => {
+            let mut e = std::io::stderr().lock();
+            let _ = writeln!(e, "{}", l.line);
+            let _ = e.flush();
+        }
+        _ => {
+            let mut o = std::io::stdout().lock();
+            let _ = writeln!(o, "{}", l.line);
+            let _ = o.flush();
+        }
+    }
+}
+
+/// This process's stdin as a streamed request body (a terminal, a pipe or
+/// a file), read on a thread so a terminal nobody types on never blocks
+/// the end of the run.
+fn stdin_body() -> reqwest::Body {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    if tx.blocking_send(Ok(buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    reqwest::Body::wrap_stream(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}
