@@ -94,6 +94,10 @@ fn takeover_under_load_drops_no_request_and_keeps_the_containers() {
     let ok_before = load.ok.load(std::sync::atomic::Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(1500));
     let report = load.finish();
+    eprintln!(
+        "takeover under load: {} ok, {} failed, {} non-2xx in {:.1} s ({} of them before the old process exited)",
+        report.ok, report.errors, report.non2xx, report.secs, ok_before
+    );
     assert_eq!(
         (report.errors, report.non2xx),
         (0, 0),
