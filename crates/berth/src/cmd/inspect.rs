@@ -88,6 +88,13 @@ pub fn render(
     if let Some(w) = d.canary_weight {
         let _ = write!(stage, " ({w}% of traffic)");
     }
+    if let Some(until) = d.bake_until {
+        let _ = write!(
+            stage,
+            " (warm until {}: a rollback is a route flip)",
+            until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+    }
     add("Stage", stage);
     add("Health", d.health.to_string());
     add("Active", yes_no(d.is_active).to_string());
