@@ -225,6 +225,9 @@ fn microvm_runtime_deploys_serves_logs_apart_rolls_back_and_survives_kill_9() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let rb: Value = serde_json::from_slice(&o.stdout).unwrap();
     wait_body(&s, &h, "vm v1");
+    // A rollback inside the bake window is a route flip: keep the load on
+    // v1 a moment so the count below means something.
+    std::thread::sleep(Duration::from_secs(2));
     let report = load.finish();
     assert_eq!(rb["status"], "succeeded", "{rb}");
     assert_eq!(step(&rb, "build")["status"], "skipped");
