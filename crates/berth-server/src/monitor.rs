@@ -83,6 +83,21 @@ impl Monitors {
         instance_id: &str,
         since: Option<chrono::DateTime<chrono::Utc>>,
     ) {
+        self.follow_replica_logs(deployer, deployment_id, instance_id, since, None);
+    }
+
+    /// [`Monitors::follow_logs`] for one replica of several: each line is
+    /// tagged `[<instance name>] ` so the deployment's streams tell the
+    /// replicas apart.
+    pub fn follow_replica_logs(
+        &self,
+        deployer: &Arc<Deployer>,
+        deployment_id: &str,
+        instance_id: &str,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        tag: Option<&str>,
+    ) {
+        let tag = tag.map(|t| format!("[{t}] "));
         // One follower per instance: a deployment with replicas has several.
         let token = replace(&self.logs, &format!("{deployment_id}/{instance_id}"));
         let d = deployer.clone();
@@ -114,7 +129,13 @@ impl Monitors {
                                 berth_runtime::LogStream::Stdout => LogStream::Stdout,
                                 berth_runtime::LogStream::Stderr => LogStream::Stderr,
                             };
-                            d.logs.line_wait(&dep, chunk.ts, stream, &chunk.line).await;
+                            match &tag {
+                                Some(t) => {
+                                    let line = format!("{t}{}", chunk.line);
+                                    d.logs.line_wait(&dep, chunk.ts, stream, &line).await;
+                                }
+                                None => d.logs.line_wait(&dep, chunk.ts, stream, &chunk.line).await,
+                            }
                         }
                         Some(Err(e)) => {
                             if e.is_not_found() {
@@ -420,7 +441,9 @@ impl Deployer {
                         old.name, inst.name
                     ),
                 );
-                self.monitors.follow_logs(self, &d.id, &inst.id, None);
+                let tag = (d.instances.len() > 1).then_some(inst.name.as_str());
+                self.monitors
+                    .follow_replica_logs(self, &d.id, &inst.id, None, tag);
                 Some(crate::pipeline::replicas::instance_info(
                     &inst,
                     Health::Pending,

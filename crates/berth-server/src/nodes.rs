@@ -197,7 +197,9 @@ impl Deployer {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         for inst in &started {
-            self.monitors.follow_logs(self, &d.id, &inst.id, None);
+            let tag = (started.len() > 1).then_some(inst.name.as_str());
+            self.monitors
+                .follow_replica_logs(self, &d.id, &inst.id, None, tag);
         }
         self.monitors.watch(self, &d, &service);
         if let Err(e) = self.runtime.remove_all(&old).await {

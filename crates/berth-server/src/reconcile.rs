@@ -120,8 +120,13 @@ impl Deployer {
                             if let Ok(st) = self.runtime.inspect(&inst.id).await {
                                 inst.endpoint = st.endpoint.or(inst.endpoint);
                             }
-                            self.monitors
-                                .follow_logs(self, &d.id, &inst.id, Some(now()));
+                            self.monitors.follow_replica_logs(
+                                self,
+                                &d.id,
+                                &inst.id,
+                                Some(now()),
+                                (found.len() > 1).then_some(inst.name.as_str()),
+                            );
                             adopted.push(inst);
                         }
                         crate::pipeline::replicas::record_instances(
@@ -209,7 +214,9 @@ impl Deployer {
                 );
                 self.save(d).await;
                 for inst in &started {
-                    self.monitors.follow_logs(self, &d.id, &inst.id, None);
+                    let tag = (started.len() > 1).then_some(inst.name.as_str());
+                    self.monitors
+                        .follow_replica_logs(self, &d.id, &inst.id, None, tag);
                 }
                 self.monitors.watch(self, d, service);
                 started.into_iter().map(|i| i.id).collect()

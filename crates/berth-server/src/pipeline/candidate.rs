@@ -165,7 +165,9 @@ impl Deployer {
             berth_core::state::Health::Pending,
         );
         for instance in &instances {
-            self.monitors.follow_logs(self, &d.id, &instance.id, None);
+            let tag = (instances.len() > 1).then_some(instance.name.as_str());
+            self.monitors
+                .follow_replica_logs(self, &d.id, &instance.id, None, tag);
         }
         let names: Vec<&str> = instances.iter().map(|i| i.name.as_str()).collect();
         self.finish_step(

@@ -434,7 +434,40 @@ async fn replicas_start_together_are_all_routed_and_retire_together() {
         "[services.web]\n",
         "[services.web]\nreplicas = 3\nbake = \"0\"\n",
     );
+    *h.builder.behaviour.lock().unwrap() = Behaviour {
+        output: vec!["hello from a replica".into()],
+        ..Behaviour::default()
+    };
     let first = h.deploy().await;
+    // Every replica's output reaches the deployment, tagged with its name.
+    let mut tagged = Vec::new();
+    for _ in 0..100 {
+        tagged = h
+            .store
+            .read_logs(&berth_store::LogQuery {
+                deployment_id: Some(first.id.clone()),
+                streams: vec![berth_core::model::LogStream::Stdout],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.text)
+            .collect::<Vec<_>>();
+        if tagged.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tagged.sort();
+    let mut want: Vec<String> = first
+        .instances
+        .iter()
+        .map(|i| format!("[{}] hello from a replica", i.name))
+        .collect();
+    want.sort();
+    assert_eq!(tagged, want);
+    *h.builder.behaviour.lock().unwrap() = Behaviour::default();
     assert_eq!(
         first.status,
         Status::Succeeded,
