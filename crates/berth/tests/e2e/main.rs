@@ -214,7 +214,8 @@ fn projects_and_variables_survive_kill_9_and_secrets_never_leak() {
             let p = e.unwrap().path();
             if p.is_dir() {
                 hits.extend(scan(&p, needle));
-            } else if std::fs::read(&p)
+            } else if p.is_file() // not the takeover socket
+                && std::fs::read(&p)
                 .unwrap()
                 .windows(needle.len())
                 .any(|w| w == needle)
