@@ -90,6 +90,15 @@ pub fn exit_code_of(run: &Run) -> anyhow::Result<u8> {
         Some(code) => {
             if run.oom_killed {
                 eprintln!("berth: run {}: {}", run.id, run.outcome());
+            } else if code == 137 {
+                // SIGKILL that berth did not send: on cgroup v2 the engine
+                // sometimes misses the kernel's OOM event, so say what it
+                // most likely was without claiming it.
+                eprintln!(
+                    "berth: run {}: killed by SIGKILL (exit 137): most likely out of memory \
+                     (the engine did not confirm an out of memory kill)",
+                    run.id
+                );
             }
             Ok(u8::try_from(code).unwrap_or(1))
         }
