@@ -309,30 +309,8 @@ fn cutovers_and_rollback_under_load_drop_no_request() {
         .as_str()
         .unwrap_or_else(|| panic!("no runtime.instanceId: {d1}"))
         .to_string();
-    let held = {
-        let port = s.http_port;
-        let h = h.clone();
-        std::thread::spawn(move || {
-            reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()
-                .unwrap()
-                .get(format!("http://127.0.0.1:{port}/cgi-bin/held"))
-                .header("host", h)
-                .send()
-                .map(|r| (r.status().as_u16(), r.text().unwrap_or_default()))
-        })
-    };
+    let held = hold_request(s.http_port, &h, &c1);
     let in_c1 = |cmd: &str| docker(&["exec", &c1, "/bin/sh", "-c", cmd]);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while in_c1("test -e /tmp/held-started && echo yes || echo no").trim() != "yes" {
-        assert!(!held.is_finished(), "the held request ended early");
-        assert!(
-            Instant::now() < deadline,
-            "the held request never reached v1"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
     repo.commit_app("v2", DOCKERFILE, "v2");
     let d2 = s.json(&["deploy", "--project", &project, "--json"]);
     let id2 = d2["id"].as_str().unwrap().to_string();
@@ -548,4 +526,44 @@ fn cancel_stops_a_running_build_and_ends_cancelled() {
     let o = s.cli(&["cancel", &id]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("already ended"));
+}
+
+/// A GET of the app's `/cgi-bin/held` through the edge that the app holds
+/// until `/tmp/held-release` exists in `container`; returns once the app
+/// has it (`/tmp/held-started`), so the request is provably in flight.
+fn hold_request(
+    port: u16,
+    host: &str,
+    container: &str,
+) -> std::thread::JoinHandle<reqwest::Result<(u16, String)>> {
+    let h = host.to_owned();
+    let held = std::thread::spawn(move || {
+        reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap()
+            .get(format!("http://127.0.0.1:{port}/cgi-bin/held"))
+            .header("host", h)
+            .send()
+            .map(|r| (r.status().as_u16(), r.text().unwrap_or_default()))
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while docker(&[
+        "exec",
+        container,
+        "/bin/sh",
+        "-c",
+        "test -e /tmp/held-started && echo yes || echo no",
+    ])
+    .trim()
+        != "yes"
+    {
+        assert!(!held.is_finished(), "the held request ended early");
+        assert!(
+            Instant::now() < deadline,
+            "the held request never reached v1"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    held
 }

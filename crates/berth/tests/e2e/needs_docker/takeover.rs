@@ -29,29 +29,8 @@ fn takeover_under_load_drops_no_request_and_keeps_the_containers() {
 
     // A request held in the app across the takeover: the old process must
     // finish it before it exits.
-    let held = {
-        let port = s.http_port;
-        let h = h.clone();
-        std::thread::spawn(move || {
-            reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()
-                .unwrap()
-                .get(format!("http://127.0.0.1:{port}/cgi-bin/held"))
-                .header("host", h)
-                .send()
-                .map(|r| (r.status().as_u16(), r.text().unwrap_or_default()))
-        })
-    };
+    let held = super::hold_request(s.http_port, &h, &c1);
     let in_c1 = |cmd: &str| docker(&["exec", &c1, "/bin/sh", "-c", cmd]);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while in_c1("test -e /tmp/held-started && echo yes || echo no").trim() != "yes" {
-        assert!(
-            Instant::now() < deadline,
-            "the held request never reached v1"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
     std::thread::sleep(Duration::from_millis(300));
 
     let mut old = s.takeover();
