@@ -15,7 +15,10 @@
 //! - unknown keys never pass silently;
 //! - durations are > 0 (only `bake` may be `"0"`: off), the port is 1-65535, canary stages strictly increase
 //!   and end at 100, thresholds are > 0, a canary's `min_requests` is >= 1
-//!   and `on_low_traffic` one of [`LowTraffic`]'s three words.
+//!   and `on_low_traffic` one of [`LowTraffic`]'s three words;
+//! - every `[jobs.<name>]` has a five-field cron `schedule` that fires
+//!   ([`Schedule`]), a non-empty `command`, and a `service` that is one of
+//!   the file's services.
 //!
 //! This module does no IO: the caller reads the file.
 
@@ -25,6 +28,7 @@ use std::time::Duration;
 
 use toml::{Table, Value};
 
+use crate::schedule::Schedule;
 use crate::{names, units};
 
 /// The file name used in every error message.
@@ -274,10 +278,31 @@ impl Default for ServiceConfig {
     }
 }
 
-/// The whole `berth.toml`: services by name.
+/// Longest a job's run may take when `timeout` is not set.
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// One `[jobs.<name>]` table: a command run on a schedule in a new
+/// instance of a service's active image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobConfig {
+    pub name: String,
+    /// Five fields, UTC.
+    pub schedule: Schedule,
+    /// Run with `sh -c` (like `release_command`).
+    pub command: String,
+    /// The service whose active deployment's image, variables, limits and
+    /// hardening the run gets (default `web`).
+    pub service: String,
+    /// The run is killed after this long (default 1h).
+    pub timeout: Duration,
+}
+
+/// The whole `berth.toml`: services and jobs by name.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppConfig {
     pub services: BTreeMap<String, ServiceConfig>,
+    /// `[jobs.<name>]`; each names a service of `services`.
+    pub jobs: BTreeMap<String, JobConfig>,
 }
 
 impl Default for AppConfig {
@@ -286,6 +311,7 @@ impl Default for AppConfig {
         let web = ServiceConfig::default();
         AppConfig {
             services: BTreeMap::from([(web.name.clone(), web)]),
+            jobs: BTreeMap::new(),
         }
     }
 }
@@ -309,7 +335,7 @@ pub fn parse(text: &str) -> Result<AppConfig, ConfigError> {
         }
     })?;
     for key in root.keys() {
-        if key != "services" {
+        if key != "services" && key != "jobs" {
             return Err(ConfigError::invalid(key, "unknown key"));
         }
     }
@@ -327,7 +353,71 @@ pub fn parse(text: &str) -> Result<AppConfig, ConfigError> {
         let svc = parse_service(name, as_table(value, &path)?, &path)?;
         out.insert(name.clone(), svc);
     }
-    Ok(AppConfig { services: out })
+    let mut jobs = BTreeMap::new();
+    if let Some(v) = root.get("jobs") {
+        for (name, value) in as_table(v, "jobs")? {
+            let path = format!("jobs.{name}");
+            names::job_name(name).map_err(|e| ConfigError::invalid(&path, e.to_string()))?;
+            let job = parse_job(name, as_table(value, &path)?, &path, &out)?;
+            jobs.insert(name.clone(), job);
+        }
+    }
+    Ok(AppConfig {
+        services: out,
+        jobs,
+    })
+}
+
+fn parse_job(
+    name: &str,
+    t: &Table,
+    path: &str,
+    services: &BTreeMap<String, ServiceConfig>,
+) -> Result<JobConfig, ConfigError> {
+    let mut schedule = None;
+    let mut command = None;
+    let mut service = DEFAULT_SERVICE.to_string();
+    let mut timeout = DEFAULT_JOB_TIMEOUT;
+    for (key, value) in t {
+        let kp = format!("{path}.{key}");
+        match key.as_str() {
+            "schedule" => {
+                let text = as_str(value, &kp)?;
+                schedule = Some(Schedule::parse(text).map_err(|e| {
+                    ConfigError::invalid(&kp, format!("invalid cron expression {text:?}: {e}"))
+                })?);
+            }
+            "command" => command = Some(non_empty(value, &kp)?.to_string()),
+            "service" => service = as_str(value, &kp)?.to_string(),
+            "timeout" => timeout = duration(value, &kp)?,
+            _ => return Err(ConfigError::invalid(kp, "unknown key")),
+        }
+    }
+    let schedule = schedule.ok_or_else(|| {
+        ConfigError::invalid(
+            format!("{path}.schedule"),
+            "missing: a five-field cron expression in UTC, e.g. \"0 3 * * *\"",
+        )
+    })?;
+    let command =
+        command.ok_or_else(|| ConfigError::invalid(format!("{path}.command"), "missing"))?;
+    if !services.contains_key(&service) {
+        let known: Vec<&str> = services.keys().map(String::as_str).collect();
+        return Err(ConfigError::invalid(
+            format!("{path}.service"),
+            format!(
+                "unknown service {service:?} (services: {})",
+                known.join(", ")
+            ),
+        ));
+    }
+    Ok(JobConfig {
+        name: name.to_string(),
+        schedule,
+        command,
+        service,
+        timeout,
+    })
 }
 
 fn one_line(s: &str) -> String {
@@ -1111,6 +1201,97 @@ resources = { memory = "1g", cpus = 2 }
                 err.key().is_some_and(|k| k.starts_with(key)),
                 "{text:?}: expected key {key}, got {msg}"
             );
+            assert!(
+                msg.contains(reason),
+                "{text:?}: expected {reason:?} in {msg}"
+            );
+            assert!(!msg.contains('\n'), "{text:?}: not one line: {msg}");
+        }
+    }
+
+    #[test]
+    fn jobs_parse_with_defaults() {
+        let c = parse(
+            "[services.web]\n[services.worker]\nkind = \"worker\"\n\
+             [jobs.cleanup]\nschedule = \"*/5  * * * *\"\ncommand = \"rake cleanup\"\n\
+             [jobs.report]\nschedule = \"0 3 * * MON\"\ncommand = \"bin/report\"\n\
+             service = \"worker\"\ntimeout = \"10m\"\n",
+        )
+        .unwrap();
+        let cleanup = &c.jobs["cleanup"];
+        assert_eq!(cleanup.schedule.as_str(), "*/5 * * * *");
+        assert_eq!(cleanup.command, "rake cleanup");
+        assert_eq!(cleanup.service, "web");
+        assert_eq!(cleanup.timeout, DEFAULT_JOB_TIMEOUT);
+        let report = &c.jobs["report"];
+        assert_eq!(report.service, "worker");
+        assert_eq!(report.timeout, Duration::from_secs(600));
+        assert!(parse("[services.web]\n").unwrap().jobs.is_empty());
+        assert!(AppConfig::default().jobs.is_empty());
+    }
+
+    #[test]
+    fn job_rejections_name_file_key_and_reason() {
+        let web = "[services.web]\n";
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "[jobs.x]\nschedule = \"61 * * * *\"\ncommand = \"true\"\n",
+                "jobs.x.schedule",
+                "invalid cron expression \"61 * * * *\"",
+            ),
+            (
+                "[jobs.x]\nschedule = \"* * * *\"\ncommand = \"true\"\n",
+                "jobs.x.schedule",
+                "expected five fields",
+            ),
+            (
+                "[jobs.x]\nschedule = \"0 0 31 2 *\"\ncommand = \"true\"\n",
+                "jobs.x.schedule",
+                "never fires",
+            ),
+            (
+                "[jobs.x]\ncommand = \"true\"\n",
+                "jobs.x.schedule",
+                "missing",
+            ),
+            (
+                "[jobs.x]\nschedule = \"* * * * *\"\n",
+                "jobs.x.command",
+                "missing",
+            ),
+            (
+                "[jobs.x]\nschedule = \"* * * * *\"\ncommand = \" \"\n",
+                "jobs.x.command",
+                "must not be empty",
+            ),
+            (
+                "[jobs.x]\nschedule = \"* * * * *\"\ncommand = \"true\"\nservice = \"api\"\n",
+                "jobs.x.service",
+                "unknown service \"api\" (services: web)",
+            ),
+            (
+                "[jobs.x]\nschedule = \"* * * * *\"\ncommand = \"true\"\ntimeout = \"0\"\n",
+                "jobs.x.timeout",
+                "must be greater than 0",
+            ),
+            (
+                "[jobs.x]\nschedule = \"* * * * *\"\ncommand = \"true\"\nretries = 3\n",
+                "jobs.x.retries",
+                "unknown key",
+            ),
+            (
+                "[jobs.My_Job]\nschedule = \"* * * * *\"\ncommand = \"true\"\n",
+                "jobs.My_Job",
+                "job name",
+            ),
+            ("jobs = 1\n", "jobs", "expected a table"),
+        ];
+        for (text, key, reason) in cases {
+            let text = format!("{text}{web}");
+            let err = parse(&text).expect_err(&text);
+            let msg = err.to_string();
+            assert!(msg.starts_with("berth.toml: "), "{text:?} -> {msg}");
+            assert_eq!(err.key(), Some(*key), "{text:?}: {msg}");
             assert!(
                 msg.contains(reason),
                 "{text:?}: expected {reason:?} in {msg}"

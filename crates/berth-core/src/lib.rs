@@ -4,7 +4,7 @@
 //! ([`state::transition`], the only way a deployment's status, stage and
 //! health change), `berth.toml` ([`config`]), name rules ([`names`]),
 //! durations and sizes ([`units`]), the hostnames deployments get
-//! ([`hosts`]) and the telemetry variables every instance gets
+//! ([`hosts`]), the cron schedules of jobs ([`schedule`]) and the telemetry variables every instance gets
 //! ([`telemetry`]).
 //!
 //! Invariants: nothing here touches the network, disk, clock or random
@@ -19,6 +19,7 @@ pub mod model;
 pub mod names;
 pub mod ops;
 pub mod redact;
+pub mod schedule;
 pub mod state;
 pub mod telemetry;
 pub mod units;

@@ -111,6 +111,12 @@ pub fn service_name(name: &str) -> Result<(), NameError> {
     dns_label("service name", name, MAX_SERVICE_NAME)
 }
 
+/// Scheduled job names (`[jobs.<name>]`, `berth jobs run <name>`): the
+/// rule of service names.
+pub fn job_name(name: &str) -> Result<(), NameError> {
+    dns_label("job name", name, MAX_SERVICE_NAME)
+}
+
 /// A POSIX environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
 pub fn variable_name(name: &str) -> Result<(), NameError> {
     if name.is_empty() {
