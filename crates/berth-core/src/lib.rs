@@ -11,6 +11,7 @@
 //! numbers — callers pass timestamps and ids in — so every function is
 //! deterministic and tested by table. Illegal input is an error value,
 //! never a panic.
+pub mod access;
 pub mod api;
 pub mod canary;
 pub mod config;

@@ -35,6 +35,7 @@ pub use seal::{Sealer, Secret};
 pub use sqlite::{SqliteStore, DB_FILE};
 
 use async_trait::async_trait;
+use berth_core::access::{AuditEntry, TokenInfo};
 use berth_core::model::{
     CertState, ClusterMember, Deployment, Domain, Environment, ExternalRoute, LogLine, LogStream,
     ManifestEntry, Project, StepName, Variable,
@@ -348,6 +349,33 @@ pub struct RunQuery {
     pub limit: Option<u32>,
 }
 
+/// An API token as stored: its record and the SHA-256 (hex) of the token,
+/// never the token itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub info: TokenInfo,
+    pub hash: String,
+}
+
+/// Filters for the audit log; results come newest first.
+#[derive(Clone, Debug, Default)]
+pub struct AuditQuery {
+    pub project: Option<String>,
+    pub limit: Option<u32>,
+}
+
+/// A console sign-in: the SHA-256 (hex) of the session id (the cookie's
+/// value is never stored) and the token it signed in with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub id_hash: String,
+    /// The token's name ([`berth_core::access::ADMIN_TOKEN_NAME`] for the
+    /// server's `--token`).
+    pub token: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
 /// The activation change inside [`Store::save_deployments`].
 #[derive(Clone, Debug)]
 pub struct Activate {
@@ -506,4 +534,31 @@ pub trait Store: Send + Sync + 'static {
     async fn save_run(&self, r: &Run) -> Result<()>;
     async fn get_run(&self, id: &str) -> Result<Run>;
     async fn list_runs(&self, q: &RunQuery) -> Result<Vec<Run>>;
+
+    // --- tokens, audit log, console sessions ---
+    /// Records a new API token; [`StoreError::Conflict`] when its name is
+    /// taken (by a revoked token too) or its hash is not new.
+    async fn create_token(&self, t: &TokenRecord) -> Result<()>;
+    /// Every token, by name (revoked ones too).
+    async fn list_tokens(&self) -> Result<Vec<TokenInfo>>;
+    /// The token whose SHA-256 is `hash`, revoked and expired ones too (so
+    /// a refusal can say which).
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenInfo>>;
+    async fn get_token(&self, name: &str) -> Result<TokenInfo>;
+    /// Marks a token revoked from `at` on (a second revoke keeps the first
+    /// time); [`StoreError::NotFound`] when there is no such token.
+    async fn revoke_token(&self, name: &str, at: DateTime<Utc>) -> Result<TokenInfo>;
+    /// Records that a token was used at `at`.
+    async fn touch_token(&self, name: &str, at: DateTime<Utc>) -> Result<()>;
+    /// Appends one entry to the audit log.
+    async fn append_audit(&self, e: &AuditEntry) -> Result<()>;
+    /// The audit log, newest first.
+    async fn list_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>>;
+    /// Records a console session (and forgets sessions expired by then).
+    async fn put_session(&self, s: &SessionRecord) -> Result<()>;
+    /// The session whose id hashes to `id_hash`, unless it expired by `now`.
+    async fn get_session(&self, id_hash: &str, now: DateTime<Utc>)
+        -> Result<Option<SessionRecord>>;
+    /// Signs a session out (nothing when it is unknown).
+    async fn remove_session(&self, id_hash: &str) -> Result<()>;
 }

@@ -15,7 +15,9 @@ use crate::{
     Activate, CertRecord, Cipher, DeploymentQuery, LogQuery, NewLogLine, NewProject, ProjectPatch,
     RepoAccess, ResolvedVar, Result, Slot, Store, StoreError, VarFlags,
 };
+use crate::{AuditQuery, SessionRecord, TokenRecord};
 use async_trait::async_trait;
+use berth_core::access::{AuditEntry, Role, TokenInfo};
 use berth_core::model::{
     split_url_credentials, with_url_credentials, CertState, CertificateStatus, ClusterMember,
     Deployment, Domain, DomainVerification, Environment, ExternalRoute, LogLine, LogStream,
@@ -35,6 +37,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0001_init.sql"),
     include_str!("../migrations/postgres/0002_cluster.sql"),
     include_str!("../migrations/postgres/0003_runs.sql"),
+    include_str!("../migrations/postgres/0004_access.sql"),
 ];
 
 /// The advisory lock key migrations run under ("berth" in ASCII).
@@ -317,6 +320,22 @@ fn refs(p: &Params) -> Vec<&(dyn ToSql + Sync)> {
     p.iter()
         .map(|b| b.as_ref() as &(dyn ToSql + Sync))
         .collect()
+}
+
+const TOKEN_COLS: &str = "name, role, project, created_at, expires_at, last_used_at, revoked_at";
+
+fn token_row(r: &Row) -> Result<TokenInfo> {
+    let role: String = r.get(1);
+    Ok(TokenInfo {
+        name: r.get(0),
+        role: Role::parse(&role)
+            .ok_or_else(|| StoreError::Backend(format!("unknown role {role:?} in api_tokens")))?,
+        project: r.get(2),
+        created_at: r.get(3),
+        expires_at: r.get(4),
+        last_used_at: r.get(5),
+        revoked_at: r.get(6),
+    })
 }
 
 #[async_trait]
@@ -1435,5 +1454,192 @@ impl Store for PgStore {
         rows.iter()
             .map(|r| crate::run_from_json(&r.get::<_, String>(0)))
             .collect()
+    }
+
+    // --- tokens, audit log, console sessions ---
+    async fn create_token(&self, t: &TokenRecord) -> Result<()> {
+        crate::sqlite::check_token(t)?;
+        let i = &t.info;
+        let c = self.client().await?;
+        c.execute(
+            "INSERT INTO api_tokens (name, hash, role, project, created_at, expires_at, last_used_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &i.name,
+                &t.hash,
+                &i.role.as_str(),
+                &i.project,
+                &i.created_at,
+                &i.expires_at,
+                &i.last_used_at,
+                &i.revoked_at,
+            ],
+        )
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict {
+                    what: "token",
+                    name: i.name.clone(),
+                }
+            } else {
+                pg_err(e)
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenInfo>> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                &format!("SELECT {TOKEN_COLS} FROM api_tokens ORDER BY name"),
+                &[],
+            )
+            .await?;
+        rows.iter().map(token_row).collect()
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenInfo>> {
+        let c = self.client().await?;
+        c.query_opt(
+            &format!("SELECT {TOKEN_COLS} FROM api_tokens WHERE hash = $1"),
+            &[&hash],
+        )
+        .await?
+        .as_ref()
+        .map(token_row)
+        .transpose()
+    }
+
+    async fn get_token(&self, name: &str) -> Result<TokenInfo> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                &format!("SELECT {TOKEN_COLS} FROM api_tokens WHERE name = $1"),
+                &[&name],
+            )
+            .await?
+            .ok_or_else(|| StoreError::not_found("token", name))?;
+        token_row(&row)
+    }
+
+    async fn revoke_token(&self, name: &str, at: DateTime<Utc>) -> Result<TokenInfo> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                &format!(
+                    "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE name = $1 \
+                     RETURNING {TOKEN_COLS}"
+                ),
+                &[&name, &at],
+            )
+            .await?
+            .ok_or_else(|| StoreError::not_found("token", name))?;
+        token_row(&row)
+    }
+
+    async fn touch_token(&self, name: &str, at: DateTime<Utc>) -> Result<()> {
+        let c = self.client().await?;
+        c.execute(
+            "UPDATE api_tokens SET last_used_at = $2 WHERE name = $1",
+            &[&name, &at],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn append_audit(&self, e: &AuditEntry) -> Result<()> {
+        let c = self.client().await?;
+        c.execute(
+            "INSERT INTO audit_log (at, token, action, target, project, source_ip) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &e.at,
+                &e.token,
+                &e.action,
+                &e.target,
+                &e.project,
+                &e.source_ip,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn list_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        let mut sql =
+            String::from("SELECT at, token, action, target, project, source_ip FROM audit_log");
+        let mut params: Params = Vec::new();
+        if let Some(p) = &q.project {
+            params.push(Box::new(p.clone()));
+            sql.push_str(" WHERE project = $1");
+        }
+        sql.push_str(" ORDER BY seq DESC");
+        if let Some(l) = q.limit {
+            sql.push_str(&format!(" LIMIT {l}"));
+        }
+        let c = self.client().await?;
+        let rows = c.query(&sql, &refs(&params)).await?;
+        Ok(rows
+            .iter()
+            .map(|r| AuditEntry {
+                at: r.get(0),
+                token: r.get(1),
+                action: r.get(2),
+                target: r.get(3),
+                project: r.get(4),
+                source_ip: r.get(5),
+            })
+            .collect())
+    }
+
+    async fn put_session(&self, s: &SessionRecord) -> Result<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        tx.execute(
+            "DELETE FROM console_sessions WHERE expires_at <= $1",
+            &[&s.created_at],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO console_sessions (id_hash, token, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (id_hash) DO UPDATE \
+             SET token = EXCLUDED.token, created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at",
+            &[&s.id_hash, &s.token, &s.created_at, &s.expires_at],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_session(
+        &self,
+        id_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<SessionRecord>> {
+        let c = self.client().await?;
+        Ok(c.query_opt(
+            "SELECT id_hash, token, created_at, expires_at FROM console_sessions \
+             WHERE id_hash = $1 AND expires_at > $2",
+            &[&id_hash, &now],
+        )
+        .await?
+        .map(|r| SessionRecord {
+            id_hash: r.get(0),
+            token: r.get(1),
+            created_at: r.get(2),
+            expires_at: r.get(3),
+        }))
+    }
+
+    async fn remove_session(&self, id_hash: &str) -> Result<()> {
+        let c = self.client().await?;
+        c.execute(
+            "DELETE FROM console_sessions WHERE id_hash = $1",
+            &[&id_hash],
+        )
+        .await?;
+        Ok(())
     }
 }

@@ -7,7 +7,9 @@ use crate::{
     Activate, CertRecord, DeploymentQuery, LogQuery, NewLogLine, NewProject, ProjectPatch,
     RepoAccess, ResolvedVar, Result, Slot, Store, StoreError, VarFlags,
 };
+use crate::{AuditQuery, SessionRecord, TokenRecord};
 use async_trait::async_trait;
+use berth_core::access::{AuditEntry, Role, TokenInfo};
 use berth_core::model::{
     split_url_credentials, with_url_credentials, CertState, CertificateStatus, Domain,
     DomainVerification, ManifestEntry,
@@ -33,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0006_certificates.sql"),
     include_str!("../migrations/0007_versions.sql"),
     include_str!("../migrations/0008_runs.sql"),
+    include_str!("../migrations/0009_access.sql"),
 ];
 
 /// File name of the database inside the data dir.
@@ -353,6 +356,37 @@ fn update_deployment(c: &Connection, d: &Deployment) -> Result<()> {
             None => StoreError::not_found("deployment", &d.id),
             Some(v) => StoreError::stale(d, v as u64),
         });
+    }
+    Ok(())
+}
+
+const TOKEN_COLS: &str = "name, role, project, created_at, expires_at, last_used_at, revoked_at";
+
+fn token_row(r: &rusqlite::Row) -> rusqlite::Result<TokenInfo> {
+    let role: String = r.get(1)?;
+    Ok(TokenInfo {
+        name: r.get(0)?,
+        role: Role::parse(&role).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                1,
+                rusqlite::types::Type::Text,
+                format!("unknown role {role:?}").into(),
+            )
+        })?,
+        project: r.get(2)?,
+        created_at: parse_ts(&r.get::<_, String>(3)?)?,
+        expires_at: opt_ts(r, 4)?,
+        last_used_at: opt_ts(r, 5)?,
+        revoked_at: opt_ts(r, 6)?,
+    })
+}
+
+pub(crate) fn check_token(t: &TokenRecord) -> Result<()> {
+    berth_core::access::token_name(&t.info.name).map_err(StoreError::Invalid)?;
+    if t.hash.len() != 64 || !t.hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(StoreError::Invalid(
+            "a token hash is 64 hex digits (SHA-256)".into(),
+        ));
     }
     Ok(())
 }
@@ -1332,6 +1366,216 @@ impl Store for SqliteStore {
             })?;
             rows.map(|d| crate::run_from_json(&d?))
                 .collect::<Result<Vec<_>>>()
+        })
+        .await
+    }
+
+    // --- tokens, audit log, console sessions ---
+    async fn create_token(&self, t: &TokenRecord) -> Result<()> {
+        check_token(t)?;
+        let t = t.clone();
+        self.call(move |c| {
+            let i = &t.info;
+            c.execute(
+                "INSERT INTO api_tokens (name, hash, role, project, created_at, expires_at, last_used_at, revoked_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    i.name,
+                    t.hash,
+                    i.role.as_str(),
+                    i.project,
+                    ts(&i.created_at),
+                    i.expires_at.as_ref().map(ts),
+                    i.last_used_at.as_ref().map(ts),
+                    i.revoked_at.as_ref().map(ts)
+                ],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    StoreError::Conflict {
+                        what: "token",
+                        name: i.name.clone(),
+                    }
+                }
+                e => e.into(),
+            })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenInfo>> {
+        self.call(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {TOKEN_COLS} FROM api_tokens ORDER BY name"
+            ))?;
+            let rows = st.query_map([], token_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenInfo>> {
+        let hash = hash.to_string();
+        self.call(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {TOKEN_COLS} FROM api_tokens WHERE hash = ?1"),
+                [&hash],
+                token_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn get_token(&self, name: &str) -> Result<TokenInfo> {
+        let name = name.to_string();
+        self.call(move |c| {
+            c.query_row(
+                &format!("SELECT {TOKEN_COLS} FROM api_tokens WHERE name = ?1"),
+                [&name],
+                token_row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::not_found("token", &name))
+        })
+        .await
+    }
+
+    async fn revoke_token(&self, name: &str, at: DateTime<Utc>) -> Result<TokenInfo> {
+        let name = name.to_string();
+        self.call(move |c| {
+            let n = c.execute(
+                "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ?2) WHERE name = ?1",
+                params![name, ts(&at)],
+            )?;
+            if n == 0 {
+                return Err(StoreError::not_found("token", &name));
+            }
+            Ok(c.query_row(
+                &format!("SELECT {TOKEN_COLS} FROM api_tokens WHERE name = ?1"),
+                [&name],
+                token_row,
+            )?)
+        })
+        .await
+    }
+
+    async fn touch_token(&self, name: &str, at: DateTime<Utc>) -> Result<()> {
+        let name = name.to_string();
+        self.call(move |c| {
+            c.execute(
+                "UPDATE api_tokens SET last_used_at = ?2 WHERE name = ?1",
+                params![name, ts(&at)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn append_audit(&self, e: &AuditEntry) -> Result<()> {
+        let e = e.clone();
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO audit_log (at, token, action, target, project, source_ip) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    ts(&e.at),
+                    e.token,
+                    e.action,
+                    e.target,
+                    e.project,
+                    e.source_ip
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        let q = q.clone();
+        self.call(move |c| {
+            let mut sql =
+                String::from("SELECT at, token, action, target, project, source_ip FROM audit_log");
+            if q.project.is_some() {
+                sql.push_str(" WHERE project = ?1");
+            }
+            sql.push_str(" ORDER BY seq DESC");
+            if let Some(l) = q.limit {
+                sql.push_str(&format!(" LIMIT {l}"));
+            }
+            let mut st = c.prepare(&sql)?;
+            let args: Vec<String> = q.project.into_iter().collect();
+            let rows = st.query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                Ok(AuditEntry {
+                    at: parse_ts(&r.get::<_, String>(0)?)?,
+                    token: r.get(1)?,
+                    action: r.get(2)?,
+                    target: r.get(3)?,
+                    project: r.get(4)?,
+                    source_ip: r.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn put_session(&self, s: &SessionRecord) -> Result<()> {
+        let s = s.clone();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "DELETE FROM console_sessions WHERE expires_at <= ?1",
+                [ts(&s.created_at)],
+            )?;
+            tx.execute(
+                "INSERT OR REPLACE INTO console_sessions (id_hash, token, created_at, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![s.id_hash, s.token, ts(&s.created_at), ts(&s.expires_at)],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_session(
+        &self,
+        id_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<SessionRecord>> {
+        let id_hash = id_hash.to_string();
+        self.call(move |c| {
+            Ok(c.query_row(
+                "SELECT id_hash, token, created_at, expires_at FROM console_sessions \
+                 WHERE id_hash = ?1 AND expires_at > ?2",
+                params![id_hash, ts(&now)],
+                |r| {
+                    Ok(SessionRecord {
+                        id_hash: r.get(0)?,
+                        token: r.get(1)?,
+                        created_at: parse_ts(&r.get::<_, String>(2)?)?,
+                        expires_at: parse_ts(&r.get::<_, String>(3)?)?,
+                    })
+                },
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn remove_session(&self, id_hash: &str) -> Result<()> {
+        let id_hash = id_hash.to_string();
+        self.call(move |c| {
+            c.execute(
+                "DELETE FROM console_sessions WHERE id_hash = ?1",
+                [&id_hash],
+            )?;
+            Ok(())
         })
         .await
     }

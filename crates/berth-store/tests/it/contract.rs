@@ -886,3 +886,196 @@ pub async fn runs_are_kept_newest_first_and_a_firing_runs_once(h: &Harness) {
         .unwrap();
     assert!(!ids(going).contains(&"r1".to_string()));
 }
+
+// --- tokens, audit log, console sessions ---
+
+fn token(name: &str, hash_byte: char, role: berth_core::access::Role) -> TokenRecord {
+    TokenRecord {
+        info: berth_core::access::TokenInfo {
+            name: name.into(),
+            role,
+            project: Some("shop".into()),
+            created_at: Utc::now(),
+            expires_at: Some(Utc::now() + Duration::days(30)),
+            last_used_at: None,
+            revoked_at: None,
+        },
+        hash: hash_byte.to_string().repeat(64),
+    }
+}
+
+pub async fn tokens_are_kept_by_hash_and_revoked(h: &Harness) {
+    use berth_core::access::Role;
+    let s = &*h.store;
+    let ci = token("ci", 'a', Role::Deployer);
+    s.create_token(&ci).await.unwrap();
+    let mut viewer = token("look", 'b', Role::Viewer);
+    viewer.info.project = None;
+    viewer.info.expires_at = None;
+    s.create_token(&viewer).await.unwrap();
+    // A name or a hash already taken is refused; bad input writes nothing.
+    assert!(matches!(
+        s.create_token(&token("ci", 'c', Role::Admin)).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert!(matches!(
+        s.create_token(&token("other", 'a', Role::Admin)).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert!(matches!(
+        s.create_token(&token("admin", 'd', Role::Admin)).await,
+        Err(StoreError::Invalid(_))
+    ));
+    let mut bad_hash = token("x", 'e', Role::Admin);
+    bad_hash.hash = "the-token-itself".into();
+    assert!(matches!(
+        s.create_token(&bad_hash).await,
+        Err(StoreError::Invalid(_))
+    ));
+    let all = s.list_tokens().await.unwrap();
+    let names: Vec<_> = all.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["ci", "look"]);
+    // Timestamps come back as written (to the microsecond).
+    let back = s.get_token("ci").await.unwrap();
+    assert_eq!(back.role, Role::Deployer);
+    assert_eq!(back.project.as_deref(), Some("shop"));
+    assert_eq!(
+        back.expires_at.unwrap().timestamp_micros(),
+        ci.info.expires_at.unwrap().timestamp_micros()
+    );
+    assert_eq!(
+        s.token_by_hash(&"b".repeat(64))
+            .await
+            .unwrap()
+            .unwrap()
+            .name,
+        "look"
+    );
+    assert_eq!(s.token_by_hash(&"f".repeat(64)).await.unwrap(), None);
+
+    let used = Utc::now();
+    s.touch_token("ci", used).await.unwrap();
+    assert_eq!(
+        s.get_token("ci")
+            .await
+            .unwrap()
+            .last_used_at
+            .unwrap()
+            .timestamp_micros(),
+        used.timestamp_micros()
+    );
+
+    let t1 = Utc::now();
+    let r = s.revoke_token("ci", t1).await.unwrap();
+    assert_eq!(
+        r.revoked_at.unwrap().timestamp_micros(),
+        t1.timestamp_micros()
+    );
+    // A second revoke keeps the first time; the token is still found by
+    // its hash, so a refusal can say it was revoked.
+    let r2 = s.revoke_token("ci", t1 + Duration::hours(1)).await.unwrap();
+    assert_eq!(r2.revoked_at, r.revoked_at);
+    let found = s.token_by_hash(&"a".repeat(64)).await.unwrap().unwrap();
+    assert_eq!(
+        found.dead_at(Utc::now()),
+        Some(berth_core::access::TokenDead::Revoked)
+    );
+    assert!(matches!(
+        s.revoke_token("nope", t1).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.get_token("nope").await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+pub async fn audit_log_lists_newest_first_by_project(h: &Harness) {
+    let s = &*h.store;
+    let t0 = Utc::now();
+    for (i, (project, action)) in [
+        (Some("shop"), "deploy"),
+        (None, "tokens.create"),
+        (Some("blog"), "rollback"),
+        (Some("shop"), "variables.set"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        s.append_audit(&berth_core::access::AuditEntry {
+            at: t0 + Duration::seconds(i as i64),
+            token: "ci".into(),
+            action: action.into(),
+            target: format!("target-{i}"),
+            project: project.map(String::from),
+            source_ip: "127.0.0.1".into(),
+        })
+        .await
+        .unwrap();
+    }
+    let all = s.list_audit(&AuditQuery::default()).await.unwrap();
+    let actions: Vec<_> = all.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["variables.set", "rollback", "tokens.create", "deploy"]
+    );
+    assert_eq!(all[0].target, "target-3");
+    assert_eq!(all[0].source_ip, "127.0.0.1");
+    assert_eq!(
+        all[3].at.timestamp_micros(),
+        t0.timestamp_micros(),
+        "time kept to the microsecond"
+    );
+    let shop = s
+        .list_audit(&AuditQuery {
+            project: Some("shop".into()),
+            limit: None,
+        })
+        .await
+        .unwrap();
+    let actions: Vec<_> = shop.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["variables.set", "deploy"]);
+    let one = s
+        .list_audit(&AuditQuery {
+            project: None,
+            limit: Some(1),
+        })
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].action, "variables.set");
+}
+
+pub async fn console_sessions_survive_until_they_expire(h: &Harness) {
+    let s = &*h.store;
+    let now = Utc::now();
+    let live = SessionRecord {
+        id_hash: "1".repeat(64),
+        token: "admin".into(),
+        created_at: now,
+        expires_at: now + Duration::hours(12),
+    };
+    s.put_session(&live).await.unwrap();
+    let old = SessionRecord {
+        id_hash: "2".repeat(64),
+        token: "ci".into(),
+        created_at: now - Duration::hours(13),
+        expires_at: now - Duration::hours(1),
+    };
+    s.put_session(&old).await.unwrap();
+    let got = s.get_session(&live.id_hash, now).await.unwrap().unwrap();
+    assert_eq!(got.token, "admin");
+    assert_eq!(
+        got.expires_at.timestamp_micros(),
+        live.expires_at.timestamp_micros()
+    );
+    assert_eq!(s.get_session(&old.id_hash, now).await.unwrap(), None);
+    assert_eq!(
+        s.get_session(&live.id_hash, live.expires_at).await.unwrap(),
+        None,
+        "expired at its expiry time"
+    );
+    s.remove_session(&live.id_hash).await.unwrap();
+    assert_eq!(s.get_session(&live.id_hash, now).await.unwrap(), None);
+    s.remove_session("unknown").await.unwrap();
+}

@@ -34,6 +34,9 @@ macro_rules! contract_tests {
             environments_and_external_routes,
             log_retention_drops_old_lines_and_caps_each_project,
             runs_are_kept_newest_first_and_a_firing_runs_once,
+            tokens_are_kept_by_hash_and_revoked,
+            audit_log_lists_newest_first_by_project,
+            console_sessions_survive_until_they_expire,
         );
     };
     (@each $make:path; $($name:ident),* $(,)?) => {
