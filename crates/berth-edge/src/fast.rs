@@ -16,8 +16,9 @@
 //!   ask to close (`Connection: close`, or HTTP/1.0 without `keep-alive`).
 //! * A pooled connection that fails before any byte of the response arrived
 //!   (the upstream closed it while idle) is retried once on a fresh
-//!   connection, and only for idempotent requests; any other failure is an
-//!   error (502). So is a `408` read on a pooled connection (some upstreams
+//!   connection, and only for idempotent requests; a new connection that
+//!   fails so is `SendError::NoAnswer` (the proxy may try another replica);
+//!   any other failure is an error (502). So is a `408` read on a pooled connection (some upstreams
 //!   send one on a keep-alive connection they time out, then close it).
 
 use std::pin::Pin;
@@ -428,6 +429,9 @@ pub(crate) async fn send<S: HeadSink>(
                 pool.forget_raw_idle(req.id);
                 force_fresh = true;
             }
+            // a new connection that closed before answering: the upstream
+            // is going away (see `SendError::refused`)
+            Err(f) if f.before_response => return Err(SendError::NoAnswer(Box::new(f.error))),
             Err(f) => return Err(f.error),
         }
     }

@@ -69,9 +69,9 @@ use tokio::sync::Notify;
 use crate::fast::{Exchange, HeadSink};
 use crate::h1::{self, MAX_HEAD, MAX_HEADERS};
 use crate::pool::SendError;
-use crate::proxy::{self, ConnCtx, Page};
+use crate::proxy::{self, Attempt, ConnCtx, Page};
 use crate::scan::ScanIo;
-use crate::target::{wait_stop, InflightGuard};
+use crate::target::wait_stop;
 use crate::trace::TraceContext;
 use crate::Worker;
 
@@ -358,12 +358,9 @@ impl Conn {
             }
         };
         let started = Instant::now();
-        let mut guard = InflightGuard::new(target.state.clone());
-        let series = target.series.clone();
-        let abort_gen = target.state.abort_gen();
-        let id = target.upstream_id;
+        let mut attempt = Attempt::on(&worker, target);
         if let Some(observers) = &inner.observers {
-            guard.record = crate::observe::Record::start(
+            attempt.guard.record = crate::observe::Record::start(
                 observers,
                 crate::observe::Start {
                     started,
@@ -371,32 +368,46 @@ impl Conn {
                     method: req.method.as_str(),
                     path: &head[req.target.0..req.target.1],
                     client: self.remote.ip(),
-                    target: Some(&guard.target),
+                    target: Some(&attempt.guard.target),
                     trace: req.trace,
                 },
             );
         }
-        worker.pool.prepare(id, &target.authority);
         drop(table);
 
         let deadline = started + inner.upstream_timeout;
-        let exchange = Exchange {
-            id,
-            head: &self.up,
-            idempotent: true,
-            head_method: req.method == Verb::Head,
+        let (result, had_date, had_length) = loop {
+            let exchange = Exchange {
+                id: attempt.upstream_id,
+                head: &self.up,
+                idempotent: true,
+                head_method: req.method == Verb::Head,
+            };
+            let mut sink = RawHead {
+                out: &mut self.out,
+                date: false,
+                length: false,
+            };
+            let guard = &attempt.guard;
+            let result = tokio::select! {
+                biased;
+                r = crate::fast::send(&worker.pool, exchange, &mut sink) => Ok(r),
+                stop = wait_stop(&guard.target, attempt.abort_gen, &worker.bell, deadline) => Err(stop),
+            };
+            let (had_date, had_length) = (sink.date, sink.length);
+            match result {
+                // every request here is idempotent and bodiless: a replica
+                // that refused it leaves it to a sibling
+                Ok(Err(e)) if attempt.retry(&worker, host, &e, true) => {}
+                r => break (r, had_date, had_length),
+            }
         };
-        let mut sink = RawHead {
-            out: &mut self.out,
-            date: false,
-            length: false,
-        };
-        let result = tokio::select! {
-            biased;
-            r = crate::fast::send(&worker.pool, exchange, &mut sink) => Ok(r),
-            stop = wait_stop(&guard.target, abort_gen, &worker.bell, deadline) => Err(stop),
-        };
-        let (had_date, had_length) = (sink.date, sink.length);
+        let proxy::Attempt {
+            mut guard,
+            series,
+            abort_gen,
+            ..
+        } = attempt;
         let (status, mut body) = match result {
             Err(stop) => {
                 let page = proxy::stopped(stop, &mut guard, started, &series);

@@ -122,6 +122,17 @@
 //!   targets of two deployments or more) a request with a valid pin value
 //!   or sticky cookie goes to its deployment without taking a ticket, so
 //!   the weights hold for new visitors (see `sticky.rs`).
+//! * **Replicas.** Targets with the same `TargetSpec::deployment_id` are
+//!   replicas of one deployment: the weights choose the deployment, then
+//!   [`Balance`] the replica (`Route::settle`), skipping those marked down.
+//!   A target that refuses a connection, or closes a new one before any
+//!   answer, is marked down at once (passive health) and the request goes
+//!   to another replica of the same deployment that is up, at most once
+//!   per replica: always when nothing was written, and for a bodiless
+//!   idempotent request (GET, HEAD, OPTIONS, PUT, DELETE) even when it
+//!   was; a request whose body was sent is never sent twice (502).
+//!   [`Edge::report_health`] (the control plane's probes) clears or sets
+//!   a mark; an unreported mark lapses after 30 s.
 //! * **Records off the request path.** The access log and spans are handed
 //!   over with `try_send` on bounded queues (full: dropped and counted);
 //!   with both off no record is made (see `observe.rs`).
@@ -163,6 +174,7 @@ pub use observe::{AccessLogConfig, AccessLogTarget};
 pub use otlp::{OtlpConfig, OtlpError};
 pub use persist::LoadError;
 pub use route::{RouteChange, RouteError, RouteSpec, TargetSpec};
+pub use select::Balance;
 pub use stats::TargetStats;
 pub use sticky::{COOKIE as STICKY_COOKIE, PIN_HEADER};
 pub use target::DrainReport;
@@ -248,6 +260,8 @@ pub struct EdgeConfig {
     pub access_log: Option<AccessLogConfig>,
     /// Spans exported over OTLP/HTTP (see `otlp.rs`); `None`: off.
     pub otlp: Option<OtlpConfig>,
+    /// How a request chooses among a deployment's replicas.
+    pub balance: Balance,
 }
 
 impl Default for EdgeConfig {
@@ -262,6 +276,7 @@ impl Default for EdgeConfig {
             pin_key_file: None,
             access_log: None,
             otlp: None,
+            balance: Balance::default(),
         }
     }
 }
@@ -303,6 +318,11 @@ pub(crate) struct Inner {
     pub(crate) proto: &'static str,
     pub(crate) unknown_host: AtomicU64,
     pub(crate) no_target: AtomicU64,
+    /// Requests sent to another replica after theirs refused them.
+    pub(crate) retried: AtomicU64,
+    /// Targets taken out of rotation by a refused request.
+    pub(crate) marked_down: AtomicU64,
+    balance: Balance,
     pub(crate) registry: Registry,
     routes_file: Option<PathBuf>,
     header_read_timeout: Duration,
@@ -391,7 +411,7 @@ impl Edge {
             },
             None => BTreeMap::new(),
         };
-        let table = RouteTable::build(specs, &registry, &pin_key);
+        let table = RouteTable::build(specs, &registry, &pin_key, cfg.balance);
 
         Ok(Edge {
             inner: Arc::new(Inner {
@@ -402,6 +422,9 @@ impl Edge {
                 proto: cfg.proto,
                 unknown_host: AtomicU64::new(0),
                 no_target: AtomicU64::new(0),
+                retried: AtomicU64::new(0),
+                marked_down: AtomicU64::new(0),
+                balance: cfg.balance,
                 registry,
                 routes_file: cfg.routes_file,
                 header_read_timeout: cfg.header_read_timeout,
@@ -670,7 +693,12 @@ impl Edge {
                 source,
             })?;
         }
-        let table = RouteTable::build(next, &self.inner.registry, &self.inner.pin_key);
+        let table = RouteTable::build(
+            next,
+            &self.inner.registry,
+            &self.inner.pin_key,
+            self.inner.balance,
+        );
         self.inner.table.store(Arc::new(table));
         wait_for_readers(&current);
         drop(current);
@@ -702,6 +730,29 @@ impl Edge {
             Some(t) => target::drain(&t, timeout, &self.inner.registry).await,
             None => DrainReport::default(),
         }
+    }
+
+    /// A health probe's verdict on a target (an unknown id is ignored):
+    /// healthy puts a target that a refused request took out of rotation
+    /// back at once; unhealthy takes it out (its route keeps it, so it
+    /// still serves when every replica of its deployment is down).
+    pub fn report_health(&self, target_id: &str, healthy: bool) {
+        if let Some(t) = self.inner.registry.find_target(target_id) {
+            if healthy {
+                t.mark_up();
+            } else {
+                t.mark_down();
+            }
+        }
+    }
+
+    /// True while a target is out of rotation after a refused request or
+    /// an unhealthy probe report (false for an unknown id).
+    pub fn is_down(&self, target_id: &str) -> bool {
+        self.inner
+            .registry
+            .find_target(target_id)
+            .is_some_and(|t| t.is_down())
     }
 
     /// Requests currently running on a target (0 for an unknown id).
@@ -752,6 +803,16 @@ impl Edge {
             out,
             "# HELP berth_edge_no_target_total Requests for a route without a usable target (503).\n# TYPE berth_edge_no_target_total counter\nberth_edge_no_target_total {}",
             self.inner.no_target.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP berth_edge_retried_total Requests sent to another replica after theirs refused the connection.\n# TYPE berth_edge_retried_total counter\nberth_edge_retried_total {}",
+            self.inner.retried.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP berth_edge_passive_down_total Targets taken out of rotation because a request found them refusing connections.\n# TYPE berth_edge_passive_down_total counter\nberth_edge_passive_down_total {}",
+            self.inner.marked_down.load(Ordering::Relaxed)
         );
         if let Some(o) = &self.inner.observers {
             if let Some(n) = o.dropped_lines() {

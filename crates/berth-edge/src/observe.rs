@@ -133,6 +133,13 @@ impl Record {
         }))
     }
 
+    /// The request moved to another target (a replica that refused it was
+    /// left for a sibling, see `proxy::Attempt::retry`).
+    pub(crate) fn retarget(&mut self, target: &crate::target::TargetState) {
+        self.target = Some(target.id.clone());
+        self.who = target.info();
+    }
+
     /// Logs (or exports) a request the edge answered itself before
     /// routing it (`status`, a body of `bytes`).
     pub(crate) fn unrouted(observers: &Arc<Observers>, s: Start<'_>, status: u16, bytes: usize) {

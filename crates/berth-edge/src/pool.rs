@@ -58,6 +58,68 @@ pub(crate) enum SendError {
     BadResponse(&'static str),
     #[error("upstream switched protocols unasked")]
     UnexpectedSwitch,
+    /// A new connection closed (or reset) before any byte of the response.
+    #[error("upstream closed a new connection without answering: {0}")]
+    NoAnswer(#[source] Box<SendError>),
+}
+
+impl SendError {
+    /// No connection was made: nothing of the request reached the
+    /// upstream, so any request may go to another replica.
+    pub(crate) fn unsent(&self) -> bool {
+        matches!(
+            self,
+            SendError::Connect { .. } | SendError::ConnectTimeout { .. }
+        )
+    }
+
+    /// The upstream refused the connection, or closed a new one before
+    /// answering: a sign it is down (passive health), and an idempotent
+    /// request may go to another replica.
+    pub(crate) fn refused(&self) -> bool {
+        self.unsent() || matches!(self, SendError::NoAnswer(_))
+    }
+}
+
+/// A failed [`Pool::send`], with the request when it was not written
+/// (so it can go to another replica, body untouched).
+pub(crate) type Failed = (SendError, Option<Request<UpBody>>);
+
+/// The body of a request sent upstream: the client's, or none (a
+/// bodiless request sent again to another replica).
+#[derive(Debug)]
+pub(crate) enum UpBody {
+    Client(Incoming),
+    Empty,
+}
+
+impl http_body::Body for UpBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        match self.get_mut() {
+            UpBody::Client(b) => Pin::new(b).poll_frame(cx),
+            UpBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::Client(b) => b.is_end_stream(),
+            UpBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            UpBody::Client(b) => b.size_hint(),
+            UpBody::Empty => http_body::SizeHint::with_exact(0),
+        }
+    }
 }
 
 type ConnFuture = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
@@ -65,7 +127,7 @@ type ConnFuture = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
 /// One upstream connection: the request sender and the connection future
 /// (`None` once it has ended).
 pub(crate) struct UpConn {
-    tx: SendRequest<Incoming>,
+    tx: SendRequest<UpBody>,
     conn: Option<ConnFuture>,
 }
 
@@ -213,6 +275,14 @@ impl Pooled {
     }
 }
 
+/// A new connection ended (closed or reset) without a whole response
+/// head: the upstream is going away (not the client's body failing).
+fn dropped(e: &hyper::Error) -> bool {
+    use std::error::Error as _;
+    !e.is_user()
+        && (e.is_incomplete_message() || e.source().is_some_and(|s| s.is::<std::io::Error>()))
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -355,17 +425,21 @@ impl Pool {
     pub(crate) async fn send(
         self: &Arc<Self>,
         id: u64,
-        mut req: Request<Incoming>,
-    ) -> Result<(Response<Incoming>, Pooled), SendError> {
+        mut req: Request<UpBody>,
+    ) -> Result<(Response<Incoming>, Pooled), Failed> {
         loop {
             let (fresh, mut up) = match self.checkout(id) {
                 Checkout::Idle(up) => (false, up),
-                Checkout::Connect(authority) => (true, Box::pin(self.connect(&authority)).await?),
-                Checkout::Unknown => return Err(SendError::Closed),
+                Checkout::Connect(authority) => match Box::pin(self.connect(&authority)).await {
+                    Ok(up) => (true, up),
+                    Err(e) => return Err((e, Some(req))),
+                },
+                Checkout::Unknown => return Err((SendError::Closed, None)),
             };
             if !up.ready().await {
                 if fresh {
-                    return Err(SendError::Closed);
+                    let e = SendError::NoAnswer(Box::new(SendError::Closed));
+                    return Err((e, Some(req)));
                 }
                 continue;
             }
@@ -383,7 +457,21 @@ impl Pool {
                 Err(mut e) => match e.take_message() {
                     // not written: the connection died while idle
                     Some(r) if !fresh => req = r,
-                    _ => return Err(e.into_error().into()),
+                    // not written, and a new connection died: the
+                    // upstream is going away
+                    Some(r) => {
+                        let e = SendError::NoAnswer(Box::new(e.into_error().into()));
+                        return Err((e, Some(r)));
+                    }
+                    None => {
+                        let e = e.into_error();
+                        let e = if fresh && dropped(&e) {
+                            SendError::NoAnswer(Box::new(e.into()))
+                        } else {
+                            e.into()
+                        };
+                        return Err((e, None));
+                    }
                 },
             }
         }

@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use crate::body::ProxyBody;
 use crate::fast::{Exchange, Head};
 use crate::h1;
-use crate::pool::SendError;
+use crate::pool::{SendError, UpBody};
 use crate::route::request_host_key;
 use crate::scan::{ScanState, Verdict};
 use crate::table::{RouteTable, RouteTarget};
@@ -177,7 +177,7 @@ pub(crate) fn route<'t, 'a, C: IntoIterator<Item = &'a [u8]>>(
         .pin
         .and_then(|p| sticky.pinned(p))
         .or_else(|| sticky.by_cookie(hints.cookies.into_iter()));
-    if let Some(i) = kept {
+    if let Some(i) = kept.map(|i| route.settle(i)) {
         return Ok(Routed {
             target: &route.targets[i],
             set_cookie: None,
@@ -188,6 +188,80 @@ pub(crate) fn route<'t, 'a, C: IntoIterator<Item = &'a [u8]>>(
         target: &route.targets[i],
         set_cookie: sticky.cookie_for(i, hints.secure).cloned(),
     })
+}
+
+/// One try of a request on one target: its in-flight guard (which holds
+/// the request's record), metrics series, abort generation and pool key.
+pub(crate) struct Attempt {
+    pub(crate) guard: InflightGuard,
+    pub(crate) series: Arc<crate::metrics::Series>,
+    pub(crate) abort_gen: u64,
+    pub(crate) upstream_id: u64,
+    /// Replicas tried before this one.
+    pub(crate) retries: usize,
+}
+
+impl Attempt {
+    /// Counts the request in flight on `target` (while the caller still
+    /// holds the table snapshot `target` came from).
+    pub(crate) fn on(worker: &Worker, target: &RouteTarget) -> Attempt {
+        worker.pool.prepare(target.upstream_id, &target.authority);
+        Attempt {
+            guard: InflightGuard::new(target.state.clone()),
+            series: target.series.clone(),
+            abort_gen: target.state.abort_gen(),
+            upstream_id: target.upstream_id,
+            retries: 0,
+        }
+    }
+
+    /// After this attempt failed with `e`: when the target refused the
+    /// request (`e.refused()`), takes it out of rotation (passive health)
+    /// and, if `may_resend`, moves the request to another replica of the
+    /// same deployment that is up (see `Route::sibling_of`; at most one try
+    /// per replica). True when the request has a new target; false: the
+    /// caller answers with the error.
+    pub(crate) fn retry(
+        &mut self,
+        worker: &Worker,
+        raw_host: Option<&str>,
+        e: &SendError,
+        may_resend: bool,
+    ) -> bool {
+        if !e.refused() {
+            return false;
+        }
+        let inner = &worker.inner;
+        let failed = &self.guard.target;
+        if failed.mark_down() {
+            inner.marked_down.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(target_id = %failed.id, error = %e, "target refused a request; out of rotation until a probe finds it healthy");
+        }
+        if !may_resend {
+            return false;
+        }
+        let table = inner.table.load();
+        let Some(route) = raw_host
+            .and_then(request_host_key)
+            .and_then(|k| table.lookup(&k))
+        else {
+            return false;
+        };
+        let Some(next) = route.sibling_of(failed, self.retries) else {
+            return false;
+        };
+        tracing::debug!(from = %failed.id, to = %next.state.id, error = %e, "retrying on another replica");
+        let mut next_try = Attempt::on(worker, next);
+        drop(table);
+        next_try.retries = self.retries + 1;
+        next_try.guard.record = self.guard.record.take();
+        if let Some(r) = &mut next_try.guard.record {
+            r.retarget(&next_try.guard.target);
+        }
+        inner.retried.fetch_add(1, Ordering::Relaxed);
+        *self = next_try;
+        true
+    }
 }
 
 fn page_response(page: Page, json: bool) -> Response<ProxyBody> {
@@ -325,12 +399,8 @@ async fn handle_inner(
         }
     };
     let started = Instant::now();
-    let mut guard = InflightGuard::new(target.state.clone());
-    let series = target.series.clone();
-    let abort_gen = target.state.abort_gen();
+    let mut attempt = Attempt::on(worker, target);
     let uri = upstream_uri(req.uri());
-    let upstream_id = target.upstream_id;
-    worker.pool.prepare(upstream_id, &target.authority);
     drop(table);
 
     // Header rewrite.
@@ -339,7 +409,7 @@ async fn handle_inner(
     // Taken at the start, so a drain during the handshake still closes it.
     let upgraded_token = client_upgrade
         .as_ref()
-        .map(|_| guard.target.upgraded_token());
+        .map(|_| attempt.guard.target.upgraded_token());
     let original_host = match req.headers().get(header::HOST) {
         Some(h) => Some(h.clone()),
         None => req
@@ -347,6 +417,9 @@ async fn handle_inner(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
+    // to find another replica if this one refuses (a cheap clone)
+    let host_value = original_host.clone();
+    let raw_host = host_value.as_ref().and_then(|h| h.to_str().ok());
     let headers = req.headers_mut();
     headers.remove(&PIN);
     match &conn.client_ip {
@@ -378,7 +451,7 @@ async fn handle_inner(
         }
     }
     if let Some(observers) = &inner.observers {
-        guard.record = crate::observe::Record::start(
+        attempt.guard.record = crate::observe::Record::start(
             observers,
             crate::observe::Start {
                 started,
@@ -389,7 +462,7 @@ async fn handle_inner(
                 method: req.method().as_str(),
                 path: req.uri().path().as_bytes(),
                 client: conn.remote,
-                target: Some(&guard.target),
+                target: Some(&attempt.guard.target),
                 trace,
             },
         );
@@ -401,13 +474,7 @@ async fn handle_inner(
     {
         let head = request_head(&req);
         drop(req);
-        let req = Exchange {
-            id: upstream_id,
-            head: &head,
-            idempotent: true,
-            head_method: false,
-        };
-        let mut resp = fast_path(worker, req, guard, abort_gen, started, &series, json).await;
+        let mut resp = fast_path(worker, &head, attempt, raw_host, started, json).await;
         add_cookie(&mut resp, set_cookie);
         return resp;
     }
@@ -421,14 +488,50 @@ async fn handle_inner(
     };
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
+    // a bodiless idempotent request is kept (head only) to send again to
+    // another replica if a new connection drops it unanswered
+    let replay = replayable(&req).then(|| {
+        let mut head = Request::new(());
+        *head.method_mut() = req.method().clone();
+        *head.uri_mut() = req.uri().clone();
+        *head.headers_mut() = req.headers().clone();
+        head
+    });
+    let mut req = req.map(UpBody::Client);
 
     // No timer per request: the worker's bell rings on drain aborts and on a
     // coarse tick (see `Worker::tick`), and the request checks both.
     let deadline = started + inner.upstream_timeout;
-    let result = tokio::select! {
-        r = worker.pool.send(upstream_id, req) => Ok(r),
-        stop = wait_stop(&guard.target, abort_gen, &worker.bell, deadline) => Err(stop),
+    let result = loop {
+        let result = tokio::select! {
+            r = worker.pool.send(attempt.upstream_id, req) => Ok(r),
+            stop = wait_stop(&attempt.guard.target, attempt.abort_gen, &worker.bell, deadline) => Err(stop),
+        };
+        match result {
+            Ok(Err((e, back))) => {
+                // not written (so any method may go elsewhere), or written
+                // but bodiless and idempotent: sent again as it was
+                let again = back.or_else(|| replay.as_ref().map(resend));
+                let may = again.is_some();
+                match again {
+                    Some(r) if attempt.retry(worker, raw_host, &e, may) => req = r,
+                    _ => break Ok(Err(e)),
+                }
+            }
+            Ok(Ok(r)) => break Ok(Ok(r)),
+            Err(stop) => break Err(stop),
+        }
     };
+    let upgraded_token = match upgraded_token {
+        Some(_) if attempt.retries > 0 => Some(attempt.guard.target.upgraded_token()),
+        t => t,
+    };
+    let Attempt {
+        mut guard,
+        series,
+        abort_gen,
+        ..
+    } = attempt;
     let resp = match result {
         Err(stop) => return page_response(stopped(stop, &mut guard, started, &series), json),
         Ok(Err(e)) if client_body_failed(&e) => {
@@ -532,11 +635,10 @@ fn request_head(req: &Request<Incoming>) -> Vec<u8> {
 /// hyper path.
 async fn fast_path(
     worker: &Worker,
-    req: Exchange<'_>,
-    mut guard: InflightGuard,
-    abort_gen: u64,
+    request_head: &[u8],
+    mut attempt: Attempt,
+    raw_host: Option<&str>,
     started: Instant,
-    series: &crate::metrics::Series,
     json: bool,
 ) -> Response<ProxyBody> {
     let deadline = started + worker.inner.upstream_timeout;
@@ -544,10 +646,30 @@ async fn fast_path(
         status: StatusCode::OK,
         headers: HeaderMap::new(),
     };
-    let result = tokio::select! {
-        r = crate::fast::send(&worker.pool, req, &mut head) => Ok(r),
-        stop = wait_stop(&guard.target, abort_gen, &worker.bell, deadline) => Err(stop),
+    let result = loop {
+        let req = Exchange {
+            id: attempt.upstream_id,
+            head: request_head,
+            idempotent: true,
+            head_method: false,
+        };
+        let guard = &attempt.guard;
+        let result = tokio::select! {
+            r = crate::fast::send(&worker.pool, req, &mut head) => Ok(r),
+            stop = wait_stop(&guard.target, attempt.abort_gen, &worker.bell, deadline) => Err(stop),
+        };
+        match result {
+            Ok(Err(e)) if attempt.retry(worker, raw_host, &e, true) => {}
+            r => break r,
+        }
     };
+    let Attempt {
+        mut guard,
+        series,
+        abort_gen,
+        ..
+    } = attempt;
+    let series = &*series;
     let (status, body) = match result {
         Err(stop) => return page_response(stopped(stop, &mut guard, started, series), json),
         Ok(Err(e)) => return page_response(send_failed(&mut guard, &e, started, series), json),
@@ -623,6 +745,24 @@ pub(crate) fn send_failed(
 /// body it is given is the client's.
 fn client_body_failed(e: &SendError) -> bool {
     matches!(e, SendError::Http(e) if e.is_user())
+}
+
+/// True when a request a new connection dropped before answering may be
+/// sent again elsewhere: an idempotent method (RFC 9110 9.2.2) and no body.
+fn replayable(req: &Request<Incoming>) -> bool {
+    matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    ) && req.body().is_end_stream()
+}
+
+/// `head` again, without a body.
+fn resend(head: &Request<()>) -> Request<UpBody> {
+    let mut r = Request::new(UpBody::Empty);
+    *r.method_mut() = head.method().clone();
+    *r.uri_mut() = head.uri().clone();
+    *r.headers_mut() = head.headers().clone();
+    r
 }
 
 /// The origin-form request target sent upstream (`/path?query`).

@@ -17,6 +17,18 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// How a request chooses among the replicas of one deployment (the
+/// weights choose the deployment first; see `Route::settle`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// In turn (the weighted picker's order). Chosen by default: see
+    /// bench/README.md, "replicas.sh".
+    #[default]
+    RoundRobin,
+    /// The replica with the fewest requests in flight.
+    LeastInflight,
+}
+
 /// Immutable weighted table with its own ticket counter.
 #[derive(Debug)]
 pub(crate) struct Picker {

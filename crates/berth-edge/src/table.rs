@@ -8,7 +8,7 @@ use http::uri::Authority;
 
 use crate::metrics::Series;
 use crate::route::RouteSpec;
-use crate::select::Picker;
+use crate::select::{Balance, Picker};
 use crate::sticky::{PinKey, Sticky};
 use crate::target::{Registry, TargetInfo, TargetState};
 
@@ -20,6 +20,10 @@ pub(crate) struct RouteTarget {
     pub(crate) authority: Authority,
     /// Pool key of `authority` (see `Registry::upstream_id`).
     pub(crate) upstream_id: u64,
+    /// Its replica group in `Route::groups`: the targets of the same
+    /// deployment (`TargetSpec::deployment_id`); a target without one is
+    /// a group of its own.
+    group: u32,
 }
 
 #[derive(Debug)]
@@ -29,6 +33,9 @@ pub(crate) struct Route {
     picker: Option<Picker>,
     /// Set when the route is under canary (see `sticky.rs`).
     pub(crate) sticky: Option<Box<Sticky>>,
+    /// The weighted targets of each replica group, by index in `targets`.
+    groups: Box<[Box<[u32]>]>,
+    balance: Balance,
 }
 
 impl Route {
@@ -37,7 +44,78 @@ impl Route {
     }
 
     pub(crate) fn pick_index(&self) -> Option<usize> {
-        self.picker.as_ref().map(Picker::pick)
+        self.picker.as_ref().map(|p| self.settle(p.pick()))
+    }
+
+    /// The replica that serves a request the weights sent to target `i`:
+    /// the weights choose the deployment, this the replica. Round robin
+    /// keeps `i` unless it is passively down (then the next sibling that is
+    /// up); least in-flight takes the sibling with the fewest requests
+    /// running (ties go to the first from `i` on, so an idle route still
+    /// turns round). A deployment whose replicas are all down keeps `i`.
+    pub(crate) fn settle(&self, i: usize) -> usize {
+        let Some(group) = self.targets.get(i).map(|t| &self.groups[t.group as usize]) else {
+            return i;
+        };
+        if group.len() < 2 {
+            return i;
+        }
+        let start = group.iter().position(|m| *m as usize == i).unwrap_or(0);
+        let order = group[start..]
+            .iter()
+            .chain(&group[..start])
+            .map(|m| *m as usize);
+        match self.balance {
+            Balance::RoundRobin => {
+                if !self.targets[i].state.is_down() {
+                    return i;
+                }
+                order
+                    .into_iter()
+                    .find(|m| !self.targets[*m].state.is_down())
+                    .unwrap_or(i)
+            }
+            Balance::LeastInflight => {
+                let mut best: Option<(usize, usize)> = None;
+                for m in order {
+                    let t = &self.targets[m].state;
+                    if t.is_down() {
+                        continue;
+                    }
+                    let n = t.inflight();
+                    if best.is_none_or(|(_, b)| n < b) {
+                        best = Some((m, n));
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                }
+                best.map_or(i, |(m, _)| m)
+            }
+        }
+    }
+
+    /// Another replica of `failed`'s deployment for a request that found
+    /// `failed` refusing connections: one that is not passively down
+    /// (`failed` itself was marked down before this is asked, so a request
+    /// never tries one replica twice), the least busy first. `None` when
+    /// `failed` is not in this route, has no sibling up, or the request
+    /// already tried `tried` others of the group's replicas (so a request
+    /// tries at most N - 1 others, however the marks change meanwhile).
+    pub(crate) fn sibling_of(&self, failed: &TargetState, tried: usize) -> Option<&RouteTarget> {
+        let t = self
+            .targets
+            .iter()
+            .find(|t| std::ptr::eq(Arc::as_ptr(&t.state), failed))?;
+        let group = &self.groups[t.group as usize];
+        if tried + 1 >= group.len() {
+            return None;
+        }
+        group
+            .iter()
+            .map(|m| &self.targets[*m as usize])
+            .filter(|s| !std::ptr::eq(Arc::as_ptr(&s.state), failed) && !s.state.is_down())
+            .min_by_key(|s| s.state.inflight())
     }
 }
 
@@ -103,6 +181,7 @@ impl RouteTable {
         specs: BTreeMap<String, RouteSpec>,
         registry: &Registry,
         key: &PinKey,
+        balance: Balance,
     ) -> RouteTable {
         let mut exact = Hosts::default();
         let mut wildcard = Hosts::default();
@@ -110,6 +189,8 @@ impl RouteTable {
             let mut targets = Vec::with_capacity(spec.targets.len());
             let mut weights = Vec::with_capacity(spec.targets.len());
             let mut versions = Vec::with_capacity(spec.targets.len());
+            let mut group_of: Vec<Option<&str>> = Vec::new();
+            let mut groups: Vec<Vec<u32>> = Vec::new();
             for t in &spec.targets {
                 // validated before, but never panic: skip what does not parse
                 let Ok(authority) = t.upstream.parse::<Authority>() else {
@@ -117,11 +198,24 @@ impl RouteTable {
                 };
                 let state = registry.target(&t.id);
                 state.set_info(TargetInfo::of(t.deployment_id.as_deref(), t.sha.as_deref()));
+                let dep = t.deployment_id.as_deref();
+                let group = match dep.and_then(|d| group_of.iter().position(|g| *g == Some(d))) {
+                    Some(g) => g,
+                    None => {
+                        group_of.push(dep);
+                        groups.push(Vec::new());
+                        groups.len() - 1
+                    }
+                };
+                if t.weight > 0 {
+                    groups[group].push(targets.len() as u32);
+                }
                 targets.push(RouteTarget {
                     state,
                     series: registry.series(host, &t.id),
                     upstream_id: registry.upstream_id(authority.as_str()),
                     authority,
+                    group: group as u32,
                 });
                 weights.push(t.weight);
                 versions.push((t.deployment_id.as_deref(), t.weight));
@@ -130,6 +224,8 @@ impl RouteTable {
                 picker: Picker::new(&weights),
                 sticky: Sticky::new(key, &versions).map(Box::new),
                 targets: targets.into_boxed_slice(),
+                groups: groups.into_iter().map(Vec::into_boxed_slice).collect(),
+                balance,
             };
             match host.strip_prefix("*.") {
                 Some(suffix) => wildcard.insert(suffix.into(), route),
@@ -176,7 +272,7 @@ mod tests {
         let mut specs = BTreeMap::new();
         specs.insert("*.preview.localhost".to_string(), spec("wild"));
         specs.insert("a.preview.localhost".to_string(), spec("exact"));
-        let t = RouteTable::build(specs, &reg, &PinKey::random());
+        let t = RouteTable::build(specs, &reg, &PinKey::random(), Balance::default());
         let id = |h: &str| {
             t.lookup(h)
                 .and_then(|r| r.pick())
@@ -198,7 +294,7 @@ mod tests {
             .iter()
             .map(|h| (h.clone(), spec(h)))
             .collect::<BTreeMap<_, _>>();
-        let t = RouteTable::build(specs, &reg, &PinKey::random());
+        let t = RouteTable::build(specs, &reg, &PinKey::random(), Balance::default());
         for h in &hosts {
             let id = t
                 .lookup(h)
@@ -209,13 +305,89 @@ mod tests {
         assert!(t.lookup("app-500.preview-3.localhost").is_none());
     }
 
+    fn replicas(dep: &str, n: usize) -> RouteSpec {
+        RouteSpec {
+            targets: (0..n)
+                .map(|i| TargetSpec {
+                    deployment_id: Some(dep.into()),
+                    sha: None,
+                    id: format!("{dep}-{i}"),
+                    upstream: format!("127.0.0.1:{}", 9000 + i),
+                    weight: 1,
+                })
+                .collect(),
+        }
+    }
+
+    fn picks(t: &RouteTable, n: usize) -> Vec<String> {
+        let r = t.lookup("a.localhost").unwrap();
+        (0..n)
+            .map(|_| r.pick().unwrap().state.id.to_string())
+            .collect()
+    }
+
+    fn sorted(mut v: Vec<String>) -> Vec<String> {
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn round_robin_skips_a_replica_marked_down_and_takes_it_back() {
+        let reg = Registry::default();
+        let specs = BTreeMap::from([("a.localhost".to_string(), replicas("d", 3))]);
+        let t = RouteTable::build(specs, &reg, &PinKey::random(), Balance::RoundRobin);
+        assert_eq!(sorted(picks(&t, 3)), ["d-0", "d-1", "d-2"]);
+        reg.find_target("d-1").unwrap().mark_down();
+        let p = picks(&t, 6);
+        assert!(!p.contains(&"d-1".to_string()), "{p:?}");
+        assert_eq!(p.iter().filter(|x| *x == "d-2").count(), 4, "{p:?}");
+        reg.find_target("d-1").unwrap().mark_up();
+        assert_eq!(sorted(picks(&t, 3)), ["d-0", "d-1", "d-2"]);
+        // all down: picked as if up (the route keeps trying)
+        for i in 0..3 {
+            reg.find_target(&format!("d-{i}")).unwrap().mark_down();
+        }
+        assert_eq!(sorted(picks(&t, 3)), ["d-0", "d-1", "d-2"]);
+    }
+
+    #[test]
+    fn least_inflight_takes_the_idlest_replica_of_the_picked_deployment() {
+        let reg = Registry::default();
+        let mut spec = replicas("d", 3);
+        spec.targets.extend(replicas("e", 1).targets);
+        let specs = BTreeMap::from([("a.localhost".to_string(), spec)]);
+        let t = RouteTable::build(specs, &reg, &PinKey::random(), Balance::LeastInflight);
+        let busy: Vec<_> = ["d-0", "d-0", "d-1"]
+            .iter()
+            .map(|id| crate::target::InflightGuard::new(reg.find_target(id).unwrap()))
+            .collect();
+        let p = picks(&t, 8);
+        // the weights still split the deployments: d 6 of 8, e 2 of 8
+        assert_eq!(p.iter().filter(|x| *x == "e-0").count(), 2, "{p:?}");
+        assert!(p.iter().all(|x| x == "d-2" || x == "e-0"), "{p:?}");
+        drop(busy);
+        let r = t.lookup("a.localhost").unwrap();
+        let d0 = r.targets.iter().find(|x| &*x.state.id == "d-0").unwrap();
+        assert_eq!(
+            r.sibling_of(&d0.state, 0).map(|x| x.state.id.to_string()),
+            Some("d-1".to_string()),
+            "a sibling of the same deployment"
+        );
+        assert!(r.sibling_of(&d0.state, 2).is_none(), "at most N - 1 tries");
+        let e0 = r.targets.iter().find(|x| &*x.state.id == "e-0").unwrap();
+        assert!(
+            r.sibling_of(&e0.state, 0).is_none(),
+            "never another deployment"
+        );
+    }
+
     #[test]
     fn targets_keep_identity_across_tables() {
         let reg = Registry::default();
         let mut specs = BTreeMap::new();
         specs.insert("a.localhost".to_string(), spec("dep-1"));
-        let t1 = RouteTable::build(specs.clone(), &reg, &PinKey::random());
-        let t2 = RouteTable::build(specs, &reg, &PinKey::random());
+        let t1 = RouteTable::build(specs.clone(), &reg, &PinKey::random(), Balance::default());
+        let t2 = RouteTable::build(specs, &reg, &PinKey::random(), Balance::default());
         let s1 = &t1.lookup("a.localhost").unwrap().targets[0];
         let s2 = &t2.lookup("a.localhost").unwrap().targets[0];
         assert!(Arc::ptr_eq(&s1.state, &s2.state));

@@ -30,6 +30,26 @@ pub(crate) struct TargetState {
     close_upgraded: Mutex<CancellationToken>,
     /// What its error pages name (from the last table that had it).
     info: Mutex<Option<Arc<TargetInfo>>>,
+    /// Passive health: when a request found the target refusing
+    /// connections, in milliseconds since [`epoch`] (plus one, so 0 means
+    /// up). Cleared by a healthy probe ([`crate::Edge::report_health`]) or
+    /// after [`PASSIVE_DOWN_MAX`].
+    down_at: AtomicU64,
+}
+
+/// How long a passive mark holds without a probe report: an edge whose
+/// control plane never reports probes still tries the target again then
+/// (a request that finds it still refusing is sent elsewhere again).
+pub(crate) const PASSIVE_DOWN_MAX: Duration = Duration::from_secs(30);
+
+/// The process's reference instant for passive marks.
+fn epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+fn now_mark() -> u64 {
+    epoch().elapsed().as_millis() as u64 + 1
 }
 
 /// The deployment a target runs, as the edge's error pages name it.
@@ -65,6 +85,34 @@ impl TargetState {
             abort_gen: AtomicU64::new(0),
             close_upgraded: Mutex::new(CancellationToken::new()),
             info: Mutex::new(None),
+            down_at: AtomicU64::new(0),
+        }
+    }
+
+    /// True while a passive mark holds (see `down_at`): pickers skip the
+    /// target when a sibling replica is up. One relaxed load when up.
+    pub(crate) fn is_down(&self) -> bool {
+        let at = self.down_at.load(Ordering::Relaxed);
+        at != 0 && Self::holds(at, now_mark())
+    }
+
+    /// A mark made at `at` still holds at `now`.
+    fn holds(at: u64, now: u64) -> bool {
+        now.saturating_sub(at) < PASSIVE_DOWN_MAX.as_millis() as u64
+    }
+
+    /// A request found the target refusing connections (or closing them
+    /// before answering): out of rotation at once. True if it was up.
+    pub(crate) fn mark_down(&self) -> bool {
+        let was = self.is_down();
+        self.down_at.store(now_mark(), Ordering::Relaxed);
+        !was
+    }
+
+    /// A probe found the target healthy: back in rotation.
+    pub(crate) fn mark_up(&self) {
+        if self.down_at.load(Ordering::Relaxed) != 0 {
+            self.down_at.store(0, Ordering::Relaxed);
         }
     }
 
@@ -408,6 +456,22 @@ mod tests {
         assert!(t.is_aborted(gen));
         assert!(!t.is_aborted(t.abort_gen()), "new requests are not aborted");
         assert_eq!(t.inflight(), 0);
+    }
+
+    #[test]
+    fn passive_marks_hold_until_a_probe_clears_them() {
+        let reg = Registry::default();
+        let t = reg.target("d~2");
+        assert!(!t.is_down());
+        assert!(t.mark_down(), "first mark reports the change");
+        assert!(t.is_down());
+        assert!(!t.mark_down(), "a second mark is not a change");
+        t.mark_up();
+        assert!(!t.is_down());
+        // a mark older than PASSIVE_DOWN_MAX lapses on its own
+        let max = PASSIVE_DOWN_MAX.as_millis() as u64;
+        assert!(TargetState::holds(1000, 1000 + max - 1));
+        assert!(!TargetState::holds(1000, 1000 + max));
     }
 
     #[tokio::test(start_paused = true)]

@@ -280,6 +280,12 @@ impl Monitors {
                                 .event(&id, &format!("instance {}: {want} ({why})", inst.name));
                         }
                     }
+                    // the edge's passive marks follow the probe (a replica a
+                    // refused request took out comes back when it answers)
+                    if let (Some(_), ServiceKind::Web) = (&inst.address, service.kind) {
+                        let target = crate::pipeline::replicas::target_id(&id, index);
+                        dep.edge.report_health(&target, healthy);
+                    }
                     any_healthy |= healthy;
                     if !healthy {
                         whys.push(if instances_len_gt_one(&current) {
