@@ -694,6 +694,9 @@ pub struct CertificateStatus {
     pub not_after: Option<DateTime<Utc>>,
     /// Why the last attempt failed.
     pub error: Option<String>,
+    /// Failed attempts in a row (0 once issued).
+    #[serde(default)]
+    pub attempts: u32,
     /// When the next attempt (issue, renewal or retry) is due.
     pub next_attempt_at: Option<DateTime<Utc>>,
 }

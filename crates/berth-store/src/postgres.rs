@@ -1081,7 +1081,7 @@ impl Store for PgStore {
     async fn list_domains(&self, project: Option<&str>) -> Result<Vec<Domain>> {
         let mut sql = String::from(
             "SELECT d.hostname, d.project, d.environment, d.service, d.token, d.target, d.verified_at, d.created_at, \
-             c.state, c.not_after, c.error, c.next_attempt_at \
+             c.state, c.not_after, c.error, c.next_attempt_at, c.attempts \
              FROM domains d LEFT JOIN certificates c ON c.hostname = d.hostname",
         );
         let mut params: Params = Vec::new();
@@ -1119,6 +1119,7 @@ impl Store for PgStore {
                         not_after: r.get(9),
                         error: r.get(10),
                         next_attempt_at: r.get(11),
+                        attempts: r.get::<_, Option<i32>>(12).unwrap_or(0).max(0) as u32,
                     },
                 }
             })

@@ -1082,7 +1082,7 @@ impl Store for SqliteStore {
         self.call(move |c| {
             let mut sql = String::from(
                 "SELECT d.hostname, d.project, d.environment, d.service, d.token, d.target, d.verified_at, d.created_at, \
-                 c.state, c.not_after, c.error, c.next_attempt_at \
+                 c.state, c.not_after, c.error, c.next_attempt_at, c.attempts \
                  FROM domains d LEFT JOIN certificates c ON c.hostname = d.hostname",
             );
             if project.is_some() {
@@ -1115,6 +1115,7 @@ impl Store for SqliteStore {
                         not_after: opt_ts(r, 9)?,
                         error: r.get(10)?,
                         next_attempt_at: opt_ts(r, 11)?,
+                        attempts: r.get::<_, Option<u32>>(12)?.unwrap_or(0),
                     },
                 })
             };

@@ -1,19 +1,39 @@
 //! One certificate from an ACME CA (RFC 8555) with the HTTP-01 challenge,
 //! answered by the edge on `--http-listen` (`instant-acme`, `ring`).
+//!
+//! A CA that is briefly unwell must not cost an order: every request is
+//! retried on its own ([`REQUEST_ATTEMPTS`] times, jittered backoff, a fresh
+//! nonce each time) when the CA answers `badNonce` or a 5xx, or the
+//! connection fails. An attempt that still fails on such a *transient* error
+//! leaves a [`Resume`]: the next attempt reloads the same order and goes on
+//! from the step it reached (valid authorizations, a readied challenge, a
+//! finalized CSR are not redone). Only errors the CA gives as final (a
+//! rejected identifier, a failed validation, a rate limit) drop the order;
+//! a rate limit's `Retry-After` is carried in [`AcmeError::retry_after`].
 
 use anyhow::{anyhow, Context};
 use berth_edge::Edge;
 use berth_store::Store;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, BodyWrapper, ChallengeType, Identifier,
-    NewAccount, NewOrder, OrderStatus, RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, BodyWrapper, BytesResponse, ChallengeType,
+    HttpClient, Identifier, NewAccount, NewOrder, OrderStatus,
 };
+use rand::Rng;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
+use std::collections::BTreeSet;
+use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// How many times one ACME request is sent before its error counts.
+pub const REQUEST_ATTEMPTS: u32 = 6;
+/// How long one attempt waits for the CA to validate or to issue.
+const ORDER_PATIENCE: Duration = Duration::from_secs(120);
 
 /// Where and as whom certificates are asked for.
 #[derive(Clone, Debug)]
@@ -30,11 +50,156 @@ pub struct AcmeSettings {
 pub struct Issued {
     pub chain_pem: String,
     pub key_pem: String,
-    pub not_after: chrono::DateTime<chrono::Utc>,
+    pub not_before: DateTime<Utc>,
+    pub not_after: DateTime<Utc>,
+}
+
+/// Whether an error is worth sending the request again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// `badNonce`, a 5xx, a connection or an unreadable answer: retried,
+    /// and an attempt that fails on it resumes its order later.
+    Transient,
+    /// The CA's final word (rejected identifier, failed validation, rate
+    /// limit, malformed request): the order is dropped.
+    Final,
+}
+
+/// Why an attempt failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {detail}")]
+pub struct AcmeError {
+    /// The step that failed (`new order`, `finalize`, ...).
+    pub step: &'static str,
+    pub detail: String,
+    pub kind: ErrorKind,
+    /// Not before then, says the CA (`Retry-After` of a rate limit or 503).
+    pub retry_after: Option<DateTime<Utc>>,
+}
+
+impl AcmeError {
+    fn fatal(step: &'static str, detail: impl Into<String>) -> AcmeError {
+        AcmeError {
+            step,
+            detail: detail.into(),
+            kind: ErrorKind::Final,
+            retry_after: None,
+        }
+    }
+
+    fn transient(step: &'static str, detail: impl Into<String>) -> AcmeError {
+        AcmeError {
+            step,
+            detail: detail.into(),
+            kind: ErrorKind::Transient,
+            retry_after: None,
+        }
+    }
+}
+
+/// The kind of an `instant-acme` error (see [`ErrorKind`]).
+pub fn classify(e: &instant_acme::Error) -> ErrorKind {
+    use instant_acme::Error as E;
+    match e {
+        E::Api(p) => {
+            let ty = p.r#type.as_deref().unwrap_or("");
+            let ty = ty.rsplit(':').next().unwrap_or(ty);
+            if ty == "badNonce" || ty == "serverInternal" || p.status.is_some_and(|s| s >= 500) {
+                ErrorKind::Transient
+            } else {
+                ErrorKind::Final
+            }
+        }
+        // Connection and body errors; a JSON error is a body that is not
+        // the CA's (a proxy's 502 page).
+        E::Hyper(_) | E::Other(_) | E::Json(_) | E::Timeout(_) => ErrorKind::Transient,
+        _ => ErrorKind::Final,
+    }
+}
+
+/// The delay before resending a request after `failures` failures
+/// (≥ 1): 250 ms doubled per failure up to 4 s, with half of it random so
+/// servers that failed together do not come back together.
+pub fn request_backoff(failures: u32) -> Duration {
+    let full = Duration::from_millis(250) * 2u32.pow(failures.saturating_sub(1).min(4));
+    let half = full / 2;
+    half + Duration::from_millis(rand::thread_rng().gen_range(0..=half.as_millis() as u64))
+}
+
+/// A `Retry-After` value: delay-seconds or an HTTP-date.
+pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u32>() {
+        return Some(now + chrono::Duration::seconds(secs.into()));
+    }
+    DateTime::parse_from_rfc2822(v)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// The last `Retry-After` the CA sent with an error (`instant-acme` does
+/// not hand it over, so the HTTP client keeps it here).
+#[derive(Clone, Default)]
+struct RetryAfter(Arc<Mutex<Option<DateTime<Utc>>>>);
+
+impl RetryAfter {
+    fn set(&self, t: DateTime<Utc>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
+    }
+
+    fn take(&self) -> Option<DateTime<Utc>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// The error of a request that failed for good (after its retries).
+    fn error(&self, step: &'static str, e: &instant_acme::Error) -> AcmeError {
+        AcmeError {
+            step,
+            detail: e.to_string(),
+            kind: classify(e),
+            retry_after: self.take(),
+        }
+    }
+}
+
+/// The HTTP client towards the CA.
+#[derive(Clone)]
+struct CaHttp {
+    inner: hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        BodyWrapper<Bytes>,
+    >,
+    seen: RetryAfter,
+}
+
+impl HttpClient for CaHttp {
+    fn request(
+        &self,
+        req: http::Request<BodyWrapper<Bytes>>,
+    ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
+        let fut = self.inner.request(req);
+        let seen = self.seen.clone();
+        Box::pin(async move {
+            let rsp = fut
+                .await
+                .map_err(|e| instant_acme::Error::Other(Box::new(e)))?;
+            if !rsp.status().is_success() {
+                if let Some(t) = rsp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, Utc::now()))
+                {
+                    seen.set(t);
+                }
+            }
+            Ok(BytesResponse::from(rsp))
+        })
+    }
 }
 
 /// The HTTP client towards the CA: the system roots plus `ca_file`.
-fn http_client(settings: &AcmeSettings) -> anyhow::Result<Box<dyn instant_acme::HttpClient>> {
+fn http_client(settings: &AcmeSettings) -> anyhow::Result<CaHttp> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for c in native.certs {
@@ -67,125 +232,421 @@ fn http_client(settings: &AcmeSettings) -> anyhow::Result<Box<dyn instant_acme::
         .https_or_http()
         .enable_http1()
         .build();
-    let client: hyper_util::client::legacy::Client<_, BodyWrapper<Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(connector);
-    Ok(Box::new(client))
+    let inner = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(connector);
+    Ok(CaHttp {
+        inner,
+        seen: RetryAfter::default(),
+    })
+}
+
+/// An account at a CA.
+pub struct Ca {
+    account: Account,
+    seen: RetryAfter,
+}
+
+/// Sends one ACME request (`$call`, an expression that awaits it) up to
+/// [`REQUEST_ATTEMPTS`] times while it fails on a transient error; each
+/// resend gets a fresh nonce (`instant-acme` gives its nonce up with every
+/// request and fetches a new one when it holds none). `$seen` is the
+/// [`RetryAfter`] of the client.
+macro_rules! with_retries {
+    ($seen:expr, $step:expr, $call:expr) => {{
+        let mut failures = 0u32;
+        loop {
+            match $call {
+                Ok(v) => break Ok(v),
+                Err(e) => {
+                    failures += 1;
+                    if classify(&e) == ErrorKind::Transient && failures < REQUEST_ATTEMPTS {
+                        tracing::debug!(step = $step, error = %e, failures, "ACME request sent again");
+                        tokio::time::sleep(request_backoff(failures)).await;
+                        continue;
+                    }
+                    break Err($seen.error($step, &e));
+                }
+            }
+        }
+    }};
 }
 
 /// The account for the directory: restored from the store, else created
 /// (terms agreed) and its credentials stored sealed.
-pub async fn account(settings: &AcmeSettings, store: &dyn Store) -> anyhow::Result<Account> {
-    let builder = Account::builder_with_http(http_client(settings)?);
+pub async fn account(settings: &AcmeSettings, store: &dyn Store) -> anyhow::Result<Ca> {
+    let http = http_client(settings)?;
+    let seen = http.seen.clone();
     if let Some(json) = store.acme_account(&settings.directory).await? {
-        let creds: AccountCredentials =
-            serde_json::from_str(&json).context("stored ACME account credentials")?;
-        return builder
-            .from_credentials(creds)
-            .await
-            .context("cannot restore the ACME account");
+        let account = with_retries!(seen, "restore the ACME account", {
+            let creds: AccountCredentials =
+                serde_json::from_str(&json).context("stored ACME account credentials")?;
+            Account::builder_with_http(Box::new(http.clone()))
+                .from_credentials(creds)
+                .await
+        })?;
+        return Ok(Ca { account, seen });
     }
     let contact = settings.email.as_ref().map(|e| format!("mailto:{e}"));
     let contacts: Vec<&str> = contact.iter().map(|s| s.as_str()).collect();
-    let (account, creds) = builder
-        .create(
-            &NewAccount {
-                contact: &contacts,
-                terms_of_service_agreed: true,
-                only_return_existing: false,
-            },
-            settings.directory.clone(),
-            None,
-        )
-        .await
-        .with_context(|| format!("cannot create an ACME account at {}", settings.directory))?;
+    let (account, creds) = with_retries!(seen, "create the ACME account", {
+        Account::builder_with_http(Box::new(http.clone()))
+            .create(
+                &NewAccount {
+                    contact: &contacts,
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                },
+                settings.directory.clone(),
+                None,
+            )
+            .await
+    })
+    .with_context(|| format!("cannot create an ACME account at {}", settings.directory))?;
     store
         .put_acme_account(&settings.directory, &serde_json::to_string(&creds)?)
         .await?;
-    Ok(account)
+    Ok(Ca { account, seen })
 }
 
-/// Obtains a certificate for `host`; the edge answers the challenges while
-/// the CA validates, and forgets them afterwards whatever happens.
-pub async fn obtain(account: &Account, edge: &Edge, host: &str) -> anyhow::Result<Issued> {
-    let mut tokens = Vec::new();
-    let result = obtain_inner(account, edge, host, &mut tokens).await;
-    for t in &tokens {
-        edge.remove_acme_challenge(t);
+/// Where an order stands between attempts (kept in memory only: after a
+/// restart a new order is made, and the CA reuses valid authorizations).
+#[derive(Default)]
+pub struct Resume {
+    order_url: String,
+    /// Authorizations whose challenge was already declared ready.
+    readied: BTreeSet<String>,
+    /// HTTP-01 tokens the edge answers for this order.
+    tokens: BTreeSet<String>,
+    /// The key of the CSR once the order is finalized.
+    key_pem: Option<String>,
+}
+
+impl Resume {
+    /// Stops answering this order's challenges.
+    fn forget(self, edge: &Edge) {
+        for t in &self.tokens {
+            edge.remove_acme_challenge(t);
+        }
+    }
+}
+
+/// Obtains a certificate for `host`, going on with `resume`'s order when
+/// there is one. On a transient failure `resume` holds the order for the
+/// next attempt; otherwise it is emptied (and the challenges forgotten).
+pub async fn obtain(
+    ca: &Ca,
+    edge: &Edge,
+    host: &str,
+    resume: &mut Option<Resume>,
+) -> Result<Issued, AcmeError> {
+    ca.seen.take();
+    let result = obtain_steps(ca, edge, host, resume).await;
+    let keep = matches!(&result, Err(e) if e.kind == ErrorKind::Transient);
+    if !keep {
+        if let Some(r) = resume.take() {
+            r.forget(edge);
+        }
     }
     result
 }
 
-async fn obtain_inner(
-    account: &Account,
+async fn obtain_steps(
+    ca: &Ca,
     edge: &Edge,
     host: &str,
-    tokens: &mut Vec<String>,
-) -> anyhow::Result<Issued> {
-    let ids = [Identifier::Dns(host.to_string())];
-    let mut order = account
-        .new_order(&NewOrder::new(&ids))
-        .await
-        .context("new order")?;
-    {
-        let mut authzs = order.authorizations();
-        while let Some(a) = authzs.next().await {
-            let mut a = a.context("authorization")?;
-            match a.status {
-                AuthorizationStatus::Pending => {}
-                AuthorizationStatus::Valid => continue,
-                other => return Err(anyhow!("authorization is {other:?}")),
-            }
-            let mut ch = a
-                .challenge(ChallengeType::Http01)
-                .ok_or_else(|| anyhow!("the CA offers no http-01 challenge"))?;
-            edge.set_acme_challenge(&ch.token, ch.key_authorization().as_str());
-            tokens.push(ch.token.clone());
-            ch.set_ready().await.context("challenge ready")?;
-        }
-    }
-    let retry = RetryPolicy::new()
-        .initial_delay(Duration::from_millis(250))
-        .backoff(1.5)
-        .timeout(Duration::from_secs(120));
-    let status = order.poll_ready(&retry).await.context("validation")?;
-    if status != OrderStatus::Ready {
-        // The reason is in the challenge's error.
-        let mut why = format!("order is {status:?}");
-        let mut authzs = order.authorizations();
-        while let Some(Ok(a)) = authzs.next().await {
-            for c in &a.challenges {
-                if let Some(e) = &c.error {
-                    why = format!("{why}: {e}");
+    resume: &mut Option<Resume>,
+) -> Result<Issued, AcmeError> {
+    let seen = &ca.seen;
+    let mut order = None;
+    if let Some(r) = resume.as_ref() {
+        match with_retries!(seen, "resume the order", {
+            ca.account.order(r.order_url.clone()).await
+        }) {
+            Ok(o) => order = Some(o),
+            Err(e) if e.kind == ErrorKind::Transient => return Err(e),
+            // Gone or expired: start over.
+            Err(e) => {
+                tracing::info!(%host, error = %e, "the previous order cannot go on, making a new one");
+                if let Some(r) = resume.take() {
+                    r.forget(edge);
                 }
             }
         }
-        return Err(anyhow!(why));
     }
-    let key = rcgen::KeyPair::generate()?;
-    let mut params = rcgen::CertificateParams::new(vec![host.to_string()])?;
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    let csr = params.serialize_request(&key)?;
-    order.finalize_csr(csr.der()).await.context("finalize")?;
-    let chain_pem = order
-        .poll_certificate(&retry)
-        .await
-        .context("certificate")?;
-    let not_after = not_after(&chain_pem)?;
-    Ok(Issued {
-        chain_pem,
-        key_pem: key.serialize_pem(),
-        not_after,
-    })
+    let mut order = match order {
+        Some(o) => o,
+        None => {
+            let ids = [Identifier::Dns(host.to_string())];
+            let o = with_retries!(seen, "new order", {
+                ca.account.new_order(&NewOrder::new(&ids)).await
+            })?;
+            *resume = Some(Resume {
+                order_url: o.url().to_string(),
+                ..Resume::default()
+            });
+            o
+        }
+    };
+    let r = resume.as_mut().expect("set above");
+    let deadline = tokio::time::Instant::now() + ORDER_PATIENCE;
+    let mut poll = Duration::from_millis(250);
+    loop {
+        let status = order.state().status;
+        match status {
+            OrderStatus::Pending => {
+                authorize(seen, &mut order, edge, r).await?;
+                // Wait for the CA to validate.
+                wait(&mut poll, deadline, "validation").await?;
+                with_retries!(seen, "validation", order.refresh().await.map(|_| ()))?;
+            }
+            OrderStatus::Ready => {
+                let key = rcgen::KeyPair::generate()
+                    .map_err(|e| AcmeError::fatal("finalize", e.to_string()))?;
+                let csr = rcgen::CertificateParams::new(vec![host.to_string()])
+                    .and_then(|mut p| {
+                        p.distinguished_name = rcgen::DistinguishedName::new();
+                        p.serialize_request(&key)
+                    })
+                    .map_err(|e| AcmeError::fatal("finalize", e.to_string()))?;
+                r.key_pem = Some(key.serialize_pem());
+                // Not resent blindly: a finalize the CA took but whose
+                // answer was lost would be refused the second time; the
+                // order's state says whether it went through.
+                if let Err(e) = order.finalize_csr(csr.der()).await {
+                    if classify(&e) == ErrorKind::Final {
+                        return Err(seen.error("finalize", &e));
+                    }
+                    tracing::debug!(%host, error = %e, "finalize failed, checking the order");
+                    wait(&mut poll, deadline, "finalize").await?;
+                    with_retries!(seen, "finalize", order.refresh().await.map(|_| ()))?;
+                }
+            }
+            OrderStatus::Processing => {
+                wait(&mut poll, deadline, "issuance").await?;
+                with_retries!(seen, "issuance", order.refresh().await.map(|_| ()))?;
+            }
+            OrderStatus::Valid => {
+                let key_pem = r.key_pem.clone().ok_or_else(|| {
+                    AcmeError::fatal(
+                        "certificate",
+                        "the order was finalized with a key berth no longer has",
+                    )
+                })?;
+                let chain_pem = with_retries!(seen, "certificate", order.certificate().await)?
+                    .ok_or_else(|| AcmeError::transient("certificate", "not issued yet"))?;
+                let (not_before, not_after) = validity(&chain_pem)
+                    .map_err(|e| AcmeError::fatal("certificate", format!("{e:#}")))?;
+                return Ok(Issued {
+                    chain_pem,
+                    key_pem,
+                    not_before,
+                    not_after,
+                });
+            }
+            OrderStatus::Invalid => return Err(invalid_reason(seen, &mut order).await),
+        }
+    }
 }
 
-/// The end of validity of the first certificate of a PEM chain.
-pub fn not_after(chain_pem: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+/// Sleeps before the next poll, growing `poll` up to 2 s; a transient
+/// error once the attempt has waited long enough.
+async fn wait(
+    poll: &mut Duration,
+    deadline: tokio::time::Instant,
+    step: &'static str,
+) -> Result<(), AcmeError> {
+    if tokio::time::Instant::now() + *poll > deadline {
+        return Err(AcmeError::transient(
+            step,
+            format!(
+                "the CA did not finish within {} s",
+                ORDER_PATIENCE.as_secs()
+            ),
+        ));
+    }
+    tokio::time::sleep(*poll).await;
+    *poll = (*poll * 3 / 2).min(Duration::from_secs(2));
+    Ok(())
+}
+
+/// Answers and readies the challenge of every pending authorization
+/// (valid ones are skipped; one readied in an earlier attempt is not
+/// readied again).
+async fn authorize(
+    seen: &RetryAfter,
+    order: &mut instant_acme::Order,
+    edge: &Edge,
+    r: &mut Resume,
+) -> Result<(), AcmeError> {
+    let mut failures = 0u32;
+    loop {
+        let mut failed = None;
+        let mut authzs = order.authorizations();
+        while let Some(a) = authzs.next().await {
+            let mut a = match a {
+                Ok(a) => a,
+                Err(e) => {
+                    failed = Some(("authorization", e));
+                    break;
+                }
+            };
+            let url = a.url().to_string();
+            if failures > 0 && !r.readied.contains(&url) {
+                // A ready that failed may still have reached the CA.
+                if let Err(e) = a.refresh().await {
+                    failed = Some(("authorization", e));
+                    break;
+                }
+            }
+            match a.status {
+                AuthorizationStatus::Valid => continue,
+                AuthorizationStatus::Pending => {}
+                other => {
+                    return Err(AcmeError::fatal(
+                        "authorization",
+                        format!("authorization is {other:?}"),
+                    ))
+                }
+            }
+            let Some(mut ch) = a.challenge(ChallengeType::Http01) else {
+                return Err(AcmeError::fatal(
+                    "authorization",
+                    "the CA offers no http-01 challenge",
+                ));
+            };
+            edge.set_acme_challenge(&ch.token, ch.key_authorization().as_str());
+            r.tokens.insert(ch.token.clone());
+            if r.readied.contains(&url) || ch.status != instant_acme::ChallengeStatus::Pending {
+                continue;
+            }
+            match ch.set_ready().await {
+                Ok(()) => {
+                    r.readied.insert(url);
+                }
+                Err(e) => {
+                    failed = Some(("challenge ready", e));
+                    break;
+                }
+            }
+        }
+        let Some((step, e)) = failed else {
+            return Ok(());
+        };
+        failures += 1;
+        if classify(&e) == ErrorKind::Final || failures >= REQUEST_ATTEMPTS {
+            return Err(seen.error(step, &e));
+        }
+        tracing::debug!(step, error = %e, failures, "ACME request sent again");
+        tokio::time::sleep(request_backoff(failures)).await;
+    }
+}
+
+/// Why an order became invalid: the errors of its challenges.
+async fn invalid_reason(seen: &RetryAfter, order: &mut instant_acme::Order) -> AcmeError {
+    let mut why = String::from("order is invalid");
+    if let Some(e) = &order.state().error {
+        why = format!("{why}: {e}");
+    }
+    let mut authzs = order.authorizations();
+    while let Some(Ok(mut a)) = authzs.next().await {
+        let _ = a.refresh().await;
+        for c in &a.challenges {
+            if let Some(e) = &c.error {
+                why = format!("{why}: {e}");
+            }
+        }
+    }
+    let _ = seen;
+    AcmeError::fatal("validation", why)
+}
+
+/// The validity (notBefore, notAfter) of the first certificate of a PEM
+/// chain.
+pub fn validity(chain_pem: &str) -> anyhow::Result<(DateTime<Utc>, DateTime<Utc>)> {
     let leaf = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
         .next()
         .ok_or_else(|| anyhow!("no certificate in the chain"))??;
     let (_, cert) = x509_parser::parse_x509_certificate(&leaf)
         .map_err(|e| anyhow!("cannot parse the certificate: {e}"))?;
-    let ts = cert.validity().not_after.timestamp();
-    chrono::DateTime::from_timestamp(ts, 0).ok_or_else(|| anyhow!("notAfter out of range"))
+    let ts = |t: i64| {
+        DateTime::from_timestamp(t, 0).ok_or_else(|| anyhow!("certificate validity out of range"))
+    };
+    Ok((
+        ts(cert.validity().not_before.timestamp())?,
+        ts(cert.validity().not_after.timestamp())?,
+    ))
+}
+
+/// The end of validity of the first certificate of a PEM chain.
+pub fn not_after(chain_pem: &str) -> anyhow::Result<DateTime<Utc>> {
+    Ok(validity(chain_pem)?.1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use instant_acme::Problem;
+
+    fn problem(ty: &str, status: u16) -> instant_acme::Error {
+        let p: Problem = serde_json::from_value(serde_json::json!({
+            "type": format!("urn:ietf:params:acme:error:{ty}"),
+            "detail": "x",
+            "status": status,
+        }))
+        .unwrap();
+        instant_acme::Error::Api(p)
+    }
+
+    #[test]
+    fn bad_nonces_and_server_errors_are_transient_the_rest_final() {
+        assert_eq!(classify(&problem("badNonce", 400)), ErrorKind::Transient);
+        assert_eq!(
+            classify(&problem("serverInternal", 500)),
+            ErrorKind::Transient
+        );
+        assert_eq!(classify(&problem("malformed", 503)), ErrorKind::Transient);
+        assert_eq!(classify(&problem("rateLimited", 429)), ErrorKind::Final);
+        assert_eq!(
+            classify(&problem("rejectedIdentifier", 400)),
+            ErrorKind::Final
+        );
+        assert_eq!(classify(&problem("unauthorized", 403)), ErrorKind::Final);
+        assert_eq!(
+            classify(&instant_acme::Error::Other("connection refused".into())),
+            ErrorKind::Transient
+        );
+        assert_eq!(
+            classify(&instant_acme::Error::Str("no certificate URL found")),
+            ErrorKind::Final
+        );
+    }
+
+    #[test]
+    fn request_backoff_is_jittered_and_bounded() {
+        for failures in 1..20 {
+            let full = Duration::from_millis(250) * 2u32.pow((failures - 1).min(4));
+            let d = request_backoff(failures);
+            assert!(d >= full / 2 && d <= full, "{failures}: {d:?}");
+            assert!(d <= Duration::from_secs(4));
+        }
+        // Jittered: not the same delay every time.
+        let set: BTreeSet<Duration> = (0..20).map(|_| request_backoff(3)).collect();
+        assert!(set.len() > 1);
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_or_an_http_date() {
+        let now = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(now + chrono::Duration::seconds(120))
+        );
+        assert_eq!(
+            parse_retry_after("Thu, 01 Jan 2026 01:00:00 GMT", now),
+            Some(now + chrono::Duration::hours(1))
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
 }

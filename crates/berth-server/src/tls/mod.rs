@@ -123,6 +123,7 @@ pub fn start(
         leadership: leadership.clone(),
         base_domain: cfg.base_domain().to_string(),
         account: tokio::sync::Mutex::new(None),
+        resume: Mutex::new(HashMap::new()),
         loaded: Mutex::new(HashMap::new()),
         unwanted_since: Mutex::new(HashMap::new()),
         local_renew_at: Mutex::new(Utc::now() + chrono::Duration::days(LOCAL_LEAF_DAYS * 2 / 3)),
@@ -147,7 +148,10 @@ pub struct CertManager {
     /// Only the leader orders, renews and deletes; every server serves.
     leadership: crate::cluster::Leadership,
     base_domain: String,
-    account: tokio::sync::Mutex<Option<instant_acme::Account>>,
+    account: tokio::sync::Mutex<Option<acme::Ca>>,
+    /// Host → the order an attempt that failed on a transient error left,
+    /// which the next attempt goes on with.
+    resume: Mutex<HashMap<String, acme::Resume>>,
     /// Host → notAfter of the certificate handed to the edge.
     loaded: Mutex<HashMap<String, DateTime<Utc>>>,
     /// Stored certificates no host wants, since when.
@@ -298,15 +302,36 @@ impl CertManager {
         rec.updated_at = Utc::now();
         self.store.put_certificate(&rec).await?;
         tracing::info!(%host, directory = %acme.directory, "obtaining a certificate");
-        let result = async {
-            let mut account = self.account.lock().await;
-            if account.is_none() {
-                *account = Some(acme::account(acme, self.store.as_ref()).await?);
+        let started = std::time::Instant::now();
+        let result: Result<acme::Issued, acme::AcmeError> =
+            async {
+                let mut account = self.account.lock().await;
+                if account.is_none() {
+                    *account = Some(acme::account(acme, self.store.as_ref()).await.map_err(
+                        |e| acme::AcmeError {
+                            step: "account",
+                            detail: format!("{e:#}"),
+                            kind: acme::ErrorKind::Transient,
+                            retry_after: None,
+                        },
+                    )?);
+                }
+                let ca = account.as_ref().expect("set above");
+                let mut resume = self
+                    .resume
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(host);
+                let r = acme::obtain(ca, &self.edge, host, &mut resume).await;
+                if let Some(resume) = resume {
+                    self.resume
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(host.to_string(), resume);
+                }
+                r
             }
-            let account = account.as_ref().expect("set above");
-            acme::obtain(account, &self.edge, host).await
-        }
-        .await;
+            .await;
         let now = Utc::now();
         match result {
             Ok(issued) => {
@@ -316,16 +341,22 @@ impl CertManager {
                 rec.not_after = Some(issued.not_after);
                 rec.error = None;
                 rec.attempts = 0;
-                rec.next_attempt_at = Some(issued.not_after - renew::renew_before());
-                tracing::info!(%host, not_after = %issued.not_after, "certificate issued");
+                rec.next_attempt_at = Some(renew::renew_at(issued.not_before, issued.not_after));
+                tracing::info!(%host, not_after = %issued.not_after, took_ms = started.elapsed().as_millis() as u64, "certificate issued");
             }
             Err(e) => {
-                let mut why = format!("{e:#}");
+                let mut why = e.to_string();
                 why.truncate(500);
+                let transient = e.kind == acme::ErrorKind::Transient;
                 rec.state = CertState::Failed;
                 rec.attempts = rec.attempts.saturating_add(1);
-                rec.next_attempt_at = Some(now + renew::backoff(rec.attempts));
-                tracing::warn!(%host, error = %why, retry_at = ?rec.next_attempt_at, "certificate failed");
+                rec.next_attempt_at = Some(renew::next_attempt(
+                    now,
+                    rec.attempts,
+                    transient,
+                    e.retry_after,
+                ));
+                tracing::warn!(%host, error = %why, transient, retry_at = ?rec.next_attempt_at, "certificate attempt failed");
                 rec.error = Some(why);
             }
         }

@@ -4,14 +4,46 @@
 use berth_core::model::CertState;
 use chrono::{DateTime, Duration, Utc};
 
-/// A certificate is renewed this long before it expires.
+/// A certificate is renewed at the latest this long before it expires.
 pub fn renew_before() -> Duration {
     Duration::days(30)
+}
+
+/// When a certificate valid from `not_before` to `not_after` is renewed:
+/// with a third of its lifetime left (day 60 of Let's Encrypt's 90), and
+/// at the latest [`renew_before`] its end. Short-lived certificates are so
+/// renewed well before they end, whatever their lifetime.
+pub fn renew_at(not_before: DateTime<Utc>, not_after: DateTime<Utc>) -> DateTime<Utc> {
+    let third = (not_after - not_before).max(Duration::zero()) / 3;
+    not_after - third.min(renew_before())
 }
 
 /// First retry delay after a failure; doubled per failure in a row.
 pub fn first_retry() -> Duration {
     Duration::seconds(30)
+}
+
+/// First retry delay after an attempt that failed on a transient error
+/// (its order is resumed); doubled per failure in a row as well.
+pub fn first_transient_retry() -> Duration {
+    Duration::seconds(5)
+}
+
+/// When the next attempt is due after `failures` failures in a row: the
+/// backoff, and never before the CA's `Retry-After`.
+pub fn next_attempt(
+    now: DateTime<Utc>,
+    failures: u32,
+    transient: bool,
+    retry_after: Option<DateTime<Utc>>,
+) -> DateTime<Utc> {
+    let first = if transient {
+        first_transient_retry()
+    } else {
+        first_retry()
+    };
+    let t = now + backoff_from(first, failures);
+    retry_after.map_or(t, |r| r.max(t))
 }
 
 /// Longest delay between two attempts.
@@ -44,9 +76,11 @@ pub fn decide(now: DateTime<Utc>, rec: Option<Facts>) -> Action {
     let due = match rec.state {
         // A pending record is an attempt a restart interrupted.
         CertState::None | CertState::Pending => return Action::Obtain,
-        CertState::Issued => match rec.not_after {
-            Some(end) => end - renew_before(),
-            None => return Action::Obtain,
+        // The renewal time set at issue, else 30 days before the end.
+        CertState::Issued => match (rec.next_attempt_at, rec.not_after) {
+            (Some(t), Some(end)) => t.min(end - Duration::minutes(1)),
+            (None, Some(end)) => end - renew_before(),
+            (_, None) => return Action::Obtain,
         },
         CertState::Failed => match rec.next_attempt_at {
             Some(t) => t,
@@ -62,8 +96,12 @@ pub fn decide(now: DateTime<Utc>, rec: Option<Facts>) -> Action {
 
 /// Delay before the next attempt after `failures` failures in a row (≥ 1).
 pub fn backoff(failures: u32) -> Duration {
+    backoff_from(first_retry(), failures)
+}
+
+fn backoff_from(first: Duration, failures: u32) -> Duration {
     let exp = failures.saturating_sub(1).min(20);
-    let d = first_retry() * 2i32.pow(exp.min(30));
+    let d = first * 2i32.pow(exp);
     d.min(max_retry())
 }
 
@@ -154,6 +192,67 @@ mod tests {
         assert_eq!(backoff(3), Duration::seconds(120));
         assert_eq!(backoff(12), max_retry());
         assert_eq!(backoff(u32::MAX), max_retry());
+    }
+
+    #[test]
+    fn renewal_comes_with_a_third_of_the_lifetime_left_and_30_days_at_the_latest() {
+        // Let's Encrypt's 90 days: day 60.
+        assert_eq!(
+            renew_at(t0(), t0() + Duration::days(90)),
+            t0() + Duration::days(60)
+        );
+        // A year: 30 days before the end.
+        assert_eq!(
+            renew_at(t0(), t0() + Duration::days(365)),
+            t0() + Duration::days(335)
+        );
+        // Three minutes: after two.
+        assert_eq!(
+            renew_at(t0(), t0() + Duration::minutes(3)),
+            t0() + Duration::minutes(2)
+        );
+        // The decision follows the renewal time stored at issue.
+        assert_eq!(
+            decide(
+                t0() + Duration::seconds(119),
+                facts(CertState::Issued, Some(1), Some(120))
+            ),
+            Action::WaitUntil(t0() + Duration::seconds(120))
+        );
+        assert_eq!(
+            decide(
+                t0() + Duration::seconds(120),
+                facts(CertState::Issued, Some(1), Some(120))
+            ),
+            Action::Obtain
+        );
+    }
+
+    #[test]
+    fn the_next_attempt_honours_retry_after_and_transient_errors_come_back_sooner() {
+        let now = t0();
+        assert_eq!(
+            next_attempt(now, 1, false, None),
+            now + Duration::seconds(30)
+        );
+        assert_eq!(
+            next_attempt(now, 2, false, None),
+            now + Duration::seconds(60)
+        );
+        assert_eq!(next_attempt(now, 1, true, None), now + Duration::seconds(5));
+        assert_eq!(
+            next_attempt(now, 3, true, None),
+            now + Duration::seconds(20)
+        );
+        // A rate limit's Retry-After later than the backoff wins...
+        let later = now + Duration::hours(1);
+        assert_eq!(next_attempt(now, 1, false, Some(later)), later);
+        // ...an earlier one does not shorten the backoff.
+        let sooner = now + Duration::seconds(1);
+        assert_eq!(
+            next_attempt(now, 1, false, Some(sooner)),
+            now + Duration::seconds(30)
+        );
     }
 
     #[test]

@@ -369,6 +369,28 @@ pub async fn certificate_keys_and_acme_accounts_are_sealed_and_domains_show_the_
     let dom = &s.list_domains(Some("shop")).await.unwrap()[0];
     assert_eq!(dom.certificate.state, CertState::Issued);
     assert!(dom.certificate.not_after.is_some());
+    assert_eq!(dom.certificate.attempts, 0);
+    // A failed renewal: its attempt count, reason and retry time are listed.
+    let retry_at = Utc::now() + Duration::seconds(90);
+    s.put_certificate(&CertRecord {
+        state: CertState::Failed,
+        error: Some("new order: rate limited".into()),
+        attempts: 3,
+        next_attempt_at: Some(retry_at),
+        ..rec.clone()
+    })
+    .await
+    .unwrap();
+    let c = &s.list_domains(Some("shop")).await.unwrap()[0].certificate;
+    assert_eq!(
+        (c.state, c.attempts, c.error.as_deref()),
+        (CertState::Failed, 3, Some("new order: rate limited"))
+    );
+    assert_eq!(
+        c.next_attempt_at.map(|t| t.timestamp()),
+        Some(retry_at.timestamp())
+    );
+    s.put_certificate(&rec).await.unwrap();
     assert_eq!(
         s.acme_account("https://acme.test/dir")
             .await

@@ -86,8 +86,19 @@ fn domain_table(domains: &[berth_core::model::Domain]) -> String {
                 "failed: {}{}",
                 c.error.as_deref().unwrap_or("unknown reason"),
                 c.next_attempt_at
-                    .map(|t| format!(" (retry at {})", t.format("%H:%M:%S UTC")))
+                    .map(|t| format!(
+                        " (attempt {}, next at {})",
+                        c.attempts,
+                        t.format("%H:%M:%S UTC")
+                    ))
                     .unwrap_or_default()
+            ),
+            // An attempt under way after failed ones: say which and why
+            // the previous one failed.
+            CertState::Pending if c.attempts > 0 => format!(
+                "pending (attempt {}, last error: {})",
+                c.attempts + 1,
+                c.error.as_deref().unwrap_or("unknown reason")
             ),
             other => other.as_str().to_string(),
         };
