@@ -2,10 +2,14 @@
 //!
 //! `edge_bench --listen 127.0.0.1:18080 --host bench.localhost --upstream 127.0.0.1:18000 [--threads 2]
 //! [--otlp-endpoint http://127.0.0.1:4318 [--trace-sample 0.01]]`
+//!
+//! `--upstream A,B,C` makes one target per address, all replicas of one
+//! deployment (see bench/replicas.sh); `--balance rr|least` chooses among
+//! them (round robin, the default, or least in-flight).
 
 use std::time::Duration;
 
-use berth_edge::{Edge, EdgeConfig, OtlpConfig, RouteChange, RouteSpec, TargetSpec};
+use berth_edge::{Balance, Edge, EdgeConfig, OtlpConfig, RouteChange, RouteSpec, TargetSpec};
 
 fn main() {
     let mut listen = "127.0.0.1:18080".to_string();
@@ -14,6 +18,7 @@ fn main() {
     let mut threads = 2usize;
     let mut otlp_endpoint = None;
     let mut trace_sample = 0.01f64;
+    let mut balance = Balance::RoundRobin;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().unwrap_or_default();
@@ -24,6 +29,16 @@ fn main() {
             "--threads" => threads = value.parse().unwrap_or(2),
             "--otlp-endpoint" => otlp_endpoint = Some(value),
             "--trace-sample" => trace_sample = value.parse().unwrap_or(0.01),
+            "--balance" => {
+                balance = match value.as_str() {
+                    "rr" => Balance::RoundRobin,
+                    "least" => Balance::LeastInflight,
+                    other => {
+                        eprintln!("--balance takes rr or least, not {other:?}");
+                        std::process::exit(2);
+                    }
+                }
+            }
             other => {
                 eprintln!("unknown flag {other}; usage: --listen ADDR --host H --upstream ADDR [--threads N]");
                 std::process::exit(2);
@@ -40,6 +55,7 @@ fn main() {
             endpoint,
             sample: trace_sample,
         }),
+        balance,
         ..EdgeConfig::default()
     })
     .unwrap_or_else(|e| {
@@ -49,13 +65,21 @@ fn main() {
     if let Err(e) = edge.apply(vec![RouteChange::Upsert {
         host,
         route: RouteSpec {
-            targets: vec![TargetSpec {
-                deployment_id: Some("bench".into()),
-                sha: Some("0123456789abcdef0123456789abcdef01234567".into()),
-                id: "bench".into(),
-                upstream,
-                weight: 1,
-            }],
+            targets: upstream
+                .split(',')
+                .enumerate()
+                .map(|(i, up)| TargetSpec {
+                    deployment_id: Some("bench".into()),
+                    sha: Some("0123456789abcdef0123456789abcdef01234567".into()),
+                    id: if i == 0 {
+                        "bench".into()
+                    } else {
+                        format!("bench~{}", i + 1)
+                    },
+                    upstream: up.to_string(),
+                    weight: 1,
+                })
+                .collect(),
         },
     }]) {
         eprintln!("{e}");

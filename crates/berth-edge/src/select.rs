@@ -21,11 +21,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// weights choose the deployment first; see `Route::settle`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Balance {
-    /// In turn (the weighted picker's order). Chosen by default: see
-    /// bench/README.md, "replicas.sh".
-    #[default]
+    /// In turn (the weighted picker's order).
     RoundRobin,
-    /// The replica with the fewest requests in flight.
+    /// The replica with the fewest requests in flight (ties in turn); the
+    /// default: a replica that slows down gets fewer new requests instead
+    /// of a fixed share, at no measured cost (bench/README.md,
+    /// "replicas.sh").
+    #[default]
     LeastInflight,
 }
 
