@@ -162,6 +162,35 @@ pub enum RunStreamEvent {
     Exit { run: Box<Run> },
 }
 
+/// A scheduled job (`[jobs.<name>]`) of an environment, as defined by the
+/// berth.toml of its service's active deployment (`GET
+/// /api/v1/projects/{name}/jobs`, `berth jobs list`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Job {
+    pub name: String,
+    pub project_name: String,
+    pub environment_name: String,
+    pub service_name: String,
+    /// Five-field cron expression, UTC.
+    pub schedule: String,
+    pub command: String,
+    pub timeout_seconds: u64,
+    /// The active deployment whose image and settings its runs get.
+    pub deployment_id: String,
+    pub next_run_at: Option<DateTime<Utc>>,
+    /// The newest runs first, without their output.
+    #[serde(default)]
+    pub last_runs: Vec<Run>,
+}
+
+/// `POST /api/v1/projects/{name}/jobs/{job}/runs`: run a job now.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RunJob {
+    pub environment: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -51,6 +51,9 @@ pub struct Behaviour {
     /// How long `start` and `stop` of its instances take.
     pub start_delay: Duration,
     pub stop_delay: Duration,
+    /// How long a one-off of this image runs (past its timeout it is
+    /// killed: `RuntimeError::OneOffTimeout`).
+    pub oneoff_time: Duration,
 }
 
 impl Default for Behaviour {
@@ -63,6 +66,7 @@ impl Default for Behaviour {
             response_delay: Duration::ZERO,
             start_delay: Duration::ZERO,
             stop_delay: Duration::ZERO,
+            oneoff_time: Duration::ZERO,
         }
     }
 }
@@ -401,19 +405,29 @@ impl Runtime for FakeRuntime {
     async fn run_oneoff(
         &self,
         spec: &InstanceSpec,
-        _timeout: Duration,
+        timeout: Duration,
     ) -> Result<OneOffOutcome, RuntimeError> {
         self.record(Call::RunOneoff(spec.name.clone()));
         spec.validate()?;
-        let state = self.lock();
-        if !state.images.contains(&spec.image) {
-            return Err(RuntimeError::ImageNotFound(spec.image.clone()));
+        let behaviour = {
+            let state = self.lock();
+            if !state.images.contains(&spec.image) {
+                return Err(RuntimeError::ImageNotFound(spec.image.clone()));
+            }
+            state
+                .behaviours
+                .get(&spec.image)
+                .cloned()
+                .unwrap_or_default()
+        };
+        if behaviour.oneoff_time > timeout {
+            tokio::time::sleep(timeout).await;
+            return Err(RuntimeError::OneOffTimeout {
+                name: spec.name.clone(),
+                after: timeout,
+            });
         }
-        let behaviour = state
-            .behaviours
-            .get(&spec.image)
-            .cloned()
-            .unwrap_or_default();
+        tokio::time::sleep(behaviour.oneoff_time).await;
         Ok(OneOffOutcome {
             exit_code: behaviour.oneoff_exit_code,
             oom_killed: false,

@@ -5,6 +5,7 @@
 //!   deployment goes from queued to active;
 //! - the reconciler ([`reconcile`]), at start, so no deployment stays stuck
 //!   after a crash;
+//! - the scheduler of jobs ([`jobs`]) on the leader;
 //! - the HTTP API ([`api`]) under `/api/v1`;
 //! - the hand-over of its listening sockets and control plane to a newer
 //!   process ([`takeover`], `berth server --takeover`).
@@ -22,6 +23,7 @@ pub mod deployer;
 pub mod dns;
 pub mod error;
 pub mod ids;
+pub mod jobs;
 pub mod logs;
 pub mod metrics;
 pub mod monitor;
@@ -412,6 +414,9 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             }
         });
     }
+
+    // Scheduled jobs, fired by the leader.
+    tokio::spawn(jobs::run(deployer.clone()));
 
     // Log retention, at start and every 10 minutes.
     {

@@ -59,6 +59,20 @@ pub enum RunError {
     Store(#[from] StoreError),
 }
 
+/// The job a run belongs to, and its firing (`None`: `berth jobs run`).
+#[derive(Clone, Debug)]
+pub(crate) struct JobFiring {
+    pub job: String,
+    pub scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// A run ready to be recorded and started.
+pub(crate) struct PreparedRun {
+    pub run: Run,
+    pub spec: InstanceSpec,
+    pub redactor: Arc<Redactor>,
+}
+
 /// What a run's follower receives: output lines as they come, then the
 /// finished record (without its output).
 #[derive(Clone, Debug)]
@@ -77,6 +91,45 @@ impl Deployer {
         req: RunRequest,
         stdin: Option<mpsc::Receiver<Bytes>>,
     ) -> Result<(Run, mpsc::Receiver<RunEvent>), RunError> {
+        let prepared = self.prepare_run(req, None).await?;
+        self.launch_run(prepared, stdin, RUN_TIMEOUT).await
+    }
+
+    /// Records `prepared` (before its instance starts) and starts it in the
+    /// background; see [`Deployer::start_run`]. A job firing recorded
+    /// already is [`StoreError::Conflict`] and nothing starts.
+    pub(crate) async fn launch_run(
+        self: &Arc<Self>,
+        prepared: PreparedRun,
+        stdin: Option<mpsc::Receiver<Bytes>>,
+        timeout: Duration,
+    ) -> Result<(Run, mpsc::Receiver<RunEvent>), RunError> {
+        let PreparedRun {
+            run,
+            spec,
+            redactor,
+        } = prepared;
+        // Recorded before the instance starts.
+        self.store.insert_run(&run).await?;
+        let (events_tx, events) = mpsc::channel(256);
+        let this = self.clone();
+        let record = run.clone();
+        tokio::spawn(async move {
+            this.execute_run(record, spec, stdin, timeout, redactor, events_tx)
+                .await;
+        });
+        Ok((run, events))
+    }
+
+    /// The record and instance of a run of `req` (of the job firing
+    /// `job`, when given), not recorded yet: the active deployment's image
+    /// of the service, the environment's variables, the service's limits
+    /// and hardening.
+    pub(crate) async fn prepare_run(
+        &self,
+        req: RunRequest,
+        job: Option<JobFiring>,
+    ) -> Result<PreparedRun, RunError> {
         if req.command.is_empty() || req.command[0].is_empty() {
             return Err(RunError::EmptyCommand);
         }
@@ -114,8 +167,9 @@ impl Deployer {
         ));
 
         let id = new_id();
+        let role = if job.is_some() { "job" } else { "run" };
         let mut spec = InstanceSpec::new(
-            instance_name(&["run", &req.project, &service], &id),
+            instance_name(&[role, &req.project, &service], &id),
             image.reference.clone(),
         );
         spec.env = self.env_for(&d, None, &vars);
@@ -123,7 +177,7 @@ impl Deployer {
         spec.labels = berth_runtime::berth_labels(&req.project, &service, &environment, &id);
         spec.labels
             .insert(INSTANCE_LABEL.into(), self.instance.clone());
-        spec.labels.insert("dev.berth.role".into(), "run".into());
+        spec.labels.insert("dev.berth.role".into(), role.into());
         spec.labels.insert(RUN_LABEL.into(), id.clone());
         crate::pipeline::isolation_label(&settings, &mut spec.labels);
         spec.limits = crate::pipeline::limits_for(&settings);
@@ -136,12 +190,12 @@ impl Deployer {
             project_name: req.project.clone(),
             environment_name: environment,
             service_name: service,
-            job: None,
+            job: job.as_ref().map(|j| j.job.clone()),
             command: req.command.clone(),
             requested_by: req.requested_by,
             deployment_id: Some(d.id.clone()),
             server: Some(self.instance.clone()),
-            scheduled_for: None,
+            scheduled_for: job.and_then(|j| j.scheduled_for),
             status: RunStatus::Running,
             exit_code: None,
             oom_killed: false,
@@ -152,16 +206,11 @@ impl Deployer {
             output: Vec::new(),
             dropped_lines: 0,
         };
-        // Recorded before the instance starts.
-        self.store.insert_run(&run).await?;
-        let (events_tx, events) = mpsc::channel(256);
-        let this = self.clone();
-        let record = run.clone();
-        tokio::spawn(async move {
-            this.execute_run(record, spec, stdin, RUN_TIMEOUT, redactor, events_tx)
-                .await;
-        });
-        Ok((run, events))
+        Ok(PreparedRun {
+            run,
+            spec,
+            redactor,
+        })
     }
 
     /// Runs `spec` for the recorded `run` to its end: streams redacted

@@ -7,6 +7,7 @@ mod deployments;
 mod domains;
 pub mod git;
 pub mod hooks;
+mod jobs;
 mod logs;
 mod nodes;
 mod openapi;
@@ -212,6 +213,11 @@ pub fn router(state: AppState) -> Router {
         .route("/cluster", get(cluster::status))
         .route("/projects/{name}/runs", get(runs::list).post(runs::create))
         .route("/runs/{id}", get(runs::show))
+        .route("/projects/{name}/jobs", get(jobs::list))
+        .route(
+            "/projects/{name}/jobs/{job}/runs",
+            get(jobs::runs).post(jobs::run_now),
+        )
         .route("/nodes", get(nodes::list))
         .route("/nodes/{id}/drain", post(nodes::drain))
         .route("/nodes/{id}/activate", post(nodes::activate))

@@ -54,6 +54,8 @@ pub fn spec() -> Value {
             "/projects/{name}/runs": {"get": op("list one-off and job runs, newest first (without output)", "200"), "post": op("start a detached one-off run of a command in the active deployment's image", "202")},
             "/projects/{name}/runs/attach": {"post": op("run a command attached: the body is its stdin, the answer NDJSON events (started, line, exit)", "200")},
             "/runs/{id}": {"get": op("a run with its output (secrets redacted)", "200")},
+            "/projects/{name}/jobs": {"get": op("scheduled jobs of the project's environments (from the active deployments' berth.toml) with their next firing and last runs", "200")},
+            "/projects/{name}/jobs/{job}/runs": {"get": op("a job's runs, newest first, with their output (secrets redacted)", "200"), "post": op("run a job now, outside its schedule (detached)", "202")},
             "/nodes": {"get": op("list the swarm's nodes (--runtime swarm; 409 otherwise)", "200")},
             "/nodes/{id}/drain": {"post": op("move every instance off a node (replacements healthy and routed first), then drain it", "200")},
             "/nodes/{id}/activate": {"post": op("let the swarm place instances on a node again", "200")},

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 /// Who asked, as recorded on the run (one admin token today).
-const REQUESTED_BY: &str = "admin";
+pub(super) const REQUESTED_BY: &str = "admin";
 
 impl From<RunError> for ApiError {
     fn from(e: RunError) -> Self {

@@ -46,7 +46,7 @@ mod tests;
 
 pub(crate) use bake::is_warm;
 pub(crate) use candidate::{isolation_label, limits_for, runtime_info};
-pub(crate) use source::service_from_record;
+pub(crate) use source::{parse_app_config, service_from_record};
 
 use crate::deployer::Deployer;
 use crate::ids::now;

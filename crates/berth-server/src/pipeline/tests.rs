@@ -24,6 +24,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// Scheduled jobs in process: the scheduler driven by a clock of the test.
+mod jobs;
+
 const TOML: &str = "[services.web]\nport = 3000\n\n[services.web.readiness]\ndeadline = \"2s\"\n";
 
 /// A builder that writes `berth.toml` as the "checkout", builds instantly
