@@ -245,6 +245,9 @@ pub struct ServiceConfig {
     pub bake: Duration,
     /// Instances of each deployment (`replicas`, 1 to [`MAX_REPLICAS`]).
     pub replicas: u32,
+    /// `[services.<name>.volumes]`: absolute container path → volume name.
+    /// A volume belongs to one environment and outlives deployments.
+    pub volumes: BTreeMap<String, String>,
 }
 
 /// Most instances one deployment may ask for.
@@ -268,6 +271,7 @@ impl ServiceConfig {
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             bake: DEFAULT_BAKE,
             replicas: 1,
+            volumes: BTreeMap::new(),
         }
     }
 }
@@ -353,6 +357,7 @@ pub fn parse(text: &str) -> Result<AppConfig, ConfigError> {
         let svc = parse_service(name, as_table(value, &path)?, &path)?;
         out.insert(name.clone(), svc);
     }
+    check_shared_volumes(&out)?;
     let mut jobs = BTreeMap::new();
     if let Some(v) = root.get("jobs") {
         for (name, value) in as_table(v, "jobs")? {
@@ -475,6 +480,7 @@ fn parse_service(name: &str, t: &Table, path: &str) -> Result<ServiceConfig, Con
                 svc.replicas = n as u32;
             }
             "readiness" => svc.readiness = parse_readiness(as_table(value, &kp)?, &kp)?,
+            "volumes" => svc.volumes = parse_volumes(as_table(value, &kp)?, &kp)?,
             "stop_timeout" => svc.stop_timeout = duration(value, &kp)?,
             "bake" => svc.bake = duration_or_zero(value, &kp)?,
             "resources" => svc.resources = parse_resources(as_table(value, &kp)?, &kp)?,
@@ -512,6 +518,83 @@ fn parse_service(name: &str, t: &Table, path: &str) -> Result<ServiceConfig, Con
         }
     }
     Ok(svc)
+}
+
+/// `[services.<name>.volumes]`: `"/data" = "uploads"`. The path is where
+/// the volume appears in the container: absolute, not `/`, without `..`,
+/// `.`, `:` or `,` (the engines' mount syntax), whitespace or control
+/// characters; a trailing `/` is dropped. One volume is mounted once per
+/// service.
+fn parse_volumes(t: &Table, path: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for (key, value) in t {
+        let kp = format!("{path}.\"{key}\"");
+        let target = volume_path(key).map_err(|r| ConfigError::invalid(&kp, r))?;
+        let volume = as_str(value, &kp)?;
+        names::volume_name(volume).map_err(|e| ConfigError::invalid(&kp, e.to_string()))?;
+        if let Some((other, _)) = out.iter().find(|(_, v)| *v == volume) {
+            return Err(ConfigError::invalid(
+                kp,
+                format!("volume \"{volume}\" is already mounted at {other}"),
+            ));
+        }
+        if out.insert(target.clone(), volume.to_string()).is_some() {
+            return Err(ConfigError::invalid(
+                kp,
+                format!("{target} is mapped twice"),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// The one rule for a volume's container path; see [`parse_volumes`].
+pub fn volume_path(p: &str) -> Result<String, String> {
+    if !p.starts_with('/') {
+        return Err("the container path must be absolute (start with \"/\")".into());
+    }
+    let trimmed = p.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Err("the container path must not be \"/\"".into());
+    }
+    if p.chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == ':' || c == ',')
+    {
+        return Err("the container path must not contain whitespace, ':' or ','".into());
+    }
+    if trimmed
+        .split('/')
+        .skip(1)
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err("the container path must be normalised (no \"//\", \".\" or \"..\")".into());
+    }
+    Ok(trimmed.to_string())
+}
+
+/// Two services of one file that mount one volume mount it at one path
+/// (the same data seen at two places is a mistake waiting to happen).
+fn check_shared_volumes(services: &BTreeMap<String, ServiceConfig>) -> Result<(), ConfigError> {
+    let mut seen: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
+    for svc in services.values() {
+        for (target, volume) in &svc.volumes {
+            match seen.get(volume.as_str()) {
+                Some((other, other_path)) if other_path != target => {
+                    return Err(ConfigError::invalid(
+                        format!("services.{}.volumes.\"{target}\"", svc.name),
+                        format!(
+                            "volume \"{volume}\" is mounted at {other_path} by service {other}; every service must mount it at the same path"
+                        ),
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    seen.insert(volume, (&svc.name, target));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn parse_readiness(t: &Table, path: &str) -> Result<Readiness, ConfigError> {
@@ -1338,5 +1421,85 @@ resources = { memory = "1g", cpus = 2 }
         let web = c.service("web").unwrap();
         assert_eq!(web.readiness.deadline, Duration::from_secs(86_400));
         assert_eq!(web.resources.memory_bytes, Some(3 << 29));
+    }
+
+    #[test]
+    fn volumes_map_absolute_paths_to_names() {
+        let c = parse(
+            "[services.web.volumes]\n\"/data\" = \"uploads\"\n\"/var/cache/\" = \"cache\"\n\
+             [services.worker]\nkind = \"worker\"\n[services.worker.volumes]\n\"/data\" = \"uploads\"\n",
+        )
+        .unwrap();
+        let web = c.service("web").unwrap();
+        assert_eq!(
+            web.volumes,
+            BTreeMap::from([
+                ("/data".to_string(), "uploads".to_string()),
+                ("/var/cache".to_string(), "cache".to_string()),
+            ])
+        );
+        assert_eq!(c.service("worker").unwrap().volumes.len(), 1);
+        assert!(AppConfig::default().services["web"].volumes.is_empty());
+    }
+
+    #[test]
+    fn bad_volumes_are_refused_with_key_and_reason() {
+        for (text, key, why) in [
+            (
+                "[services.web.volumes]\n\"data\" = \"uploads\"\n",
+                "services.web.volumes.\"data\"",
+                "must be absolute",
+            ),
+            (
+                "[services.web.volumes]\n\"/\" = \"uploads\"\n",
+                "services.web.volumes.\"/\"",
+                "must not be \"/\"",
+            ),
+            (
+                "[services.web.volumes]\n\"/a/../etc\" = \"uploads\"\n",
+                "services.web.volumes.\"/a/../etc\"",
+                "normalised",
+            ),
+            (
+                "[services.web.volumes]\n\"/data:rw\" = \"uploads\"\n",
+                "services.web.volumes.\"/data:rw\"",
+                "':'",
+            ),
+            (
+                "[services.web.volumes]\n\"/data\" = \"Uploads\"\n",
+                "services.web.volumes.\"/data\"",
+                "volume name \"Uploads\" must be lowercase",
+            ),
+            (
+                "[services.web.volumes]\n\"/data\" = \"/srv/uploads\"\n",
+                "services.web.volumes.\"/data\"",
+                "volume name",
+            ),
+            (
+                "[services.web.volumes]\n\"/data\" = 3\n",
+                "services.web.volumes.\"/data\"",
+                "expected a string",
+            ),
+            (
+                "[services.web.volumes]\n\"/a\" = \"x\"\n\"/b\" = \"x\"\n",
+                "services.web.volumes.\"/b\"",
+                "already mounted at /a",
+            ),
+            (
+                "[services.web]\nvolumes = \"x\"\n",
+                "services.web.volumes",
+                "expected a table",
+            ),
+            (
+                "[services.api.volumes]\n\"/data\" = \"uploads\"\n[services.web.volumes]\n\"/srv\" = \"uploads\"\n",
+                "services.web.volumes.\"/srv\"",
+                "mounted at /data by service api",
+            ),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.key(), Some(key), "{text}: {err}");
+            assert!(err.to_string().contains(why), "{text}: {err}");
+            assert!(err.to_string().starts_with("berth.toml: "), "{err}");
+        }
     }
 }

@@ -24,3 +24,4 @@ pub mod schedule;
 pub mod state;
 pub mod telemetry;
 pub mod units;
+pub mod volumes;

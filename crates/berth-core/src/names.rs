@@ -117,6 +117,16 @@ pub fn job_name(name: &str) -> Result<(), NameError> {
     dns_label("job name", name, MAX_SERVICE_NAME)
 }
 
+/// Longest volume name (`[services.<name>.volumes]`).
+pub const MAX_VOLUME_NAME: usize = 40;
+
+/// Volume names in `berth.toml` and the CLI: a lowercase DNS label of
+/// 1-40 characters (the engine's volume name is derived from it, the
+/// project, the environment and the server's identity).
+pub fn volume_name(name: &str) -> Result<(), NameError> {
+    dns_label("volume name", name, MAX_VOLUME_NAME)
+}
+
 /// A POSIX environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
 pub fn variable_name(name: &str) -> Result<(), NameError> {
     if name.is_empty() {

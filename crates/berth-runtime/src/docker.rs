@@ -773,7 +773,7 @@ fn backend(op: &'static str, e: DockerError) -> RuntimeError {
     }
 }
 
-fn map_err(op: &'static str, subject: &str, e: DockerError) -> RuntimeError {
+pub(crate) fn map_err(op: &'static str, subject: &str, e: DockerError) -> RuntimeError {
     match e {
         DockerError::DockerResponseServerError {
             status_code: 404, ..

@@ -47,6 +47,10 @@
 //! `<node address>:<host-mode published port>` (see [`swarm`]; its
 //! endpoints are reachable from the edge, not loopback).
 //!
+//! [`Volumes`] is the seam for named volumes (create, list, read and
+//! replace their content through a never-started helper container);
+//! [`DockerVolumes`] implements it, the other backends have none.
+//!
 //! [`health`] probes an instance over HTTP at its endpoint. With
 //! the `testing` feature, `testing` builds the busybox test image and `fake`
 //! holds `FakeRuntime`, a recording in-memory runtime for pipeline tests.
@@ -63,6 +67,7 @@ pub mod spec;
 pub mod swarm;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod volumes;
 
 pub use docker::{DockerRuntime, EngineImages};
 pub use health::{probe, ProbeFailure, ProbeResult, ProbeSchedule};
@@ -77,3 +82,4 @@ pub use spec::{
     SERVICE_LABEL,
 };
 pub use swarm::{SwarmConfig, SwarmRuntime};
+pub use volumes::{DockerVolumes, VolumeState, VolumeUser, Volumes};

@@ -175,6 +175,7 @@ pub fn unique_suffix() -> String {
 pub struct Cleanup {
     containers: Vec<String>,
     images: Vec<String>,
+    volumes: Vec<String>,
 }
 
 impl Cleanup {
@@ -191,15 +192,21 @@ impl Cleanup {
     pub fn image(&mut self, image: impl Into<String>) {
         self.images.push(image.into());
     }
+
+    /// Registers a volume (removed after the containers).
+    pub fn volume(&mut self, name: impl Into<String>) {
+        self.volumes.push(name.into());
+    }
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        if self.containers.is_empty() && self.images.is_empty() {
+        if self.containers.is_empty() && self.images.is_empty() && self.volumes.is_empty() {
             return;
         }
         let containers = std::mem::take(&mut self.containers);
         let images = std::mem::take(&mut self.images);
+        let volumes = std::mem::take(&mut self.volumes);
         let worker = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -216,6 +223,14 @@ impl Drop for Cleanup {
                         link: false,
                     };
                     let _ = docker.remove_container(&id, Some(options)).await;
+                }
+                for volume in volumes {
+                    let _ = docker
+                        .remove_volume(
+                            &volume,
+                            None::<bollard::query_parameters::RemoveVolumeOptions>,
+                        )
+                        .await;
                 }
                 for image in images {
                     let options = RemoveImageOptions {

@@ -73,6 +73,9 @@ pub struct Deployer {
     /// [`Deployer::quiesce`]): nothing new starts; queued deployments stay
     /// queued in the store for the next process.
     quiescing: std::sync::atomic::AtomicBool,
+    /// Named volumes (`[services.<name>.volumes]`); set only where the
+    /// runtime has them (Docker), see `volumes`.
+    pub volumes: std::sync::OnceLock<Arc<dyn berth_runtime::Volumes>>,
 }
 
 /// The server log's line for a deployment that just ended (one per
@@ -172,6 +175,7 @@ impl Deployer {
             tasks: Default::default(),
             leadership,
             quiescing: Default::default(),
+            volumes: Default::default(),
         })
     }
 
@@ -766,6 +770,8 @@ impl Deployer {
             }
         }
         self.store.delete_environment(project, env).await?;
+        // Its own volumes go with it (never another environment's).
+        self.remove_environment_volumes(project, env).await;
         if let Err(e) = self.sync_routes().await {
             tracing::warn!(error = %e, "route sync after teardown failed");
         }

@@ -35,6 +35,7 @@ pub mod saving;
 pub mod takeover;
 pub mod tls;
 mod unavailable;
+pub mod volumes;
 
 pub use berth_runtime::microvm::Accel as MicroVmAccel;
 pub use config::{RuntimeKind, ServerConfig};
@@ -378,6 +379,11 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         Some(swarm) => swarm.clone(),
         None => runtime,
     };
+    // Named volumes live on the local engine: only the Docker runtime has them.
+    let volumes = engine
+        .as_ref()
+        .filter(|_| cfg.runtime == RuntimeKind::Docker)
+        .map(|rt| berth_runtime::DockerVolumes::from_docker(rt.docker().clone()));
     let (runtime, images) = with_microvms(&cfg, runtime, images, engine).await?;
     // The servers of a cluster share one identity on the container engine
     // (the first one's), so a new leader adopts what the old one started.
@@ -402,6 +408,9 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         instance,
         leadership.clone(),
     );
+    if let Some(v) = volumes {
+        let _ = deployer.volumes.set(Arc::new(v));
+    }
     if leadership.is_clustered() {
         // The leader reconciles when it takes the lease.
         tokio::spawn(cluster::run(deployer.clone()));

@@ -183,6 +183,8 @@ impl Deployer {
         spec.limits = crate::pipeline::limits_for(&settings);
         spec.restart = RestartPolicy::Never;
         spec.command = Some(req.command.clone());
+        // A run sees the service's volumes, as its instances do.
+        spec.mounts = self.volume_mounts(&req.project, &environment, &settings);
 
         let at = now();
         let run = Run {

@@ -517,3 +517,130 @@ async fn attached_run_without_stdin_reports_oom() {
     assert_eq!(out_rx.recv().await.map(|c| c.line), Some("before".into()));
     assert!(!outcome.output.iter().any(|c| c.line == "survived"));
 }
+
+/// A volume's content goes out as a tar and back in through never-started
+/// helper containers of the busybox image (`FROM scratch`), replacing what
+/// was there; a volume in use is never replaced.
+#[tokio::test]
+async fn volume_export_and_replace_round_trip() {
+    use berth_runtime::{DockerVolumes, Volumes};
+    let (rt, image) = runtime().await;
+    let volumes = DockerVolumes::from_docker(rt.docker().clone());
+    let mut cleanup = Cleanup::new();
+    let name = format!("berth-rt-test-{}", testing::unique_suffix());
+    cleanup.volume(name.clone());
+    let labels = BTreeMap::from([(TEST_LABEL.to_owned(), "berth-runtime".to_owned())]);
+    let made = volumes.ensure(&name, &labels).await.expect("ensure");
+    assert_eq!(made.labels[OWNER_LABEL], "true");
+    assert_eq!(made.labels[TEST_LABEL], "berth-runtime");
+    // Idempotent.
+    volumes.ensure(&name, &labels).await.expect("ensure again");
+    let listed = volumes.list(&labels).await.expect("list");
+    assert!(listed.iter().any(|v| v.name == name), "{listed:?}");
+
+    let run = |command: &str| {
+        let mut s = spec(&image, command);
+        s.mounts.push(VolumeMount {
+            volume: name.clone(),
+            target: "/data".into(),
+            read_only: false,
+        });
+        s
+    };
+    let write =
+        run("mkdir -p /data/sub && echo first > /data/a.txt && echo deep > /data/sub/b.txt");
+    cleanup.container(write.name.clone());
+    let out = rt
+        .run_oneoff(&write, Duration::from_secs(60))
+        .await
+        .expect("write");
+    assert!(out.success(), "{:?}", out.output);
+
+    let mut tar = Vec::new();
+    let n = volumes
+        .export(&name, &image, &mut tar)
+        .await
+        .expect("export");
+    assert_eq!(n, tar.len() as u64);
+    let mut entries: Vec<String> = tar::Archive::new(&tar[..])
+        .entries()
+        .expect("entries")
+        .map(|e| {
+            e.expect("entry")
+                .path()
+                .expect("path")
+                .display()
+                .to_string()
+        })
+        .collect();
+    entries.sort();
+    assert!(
+        entries.contains(&"berth-volume/a.txt".to_owned()),
+        "{entries:?}"
+    );
+    assert!(
+        entries.contains(&"berth-volume/sub/b.txt".to_owned()),
+        "{entries:?}"
+    );
+
+    // Change the content, keeping a (stopped) container that mounts it.
+    let mut change = run("rm /data/a.txt && echo second > /data/c.txt && sleep 300");
+    change.restart = RestartPolicy::Never;
+    cleanup.container(change.name.clone());
+    let inst = rt.start(&change).await.expect("start");
+    let users = volumes.users(&name).await.expect("users");
+    assert_eq!(users.len(), 1, "{users:?}");
+    assert_eq!(users[0].name, change.name);
+    assert!(users[0].running);
+    let body = futures::stream::iter(vec![Ok(bytes::Bytes::from(tar.clone()))]).boxed();
+    match volumes.replace(&name, &image, body).await {
+        Err(RuntimeError::Conflict(m)) => assert!(m.contains(&change.name), "{m}"),
+        other => panic!("replace of a volume in use: {other:?}"),
+    }
+    rt.stop(&inst.id, Duration::from_secs(1))
+        .await
+        .expect("stop");
+    rt.remove(&inst.id).await.expect("remove");
+
+    let body = futures::stream::iter(vec![Ok(bytes::Bytes::from(tar))]).boxed();
+    volumes.replace(&name, &image, body).await.expect("replace");
+    let after = volumes
+        .inspect(&name)
+        .await
+        .expect("inspect")
+        .expect("volume");
+    assert_eq!(after.labels[TEST_LABEL], "berth-runtime", "labels kept");
+    let read = run("cat /data/a.txt /data/sub/b.txt; ls /data");
+    cleanup.container(read.name.clone());
+    let out = rt
+        .run_oneoff(&read, Duration::from_secs(60))
+        .await
+        .expect("read");
+    let lines: Vec<&str> = out.output.iter().map(|c| c.line.as_str()).collect();
+    assert!(out.success(), "{lines:?}");
+    assert!(
+        lines.contains(&"first") && lines.contains(&"deep"),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.contains(&"c.txt"),
+        "the replaced content is gone: {lines:?}"
+    );
+
+    // A helper never outlives its call.
+    let helpers = rt
+        .docker()
+        .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+            all: true,
+            filters: Some(std::collections::HashMap::from([(
+                "volume".to_owned(),
+                vec![name.clone()],
+            )])),
+            ..Default::default()
+        }))
+        .await
+        .expect("list");
+    assert!(helpers.is_empty(), "{helpers:?}");
+    volumes.remove(&name).await.expect("remove volume");
+    assert!(volumes.inspect(&name).await.expect("inspect").is_none());
+}

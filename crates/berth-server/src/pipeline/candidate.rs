@@ -136,6 +136,7 @@ impl Deployer {
             .map(berth_runtime::shell_command);
         spec.limits = limits_for(service);
         spec.restart = RestartPolicy::Always;
+        spec.mounts = self.volume_mounts(&d.project_name, &d.environment_name, service);
         spec
     }
 
@@ -150,6 +151,12 @@ impl Deployer {
     ) -> Flow<()> {
         self.apply(d, Event::CandidateStarting).await;
         self.start_step(d, StepName::Deploy);
+        if let Err(e) = self
+            .ensure_volumes(&d.project_name, &d.environment_name, service)
+            .await
+        {
+            return fail(StepName::Deploy, e);
+        }
         let spec = self.instance_spec(d, service, image, vars);
         d.replicas = service.replicas.max(1);
         let instances = match self.runtime.start_replicas(&spec, d.replicas).await {

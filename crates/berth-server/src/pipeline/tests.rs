@@ -1375,3 +1375,39 @@ async fn the_route_table_from_the_store_carries_a_canary_split() {
         .iter()
         .all(|t| t.deployment_id.as_deref() == Some(v1.id.as_str())));
 }
+
+#[tokio::test]
+async fn bad_volumes_fail_at_analyze_and_volumes_need_a_runtime_that_has_them() {
+    let h = harness().await;
+    let live = h.deploy().await;
+    for (table, why) in [
+        (
+            "\"data\" = \"uploads\"",
+            "services.web.volumes.\"data\": the container path must be absolute",
+        ),
+        (
+            "\"/data\" = \"Up loads\"",
+            "services.web.volumes.\"/data\": volume name",
+        ),
+    ] {
+        *h.builder.toml.lock().unwrap() = format!("{TOML}\n[services.web.volumes]\n{table}\n");
+        let d = h.deploy().await;
+        assert_eq!(d.status, Status::Failed);
+        let msg = d.failure_message.unwrap_or_default();
+        assert!(
+            msg.starts_with("analyze: berth.toml: ") && msg.contains(why),
+            "{msg}"
+        );
+        assert!(h.store.get_deployment(&live.id).await.unwrap().is_active);
+    }
+    // The fake runtime has no volumes (as Swarm and microVMs): the deploy
+    // step fails with the reason and the previous deployment keeps serving.
+    *h.builder.toml.lock().unwrap() =
+        format!("{TOML}\n[services.web.volumes]\n\"/data\" = \"uploads\"\n");
+    let d = h.deploy().await;
+    assert_eq!(d.status, Status::Failed);
+    let msg = d.failure_message.unwrap_or_default();
+    assert!(msg.contains("volumes need"), "{msg}");
+    assert!(h.store.get_deployment(&live.id).await.unwrap().is_active);
+    h.check_invariants().await;
+}
