@@ -78,7 +78,7 @@ pub fn decide(now: DateTime<Utc>, rec: Option<Facts>) -> Action {
         CertState::None | CertState::Pending => return Action::Obtain,
         // The renewal time set at issue, else 30 days before the end.
         CertState::Issued => match (rec.next_attempt_at, rec.not_after) {
-            (Some(t), Some(end)) => t.min(end - Duration::minutes(1)),
+            (Some(t), Some(end)) => t.min(end),
             (None, Some(end)) => end - renew_before(),
             (_, None) => return Action::Obtain,
         },
@@ -225,6 +225,29 @@ mod tests {
                 facts(CertState::Issued, Some(1), Some(120))
             ),
             Action::Obtain
+        );
+    }
+
+    #[test]
+    fn a_certificate_valid_for_seconds_waits_for_its_renewal_time() {
+        // 45 s of validity, renewal stored at 30 s: nothing at 2 s.
+        let f = Facts {
+            state: CertState::Issued,
+            not_after: Some(t0() + Duration::seconds(45)),
+            next_attempt_at: Some(t0() + Duration::seconds(30)),
+        };
+        assert_eq!(
+            decide(t0() + Duration::seconds(2), Some(f)),
+            Action::WaitUntil(t0() + Duration::seconds(30))
+        );
+        // A renewal time past the end is never later than the end.
+        let f = Facts {
+            next_attempt_at: Some(t0() + Duration::seconds(90)),
+            ..f
+        };
+        assert_eq!(
+            decide(t0(), Some(f)),
+            Action::WaitUntil(t0() + Duration::seconds(45))
         );
     }
 

@@ -93,8 +93,7 @@ fn cert_state(s: &Server, project: &str, domain: &str) -> Value {
         .clone()
 }
 
-#[test]
-fn a_verified_domain_gets_an_acme_certificate_served_over_https_with_h2() {
+fn require_pebble() {
     for bin in ["pebble", "pebble-challtestsrv"] {
         assert!(
             Command::new("sh")
@@ -106,16 +105,14 @@ fn a_verified_domain_gets_an_acme_certificate_served_over_https_with_h2() {
             "{bin} is missing: apt-get install -y pebble (it ships both)"
         );
     }
-    let project = unique("e2etls");
-    let _c = Cleanup(project.clone());
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path();
-    pebble_tls(dir);
+}
 
-    // challtestsrv: DNS for pebble and berth, only on 127.0.0.1.
+/// challtestsrv: DNS for pebble and berth, only on 127.0.0.1. Returns it
+/// with its DNS and management ports.
+fn start_challtestsrv(dir: &Path) -> (Proc, u16, u16) {
     let (dns_port, chall_mgmt) = (free_port(), free_port());
     let (out, err) = log_file(dir, "challtestsrv.log");
-    let _chall = Proc(
+    let chall = Proc(
         Command::new("pebble-challtestsrv")
             .args([
                 "-dns01",
@@ -143,62 +140,108 @@ fn a_verified_domain_gets_an_acme_certificate_served_over_https_with_h2() {
         "pebble-challtestsrv",
         &dir.join("challtestsrv.log"),
     );
+    (chall, dns_port, chall_mgmt)
+}
 
-    let (acme_port, pebble_mgmt, https_port) = (free_port(), free_port(), free_port());
-    let mut s = Server::start_with(&[
-        "--dns-server",
-        &format!("127.0.0.1:{dns_port}"),
-        "--https-listen",
-        &format!("127.0.0.1:{https_port}"),
-        "--acme-directory",
-        &format!("https://127.0.0.1:{acme_port}/dir"),
-        "--acme-email",
-        "ops@example.com",
-        "--acme-ca-file",
-        dir.join("listener-ca.pem").to_str().unwrap(),
-    ]);
+/// The ports of a pebble chosen before berth starts (berth is told the
+/// directory, pebble berth's HTTP port).
+struct PebblePorts {
+    acme: u16,
+    mgmt: u16,
+}
 
-    // pebble validates HTTP-01 on berth's --http-listen port.
-    let config = serde_json::json!({ "pebble": {
-        "listenAddress": format!("127.0.0.1:{acme_port}"),
-        "managementListenAddress": format!("127.0.0.1:{pebble_mgmt}"),
-        "certificate": dir.join("cert.pem"),
-        "privateKey": dir.join("key.pem"),
-        "httpPort": s.http_port,
-        "tlsPort": free_port(),
-        "ocspResponderURL": "",
-        "externalAccountBindingRequired": false
-    }});
-    std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
-    let (out, err) = log_file(dir, "pebble.log");
-    let _pebble = Proc(
-        Command::new("pebble")
-            .args(["-config", dir.join("pebble.json").to_str().unwrap()])
-            .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
-            .env("PEBBLE_VA_NOSLEEP", "1")
-            // Half of the nonces rejected, as Let's Encrypt does now and
-            // then: berth sends those requests again, the order goes on.
-            .env("PEBBLE_WFE_NONCEREJECT", "50")
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("start pebble"),
-    );
-    wait_port(acme_port, "pebble", &dir.join("pebble.log"));
-    wait_port(pebble_mgmt, "pebble management", &dir.join("pebble.log"));
+impl PebblePorts {
+    fn new() -> PebblePorts {
+        PebblePorts {
+            acme: free_port(),
+            mgmt: free_port(),
+        }
+    }
 
-    let repo = AppRepo::new("tls v1");
-    s.ok(&["projects", "create", &project, "--repo", repo.path()]);
-    let (ok, d) = deploy_wait(&s, &project);
-    assert!(ok, "{d}");
+    /// berth's flags for this CA (and `dns_port` as its DNS server).
+    fn server_args(&self, dir: &Path, dns_port: u16, https_port: u16) -> Vec<String> {
+        [
+            "--dns-server",
+            &format!("127.0.0.1:{dns_port}"),
+            "--https-listen",
+            &format!("127.0.0.1:{https_port}"),
+            "--acme-directory",
+            &format!("https://127.0.0.1:{}/dir", self.acme),
+            "--acme-email",
+            "ops@example.com",
+            "--acme-ca-file",
+            dir.join("listener-ca.pem").to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
 
-    let domain = format!("{project}.example.com");
+    /// Starts pebble, validating HTTP-01 on berth's `http_port`;
+    /// `validity_secs` sets the lifetime of what it issues (default 5
+    /// years), `nonce_reject` the share of nonces it rejects (percent).
+    fn start(
+        &self,
+        dir: &Path,
+        http_port: u16,
+        dns_port: u16,
+        validity_secs: Option<u64>,
+        nonce_reject: u8,
+    ) -> Proc {
+        let mut config = serde_json::json!({ "pebble": {
+            "listenAddress": format!("127.0.0.1:{}", self.acme),
+            "managementListenAddress": format!("127.0.0.1:{}", self.mgmt),
+            "certificate": dir.join("cert.pem"),
+            "privateKey": dir.join("key.pem"),
+            "httpPort": http_port,
+            "tlsPort": free_port(),
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false
+        }});
+        if let Some(v) = validity_secs {
+            config["pebble"]["certificateValidityPeriod"] = v.into();
+        }
+        std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
+        let (out, err) = log_file(dir, "pebble.log");
+        let p = Proc(
+            Command::new("pebble")
+                .args(["-config", dir.join("pebble.json").to_str().unwrap()])
+                .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
+                .env("PEBBLE_VA_NOSLEEP", "1")
+                .env("PEBBLE_WFE_NONCEREJECT", nonce_reject.to_string())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .expect("start pebble"),
+        );
+        wait_port(self.acme, "pebble", &dir.join("pebble.log"));
+        wait_port(self.mgmt, "pebble management", &dir.join("pebble.log"));
+        p
+    }
+
+    /// pebble's root, from its management API (over the listener CA).
+    fn root(&self, dir: &Path) -> Vec<u8> {
+        client_trusting(&std::fs::read(dir.join("listener-ca.pem")).unwrap())
+            .build()
+            .unwrap()
+            .get(format!("https://127.0.0.1:{}/roots/0", self.mgmt))
+            .send()
+            .unwrap()
+            .bytes()
+            .unwrap()
+            .to_vec()
+    }
+}
+
+/// Adds `domain` to `project` with its A and TXT records in challtestsrv,
+/// and verifies it.
+fn add_verified_domain(s: &Server, chall_mgmt: u16, project: &str, domain: &str) {
     challtest(
         chall_mgmt,
         "/add-a",
         serde_json::json!({ "host": format!("{domain}."), "addresses": ["127.0.0.1"] }),
     );
-    let dom = s.json(&["domains", "add", "--project", &project, &domain, "--json"]);
+    let dom = s.json(&["domains", "add", "--project", project, domain, "--json"]);
     assert_eq!(dom["certificate"]["state"], "none");
     challtest(
         chall_mgmt,
@@ -208,51 +251,69 @@ fn a_verified_domain_gets_an_acme_certificate_served_over_https_with_h2() {
             "value": dom["verification"]["value"],
         }),
     );
-    let v = s.json(&[
-        "domains",
-        "verify",
-        "--project",
-        &project,
-        &domain,
-        "--json",
-    ]);
+    let v = s.json(&["domains", "verify", "--project", project, domain, "--json"]);
     assert_eq!(v["verified"], true);
+}
+
+/// Waits up to `limit` for the domain's certificate to be issued.
+fn wait_issued(s: &Server, dir: &Path, project: &str, domain: &str, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let c = cert_state(s, project, domain);
+        if c["state"] == "issued" {
+            return c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no certificate for {domain} within {limit:?}: {c}\n--- berth\n{}\n--- pebble\n{}",
+            s.log(),
+            std::fs::read_to_string(dir.join("pebble.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_verified_domain_gets_an_acme_certificate_served_over_https_with_h2() {
+    require_pebble();
+    let project = unique("e2etls");
+    let _c = Cleanup(project.clone());
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    pebble_tls(dir);
+    let (_chall, dns_port, chall_mgmt) = start_challtestsrv(dir);
+    let pebble = PebblePorts::new();
+    let https_port = free_port();
+    let args = pebble.server_args(dir, dns_port, https_port);
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let mut s = Server::start_with(&args);
+    // Half of the nonces rejected, as Let's Encrypt does now and then:
+    // berth sends those requests again, the order goes on.
+    let _pebble = pebble.start(dir, s.http_port, dns_port, None, 50);
+
+    let repo = AppRepo::new("tls v1");
+    s.ok(&["projects", "create", &project, "--repo", repo.path()]);
+    let (ok, d) = deploy_wait(&s, &project);
+    assert!(ok, "{d}");
+
+    let domain = format!("{project}.example.com");
+    add_verified_domain(&s, chall_mgmt, &project, &domain);
 
     // The manager obtains it in the background: pending, then issued,
     // within 60 s although the CA rejects half of its nonces.
     let verified_at = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let cert = loop {
-        let c = cert_state(&s, &project, &domain);
-        if c["state"] == "issued" {
-            break c;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no certificate for {domain}: {c}\n--- berth\n{}\n--- pebble\n{}",
-            s.log(),
-            std::fs::read_to_string(dir.join("pebble.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    };
+    let cert = wait_issued(&s, dir, &project, &domain, Duration::from_secs(60));
     eprintln!(
         "certificate for {domain} issued {:?} after verification",
         verified_at.elapsed()
     );
     assert!(cert["notAfter"].is_string(), "{cert}");
     assert!(cert["error"].is_null(), "{cert}");
+    assert_eq!(cert["attempts"], 0, "{cert}");
     let human = s.ok(&["domains", "list", "--project", &project]);
     assert!(human.contains("issued, valid until"), "{human}");
 
-    // pebble's root, from its management API (over the listener CA).
-    let root = client_trusting(&std::fs::read(dir.join("listener-ca.pem")).unwrap())
-        .build()
-        .unwrap()
-        .get(format!("https://127.0.0.1:{pebble_mgmt}/roots/0"))
-        .send()
-        .unwrap()
-        .bytes()
-        .unwrap();
+    let root = pebble.root(dir);
 
     // HTTPS with SNI, validated against pebble's root: the app's body, over
     // HTTP/2 (ALPN) and over HTTP/1.1.
@@ -382,4 +443,108 @@ fn a_verified_domain_gets_an_acme_certificate_served_over_https_with_h2() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 404);
+}
+
+/// A short-lived certificate (pebble issues it for 45 s) is renewed while a
+/// client opens new TLS connections in a loop, each validated against
+/// pebble's root: not one handshake fails, and the new certificate is
+/// served within a second of the API showing it.
+#[test]
+fn a_short_lived_certificate_is_renewed_without_a_failed_handshake() {
+    require_pebble();
+    let project = unique("e2erenew");
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    pebble_tls(dir);
+    let (_chall, dns_port, chall_mgmt) = start_challtestsrv(dir);
+    let pebble = PebblePorts::new();
+    let https_port = free_port();
+    let args = pebble.server_args(dir, dns_port, https_port);
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let s = Server::start_with(&args);
+    let _pebble = pebble.start(dir, s.http_port, dns_port, Some(45), 0);
+
+    // No deployment: the domain's hostname is served (the 404 page) over
+    // TLS with its own certificate all the same.
+    let repo = AppRepo::new("renew v1");
+    s.ok(&["projects", "create", &project, "--repo", repo.path()]);
+    let domain = format!("{project}.example.com");
+    add_verified_domain(&s, chall_mgmt, &project, &domain);
+    let first = wait_issued(&s, dir, &project, &domain, Duration::from_secs(60));
+    let root = pebble.root(dir);
+
+    // New connections in a loop, each a full handshake (a new client: no
+    // session to resume), recording the leaf served and when it changed.
+    let https: SocketAddr = format!("127.0.0.1:{https_port}").parse().unwrap();
+    let url = format!("https://{domain}:{https_port}/");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let looper = {
+        let (stop, root, domain) = (stop.clone(), root.clone(), domain.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let mut leaves: Vec<(Vec<u8>, Instant)> = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let client = client_trusting(&root)
+                    .resolve(&domain, https)
+                    .tls_info(true)
+                    .pool_max_idle_per_host(0)
+                    .build()
+                    .unwrap();
+                match client.get(&url).send() {
+                    Ok(r) => {
+                        ok += 1;
+                        let leaf = r
+                            .extensions()
+                            .get::<reqwest::tls::TlsInfo>()
+                            .and_then(|t| t.peer_certificate())
+                            .map(|d| d.to_vec())
+                            .unwrap_or_default();
+                        if leaves.last().map(|(l, _)| l) != Some(&leaf) {
+                            leaves.push((leaf, Instant::now()));
+                        }
+                    }
+                    Err(e) => failed.push(format!("{e:?}")),
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (ok, failed, leaves)
+        })
+    };
+
+    // The renewal comes with a third of the 45 s left; wait for the API to
+    // show the new notAfter.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let renewed_at = loop {
+        let c = cert_state(&s, &project, &domain);
+        if c["state"] == "issued" && c["notAfter"] != first["notAfter"] {
+            break Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not renewed: {c}\n--- berth\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed, leaves) = looper.join().unwrap();
+    eprintln!(
+        "{ok} handshakes, {} failed, leaves served: {}",
+        failed.len(),
+        leaves.len()
+    );
+    assert!(failed.is_empty(), "failed handshakes: {failed:?}");
+    assert!(ok >= 20, "too few handshakes to tell: {ok}");
+    assert_eq!(leaves.len(), 2, "the old leaf, then the new one");
+    let served_new = leaves[1].1;
+    eprintln!(
+        "new certificate served {:?} after the API showed it (0: already before)",
+        served_new.saturating_duration_since(renewed_at)
+    );
+    assert!(
+        served_new <= renewed_at + Duration::from_secs(1),
+        "the new certificate was served {:?} after the API showed it",
+        served_new - renewed_at
+    );
 }
