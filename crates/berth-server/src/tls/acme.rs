@@ -634,6 +634,103 @@ mod tests {
         assert!(set.len() > 1);
     }
 
+    /// A CA on 127.0.0.1 that rejects the first four nonces of newOrder,
+    /// then answers 429 with `Retry-After: 120`.
+    async fn rate_limiting_ca() -> (String, Arc<std::sync::atomic::AtomicU32>) {
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::routing::{get, post};
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let orders = Arc::new(AtomicU32::new(0));
+        let nonce = || {
+            let mut h = HeaderMap::new();
+            h.insert(
+                "replay-nonce",
+                rand::random::<u64>().to_string().parse().unwrap(),
+            );
+            h
+        };
+        let dir = serde_json::json!({
+            "newNonce": format!("{base}/nonce"),
+            "newAccount": format!("{base}/account"),
+            "newOrder": format!("{base}/order"),
+        });
+        let acct = format!("{base}/account/1");
+        let n = orders.clone();
+        let app = axum::Router::new()
+            .route("/dir", get(move || async move { axum::Json(dir) }))
+            .route("/nonce", get(move || async move { (nonce(), "") }))
+            .route(
+                "/account",
+                post(move || async move {
+                    let mut h = nonce();
+                    h.insert("location", acct.parse().unwrap());
+                    (StatusCode::CREATED, h, r#"{"status":"valid"}"#)
+                }),
+            )
+            .route(
+                "/order",
+                post(move || async move {
+                    let mut h = nonce();
+                    h.insert("content-type", "application/problem+json".parse().unwrap());
+                    if n.fetch_add(1, Ordering::SeqCst) < 4 {
+                        let p = r#"{"type":"urn:ietf:params:acme:error:badNonce","detail":"JWS has an invalid anti-replay nonce","status":400}"#;
+                        return (StatusCode::BAD_REQUEST, h, p);
+                    }
+                    h.insert("retry-after", "120".parse().unwrap());
+                    let p = r#"{"type":"urn:ietf:params:acme:error:rateLimited","detail":"too many certificates","status":429}"#;
+                    (StatusCode::TOO_MANY_REQUESTS, h, p)
+                }),
+            );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("{base}/dir"), orders)
+    }
+
+    #[tokio::test]
+    async fn rejected_nonces_are_sent_again_and_a_rate_limit_carries_its_retry_after() {
+        let (directory, orders) = rate_limiting_ca().await;
+        let settings = AcmeSettings {
+            directory: directory.clone(),
+            email: None,
+            ca_file: None,
+        };
+        let http = http_client(&settings).unwrap();
+        let seen = http.seen.clone();
+        let (account, _) = Account::builder_with_http(Box::new(http))
+            .create(
+                &NewAccount {
+                    contact: &[],
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                },
+                directory,
+                None,
+            )
+            .await
+            .unwrap();
+        let ca = Ca { account, seen };
+        let edge = Edge::new(berth_edge::EdgeConfig::default()).unwrap();
+        let mut resume = None;
+        let before = Utc::now();
+        let err = match obtain(&ca, &edge, "shop.example.com", &mut resume).await {
+            Err(e) => e,
+            Ok(_) => panic!("issued by a CA that issues nothing"),
+        };
+        // Four rejected nonces (three inside instant-acme, one more here),
+        // then the rate limit: final, with the CA's time, nothing resent.
+        assert_eq!(orders.load(std::sync::atomic::Ordering::SeqCst), 5);
+        assert_eq!(err.kind, ErrorKind::Final, "{err}");
+        assert_eq!(err.step, "new order");
+        assert!(err.detail.contains("rateLimited"), "{err}");
+        let after = err.retry_after.expect("the CA's Retry-After");
+        assert!(after >= before + chrono::Duration::seconds(119), "{after}");
+        assert!(resume.is_none(), "a final error drops the order");
+        // The next attempt is not before it.
+        let next = crate::tls::renew::next_attempt(Utc::now(), 1, false, err.retry_after);
+        assert!(next >= after);
+    }
+
     #[test]
     fn retry_after_takes_seconds_or_an_http_date() {
         let now = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
