@@ -12,7 +12,7 @@ use berth_core::api::{
 use berth_core::model::{
     Deployment, Environment, ExternalRoute, LogLine, ManifestEntry, Project, Variable,
 };
-use berth_core::ops::{CreateRun, Run};
+use berth_core::ops::{CreateRun, Job, Run, RunJob};
 use bytes::Bytes;
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
@@ -442,6 +442,45 @@ impl ApiClient {
 
     pub async fn get_run(&self, id: &str) -> R<Run> {
         self.get(&["runs", id], &[]).await
+    }
+
+    // ---- scheduled jobs ----
+
+    /// Jobs of every environment of `project` (or of one).
+    pub async fn list_jobs(&self, project: &str, environment: Option<String>) -> R<Vec<Job>> {
+        self.get(
+            &["projects", project, "jobs"],
+            &[("environment", environment)],
+        )
+        .await
+    }
+
+    /// Run a job now (detached).
+    pub async fn run_job(&self, project: &str, job: &str, body: &RunJob) -> R<Run> {
+        self.with_body(
+            Method::POST,
+            &["projects", project, "jobs", job, "runs"],
+            body,
+        )
+        .await
+    }
+
+    /// A job's runs with their output, newest first.
+    pub async fn job_runs(
+        &self,
+        project: &str,
+        job: &str,
+        environment: Option<String>,
+        limit: Option<u32>,
+    ) -> R<Vec<Run>> {
+        self.get(
+            &["projects", project, "jobs", job, "runs"],
+            &[
+                ("environment", environment),
+                ("limit", limit.map(|l| l.to_string())),
+            ],
+        )
+        .await
     }
 
     // ---- routes and domains ----

@@ -84,6 +84,9 @@ enum Command {
     Logs(cmd::logs::LogsArgs),
     /// Run a command in a new instance of the active deployment's image.
     Run(cmd::run::RunArgs),
+    /// Scheduled jobs (`[jobs.<name>]` in berth.toml): list, run now, logs.
+    #[command(subcommand)]
+    Jobs(cmd::jobs::JobsCmd),
     /// Hostnames served by upstreams berth does not run.
     #[command(subcommand)]
     Routes(cmd::routes::RoutesCmd),
@@ -145,6 +148,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logs(a) => cmd::logs::run(&ctx, a).await,
         Command::Run(a) => {
             let code = cmd::run::run(&ctx, a).await?;
+            if code != 0 {
+                std::process::exit(i32::from(code));
+            }
+            Ok(())
+        }
+        Command::Jobs(c) => {
+            let code = cmd::jobs::run(&ctx, c).await?;
             if code != 0 {
                 std::process::exit(i32::from(code));
             }

@@ -10,6 +10,7 @@ pub mod domains;
 pub mod env;
 pub mod envs;
 pub mod inspect;
+pub mod jobs;
 pub mod logs;
 pub mod nodes;
 pub mod projects;

@@ -7,6 +7,7 @@ mod canary;
 mod cluster;
 mod console;
 mod domains;
+mod jobs;
 mod logs;
 mod microvm;
 mod replicas;
