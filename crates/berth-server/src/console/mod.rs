@@ -334,12 +334,14 @@ async fn project(State(s): State<AppState>, a: Authed, Path(p): Path<String>) ->
     for e in &envs {
         vars.push(s.store.list_variables(&p, &e.name).await?);
     }
+    let jobs = s.deployer.list_jobs(&p, None).await?;
     Ok(Html(pages::project(
         &a.csrf,
         &project,
         &envs,
         &vars,
         &deployments,
+        &jobs,
     ))
     .into_response())
 }

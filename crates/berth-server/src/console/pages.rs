@@ -7,6 +7,7 @@ use berth_core::model::{
     Deployment, Environment, EnvironmentKind, LogLine, ManifestEntry, Project, Step, StepStatus,
     Variable,
 };
+use berth_core::ops::Job;
 use berth_core::state::Stage;
 use chrono::Utc;
 use std::collections::BTreeMap;
@@ -161,6 +162,7 @@ pub fn project(
     envs: &[Environment],
     vars: &[Vec<Variable>],
     deployments: &[Deployment],
+    jobs: &[Job],
 ) -> String {
     let busy = deployments
         .iter()
@@ -256,6 +258,10 @@ pub fn project(
         body.push_str("</section>");
     }
 
+    if !jobs.is_empty() {
+        body.push_str(&jobs_section(jobs));
+    }
+
     // Deployments, newest first.
     body.push_str(r#"<h2>Deployments</h2><section class="card">"#);
     if deployments.is_empty() {
@@ -339,6 +345,54 @@ pub fn project(
         },
         &body,
     )
+}
+
+/// Scheduled jobs with their next firing and last runs (newest first).
+fn jobs_section(jobs: &[Job]) -> String {
+    let mut body = String::from(
+        r#"<h2>Jobs</h2><section class="card" id="jobs"><table class="grid"><thead><tr><th>Job</th><th>Environment</th><th>Service</th><th>Schedule (UTC)</th><th>Command</th><th>Next</th><th>Last runs</th></tr></thead><tbody>"#,
+    );
+    for j in jobs {
+        let runs: Vec<String> = j
+            .last_runs
+            .iter()
+            .map(|r| {
+                let at = r.scheduled_for.or(r.started_at).unwrap_or(r.created_at);
+                let exit = r
+                    .exit_code
+                    .map(|c| format!(" exit {c}"))
+                    .unwrap_or_default();
+                format!(
+                    r#"<div title="run {}: {}">{} {}{}</div>"#,
+                    esc(&r.id),
+                    esc(&r.outcome()),
+                    badge("run status", r.status.as_str()),
+                    short_time(&at),
+                    esc(&exit)
+                )
+            })
+            .collect();
+        let _ = write!(
+            body,
+            r#"<tr><td class="strong">{}</td><td>{}</td><td>{}</td><td class="mono">{}</td><td class="mono">{}</td><td>{}</td><td>{}</td></tr>"#,
+            esc(&j.name),
+            esc(&j.environment_name),
+            esc(&j.service_name),
+            esc(&j.schedule),
+            esc(&j.command),
+            j.next_run_at
+                .as_ref()
+                .map(short_time)
+                .unwrap_or_else(|| "—".into()),
+            if runs.is_empty() {
+                r#"<span class="muted">none yet</span>"#.to_string()
+            } else {
+                runs.join("")
+            }
+        );
+    }
+    body.push_str("</tbody></table></section>");
+    body
 }
 
 fn deploy_form(csrf: &str, pl: &str, env: &str, service: Option<&str>) -> String {
@@ -922,11 +976,71 @@ mod tests {
                 updated_at: t,
             },
         ]];
-        let html = project("tok", &p, &[env], &vars, &[]);
+        let html = project("tok", &p, &[env], &vars, &[], &[]);
         assert!(html.contains("&lt;v&gt;"));
         assert!(!html.contains("hunter2"));
         assert!(!html.contains("user:pw"), "repo credentials masked");
         assert!(html.contains("•••"));
+    }
+
+    #[test]
+    fn the_project_page_lists_jobs_with_their_last_runs() {
+        use berth_core::ops::{Job, Run, RunStatus};
+        let t = chrono::Utc::now();
+        let p = Project {
+            name: "shop".into(),
+            repo: "/srv/shop".into(),
+            default_branch: "main".into(),
+            retain_images: 3,
+            has_webhook_secret: false,
+            has_repo_credentials: false,
+            has_deploy_key: false,
+            created_at: t,
+        };
+        let run = |id: &str, status: RunStatus, exit_code: Option<i64>| Run {
+            id: id.into(),
+            project_name: "shop".into(),
+            environment_name: "production".into(),
+            service_name: "web".into(),
+            job: Some("cleanup".into()),
+            command: vec!["/bin/sh".into(), "-c".into(), "rake cleanup".into()],
+            requested_by: "scheduler".into(),
+            deployment_id: None,
+            server: None,
+            scheduled_for: Some(t),
+            status,
+            exit_code,
+            oom_killed: false,
+            error: None,
+            created_at: t,
+            started_at: Some(t),
+            completed_at: Some(t),
+            output: Vec::new(),
+            dropped_lines: 0,
+        };
+        let job = Job {
+            name: "cleanup".into(),
+            project_name: "shop".into(),
+            environment_name: "production".into(),
+            service_name: "web".into(),
+            schedule: "*/5 * * * *".into(),
+            command: "rake cleanup <all>".into(),
+            timeout_seconds: 3600,
+            deployment_id: "d1".into(),
+            next_run_at: Some(t),
+            last_runs: vec![
+                run("r2", RunStatus::Skipped, None),
+                run("r1", RunStatus::Failed, Some(3)),
+            ],
+        };
+        let html = project("tok", &p, &[], &[], &[], &[job]);
+        assert!(html.contains(r#"id="jobs""#), "{html}");
+        assert!(html.contains("*/5 * * * *"));
+        assert!(html.contains("rake cleanup &lt;all&gt;"), "escaped");
+        assert!(html.contains(">skipped<") && html.contains(">failed<"));
+        assert!(html.contains("exit 3"));
+        // Without jobs, no section.
+        assert!(!project("tok", &p, &[], &[], &[], &[]).contains(r#"id="jobs""#));
     }
 
     #[test]
