@@ -15,6 +15,7 @@
 //! a restart); every side effect goes through the `Store`, `Runtime`,
 //! build and edge interfaces.
 
+pub mod access;
 pub mod api;
 pub mod cluster;
 pub mod config;
@@ -475,7 +476,6 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         store,
         deployer: deployer.clone(),
         token: Arc::new(token),
-        sessions: Arc::new(console::Sessions::default()),
         swarm,
     };
     let app = api::router(state);
@@ -550,11 +550,15 @@ async fn serve_api(
         let listener = tokio::net::TcpListener::from_std(socket)?;
         let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
         let mut server = tokio::spawn(
-            axum::serve(listener, app.clone())
-                .with_graceful_shutdown(async move {
-                    let _ = api_stopped.await;
-                })
-                .into_future(),
+            axum::serve(
+                listener,
+                app.clone()
+                    .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = api_stopped.await;
+            })
+            .into_future(),
         );
         let request = loop {
             tokio::select! {

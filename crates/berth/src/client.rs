@@ -202,12 +202,13 @@ impl ApiClient {
         let body = resp.bytes().await.unwrap_or_default();
         let parsed: Option<ErrorBody> = serde_json::from_slice(&body).ok();
         if status == StatusCode::UNAUTHORIZED {
-            let hint = if self.token.is_some() {
-                "the token was rejected: check BERTH_TOKEN"
-            } else {
-                "set BERTH_TOKEN"
+            // "token ci was revoked" / "has expired": the server says which.
+            let hint = match &parsed {
+                Some(b) if b.message.starts_with("token ") => one_line(&b.message),
+                _ if self.token.is_some() => "the token was rejected: check BERTH_TOKEN".into(),
+                _ => "set BERTH_TOKEN".into(),
             };
-            return Err(ClientError::Unauthorized { hint: hint.into() });
+            return Err(ClientError::Unauthorized { hint });
         }
         Err(match parsed {
             Some(b) if !b.message.is_empty() => ClientError::Api {
@@ -526,6 +527,39 @@ impl ApiClient {
     ) -> R<serde_json::Value> {
         self.with_body(Method::POST, &["projects", project, "domains"], body)
             .await
+    }
+
+    // ---- tokens and the audit log ----
+
+    pub async fn create_token(
+        &self,
+        body: &berth_core::access::CreateToken,
+    ) -> R<berth_core::access::CreatedToken> {
+        self.with_body(Method::POST, &["tokens"], body).await
+    }
+
+    pub async fn list_tokens(&self) -> R<Vec<berth_core::access::TokenInfo>> {
+        self.get(&["tokens"], &[]).await
+    }
+
+    pub async fn revoke_token(&self, name: &str) -> R<berth_core::access::TokenInfo> {
+        self.call(self.request(Method::DELETE, self.url(&["tokens", name], &[])))
+            .await
+    }
+
+    pub async fn audit(
+        &self,
+        project: Option<String>,
+        limit: Option<u32>,
+    ) -> R<Vec<berth_core::access::AuditEntry>> {
+        self.get(
+            &["audit"],
+            &[
+                ("project", project),
+                ("limit", limit.map(|l| l.to_string())),
+            ],
+        )
+        .await
     }
 
     pub async fn verify_domain(&self, project: &str, hostname: &str) -> R<serde_json::Value> {

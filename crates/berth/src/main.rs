@@ -99,6 +99,11 @@ enum Command {
     /// The berth servers sharing one database (PostgreSQL).
     #[command(subcommand)]
     Cluster(cmd::cluster::ClusterCmd),
+    /// API tokens: admin, deployer or viewer, optionally for one project.
+    #[command(subcommand)]
+    Tokens(cmd::tokens::TokensCmd),
+    /// Every change made through the API, the console and git push.
+    Audit(cmd::tokens::AuditArgs),
     /// Check that the API answers.
     Health,
     /// Operations on the store itself (run on the server's machine).
@@ -164,6 +169,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Domains(c) => cmd::domains::run(&ctx, c).await,
         Command::Nodes(c) => cmd::nodes::run(&ctx, c).await,
         Command::Cluster(c) => cmd::cluster::run(&ctx, c).await,
+        Command::Tokens(c) => cmd::tokens::run(&ctx, c).await,
+        Command::Audit(a) => cmd::tokens::audit(&ctx, a).await,
         Command::Health => {
             let reply = ctx.client.health().await?;
             if ctx.json {
@@ -333,6 +340,23 @@ mod tests {
             .to_string();
         assert!(e.contains("use auto, kvm or tcg"), "{e}");
         assert!(ok(&["logs", "--stream", "nope", "dep_1"]).is_err());
+        ok(&[
+            "tokens",
+            "create",
+            "ci",
+            "--project",
+            "shop",
+            "--role",
+            "deployer",
+            "--expires",
+            "30d",
+        ])
+        .unwrap();
+        let e = ok(&["tokens", "create", "ci", "--role", "root"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("use admin, deployer or viewer"), "{e}");
+        ok(&["audit", "--project", "shop", "--json"]).unwrap();
         assert!(ok(&["projects", "create", "shop"]).is_err());
     }
 }

@@ -1,17 +1,20 @@
 //! `git push` to berth: Git's smart HTTP protocol at `/git/<project>.git`
-//! (HTTP basic auth, the API token as password). berth keeps a bare
+//! (HTTP basic auth, an API token as password: fetching needs a viewer,
+//! pushing a deployer, of that project; see [`crate::access`]; each push
+//! is in the audit log). berth keeps a bare
 //! repository per project in `<data-dir>/git/`; after a push it deploys the
 //! environment mapped to each pushed branch and streams the deployment's
 //! stages back to the pusher's terminal as `remote:` messages (side band 2),
 //! the way Heroku and Dokku do. Fetch and clone work too.
 
-use super::{token_matches, AppState};
+use super::AppState;
+use crate::access::{self, Caller, Peer};
 use crate::error::ApiError;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
+use berth_core::access::{AuditEntry, Role};
 use berth_core::model::{Deployment, Trigger};
 use berth_core::state::Status;
 use serde::Deserialize;
@@ -33,25 +36,6 @@ fn unauthorized() -> Response {
         HeaderValue::from_static("Basic realm=\"berth\""),
     );
     r
-}
-
-fn authorized(s: &AppState, h: &HeaderMap) -> bool {
-    let Some(v) = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    if let Some(b) = v.strip_prefix("Bearer ") {
-        return token_matches(b.trim().as_bytes(), s.token.as_bytes());
-    }
-    let Some(b64) = v.strip_prefix("Basic ") else {
-        return false;
-    };
-    let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else {
-        return false;
-    };
-    let text = String::from_utf8_lossy(&raw);
-    let (user, pass) = text.split_once(':').unwrap_or((&text, ""));
-    token_matches(pass.as_bytes(), s.token.as_bytes())
-        || token_matches(user.as_bytes(), s.token.as_bytes())
 }
 
 fn project_of(repo: &str) -> Option<&str> {
@@ -99,18 +83,25 @@ async fn checked(
     s: &AppState,
     repo: &str,
     headers: &HeaderMap,
-) -> Result<(String, PathBuf), Response> {
-    if !authorized(s, headers) {
-        return Err(unauthorized());
-    }
+    peer: &Peer,
+    need: Role,
+) -> Result<(String, PathBuf, Caller), Response> {
+    let caller = match access::identify(s, headers, peer.ip(), false).await {
+        Ok(c) => c,
+        Err(access::Denied::Missing) => return Err(unauthorized()),
+        Err(d) => return Err(ApiError::from(d).into_response()),
+    };
     let Some(project) = project_of(repo) else {
         return Err(ApiError::not_found("repository paths end in .git").into_response());
     };
+    if let Err(d) = access::permit(&caller, need, access::Scope::Path("repo"), Some(project)) {
+        return Err(ApiError::from(d).into_response());
+    }
     if let Err(e) = s.store.get_project(project).await {
         return Err(ApiError::from(e).into_response());
     }
     match bare_repo(s, project).await {
-        Ok(dir) => Ok((project.to_string(), dir)),
+        Ok(dir) => Ok((project.to_string(), dir, caller)),
         Err(e) => Err(e.into_response()),
     }
 }
@@ -119,13 +110,19 @@ pub async fn info_refs(
     State(s): State<AppState>,
     Path(repo): Path<String>,
     Query(q): Query<ServiceQuery>,
+    peer: Peer,
     headers: HeaderMap,
 ) -> Response {
-    let (_, dir) = match checked(&s, &repo, &headers).await {
+    let service = q.service.unwrap_or_default();
+    let need = if service == "git-receive-pack" {
+        Role::Deployer
+    } else {
+        Role::Viewer
+    };
+    let (_, dir, _) = match checked(&s, &repo, &headers, &peer, need).await {
         Ok(x) => x,
         Err(r) => return r,
     };
-    let service = q.service.unwrap_or_default();
     let sub = match service.as_str() {
         "git-receive-pack" => "receive-pack",
         "git-upload-pack" => "upload-pack",
@@ -214,23 +211,37 @@ fn parse_commands(body: &[u8]) -> (Vec<(String, String, String)>, bool) {
 pub async fn upload_pack(
     State(s): State<AppState>,
     Path(repo): Path<String>,
+    peer: Peer,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    rpc(s, repo, headers, body, "upload-pack").await
+    rpc(s, repo, peer, headers, body, "upload-pack").await
 }
 
 pub async fn receive_pack(
     State(s): State<AppState>,
     Path(repo): Path<String>,
+    peer: Peer,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    rpc(s, repo, headers, body, "receive-pack").await
+    rpc(s, repo, peer, headers, body, "receive-pack").await
 }
 
-async fn rpc(s: AppState, repo: String, headers: HeaderMap, body: Bytes, sub: &str) -> Response {
-    let (project, dir) = match checked(&s, &repo, &headers).await {
+async fn rpc(
+    s: AppState,
+    repo: String,
+    peer: Peer,
+    headers: HeaderMap,
+    body: Bytes,
+    sub: &str,
+) -> Response {
+    let need = if sub == "receive-pack" {
+        Role::Deployer
+    } else {
+        Role::Viewer
+    };
+    let (project, dir, caller) = match checked(&s, &repo, &headers, &peer, need).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -279,6 +290,21 @@ async fn rpc(s: AppState, repo: String, headers: HeaderMap, body: Bytes, sub: &s
                 pushed.push((branch.to_string(), new.clone()));
             }
         }
+    }
+    if !cmds.is_empty() {
+        let refs: Vec<&str> = cmds.iter().map(|(_, _, r)| r.as_str()).collect();
+        access::record(
+            &s,
+            AuditEntry {
+                at: crate::ids::now(),
+                token: caller.name.clone(),
+                action: "git-push".into(),
+                target: format!("{project} {}", refs.join(" ")),
+                project: Some(project.clone()),
+                source_ip: caller.ip.clone(),
+            },
+        )
+        .await;
     }
     let mut report = out.stdout;
     if sideband && report.ends_with(b"0000") {

@@ -49,6 +49,7 @@ pub async fn list(
 /// `GET /runs/{id}` follows it.
 pub async fn run_now(
     State(s): State<AppState>,
+    caller: crate::access::Caller,
     Path((project, job)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> ApiResult<impl IntoResponse> {
@@ -63,7 +64,7 @@ pub async fn run_now(
     // Dropping the events does not stop the run.
     let (run, _events) = s
         .deployer
-        .run_job_now(&project, &env, &job, super::runs::REQUESTED_BY)
+        .run_job_now(&project, &env, &job, &caller.name)
         .await?;
     Ok((StatusCode::ACCEPTED, Json(run)))
 }

@@ -1,7 +1,9 @@
-//! The HTTP API under `/api/v1`: bearer-token auth on every route but
-//! health (and, later, webhooks), JSON bodies in and out, JSON errors,
-//! bounded request bodies.
+//! The HTTP API under `/api/v1`: every route but health is guarded by
+//! [`crate::access::guard`] (token, role, project scope, audit log; each
+//! route declares its rule in [`crate::access::RULES`]), JSON bodies in
+//! and out, JSON errors, bounded request bodies.
 
+mod audit;
 mod cluster;
 mod deployments;
 mod domains;
@@ -14,13 +16,15 @@ mod openapi;
 mod projects;
 mod routes;
 mod runs;
+mod tokens;
 
+use crate::access::guard;
 use crate::deployer::Deployer;
 use crate::error::ApiError;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::Router;
@@ -38,8 +42,8 @@ pub const GIT_BODY_LIMIT: usize = 1024 * 1024 * 1024;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub deployer: Arc<Deployer>,
+    /// The server's `--token` (an admin named `admin`).
     pub token: Arc<String>,
-    pub sessions: Arc<crate::console::Sessions>,
     /// The swarm under `--runtime swarm` (nodes API), else `None`.
     pub swarm: Option<Arc<berth_runtime::SwarmRuntime>>,
 }
@@ -95,27 +99,6 @@ pub fn token_matches(given: &[u8], want: &[u8]) -> bool {
         == 0
 }
 
-async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let ok = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| token_matches(t.trim().as_bytes(), state.token.as_bytes()));
-    // The console's session cookie is good for reads (it follows logs);
-    // changes go through the console's CSRF-protected forms.
-    let read = matches!(
-        req.method(),
-        &axum::http::Method::GET | &axum::http::Method::HEAD
-    );
-    let ok = ok || (read && crate::console::authorized(&state, req.headers()));
-    if ok {
-        next.run(req).await
-    } else {
-        ApiError::unauthorized().into_response()
-    }
-}
-
 async fn health(State(state): State<AppState>) -> Response {
     let docker = state.deployer.engine_connected;
     axum::Json(serde_json::json!({
@@ -145,6 +128,12 @@ async fn metrics(State(state): State<AppState>) -> Response {
         out,
     )
         .into_response()
+}
+
+/// The OpenAPI document (for the access rules' test).
+#[cfg(test)]
+pub fn openapi_spec() -> serde_json::Value {
+    openapi::spec()
 }
 
 async fn not_found() -> ApiError {
@@ -221,7 +210,10 @@ pub fn router(state: AppState) -> Router {
         .route("/nodes", get(nodes::list))
         .route("/nodes/{id}/drain", post(nodes::drain))
         .route("/nodes/{id}/activate", post(nodes::activate))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+        .route("/tokens", get(tokens::list).post(tokens::create))
+        .route("/tokens/{name}", delete(tokens::revoke))
+        .route("/audit", get(audit::list))
+        .route_layer(middleware::from_fn_with_state(state.clone(), guard));
     let api = Router::new()
         .route("/health", get(health))
         .merge(authed)
@@ -233,7 +225,7 @@ pub fn router(state: AppState) -> Router {
         // Added after the limits: its body is a run's stdin, unbounded.
         .route(
             "/projects/{name}/runs/attach",
-            post(runs::attach).route_layer(middleware::from_fn_with_state(state.clone(), auth)),
+            post(runs::attach).route_layer(middleware::from_fn_with_state(state.clone(), guard)),
         );
     let hooks = Router::new()
         .route("/github/{project}", post(hooks::github))
@@ -244,14 +236,14 @@ pub fn router(state: AppState) -> Router {
         .route("/{repo}/git-upload-pack", post(git::upload_pack))
         .layer(axum::extract::DefaultBodyLimit::max(GIT_BODY_LIMIT));
     Router::new()
-        .merge(crate::console::router())
+        .merge(crate::console::router(state.clone()))
         .nest("/api/v1", api)
         .nest("/hooks", hooks)
         .nest("/git", git)
         .route("/healthz", get(health))
         .route(
             "/metrics",
-            get(metrics).route_layer(middleware::from_fn_with_state(state.clone(), auth)),
+            get(metrics).route_layer(middleware::from_fn_with_state(state.clone(), guard)),
         )
         .fallback(not_found)
         .with_state(state)

@@ -61,6 +61,12 @@ pub fn spec() -> Value {
             "/nodes/{id}/activate": {"post": op("let the swarm place instances on a node again", "200")},
         }
     });
+    // Tokens and the audit log (apart: one json! of every path would pass
+    // the macro's recursion limit).
+    let paths = doc["paths"].as_object_mut().expect("paths");
+    paths.insert("/tokens".into(), json!({"get": op("list API tokens: name, role, project, expiresAt, lastUsedAt (never the token; admin)", "200"), "post": op("create an API token (role admin, deployer or viewer; optionally one project and an expiry); the token is in this answer only", "201")}));
+    paths.insert("/tokens/{name}".into(), json!({"delete": op("revoke an API token (effective at its next request, open log streams included)", "200")}));
+    paths.insert("/audit".into(), json!({"get": op("the audit log, newest first: at, token, action, target, sourceIp (admin; project= narrows it)", "200")}));
     declare_path_parameters(&mut doc);
     doc
 }

@@ -1,6 +1,7 @@
 //! Projects, environments and variables.
 
 use super::{AppState, Json};
+use crate::access::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::ids::now;
 use axum::extract::{Path, State};
@@ -77,12 +78,14 @@ fn check_branch(b: &Option<String>) -> ApiResult<()> {
     Ok(())
 }
 
-pub async fn list(State(s): State<AppState>) -> ApiResult<Json<Vec<Project>>> {
+/// Every project the caller sees (a scoped token: its own).
+pub async fn list(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Project>>> {
     Ok(Json(
         s.store
             .list_projects()
             .await?
             .into_iter()
+            .filter(|p| caller.sees(&p.name))
             .map(shown)
             .collect(),
     ))

@@ -2,6 +2,7 @@
 //! answer streams its output as NDJSON) or detached, list and show them.
 
 use super::{AppState, Json};
+use crate::access::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::runs::{RunError, RunEvent, RunRequest};
 use axum::body::Body;
@@ -13,9 +14,6 @@ use berth_store::RunQuery;
 use futures::StreamExt;
 use serde::Deserialize;
 use tokio::sync::mpsc;
-
-/// Who asked, as recorded on the run (one admin token today).
-pub(super) const REQUESTED_BY: &str = "admin";
 
 impl From<RunError> for ApiError {
     fn from(e: RunError) -> Self {
@@ -49,6 +47,7 @@ fn ndjson(event: &RunStreamEvent) -> Result<bytes::Bytes, std::io::Error> {
 /// `POST /projects/{name}/runs/attach`
 pub async fn attach(
     State(s): State<AppState>,
+    caller: Caller,
     Path(project): Path<String>,
     Query(q): Query<AttachQuery>,
     body: Body,
@@ -61,7 +60,7 @@ pub async fn attach(
         service: q.service,
         environment: q.environment,
         command,
-        requested_by: REQUESTED_BY.into(),
+        requested_by: caller.name,
     };
     let stdin = if q.stdin.unwrap_or(true) {
         let (tx, rx) = mpsc::channel::<bytes::Bytes>(16);
@@ -97,6 +96,7 @@ pub async fn attach(
 /// `berth logs <id>` follow it.
 pub async fn create(
     State(s): State<AppState>,
+    caller: Caller,
     Path(project): Path<String>,
     Json(body): Json<CreateRun>,
 ) -> ApiResult<impl IntoResponse> {
@@ -105,7 +105,7 @@ pub async fn create(
         service: body.service,
         environment: body.environment,
         command: body.command,
-        requested_by: REQUESTED_BY.into(),
+        requested_by: caller.name,
     };
     // Dropping the events does not stop the run.
     let (run, _events) = s.deployer.start_run(req, None).await?;

@@ -2,15 +2,21 @@
 //! one small script, all embedded in the binary (nothing is fetched from
 //! the internet at run time).
 //!
-//! - `GET /login`, `POST /login` (the API token), `POST /logout`;
+//! - `GET /login`, `POST /login` (an API token: the server's or a stored
+//!   one), `POST /logout`;
+//! - `/console/audit` the audit log (admin);
 //! - `/console` projects; `/console/projects/{p}` environments, services
 //!   with their active deployment, the deployments table and the variables
 //!   editor; `/console/deployments/{id}` steps with durations, commit,
 //!   image, build, live logs and the rollback / promote / redeploy / cancel
 //!   buttons; `/console/deployments/{id}/manifest` the image's files.
 //!
-//! Invariants: every page but the sign-in form needs a session (see
-//! [`session`]: in memory, 12 h, lost on restart); every state change is a
+//! Invariants: every page but the sign-in form is guarded like the API
+//! ([`crate::access::guard`]: the session's token, its role and project
+//! scope, the audit log; rules in [`crate::access::RULES`]); sessions are
+//! kept in the store ([`session`]: 12 h, a restart signs nobody out, a
+//! revoked token's sessions stop at once); a viewer sees no button that
+//! would be refused; every state change is a
 //! POST form carrying the session's CSRF token, compared in constant time,
 //! from the same origin; actions go through the same `Deployer` and `Store`
 //! calls as the JSON API; every value shown is HTML-escaped; secret
@@ -21,8 +27,9 @@ mod html;
 mod pages;
 mod session;
 
-pub use session::Sessions;
+pub use session::session_id;
 
+use crate::access::Caller;
 use crate::api::AppState;
 use crate::deployer::NewDeployment;
 use crate::error::ApiError;
@@ -36,28 +43,35 @@ use axum::routing::{get, post};
 use axum::{Form, Router};
 use berth_core::model::{Deployment, Trigger, DEFAULT_SERVICE, PRODUCTION};
 
-use berth_store::{DeploymentQuery, LogQuery, Slot, StoreError};
+use berth_core::access::Role;
+use berth_store::{AuditQuery, DeploymentQuery, LogQuery, SessionRecord, Slot, StoreError};
 use serde::Deserialize;
 use std::time::Duration;
 
 const CSS: &str = include_str!("console.css");
 const JS: &str = include_str!("console.js");
 
-/// Whether the request carries a valid console session cookie (GET/HEAD
-/// requests of the API accept it, so the console can read and follow logs).
-pub fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
-    session::session_id(headers).is_some_and(|id| state.sessions.csrf(id).is_some())
+/// Whether the request carries a live console session.
+async fn signed_in(s: &AppState, headers: &HeaderMap) -> bool {
+    match session::session_id(headers) {
+        Some(sid) => crate::access::caller_of_session(s, sid, String::new())
+            .await
+            .is_ok(),
+        None => false,
+    }
 }
 
 /// The console's routes, mounted at `/` of the API listener.
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub fn router(state: AppState) -> Router<AppState> {
+    let open = Router::new()
         .route("/", get(root))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
-        .route("/console", get(projects))
         .route("/console/static/console.css", get(css))
-        .route("/console/static/console.js", get(js))
+        .route("/console/static/console.js", get(js));
+    let guarded = Router::new()
+        .route("/console", get(projects))
+        .route("/console/audit", get(audit))
         .route("/console/projects/{p}", get(project))
         .route("/console/projects/{p}/deploy", post(deploy))
         .route("/console/projects/{p}/rollback", post(rollback_slot))
@@ -72,7 +86,11 @@ pub fn router() -> Router<AppState> {
             "/console/deployments/{id}/{action}",
             post(deployment_action),
         )
-        .layer(map_response(security_headers))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state,
+            crate::access::guard,
+        ));
+    open.merge(guarded).layer(map_response(security_headers))
 }
 
 async fn security_headers(mut r: Response) -> Response {
@@ -100,31 +118,25 @@ async fn security_headers(mut r: Response) -> Response {
     r
 }
 
-/// A signed-in request: its session and CSRF token.
+/// A signed-in request (the guard let it through): its session, CSRF
+/// token and caller.
 struct Authed {
-    sid: String,
     csrf: String,
+    caller: Caller,
 }
 
 impl FromRequestParts<AppState> for Authed {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
-        let found = session::session_id(&parts.headers)
-            .and_then(|sid| state.sessions.csrf(sid).map(|csrf| (sid.to_string(), csrf)));
-        match found {
-            Some((sid, csrf)) => Ok(Authed { sid, csrf }),
-            None if parts.method == axum::http::Method::GET => {
-                let next = parts
-                    .uri
-                    .path_and_query()
-                    .map(|p| p.as_str())
-                    .unwrap_or("/console");
-                let q: String = url_query_escape(next);
-                Err(Redirect::to(&format!("/login?next={q}")).into_response())
-            }
-            None => Err(Redirect::to("/login").into_response()),
-        }
+        let caller = Caller::from_request_parts(parts, state)
+            .await
+            .map_err(error_page)?;
+        let sid = session::session_id(&parts.headers).unwrap_or("");
+        Ok(Authed {
+            csrf: session::csrf_of(sid),
+            caller,
+        })
     }
 }
 
@@ -132,17 +144,18 @@ impl Authed {
     /// Check a state-changing request: same origin and the session's token.
     fn check(&self, headers: &HeaderMap, csrf: &str) -> Result<(), Oops> {
         if !session::same_origin(headers) || !session::csrf_ok(&self.csrf, csrf) {
-            return Err(Oops(
-                StatusCode::FORBIDDEN,
-                "the form was stale or came from another site; reload the page and try again"
-                    .into(),
-            ));
+            return Err(stale_form());
         }
         Ok(())
     }
 }
 
-fn url_query_escape(s: &str) -> String {
+/// A refusal or error of the guard, as a console page.
+pub(crate) fn error_page(e: ApiError) -> Response {
+    Oops::from(e).into_response()
+}
+
+pub(crate) fn url_query_escape(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
@@ -191,7 +204,7 @@ impl IntoResponse for Oops {
 type PageResult = Result<Response, Oops>;
 
 async fn root(State(s): State<AppState>, headers: HeaderMap) -> Redirect {
-    if authorized(&s, &headers) {
+    if signed_in(&s, &headers).await {
         Redirect::to("/console")
     } else {
         Redirect::to("/login")
@@ -246,7 +259,7 @@ async fn login_form(
     axum::extract::Query(q): axum::extract::Query<NextQuery>,
 ) -> Response {
     let next = safe_next(q.next.as_deref());
-    if authorized(&s, &headers) {
+    if signed_in(&s, &headers).await {
         return Redirect::to(&next).into_response();
     }
     Html(pages::login(&next, None)).into_response()
@@ -260,6 +273,7 @@ struct LoginForm {
 
 async fn login(
     State(s): State<AppState>,
+    peer: crate::access::Peer,
     headers: HeaderMap,
     Form(f): Form<LoginForm>,
 ) -> Response {
@@ -267,21 +281,41 @@ async fn login(
     if !session::same_origin(&headers) {
         return Oops(StatusCode::FORBIDDEN, "sign-in from another site".into()).into_response();
     }
-    if !crate::api::token_matches(f.token.trim().as_bytes(), s.token.as_bytes()) {
-        // Slow down guessing a little.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        return (
-            StatusCode::UNAUTHORIZED,
-            Html(pages::login(
-                &next,
-                Some("That token is not this server's API token."),
-            )),
-        )
-            .into_response();
+    let ip = peer.ip();
+    let caller = match crate::access::caller_of_token(&s, &f.token, ip).await {
+        Ok(c) => c,
+        Err(crate::access::Denied::Error(e)) => return error_page(e),
+        Err(d) => {
+            // Slow down guessing a little.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let why = match ApiError::from(d) {
+                e if e.status == StatusCode::UNAUTHORIZED && e.message.starts_with("token ") => {
+                    format!("{}.", e.message)
+                }
+                _ => "That token is not a token of this server.".to_string(),
+            };
+            return (
+                StatusCode::UNAUTHORIZED,
+                Html(pages::login(&next, Some(&why))),
+            )
+                .into_response();
+        }
+    };
+    let sid = session::new_id();
+    let at = now();
+    let record = SessionRecord {
+        id_hash: crate::access::digest(&sid),
+        token: caller.name.clone(),
+        created_at: at,
+        expires_at: at
+            + chrono::Duration::from_std(session::LIFETIME).unwrap_or(chrono::Duration::hours(12)),
+    };
+    if let Err(e) = s.store.put_session(&record).await {
+        return error_page(e.into());
     }
-    let (sid, _csrf) = s.sessions.create();
+    let secure = session::over_https(&headers, peer.is_loopback());
     (
-        [(header::SET_COOKIE, session::set_cookie(&sid))],
+        [(header::SET_COOKIE, session::set_cookie(&sid, secure))],
         Redirect::to(&next),
     )
         .into_response()
@@ -294,24 +328,64 @@ struct CsrfForm {
 
 async fn logout(
     State(s): State<AppState>,
-    a: Authed,
+    peer: crate::access::Peer,
     headers: HeaderMap,
     Form(f): Form<CsrfForm>,
 ) -> PageResult {
-    a.check(&headers, &f.csrf)?;
-    s.sessions.remove(&a.sid);
+    let Some(sid) = session::session_id(&headers) else {
+        return Ok(Redirect::to("/login").into_response());
+    };
+    if !session::same_origin(&headers) || !session::csrf_ok(&session::csrf_of(sid), &f.csrf) {
+        return Err(stale_form());
+    }
+    s.store.remove_session(&crate::access::digest(sid)).await?;
+    let secure = session::over_https(&headers, peer.is_loopback());
     Ok((
-        [(header::SET_COOKIE, session::clear_cookie())],
+        [(header::SET_COOKIE, session::clear_cookie(secure))],
         Redirect::to("/login"),
     )
         .into_response())
 }
 
+fn stale_form() -> Oops {
+    Oops(
+        StatusCode::FORBIDDEN,
+        "the form was stale or came from another site; reload the page and try again".into(),
+    )
+}
+
+/// Whether the signed-in token may deploy (buttons are shown).
+fn can_change(c: &Caller) -> bool {
+    c.role.allows(Role::Deployer)
+}
+
+#[derive(Deserialize)]
+struct AuditParams {
+    project: Option<String>,
+}
+
+async fn audit(
+    State(s): State<AppState>,
+    a: Authed,
+    axum::extract::Query(q): axum::extract::Query<AuditParams>,
+) -> PageResult {
+    let entries = s
+        .store
+        .list_audit(&AuditQuery {
+            project: q.project.clone(),
+            limit: Some(500),
+        })
+        .await?;
+    Ok(Html(pages::audit(&a.csrf, q.project.as_deref(), &entries)).into_response())
+}
+
 async fn projects(State(s): State<AppState>, a: Authed) -> PageResult {
-    let projects = s.store.list_projects().await?;
+    let mut projects = s.store.list_projects().await?;
+    projects.retain(|p| a.caller.sees(&p.name));
     let recent = s
         .store
         .list_deployments(&DeploymentQuery {
+            project: a.caller.project.clone(),
             limit: Some(500),
             ..Default::default()
         })
@@ -337,6 +411,7 @@ async fn project(State(s): State<AppState>, a: Authed, Path(p): Path<String>) ->
     let jobs = s.deployer.list_jobs(&p, None).await?;
     Ok(Html(pages::project(
         &a.csrf,
+        can_change(&a.caller),
         &project,
         &envs,
         &vars,
@@ -366,7 +441,14 @@ async fn deployment(State(s): State<AppState>, a: Authed, Path(id): Path<String>
     } else {
         None
     };
-    Ok(Html(pages::deployment(&a.csrf, &d, &logs, rollback_to.as_ref())).into_response())
+    Ok(Html(pages::deployment(
+        &a.csrf,
+        can_change(&a.caller),
+        &d,
+        &logs,
+        rollback_to.as_ref(),
+    ))
+    .into_response())
 }
 
 async fn manifest(State(s): State<AppState>, a: Authed, Path(id): Path<String>) -> PageResult {

@@ -3,6 +3,7 @@
 use super::html::{
     action, badge, duration_ms, esc, ext_link, opt_time, page, seg, short_time, time, Frame,
 };
+use berth_core::access::AuditEntry;
 use berth_core::model::{
     Deployment, Environment, EnvironmentKind, LogLine, ManifestEntry, Project, Step, StepStatus,
     Variable,
@@ -156,8 +157,11 @@ fn kind_word(k: EnvironmentKind) -> &'static str {
     }
 }
 
+/// `can_change`: the signed-in token may deploy (deployer or admin); a
+/// viewer sees no button that would be refused.
 pub fn project(
     csrf: &str,
+    can_change: bool,
     p: &Project,
     envs: &[Environment],
     vars: &[Vec<Variable>],
@@ -212,7 +216,11 @@ pub fn project(
             } else {
                 format!(r#" <span class="pill">{}</span>"#, kind_word(e.kind))
             },
-            deploy_form(csrf, &pl, &e.name, None)
+            if can_change {
+                deploy_form(csrf, &pl, &e.name, None)
+            } else {
+                String::new()
+            }
         );
         if services.is_empty() {
             body.push_str(r#"<p class="muted pad">No deployments in this environment yet.</p>"#);
@@ -243,8 +251,11 @@ pub fn project(
                         badge("promotion stage", newest.promotion_stage.as_str())
                     )
                 };
-                let mut actions = deploy_form(csrf, &pl, &e.name, Some(name));
-                if active.is_some() {
+                let mut actions = String::new();
+                if can_change {
+                    actions.push_str(&deploy_form(csrf, &pl, &e.name, Some(name)));
+                }
+                if can_change && active.is_some() {
                     actions.push_str(&slot_rollback_form(csrf, &pl, &e.name, name));
                 }
                 let _ = write!(
@@ -314,12 +325,16 @@ pub fn project(
                 if v.build {
                     value.push_str(r#" <span class="pill" title="given to builds">build</span>"#);
                 }
-                let unset = format!(
-                    r#"<form method="post" action="{pl}/variables/unset" class="inline" data-confirm="Unset {k} in {env}? Deployments from now on will not have it."><input type="hidden" name="csrf" value="{c}"><input type="hidden" name="environment" value="{env}"><input type="hidden" name="key" value="{k}"><button class="btn small danger" type="submit">Unset</button></form>"#,
-                    k = esc(&v.key),
-                    env = esc(&e.name),
-                    c = esc(csrf)
-                );
+                let unset = if !can_change {
+                    String::new()
+                } else {
+                    format!(
+                        r#"<form method="post" action="{pl}/variables/unset" class="inline" data-confirm="Unset {k} in {env}? Deployments from now on will not have it."><input type="hidden" name="csrf" value="{c}"><input type="hidden" name="environment" value="{env}"><input type="hidden" name="key" value="{k}"><button class="btn small danger" type="submit">Unset</button></form>"#,
+                        k = esc(&v.key),
+                        env = esc(&e.name),
+                        c = esc(csrf)
+                    )
+                };
                 let _ = write!(
                     body,
                     r#"<tr><td class="mono strong">{}</td><td>{value}</td><td>{}</td><td class="right">{unset}</td></tr>"#,
@@ -328,6 +343,10 @@ pub fn project(
                 );
             }
             body.push_str("</tbody></table>");
+        }
+        if !can_change {
+            body.push_str("</section>");
+            continue;
         }
         let _ = write!(
             body,
@@ -527,17 +546,43 @@ fn row(label: &str, value: &str) -> String {
     format!("<tr><th>{}</th><td>{value}</td></tr>", esc(label))
 }
 
-pub fn deployment(
-    csrf: &str,
-    d: &Deployment,
-    logs: &[LogLine],
-    rollback_to: Option<&Deployment>,
-) -> String {
-    let dl = format!("/console/deployments/{}", seg(&d.id));
-    let pl = format!("/console/projects/{}", seg(&d.project_name));
-    let live = !d.status.is_terminal()
-        || matches!(d.promotion_stage, Stage::Active | Stage::DrainingPrevious);
+/// The audit log: every change, newest first.
+pub fn audit(csrf: &str, project: Option<&str>, entries: &[AuditEntry]) -> String {
+    let mut body = format!(
+        r#"<div class="head"><h1>Audit log{}</h1><p class="sub">Every change made through the API, the console and git push, newest first.</p></div>"#,
+        project
+            .map(|p| format!(r#" of <span class="mono">{}</span>"#, esc(p)))
+            .unwrap_or_default()
+    );
+    if entries.is_empty() {
+        body.push_str(r#"<section class="card empty"><p>No changes recorded yet.</p></section>"#);
+    } else {
+        body.push_str(r#"<section class="card"><table class="grid" id="audit"><thead><tr><th>At</th><th>Token</th><th>Action</th><th>Target</th><th>Source IP</th></tr></thead><tbody>"#);
+        for e in entries {
+            let _ = write!(
+                body,
+                r#"<tr><td>{}</td><td class="mono strong">{}</td><td class="mono">{}</td><td class="mono">{}</td><td class="mono">{}</td></tr>"#,
+                time(&e.at),
+                esc(&e.token),
+                esc(&e.action),
+                esc(&e.target),
+                esc(&e.source_ip)
+            );
+        }
+        body.push_str("</tbody></table></section>");
+    }
+    page(
+        &Frame {
+            title: "Audit log",
+            crumbs: &[("Audit log", None)],
+            csrf: Some(csrf),
+        },
+        &body,
+    )
+}
 
+/// The action buttons of a deployment's page.
+fn actions_of(d: &Deployment, dl: &str, csrf: &str, rollback_to: Option<&Deployment>) -> String {
     let mut actions = String::new();
     if d.is_active {
         let what = match rollback_to {
@@ -598,6 +643,26 @@ pub fn deployment(
                 d.id
             ),
         ));
+    }
+    actions
+}
+
+/// `can_change`: as for [`project`].
+pub fn deployment(
+    csrf: &str,
+    can_change: bool,
+    d: &Deployment,
+    logs: &[LogLine],
+    rollback_to: Option<&Deployment>,
+) -> String {
+    let dl = format!("/console/deployments/{}", seg(&d.id));
+    let pl = format!("/console/projects/{}", seg(&d.project_name));
+    let live = !d.status.is_terminal()
+        || matches!(d.promotion_stage, Stage::Active | Stage::DrainingPrevious);
+
+    let mut actions = String::new();
+    if can_change {
+        actions = actions_of(d, &dl, csrf, rollback_to);
     }
 
     let mut body = format!(
@@ -902,7 +967,7 @@ mod tests {
     #[test]
     fn deployment_page_escapes_and_offers_only_fitting_actions() {
         let d = failed_deployment();
-        let html = deployment("tok", &d, &[], None);
+        let html = deployment("tok", true, &d, &[], None);
         assert!(!html.contains("<script>alert"), "failure message escaped");
         assert!(html.contains("bad &lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(html.contains("&quot;quoted&quot; &amp; &lt;tagged&gt;"));
@@ -927,14 +992,19 @@ mod tests {
         d.promotion_stage = Stage::Active;
         d.is_active = true;
         d.failure_message = None;
-        let html = deployment("tok", &d, &[], None);
+        let html = deployment("tok", true, &d, &[], None);
         assert!(html.contains("/console/deployments/01abc/rollback"));
         assert!(!html.contains("/console/deployments/01abc/cancel"));
+        let viewer = deployment("tok", false, &d, &[], None);
+        assert!(
+            !viewer.contains("/console/deployments/01abc/"),
+            "a viewer gets no buttons"
+        );
         assert!(html.contains(r#"data-live="true""#));
         d.status = Status::Running;
         d.is_active = false;
         d.promotion_stage = Stage::Building;
-        let html = deployment("tok", &d, &[], None);
+        let html = deployment("tok", true, &d, &[], None);
         assert!(html.contains("/console/deployments/01abc/cancel"));
         assert!(!html.contains("/console/deployments/01abc/rollback"));
     }
@@ -976,7 +1046,18 @@ mod tests {
                 updated_at: t,
             },
         ]];
-        let html = project("tok", &p, &[env], &vars, &[], &[]);
+        let html = project("tok", true, &p, std::slice::from_ref(&env), &vars, &[], &[]);
+        assert!(html.contains("/console/projects/shop/variables/unset"));
+        assert!(html.contains("/console/projects/shop/deploy"));
+        // A viewer sees the same page without a button that would be refused.
+        let viewer = project("tok", false, &p, &[env], &vars, &[], &[]);
+        assert!(viewer.contains("PLAIN"));
+        for form in ["/variables/unset", "/variables\"", "/deploy", "/rollback"] {
+            assert!(
+                !viewer.contains(&format!("/console/projects/shop{form}")),
+                "{form}"
+            );
+        }
         assert!(html.contains("&lt;v&gt;"));
         assert!(!html.contains("hunter2"));
         assert!(!html.contains("user:pw"), "repo credentials masked");
@@ -1033,14 +1114,30 @@ mod tests {
                 run("r1", RunStatus::Failed, Some(3)),
             ],
         };
-        let html = project("tok", &p, &[], &[], &[], &[job]);
+        let html = project("tok", true, &p, &[], &[], &[], &[job]);
         assert!(html.contains(r#"id="jobs""#), "{html}");
         assert!(html.contains("*/5 * * * *"));
         assert!(html.contains("rake cleanup &lt;all&gt;"), "escaped");
         assert!(html.contains(">skipped<") && html.contains(">failed<"));
         assert!(html.contains("exit 3"));
         // Without jobs, no section.
-        assert!(!project("tok", &p, &[], &[], &[], &[]).contains(r#"id="jobs""#));
+        assert!(!project("tok", true, &p, &[], &[], &[], &[]).contains(r#"id="jobs""#));
+    }
+
+    #[test]
+    fn audit_page_escapes() {
+        let e = AuditEntry {
+            at: chrono::Utc::now(),
+            token: "ci<x>".into(),
+            action: "deploy".into(),
+            target: "deployments shop/production/web -> dep_1".into(),
+            project: Some("shop".into()),
+            source_ip: "127.0.0.1".into(),
+        };
+        let html = audit("tok", Some("shop"), &[e]);
+        assert!(html.contains("ci&lt;x&gt;"));
+        assert!(html.contains("shop/production/web -&gt; dep_1"));
+        assert!(html.contains("127.0.0.1"));
     }
 
     #[test]

@@ -1,97 +1,33 @@
 //! Console sign-in sessions and their CSRF tokens.
 //!
-//! Invariants: a session id and its CSRF token are 32 random bytes (hex)
-//! from the OS generator; a session lives 12 hours from sign-in and is kept
-//! in memory only (a restart signs everyone out); CSRF tokens are compared
-//! in constant time; at most [`MAX_SESSIONS`] live at once (the oldest go
-//! first), so sign-ins cannot grow memory without bound.
+//! Invariants: a session id is 32 random bytes (hex) from the OS
+//! generator, sent only in an `HttpOnly; SameSite=Strict` cookie (`Secure`
+//! when the console is reached over HTTPS); the store keeps its SHA-256
+//! and the name of the token that signed in, never the id, so sessions
+//! survive a restart and a database dump opens none; a session lives 12
+//! hours; its CSRF token is derived from the id (a keyed digest nobody
+//! without the cookie can compute) and compared in constant time.
 
 use axum::http::{header, HeaderMap};
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
 
 /// Name of the session cookie.
 pub const COOKIE: &str = "berth_session";
 /// How long a session lives after sign-in.
 pub const LIFETIME: Duration = Duration::from_secs(12 * 3600);
-/// Sessions kept at most.
-pub const MAX_SESSIONS: usize = 10_000;
 
-struct Session {
-    csrf: String,
-    expires: Instant,
+/// A new session id.
+pub fn new_id() -> String {
+    crate::access::random_secret("")
 }
 
-/// Console sign-in sessions: session id → CSRF token and expiry.
-#[derive(Default)]
-pub struct Sessions {
-    inner: Mutex<HashMap<String, Session>>,
-}
-
-fn random_hex() -> String {
-    let mut bytes = [0u8; 32];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
-    hex::encode(bytes)
-}
-
-impl Sessions {
-    /// A new session; returns its id and CSRF token.
-    pub fn create(&self) -> (String, String) {
-        self.create_at(Instant::now())
-    }
-
-    fn create_at(&self, now: Instant) -> (String, String) {
-        let id = random_hex();
-        let csrf = random_hex();
-        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        m.retain(|_, s| s.expires > now);
-        while m.len() >= MAX_SESSIONS {
-            let oldest = m
-                .iter()
-                .min_by_key(|(_, s)| s.expires)
-                .map(|(k, _)| k.clone());
-            match oldest {
-                Some(k) => {
-                    m.remove(&k);
-                }
-                None => break,
-            }
-        }
-        m.insert(
-            id.clone(),
-            Session {
-                csrf: csrf.clone(),
-                expires: now + LIFETIME,
-            },
-        );
-        (id, csrf)
-    }
-
-    /// The CSRF token of a live session.
-    pub fn csrf(&self, id: &str) -> Option<String> {
-        self.csrf_at(id, Instant::now())
-    }
-
-    fn csrf_at(&self, id: &str, now: Instant) -> Option<String> {
-        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        match m.get(id) {
-            Some(s) if s.expires > now => Some(s.csrf.clone()),
-            Some(_) => {
-                m.remove(id);
-                None
-            }
-            None => None,
-        }
-    }
-
-    /// Sign out.
-    pub fn remove(&self, id: &str) {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-    }
+/// The CSRF token of a session: its forms carry it.
+pub fn csrf_of(sid: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"berth console csrf\0");
+    h.update(sid.as_bytes());
+    hex::encode(h.finalize())
 }
 
 /// Whether a form's CSRF token is the session's (constant time).
@@ -116,17 +52,38 @@ pub fn session_id(headers: &HeaderMap) -> Option<&str> {
     cookie(headers, COOKIE).filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-/// `Set-Cookie` value that signs a browser in.
-pub fn set_cookie(id: &str) -> String {
+/// `Set-Cookie` value that signs a browser in (`Secure` over HTTPS).
+pub fn set_cookie(id: &str, secure: bool) -> String {
     format!(
-        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-        LIFETIME.as_secs()
+        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+        LIFETIME.as_secs(),
+        if secure { "; Secure" } else { "" }
     )
 }
 
 /// `Set-Cookie` value that signs a browser out.
-pub fn clear_cookie() -> String {
-    format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0")
+pub fn clear_cookie(secure: bool) -> String {
+    format!(
+        "{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{}",
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+/// Whether the browser reached the console over HTTPS: the form's `Origin`
+/// is `https://…`, or berth's own edge proxied an HTTPS request to it
+/// (`X-Forwarded-Proto: https` from a loopback address; the edge replaces
+/// any such header a client sent).
+pub fn over_https(headers: &HeaderMap, peer_loopback: bool) -> bool {
+    let origin = headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|o| o.starts_with("https://"));
+    let forwarded = peer_loopback
+        && headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|p| p.eq_ignore_ascii_case("https"));
+    origin || forwarded
 }
 
 /// Whether a state-changing request comes from this origin: browsers send
@@ -152,21 +109,35 @@ mod tests {
     use axum::http::HeaderValue;
 
     #[test]
-    fn sessions_are_random_expire_and_sign_out() {
-        let s = Sessions::default();
-        let t0 = Instant::now();
-        let (a, csrf_a) = s.create_at(t0);
-        let (b, csrf_b) = s.create_at(t0);
+    fn session_ids_are_random_and_csrf_is_derived() {
+        let a = new_id();
+        let b = new_id();
         assert_ne!(a, b);
-        assert_ne!(csrf_a, csrf_b);
         assert_eq!(a.len(), 64);
-        assert_eq!(s.csrf_at(&a, t0).as_deref(), Some(csrf_a.as_str()));
-        assert_eq!(s.csrf_at("nope", t0), None);
-        // Expired after 12 hours.
-        assert_eq!(s.csrf_at(&a, t0 + LIFETIME), None);
-        assert_eq!(s.csrf_at(&a, t0), None, "an expired session is forgotten");
-        s.remove(&b);
-        assert_eq!(s.csrf_at(&b, t0), None);
+        assert_eq!(csrf_of(&a), csrf_of(&a));
+        assert_ne!(csrf_of(&a), csrf_of(&b));
+        assert_ne!(
+            csrf_of(&a),
+            crate::access::digest(&a),
+            "not the stored hash"
+        );
+    }
+
+    #[test]
+    fn secure_cookie_over_https_only() {
+        assert!(set_cookie("x", true).ends_with("; Secure"));
+        assert!(!set_cookie("x", false).contains("Secure"));
+        let mut h = HeaderMap::new();
+        assert!(!over_https(&h, true));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        assert!(over_https(&h, true));
+        assert!(!over_https(&h, false), "only berth's own edge is believed");
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://console.example"),
+        );
+        assert!(over_https(&h, false));
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod routes;
 pub mod run;
 pub mod server;
 pub mod status;
+pub mod tokens;
 
 /// What every client verb needs.
 pub struct Ctx {

@@ -7,6 +7,7 @@ mod harness;
 mod needs_docker;
 mod postgres_store;
 mod server_log;
+mod tokens;
 
 use harness::*;
 use serde_json::Value;
