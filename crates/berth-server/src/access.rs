@@ -577,7 +577,53 @@ async fn locate(
             body = Body::from(bytes);
         }
     }
+    // A console form: its environment, service and variable name join the
+    // audit target (never a value).
+    let form = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
+    if form && is_console(parts.uri.path()) && !rule.action.is_empty() {
+        let bytes = axum::body::to_bytes(body, BODY_LIMIT)
+            .await
+            .map_err(|_| Denied::Error(ApiError::bad_request("form too large")))?;
+        let words: Vec<String> = ["environment", "service", "key"]
+            .into_iter()
+            .filter_map(|k| form_field(&bytes, k))
+            .filter(|v| !v.is_empty())
+            .collect();
+        if !words.is_empty() {
+            found.detail = Some(words.join("/"));
+        }
+        body = Body::from(bytes);
+    }
     Ok((Request::from_parts(parts, body), found))
+}
+
+/// One field of an `application/x-www-form-urlencoded` body, decoded.
+fn form_field(body: &[u8], name: &str) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    let raw = text.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })?;
+    let mut out = Vec::with_capacity(raw.len());
+    let b = raw.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = b.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok().map(|s| s.trim().to_string())
 }
 
 fn is_console(path: &str) -> bool {
@@ -882,6 +928,17 @@ mod tests {
                 r.path
             );
         }
+    }
+
+    #[test]
+    fn form_fields_are_decoded() {
+        let body = b"csrf=x&environment=pr-1&key=API%5FKEY&value=s%3Dcret+x&service=";
+        assert_eq!(form_field(body, "environment").as_deref(), Some("pr-1"));
+        assert_eq!(form_field(body, "key").as_deref(), Some("API_KEY"));
+        assert_eq!(form_field(body, "value").as_deref(), Some("s=cret x"));
+        assert_eq!(form_field(body, "service").as_deref(), Some(""));
+        assert_eq!(form_field(body, "nope"), None);
+        assert_eq!(form_field(b"key=%4", "key"), None);
     }
 
     #[test]

@@ -489,6 +489,46 @@ fn console_sessions_survive_a_restart_and_a_viewer_sees_no_buttons() {
         html.contains("/console/projects/a/deploy"),
         "admin: buttons"
     );
+    // A change through the console is audited with the variable's name only.
+    let csrf = html
+        .split(r#"name="csrf" value=""#)
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_string();
+    let r = c
+        .post(format!("{api}/console/projects/a/variables"))
+        .header("cookie", &admin_sid)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("environment", "production"),
+            ("key", "CONSOLE_KEY"),
+            ("value", "topsecret-value"),
+            ("secret", "on"),
+        ])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let audit = s.json(&["audit", "--project", "a", "--json"]);
+    let set = &audit[0];
+    assert_eq!(set["action"], "variables.set", "{audit}");
+    assert_eq!(set["token"], "admin");
+    assert!(
+        set["target"]
+            .as_str()
+            .unwrap()
+            .contains("production/CONSOLE_KEY"),
+        "{set}"
+    );
+    assert!(!audit.to_string().contains("topsecret"));
+    // The viewer's session cannot post a change (403 page), whatever the form.
+    let r = c
+        .post(format!("{api}/console/projects/a/deploy"))
+        .header("cookie", &sid)
+        .form(&[("csrf", "x")])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
     let r = c
         .get(format!("{api}/console/audit"))
         .header("cookie", &admin_sid)
