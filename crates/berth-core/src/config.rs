@@ -248,7 +248,30 @@ pub struct ServiceConfig {
     /// `[services.<name>.volumes]`: absolute container path → volume name.
     /// A volume belongs to one environment and outlives deployments.
     pub volumes: BTreeMap<String, String>,
+    /// `[services.<name>.edge]`: what the edge lets through to the service.
+    pub edge: EdgePolicy,
 }
+
+/// `[services.<name>.edge]`, validated. The default lets everything
+/// through.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EdgePolicy {
+    /// CIDRs the client's socket address must be in (`allow`); empty: any.
+    /// Kept as written (each checked: an IP address, `/` and a prefix
+    /// length that fits it, or a bare address).
+    pub allow: Vec<String>,
+    /// Requests per second per client IP (`rate_limit`, 1 to
+    /// [`MAX_RATE_LIMIT`]).
+    pub rate_limit: Option<u32>,
+    /// Largest request body in bytes (`max_body`, e.g. `"10m"`).
+    pub max_body: Option<u64>,
+    /// `preview_auth = "basic"`: preview hostnames ask for the user and
+    /// password in the secret `BERTH_PREVIEW_AUTH` (`user:password`).
+    pub preview_auth: bool,
+}
+
+/// Highest `rate_limit`.
+pub const MAX_RATE_LIMIT: i64 = 1_000_000;
 
 /// Most instances one deployment may ask for.
 pub const MAX_REPLICAS: u32 = 50;
@@ -272,6 +295,7 @@ impl ServiceConfig {
             bake: DEFAULT_BAKE,
             replicas: 1,
             volumes: BTreeMap::new(),
+            edge: EdgePolicy::default(),
         }
     }
 }
@@ -481,6 +505,7 @@ fn parse_service(name: &str, t: &Table, path: &str) -> Result<ServiceConfig, Con
             }
             "readiness" => svc.readiness = parse_readiness(as_table(value, &kp)?, &kp)?,
             "volumes" => svc.volumes = parse_volumes(as_table(value, &kp)?, &kp)?,
+            "edge" => svc.edge = parse_edge(as_table(value, &kp)?, &kp)?,
             "stop_timeout" => svc.stop_timeout = duration(value, &kp)?,
             "bake" => svc.bake = duration_or_zero(value, &kp)?,
             "resources" => svc.resources = parse_resources(as_table(value, &kp)?, &kp)?,
@@ -592,6 +617,93 @@ fn check_shared_volumes(services: &BTreeMap<String, ServiceConfig>) -> Result<()
                     seen.insert(volume, (&svc.name, target));
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+fn parse_edge(t: &Table, path: &str) -> Result<EdgePolicy, ConfigError> {
+    let mut e = EdgePolicy::default();
+    for (key, value) in t {
+        let kp = format!("{path}.{key}");
+        match key.as_str() {
+            "allow" => {
+                let Value::Array(items) = value else {
+                    return Err(ConfigError::invalid(
+                        kp,
+                        format!("expected a list of CIDRs, got {}", value.type_str()),
+                    ));
+                };
+                for item in items {
+                    let c = as_str(item, &kp)?;
+                    check_cidr(c).map_err(|r| ConfigError::invalid(&kp, format!("{c:?}: {r}")))?;
+                    e.allow.push(c.trim().to_string());
+                }
+                if e.allow.is_empty() {
+                    return Err(ConfigError::invalid(
+                        kp,
+                        "an empty list would refuse everyone; remove the key to allow all",
+                    ));
+                }
+            }
+            "rate_limit" => {
+                let n = as_int(value, &kp)?;
+                if !(1..=MAX_RATE_LIMIT).contains(&n) {
+                    return Err(ConfigError::invalid(
+                        kp,
+                        format!("requests per second per client must be between 1 and {MAX_RATE_LIMIT}, got {n}"),
+                    ));
+                }
+                e.rate_limit = Some(n as u32);
+            }
+            "max_body" => {
+                let n = match value {
+                    Value::Integer(n) if *n > 0 => *n as u64,
+                    Value::String(s) => units::parse_size(s)
+                        .map_err(|err| ConfigError::invalid(&kp, err.to_string()))?,
+                    other => {
+                        return Err(ConfigError::invalid(
+                            kp,
+                            format!(
+                            "expected a size such as \"10m\" or a number of bytes above 0, got {}",
+                            other
+                        ),
+                        ))
+                    }
+                };
+                if n == 0 {
+                    return Err(ConfigError::invalid(kp, "must be above 0"));
+                }
+                e.max_body = Some(n);
+            }
+            "preview_auth" => match as_str(value, &kp)? {
+                "basic" => e.preview_auth = true,
+                other => {
+                    return Err(ConfigError::invalid(
+                        kp,
+                        format!("expected \"basic\", got \"{other}\""),
+                    ))
+                }
+            },
+            _ => return Err(ConfigError::invalid(kp, "unknown key")),
+        }
+    }
+    Ok(e)
+}
+
+/// Checks a CIDR (`10.0.0.0/8`, `fd00::/8`) or a bare address.
+fn check_cidr(s: &str) -> Result<(), &'static str> {
+    let (ip, len) = match s.trim().split_once('/') {
+        Some((ip, len)) => (ip, Some(len)),
+        None => (s.trim(), None),
+    };
+    let ip: std::net::IpAddr = ip.parse().map_err(|_| "not an IP address")?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    if let Some(len) = len {
+        match len.parse::<u32>() {
+            Ok(n) if n <= max => {}
+            _ if max == 32 => return Err("the prefix length must be 0 to 32"),
+            _ => return Err("the prefix length must be 0 to 128"),
         }
     }
     Ok(())
@@ -843,6 +955,64 @@ mod tests {
             let err = parse(&format!("[services.web]\n{text}\n")).unwrap_err();
             assert_eq!(err.key(), Some("services.web.replicas"), "{text}");
             assert!(err.to_string().contains(why), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn edge_policies_are_checked() {
+        let c = parse(
+            "[services.web.edge]\nallow = [\"127.0.0.2/32\", \"fd00::/8\", \"10.1.2.3\"]\nrate_limit = 20\nmax_body = \"1k\"\npreview_auth = \"basic\"\n",
+        )
+        .unwrap();
+        let e = &c.service("web").unwrap().edge;
+        assert_eq!(e.allow, ["127.0.0.2/32", "fd00::/8", "10.1.2.3"]);
+        assert_eq!(
+            (e.rate_limit, e.max_body, e.preview_auth),
+            (Some(20), Some(1024), true)
+        );
+        assert_eq!(
+            parse("[services.web]\n").unwrap().services["web"].edge,
+            EdgePolicy::default()
+        );
+        for (text, key, why) in [
+            (
+                "allow = [\"10.0.0.0/33\"]",
+                "allow",
+                "\"10.0.0.0/33\": the prefix length must be 0 to 32",
+            ),
+            ("allow = [\"::/129\"]", "allow", "0 to 128"),
+            ("allow = [\"lots\"]", "allow", "not an IP address"),
+            (
+                "allow = \"10.0.0.0/8\"",
+                "allow",
+                "expected a list of CIDRs",
+            ),
+            ("allow = []", "allow", "would refuse everyone"),
+            (
+                "rate_limit = 0",
+                "rate_limit",
+                "between 1 and 1000000, got 0",
+            ),
+            ("rate_limit = 1.5", "rate_limit", "expected an integer"),
+            ("max_body = \"lots\"", "max_body", "lots"),
+            ("max_body = 0", "max_body", "above 0"),
+            ("max_body = \"0\"", "max_body", "above 0"),
+            (
+                "preview_auth = \"digest\"",
+                "preview_auth",
+                "expected \"basic\"",
+            ),
+            ("deny = []", "deny", "unknown key"),
+        ] {
+            let err = parse(&format!("[services.web.edge]\n{text}\n")).unwrap_err();
+            assert_eq!(
+                err.key(),
+                Some(format!("services.web.edge.{key}").as_str()),
+                "{text}"
+            );
+            let msg = err.to_string();
+            assert!(msg.starts_with("berth.toml: "), "{msg}");
+            assert!(msg.contains(why), "{text}: {msg}");
         }
     }
 

@@ -65,6 +65,7 @@ fn main() {
     if let Err(e) = edge.apply(vec![RouteChange::Upsert {
         host,
         route: RouteSpec {
+            policy: Default::default(),
             targets: upstream
                 .split(',')
                 .enumerate()

@@ -331,6 +331,8 @@ impl Conn {
                 .iter()
                 .map(|(a, b)| &head[*a..*b]),
             secure: inner.proto == "https",
+            client: self.remote.ip(),
+            authorization: req.auth.map(|(a, b)| &head[a..b]),
         };
         let table = inner.table.load();
         let (target, set_cookie) = match proxy::route(inner, &table, host, hints) {
@@ -669,6 +671,8 @@ pub(crate) struct Request {
     cookie_count: usize,
     /// The `X-Berth-Deployment` value (not forwarded).
     pin: Option<(usize, usize)>,
+    /// The `Authorization` value (forwarded; read by a route's policy).
+    auth: Option<(usize, usize)>,
 }
 
 /// `Cookie` headers of a request looked at for the sticky cookie.
@@ -698,6 +702,8 @@ enum Name {
     Cookie,
     /// `X-Berth-Deployment`: kept aside, not forwarded.
     Pin,
+    /// Forwarded, and kept aside for a route's policy.
+    Authorization,
     /// Framing, upgrades, expectations: hyper's job.
     Handover,
     Forward,
@@ -712,6 +718,7 @@ fn classify(name: &[u8]) -> Name {
         7 if eq(b"upgrade") => Name::Handover,
         10 if eq(b"connection") => Name::Connection,
         10 if eq(b"tracestate") => Name::TraceState,
+        13 if eq(b"authorization") => Name::Authorization,
         11 if eq(b"traceparent") => Name::TraceParent,
         14 if eq(b"content-length") => Name::Handover,
         17 if eq(b"transfer-encoding") => Name::Handover,
@@ -816,6 +823,7 @@ pub(crate) fn parse(
     let mut cookies = [(0, 0); MAX_COOKIES];
     let mut cookie_count = 0;
     let mut pin = None;
+    let mut auth = None;
     for h in req.headers.iter() {
         match classify(h.name.as_bytes()) {
             Name::TraceParent => {
@@ -850,6 +858,13 @@ pub(crate) fn parse(
                 up.extend_from_slice(b"\r\n");
             }
             Name::Pin => pin = Some(range(h.value)),
+            Name::Authorization => {
+                auth = Some(range(h.value));
+                up.extend_from_slice(h.name.as_bytes());
+                up.extend_from_slice(b": ");
+                up.extend_from_slice(h.value);
+                up.extend_from_slice(b"\r\n");
+            }
             Name::Drop => {}
             Name::Handover => return Parse::Handover,
             Name::Host => {
@@ -911,6 +926,7 @@ pub(crate) fn parse(
         cookies,
         cookie_count,
         pin,
+        auth,
     })
 }
 
@@ -982,6 +998,16 @@ fn write_page(out: &mut Vec<u8>, page: &Page, json: bool, head_method: bool, clo
     out.extend_from_slice(b"\r\ncache-control: no-store\r\ncontent-length: ");
     out.extend_from_slice(text.len().to_string().as_bytes());
     out.extend_from_slice(b"\r\n");
+    if let Some(secs) = page.retry_after {
+        out.extend_from_slice(b"retry-after: ");
+        out.extend_from_slice(secs.to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if page.challenge {
+        out.extend_from_slice(b"www-authenticate: ");
+        out.extend_from_slice(proxy::CHALLENGE.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }

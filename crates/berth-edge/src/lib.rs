@@ -30,7 +30,8 @@
 //! and drain; `table.rs`/`select.rs`/`route.rs` routes; `metrics.rs` and
 //! `stats.rs` (typed per-target counters for canary judgement); `trace.rs`
 //! W3C trace context; `sticky.rs` sticky canary visitors (cookie, pin
-//! values); `observe.rs` per-request records and the access log;
+//! values); `policy.rs` a route's edge policies (allow, rate limit,
+//! body limit, basic auth, maintenance); `observe.rs` per-request records and the access log;
 //! `otlp.rs` the span exporter.
 //!
 //! # API
@@ -145,6 +146,7 @@ mod metrics;
 mod observe;
 mod otlp;
 mod persist;
+mod policy;
 mod pool;
 mod proxy;
 mod route;
@@ -173,6 +175,7 @@ pub use body::ProxyBody;
 pub use observe::{AccessLogConfig, AccessLogTarget};
 pub use otlp::{OtlpConfig, OtlpError};
 pub use persist::LoadError;
+pub use policy::{basic_auth_digest, Policy};
 pub use route::{RouteChange, RouteError, RouteSpec, TargetSpec};
 pub use select::Balance;
 pub use stats::TargetStats;

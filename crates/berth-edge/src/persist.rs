@@ -97,6 +97,7 @@ mod tests {
         routes.insert(
             "a.localhost".to_string(),
             RouteSpec {
+                policy: Default::default(),
                 targets: vec![TargetSpec {
                     deployment_id: None,
                     sha: None,

@@ -91,6 +91,8 @@ pub(crate) type Failed = (SendError, Option<Request<UpBody>>);
 pub(crate) enum UpBody {
     Client(Incoming),
     Empty,
+    /// The client's body read whole first (see `policy.rs`, `max_body`).
+    Full(Option<bytes::Bytes>),
 }
 
 impl http_body::Body for UpBody {
@@ -104,6 +106,7 @@ impl http_body::Body for UpBody {
         match self.get_mut() {
             UpBody::Client(b) => Pin::new(b).poll_frame(cx),
             UpBody::Empty => Poll::Ready(None),
+            UpBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(http_body::Frame::data(b)))),
         }
     }
 
@@ -111,6 +114,7 @@ impl http_body::Body for UpBody {
         match self {
             UpBody::Client(b) => b.is_end_stream(),
             UpBody::Empty => true,
+            UpBody::Full(b) => b.is_none(),
         }
     }
 
@@ -118,6 +122,9 @@ impl http_body::Body for UpBody {
         match self {
             UpBody::Client(b) => b.size_hint(),
             UpBody::Empty => http_body::SizeHint::with_exact(0),
+            UpBody::Full(b) => {
+                http_body::SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
+            }
         }
     }
 }

@@ -10,12 +10,14 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::body::ProxyBody;
 use crate::fast::{Exchange, Head};
 use crate::h1;
+use crate::policy::Refusal;
 use crate::pool::{SendError, UpBody};
 use crate::route::request_host_key;
 use crate::scan::{ScanState, Verdict};
@@ -39,7 +41,16 @@ pub(crate) struct Page {
     pub(crate) text: &'static str,
     /// The deployment the request went to, if any.
     pub(crate) who: Option<Arc<TargetInfo>>,
+    /// `Retry-After`, in seconds (429, maintenance).
+    pub(crate) retry_after: Option<u64>,
+    /// Asks for basic authentication (`WWW-Authenticate`, 401).
+    pub(crate) challenge: bool,
+    /// The connection closes after it (413: the body was not read).
+    pub(crate) close: bool,
 }
+
+/// The `WWW-Authenticate` value of a preview that asks for a password.
+pub(crate) const CHALLENGE: &str = "Basic realm=\"berth preview\", charset=\"UTF-8\"";
 
 impl Page {
     const fn new(status: StatusCode, text: &'static str) -> Page {
@@ -47,6 +58,28 @@ impl Page {
             status,
             text,
             who: None,
+            retry_after: None,
+            challenge: false,
+            close: false,
+        }
+    }
+
+    /// The page of a policy's refusal (see `policy.rs`).
+    pub(crate) fn refused(r: Refusal) -> Page {
+        match r {
+            Refusal::Forbidden => FORBIDDEN,
+            Refusal::Maintenance => Page {
+                retry_after: Some(MAINTENANCE_RETRY_SECS),
+                ..MAINTENANCE
+            },
+            Refusal::TooMany(secs) => Page {
+                retry_after: Some(secs),
+                ..TOO_MANY
+            },
+            Refusal::Unauthorized => Page {
+                challenge: true,
+                ..UNAUTHORIZED
+            },
         }
     }
 
@@ -92,6 +125,33 @@ impl Page {
 }
 
 const TEXT: &str = "text/plain; charset=utf-8";
+
+/// `Retry-After` of the maintenance page.
+const MAINTENANCE_RETRY_SECS: u64 = 120;
+const FORBIDDEN: Page = Page::new(
+    StatusCode::FORBIDDEN,
+    "403 forbidden: your address may not reach this application\n",
+);
+const MAINTENANCE: Page = Page::new(
+    StatusCode::SERVICE_UNAVAILABLE,
+    "503 service unavailable: this application is down for maintenance; please try again in a few minutes\n",
+);
+const TOO_MANY: Page = Page::new(
+    StatusCode::TOO_MANY_REQUESTS,
+    "429 too many requests: slow down and retry after the time given in Retry-After\n",
+);
+const UNAUTHORIZED: Page = Page::new(
+    StatusCode::UNAUTHORIZED,
+    "401 unauthorized: this preview asks for a user and password\n",
+);
+pub(crate) const TOO_LARGE: Page = Page {
+    status: StatusCode::PAYLOAD_TOO_LARGE,
+    text: "413 content too large: the request body is over this application's limit\n",
+    who: None,
+    retry_after: None,
+    challenge: false,
+    close: true,
+};
 
 /// True if the client asked for JSON (`Accept` names `application/json`).
 pub(crate) fn wants_json(accept: &[u8]) -> bool {
@@ -140,6 +200,10 @@ pub(crate) struct Hints<'a, C> {
     pub(crate) cookies: C,
     /// The request came over HTTPS (the cookie gets `Secure`).
     pub(crate) secure: bool,
+    /// The client's socket address (policies).
+    pub(crate) client: std::net::IpAddr,
+    /// The `Authorization` value (policies).
+    pub(crate) authorization: Option<&'a [u8]>,
 }
 
 /// The target a request goes to, and the cookie that keeps its visitor
@@ -147,6 +211,8 @@ pub(crate) struct Hints<'a, C> {
 pub(crate) struct Routed<'t> {
     pub(crate) target: &'t RouteTarget,
     pub(crate) set_cookie: Option<HeaderValue>,
+    /// The route's `max_body`.
+    pub(crate) max_body: Option<u64>,
 }
 
 /// The target of a request for `raw_host` (its Host header), or the page
@@ -162,6 +228,13 @@ pub(crate) fn route<'t, 'a, C: IntoIterator<Item = &'a [u8]>>(
         inner.unknown_host.fetch_add(1, Ordering::Relaxed);
         return Err(UNKNOWN_HOST);
     };
+    let mut max_body = None;
+    if let Some(p) = route.policy.as_deref() {
+        if let Some(r) = p.judge(hints.client, hints.authorization) {
+            return Err(Page::refused(r));
+        }
+        max_body = p.max_body;
+    }
     let no_target = || {
         inner.no_target.fetch_add(1, Ordering::Relaxed);
         NO_TARGET
@@ -171,6 +244,7 @@ pub(crate) fn route<'t, 'a, C: IntoIterator<Item = &'a [u8]>>(
         return Ok(Routed {
             target,
             set_cookie: None,
+            max_body,
         });
     };
     let kept = hints
@@ -181,12 +255,14 @@ pub(crate) fn route<'t, 'a, C: IntoIterator<Item = &'a [u8]>>(
         return Ok(Routed {
             target: &route.targets[i],
             set_cookie: None,
+            max_body,
         });
     }
     let i = route.pick_index().ok_or_else(no_target)?;
     Ok(Routed {
         target: &route.targets[i],
         set_cookie: sticky.cookie_for(i, hints.secure).cloned(),
+        max_body,
     })
 }
 
@@ -266,12 +342,27 @@ impl Attempt {
 
 fn page_response(page: Page, json: bool) -> Response<ProxyBody> {
     let (content_type, body) = page.render(json);
+    let page = &page;
     let mut r = Response::new(ProxyBody::full(body));
     *r.status_mut() = page.status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(secs) = page.retry_after {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if page.challenge {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(CHALLENGE),
+        );
+    }
+    if page.close {
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     r
 }
 
@@ -372,9 +463,14 @@ async fn handle_inner(
             .iter()
             .map(HeaderValue::as_bytes),
         secure: proto == "https",
+        client: conn.remote,
+        authorization: req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes),
     };
-    let (target, set_cookie) = match route(inner, &table, request_host(&req), hints) {
-        Ok(r) => (r.target, r.set_cookie),
+    let (target, set_cookie, max_body) = match route(inner, &table, request_host(&req), hints) {
+        Ok(r) => (r.target, r.set_cookie, r.max_body),
         Err(page) => {
             if let Some(observers) = &inner.observers {
                 let trace = TraceContext::for_request(
@@ -398,6 +494,13 @@ async fn handle_inner(
             return page_response(page, json);
         }
     };
+    if let Some(max) = max_body {
+        // a length over the limit: refused before a byte of the body is read
+        if req.body().size_hint().lower() > max {
+            drop(table);
+            return page_response(TOO_LARGE, json);
+        }
+    }
     let started = Instant::now();
     let mut attempt = Attempt::on(worker, target);
     let uri = upstream_uri(req.uri());
@@ -497,7 +600,28 @@ async fn handle_inner(
         *head.headers_mut() = req.headers().clone();
         head
     });
-    let mut req = req.map(UpBody::Client);
+    let mut req = match max_body {
+        // a body of unknown length is read up to the limit before anything
+        // of the request is forwarded
+        Some(max) if !req.body().is_end_stream() && req.body().size_hint().exact().is_none() => {
+            let (parts, body) = req.into_parts();
+            let limit = usize::try_from(max).unwrap_or(usize::MAX);
+            match BodyExt::collect(http_body_util::Limited::new(body, limit)).await {
+                Ok(all) => Request::from_parts(parts, UpBody::Full(Some(all.to_bytes()))),
+                Err(e) => {
+                    let too_large = e.is::<http_body_util::LengthLimitError>();
+                    let mut guard = attempt.guard;
+                    let page = if too_large { TOO_LARGE } else { BAD_BODY };
+                    guard.answered(&attempt.series, page.status.as_u16(), started.elapsed());
+                    let mut r = page_response(page, json);
+                    r.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    return r;
+                }
+            }
+        }
+        _ => req.map(UpBody::Client),
+    };
 
     // No timer per request: the worker's bell rings on drain aborts and on a
     // coarse tick (see `Worker::tick`), and the request checks both.

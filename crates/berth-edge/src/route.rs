@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::policy::Policy;
+
 /// Longest DNS name we accept (RFC 1035, without the trailing dot).
 const MAX_HOST_LEN: usize = 253;
 /// Longest DNS label (RFC 1035).
@@ -20,6 +22,9 @@ const MAX_LABEL_LEN: usize = 63;
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 pub struct RouteSpec {
     pub targets: Vec<TargetSpec>,
+    /// Who may reach the route and how much (see `policy.rs`).
+    #[serde(default, skip_serializing_if = "Policy::is_open")]
+    pub policy: Policy,
 }
 
 /// One upstream of a route.
@@ -183,6 +188,7 @@ fn check_route(host: &str, route: &RouteSpec) -> Result<(), RouteError> {
             "at least one target needs a weight above 0 (or give no targets for 503)".into(),
         ));
     }
+    crate::policy::check(&route.policy).map_err(targets_err)?;
     let total: u64 = route.targets.iter().map(|t| u64::from(t.weight)).sum();
     if total > u64::from(u32::MAX) {
         return Err(targets_err("the sum of weights exceeds 2^32-1".into()));
@@ -322,12 +328,14 @@ mod tests {
                     host: "ok.localhost".into(),
                     route: RouteSpec {
                         targets: vec![t("a", "127.0.0.1:1000", 1)],
+                        ..Default::default()
                     },
                 },
                 RouteChange::Upsert {
                     host: "bad.localhost".into(),
                     route: RouteSpec {
                         targets: vec![t("b", "127.0.0.1:1000", 0)],
+                        ..Default::default()
                     },
                 },
             ],
@@ -346,6 +354,7 @@ mod tests {
                 host: "x.localhost".into(),
                 route: RouteSpec {
                     targets: vec![t("a", "127.0.0.1:1", 1), t("a", "127.0.0.1:2", 1)],
+                    ..Default::default()
                 },
             }],
         );

@@ -224,7 +224,7 @@ fn split_pair(pair: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii()))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

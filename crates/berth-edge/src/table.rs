@@ -7,6 +7,7 @@ use std::sync::Arc;
 use http::uri::Authority;
 
 use crate::metrics::Series;
+use crate::policy::Compiled;
 use crate::route::RouteSpec;
 use crate::select::{Balance, Picker};
 use crate::sticky::{PinKey, Sticky};
@@ -36,6 +37,8 @@ pub(crate) struct Route {
     /// The weighted targets of each replica group, by index in `targets`.
     groups: Box<[Box<[u32]>]>,
     balance: Balance,
+    /// `None` for an open policy (see `policy.rs`).
+    pub(crate) policy: Option<Box<Compiled>>,
 }
 
 impl Route {
@@ -226,6 +229,7 @@ impl RouteTable {
                 targets: targets.into_boxed_slice(),
                 groups: groups.into_iter().map(Vec::into_boxed_slice).collect(),
                 balance,
+                policy: Compiled::new(&spec.policy).map(Box::new),
             };
             match host.strip_prefix("*.") {
                 Some(suffix) => wildcard.insert(suffix.into(), route),
@@ -256,6 +260,7 @@ mod tests {
 
     fn spec(id: &str) -> RouteSpec {
         RouteSpec {
+            policy: Default::default(),
             targets: vec![TargetSpec {
                 deployment_id: None,
                 sha: None,
@@ -307,6 +312,7 @@ mod tests {
 
     fn replicas(dep: &str, n: usize) -> RouteSpec {
         RouteSpec {
+            policy: Default::default(),
             targets: (0..n)
                 .map(|i| TargetSpec {
                     deployment_id: Some(dep.into()),

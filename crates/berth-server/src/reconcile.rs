@@ -249,18 +249,26 @@ impl Deployer {
             }
             let targets = crate::pipeline::replicas::targets(d, 100);
             if targets.is_empty() {
-                out.insert(self.route_host(d), RouteSpec { targets: vec![] });
+                out.insert(self.route_host(d), RouteSpec::default());
                 continue;
             }
+            let policy = crate::pipeline::replicas::policy(d, None);
             for host in self.slot_hosts_in(d, &domains) {
                 out.insert(
                     host,
                     RouteSpec {
                         targets: targets.clone(),
+                        policy: policy.clone(),
                     },
                 );
             }
-            out.insert(self.preview_host(d), RouteSpec { targets });
+            out.insert(
+                self.preview_host(d),
+                RouteSpec {
+                    targets,
+                    policy: self.preview_policy(d).await,
+                },
+            );
         }
         // A canary in progress splits its slot's hosts the way the
         // pipeline's edge does (so every server's edge serves the split).
@@ -283,11 +291,13 @@ impl Deployer {
             if targets.is_empty() {
                 continue;
             }
+            let policy = crate::pipeline::replicas::policy(prev, None);
             for host in self.slot_hosts_in(c, &domains) {
                 out.insert(
                     host,
                     RouteSpec {
                         targets: targets.clone(),
+                        policy: policy.clone(),
                     },
                 );
             }
@@ -303,6 +313,7 @@ impl Deployer {
                         deployment_id: None,
                         sha: None,
                     }],
+                    ..Default::default()
                 },
             );
         }

@@ -3,6 +3,7 @@
 mod front;
 mod latency;
 mod observe;
+mod policy;
 mod replicas;
 mod sticky;
 mod support;

@@ -195,7 +195,10 @@ pub fn target(id: &str, addr: SocketAddr, weight: u32) -> TargetSpec {
 pub fn upsert(host: &str, targets: Vec<TargetSpec>) -> RouteChange {
     RouteChange::Upsert {
         host: host.into(),
-        route: RouteSpec { targets },
+        route: RouteSpec {
+            targets,
+            ..Default::default()
+        },
     }
 }
 

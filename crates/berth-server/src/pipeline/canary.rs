@@ -62,6 +62,9 @@ impl Deployer {
             super::replicas::target_count(&prev),
         );
         let cand = d.clone();
+        // the active deployment's policies hold until the cutover swaps in
+        // the candidate's
+        let prev_policy = super::replicas::policy(&prev, None);
         let split_one = |host: &String, w: u32| {
             let mut targets = super::replicas::targets(&cand, w * n_p);
             if w < 100 {
@@ -69,7 +72,10 @@ impl Deployer {
             }
             RouteChange::Upsert {
                 host: host.clone(),
-                route: RouteSpec { targets },
+                route: RouteSpec {
+                    targets,
+                    policy: prev_policy.clone(),
+                },
             }
         };
         let split =
@@ -81,6 +87,7 @@ impl Deployer {
                     host: h.clone(),
                     route: RouteSpec {
                         targets: super::replicas::targets(&prev, 100),
+                        policy: prev_policy.clone(),
                     },
                 })
                 .collect()

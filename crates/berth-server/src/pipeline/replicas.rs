@@ -7,7 +7,7 @@ use crate::config::RuntimeKind;
 use berth_core::config::ServiceConfig;
 use berth_core::model::{Deployment, InstanceInfo};
 use berth_core::state::Health;
-use berth_edge::TargetSpec;
+use berth_edge::{Policy, TargetSpec};
 
 /// The record of `instance` of `service`, its health not known yet.
 pub(crate) fn instance_info(instance: &berth_runtime::Instance, health: Health) -> InstanceInfo {
@@ -109,6 +109,54 @@ pub(crate) fn target_count(d: &Deployment) -> u32 {
     (targets(d, 1).len() as u32).max(1)
 }
 
+/// The secret holding a preview's `user:password` (`preview_auth = "basic"`).
+pub(crate) const PREVIEW_AUTH_SECRET: &str = "BERTH_PREVIEW_AUTH";
+
+/// The edge policy of `d`'s routes, from `[services.<name>.edge]` as
+/// recorded with `d` (so it changes with the deployment that carries it,
+/// in the same table swap). `preview`: the policy of its preview hostname,
+/// which with `preview_auth = "basic"` asks for the user and password of
+/// `preview_secret` (the value of [`PREVIEW_AUTH_SECRET`]); without a
+/// usable secret the preview answers 401 to everyone rather than opening.
+pub(crate) fn policy(d: &Deployment, preview: Option<Option<&str>>) -> Policy {
+    let edge = super::source::service_from_record(d).edge;
+    let basic_auth = match preview {
+        Some(secret) if edge.preview_auth => Some(match secret.and_then(|s| s.split_once(':')) {
+            Some((user, password)) => berth_edge::basic_auth_digest(user, password),
+            None => berth_edge::basic_auth_digest(&crate::ids::new_id(), &crate::ids::new_id()),
+        }),
+        _ => None,
+    };
+    Policy {
+        allow: edge.allow,
+        rate_limit: edge.rate_limit,
+        max_body: edge.max_body,
+        basic_auth,
+        maintenance: false,
+    }
+}
+
+impl crate::deployer::Deployer {
+    /// The policy of `d`'s preview hostname (see [`policy`]), reading the
+    /// preview secret only when the service asks for it.
+    pub(crate) async fn preview_policy(&self, d: &Deployment) -> Policy {
+        if !super::source::service_from_record(d).edge.preview_auth {
+            return policy(d, Some(None));
+        }
+        let secret = self
+            .store
+            .resolve_variables(&d.project_name, &d.environment_name)
+            .await
+            .ok()
+            .and_then(|vars| vars.into_iter().find(|v| v.key == PREVIEW_AUTH_SECRET))
+            .map(|v| v.value);
+        if secret.is_none() {
+            tracing::warn!(deployment = %d.id, "preview_auth is \"basic\" but the secret {PREVIEW_AUTH_SECRET} (user:password) is not set: the preview refuses everyone");
+        }
+        policy(d, Some(secret.as_deref()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +185,32 @@ mod tests {
             .collect();
         d.replicas = (instances.len() as u32).max(1);
         d
+    }
+
+    #[test]
+    fn policies_come_from_the_recorded_config() {
+        let mut d = dep(&[]);
+        assert!(policy(&d, None).is_open(), "no config: open");
+        d.build.config = Some(
+            "[services.web.edge]\nallow = [\"10.0.0.0/8\"]\nrate_limit = 5\nmax_body = \"1k\"\npreview_auth = \"basic\"\n"
+                .into(),
+        );
+        d.service_name = "web".into();
+        let p = policy(&d, None);
+        assert_eq!(p.allow, ["10.0.0.0/8"]);
+        assert_eq!((p.rate_limit, p.max_body), (Some(5), Some(1024)));
+        assert_eq!(p.basic_auth, None, "slot hosts ask for no password");
+        let preview = policy(&d, Some(Some("ann:s3cret")));
+        assert_eq!(
+            preview.basic_auth,
+            Some(berth_edge::basic_auth_digest("ann", "s3cret"))
+        );
+        // no usable secret: closed, not open
+        for secret in [None, Some("no-colon")] {
+            let closed = policy(&d, Some(secret)).basic_auth.unwrap();
+            assert_ne!(closed, berth_edge::basic_auth_digest("", ""));
+            assert_eq!(closed.len(), 64);
+        }
     }
 
     #[test]

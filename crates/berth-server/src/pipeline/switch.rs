@@ -88,6 +88,9 @@ impl Deployer {
         if service.kind == ServiceKind::Web {
             let targets = super::replicas::targets(d, 100);
             if !targets.is_empty() {
+                // the policies of the deployment switch with its targets
+                let policy = super::replicas::policy(d, None);
+                let preview_policy = self.preview_policy(d).await;
                 let mut changes: Vec<RouteChange> = self
                     .slot_hosts(d)
                     .await
@@ -96,12 +99,16 @@ impl Deployer {
                         host,
                         route: RouteSpec {
                             targets: targets.clone(),
+                            policy: policy.clone(),
                         },
                     })
                     .collect();
                 changes.extend([RouteChange::Upsert {
                     host: self.preview_host(d),
-                    route: RouteSpec { targets },
+                    route: RouteSpec {
+                        targets,
+                        policy: preview_policy,
+                    },
                 }]);
                 if let Some(p) = &previous {
                     changes.push(RouteChange::Remove {

@@ -1,0 +1,425 @@
+//! Edge policies of a route (berth.toml `[services.<name>.edge]`, and
+//! maintenance): who may reach the app and how much, decided before a
+//! request is forwarded.
+//!
+//! A [`Policy`] travels in its [`crate::RouteSpec`], so it changes with the
+//! deployment that carries it, in the same table swap. A route without one
+//! (the common case) pays one `Option` check per request. In order:
+//! * `allow`: the client's socket address (never a forwarded header) must
+//!   be in one of the CIDRs, else 403;
+//! * `maintenance`: 503 with `Retry-After` and berth's maintenance page
+//!   (health probes go to the instances, not through the edge, so they are
+//!   unaffected);
+//! * `rate_limit`: requests per second per client IP, a token bucket of one
+//!   second of burst; over it 429 with `Retry-After`. The buckets of a route
+//!   are bounded ([`MAX_CLIENTS`]): when full, buckets idle long enough to
+//!   be full again are forgotten first (forgetting one changes nothing),
+//!   then the oldest; a flood from one address only ever empties its own;
+//! * `basic_auth`: the route asks for HTTP basic authentication (preview
+//!   hostnames, `preview_auth = "basic"`); the policy holds the SHA-256 of
+//!   the expected `Authorization` token (the base64 of `user:password`),
+//!   never the password, compared in constant time; else 401;
+//! * `max_body`: a request whose `Content-Length` is above it gets 413
+//!   without a byte of its body read; a chunked one is read up to the
+//!   limit before anything is forwarded (413 once it passes it), so the app
+//!   never sees a body over the limit.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Client buckets one route keeps for `rate_limit`.
+pub const MAX_CLIENTS: usize = 16 * 1024;
+const SHARDS: usize = 16;
+
+/// What a route lets through; the default lets everything through.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Policy {
+    /// CIDRs (`10.0.0.0/8`, `::1/128`; a bare address is one host) the
+    /// client address must be in; empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// Requests per second per client IP (at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<u32>,
+    /// Largest request body, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<u64>,
+    /// Hex SHA-256 of the expected basic `Authorization` token (see
+    /// [`basic_auth_digest`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<String>,
+    /// Answer 503 with the maintenance page.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub maintenance: bool,
+}
+
+impl Policy {
+    /// True when the policy lets everything through.
+    pub fn is_open(&self) -> bool {
+        *self == Policy::default()
+    }
+}
+
+/// What [`Policy::basic_auth`] holds for `user:password`.
+pub fn basic_auth_digest(user: &str, password: &str) -> String {
+    let token = base64(format!("{user}:{password}").as_bytes());
+    hex(&Sha256::digest(token.as_bytes()))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Standard base64 with padding (RFC 4648), what clients send.
+fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        out.push(A[(n >> 18) as usize & 63] as char);
+        out.push(A[(n >> 12) as usize & 63] as char);
+        out.push(if c.len() > 1 {
+            A[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if c.len() > 2 {
+            A[n as usize & 63] as char
+        } else {
+            '='
+        });
+    }
+    out
+}
+
+/// Why a policy was refused (the batch is refused, see `route.rs`).
+pub(crate) fn check(p: &Policy) -> Result<(), String> {
+    for c in &p.allow {
+        Cidr::parse(c).map_err(|r| format!("allow {c:?}: {r}"))?;
+    }
+    if p.rate_limit == Some(0) {
+        return Err("rate_limit must be at least 1".into());
+    }
+    if let Some(d) = &p.basic_auth {
+        if d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("basic_auth must be a hex SHA-256".into());
+        }
+    }
+    Ok(())
+}
+
+/// An address block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cidr {
+    net: u128,
+    mask: u128,
+    v4: bool,
+}
+
+impl Cidr {
+    /// `a.b.c.d/n`, `x::y/n`, or a bare address; the rule broken.
+    pub(crate) fn parse(s: &str) -> Result<Cidr, &'static str> {
+        let (ip, len) = match s.split_once('/') {
+            Some((ip, len)) => (ip, Some(len)),
+            None => (s, None),
+        };
+        let ip: IpAddr = ip.trim().parse().map_err(|_| "not an IP address")?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let len: u32 = match len {
+            Some(l) => l
+                .trim()
+                .parse()
+                .ok()
+                .filter(|l| *l <= max)
+                .ok_or(if ip.is_ipv4() {
+                    "the prefix length must be 0 to 32"
+                } else {
+                    "the prefix length must be 0 to 128"
+                })?,
+            None => max,
+        };
+        let (bits, v4) = to_bits(ip);
+        // the top `len` bits of the address (a v4 one in the low 32)
+        let mask = if len == 0 {
+            0
+        } else {
+            u128::MAX << (max - len)
+        };
+        Ok(Cidr {
+            net: bits & mask,
+            mask,
+            v4,
+        })
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        let (bits, v4) = to_bits(ip);
+        v4 == self.v4 && bits & self.mask == self.net
+    }
+}
+
+/// The address as bits, an IPv4-mapped IPv6 address as its IPv4 one.
+fn to_bits(ip: IpAddr) -> (u128, bool) {
+    match ip {
+        IpAddr::V4(a) => (u128::from(u32::from(a)), true),
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => (u128::from(u32::from(v4)), true),
+            None => (u128::from(a), false),
+        },
+    }
+}
+
+/// A policy ready for the request path.
+#[derive(Debug)]
+pub(crate) struct Compiled {
+    allow: Box<[Cidr]>,
+    limiter: Option<Limiter>,
+    pub(crate) max_body: Option<u64>,
+    basic_auth: Option<[u8; 32]>,
+    maintenance: bool,
+}
+
+/// What a policy answers instead of the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    Forbidden,
+    Maintenance,
+    /// Seconds until the client may try again.
+    TooMany(u64),
+    Unauthorized,
+}
+
+impl Compiled {
+    /// `None` for an open policy (nothing to check per request).
+    pub(crate) fn new(p: &Policy) -> Option<Compiled> {
+        if p.is_open() {
+            return None;
+        }
+        Some(Compiled {
+            allow: p.allow.iter().filter_map(|c| Cidr::parse(c).ok()).collect(),
+            limiter: p.rate_limit.filter(|r| *r > 0).map(Limiter::new),
+            max_body: p.max_body,
+            basic_auth: p.basic_auth.as_deref().and_then(unhex),
+            maintenance: p.maintenance,
+        })
+    }
+
+    /// The answer for a request from `client` carrying `authorization`
+    /// (the `Authorization` header value), or `None` to let it through.
+    pub(crate) fn judge(&self, client: IpAddr, authorization: Option<&[u8]>) -> Option<Refusal> {
+        if !self.allow.is_empty() && !self.allow.iter().any(|c| c.contains(client)) {
+            return Some(Refusal::Forbidden);
+        }
+        if self.maintenance {
+            return Some(Refusal::Maintenance);
+        }
+        if let Some(l) = &self.limiter {
+            if let Err(wait) = l.take(client, Instant::now()) {
+                return Some(Refusal::TooMany(wait));
+            }
+        }
+        if let Some(want) = &self.basic_auth {
+            let token = authorization
+                .and_then(|v| {
+                    let v = v.trim_ascii();
+                    let (scheme, rest) = v.split_at(v.iter().position(|b| *b == b' ')?);
+                    scheme
+                        .eq_ignore_ascii_case(b"basic")
+                        .then(|| rest.trim_ascii())
+                })
+                .unwrap_or_default();
+            let got: [u8; 32] = Sha256::digest(token).into();
+            if !crate::sticky::constant_time_eq(&got, want) {
+                return Some(Refusal::Unauthorized);
+            }
+        }
+        None
+    }
+}
+
+fn unhex(s: &str) -> Option<[u8; 32]> {
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in b.chunks(2).enumerate() {
+        let d = |c: u8| (c as char).to_digit(16);
+        out[i] = (d(pair[0])? * 16 + d(pair[1])?) as u8;
+    }
+    Some(out)
+}
+
+/// Per-client token buckets of one route, bounded.
+#[derive(Debug)]
+struct Limiter {
+    rate: f64,
+    shards: Box<[Mutex<HashMap<IpAddr, Bucket>>]>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Limiter {
+    fn new(rate: u32) -> Limiter {
+        Limiter {
+            rate: f64::from(rate),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    fn shard(&self, ip: IpAddr) -> &Mutex<HashMap<IpAddr, Bucket>> {
+        let (bits, _) = to_bits(ip);
+        let h = (bits as u64 ^ (bits >> 64) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        &self.shards[(h >> 60) as usize % SHARDS]
+    }
+
+    /// Takes a token for `ip`; `Err(seconds to wait)` when none is left.
+    fn take(&self, ip: IpAddr, now: Instant) -> Result<(), u64> {
+        let burst = self.rate;
+        let mut map = self.shard(ip).lock().unwrap_or_else(|p| p.into_inner());
+        if !map.contains_key(&ip) && map.len() >= MAX_CLIENTS / SHARDS {
+            let rate = self.rate;
+            // a bucket full again is as good as none
+            map.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst);
+            if map.len() >= MAX_CLIENTS / SHARDS {
+                if let Some(oldest) = map.iter().min_by_key(|(_, b)| b.at).map(|(k, _)| *k) {
+                    map.remove(&oldest);
+                }
+            }
+        }
+        let b = map.entry(ip).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+        });
+        let refill = now.duration_since(b.at).as_secs_f64() * self.rate;
+        b.tokens = (b.tokens + refill).min(burst);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - b.tokens) / self.rate).ceil().max(1.0) as u64)
+        }
+    }
+
+    #[cfg(test)]
+    fn clients(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn cidrs_parse_and_match() {
+        let c = Cidr::parse("127.0.0.2/32").unwrap();
+        assert!(c.contains(ip("127.0.0.2")));
+        assert!(!c.contains(ip("127.0.0.1")));
+        assert!(c.contains(ip("::ffff:127.0.0.2")), "mapped v4");
+        let c = Cidr::parse("10.1.2.3/8").unwrap();
+        assert!(c.contains(ip("10.200.0.1")) && !c.contains(ip("11.0.0.1")));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
+        assert!(!Cidr::parse("0.0.0.0/0").unwrap().contains(ip("::2")));
+        let c = Cidr::parse("fd00::/8").unwrap();
+        assert!(c.contains(ip("fd12::1")) && !c.contains(ip("fe80::1")));
+        assert!(Cidr::parse("::1").unwrap().contains(ip("::1")));
+        assert_eq!(
+            Cidr::parse("10.0.0.0/33").unwrap_err(),
+            "the prefix length must be 0 to 32"
+        );
+        assert!(Cidr::parse("::/129").is_err());
+        assert!(Cidr::parse("10.0.0/8").is_err());
+        assert!(Cidr::parse("lots").is_err());
+    }
+
+    #[test]
+    fn basic_auth_digest_is_of_the_header_token() {
+        // "Aladdin:open sesame" is RFC 7617's example
+        assert_eq!(
+            base64(b"Aladdin:open sesame"),
+            "QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+        );
+        let p = Compiled::new(&Policy {
+            basic_auth: Some(basic_auth_digest("Aladdin", "open sesame")),
+            ..Policy::default()
+        })
+        .unwrap();
+        let me = ip("127.0.0.1");
+        assert_eq!(
+            p.judge(me, Some(b"Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==")),
+            None
+        );
+        assert_eq!(
+            p.judge(me, Some(b"basic  QWxhZGRpbjpvcGVuIHNlc2FtZQ==")),
+            None
+        );
+        for bad in [&b"Basic QWxhZGRpbjpvcGVuIHNlc2FtZR=="[..], b"Bearer x", b""] {
+            assert_eq!(p.judge(me, Some(bad)), Some(Refusal::Unauthorized));
+        }
+        assert_eq!(p.judge(me, None), Some(Refusal::Unauthorized));
+    }
+
+    #[test]
+    fn one_client_over_its_rate_does_not_touch_another() {
+        let l = Limiter::new(20);
+        let t0 = Instant::now();
+        let (a, b) = (ip("127.0.0.1"), ip("127.0.0.2"));
+        let passed = (0..100).filter(|_| l.take(a, t0).is_ok()).count();
+        assert_eq!(passed, 20, "a burst of one second");
+        assert_eq!(l.take(a, t0), Err(1));
+        assert!(l.take(b, t0).is_ok(), "another address has its own bucket");
+        // refills at the rate
+        let later = t0 + Duration::from_millis(500);
+        let passed = (0..100).filter(|_| l.take(a, later).is_ok()).count();
+        assert_eq!(passed, 10);
+    }
+
+    #[test]
+    fn buckets_are_bounded() {
+        let l = Limiter::new(5);
+        let t0 = Instant::now();
+        for i in 0..(MAX_CLIENTS as u32 * 3) {
+            let a = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            let _ = l.take(a, t0);
+        }
+        assert!(l.clients() <= MAX_CLIENTS, "{}", l.clients());
+    }
+
+    #[test]
+    fn checks_refuse_bad_values() {
+        let bad = |p: Policy| check(&p).unwrap_err();
+        assert!(bad(Policy {
+            allow: vec!["10.0.0.0/33".into()],
+            ..Policy::default()
+        })
+        .contains("0 to 32"));
+        assert!(bad(Policy {
+            rate_limit: Some(0),
+            ..Policy::default()
+        })
+        .contains("at least 1"));
+        assert!(check(&Policy::default()).is_ok());
+        assert!(Compiled::new(&Policy::default()).is_none());
+    }
+}
