@@ -17,6 +17,7 @@
 
 pub mod access;
 pub mod api;
+pub mod backups;
 pub mod cluster;
 pub mod config;
 pub mod console;

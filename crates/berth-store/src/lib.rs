@@ -41,6 +41,7 @@ use berth_core::model::{
     ManifestEntry, Project, StepName, Variable,
 };
 use berth_core::ops::Run;
+use berth_core::volumes::Backup;
 use chrono::{DateTime, Utc};
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +157,14 @@ impl StoreUrl {
 /// from the slot and `version` kept in its own column.
 pub(crate) fn run_json(r: &Run) -> Result<String> {
     serde_json::to_string(r).map_err(|e| StoreError::Backend(e.to_string()))
+}
+
+pub(crate) fn backup_json(b: &Backup) -> Result<String> {
+    serde_json::to_string(b).map_err(|e| StoreError::Backend(e.to_string()))
+}
+
+pub(crate) fn backup_from_json(data: &str) -> Result<Backup> {
+    serde_json::from_str(data).map_err(|e| StoreError::Backend(format!("bad backup record: {e}")))
 }
 
 pub(crate) fn run_from_json(data: &str) -> Result<Run> {
@@ -561,4 +570,22 @@ pub trait Store: Send + Sync + 'static {
         -> Result<Option<SessionRecord>>;
     /// Signs a session out (nothing when it is unknown).
     async fn remove_session(&self, id_hash: &str) -> Result<()>;
+
+    // --- volume backups ---
+    /// Records a backup (its project must exist; [`StoreError::Conflict`]
+    /// when the id is taken).
+    async fn insert_backup(&self, b: &Backup) -> Result<()>;
+    /// Replaces a recorded backup ([`StoreError::NotFound`] when absent).
+    async fn save_backup(&self, b: &Backup) -> Result<()>;
+    async fn get_backup(&self, id: &str) -> Result<Backup>;
+    /// The backups of `project` (of one environment, of one volume),
+    /// newest first.
+    async fn list_backups(
+        &self,
+        project: &str,
+        environment: Option<&str>,
+        volume: Option<&str>,
+    ) -> Result<Vec<Backup>>;
+    /// Forgets a backup (nothing when it is unknown).
+    async fn delete_backup(&self, id: &str) -> Result<()>;
 }

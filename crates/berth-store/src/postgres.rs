@@ -25,6 +25,7 @@ use berth_core::model::{
 };
 use berth_core::names;
 use berth_core::ops::Run;
+use berth_core::volumes::Backup;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::str::FromStr;
@@ -38,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0002_cluster.sql"),
     include_str!("../migrations/postgres/0003_runs.sql"),
     include_str!("../migrations/postgres/0004_access.sql"),
+    include_str!("../migrations/postgres/0005_backups.sql"),
 ];
 
 /// The advisory lock key migrations run under ("berth" in ASCII).
@@ -1641,6 +1643,91 @@ impl Store for PgStore {
             &[&id_hash],
         )
         .await?;
+        Ok(())
+    }
+
+    // --- volume backups ---
+    async fn insert_backup(&self, b: &Backup) -> Result<()> {
+        let data = crate::backup_json(b)?;
+        let c = self.client().await?;
+        get_project(&c, &b.project_name).await?;
+        c.execute(
+            "INSERT INTO backups (id, project, environment, volume, status, created_at, data) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &b.id,
+                &b.project_name,
+                &b.environment_name,
+                &b.volume,
+                &b.status.as_str(),
+                &b.created_at,
+                &data,
+            ],
+        )
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict {
+                    what: "backup",
+                    name: b.id.clone(),
+                }
+            } else {
+                pg_err(e)
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn save_backup(&self, b: &Backup) -> Result<()> {
+        let data = crate::backup_json(b)?;
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                "UPDATE backups SET status = $2, data = $3 WHERE id = $1",
+                &[&b.id, &b.status.as_str(), &data],
+            )
+            .await?;
+        if n == 0 {
+            return Err(StoreError::not_found("backup", &b.id));
+        }
+        Ok(())
+    }
+
+    async fn get_backup(&self, id: &str) -> Result<Backup> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt("SELECT data FROM backups WHERE id = $1", &[&id])
+            .await?
+            .ok_or_else(|| StoreError::not_found("backup", id))?;
+        crate::backup_from_json(&row.get::<_, String>(0))
+    }
+
+    async fn list_backups(
+        &self,
+        project: &str,
+        environment: Option<&str>,
+        volume: Option<&str>,
+    ) -> Result<Vec<Backup>> {
+        let mut sql = String::from("SELECT data FROM backups WHERE project = $1");
+        let mut params: Params = vec![Box::new(project.to_string())];
+        for (col, v) in [("environment", environment), ("volume", volume)] {
+            if let Some(v) = v {
+                params.push(Box::new(v.to_string()));
+                sql.push_str(&format!(" AND {col} = ${}", params.len()));
+            }
+        }
+        sql.push_str(" ORDER BY created_at DESC, id DESC");
+        let c = self.client().await?;
+        let rows = c.query(&sql, &refs(&params)).await?;
+        rows.iter()
+            .map(|r| crate::backup_from_json(&r.get::<_, String>(0)))
+            .collect()
+    }
+
+    async fn delete_backup(&self, id: &str) -> Result<()> {
+        let c = self.client().await?;
+        c.execute("DELETE FROM backups WHERE id = $1", &[&id])
+            .await?;
         Ok(())
     }
 }

@@ -20,6 +20,7 @@ use berth_core::model::{
 };
 use berth_core::names;
 use berth_core::ops::Run;
+use berth_core::volumes::Backup;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
@@ -36,6 +37,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0007_versions.sql"),
     include_str!("../migrations/0008_runs.sql"),
     include_str!("../migrations/0009_access.sql"),
+    include_str!("../migrations/0010_backups.sql"),
 ];
 
 /// File name of the database inside the data dir.
@@ -1576,6 +1578,103 @@ impl Store for SqliteStore {
                 "DELETE FROM console_sessions WHERE id_hash = ?1",
                 [&id_hash],
             )?;
+            Ok(())
+        })
+        .await
+    }
+
+    // --- volume backups ---
+    async fn insert_backup(&self, b: &Backup) -> Result<()> {
+        let b = b.clone();
+        self.call(move |c| {
+            get_project(c, &b.project_name)?;
+            c.execute(
+                "INSERT INTO backups (id, project, environment, volume, status, created_at, data) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    b.id,
+                    b.project_name,
+                    b.environment_name,
+                    b.volume,
+                    b.status.as_str(),
+                    ts(&b.created_at),
+                    crate::backup_json(&b)?
+                ],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    StoreError::Conflict {
+                        what: "backup",
+                        name: b.id.clone(),
+                    }
+                }
+                e => e.into(),
+            })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn save_backup(&self, b: &Backup) -> Result<()> {
+        let b = b.clone();
+        self.call(move |c| {
+            let n = c.execute(
+                "UPDATE backups SET status = ?2, data = ?3 WHERE id = ?1",
+                params![b.id, b.status.as_str(), crate::backup_json(&b)?],
+            )?;
+            if n == 0 {
+                return Err(StoreError::not_found("backup", &b.id));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_backup(&self, id: &str) -> Result<Backup> {
+        let id = id.to_string();
+        self.call(move |c| {
+            let data: Option<String> = c
+                .query_row("SELECT data FROM backups WHERE id = ?1", [&id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            crate::backup_from_json(&data.ok_or_else(|| StoreError::not_found("backup", &id))?)
+        })
+        .await
+    }
+
+    async fn list_backups(
+        &self,
+        project: &str,
+        environment: Option<&str>,
+        volume: Option<&str>,
+    ) -> Result<Vec<Backup>> {
+        let mut args = vec![project.to_string()];
+        let mut sql = String::from("SELECT data FROM backups WHERE project = ?1");
+        for (col, v) in [("environment", environment), ("volume", volume)] {
+            if let Some(v) = v {
+                args.push(v.to_string());
+                sql.push_str(&format!(" AND {col} = ?{}", args.len()));
+            }
+        }
+        sql.push_str(" ORDER BY created_at DESC, id DESC");
+        self.call(move |c| {
+            let mut st = c.prepare(&sql)?;
+            let rows = st.query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                r.get::<_, String>(0)
+            })?;
+            rows.map(|d| crate::backup_from_json(&d?))
+                .collect::<Result<Vec<_>>>()
+        })
+        .await
+    }
+
+    async fn delete_backup(&self, id: &str) -> Result<()> {
+        let id = id.to_string();
+        self.call(move |c| {
+            c.execute("DELETE FROM backups WHERE id = ?1", [&id])?;
             Ok(())
         })
         .await

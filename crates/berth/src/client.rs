@@ -516,6 +516,63 @@ impl ApiClient {
         .await
     }
 
+    // ---- volumes ----
+
+    pub async fn list_volumes(
+        &self,
+        project: &str,
+        environment: Option<String>,
+    ) -> R<Vec<berth_core::volumes::VolumeInfo>> {
+        self.get(
+            &["projects", project, "volumes"],
+            &[("environment", environment)],
+        )
+        .await
+    }
+
+    pub async fn backup_volume(
+        &self,
+        project: &str,
+        environment: Option<String>,
+        volume: &str,
+    ) -> R<berth_core::volumes::Backup> {
+        let url = self.url(
+            &["projects", project, "volumes", volume, "backups"],
+            &[("environment", environment)],
+        );
+        self.call(self.request(Method::POST, url)).await
+    }
+
+    pub async fn volume_backups(
+        &self,
+        project: &str,
+        environment: Option<String>,
+        volume: &str,
+    ) -> R<Vec<berth_core::volumes::Backup>> {
+        self.get(
+            &["projects", project, "volumes", volume, "backups"],
+            &[("environment", environment)],
+        )
+        .await
+    }
+
+    pub async fn restore_volume(
+        &self,
+        project: &str,
+        environment: Option<String>,
+        volume: &str,
+        backup_id: &str,
+    ) -> R<serde_json::Value> {
+        let url = self.url(
+            &["projects", project, "volumes", volume, "restore"],
+            &[("environment", environment)],
+        );
+        let body = berth_core::volumes::RestoreRequest {
+            backup_id: backup_id.to_owned(),
+        };
+        self.call(self.request(Method::POST, url).json(&body)).await
+    }
+
     pub async fn list_domains(&self, project: &str) -> R<serde_json::Value> {
         self.get(&["projects", project, "domains"], &[]).await
     }

@@ -93,6 +93,9 @@ enum Command {
     /// Custom domains of a project.
     #[command(subcommand)]
     Domains(cmd::domains::DomainsCmd),
+    /// Persistent volumes and their backups.
+    #[command(subcommand)]
+    Volumes(cmd::volumes::VolumesCmd),
     /// The swarm's nodes (`berth server --runtime swarm`).
     #[command(subcommand)]
     Nodes(cmd::nodes::NodesCmd),
@@ -168,6 +171,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Routes(c) => cmd::routes::run(&ctx, c).await,
         Command::Domains(c) => cmd::domains::run(&ctx, c).await,
         Command::Nodes(c) => cmd::nodes::run(&ctx, c).await,
+        Command::Volumes(c) => cmd::volumes::run(&ctx, c).await,
         Command::Cluster(c) => cmd::cluster::run(&ctx, c).await,
         Command::Tokens(c) => cmd::tokens::run(&ctx, c).await,
         Command::Audit(a) => cmd::tokens::audit(&ctx, a).await,

@@ -17,6 +17,7 @@ mod projects;
 mod routes;
 mod runs;
 mod tokens;
+mod volumes;
 
 use crate::access::guard;
 use crate::deployer::Deployer;
@@ -206,6 +207,15 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/projects/{name}/jobs/{job}/runs",
             get(jobs::runs).post(jobs::run_now),
+        )
+        .route("/projects/{name}/volumes", get(volumes::list))
+        .route(
+            "/projects/{name}/volumes/{volume}/backups",
+            get(volumes::backups).post(volumes::backup),
+        )
+        .route(
+            "/projects/{name}/volumes/{volume}/restore",
+            post(volumes::restore),
         )
         .route("/nodes", get(nodes::list))
         .route("/nodes/{id}/drain", post(nodes::drain))

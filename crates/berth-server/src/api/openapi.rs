@@ -67,6 +67,15 @@ pub fn spec() -> Value {
     paths.insert("/tokens".into(), json!({"get": op("list API tokens: name, role, project, expiresAt, lastUsedAt (never the token; admin)", "200"), "post": op("create an API token (role admin, deployer or viewer; optionally one project and an expiry); the token is in this answer only", "201")}));
     paths.insert("/tokens/{name}".into(), json!({"delete": op("revoke an API token (effective at its next request, open log streams included)", "200")}));
     paths.insert("/audit".into(), json!({"get": op("the audit log, newest first: at, token, action, target, sourceIp (admin; project= narrows it)", "200")}));
+    // Volumes (apart, for the same reason).
+    let volumes = json!({
+        "/projects/{name}/volumes": {"get": op("the project's volumes (query environment), with the services that mount each", "200")},
+        "/projects/{name}/volumes/{volume}/backups": {"get": op("a volume's backups (query environment), newest first: id, status, sizeBytes, checksum, createdAt", "200"), "post": op("back a volume up (query environment): a gzip tar archive with its sha256, read back before it is reported succeeded (else failed with the reason)", "200")},
+        "/projects/{name}/volumes/{volume}/restore": {"post": op("restore a backup (body backupId, query environment): checksum verified first, the instances stopped, the current content kept as a backup, the archive written, the instances started again", "200")},
+    });
+    if let Some(more) = volumes.as_object() {
+        paths.extend(more.clone());
+    }
     declare_path_parameters(&mut doc);
     doc
 }

@@ -1101,3 +1101,122 @@ pub async fn console_sessions_survive_until_they_expire(h: &Harness) {
     assert_eq!(s.get_session(&live.id_hash, now).await.unwrap(), None);
     s.remove_session("unknown").await.unwrap();
 }
+
+// --- volume backups ---
+
+fn backup(
+    id: &str,
+    env: &str,
+    volume: &str,
+    at: chrono::DateTime<Utc>,
+) -> berth_core::volumes::Backup {
+    berth_core::volumes::Backup {
+        id: id.into(),
+        project_name: "shop".into(),
+        environment_name: env.into(),
+        volume: volume.into(),
+        status: berth_core::volumes::BackupStatus::Running,
+        trigger: berth_core::volumes::BackupTrigger::Manual,
+        size_bytes: None,
+        checksum: None,
+        location: None,
+        requested_by: "admin".into(),
+        error: None,
+        created_at: at,
+        completed_at: None,
+    }
+}
+
+pub async fn backups_are_kept_per_volume_newest_first(h: &Harness) {
+    use berth_core::volumes::BackupStatus;
+    let s = &*h.store;
+    let t0 = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    // An unknown project is refused and writes nothing.
+    assert!(matches!(
+        s.insert_backup(&backup("b0", "production", "uploads", t0))
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+    s.create_project(new_project("shop")).await.unwrap();
+    let mut first = backup("b1", "production", "uploads", t0);
+    s.insert_backup(&first).await.unwrap();
+    s.insert_backup(&backup(
+        "b2",
+        "production",
+        "uploads",
+        t0 + Duration::seconds(1),
+    ))
+    .await
+    .unwrap();
+    s.insert_backup(&backup(
+        "b3",
+        "production",
+        "cache",
+        t0 + Duration::seconds(2),
+    ))
+    .await
+    .unwrap();
+    s.insert_backup(&backup("b4", "pr-1", "uploads", t0 + Duration::seconds(3)))
+        .await
+        .unwrap();
+    match s
+        .insert_backup(&backup("b1", "production", "uploads", t0))
+        .await
+    {
+        Err(StoreError::Conflict { what, .. }) => assert_eq!(what, "backup"),
+        other => panic!("a taken id was not refused: {other:?}"),
+    }
+
+    first.status = BackupStatus::Succeeded;
+    first.size_bytes = Some(1234);
+    first.checksum = Some(format!("sha256:{}", "ab".repeat(32)));
+    first.location = Some("/data/backups/shop/production/uploads/b1.tar.gz".into());
+    first.completed_at = Some(t0 + Duration::seconds(5));
+    s.save_backup(&first).await.unwrap();
+    assert_eq!(s.get_backup("b1").await.unwrap(), first);
+    assert!(matches!(
+        s.save_backup(&backup("b9", "production", "uploads", t0))
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.get_backup("b9").await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    let ids =
+        |bs: Vec<berth_core::volumes::Backup>| bs.into_iter().map(|b| b.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.list_backups("shop", None, None).await.unwrap()),
+        ["b4", "b3", "b2", "b1"]
+    );
+    assert_eq!(
+        ids(s
+            .list_backups("shop", Some("production"), Some("uploads"))
+            .await
+            .unwrap()),
+        ["b2", "b1"]
+    );
+    assert_eq!(
+        ids(s
+            .list_backups("shop", Some("production"), None)
+            .await
+            .unwrap()),
+        ["b3", "b2", "b1"]
+    );
+    assert!(s
+        .list_backups("other", None, None)
+        .await
+        .unwrap()
+        .is_empty());
+
+    s.delete_backup("b2").await.unwrap();
+    s.delete_backup("b2").await.unwrap();
+    assert_eq!(
+        ids(s
+            .list_backups("shop", Some("production"), Some("uploads"))
+            .await
+            .unwrap()),
+        ["b1"]
+    );
+}

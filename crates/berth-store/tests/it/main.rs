@@ -37,6 +37,7 @@ macro_rules! contract_tests {
             tokens_are_kept_by_hash_and_revoked,
             audit_log_lists_newest_first_by_project,
             console_sessions_survive_until_they_expire,
+            backups_are_kept_per_volume_newest_first,
         );
     };
     (@each $make:path; $($name:ident),* $(,)?) => {

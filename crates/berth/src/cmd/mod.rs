@@ -19,6 +19,7 @@ pub mod run;
 pub mod server;
 pub mod status;
 pub mod tokens;
+pub mod volumes;
 
 /// What every client verb needs.
 pub struct Ctx {

@@ -18,6 +18,7 @@ mod takeover;
 mod telemetry;
 mod tls;
 mod triggers;
+mod volumes;
 
 use crate::harness::*;
 use serde_json::Value;

@@ -1,0 +1,265 @@
+//! Volumes: a file the app writes survives a deploy, a rollback and a
+//! kill -9 / restart of berth; `volumes backup`, the file deleted,
+//! `volumes restore` → back (the replaced content kept as a backup); a
+//! corrupted backup is refused before anything is touched.
+
+use super::*;
+
+const WRITE_CGI: &str = "#!/bin/sh
+echo \"$QUERY_STRING\" > /data/note.txt
+echo 'Content-Type: text/plain'
+echo
+echo written
+";
+const DELETE_CGI: &str = "#!/bin/sh
+rm -f /data/note.txt
+echo 'Content-Type: text/plain'
+echo
+echo deleted
+";
+const READ_CGI: &str = "#!/bin/sh
+echo 'Content-Type: text/plain'
+echo
+cat /data/note.txt 2>/dev/null || echo missing
+";
+
+/// Removes the project's volumes (after its containers).
+struct VolumeCleanup(String);
+impl Drop for VolumeCleanup {
+    fn drop(&mut self) {
+        remove_project_containers(&self.0);
+        let out = std::process::Command::new("docker")
+            .args([
+                "volume",
+                "ls",
+                "-q",
+                "--filter",
+                &format!("label=dev.berth.project={}", self.0),
+            ])
+            .output();
+        if let Ok(o) = out {
+            for v in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                let _ = std::process::Command::new("docker")
+                    .args(["volume", "rm", v])
+                    .output();
+            }
+        }
+    }
+}
+
+fn app(body: &str) -> AppRepo {
+    let repo = AppRepo::new(body);
+    let p = repo.dir.path();
+    for (name, script) in [
+        ("write", WRITE_CGI),
+        ("delete", DELETE_CGI),
+        ("read", READ_CGI),
+    ] {
+        let f = p.join("www/cgi-bin").join(name);
+        std::fs::write(&f, script).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::write(
+        p.join("berth.toml"),
+        "[services.web]\nport = 3000\nbake = \"0\"\n[services.web.volumes]\n\"/data\" = \"uploads\"\n",
+    )
+    .unwrap();
+    repo.commit_app(body, DOCKERFILE, "with a volume");
+    repo
+}
+
+fn get(s: &Server, host: &str, path: &str) -> String {
+    match s.get_host(host, path) {
+        Ok((200, body)) => body.trim().to_string(),
+        other => panic!("GET {path}: {other:?}\n{}", s.log()),
+    }
+}
+
+/// Waits until `/cgi-bin/read` answers `want` (the route may be moving).
+fn wait_note(s: &Server, host: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Ok((200, body)) = s.get_host(host, "/cgi-bin/read") {
+            last = body.trim().to_string();
+            if last == want {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the note never read {want:?} (last {last:?})\n{}", s.log());
+}
+
+#[test]
+fn a_volume_survives_deploys_rollbacks_restarts_and_is_backed_up_and_restored() {
+    let project = unique("e2ev");
+    let _c = Cleanup(project.clone());
+    let _v = VolumeCleanup(project.clone());
+    let mut s = Server::start();
+    let repo = app("vol v1");
+    s.ok(&["projects", "create", &project, "--repo", repo.path()]);
+    let (ok, d1) = deploy_wait(&s, &project);
+    assert!(ok, "deploy failed: {d1}\n{}", s.log());
+    let h = host(&project);
+    assert_eq!(get(&s, &h, "/cgi-bin/read"), "missing");
+    assert_eq!(get(&s, &h, "/cgi-bin/write?first"), "written");
+    assert_eq!(get(&s, &h, "/cgi-bin/read"), "first");
+
+    // A deploy: the new instance sees it.
+    repo.commit_app("vol v2", DOCKERFILE, "v2");
+    let (ok, d2) = deploy_wait(&s, &project);
+    assert!(ok, "deploy failed: {d2}\n{}", s.log());
+    wait_body(&s, &h, "vol v2");
+    assert_eq!(get(&s, &h, "/cgi-bin/read"), "first");
+
+    // A rollback (no bake window: a new instance of v1's image).
+    let o = s.cli(&[
+        "rollback",
+        "--project",
+        &project,
+        "--service",
+        "web",
+        "--wait",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    wait_body(&s, &h, "vol v1");
+    assert_eq!(get(&s, &h, "/cgi-bin/read"), "first");
+
+    // kill -9 and a new berth on the same data dir.
+    s.kill9();
+    s.spawn();
+    wait_note(&s, &h, "first");
+
+    // One volume, this environment's, mounted by web at /data.
+    let volumes = s.json(&["volumes", "list", "--project", &project, "--json"]);
+    let volumes = volumes.as_array().unwrap();
+    assert_eq!(volumes.len(), 1, "{volumes:?}");
+    assert_eq!(volumes[0]["name"], "uploads");
+    assert_eq!(volumes[0]["environmentName"], "production");
+    assert_eq!(volumes[0]["mounts"][0]["serviceName"], "web");
+    assert_eq!(volumes[0]["mounts"][0]["path"], "/data");
+    let engine = volumes[0]["engineName"].as_str().unwrap().to_string();
+    assert!(
+        engine.starts_with(&format!("berth.{project}.production.uploads.")),
+        "{engine}"
+    );
+    let labels = docker(&["volume", "inspect", "-f", "{{json .Labels}}", &engine]);
+    assert!(
+        labels.contains("\"dev.berth.volume\":\"uploads\""),
+        "{labels}"
+    );
+
+    // Backup: a verified archive with its checksum.
+    let b = s.json(&[
+        "volumes",
+        "backup",
+        "--project",
+        &project,
+        "uploads",
+        "--json",
+    ]);
+    assert_eq!(b["status"], "succeeded", "{b}");
+    let sum = b["checksum"].as_str().unwrap().to_string();
+    assert!(sum.starts_with("sha256:") && sum.len() == 7 + 64, "{sum}");
+    let file = std::path::PathBuf::from(b["location"].as_str().unwrap());
+    assert!(file.starts_with(s.data_dir().join("backups")), "{file:?}");
+    let bytes = std::fs::read(&file).unwrap();
+    assert_eq!(bytes.len() as u64, b["sizeBytes"].as_u64().unwrap());
+    assert_eq!(&bytes[..2], &[0x1f, 0x8b], "gzip");
+    let backup_id = b["id"].as_str().unwrap().to_string();
+
+    // The file deleted, then the backup restored: it is back.
+    assert_eq!(get(&s, &h, "/cgi-bin/delete"), "deleted");
+    assert_eq!(get(&s, &h, "/cgi-bin/read"), "missing");
+    let r = s.json(&[
+        "volumes",
+        "restore",
+        "--project",
+        &project,
+        "uploads",
+        &backup_id,
+        "--json",
+    ]);
+    assert_eq!(r["restored"]["id"], backup_id.as_str(), "{r}");
+    assert_eq!(r["previous"]["status"], "succeeded", "{r}");
+    assert_eq!(r["previous"]["trigger"], "pre_restore", "{r}");
+    assert_eq!(r["restarted"].as_array().unwrap().len(), 1, "{r}");
+    wait_note(&s, &h, "first");
+    let listed = s.json(&[
+        "volumes",
+        "backups",
+        "--project",
+        &project,
+        "uploads",
+        "--json",
+    ]);
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed[0]["id"], r["previous"]["id"], "newest first");
+    assert_eq!(listed[1]["id"], backup_id.as_str());
+
+    // The replaced content (no note) was kept: restoring it removes the note.
+    let prev = r["previous"]["id"].as_str().unwrap().to_string();
+    s.ok(&[
+        "volumes",
+        "restore",
+        "--project",
+        &project,
+        "uploads",
+        &prev,
+    ]);
+    wait_note(&s, &h, "missing");
+
+    // A corrupted archive: refused with the reason, nothing touched, the
+    // backup reported failed.
+    assert_eq!(get(&s, &h, "/cgi-bin/write?kept"), "written");
+    let mut bad = bytes.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x55;
+    std::fs::write(&file, &bad).unwrap();
+    let o = s.cli(&[
+        "volumes",
+        "restore",
+        "--project",
+        &project,
+        "uploads",
+        &backup_id,
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a corrupted backup was restored");
+    assert!(
+        err.contains("cannot be restored") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(get(&s, &h, "/cgi-bin/read"), "kept");
+    let listed = s.json(&[
+        "volumes",
+        "backups",
+        "--project",
+        &project,
+        "uploads",
+        "--json",
+    ]);
+    let failed = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == backup_id.as_str())
+        .unwrap();
+    assert_eq!(failed["status"], "failed", "{failed}");
+
+    // Bad input: one line each.
+    let o = s.cli(&["volumes", "backup", "--project", &project, "nope"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("volume nope not found"),
+        "{err}"
+    );
+    let o = s.cli(&["volumes", "backup", "--project", &project, "Bad_Name"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("volume name"), "{err}");
+}
