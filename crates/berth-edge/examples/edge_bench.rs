@@ -5,11 +5,14 @@
 //!
 //! `--upstream A,B,C` makes one target per address, all replicas of one
 //! deployment (see bench/replicas.sh); `--balance rr|least` chooses among
-//! them (round robin, the default, or least in-flight).
+//! them (round robin, the default, or least in-flight). `--rate-limit N`
+//! gives the route a per-client rate limit (bench/policy.sh).
 
 use std::time::Duration;
 
-use berth_edge::{Balance, Edge, EdgeConfig, OtlpConfig, RouteChange, RouteSpec, TargetSpec};
+use berth_edge::{
+    Balance, Edge, EdgeConfig, OtlpConfig, Policy, RouteChange, RouteSpec, TargetSpec,
+};
 
 fn main() {
     let mut listen = "127.0.0.1:18080".to_string();
@@ -19,6 +22,7 @@ fn main() {
     let mut otlp_endpoint = None;
     let mut trace_sample = 0.01f64;
     let mut balance = Balance::RoundRobin;
+    let mut policy = Policy::default();
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().unwrap_or_default();
@@ -29,6 +33,7 @@ fn main() {
             "--threads" => threads = value.parse().unwrap_or(2),
             "--otlp-endpoint" => otlp_endpoint = Some(value),
             "--trace-sample" => trace_sample = value.parse().unwrap_or(0.01),
+            "--rate-limit" => policy.rate_limit = value.parse().ok(),
             "--balance" => {
                 balance = match value.as_str() {
                     "rr" => Balance::RoundRobin,
@@ -65,7 +70,7 @@ fn main() {
     if let Err(e) = edge.apply(vec![RouteChange::Upsert {
         host,
         route: RouteSpec {
-            policy: Default::default(),
+            policy,
             targets: upstream
                 .split(',')
                 .enumerate()

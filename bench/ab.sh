@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Two edge_bench binaries (e.g. before and after a change) in front of the
+# same nginx upstream, measured alternately in one run with wrk, so a hot
+# path change is judged under the same conditions. Installs nothing.
+#
+#   A=/tmp/edge_bench_before B=target/release/examples/edge_bench RUNS=3 DURATION=8s bench/ab.sh
+set -euo pipefail
+
+A="${A:?path of the first edge_bench}"
+B="${B:?path of the second edge_bench}"
+DURATION="${DURATION:-8s}"
+CONNECTIONS="${CONNECTIONS:-64}"
+PROXY_THREADS="${PROXY_THREADS:-2}"
+RUNS="${RUNS:-3}"
+BASE_PORT="${BASE_PORT:-18300}"
+UP=$BASE_PORT PA=$((BASE_PORT + 1)) PB=$((BASE_PORT + 2))
+HOST_HEADER=bench.localhost
+WORK="$(mktemp -d /tmp/berth-ab-bench.XXXXXX)"
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+wait_port() {
+    local i
+    for i in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "nothing listens on 127.0.0.1:$1" >&2
+    return 1
+}
+mkdir -p "$WORK/up"
+cat >"$WORK/up/nginx.conf" <<EOF
+daemon off;
+pid $WORK/up/nginx.pid;
+error_log $WORK/up/error.log warn;
+user root;
+worker_processes 1;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/up/cb; proxy_temp_path $WORK/up/p;
+    fastcgi_temp_path $WORK/up/f; uwsgi_temp_path $WORK/up/u; scgi_temp_path $WORK/up/s;
+    keepalive_requests 1000000;
+    server { listen 127.0.0.1:$UP; location / { default_type text/plain; return 200 "hello from the upstream\n"; } }
+}
+EOF
+nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" 2>>"$WORK/up.log" &
+PIDS+=($!)
+wait_port "$UP"
+"$A" --listen "127.0.0.1:$PA" --host "$HOST_HEADER" --upstream "127.0.0.1:$UP" --threads "$PROXY_THREADS" 2>"$WORK/a.log" &
+PIDS+=($!)
+"$B" --listen "127.0.0.1:$PB" --host "$HOST_HEADER" --upstream "127.0.0.1:$UP" --threads "$PROXY_THREADS" 2>"$WORK/b.log" &
+PIDS+=($!)
+wait_port "$PA"; wait_port "$PB"
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        if (v ~ /us$/) { sub(/us$/, "", v); printf "%.2f", v / 1000 }
+        else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.2f", v }
+        else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.2f", v * 1000 }
+        else printf "%s", v }'
+}
+echo "$(date -u +%FT%TZ): A=$A B=$B DURATION=$DURATION CONNECTIONS=$CONNECTIONS RUNS=$RUNS bench/ab.sh"
+printf '%-4s %-3s %12s %10s %10s  %s\n' run bin "req/s" "p50 ms" "p99 ms" "load (1/5/15)"
+for p in $PA $PB; do wrk -t1 -c4 -d1s -H "Host: $HOST_HEADER" "http://127.0.0.1:$p/" >/dev/null; done
+for run in $(seq 1 "$RUNS"); do
+    order=("A:$PA" "B:$PB")
+    ((run % 2 == 0)) && order=("B:$PB" "A:$PA")
+    for s in "${order[@]}"; do
+        out="$(wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency -H "Host: $HOST_HEADER" "http://127.0.0.1:${s#*:}/")"
+        printf '%-4s %-3s %12s %10s %10s  %s\n' "$run" "${s%%:*}" \
+            "$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")" \
+            "$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")" \
+            "$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")" \
+            "$(cut -d' ' -f1-3 /proc/loadavg)"
+    done
+done
