@@ -323,7 +323,7 @@ pub struct Resume {
 
 impl Resume {
     /// Stops answering this order's challenges.
-    fn forget(self, edge: &Edge) {
+    pub fn forget(self, edge: &Edge) {
         for t in &self.tokens {
             edge.remove_acme_challenge(t);
         }

@@ -238,7 +238,22 @@ impl CertManager {
                 .remove(&h);
         }
 
-        let Some(acme) = self.acme.as_ref().filter(|_| self.leadership.is_leader()) else {
+        // An order left for a host no longer wanted (or by a server that
+        // lost the lead) is dropped, and its challenges forgotten.
+        let leader = self.leadership.is_leader();
+        let dropped: Vec<acme::Resume> = {
+            let mut resume = self.resume.lock().unwrap_or_else(|p| p.into_inner());
+            let gone: Vec<String> = resume
+                .keys()
+                .filter(|h| !leader || !wanted.contains(*h))
+                .cloned()
+                .collect();
+            gone.iter().filter_map(|h| resume.remove(h)).collect()
+        };
+        for r in dropped {
+            r.forget(&self.edge);
+        }
+        let Some(acme) = self.acme.as_ref().filter(|_| leader) else {
             return Ok(());
         };
         for host in &wanted {
