@@ -41,6 +41,7 @@ need_file /usr/sbin/sshd openssh-server
 need_cmd ssh-keygen openssh-client
 need_cmd pebble pebble
 need_cmd pebble-challtestsrv pebble
+need_cmd openssl openssl
 need_file /usr/bin/docker-registry docker-registry
 need_cmd mmdebstrap mmdebstrap
 # microVM runtime tests: QEMU, a guest kernel, mkfs.ext4 -d (e2fsprogs).

@@ -20,6 +20,7 @@
 
 pub mod acme;
 pub mod local_ca;
+pub mod ocsp;
 pub mod renew;
 
 use crate::ServerConfig;
@@ -124,6 +125,7 @@ pub fn start(
         base_domain: cfg.base_domain().to_string(),
         account: tokio::sync::Mutex::new(None),
         resume: Mutex::new(HashMap::new()),
+        staples: Mutex::new(HashMap::new()),
         loaded: Mutex::new(HashMap::new()),
         unwanted_since: Mutex::new(HashMap::new()),
         local_renew_at: Mutex::new(Utc::now() + chrono::Duration::days(LOCAL_LEAF_DAYS * 2 / 3)),
@@ -154,11 +156,23 @@ pub struct CertManager {
     resume: Mutex<HashMap<String, acme::Resume>>,
     /// Host → notAfter of the certificate handed to the edge.
     loaded: Mutex<HashMap<String, DateTime<Utc>>>,
+    /// Host → the OCSP status stapled to its served certificate.
+    staples: Mutex<HashMap<String, StapleState>>,
     /// Stored certificates no host wants, since when.
     unwanted_since: Mutex<HashMap<String, DateTime<Utc>>>,
     /// When the local CA's leaves are dropped (re-signed at the next
     /// handshake), a third of their validity before they end.
     local_renew_at: Mutex<DateTime<Utc>>,
+}
+
+/// The OCSP status of one served certificate.
+#[derive(Clone)]
+struct StapleState {
+    /// notAfter of the certificate it is about.
+    cert_end: DateTime<Utc>,
+    staple: Option<ocsp::Staple>,
+    /// When to ask the responder again.
+    next_try: DateTime<Utc>,
 }
 
 impl CertManager {
@@ -238,6 +252,8 @@ impl CertManager {
                 .remove(&h);
         }
 
+        self.refresh_staples(&records).await;
+
         // An order left for a host no longer wanted (or by a server that
         // lost the lead) is dropped, and its challenges forgotten.
         let leader = self.leadership.is_leader();
@@ -268,6 +284,87 @@ impl CertManager {
             }
         }
         Ok(())
+    }
+
+    /// Staples an OCSP status to each served certificate whose issuer
+    /// names a responder: fetched when the certificate is new and again
+    /// halfway to the status's `nextUpdate`; a responder that fails is
+    /// asked again in 10 minutes, the last good status stapled until it
+    /// expires. Every server does it for its own edge; a handshake never
+    /// waits for it.
+    async fn refresh_staples(&self, records: &HashMap<String, CertRecord>) {
+        let loaded = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        self.staples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|h, s| loaded.get(h) == Some(&s.cert_end));
+        for (host, end) in loaded {
+            let Some(rec) = records.get(&host).filter(|r| r.not_after == Some(end)) else {
+                continue;
+            };
+            let (Some(chain), Some(key)) = (&rec.chain_pem, &rec.key_pem) else {
+                continue;
+            };
+            let now = Utc::now();
+            let prev = self
+                .staples
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&host)
+                .cloned();
+            if prev.as_ref().is_some_and(|s| now < s.next_try) {
+                continue;
+            }
+            let mut st = prev.unwrap_or(StapleState {
+                cert_end: end,
+                staple: None,
+                next_try: now,
+            });
+            let had = st.staple.as_ref().map(|s| s.der.clone());
+            match ocsp::fetch(chain).await {
+                Ok(staple) => {
+                    st.next_try = staple.refresh_at().max(now + chrono::Duration::minutes(1));
+                    tracing::debug!(%host, next_update = ?staple.next_update, "OCSP status fetched");
+                    st.staple = Some(staple);
+                }
+                Err(ocsp::OcspError::NoResponder | ocsp::OcspError::NoIssuer) => {
+                    // Nothing to staple for this certificate.
+                    st.next_try = end;
+                    st.staple = None;
+                }
+                Err(e) => {
+                    tracing::warn!(%host, error = %e, "OCSP status not refreshed");
+                    st.staple = st.staple.filter(|s| s.fresh(now));
+                    let retry = now + chrono::Duration::minutes(10);
+                    st.next_try = st
+                        .staple
+                        .as_ref()
+                        .and_then(|s| s.next_update)
+                        .map_or(retry, |n| n.min(retry));
+                }
+            }
+            let now_der = st.staple.as_ref().map(|s| s.der.clone());
+            if now_der != had {
+                match berth_edge::certified_key(chain, key) {
+                    Ok(ck) => self.certs.set(
+                        &host,
+                        Arc::new(rustls::sign::CertifiedKey {
+                            ocsp: now_der,
+                            ..(*ck).clone()
+                        }),
+                    ),
+                    Err(e) => tracing::warn!(%host, error = %e, "stored certificate unusable"),
+                }
+            }
+            self.staples
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(host, st);
+        }
     }
 
     /// Hands a stored certificate to the edge if it is valid and new.
