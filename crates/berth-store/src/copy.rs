@@ -7,8 +7,11 @@
 //! key), environments, variables and secrets, deployments (history, the
 //! active deployment of each slot) and their log lines in cursor order,
 //! domains (with their verification), certificates, ACME accounts, external
-//! routes, build manifests and the webhook deliveries seen. Log cursors
-//! (`seq`) are numbered again by the target, in the same order.
+//! routes, build manifests, the webhook deliveries seen, API tokens (their
+//! hashes: the same tokens keep working) and the audit log. Log cursors
+//! (`seq`) are numbered again by the target, in the same order; the audit
+//! log is copied only into a target without one. Console
+//! sessions are not copied (people sign in again).
 
 use crate::{Activate, NewLogLine, NewProject, Result, Slot, Store, StoreError, VarFlags};
 use berth_core::model::PRODUCTION;
@@ -27,6 +30,8 @@ pub struct CopyReport {
     pub routes: usize,
     pub manifests: usize,
     pub deliveries: usize,
+    pub tokens: usize,
+    pub audit_entries: usize,
     /// Projects already in the target (only with `force`), left as they were.
     pub kept: usize,
 }
@@ -35,7 +40,7 @@ impl std::fmt::Display for CopyReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} projects, {} environments, {} variables, {} deployments, {} log lines, {} domains, {} certificates, {} acme accounts, {} routes, {} manifests, {} webhook deliveries",
+            "{} projects, {} environments, {} variables, {} deployments, {} log lines, {} domains, {} certificates, {} acme accounts, {} routes, {} manifests, {} webhook deliveries, {} tokens, {} audit entries",
             self.projects,
             self.environments,
             self.variables,
@@ -46,7 +51,9 @@ impl std::fmt::Display for CopyReport {
             self.acme_accounts,
             self.routes,
             self.manifests,
-            self.deliveries
+            self.deliveries,
+            self.tokens,
+            self.audit_entries
         )?;
         if self.kept > 0 {
             write!(f, "; {} projects already in the target kept", self.kept)?;
@@ -236,6 +243,30 @@ pub async fn copy_store(from: &dyn Store, to: &dyn Store, force: bool) -> Result
     for (project, id, at) in from.list_deliveries().await? {
         if to.record_delivery(&project, &id, at).await? {
             r.deliveries += 1;
+        }
+    }
+    for t in from.token_records().await? {
+        match to.create_token(&t).await {
+            Ok(()) => r.tokens += 1,
+            Err(StoreError::Conflict { .. }) if force => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // Oldest first, so the target lists them in the same order; a target
+    // with an audit log of its own (`force`) keeps it as it is.
+    let target_has_audit = !to
+        .list_audit(&crate::AuditQuery {
+            project: None,
+            limit: Some(1),
+        })
+        .await?
+        .is_empty();
+    if !target_has_audit {
+        let mut audit = from.list_audit(&crate::AuditQuery::default()).await?;
+        audit.reverse();
+        for e in &audit {
+            to.append_audit(e).await?;
+            r.audit_entries += 1;
         }
     }
     Ok(r)

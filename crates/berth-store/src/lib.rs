@@ -550,6 +550,8 @@ pub trait Store: Send + Sync + 'static {
     async fn create_token(&self, t: &TokenRecord) -> Result<()>;
     /// Every token, by name (revoked ones too).
     async fn list_tokens(&self) -> Result<Vec<TokenInfo>>;
+    /// Every token with its hash (for copying a store).
+    async fn token_records(&self) -> Result<Vec<TokenRecord>>;
     /// The token whose SHA-256 is `hash`, revoked and expired ones too (so
     /// a refusal can say which).
     async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenInfo>>;

@@ -1503,6 +1503,24 @@ impl Store for PgStore {
         rows.iter().map(token_row).collect()
     }
 
+    async fn token_records(&self) -> Result<Vec<TokenRecord>> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                &format!("SELECT {TOKEN_COLS}, hash FROM api_tokens ORDER BY name"),
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TokenRecord {
+                    info: token_row(r)?,
+                    hash: r.get(7),
+                })
+            })
+            .collect()
+    }
+
     async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenInfo>> {
         let c = self.client().await?;
         c.query_opt(

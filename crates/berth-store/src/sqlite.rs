@@ -1420,6 +1420,22 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn token_records(&self) -> Result<Vec<TokenRecord>> {
+        self.call(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {TOKEN_COLS}, hash FROM api_tokens ORDER BY name"
+            ))?;
+            let rows = st.query_map([], |r| {
+                Ok(TokenRecord {
+                    info: token_row(r)?,
+                    hash: r.get(7)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
     async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenInfo>> {
         let hash = hash.to_string();
         self.call(move |c| {

@@ -144,6 +144,32 @@ async fn populate(s: &dyn Store) {
     s.record_delivery("shop", "delivery-1", Utc::now())
         .await
         .unwrap();
+    s.create_token(&TokenRecord {
+        info: berth_core::access::TokenInfo {
+            name: "ci".into(),
+            role: berth_core::access::Role::Deployer,
+            project: Some("shop".into()),
+            created_at: Utc::now(),
+            expires_at: Some(Utc::now() + Duration::days(30)),
+            last_used_at: None,
+            revoked_at: None,
+        },
+        hash: "ab".repeat(32),
+    })
+    .await
+    .unwrap();
+    for action in ["deploy", "rollback"] {
+        s.append_audit(&berth_core::access::AuditEntry {
+            at: Utc::now(),
+            token: "ci".into(),
+            action: action.into(),
+            target: "shop".into(),
+            project: Some("shop".into()),
+            source_ip: "127.0.0.1".into(),
+        })
+        .await
+        .unwrap();
+    }
 }
 
 /// Everything a user can see, from one store, for comparison.
@@ -195,6 +221,13 @@ async fn view(s: &dyn Store) -> String {
     for (p, id, _) in s.list_deliveries().await.unwrap() {
         writeln!(out, "delivery {p} {id}").unwrap();
     }
+    writeln!(out, "{:?}", s.token_records().await.unwrap()).unwrap();
+    writeln!(
+        out,
+        "{:?}",
+        s.list_audit(&AuditQuery::default()).await.unwrap()
+    )
+    .unwrap();
     out
 }
 
@@ -217,6 +250,7 @@ async fn sqlite_to_postgres_loses_nothing_and_refuses_a_non_empty_target() {
     assert_eq!(report.domains, 1);
     assert_eq!(report.certificates, 1);
     assert_eq!(report.acme_accounts, 1);
+    assert_eq!((report.tokens, report.audit_entries), (1, 2));
     let before = view(&from).await;
     assert!(before.contains(SECRET) && before.contains(TLS_KEY));
     assert_eq!(view(&to).await, before);

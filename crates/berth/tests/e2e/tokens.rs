@@ -544,3 +544,37 @@ fn console_sessions_survive_a_restart_and_a_viewer_sees_no_buttons() {
     assert_eq!(r.status(), 401);
     assert!(r.text().unwrap().contains("token eyes was revoked"));
 }
+
+/// `git push` and fetch check the same roles and scope: a viewer of the
+/// project may fetch but not push, another project's token sees no
+/// repository, a revoked token is refused saying so.
+#[test]
+fn git_over_http_checks_role_and_scope() {
+    let s = Server::start();
+    s.ok(&["projects", "create", "a", "--repo", "/srv/git/a.git"]);
+    s.ok(&["projects", "create", "b", "--repo", "/srv/git/b.git"]);
+    let viewer = create_token(&s, &["reader", "--role", "viewer", "--project", "a"]);
+    let pusher = create_token(&s, &["pusher", "--role", "deployer", "--project", "a"]);
+    let c = s.client();
+    let refs = |repo: &str, service: &str, token: &str| {
+        c.get(format!(
+            "{}/git/{repo}/info/refs?service={service}",
+            s.api()
+        ))
+        .basic_auth("git", Some(token))
+        .send()
+        .unwrap()
+    };
+    assert_eq!(refs("a.git", "git-upload-pack", &viewer).status(), 200);
+    let r = refs("a.git", "git-receive-pack", &viewer);
+    assert_eq!(r.status(), 403);
+    assert!(r.text().unwrap().contains("needs the deployer role"));
+    assert_eq!(refs("a.git", "git-receive-pack", &pusher).status(), 200);
+    assert_eq!(refs("b.git", "git-upload-pack", &pusher).status(), 404);
+    assert_eq!(refs("a.git", "git-upload-pack", "wrong").status(), 401);
+    assert_eq!(refs("b.git", "git-receive-pack", TOKEN).status(), 200);
+    s.ok(&["tokens", "revoke", "pusher"]);
+    let r = refs("a.git", "git-receive-pack", &pusher);
+    assert_eq!(r.status(), 401);
+    assert!(r.text().unwrap().contains("token pusher was revoked"));
+}
