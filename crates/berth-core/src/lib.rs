@@ -18,6 +18,7 @@ pub mod config;
 pub mod hosts;
 pub mod model;
 pub mod names;
+pub mod notify;
 pub mod ops;
 pub mod redact;
 pub mod schedule;

@@ -40,6 +40,7 @@ use berth_core::model::{
     CertState, ClusterMember, Deployment, Domain, Environment, ExternalRoute, LogLine, LogStream,
     ManifestEntry, Project, StepName, Variable,
 };
+use berth_core::notify::{Delivery, Notification};
 use berth_core::ops::Run;
 use berth_core::volumes::Backup;
 use chrono::{DateTime, Utc};
@@ -169,6 +170,14 @@ pub(crate) fn backup_from_json(data: &str) -> Result<Backup> {
 
 pub(crate) fn run_from_json(data: &str) -> Result<Run> {
     serde_json::from_str(data).map_err(|e| StoreError::Backend(format!("bad run record: {e}")))
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Backend(e.to_string()))
+}
+
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(what: &str, data: &str) -> Result<T> {
+    serde_json::from_str(data).map_err(|e| StoreError::Backend(format!("bad {what} record: {e}")))
 }
 
 pub(crate) fn deployment_json(d: &Deployment) -> Result<String> {
@@ -385,6 +394,26 @@ pub struct SessionRecord {
     pub expires_at: DateTime<Utc>,
 }
 
+/// A notification endpoint's URL and signing secret in clear, for sending
+/// only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NotifyTarget {
+    pub url: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for NotifyTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = berth_core::notify::parse_url(&self.url)
+            .map(|u| u.shown)
+            .unwrap_or_else(|_| "(invalid)".into());
+        f.debug_struct("NotifyTarget")
+            .field("url", &shown)
+            .field("secret", &"***")
+            .finish()
+    }
+}
+
 /// The activation change inside [`Store::save_deployments`].
 #[derive(Clone, Debug)]
 pub struct Activate {
@@ -590,4 +619,28 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Backup>>;
     /// Forgets a backup (nothing when it is unknown).
     async fn delete_backup(&self, id: &str) -> Result<()>;
+
+    // --- notifications ---
+    /// Records an endpoint; its URL and secret are sealed.
+    async fn add_notification(&self, n: &Notification, target: &NotifyTarget) -> Result<()>;
+    /// A project's endpoints, or every one, oldest first.
+    async fn list_notifications(&self, project: Option<&str>) -> Result<Vec<Notification>>;
+    /// Removes an endpoint of `project` and its deliveries; whether it existed.
+    async fn remove_notification(&self, project: &str, id: &str) -> Result<bool>;
+    /// The URL and secret in clear, for sending only.
+    async fn notification_target(&self, id: &str) -> Result<NotifyTarget>;
+    /// Queues a delivery; `false` (nothing written) when this endpoint
+    /// already has one for this deployment and event.
+    async fn queue_delivery(&self, d: &Delivery) -> Result<bool>;
+    /// Pending deliveries due at `now`, the earliest first.
+    async fn due_deliveries(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Delivery>>;
+    /// Replaces a queued delivery ([`StoreError::NotFound`] when absent,
+    /// e.g. its endpoint was removed).
+    async fn save_delivery(&self, d: &Delivery) -> Result<()>;
+    /// An endpoint's deliveries, newest first.
+    async fn notification_deliveries(
+        &self,
+        notification: &str,
+        limit: u32,
+    ) -> Result<Vec<Delivery>>;
 }

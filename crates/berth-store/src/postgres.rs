@@ -10,6 +10,7 @@
 
 use crate::seal::{Sealer, Secret};
 use crate::sqlite::{env_kind, env_kind_str};
+use crate::NotifyTarget;
 use crate::RunQuery;
 use crate::{
     Activate, CertRecord, Cipher, DeploymentQuery, LogQuery, NewLogLine, NewProject, ProjectPatch,
@@ -24,6 +25,7 @@ use berth_core::model::{
     ManifestEntry, Project, StepName, Variable, PRODUCTION,
 };
 use berth_core::names;
+use berth_core::notify::{Delivery, Notification};
 use berth_core::ops::Run;
 use berth_core::volumes::Backup;
 use chrono::{DateTime, Utc};
@@ -40,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0003_runs.sql"),
     include_str!("../migrations/postgres/0004_access.sql"),
     include_str!("../migrations/postgres/0005_backups.sql"),
+    include_str!("../migrations/postgres/0006_notifications.sql"),
 ];
 
 /// The advisory lock key migrations run under ("berth" in ASCII).
@@ -1747,5 +1750,150 @@ impl Store for PgStore {
         c.execute("DELETE FROM backups WHERE id = $1", &[&id])
             .await?;
         Ok(())
+    }
+
+    // --- notifications ---
+    async fn add_notification(&self, n: &Notification, target: &NotifyTarget) -> Result<()> {
+        let url = self.sealer.seal(Secret::NotifyUrl(&n.id), &target.url);
+        let secret = self
+            .sealer
+            .seal(Secret::NotifySecret(&n.id), &target.secret);
+        let data = crate::to_json(n)?;
+        let c = self.client().await?;
+        get_project(&c, &n.project_name).await?;
+        c.execute(
+            "INSERT INTO notifications (id, project, url, secret, created_at, data) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[&n.id, &n.project_name, &url, &secret, &n.created_at, &data],
+        )
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict {
+                    what: "notification",
+                    name: n.id.clone(),
+                }
+            } else {
+                pg_err(e)
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn list_notifications(&self, project: Option<&str>) -> Result<Vec<Notification>> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT data FROM notifications WHERE $1::TEXT IS NULL OR project = $1 \
+                 ORDER BY created_at, id",
+                &[&project],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| crate::from_json("notification", &r.get::<_, String>(0)))
+            .collect()
+    }
+
+    async fn remove_notification(&self, project: &str, id: &str) -> Result<bool> {
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                "DELETE FROM notifications WHERE project = $1 AND id = $2",
+                &[&project, &id],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn notification_target(&self, id: &str) -> Result<NotifyTarget> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                "SELECT url, secret FROM notifications WHERE id = $1",
+                &[&id],
+            )
+            .await?
+            .ok_or_else(|| StoreError::not_found("notification", id))?;
+        Ok(NotifyTarget {
+            url: self
+                .sealer
+                .open(Secret::NotifyUrl(id), &row.get::<_, String>(0))?,
+            secret: self
+                .sealer
+                .open(Secret::NotifySecret(id), &row.get::<_, String>(1))?,
+        })
+    }
+
+    async fn queue_delivery(&self, d: &Delivery) -> Result<bool> {
+        let data = crate::to_json(d)?;
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                "INSERT INTO notification_deliveries \
+                 (id, notification, deployment, event, status, next_attempt_at, created_at, data) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (notification, deployment, event) DO NOTHING",
+                &[
+                    &d.id,
+                    &d.notification_id,
+                    &d.deployment_id,
+                    &d.event.as_str(),
+                    &d.status.as_str(),
+                    &d.next_attempt_at,
+                    &d.created_at,
+                    &data,
+                ],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn due_deliveries(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Delivery>> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT data FROM notification_deliveries \
+                 WHERE status = 'pending' AND next_attempt_at <= $1 \
+                 ORDER BY next_attempt_at, id LIMIT $2",
+                &[&now, &i64::from(limit)],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| crate::from_json("delivery", &r.get::<_, String>(0)))
+            .collect()
+    }
+
+    async fn save_delivery(&self, d: &Delivery) -> Result<()> {
+        let data = crate::to_json(d)?;
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                "UPDATE notification_deliveries SET status = $2, next_attempt_at = $3, data = $4 \
+                 WHERE id = $1",
+                &[&d.id, &d.status.as_str(), &d.next_attempt_at, &data],
+            )
+            .await?;
+        if n == 0 {
+            return Err(StoreError::not_found("delivery", &d.id));
+        }
+        Ok(())
+    }
+
+    async fn notification_deliveries(
+        &self,
+        notification: &str,
+        limit: u32,
+    ) -> Result<Vec<Delivery>> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT data FROM notification_deliveries WHERE notification = $1 \
+                 ORDER BY created_at DESC, id DESC LIMIT $2",
+                &[&notification, &i64::from(limit)],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| crate::from_json("delivery", &r.get::<_, String>(0)))
+            .collect()
     }
 }

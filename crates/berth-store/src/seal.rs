@@ -28,6 +28,10 @@ pub enum Secret<'a> {
     TlsKey(&'a str),
     /// ACME account credentials of a directory URL.
     AcmeAccount(&'a str),
+    /// A notification endpoint's URL (its path may be its secret).
+    NotifyUrl(&'a str),
+    /// A notification endpoint's signing secret.
+    NotifySecret(&'a str),
     /// A fixed value sealed at a store's first start: whether a master key
     /// opens this store's secrets.
     KeyCheck,
@@ -47,6 +51,8 @@ impl Secret<'_> {
             Secret::DeployKey(p) => format!("deploy-key/{p}"),
             Secret::TlsKey(h) => format!("tls-key/{h}"),
             Secret::AcmeAccount(d) => format!("acme-account/{d}"),
+            Secret::NotifyUrl(id) => format!("notify-url/{id}"),
+            Secret::NotifySecret(id) => format!("notify-secret/{id}"),
             Secret::KeyCheck => "key-check".into(),
         }
     }
@@ -64,6 +70,8 @@ impl Secret<'_> {
             Secret::DeployKey(p) => format!("deploy key of {p}"),
             Secret::TlsKey(h) => format!("tls key of {h}"),
             Secret::AcmeAccount(d) => format!("acme account of {d}"),
+            Secret::NotifyUrl(id) => format!("url of notification {id}"),
+            Secret::NotifySecret(id) => format!("secret of notification {id}"),
             Secret::KeyCheck => "key check".into(),
         }
     }

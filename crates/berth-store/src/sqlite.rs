@@ -2,6 +2,7 @@
 
 use crate::crypto::Cipher;
 use crate::seal::{Sealer, Secret};
+use crate::NotifyTarget;
 use crate::RunQuery;
 use crate::{
     Activate, CertRecord, DeploymentQuery, LogQuery, NewLogLine, NewProject, ProjectPatch,
@@ -19,6 +20,7 @@ use berth_core::model::{
     Variable, PRODUCTION,
 };
 use berth_core::names;
+use berth_core::notify::{Delivery, Notification};
 use berth_core::ops::Run;
 use berth_core::volumes::Backup;
 use chrono::{DateTime, Utc};
@@ -38,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0008_runs.sql"),
     include_str!("../migrations/0009_access.sql"),
     include_str!("../migrations/0010_backups.sql"),
+    include_str!("../migrations/0011_notifications.sql"),
 ];
 
 /// File name of the database inside the data dir.
@@ -1692,6 +1695,165 @@ impl Store for SqliteStore {
         self.call(move |c| {
             c.execute("DELETE FROM backups WHERE id = ?1", [&id])?;
             Ok(())
+        })
+        .await
+    }
+
+    // --- notifications ---
+    async fn add_notification(&self, n: &Notification, target: &NotifyTarget) -> Result<()> {
+        let n = n.clone();
+        let url = self.sealer.seal(Secret::NotifyUrl(&n.id), &target.url);
+        let secret = self
+            .sealer
+            .seal(Secret::NotifySecret(&n.id), &target.secret);
+        self.call(move |c| {
+            get_project(c, &n.project_name)?;
+            c.execute(
+                "INSERT INTO notifications (id, project, url, secret, created_at, data) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    n.id,
+                    n.project_name,
+                    url,
+                    secret,
+                    ts(&n.created_at),
+                    crate::to_json(&n)?
+                ],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    StoreError::Conflict {
+                        what: "notification",
+                        name: n.id.clone(),
+                    }
+                }
+                e => e.into(),
+            })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_notifications(&self, project: Option<&str>) -> Result<Vec<Notification>> {
+        let project = project.map(str::to_string);
+        self.call(move |c| {
+            let mut st = c.prepare(
+                "SELECT data FROM notifications WHERE ?1 IS NULL OR project = ?1 \
+                 ORDER BY created_at, id",
+            )?;
+            let rows = st.query_map([&project], |r| r.get::<_, String>(0))?;
+            rows.map(|d| crate::from_json("notification", &d?))
+                .collect::<Result<Vec<_>>>()
+        })
+        .await
+    }
+
+    async fn remove_notification(&self, project: &str, id: &str) -> Result<bool> {
+        let (project, id) = (project.to_string(), id.to_string());
+        self.call(move |c| {
+            let n = c.execute(
+                "DELETE FROM notifications WHERE project = ?1 AND id = ?2",
+                [&project, &id],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn notification_target(&self, id: &str) -> Result<NotifyTarget> {
+        let id = id.to_string();
+        let sealer = self.sealer.clone();
+        self.call(move |c| {
+            let (url, secret): (String, String) = c
+                .query_row(
+                    "SELECT url, secret FROM notifications WHERE id = ?1",
+                    [&id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?
+                .ok_or_else(|| StoreError::not_found("notification", &id))?;
+            Ok(NotifyTarget {
+                url: sealer.open(Secret::NotifyUrl(&id), &url)?,
+                secret: sealer.open(Secret::NotifySecret(&id), &secret)?,
+            })
+        })
+        .await
+    }
+
+    async fn queue_delivery(&self, d: &Delivery) -> Result<bool> {
+        let d = d.clone();
+        self.call(move |c| {
+            let n = c.execute(
+                "INSERT OR IGNORE INTO notification_deliveries \
+                 (id, notification, deployment, event, status, next_attempt_at, created_at, data) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    d.id,
+                    d.notification_id,
+                    d.deployment_id,
+                    d.event.as_str(),
+                    d.status.as_str(),
+                    d.next_attempt_at.as_ref().map(ts),
+                    ts(&d.created_at),
+                    crate::to_json(&d)?
+                ],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn due_deliveries(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Delivery>> {
+        self.call(move |c| {
+            let mut st = c.prepare(
+                "SELECT data FROM notification_deliveries \
+                 WHERE status = 'pending' AND next_attempt_at <= ?1 \
+                 ORDER BY next_attempt_at, id LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![ts(&now), limit], |r| r.get::<_, String>(0))?;
+            rows.map(|d| crate::from_json("delivery", &d?))
+                .collect::<Result<Vec<_>>>()
+        })
+        .await
+    }
+
+    async fn save_delivery(&self, d: &Delivery) -> Result<()> {
+        let d = d.clone();
+        self.call(move |c| {
+            let n = c.execute(
+                "UPDATE notification_deliveries SET status = ?2, next_attempt_at = ?3, data = ?4 \
+                 WHERE id = ?1",
+                params![
+                    d.id,
+                    d.status.as_str(),
+                    d.next_attempt_at.as_ref().map(ts),
+                    crate::to_json(&d)?
+                ],
+            )?;
+            if n == 0 {
+                return Err(StoreError::not_found("delivery", &d.id));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn notification_deliveries(
+        &self,
+        notification: &str,
+        limit: u32,
+    ) -> Result<Vec<Delivery>> {
+        let notification = notification.to_string();
+        self.call(move |c| {
+            let mut st = c.prepare(
+                "SELECT data FROM notification_deliveries WHERE notification = ?1 \
+                 ORDER BY created_at DESC, id DESC LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![notification, limit], |r| r.get::<_, String>(0))?;
+            rows.map(|d| crate::from_json("delivery", &d?))
+                .collect::<Result<Vec<_>>>()
         })
         .await
     }

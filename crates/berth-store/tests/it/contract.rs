@@ -1220,3 +1220,181 @@ pub async fn backups_are_kept_per_volume_newest_first(h: &Harness) {
         ["b1"]
     );
 }
+
+// --- notifications ---
+fn delivery(
+    id: &str,
+    notification: &str,
+    deployment: &str,
+    event: berth_core::notify::NotifyEvent,
+    at: chrono::DateTime<Utc>,
+) -> berth_core::notify::Delivery {
+    berth_core::notify::Delivery {
+        id: id.into(),
+        notification_id: notification.into(),
+        project_name: "shop".into(),
+        deployment_id: deployment.into(),
+        event,
+        status: berth_core::notify::DeliveryStatus::Pending,
+        attempts: Vec::new(),
+        next_attempt_at: Some(at),
+        created_at: at,
+        body: format!("{{\"event\":\"{event}\"}}"),
+    }
+}
+
+pub async fn notifications_are_sealed_and_each_event_is_queued_once(h: &Harness) {
+    use berth_core::notify::{Attempt, DeliveryStatus, Notification, NotifyEvent};
+    let s = &*h.store;
+    s.create_project(new_project("shop")).await.unwrap();
+    let t0 = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    let url = "https://hooks.example.com/services/T000/B000/path-that-is-a-secret";
+    let secret = "notify-signing-secret-that-must-not-leak";
+    let n = Notification {
+        id: "n1".into(),
+        project_name: "shop".into(),
+        url: "https://hooks.example.com/…".into(),
+        events: vec![NotifyEvent::Failed],
+        created_at: t0,
+    };
+    let target = NotifyTarget {
+        url: url.into(),
+        secret: secret.into(),
+    };
+    let mut orphan = n.clone();
+    orphan.project_name = "nope".into();
+    assert!(matches!(
+        s.add_notification(&orphan, &target).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    s.add_notification(&n, &target).await.unwrap();
+    assert!(matches!(
+        s.add_notification(&n, &target).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    let mut other = n.clone();
+    other.id = "n2".into();
+    other.created_at = t0 + Duration::seconds(1);
+    s.add_notification(&other, &target).await.unwrap();
+    assert_eq!(
+        s.list_notifications(Some("shop")).await.unwrap(),
+        [n.clone(), other]
+    );
+    assert!(s.list_notifications(Some("nope")).await.unwrap().is_empty());
+    assert_eq!(s.list_notifications(None).await.unwrap().len(), 2);
+    assert_eq!(s.notification_target("n1").await.unwrap(), target);
+    assert!(!format!("{target:?}").contains("path-that-is-a-secret"));
+    assert!(matches!(
+        s.notification_target("n9").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let bytes = h.dump();
+    assert!(
+        contains(&bytes, "hooks.example.com/…"),
+        "the dump must see the data"
+    );
+    assert!(!contains(&bytes, "path-that-is-a-secret"));
+    assert!(!contains(&bytes, secret));
+
+    // One delivery per (endpoint, deployment, event), whoever queues it.
+    let first = delivery("q1", "n1", "d1", NotifyEvent::Failed, t0);
+    assert!(s.queue_delivery(&first).await.unwrap());
+    assert!(!s
+        .queue_delivery(&delivery("q2", "n1", "d1", NotifyEvent::Failed, t0))
+        .await
+        .unwrap());
+    assert!(s
+        .queue_delivery(&delivery(
+            "q3",
+            "n1",
+            "d1",
+            NotifyEvent::Regressed,
+            t0 + Duration::seconds(5)
+        ))
+        .await
+        .unwrap());
+    assert!(s
+        .queue_delivery(&delivery(
+            "q4",
+            "n2",
+            "d1",
+            NotifyEvent::Failed,
+            t0 + Duration::seconds(2)
+        ))
+        .await
+        .unwrap());
+    let ids =
+        |ds: Vec<berth_core::notify::Delivery>| ds.into_iter().map(|d| d.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s
+            .due_deliveries(t0 + Duration::seconds(2), 10)
+            .await
+            .unwrap()),
+        ["q1", "q4"]
+    );
+    assert_eq!(
+        ids(s
+            .due_deliveries(t0 + Duration::seconds(9), 1)
+            .await
+            .unwrap()),
+        ["q1"]
+    );
+
+    // An attempt that failed is retried later; a delivered one is never due again.
+    let mut d = first.clone();
+    d.record(Attempt {
+        at: t0,
+        status_code: None,
+        error: Some("connection refused".into()),
+        duration_ms: 1,
+    });
+    s.save_delivery(&d).await.unwrap();
+    assert_eq!(
+        ids(s
+            .due_deliveries(t0 + Duration::seconds(9), 10)
+            .await
+            .unwrap()),
+        ["q4", "q3"]
+    );
+    assert_eq!(
+        ids(s
+            .due_deliveries(t0 + Duration::seconds(10), 10)
+            .await
+            .unwrap()),
+        ["q4", "q3", "q1"]
+    );
+    d.record(Attempt {
+        at: t0 + Duration::seconds(10),
+        status_code: Some(204),
+        error: None,
+        duration_ms: 3,
+    });
+    s.save_delivery(&d).await.unwrap();
+    assert_eq!(
+        ids(s.due_deliveries(t0 + Duration::hours(2), 10).await.unwrap()),
+        ["q4", "q3"]
+    );
+    let listed = s.notification_deliveries("n1", 10).await.unwrap();
+    assert_eq!(ids(listed.clone()), ["q3", "q1"]);
+    assert_eq!(listed[1], d);
+    assert_eq!(listed[1].status, DeliveryStatus::Delivered);
+    assert_eq!(listed[1].attempts.len(), 2);
+
+    // Removing an endpoint takes its deliveries; another project's never.
+    assert!(!s.remove_notification("other", "n1").await.unwrap());
+    assert!(s.remove_notification("shop", "n1").await.unwrap());
+    assert!(!s.remove_notification("shop", "n1").await.unwrap());
+    assert!(s
+        .notification_deliveries("n1", 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        ids(s.due_deliveries(t0 + Duration::hours(2), 10).await.unwrap()),
+        ["q4"]
+    );
+    assert!(matches!(
+        s.save_delivery(&d).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}

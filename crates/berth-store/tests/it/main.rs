@@ -38,6 +38,7 @@ macro_rules! contract_tests {
             audit_log_lists_newest_first_by_project,
             console_sessions_survive_until_they_expire,
             backups_are_kept_per_volume_newest_first,
+            notifications_are_sealed_and_each_event_is_queued_once,
         );
     };
     (@each $make:path; $($name:ident),* $(,)?) => {
