@@ -200,6 +200,36 @@ pub struct Notification {
     pub created_at: DateTime<Utc>,
 }
 
+/// `POST /api/v1/projects/{p}/notifications`
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AddNotification {
+    pub url: String,
+    /// Event names; every event when absent.
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
+}
+
+/// The answer to `notify add`: the record and its signing secret, which
+/// is never shown again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationCreated {
+    #[serde(flatten)]
+    pub notification: Notification,
+    pub secret: String,
+}
+
+/// An endpoint with its latest deliveries (`notify list`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationStatus {
+    #[serde(flatten)]
+    pub notification: Notification,
+    /// Newest first, without their bodies.
+    pub deliveries: Vec<Delivery>,
+}
+
 /// Where a delivery is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -250,7 +280,8 @@ pub struct Delivery {
     /// When it is tried next (pending only).
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
-    /// The JSON body sent.
+    /// The JSON body sent (left out of listings).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub body: String,
 }
 

@@ -30,6 +30,7 @@ pub mod logs;
 pub mod metrics;
 pub mod monitor;
 pub mod nodes;
+pub mod notify;
 pub mod pipeline;
 pub mod reconcile;
 pub mod runs;
@@ -428,6 +429,9 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
 
     // Scheduled jobs, fired by the leader.
     tokio::spawn(jobs::run(deployer.clone()));
+
+    // Notifications: the leader queues deployment events and sends them.
+    tokio::spawn(notify::Notifier::new(store.clone())?.run(leadership.clone()));
 
     // Log retention, at start and every 10 minutes.
     {

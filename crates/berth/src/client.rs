@@ -12,6 +12,7 @@ use berth_core::api::{
 use berth_core::model::{
     Deployment, Environment, ExternalRoute, LogLine, ManifestEntry, Project, Variable,
 };
+use berth_core::notify::{AddNotification, NotificationCreated, NotificationStatus};
 use berth_core::ops::{CreateRun, Job, Run, RunJob};
 use bytes::Bytes;
 use reqwest::{Method, StatusCode, Url};
@@ -482,6 +483,26 @@ impl ApiClient {
             ],
         )
         .await
+    }
+
+    // ---- notifications ----
+
+    pub async fn add_notification(
+        &self,
+        project: &str,
+        body: &AddNotification,
+    ) -> R<NotificationCreated> {
+        self.with_body(Method::POST, &["projects", project, "notifications"], body)
+            .await
+    }
+
+    pub async fn list_notifications(&self, project: &str) -> R<Vec<NotificationStatus>> {
+        self.get(&["projects", project, "notifications"], &[]).await
+    }
+
+    pub async fn remove_notification(&self, project: &str, id: &str) -> Result<(), ClientError> {
+        self.delete(&["projects", project, "notifications", id])
+            .await
     }
 
     // ---- routes and domains ----

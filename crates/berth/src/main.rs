@@ -87,6 +87,9 @@ enum Command {
     /// Scheduled jobs (`[jobs.<name>]` in berth.toml): list, run now, logs.
     #[command(subcommand)]
     Jobs(cmd::jobs::JobsCmd),
+    /// Signed POSTs to a URL (Slack-compatible) on deployment events.
+    #[command(subcommand)]
+    Notify(cmd::notify::NotifyCmd),
     /// Hostnames served by upstreams berth does not run.
     #[command(subcommand)]
     Routes(cmd::routes::RoutesCmd),
@@ -169,6 +172,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Routes(c) => cmd::routes::run(&ctx, c).await,
+        Command::Notify(c) => cmd::notify::run(&ctx, c).await,
         Command::Domains(c) => cmd::domains::run(&ctx, c).await,
         Command::Nodes(c) => cmd::nodes::run(&ctx, c).await,
         Command::Volumes(c) => cmd::volumes::run(&ctx, c).await,

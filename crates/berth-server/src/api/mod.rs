@@ -12,6 +12,7 @@ pub mod hooks;
 mod jobs;
 mod logs;
 mod nodes;
+mod notify;
 mod openapi;
 mod projects;
 mod routes;
@@ -216,6 +217,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/projects/{name}/volumes/{volume}/restore",
             post(volumes::restore),
+        )
+        .route(
+            "/projects/{name}/notifications",
+            get(notify::list).post(notify::add),
+        )
+        .route(
+            "/projects/{name}/notifications/{id}",
+            delete(notify::remove),
         )
         .route("/nodes", get(nodes::list))
         .route("/nodes/{id}/drain", post(nodes::drain))

@@ -56,6 +56,8 @@ pub fn spec() -> Value {
             "/runs/{id}": {"get": op("a run with its output (secrets redacted)", "200")},
             "/projects/{name}/jobs": {"get": op("scheduled jobs of the project's environments (from the active deployments' berth.toml) with their next firing and last runs", "200")},
             "/projects/{name}/jobs/{job}/runs": {"get": op("a job's runs, newest first, with their output (secrets redacted)", "200"), "post": op("run a job now, outside its schedule (detached)", "202")},
+            "/projects/{name}/notifications": {"get": op("notification endpoints with their latest delivery attempts (URLs shown as scheme://host/…)", "200"), "post": op("add a notification endpoint: the answer holds its signing secret, shown once", "201")},
+            "/projects/{name}/notifications/{id}": {"delete": op("remove a notification endpoint and its deliveries", "204")},
             "/nodes": {"get": op("list the swarm's nodes (--runtime swarm; 409 otherwise)", "200")},
             "/nodes/{id}/drain": {"post": op("move every instance off a node (replacements healthy and routed first), then drain it", "200")},
             "/nodes/{id}/activate": {"post": op("let the swarm place instances on a node again", "200")},

@@ -13,6 +13,7 @@ pub mod inspect;
 pub mod jobs;
 pub mod logs;
 pub mod nodes;
+pub mod notify;
 pub mod projects;
 pub mod routes;
 pub mod run;

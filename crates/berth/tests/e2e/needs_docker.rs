@@ -10,6 +10,7 @@ mod domains;
 mod jobs;
 mod logs;
 mod microvm;
+mod notify;
 mod replicas;
 mod runs;
 mod ssh;
