@@ -248,6 +248,9 @@ pub struct ServiceConfig {
     /// `[services.<name>.volumes]`: absolute container path → volume name.
     /// A volume belongs to one environment and outlives deployments.
     pub volumes: BTreeMap<String, String>,
+    /// `[services.<name>.backups]`: scheduled backups of the service's
+    /// volumes.
+    pub backups: Option<BackupSchedule>,
     /// `[services.<name>.edge]`: what the edge lets through to the service.
     pub edge: EdgePolicy,
 }
@@ -295,6 +298,7 @@ impl ServiceConfig {
             bake: DEFAULT_BAKE,
             replicas: 1,
             volumes: BTreeMap::new(),
+            backups: None,
             edge: EdgePolicy::default(),
         }
     }
@@ -505,6 +509,7 @@ fn parse_service(name: &str, t: &Table, path: &str) -> Result<ServiceConfig, Con
             }
             "readiness" => svc.readiness = parse_readiness(as_table(value, &kp)?, &kp)?,
             "volumes" => svc.volumes = parse_volumes(as_table(value, &kp)?, &kp)?,
+            "backups" => svc.backups = Some(parse_backups(as_table(value, &kp)?, &kp)?),
             "edge" => svc.edge = parse_edge(as_table(value, &kp)?, &kp)?,
             "stop_timeout" => svc.stop_timeout = duration(value, &kp)?,
             "bake" => svc.bake = duration_or_zero(value, &kp)?,
@@ -542,6 +547,12 @@ fn parse_service(name: &str, t: &Table, path: &str) -> Result<ServiceConfig, Con
             _ => return Err(ConfigError::invalid(kp, "unknown key")),
         }
     }
+    if svc.backups.is_some() && svc.volumes.is_empty() {
+        return Err(ConfigError::invalid(
+            format!("{path}.backups"),
+            "the service mounts no volume to back up ([services.<name>.volumes])",
+        ));
+    }
     Ok(svc)
 }
 
@@ -571,6 +582,52 @@ fn parse_volumes(t: &Table, path: &str) -> Result<BTreeMap<String, String>, Conf
         }
     }
     Ok(out)
+}
+
+/// `[services.<name>.backups]`: every volume of the service is backed up
+/// at each firing of `schedule` (five-field cron, UTC); the newest `keep`
+/// scheduled backups of each volume are kept, older ones removed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackupSchedule {
+    pub schedule: Schedule,
+    pub keep: u32,
+}
+
+/// Scheduled backups kept per volume when `keep` is not set.
+pub const DEFAULT_BACKUP_KEEP: u32 = 7;
+
+fn parse_backups(t: &Table, path: &str) -> Result<BackupSchedule, ConfigError> {
+    let mut schedule = None;
+    let mut keep = DEFAULT_BACKUP_KEEP;
+    for (key, value) in t {
+        let kp = format!("{path}.{key}");
+        match key.as_str() {
+            "schedule" => {
+                let text = as_str(value, &kp)?;
+                schedule = Some(Schedule::parse(text).map_err(|e| {
+                    ConfigError::invalid(&kp, format!("invalid cron expression {text:?}: {e}"))
+                })?);
+            }
+            "keep" => {
+                let n = as_int(value, &kp)?;
+                if !(1..=1000).contains(&n) {
+                    return Err(ConfigError::invalid(
+                        kp,
+                        format!("must be between 1 and 1000, got {n}"),
+                    ));
+                }
+                keep = n as u32;
+            }
+            _ => return Err(ConfigError::invalid(kp, "unknown key")),
+        }
+    }
+    let schedule = schedule.ok_or_else(|| {
+        ConfigError::invalid(
+            format!("{path}.schedule"),
+            "missing: a five-field cron expression in UTC, e.g. \"0 3 * * *\"",
+        )
+    })?;
+    Ok(BackupSchedule { schedule, keep })
 }
 
 /// The one rule for a volume's container path; see [`parse_volumes`].
@@ -1670,6 +1727,48 @@ resources = { memory = "1g", cpus = 2 }
             assert_eq!(err.key(), Some(key), "{text}: {err}");
             assert!(err.to_string().contains(why), "{text}: {err}");
             assert!(err.to_string().starts_with("berth.toml: "), "{err}");
+        }
+    }
+
+    #[test]
+    fn scheduled_backups_need_a_schedule_and_a_volume() {
+        let c = parse(
+            "[services.web.volumes]\n\"/data\" = \"uploads\"\n[services.web.backups]\nschedule = \"0 3 * * *\"\nkeep = 3\n",
+        )
+        .unwrap();
+        let b = c.service("web").unwrap().backups.clone().unwrap();
+        assert_eq!(b.keep, 3);
+        assert_eq!(b.schedule.as_str(), "0 3 * * *");
+        for (text, key, why) in [
+            (
+                "[services.web.backups]\nschedule = \"0 3 * * *\"\n",
+                "services.web.backups",
+                "mounts no volume",
+            ),
+            (
+                "[services.web.volumes]\n\"/d\" = \"v\"\n[services.web.backups]\nkeep = 2\n",
+                "services.web.backups.schedule",
+                "missing",
+            ),
+            (
+                "[services.web.volumes]\n\"/d\" = \"v\"\n[services.web.backups]\nschedule = \"61 * * * *\"\n",
+                "services.web.backups.schedule",
+                "invalid cron expression",
+            ),
+            (
+                "[services.web.volumes]\n\"/d\" = \"v\"\n[services.web.backups]\nschedule = \"0 3 * * *\"\nkeep = 0\n",
+                "services.web.backups.keep",
+                "between 1 and 1000",
+            ),
+            (
+                "[services.web.volumes]\n\"/d\" = \"v\"\n[services.web.backups]\nschedule = \"0 3 * * *\"\nevery = 1\n",
+                "services.web.backups.every",
+                "unknown key",
+            ),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.key(), Some(key), "{text}: {err}");
+            assert!(err.to_string().contains(why), "{text}: {err}");
         }
     }
 }

@@ -125,9 +125,115 @@ pub struct RestoreRequest {
     pub backup_id: String,
 }
 
+/// Whether a scheduled backup of a volume is due at `now`: the firing
+/// [`Schedule::due`] gives (not before `not_before`, when the schedule
+/// came to exist), unless a scheduled backup was already made at or after
+/// it (`last`: the newest scheduled backup's `createdAt`).
+///
+/// [`Schedule::due`]: crate::schedule::Schedule::due
+pub fn backup_due(
+    schedule: &crate::schedule::Schedule,
+    now: DateTime<Utc>,
+    not_before: Option<DateTime<Utc>>,
+    last: Option<DateTime<Utc>>,
+) -> Option<DateTime<Utc>> {
+    let firing = schedule.due(now, not_before)?;
+    match last {
+        Some(t) if t >= firing => None,
+        _ => Some(firing),
+    }
+}
+
+/// The scheduled backups retention removes: `backups` are one volume's,
+/// newest first; the newest `keep` succeeded scheduled ones stay, and every
+/// scheduled one older than the oldest of those goes (succeeded or
+/// failed). Manual and pre-restore backups are never removed.
+pub fn backups_to_prune(backups: &[Backup], keep: u32) -> Vec<&Backup> {
+    let mut kept = 0u32;
+    let mut out = Vec::new();
+    for b in backups
+        .iter()
+        .filter(|b| b.trigger == BackupTrigger::Scheduled)
+    {
+        if kept >= keep {
+            if b.status != BackupStatus::Running {
+                out.push(b);
+            }
+        } else if b.status == BackupStatus::Succeeded {
+            kept += 1;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn b(id: &str, trigger: BackupTrigger, status: BackupStatus) -> Backup {
+        Backup {
+            id: id.into(),
+            project_name: "shop".into(),
+            environment_name: "production".into(),
+            volume: "uploads".into(),
+            status,
+            trigger,
+            size_bytes: None,
+            checksum: None,
+            location: None,
+            requested_by: "scheduler".into(),
+            error: None,
+            created_at: Utc::now(),
+            completed_at: None,
+        }
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_succeeded_scheduled_backups() {
+        use BackupStatus::*;
+        use BackupTrigger::*;
+        // Newest first.
+        let list = vec![
+            b("s6", Scheduled, Succeeded),
+            b("s5", Scheduled, Failed),
+            b("m4", Manual, Succeeded),
+            b("s3", Scheduled, Succeeded),
+            b("p2", PreRestore, Succeeded),
+            b("s2", Scheduled, Failed),
+            b("s1", Scheduled, Succeeded),
+            b("s0", Scheduled, Succeeded),
+        ];
+        let ids = |v: Vec<&Backup>| v.into_iter().map(|b| b.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(backups_to_prune(&list, 2)), ["s2", "s1", "s0"]);
+        assert_eq!(
+            ids(backups_to_prune(&list, 1)),
+            ["s5", "s3", "s2", "s1", "s0"]
+        );
+        assert_eq!(ids(backups_to_prune(&list, 4)), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_firing_is_backed_up_once() {
+        let s = crate::schedule::Schedule::parse("0 3 * * *").unwrap();
+        let at = |h: u32, m: u32| {
+            chrono::NaiveDate::from_ymd_opt(2026, 11, 29)
+                .unwrap()
+                .and_hms_opt(h, m, 0)
+                .unwrap()
+                .and_utc()
+        };
+        let firing = at(3, 0);
+        assert_eq!(backup_due(&s, at(3, 1), None, None), Some(firing));
+        // Already made for this firing: not again.
+        assert_eq!(backup_due(&s, at(3, 2), None, Some(at(3, 1))), None);
+        // The last one is from yesterday's firing: due.
+        assert_eq!(
+            backup_due(&s, at(3, 2), None, Some(firing - chrono::Duration::days(1))),
+            Some(firing)
+        );
+        // The schedule appeared after today's firing: nothing until tomorrow.
+        assert_eq!(backup_due(&s, at(4, 0), Some(at(3, 30)), None), None);
+    }
 
     #[test]
     fn engine_names_keep_the_parts_apart() {

@@ -38,6 +38,12 @@ use crate::error::{ApiError, ApiResult};
 use crate::ids::{new_id, now};
 use crate::pipeline::INSTANCE_LABEL;
 
+/// How often the leader looks for due scheduled backups.
+pub const SCHEDULE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Who a scheduled backup is recorded as requested by.
+pub const SCHEDULER: &str = "scheduler";
+
 /// Serialises backups and restores on this server.
 static VOLUME_OPS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -549,6 +555,103 @@ impl Deployer {
                 false
             }
         }
+    }
+}
+
+/// Scheduled backups (`[services.<name>.backups]`): every
+/// [`SCHEDULE_EVERY`], on the leader, [`Deployer::scheduled_backups`].
+pub async fn run_schedules(deployer: Arc<Deployer>) {
+    loop {
+        tokio::time::sleep(SCHEDULE_EVERY).await;
+        if deployer.leadership.is_leader() && deployer.volumes.get().is_some() {
+            deployer.scheduled_backups(now()).await;
+        }
+    }
+}
+
+impl Deployer {
+    /// One round of scheduled backups at `at`: for each active
+    /// deployment whose recorded settings have `[services.<name>.backups]`,
+    /// each of its volumes whose firing is due (`berth_core::volumes::
+    /// backup_due`: the latest firing, less than one period late, not
+    /// before the deployment, not already backed up) is backed up, then
+    /// the volume's scheduled backups beyond `keep` are removed (file and
+    /// record). Returns the backups made.
+    pub async fn scheduled_backups(&self, at: chrono::DateTime<chrono::Utc>) -> Vec<Backup> {
+        let Ok(all) = self
+            .store
+            .list_deployments(&berth_store::DeploymentQuery::default())
+            .await
+        else {
+            return Vec::new();
+        };
+        let mut made = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for d in all.iter().filter(|d| d.is_active) {
+            let service = crate::pipeline::service_from_record(d);
+            let (Some(plan), Some(image)) = (service.backups.as_ref(), d.image.as_ref()) else {
+                continue;
+            };
+            for volume in service.volumes.values() {
+                if !seen.insert((
+                    d.project_name.clone(),
+                    d.environment_name.clone(),
+                    volume.clone(),
+                )) {
+                    continue;
+                }
+                let Ok(list) = self
+                    .store
+                    .list_backups(&d.project_name, Some(&d.environment_name), Some(volume))
+                    .await
+                else {
+                    continue;
+                };
+                let last = list
+                    .iter()
+                    .find(|b| b.trigger == BackupTrigger::Scheduled)
+                    .map(|b| b.created_at);
+                if berth_core::volumes::backup_due(&plan.schedule, at, Some(d.created_at), last)
+                    .is_none()
+                {
+                    continue;
+                }
+                let _one = VOLUME_OPS.lock().await;
+                let engine = self.volume_engine_name(&d.project_name, &d.environment_name, volume);
+                match self
+                    .backup_locked(
+                        &d.project_name,
+                        &d.environment_name,
+                        volume,
+                        &engine,
+                        &image.reference,
+                        SCHEDULER,
+                        BackupTrigger::Scheduled,
+                    )
+                    .await
+                {
+                    Ok(b) => made.push(b),
+                    Err(e) => {
+                        tracing::warn!(project = %d.project_name, volume, error = %e.message, "scheduled backup failed");
+                        continue;
+                    }
+                }
+                let Ok(list) = self
+                    .store
+                    .list_backups(&d.project_name, Some(&d.environment_name), Some(volume))
+                    .await
+                else {
+                    continue;
+                };
+                for old in berth_core::volumes::backups_to_prune(&list, plan.keep) {
+                    if let Some(path) = &old.location {
+                        let _ = std::fs::remove_file(path);
+                    }
+                    let _ = self.store.delete_backup(&old.id).await;
+                }
+            }
+        }
+        made
     }
 }
 

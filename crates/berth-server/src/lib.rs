@@ -429,6 +429,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
 
     // Scheduled jobs, fired by the leader.
     tokio::spawn(jobs::run(deployer.clone()));
+    tokio::spawn(backups::run_schedules(deployer.clone()));
 
     // Notifications: the leader queues deployment events and sends them.
     tokio::spawn(notify::Notifier::new(store.clone())?.run(leadership.clone()));

@@ -263,3 +263,92 @@ fn a_volume_survives_deploys_rollbacks_restarts_and_is_backed_up_and_restored() 
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("volume name"), "{err}");
 }
+
+/// `[services.web.backups] schedule = "* * * * *"`: the leader backs the
+/// volume up at the next firing, once, verified; `keep` bounds them.
+#[test]
+fn scheduled_backups_run_once_per_firing() {
+    let project = unique("e2es");
+    let _c = Cleanup(project.clone());
+    let _v = VolumeCleanup(project.clone());
+    let s = Server::start();
+    let repo = app("sched v1");
+    std::fs::write(
+        repo.dir.path().join("berth.toml"),
+        "[services.web]\nport = 3000\nbake = \"0\"\n[services.web.volumes]\n\"/data\" = \"uploads\"\n\
+         [services.web.backups]\nschedule = \"* * * * *\"\nkeep = 1\n",
+    )
+    .unwrap();
+    repo.commit_app("sched v1", DOCKERFILE, "scheduled backups");
+    s.ok(&["projects", "create", &project, "--repo", repo.path()]);
+    let (ok, d) = deploy_wait(&s, &project);
+    assert!(ok, "deploy failed: {d}\n{}", s.log());
+    let h = host(&project);
+    assert_eq!(get(&s, &h, "/cgi-bin/write?scheduled"), "written");
+
+    // The next firing is at most 60 s away, the scheduler looks every 10 s.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let first = loop {
+        let listed = s.json(&[
+            "volumes",
+            "backups",
+            "--project",
+            &project,
+            "uploads",
+            "--json",
+        ]);
+        let done: Vec<Value> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["trigger"] == "scheduled" && b["status"] != "running")
+            .cloned()
+            .collect();
+        if let Some(b) = done.first() {
+            assert_eq!(done.len(), 1, "one backup per firing: {listed}");
+            break b.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no scheduled backup: {listed}\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert_eq!(first["status"], "succeeded", "{first}");
+    assert_eq!(first["requestedBy"], "scheduler");
+    let file = std::path::PathBuf::from(first["location"].as_str().unwrap());
+    assert!(file.exists());
+    // Within the same minute no second one is made.
+    std::thread::sleep(Duration::from_secs(12));
+    let listed = s.json(&[
+        "volumes",
+        "backups",
+        "--project",
+        &project,
+        "uploads",
+        "--json",
+    ]);
+    let scheduled: Vec<&Value> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["trigger"] == "scheduled" && b["status"] != "running")
+        .collect();
+    let minute = |v: &Value| v["createdAt"].as_str().unwrap()[..16].to_string();
+    assert!(
+        scheduled
+            .iter()
+            .filter(|b| minute(b) == minute(&first))
+            .count()
+            == 1,
+        "{listed}"
+    );
+    // keep = 1: a newer scheduled backup replaces the older one's file.
+    if scheduled.len() > 1 {
+        panic!(
+            "keep = 1 left {} scheduled backups: {listed}",
+            scheduled.len()
+        );
+    }
+}
