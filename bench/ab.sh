@@ -15,43 +15,10 @@ RUNS="${RUNS:-3}"
 BASE_PORT="${BASE_PORT:-18300}"
 UP=$BASE_PORT PA=$((BASE_PORT + 1)) PB=$((BASE_PORT + 2))
 HOST_HEADER=bench.localhost
-WORK="$(mktemp -d /tmp/berth-ab-bench.XXXXXX)"
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
-wait_port() {
-    local i
-    for i in $(seq 1 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    echo "nothing listens on 127.0.0.1:$1" >&2
-    return 1
-}
-mkdir -p "$WORK/up"
-cat >"$WORK/up/nginx.conf" <<EOF
-daemon off;
-pid $WORK/up/nginx.pid;
-error_log $WORK/up/error.log warn;
-user root;
-worker_processes 1;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $WORK/up/cb; proxy_temp_path $WORK/up/p;
-    fastcgi_temp_path $WORK/up/f; uwsgi_temp_path $WORK/up/u; scgi_temp_path $WORK/up/s;
-    keepalive_requests 1000000;
-    server { listen 127.0.0.1:$UP; location / { default_type text/plain; return 200 "hello from the upstream\n"; } }
-}
-EOF
-nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" 2>>"$WORK/up.log" &
-PIDS+=($!)
-wait_port "$UP"
+BENCH=ab
+. "$(dirname "$0")/edge-lib.sh"
+need_tools wrk nginx
+start_upstream "$UP"
 "$A" --listen "127.0.0.1:$PA" --host "$HOST_HEADER" --upstream "127.0.0.1:$UP" --threads "$PROXY_THREADS" 2>"$WORK/a.log" &
 PIDS+=($!)
 "$B" --listen "127.0.0.1:$PB" --host "$HOST_HEADER" --upstream "127.0.0.1:$UP" --threads "$PROXY_THREADS" 2>"$WORK/b.log" &

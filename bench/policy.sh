@@ -19,53 +19,11 @@ BASE_PORT="${BASE_PORT:-18200}"
 UP=$BASE_PORT EDGE=$((BASE_PORT + 1))
 HOST_HEADER=bench.localhost
 
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-WORK="$(mktemp -d /tmp/berth-policy-bench.XXXXXX)"
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
-for tool in wrk nginx cargo python3; do
-    command -v "$tool" >/dev/null 2>&1 || { echo "missing required tool: $tool" >&2; exit 1; }
-done
-wait_port() {
-    local i
-    for i in $(seq 1 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    echo "nothing listens on 127.0.0.1:$1" >&2
-    return 1
-}
-if [[ -z "${SKIP_BUILD:-}" ]]; then
-    echo "building edge_bench (release)..." >&2
-    (cd "$ROOT" && cargo build --release -q -p berth-edge --example edge_bench)
-fi
-EDGE_BIN="${EDGE_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/edge_bench}"
-
-mkdir -p "$WORK/up"
-cat >"$WORK/up/nginx.conf" <<EOF
-daemon off;
-pid $WORK/up/nginx.pid;
-error_log $WORK/up/error.log warn;
-user root;
-worker_processes 1;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $WORK/up/cb; proxy_temp_path $WORK/up/p;
-    fastcgi_temp_path $WORK/up/f; uwsgi_temp_path $WORK/up/u; scgi_temp_path $WORK/up/s;
-    keepalive_requests 1000000;
-    server { listen 127.0.0.1:$UP; location / { default_type text/plain; return 200 "hello from the upstream\n"; } }
-}
-EOF
-nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" 2>>"$WORK/up.log" &
-PIDS+=($!)
-wait_port "$UP"
+BENCH=policy
+. "$(dirname "$0")/edge-lib.sh"
+need_tools wrk nginx cargo python3
+edge_bench_bin
+start_upstream "$UP"
 "$EDGE_BIN" --listen "127.0.0.1:$EDGE" --host "$HOST_HEADER" --upstream "127.0.0.1:$UP" \
     --threads "$PROXY_THREADS" --rate-limit "$RATE_LIMIT" 2>"$WORK/edge.log" &
 PIDS+=($!)

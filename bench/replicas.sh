@@ -21,37 +21,10 @@ UP1=$BASE_PORT UP2=$((BASE_PORT + 1)) UP3=$((BASE_PORT + 2))
 B1_PORT=$((BASE_PORT + 10)) B3RR_PORT=$((BASE_PORT + 11)) B3LEAST_PORT=$((BASE_PORT + 12))
 N1_PORT=$((BASE_PORT + 13)) N3_PORT=$((BASE_PORT + 14))
 
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-WORK="$(mktemp -d /tmp/berth-replicas-bench.XXXXXX)"
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
-
-for tool in wrk nginx cargo; do
-    command -v "$tool" >/dev/null 2>&1 || { echo "missing required tool: $tool" >&2; exit 1; }
-done
-
-wait_port() { # port
-    local i
-    for i in $(seq 1 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    echo "nothing listens on 127.0.0.1:$1" >&2
-    tail -n 5 "$WORK"/*.log "$WORK"/*/error.log 2>/dev/null >&2 || true
-    return 1
-}
-
-if [[ -z "${SKIP_BUILD:-}" ]]; then
-    echo "building edge_bench (release)..." >&2
-    (cd "$ROOT" && cargo build --release -q -p berth-edge --example edge_bench)
-fi
-EDGE_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/edge_bench"
+BENCH=replicas
+. "$(dirname "$0")/edge-lib.sh"
+need_tools wrk nginx cargo
+edge_bench_bin
 
 nginx_conf() { # prefix workers body...
     local prefix=$1 workers=$2
@@ -78,15 +51,7 @@ EOF
 }
 
 # --- the replicas: one nginx worker on three ports ---------------------------
-mkdir -p "$WORK/up"
-nginx_conf "$WORK/up" 1 "
-    server {
-        listen 127.0.0.1:$UP1; listen 127.0.0.1:$UP2; listen 127.0.0.1:$UP3;
-        location / { default_type text/plain; return 200 \"hello from the upstream\n\"; }
-    }" >"$WORK/up/nginx.conf"
-nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" 2>>"$WORK/up.log" &
-PIDS+=($!)
-for p in $UP1 $UP2 $UP3; do wait_port "$p"; done
+start_upstream "$UP1" "$UP2" "$UP3"
 
 # --- berth: 1 replica, 3 replicas round robin, 3 replicas least in-flight ----
 edge() { # name port upstreams balance
