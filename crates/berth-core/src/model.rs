@@ -714,3 +714,60 @@ pub struct DomainVerification {
 pub fn verification_name(hostname: &str) -> String {
     format!("_berth-challenge.{hostname}")
 }
+
+/// A service, or every service of an environment, in maintenance
+/// (`berth maintenance on`): the edge answers its hostnames with 503,
+/// `Retry-After` and berth's maintenance page.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Maintenance {
+    pub project_name: String,
+    pub environment_name: String,
+    /// `None`: every service of the environment.
+    pub service_name: Option<String>,
+    pub since: DateTime<Utc>,
+}
+
+impl Maintenance {
+    /// Whether this puts `service` of `project`/`environment` in maintenance.
+    pub fn covers(&self, project: &str, environment: &str, service: &str) -> bool {
+        self.project_name == project
+            && self.environment_name == environment
+            && self.service_name.as_deref().is_none_or(|s| s == service)
+    }
+}
+
+/// Whether any of `list` puts `service` of `project`/`environment` in
+/// maintenance.
+pub fn in_maintenance(
+    list: &[Maintenance],
+    project: &str,
+    environment: &str,
+    service: &str,
+) -> bool {
+    list.iter().any(|m| m.covers(project, environment, service))
+}
+
+#[cfg(test)]
+mod maintenance_tests {
+    use super::*;
+
+    #[test]
+    fn environment_wide_covers_every_service_and_nothing_else() {
+        let m = |service: Option<&str>| Maintenance {
+            project_name: "shop".into(),
+            environment_name: "production".into(),
+            service_name: service.map(Into::into),
+            since: DateTime::from_timestamp(0, 0).unwrap(),
+        };
+        let all = [m(None)];
+        assert!(in_maintenance(&all, "shop", "production", "web"));
+        assert!(in_maintenance(&all, "shop", "production", "api"));
+        assert!(!in_maintenance(&all, "shop", "staging", "web"));
+        assert!(!in_maintenance(&all, "blog", "production", "web"));
+        let one = [m(Some("api"))];
+        assert!(in_maintenance(&one, "shop", "production", "api"));
+        assert!(!in_maintenance(&one, "shop", "production", "web"));
+        assert!(!in_maintenance(&[], "shop", "production", "web"));
+    }
+}

@@ -141,6 +141,12 @@ pub async fn copy_store(from: &dyn Store, to: &dyn Store, force: bool) -> Result
         }
     }
 
+    for m in from.list_maintenance(None).await? {
+        if copied_projects.contains(&m.project_name) {
+            to.set_maintenance(&m).await?;
+        }
+    }
+
     // Deployments, oldest first, then each slot's active pointer.
     let mut ds = from.list_deployments(&Default::default()).await?;
     ds.retain(|d| copied_projects.contains(&d.project_name));

@@ -38,7 +38,7 @@ use async_trait::async_trait;
 use berth_core::access::{AuditEntry, TokenInfo};
 use berth_core::model::{
     CertState, ClusterMember, Deployment, Domain, Environment, ExternalRoute, LogLine, LogStream,
-    ManifestEntry, Project, StepName, Variable,
+    Maintenance, ManifestEntry, Project, StepName, Variable,
 };
 use berth_core::notify::{Delivery, Notification};
 use berth_core::ops::Run;
@@ -643,4 +643,23 @@ pub trait Store: Send + Sync + 'static {
         notification: &str,
         limit: u32,
     ) -> Result<Vec<Delivery>>;
+
+    // --- maintenance ---
+    /// Puts a service (with `service_name` `None`: every service) of an
+    /// environment in maintenance; the environment must exist
+    /// ([`StoreError::NotFound`]). Again for the same one: the first
+    /// `since` is kept.
+    async fn set_maintenance(&self, m: &Maintenance) -> Result<()>;
+    /// Takes `service` out of maintenance (with `None`: the environment and
+    /// every service of it); how many entries were removed. The
+    /// environment must exist ([`StoreError::NotFound`]).
+    async fn clear_maintenance(
+        &self,
+        project: &str,
+        environment: &str,
+        service: Option<&str>,
+    ) -> Result<u64>;
+    /// What is in maintenance, of one project or of all, by project,
+    /// environment and service (the environment-wide entry first).
+    async fn list_maintenance(&self, project: Option<&str>) -> Result<Vec<Maintenance>>;
 }

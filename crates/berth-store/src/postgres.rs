@@ -22,7 +22,7 @@ use berth_core::access::{AuditEntry, Role, TokenInfo};
 use berth_core::model::{
     split_url_credentials, with_url_credentials, CertState, CertificateStatus, ClusterMember,
     Deployment, Domain, DomainVerification, Environment, ExternalRoute, LogLine, LogStream,
-    ManifestEntry, Project, StepName, Variable, PRODUCTION,
+    Maintenance, ManifestEntry, Project, StepName, Variable, PRODUCTION,
 };
 use berth_core::names;
 use berth_core::notify::{Delivery, Notification};
@@ -43,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0004_access.sql"),
     include_str!("../migrations/postgres/0005_backups.sql"),
     include_str!("../migrations/postgres/0006_notifications.sql"),
+    include_str!("../migrations/postgres/0007_maintenance.sql"),
 ];
 
 /// The advisory lock key migrations run under ("berth" in ASCII).
@@ -1895,5 +1896,62 @@ impl Store for PgStore {
         rows.iter()
             .map(|r| crate::from_json("delivery", &r.get::<_, String>(0)))
             .collect()
+    }
+
+    // --- maintenance ---
+    async fn set_maintenance(&self, m: &Maintenance) -> Result<()> {
+        let c = self.client().await?;
+        get_env(&c, &m.project_name, &m.environment_name).await?;
+        c.execute(
+            "INSERT INTO maintenance (project, environment, service, since) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            &[
+                &m.project_name,
+                &m.environment_name,
+                &m.service_name.as_deref().unwrap_or(""),
+                &m.since,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn clear_maintenance(
+        &self,
+        project: &str,
+        environment: &str,
+        service: Option<&str>,
+    ) -> Result<u64> {
+        let c = self.client().await?;
+        get_env(&c, project, environment).await?;
+        Ok(c.execute(
+            "DELETE FROM maintenance WHERE project = $1 AND environment = $2 \
+             AND ($3::TEXT IS NULL OR service = $3)",
+            &[&project, &environment, &service],
+        )
+        .await?)
+    }
+
+    async fn list_maintenance(&self, project: Option<&str>) -> Result<Vec<Maintenance>> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT project, environment, service, since FROM maintenance \
+                 WHERE $1::TEXT IS NULL OR project = $1 ORDER BY project, environment, service",
+                &[&project],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let service: String = r.get(2);
+                Maintenance {
+                    project_name: r.get(0),
+                    environment_name: r.get(1),
+                    service_name: (!service.is_empty()).then_some(service),
+                    since: r.get(3),
+                }
+            })
+            .collect())
     }
 }

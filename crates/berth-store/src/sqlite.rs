@@ -16,8 +16,8 @@ use berth_core::model::{
     DomainVerification, ManifestEntry,
 };
 use berth_core::model::{
-    Deployment, Environment, EnvironmentKind, ExternalRoute, LogLine, LogStream, Project, StepName,
-    Variable, PRODUCTION,
+    Deployment, Environment, EnvironmentKind, ExternalRoute, LogLine, LogStream, Maintenance,
+    Project, StepName, Variable, PRODUCTION,
 };
 use berth_core::names;
 use berth_core::notify::{Delivery, Notification};
@@ -41,6 +41,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0009_access.sql"),
     include_str!("../migrations/0010_backups.sql"),
     include_str!("../migrations/0011_notifications.sql"),
+    include_str!("../migrations/0012_maintenance.sql"),
 ];
 
 /// File name of the database inside the data dir.
@@ -1854,6 +1855,67 @@ impl Store for SqliteStore {
             let rows = st.query_map(params![notification, limit], |r| r.get::<_, String>(0))?;
             rows.map(|d| crate::from_json("delivery", &d?))
                 .collect::<Result<Vec<_>>>()
+        })
+        .await
+    }
+
+    // --- maintenance ---
+    async fn set_maintenance(&self, m: &Maintenance) -> Result<()> {
+        let m = m.clone();
+        self.call(move |c| {
+            get_env(c, &m.project_name, &m.environment_name)?;
+            c.execute(
+                "INSERT OR IGNORE INTO maintenance (project, environment, service, since) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    m.project_name,
+                    m.environment_name,
+                    m.service_name.as_deref().unwrap_or(""),
+                    ts(&m.since)
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn clear_maintenance(
+        &self,
+        project: &str,
+        environment: &str,
+        service: Option<&str>,
+    ) -> Result<u64> {
+        let (project, env) = (project.to_string(), environment.to_string());
+        let service = service.map(str::to_string);
+        self.call(move |c| {
+            get_env(c, &project, &env)?;
+            let n = c.execute(
+                "DELETE FROM maintenance WHERE project = ?1 AND environment = ?2 \
+                 AND (?3 IS NULL OR service = ?3)",
+                params![project, env, service],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn list_maintenance(&self, project: Option<&str>) -> Result<Vec<Maintenance>> {
+        let project = project.map(str::to_string);
+        self.call(move |c| {
+            let mut st = c.prepare(
+                "SELECT project, environment, service, since FROM maintenance \
+                 WHERE ?1 IS NULL OR project = ?1 ORDER BY project, environment, service",
+            )?;
+            let rows = st.query_map([&project], |r| {
+                let service: String = r.get(2)?;
+                Ok(Maintenance {
+                    project_name: r.get(0)?,
+                    environment_name: r.get(1)?,
+                    service_name: (!service.is_empty()).then_some(service),
+                    since: parse_ts(&r.get::<_, String>(3)?)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
     }

@@ -1398,3 +1398,102 @@ pub async fn notifications_are_sealed_and_each_event_is_queued_once(h: &Harness)
         Err(StoreError::NotFound { .. })
     ));
 }
+
+// --- maintenance ---
+pub async fn maintenance_is_kept_per_environment_and_service(h: &Harness) {
+    use berth_core::model::{in_maintenance, Maintenance};
+    let s = &*h.store;
+    s.create_project(new_project("shop")).await.unwrap();
+    s.create_project(new_project("blog")).await.unwrap();
+    s.create_environment(Environment {
+        project_name: "shop".into(),
+        name: "staging".into(),
+        branch: None,
+        kind: EnvironmentKind::Branch,
+        created_at: Utc::now(),
+    })
+    .await
+    .unwrap();
+    let t0 = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    let m = |p: &str, e: &str, svc: Option<&str>, at| Maintenance {
+        project_name: p.into(),
+        environment_name: e.into(),
+        service_name: svc.map(Into::into),
+        since: at,
+    };
+    assert!(s.list_maintenance(None).await.unwrap().is_empty());
+    assert!(matches!(
+        s.set_maintenance(&m("shop", "nope", None, t0)).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.set_maintenance(&m("nope", "production", None, t0)).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.clear_maintenance("shop", "nope", None).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    s.set_maintenance(&m("shop", "production", Some("api"), t0))
+        .await
+        .unwrap();
+    s.set_maintenance(&m("shop", "production", None, t0))
+        .await
+        .unwrap();
+    // again: the first time is kept
+    s.set_maintenance(&m("shop", "production", None, t0 + Duration::seconds(9)))
+        .await
+        .unwrap();
+    s.set_maintenance(&m("shop", "staging", Some("web"), t0))
+        .await
+        .unwrap();
+    s.set_maintenance(&m("blog", "production", None, t0))
+        .await
+        .unwrap();
+    let shop = s.list_maintenance(Some("shop")).await.unwrap();
+    assert_eq!(
+        shop,
+        [
+            m("shop", "production", None, t0),
+            m("shop", "production", Some("api"), t0),
+            m("shop", "staging", Some("web"), t0),
+        ]
+    );
+    assert_eq!(s.list_maintenance(None).await.unwrap().len(), 4);
+    assert!(in_maintenance(&shop, "shop", "production", "web"));
+    assert!(!in_maintenance(&shop, "shop", "staging", "api"));
+
+    // Off for one service leaves the rest; off for the environment clears it all.
+    assert_eq!(
+        s.clear_maintenance("shop", "staging", Some("api"))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.clear_maintenance("shop", "production", Some("api"))
+            .await
+            .unwrap(),
+        1
+    );
+    s.set_maintenance(&m("shop", "production", Some("worker"), t0))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.clear_maintenance("shop", "production", None)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        s.list_maintenance(Some("shop")).await.unwrap(),
+        [m("shop", "staging", Some("web"), t0)]
+    );
+    // An environment deleted takes its maintenance with it.
+    s.delete_environment("shop", "staging").await.unwrap();
+    assert!(s.list_maintenance(Some("shop")).await.unwrap().is_empty());
+    assert_eq!(
+        s.list_maintenance(None).await.unwrap(),
+        [m("blog", "production", None, t0)]
+    );
+}

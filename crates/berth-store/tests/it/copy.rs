@@ -51,6 +51,14 @@ async fn populate(s: &dyn Store) {
     )
     .await
     .unwrap();
+    s.set_maintenance(&berth_core::model::Maintenance {
+        project_name: "shop".into(),
+        environment_name: "staging".into(),
+        service_name: Some("web".into()),
+        since: at,
+    })
+    .await
+    .unwrap();
     // History: a superseded and an active deployment, with logs.
     let t0 = Utc::now() - Duration::hours(2);
     for (i, id) in ["d1", "d2"].iter().enumerate() {
@@ -221,6 +229,7 @@ async fn view(s: &dyn Store) -> String {
     for (p, id, _) in s.list_deliveries().await.unwrap() {
         writeln!(out, "delivery {p} {id}").unwrap();
     }
+    writeln!(out, "{:?}", s.list_maintenance(None).await.unwrap()).unwrap();
     writeln!(out, "{:?}", s.token_records().await.unwrap()).unwrap();
     writeln!(
         out,

@@ -39,6 +39,7 @@ macro_rules! contract_tests {
             console_sessions_survive_until_they_expire,
             backups_are_kept_per_volume_newest_first,
             notifications_are_sealed_and_each_event_is_queued_once,
+            maintenance_is_kept_per_environment_and_service,
         );
     };
     (@each $make:path; $($name:ident),* $(,)?) => {
