@@ -59,6 +59,10 @@ need_cmd python3 python3
 # with initdb/postgres (as the postgres user when root), or use
 # BERTH_TEST_POSTGRES_URL.
 need_file /usr/lib/postgresql/15/bin/initdb postgresql
+# S3 backups (--backup-url): moto's S3 server, from PyPI into its own venv
+# (/opt/berth-moto; Debian's python is externally managed), below.
+moto_found() { command -v moto_server >/dev/null 2>&1 || [ -x /opt/berth-moto/bin/moto_server ]; }
+moto_found || python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 
 if ((${#need[@]})); then
     # One entry per package.
@@ -72,6 +76,16 @@ if ((${#need[@]})); then
         fi
     else
         problems+=("missing packages: ${need[*]} (as root: apt-get install ${need[*]})")
+    fi
+fi
+
+# moto_server for the S3 backup test.
+if ! moto_found; then
+    if $root && python3 -m venv /opt/berth-moto >/dev/null &&
+        /opt/berth-moto/bin/pip install -q 'moto[server]'; then
+        say "installed moto_server in /opt/berth-moto"
+    else
+        problems+=("moto_server is missing (as root: python3 -m venv /opt/berth-moto && /opt/berth-moto/bin/pip install 'moto[server]')")
     fi
 fi
 

@@ -7,7 +7,10 @@
 //! running. Its record (`berth_core::volumes::Backup`) says `succeeded`
 //! only after the written file was read back: its SHA-256 must equal the
 //! one computed while writing, and it must decompress and list as a tar
-//! archive. Anything else ends `failed` with the reason.
+//! archive. Anything else ends `failed` with the reason. With
+//! `--backup-url` the archive is an object in an S3-compatible bucket
+//! ([`crate::s3`]): written to a staging file, uploaded, downloaded again
+//! and read back the same way; restore downloads it and verifies it first.
 //!
 //! ```text
 //! restore(volume, backup):
@@ -37,6 +40,7 @@ use crate::deployer::Deployer;
 use crate::error::{ApiError, ApiResult};
 use crate::ids::{new_id, now};
 use crate::pipeline::INSTANCE_LABEL;
+use crate::s3::BackupTarget;
 
 /// How often the leader looks for due scheduled backups.
 pub const SCHEDULE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
@@ -128,6 +132,15 @@ fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
     opts.open(path)
 }
 
+/// [`create_private`], for async code.
+pub(crate) async fn create_private_async(path: &Path) -> std::io::Result<tokio::fs::File> {
+    let p = path.to_owned();
+    let f = tokio::task::spawn_blocking(move || create_private(&p))
+        .await
+        .map_err(std::io::Error::other)??;
+    Ok(tokio::fs::File::from_std(f))
+}
+
 fn private_dirs(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     #[cfg(unix)]
@@ -146,7 +159,45 @@ fn private_dirs(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A staging file, removed when dropped.
+struct Staged(PathBuf);
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 impl Deployer {
+    /// The bucket backups go to (`--backup-url`), if any.
+    fn backup_target(&self) -> Option<BackupTarget> {
+        self.cfg.backup_target().ok().flatten()
+    }
+
+    /// The S3 credentials of an environment (its secrets).
+    async fn s3_credentials(
+        &self,
+        project: &str,
+        environment: &str,
+    ) -> Result<rusty_s3::Credentials, String> {
+        let vars = self
+            .store
+            .resolve_variables(project, environment)
+            .await
+            .map_err(|e| e.to_string())?;
+        crate::s3::credentials(&vars).map_err(|e| e.to_string())
+    }
+
+    /// A file under `<data-dir>/backups/.staging/` for an archive on its
+    /// way to or from the bucket.
+    fn staging_path(&self, id: &str, what: &str) -> PathBuf {
+        self.cfg
+            .data_dir
+            .join("backups")
+            .join(".staging")
+            .join(format!("{id}.{what}.tar.gz"))
+    }
+
     fn backup_path(&self, b: &Backup) -> PathBuf {
         self.cfg
             .data_dir
@@ -278,9 +329,29 @@ impl Deployer {
             completed_at: None,
         };
         self.store.insert_backup(&b).await?;
-        let path = self.backup_path(&b);
-        b.location = Some(path.display().to_string());
+        let target = self.backup_target();
+        let key = target
+            .as_ref()
+            .map(|t| t.key(project, environment, volume, &b.id));
+        // With a bucket the archive is written to a staging file, uploaded,
+        // and downloaded again to be verified; else it is the backup file.
+        let (path, _staged) = match &target {
+            Some(_) => {
+                let p = self.staging_path(&b.id, "upload");
+                (p.clone(), Some(Staged(p)))
+            }
+            None => (self.backup_path(&b), None),
+        };
+        b.location = Some(match (&target, &key) {
+            (Some(t), Some(k)) => t.location(k),
+            _ => path.display().to_string(),
+        });
+        let mut uploaded = None;
         let result: Result<(u64, String), String> = async {
+            let creds = match &target {
+                Some(_) => Some(self.s3_credentials(project, environment).await?),
+                None => None,
+            };
             private_dirs(path.parent().expect("backup path has a parent"))
                 .map_err(|e| format!("cannot create the backup directory: {e}"))?;
             let file = create_private(&path)
@@ -309,7 +380,19 @@ impl Deployer {
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
             let (size, written) = (file.bytes, checksum_of(file.hash));
             // Read it back: only a verified archive is a backup.
-            let p = path.clone();
+            let check = match (&target, &key, &creds) {
+                (Some(t), Some(k), Some(c)) => {
+                    uploaded = Some((t.clone(), k.clone(), c.clone()));
+                    t.put_file(c, k, &path).await.map_err(|e| e.to_string())?;
+                    let _ = std::fs::remove_file(&path);
+                    let back = self.staging_path(&b.id, "check");
+                    let guard = Staged(back.clone());
+                    t.get_file(c, k, &back).await.map_err(|e| e.to_string())?;
+                    Some((back, guard))
+                }
+                _ => None,
+            };
+            let p = check.as_ref().map_or(path.clone(), |(p, _)| p.clone());
             let (read, _) = tokio::task::spawn_blocking(move || read_back(&p))
                 .await
                 .map_err(|e| e.to_string())??;
@@ -332,6 +415,9 @@ impl Deployer {
                 b.status = BackupStatus::Failed;
                 b.error = Some(e);
                 let _ = std::fs::remove_file(&path);
+                if let Some((t, k, c)) = uploaded {
+                    let _ = t.delete(&c, &k).await;
+                }
                 b.location = None;
             }
         }
@@ -381,8 +467,45 @@ impl Deployer {
             )));
         }
         let engine = self.volume_for(project, environment, volume).await?;
-        // 1. The archive must read back with its checksum.
-        let path = self.backup_path(&backup);
+        // 1. The archive must read back with its checksum (from the
+        // bucket: downloaded to a staging file first).
+        let location = backup.location.clone().unwrap_or_default();
+        let (path, _staged) = if crate::s3::is_object(&location) {
+            let target = self.backup_target().ok_or_else(|| {
+                ApiError::conflict(format!(
+                    "backup {backup_id} is in {location} and this server has no --backup-url"
+                ))
+            })?;
+            let key = target.key_of(&location).ok_or_else(|| {
+                ApiError::conflict(format!(
+                    "backup {backup_id} is in {location}, not in this server's --backup-url bucket"
+                ))
+            })?;
+            let creds = self
+                .s3_credentials(project, environment)
+                .await
+                .map_err(ApiError::conflict)?;
+            let staged = self.staging_path(&new_id(), "restore");
+            private_dirs(staged.parent().expect("staging path has a parent")).map_err(|e| {
+                ApiError::internal(format!("cannot create the staging directory: {e}"))
+            })?;
+            let guard = Staged(staged.clone());
+            match target.get_file(&creds, key, &staged).await {
+                Ok(_) => {}
+                Err(crate::s3::S3Error::Missing(why)) => {
+                    backup.status = BackupStatus::Failed;
+                    backup.error = Some(format!("cannot be read back: {why}"));
+                    self.store.save_backup(&backup).await?;
+                    return Err(ApiError::conflict(format!(
+                        "backup {backup_id} cannot be restored, nothing was changed: {why}"
+                    )));
+                }
+                Err(e) => return Err(ApiError::unavailable(e.to_string())),
+            }
+            (staged, Some(guard))
+        } else {
+            (self.backup_path(&backup), None)
+        };
         let p = path.clone();
         let read = tokio::task::spawn_blocking(move || read_back(&p))
             .await
@@ -644,14 +767,41 @@ impl Deployer {
                     continue;
                 };
                 for old in berth_core::volumes::backups_to_prune(&list, plan.keep) {
-                    if let Some(path) = &old.location {
-                        let _ = std::fs::remove_file(path);
+                    if let Err(e) = self.remove_archive(old).await {
+                        tracing::warn!(backup = %old.id, error = %e, "cannot remove a pruned backup's archive; its record is kept");
+                        continue;
                     }
                     let _ = self.store.delete_backup(&old.id).await;
                 }
             }
         }
         made
+    }
+}
+
+impl Deployer {
+    /// Removes a backup's archive: its file, or its object in the bucket.
+    async fn remove_archive(&self, b: &Backup) -> Result<(), String> {
+        let Some(location) = &b.location else {
+            return Ok(());
+        };
+        if !crate::s3::is_object(location) {
+            let _ = std::fs::remove_file(location);
+            return Ok(());
+        }
+        let target = self
+            .backup_target()
+            .ok_or("the archive is in a bucket and this server has no --backup-url")?;
+        let key = target
+            .key_of(location)
+            .ok_or("the archive is in another bucket than --backup-url's")?;
+        let creds = self
+            .s3_credentials(&b.project_name, &b.environment_name)
+            .await?;
+        match target.delete(&creds, key).await {
+            Ok(()) | Err(crate::s3::S3Error::Missing(_)) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 

@@ -83,6 +83,13 @@ pub struct ServerConfig {
     /// Take the listening sockets and the control plane over from the
     /// server running on the same data dir (see `takeover`).
     pub takeover: bool,
+    /// Volume backups go to this S3-compatible bucket (`s3://bucket/prefix`,
+    /// see `s3`) instead of `<data_dir>/backups/`.
+    pub backup_url: Option<String>,
+    /// Endpoint of the S3-compatible service; AWS's when unset.
+    pub backup_s3_endpoint: Option<String>,
+    /// Region of the bucket; `us-east-1` when unset.
+    pub backup_s3_region: Option<String>,
 }
 
 /// What runs app instances.
@@ -152,6 +159,9 @@ impl ServerConfig {
             microvm_init: None,
             microvm_accel: berth_runtime::microvm::Accel::Auto,
             takeover: false,
+            backup_url: None,
+            backup_s3_endpoint: None,
+            backup_s3_region: None,
         }
     }
 
@@ -164,6 +174,25 @@ impl ServerConfig {
         {
             Some(u) => berth_store::StoreUrl::parse(u),
             None => Ok(berth_store::StoreUrl::default_for(&self.data_dir)),
+        }
+    }
+
+    /// Where volume backups go: `Some` bucket with `--backup-url`, `None`
+    /// for `<data_dir>/backups/`; a bad URL or endpoint is an error.
+    pub fn backup_target(&self) -> Result<Option<crate::s3::BackupTarget>, crate::s3::S3Error> {
+        match self
+            .backup_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+        {
+            None => Ok(None),
+            Some(url) => crate::s3::BackupTarget::parse(
+                url,
+                self.backup_s3_endpoint.as_deref(),
+                self.backup_s3_region.as_deref(),
+            )
+            .map(Some),
         }
     }
 

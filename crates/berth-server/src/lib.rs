@@ -34,6 +34,7 @@ pub mod notify;
 pub mod pipeline;
 pub mod reconcile;
 pub mod runs;
+pub mod s3;
 pub mod saving;
 pub mod takeover;
 pub mod tls;
@@ -215,6 +216,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     if let Some(b) = &cfg.base_domain {
         berth_core::names::hostname(b).context("--base-domain")?;
     }
+    cfg.backup_target()?;
     let (token, token_file) = resolve_token(&cfg)?;
     let cipher = Cipher::load(&cfg.data_dir, cfg.master_key.as_deref())?;
     let mut cfg = cfg;

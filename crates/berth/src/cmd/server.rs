@@ -116,6 +116,19 @@ pub struct ServerArgs {
     /// in-flight requests and exits; no request is refused meanwhile.
     #[arg(long)]
     takeover: bool,
+    /// Volume backups go to this S3-compatible bucket, s3://bucket/prefix
+    /// [default: <data-dir>/backups/]. The credentials are the secrets
+    /// BERTH_BACKUP_S3_ACCESS_KEY_ID and BERTH_BACKUP_S3_SECRET_ACCESS_KEY
+    /// of the volume's environment.
+    #[arg(long, env = "BERTH_BACKUP_URL")]
+    backup_url: Option<String>,
+    /// Endpoint of the S3-compatible service, e.g. http://127.0.0.1:9000
+    /// (addressed path style) [default: AWS's for the region].
+    #[arg(long, env = "BERTH_BACKUP_S3_ENDPOINT")]
+    backup_s3_endpoint: Option<String>,
+    /// Region of the backup bucket [default: us-east-1].
+    #[arg(long, env = "BERTH_BACKUP_S3_REGION")]
+    backup_s3_region: Option<String>,
     /// The server's own log on stderr: "text", or "json" (one object per
     /// line: timestamp, level, message and fields).
     #[arg(long, env = "BERTH_LOG_FORMAT", default_value = "text")]
@@ -178,6 +191,9 @@ impl ServerArgs {
         cfg.otlp_endpoint = self.otlp_endpoint.filter(|s| !s.is_empty());
         cfg.trace_sample = self.trace_sample;
         cfg.takeover = self.takeover;
+        cfg.backup_url = self.backup_url.filter(|s| !s.is_empty());
+        cfg.backup_s3_endpoint = self.backup_s3_endpoint.filter(|s| !s.is_empty());
+        cfg.backup_s3_region = self.backup_s3_region.filter(|s| !s.is_empty());
         cfg
     }
 }

@@ -352,3 +352,270 @@ fn scheduled_backups_run_once_per_firing() {
         );
     }
 }
+
+/// A moto S3 server (`moto_server`, from `pip install 'moto[server]'`) on a
+/// free 127.0.0.1 port; stopped (by its PID) when dropped.
+struct Moto {
+    child: std::process::Child,
+    url: String,
+}
+
+const MOTO_AUTH: &str = "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00";
+
+impl Moto {
+    fn binary() -> Option<std::path::PathBuf> {
+        if let Ok(p) = std::env::var("BERTH_TEST_MOTO_SERVER") {
+            return Some(p.into());
+        }
+        std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .chain([std::path::PathBuf::from("/opt/berth-moto/bin")])
+            .map(|d| d.join("moto_server"))
+            .find(|p| p.is_file())
+    }
+
+    fn start(bin: &std::path::Path) -> Moto {
+        let port = free_port();
+        let child = std::process::Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let m = Moto {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while m.req("GET", "/", None).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        m
+    }
+
+    /// A request to moto (which checks no signature, only that there is one).
+    fn req(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, Vec<u8>), String> {
+        let c = reqwest::blocking::Client::new();
+        let mut r = c
+            .request(method.parse().unwrap(), format!("{}{path}", self.url))
+            .header("Authorization", MOTO_AUTH);
+        if let Some(b) = body {
+            r = r.body(b);
+        }
+        let resp = r.send().map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.bytes().map_err(|e| e.to_string())?.to_vec()))
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `--backup-url s3://bucket/prefix` against a real S3 API (moto): the
+/// archive is an object, verified by downloading it again; restore reads it
+/// from there; a corrupt or missing object is refused and the backup
+/// reported failed; the credentials are secrets and never shown.
+#[test]
+fn backups_go_to_an_s3_bucket_and_are_verified_on_read_back() {
+    let Some(bin) = Moto::binary() else {
+        missing_tool("moto_server", "pip install 'moto[server]'");
+        return;
+    };
+    let mut moto = Moto::start(&bin);
+    let (st, _) = moto.req("PUT", "/berth-e2e", None).unwrap();
+    assert_eq!(st, 200, "create the bucket");
+    let project = unique("e2e3");
+    let _c = Cleanup(project.clone());
+    let _v = VolumeCleanup(project.clone());
+    let s = Server::start_with(&[
+        "--backup-url",
+        "s3://berth-e2e/site/",
+        "--backup-s3-endpoint",
+        &moto.url,
+    ]);
+    let repo = app("s3 v1");
+    s.ok(&["projects", "create", &project, "--repo", repo.path()]);
+    let (ok, d) = deploy_wait(&s, &project);
+    assert!(ok, "deploy failed: {d}\n{}", s.log());
+    let h = host(&project);
+    assert_eq!(get(&s, &h, "/cgi-bin/write?in-s3"), "written");
+    let backup = |s: &Server| {
+        s.cli(&[
+            "volumes",
+            "backup",
+            "--project",
+            &project,
+            "uploads",
+            "--json",
+        ])
+    };
+
+    // No credentials yet: the backup is reported failed, saying which secret.
+    let o = backup(&s);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "a backup without credentials succeeded"
+    );
+    assert!(err.contains("BERTH_BACKUP_S3_ACCESS_KEY_ID"), "{err}");
+    // Plain variables are not credentials.
+    s.ok(&[
+        "env",
+        "set",
+        "--project",
+        &project,
+        "BERTH_BACKUP_S3_ACCESS_KEY_ID=AKIDE2E",
+        "BERTH_BACKUP_S3_SECRET_ACCESS_KEY=plain-not-secret",
+    ]);
+    let err = String::from_utf8_lossy(&backup(&s).stderr).to_string();
+    assert!(err.contains("set it as a secret"), "{err}");
+    assert!(!err.contains("plain-not-secret"), "{err}");
+    const SECRET: &str = "s3cr3t-e2e-value-never-shown";
+    s.ok(&[
+        "env",
+        "set",
+        "--project",
+        &project,
+        "--secret",
+        "BERTH_BACKUP_S3_ACCESS_KEY_ID=AKIDE2E",
+        &format!("BERTH_BACKUP_S3_SECRET_ACCESS_KEY={SECRET}"),
+    ]);
+
+    // A backup: an object in the bucket, read back with its checksum.
+    let o = backup(&s);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let b: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(b["status"], "succeeded", "{b}");
+    let id = b["id"].as_str().unwrap().to_string();
+    let key = format!("site/{project}/production/uploads/{id}.tar.gz");
+    assert_eq!(
+        b["location"],
+        format!("s3://berth-e2e/{key}").as_str(),
+        "{b}"
+    );
+    let (st, object) = moto.req("GET", &format!("/berth-e2e/{key}"), None).unwrap();
+    assert_eq!(st, 200);
+    assert_eq!(object.len() as u64, b["sizeBytes"].as_u64().unwrap());
+    use sha2::Digest;
+    assert_eq!(
+        b["checksum"].as_str().unwrap(),
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(&object)))
+    );
+    // Nothing kept on the server's disk.
+    let staged: Vec<_> = walk(&s.data_dir().join("backups"));
+    assert!(staged.is_empty(), "files left on disk: {staged:?}");
+
+    // Restore from the bucket.
+    assert_eq!(get(&s, &h, "/cgi-bin/delete"), "deleted");
+    let r = s.json(&[
+        "volumes",
+        "restore",
+        "--project",
+        &project,
+        "uploads",
+        &id,
+        "--json",
+    ]);
+    assert_eq!(r["restored"]["id"], id.as_str(), "{r}");
+    let prev_loc = r["previous"]["location"].as_str().unwrap().to_string();
+    assert!(prev_loc.starts_with("s3://berth-e2e/site/"), "{r}");
+    wait_note(&s, &h, "in-s3");
+
+    // A corrupt object: refused, nothing touched, reported failed.
+    let mut bad = object.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x55;
+    let (st, _) = moto
+        .req("PUT", &format!("/berth-e2e/{key}"), Some(bad))
+        .unwrap();
+    assert_eq!(st, 200);
+    assert_eq!(get(&s, &h, "/cgi-bin/write?after"), "written");
+    let o = s.cli(&["volumes", "restore", "--project", &project, "uploads", &id]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a corrupt object was restored");
+    assert!(err.contains("nothing was changed"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(get(&s, &h, "/cgi-bin/read"), "after");
+    // A missing object: the same.
+    let prev_id = r["previous"]["id"].as_str().unwrap().to_string();
+    let prev_key = prev_loc.strip_prefix("s3://berth-e2e").unwrap().to_string();
+    let (st, _) = moto
+        .req("DELETE", &format!("/berth-e2e{prev_key}"), None)
+        .unwrap();
+    assert_eq!(st, 204);
+    let o = s.cli(&[
+        "volumes",
+        "restore",
+        "--project",
+        &project,
+        "uploads",
+        &prev_id,
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("nothing was changed"),
+        "{err}"
+    );
+    let listed = s.json(&[
+        "volumes",
+        "backups",
+        "--project",
+        &project,
+        "uploads",
+        "--json",
+    ]);
+    for want in [&id, &prev_id] {
+        let b = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["id"] == want.as_str())
+            .unwrap();
+        assert_eq!(b["status"], "failed", "{b}");
+    }
+    assert_eq!(get(&s, &h, "/cgi-bin/read"), "after");
+
+    // The bucket unreachable: the backup is reported failed, not done.
+    let _ = moto.child.kill();
+    let _ = moto.child.wait();
+    let o = backup(&s);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("cannot upload"),
+        "{err}"
+    );
+
+    // The secret never appeared.
+    assert!(
+        !s.log().contains(SECRET),
+        "the secret is in the server's log"
+    );
+    let env = s.ok(&["env", "list", "--project", &project]);
+    assert!(!env.contains(SECRET), "{env}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
