@@ -133,6 +133,7 @@ pub const RULES: &[Rule] = &[
     change("POST", "/api/v1/deployments/{id}/promote", Deployer, Dep("id"), "promote"),
     change("POST", "/api/v1/deployments/{id}/redeploy", Deployer, Dep("id"), "redeploy"),
     read("/api/v1/deployments/{id}/logs", Viewer, Dep("id")),
+    read("/api/v1/deployments/{id}/events", Viewer, Dep("id")),
     read("/api/v1/deployments/{id}/manifest", Viewer, Dep("id")),
     read("/api/v1/deployments/{id}/pin", Viewer, Dep("id")),
     read("/api/v1/logs", Viewer, Query),

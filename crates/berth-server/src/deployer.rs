@@ -76,6 +76,9 @@ pub struct Deployer {
     /// Named volumes (`[services.<name>.volumes]`); set only where the
     /// runtime has them (Docker), see `volumes`.
     pub volumes: std::sync::OnceLock<Arc<dyn berth_runtime::Volumes>>,
+    /// Bumped after this process saves a deployment record: what wakes the
+    /// API's deployment event streams (`api::events`) at once.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// The server log's line for a deployment that just ended (one per
@@ -103,6 +106,11 @@ fn log_outcome(d: &Deployment) {
             "deployment {result}"
         ),
     }
+}
+
+/// The first 12 characters of a commit SHA, as berth's log lines show it.
+pub(crate) fn short_sha(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
 }
 
 /// The side effects a deployer drives, one seam each.
@@ -176,7 +184,20 @@ impl Deployer {
             leadership,
             quiescing: Default::default(),
             volumes: Default::default(),
+            changes: tokio::sync::watch::channel(0).0,
         })
+    }
+
+    /// Wake the deployment event streams: a record was just saved.
+    pub(crate) fn deployment_saved(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that sees every [`Deployer::deployment_saved`] (changes
+    /// saved by another server of a cluster are not signalled: readers
+    /// also look again every second).
+    pub fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     fn is_quiescing(&self) -> bool {
@@ -285,6 +306,14 @@ impl Deployer {
                 .clone()
                 .unwrap_or_else(|| project.default_branch.clone()),
         };
+        // What the ref names now, recorded with the request (see `pin_ref`).
+        let pinned = match &req.source {
+            None => {
+                self.pin_ref(&project.name, req.source_repo.as_deref(), &reference)
+                    .await
+            }
+            Some(_) => None,
+        };
         let id = new_id();
         let mut d = Deployment {
             id: id.clone(),
@@ -302,7 +331,7 @@ impl Deployer {
             started_at: None,
             completed_at: None,
             reference,
-            commit: None,
+            commit: pinned,
             trigger: req.trigger,
             source_deployment_id: None,
             image: None,
@@ -333,12 +362,16 @@ impl Deployer {
         self.logs.event(
             &d.id,
             &format!(
-                "deployment {} created for service {} in {} ({}, ref {})",
+                "deployment {} created for service {} in {} ({}, ref {}{})",
                 d.id,
                 d.service_name,
                 d.environment_name,
                 d.trigger.as_str(),
-                d.reference
+                d.reference,
+                match &d.commit {
+                    Some(c) if c.sha != d.reference => format!(" at {}", short_sha(&c.sha)),
+                    _ => String::new(),
+                }
             ),
         );
         Ok(d)
@@ -557,6 +590,7 @@ impl Deployer {
         if let Err(e) = crate::saving::save_retrying(&*self.store, d, redo).await {
             tracing::error!(deployment = d.id, error = %e, "cannot record failure");
         }
+        self.deployment_saved();
     }
 
     pub(crate) async fn cancel_queued(&self, id: &str, why: &str) {
@@ -588,6 +622,7 @@ impl Deployer {
                 };
                 match crate::saving::save_retrying(&*self.store, &mut d, redo).await {
                     Ok(crate::saving::Saved::Written) => {
+                        self.deployment_saved();
                         self.logs.event(id, &format!("cancelled: {why}"))
                     }
                     Ok(crate::saving::Saved::GaveUp) => {}

@@ -65,6 +65,11 @@ impl<T> Reply<T> {
         }
     }
 
+    /// A reply made of bytes the server sent another way (an event's data).
+    pub fn from_body(body: impl Into<Bytes>) -> Self {
+        Reply::new(body.into())
+    }
+
     /// The body, pretty-printed with its keys in the server's order.
     pub fn pretty(&self) -> Result<String, ClientError> {
         pretty_json(&self.body)
@@ -334,6 +339,15 @@ impl ApiClient {
 
     pub async fn get_deployment(&self, id: &str) -> R<Deployment> {
         self.get(&["deployments", id], &[]).await
+    }
+
+    /// Open the deployment's server-sent-event stream: one `deployment`
+    /// event per saved change, ending after its first terminal state.
+    pub async fn deployment_events(&self, id: &str) -> Result<reqwest::Response, ClientError> {
+        let req = self
+            .request(Method::GET, self.url(&["deployments", id, "events"], &[]))
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        self.send(req).await
     }
 
     /// `verb` is `cancel`, `promote` or `redeploy`.

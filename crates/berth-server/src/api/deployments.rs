@@ -138,3 +138,69 @@ pub async fn manifest(
         ))),
     }
 }
+
+/// How long an event stream waits for a change signal before it reads the
+/// record again anyway (a change saved by another server of a cluster).
+const EVENTS_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `GET /deployments/{id}/events`: a Server-Sent Events stream of the
+/// deployment as it changes — one `deployment` event (id: the record's
+/// `version`, data: the deployment JSON) at once, then one per saved
+/// change, woken by the deployer's change signal the moment a record is
+/// saved. The stream ends after the first terminal state. `berth deploy
+/// --wait` follows it.
+pub async fn events(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    // Subscribe before the first read: a save in between is not missed.
+    let changes = s.deployer.subscribe_changes();
+    let first = s.store.get_deployment(&id).await?;
+    struct Follow {
+        store: std::sync::Arc<dyn berth_store::Store>,
+        changes: tokio::sync::watch::Receiver<u64>,
+        id: String,
+        next: Option<Deployment>,
+        sent: Option<u64>,
+        done: bool,
+    }
+    let state = Follow {
+        store: s.store.clone(),
+        changes,
+        id,
+        next: Some(first),
+        sent: None,
+        done: false,
+    };
+    let stream = futures::stream::unfold(state, |mut st| async move {
+        loop {
+            if st.done {
+                return None;
+            }
+            if let Some(d) = st.next.take() {
+                if st.sent != Some(d.version) {
+                    st.sent = Some(d.version);
+                    st.done = d.status.is_terminal();
+                    let data = serde_json::to_string(&d).unwrap_or_default();
+                    let ev = Event::default()
+                        .event("deployment")
+                        .id(d.version.to_string())
+                        .data(data);
+                    return Some((Ok::<_, std::convert::Infallible>(ev), st));
+                }
+            }
+            let _ = tokio::time::timeout(EVENTS_RECHECK, st.changes.changed()).await;
+            match st.store.get_deployment(&st.id).await {
+                Ok(d) => st.next = Some(d),
+                Err(berth_store::StoreError::NotFound { .. }) => return None,
+                Err(e) => {
+                    tracing::warn!(deployment = st.id, error = %e, "event stream read failed")
+                }
+            }
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response())
+}

@@ -183,6 +183,7 @@ pub fn router(state: AppState) -> Router {
         .route("/deployments/{id}/promote", post(deployments::promote))
         .route("/deployments/{id}/redeploy", post(deployments::redeploy))
         .route("/deployments/{id}/logs", get(logs::deployment_logs))
+        .route("/deployments/{id}/events", get(deployments::events))
         .route("/deployments/{id}/manifest", get(deployments::manifest))
         .route("/deployments/{id}/pin", get(deployments::pin))
         .route("/logs", get(logs::service_logs))

@@ -78,6 +78,8 @@ pub fn spec() -> Value {
     if let Some(more) = volumes.as_object() {
         paths.extend(more.clone());
     }
+    // A deployment's event stream (apart, for the same reason).
+    paths.insert("/deployments/{id}/events".into(), json!({"get": op("Server-Sent Events of a deployment as it changes: one `deployment` event (id: its version, data: the deployment JSON) at once, then one per saved change; the stream ends after the first terminal state (`deploy --wait` follows it)", "200")}));
     declare_path_parameters(&mut doc);
     doc
 }

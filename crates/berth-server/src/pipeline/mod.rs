@@ -228,7 +228,7 @@ impl Deployer {
     /// fresh record ([`crate::saving::rebase_pipeline`]).
     pub(crate) async fn save(&self, d: &mut Deployment) {
         match crate::saving::save_retrying(&*self.store, d, crate::saving::rebase_pipeline).await {
-            Ok(crate::saving::Saved::Written) => {}
+            Ok(crate::saving::Saved::Written) => self.deployment_saved(),
             Ok(crate::saving::Saved::GaveUp) => {
                 tracing::warn!(
                     deployment = d.id,

@@ -70,6 +70,50 @@ impl Deployer {
         }
     }
 
+    /// The commit `reference` names now, asked (`git ls-remote`) when the
+    /// deployment is requested and recorded as its `commit` (sha and
+    /// branch; message and author come with the clone): what was asked for
+    /// is what is deployed, even when a push lands on the branch before the
+    /// pipeline clones. `None` when it cannot be told without a clone (an
+    /// abbreviated SHA, an unknown ref, an unreachable remote): the clone
+    /// resolves the ref then, and reports the error.
+    pub(crate) async fn pin_ref(
+        &self,
+        project: &str,
+        source_repo: Option<&str>,
+        reference: &str,
+    ) -> Option<berth_core::model::Commit> {
+        let access = match source_repo {
+            Some(local) => berth_store::RepoAccess {
+                url: local.to_string(),
+                deploy_key: None,
+            },
+            None => self.store.repo_access(project).await.ok()?,
+        };
+        let key_file = match &access.deploy_key {
+            Some(key) => {
+                let name = format!("resolve-{}", crate::ids::new_id());
+                Some(PrivateFile::write(&self.cfg.data_dir.join("keys"), &name, key).ok()?)
+            }
+            None => None,
+        };
+        let (sha, branch) = self
+            .builder
+            .resolve_ref(
+                &access.url,
+                reference,
+                key_file.as_ref().map(|f| f.0.as_path()),
+                PIN_TIMEOUT,
+            )
+            .await?;
+        Some(berth_core::model::Commit {
+            sha,
+            branch,
+            message: String::new(),
+            author: String::new(),
+        })
+    }
+
     /// Hash of the inputs that decide an image besides the commit.
     pub(super) fn inputs_key(&self, service: &str, build_args: &[(String, String)]) -> String {
         use sha2::Digest;
@@ -95,8 +139,9 @@ impl Deployer {
     ) -> Option<ServiceConfig> {
         let (sha, branch) = self
             .builder
-            .resolve_ref(repo, &d.reference, ssh_key, Duration::from_secs(20))
+            .resolve_ref(repo, &fetch_ref(d), ssh_key, Duration::from_secs(20))
             .await?;
+        let branch = branch.or_else(|| pinned_branch(d));
         let past = self
             .store
             .list_deployments(&berth_store::DeploymentQuery {
@@ -258,7 +303,7 @@ impl Deployer {
         let (sink, tail) = self.sink(d, StepName::Clone);
         let req = CloneRequest {
             repo: repo.to_string(),
-            reference: d.reference.clone(),
+            reference: fetch_ref(d),
             dest: work.to_path_buf(),
             ssh_key: ssh_key.map(Path::to_path_buf),
             timeout: Duration::from_secs(300),
@@ -271,7 +316,8 @@ impl Deployer {
         let checkout = checkout.or_else(|e| fail(StepName::Clone, e.to_string()))?;
         d.commit = Some(berth_core::model::Commit {
             sha: checkout.commit.sha.clone(),
-            branch: checkout.commit.branch.clone(),
+            // a pinned SHA was fetched: the branch is the one it was pinned from
+            branch: checkout.commit.branch.clone().or_else(|| pinned_branch(d)),
             message: checkout.commit.message.clone(),
             author: checkout.commit.author.clone(),
         });
@@ -365,6 +411,23 @@ impl Deployer {
         }
         b
     }
+}
+
+/// How long a deploy request waits for `git ls-remote` to pin its ref.
+const PIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the pipeline fetches: the commit recorded at request time (or the
+/// copied deployment's), else the ref as asked.
+fn fetch_ref(d: &Deployment) -> String {
+    match &d.commit {
+        Some(c) if !c.sha.is_empty() => c.sha.clone(),
+        _ => d.reference.clone(),
+    }
+}
+
+/// The branch a pinned commit was resolved from.
+fn pinned_branch(d: &Deployment) -> Option<String> {
+    d.commit.as_ref().and_then(|c| c.branch.clone())
 }
 
 /// A work directory, removed on drop.

@@ -197,7 +197,10 @@ impl Deployer {
                 .save_deployments(&mut batch, Some(activate.clone()))
                 .await
             {
-                Ok(()) => break,
+                Ok(()) => {
+                    self.deployment_saved();
+                    break;
+                }
                 Err(berth_store::StoreError::Stale { id, .. }) => {
                     let Ok(fresh) = self.store.get_deployment(&id).await else {
                         break;

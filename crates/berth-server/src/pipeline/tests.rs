@@ -26,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Scheduled jobs in process: the scheduler driven by a clock of the test.
 mod jobs;
+/// A deploy records the commit its ref names when it is asked (real git).
+mod pinned;
 
 const TOML: &str = "[services.web]\nport = 3000\n\n[services.web.readiness]\ndeadline = \"2s\"\n";
 
@@ -43,6 +45,9 @@ struct FakeBuilder {
     build_time: Mutex<Duration>,
     commits: AtomicU32,
     calls: Mutex<Vec<String>>,
+    /// Clone and resolve refs with real git (`berth_build::clone`,
+    /// `resolve_ref`) instead of inventing commits.
+    real_git: std::sync::atomic::AtomicBool,
 }
 
 impl FakeBuilder {
@@ -53,8 +58,11 @@ impl FakeBuilder {
 
 #[async_trait::async_trait]
 impl Builder for FakeBuilder {
-    async fn clone_repo(&self, req: &CloneRequest, _: LogSink) -> Result<Checkout, BuildError> {
+    async fn clone_repo(&self, req: &CloneRequest, sink: LogSink) -> Result<Checkout, BuildError> {
         self.call(format!("clone {}", req.reference));
+        if self.real_git.load(Ordering::SeqCst) {
+            return berth_build::clone(req, sink).await;
+        }
         std::fs::create_dir_all(&req.dest).map_err(|e| BuildError::Io(e.to_string()))?;
         let toml = self.toml.lock().unwrap().clone();
         std::fs::write(req.dest.join("berth.toml"), toml)
@@ -80,11 +88,14 @@ impl Builder for FakeBuilder {
 
     async fn resolve_ref(
         &self,
-        _: &str,
-        _: &str,
-        _: Option<&Path>,
-        _: Duration,
+        repo: &str,
+        reference: &str,
+        key: Option<&Path>,
+        timeout: Duration,
     ) -> Option<(String, Option<String>)> {
+        if self.real_git.load(Ordering::SeqCst) {
+            return berth_build::resolve_ref(repo, reference, key, timeout).await;
+        }
         None
     }
 

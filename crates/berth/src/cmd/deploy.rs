@@ -1,8 +1,10 @@
 //! `berth deploy|rollback|promote|redeploy|cancel`, and `--wait`: follow
-//! a deployment live until it is succeeded, failed or cancelled.
+//! a deployment live (its server-sent event stream) until it is
+//! succeeded, failed or cancelled.
 
+use super::logs::SseParser;
 use super::Ctx;
-use crate::client::Reply;
+use crate::client::{ClientError, Reply};
 use crate::output::{changes, emitln, last_lines, live_block, summary_line, LiveRegion};
 use anyhow::Context as _;
 use berth_core::api::{CreateDeployment, Rollback};
@@ -59,8 +61,11 @@ pub struct IdArgs {
     id: String,
 }
 
-/// How often `--wait` asks for the deployment.
+/// How often `--wait` asks for the deployment of a server without the
+/// event stream.
 const POLL: Duration = Duration::from_millis(250);
+/// Pause before opening the event stream again after it broke.
+const STREAM_RETRY: Duration = Duration::from_millis(100);
 /// Consecutive unreachable polls tolerated (a server restart) before giving up.
 const MAX_UNREACHABLE: u32 = 120;
 /// Lines of the failing step's log shown on failure.
@@ -164,18 +169,44 @@ impl Progress {
     }
 }
 
-/// Poll the deployment until it is terminal; the last answer and its parse.
+/// Follow the deployment until it is terminal; the last answer and its
+/// parse. It comes over the deployment's event stream, which the server
+/// pushes the moment a change is saved; when the stream breaks (a server
+/// restart, a proxy cutting it) one poll bridges the gap and the stream is
+/// opened again. A server without the stream is polled every [`POLL`].
 async fn watch(ctx: &Ctx, first: Deployment) -> anyhow::Result<(Reply<Deployment>, Deployment)> {
     let id = first.id.clone();
     let mut progress = Progress::new(ctx.json);
     progress.show(&first);
     let mut unreachable = 0;
+    let mut streaming = true;
     loop {
-        tokio::time::sleep(POLL).await;
+        if streaming {
+            match ctx.client.deployment_events(&id).await {
+                Ok(mut resp) => {
+                    unreachable = 0;
+                    if let Some(done) = follow_events(ctx, &mut resp, &mut progress).await {
+                        return Ok(done);
+                    }
+                    // Ended before a terminal state: poll once, then resume.
+                }
+                Err(e) if no_stream(&e) => streaming = false,
+                Err(e) if e.is_transient() && unreachable < MAX_UNREACHABLE => {
+                    unreachable += 1;
+                    tokio::time::sleep(POLL).await;
+                    continue;
+                }
+                Err(e) => return Err(e).with_context(|| format!("following deployment {id}")),
+            }
+        }
+        if !streaming {
+            tokio::time::sleep(POLL).await;
+        }
         let reply = match ctx.client.get_deployment(&id).await {
             Ok(r) => r,
             Err(e) if e.is_transient() && unreachable < MAX_UNREACHABLE => {
                 unreachable += 1;
+                tokio::time::sleep(POLL).await;
                 continue;
             }
             Err(e) => return Err(e).with_context(|| format!("following deployment {id}")),
@@ -186,7 +217,47 @@ async fn watch(ctx: &Ctx, first: Deployment) -> anyhow::Result<(Reply<Deployment
         if d.status.is_terminal() {
             return Ok((reply, d));
         }
+        if streaming {
+            // not a hot loop when a stream keeps breaking at once
+            tokio::time::sleep(STREAM_RETRY).await;
+        }
     }
+}
+
+/// Read one event stream: each `deployment` event is shown; the first
+/// terminal one is the result. `None` when the stream ended or broke first.
+async fn follow_events(
+    ctx: &Ctx,
+    resp: &mut reqwest::Response,
+    progress: &mut Progress,
+) -> Option<(Reply<Deployment>, Deployment)> {
+    let mut parser = SseParser::default();
+    while let Ok(Some(chunk)) = ctx.client.next_chunk(resp).await {
+        for ev in parser.feed(&chunk) {
+            let reply = Reply::from_body(ev.data.into_bytes());
+            // another kind of event (a newer server's): not ours to read
+            let Ok(d) = reply.parse() else { continue };
+            progress.show(&d);
+            if d.status.is_terminal() {
+                return Some((reply, d));
+            }
+        }
+    }
+    None
+}
+
+/// A server that has no event stream (older than the CLI): poll it.
+fn no_stream(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Api {
+            status: 404 | 405,
+            ..
+        } | ClientError::Status {
+            status: 404 | 405,
+            ..
+        }
+    )
 }
 
 /// Print the outcome; an error unless the deployment succeeded.

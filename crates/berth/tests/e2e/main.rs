@@ -3,6 +3,7 @@
 //! real Docker Engine.
 
 mod cluster;
+mod events;
 mod harness;
 mod needs_docker;
 mod postgres_store;

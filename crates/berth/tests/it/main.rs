@@ -18,6 +18,8 @@ const TOKEN: &str = "t0k3n";
 struct Fake {
     polls: AtomicUsize,
     puts: AtomicUsize,
+    /// Connections to a deployment's event stream.
+    streams: AtomicUsize,
 }
 
 type S = State<Arc<Fake>>;
@@ -147,6 +149,25 @@ async fn get_deployment(State(s): S, h: HeaderMap, Path(id): Path<String>) -> Re
     Json(d).into_response()
 }
 
+/// A deployment's event stream. dep_w: the first connection sends one
+/// event (still running) and breaks; the next one sends it succeeded.
+/// Other ids: 404 without berth's body, as a server older than the stream
+/// answers (the CLI polls those).
+async fn events(State(s): S, h: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Some(r) = unauthorized(&h) {
+        return r;
+    }
+    if id != "dep_w" {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let d = match s.streams.fetch_add(1, Ordering::SeqCst) {
+        0 => deployment("dep_w", "running", "checking_readiness"),
+        _ => deployment("dep_w", "succeeded", "active"),
+    };
+    let body = format!(": keep-alive\n\nevent: deployment\nid: 3\ndata: {d}\n\n");
+    ([("content-type", "text/event-stream")], body).into_response()
+}
+
 async fn logs(
     h: HeaderMap,
     Path(_id): Path<String>,
@@ -180,6 +201,12 @@ async fn logs(
 }
 
 async fn start() -> String {
+    start_fake().await.0
+}
+
+/// [`start`], with the fake's counters.
+async fn start_fake() -> (String, Arc<Fake>) {
+    let fake = Arc::new(Fake::default());
     let app = Router::new()
         .route(
             "/api/v1/health",
@@ -197,11 +224,12 @@ async fn start() -> String {
         )
         .route("/api/v1/deployments/{id}", get(get_deployment))
         .route("/api/v1/deployments/{id}/logs", get(logs))
-        .with_state(Arc::new(Fake::default()));
+        .route("/api/v1/deployments/{id}/events", get(events))
+        .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}")
+    (format!("http://{addr}"), fake)
 }
 
 async fn berth(api: &str, token: Option<&str>, args: &[&str]) -> Output {
@@ -363,6 +391,24 @@ async fn deploy_wait_success_prints_url() {
             .ends_with("deployment dep_w succeeded: http://shop.localhost:8080"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn deploy_wait_follows_the_event_stream_and_polls_only_when_it_breaks() {
+    let (api, fake) = start_fake().await;
+    let o = berth(
+        &api,
+        Some(TOKEN),
+        &["deploy", "--project", "shop", "--wait", "--json"],
+    )
+    .await;
+    assert!(o.status.success(), "{}", err_text(&o));
+    let v: Value = serde_json::from_str(&out(&o)).expect("stdout is one JSON object");
+    assert_eq!(v["status"], "succeeded");
+    assert_eq!(v["promotionStage"], "active");
+    // The first stream broke while running: one poll, then the stream again.
+    assert_eq!(fake.streams.load(Ordering::SeqCst), 2);
+    assert_eq!(fake.polls.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
