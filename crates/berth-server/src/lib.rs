@@ -27,6 +27,7 @@ pub mod error;
 pub mod ids;
 pub mod jobs;
 pub mod logs;
+pub mod maintenance;
 pub mod metrics;
 pub mod monitor;
 pub mod nodes;

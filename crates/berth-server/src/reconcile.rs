@@ -239,6 +239,7 @@ impl Deployer {
             .list_deployments(&DeploymentQuery::default())
             .await?;
         let domains = self.store.list_domains(None).await?;
+        let maintenance = self.store.list_maintenance(None).await?;
         let mut seen_slots = HashSet::new();
         for d in &all {
             if !d.is_active || d.route_url.is_none() {
@@ -252,7 +253,8 @@ impl Deployer {
                 out.insert(self.route_host(d), RouteSpec::default());
                 continue;
             }
-            let policy = crate::pipeline::replicas::policy(d, None);
+            let mut policy = crate::pipeline::replicas::policy(d, None);
+            policy.maintenance = crate::maintenance::covers(&maintenance, d);
             for host in self.slot_hosts_in(d, &domains) {
                 out.insert(
                     host,
@@ -291,7 +293,8 @@ impl Deployer {
             if targets.is_empty() {
                 continue;
             }
-            let policy = crate::pipeline::replicas::policy(prev, None);
+            let mut policy = crate::pipeline::replicas::policy(prev, None);
+            policy.maintenance = crate::maintenance::covers(&maintenance, prev);
             for host in self.slot_hosts_in(c, &domains) {
                 out.insert(
                     host,

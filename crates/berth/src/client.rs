@@ -10,7 +10,7 @@ use berth_core::api::{
     Rollback, SetVariable, UpdateProject,
 };
 use berth_core::model::{
-    Deployment, Environment, ExternalRoute, LogLine, ManifestEntry, Project, Variable,
+    Deployment, Environment, ExternalRoute, LogLine, Maintenance, ManifestEntry, Project, Variable,
 };
 use berth_core::notify::{AddNotification, NotificationCreated, NotificationStatus};
 use berth_core::ops::{CreateRun, Job, Run, RunJob};
@@ -517,6 +517,30 @@ impl ApiClient {
     pub async fn remove_notification(&self, project: &str, id: &str) -> Result<(), ClientError> {
         self.delete(&["projects", project, "notifications", id])
             .await
+    }
+
+    // ---- maintenance ----
+
+    /// Turns maintenance on or off for an environment (every service) or
+    /// one service; the answer is what of the project is in maintenance.
+    pub async fn set_maintenance(
+        &self,
+        project: &str,
+        env: &str,
+        service: Option<&str>,
+        on: bool,
+    ) -> R<Vec<Maintenance>> {
+        let mut segs = vec!["projects", project, "environments", env];
+        if let Some(s) = service {
+            segs.extend(["services", s]);
+        }
+        segs.push("maintenance");
+        let method = if on { Method::PUT } else { Method::DELETE };
+        self.call(self.request(method, self.url(&segs, &[]))).await
+    }
+
+    pub async fn list_maintenance(&self, project: &str) -> R<Vec<Maintenance>> {
+        self.get(&["projects", project, "maintenance"], &[]).await
     }
 
     // ---- routes and domains ----

@@ -90,6 +90,10 @@ enum Command {
     /// Signed POSTs to a URL (Slack-compatible) on deployment events.
     #[command(subcommand)]
     Notify(cmd::notify::NotifyCmd),
+    /// Answer a service's (or an environment's) hostnames with berth's
+    /// maintenance page (503 with Retry-After).
+    #[command(subcommand)]
+    Maintenance(cmd::maintenance::MaintenanceCmd),
     /// Hostnames served by upstreams berth does not run.
     #[command(subcommand)]
     Routes(cmd::routes::RoutesCmd),
@@ -173,6 +177,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Routes(c) => cmd::routes::run(&ctx, c).await,
         Command::Notify(c) => cmd::notify::run(&ctx, c).await,
+        Command::Maintenance(c) => cmd::maintenance::run(&ctx, c).await,
         Command::Domains(c) => cmd::domains::run(&ctx, c).await,
         Command::Nodes(c) => cmd::nodes::run(&ctx, c).await,
         Command::Volumes(c) => cmd::volumes::run(&ctx, c).await,

@@ -11,6 +11,7 @@ pub mod git;
 pub mod hooks;
 mod jobs;
 mod logs;
+mod maintenance;
 mod nodes;
 mod notify;
 mod openapi;
@@ -226,6 +227,15 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/projects/{name}/notifications/{id}",
             delete(notify::remove),
+        )
+        .route("/projects/{name}/maintenance", get(maintenance::list))
+        .route(
+            "/projects/{name}/environments/{env}/maintenance",
+            put(maintenance::env_on).delete(maintenance::env_off),
+        )
+        .route(
+            "/projects/{name}/environments/{env}/services/{service}/maintenance",
+            put(maintenance::service_on).delete(maintenance::service_off),
         )
         .route("/nodes", get(nodes::list))
         .route("/nodes/{id}/drain", post(nodes::drain))

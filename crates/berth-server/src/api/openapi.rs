@@ -69,6 +69,10 @@ pub fn spec() -> Value {
     paths.insert("/tokens".into(), json!({"get": op("list API tokens: name, role, project, expiresAt, lastUsedAt (never the token; admin)", "200"), "post": op("create an API token (role admin, deployer or viewer; optionally one project and an expiry); the token is in this answer only", "201")}));
     paths.insert("/tokens/{name}".into(), json!({"delete": op("revoke an API token (effective at its next request, open log streams included)", "200")}));
     paths.insert("/audit".into(), json!({"get": op("the audit log, newest first: at, token, action, target, sourceIp (admin; project= narrows it)", "200")}));
+    // Maintenance (apart, for the same reason).
+    paths.insert("/projects/{name}/maintenance".into(), json!({"get": op("what of the project is in maintenance: projectName, environmentName, serviceName (null: every service), since", "200")}));
+    paths.insert("/projects/{name}/environments/{env}/maintenance".into(), json!({"put": op("put every service of the environment in maintenance (the edge answers 503 with Retry-After and berth's maintenance page; health checks unaffected); answers what of the project is in maintenance", "200"), "delete": op("take the environment and every service of it out of maintenance", "200")}));
+    paths.insert("/projects/{name}/environments/{env}/services/{service}/maintenance".into(), json!({"put": op("put one service of the environment in maintenance (404 when it was never deployed there)", "200"), "delete": op("take one service out of maintenance (409 while the whole environment is in it)", "200")}));
     // Volumes (apart, for the same reason).
     let volumes = json!({
         "/projects/{name}/volumes": {"get": op("the project's volumes (query environment), with the services that mount each", "200")},

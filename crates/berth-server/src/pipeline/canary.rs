@@ -64,7 +64,7 @@ impl Deployer {
         let cand = d.clone();
         // the active deployment's policies hold until the cutover swaps in
         // the candidate's
-        let prev_policy = super::replicas::policy(&prev, None);
+        let prev_policy = self.route_policy(&prev).await;
         let split_one = |host: &String, w: u32| {
             let mut targets = super::replicas::targets(&cand, w * n_p);
             if w < 100 {

@@ -139,7 +139,14 @@ pub(crate) fn policy(d: &Deployment, preview: Option<Option<&str>>) -> Policy {
 impl crate::deployer::Deployer {
     /// The policy of `d`'s preview hostname (see [`policy`]), reading the
     /// preview secret only when the service asks for it.
+    /// With the maintenance flag of its service (see `maintenance.rs`).
     pub(crate) async fn preview_policy(&self, d: &Deployment) -> Policy {
+        let mut p = self.preview_policy_of_config(d).await;
+        p.maintenance = self.in_maintenance(d).await;
+        p
+    }
+
+    async fn preview_policy_of_config(&self, d: &Deployment) -> Policy {
         if !super::source::service_from_record(d).edge.preview_auth {
             return policy(d, Some(None));
         }

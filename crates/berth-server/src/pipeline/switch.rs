@@ -89,7 +89,7 @@ impl Deployer {
             let targets = super::replicas::targets(d, 100);
             if !targets.is_empty() {
                 // the policies of the deployment switch with its targets
-                let policy = super::replicas::policy(d, None);
+                let policy = self.route_policy(d).await;
                 let preview_policy = self.preview_policy(d).await;
                 let mut changes: Vec<RouteChange> = self
                     .slot_hosts(d)

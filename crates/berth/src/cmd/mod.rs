@@ -12,6 +12,7 @@ pub mod envs;
 pub mod inspect;
 pub mod jobs;
 pub mod logs;
+pub mod maintenance;
 pub mod nodes;
 pub mod notify;
 pub mod projects;

@@ -9,6 +9,7 @@ mod console;
 mod domains;
 mod jobs;
 mod logs;
+mod maintenance;
 mod microvm;
 mod notify;
 mod replicas;
