@@ -7,11 +7,15 @@
 //! key), environments, variables and secrets, deployments (history, the
 //! active deployment of each slot) and their log lines in cursor order,
 //! domains (with their verification), certificates, ACME accounts, external
-//! routes, build manifests, the webhook deliveries seen, API tokens (their
-//! hashes: the same tokens keep working) and the audit log. Log cursors
-//! (`seq`) are numbered again by the target, in the same order; the audit
-//! log is copied only into a target without one. Console
-//! sessions are not copied (people sign in again).
+//! routes, build manifests, the webhook deliveries seen, what is in
+//! maintenance, one-off and job runs (with their kept output), volume backup records (the archives stay where they are: the
+//! data dir's `backups/` or the bucket), notification endpoints (URL and
+//! secret sealed again) with their delivery outbox, API tokens (their
+//! hashes: the same tokens keep working), the audit log and the console
+//! sessions not expired (people stay signed in). Edge policies are part of
+//! each deployment's recorded settings. Log cursors (`seq`) are numbered
+//! again by the target, in the same order; the audit log is copied only
+//! into a target without one.
 
 use crate::{Activate, NewLogLine, NewProject, Result, Slot, Store, StoreError, VarFlags};
 use berth_core::model::PRODUCTION;
@@ -32,6 +36,11 @@ pub struct CopyReport {
     pub deliveries: usize,
     pub tokens: usize,
     pub audit_entries: usize,
+    pub runs: usize,
+    pub backups: usize,
+    pub notifications: usize,
+    pub notification_deliveries: usize,
+    pub sessions: usize,
     /// Projects already in the target (only with `force`), left as they were.
     pub kept: usize,
 }
@@ -40,7 +49,7 @@ impl std::fmt::Display for CopyReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} projects, {} environments, {} variables, {} deployments, {} log lines, {} domains, {} certificates, {} acme accounts, {} routes, {} manifests, {} webhook deliveries, {} tokens, {} audit entries",
+            "{} projects, {} environments, {} variables, {} deployments, {} log lines, {} domains, {} certificates, {} acme accounts, {} routes, {} manifests, {} webhook deliveries, {} tokens, {} audit entries, {} runs, {} backups, {} notification endpoints, {} notification deliveries, {} console sessions",
             self.projects,
             self.environments,
             self.variables,
@@ -53,7 +62,12 @@ impl std::fmt::Display for CopyReport {
             self.manifests,
             self.deliveries,
             self.tokens,
-            self.audit_entries
+            self.audit_entries,
+            self.runs,
+            self.backups,
+            self.notifications,
+            self.notification_deliveries,
+            self.sessions
         )?;
         if self.kept > 0 {
             write!(f, "; {} projects already in the target kept", self.kept)?;
@@ -173,6 +187,26 @@ pub async fn copy_store(from: &dyn Store, to: &dyn Store, force: bool) -> Result
         .await?;
     }
 
+    // Runs, oldest first (a job's firing stays recorded: it does not run
+    // again on the target).
+    let mut projects: Vec<&String> = copied_projects.iter().collect();
+    projects.sort();
+    let mut runs = Vec::new();
+    for p in &projects {
+        runs.extend(
+            from.list_runs(&crate::RunQuery {
+                project: Some((*p).clone()),
+                ..Default::default()
+            })
+            .await?,
+        );
+    }
+    runs.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    for run in &runs {
+        to.insert_run(run).await?;
+        r.runs += 1;
+    }
+
     // Log lines in cursor order, across deployments.
     let mut after = None;
     loop {
@@ -251,6 +285,29 @@ pub async fn copy_store(from: &dyn Store, to: &dyn Store, force: bool) -> Result
             r.deliveries += 1;
         }
     }
+    for p in &projects {
+        let mut backups = from.list_backups(p, None, None).await?;
+        backups.reverse();
+        for b in &backups {
+            to.insert_backup(b).await?;
+            r.backups += 1;
+        }
+    }
+    for n in from.list_notifications(None).await? {
+        if !copied_projects.contains(&n.project_name) {
+            continue;
+        }
+        let target = from.notification_target(&n.id).await?;
+        to.add_notification(&n, &target).await?;
+        r.notifications += 1;
+        let mut deliveries = from.notification_deliveries(&n.id, u32::MAX).await?;
+        deliveries.reverse();
+        for d in &deliveries {
+            if to.queue_delivery(d).await? {
+                r.notification_deliveries += 1;
+            }
+        }
+    }
     for t in from.token_records().await? {
         match to.create_token(&t).await {
             Ok(()) => r.tokens += 1,
@@ -274,6 +331,10 @@ pub async fn copy_store(from: &dyn Store, to: &dyn Store, force: bool) -> Result
             to.append_audit(e).await?;
             r.audit_entries += 1;
         }
+    }
+    for session in from.session_records(chrono::Utc::now()).await? {
+        to.put_session(&session).await?;
+        r.sessions += 1;
     }
     Ok(r)
 }

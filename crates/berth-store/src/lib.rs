@@ -662,4 +662,9 @@ pub trait Store: Send + Sync + 'static {
     /// What is in maintenance, of one project or of all, by project,
     /// environment and service (the environment-wide entry first).
     async fn list_maintenance(&self, project: Option<&str>) -> Result<Vec<Maintenance>>;
+
+    // --- copy-store ---
+    /// Every console session not expired by `now`, oldest first (for
+    /// copying a store).
+    async fn session_records(&self, now: DateTime<Utc>) -> Result<Vec<SessionRecord>>;
 }

@@ -1954,4 +1954,23 @@ impl Store for PgStore {
             })
             .collect())
     }
+
+    // --- copy-store ---
+    async fn session_records(&self, now: DateTime<Utc>) -> Result<Vec<SessionRecord>> {
+        let c = self.client().await?;
+        Ok(c.query(
+            "SELECT id_hash, token, created_at, expires_at FROM console_sessions \
+                 WHERE expires_at > $1 ORDER BY created_at, id_hash",
+            &[&now],
+        )
+        .await?
+        .iter()
+        .map(|r| SessionRecord {
+            id_hash: r.get(0),
+            token: r.get(1),
+            created_at: r.get(2),
+            expires_at: r.get(3),
+        })
+        .collect())
+    }
 }

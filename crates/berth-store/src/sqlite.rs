@@ -1919,4 +1919,24 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    // --- copy-store ---
+    async fn session_records(&self, now: DateTime<Utc>) -> Result<Vec<SessionRecord>> {
+        self.call(move |c| {
+            let mut st = c.prepare(
+                "SELECT id_hash, token, created_at, expires_at FROM console_sessions \
+                 WHERE expires_at > ?1 ORDER BY created_at, id_hash",
+            )?;
+            let rows = st.query_map([ts(&now)], |r| {
+                Ok(SessionRecord {
+                    id_hash: r.get(0)?,
+                    token: r.get(1)?,
+                    created_at: parse_ts(&r.get::<_, String>(2)?)?,
+                    expires_at: parse_ts(&r.get::<_, String>(3)?)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
 }

@@ -793,7 +793,7 @@ pub async fn log_retention_drops_old_lines_and_caps_each_project(h: &Harness) {
     );
 }
 
-fn run(id: &str, job: Option<&str>, at: chrono::DateTime<Utc>) -> berth_core::ops::Run {
+pub(crate) fn run(id: &str, job: Option<&str>, at: chrono::DateTime<Utc>) -> berth_core::ops::Run {
     berth_core::ops::Run {
         id: id.into(),
         project_name: "shop".into(),
@@ -1104,7 +1104,7 @@ pub async fn console_sessions_survive_until_they_expire(h: &Harness) {
 
 // --- volume backups ---
 
-fn backup(
+pub(crate) fn backup(
     id: &str,
     env: &str,
     volume: &str,
@@ -1222,7 +1222,7 @@ pub async fn backups_are_kept_per_volume_newest_first(h: &Harness) {
 }
 
 // --- notifications ---
-fn delivery(
+pub(crate) fn delivery(
     id: &str,
     notification: &str,
     deployment: &str,
@@ -1496,4 +1496,36 @@ pub async fn maintenance_is_kept_per_environment_and_service(h: &Harness) {
         s.list_maintenance(None).await.unwrap(),
         [m("blog", "production", None, t0)]
     );
+}
+
+// --- copy-store ---
+pub async fn session_records_are_the_unexpired_sessions(h: &Harness) {
+    let s = &*h.store;
+    let now = Utc::now();
+    assert!(s.session_records(now).await.unwrap().is_empty());
+    let rec = |id: char, created: i64, expires: i64| SessionRecord {
+        id_hash: id.to_string().repeat(64),
+        token: format!("t{id}"),
+        created_at: now + Duration::hours(created),
+        expires_at: now + Duration::hours(expires),
+    };
+    // Created out of order; one expired by `now` (put last: a put forgets
+    // the sessions expired by its own creation time, this one is kept).
+    let expired = rec('3', -20, -1);
+    let newer = rec('1', -1, 11);
+    let older = rec('2', -5, 7);
+    for r in [&newer, &older, &expired] {
+        s.put_session(r).await.unwrap();
+    }
+    let got = s.session_records(now).await.unwrap();
+    let ids: Vec<&str> = got.iter().map(|r| r.token.as_str()).collect();
+    assert_eq!(ids, ["t2", "t1"], "the unexpired ones, oldest first");
+    assert_eq!(
+        got[0].expires_at.timestamp_micros(),
+        older.expires_at.timestamp_micros()
+    );
+    // At a later time, fewer are live.
+    let later = s.session_records(now + Duration::hours(8)).await.unwrap();
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].token, "t1");
 }

@@ -11,6 +11,8 @@ use chrono::{Duration, Utc};
 const SECRET: &str = "copy-secret-value-never-in-clear";
 const TOKEN: &str = "ghp_copyTokenNeverInClear";
 const TLS_KEY: &str = "COPY-TLS-KEY-NEVER-IN-CLEAR";
+const NOTIFY_SECRET: &str = "bnsec_copyNotifySecretNeverInClear";
+const NOTIFY_PATH: &str = "T000/B000/notifyPathNeverInClear";
 
 async fn populate(s: &dyn Store) {
     let mut p = new_project("shop");
@@ -166,6 +168,83 @@ async fn populate(s: &dyn Store) {
     })
     .await
     .unwrap();
+    // Runs: a job's firing with its output and a one-off run.
+    let mut job = crate::contract::run("r1", Some("nightly"), t0);
+    job.status = berth_core::ops::RunStatus::Succeeded;
+    job.exit_code = Some(0);
+    job.output.push(berth_core::ops::RunLine {
+        ts: t0 + Duration::seconds(30),
+        stream: LogStream::Stderr,
+        line: "job output".into(),
+    });
+    s.insert_run(&job).await.unwrap();
+    s.insert_run(&crate::contract::run("r2", None, t0 + Duration::minutes(5)))
+        .await
+        .unwrap();
+    // Backups: a verified one and a failed one.
+    let mut b = crate::contract::backup("b1", "production", "uploads", t0);
+    b.status = berth_core::volumes::BackupStatus::Succeeded;
+    b.checksum = Some(format!("sha256:{}", "cd".repeat(32)));
+    b.location = Some("s3://bucket/shop/production/uploads/b1.tar.gz".into());
+    s.insert_backup(&b).await.unwrap();
+    let mut b2 = crate::contract::backup("b2", "staging", "uploads", t0 + Duration::minutes(1));
+    b2.status = berth_core::volumes::BackupStatus::Failed;
+    b2.error = Some("cannot read the volume".into());
+    s.insert_backup(&b2).await.unwrap();
+    // A notification endpoint (URL and secret sealed) with a delivered and
+    // a pending delivery.
+    let n = berth_core::notify::Notification {
+        id: "n1".into(),
+        project_name: "shop".into(),
+        url: "https://hooks.example.com/…".into(),
+        events: vec![berth_core::notify::NotifyEvent::Failed],
+        created_at: t0,
+    };
+    s.add_notification(
+        &n,
+        &NotifyTarget {
+            url: format!("https://hooks.example.com/{NOTIFY_PATH}"),
+            secret: NOTIFY_SECRET.into(),
+        },
+    )
+    .await
+    .unwrap();
+    let mut sent = crate::contract::delivery(
+        "nd1",
+        "n1",
+        "d1",
+        berth_core::notify::NotifyEvent::Failed,
+        t0,
+    );
+    sent.status = berth_core::notify::DeliveryStatus::Delivered;
+    sent.next_attempt_at = None;
+    sent.attempts.push(berth_core::notify::Attempt {
+        at: t0,
+        status_code: Some(200),
+        error: None,
+        duration_ms: 12,
+    });
+    s.queue_delivery(&sent).await.unwrap();
+    s.queue_delivery(&crate::contract::delivery(
+        "nd2",
+        "n1",
+        "d2",
+        berth_core::notify::NotifyEvent::Failed,
+        t0 + Duration::minutes(1),
+    ))
+    .await
+    .unwrap();
+    // Console sessions: one still valid, one expired (not copied).
+    for (id, expires) in [("live", Duration::hours(8)), ("gone", -Duration::hours(1))] {
+        s.put_session(&SessionRecord {
+            id_hash: format!("{id}-hash"),
+            token: "ci".into(),
+            created_at: Utc::now() - Duration::hours(9),
+            expires_at: Utc::now() + expires,
+        })
+        .await
+        .unwrap();
+    }
     for action in ["deploy", "rollback"] {
         s.append_audit(&berth_core::access::AuditEntry {
             at: Utc::now(),
@@ -230,6 +309,32 @@ async fn view(s: &dyn Store) -> String {
         writeln!(out, "delivery {p} {id}").unwrap();
     }
     writeln!(out, "{:?}", s.list_maintenance(None).await.unwrap()).unwrap();
+    for p in s.list_projects().await.unwrap() {
+        for run in s
+            .list_runs(&RunQuery {
+                project: Some(p.name.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+        {
+            writeln!(out, "{}", serde_json::to_string(&run).unwrap()).unwrap();
+        }
+        for b in s.list_backups(&p.name, None, None).await.unwrap() {
+            writeln!(out, "{}", serde_json::to_string(&b).unwrap()).unwrap();
+        }
+    }
+    for n in s.list_notifications(None).await.unwrap() {
+        writeln!(out, "{n:?}").unwrap();
+        let t = s.notification_target(&n.id).await.unwrap();
+        writeln!(out, "target {} {}", t.url, t.secret).unwrap();
+        for d in s.notification_deliveries(&n.id, 100).await.unwrap() {
+            writeln!(out, "{}", serde_json::to_string(&d).unwrap()).unwrap();
+        }
+    }
+    for id in ["live-hash", "gone-hash"] {
+        writeln!(out, "{:?}", s.get_session(id, Utc::now()).await.unwrap()).unwrap();
+    }
     writeln!(out, "{:?}", s.token_records().await.unwrap()).unwrap();
     writeln!(
         out,
@@ -256,12 +361,20 @@ async fn sqlite_to_postgres_loses_nothing_and_refuses_a_non_empty_target() {
     assert_eq!(report.projects, 2);
     assert_eq!(report.deployments, 2);
     assert_eq!(report.log_lines, 25);
+    assert_eq!((report.runs, report.backups), (2, 2));
+    assert_eq!(
+        (report.notifications, report.notification_deliveries),
+        (1, 2)
+    );
+    assert_eq!(report.sessions, 1);
     assert_eq!(report.domains, 1);
     assert_eq!(report.certificates, 1);
     assert_eq!(report.acme_accounts, 1);
     assert_eq!((report.tokens, report.audit_entries), (1, 2));
     let before = view(&from).await;
     assert!(before.contains(SECRET) && before.contains(TLS_KEY));
+    assert!(before.contains(NOTIFY_SECRET) && before.contains("job output"));
+    assert!(before.contains("live-hash") && !before.contains("gone-hash"));
     assert_eq!(view(&to).await, before);
     let active = to
         .active_deployment(&Slot {
@@ -280,6 +393,12 @@ async fn sqlite_to_postgres_loses_nothing_and_refuses_a_non_empty_target() {
         texts,
         (0..25).map(|i| format!("line {i}")).collect::<Vec<_>>()
     );
+    // A copied job firing still counts as run: the target refuses it again.
+    let again = crate::contract::run("r9", Some("nightly"), job_firing(&from).await);
+    assert!(matches!(
+        to.insert_run(&again).await,
+        Err(StoreError::Conflict { .. })
+    ));
 
     // No secret in clear in the target's dump (nor in the source's files).
     let dump = testpg::dump(&url);
@@ -291,6 +410,8 @@ async fn sqlite_to_postgres_loses_nothing_and_refuses_a_non_empty_target() {
         "DEPLOYKEYDATA",
         "ACMEKEY",
         "whsec-very-secret-1",
+        NOTIFY_SECRET,
+        NOTIFY_PATH,
     ] {
         assert!(!contains(&dump, s), "{s} in the dump");
         assert!(!contains(&all_bytes(dir.path()), s), "{s} on disk");
@@ -303,4 +424,9 @@ async fn sqlite_to_postgres_loses_nothing_and_refuses_a_non_empty_target() {
     assert_eq!(forced.kept, 2);
     assert_eq!(forced.projects, 0);
     assert_eq!(view(&to).await, before);
+}
+
+/// The firing of the copied job run.
+async fn job_firing(s: &dyn Store) -> chrono::DateTime<Utc> {
+    s.get_run("r1").await.unwrap().scheduled_for.unwrap()
 }

@@ -40,6 +40,7 @@ macro_rules! contract_tests {
             backups_are_kept_per_volume_newest_first,
             notifications_are_sealed_and_each_event_is_queued_once,
             maintenance_is_kept_per_environment_and_service,
+            session_records_are_the_unexpired_sessions,
         );
     };
     (@each $make:path; $($name:ident),* $(,)?) => {

@@ -97,6 +97,13 @@ async fn copy_store(a: CopyStoreArgs, data_dir: Option<&Path>, json: bool) -> an
                 "routes": report.routes,
                 "manifests": report.manifests,
                 "webhookDeliveries": report.deliveries,
+                "tokens": report.tokens,
+                "auditEntries": report.audit_entries,
+                "runs": report.runs,
+                "backups": report.backups,
+                "notifications": report.notifications,
+                "notificationDeliveries": report.notification_deliveries,
+                "sessions": report.sessions,
                 "kept": report.kept,
             })
         );
