@@ -42,6 +42,8 @@ need_cmd ssh-keygen openssh-client
 need_cmd pebble pebble
 need_cmd pebble-challtestsrv pebble
 need_cmd openssl openssl
+# ACME DNS-01: a real BIND (named) taking RFC 2136 updates signed with TSIG.
+need_file /usr/sbin/named bind9
 need_file /usr/bin/docker-registry docker-registry
 need_cmd mmdebstrap mmdebstrap
 # microVM runtime tests: QEMU, a guest kernel, mkfs.ext4 -d (e2fsprogs).

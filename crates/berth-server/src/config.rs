@@ -24,6 +24,13 @@ pub struct ServerConfig {
     pub acme_email: Option<String>,
     /// Extra root (PEM) trusted for the ACME server's own HTTPS.
     pub acme_ca_file: Option<PathBuf>,
+    /// `host:port` of the DNS server taking RFC 2136 updates for the base
+    /// domain's zone: the base domain then gets one wildcard certificate
+    /// by DNS-01.
+    pub acme_dns_server: Option<String>,
+    /// `name:algorithm:secret` of the TSIG key for those updates (sealed
+    /// into the store; later starts may leave it out). Never logged.
+    pub acme_dns_tsig: Option<String>,
     /// Hostnames are `<name>.<base_domain>`; `localhost` when unset.
     pub base_domain: Option<String>,
     /// The API bearer token; generated into `<data_dir>/admin.token` when unset.
@@ -132,6 +139,8 @@ impl ServerConfig {
             acme_directory: None,
             acme_email: None,
             acme_ca_file: None,
+            acme_dns_server: None,
+            acme_dns_tsig: None,
             base_domain: None,
             token: None,
             master_key: None,

@@ -31,6 +31,8 @@ pub struct CopyReport {
     pub domains: usize,
     pub certificates: usize,
     pub acme_accounts: usize,
+    /// TSIG keys of DNS servers (ACME DNS-01).
+    pub dns_update_keys: usize,
     pub routes: usize,
     pub manifests: usize,
     pub deliveries: usize,
@@ -49,7 +51,7 @@ impl std::fmt::Display for CopyReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} projects, {} environments, {} variables, {} deployments, {} log lines, {} domains, {} certificates, {} acme accounts, {} routes, {} manifests, {} webhook deliveries, {} tokens, {} audit entries, {} runs, {} backups, {} notification endpoints, {} notification deliveries, {} console sessions",
+            "{} projects, {} environments, {} variables, {} deployments, {} log lines, {} domains, {} certificates, {} acme accounts, {} dns update keys, {} routes, {} manifests, {} webhook deliveries, {} tokens, {} audit entries, {} runs, {} backups, {} notification endpoints, {} notification deliveries, {} console sessions",
             self.projects,
             self.environments,
             self.variables,
@@ -58,6 +60,7 @@ impl std::fmt::Display for CopyReport {
             self.domains,
             self.certificates,
             self.acme_accounts,
+            self.dns_update_keys,
             self.routes,
             self.manifests,
             self.deliveries,
@@ -258,6 +261,15 @@ pub async fn copy_store(from: &dyn Store, to: &dyn Store, force: bool) -> Result
         if let Some(creds) = from.acme_account(&dir).await? {
             to.put_acme_account(&dir, &creds).await?;
             r.acme_accounts += 1;
+        }
+    }
+    for server in from.list_dns_update_servers().await? {
+        if force && to.dns_update_key(&server).await?.is_some() {
+            continue;
+        }
+        if let Some(key) = from.dns_update_key(&server).await? {
+            to.put_dns_update_key(&server, &key).await?;
+            r.dns_update_keys += 1;
         }
     }
     let existing_routes: std::collections::HashSet<String> = to

@@ -667,4 +667,16 @@ pub trait Store: Send + Sync + 'static {
     /// Every console session not expired by `now`, oldest first (for
     /// copying a store).
     async fn session_records(&self, now: DateTime<Utc>) -> Result<Vec<SessionRecord>>;
+
+    // --- certificates: DNS-01 keys, followers ---
+    /// A value that changes whenever a certificate record is written or
+    /// removed (their count and latest update): a follower reads it often
+    /// and reloads the certificates only when it moved.
+    async fn certificates_stamp(&self) -> Result<String>;
+    /// The TSIG key (`name:algorithm:secret`, sealed at rest) of a DNS
+    /// server (`host:port`) taking RFC 2136 updates.
+    async fn dns_update_key(&self, server: &str) -> Result<Option<String>>;
+    async fn put_dns_update_key(&self, server: &str, key: &str) -> Result<()>;
+    /// Every DNS server with a key (for copying a store).
+    async fn list_dns_update_servers(&self) -> Result<Vec<String>>;
 }

@@ -44,6 +44,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0005_backups.sql"),
     include_str!("../migrations/postgres/0006_notifications.sql"),
     include_str!("../migrations/postgres/0007_maintenance.sql"),
+    include_str!("../migrations/postgres/0008_dns_update_keys.sql"),
 ];
 
 /// The advisory lock key migrations run under ("berth" in ASCII).
@@ -1972,5 +1973,52 @@ impl Store for PgStore {
             expires_at: r.get(3),
         })
         .collect())
+    }
+
+    // --- certificates: DNS-01 keys, followers ---
+    async fn certificates_stamp(&self) -> Result<String> {
+        let c = self.client().await?;
+        let row = c
+            .query_one("SELECT COUNT(*), MAX(updated_at) FROM certificates", &[])
+            .await?;
+        let n: i64 = row.get(0);
+        let last: Option<DateTime<Utc>> = row.get(1);
+        Ok(format!(
+            "{n}/{}",
+            last.map(|t| t.to_rfc3339()).unwrap_or_default()
+        ))
+    }
+
+    async fn dns_update_key(&self, server: &str) -> Result<Option<String>> {
+        let c = self.client().await?;
+        let sealed: Option<String> = c
+            .query_opt(
+                "SELECT key_sealed FROM dns_update_keys WHERE server = $1",
+                &[&server],
+            )
+            .await?
+            .map(|r| r.get(0));
+        self.sealer
+            .open_opt(Secret::DnsUpdateKey(server), sealed.as_deref())
+    }
+
+    async fn put_dns_update_key(&self, server: &str, key: &str) -> Result<()> {
+        let sealed = self.sealer.seal(Secret::DnsUpdateKey(server), key);
+        let c = self.client().await?;
+        c.execute(
+            "INSERT INTO dns_update_keys (server, key_sealed, created_at) VALUES ($1, $2, now()) \
+             ON CONFLICT (server) DO UPDATE SET key_sealed = excluded.key_sealed",
+            &[&server, &sealed],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn list_dns_update_servers(&self) -> Result<Vec<String>> {
+        let c = self.client().await?;
+        let rows = c
+            .query("SELECT server FROM dns_update_keys ORDER BY server", &[])
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 }

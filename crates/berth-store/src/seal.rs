@@ -30,6 +30,9 @@ pub enum Secret<'a> {
     AcmeAccount(&'a str),
     /// A notification endpoint's URL (its path may be its secret).
     NotifyUrl(&'a str),
+    /// The TSIG key (`name:algorithm:secret`) of a DNS server taking
+    /// RFC 2136 updates for ACME DNS-01.
+    DnsUpdateKey(&'a str),
     /// A notification endpoint's signing secret.
     NotifySecret(&'a str),
     /// A fixed value sealed at a store's first start: whether a master key
@@ -52,6 +55,7 @@ impl Secret<'_> {
             Secret::TlsKey(h) => format!("tls-key/{h}"),
             Secret::AcmeAccount(d) => format!("acme-account/{d}"),
             Secret::NotifyUrl(id) => format!("notify-url/{id}"),
+            Secret::DnsUpdateKey(server) => format!("dns-update-key/{server}"),
             Secret::NotifySecret(id) => format!("notify-secret/{id}"),
             Secret::KeyCheck => "key-check".into(),
         }
@@ -71,6 +75,7 @@ impl Secret<'_> {
             Secret::TlsKey(h) => format!("tls key of {h}"),
             Secret::AcmeAccount(d) => format!("acme account of {d}"),
             Secret::NotifyUrl(id) => format!("url of notification {id}"),
+            Secret::DnsUpdateKey(server) => format!("tsig key of dns server {server}"),
             Secret::NotifySecret(id) => format!("secret of notification {id}"),
             Secret::KeyCheck => "key check".into(),
         }

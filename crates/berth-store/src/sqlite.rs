@@ -42,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0010_backups.sql"),
     include_str!("../migrations/0011_notifications.sql"),
     include_str!("../migrations/0012_maintenance.sql"),
+    include_str!("../migrations/0013_dns_update_keys.sql"),
 ];
 
 /// File name of the database inside the data dir.
@@ -1935,6 +1936,58 @@ impl Store for SqliteStore {
                     expires_at: parse_ts(&r.get::<_, String>(3)?)?,
                 })
             })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    // --- certificates: DNS-01 keys, followers ---
+    async fn certificates_stamp(&self) -> Result<String> {
+        self.call(|c| {
+            let (n, last): (i64, Option<String>) = c.query_row(
+                "SELECT COUNT(*), MAX(updated_at) FROM certificates",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            Ok(format!("{n}/{}", last.unwrap_or_default()))
+        })
+        .await
+    }
+
+    async fn dns_update_key(&self, server: &str) -> Result<Option<String>> {
+        let s = server.to_string();
+        let sealed: Option<String> = self
+            .call(move |c| {
+                Ok(c.query_row(
+                    "SELECT key_sealed FROM dns_update_keys WHERE server = ?1",
+                    [&s],
+                    |r| r.get(0),
+                )
+                .optional()?)
+            })
+            .await?;
+        self.sealer
+            .open_opt(Secret::DnsUpdateKey(server), sealed.as_deref())
+    }
+
+    async fn put_dns_update_key(&self, server: &str, key: &str) -> Result<()> {
+        let sealed = self.sealer.seal(Secret::DnsUpdateKey(server), key);
+        let s = server.to_string();
+        let now = ts(&Utc::now());
+        self.call(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO dns_update_keys (server, key_sealed, created_at) VALUES (?1, ?2, ?3)",
+                params![s, sealed, now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_dns_update_servers(&self) -> Result<Vec<String>> {
+        self.call(|c| {
+            let mut st = c.prepare("SELECT server FROM dns_update_keys ORDER BY server")?;
+            let rows = st.query_map([], |r| r.get(0))?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await

@@ -1,5 +1,9 @@
-//! One certificate from an ACME CA (RFC 8555) with the HTTP-01 challenge,
-//! answered by the edge on `--http-listen` (`instant-acme`, `ring`).
+//! One certificate from an ACME CA (RFC 8555) (`instant-acme`, `ring`):
+//! for one hostname with the HTTP-01 challenge, answered by the edge on
+//! `--http-listen`; or, with a [`DnsUpdater`], for a wildcard and its base
+//! name with the DNS-01 challenge, whose TXT records go to the zone's DNS
+//! server by RFC 2136 updates ([`super::dns01`]) and are removed when the
+//! order is over.
 //!
 //! A CA that is briefly unwell must not cost an order: every request is
 //! retried on its own ([`REQUEST_ATTEMPTS`] times, jittered backoff, a fresh
@@ -11,6 +15,7 @@
 //! rejected identifier, a failed validation, a rate limit) drop the order;
 //! a rate limit's `Retry-After` is carried in [`AcmeError::retry_after`].
 
+use super::dns01::{challenge_name, Dns01Error, DnsUpdater};
 use anyhow::{anyhow, Context};
 use berth_edge::Edge;
 use berth_store::Store;
@@ -317,34 +322,67 @@ pub struct Resume {
     readied: BTreeSet<String>,
     /// HTTP-01 tokens the edge answers for this order.
     tokens: BTreeSet<String>,
+    /// DNS-01 TXT records (name, value) added for this order.
+    txt: BTreeSet<(String, String)>,
     /// The key of the CSR once the order is finalized.
     key_pem: Option<String>,
 }
 
 impl Resume {
-    /// Stops answering this order's challenges.
-    pub fn forget(self, edge: &Edge) {
+    /// Stops answering this order's challenges: the edge forgets its
+    /// tokens, and its TXT records are removed from the zone (a removal
+    /// that fails is logged; the record is harmless and replaced by the
+    /// next order's).
+    pub async fn forget(self, edge: &Edge, dns: Option<&DnsUpdater>) {
         for t in &self.tokens {
             edge.remove_acme_challenge(t);
+        }
+        let Some(dns) = dns else { return };
+        for (name, value) in &self.txt {
+            if let Err(e) = dns.remove_txt(name, value).await {
+                tracing::warn!(%name, error = %e, "DNS-01 record not removed");
+            }
         }
     }
 }
 
-/// Obtains a certificate for `host`, going on with `resume`'s order when
-/// there is one. On a transient failure `resume` holds the order for the
-/// next attempt; otherwise it is emptied (and the challenges forgotten).
+/// How an order's challenges are answered.
+#[derive(Clone, Copy)]
+pub struct Solver<'a> {
+    /// HTTP-01 tokens are served by this edge.
+    pub edge: &'a Edge,
+    /// `Some`: DNS-01 through this server instead.
+    pub dns: Option<&'a DnsUpdater>,
+}
+
+/// The kind of a DNS-01 update error: a refusal is the server's final
+/// word (a wrong key does not get better by itself), no answer is
+/// transient.
+fn dns_error(e: Dns01Error) -> AcmeError {
+    match e {
+        Dns01Error::Timeout(_) | Dns01Error::Io { .. } => {
+            AcmeError::transient("dns update", e.to_string())
+        }
+        e => AcmeError::fatal("dns update", e.to_string()),
+    }
+}
+
+/// Obtains a certificate for `names` (the first is the host it is kept
+/// under), going on with `resume`'s order when there is one. On a
+/// transient failure `resume` holds the order for the next attempt;
+/// otherwise it is emptied (and the challenges forgotten).
 pub async fn obtain(
     ca: &Ca,
-    edge: &Edge,
-    host: &str,
+    solver: Solver<'_>,
+    names: &[String],
     resume: &mut Option<Resume>,
 ) -> Result<Issued, AcmeError> {
     ca.seen.take();
-    let result = obtain_steps(ca, edge, host, resume).await;
+    let result = obtain_steps(ca, solver, names, resume).await;
     let keep = matches!(&result, Err(e) if e.kind == ErrorKind::Transient);
     if !keep {
         if let Some(r) = resume.take() {
-            r.forget(edge);
+            r.forget(solver.edge, solver.dns).await;
         }
     }
     result
@@ -352,10 +390,12 @@ pub async fn obtain(
 
 async fn obtain_steps(
     ca: &Ca,
-    edge: &Edge,
-    host: &str,
+    solver: Solver<'_>,
+    names: &[String],
     resume: &mut Option<Resume>,
 ) -> Result<Issued, AcmeError> {
+    let host = names.first().map(String::as_str).unwrap_or_default();
+    let edge = solver.edge;
     let seen = &ca.seen;
     let mut order = None;
     if let Some(r) = resume.as_ref() {
@@ -368,7 +408,7 @@ async fn obtain_steps(
             Err(e) => {
                 tracing::info!(%host, error = %e, "the previous order cannot go on, making a new one");
                 if let Some(r) = resume.take() {
-                    r.forget(edge);
+                    r.forget(edge, solver.dns).await;
                 }
             }
         }
@@ -376,7 +416,7 @@ async fn obtain_steps(
     let mut order = match order {
         Some(o) => o,
         None => {
-            let ids = [Identifier::Dns(host.to_string())];
+            let ids: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
             let o = with_retries!(seen, "new order", {
                 ca.account.new_order(&NewOrder::new(&ids)).await
             })?;
@@ -394,7 +434,7 @@ async fn obtain_steps(
         let status = order.state().status;
         match status {
             OrderStatus::Pending => {
-                authorize(seen, &mut order, edge, r).await?;
+                authorize(seen, &mut order, solver, r).await?;
                 // Wait for the CA to validate.
                 wait(&mut poll, deadline, "validation").await?;
                 with_retries!(seen, "validation", order.refresh().await.map(|_| ()))?;
@@ -402,7 +442,7 @@ async fn obtain_steps(
             OrderStatus::Ready => {
                 let key = rcgen::KeyPair::generate()
                     .map_err(|e| AcmeError::fatal("finalize", e.to_string()))?;
-                let csr = rcgen::CertificateParams::new(vec![host.to_string()])
+                let csr = rcgen::CertificateParams::new(names.to_vec())
                     .and_then(|mut p| {
                         p.distinguished_name = rcgen::DistinguishedName::new();
                         p.serialize_request(&key)
@@ -475,9 +515,14 @@ async fn wait(
 async fn authorize(
     seen: &RetryAfter,
     order: &mut instant_acme::Order,
-    edge: &Edge,
+    solver: Solver<'_>,
     r: &mut Resume,
 ) -> Result<(), AcmeError> {
+    let kind = if solver.dns.is_some() {
+        ChallengeType::Dns01
+    } else {
+        ChallengeType::Http01
+    };
     let mut failures = 0u32;
     loop {
         let mut failed = None;
@@ -508,14 +553,31 @@ async fn authorize(
                     ))
                 }
             }
-            let Some(mut ch) = a.challenge(ChallengeType::Http01) else {
+            let ident = match a.identifier().identifier {
+                Identifier::Dns(d) => d.clone(),
+                other => format!("{other:?}"),
+            };
+            let Some(mut ch) = a.challenge(kind.clone()) else {
                 return Err(AcmeError::fatal(
                     "authorization",
-                    "the CA offers no http-01 challenge",
+                    format!("the CA offers no {kind:?} challenge"),
                 ));
             };
-            edge.set_acme_challenge(&ch.token, ch.key_authorization().as_str());
-            r.tokens.insert(ch.token.clone());
+            match solver.dns {
+                None => {
+                    solver
+                        .edge
+                        .set_acme_challenge(&ch.token, ch.key_authorization().as_str());
+                    r.tokens.insert(ch.token.clone());
+                }
+                Some(dns) => {
+                    let rec = (challenge_name(&ident), ch.key_authorization().dns_value());
+                    if !r.txt.contains(&rec) {
+                        dns.add_txt(&rec.0, &rec.1).await.map_err(dns_error)?;
+                        r.txt.insert(rec);
+                    }
+                }
+            }
             if r.readied.contains(&url) || ch.status != instant_acme::ChallengeStatus::Pending {
                 continue;
             }
@@ -713,7 +775,12 @@ mod tests {
         let edge = Edge::new(berth_edge::EdgeConfig::default()).unwrap();
         let mut resume = None;
         let before = Utc::now();
-        let err = match obtain(&ca, &edge, "shop.example.com", &mut resume).await {
+        let solver = Solver {
+            edge: &edge,
+            dns: None,
+        };
+        let names = ["shop.example.com".to_string()];
+        let err = match obtain(&ca, solver, &names, &mut resume).await {
             Err(e) => e,
             Ok(_) => panic!("issued by a CA that issues nothing"),
         };

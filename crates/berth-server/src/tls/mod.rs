@@ -3,15 +3,21 @@
 //! [`start`] builds the edge's [`TlsCerts`] (a self-signed fallback for
 //! unknown names; routed names under `localhost` get a leaf of the local CA
 //! at their first handshake, see [`local_ca`]) and spawns the
-//! [`CertManager`], which every few seconds:
+//! [`CertManager`], which every 2 s — and within [`FOLLOW_EVERY`] of any
+//! certificate record being written, so every server of a cluster serves a
+//! new certificate within a second ([`Store::certificates_stamp`]):
 //! 1. computes the hostnames that should have a certificate
 //!    ([`wanted_hosts`]): verified custom domains, and — with an ACME
-//!    directory — the route and preview hostnames under `--base-domain`;
+//!    directory — the route and preview hostnames under `--base-domain`,
+//!    which with `--acme-dns-server` are all covered by one wildcard
+//!    `*.<base-domain>` (kept under that name);
 //! 2. serves the stored certificates of those hosts, stops serving the
 //!    others (their records are deleted after a day unwanted);
 //! 3. obtains or renews, one host at a time, those whose
-//!    [`renew::decide`] says so, through ACME HTTP-01 ([`acme`]), recording
-//!    pending → issued (notAfter) or failed (reason, retry time) in the store.
+//!    [`renew::decide`] says so, through ACME ([`acme`]): HTTP-01 for a
+//!    hostname, DNS-01 through RFC 2136 updates ([`dns01`]) for the
+//!    wildcard and its base name; recording pending → issued (notAfter) or
+//!    failed (reason, retry time) in the store.
 //!
 //! Invariants: nothing here blocks the API or a deployment (it is its own
 //! task, and the edge keeps serving the previous certificate while a renewal
@@ -19,16 +25,19 @@
 //! reads the store, it is handed certificates.
 
 pub mod acme;
+pub mod dns01;
 pub mod local_ca;
 pub mod ocsp;
 pub mod renew;
 
+use crate::cluster::FOLLOW_EVERY;
 use crate::ServerConfig;
 use acme::AcmeSettings;
 use berth_core::model::{CertState, Domain};
 use berth_edge::{Edge, TlsCerts};
 use berth_store::{CertRecord, Cipher, Store};
 use chrono::{DateTime, Utc};
+use dns01::{DnsUpdater, TsigKey};
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -50,12 +59,16 @@ pub struct Started {
 
 /// The hostnames that should have a certificate: verified custom domains,
 /// plus the routed hostnames under `base` when ACME is on (never under
-/// `localhost`, which no public CA signs: the local CA covers it).
+/// `localhost`, which no public CA signs: the local CA covers it). With
+/// `wildcard` (DNS-01 configured), `*.<base>` stands for every hostname one
+/// label under `base` (routes, previews, and custom domains there): they
+/// need no order of their own.
 pub fn wanted_hosts(
     domains: &[Domain],
     routed: &[String],
     base: &str,
     acme_on: bool,
+    wildcard: bool,
 ) -> BTreeSet<String> {
     let mut out: BTreeSet<String> = domains
         .iter()
@@ -70,8 +83,28 @@ pub fn wanted_hosts(
                 .filter(|h| h.ends_with(&suffix) && !h.starts_with("*."))
                 .cloned(),
         );
+        if wildcard {
+            out.retain(|h| !covered_by_wildcard(h, base));
+            out.insert(format!("*.{base}"));
+        }
     }
     out
+}
+
+/// Whether `host` is exactly one label under `base` (what `*.<base>` covers).
+pub fn covered_by_wildcard(host: &str, base: &str) -> bool {
+    host.strip_suffix(base)
+        .and_then(|l| l.strip_suffix('.'))
+        .is_some_and(|label| !label.is_empty() && !label.contains('.') && label != "*")
+}
+
+/// The names one certificate is ordered for: a wildcard with its base
+/// name, else the host alone.
+pub fn order_names(host: &str) -> Vec<String> {
+    match host.strip_prefix("*.") {
+        Some(base) => vec![host.to_string(), base.to_string()],
+        None => vec![host.to_string()],
+    }
 }
 
 /// Whether `name` is under `localhost` (the local CA's names).
@@ -116,6 +149,7 @@ pub fn start(
         email: cfg.acme_email.clone(),
         ca_file: cfg.acme_ca_file.clone(),
     });
+    let dns = dns_setup(cfg)?;
     let m = Arc::new(CertManager {
         store,
         edge,
@@ -123,6 +157,7 @@ pub fn start(
         acme,
         leadership: leadership.clone(),
         base_domain: cfg.base_domain().to_string(),
+        dns,
         account: tokio::sync::Mutex::new(None),
         resume: Mutex::new(HashMap::new()),
         staples: Mutex::new(HashMap::new()),
@@ -131,14 +166,68 @@ pub fn start(
         local_renew_at: Mutex::new(Utc::now() + chrono::Duration::days(LOCAL_LEAF_DAYS * 2 / 3)),
     });
     tokio::spawn(async move {
+        // A pass every POLL, and as soon as a certificate record changed
+        // (another server issued or renewed one): the stamp is one cheap
+        // read per FOLLOW_EVERY.
+        let mut seen: Option<String> = None;
+        let mut last = tokio::time::Instant::now();
+        let mut first = true;
         loop {
-            if let Err(e) = m.pass().await {
-                tracing::warn!(error = %format!("{e:#}"), "certificate manager pass failed");
+            let stamp = m.store.certificates_stamp().await.ok();
+            if first || last.elapsed() >= POLL || (stamp.is_some() && stamp != seen) {
+                first = false;
+                seen = stamp;
+                last = tokio::time::Instant::now();
+                if let Err(e) = m.pass().await {
+                    tracing::warn!(error = %format!("{e:#}"), "certificate manager pass failed");
+                }
             }
-            tokio::time::sleep(POLL).await;
+            tokio::time::sleep(FOLLOW_EVERY).await;
         }
     });
     Ok(Started { certs, local_ca })
+}
+
+/// DNS-01 as configured: `--acme-dns-server`, and the TSIG key given with
+/// `--acme-dns-tsig` (else the one the store keeps for that server).
+struct DnsSetup {
+    server: String,
+    given: Option<TsigKey>,
+    updater: tokio::sync::Mutex<Option<Arc<DnsUpdater>>>,
+}
+
+/// Checks the DNS-01 flags (a bad one stops the server with a one-line
+/// reason).
+fn dns_setup(cfg: &ServerConfig) -> anyhow::Result<Option<DnsSetup>> {
+    let Some(server) = cfg.acme_dns_server.clone() else {
+        if cfg.acme_dns_tsig.is_some() {
+            anyhow::bail!(
+                "--acme-dns-tsig needs --acme-dns-server (host:port of the zone's DNS server)"
+            );
+        }
+        return Ok(None);
+    };
+    if cfg.acme_directory.is_none() {
+        anyhow::bail!("--acme-dns-server needs --acme-directory (DNS-01 is an ACME challenge)");
+    }
+    if is_local(cfg.base_domain()) {
+        anyhow::bail!("--acme-dns-server needs --base-domain (the wildcard is *.<base-domain>)");
+    }
+    let given = cfg
+        .acme_dns_tsig
+        .as_deref()
+        .map(TsigKey::parse)
+        .transpose()?;
+    let key = given
+        .clone()
+        .unwrap_or_else(|| TsigKey::parse("unset:hmac-sha256:AA==").expect("valid"));
+    // The server's form is checked now, whatever key comes later.
+    DnsUpdater::new(&server, key)?;
+    Ok(Some(DnsSetup {
+        server,
+        given,
+        updater: tokio::sync::Mutex::new(None),
+    }))
 }
 
 /// Keeps the edge's certificates (see the module docs).
@@ -150,6 +239,8 @@ pub struct CertManager {
     /// Only the leader orders, renews and deletes; every server serves.
     leadership: crate::cluster::Leadership,
     base_domain: String,
+    /// `Some`: the base domain's hostnames get one wildcard, by DNS-01.
+    dns: Option<DnsSetup>,
     account: tokio::sync::Mutex<Option<acme::Ca>>,
     /// Host → the order an attempt that failed on a transient error left,
     /// which the next attempt goes on with.
@@ -176,6 +267,77 @@ struct StapleState {
 }
 
 impl CertManager {
+    /// The DNS-01 updater: with the key given on the command line (sealed
+    /// into the store the first time), else the stored one.
+    async fn dns_updater(&self) -> Result<Option<Arc<DnsUpdater>>, acme::AcmeError> {
+        let Some(setup) = &self.dns else {
+            return Ok(None);
+        };
+        let mut cached = setup.updater.lock().await;
+        if let Some(u) = cached.as_ref() {
+            return Ok(Some(u.clone()));
+        }
+        let fail = |detail: String| acme::AcmeError {
+            step: "dns update",
+            detail,
+            kind: acme::ErrorKind::Transient,
+            retry_after: None,
+        };
+        let key = match &setup.given {
+            Some(k) => {
+                let stored = self
+                    .store
+                    .dns_update_key(&setup.server)
+                    .await
+                    .map_err(|e| fail(e.to_string()))?;
+                if stored.as_deref() != Some(k.to_flag().as_str()) {
+                    self.store
+                        .put_dns_update_key(&setup.server, &k.to_flag())
+                        .await
+                        .map_err(|e| fail(e.to_string()))?;
+                    tracing::info!(server = %setup.server, key = %k.name, "TSIG key sealed in the store");
+                }
+                k.clone()
+            }
+            None => {
+                let stored = self
+                    .store
+                    .dns_update_key(&setup.server)
+                    .await
+                    .map_err(|e| fail(e.to_string()))?
+                    .ok_or_else(|| acme::AcmeError {
+                        step: "dns update",
+                        detail: format!(
+                            "no TSIG key for {}: give --acme-dns-tsig name:algorithm:secret once",
+                            setup.server
+                        ),
+                        kind: acme::ErrorKind::Final,
+                        retry_after: None,
+                    })?;
+                TsigKey::parse(&stored).map_err(|e| fail(e.to_string()))?
+            }
+        };
+        let u = Arc::new(DnsUpdater::new(&setup.server, key).map_err(|e| fail(e.to_string()))?);
+        *cached = Some(u.clone());
+        Ok(Some(u))
+    }
+
+    /// Serves `key` for `host`, and for a wildcard also for its base name
+    /// (which it covers, and which the SNI lookup does not reach).
+    fn install(&self, host: &str, key: Arc<rustls::sign::CertifiedKey>) {
+        if let Some(base) = host.strip_prefix("*.") {
+            self.certs.set(base, key.clone());
+        }
+        self.certs.set(host, key);
+    }
+
+    fn uninstall(&self, host: &str) {
+        if let Some(base) = host.strip_prefix("*.") {
+            self.certs.remove(base);
+        }
+        self.certs.remove(host);
+    }
+
     /// Drops the local CA's leaves when they are due for renewal.
     fn refresh_local(&self) {
         let now = Utc::now();
@@ -198,7 +360,13 @@ impl CertManager {
         self.refresh_local();
         let domains = self.store.list_domains(None).await?;
         let routed: Vec<String> = self.edge.routes().into_iter().map(|(h, _)| h).collect();
-        let wanted = wanted_hosts(&domains, &routed, &self.base_domain, self.acme.is_some());
+        let wanted = wanted_hosts(
+            &domains,
+            &routed,
+            &self.base_domain,
+            self.acme.is_some(),
+            self.dns.is_some(),
+        );
         let records: HashMap<String, CertRecord> = self
             .store
             .list_certificates()
@@ -245,7 +413,7 @@ impl CertManager {
                 .collect()
         };
         for h in stale {
-            self.certs.remove(&h);
+            self.uninstall(&h);
             self.loaded
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -266,8 +434,12 @@ impl CertManager {
                 .collect();
             gone.iter().filter_map(|h| resume.remove(h)).collect()
         };
+        let dns = match &self.dns {
+            Some(_) => self.dns_updater().await.ok().flatten(),
+            None => None,
+        };
         for r in dropped {
-            r.forget(&self.edge);
+            r.forget(&self.edge, dns.as_deref()).await;
         }
         let Some(acme) = self.acme.as_ref().filter(|_| leader) else {
             return Ok(());
@@ -350,7 +522,7 @@ impl CertManager {
             let now_der = st.staple.as_ref().map(|s| s.der.clone());
             if now_der != had {
                 match berth_edge::certified_key(chain, key) {
-                    Ok(ck) => self.certs.set(
+                    Ok(ck) => self.install(
                         &host,
                         Arc::new(rustls::sign::CertifiedKey {
                             ocsp: now_der,
@@ -382,7 +554,7 @@ impl CertManager {
         }
         match berth_edge::certified_key(chain, key) {
             Ok(ck) => {
-                self.certs.set(&rec.hostname, ck);
+                self.install(&rec.hostname, ck);
                 loaded.insert(rec.hostname.clone(), end);
                 tracing::info!(host = %rec.hostname, not_after = %end, "serving certificate");
             }
@@ -429,12 +601,22 @@ impl CertManager {
                     )?);
                 }
                 let ca = account.as_ref().expect("set above");
+                // The wildcard by DNS-01; every other host by HTTP-01.
+                let dns = if host.starts_with("*.") {
+                    self.dns_updater().await?
+                } else {
+                    None
+                };
+                let solver = acme::Solver {
+                    edge: &self.edge,
+                    dns: dns.as_deref(),
+                };
                 let mut resume = self
                     .resume
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(host);
-                let r = acme::obtain(ca, &self.edge, host, &mut resume).await;
+                let r = acme::obtain(ca, solver, &order_names(host), &mut resume).await;
                 if let Some(resume) = resume {
                     self.resume
                         .lock()
@@ -516,7 +698,7 @@ mod tests {
             "legacy.other.test".to_string(),
             "shop.example.com".to_string(),
         ];
-        let got = wanted_hosts(&domains, &routed, "apps.test", true);
+        let got = wanted_hosts(&domains, &routed, "apps.test", true, false);
         let want: BTreeSet<String> = [
             "shop.example.com",
             "shop.apps.test",
@@ -528,14 +710,45 @@ mod tests {
         assert_eq!(got, want);
         // Without ACME: the verified domain only (served if a certificate is stored).
         assert_eq!(
-            wanted_hosts(&domains, &routed, "apps.test", false),
+            wanted_hosts(&domains, &routed, "apps.test", false, false),
             BTreeSet::from(["shop.example.com".to_string()])
         );
         // Never hosts under localhost: the local CA covers them.
         let routed = vec!["shop.localhost".to_string()];
         assert_eq!(
-            wanted_hosts(&[], &routed, "localhost", true),
+            wanted_hosts(&[], &routed, "localhost", true, true),
             BTreeSet::new()
         );
+    }
+
+    #[test]
+    fn with_dns01_one_wildcard_covers_every_hostname_one_label_under_the_base_domain() {
+        let domains = [
+            domain("shop.example.com", true),
+            domain("www.apps.test", true),
+        ];
+        let routed = vec![
+            "shop.apps.test".to_string(),
+            "shop-ab12cd.apps.test".to_string(),
+            "deep.shop.apps.test".to_string(),
+            "legacy.other.test".to_string(),
+        ];
+        let got = wanted_hosts(&domains, &routed, "apps.test", true, true);
+        let want: BTreeSet<String> = ["shop.example.com", "*.apps.test", "deep.shop.apps.test"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(got, want, "custom domains elsewhere keep HTTP-01");
+        // A new preview changes nothing: no new order.
+        let mut more = routed.clone();
+        more.push("shop-ef34gh.apps.test".to_string());
+        assert_eq!(wanted_hosts(&domains, &more, "apps.test", true, true), want);
+        // The wildcard is ordered with its base name; a host alone.
+        assert_eq!(order_names("*.apps.test"), ["*.apps.test", "apps.test"]);
+        assert_eq!(order_names("shop.example.com"), ["shop.example.com"]);
+        assert!(covered_by_wildcard("a.apps.test", "apps.test"));
+        assert!(!covered_by_wildcard("a.b.apps.test", "apps.test"));
+        assert!(!covered_by_wildcard("apps.test", "apps.test"));
+        assert!(!covered_by_wildcard("xapps.test", "apps.test"));
     }
 }

@@ -1529,3 +1529,64 @@ pub async fn session_records_are_the_unexpired_sessions(h: &Harness) {
     assert_eq!(later.len(), 1);
     assert_eq!(later[0].token, "t1");
 }
+
+pub async fn dns_update_keys_are_sealed_and_the_certificates_stamp_moves_on_every_write(
+    h: &Harness,
+) {
+    let s = &*h.store;
+    let empty = s.certificates_stamp().await.unwrap();
+    assert_eq!(s.dns_update_key("127.0.0.1:53").await.unwrap(), None);
+    let key = "berth-acme:hmac-sha256:VFNJRy1TRUNSRVQtSU4tQ0xFQVI=";
+    s.put_dns_update_key("127.0.0.1:53", key).await.unwrap();
+    assert_eq!(
+        s.dns_update_key("127.0.0.1:53").await.unwrap().as_deref(),
+        Some(key)
+    );
+    assert_eq!(s.dns_update_key("127.0.0.1:54").await.unwrap(), None);
+    // Given again (a new secret): replaced.
+    let key2 = "berth-acme:hmac-sha512:TkVXLVNFQ1JFVA==";
+    s.put_dns_update_key("127.0.0.1:53", key2).await.unwrap();
+    assert_eq!(
+        s.dns_update_key("127.0.0.1:53").await.unwrap().as_deref(),
+        Some(key2)
+    );
+    assert_eq!(
+        s.list_dns_update_servers().await.unwrap(),
+        vec!["127.0.0.1:53".to_string()]
+    );
+    let bytes = h.dump();
+    assert!(!contains(&bytes, "VFNJRy1TRUNSRVQtSU4tQ0xFQVI="));
+    assert!(!contains(&bytes, "TkVXLVNFQ1JFVA=="));
+
+    // The stamp moves when a record is written, rewritten or removed.
+    let rec = CertRecord {
+        hostname: "*.berth.test".into(),
+        state: CertState::Pending,
+        chain_pem: None,
+        key_pem: None,
+        not_after: None,
+        error: None,
+        attempts: 0,
+        next_attempt_at: None,
+        updated_at: Utc::now(),
+    };
+    s.put_certificate(&rec).await.unwrap();
+    let one = s.certificates_stamp().await.unwrap();
+    assert_ne!(one, empty);
+    assert_eq!(
+        s.certificates_stamp().await.unwrap(),
+        one,
+        "stable when nothing is written"
+    );
+    s.put_certificate(&CertRecord {
+        state: CertState::Failed,
+        updated_at: rec.updated_at + Duration::milliseconds(5),
+        ..rec.clone()
+    })
+    .await
+    .unwrap();
+    let two = s.certificates_stamp().await.unwrap();
+    assert_ne!(two, one);
+    assert!(s.remove_certificate("*.berth.test").await.unwrap());
+    assert_ne!(s.certificates_stamp().await.unwrap(), two);
+}

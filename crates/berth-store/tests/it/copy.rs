@@ -133,6 +133,9 @@ async fn populate(s: &dyn Store) {
     s.put_acme_account("https://acme.test/dir", r#"{"k":"ACMEKEY"}"#)
         .await
         .unwrap();
+    s.put_dns_update_key("127.0.0.1:53", "berth:hmac-sha256:VFNJRw==")
+        .await
+        .unwrap();
     s.put_external_route(&ExternalRoute {
         hostname: "legacy.example.com".into(),
         upstream: "127.0.0.1:9000".into(),
@@ -301,6 +304,14 @@ async fn view(s: &dyn Store) -> String {
     for dir in s.list_acme_directories().await.unwrap() {
         writeln!(out, "{dir} {:?}", s.acme_account(&dir).await.unwrap()).unwrap();
     }
+    for server in s.list_dns_update_servers().await.unwrap() {
+        writeln!(
+            out,
+            "{server} {:?}",
+            s.dns_update_key(&server).await.unwrap()
+        )
+        .unwrap();
+    }
     writeln!(out, "{:?}", s.list_external_routes().await.unwrap()).unwrap();
     for i in s.list_manifest_images().await.unwrap() {
         writeln!(out, "{i} {:?}", s.get_manifest(&i).await.unwrap()).unwrap();
@@ -370,6 +381,7 @@ async fn sqlite_to_postgres_loses_nothing_and_refuses_a_non_empty_target() {
     assert_eq!(report.domains, 1);
     assert_eq!(report.certificates, 1);
     assert_eq!(report.acme_accounts, 1);
+    assert_eq!(report.dns_update_keys, 1);
     assert_eq!((report.tokens, report.audit_entries), (1, 2));
     let before = view(&from).await;
     assert!(before.contains(SECRET) && before.contains(TLS_KEY));

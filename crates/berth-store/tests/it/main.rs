@@ -41,6 +41,7 @@ macro_rules! contract_tests {
             notifications_are_sealed_and_each_event_is_queued_once,
             maintenance_is_kept_per_environment_and_service,
             session_records_are_the_unexpired_sessions,
+            dns_update_keys_are_sealed_and_the_certificates_stamp_moves_on_every_write,
         );
     };
     (@each $make:path; $($name:ident),* $(,)?) => {

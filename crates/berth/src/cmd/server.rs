@@ -29,6 +29,16 @@ pub struct ServerArgs {
     /// Extra root certificate (PEM) to trust for the ACME server's own HTTPS.
     #[arg(long, env = "BERTH_ACME_CA_FILE")]
     acme_ca_file: Option<PathBuf>,
+    /// DNS server (host:port) taking RFC 2136 updates for the base domain's
+    /// zone: the base domain then gets one wildcard certificate by DNS-01
+    /// (custom domains keep HTTP-01).
+    #[arg(long, env = "BERTH_ACME_DNS_SERVER")]
+    acme_dns_server: Option<String>,
+    /// TSIG key of those updates, name:algorithm:secret (hmac-sha256,
+    /// hmac-sha384 or hmac-sha512; the secret in base64, as tsig-keygen
+    /// prints it). Given once: it is sealed in the store.
+    #[arg(long, env = "BERTH_ACME_DNS_TSIG", hide_env_values = true)]
+    acme_dns_tsig: Option<String>,
     /// Hostnames are `<name>.<base-domain>` [default: localhost].
     #[arg(long, env = "BERTH_BASE_DOMAIN")]
     base_domain: Option<String>,
@@ -152,6 +162,8 @@ impl ServerArgs {
         cfg.acme_directory = self.acme_directory.filter(|s| !s.is_empty());
         cfg.acme_email = self.acme_email.filter(|s| !s.is_empty());
         cfg.acme_ca_file = self.acme_ca_file;
+        cfg.acme_dns_server = self.acme_dns_server.filter(|s| !s.is_empty());
+        cfg.acme_dns_tsig = self.acme_dns_tsig.filter(|s| !s.is_empty());
         cfg.base_domain = self.base_domain.filter(|s| !s.is_empty());
         cfg.token = token.filter(|s| !s.is_empty());
         cfg.master_key = self.master_key.filter(|s| !s.is_empty());
