@@ -51,7 +51,8 @@ pub enum Stage {
     Active,
     /// Was active; a newer deployment took over. Image retained for rollback.
     Superseded,
-    /// Was active; replaced by a rollback.
+    /// Was active and replaced by a rollback, or (status failed) regressed:
+    /// a canary that failed or berth's own rollback in the bake window.
     RolledBack,
     /// Was active; its environment or service was torn down.
     Stopped,
@@ -95,7 +96,9 @@ pub enum Event {
     Drained,
     /// A health observation (probe result, crash) while the container runs.
     HealthChanged(Health),
-    /// The pipeline failed (any cause, including "interrupted by restart").
+    /// The pipeline failed (any cause, including "interrupted by restart"):
+    /// failed at the stage it reached, but a canary (its traffic put back
+    /// on the previous deployment) ends rolled_back.
     Fail,
     /// Cancel requested, or a newer trigger replaced this one.
     Cancel,
@@ -299,6 +302,9 @@ pub fn transition(state: State, event: Event) -> Result<State, TransitionError> 
             Event::HealthChanged(h),
         )
         | (St::Succeeded, S::Active, Event::HealthChanged(h)) => to(status, stage, h),
+        // A canary that fails has had its traffic put back on the
+        // previous deployment: it ends rolled back.
+        (St::Running, S::Canary, Event::Fail) => to(St::Failed, S::RolledBack, health),
         (St::Queued | St::Running, _, Event::Fail) => to(St::Failed, stage, health),
         (St::Queued, S::Pending, Event::Cancel) => to(St::Cancelled, stage, health),
         (
@@ -339,6 +345,7 @@ mod tests {
         running  draining_previous  health    -> running   draining_previous  H
         succeeded active            health    -> succeeded active             H
         queued   *                  fail      -> failed    *                  =
+        running  canary             fail      -> failed    rolled_back        =
         running  *                  fail      -> failed    *                  =
         queued   pending            cancel    -> cancelled pending            =
         running  building           cancel    -> cancelled building           =

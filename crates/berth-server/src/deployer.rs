@@ -567,6 +567,7 @@ impl Deployer {
     pub async fn force_fail(&self, d: &mut Deployment, msg: &str) {
         let fail = |d: &mut Deployment| {
             d.failure_message = Some(msg.to_string());
+            d.canary_weight = None;
             self.transition(d, Event::Fail);
             for step in d.steps.iter_mut() {
                 if step.status == StepStatus::Running {

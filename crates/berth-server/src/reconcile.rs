@@ -3,13 +3,16 @@
 //! The edge already serves the routes it persisted (so apps answer within
 //! a second of a restart); then, with the store as the source of truth:
 //! 1. every deployment that was mid-pipeline is finished (when it had
-//!    already switched the route) or failed ("interrupted by restart");
-//!    queued ones are queued again — none stays queued or running forever;
+//!    already switched the route: finalize runs) or failed ("interrupted by
+//!    restart"); queued ones are queued again — none stays queued or
+//!    running forever;
 //! 2. the containers berth owns are adopted when they belong to an active
 //!    deployment (healthy ones are not restarted), re-created when the
 //!    active deployment's container is gone, kept for a warm deployment
-//!    with the rest of its bake window, and removed otherwise (orphaned
-//!    candidates, warm ones whose window passed);
+//!    with the rest of its bake window, stopped with grace when a retired
+//!    deployment's record still names them (an interrupted drain; the
+//!    record then forgets them, said in its log), and removed otherwise
+//!    (orphaned candidates, warm ones whose window passed);
 //! 3. the route table is rebuilt from the active deployments and external
 //!    routes, and only the differences are applied.
 
@@ -18,7 +21,7 @@ use crate::ids::now;
 use crate::pipeline::INSTANCE_LABEL;
 use berth_core::config::ServiceConfig;
 use berth_core::model::Deployment;
-use berth_core::state::{Event, Stage, Status};
+use berth_core::state::{Stage, Status};
 use berth_edge::{RouteChange, RouteSpec, TargetSpec};
 use berth_runtime::DEPLOYMENT_LABEL;
 use berth_store::{DeploymentQuery, Slot};
@@ -53,13 +56,9 @@ impl Deployer {
                 continue;
             }
             if d.promotion_stage == Stage::DrainingPrevious && d.is_active {
-                // The switch was recorded: finish the promotion.
-                self.logs
-                    .event(&d.id, "berth restarted while draining: finishing");
-                if self.transition(&mut d, Event::Drained) {
-                    d.completed_at = Some(now());
-                }
-                self.save(&mut d).await;
+                // The switch was recorded: finish the promotion (finalize;
+                // the previous deployment's instances are stopped below).
+                self.finish_interrupted_promotion(&mut d).await;
                 continue;
             }
             let stage = d.promotion_stage;
@@ -157,6 +156,11 @@ impl Deployer {
             if let Err(e) = self.adopt_warm(owned, &mut keep).await {
                 tracing::error!(error = %e, "cannot adopt warm deployments");
             }
+            // Retired deployments still recording instances (a drain or a
+            // stop the crash interrupted): stopped, and forgotten.
+            if let Err(e) = self.release_retired(owned, &mut keep).await {
+                tracing::error!(error = %e, "cannot release retired deployments");
+            }
             for inst in owned {
                 if !keep.contains(&inst.id) {
                     tracing::info!(container = inst.name, "removing orphaned container");
@@ -169,6 +173,98 @@ impl Deployer {
         for d in requeue {
             self.logs.event(&d.id, "berth restarted: queued again");
             self.enqueue(d).await;
+        }
+        Ok(())
+    }
+
+    /// After a restart: a deployment neither active nor warm (superseded,
+    /// rolled back, stopped, failed) whose record still points at
+    /// instances — a crash came between the switch and the end of its
+    /// drain, or before its stop was recorded. Its instances that still run
+    /// are stopped in the background with its `stop_timeout` (their ids go
+    /// into `keep`, so they are not removed as orphans without grace); the
+    /// record forgets them either way, with a line in its own log saying
+    /// which.
+    async fn release_retired(
+        self: &Arc<Self>,
+        owned: &[berth_runtime::Instance],
+        keep: &mut HashSet<String>,
+    ) -> anyhow::Result<()> {
+        let all = self
+            .store
+            .list_deployments(&DeploymentQuery::default())
+            .await?;
+        let retired = all.into_iter().filter(|d| {
+            !d.is_active
+                && d.status.is_terminal()
+                && !crate::pipeline::is_warm(d)
+                && crate::pipeline::has_instances(d)
+        });
+        for mut d in retired {
+            let recorded = crate::pipeline::replicas::instance_ids(&d);
+            let names: Vec<String> = match d.instances.is_empty() {
+                true => d.runtime.iter().map(|r| r.instance_name.clone()).collect(),
+                false => d.instances.iter().map(|i| i.name.clone()).collect(),
+            };
+            let running: Vec<String> = owned
+                .iter()
+                .filter(|i| {
+                    i.running
+                        && !keep.contains(&i.id)
+                        && (recorded.contains(&i.id)
+                            || i.labels.get(DEPLOYMENT_LABEL) == Some(&d.id))
+                })
+                .map(|i| i.id.clone())
+                .collect();
+            d.runtime = None;
+            d.instances.clear();
+            d.bake_until = None;
+            let forget = |mine: &mut Deployment, fresh: Deployment| {
+                *mine = fresh;
+                mine.runtime = None;
+                mine.instances.clear();
+                mine.bake_until = None;
+                !mine.is_active
+            };
+            match crate::saving::save_retrying(&*self.store, &mut d, forget).await {
+                Ok(crate::saving::Saved::Written) => {}
+                Ok(crate::saving::Saved::GaveUp) => continue,
+                Err(e) => {
+                    tracing::error!(deployment = d.id, error = %e, "cannot release a retired deployment");
+                    continue;
+                }
+            }
+            let what = format!(
+                "{} {}",
+                if names.len() == 1 {
+                    "container"
+                } else {
+                    "containers"
+                },
+                names.join(", ")
+            );
+            if running.is_empty() {
+                self.logs.event(
+                    &d.id,
+                    &format!("berth restarted: {what} gone; the record no longer points at it"),
+                );
+                continue;
+            }
+            keep.extend(running.iter().cloned());
+            let grace = crate::pipeline::service_from_record(&d).stop_timeout;
+            self.logs.event(
+                &d.id,
+                &format!(
+                    "berth restarted: {what} left running by an interrupted drain; stopping (grace {}s)",
+                    grace.as_secs_f64()
+                ),
+            );
+            let this = self.clone();
+            let id = d.id.clone();
+            let stopping = tokio::spawn(async move {
+                this.stop_instances(&id, &running, &what, grace).await;
+            });
+            self.track(stopping.abort_handle());
         }
         Ok(())
     }

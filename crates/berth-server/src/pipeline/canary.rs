@@ -95,9 +95,15 @@ impl Deployer {
         for &stage in cfg.stages.iter().filter(|w| **w < 100) {
             let w = u32::from(stage);
             if let Err(e) = self.edge.apply(split(w)) {
+                // A later stage's refusal leaves the previous split
+                // serving: put all traffic back like any failed stage.
+                let _ = self.edge.apply(restore());
+                d.canary_weight = None;
                 return fail(
                     StepName::HealthCheck,
-                    format!("canary: route change refused: {e}"),
+                    format!(
+                        "canary at {w}%: route change refused: {e}; the previous deployment serves"
+                    ),
                 );
             }
             d.canary_weight = Some(w);
@@ -199,7 +205,7 @@ impl Deployer {
                 Err(stop) => Err(stop),
             };
         }
-        d.canary_weight = Some(100);
+        // The split holds until the switch, which clears the weight.
         Ok(())
     }
 

@@ -44,7 +44,7 @@ mod switch;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use bake::is_warm;
+pub(crate) use bake::{has_instances, is_warm};
 pub(crate) use candidate::{isolation_label, limits_for, runtime_info};
 pub(crate) use source::{parse_app_config, service_from_record};
 
@@ -152,6 +152,7 @@ impl Deployer {
                 let candidate = replicas::instance_ids(&d);
                 d.runtime = None;
                 d.instances.clear();
+                d.canary_weight = None;
                 if !candidate.is_empty() {
                     self.monitors.stop(&d.id);
                     self.edge_remove_preview(&d).await;

@@ -45,6 +45,23 @@ impl Deployer {
         self.apply(d, Event::Drained).await;
     }
 
+    /// After a restart: `d`'s switch was recorded (the slot's active
+    /// pointer names it, stage draining_previous) but a crash interrupted
+    /// the drain, the stop or finalize. Finalize runs now (retention) and
+    /// `d` ends active, succeeded; reconcile stops the previous
+    /// deployment's instances (`Deployer::release_retired`).
+    pub(crate) async fn finish_interrupted_promotion(&self, d: &mut Deployment) {
+        self.logs.event(
+            &d.id,
+            "berth restarted while draining the previous deployment: finishing (finalize)",
+        );
+        d.canary_weight = None;
+        self.start_step(d, StepName::Finalize);
+        let pruned = self.prune_images(&Slot::of(d)).await;
+        self.finish_step(d, StepName::Finalize, StepStatus::Succeeded, Some(&pruned));
+        self.apply(d, Event::Drained).await;
+    }
+
     /// What happens to the deployment a cutover replaced: it stays warm
     /// until its `bakeUntil` (set by the switch), or is drained and stopped.
     pub(crate) async fn after_cutover(self: &Arc<Self>, p: &mut Deployment) {
@@ -127,6 +144,8 @@ impl Deployer {
         let finish = adopted.is_some();
         let end = |d: &mut Deployment| {
             self.transition(d, Event::RouteSwitched);
+            // it takes all the traffic: a canary's weight is over
+            d.canary_weight = None;
             if finish && self.transition(d, Event::Drained) {
                 d.completed_at = Some(now());
             }

@@ -11,7 +11,7 @@ use berth_build::{
     CloneRequest, CommitInfo, ImageFacts, LogSink, Manifest, ManifestOptions, PushedImage,
 };
 use berth_core::config::ServiceConfig;
-use berth_core::model::{Deployment, Trigger};
+use berth_core::model::{Deployment, StepName, StepStatus, Trigger};
 use berth_core::state::{Stage, Status};
 use berth_edge::{Edge, EdgeConfig};
 use berth_runtime::fake::{Behaviour, FakeRuntime};
@@ -359,12 +359,54 @@ impl Harness {
 
     /// At most one active deployment per slot; every deployment terminal;
     /// the edge serves exactly the routes the store implies; every running
-    /// instance belongs to an active deployment.
+    /// instance belongs to an active deployment. The records tell the
+    /// truth (issue 16): a succeeded deployment has every step finished
+    /// (finalize included); no ended deployment keeps a canary weight; a
+    /// failed canary ended rolled_back; only active and warm deployments
+    /// record instances, and every instance recorded exists.
     async fn check_invariants(&self) {
         let all = self.all().await;
         let mut active: HashMap<(String, String, String), usize> = HashMap::new();
+        let existing = self.rt.instance_ids();
         for d in &all {
             assert!(d.status.is_terminal(), "{} is {:?}", d.id, d.status);
+            assert_eq!(d.canary_weight, None, "{} ended with a weight", d.id);
+            assert!(
+                d.steps.iter().all(|s| s.status != StepStatus::Running),
+                "{} ended with a step running: {:?}",
+                d.id,
+                d.steps
+            );
+            if d.status == Status::Succeeded {
+                assert!(
+                    d.steps.iter().all(|s| s.status.is_finished()),
+                    "{} succeeded with a step not done: {:?}",
+                    d.id,
+                    d.steps
+                );
+            }
+            assert!(
+                !(d.status == Status::Failed && d.promotion_stage == Stage::Canary),
+                "{}: a failed canary ends rolled_back",
+                d.id
+            );
+            if !d.is_active && !crate::pipeline::is_warm(d) {
+                assert!(
+                    !crate::pipeline::has_instances(d),
+                    "{} ({}) still records instances: {:?} {:?}",
+                    d.id,
+                    d.promotion_stage,
+                    d.runtime,
+                    d.instances
+                );
+            }
+            for id in super::replicas::instance_ids(d) {
+                assert!(
+                    existing.contains(&id),
+                    "{} records instance {id}, which is gone",
+                    d.id
+                );
+            }
             if d.is_active {
                 *active
                     .entry((
@@ -968,6 +1010,236 @@ async fn a_crash_at_each_stage_is_reconciled() {
         h2.check_invariants().await;
         let _: PathBuf = h2.dir.path().to_path_buf();
     }
+}
+
+/// Waits (bounded, 30 s) until `id` reaches `stage`; false when it ended
+/// first or never did.
+async fn reached(h: &Harness, id: &str, stage: Stage) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        let now = h.store.get_deployment(id).await.unwrap();
+        if now.promotion_stage == stage {
+            return true;
+        }
+        if now.status.is_terminal() {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
+/// A crash during the drain (issue 16): the new deployment is active in
+/// the store, stage draining_previous, finalize never ran, and the old one
+/// still records its instance. After the restart the promotion is
+/// finished (finalize with retention), the old instance is stopped with
+/// its grace and the old record forgets it, saying so in its own log.
+#[tokio::test]
+async fn a_crash_during_the_drain_is_finished_after_restart() {
+    let h = harness().await;
+    *h.builder.toml.lock().unwrap() = TOML.replace("port = 3000\n", "port = 3000\nbake = \"0\"\n");
+    // The first app answers slowly: the drain waits for a held request.
+    *h.builder.behaviour.lock().unwrap() = Behaviour {
+        response_delay: Duration::from_secs(4),
+        ..Behaviour::default()
+    };
+    let first = h.deploy().await;
+    assert_eq!(first.status, Status::Succeeded);
+    *h.builder.behaviour.lock().unwrap() = Behaviour::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let edge_addr = listener.local_addr().unwrap();
+    let serving = h.edge.clone();
+    tokio::spawn(async move {
+        let _ = serving.serve(listener, std::future::pending()).await;
+    });
+    let host = h.deployer.route_host(&first);
+    tokio::spawn(async move {
+        let _ = reqwest::Client::new()
+            .get(format!("http://{edge_addr}/"))
+            .header("host", host)
+            .send()
+            .await;
+    });
+    for _ in 0..200 {
+        if h.edge.inflight(&first.id) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(h.edge.inflight(&first.id), 1, "a request is held");
+    let second = h
+        .deployer
+        .create(new_deployment(Trigger::Manual))
+        .await
+        .unwrap();
+    assert!(
+        reached(&h, &second.id, Stage::DrainingPrevious).await,
+        "never reached draining_previous"
+    );
+    // Still draining: the old record points at its instance.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let old = h.store.get_deployment(&first.id).await.unwrap();
+    let old_instance = old.runtime.clone().expect("recorded").instance_id;
+    let new = h.store.get_deployment(&second.id).await.unwrap();
+    assert_eq!(
+        new.promotion_stage,
+        Stage::DrainingPrevious,
+        "still draining"
+    );
+    let finalize = |d: &Deployment| {
+        d.steps
+            .iter()
+            .find(|s| s.name == StepName::Finalize)
+            .map(|s| s.status)
+    };
+    assert_eq!(finalize(&new), Some(StepStatus::Pending));
+
+    let h = h.restart().await;
+    let new = h.store.get_deployment(&second.id).await.unwrap();
+    assert_eq!(new.status, Status::Succeeded, "{:?}", new.failure_message);
+    assert!(new.is_active);
+    assert_eq!(new.promotion_stage, Stage::Active);
+    assert_eq!(finalize(&new), Some(StepStatus::Succeeded));
+    let note = &new
+        .steps
+        .iter()
+        .find(|s| s.name == StepName::Finalize)
+        .unwrap()
+        .log;
+    assert!(note.starts_with("retention:"), "retention ran: {note}");
+    let old = h.store.get_deployment(&first.id).await.unwrap();
+    assert_eq!(old.promotion_stage, Stage::Superseded);
+    assert!(old.runtime.is_none() && old.instances.is_empty(), "{old:?}");
+    assert!(
+        h.log_has(&first.id, "left running by an interrupted drain")
+            .await,
+        "the old deployment's log says why its instance went"
+    );
+    // Stopped with the service's grace, not removed as an orphan.
+    for _ in 0..200 {
+        if !h.rt.instance_ids().contains(&old_instance) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!h.rt.instance_ids().contains(&old_instance), "stopped");
+    assert!(
+        h.rt.stop_graces().iter().any(|(id, _)| *id == old_instance),
+        "stopped with a grace: {:?}",
+        h.rt.stop_graces()
+    );
+    h.check_invariants().await;
+}
+
+/// A retired deployment whose instance is gone when berth restarts (it
+/// was removed while berth was down) forgets it, with a line in its log.
+#[tokio::test]
+async fn a_restart_forgets_a_retired_instance_that_is_gone() {
+    let h = harness().await;
+    *h.builder.toml.lock().unwrap() = TOML.replace("port = 3000\n", "port = 3000\nbake = \"0\"\n");
+    let first = h.deploy().await;
+    let second = h.deploy().await;
+    assert_eq!(second.status, Status::Succeeded);
+    // A record as a crash between the switch and the drain's save leaves
+    // it, with the instance removed while berth was down.
+    let mut old = h.store.get_deployment(&first.id).await.unwrap();
+    assert!(old.runtime.is_none(), "retire forgot it");
+    old.runtime = first.runtime.clone();
+    h.store
+        .save_deployments(&mut [&mut old], None)
+        .await
+        .unwrap();
+    let h = h.restart().await;
+    let old = h.store.get_deployment(&first.id).await.unwrap();
+    assert!(old.runtime.is_none(), "{old:?}");
+    assert!(
+        h.log_has(&first.id, "gone; the record no longer points at it")
+            .await
+    );
+    h.check_invariants().await;
+}
+
+fn canary_toml(window: &str, on_low_traffic: &str) -> String {
+    format!(
+        "{TOML}\n[services.web.canary]\nstages = [50, 100]\nobservation_window = \"{window}\"\non_low_traffic = \"{on_low_traffic}\"\n"
+    )
+}
+
+/// A canary that fails ends rolled_back with its weight cleared, the
+/// previous deployment serving; one that passes ends active without a
+/// weight (issue 16).
+#[tokio::test]
+async fn a_failed_canary_ends_rolled_back_and_a_passed_one_without_a_weight() {
+    let h = harness().await;
+    let first = h.deploy().await;
+    *h.builder.toml.lock().unwrap() = canary_toml("1s", "fail");
+    let failed = h.deploy().await;
+    assert_eq!(failed.status, Status::Failed);
+    assert_eq!(
+        failed.promotion_stage,
+        Stage::RolledBack,
+        "{:?}",
+        failed.failure_message
+    );
+    assert!(
+        failed
+            .failure_message
+            .as_deref()
+            .is_some_and(|m| m.contains("canary at 50%")),
+        "{:?}",
+        failed.failure_message
+    );
+    assert_eq!(failed.canary_weight, None);
+    assert!(h.store.get_deployment(&first.id).await.unwrap().is_active);
+    h.check_invariants().await;
+
+    *h.builder.toml.lock().unwrap() = canary_toml("1s", "promote");
+    let passed = h.deploy().await;
+    assert_eq!(
+        passed.status,
+        Status::Succeeded,
+        "{:?}",
+        passed.failure_message
+    );
+    assert!(
+        h.log_has(&passed.id, "canary: 50% of traffic").await,
+        "a canary ran"
+    );
+    assert_eq!(passed.promotion_stage, Stage::Active);
+    assert_eq!(passed.canary_weight, None);
+    h.check_invariants().await;
+}
+
+/// A crash during a canary stage: after the restart the previous
+/// deployment takes all traffic, and the canary ends rolled_back with its
+/// weight cleared and its instance removed.
+#[tokio::test]
+async fn a_crash_during_a_canary_ends_it_rolled_back() {
+    let h = harness().await;
+    let first = h.deploy().await;
+    *h.builder.toml.lock().unwrap() = canary_toml("30s", "extend");
+    let d = h
+        .deployer
+        .create(new_deployment(Trigger::Manual))
+        .await
+        .unwrap();
+    assert!(
+        reached(&h, &d.id, Stage::Canary).await,
+        "never reached canary"
+    );
+    for _ in 0..200 {
+        if h.store.get_deployment(&d.id).await.unwrap().canary_weight == Some(50) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let h = h.restart().await;
+    let d = h.store.get_deployment(&d.id).await.unwrap();
+    assert_eq!(d.status, Status::Failed);
+    assert_eq!(d.promotion_stage, Stage::RolledBack);
+    assert_eq!(d.canary_weight, None);
+    assert!(h.store.get_deployment(&first.id).await.unwrap().is_active);
+    h.check_invariants().await;
 }
 
 #[tokio::test]

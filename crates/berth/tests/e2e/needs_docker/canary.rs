@@ -57,7 +57,9 @@ fn a_regressing_canary_is_rolled_back_and_a_healthy_one_goes_live() {
     let report = load.finish();
     assert!(!ok, "{d2}");
     assert_eq!(d2["status"], "failed");
-    assert_eq!(d2["promotionStage"], "canary");
+    // a failed canary ends rolled back, its weight cleared (issue 16)
+    assert_eq!(d2["promotionStage"], "rolled_back");
+    assert_eq!(d2["canaryWeight"], serde_json::Value::Null);
     let msg = d2["failureMessage"].as_str().unwrap();
     assert!(msg.contains("canary at 50% regressed: error rate"), "{msg}");
     assert!(report.non2xx > 0, "the canary really took traffic");
@@ -85,7 +87,9 @@ fn a_regressing_canary_is_rolled_back_and_a_healthy_one_goes_live() {
     let (ok, d3) = deploy_wait(&s, &project);
     let report = load.finish();
     assert!(ok, "{d3}");
-    assert_eq!(d3["canaryWeight"], 100);
+    // the rollout is over: the weight is cleared
+    assert_eq!(d3["canaryWeight"], serde_json::Value::Null);
+    assert_eq!(d3["promotionStage"], "active");
     assert_eq!(report.non2xx + report.errors, 0, "{:?}", report.samples);
     let logs = s.ok(&["logs", d3["id"].as_str().unwrap()]);
     assert!(logs.contains("canary: 50% of traffic"), "{logs}");
@@ -143,7 +147,9 @@ fn a_canary_without_traffic_is_not_promoted_silently() {
     repo.commit_app("q3", DOCKERFILE, "v3 promoted on health");
     let (ok, d3) = deploy_wait(&s, &project);
     assert!(ok, "{d3}");
-    assert_eq!(d3["canaryWeight"], 100);
+    // the rollout is over: the weight is cleared
+    assert_eq!(d3["canaryWeight"], serde_json::Value::Null);
+    assert_eq!(d3["promotionStage"], "active");
     let logs = s.ok(&["logs", d3["id"].as_str().unwrap()]);
     assert!(
         logs.contains("canary: 50% stage promoted on health alone: it saw 0 request(s)"),
