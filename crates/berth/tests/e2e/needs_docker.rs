@@ -461,6 +461,112 @@ fn kill_9_then_restart_serves_from_the_same_container_and_nothing_is_stuck() {
     );
 }
 
+/// Issue 16: kill -9 of berth while a cutover drains the previous
+/// deployment (no bake window; a request held in v1's container keeps the
+/// drain going). After the restart v2's `finalize` is done (or failed with
+/// a reason), v1 records no runtime and says why in its log, and what
+/// `inspect` says of both matches `docker ps`.
+#[test]
+fn kill_9_during_the_drain_finishes_the_cutover_after_restart() {
+    let project = unique("e2eq");
+    let _c = Cleanup(project.clone());
+    let mut s = Server::start();
+    let repo = AppRepo::new("v1");
+    std::fs::write(
+        repo.dir.path().join("berth.toml"),
+        "[services.web]\nbake = \"0\"\n",
+    )
+    .unwrap();
+    repo.commit_app("v1", DOCKERFILE, "v1 without a bake window");
+    s.ok(&["projects", "create", &project, "--repo", repo.path()]);
+    let (ok, d1) = deploy_wait(&s, &project);
+    assert!(ok, "{d1}");
+    let id1 = d1["id"].as_str().unwrap().to_string();
+    let h = host(&project);
+    let c1 = s.json(&["inspect", &id1, "--json"])["runtime"]["instanceId"]
+        .as_str()
+        .expect("v1 has a container")
+        .to_string();
+    let _held = hold_request(s.http_port, &h, &c1);
+
+    repo.commit_app("v2", DOCKERFILE, "v2");
+    let d2 = s.json(&["deploy", "--project", &project, "--json"]);
+    let id2 = d2["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let cur = s.json(&["inspect", &id2, "--json"]);
+        if cur["promotionStage"] == "draining_previous" {
+            break;
+        }
+        assert!(
+            cur["completedAt"].is_null(),
+            "v2 ended before the drain was caught: {cur}"
+        );
+        assert!(Instant::now() < deadline, "v2 never drained v1: {cur}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The held request keeps v1 draining: kill -9 now.
+    std::thread::sleep(Duration::from_millis(500));
+    let during = s.json(&["inspect", &id2, "--json"]);
+    assert_eq!(during["promotionStage"], "draining_previous", "{during}");
+    assert_eq!(step(&during, "finalize")["status"], "pending");
+    s.kill9();
+    s.spawn();
+    wait_body(&s, &h, "v2");
+
+    let running = || {
+        docker(&["ps", "-q", "--no-trunc"])
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (v1, v2) = loop {
+        let v1 = s.json(&["inspect", &id1, "--json"]);
+        let v2 = s.json(&["inspect", &id2, "--json"]);
+        let finalize = step(&v2, "finalize")["status"].clone();
+        let done = v2["status"] == "succeeded"
+            && (finalize == "succeeded" || finalize == "failed")
+            && v1["runtime"].is_null()
+            && !running().contains(&c1);
+        if done {
+            break (v1, v2);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not settled after the restart:\nv1 {v1}\nv2 {v2}\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(v2["isActive"], true);
+    assert_eq!(v2["promotionStage"], "active");
+    let fin = step(&v2, "finalize");
+    if fin["status"] == "failed" {
+        assert!(!fin["log"].as_str().unwrap_or("").is_empty(), "{fin}");
+    } else {
+        assert!(
+            fin["log"].as_str().unwrap().contains("retention"),
+            "finalize ran retention: {fin}"
+        );
+    }
+    assert_eq!(v1["promotionStage"], "superseded");
+    assert!(
+        v1["instances"].as_array().is_none_or(|a| a.is_empty()),
+        "{v1}"
+    );
+    // inspect and docker ps agree: v2's container runs, v1's is gone.
+    let c2 = v2["runtime"]["instanceId"].as_str().expect("v2 runtime");
+    assert!(running().iter().any(|c| c == c2), "{c2} is not running");
+    assert!(!running().contains(&c1));
+    let logs = s.ok(&["logs", &id1]);
+    assert!(
+        logs.contains("left running by an interrupted drain"),
+        "v1's log says why its container went: {logs}"
+    );
+    assert_eq!(s.get_host(&h, "/").unwrap().1, "v2");
+}
+
 #[test]
 fn a_node_app_without_dockerfile_is_detected_built_and_served() {
     if !image_exists("local/node:18") {
