@@ -3,6 +3,7 @@
 //! real Docker Engine.
 
 mod cluster;
+mod cluster_tls;
 mod events;
 mod harness;
 mod needs_docker;

@@ -19,6 +19,7 @@ mod swarm;
 mod takeover;
 mod telemetry;
 mod tls;
+mod tls_dns01;
 mod triggers;
 mod volumes;
 

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A process this test started, killed (by its own handle) when dropped.
-struct Proc(Child);
+pub(super) struct Proc(pub(super) Child);
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -22,7 +22,7 @@ impl Drop for Proc {
     }
 }
 
-fn wait_port(port: u16, what: &str, log: &Path) {
+pub(super) fn wait_port(port: u16, what: &str, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -36,14 +36,14 @@ fn wait_port(port: u16, what: &str, log: &Path) {
     );
 }
 
-fn log_file(dir: &Path, name: &str) -> (std::fs::File, std::fs::File) {
+pub(super) fn log_file(dir: &Path, name: &str) -> (std::fs::File, std::fs::File) {
     let f = std::fs::File::create(dir.join(name)).unwrap();
     (f.try_clone().unwrap(), f)
 }
 
 /// pebble's own HTTPS certificate (it ships none): a throwaway CA and a
 /// leaf for 127.0.0.1; berth trusts the CA through `--acme-ca-file`.
-fn pebble_tls(dir: &Path) {
+pub(super) fn pebble_tls(dir: &Path) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -61,7 +61,7 @@ fn pebble_tls(dir: &Path) {
     std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
 }
 
-fn client_trusting(pem: &[u8]) -> reqwest::blocking::ClientBuilder {
+pub(super) fn client_trusting(pem: &[u8]) -> reqwest::blocking::ClientBuilder {
     reqwest::blocking::Client::builder()
         .tls_built_in_root_certs(false)
         .add_root_certificate(reqwest::Certificate::from_pem(pem).unwrap())
@@ -93,7 +93,7 @@ fn cert_state(s: &Server, project: &str, domain: &str) -> Value {
         .clone()
 }
 
-fn require_pebble() {
+pub(super) fn require_pebble() {
     for bin in ["pebble", "pebble-challtestsrv"] {
         assert!(
             Command::new("sh")
@@ -145,13 +145,13 @@ fn start_challtestsrv(dir: &Path) -> (Proc, u16, u16) {
 
 /// The ports of a pebble chosen before berth starts (berth is told the
 /// directory, pebble berth's HTTP port).
-struct PebblePorts {
-    acme: u16,
-    mgmt: u16,
+pub(super) struct PebblePorts {
+    pub(super) acme: u16,
+    pub(super) mgmt: u16,
 }
 
 impl PebblePorts {
-    fn new() -> PebblePorts {
+    pub(super) fn new() -> PebblePorts {
         PebblePorts {
             acme: free_port(),
             mgmt: free_port(),
@@ -159,7 +159,7 @@ impl PebblePorts {
     }
 
     /// berth's flags for this CA (and `dns_port` as its DNS server).
-    fn server_args(&self, dir: &Path, dns_port: u16, https_port: u16) -> Vec<String> {
+    pub(super) fn server_args(&self, dir: &Path, dns_port: u16, https_port: u16) -> Vec<String> {
         [
             "--dns-server",
             &format!("127.0.0.1:{dns_port}"),
@@ -220,7 +220,7 @@ impl PebblePorts {
     }
 
     /// pebble's root, from its management API (over the listener CA).
-    fn root(&self, dir: &Path) -> Vec<u8> {
+    pub(super) fn root(&self, dir: &Path) -> Vec<u8> {
         client_trusting(&std::fs::read(dir.join("listener-ca.pem")).unwrap())
             .build()
             .unwrap()
