@@ -59,7 +59,11 @@ impl Drop for VmGuard {
 }
 
 async fn wait_exited(rt: &MicroVmRuntime, id: &str) -> InstanceState {
-    let deadline = Instant::now() + BOOT_DEADLINE;
+    wait_exited_within(rt, id, BOOT_DEADLINE).await
+}
+
+async fn wait_exited_within(rt: &MicroVmRuntime, id: &str, within: Duration) -> InstanceState {
+    let deadline = Instant::now() + within;
     loop {
         let state = rt.inspect(id).await.expect("inspect");
         if state.status != InstanceStatus::Running {
@@ -270,4 +274,54 @@ async fn auto_accel_never_hangs() {
         "auto took {took:?}"
     );
     eprintln!("auto chose {} in {took:?}", rt.accel().as_str());
+}
+
+/// OOM reported from a real VM (issue 12): a guest of the smallest memory
+/// whose app holds more than that in a shell variable is killed by the
+/// guest kernel's OOM killer; the init reports it, and `inspect` says
+/// exited 137 (SIGKILL) with `oom_killed`. A VM whose app just exits is
+/// not reported OOM.
+#[tokio::test]
+async fn an_app_over_the_memory_limit_is_reported_oom_killed() {
+    let Some((rt, _dir, image)) =
+        setup("an_app_over_the_memory_limit_is_reported_oom_killed").await
+    else {
+        return;
+    };
+    let mut hungry = spec(
+        &image,
+        "echo allocating; x=$(head -c 400000000 /dev/zero | tr '\\0' x); echo survived ${#x}",
+    );
+    hungry.limits.memory_bytes = Some(berth_runtime::microvm::MIN_MEMORY_MIB * 1024 * 1024);
+    let instance = rt.start(&hungry).await.expect("start");
+    let _guard = VmGuard(rt.clone(), instance.id.clone());
+    // Boot under TCG, then the guest reclaims its page cache before the
+    // OOM killer runs: slow on a loaded host.
+    let state = wait_exited_within(&rt, &instance.id, BOOT_DEADLINE * 3).await;
+    let out = lines(&rt, &instance.id).await;
+    assert!(
+        out.iter().any(|(_, l)| l == "allocating"),
+        "the app ran: {out:?}"
+    );
+    assert!(
+        !out.iter().any(|(_, l)| l.starts_with("survived")),
+        "the allocation fit in the guest: {out:?}"
+    );
+    assert_eq!(
+        state.status,
+        InstanceStatus::Exited { code: 137 },
+        "{state:?}"
+    );
+    assert!(state.oom_killed, "not reported OOM: {state:?}");
+
+    let fine = spec(&image, "echo small; exit 0");
+    let instance = rt.start(&fine).await.expect("start");
+    let _guard = VmGuard(rt.clone(), instance.id.clone());
+    let state = wait_exited(&rt, &instance.id).await;
+    assert_eq!(
+        state.status,
+        InstanceStatus::Exited { code: 0 },
+        "{state:?}"
+    );
+    assert!(!state.oom_killed, "{state:?}");
 }
