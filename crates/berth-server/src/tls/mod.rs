@@ -751,4 +751,54 @@ mod tests {
         assert!(!covered_by_wildcard("apps.test", "apps.test"));
         assert!(!covered_by_wildcard("xapps.test", "apps.test"));
     }
+
+    #[test]
+    fn dns01_flags_are_checked_at_start_with_a_one_line_reason() {
+        let err = |f: &dyn Fn(&mut ServerConfig)| {
+            let mut cfg = ServerConfig::new("/tmp/unused".into());
+            cfg.acme_directory = Some("https://acme.test/dir".into());
+            cfg.base_domain = Some("apps.test".into());
+            f(&mut cfg);
+            dns_setup(&cfg).err().map(|e| format!("{e:#}"))
+        };
+        assert_eq!(err(&|_| {}), None, "no DNS-01 asked for");
+        assert_eq!(
+            err(&|c| {
+                c.acme_dns_server = Some("127.0.0.1:53".into());
+                c.acme_dns_tsig = Some("k:hmac-sha256:c2VjcmV0".into());
+            }),
+            None
+        );
+        // Given once: later starts name the server only.
+        assert_eq!(
+            err(&|c| c.acme_dns_server = Some("ns1.apps.test:53".into())),
+            None
+        );
+        let e = err(&|c| c.acme_dns_tsig = Some("k:hmac-sha256:c2VjcmV0".into())).unwrap();
+        assert!(
+            e.starts_with("--acme-dns-tsig needs --acme-dns-server"),
+            "{e}"
+        );
+        let e = err(&|c| c.acme_dns_server = Some("127.0.0.1".into())).unwrap();
+        assert_eq!(e, "--acme-dns-server 127.0.0.1: expected host:port");
+        let e = err(&|c| {
+            c.acme_dns_server = Some("127.0.0.1:53".into());
+            c.acme_dns_tsig = Some("k:hmac-md5:c2VjcmV0".into());
+        })
+        .unwrap();
+        assert!(e.starts_with("--acme-dns-tsig: algorithm hmac-md5"), "{e}");
+        assert!(!e.contains("c2VjcmV0"), "the secret is not repeated: {e}");
+        let e = err(&|c| {
+            c.acme_dns_server = Some("127.0.0.1:53".into());
+            c.acme_directory = None;
+        })
+        .unwrap();
+        assert!(e.contains("needs --acme-directory"), "{e}");
+        let e = err(&|c| {
+            c.acme_dns_server = Some("127.0.0.1:53".into());
+            c.base_domain = None;
+        })
+        .unwrap();
+        assert!(e.contains("needs --base-domain"), "{e}");
+    }
 }
