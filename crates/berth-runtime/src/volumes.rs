@@ -43,6 +43,55 @@ pub const HELPER_PATH: &str = "/berth-volume";
 /// [`OWNER_LABEL`].
 pub const ROLE_LABEL: &str = "dev.berth.role";
 
+/// Label on a helper container naming the berth process that made it
+/// ([`process_tag`]: `<host>:<pid>:<start time>`), so that a helper left
+/// behind by a process that died mid-way (kill -9 during a backup) can be
+/// told from one in use ([`Volumes::remove_leaked_helpers`]).
+pub const HELPER_PROCESS_LABEL: &str = "dev.berth.helper-process";
+
+/// This process as [`HELPER_PROCESS_LABEL`] names it.
+pub fn process_tag() -> String {
+    let pid = std::process::id();
+    format!(
+        "{}:{pid}:{}",
+        host_name(),
+        start_time(pid).unwrap_or_default()
+    )
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// A process's start time (clock ticks since boot, field 22 of
+/// `/proc/<pid>/stat`), or `None` when there is no such process.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the process a helper's [`HELPER_PROCESS_LABEL`] names may still
+/// be using it: a process on another host (or a tag that does not parse)
+/// is assumed alive; on this host, alive means the pid exists with the
+/// same start time (a reused pid is another process).
+pub fn helper_owner_alive(tag: &str) -> bool {
+    let mut parts = tag.rsplitn(3, ':');
+    let (Some(start), Some(pid), Some(host)) = (parts.next(), parts.next(), parts.next()) else {
+        return true;
+    };
+    let (Ok(pid), Ok(start)) = (pid.parse::<u32>(), start.parse::<u64>()) else {
+        return true;
+    };
+    if host != host_name() {
+        return true;
+    }
+    start_time(pid) == Some(start)
+}
+
 /// A volume as the engine reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumeState {
@@ -111,17 +160,37 @@ pub trait Volumes: Send + Sync {
 
     /// Removes the volume (idempotent); refused while a container mounts it.
     async fn remove(&self, name: &str) -> Result<(), RuntimeError>;
+
+    /// Removes the helper containers carrying every label of `labels`
+    /// whose process is gone ([`helper_owner_alive`]): a backup or restore
+    /// cut off mid-way. Returns the names removed.
+    async fn remove_leaked_helpers(
+        &self,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<String>, RuntimeError>;
 }
 
 /// [`Volumes`] on a Docker Engine.
 #[derive(Debug, Clone)]
 pub struct DockerVolumes {
     docker: Docker,
+    /// Put on every helper container besides berth's own labels.
+    helper_labels: BTreeMap<String, String>,
 }
 
 impl DockerVolumes {
     pub fn from_docker(docker: Docker) -> Self {
-        Self { docker }
+        Self {
+            docker,
+            helper_labels: BTreeMap::new(),
+        }
+    }
+
+    /// Helpers get `labels` too (the server's instance, so that it finds
+    /// its own leaked helpers and no other server's).
+    pub fn with_helper_labels(mut self, labels: BTreeMap<String, String>) -> Self {
+        self.helper_labels = labels;
+        self
     }
 
     /// Creates (never starts) a helper container from `image` with `volume`
@@ -136,10 +205,17 @@ impl DockerVolumes {
             // Never started: the command only has to be present for the
             // engine to accept an image that has none.
             cmd: Some(vec!["/berth-volume-helper".to_owned()]),
-            labels: Some(HashMap::from([
-                (OWNER_LABEL.to_owned(), "true".to_owned()),
-                (ROLE_LABEL.to_owned(), "volume-helper".to_owned()),
-            ])),
+            labels: Some(
+                self.helper_labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .chain([
+                        (OWNER_LABEL.to_owned(), "true".to_owned()),
+                        (ROLE_LABEL.to_owned(), "volume-helper".to_owned()),
+                        (HELPER_PROCESS_LABEL.to_owned(), process_tag()),
+                    ])
+                    .collect(),
+            ),
             network_disabled: Some(true),
             host_config: Some(HostConfig {
                 mounts: Some(vec![Mount {
@@ -400,5 +476,70 @@ impl Volumes for DockerVolumes {
                 e => Err(e),
             },
         }
+    }
+
+    async fn remove_leaked_helpers(
+        &self,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<String>, RuntimeError> {
+        let mut filter = vec![
+            format!("{OWNER_LABEL}=true"),
+            format!("{ROLE_LABEL}=volume-helper"),
+        ];
+        filter.extend(labels.iter().map(|(k, v)| format!("{k}={v}")));
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(HashMap::from([("label".to_owned(), filter)])),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| map_err("list containers", "volume helpers", e))?;
+        let mut removed = Vec::new();
+        for c in list {
+            let tag = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(HELPER_PROCESS_LABEL))
+                .cloned()
+                .unwrap_or_default();
+            if helper_owner_alive(&tag) {
+                continue;
+            }
+            let Some(id) = c.id else { continue };
+            self.remove_helper(&id).await;
+            removed.push(
+                c.names
+                    .unwrap_or_default()
+                    .first()
+                    .map(|n| n.trim_start_matches('/').to_owned())
+                    .unwrap_or(id),
+            );
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_helper_is_leaked_only_when_its_process_is_gone() {
+        // This process: alive.
+        assert!(helper_owner_alive(&process_tag()));
+        let pid = std::process::id();
+        let host = host_name();
+        let start = start_time(pid).unwrap();
+        // The same pid with another start time: a reused pid, gone.
+        assert!(!helper_owner_alive(&format!("{host}:{pid}:{}", start + 1)));
+        // No such pid on this host: gone.
+        assert!(!helper_owner_alive(&format!("{host}:4194305:1")));
+        // Another host, or a tag that does not parse: kept.
+        assert!(helper_owner_alive("another-host:4194305:1"));
+        assert!(helper_owner_alive(""));
+        assert!(helper_owner_alive("garbage"));
+        assert!(helper_owner_alive(&format!("{host}:x:1")));
     }
 }

@@ -415,6 +415,12 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         leadership.clone(),
     );
     if let Some(v) = volumes {
+        // Helpers carry the instance: reconcile removes this server's
+        // leaked ones only.
+        let v = v.with_helper_labels(std::collections::BTreeMap::from([(
+            pipeline::INSTANCE_LABEL.to_owned(),
+            deployer.instance.clone(),
+        )]));
         let _ = deployer.volumes.set(Arc::new(v));
     }
     if leadership.is_clustered() {

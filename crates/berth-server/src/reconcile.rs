@@ -12,7 +12,9 @@
 //!    with the rest of its bake window, stopped with grace when a retired
 //!    deployment's record still names them (an interrupted drain; the
 //!    record then forgets them, said in its log), and removed otherwise
-//!    (orphaned candidates, warm ones whose window passed);
+//!    (orphaned candidates, warm ones whose window passed); volume helper
+//!    containers a berth killed mid-way through a backup or restore left
+//!    behind are removed (those of a live process are kept);
 //! 3. the route table is rebuilt from the active deployments and external
 //!    routes, and only the differences are applied.
 
@@ -31,6 +33,7 @@ use std::sync::Arc;
 impl Deployer {
     pub async fn reconcile(self: &Arc<Self>) -> anyhow::Result<()> {
         self.fail_interrupted_runs().await;
+        self.remove_leaked_volume_helpers().await;
         let unfinished = self
             .store
             .list_deployments(&DeploymentQuery {
@@ -42,6 +45,13 @@ impl Deployer {
             Ok(o) => Some(
                 o.into_iter()
                     .filter(|i| i.labels.get(INSTANCE_LABEL) == Some(&self.instance))
+                    // Volume helpers are handled above, by their process.
+                    .filter(|i| {
+                        i.labels
+                            .get(berth_runtime::volumes::ROLE_LABEL)
+                            .map(String::as_str)
+                            != Some("volume-helper")
+                    })
                     .collect::<Vec<_>>(),
             ),
             Err(e) => {
@@ -328,6 +338,27 @@ impl Deployer {
     }
 
     /// The routes berth should serve, from the store.
+    /// Removes the volume helper containers of this server (its instance
+    /// label) that a berth process killed mid-way through a backup or
+    /// restore left behind (`berth_runtime::volumes::helper_owner_alive`):
+    /// they would keep the volume "in use" and block restores and teardowns.
+    pub(crate) async fn remove_leaked_volume_helpers(&self) {
+        let Some(seam) = self.volumes.get() else {
+            return;
+        };
+        let labels = BTreeMap::from([(INSTANCE_LABEL.to_owned(), self.instance.clone())]);
+        match seam.remove_leaked_helpers(&labels).await {
+            Ok(removed) => {
+                for name in removed {
+                    tracing::info!(container = %name, "removed a volume helper left by a berth that stopped mid-way");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for leaked volume helpers");
+            }
+        }
+    }
+
     pub(crate) async fn desired_routes(&self) -> anyhow::Result<BTreeMap<String, RouteSpec>> {
         let mut out = BTreeMap::new();
         let all = self

@@ -128,10 +128,96 @@ fn a_volume_survives_deploys_rollbacks_restarts_and_is_backed_up_and_restored() 
     wait_body(&s, &h, "vol v1");
     assert_eq!(get(&s, &h, "/cgi-bin/read"), "first");
 
+    // Volume helpers left behind: one by a berth process that is gone (a
+    // backup cut off by kill -9) and one by a process still running (this
+    // test). The new berth's reconcile removes the first only.
+    let vol = docker(&[
+        "volume",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("label=dev.berth.project={project}"),
+    ]);
+    let vol = vol.trim().to_string();
+    let inst = docker(&[
+        "volume",
+        "inspect",
+        "-f",
+        "{{index .Labels \"dev.berth.instance\"}}",
+        &vol,
+    ]);
+    let image = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("volume={vol}"),
+        "--format",
+        "{{.Image}}",
+    ]);
+    let image = image.lines().next().unwrap().trim().to_string();
+    let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let me_start = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .to_string();
+    let helper = |name: &str, tag: &str| {
+        docker(&[
+            "create",
+            "--name",
+            name,
+            "--label",
+            "dev.berth.managed=true",
+            "--label",
+            "dev.berth.role=volume-helper",
+            // So that the test's cleanup finds it if it fails.
+            "--label",
+            &format!("dev.berth.project={project}"),
+            "--label",
+            &format!("dev.berth.instance={}", inst.trim()),
+            "--label",
+            &format!("dev.berth.helper-process={tag}"),
+            "--network",
+            "none",
+            "--mount",
+            &format!("type=volume,src={vol},dst=/berth-volume,volume-nocopy"),
+            &image,
+            "/berth-volume-helper",
+        ]);
+    };
+    let leaked = format!("{project}-leaked-helper");
+    let live = format!("{project}-live-helper");
+    helper(&leaked, &format!("{}:4194305:1", host_name.trim()));
+    helper(
+        &live,
+        &format!("{}:{}:{me_start}", host_name.trim(), std::process::id()),
+    );
+
     // kill -9 and a new berth on the same data dir.
     s.kill9();
     s.spawn();
     wait_note(&s, &h, "first");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exists = |name: &str| {
+        std::process::Command::new("docker")
+            .args(["container", "inspect", name])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    while exists(&leaked) {
+        assert!(
+            Instant::now() < deadline,
+            "the leaked helper was not removed\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(exists(&live), "a helper of a running process was removed");
+    assert!(s.log().contains("removed a volume helper left by a berth"));
+    docker(&["rm", "-f", &live]);
 
     // One volume, this environment's, mounted by web at /data.
     let volumes = s.json(&["volumes", "list", "--project", &project, "--json"]);
