@@ -333,6 +333,7 @@ impl Conn {
             secure: inner.proto == "https",
             client: self.remote.ip(),
             authorization: req.auth.map(|(a, b)| &head[a..b]),
+            target: &head[req.target.0..req.target.1],
         };
         let table = inner.table.load();
         let (target, set_cookie) = match proxy::route(inner, &table, host, hints) {
@@ -1006,6 +1007,11 @@ fn write_page(out: &mut Vec<u8>, page: &Page, json: bool, head_method: bool, clo
     if page.challenge {
         out.extend_from_slice(b"www-authenticate: ");
         out.extend_from_slice(proxy::CHALLENGE.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(l) = &page.location {
+        out.extend_from_slice(b"location: ");
+        out.extend_from_slice(l.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     if close {

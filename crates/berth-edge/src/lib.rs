@@ -51,6 +51,9 @@
 //!   `tls.rs`): TLS 1.2/1.3, certificate by SNI, ALPN h2/http1.1, then the
 //!   same request path as [`Edge::serve`]; [`Edge::set_acme_challenge`]
 //!   answers ACME HTTP-01 tokens on every listener, before routing.
+//! * [`Edge::set_https`]`(port, TlsCerts, hsts)`: with HTTPS on, plain
+//!   requests for a routed hostname with a certificate get 308 to HTTPS
+//!   (ACME challenge paths excepted), and HTTPS answers carry HSTS.
 //! * [`Edge::apply`]`(Vec<RouteChange>) -> Result<(), RouteError>`.
 //! * [`Edge::routes`]`() -> Vec<(String, RouteSpec)>` sorted by host.
 //! * [`Edge::drain`]`(target_id, timeout) -> DrainReport`,
@@ -333,6 +336,8 @@ pub(crate) struct Inner {
     apply_lock: Mutex<()>,
     /// Pending ACME HTTP-01 answers (see `tls.rs`).
     acme: tls::Challenges,
+    /// With HTTPS on: the 308 of plain requests and HSTS (see `tls.rs`).
+    pub(crate) https: std::sync::OnceLock<tls::Upgrade>,
     /// Signs the sticky cookie and pin values.
     pin_key: sticky::PinKey,
     /// The access log and the span export; `None` when both are off.
@@ -433,6 +438,7 @@ impl Edge {
                 header_read_timeout: cfg.header_read_timeout,
                 apply_lock: Mutex::new(()),
                 acme: tls::Challenges::default(),
+                https: std::sync::OnceLock::new(),
                 pin_key,
                 observers,
             }),

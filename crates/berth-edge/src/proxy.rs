@@ -47,6 +47,8 @@ pub(crate) struct Page {
     pub(crate) challenge: bool,
     /// The connection closes after it (413: the body was not read).
     pub(crate) close: bool,
+    /// `Location` (308 to HTTPS, see `tls.rs`).
+    pub(crate) location: Option<String>,
 }
 
 /// The `WWW-Authenticate` value of a preview that asks for a password.
@@ -61,6 +63,7 @@ impl Page {
             retry_after: None,
             challenge: false,
             close: false,
+            location: None,
         }
     }
 
@@ -81,6 +84,11 @@ impl Page {
                 ..UNAUTHORIZED
             },
         }
+    }
+
+    /// A 308 page (its `location` set by the caller).
+    pub(crate) const fn moved(text: &'static str) -> Page {
+        Page::new(StatusCode::PERMANENT_REDIRECT, text)
     }
 
     fn by(mut self, who: Option<Arc<TargetInfo>>) -> Page {
@@ -151,6 +159,7 @@ pub(crate) const TOO_LARGE: Page = Page {
     retry_after: None,
     challenge: false,
     close: true,
+    location: None,
 };
 
 /// True if the client asked for JSON (`Accept` names `application/json`).
@@ -204,6 +213,8 @@ pub(crate) struct Hints<'a, C> {
     pub(crate) client: std::net::IpAddr,
     /// The `Authorization` value (policies).
     pub(crate) authorization: Option<&'a [u8]>,
+    /// The request target, path and query (the 308 to HTTPS keeps it).
+    pub(crate) target: &'a [u8],
 }
 
 /// The target a request goes to, and the cookie that keeps its visitor
@@ -228,6 +239,11 @@ pub(crate) fn route<'t, 'a, C: IntoIterator<Item = &'a [u8]>>(
         inner.unknown_host.fetch_add(1, Ordering::Relaxed);
         return Err(UNKNOWN_HOST);
     };
+    if !hints.secure {
+        if let Some(page) = crate::tls::to_https(inner, &key, hints.target) {
+            return Err(page);
+        }
+    }
     let mut max_body = None;
     if let Some(p) = route.policy.as_deref() {
         if let Some(r) = p.judge(hints.client, hints.authorization) {
@@ -363,6 +379,13 @@ fn page_response(page: Page, json: bool) -> Response<ProxyBody> {
         r.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    if let Some(l) = page
+        .location
+        .as_deref()
+        .and_then(|l| HeaderValue::from_str(l).ok())
+    {
+        r.headers_mut().insert(header::LOCATION, l);
+    }
     r
 }
 
@@ -435,6 +458,9 @@ pub(crate) async fn handle(
         return Ok(r);
     }
     let mut resp = handle_inner(&worker, &conn, req).await;
+    if conn.proto == Some("https") {
+        crate::tls::add_hsts(&worker.inner, resp.headers_mut());
+    }
     if verdict == Verdict::CloseUnlessSwitching && resp.status() != StatusCode::SWITCHING_PROTOCOLS
     {
         resp.headers_mut()
@@ -468,6 +494,10 @@ async fn handle_inner(
             .headers()
             .get(header::AUTHORIZATION)
             .map(HeaderValue::as_bytes),
+        target: req
+            .uri()
+            .path_and_query()
+            .map_or(b"/", |p| p.as_str().as_bytes()),
     };
     let (target, set_cookie, max_body) = match route(inner, &table, request_host(&req), hints) {
         Ok(r) => (r.target, r.set_cookie, r.max_body),

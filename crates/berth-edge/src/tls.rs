@@ -240,7 +240,69 @@ pub(crate) fn challenge_response<B>(
     Some(r)
 }
 
+/// What HTTPS changes on the other listeners (see [`Edge::set_https`]).
+pub(crate) struct Upgrade {
+    /// The HTTPS listener's port (left out of `Location` when 443).
+    port: u16,
+    certs: TlsCerts,
+    /// The `Strict-Transport-Security` value, with `--hsts`.
+    hsts: Option<HeaderValue>,
+}
+
+/// The text of the 308 to HTTPS.
+const MOVED: &str = "308 permanent redirect: this site is served over https\n";
+
+/// The 308 that sends a plain request for routed `host` (lowercase, no
+/// port) to HTTPS, when HTTPS is on and `host` has a certificate; never
+/// for ACME HTTP-01 paths (the CA asks over plain HTTP).
+pub(crate) fn to_https(inner: &crate::Inner, host: &str, target: &[u8]) -> Option<proxy::Page> {
+    let up = inner.https.get()?;
+    if target.starts_with(ACME_CHALLENGE_PREFIX.as_bytes()) {
+        return None;
+    }
+    up.certs.lookup(Some(host))?;
+    let target = std::str::from_utf8(target).ok()?;
+    // an origin-form target; an absolute-form one is sent to its path
+    let path = match target.find("://") {
+        Some(i) if !target.starts_with('/') => {
+            let rest = &target[i + 3..];
+            rest.find('/').map_or("/", |p| &rest[p..])
+        }
+        _ if target.starts_with('/') => target,
+        _ => "/",
+    };
+    let location = match up.port {
+        443 => format!("https://{host}{path}"),
+        port => format!("https://{host}:{port}{path}"),
+    };
+    HeaderValue::from_str(&location).ok()?;
+    Some(proxy::Page {
+        location: Some(location),
+        ..proxy::Page::moved(MOVED)
+    })
+}
+
+/// Adds HSTS to an HTTPS answer (with `--hsts`; an app's own value is kept).
+pub(crate) fn add_hsts(inner: &crate::Inner, headers: &mut http::HeaderMap) {
+    if let Some(v) = inner.https.get().and_then(|u| u.hsts.as_ref()) {
+        headers
+            .entry(header::STRICT_TRANSPORT_SECURITY)
+            .or_insert_with(|| v.clone());
+    }
+}
+
 impl Edge {
+    /// HTTPS is served on `port` with `certs` (call before serving, once;
+    /// a second call changes nothing): a plain-HTTP request for a routed
+    /// hostname that has a certificate gets 308 to the same path over
+    /// HTTPS, ACME challenge paths excepted; with `hsts_max_age`, HTTPS
+    /// answers carry `Strict-Transport-Security: max-age=<seconds>`.
+    pub fn set_https(&self, port: u16, certs: TlsCerts, hsts_max_age: Option<Duration>) {
+        let hsts = hsts_max_age
+            .map(|d| HeaderValue::from_str(&format!("max-age={}", d.as_secs())).expect("digits"));
+        let _ = self.inner.https.set(Upgrade { port, certs, hsts });
+    }
+
     /// Answers `GET /.well-known/acme-challenge/<token>` with `key_auth` on
     /// every listener, for any host, until removed.
     pub fn set_acme_challenge(&self, token: &str, key_auth: &str) {

@@ -18,6 +18,8 @@ pub struct ServerConfig {
     pub http_listen: SocketAddr,
     /// The edge proxy, HTTPS (certificates: see `tls`).
     pub https_listen: Option<SocketAddr>,
+    /// HTTPS answers carry `Strict-Transport-Security` (needs `https_listen`).
+    pub hsts: bool,
     /// ACME directory URL; `None`: no ACME (the local CA covers `*.localhost`).
     pub acme_directory: Option<String>,
     /// Contact of the ACME account.
@@ -136,6 +138,7 @@ impl ServerConfig {
             api_listen: ([127, 0, 0, 1], 7070).into(),
             http_listen: ([127, 0, 0, 1], 8080).into(),
             https_listen: None,
+            hsts: false,
             acme_directory: None,
             acme_email: None,
             acme_ca_file: None,

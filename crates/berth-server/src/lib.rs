@@ -55,6 +55,8 @@ use std::sync::Arc;
 
 /// Where the generated admin token is written.
 pub const TOKEN_FILE: &str = "admin.token";
+/// `Strict-Transport-Security: max-age` of HTTPS answers with `--hsts`: one year.
+pub const HSTS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 
 /// The API token: the configured one, else the one in
 /// `<data-dir>/admin.token`, else a new random one written there (0600).
@@ -315,6 +317,12 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::from_std(socket)
                 .with_context(|| format!("cannot listen on --https-listen {addr}"))?;
             let started = tls::start(&cfg, store.clone(), edge.clone(), &cipher, &leadership)?;
+            // plain requests for hostnames with a certificate: 308 to here
+            edge.set_https(
+                listener.local_addr()?.port(),
+                started.certs.clone(),
+                cfg.hsts.then_some(HSTS_MAX_AGE),
+            );
             let mut stop = stop_tx.subscribe();
             let (edge, certs) = (edge.clone(), started.certs.clone());
             let task = tokio::spawn(async move {

@@ -257,3 +257,102 @@ async fn acme_http01_answers_come_before_routing_on_the_plain_listener() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn with_https_on_plain_requests_for_hosts_with_a_certificate_get_308_and_https_answers_carry_hsts(
+) {
+    let a = upstream("app-a").await;
+    let b = upstream("app-b").await;
+    let e = edge().await;
+    e.edge
+        .apply(vec![
+            upsert("shop.localhost", vec![target("a", a.addr, 1)]),
+            upsert("plain.test", vec![target("b", b.addr, 1)]),
+        ])
+        .unwrap();
+    let ca = ca();
+    let certs = TlsCerts::new(leaf(&ca, "fallback.invalid"));
+    certs.set("shop.localhost", leaf(&ca, "shop.localhost"));
+    let https = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let https_addr = https.local_addr().unwrap();
+    e.edge.set_https(
+        https_addr.port(),
+        certs.clone(),
+        Some(std::time::Duration::from_secs(31_536_000)),
+    );
+    let edge = e.edge.clone();
+    tokio::spawn(async move { edge.serve_tls(https, certs, std::future::pending()).await });
+    let want = |path: &str| format!("https://shop.localhost:{}{path}", https_addr.port());
+
+    // A bodiless GET (the hand-written path) and a POST (hyper's): 308 to
+    // the same path and query over HTTPS, the port kept right, and the app
+    // never sees them.
+    let mut c = RawClient::open(e.addr).await;
+    let http_port = e.addr.port();
+    c.send(format!("GET /x?q=1 HTTP/1.1\r\nhost: Shop.localhost:{http_port}\r\n\r\n").as_bytes())
+        .await;
+    let r = c.response(false).await;
+    assert_eq!(r.status, 308, "{}", r.head);
+    assert_eq!(r.header("location"), Some(want("/x?q=1")));
+    assert_eq!(r.header("strict-transport-security"), None);
+    c.send(
+        format!("POST /form HTTP/1.1\r\nhost: shop.localhost:{http_port}\r\ncontent-length: 2\r\n\r\nhi")
+            .as_bytes(),
+    )
+    .await;
+    let r = c.response(false).await;
+    assert_eq!(r.status, 308, "{}", r.head);
+    assert_eq!(r.header("location"), Some(want("/form")));
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    // ACME challenge paths stay on plain HTTP; a host without a
+    // certificate is served over plain HTTP; an unknown host is 404.
+    let mut c = Conn::open(e.addr).await;
+    let (status, body) = c
+        .get("shop.localhost", "/.well-known/acme-challenge/t")
+        .await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "app-a"));
+    let (status, body) = c.get("plain.test", "/").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "app-b"));
+    let (status, _) = c.get("nobody.localhost", "/").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Over HTTPS: the app, with HSTS.
+    let tls = connect(
+        https_addr,
+        client_config(&ca.pem, &[b"http/1.1"], &[&rustls::version::TLS13]),
+        "shop.localhost",
+    )
+    .await
+    .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = send
+        .send_request(
+            Request::get("/x")
+                .header("host", "shop.localhost")
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()["strict-transport-security"],
+        "max-age=31536000"
+    );
+}
+
+#[tokio::test]
+async fn without_https_nothing_is_redirected() {
+    let a = upstream("app-a").await;
+    let e = edge().await;
+    e.edge
+        .apply(vec![upsert("shop.localhost", vec![target("a", a.addr, 1)])])
+        .unwrap();
+    let mut c = Conn::open(e.addr).await;
+    let (status, body) = c.get("shop.localhost", "/x").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "app-a"));
+}

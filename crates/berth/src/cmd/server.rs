@@ -19,6 +19,10 @@ pub struct ServerArgs {
     /// The edge proxy, HTTPS.
     #[arg(long, env = "BERTH_HTTPS_LISTEN")]
     https_listen: Option<SocketAddr>,
+    /// With --https-listen: HTTPS answers carry Strict-Transport-Security
+    /// (max-age one year), so browsers come back over HTTPS only.
+    #[arg(long, env = "BERTH_HSTS", requires = "https_listen")]
+    hsts: bool,
     /// ACME directory URL for automatic certificates (e.g. Let's Encrypt's
     /// https://acme-v02.api.letsencrypt.org/directory) [default: none, no ACME].
     #[arg(long, env = "BERTH_ACME_DIRECTORY")]
@@ -159,6 +163,7 @@ impl ServerArgs {
         cfg.api_listen = self.api_listen;
         cfg.http_listen = self.http_listen;
         cfg.https_listen = self.https_listen;
+        cfg.hsts = self.hsts;
         cfg.acme_directory = self.acme_directory.filter(|s| !s.is_empty());
         cfg.acme_email = self.acme_email.filter(|s| !s.is_empty());
         cfg.acme_ca_file = self.acme_ca_file;

@@ -6,6 +6,7 @@ mod cluster;
 mod cluster_tls;
 mod events;
 mod harness;
+mod https_redirect;
 mod needs_docker;
 mod postgres_store;
 mod server_log;
