@@ -687,7 +687,8 @@ pub async fn run_schedules(deployer: Arc<Deployer>) {
     loop {
         tokio::time::sleep(SCHEDULE_EVERY).await;
         if deployer.leadership.is_leader() && deployer.volumes.get().is_some() {
-            deployer.scheduled_backups(now()).await;
+            let fence = deployer.leadership.fence();
+            berth_store::cluster::fenced(fence, deployer.scheduled_backups(now())).await;
         }
     }
 }

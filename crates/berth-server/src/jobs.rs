@@ -434,7 +434,8 @@ pub async fn run(deployer: Arc<Deployer>) {
                     Err(e) => tracing::warn!(error = %e, "cannot list jobs"),
                 }
             }
-            scheduler.tick(now(), &jobs).await;
+            let fence = deployer.leadership.fence();
+            berth_store::cluster::fenced(fence, scheduler.tick(now(), &jobs)).await;
         } else {
             refreshed = None;
         }

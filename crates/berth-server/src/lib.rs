@@ -464,7 +464,8 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
                 }
                 let cutoff =
                     chrono::Utc::now() - chrono::Duration::from_std(age).unwrap_or_default();
-                match store.prune_logs(cutoff, max).await {
+                let prune = store.prune_logs(cutoff, max);
+                match berth_store::cluster::fenced(leadership.fence(), prune).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(lines = n, "log retention removed old lines"),
                     Err(e) => tracing::warn!(error = %e, "log retention failed"),
@@ -488,7 +489,8 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
                 if !d.leadership.is_leader() {
                     continue;
                 }
-                if let Err(e) = d.reap_idle_previews(ttl).await {
+                let reap = d.reap_idle_previews(ttl);
+                if let Err(e) = berth_store::cluster::fenced(d.leadership.fence(), reap).await {
                     tracing::warn!(error = %e, "preview reaper failed");
                 }
             }

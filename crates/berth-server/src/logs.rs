@@ -5,15 +5,30 @@
 //! bounded queue and, when it is full, are dropped and counted (the count is
 //! written as a line of its own once there is room), so a chatty app or a
 //! slow disk never blocks a pipeline or an app. Secret values are redacted
-//! before a line is queued, so no stored or streamed line holds one.
+//! before a line is queued, so no stored or streamed line holds one. A
+//! line queued by leader work keeps that work's fence
+//! (`berth_store::cluster`): the writer stores it under it, so a deposed
+//! leader's late lines are refused, not written.
 
 use berth_core::model::{LogStream, StepName};
 use berth_core::redact::Redactor;
-use berth_store::{NewLogLine, Store};
+use berth_store::cluster::{current_fence, fenced, Fence};
+use berth_store::{NewLogLine, Store, StoreError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
+
+/// One append under `fence`; a failure is logged (the producer never waits).
+async fn store_lines(store: &dyn Store, fence: Option<Fence>, lines: &[NewLogLine]) {
+    match fenced(fence, store.append_logs(lines)).await {
+        Ok(()) => {}
+        Err(e @ StoreError::Fenced { .. }) => {
+            tracing::warn!(error = %e, lines = lines.len(), "log lines of a deposed leader dropped");
+        }
+        Err(e) => tracing::error!(error = %e, lines = lines.len(), "could not store log lines"),
+    }
+}
 
 /// Lines waiting to be written, at most.
 const QUEUE: usize = 20_000;
@@ -24,7 +39,7 @@ const MAX_LINE: usize = 16 * 1024;
 
 #[derive(Clone)]
 pub struct LogHub {
-    tx: mpsc::Sender<NewLogLine>,
+    tx: mpsc::Sender<(NewLogLine, Option<Fence>)>,
     dropped: Arc<Mutex<HashMap<String, u64>>>,
     dropped_total: Arc<AtomicU64>,
     redactors: Arc<Mutex<HashMap<String, Arc<Redactor>>>>,
@@ -34,7 +49,7 @@ pub struct LogHub {
 impl LogHub {
     /// Start the writer task.
     pub fn start(store: Arc<dyn Store>) -> Self {
-        let (tx, mut rx) = mpsc::channel::<NewLogLine>(QUEUE);
+        let (tx, mut rx) = mpsc::channel::<(NewLogLine, Option<Fence>)>(QUEUE);
         let (written_tx, written) = watch::channel(0u64);
         tokio::spawn(async move {
             let mut buf = Vec::with_capacity(BATCH);
@@ -43,10 +58,18 @@ impl LogHub {
                 if n == 0 {
                     break;
                 }
-                if let Err(e) = store.append_logs(&buf).await {
-                    tracing::error!(error = %e, lines = buf.len(), "could not store log lines");
+                // One write per run of lines queued under the same fence.
+                let mut lines = Vec::with_capacity(buf.len());
+                let mut fence = None;
+                for (line, f) in buf.drain(..) {
+                    if !lines.is_empty() && f != fence {
+                        store_lines(&*store, fence, &lines).await;
+                        lines.clear();
+                    }
+                    fence = f;
+                    lines.push(line);
                 }
-                buf.clear();
+                store_lines(&*store, fence, &lines).await;
                 written_tx.send_modify(|g| *g += 1);
             }
         });
@@ -118,7 +141,7 @@ impl LogHub {
                 step: None,
                 text: format!("{n} log lines dropped: the log store could not keep up"),
             };
-            if self.tx.try_send(note).is_err() {
+            if self.tx.try_send((note, current_fence())).is_err() {
                 self.count_drop(deployment_id, n);
             }
         }
@@ -129,7 +152,7 @@ impl LogHub {
             step,
             text,
         };
-        if self.tx.try_send(line).is_err() {
+        if self.tx.try_send((line, current_fence())).is_err() {
             self.count_drop(deployment_id, 1);
         }
     }
@@ -152,7 +175,7 @@ impl LogHub {
             step: None,
             text,
         };
-        if self.tx.send(line).await.is_err() {
+        if self.tx.send((line, current_fence())).await.is_err() {
             self.count_drop(deployment_id, 1);
         }
     }
@@ -187,5 +210,108 @@ impl LogHub {
     /// berth's own event line.
     pub fn event(&self, deployment_id: &str, text: &str) {
         self.line(deployment_id, LogStream::Berth, None, text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_store::cluster::fenced;
+    use berth_store::{testpg, Cipher, LogQuery, NewProject, PgStore};
+
+    /// Lines queued by a deposed leader's work are refused; lines of the
+    /// current leader and of API requests are stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lines_keep_the_fence_of_the_work_that_queued_them() {
+        let Some(base) = testpg::require() else {
+            return;
+        };
+        let url = testpg::fresh_database(&base).await;
+        let store: Arc<dyn Store> = Arc::new(
+            PgStore::connect(&url, Cipher::from_key([4; 32]))
+                .await
+                .unwrap(),
+        );
+        let t0 = chrono::Utc::now();
+        store
+            .create_project(NewProject {
+                name: "shop".into(),
+                repo: "/srv/repo".into(),
+                default_branch: "main".into(),
+                retain_images: 3,
+                webhook_secret: None,
+                deploy_key: None,
+                created_at: t0,
+            })
+            .await
+            .unwrap();
+        use berth_core::model::{BuildInfo, Deployment, Trigger};
+        use berth_core::state::{Health, Stage, Status};
+        let d = Deployment {
+            id: "d1".into(),
+            project_name: "shop".into(),
+            service_name: "web".into(),
+            environment_name: "production".into(),
+            status: Status::Queued,
+            promotion_stage: Stage::Pending,
+            health: Health::Pending,
+            is_active: false,
+            route_url: None,
+            preview_url: None,
+            failure_message: None,
+            created_at: t0,
+            started_at: None,
+            completed_at: None,
+            reference: "main".into(),
+            commit: None,
+            trigger: Trigger::Manual,
+            source_deployment_id: None,
+            image: None,
+            build: BuildInfo::default(),
+            steps: Vec::new(),
+            canary_weight: None,
+            replicas: 1,
+            instances: Vec::new(),
+            bake_until: None,
+            runtime: None,
+            source_repo: None,
+            version: 0,
+        };
+        store.insert_deployment(&d).await.unwrap();
+        let ttl = std::time::Duration::from_millis(300);
+        let old = store.heartbeat("a", "http://a", ttl).await.unwrap();
+        tokio::time::sleep(ttl * 2).await;
+        let new = store.heartbeat("b", "http://b", ttl * 50).await.unwrap();
+        assert!(new.mine, "{new:?}");
+        let fence = |m: &str, epoch| {
+            Some(Fence {
+                member: m.into(),
+                epoch,
+            })
+        };
+
+        let hub = LogHub::start(store.clone());
+        let mut written = hub.subscribe();
+        fenced(fence("a", old.epoch), async { hub.event("d1", "late") }).await;
+        fenced(fence("b", new.epoch), async { hub.event("d1", "leader") }).await;
+        hub.event("d1", "api");
+        let lines = loop {
+            let lines = store
+                .read_logs(&LogQuery {
+                    deployment_id: Some("d1".into()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            if lines.len() >= 2 {
+                break lines;
+            }
+            tokio::time::timeout(std::time::Duration::from_secs(10), written.changed())
+                .await
+                .expect("the writer stores the lines")
+                .unwrap();
+        };
+        let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, ["leader", "api"]);
     }
 }

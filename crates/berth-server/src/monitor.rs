@@ -102,7 +102,8 @@ impl Monitors {
         let token = replace(&self.logs, &format!("{deployment_id}/{instance_id}"));
         let d = deployer.clone();
         let (dep, inst) = (deployment_id.to_string(), instance_id.to_string());
-        tokio::spawn(async move {
+        // Its lines are leader writes: they keep the caller's fence.
+        tokio::spawn(berth_store::cluster::inherit(async move {
             d.ensure_redactor(&dep).await;
             let mut last = since;
             loop {
@@ -157,7 +158,7 @@ impl Monitors {
                     _ = token.cancelled() => return,
                 }
             }
-        });
+        }));
     }
 
     /// Probe an active deployment on its steady schedule: every instance

@@ -172,12 +172,15 @@ impl Notifier {
             if !leadership.is_leader() {
                 continue;
             }
-            if let Err(e) = self.queue_events(Utc::now()).await {
-                tracing::warn!(error = %e, "notifications: looking for events failed");
-            }
-            if let Err(e) = self.send_due(Utc::now()).await {
-                tracing::warn!(error = %e, "notifications: sending failed");
-            }
+            berth_store::cluster::fenced(leadership.fence(), async {
+                if let Err(e) = self.queue_events(Utc::now()).await {
+                    tracing::warn!(error = %e, "notifications: looking for events failed");
+                }
+                if let Err(e) = self.send_due(Utc::now()).await {
+                    tracing::warn!(error = %e, "notifications: sending failed");
+                }
+            })
+            .await;
         }
     }
 

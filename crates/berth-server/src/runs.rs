@@ -114,10 +114,11 @@ impl Deployer {
         let (events_tx, events) = mpsc::channel(256);
         let this = self.clone();
         let record = run.clone();
-        tokio::spawn(async move {
+        // A job firing's run keeps the leader's fence (a `berth run` has none).
+        tokio::spawn(berth_store::cluster::inherit(async move {
             this.execute_run(record, spec, stdin, timeout, redactor, events_tx)
                 .await;
-        });
+        }));
         Ok((run, events))
     }
 

@@ -6,13 +6,18 @@
 //! is the database's clock, never a server's.
 //!
 //! Fencing: work a server does *as leader* (pipelines, reconcile, health
-//! monitors) runs inside [`fenced`] with the epoch it was given. Inside,
-//! every deployment save checks in its own transaction that the lease still
-//! has this holder and epoch (and holds the row shared until commit, so a
-//! take-over waits for it): a paused old leader that wakes up after the
-//! lease moved writes nothing ([`crate::StoreError::Fenced`]). Writes made
-//! for an API request (create a project, queue a deployment) are not
-//! fenced: any server may make them.
+//! monitors, log followers, job firings, certificate orders, retention,
+//! scheduled backups, notifications) runs inside [`fenced`] with the epoch
+//! it was given; a task it spawns keeps the fence with [`inherit`]. Inside,
+//! every write of the PostgreSQL store (deployments, log lines, manifests,
+//! certificates and ACME accounts, runs, backups, deliveries, log
+//! retention) checks in its own transaction that the lease still has this
+//! holder and epoch (and holds the row shared until commit, so a take-over
+//! waits for it): a paused old leader that wakes up after the lease moved
+//! writes nothing ([`crate::StoreError::Fenced`]). Writes made for an API
+//! request (create a project, queue a deployment, a `berth run`) are not
+//! fenced: any server may make them. SQLite has one server and no lease:
+//! nothing there is fenced.
 
 use chrono::{DateTime, Utc};
 use std::future::Future;
@@ -51,4 +56,10 @@ pub async fn fenced<F: Future>(fence: Option<Fence>, f: F) -> F::Output {
 /// The fence of the current task, if it runs as leader.
 pub fn current_fence() -> Option<Fence> {
     FENCE.try_with(|f| f.clone()).ok()
+}
+
+/// `f` under the fence of the caller (none outside [`fenced`]): for a task
+/// that leader work spawns, since a spawned task does not inherit it.
+pub fn inherit<F: Future>(f: F) -> impl Future<Output = F::Output> {
+    fenced(current_fence(), f)
 }

@@ -110,6 +110,16 @@ async fn check_fence(tx: &tokio_postgres::Transaction<'_>) -> Result<()> {
     }
 }
 
+/// Begin a write. Inside [`crate::cluster::fenced`] its first statement
+/// checks the lease ([`check_fence`]), so a deposed leader's write of any
+/// kind (deployments, log lines, certificates, runs, backups, deliveries)
+/// lands whole or not at all.
+async fn write_tx(c: &mut deadpool_postgres::Object) -> Result<deadpool_postgres::Transaction<'_>> {
+    let tx = c.transaction().await?;
+    check_fence(&tx).await?;
+    Ok(tx)
+}
+
 fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&SqlState::UNIQUE_VIOLATION)
 }
@@ -686,9 +696,10 @@ impl Store for PgStore {
 
     async fn insert_deployment(&self, d: &Deployment) -> Result<()> {
         let data = crate::deployment_json(d)?;
-        let c = self.client().await?;
-        get_env(&c, &d.project_name, &d.environment_name).await?;
-        c.execute(
+        let mut c = self.client().await?;
+        let tx = write_tx(&mut c).await?;
+        get_env(&tx, &d.project_name, &d.environment_name).await?;
+        tx.execute(
             "INSERT INTO deployments (id, project, environment, service, status, stage, created_at, data, version) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             &[
@@ -714,6 +725,7 @@ impl Store for PgStore {
                 pg_err(e)
             }
         })?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -757,8 +769,7 @@ impl Store for PgStore {
         activate: Option<Activate>,
     ) -> Result<()> {
         let mut c = self.client().await?;
-        let tx = c.transaction().await?;
-        check_fence(&tx).await?;
+        let tx = write_tx(&mut c).await?;
         for d in ds.iter() {
             let data = crate::deployment_json(d)?;
             let n = tx
@@ -817,7 +828,7 @@ impl Store for PgStore {
             return Ok(());
         }
         let mut c = self.client().await?;
-        let tx = c.transaction().await?;
+        let tx = write_tx(&mut c).await?;
         // The counter row stays locked until commit: cursors in commit order.
         let last: i64 = tx
             .query_one(
@@ -1004,13 +1015,15 @@ impl Store for PgStore {
     ) -> Result<()> {
         let data =
             serde_json::to_string(entries).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let c = self.client().await?;
-        c.execute(
+        let mut c = self.client().await?;
+        let tx = write_tx(&mut c).await?;
+        tx.execute(
             "INSERT INTO manifests (image, data, created_at) VALUES ($1, $2, $3) \
              ON CONFLICT (image) DO UPDATE SET data = excluded.data",
             &[&image, &data, &at],
         )
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1030,7 +1043,7 @@ impl Store for PgStore {
         max_lines_per_project: u64,
     ) -> Result<u64> {
         let mut c = self.client().await?;
-        let tx = c.transaction().await?;
+        let tx = write_tx(&mut c).await?;
         let mut removed = tx
             .execute("DELETE FROM logs WHERE ts < $1", &[&older_than])
             .await?;
@@ -1161,8 +1174,9 @@ impl Store for PgStore {
             .key_pem
             .as_ref()
             .map(|k| self.sealer.seal(Secret::TlsKey(&cert.hostname), k));
-        let c = self.client().await?;
-        c.execute(
+        let mut c = self.client().await?;
+        let tx = write_tx(&mut c).await?;
+        tx.execute(
             &format!(
                 "INSERT INTO certificates ({CERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                  ON CONFLICT (hostname) DO UPDATE SET state = excluded.state, chain_pem = excluded.chain_pem, \
@@ -1182,6 +1196,7 @@ impl Store for PgStore {
             ],
         )
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1208,12 +1223,13 @@ impl Store for PgStore {
     }
 
     async fn remove_certificate(&self, hostname: &str) -> Result<bool> {
-        let c = self.client().await?;
-        Ok(
-            c.execute("DELETE FROM certificates WHERE hostname = $1", &[&hostname])
-                .await?
-                > 0,
-        )
+        let mut c = self.client().await?;
+        let tx = write_tx(&mut c).await?;
+        let n = tx
+            .execute("DELETE FROM certificates WHERE hostname = $1", &[&hostname])
+            .await?;
+        tx.commit().await?;
+        Ok(n > 0)
     }
 
     async fn acme_account(&self, directory: &str) -> Result<Option<String>> {
@@ -1233,13 +1249,15 @@ impl Store for PgStore {
         let sealed = self
             .sealer
             .seal(Secret::AcmeAccount(directory), credentials);
-        let c = self.client().await?;
-        c.execute(
+        let mut c = self.client().await?;
+        let tx = write_tx(&mut c).await?;
+        tx.execute(
             "INSERT INTO acme_accounts (directory, credentials_sealed, created_at) VALUES ($1, $2, now()) \
              ON CONFLICT (directory) DO UPDATE SET credentials_sealed = excluded.credentials_sealed",
             &[&directory, &sealed],
         )
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1379,9 +1397,10 @@ impl Store for PgStore {
 
     async fn insert_run(&self, r: &Run) -> Result<()> {
         let data = crate::run_json(r)?;
-        let c = self.client().await?;
-        get_env(&c, &r.project_name, &r.environment_name).await?;
-        c.execute(
+        let mut c = self.client().await?;
+        let tx = write_tx(&mut c).await?;
+        get_env(&tx, &r.project_name, &r.environment_name).await?;
+        tx.execute(
             "INSERT INTO runs (id, project, environment, service, job, scheduled_for, status, created_at, data) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             &[
@@ -1407,13 +1426,15 @@ impl Store for PgStore {
                 pg_err(e)
             }
         })?;
+        tx.commit().await?;
         Ok(())
     }
 
     async fn save_run(&self, r: &Run) -> Result<()> {
         let data = crate::run_json(r)?;
-        let c = self.client().await?;
-        let n = c
+        let mut c = self.client().await?;
+        let tx = write_tx(&mut c).await?;
+        let n = tx
             .execute(
                 "UPDATE runs SET status = $2, data = $3 WHERE id = $1",
                 &[&r.id, &r.status.as_str(), &data],
@@ -1422,6 +1443,7 @@ impl Store for PgStore {
         if n == 0 {
             return Err(StoreError::not_found("run", &r.id));
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1672,9 +1694,10 @@ impl Store for PgStore {
     // --- volume backups ---
     async fn insert_backup(&self, b: &Backup) -> Result<()> {
         let data = crate::backup_json(b)?;
-        let c = self.client().await?;
-        get_project(&c, &b.project_name).await?;
-        c.execute(
+        let mut c = self.client().await?;
+        let tx = write_tx(&mut c).await?;
+        get_project(&tx, &b.project_name).await?;
+        tx.execute(
             "INSERT INTO backups (id, project, environment, volume, status, created_at, data) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
             &[
@@ -1698,13 +1721,15 @@ impl Store for PgStore {
                 pg_err(e)
             }
         })?;
+        tx.commit().await?;
         Ok(())
     }
 
     async fn save_backup(&self, b: &Backup) -> Result<()> {
         let data = crate::backup_json(b)?;
-        let c = self.client().await?;
-        let n = c
+        let mut c = self.client().await?;
+        let tx = write_tx(&mut c).await?;
+        let n = tx
             .execute(
                 "UPDATE backups SET status = $2, data = $3 WHERE id = $1",
                 &[&b.id, &b.status.as_str(), &data],
@@ -1713,6 +1738,7 @@ impl Store for PgStore {
         if n == 0 {
             return Err(StoreError::not_found("backup", &b.id));
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1748,9 +1774,11 @@ impl Store for PgStore {
     }
 
     async fn delete_backup(&self, id: &str) -> Result<()> {
-        let c = self.client().await?;
-        c.execute("DELETE FROM backups WHERE id = $1", &[&id])
+        let mut c = self.client().await?;
+        let tx = write_tx(&mut c).await?;
+        tx.execute("DELETE FROM backups WHERE id = $1", &[&id])
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1828,8 +1856,9 @@ impl Store for PgStore {
 
     async fn queue_delivery(&self, d: &Delivery) -> Result<bool> {
         let data = crate::to_json(d)?;
-        let c = self.client().await?;
-        let n = c
+        let mut c = self.client().await?;
+        let tx = write_tx(&mut c).await?;
+        let n = tx
             .execute(
                 "INSERT INTO notification_deliveries \
                  (id, notification, deployment, event, status, next_attempt_at, created_at, data) \
@@ -1847,6 +1876,7 @@ impl Store for PgStore {
                 ],
             )
             .await?;
+        tx.commit().await?;
         Ok(n > 0)
     }
 
@@ -1867,8 +1897,9 @@ impl Store for PgStore {
 
     async fn save_delivery(&self, d: &Delivery) -> Result<()> {
         let data = crate::to_json(d)?;
-        let c = self.client().await?;
-        let n = c
+        let mut c = self.client().await?;
+        let tx = write_tx(&mut c).await?;
+        let n = tx
             .execute(
                 "UPDATE notification_deliveries SET status = $2, next_attempt_at = $3, data = $4 \
                  WHERE id = $1",
@@ -1878,6 +1909,7 @@ impl Store for PgStore {
         if n == 0 {
             return Err(StoreError::not_found("delivery", &d.id));
         }
+        tx.commit().await?;
         Ok(())
     }
 

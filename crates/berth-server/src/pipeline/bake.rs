@@ -155,11 +155,11 @@ impl Deployer {
     pub(crate) fn schedule_bake_end(self: &Arc<Self>, id: &str, until: DateTime<Utc>) {
         let this = self.clone();
         let id = id.to_string();
-        let timer = tokio::spawn(async move {
+        let timer = tokio::spawn(berth_store::cluster::inherit(async move {
             let wait = (until - now()).to_std().unwrap_or_default();
             tokio::time::sleep(wait).await;
             this.end_bake(&id, "bake window over").await;
-        });
+        }));
         self.track(timer.abort_handle());
     }
 
@@ -209,9 +209,9 @@ impl Deployer {
         let this = self.clone();
         let id = id.to_string();
         let what = format!("warm instance(s) {}", ids.join(", "));
-        let stopping = tokio::spawn(async move {
+        let stopping = tokio::spawn(berth_store::cluster::inherit(async move {
             this.stop_instances(&id, &ids, &what, grace).await;
-        });
+        }));
         self.track(stopping.abort_handle());
     }
 
@@ -324,7 +324,7 @@ impl Deployer {
         let (id, prev_id) = (d.id.clone(), prev.id.clone());
         let cut_at = tokio::time::Instant::now();
         let this = self.clone();
-        let watcher = tokio::spawn(async move {
+        let watcher = tokio::spawn(berth_store::cluster::inherit(async move {
             loop {
                 tokio::time::sleep(BAKE_TICK).await;
                 let (Ok(cur), Ok(warm)) = (
@@ -370,7 +370,7 @@ impl Deployer {
                 }
                 start = this.window_of(&cur);
             }
-        });
+        }));
         self.track(watcher.abort_handle());
     }
 

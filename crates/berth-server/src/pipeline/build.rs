@@ -257,7 +257,7 @@ impl Deployer {
         };
         let this = self.clone();
         let id = d.id.clone();
-        tokio::spawn(async move {
+        tokio::spawn(berth_store::cluster::inherit(async move {
             if let Ok(Some(_)) = this.store.get_manifest(&image.reference).await {
                 return;
             }
@@ -303,7 +303,7 @@ impl Deployer {
                     tracing::warn!(image = image.reference, error = %e, "cannot compute manifest")
                 }
             }
-        });
+        }));
     }
 }
 

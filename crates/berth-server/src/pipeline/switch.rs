@@ -298,9 +298,9 @@ impl Deployer {
         );
         let this = self.clone();
         let id = p.id.clone();
-        let stopping = tokio::spawn(async move {
+        let stopping = tokio::spawn(berth_store::cluster::inherit(async move {
             this.stop_instances(&id, &ids, &what, grace).await;
-        });
+        }));
         self.track(stopping.abort_handle());
     }
 

@@ -178,7 +178,13 @@ pub fn start(
                 first = false;
                 seen = stamp;
                 last = tokio::time::Instant::now();
-                if let Err(e) = m.pass().await {
+                // Orders, renewals and removals are leader writes: fenced.
+                let fence = m
+                    .leadership
+                    .is_leader()
+                    .then(|| m.leadership.fence())
+                    .flatten();
+                if let Err(e) = berth_store::cluster::fenced(fence, m.pass()).await {
                     tracing::warn!(error = %format!("{e:#}"), "certificate manager pass failed");
                 }
             }

@@ -1590,3 +1590,201 @@ pub async fn dns_update_keys_are_sealed_and_the_certificates_stamp_moves_on_ever
     assert!(s.remove_certificate("*.berth.test").await.unwrap());
     assert_ne!(s.certificates_stamp().await.unwrap(), two);
 }
+
+// --- fencing of leader writes ---
+/// A deposed leader's write of every kind is refused whole and writes
+/// nothing; the leader's own (and an API's unfenced) writes go through. A
+/// store without a cluster (SQLite) has no lease: it refuses the heartbeat
+/// and fences nothing.
+pub async fn a_deposed_leaders_writes_of_every_kind_are_refused(h: &Harness) {
+    use berth_core::notify::{Notification, NotifyEvent};
+    use berth_store::cluster::{fenced, Fence};
+    let s = &*h.store;
+    let t0 = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    s.create_project(new_project("shop")).await.unwrap();
+    let mut d = deployment("d1", "shop", t0);
+    s.insert_deployment(&d).await.unwrap();
+    let line = |text: &str| NewLogLine {
+        deployment_id: "d1".into(),
+        ts: t0,
+        stream: LogStream::Berth,
+        step: None,
+        text: text.into(),
+    };
+    let cert = |host: &str| CertRecord {
+        hostname: host.into(),
+        state: CertState::Issued,
+        chain_pem: Some("chain".into()),
+        key_pem: Some("key".into()),
+        not_after: Some(t0),
+        error: None,
+        attempts: 0,
+        next_attempt_at: None,
+        updated_at: t0,
+    };
+    let ttl = std::time::Duration::from_millis(400);
+    if !s.clustered() {
+        assert!(matches!(
+            s.heartbeat("a", "http://a", ttl).await,
+            Err(StoreError::Invalid(_))
+        ));
+        let any = Some(Fence {
+            member: "a".into(),
+            epoch: 1,
+        });
+        fenced(any, s.append_logs(&[line("one server")]))
+            .await
+            .unwrap();
+        return;
+    }
+
+    // Written before, unfenced (as an API request would).
+    s.append_logs(&[line("kept")]).await.unwrap();
+    s.put_certificate(&cert("old.example.com")).await.unwrap();
+    let mut r = run("r1", Some("report"), t0);
+    s.insert_run(&r).await.unwrap();
+    let mut b = backup("b1", "production", "uploads", t0);
+    s.insert_backup(&b).await.unwrap();
+    let n = Notification {
+        id: "n1".into(),
+        project_name: "shop".into(),
+        url: "https://hooks.example.com/…".into(),
+        events: vec![NotifyEvent::Failed],
+        created_at: t0,
+    };
+    let target = NotifyTarget {
+        url: "https://hooks.example.com/x".into(),
+        secret: "whsec".into(),
+    };
+    s.add_notification(&n, &target).await.unwrap();
+    let mut q = delivery("q1", "n1", "d1", NotifyEvent::Failed, t0);
+    assert!(s.queue_delivery(&q).await.unwrap());
+
+    // "a" leads, then stops renewing; "b" takes the lease under a new epoch.
+    let la = s.heartbeat("a", "http://a", ttl).await.unwrap();
+    assert!(la.mine, "{la:?}");
+    tokio::time::sleep(ttl + std::time::Duration::from_millis(200)).await;
+    let lb = s.heartbeat("b", "http://b", ttl * 20).await.unwrap();
+    assert!(lb.mine && lb.epoch == la.epoch + 1, "{lb:?}");
+    let old = Some(Fence {
+        member: "a".into(),
+        epoch: la.epoch,
+    });
+    let new = Some(Fence {
+        member: "b".into(),
+        epoch: lb.epoch,
+    });
+    macro_rules! refused {
+        ($what:expr, $write:expr) => {
+            match fenced(old.clone(), $write).await {
+                Err(StoreError::Fenced { epoch }) => assert_eq!(epoch, la.epoch, "{}", $what),
+                other => panic!(
+                    "{}: a deposed leader's write was not refused: {other:?}",
+                    $what
+                ),
+            }
+        };
+    }
+    refused!("log lines", s.append_logs(&[line("late"), line("later")]));
+    refused!("certificate", s.put_certificate(&cert("new.example.com")));
+    refused!(
+        "certificate removal",
+        s.remove_certificate("old.example.com")
+    );
+    refused!("acme account", s.put_acme_account("https://acme/dir", "{}"));
+    refused!(
+        "run insert",
+        s.insert_run(&run("r2", Some("report"), t0 + Duration::minutes(1)))
+    );
+    r.status = berth_core::ops::RunStatus::Failed;
+    refused!("run save", s.save_run(&r));
+    let mut d2 = deployment("d2", "shop", t0);
+    refused!("deployment insert", s.insert_deployment(&d2));
+    d.status = Status::Running;
+    refused!("deployment save", s.save_deployments(&mut [&mut d], None));
+    refused!("manifest", s.put_manifest("img:1", &[], t0));
+    refused!("log retention", s.prune_logs(t0 + Duration::days(1), 0));
+    refused!(
+        "backup insert",
+        s.insert_backup(&backup("b2", "production", "uploads", t0))
+    );
+    b.status = berth_core::volumes::BackupStatus::Failed;
+    refused!("backup save", s.save_backup(&b));
+    refused!("backup removal", s.delete_backup("b1"));
+    refused!(
+        "delivery queue",
+        s.queue_delivery(&delivery("q2", "n1", "d1", NotifyEvent::Succeeded, t0))
+    );
+    q.status = berth_core::notify::DeliveryStatus::Failed;
+    refused!("delivery save", s.save_delivery(&q));
+
+    // Nothing of it landed.
+    let lines = s
+        .read_logs(&LogQuery {
+            deployment_id: Some("d1".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        lines.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(),
+        ["kept"]
+    );
+    assert!(s
+        .get_certificate("new.example.com")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(s
+        .get_certificate("old.example.com")
+        .await
+        .unwrap()
+        .is_some());
+    assert!(s.acme_account("https://acme/dir").await.unwrap().is_none());
+    assert_eq!(
+        s.get_run("r1").await.unwrap().status,
+        berth_core::ops::RunStatus::Running
+    );
+    assert!(s.get_run("r2").await.is_err());
+    assert!(s.get_deployment("d2").await.is_err());
+    let stored = s.get_deployment("d1").await.unwrap();
+    assert_eq!((stored.status, stored.version), (Status::Queued, 0));
+    assert!(s.get_manifest("img:1").await.unwrap().is_none());
+    assert_eq!(
+        s.get_backup("b1").await.unwrap().status,
+        berth_core::volumes::BackupStatus::Running
+    );
+    assert!(s.get_backup("b2").await.is_err());
+    let qs = s.notification_deliveries("n1", 10).await.unwrap();
+    assert_eq!(qs.len(), 1);
+    assert_eq!(qs[0].status, berth_core::notify::DeliveryStatus::Pending);
+
+    // The leader's writes under its fence go through.
+    fenced(new.clone(), s.append_logs(&[line("leader")]))
+        .await
+        .unwrap();
+    fenced(new.clone(), s.put_certificate(&cert("new.example.com")))
+        .await
+        .unwrap();
+    fenced(
+        new.clone(),
+        s.insert_run(&run("r2", Some("report"), t0 + Duration::minutes(1))),
+    )
+    .await
+    .unwrap();
+    fenced(new.clone(), s.insert_deployment(&d2)).await.unwrap();
+    d2.status = Status::Running;
+    fenced(new, s.save_deployments(&mut [&mut d2], None))
+        .await
+        .unwrap();
+    assert!(s
+        .get_certificate("new.example.com")
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        s.get_deployment("d2").await.unwrap().status,
+        Status::Running
+    );
+    s.release_lease("b").await.unwrap();
+}
