@@ -19,7 +19,14 @@
 //!   and a re-subscribe after every database loss for a sub-second gain).
 //!
 //! `Leadership` is the one question "am I the leader now": with one server
-//! (SQLite) it is always yes.
+//! (SQLite) it is always yes, except in a process that is handing over to
+//! a `--takeover` ([`Leadership::retire`]).
+//!
+//! `--takeover` of a clustered server: the new process has the same member
+//! id (same data dir). The old one retires before it hands the sockets
+//! over (no more heartbeats, no leader work); the new one's lease loop
+//! first releases a lease its member id holds, so it leads under a new
+//! epoch and whatever the old process still tries to write is fenced.
 
 use crate::deployer::Deployer;
 use berth_store::cluster::Fence;
@@ -54,6 +61,8 @@ struct Inner {
     member: String,
     api_url: String,
     changed: tokio::sync::watch::Sender<bool>,
+    /// Handing over to a `--takeover`: never the leader, no heartbeats.
+    retired: AtomicBool,
 }
 
 impl Default for Leadership {
@@ -82,6 +91,7 @@ impl Leadership {
                 member: member.to_string(),
                 api_url: api_url.to_string(),
                 changed: tokio::sync::watch::channel(!clustered).0,
+                retired: AtomicBool::new(false),
             }),
         }
     }
@@ -89,7 +99,31 @@ impl Leadership {
     /// Whether this server should run leader-only work right now (jobs,
     /// pipelines, retention). Always true on a single server.
     pub fn is_leader(&self) -> bool {
-        self.inner.leader.load(Ordering::SeqCst)
+        self.inner.leader.load(Ordering::SeqCst) && !self.is_retired()
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.inner.retired.load(Ordering::SeqCst)
+    }
+
+    /// This process hands over to a `--takeover`: from now on it is not
+    /// the leader and (clustered) stops heartbeating, so the new process
+    /// takes the lease under a new epoch. [`Leadership::reinstate`] undoes
+    /// it (a hand-over that failed).
+    pub fn retire(&self) {
+        self.inner.retired.store(true, Ordering::SeqCst);
+        self.inner.leader.store(false, Ordering::SeqCst);
+        self.inner.changed.send_replace(false);
+    }
+
+    /// Back from [`Leadership::retire`]: one server leads again at once; a
+    /// cluster member is a follower until its next heartbeat.
+    pub fn reinstate(&self) {
+        self.inner
+            .leader
+            .store(!self.inner.clustered, Ordering::SeqCst);
+        self.inner.retired.store(false, Ordering::SeqCst);
+        self.inner.changed.send_replace(self.is_leader());
     }
 
     pub fn is_clustered(&self) -> bool {
@@ -133,8 +167,19 @@ pub async fn run(d: Arc<Deployer>) {
     let lead = d.leadership.clone();
     let mut last_renewed: Option<Instant> = None;
     let mut warned = false;
+    // A lease this member id still holds is a previous process's (a
+    // `--takeover`, or a restart after a crash): give it up, so this
+    // process leads under a new epoch and the old one's writes are fenced.
+    if let Err(e) = d.store.release_lease(lead.member()).await {
+        tracing::debug!(error = %e, "cannot release a previous process's lease");
+    }
     loop {
         let started = Instant::now();
+        if lead.is_retired() {
+            last_renewed = None;
+            tokio::time::sleep(RENEW_EVERY).await;
+            continue;
+        }
         match d
             .store
             .heartbeat(lead.member(), lead.api_url(), LEASE_TTL)
@@ -182,6 +227,9 @@ pub async fn run(d: Arc<Deployer>) {
 }
 
 fn become_leader(d: &Arc<Deployer>, epoch: u64) {
+    if d.leadership.is_retired() {
+        return;
+    }
     d.leadership.set(true, epoch);
     tracing::info!(
         epoch,

@@ -615,6 +615,9 @@ async fn serve_api(
             "takeover: handing the control plane and the sockets over"
         );
         let interrupted = deployer.quiesce(takeover::PIPELINE_GRACE).await;
+        // Not the leader any more (clustered: no more heartbeats), before
+        // the new process can start leading.
+        deployer.leadership.retire();
         if !interrupted.is_empty() {
             tracing::warn!(
                 deployments = ?interrupted,
@@ -629,6 +632,7 @@ async fn serve_api(
             }
             Err(e) => tracing::error!(error = %e, "takeover failed; this server carries on"),
         }
+        deployer.leadership.reinstate();
         deployer.resume();
         let d = deployer.clone();
         tokio::spawn(async move {

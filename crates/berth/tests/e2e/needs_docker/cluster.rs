@@ -4,7 +4,7 @@
 //! within 10 s, nothing stays queued or running, the next deploy succeeds.
 
 use super::{host, unique, Cleanup};
-use crate::cluster::{database, instance_id, member, wait_leader};
+use crate::cluster::{database, instance_id, leader, member, wait_leader};
 use crate::harness::*;
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -142,4 +142,89 @@ fn deploy_on_a_follower_goes_live_on_both_edges_and_kill9_of_the_leader_mid_depl
         "failed requests at the surviving edge: {:?}",
         report.samples
     );
+}
+
+/// `--takeover` of the leader of a cluster (issue 13 on a PostgreSQL
+/// store): the new process leads under a new epoch (the old one's writes
+/// are fenced), the follower stays a follower, the load on the leader's
+/// edge sees no failure, the containers are kept and the next deploy asked
+/// of the follower goes live on both edges.
+#[test]
+fn takeover_of_the_cluster_leader_leads_under_a_new_epoch_and_keeps_serving() {
+    let Some(url) = database() else {
+        return;
+    };
+    let project = unique("e2eclt");
+    let _c = Cleanup(project.clone());
+    let mut a = member(&url);
+    let (leader_id, epoch) = wait_leader(&a, Duration::from_secs(10), |_, _| true);
+    assert_eq!(leader_id, instance_id(&a));
+    let b = member(&url);
+    let repo = AppRepo::new("takeover v1");
+    a.ok(&["projects", "create", &project, "--repo", repo.path()]);
+    let (ok, d1) = super::deploy_wait(&a, &project);
+    assert!(ok, "{d1}\n{}", a.log());
+    let id1 = d1["id"].as_str().unwrap().to_string();
+    let c1 = a.json(&["inspect", &id1, "--json"])["runtime"]["instanceId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_body(&a, &host(&project), "takeover v1", Duration::from_secs(5));
+    wait_body(&b, &host(&project), "takeover v1", Duration::from_secs(5));
+    let load = Load::start(
+        a.http_port,
+        &host(&project),
+        4,
+        200_000,
+        Duration::from_secs(120),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut old = a.takeover();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let exit = loop {
+        if let Some(st) = old.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old process did not exit:\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(exit.success(), "old process: {exit}\n{}", a.log());
+    assert!(
+        a.log().contains("took the listening sockets over"),
+        "{}",
+        a.log()
+    );
+
+    // Same member, a new epoch; one leader as both servers see it.
+    let (id, new_epoch) = wait_leader(&a, Duration::from_secs(15), |_, e| e > epoch);
+    assert_eq!(id, leader_id, "{}", a.log());
+    assert_eq!(leader(&b), Some((id.clone(), new_epoch)));
+    std::thread::sleep(Duration::from_millis(1500));
+    let report = load.finish();
+    assert!(report.ok > 0);
+    assert_eq!(
+        (report.errors, report.non2xx),
+        (0, 0),
+        "failed requests across the takeover: {:?}\n{}",
+        report.samples,
+        a.log()
+    );
+    // The container was adopted, not replaced.
+    let after = a.json(&["inspect", &id1, "--json"]);
+    assert_eq!(after["isActive"], true, "{after}");
+    assert_eq!(after["runtime"]["instanceId"], c1.as_str());
+
+    // The control plane is the new process's: a deploy asked of the
+    // follower is picked up and goes live on both edges.
+    repo.commit_app("takeover v2", DOCKERFILE, "second version");
+    let (ok, d2) = super::deploy_wait(&b, &project);
+    assert!(ok, "{d2}\nA:\n{}", a.log());
+    wait_body(&a, &host(&project), "takeover v2", Duration::from_secs(5));
+    wait_body(&b, &host(&project), "takeover v2", Duration::from_secs(5));
+    assert_eq!(leader(&b), Some((id, new_epoch)));
 }
