@@ -9,7 +9,10 @@
 #
 #   RUNS=3 bench/deploy.sh
 #
-# The edge is polled every POLL_MS (default 10) ms with curl. See bench/README.md.
+# The edge is polled every POLL_MS (default 10) ms with curl. Each deploy run
+# also prints where its time went (request, engine start, first 200 probe,
+# switch with its edge swap and store transaction, finalize, CLI), from the
+# deployment's step times and its berth log. See bench/README.md.
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -81,19 +84,47 @@ poll_200() {
     return 1
 }
 
+# breakdown <t0 ns> <edge ms> <cli ms>: where the last timed deploy's time
+# went, from its JSON (steps and times, in ms, on this machine's clock like
+# t0) and its berth log (the switch line: edge table swap and store
+# transaction). Prints one line and appends the components to $TMP/parts:
+# "request engine ready switch store_done cli" (ms).
+breakdown() {
+    local t0_ms=$(($1 / 1000000)) edge_at=$(($1 / 1000000 + $2)) cli_at=$(($1 / 1000000 + $3))
+    local id created dstart dend hend completed switch_ts switch_text probes
+    id=$(jq -r .id "$TMP/cmd.json")
+    created=$(iso_ms "$(jq -r .createdAt "$TMP/cmd.json")")
+    dstart=$(iso_ms "$(jq -r '.steps[] | select(.name == "deploy") | .startedAt' "$TMP/cmd.json")")
+    dend=$(iso_ms "$(jq -r '.steps[] | select(.name == "deploy") | .completedAt' "$TMP/cmd.json")")
+    hend=$(iso_ms "$(jq -r '.steps[] | select(.name == "health_check") | .completedAt' "$TMP/cmd.json")")
+    completed=$(iso_ms "$(jq -r .completedAt "$TMP/cmd.json")")
+    probes=$(jq -r '.steps[] | select(.name == "health_check") | .log' "$TMP/cmd.json" | grep -o '([0-9]* probes\?)' | tail -1)
+    "$BERTH" logs "$id" --stream berth --json >"$TMP/log.json"
+    switch_ts=$(jq -r 'if type == "array" then .[] else . end | select(.text | startswith("switch:")) | .ts' "$TMP/log.json" | tail -1)
+    switch_text=$(jq -r 'if type == "array" then .[] else . end | select(.text | startswith("switch:")) | .text' "$TMP/log.json" | tail -1)
+    switch_ts=$(iso_ms "$switch_ts")
+    echo "    request->created $((created - t0_ms)), created->engine start $((dstart - created)), engine create+start $((dend - dstart)), started->ready $((hend - dend)) ${probes}, ready->switch logged $((switch_ts - hend)) [${switch_text#switch: }], switch->edge served (10 ms polls) $((edge_at - switch_ts)), switch->completed $((completed - switch_ts)), completed->CLI returned $((cli_at - completed))" >&2
+    echo "$((created - t0_ms)) $((dend - dstart)) $((hend - dend)) $((switch_ts - hend)) $((completed - switch_ts)) $((cli_at - completed))" >>"$TMP/parts"
+}
+
 # timed <expected body> <berth args...>: run a berth command with --wait
 # --json in the background while polling the edge; prints
-# "<edge ms> <cli ms> <createdAt->completedAt ms>".
+# "<edge ms> <cli ms> <createdAt->completedAt ms>"; T0 is its start (ns).
 timed() {
     local want="$1" t0 pid edge cli rc created completed
     shift
     t0=$(now_ns)
-    "$BERTH" "$@" --wait --json >"$TMP/cmd.json" 2>"$TMP/cmd.err" &
+    T0=$t0
+    rm -f "$TMP/cli.done"
+    # the CLI's own end time, taken when it returns (not when the poller does)
+    ( rc=0; "$BERTH" "$@" --wait --json >"$TMP/cmd.json" 2>"$TMP/cmd.err" || rc=$?
+      echo "$(now_ns) $rc" >"$TMP/cli.done"; exit "$rc" ) &
     pid=$!
     edge=$(poll_edge "$t0" "$want") || { kill -TERM "$pid" 2>/dev/null; wait "$pid"; return 1; }
     rc=0
     wait "$pid" || rc=$?
-    cli=$(ms_since "$t0")
+    read -r cli _ <"$TMP/cli.done"
+    cli=$(((cli - t0) / 1000000))
     if ((rc != 0)); then
         echo "berth $* failed:" >&2
         cat "$TMP/cmd.err" >&2
@@ -123,12 +154,14 @@ dep_edge=() dep_cli=() dep_json=() rb_edge=() rb_cli=() rb_json=() ref=()
 for r in $(seq 1 "$RUNS"); do
     echo "run $r/$RUNS" >&2
     # (a) deploy of v1, whose image exists (cache hit), over the active v2.
-    out=$(timed "$V1" deploy --project "$PROJECT" --ref "$SHA1")
+    timed "$V1" deploy --project "$PROJECT" --ref "$SHA1" >"$TMP/timed.out"
+    out=$(cat "$TMP/timed.out")
     jq -r '.steps[] | select(.name == "build") | .log' "$TMP/cmd.json" | grep -qi "cache hit" ||
         echo "warning: the deploy of v1 was not a cache hit" >&2
     read -r e c j <<<"$out"
     dep_edge+=("$e") dep_cli+=("$c") dep_json+=("$j")
     echo "  deploy:   edge serves v1 after $e ms, CLI returned after $c ms, createdAt->completedAt $j ms ($(step_times))" >&2
+    breakdown "$T0" "$e" "$c"
 
     # (b) rollback: v2 again, inside its bake window (v2 stayed warm after
     # the deploy of v1): a route flip to v2's running container.
@@ -138,9 +171,15 @@ for r in $(seq 1 "$RUNS"); do
     echo "  rollback: edge serves v2 after $e ms, CLI returned after $c ms, createdAt->completedAt $j ms ($(step_times))" >&2
 
     # (c) docker run of the same image (v1) and the first 200.
-    port=$(free_port)
-    t0=$(now_ns)
-    cid=$(docker run -d --label "berthbench=$PROJECT" -p "127.0.0.1:$port:3000" "$IMAGE")
+    # (another process may take the free port first: try another one)
+    for _ in 1 2 3 4 5; do
+        port=$(free_port)
+        t0=$(now_ns)
+        cid=$(docker run -d --label "berthbench=$PROJECT" -p "127.0.0.1:$port:3000" "$IMAGE" 2>"$TMP/run.err") && break
+        docker ps -aq --filter "label=berthbench=$PROJECT" | xargs -r docker rm -f >/dev/null 2>&1
+        cid=""
+    done
+    [[ -n "$cid" ]] || { cat "$TMP/run.err" >&2; exit 1; }
     d=$(poll_200 "$t0" "$port")
     docker rm -f "$cid" >/dev/null
     ref+=("$d")
@@ -181,6 +220,7 @@ read -r re_med _ _ <<<"$(stats "${rb_edge[@]}")"
 read -r rc_med _ _ <<<"$(stats "${rb_cli[@]}")"
 read -r ref_med _ _ <<<"$(stats "${ref[@]}")"
 REF_CELL="$(cell "$(stats "${ref[@]}")")"
+part() { cell "$(stats $(awk -v c="$1" '{print $c}' "$TMP/parts"))"; }
 
 echo
 echo "berth deploy bench, RUNS=$RUNS, times in ms: median (min-max); reference = docker run -d + first 200"
@@ -188,6 +228,12 @@ printf '%-42s %-20s %-20s %s\n' "measurement" "berth" "docker run" "berth/docker
 printf '%-42s %-20s %-20s %s\n' "deploy (built image) -> edge serves it" "$(cell "$(stats "${dep_edge[@]}")")" "$REF_CELL" "$(ratio "$de_med" "$ref_med")"
 printf '%-42s %-20s %-20s %s\n' "deploy (built image) -> CLI says active" "$(cell "$(stats "${dep_cli[@]}")")" "$REF_CELL" "$(ratio "$dc_med" "$ref_med")"
 printf '%-42s %-20s %-20s %s\n' "deploy createdAt -> completedAt" "$(cell "$(stats "${dep_json[@]}")")" "-" "-"
+printf '%-42s %-20s %-20s %s\n' "  of which: CLI start + request -> created" "$(part 1)" "-" "-"
+printf '%-42s %-20s %-20s %s\n' "  engine create + start" "$(part 2)" "-" "-"
+printf '%-42s %-20s %-20s %s\n' "  started -> first 200 probe (ready)" "$(part 3)" "-" "-"
+printf '%-42s %-20s %-20s %s\n' "  ready -> switch (edge swap + store)" "$(part 4)" "-" "-"
+printf '%-42s %-20s %-20s %s\n' "  switch -> completed (finalize)" "$(part 5)" "-" "-"
+printf '%-42s %-20s %-20s %s\n' "  completed -> CLI returned (SSE)" "$(part 6)" "-" "-"
 printf '%-42s %-20s %-20s %s\n' "rollback (bake window) -> edge serves it" "$(cell "$(stats "${rb_edge[@]}")")" "$REF_CELL" "$(ratio "$re_med" "$ref_med")"
 printf '%-42s %-20s %-20s %s\n' "rollback (bake window) -> CLI says active" "$(cell "$(stats "${rb_cli[@]}")")" "$REF_CELL" "$(ratio "$rc_med" "$ref_med")"
 printf '%-42s %-20s %-20s %s\n' "rollback createdAt -> completedAt" "$(cell "$(stats "${rb_json[@]}")")" "-" "-"

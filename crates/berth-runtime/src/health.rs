@@ -161,22 +161,28 @@ fn fmt_duration(d: Duration) -> String {
     }
 }
 
-/// How often to probe a starting instance: every `fast_interval` during
-/// the first `fast_for`, then every `slow_interval`. The caller drives it
-/// (sleeping [`ProbeSchedule::interval_at`] between probes) and owns the
-/// deadline and the failure threshold.
+/// How often to probe a starting instance: every `burst_interval` during
+/// the first `burst_for`, then every `fast_interval` until `fast_for`, then
+/// every `slow_interval`. The caller drives it (sleeping
+/// [`ProbeSchedule::interval_at`] between probes) and owns the deadline and
+/// the failure threshold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProbeSchedule {
+    pub burst_interval: Duration,
+    pub burst_for: Duration,
     pub fast_interval: Duration,
     pub fast_for: Duration,
     pub slow_interval: Duration,
 }
 
 impl ProbeSchedule {
-    /// For a new instance: every 100 ms for 3 s, then every 500 ms, so a
-    /// fast app is live within ~100 ms of listening without hammering a
-    /// slow one.
+    /// For a new instance: every 10 ms for 300 ms (most apps that start
+    /// fast listen within it: the edge serves them within ~10 ms of it),
+    /// every 100 ms until 3 s, then every 500 ms, so a slow app is not
+    /// hammered.
     pub const STARTUP: ProbeSchedule = ProbeSchedule {
+        burst_interval: Duration::from_millis(10),
+        burst_for: Duration::from_millis(300),
         fast_interval: Duration::from_millis(100),
         fast_for: Duration::from_secs(3),
         slow_interval: Duration::from_millis(500),
@@ -185,6 +191,8 @@ impl ProbeSchedule {
     /// A fixed interval (the steady-state check, e.g. every 15 s).
     pub const fn every(interval: Duration) -> Self {
         ProbeSchedule {
+            burst_interval: interval,
+            burst_for: Duration::ZERO,
             fast_interval: interval,
             fast_for: Duration::ZERO,
             slow_interval: interval,
@@ -193,7 +201,9 @@ impl ProbeSchedule {
 
     /// Wait before the next probe, `elapsed` after the first one.
     pub fn interval_at(&self, elapsed: Duration) -> Duration {
-        if elapsed < self.fast_for {
+        if elapsed < self.burst_for {
+            self.burst_interval
+        } else if elapsed < self.fast_for {
             self.fast_interval
         } else {
             self.slow_interval
@@ -322,7 +332,15 @@ mod tests {
     #[test]
     fn startup_schedule_backs_off() {
         let s = ProbeSchedule::STARTUP;
-        assert_eq!(s.interval_at(Duration::ZERO), Duration::from_millis(100));
+        assert_eq!(s.interval_at(Duration::ZERO), Duration::from_millis(10));
+        assert_eq!(
+            s.interval_at(Duration::from_millis(290)),
+            Duration::from_millis(10)
+        );
+        assert_eq!(
+            s.interval_at(Duration::from_millis(300)),
+            Duration::from_millis(100)
+        );
         assert_eq!(
             s.interval_at(Duration::from_millis(2900)),
             Duration::from_millis(100)

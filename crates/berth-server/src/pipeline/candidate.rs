@@ -159,6 +159,7 @@ impl Deployer {
         }
         let spec = self.instance_spec(d, service, image, vars);
         d.replicas = service.replicas.max(1);
+        let engine = std::time::Instant::now();
         let instances = match self.runtime.start_replicas(&spec, d.replicas).await {
             Ok(i) if !i.is_empty() => i,
             Ok(_) => return fail(StepName::Deploy, "cannot start container: none started"),
@@ -176,13 +177,14 @@ impl Deployer {
             self.monitors
                 .follow_replica_logs(self, &d.id, &instance.id, None, tag);
         }
+        let engine_ms = engine.elapsed().as_millis();
         let names: Vec<&str> = instances.iter().map(|i| i.name.as_str()).collect();
         self.finish_step(
             d,
             StepName::Deploy,
             StepStatus::Succeeded,
             Some(&format!(
-                "{} {} started from {}",
+                "{} {} started from {} in {engine_ms} ms (engine create + start)",
                 if names.len() == 1 {
                     "container"
                 } else {

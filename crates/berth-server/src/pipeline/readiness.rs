@@ -1,5 +1,7 @@
-//! Step 7: readiness: probe the candidate on a fast schedule until it
-//! answers, or fail naming the cause.
+//! Step 7: readiness: probe the candidate on a fast schedule
+//! ([`berth_runtime::ProbeSchedule::STARTUP`]) until it answers, or fail
+//! naming the cause. Each round asks the engine how the instance is (exit,
+//! restarts) and probes its published address at the same time.
 
 use super::{fail, Flow, Stop};
 use crate::deployer::Deployer;
@@ -17,15 +19,19 @@ impl Deployer {
         service: &ServiceConfig,
         cancel: &CancellationToken,
     ) -> Flow<()> {
+        // Saved running only when the first probe did not pass: an app
+        // that answers at once costs no store write before its switch.
         self.start_step(d, StepName::HealthCheck);
-        self.save(d).await;
+        let mut saved = false;
         // Every instance must be ready; they started together, so the
         // waits overlap and share the deadline.
         let started = Instant::now();
         let count = d.instances.len().max(1);
         let mut ready = String::new();
         for index in 0..count {
-            ready = self.wait_ready(d, service, cancel, index, started).await?;
+            ready = self
+                .wait_ready(d, service, cancel, index, started, &mut saved)
+                .await?;
             if let Some(i) = d.instances.get_mut(index) {
                 i.health = berth_core::state::Health::Healthy;
             }
@@ -52,6 +58,7 @@ impl Deployer {
         cancel: &CancellationToken,
         index: usize,
         started: Instant,
+        saved: &mut bool,
     ) -> Flow<String> {
         let mut rt = d.runtime.clone().unwrap_or_default();
         if let Some(i) = d.instances.get(index) {
@@ -68,11 +75,28 @@ impl Deployer {
         let deadline = readiness.deadline;
         let schedule = berth_runtime::ProbeSchedule::default();
         let mut last_probe = String::from("no probe answered yet");
+        let mut probes = 0u32;
+        // The published address, known from the start with Docker: the probe
+        // then runs beside the engine's inspect, not after it.
+        let mut known: Option<berth_runtime::Endpoint> = match service.kind {
+            ServiceKind::Web => rt.address.as_deref().and_then(|a| a.parse().ok()),
+            ServiceKind::Worker => None,
+        };
         loop {
             if cancel.is_cancelled() {
                 return Err(Stop::Cancelled);
             }
-            let state = self.runtime.inspect(&rt.instance_id).await;
+            let (state, early) = match &known {
+                Some(addr) => {
+                    let (state, res) = tokio::join!(
+                        self.runtime.inspect(&rt.instance_id),
+                        berth_runtime::probe(addr, &readiness.path, readiness.timeout)
+                    );
+                    probes += 1;
+                    (state, Some((addr.clone(), res)))
+                }
+                None => (self.runtime.inspect(&rt.instance_id).await, None),
+            };
             match state {
                 Ok(st) => {
                     if let Some(code) = st.exit_code() {
@@ -110,10 +134,7 @@ impl Deployer {
                                 }
                             }
                             ServiceKind::Web => {
-                                let addr = st
-                                    .endpoint
-                                    .clone()
-                                    .or_else(|| rt.address.as_deref().and_then(|a| a.parse().ok()));
+                                let addr = st.endpoint.clone().or_else(|| known.clone());
                                 if let Some(addr) = addr {
                                     if index == 0 {
                                         if let Some(r) = d.runtime.as_mut() {
@@ -123,17 +144,27 @@ impl Deployer {
                                     if let Some(i) = d.instances.get_mut(index) {
                                         i.address = Some(addr.to_string());
                                     }
-                                    let res = berth_runtime::probe(
-                                        &addr,
-                                        &readiness.path,
-                                        readiness.timeout,
-                                    )
-                                    .await;
+                                    // the probe that ran beside the inspect, if
+                                    // it asked this address; else one now
+                                    let res = match early.filter(|(a, _)| *a == addr) {
+                                        Some((_, res)) => res,
+                                        None => {
+                                            probes += 1;
+                                            berth_runtime::probe(
+                                                &addr,
+                                                &readiness.path,
+                                                readiness.timeout,
+                                            )
+                                            .await
+                                        }
+                                    };
+                                    known = Some(addr);
                                     last_probe = res.describe(&readiness.path);
                                     if res.is_healthy() {
                                         let msg = format!(
-                                            "{last_probe} after {:.1}s",
-                                            started.elapsed().as_secs_f64()
+                                            "{last_probe} after {} ms ({probes} {})",
+                                            started.elapsed().as_millis(),
+                                            if probes == 1 { "probe" } else { "probes" }
                                         );
                                         self.logs.line(
                                             &d.id,
@@ -172,6 +203,10 @@ impl Deployer {
                         deadline.as_secs()
                     ),
                 );
+            }
+            if !*saved {
+                self.save(d).await;
+                *saved = true;
             }
             tokio::time::sleep(schedule.interval_at(started.elapsed())).await;
         }
