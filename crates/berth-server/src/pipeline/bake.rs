@@ -336,6 +336,22 @@ impl Deployer {
                 if !cur.is_active || !is_warm(&warm) || warm.bake_until.is_none_or(|u| u <= now()) {
                     return;
                 }
+                // A warm instance that is gone (removed, crashed) ends the
+                // bake now: the record stops pointing at it.
+                let runtime = &this.runtime;
+                let states = futures::future::join_all(
+                    super::replicas::instance_ids(&warm)
+                        .into_iter()
+                        .map(|i| async move { runtime.inspect(&i).await }),
+                )
+                .await;
+                if states
+                    .iter()
+                    .all(|s| !matches!(s, Ok(st) if st.is_running()))
+                {
+                    this.end_bake(&prev_id, "its instance is gone").await;
+                    return;
+                }
                 let secs = cut_at.elapsed().as_secs();
                 if cur.health == Health::Unhealthy {
                     let why = format!(

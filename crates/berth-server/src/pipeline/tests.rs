@@ -1437,6 +1437,31 @@ async fn a_warm_instance_is_stopped_when_its_window_ends() {
     h.check_invariants().await;
 }
 
+/// A warm instance that dies during the bake window ends the bake: the
+/// record forgets it, saying so in its own log (issue 16).
+#[tokio::test]
+async fn a_warm_instance_that_is_gone_is_forgotten() {
+    let h = harness().await;
+    let first = h.deploy().await;
+    let _second = h.deploy().await;
+    let warm = h.store.get_deployment(&first.id).await.unwrap();
+    assert!(crate::pipeline::is_warm(&warm));
+    let id = warm.runtime.clone().unwrap().instance_id;
+    h.rt.crash(&id, 137);
+    let mut forgotten = false;
+    for _ in 0..200 {
+        let d = h.store.get_deployment(&first.id).await.unwrap();
+        if d.runtime.is_none() && d.instances.is_empty() && d.bake_until.is_none() {
+            forgotten = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(forgotten, "the record still points at the dead instance");
+    assert!(h.log_has(&first.id, "its instance is gone").await);
+    h.check_invariants().await;
+}
+
 #[tokio::test]
 async fn max_warm_stops_the_oldest_warm_deployment_first() {
     let h = harness_with(|c| c.max_warm = 1).await;
