@@ -7,11 +7,14 @@
 //! deployment (see bench/replicas.sh); `--balance rr|least` chooses among
 //! them (round robin, the default, or least in-flight). `--rate-limit N`
 //! gives the route a per-client rate limit (bench/policy.sh).
+//! `--tls-cert chain.pem --tls-key key.pem` serves HTTPS instead of plain
+//! HTTP on `--listen` with that certificate (bench/tls.sh).
 
 use std::time::Duration;
 
 use berth_edge::{
-    Balance, Edge, EdgeConfig, OtlpConfig, Policy, RouteChange, RouteSpec, TargetSpec,
+    certified_key, Balance, Edge, EdgeConfig, OtlpConfig, Policy, RouteChange, RouteSpec,
+    TargetSpec, TlsCerts,
 };
 
 fn main() {
@@ -23,6 +26,7 @@ fn main() {
     let mut trace_sample = 0.01f64;
     let mut balance = Balance::RoundRobin;
     let mut policy = Policy::default();
+    let (mut tls_cert, mut tls_key) = (None, None);
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().unwrap_or_default();
@@ -34,6 +38,8 @@ fn main() {
             "--otlp-endpoint" => otlp_endpoint = Some(value),
             "--trace-sample" => trace_sample = value.parse().unwrap_or(0.01),
             "--rate-limit" => policy.rate_limit = value.parse().ok(),
+            "--tls-cert" => tls_cert = Some(value),
+            "--tls-key" => tls_key = Some(value),
             "--balance" => {
                 balance = match value.as_str() {
                     "rr" => Balance::RoundRobin,
@@ -95,16 +101,39 @@ fn main() {
         eprintln!("bad --listen {listen}: {e}");
         std::process::exit(2);
     });
-    eprintln!("edge_bench listening on {listen} with {threads} worker threads");
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
     // The fast path: one single-threaded runtime per worker, each with its
     // own SO_REUSEPORT listener and upstream pool (Edge::serve_threads).
-    let handle = edge
-        .serve_threads(addr, threads, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .unwrap_or_else(|e| {
-            eprintln!("cannot listen on {addr}: {e}");
-            std::process::exit(1);
-        });
+    let served = match (tls_cert, tls_key) {
+        (Some(cert), Some(key)) => {
+            let read = |p: &str| {
+                std::fs::read_to_string(p).unwrap_or_else(|e| {
+                    eprintln!("cannot read {p}: {e}");
+                    std::process::exit(2);
+                })
+            };
+            let certified = certified_key(&read(&cert), &read(&key)).unwrap_or_else(|e| {
+                eprintln!("{e}");
+                std::process::exit(2);
+            });
+            let certs = TlsCerts::new(certified);
+            eprintln!("edge_bench listening on https://{listen} with {threads} worker threads");
+            edge.serve_tls_threads(addr, threads, certs, shutdown)
+        }
+        (None, None) => {
+            eprintln!("edge_bench listening on {listen} with {threads} worker threads");
+            edge.serve_threads(addr, threads, shutdown)
+        }
+        _ => {
+            eprintln!("--tls-cert and --tls-key go together");
+            std::process::exit(2);
+        }
+    };
+    let handle = served.unwrap_or_else(|e| {
+        eprintln!("cannot listen on {addr}: {e}");
+        std::process::exit(1);
+    });
     handle.join();
 }

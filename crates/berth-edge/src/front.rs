@@ -2,7 +2,9 @@
 //! for bodiless `GET`, `HEAD` and `OPTIONS` requests, which hands the
 //! connection to hyper the moment a request is anything else.
 //!
-//! Every client connection starts here ([`serve`]). A request is answered
+//! Every plain client connection starts here ([`serve`]), and every TLS
+//! one whose ALPN chose HTTP/1.1 ([`serve_io`] over the TLS stream, where
+//! the h2c preface is not looked for). A request is answered
 //! here when it is *eligible*: its head parses (`httparse`, at most
 //! [`MAX_HEADERS`] headers and [`MAX_HEAD`] bytes), it is HTTP/1.1, its method
 //! is `GET`, `HEAD` or `OPTIONS`, its target is an origin-form path of plain
@@ -133,10 +135,28 @@ impl Shared {
     }
 }
 
-/// Serves one client connection until it closes.
+/// What a client connection is read from and written to: a TCP stream, or
+/// a TLS stream over one (HTTP/1.1 after ALPN).
+pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ClientIo for S {}
+
+/// Serves one plain client connection until it closes.
 pub(crate) async fn serve(worker: Arc<Worker>, io: TcpStream, remote: SocketAddr) {
+    serve_io(worker, io, remote, "http").await
+}
+
+/// Serves one client connection until it closes; `proto` is what
+/// `X-Forwarded-Proto` says (`"https"` over TLS, where hyper never sees the
+/// h2c preface).
+pub(crate) async fn serve_io<S: ClientIo>(
+    worker: Arc<Worker>,
+    io: S,
+    remote: SocketAddr,
+    proto: &'static str,
+) {
     let conn = Conn {
         io,
+        proto,
         buf: Vec::with_capacity(BUF_SIZE),
         pos: 0,
         out: Vec::new(),
@@ -152,8 +172,10 @@ pub(crate) async fn serve(worker: Arc<Worker>, io: TcpStream, remote: SocketAddr
 }
 
 /// One client connection on the hand-written path.
-struct Conn {
-    io: TcpStream,
+struct Conn<S> {
+    io: S,
+    /// `X-Forwarded-Proto`: `"http"` or `"https"`.
+    proto: &'static str,
     /// Bytes read from the client; `buf[pos..]` is not consumed yet.
     buf: Vec<u8>,
     pos: usize,
@@ -190,7 +212,7 @@ enum Outcome {
     Abort,
 }
 
-impl Conn {
+impl<S: ClientIo> Conn<S> {
     async fn run(mut self) {
         loop {
             if self.pos == self.buf.len() {
@@ -201,7 +223,7 @@ impl Conn {
             let parsed = parse(
                 &self.buf[self.pos..],
                 &self.client_ip,
-                self.worker.inner.proto,
+                self.proto,
                 sampler.and_then(|o| o.spans.as_ref()),
                 &mut self.up,
             );
@@ -296,7 +318,8 @@ impl Conn {
 
     /// Writes `out` to the client.
     async fn flush(&mut self) -> bool {
-        let ok = self.io.write_all(&self.out).await.is_ok();
+        // (flush: a TLS stream may keep records it could not write yet)
+        let ok = self.io.write_all(&self.out).await.is_ok() && self.io.flush().await.is_ok();
         self.out.clear();
         ok
     }
@@ -330,7 +353,7 @@ impl Conn {
             cookies: req.cookies[..req.cookie_count]
                 .iter()
                 .map(|(a, b)| &head[*a..*b]),
-            secure: inner.proto == "https",
+            secure: self.proto == "https",
             client: self.remote.ip(),
             authorization: req.auth.map(|(a, b)| &head[a..b]),
             target: &head[req.target.0..req.target.1],
@@ -524,6 +547,7 @@ impl Conn {
             served,
             worker,
             remote,
+            proto,
             ..
         } = self;
         buf.drain(..pos);
@@ -532,7 +556,7 @@ impl Conn {
             pos: 0,
             io,
         };
-        serve_hyper(worker, io, remote, served == 0).await;
+        serve_hyper(worker, io, remote, proto, served == 0).await;
     }
 }
 
@@ -559,15 +583,21 @@ macro_rules! drive {
 }
 
 /// Serves the rest of a connection with hyper (`proxy::handle` behind the
-/// framing scanner). `fresh`: nothing was answered on it yet, so it may
-/// still turn out to be HTTP/2 (h2c prior knowledge).
-async fn serve_hyper(worker: Arc<Worker>, io: Rewind, remote: SocketAddr, fresh: bool) {
-    let ctx = Arc::new(ConnCtx::new(remote));
+/// framing scanner). `fresh`: nothing was answered on it yet, so a plain
+/// connection may still turn out to be HTTP/2 (h2c prior knowledge).
+async fn serve_hyper<S: ClientIo>(
+    worker: Arc<Worker>,
+    io: Rewind<S>,
+    remote: SocketAddr,
+    proto: &'static str,
+    fresh: bool,
+) {
+    let ctx = Arc::new(ConnCtx::new(remote).with_proto(proto));
     let io = TokioIo::new(ScanIo::new(io, ctx.scan.clone()));
     let w = worker.clone();
     let svc = hyper::service::service_fn(move |req| proxy::handle(w.clone(), ctx.clone(), req));
     let front = &worker.front;
-    if fresh {
+    if fresh && proto == "http" {
         drive!(front.auto.serve_connection_with_upgrades(io, svc), front);
     } else {
         drive!(front.http1.serve_connection(io, svc).with_upgrades(), front);
@@ -575,13 +605,13 @@ async fn serve_hyper(worker: Arc<Worker>, io: Rewind, remote: SocketAddr, fresh:
 }
 
 /// The client socket with bytes already read put back in front of it.
-pub(crate) struct Rewind {
+pub(crate) struct Rewind<S> {
     pre: Vec<u8>,
     pos: usize,
-    io: TcpStream,
+    io: S,
 }
 
-impl AsyncRead for Rewind {
+impl<S: ClientIo> AsyncRead for Rewind<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -602,7 +632,7 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl AsyncWrite for Rewind {
+impl<S: ClientIo> AsyncWrite for Rewind<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

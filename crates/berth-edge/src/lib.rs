@@ -49,7 +49,9 @@
 //!   sockets already listening (handed over by the previous berth process).
 //! * [`Edge::serve_tls`]`(listener, TlsCerts, shutdown)`: HTTPS (see
 //!   `tls.rs`): TLS 1.2/1.3, certificate by SNI, ALPN h2/http1.1, then the
-//!   same request path as [`Edge::serve`]; [`Edge::set_acme_challenge`]
+//!   same request paths as [`Edge::serve`]; [`Edge::serve_tls_threads`] and
+//!   [`Edge::serve_tls_listeners`] are its worker-thread forms (as
+//!   [`Edge::serve_threads`] for plain HTTP); [`Edge::set_acme_challenge`]
 //!   answers ACME HTTP-01 tokens on every listener, before routing.
 //! * [`Edge::set_https`]`(port, TlsCerts, hsts)`: with HTTPS on, plain
 //!   requests for a routed hostname with a certificate get 308 to HTTPS
@@ -203,6 +205,37 @@ impl Unlistened {
             Unlistened::Listener(l) => tokio::net::TcpListener::from_std(l),
         }
     }
+}
+
+/// What the worker threads of [`Edge::serve_on`] speak to clients.
+#[derive(Clone)]
+enum Mode {
+    Plain,
+    /// One configuration for every worker: they share its session cache
+    /// and ticket keys, so a client resumes on whichever worker it reaches.
+    Tls(Arc<rustls::ServerConfig>),
+}
+
+/// Listening sockets opened elsewhere, made ready for the worker threads;
+/// and the address they listen on.
+fn unlistened(
+    listeners: Vec<std::net::TcpListener>,
+) -> std::io::Result<(Vec<Unlistened>, SocketAddr)> {
+    let Some(first) = listeners.first() else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "no listener to serve on",
+        ));
+    };
+    let addr = first.local_addr()?;
+    let sockets = listeners
+        .into_iter()
+        .map(|l| {
+            l.set_nonblocking(true)?;
+            Ok(Unlistened::Listener(l))
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    Ok((sockets, addr))
 }
 
 /// The worker threads started by [`Edge::serve_threads`].
@@ -569,7 +602,48 @@ impl Edge {
             bind_to = socket.local_addr()?;
             sockets.push(Unlistened::Socket(socket));
         }
-        self.serve_on(sockets, bind_to, shutdown)
+        self.serve_on(sockets, bind_to, Mode::Plain, shutdown)
+    }
+
+    /// [`Edge::serve_threads`] for HTTPS: `threads` worker threads, each
+    /// with its own single-threaded runtime, `SO_REUSEPORT` listener and
+    /// upstream pool, completing TLS handshakes and serving the connections
+    /// it accepted (see [`Edge::serve_tls`]).
+    pub fn serve_tls_threads(
+        &self,
+        addr: SocketAddr,
+        threads: usize,
+        certs: TlsCerts,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<ServeHandle> {
+        let threads = threads.max(1);
+        let mut sockets = Vec::with_capacity(threads);
+        let mut bind_to = addr;
+        for _ in 0..threads {
+            let socket = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            socket.set_reuseaddr(true)?;
+            socket.set_reuseport(true)?;
+            socket.bind(bind_to)?;
+            bind_to = socket.local_addr()?;
+            sockets.push(Unlistened::Socket(socket));
+        }
+        self.serve_on(sockets, bind_to, Mode::Tls(certs.server_config()), shutdown)
+    }
+
+    /// [`Edge::serve_tls_threads`] on listening sockets opened elsewhere
+    /// (see [`Edge::serve_listeners`]).
+    pub fn serve_tls_listeners(
+        &self,
+        listeners: Vec<std::net::TcpListener>,
+        certs: TlsCerts,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<ServeHandle> {
+        let (sockets, addr) = unlistened(listeners)?;
+        self.serve_on(sockets, addr, Mode::Tls(certs.server_config()), shutdown)
     }
 
     /// [`Edge::serve_threads`] on listening sockets opened elsewhere (handed
@@ -584,27 +658,15 @@ impl Edge {
         listeners: Vec<std::net::TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<ServeHandle> {
-        let Some(first) = listeners.first() else {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "no listener to serve on",
-            ));
-        };
-        let addr = first.local_addr()?;
-        let sockets = listeners
-            .into_iter()
-            .map(|l| {
-                l.set_nonblocking(true)?;
-                Ok(Unlistened::Listener(l))
-            })
-            .collect::<std::io::Result<Vec<_>>>()?;
-        self.serve_on(sockets, addr, shutdown)
+        let (sockets, addr) = unlistened(listeners)?;
+        self.serve_on(sockets, addr, Mode::Plain, shutdown)
     }
 
     fn serve_on(
         &self,
         sockets: Vec<Unlistened>,
         bind_to: SocketAddr,
+        mode: Mode,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<ServeHandle> {
         let threads = sockets.len();
@@ -616,6 +678,7 @@ impl Edge {
         let mut handles = Vec::with_capacity(threads);
         for (i, socket) in sockets.into_iter().enumerate() {
             let edge = self.clone();
+            let mode = mode.clone();
             let worker_stop = stop.clone();
             let ready = ready_tx.clone();
             let shutdown = shutdown.take();
@@ -651,7 +714,16 @@ impl Edge {
                                 stop.cancel();
                             });
                         }
-                        if let Err(e) = edge.serve(listener, worker_stop.cancelled_owned()).await {
+                        let served = match mode {
+                            Mode::Plain => {
+                                edge.serve(listener, worker_stop.cancelled_owned()).await
+                            }
+                            Mode::Tls(config) => {
+                                edge.serve_tls_with(listener, config, worker_stop.cancelled_owned())
+                                    .await
+                            }
+                        };
+                        if let Err(e) = served {
                             tracing::error!(error = %e, "edge worker stopped");
                         }
                     });

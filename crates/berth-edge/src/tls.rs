@@ -4,11 +4,13 @@
 //!
 //! [`Edge::serve_tls`] accepts TCP connections, completes a TLS 1.2/1.3
 //! handshake whose certificate [`TlsCerts`] picks by SNI, and serves the
-//! connection with hyper (HTTP/2 when ALPN chose `h2`, else HTTP/1.1 with
-//! upgrades) through `proxy::handle` — routing, pages, in-flight accounting
-//! and metrics are exactly those of the plain listener; only
-//! `X-Forwarded-Proto` says `https`. (The hand-written fast path of
-//! `front.rs` is plain-TCP only.)
+//! connection as the plain listener does: HTTP/1.1 through the hand-written
+//! loop of `front.rs` (which hands anything else to hyper), HTTP/2 (ALPN
+//! `h2`) with hyper — routing, pages, in-flight accounting and metrics are
+//! exactly those of the plain listener; only `X-Forwarded-Proto` says
+//! `https`. [`Edge::serve_tls_threads`] / [`Edge::serve_tls_listeners`] run
+//! it on one worker thread per socket, like the plain fast path, with one
+//! rustls configuration for all (shared session cache and ticket key).
 //!
 //! Invariants:
 //! * **Never another app's certificate.** The resolver answers an exact
@@ -35,7 +37,6 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -328,7 +329,19 @@ impl Edge {
         certs: TlsCerts,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let acceptor = tokio_rustls::TlsAcceptor::from(certs.server_config());
+        self.serve_tls_with(listener, certs.server_config(), shutdown)
+            .await
+    }
+
+    /// [`Edge::serve_tls`] with a configuration made by
+    /// [`TlsCerts::server_config`] (shared by the worker threads).
+    pub(crate) async fn serve_tls_with(
+        &self,
+        listener: tokio::net::TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let (worker, ticker, reaper) = self.worker();
         let stop = tokio_util::sync::CancellationToken::new();
         let conns = tokio_util::task::TaskTracker::new();
@@ -359,7 +372,13 @@ impl Edge {
                             }
                             Err(_) => return,
                         };
-                        serve_conn(worker, tls, remote, stop).await;
+                        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                            serve_h2(worker, tls, remote, stop).await;
+                        } else {
+                            // HTTP/1.1: the plain listener's hand-written
+                            // path, over the TLS stream
+                            crate::front::serve_io(worker, tls, remote, "https").await;
+                        }
                     });
                 }
                 _ = &mut shutdown => break,
@@ -367,6 +386,7 @@ impl Edge {
         }
         drop(listener);
         stop.cancel();
+        worker.front.shut_down();
         conns.close();
         conns.wait().await;
         reaper.abort();
@@ -375,34 +395,21 @@ impl Edge {
     }
 }
 
-/// Serves one TLS connection with hyper: `h2` when ALPN chose it, else
-/// HTTP/1.1 (keep-alive, upgrades) behind the framing scanner.
-async fn serve_conn(
+/// Serves one TLS connection whose ALPN chose `h2` with hyper, behind the
+/// framing scanner.
+async fn serve_h2(
     worker: Arc<Worker>,
     tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
     remote: std::net::SocketAddr,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let ctx = Arc::new(ConnCtx::new(remote).with_proto("https"));
     let io = TokioIo::new(ScanIo::new(tls, ctx.scan.clone()));
     let w = worker.clone();
     let svc = hyper::service::service_fn(move |req| proxy::handle(w.clone(), ctx.clone(), req));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    if h2 {
-        builder = builder.http2_only();
-    } else {
-        builder = builder.http1_only();
-    }
-    builder
-        .http1()
-        .max_buf_size(crate::h1::MAX_HEAD)
-        .max_headers(crate::h1::MAX_HEADERS)
-        .keep_alive(true)
-        .timer(TokioTimer::new())
-        .header_read_timeout(worker.inner.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
-    let mut conn = pin!(builder.serve_connection_with_upgrades(io, svc));
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder.timer(TokioTimer::new());
+    let mut conn = pin!(builder.serve_connection(io, svc));
     let result = tokio::select! {
         r = conn.as_mut() => r,
         _ = stop.cancelled() => {

@@ -257,7 +257,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     if let Some(l) = listeners.http.first() {
         cfg.http_listen = l.local_addr()?;
     }
-    if let Some(l) = &listeners.https {
+    if let Some(l) = listeners.https.first() {
         cfg.https_listen = Some(l.local_addr()?);
     }
     // Duplicates kept for a later hand-over; the originals are served.
@@ -265,7 +265,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     let takeover::Listeners {
         api: api_socket,
         http: http_sockets,
-        https: https_socket,
+        https: https_sockets,
     } = listeners;
     drop(api_socket); // the API serves a fresh duplicate of `keep.api`
 
@@ -310,12 +310,10 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         })
         .with_context(|| format!("cannot listen on --http-listen {}", cfg.http_listen))?;
 
-    // HTTPS: its own accept loop over the same routes (see `tls`).
-    let https = match (cfg.https_listen, https_socket) {
-        (Some(addr), Some(socket)) => {
-            socket.set_nonblocking(true)?;
-            let listener = tokio::net::TcpListener::from_std(socket)
-                .with_context(|| format!("cannot listen on --https-listen {addr}"))?;
+    // HTTPS: the same worker threads' design, one more `SO_REUSEPORT`
+    // socket per thread (see `tls`).
+    let https = match cfg.https_listen {
+        Some(addr) if !https_sockets.is_empty() => {
             let started = tls::start(&cfg, store.clone(), edge.clone(), &cipher, &leadership)?;
             // plain requests for hostnames with a certificate: 308 to here
             edge.set_https(
@@ -324,16 +322,12 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
                 cfg.hsts.then_some(HSTS_MAX_AGE),
             );
             let mut stop = stop_tx.subscribe();
-            let (edge, certs) = (edge.clone(), started.certs.clone());
-            let task = tokio::spawn(async move {
-                let stopped = async move {
+            let handle = edge
+                .serve_tls_listeners(https_sockets, started.certs.clone(), async move {
                     let _ = stop.wait_for(|s| *s).await;
-                };
-                if let Err(e) = edge.serve_tls(listener, certs, stopped).await {
-                    tracing::error!(error = %e, "https listener stopped");
-                }
-            });
-            Some((addr, started.local_ca, task))
+                })
+                .with_context(|| format!("cannot listen on --https-listen {addr}"))?;
+            Some((addr, started.local_ca, handle))
         }
         _ => None,
     };
@@ -548,8 +542,8 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     tracing::info!("shutting down: draining the edge");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), edge_handle.wait()).await;
-    if let Some((_, _, task)) = https {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+    if let Some((_, _, handle)) = https {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), handle.wait()).await;
     }
     Ok(())
 }

@@ -70,7 +70,8 @@ pub struct Listeners {
     /// The edge's plain HTTP sockets: one `SO_REUSEPORT` socket per worker
     /// thread, all on one address.
     pub http: Vec<TcpListener>,
-    pub https: Option<TcpListener>,
+    /// The edge's HTTPS sockets, likewise (empty without `--https-listen`).
+    pub https: Vec<TcpListener>,
 }
 
 impl Listeners {
@@ -85,51 +86,35 @@ impl Listeners {
                 .collect::<std::io::Result<_>>()?,
             https: self
                 .https
-                .as_ref()
+                .iter()
                 .map(TcpListener::try_clone)
-                .transpose()?,
+                .collect::<std::io::Result<_>>()?,
         })
     }
 
-    /// Binds fresh sockets: `http_threads` `SO_REUSEPORT` sockets for the
-    /// edge (after checking nobody listens there yet), the API's and the
-    /// HTTPS one. Must run inside a tokio runtime.
+    /// Binds fresh sockets: `edge_threads` `SO_REUSEPORT` sockets for each
+    /// of the edge's listeners (after checking nobody listens there yet) and
+    /// the API's. Must run inside a tokio runtime.
     pub fn bind(
         api: SocketAddr,
         http: SocketAddr,
         https: Option<SocketAddr>,
-        http_threads: usize,
+        edge_threads: usize,
     ) -> anyhow::Result<Listeners> {
         use anyhow::Context;
         let api_l = TcpListener::bind(api)
             .with_context(|| format!("cannot listen on --api-listen {api}"))?;
-        // SO_REUSEPORT would let a second berth share the port silently:
-        // make sure nobody listens there first.
-        if http.port() != 0 {
-            drop(
-                TcpListener::bind(http)
-                    .with_context(|| format!("cannot listen on --http-listen {http}"))?,
-            );
-        }
-        let mut http_ls = Vec::new();
-        let mut bind_to = http;
-        for _ in 0..http_threads.max(1) {
-            let l = reuseport_listener(bind_to)
-                .with_context(|| format!("cannot listen on --http-listen {http}"))?;
-            bind_to = l.local_addr()?;
-            http_ls.push(l);
-        }
-        let https_l = match https {
-            Some(a) => Some(
-                TcpListener::bind(a)
-                    .with_context(|| format!("cannot listen on --https-listen {a}"))?,
-            ),
-            None => None,
+        let http_ls = reuseport_group(http, edge_threads)
+            .with_context(|| format!("cannot listen on --http-listen {http}"))?;
+        let https_ls = match https {
+            Some(a) => reuseport_group(a, edge_threads)
+                .with_context(|| format!("cannot listen on --https-listen {a}"))?,
+            None => Vec::new(),
         };
         Ok(Listeners {
             api: api_l,
             http: http_ls,
-            https: https_l,
+            https: https_ls,
         })
     }
 
@@ -147,9 +132,26 @@ impl Listeners {
                 Some(l) => l.local_addr()?,
                 None => return Err(std::io::Error::other("no HTTP listener")),
             },
-            https: self.https.as_ref().map(|l| l.local_addr()).transpose()?,
+            https: self.https.first().map(|l| l.local_addr()).transpose()?,
         })
     }
+}
+
+/// `n` `SO_REUSEPORT` sockets on one address (port 0: one port chosen for
+/// all), after checking that nobody listens there yet: `SO_REUSEPORT` would
+/// let a second berth share the port silently.
+fn reuseport_group(addr: SocketAddr, n: usize) -> std::io::Result<Vec<TcpListener>> {
+    if addr.port() != 0 {
+        drop(TcpListener::bind(addr)?);
+    }
+    let mut group = Vec::new();
+    let mut bind_to = addr;
+    for _ in 0..n.max(1) {
+        let l = reuseport_listener(bind_to)?;
+        bind_to = l.local_addr()?;
+        group.push(l);
+    }
+    Ok(group)
 }
 
 fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -213,9 +215,13 @@ struct Hello {
 #[serde(rename_all = "camelCase")]
 struct Offer {
     pid: u32,
-    /// Order of the descriptors: API, HTTPS (if any), then the HTTP ones.
+    /// Order of the descriptors: API, the HTTPS ones (if any), then the
+    /// HTTP ones.
     addrs: Option<Addrs>,
     http_sockets: usize,
+    /// Absent from servers that had one HTTPS socket.
+    #[serde(default)]
+    https_sockets: Option<usize>,
     error: Option<String>,
 }
 
@@ -255,8 +261,15 @@ pub fn request(data_dir: &Path, wants: Addrs) -> Result<Received> {
     let addrs = offer
         .addrs
         .ok_or_else(|| TakeoverError::Protocol("offer without addresses".into()))?;
-    let want_fds = 1 + usize::from(addrs.https.is_some()) + offer.http_sockets;
-    if fds.len() != want_fds || offer.http_sockets == 0 {
+    let https_sockets = match addrs.https {
+        Some(_) => offer.https_sockets.unwrap_or(1),
+        None => 0,
+    };
+    let want_fds = 1 + https_sockets + offer.http_sockets;
+    if fds.len() != want_fds
+        || offer.http_sockets == 0
+        || (addrs.https.is_some() && https_sockets == 0)
+    {
         return Err(TakeoverError::Protocol(format!(
             "expected {want_fds} sockets, received {}",
             fds.len()
@@ -264,7 +277,7 @@ pub fn request(data_dir: &Path, wants: Addrs) -> Result<Received> {
     }
     let mut fds = fds.into_iter().map(TcpListener::from);
     let api = fds.next().expect("counted");
-    let https = addrs.https.map(|_| fds.next().expect("counted"));
+    let https: Vec<TcpListener> = fds.by_ref().take(https_sockets).collect();
     let http: Vec<TcpListener> = fds.collect();
     let listeners = Listeners { api, http, https };
     let got = listeners.addrs()?;
@@ -314,6 +327,7 @@ impl Request {
             pid: std::process::id(),
             addrs: None,
             http_sockets: 0,
+            https_sockets: None,
             error: Some(why.to_string()),
         };
         let _ = write_line(&self.conn, &offer);
@@ -327,6 +341,7 @@ impl Request {
             pid: std::process::id(),
             addrs: Some(mine.addrs()?),
             http_sockets: mine.http.len(),
+            https_sockets: Some(mine.https.len()),
             error: None,
         };
         let mut line =
@@ -568,6 +583,7 @@ mod tests {
             .unwrap();
         assert_eq!(got.listeners.addrs().unwrap(), have);
         assert_eq!(got.listeners.http.len(), 3);
+        assert_eq!(got.listeners.https.len(), 3);
         got.listeners.api.set_nonblocking(false).unwrap();
         let _c = std::net::TcpStream::connect(have.api).unwrap();
         assert!(got.listeners.api.accept().is_ok());

@@ -106,6 +106,17 @@ async fn app(name: &'static str, mut req: Request<Incoming>) -> Result<Response<
             Response::new(full(name))
         }
         "/echo" => Response::new(req.into_body().boxed()),
+        // `kb` KiB of a repeating pattern (`0123456789` …)
+        "/big" => {
+            let kb: usize = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("kb="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1);
+            let body: Vec<u8> = (0..kb * 1024).map(|i| b'0' + (i % 10) as u8).collect();
+            Response::new(full(body))
+        }
         // the whole body first, then the answer
         "/collect" => match req.into_body().collect().await {
             Ok(b) => Response::new(full(b.to_bytes())),

@@ -224,6 +224,120 @@ async fn https_is_routed_like_http_with_sni_certificates_and_alpn() {
     assert!(refused.is_err());
 }
 
+/// The HTTPS worker threads (`serve_tls_threads`): HTTP/1.1 keep-alive on
+/// the hand-written path over TLS (a large response written in several
+/// records), a request with a body handed to hyper mid-connection and the
+/// connection still served after it, and sessions resumed on whichever
+/// worker a new connection reaches (one ticket key for all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_worker_threads_keep_alive_hand_over_and_resume_on_any_worker() {
+    let a = upstream("app-a").await;
+    let edge = Edge::new(EdgeConfig::default()).unwrap();
+    edge.apply(vec![upsert("a.localhost", vec![target("a", a.addr, 1)])])
+        .unwrap();
+    let ca = ca();
+    let certs = TlsCerts::new(leaf(&ca, "fallback.invalid"));
+    certs.set("a.localhost", leaf(&ca, "a.localhost"));
+    let handle = edge
+        .serve_tls_threads(
+            "127.0.0.1:0".parse().unwrap(),
+            2,
+            certs,
+            std::future::pending(),
+        )
+        .unwrap();
+    let addr = handle.local_addr();
+    let cfg = client_config(&ca.pem, &[b"http/1.1"], &[&rustls::version::TLS13]);
+
+    let tls = connect(addr, cfg.clone(), "a.localhost").await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = |method: &str, path: &str, body: Vec<u8>| {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "a.localhost")
+            .body(http_body_util::Full::new(Bytes::from(body)))
+            .unwrap()
+    };
+    for i in 0..3 {
+        send.ready().await.unwrap();
+        let resp = send
+            .send_request(req("GET", &format!("/p/{i}"), vec![]))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, format!("app-a /p/{i}").as_bytes());
+    }
+    send.ready().await.unwrap();
+    let resp = send
+        .send_request(req("GET", "/big?kb=1024", vec![]))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), 1024 * 1024);
+    assert!(body
+        .iter()
+        .enumerate()
+        .all(|(i, b)| *b == b'0' + (i % 10) as u8));
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    send.ready().await.unwrap();
+    let resp = send
+        .send_request(req("POST", "/collect", payload.clone()))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.as_ref(), payload.as_slice());
+    // after the hand-over, hyper serves the rest of the connection
+    send.ready().await.unwrap();
+    let resp = send
+        .send_request(req("GET", "/headers", vec![]))
+        .await
+        .unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let seen: BTreeMap<String, String> = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seen["x-forwarded-proto"], "https");
+
+    // New connections from the same client (its session store holds the
+    // first connection's tickets): every one resumes, whichever of the two
+    // workers' sockets the kernel gave it to.
+    let cfg = Arc::new(cfg);
+    let mut kinds = Vec::new();
+    for i in 0..8 {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(cfg.clone())
+            .connect(ServerName::try_from("a.localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        kinds.push(tls.get_ref().1.handshake_kind());
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        send.ready().await.unwrap();
+        let resp = send
+            .send_request(req("GET", &format!("/p/r{i}"), vec![]))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let _ = resp.into_body().collect().await.unwrap();
+    }
+    for (i, k) in kinds.iter().enumerate() {
+        assert_eq!(
+            *k,
+            Some(rustls::HandshakeKind::Resumed),
+            "connection {i}: {kinds:?}"
+        );
+    }
+    handle.shutdown();
+    handle.wait().await;
+}
+
 #[tokio::test]
 async fn acme_http01_answers_come_before_routing_on_the_plain_listener() {
     let a = upstream("app-a").await;

@@ -13,7 +13,9 @@ fn started_at(container: &str) -> String {
 fn takeover_under_load_drops_no_request_and_keeps_the_containers() {
     let project = unique("e2et");
     let _c = Cleanup(project.clone());
-    let mut s = Server::start();
+    // with HTTPS too: its worker sockets are handed over with the others
+    let https_port = free_port();
+    let mut s = Server::start_with(&["--https-listen", &format!("127.0.0.1:{https_port}")]);
     let repo = AppRepo::new("v1");
     s.ok(&["projects", "create", &project, "--repo", repo.path()]);
     let (ok, d1) = deploy_wait(&s, &project);
@@ -108,6 +110,20 @@ fn takeover_under_load_drops_no_request_and_keeps_the_containers() {
     let (ok, d2) = deploy_wait(&s, &project);
     assert!(ok, "{d2}\n{}", s.log());
     wait_body(&s, &h, "v2");
+    let https = reqwest::blocking::Client::builder()
+        .danger_accept_invalid_certs(true) // the fallback certificate
+        .resolve(&h, ([127, 0, 0, 1], https_port).into())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    for _ in 0..4 {
+        let resp = https
+            .get(format!("https://{h}:{https_port}/"))
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(resp.text().unwrap().contains("v2"));
+    }
     assert!(s.log().contains("takeover: handing"), "{}", s.log());
     assert!(s.child.as_mut().unwrap().try_wait().unwrap().is_none());
     assert_ne!(s.pid(), old_pid);
