@@ -334,7 +334,16 @@ impl<S: ClientIo> Conn<S> {
     async fn page(&mut self, page: Page, req: &Request) -> Outcome {
         let (method, close) = (req.method, self.closing(req));
         self.out.clear();
-        write_page(&mut self.out, &page, req.json, method == Verb::Head, close);
+        let worker = self.worker.clone();
+        let hsts = hsts(self.proto, &worker.inner);
+        write_page(
+            &mut self.out,
+            &page,
+            req.json,
+            method == Verb::Head,
+            close,
+            hsts,
+        );
         match self.flush().await {
             true if close => Outcome::Close,
             true => Outcome::KeepAlive,
@@ -402,7 +411,7 @@ impl<S: ClientIo> Conn<S> {
         drop(table);
 
         let deadline = started + inner.upstream_timeout;
-        let (result, had_date, had_length) = loop {
+        let (result, had_date, had_length, had_hsts) = loop {
             let exchange = Exchange {
                 id: attempt.upstream_id,
                 head: &self.up,
@@ -413,6 +422,7 @@ impl<S: ClientIo> Conn<S> {
                 out: &mut self.out,
                 date: false,
                 length: false,
+                hsts: false,
             };
             let guard = &attempt.guard;
             let result = tokio::select! {
@@ -420,12 +430,12 @@ impl<S: ClientIo> Conn<S> {
                 r = crate::fast::send(&worker.pool, exchange, &mut sink) => Ok(r),
                 stop = wait_stop(&guard.target, attempt.abort_gen, &worker.bell, deadline) => Err(stop),
             };
-            let (had_date, had_length) = (sink.date, sink.length);
+            let (had_date, had_length, had_hsts) = (sink.date, sink.length, sink.hsts);
             match result {
                 // every request here is idempotent and bodiless: a replica
                 // that refused it leaves it to a sibling
                 Ok(Err(e)) if attempt.retry(&worker, host, &e, true) => {}
-                r => break (r, had_date, had_length),
+                r => break (r, had_date, had_length, had_hsts),
             }
         };
         let proxy::Attempt {
@@ -464,6 +474,12 @@ impl<S: ClientIo> Conn<S> {
         }
         if close {
             self.out.extend_from_slice(b"connection: close\r\n");
+        }
+        if let Some(v) = hsts(self.proto, inner).filter(|_| !had_hsts) {
+            // an app's own value is kept
+            self.out.extend_from_slice(b"strict-transport-security: ");
+            self.out.extend_from_slice(v.as_bytes());
+            self.out.extend_from_slice(b"\r\n");
         }
         if let Some(c) = set_cookie.filter(|_| status.as_u16() < 500) {
             self.out.extend_from_slice(b"set-cookie: ");
@@ -969,6 +985,8 @@ struct RawHead<'a> {
     date: bool,
     /// A `Content-Length` header was passed on.
     length: bool,
+    /// A `Strict-Transport-Security` header was passed on.
+    hsts: bool,
 }
 
 impl HeadSink for RawHead<'_> {
@@ -976,6 +994,7 @@ impl HeadSink for RawHead<'_> {
         self.out.clear();
         self.date = false;
         self.length = false;
+        self.hsts = false;
         status_line(self.out, status);
     }
 
@@ -985,11 +1004,22 @@ impl HeadSink for RawHead<'_> {
         let n = name.as_bytes();
         self.date |= n.eq_ignore_ascii_case(b"date");
         self.length |= n.eq_ignore_ascii_case(b"content-length");
+        self.hsts |= n.len() == 25 && n.eq_ignore_ascii_case(b"strict-transport-security");
         self.out.extend_from_slice(n);
         self.out.extend_from_slice(b": ");
         self.out.extend_from_slice(value);
         self.out.extend_from_slice(b"\r\n");
         Ok(())
+    }
+}
+
+/// The `Strict-Transport-Security` value an answer carries: over TLS, with
+/// `--hsts` (as `tls::add_hsts` on hyper's path).
+fn hsts<'a>(proto: &str, inner: &'a crate::Inner) -> Option<&'a http::HeaderValue> {
+    if proto == "https" {
+        crate::tls::hsts_value(inner)
+    } else {
+        None
     }
 }
 
@@ -1021,7 +1051,14 @@ fn status_line(out: &mut Vec<u8>, status: StatusCode) {
 }
 
 /// A page of the proxy's own, with the headers hyper's path sends.
-fn write_page(out: &mut Vec<u8>, page: &Page, json: bool, head_method: bool, close: bool) {
+fn write_page(
+    out: &mut Vec<u8>,
+    page: &Page,
+    json: bool,
+    head_method: bool,
+    close: bool,
+    hsts: Option<&http::HeaderValue>,
+) {
     let (content_type, text) = page.render(json);
     status_line(out, page.status);
     out.extend_from_slice(b"content-type: ");
@@ -1042,6 +1079,11 @@ fn write_page(out: &mut Vec<u8>, page: &Page, json: bool, head_method: bool, clo
     if let Some(l) = &page.location {
         out.extend_from_slice(b"location: ");
         out.extend_from_slice(l.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(v) = hsts {
+        out.extend_from_slice(b"strict-transport-security: ");
+        out.extend_from_slice(v.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     if close {

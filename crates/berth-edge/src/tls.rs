@@ -283,9 +283,14 @@ pub(crate) fn to_https(inner: &crate::Inner, host: &str, target: &[u8]) -> Optio
     })
 }
 
+/// The `Strict-Transport-Security` value of HTTPS answers, with `--hsts`.
+pub(crate) fn hsts_value(inner: &crate::Inner) -> Option<&HeaderValue> {
+    inner.https.get().and_then(|u| u.hsts.as_ref())
+}
+
 /// Adds HSTS to an HTTPS answer (with `--hsts`; an app's own value is kept).
 pub(crate) fn add_hsts(inner: &crate::Inner, headers: &mut http::HeaderMap) {
-    if let Some(v) = inner.https.get().and_then(|u| u.hsts.as_ref()) {
+    if let Some(v) = hsts_value(inner) {
         headers
             .entry(header::STRICT_TRANSPORT_SECURITY)
             .or_insert_with(|| v.clone());

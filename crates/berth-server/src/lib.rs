@@ -317,7 +317,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             let started = tls::start(&cfg, store.clone(), edge.clone(), &cipher, &leadership)?;
             // plain requests for hostnames with a certificate: 308 to here
             edge.set_https(
-                listener.local_addr()?.port(),
+                addr.port(),
                 started.certs.clone(),
                 cfg.hsts.then_some(HSTS_MAX_AGE),
             );
