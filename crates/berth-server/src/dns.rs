@@ -1,182 +1,183 @@
-//! A minimal DNS client for one question: the TXT records of a name, over
-//! UDP, from one resolver (`--dns-server`, else the first `nameserver` of
-//! /etc/resolv.conf). Enough to verify custom domains; no recursion or
-//! caching of its own.
+//! TXT lookups for custom domain verification, through hickory-resolver:
+//! EDNS0, a retry over TCP when a UDP answer is truncated, and every
+//! nameserver of /etc/resolv.conf (or the one given with `--dns-server`,
+//! asked over UDP and TCP). NXDOMAIN and a server failure are told apart.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::xfer::Protocol;
+use hickory_resolver::proto::ProtoErrorKind;
+use hickory_resolver::{ResolveError, Resolver, TokioResolver};
+
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
-    #[error("no DNS resolver configured (set --dns-server or /etc/resolv.conf)")]
-    NoResolver,
-    #[error("invalid name {0:?}")]
-    BadName(String),
-    #[error("DNS resolver {0} did not answer in time")]
-    Timeout(SocketAddr),
-    #[error("DNS query to {server} failed: {reason}")]
-    Io { server: SocketAddr, reason: String },
-    #[error("malformed DNS answer from {0}")]
-    Malformed(SocketAddr),
+    #[error("no DNS resolver configured (set --dns-server or /etc/resolv.conf): {0}")]
+    NoResolver(String),
+    #[error("{0} does not exist (NXDOMAIN)")]
+    NxDomain(String),
+    #[error("DNS server failed to answer for {name} ({code})")]
+    ServerFailure { name: String, code: String },
+    #[error("DNS lookup of {name} failed: {reason}")]
+    Lookup { name: String, reason: String },
 }
 
-/// The resolver to ask: the configured one, else /etc/resolv.conf's first.
-pub fn resolver(configured: Option<SocketAddr>) -> Result<SocketAddr, DnsError> {
-    if let Some(s) = configured {
-        return Ok(s);
-    }
-    let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    conf.lines()
-        .filter_map(|l| l.trim().strip_prefix("nameserver"))
-        .filter_map(|ip| ip.trim().parse::<std::net::IpAddr>().ok())
-        .map(|ip| SocketAddr::new(ip, 53))
-        .next()
-        .ok_or(DnsError::NoResolver)
-}
-
-/// Encode a query for the TXT records of `name`.
-pub fn encode_query(id: u16, name: &str) -> Result<Vec<u8>, DnsError> {
-    let mut q = Vec::with_capacity(32 + name.len());
-    q.extend_from_slice(&id.to_be_bytes());
-    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD; 1 question
-    for label in name.trim_end_matches('.').split('.') {
-        if label.is_empty() || label.len() > 63 {
-            return Err(DnsError::BadName(name.to_string()));
+fn resolver(configured: Option<SocketAddr>) -> Result<TokioResolver, DnsError> {
+    let mut builder = match configured {
+        Some(addr) => {
+            let mut config = ResolverConfig::new();
+            config.add_name_server(NameServerConfig::new(addr, Protocol::Udp));
+            config.add_name_server(NameServerConfig::new(addr, Protocol::Tcp));
+            Resolver::builder_with_config(config, TokioConnectionProvider::default())
         }
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.push(0);
-    q.extend_from_slice(&[0, 16, 0, 1]); // TXT, IN
-    Ok(q)
+        None => Resolver::builder_tokio().map_err(|e| DnsError::NoResolver(e.to_string()))?,
+    };
+    let opts = builder.options_mut();
+    opts.edns0 = true;
+    opts.timeout = Duration::from_secs(2);
+    opts.attempts = 2;
+    // Verification must see a record as soon as it is published.
+    opts.cache_size = 0;
+    opts.negative_max_ttl = Some(Duration::ZERO);
+    Ok(builder.build())
 }
 
-fn skip_name(buf: &[u8], mut i: usize) -> Option<usize> {
-    loop {
-        let len = *buf.get(i)? as usize;
-        if len == 0 {
-            return Some(i + 1);
-        }
-        if len & 0xC0 == 0xC0 {
-            return Some(i + 2);
-        }
-        i += 1 + len;
+fn classify(name: &str, e: ResolveError) -> Result<Vec<String>, DnsError> {
+    if let Some(ProtoErrorKind::NoRecordsFound { response_code, .. }) = e.proto().map(|p| p.kind())
+    {
+        return match *response_code {
+            ResponseCode::NoError => Ok(Vec::new()),
+            ResponseCode::NXDomain => Err(DnsError::NxDomain(name.to_string())),
+            code => Err(DnsError::ServerFailure {
+                name: name.to_string(),
+                code: format!("{code:?}").to_uppercase(),
+            }),
+        };
     }
-}
-
-fn u16_at(buf: &[u8], i: usize) -> Option<u16> {
-    Some(u16::from_be_bytes([*buf.get(i)?, *buf.get(i + 1)?]))
-}
-
-/// The TXT strings of an answer to query `id` (each record's chunks joined).
-pub fn decode_txt(id: u16, buf: &[u8]) -> Option<Vec<String>> {
-    if u16_at(buf, 0)? != id {
-        return None;
-    }
-    let qd = u16_at(buf, 4)?;
-    let an = u16_at(buf, 6)?;
-    let mut i = 12;
-    for _ in 0..qd {
-        i = skip_name(buf, i)? + 4;
-    }
-    let mut out = Vec::new();
-    for _ in 0..an {
-        i = skip_name(buf, i)?;
-        let rtype = u16_at(buf, i)?;
-        let rdlen = u16_at(buf, i + 8)? as usize;
-        let data = buf.get(i + 10..i + 10 + rdlen)?;
-        if rtype == 16 {
-            let mut s = Vec::new();
-            let mut j = 0;
-            while j < data.len() {
-                let n = data[j] as usize;
-                s.extend_from_slice(data.get(j + 1..j + 1 + n)?);
-                j += 1 + n;
-            }
-            out.push(String::from_utf8_lossy(&s).into_owned());
-        }
-        i += 10 + rdlen;
-    }
-    Some(out)
-}
-
-/// Ask `server` for the TXT records of `name` (3 tries of 2 s).
-pub async fn lookup_txt(server: SocketAddr, name: &str) -> Result<Vec<String>, DnsError> {
-    let id: u16 = rand::random();
-    let query = encode_query(id, name)?;
-    let io = |e: std::io::Error| DnsError::Io {
-        server,
+    Err(DnsError::Lookup {
+        name: name.to_string(),
         reason: e.to_string(),
-    };
-    let bind: SocketAddr = if server.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let sock = tokio::net::UdpSocket::bind(bind).await.map_err(io)?;
-    sock.connect(server).await.map_err(io)?;
-    let mut buf = vec![0u8; 4096];
-    for _ in 0..3 {
-        sock.send(&query).await.map_err(io)?;
-        match tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf)).await {
-            Ok(Ok(n)) => return decode_txt(id, &buf[..n]).ok_or(DnsError::Malformed(server)),
-            Ok(Err(e)) => return Err(io(e)),
-            Err(_) => continue,
-        }
+    })
+}
+
+/// The TXT strings of `name` (each record's chunks joined), asked of
+/// `configured` or of the system's nameservers.
+pub async fn lookup_txt(
+    configured: Option<SocketAddr>,
+    name: &str,
+) -> Result<Vec<String>, DnsError> {
+    let fqdn = format!("{}.", name.trim_end_matches('.'));
+    match resolver(configured)?.txt_lookup(fqdn).await {
+        Ok(found) => Ok(found
+            .iter()
+            .map(|t| {
+                let bytes: Vec<u8> = t.iter().flat_map(|c| c.iter().copied()).collect();
+                String::from_utf8_lossy(&bytes).into_owned()
+            })
+            .collect()),
+        Err(e) => classify(name, e),
     }
-    Err(DnsError::Timeout(server))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// A hand-made answer: the question echoed, one TXT record in two
-    /// chunks behind a compression pointer, and an A record to skip.
-    fn answer(id: u16, name: &str) -> Vec<u8> {
-        let q = encode_query(id, name).unwrap();
-        let mut a = q.clone();
-        a[2] = 0x81;
-        a[3] = 0x80;
-        a[7] = 2; // two answers
-        a.extend_from_slice(&[
-            0xC0, 12, 0, 16, 0, 1, 0, 0, 0, 60, 0, 8, 3, b'a', b'b', b'c', 3, b'd', b'e', b'f',
-        ]);
-        a.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 1]);
+    /// The answer to `query` (its question kept, additional records
+    /// dropped) with `rcode`, the TC bit if `truncated`, and one TXT record
+    /// in two chunks when `txt`.
+    fn answer(query: &[u8], rcode: u8, truncated: bool, txt: bool) -> Vec<u8> {
+        let mut i = 12;
+        while query[i] != 0 {
+            i += 1 + query[i] as usize;
+        }
+        let mut a = query[..i + 5].to_vec();
+        a[2] = 0x84 | if truncated { 0x02 } else { 0 } | (query[2] & 0x01);
+        a[3] = rcode;
+        a[6] = 0;
+        a[7] = u8::from(txt);
+        a[8..12].fill(0);
+        if txt {
+            a.extend_from_slice(&[
+                0xC0, 12, 0, 16, 0, 1, 0, 0, 0, 60, 0, 8, 3, b'a', b'b', b'c', 3, b'd', b'e', b'f',
+            ]);
+        }
         a
     }
 
-    #[test]
-    fn encodes_and_decodes() {
-        let q = encode_query(7, "_berth-challenge.shop.example.com").unwrap();
-        assert_eq!(&q[..2], &[0, 7]);
-        assert_eq!(q[12] as usize, "_berth-challenge".len());
-        assert!(encode_query(1, "a..b").is_err());
-        assert_eq!(
-            decode_txt(9, &answer(9, "x.example")).unwrap(),
-            vec!["abcdef".to_string()]
-        );
-        assert_eq!(decode_txt(8, &answer(9, "x.example")), None, "wrong id");
-        assert_eq!(
-            decode_txt(9, &answer(9, "x.example")[..20]),
-            None,
-            "truncated"
-        );
+    /// A DNS server on 127.0.0.1 answering every UDP query with `udp` and
+    /// every TCP query with the full TXT answer; counts TCP queries.
+    async fn server(
+        rcode: u8,
+        truncated: bool,
+    ) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let tcp_count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1500];
+            for _ in 0..50 {
+                let (n, peer) = udp.recv_from(&mut buf).await.unwrap();
+                let txt = rcode == 0 && !truncated;
+                let _ = udp
+                    .send_to(&answer(&buf[..n], rcode, truncated, txt), peer)
+                    .await;
+            }
+        });
+        let count = tcp_count.clone();
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                let (mut s, _) = tcp.accept().await.unwrap();
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let len = s.read_u16().await.unwrap() as usize;
+                let mut q = vec![0u8; len];
+                s.read_exact(&mut q).await.unwrap();
+                let a = answer(&q, 0, false, true);
+                s.write_u16(a.len() as u16).await.unwrap();
+                s.write_all(&a).await.unwrap();
+            }
+        });
+        (addr, tcp_count)
     }
 
     #[tokio::test]
-    async fn asks_a_real_udp_server() {
-        let server = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = server.local_addr().unwrap();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 512];
-            let (_, peer) = server.recv_from(&mut buf).await.unwrap();
-            let id = u16::from_be_bytes([buf[0], buf[1]]);
-            server
-                .send_to(&answer(id, "t.example"), peer)
-                .await
-                .unwrap();
-        });
-        assert_eq!(lookup_txt(addr, "t.example").await.unwrap(), vec!["abcdef"]);
+    async fn reads_txt_over_udp() {
+        let (addr, tcp) = server(0, false).await;
+        let found = lookup_txt(Some(addr), "t.example").await.unwrap();
+        assert_eq!(found, vec!["abcdef"]);
+        assert_eq!(tcp.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_truncated_udp_answer_is_asked_again_over_tcp() {
+        let (addr, tcp) = server(0, true).await;
+        let found = lookup_txt(Some(addr), "t.example").await.unwrap();
+        assert_eq!(found, vec!["abcdef"]);
+        assert!(tcp.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    }
+
+    #[tokio::test]
+    async fn nxdomain_and_servfail_are_told_apart() {
+        let (nx, _) = server(3, false).await;
+        let e = lookup_txt(Some(nx), "_berth-challenge.shop.example")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "_berth-challenge.shop.example does not exist (NXDOMAIN)");
+        let (fail, _) = server(2, false).await;
+        let e = lookup_txt(Some(fail), "_berth-challenge.shop.example")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "DNS server failed to answer for _berth-challenge.shop.example (SERVFAIL)"
+        );
+        assert!(!e.contains('\n'));
     }
 }

@@ -92,11 +92,17 @@ pub async fn verify(
     Path((project, hostname)): Path<(String, String)>,
 ) -> ApiResult<Json<Domain>> {
     let d = find(&s, &project, &hostname).await?;
-    let server = crate::dns::resolver(s.deployer.cfg.dns_server)
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "dns", e.to_string()))?;
-    let found = crate::dns::lookup_txt(server, &d.verification.name)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "dns", e.to_string()))?;
+    let found = match crate::dns::lookup_txt(s.deployer.cfg.dns_server, &d.verification.name).await
+    {
+        Ok(found) => found,
+        Err(e @ crate::dns::DnsError::NxDomain(_)) => {
+            return Err(ApiError::conflict(format!(
+                "TXT record {}: {e}; DNS changes can take a while",
+                d.verification.name
+            )))
+        }
+        Err(e) => return Err(ApiError::new(StatusCode::BAD_GATEWAY, "dns", e.to_string())),
+    };
     if !found.iter().any(|v| v.trim() == d.verification.value) {
         return Err(ApiError::conflict(format!(
             "TXT record {} does not hold {:?} yet (found: {}); DNS changes can take a while",

@@ -21,12 +21,21 @@ fn dns_server(value: Arc<Mutex<Option<String>>>) -> u16 {
             if n < 12 {
                 continue;
             }
-            let mut resp = buf[..n].to_vec();
+            // The question only: the query's EDNS0 record is not echoed.
+            let mut end = 12;
+            while end < n && buf[end] != 0 {
+                end += 1 + buf[end] as usize;
+            }
+            if end + 5 > n {
+                continue;
+            }
+            let mut resp = buf[..end + 5].to_vec();
             resp[2] = 0x84; // response, authoritative, RD
             resp[3] = 0x00;
             let v = value.lock().unwrap().clone();
             resp[6] = 0;
             resp[7] = u8::from(v.is_some());
+            resp[8..12].fill(0);
             if let Some(v) = v {
                 resp.extend_from_slice(&[0xC0, 12, 0, 16, 0, 1, 0, 0, 0, 60]);
                 resp.extend_from_slice(&((v.len() + 1) as u16).to_be_bytes());
