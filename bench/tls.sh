@@ -43,7 +43,7 @@ edge_bench_bin
 
 # --- certificate: ECDSA P-256, self-signed for the bench's hostname ---------
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-    -subj "/CN=$HOST_HEADER" -addext "subjectAltName=DNS:$HOST_HEADER" \
+    -subj "/CN=$HOST_HEADER" -addext "subjectAltName=DNS:$HOST_HEADER,IP:127.0.0.1" \
     -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
 cat "$WORK/cert.pem" "$WORK/key.pem" >"$WORK/combined.pem"
 
@@ -160,7 +160,7 @@ if have caddy; then
     auto_https off
     default_sni $HOST_HEADER
 }
-https://$HOST_HEADER:${PORT[caddy]} {
+https://$HOST_HEADER:${PORT[caddy]}, https://127.0.0.1:${PORT[caddy]} {
     bind 127.0.0.1
     tls $WORK/cert.pem $WORK/key.pem {
         protocols tls1.3
@@ -212,13 +212,14 @@ measure() { # mode proxy
         rm -f "$WORK/h2.log"
         out="$(h2load -c"$CONNECTIONS" -m"$STREAMS" -t"$WRK_THREADS" -D"$secs" --warm-up-time=1 \
             -H ":authority: $HOST_HEADER" --log-file="$WORK/h2.log" "$url" 2>&1)"
-        local done2xx reqs
+        local bad reqs errs
         reqs="$(awk '/^requests:/ {print $8}' <<<"$out")"
-        done2xx="$(awk '/^status codes:/ {print $3}' <<<"$out")"
-        awk -v n="$reqs" -v ok="$done2xx" -v s="$secs" '{print $3}' "$WORK/h2.log" | sort -n | awk -v n="$reqs" -v ok="$done2xx" -v s="$secs" '
+        bad="$(awk '/^status codes:/ {print $5 + $7 + $9}' <<<"$out")"
+        errs="$(awk '/^requests:/ {print $10 + $12 + $14}' <<<"$out")"
+        awk '{print $3}' "$WORK/h2.log" | sort -n | awk -v n="$reqs" -v bad="$bad" -v e="$errs" -v s="$secs" '
             {a[NR]=$1} END {
                 if (NR == 0) { print "- - - 0 - -"; exit }
-                printf "%.0f %.2f %.2f %d %d -\n", n / s, a[int(NR*0.5)+1] / 1000, a[int(NR*0.99)+1] / 1000, n, n - ok }'
+                printf "%.0f %.2f %.2f %d %d failed%d\n", n / s, a[int(NR*0.5)+1] / 1000, a[int(NR*0.99)+1] / 1000, n, bad, e }'
         echo "$out" >"$WORK/h2load-$name.txt"
         return ;;
     esac
