@@ -24,13 +24,6 @@ PIDS+=($!)
 "$B" --listen "127.0.0.1:$PB" --host "$HOST_HEADER" --upstream "127.0.0.1:$UP" --threads "$PROXY_THREADS" 2>"$WORK/b.log" &
 PIDS+=($!)
 wait_port "$PA"; wait_port "$PB"
-to_ms() {
-    awk -v v="$1" 'BEGIN {
-        if (v ~ /us$/) { sub(/us$/, "", v); printf "%.2f", v / 1000 }
-        else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.2f", v }
-        else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.2f", v * 1000 }
-        else printf "%s", v }'
-}
 echo "$(date -u +%FT%TZ): A=$A B=$B DURATION=$DURATION CONNECTIONS=$CONNECTIONS RUNS=$RUNS bench/ab.sh"
 printf '%-4s %-3s %12s %10s %10s  %s\n' run bin "req/s" "p50 ms" "p99 ms" "load (1/5/15)"
 for p in $PA $PB; do wrk -t1 -c4 -d1s -H "Host: $HOST_HEADER" "http://127.0.0.1:$p/" >/dev/null; done

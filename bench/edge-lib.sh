@@ -33,11 +33,13 @@ wait_port() { # port
 }
 
 # One nginx worker answering a 24-byte body on each port given (several
-# ports stand for the replicas of one deployment with the same capacity).
+# ports stand for the replicas of one deployment with the same capacity),
+# and 1 MiB at /big (tls.sh).
 start_upstream() { # port...
     local port listen=""
     for port in "$@"; do listen+="listen 127.0.0.1:$port; "; done
     mkdir -p "$WORK/up"
+    head -c $((1024 * 1024)) /dev/zero | tr '\0' 'x' >"$WORK/up/big"
     cat >"$WORK/up/nginx.conf" <<CONF
 daemon off;
 pid $WORK/up/nginx.pid;
@@ -51,7 +53,12 @@ http {
     fastcgi_temp_path $WORK/up/f; uwsgi_temp_path $WORK/up/u; scgi_temp_path $WORK/up/s;
     keepalive_requests 1000000;
     keepalive_timeout 120s;
-    server { $listen location / { default_type text/plain; return 200 "hello from the upstream\n"; } }
+    sendfile on;
+    server {
+        $listen
+        location = /big { default_type application/octet-stream; alias $WORK/up/big; }
+        location / { default_type text/plain; return 200 "hello from the upstream\n"; }
+    }
 }
 CONF
     nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" 2>>"$WORK/up.log" &
@@ -67,3 +74,22 @@ edge_bench_bin() {
     fi
     EDGE_BIN="${EDGE_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/edge_bench}"
 }
+
+# wrk's latency figures (812.00us, 1.23ms, 1.02s) in milliseconds.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        if (v ~ /us$/) { sub(/us$/, "", v); printf "%.2f", v / 1000 }
+        else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.2f", v }
+        else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.2f", v * 1000 }
+        else printf "%s", v }'
+}
+
+# CPU clock ticks used by a process and its children (nginx workers).
+cpu_ticks() { # pid
+    local t=0 p
+    for p in "$1" $(pgrep -P "$1"); do
+        t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$t"
+}
+HZ="$(getconf CLK_TCK)"

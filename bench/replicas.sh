@@ -91,13 +91,6 @@ ngproxy nginx-3 "$N3_PORT" "127.0.0.1:$UP1" "127.0.0.1:$UP2" "127.0.0.1:$UP3"
 setups=("berth-1:$B1_PORT" "berth-3rr:$B3RR_PORT" "berth-3least:$B3LEAST_PORT" "nginx-1:$N1_PORT" "nginx-3:$N3_PORT")
 for s in "${setups[@]}"; do wait_port "${s#*:}"; done
 
-to_ms() {
-    awk -v v="$1" 'BEGIN {
-        if (v ~ /us$/) { sub(/us$/, "", v); printf "%.2f", v / 1000 }
-        else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.2f", v }
-        else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.2f", v * 1000 }
-        else printf "%s", v }'
-}
 
 echo
 echo "$(date -u +%FT%TZ), commit $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD -- crates/berth-edge 2>/dev/null || echo ' + uncommitted edge changes'): DURATION=$DURATION CONNECTIONS=$CONNECTIONS WRK_THREADS=$WRK_THREADS PROXY_THREADS=$PROXY_THREADS RUNS=$RUNS bench/replicas.sh"

@@ -48,32 +48,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
 cat "$WORK/cert.pem" "$WORK/key.pem" >"$WORK/combined.pem"
 
 # --- upstream: one nginx worker, a 24-byte body at / and 1 MiB at /big -------
-head -c $((1024 * 1024)) /dev/zero | tr '\0' 'x' >"$WORK/big"
-mkdir -p "$WORK/up"
-cat >"$WORK/up/nginx.conf" <<CONF
-daemon off;
-pid $WORK/up/nginx.pid;
-error_log $WORK/up/error.log warn;
-user root;
-worker_processes 1;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $WORK/up/cb; proxy_temp_path $WORK/up/p;
-    fastcgi_temp_path $WORK/up/f; uwsgi_temp_path $WORK/up/u; scgi_temp_path $WORK/up/s;
-    keepalive_requests 1000000;
-    keepalive_timeout 120s;
-    sendfile on;
-    server {
-        listen 127.0.0.1:$UP_PORT;
-        location = /big { default_type application/octet-stream; alias $WORK/big; }
-        location / { default_type text/plain; return 200 "hello from the upstream\n"; }
-    }
-}
-CONF
-nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" 2>>"$WORK/up.log" &
-PIDS+=($!)
-wait_port "$UP_PORT"
+start_upstream "$UP_PORT"
 
 declare -A PID_OF
 # --- berth: Edge::serve_tls_threads ------------------------------------------
@@ -179,22 +154,7 @@ have haproxy && proxies+=(haproxy)
 have caddy && proxies+=(caddy)
 for p in "${proxies[@]}"; do wait_port "${PORT[$p]}"; done
 
-to_ms() { # wrk's 812.00us / 1.23ms / 1.02s → milliseconds
-    awk -v v="$1" 'BEGIN {
-        if (v ~ /us$/) { sub(/us$/, "", v); printf "%.2f", v / 1000 }
-        else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.2f", v }
-        else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.2f", v * 1000 }
-        else printf "%s", v }'
-}
-cpu_ticks() { # pid: CPU clock ticks of the process and its children
-    local t=0 p
-    for p in "$1" $(pgrep -P "$1"); do
-        t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
-    done
-    echo "$t"
-}
 passive_opens() { nstat -az TcpPassiveOpens | awk '/TcpPassiveOpens/ {print $2}'; }
-HZ="$(getconf CLK_TCK)"
 secs="${DURATION%s}"
 
 # One measurement: prints "req/s p50 p99 requests non2xx extra" for a proxy.
