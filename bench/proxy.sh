@@ -4,6 +4,11 @@
 # Installs nothing. See bench/README-proxy.md.
 #
 #   DURATION=10s CONNECTIONS=64 WRK_THREADS=2 PROXY_THREADS=2 RUNS=3 bench/proxy.sh
+#
+# Span export cost (issue 17): after the table, berth with and without
+# `--otlp-endpoint` are measured again in OTLP_PAIRS pairs of OTLP_SLICE
+# slices, alternating which goes first (ABBA), so both see the same machine;
+# OTLP_PAIRS=0 leaves it out.
 set -euo pipefail
 
 DURATION="${DURATION:-10s}"
@@ -11,6 +16,8 @@ CONNECTIONS="${CONNECTIONS:-64}"
 WRK_THREADS="${WRK_THREADS:-2}"
 PROXY_THREADS="${PROXY_THREADS:-2}"
 RUNS="${RUNS:-1}"
+OTLP_PAIRS="${OTLP_PAIRS:-10}"
+OTLP_SLICE="${OTLP_SLICE:-3s}"
 HOST_HEADER="bench.localhost"
 BASE_PORT="${BASE_PORT:-18000}"
 UP_PORT=$BASE_PORT
@@ -286,3 +293,37 @@ for p in "${proxies[@]}"; do
     printf '%s\n' "${q[@]}" | sort -n | awk '{a[NR]=$1} END {
         printf ", median p99 %.2f ms (min %.2f, max %.2f)\n", (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2, a[1], a[NR] }'
 done
+
+# Span export cost, interleaved: a slow minute of the machine falls on both
+# sides alike. Sums of requests, seconds and CPU ticks over all slices.
+if ((OTLP_PAIRS > 0)); then
+    echo
+    echo "span export on/off, interleaved: $OTLP_PAIRS pairs of $OTLP_SLICE slices (wrk -t$WRK_THREADS -c$CONNECTIONS), order alternating"
+    declare -A N SECS TICKS
+    for name in berth berth-otlp; do N[$name]=0; SECS[$name]=0; TICKS[$name]=0; done
+    for i in $(seq 1 "$OTLP_PAIRS"); do
+        if ((i % 2)); then order=(berth berth-otlp); else order=(berth-otlp berth); fi
+        line=""
+        for name in "${order[@]}"; do
+            port=$BERTH_PORT
+            [[ $name == berth-otlp ]] && port=$OTLP_BERTH_PORT
+            c0="$(cpu_ticks "${PID_OF[$name]}")"
+            out="$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$OTLP_SLICE" -H "Host: $HOST_HEADER" "http://127.0.0.1:$port/")"
+            c1="$(cpu_ticks "${PID_OF[$name]}")"
+            read -r reqs secs < <(awk '/requests in/ { n = $1; t = $4; sub(/,$/, "", t);
+                if (t ~ /ms$/) { sub(/ms$/, "", t); t /= 1000 } else if (t ~ /m$/) { sub(/m$/, "", t); t *= 60 } else sub(/s$/, "", t);
+                print n, t }' <<<"$out")
+            N[$name]=$((N[$name] + reqs))
+            SECS[$name]="$(awk -v a="${SECS[$name]}" -v b="$secs" 'BEGIN { print a + b }')"
+            TICKS[$name]=$((TICKS[$name] + c1 - c0))
+            line+="$(printf '%s %.0f req/s  ' "$name" "$(awk -v n="$reqs" -v t="$secs" 'BEGIN { print n / t }')")"
+        done
+        echo "pair $i: $line"
+    done
+    awk -v n_on="${N[berth-otlp]}" -v t_on="${SECS[berth-otlp]}" -v c_on="${TICKS[berth-otlp]}" \
+        -v n_off="${N[berth]}" -v t_off="${SECS[berth]}" -v c_off="${TICKS[berth]}" -v hz="$HZ" 'BEGIN {
+        on = n_on / t_on; off = n_off / t_off; r = on / off
+        printf "export on %.0f req/s, off %.0f req/s: on/off %.3f (%s); cpu us/req on %.2f, off %.2f\n",
+            on, off, r, (r >= 0.98) ? "within 2 %, target met" : "more than 2 % lost, target not met",
+            c_on * 1e6 / hz / n_on, c_off * 1e6 / hz / n_off }'
+fi

@@ -13,6 +13,9 @@
 #   big        a 1 MiB body over HTTPS keep-alive (wrk): MiB/s and CPU per MiB
 #
 #   DURATION=8s CONNECTIONS=64 RUNS=3 MODES="keepalive newconn h2 big" bench/tls.sh
+#
+# SYSCALLS=1 adds a column: system calls the proxy made per request (perf
+# stat counting raw_syscalls:sys_enter on its processes; needs linux-perf).
 set -euo pipefail
 BENCH=tls
 source "$(dirname "$0")/edge-lib.sh"
@@ -214,9 +217,21 @@ for run in $(seq 1 "$RUNS"); do
         for k in $(seq 0 $((n - 1))); do
             name="${proxies[$(((run - 1 + k) % n))]}"
             load="$(cut -d' ' -f1 /proc/loadavg)"
+            perf_pid=""
+            if [[ -n ${SYSCALLS:-} ]]; then
+                pids="$(echo "${PID_OF[$name]}" $(pgrep -P "${PID_OF[$name]}") | tr ' ' ',')"
+                perf stat -x, -e raw_syscalls:sys_enter -p "$pids" -o "$WORK/perf-$name.txt" 2>/dev/null &
+                perf_pid=$!
+            fi
             o0="$(passive_opens)"; c0="$(cpu_ticks "${PID_OF[$name]}")"
             read -r rps p50 p99 reqs non2xx errs < <(measure "$mode" "$name")
             c1="$(cpu_ticks "${PID_OF[$name]}")"; o1="$(passive_opens)"
+            if [[ -n $perf_pid ]]; then
+                kill -INT "$perf_pid" 2>/dev/null || true
+                wait "$perf_pid" 2>/dev/null || true
+                sc="$(awk -F, '/raw_syscalls/ {print $1}' "$WORK/perf-$name.txt")"
+                errs+=" syscalls/req=$(awk -v s="${sc:-0}" -v n="$reqs" 'BEGIN { if (n > 0) printf "%.2f", s / n; else print "-" }')"
+            fi
             if [[ $mode == big ]]; then
                 cpu="$(awk -v c=$((c1 - c0)) -v n="$reqs" -v hz="$HZ" 'BEGIN { if (n > 0) printf "%.0fus/MiB", c * 1e6 / hz / n; else print "-" }')"
             else
