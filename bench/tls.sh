@@ -14,8 +14,10 @@
 #
 #   DURATION=8s CONNECTIONS=64 RUNS=3 MODES="keepalive newconn h2 big" bench/tls.sh
 #
-# SYSCALLS=1 adds a column: system calls the proxy made per request (perf
-# stat counting raw_syscalls:sys_enter on its processes; needs linux-perf).
+# SYSCALLS=1 adds to the last column: system calls the proxy made per
+# request (perf stat counting raw_syscalls:sys_enter on its processes; needs
+# linux-perf) and the machine's idle share during the measurement (from
+# /proc/stat: a proxy that leaves cores idle waits on something).
 set -euo pipefail
 BENCH=tls
 source "$(dirname "$0")/edge-lib.sh"
@@ -222,6 +224,7 @@ for run in $(seq 1 "$RUNS"); do
                 pids="$(echo "${PID_OF[$name]}" $(pgrep -P "${PID_OF[$name]}") | tr ' ' ',')"
                 perf stat -x, -e raw_syscalls:sys_enter -p "$pids" -o "$WORK/perf-$name.txt" 2>/dev/null &
                 perf_pid=$!
+                read -r idle0 all0 < <(awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print $5 + $6, t }' /proc/stat)
             fi
             o0="$(passive_opens)"; c0="$(cpu_ticks "${PID_OF[$name]}")"
             read -r rps p50 p99 reqs non2xx errs < <(measure "$mode" "$name")
@@ -230,7 +233,9 @@ for run in $(seq 1 "$RUNS"); do
                 kill -INT "$perf_pid" 2>/dev/null || true
                 wait "$perf_pid" 2>/dev/null || true
                 sc="$(awk -F, '/raw_syscalls/ {print $1}' "$WORK/perf-$name.txt")"
+                read -r idle1 all1 < <(awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print $5 + $6, t }' /proc/stat)
                 errs+=" syscalls/req=$(awk -v s="${sc:-0}" -v n="$reqs" 'BEGIN { if (n > 0) printf "%.2f", s / n; else print "-" }')"
+                errs+=" idle=$(awk -v i=$((idle1 - idle0)) -v a=$((all1 - all0)) 'BEGIN { if (a > 0) printf "%.1f%%", 100 * i / a; else print "-" }')"
             fi
             if [[ $mode == big ]]; then
                 cpu="$(awk -v c=$((c1 - c0)) -v n="$reqs" -v hz="$HZ" 'BEGIN { if (n > 0) printf "%.0fus/MiB", c * 1e6 / hz / n; else print "-" }')"
