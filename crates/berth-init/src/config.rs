@@ -36,6 +36,65 @@ pub struct Config {
     /// loading and power off (used to tell whether an accelerator boots).
     #[serde(default)]
     pub probe: bool,
+    /// What happens when the app exits (the host's restart policy); a
+    /// config without it (an older host) never restarts.
+    #[serde(default)]
+    pub restart: Restart,
+}
+
+/// The restart policy the init applies inside the VM, as the Docker Engine
+/// applies a container's (`no`, `on-failure:N`, `unless-stopped`): the app
+/// is started again in the same VM (its root overlay, `/tmp` and address
+/// kept, as a restarted container keeps its writable layer), never after
+/// the host asked it to stop.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "policy", rename_all = "snake_case")]
+pub enum Restart {
+    #[default]
+    Never,
+    /// After a non-zero exit, at most `max_retries` times.
+    OnFailure { max_retries: u32 },
+    /// After every exit.
+    Always,
+}
+
+impl Restart {
+    /// Whether the app is started again after exiting with `code`, when it
+    /// has been restarted `restarts` times already.
+    pub fn again(self, code: i32, restarts: u32) -> bool {
+        match self {
+            Restart::Never => false,
+            Restart::OnFailure { max_retries } => code != 0 && restarts < max_retries,
+            Restart::Always => true,
+        }
+    }
+}
+
+/// The delay before a restart, Docker's rule: 100 ms, doubled at each
+/// restart in a row, at most one minute; an app that ran 10 s or more
+/// starts the series again.
+#[derive(Debug, Clone, Default)]
+pub struct Backoff {
+    last: Option<std::time::Duration>,
+}
+
+impl Backoff {
+    /// First delay of a series.
+    pub const FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+    /// Longest delay.
+    pub const MAX: std::time::Duration = std::time::Duration::from_secs(60);
+    /// A run this long resets the series.
+    pub const RESET_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// The delay before the next start of an app that ran `ran`.
+    pub fn next(&mut self, ran: std::time::Duration) -> std::time::Duration {
+        let delay = match self.last {
+            Some(last) if ran < Self::RESET_AFTER => (last * 2).min(Self::MAX),
+            _ => Self::FIRST,
+        };
+        self.last = Some(delay);
+        delay
+    }
 }
 
 /// An IPv4 address on `eth0` with a default route and a resolver.
@@ -154,7 +213,50 @@ mod tests {
             root_device: "/dev/vda".into(),
             network: Some(Network::qemu_user()),
             probe: false,
+            restart: Restart::OnFailure { max_retries: 3 },
         }
+    }
+
+    #[test]
+    fn a_config_without_a_restart_policy_never_restarts() {
+        let mut v = serde_json::to_value(config()).unwrap();
+        v.as_object_mut().unwrap().remove("restart");
+        let c = Config::parse(&v.to_string()).unwrap();
+        assert_eq!(c.restart, Restart::Never);
+        assert_eq!(
+            serde_json::to_string(&Restart::OnFailure { max_retries: 2 }).unwrap(),
+            "{\"policy\":\"on_failure\",\"max_retries\":2}"
+        );
+    }
+
+    #[test]
+    fn restart_policies_decide_like_dockers() {
+        assert!(!Restart::Never.again(1, 0));
+        let on_failure = Restart::OnFailure { max_retries: 2 };
+        assert!(on_failure.again(3, 0));
+        assert!(on_failure.again(137, 1));
+        assert!(!on_failure.again(3, 2), "retries used up");
+        assert!(!on_failure.again(0, 0), "a clean exit is not a failure");
+        assert!(Restart::Always.again(0, 0));
+        assert!(Restart::Always.again(1, 1000));
+    }
+
+    #[test]
+    fn backoff_doubles_caps_and_resets_after_a_long_run() {
+        use std::time::Duration;
+        let mut b = Backoff::default();
+        let quick = Duration::from_millis(50);
+        let delays: Vec<_> = (0..4).map(|_| b.next(quick)).collect();
+        assert_eq!(
+            delays,
+            [100, 200, 400, 800].map(Duration::from_millis).to_vec()
+        );
+        for _ in 0..20 {
+            b.next(quick);
+        }
+        assert_eq!(b.next(quick), Backoff::MAX);
+        assert_eq!(b.next(Duration::from_secs(10)), Backoff::FIRST);
+        assert_eq!(b.next(quick), Duration::from_millis(200));
     }
 
     #[test]

@@ -7,12 +7,12 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use berth_init::config::{resolve_command, Config, Network, CONFIG_PATH, MODULES_DIR};
+use berth_init::config::{resolve_command, Backoff, Config, Network, CONFIG_PATH, MODULES_DIR};
 use berth_init::lines::Framer;
 use berth_init::protocol::{self, Control, Status};
 use berth_init::user;
@@ -25,6 +25,9 @@ const TEARDOWN_GRACE: Duration = Duration::from_millis(500);
 
 /// The app's main pid, for the control thread (0 until started, -1 after).
 static APP_PID: AtomicI32 = AtomicI32::new(0);
+/// The host asked the app to stop (SIGTERM, SIGINT or SIGKILL through the
+/// control port): no restart after that, as after `docker stop`.
+static STOPPING: AtomicBool = AtomicBool::new(false);
 
 fn main() {
     if std::process::id() != 1 {
@@ -32,19 +35,19 @@ fn main() {
         std::process::exit(2);
     }
     let status = Arc::new(Mutex::new(StatusPort::Console));
-    let code = match run(&status) {
-        Ok(code) => code,
+    let exit = match run(&status) {
+        Ok(exit) => exit,
         Err(message) => {
             report(&status, &Status::Error { message });
-            127
+            Some((127, oom_kills() > 0))
         }
     };
-    if code >= 0 {
+    if let Some((code, oom)) = exit {
         report(
             &status,
             &Status::Exited {
                 code,
-                oom: oom_kills() > 0,
+                oom,
                 at_ms: now_ns() / 1_000_000,
             },
         );
@@ -75,9 +78,9 @@ fn report(status: &Arc<Mutex<StatusPort>>, record: &Status) {
     }
 }
 
-/// Returns the app's exit code, or -1 when no `Exited` record is due
-/// (probe boots).
-fn run(status: &Arc<Mutex<StatusPort>>) -> Result<i32, String> {
+/// Returns the app's last exit code and whether the OOM killer ran during
+/// its last run, or `None` when no `Exited` record is due (probe boots).
+fn run(status: &Arc<Mutex<StatusPort>>) -> Result<Option<(i32, bool)>, String> {
     let init_uptime_ms = uptime_ms();
     // Stage 1: the initramfs.
     mount("devtmpfs", "/dev", "devtmpfs", 0, "mode=0755")?;
@@ -97,7 +100,7 @@ fn run(status: &Arc<Mutex<StatusPort>>) -> Result<i32, String> {
     }
     if config.probe {
         report(status, &Status::ProbeOk);
-        return Ok(-1);
+        return Ok(None);
     }
     wait_for(&config.root_device, DEVICE_WAIT)?;
     mkdir("/newroot");
@@ -142,45 +145,103 @@ fn run(status: &Arc<Mutex<StatusPort>>) -> Result<i32, String> {
         let _ = fs::create_dir_all(&workdir);
     }
 
-    let (out_read, out_write) = pipe()?;
-    let (err_read, err_write) = pipe()?;
-    let pid = spawn(
-        &program,
-        &config.argv,
-        &env,
-        &workdir,
-        &identity,
-        out_write,
-        err_write,
-    )?;
-    APP_PID.store(pid, Ordering::SeqCst);
-    report(
-        status,
-        &Status::Started {
-            pid,
-            at_ms: now_ns() / 1_000_000,
-            init_uptime_ms,
-            app_uptime_ms: uptime_ms(),
-        },
-    );
-    let pumps = [pump(out_read, stdout_port), pump(err_read, stderr_port)];
-    if let Some(port) = find_port(protocol::CONTROL_PORT, Duration::from_secs(2)) {
-        thread::spawn(move || control_loop(&port));
-    }
+    let mut restarts = 0;
+    let mut backoff = Backoff::default();
+    let mut control = None;
+    loop {
+        let oom_before = oom_kills();
+        let (out_read, out_write) = pipe()?;
+        let (err_read, err_write) = pipe()?;
+        let began = Instant::now();
+        let pid = spawn(
+            &program,
+            &config.argv,
+            &env,
+            &workdir,
+            &identity,
+            out_write,
+            err_write,
+        )?;
+        APP_PID.store(pid, Ordering::SeqCst);
+        report(
+            status,
+            &Status::Started {
+                pid,
+                at_ms: now_ns() / 1_000_000,
+                init_uptime_ms,
+                app_uptime_ms: uptime_ms(),
+            },
+        );
+        let pumps = [
+            pump(out_read, stdout_port.clone()),
+            pump(err_read, stderr_port.clone()),
+        ];
+        if control.is_none() {
+            control = find_port(protocol::CONTROL_PORT, Duration::from_secs(2))
+                .map(|port| thread::spawn(move || control_loop(&port)));
+        }
 
-    let code = reap_until(pid);
-    APP_PID.store(-1, Ordering::SeqCst);
-    // The app is gone: the rest of the VM goes with it.
-    unsafe { libc::kill(-1, libc::SIGTERM) };
-    let deadline = Instant::now() + TEARDOWN_GRACE;
-    while Instant::now() < deadline && reap_any() {}
-    unsafe { libc::kill(-1, libc::SIGKILL) };
-    while reap_any() {}
-    for pump in pumps {
-        let _ = pump.join();
+        let code = reap_until(pid);
+        APP_PID.store(-1, Ordering::SeqCst);
+        // The app is gone: the rest of its processes go with it (as a
+        // container's do when its main process exits).
+        unsafe { libc::kill(-1, libc::SIGTERM) };
+        let deadline = Instant::now() + TEARDOWN_GRACE;
+        while Instant::now() < deadline && reap_any() {}
+        unsafe { libc::kill(-1, libc::SIGKILL) };
+        while reap_any() {}
+        for pump in pumps {
+            let _ = pump.join();
+        }
+        let oom = oom_kills() > oom_before;
+        if STOPPING.load(Ordering::SeqCst) || !config.restart.again(code, restarts) {
+            unsafe { libc::sync() };
+            return Ok(Some((code, oom)));
+        }
+        restarts += 1;
+        let delay = backoff.next(began.elapsed());
+        notice(
+            &stderr_port,
+            &format!(
+                "berth-init: the app exited with code {code}{}; restart {restarts} in {} ms",
+                if oom { " (killed: out of memory)" } else { "" },
+                delay.as_millis()
+            ),
+        );
+        report(
+            status,
+            &Status::Restarting {
+                code,
+                oom,
+                at_ms: now_ns() / 1_000_000,
+                restarts,
+                delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            },
+        );
+        let until = Instant::now() + delay;
+        while Instant::now() < until && !STOPPING.load(Ordering::SeqCst) {
+            thread::sleep(
+                Duration::from_millis(20).min(until.saturating_duration_since(Instant::now())),
+            );
+        }
+        if STOPPING.load(Ordering::SeqCst) {
+            unsafe { libc::sync() };
+            return Ok(Some((code, oom)));
+        }
     }
-    unsafe { libc::sync() };
-    Ok(code)
+}
+
+/// Writes one line of the init's own on the app's stderr port (so `berth
+/// logs` shows why the app was restarted), as a stamped record.
+fn notice(port: &str, text: &str) {
+    let mut out = Vec::new();
+    let mut framer = Framer::default();
+    framer.push(text.as_bytes(), now_ns(), &mut out);
+    framer.finish(now_ns(), &mut out);
+    if let Ok(mut file) = OpenOptions::new().write(true).open(port) {
+        let _ = file.write_all(&out);
+        let _ = file.flush();
+    }
 }
 
 fn prepare_root(config: &Config) -> Result<(), String> {
@@ -380,6 +441,9 @@ fn control_loop(port: &str) {
             for record in protocol::decode_all::<Control>(&line) {
                 match record {
                     Control::Signal { signal } => {
+                        if [libc::SIGTERM, libc::SIGINT, libc::SIGKILL].contains(&signal) {
+                            STOPPING.store(true, Ordering::SeqCst);
+                        }
                         let pid = APP_PID.load(Ordering::SeqCst);
                         if signal == libc::SIGKILL {
                             unsafe { libc::kill(-1, libc::SIGKILL) };

@@ -32,6 +32,17 @@ pub enum Status {
     /// The app exited: its code (128 + signal when killed) and whether the
     /// kernel's OOM killer ran meanwhile.
     Exited { code: i32, oom: bool, at_ms: i64 },
+    /// The app exited (`code`, `oom` and `at_ms` as in `Exited`) and the
+    /// restart policy starts it again in the same VM after `delay_ms`; this
+    /// is restart number `restarts`. A `Started` record follows, or an
+    /// `Exited` one when the host stops the VM meanwhile.
+    Restarting {
+        code: i32,
+        oom: bool,
+        at_ms: i64,
+        restarts: u32,
+        delay_ms: u64,
+    },
     /// The init could not start the app (or failed before it); an
     /// `Exited` record follows.
     Error { message: String },
@@ -75,6 +86,13 @@ mod tests {
             },
             Status::Error {
                 message: "entrypoint \"/nope\" not found".into(),
+            },
+            Status::Restarting {
+                code: 3,
+                oom: false,
+                at_ms: 2,
+                restarts: 1,
+                delay_ms: 100,
             },
             Status::Exited {
                 code: 137,

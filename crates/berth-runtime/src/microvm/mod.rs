@@ -19,8 +19,13 @@
 //!   an ephemeral port on 127.0.0.1 (`hostfwd`), so the edge, health checks
 //!   and drain work as with containers.
 //!
-//! Not supported (refused or ignored, documented): volumes (refused),
-//! restart policies (a VM whose app exits stays exited), PID limits.
+//! - **Restarts**: the spec's restart policy goes to the init, which starts
+//!   the app again inside the same VM with Docker's backoff (see
+//!   `berth_init::config::Restart`); `inspect` counts the restarts and says
+//!   `Restarting` between two runs. A host stop is never restarted.
+//!
+//! Not supported (refused or ignored, documented): volumes (refused), PID
+//! limits.
 
 pub mod initramfs;
 pub mod kernel;
@@ -36,7 +41,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_init::config::{Config as InitConfig, Network};
+use berth_init::config::{Config as InitConfig, Network, Restart};
 use berth_init::lines;
 use berth_init::protocol::{self, Control, Status};
 use bollard::errors::Error as DockerError;
@@ -55,7 +60,7 @@ use crate::logs::MAX_LINE_BYTES;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::spec::{
     Endpoint, Instance, InstanceSpec, InstanceState, InstanceStatus, LogChunk, LogOptions,
-    LogStream, OneOffOutcome, ONEOFF_MAX_LINES, OWNER_LABEL, PORT_LABEL,
+    LogStream, OneOffOutcome, RestartPolicy, ONEOFF_MAX_LINES, OWNER_LABEL, PORT_LABEL,
 };
 
 /// Guest memory when the spec sets no limit.
@@ -321,6 +326,7 @@ impl MicroVmRuntime {
             root_device: "/dev/vda".into(),
             network: None,
             probe: true,
+            restart: Restart::Never,
         };
         self.write_initrd(dir.path(), kernel, config)
             .await
@@ -447,6 +453,7 @@ impl MicroVmRuntime {
     async fn image_config(
         &self,
         spec: &InstanceSpec,
+        oneoff: bool,
     ) -> Result<(String, InitConfig), RuntimeError> {
         let inspect = match self.inner.docker.inspect_image(&spec.image).await {
             Ok(i) => i,
@@ -487,6 +494,12 @@ impl MicroVmRuntime {
                 root_device: "/dev/vda".into(),
                 network: Some(Network::qemu_user()),
                 probe: false,
+                // A one-off never restarts (as with containers).
+                restart: if oneoff {
+                    Restart::Never
+                } else {
+                    init_restart(spec.restart)
+                },
             },
         ))
     }
@@ -507,7 +520,7 @@ impl MicroVmRuntime {
             )));
         }
         let boot = self.boot().await?;
-        let (image_id, init_config) = self.image_config(spec).await?;
+        let (image_id, init_config) = self.image_config(spec, oneoff).await?;
         let root_disk = {
             let _guard = self.inner.build_lock.lock().await;
             rootfs::ensure(
@@ -618,7 +631,46 @@ impl MicroVmRuntime {
     }
 }
 
-/// The init's `Exited` record, if the app exited.
+/// berth's restart words → the init's (the same meaning as Docker's `no`,
+/// `on-failure:N`, `unless-stopped`).
+fn init_restart(policy: RestartPolicy) -> Restart {
+    match policy {
+        RestartPolicy::Never => Restart::Never,
+        RestartPolicy::OnFailure { max_retries } => Restart::OnFailure { max_retries },
+        RestartPolicy::Always => Restart::Always,
+    }
+}
+
+/// What the status records say about the app's runs so far: how many
+/// times the restart policy started it again, and whether the last record
+/// is a `Restarting` one (the app is between two runs).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Runs {
+    restarts: u32,
+    between: bool,
+    /// The last run's exit (code, OOM, guest ms) before a restart.
+    last_exit: Option<(i32, bool, i64)>,
+}
+
+fn runs(records: &[Status]) -> Runs {
+    let mut runs = Runs::default();
+    for record in records {
+        match record {
+            Status::Restarting {
+                code, oom, at_ms, ..
+            } => {
+                runs.restarts += 1;
+                runs.between = true;
+                runs.last_exit = Some((*code, *oom, *at_ms));
+            }
+            Status::Started { .. } | Status::Exited { .. } => runs.between = false,
+            _ => {}
+        }
+    }
+    runs
+}
+
+/// The init's final `Exited` record, if the app exited for good.
 fn exited(dir: &Path) -> Option<(i32, bool, i64)> {
     statuses(dir).into_iter().find_map(|s| match s {
         Status::Exited { code, oom, at_ms } => Some((code, oom, at_ms)),
@@ -742,13 +794,24 @@ impl Runtime for MicroVmRuntime {
         });
         let exit = exited(&dir);
         let stopped_by_host = dir.join("stopped").exists();
+        let runs = runs(&records);
         let (status, oom, finished) = match (exit, alive) {
             (Some((code, oom, at)), _) => (
                 InstanceStatus::Exited { code: code.into() },
                 oom,
                 ms_to_time(at),
             ),
-            (None, true) => (InstanceStatus::Running, false, None),
+            // Between two runs: the last exit's OOM and time, as Docker
+            // reports a restarting container's.
+            (None, true) if runs.between => {
+                let (_, oom, at) = runs.last_exit.unwrap_or_default();
+                (InstanceStatus::Restarting, oom, ms_to_time(at))
+            }
+            (None, true) => (
+                InstanceStatus::Running,
+                false,
+                runs.last_exit.and_then(|(_, _, at)| ms_to_time(at)),
+            ),
             // Killed from outside (stop after grace, or QEMU died).
             (None, false) => (
                 InstanceStatus::Exited {
@@ -767,7 +830,7 @@ impl Runtime for MicroVmRuntime {
             name: meta.name.clone(),
             status,
             oom_killed: oom,
-            restart_count: 0,
+            restart_count: runs.restarts,
             started_at: Some(meta.started_at),
             finished_at: finished,
             error,
@@ -1023,6 +1086,53 @@ mod tests {
         assert_eq!(hostname("berth-Shop_web.1"), "berth-shop-web-1");
         assert_eq!(hostname(&"x".repeat(100)).len(), 63);
         assert_eq!(hostname("__"), "berth");
+    }
+
+    #[test]
+    fn runs_count_restarts_and_see_the_gap_between_two_runs() {
+        let started = Status::Started {
+            pid: 5,
+            at_ms: 1,
+            init_uptime_ms: 0,
+            app_uptime_ms: 0,
+        };
+        let restarting = |code, oom, at_ms, restarts| Status::Restarting {
+            code,
+            oom,
+            at_ms,
+            restarts,
+            delay_ms: 100,
+        };
+        assert_eq!(runs(&[started.clone()]), Runs::default());
+        let records = vec![started.clone(), restarting(3, false, 10, 1)];
+        assert_eq!(
+            runs(&records),
+            Runs {
+                restarts: 1,
+                between: true,
+                last_exit: Some((3, false, 10))
+            }
+        );
+        let records = vec![
+            started.clone(),
+            restarting(3, false, 10, 1),
+            started.clone(),
+            restarting(137, true, 20, 2),
+            started,
+        ];
+        assert_eq!(
+            runs(&records),
+            Runs {
+                restarts: 2,
+                between: false,
+                last_exit: Some((137, true, 20))
+            }
+        );
+        assert_eq!(init_restart(RestartPolicy::Always), Restart::Always);
+        assert_eq!(
+            init_restart(RestartPolicy::OnFailure { max_retries: 4 }),
+            Restart::OnFailure { max_retries: 4 }
+        );
     }
 
     #[test]

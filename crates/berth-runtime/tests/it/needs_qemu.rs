@@ -9,7 +9,7 @@ use berth_runtime::microvm::Accel;
 use berth_runtime::testing::{self, TEST_LABEL};
 use berth_runtime::{
     berth_labels, shell_command, InstanceSpec, InstanceState, InstanceStatus, LogOptions,
-    LogStream, MicroVmRuntime, Runtime,
+    LogStream, MicroVmRuntime, RestartPolicy, Runtime,
 };
 use futures::StreamExt;
 
@@ -324,4 +324,137 @@ async fn an_app_over_the_memory_limit_is_reported_oom_killed() {
         "{state:?}"
     );
     assert!(!state.oom_killed, "{state:?}");
+}
+
+/// Waits until `check` holds for `id`'s state, or panics with the last one.
+async fn wait_state(
+    rt: &MicroVmRuntime,
+    id: &str,
+    within: Duration,
+    check: impl Fn(&InstanceState) -> bool,
+) -> InstanceState {
+    let deadline = Instant::now() + within;
+    loop {
+        let state = rt.inspect(id).await.expect("inspect");
+        if check(&state) {
+            return state;
+        }
+        assert!(Instant::now() < deadline, "{id}: still {state:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The spec's restart policy runs inside the VM, as the Docker Engine runs
+/// a container's: an app that crashes after it served is started again in
+/// the same VM (same QEMU process, same address, nothing rebooted),
+/// `inspect` counts the restarts, and the init's line on stderr names each
+/// exit code; `on-failure` gives up after its retries with the last code;
+/// a stop from the host is never restarted.
+#[tokio::test]
+async fn the_restart_policy_restarts_the_app_inside_the_same_vm() {
+    let Some((rt, _dir, image)) =
+        setup("the_restart_policy_restarts_the_app_inside_the_same_vm").await
+    else {
+        return;
+    };
+    let mut always = spec(
+        &image,
+        "echo run; httpd -p 3000 -h /www; sleep 3; echo crashing >&2; exit 3",
+    );
+    always.port = Some(3000);
+    always.restart = RestartPolicy::Always;
+    let mut on_failure = spec(&image, "echo try; exit 4");
+    on_failure.restart = RestartPolicy::OnFailure { max_retries: 2 };
+    let instance = rt.start(&always).await.expect("start");
+    let _guard = VmGuard(rt.clone(), instance.id.clone());
+    let failing = rt.start(&on_failure).await.expect("start");
+    let _guard2 = VmGuard(rt.clone(), failing.id.clone());
+    let addr: std::net::SocketAddr = instance
+        .endpoint
+        .clone()
+        .expect("endpoint")
+        .to_string()
+        .parse()
+        .expect("socket address");
+
+    let deadline = Instant::now() + BOOT_DEADLINE;
+    while http_get(addr).await.is_none() {
+        assert!(Instant::now() < deadline, "no HTTP answer from the VM");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let vmm = rt.vmm_pid(&instance.id).expect("qemu runs");
+
+    // It served, crashed with 3, and runs (and serves) again, twice.
+    let state = wait_state(&rt, &instance.id, BOOT_DEADLINE, |s| {
+        s.restart_count >= 2 && s.is_running()
+    })
+    .await;
+    assert!(!state.oom_killed, "{state:?}");
+    assert_eq!(state.endpoint, instance.endpoint, "{state:?}");
+    assert_eq!(rt.vmm_pid(&instance.id), Some(vmm), "the VM was rebooted");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(addr).await.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted app does not serve"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let logs = lines(&rt, &instance.id).await;
+    let runs = logs.iter().filter(|(_, l)| l == "run").count();
+    assert!(runs >= 3, "{logs:?}");
+    assert!(
+        logs.contains(&(
+            LogStream::Stderr,
+            "berth-init: the app exited with code 3; restart 1 in 100 ms".into()
+        )),
+        "{logs:?}"
+    );
+    assert!(
+        logs.contains(&(
+            LogStream::Stderr,
+            "berth-init: the app exited with code 3; restart 2 in 200 ms".into()
+        )),
+        "{logs:?}"
+    );
+
+    // A stop is final: the app's own exit (SIGTERM, or the last crash when
+    // it came between two runs), well within the grace, not a kill of QEMU
+    // after it.
+    let before = rt
+        .inspect(&instance.id)
+        .await
+        .expect("inspect")
+        .restart_count;
+    let began = Instant::now();
+    rt.stop(&instance.id, Duration::from_secs(30))
+        .await
+        .expect("stop");
+    assert!(
+        began.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        began.elapsed()
+    );
+    let state = rt.inspect(&instance.id).await.expect("inspect");
+    assert!(
+        matches!(state.status, InstanceStatus::Exited { code: 143 | 3 }),
+        "{state:?}"
+    );
+    assert!(state.restart_count <= before + 1, "{state:?}");
+    assert_eq!(rt.vmm_pid(&instance.id), None);
+
+    // on-failure:2 runs three times, then stays exited with the last code.
+    let state = wait_state(&rt, &failing.id, BOOT_DEADLINE, |s| s.exit_code().is_some()).await;
+    assert_eq!(
+        state.status,
+        InstanceStatus::Exited { code: 4 },
+        "{state:?}"
+    );
+    assert_eq!(state.restart_count, 2, "{state:?}");
+    let logs = lines(&rt, &failing.id).await;
+    assert_eq!(
+        logs.iter().filter(|(_, l)| l == "try").count(),
+        3,
+        "{logs:?}"
+    );
 }
