@@ -55,6 +55,9 @@ pub enum RunError {
         service: String,
         environment: String,
     },
+    /// The runtime cannot forward a stdin (Swarm).
+    #[error("{0}")]
+    StdinUnsupported(&'static str),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -91,6 +94,12 @@ impl Deployer {
         req: RunRequest,
         stdin: Option<mpsc::Receiver<Bytes>>,
     ) -> Result<(Run, mpsc::Receiver<RunEvent>), RunError> {
+        // Refused before anything is recorded or created.
+        if stdin.is_some() && self.cfg.runtime == crate::config::RuntimeKind::Swarm {
+            return Err(RunError::StdinUnsupported(
+                berth_runtime::swarm::STDIN_UNSUPPORTED,
+            ));
+        }
         let prepared = self.prepare_run(req, None).await?;
         self.launch_run(prepared, stdin, RUN_TIMEOUT).await
     }

@@ -729,12 +729,7 @@ impl SwarmRuntime {
             tokio::time::sleep(self.config.poll_interval).await;
         };
         let duration = started.elapsed();
-        let exit_code = task
-            .status
-            .as_ref()
-            .and_then(|s| s.container_status.as_ref())
-            .and_then(|c| c.exit_code)
-            .unwrap_or(-1);
+        let exit_code = exit_code(&task);
         let mut output = VecDeque::new();
         let mut dropped_lines = 0;
         let task_id = task.id.clone().unwrap_or_default();
@@ -750,6 +745,122 @@ impl SwarmRuntime {
             exit_code,
             oom_killed: false,
             output: output.into(),
+            dropped_lines,
+            duration,
+        })
+    }
+
+    /// Waits until the one-off service's task has a container (running or
+    /// already ended); a task its node rejected is the node's error.
+    async fn wait_oneoff_started(
+        &self,
+        service_id: &str,
+        spec: &InstanceSpec,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Task, RuntimeError> {
+        loop {
+            if let Some(task) = self.slot_task(service_id, 1).await? {
+                if tasks::is_rejected(&task) {
+                    let nodes = NodeAddrs::new(&self.raw_nodes().await?);
+                    return Err(self
+                        .rejected(&task, &self.node_image(&spec.image), &nodes)
+                        .await);
+                }
+                if tasks::state(&task) == TaskState::RUNNING || tasks::is_terminal(&task) {
+                    return Ok(task);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(RuntimeError::OneOffTimeout {
+                    name: spec.name.clone(),
+                    after: timeout,
+                });
+            }
+            tokio::time::sleep(self.config.poll_interval).await;
+        }
+    }
+
+    /// Runs the one-off service's task to its end, following its logs:
+    /// each line goes to `output` as it comes. The follow stream of a
+    /// Swarm task need not end with the task, so the task's state is
+    /// polled beside it; once the task ended, the lines the follow stream
+    /// had not delivered yet are read from the task's whole log (same
+    /// order: the node's log file), past the count already sent.
+    async fn follow_to_end(
+        &self,
+        service_id: &str,
+        spec: &InstanceSpec,
+        output: tokio::sync::mpsc::Sender<LogChunk>,
+        timeout: Duration,
+    ) -> Result<OneOffOutcome, RuntimeError> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let first = self
+            .wait_oneoff_started(service_id, spec, deadline, timeout)
+            .await?;
+        let task_id = first.id.clone().unwrap_or_default();
+        let mut tail: VecDeque<LogChunk> = VecDeque::new();
+        let mut dropped_lines = 0usize;
+        let mut sent = 0usize;
+        let mut keep = |chunk: LogChunk, tail: &mut VecDeque<LogChunk>| {
+            if tail.len() == ONEOFF_MAX_LINES {
+                tail.pop_front();
+                dropped_lines += 1;
+            }
+            tail.push_back(chunk);
+        };
+        let mut follow = self.task_logs(
+            &task_id,
+            LogOptions {
+                follow: true,
+                ..LogOptions::default()
+            },
+        );
+        let mut following = true;
+        let mut poll = tokio::time::interval(self.config.poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let ended = loop {
+            tokio::select! {
+                item = follow.next(), if following => match item {
+                    Some(Ok(chunk)) => {
+                        // A receiver that went away does not stop the run.
+                        let _ = output.send(chunk.clone()).await;
+                        keep(chunk, &mut tail);
+                        sent += 1;
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(task = task_id, error = %e, "swarm task log stream broke; the rest is read at the end");
+                        following = false;
+                    }
+                    None => following = false,
+                },
+                _ = poll.tick() => {
+                    match self.slot_task(service_id, 1).await? {
+                        Some(task) if tasks::is_terminal(&task) => break task,
+                        _ => {}
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(RuntimeError::OneOffTimeout {
+                            name: spec.name.clone(),
+                            after: timeout,
+                        });
+                    }
+                }
+            }
+        };
+        drop(follow);
+        let duration = started.elapsed();
+        let mut rest = self.task_logs(&task_id, LogOptions::default()).skip(sent);
+        while let Some(chunk) = rest.next().await {
+            let chunk = chunk?;
+            let _ = output.send(chunk.clone()).await;
+            keep(chunk, &mut tail);
+        }
+        Ok(OneOffOutcome {
+            exit_code: exit_code(&ended),
+            oom_killed: false,
+            output: tail.into(),
             dropped_lines,
             duration,
         })
@@ -778,6 +889,18 @@ impl SwarmRuntime {
         frames_to_lines(raw, opts.since, task_id.to_owned())
     }
 }
+
+/// The exit code of an ended task (-1 when its container never ran).
+fn exit_code(task: &Task) -> i64 {
+    task.status
+        .as_ref()
+        .and_then(|s| s.container_status.as_ref())
+        .and_then(|c| c.exit_code)
+        .unwrap_or(-1)
+}
+
+/// Why `run_attached` refuses a stdin on Swarm.
+pub const STDIN_UNSUPPORTED: &str = "stdin cannot be forwarded to a run on --runtime swarm (its task runs on any node, reached only through the swarm's logs): run it with --no-stdin or --detach, or with stdin from /dev/null";
 
 /// The services the instance ids belong to, each once, in order.
 fn services_of(ids: &[String]) -> Vec<&str> {
@@ -931,6 +1054,32 @@ impl Runtime for SwarmRuntime {
         spec.validate()?;
         let service_id = self.create_service(spec, 1, true).await?;
         let result = self.run_to_end(&service_id, spec, timeout).await;
+        self.delete_quietly(&service_id).await;
+        result
+    }
+
+    /// A one-off service whose output is streamed from its task's logs as
+    /// it comes; the exit code is the task's. No stdin: a Swarm task's
+    /// container is on whichever node runs it, and the manager's API has
+    /// no attach for it, so a stdin is refused ([`STDIN_UNSUPPORTED`])
+    /// before anything is created.
+    async fn run_attached(
+        &self,
+        spec: &InstanceSpec,
+        io: crate::runtime::Attach,
+        timeout: Duration,
+    ) -> Result<OneOffOutcome, RuntimeError> {
+        if io.stdin.is_some() {
+            return Err(RuntimeError::Backend {
+                op: "run",
+                message: STDIN_UNSUPPORTED.to_owned(),
+            });
+        }
+        spec.validate()?;
+        let service_id = self.create_service(spec, 1, true).await?;
+        let result = self
+            .follow_to_end(&service_id, spec, io.output, timeout)
+            .await;
         self.delete_quietly(&service_id).await;
         result
     }

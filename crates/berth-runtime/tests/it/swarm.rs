@@ -91,6 +91,7 @@ async fn swarm_runtime_on_a_two_node_swarm() {
 
     replicas_spread_serve_log_and_are_adopted(&swarm, &rt, &image).await;
     oneoff_runs_to_completion(&rt, &image).await;
+    attached_run_streams_live_from_the_task_logs(&rt, &image).await;
     worker_without_credentials_fails_naming_the_node(&swarm).await;
     nodes_list_and_availability(&swarm, &rt).await;
 
@@ -269,6 +270,111 @@ async fn oneoff_runs_to_completion(rt: &SwarmRuntime, image: &str) {
         .await
         .expect_err("times out");
     assert!(matches!(err, RuntimeError::OneOffTimeout { .. }), "{err}");
+}
+
+/// `run_attached` on Swarm: lines reach the output while the task still
+/// runs (from its logs), stdout and stderr apart, the exit code is the
+/// task's, the service is gone afterwards; a stdin is refused before
+/// anything is created; the timeout kills and removes it.
+async fn attached_run_streams_live_from_the_task_logs(rt: &SwarmRuntime, image: &str) {
+    let spec = spec(
+        image,
+        "echo first; sleep 3; echo second; echo err-line >&2; exit 4",
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let io = berth_runtime::Attach {
+        stdin: None,
+        output: tx,
+    };
+    let run = {
+        let rt = rt.clone();
+        let spec = spec.clone();
+        tokio::spawn(async move { rt.run_attached(&spec, io, Duration::from_secs(90)).await })
+    };
+    let first = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("a first line within 60 s")
+        .expect("a line");
+    assert_eq!(first.line, "first");
+    assert_eq!(first.stream, LogStream::Stdout);
+    assert!(
+        !run.is_finished(),
+        "the first line came only after the run ended"
+    );
+    let mut rest = Vec::new();
+    while let Some(chunk) = rx.recv().await {
+        rest.push((chunk.stream, chunk.line));
+    }
+    let outcome = run.await.expect("join").expect("attached run");
+    assert_eq!(outcome.exit_code, 4);
+    assert!(
+        rest.contains(&(LogStream::Stdout, "second".to_owned()))
+            && rest.contains(&(LogStream::Stderr, "err-line".to_owned())),
+        "{rest:?}"
+    );
+    assert_eq!(rest.len(), 2, "each line once: {rest:?}");
+    let kept: Vec<&str> = outcome.output.iter().map(|c| c.line.as_str()).collect();
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    assert!(
+        outcome.duration >= Duration::from_secs(3),
+        "{:?}",
+        outcome.duration
+    );
+    let left: Vec<_> = rt
+        .list_owned()
+        .await
+        .expect("list")
+        .into_iter()
+        .filter(|i| i.name.starts_with(&spec.name))
+        .collect();
+    assert!(left.is_empty(), "run service left: {left:?}");
+
+    // A stdin: refused in one line, nothing created.
+    let (tx, _rx) = tokio::sync::mpsc::channel(1);
+    let (_stdin_tx, stdin) = tokio::sync::mpsc::channel(1);
+    let spec = self::spec(image, "cat");
+    let err = rt
+        .run_attached(
+            &spec,
+            berth_runtime::Attach {
+                stdin: Some(stdin),
+                output: tx,
+            },
+            Duration::from_secs(30),
+        )
+        .await
+        .expect_err("stdin is refused");
+    let msg = err.to_string();
+    assert!(msg.contains("--no-stdin") && !msg.contains('\n'), "{msg}");
+    assert!(rt
+        .list_owned()
+        .await
+        .expect("list")
+        .iter()
+        .all(|i| !i.name.starts_with(&spec.name)));
+
+    // The timeout: killed, removed, OneOffTimeout.
+    let spec = self::spec(image, "echo going; sleep 60");
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    let err = rt
+        .run_attached(
+            &spec,
+            berth_runtime::Attach {
+                stdin: None,
+                output: tx,
+            },
+            Duration::from_secs(15),
+        )
+        .await
+        .expect_err("times out");
+    assert!(matches!(err, RuntimeError::OneOffTimeout { .. }), "{err}");
+    assert_eq!(rx.recv().await.map(|c| c.line).as_deref(), Some("going"));
+    assert!(rt
+        .list_owned()
+        .await
+        .expect("list")
+        .iter()
+        .all(|i| !i.name.starts_with(&spec.name)));
 }
 
 async fn worker_without_credentials_fails_naming_the_node(swarm: &TestSwarm) {

@@ -18,7 +18,9 @@ use tokio::sync::mpsc;
 impl From<RunError> for ApiError {
     fn from(e: RunError) -> Self {
         match e {
-            RunError::EmptyCommand => ApiError::bad_request(e.to_string()),
+            RunError::EmptyCommand | RunError::StdinUnsupported(_) => {
+                ApiError::bad_request(e.to_string())
+            }
             RunError::NoActiveDeployment { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "no_active_deployment", e.to_string())
             }

@@ -53,7 +53,7 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
         }
         return Ok(0);
     }
-    let stdin = (!a.no_stdin).then(stdin_body);
+    let stdin = (!a.no_stdin && stdin_may_have_input()).then(stdin_body);
     let mut resp = ctx.client.attach_run(&a.project, &body, stdin).await?;
     let mut buf: Vec<u8> = Vec::new();
     let mut done: Option<Run> = None;
@@ -148,6 +148,31 @@ fn print_line(l: &RunLine) {
             let _ = writeln!(o, "{}", l.line);
             let _ = o.flush();
         }
+    }
+}
+
+/// Whether stdin is worth forwarding: a terminal, a pipe, a socket or a
+/// file, but not /dev/null (or another device) nor a closed stdin, which
+/// the command reads as end of file anyway. A run on a runtime that cannot
+/// forward stdin (Swarm) then works from scripts and tests without
+/// `--no-stdin`.
+fn stdin_may_have_input() -> bool {
+    use std::io::IsTerminal;
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileTypeExt;
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return true;
+    }
+    let Ok(fd) = stdin.as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    match std::fs::File::from(fd).metadata() {
+        Ok(m) => {
+            let t = m.file_type();
+            !(t.is_char_device() || t.is_block_device())
+        }
+        Err(_) => false,
     }
 }
 

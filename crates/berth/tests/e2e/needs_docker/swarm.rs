@@ -334,3 +334,259 @@ fn replicas_spread_drain_and_a_dying_node_on_a_two_node_swarm() {
     );
     assert_eq!(s.get_host(&h, "/").unwrap().1, "r2");
 }
+
+/// The berth services on the test swarm whose labels match `label`.
+fn swarm_services(docker_host: &str, label: &str) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args([
+            "-H",
+            docker_host,
+            "service",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label={label}"),
+        ])
+        .output()
+        .expect("docker service ls");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+const RUN_TOML: &str = "[services.web]\nport = 3000\n\n\
+[jobs.tick]\nschedule = \"0 0 1 1 *\"\ncommand = \"echo tick $GREETING\"\n\n\
+[jobs.slow]\nschedule = \"0 0 1 1 *\"\ncommand = \"sleep 60\"\ntimeout = \"5s\"\n";
+
+/// `berth run` and jobs on the two-node swarm: a run is a one-off Swarm
+/// service whose output comes live from its task's logs (stdout and stderr
+/// apart), berth exits with the task's exit code, a stdin from a pipe is
+/// refused in one line before anything runs, `--detach` and `berth logs`
+/// work, a job runs and its timeout kills it; a run left going by a kill -9
+/// of berth is marked failed by the next start and its service removed;
+/// nothing of the runs is left on the swarm.
+#[test]
+fn runs_and_jobs_on_a_two_node_swarm() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    if testnet::skip_reason().is_some() {
+        return;
+    }
+    let swarm = TestSwarm::up_with(false).expect("test swarm");
+    let project = unique("e2eswrun");
+    let docker_host = format!("unix://{}", swarm.manager_sock.display());
+    let mut s = Server::start_with_env(
+        &["--runtime", "swarm", "--registry", &swarm.registry],
+        &[("DOCKER_HOST", docker_host.as_str())],
+    );
+    let repo = AppRepo::new("runs on the swarm");
+    std::fs::write(repo.dir.path().join("berth.toml"), RUN_TOML).unwrap();
+    repo.commit_app("runs on the swarm", DOCKERFILE, "with jobs");
+    s.ok(&["projects", "create", &project, "--repo", repo.path()]);
+    s.ok(&["env", "set", "--project", &project, "GREETING=bonjour"]);
+    let (ok, d) = deploy_wait(&s, &project);
+    assert!(ok, "{d}\n{}", s.log());
+    let run_label = format!("dev.berth.project={project}");
+    let berth = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
+        c.args(args)
+            .env("BERTH_API", s.api())
+            .env("BERTH_TOKEN", TOKEN)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    };
+
+    // Attached: the exit code, stdout and stderr apart, the variables.
+    let o = s.cli(&[
+        "run",
+        "--project",
+        &project,
+        "--",
+        "sh",
+        "-c",
+        "echo $GREETING; echo oops >&2; exit 3",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{out}\n{err}\n{}", s.log());
+    assert_eq!(out.trim(), "bonjour", "{out}");
+    assert_eq!(err.trim(), "oops", "{err}");
+
+    // Live: the first line is printed while the run still goes.
+    let mut child = berth(&[
+        "run",
+        "--project",
+        &project,
+        "--",
+        "sh",
+        "-c",
+        "echo first; sleep 4; echo second",
+    ])
+    .stdin(Stdio::null())
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("a line").unwrap();
+    let at_first = Instant::now();
+    assert_eq!(first, "first");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run ended before its first line was printed"
+    );
+    assert_eq!(lines.next().expect("a second line").unwrap(), "second");
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    assert!(
+        at_first.elapsed() >= Duration::from_secs(2),
+        "the first line came at the end"
+    );
+
+    // A stdin from a pipe: refused in one line; no run recorded, nothing
+    // created.
+    let runs_of = |s: &Server| -> Value {
+        s.client()
+            .get(format!("{}/api/v1/projects/{project}/runs", s.api()))
+            .bearer_auth(TOKEN)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    let runs_before = runs_of(&s);
+    let mut child = berth(&["run", "--project", &project, "--", "cat"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--no-stdin"), "{err}");
+    let runs_after = runs_of(&s);
+    assert_eq!(runs_before, runs_after, "a refused run was recorded");
+    // --no-stdin with the same pipe runs.
+    let o = s.cli(&[
+        "run",
+        "--project",
+        &project,
+        "--no-stdin",
+        "--",
+        "echo",
+        "no-stdin-ok",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "no-stdin-ok");
+
+    // --detach, then berth logs --follow until it ends.
+    let o = s.ok(&[
+        "run",
+        "--project",
+        &project,
+        "--detach",
+        "--",
+        "sh",
+        "-c",
+        "sleep 1; echo detached-$GREETING",
+    ]);
+    let id = o.split_whitespace().nth(1).expect("an id").to_owned();
+    let logs = s.ok(&["logs", &id, "--follow"]);
+    assert!(logs.contains("detached-bonjour"), "{logs}");
+
+    // Jobs: one runs now; the timeout kills another.
+    let o = s.cli(&["jobs", "run", "--project", &project, "tick"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("tick bonjour"), "{out}");
+    let o = s.cli(&["jobs", "run", "--project", &project, "slow"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("timed out"), "{err}");
+    assert!(
+        swarm_services(&docker_host, "dev.berth.role=job").is_empty(),
+        "job services left"
+    );
+
+    // A run left going by a kill -9: failed at the next start, its service
+    // removed.
+    let o = s.ok(&[
+        "run",
+        "--project",
+        &project,
+        "--detach",
+        "--",
+        "sleep",
+        "120",
+    ]);
+    let id = o.split_whitespace().nth(1).expect("an id").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while swarm_services(&docker_host, &format!("dev.berth.run={id}")).is_empty() {
+        assert!(Instant::now() < deadline, "the run's service never came");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    s.kill9();
+    s.spawn();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r: Value = s
+            .client()
+            .get(format!("{}/api/v1/runs/{id}", s.api()))
+            .bearer_auth(TOKEN)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let gone = swarm_services(&docker_host, &format!("dev.berth.run={id}")).is_empty();
+        if r["status"] == "failed" && gone {
+            assert!(r["error"].as_str().unwrap_or("").contains("restart"), "{r}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the interrupted run: {r}, service gone: {gone}\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // The deployment itself was adopted and still serves.
+    assert_eq!(
+        s.get_host(&host(&project), "/").unwrap().1,
+        "runs on the swarm"
+    );
+    let left = swarm_services(&docker_host, "dev.berth.role=run");
+    assert!(left.is_empty(), "run services left: {left:?}");
+    // The restart fires the jobs' firing of this year it missed (less than
+    // one period late): those runs end (the slow one by its timeout) and
+    // their services go too.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut services = swarm_services(&docker_host, &run_label);
+    while services.len() > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        services = swarm_services(&docker_host, &run_label);
+    }
+    let described = std::process::Command::new("docker")
+        .args(["-H", &docker_host, "service", "inspect", "--format"])
+        .arg("{{.Spec.Name}} {{json .Spec.Labels}} {{json .Spec.Mode}}")
+        .args(&services)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    assert_eq!(
+        services.len(),
+        1,
+        "only the deployment's service is left: {described}\n{}",
+        s.log()
+    );
+}
