@@ -38,6 +38,11 @@ fn main() {
     let exit = match run(&status) {
         Ok(exit) => exit,
         Err(message) => {
+            // On the app's stderr too, so the host's "last output" of a
+            // failed start names it (once stage 1 found the ports).
+            if let Some(port) = find_port(protocol::STDERR_PORT, Duration::ZERO) {
+                notice(&port, &format!("berth-init: {message}"));
+            }
             report(&status, &Status::Error { message });
             Some((127, oom_kills() > 0))
         }

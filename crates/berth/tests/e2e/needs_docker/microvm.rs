@@ -1,9 +1,10 @@
 //! `berth server --runtime microvm` (issue 12): the busybox app deployed in
 //! QEMU microVMs (TCG), served through the edge, its stdout and stderr
-//! apart in `berth logs`, its own kernel and berth-init as PID 1, then a
-//! rollback under load without a failed request, and VMs that survive a
-//! kill -9 of berth and are adopted; a canary of VMs that regresses is
-//! rolled back and a healthy one is promoted.
+//! apart in `berth logs`, its own kernel and berth-init as PID 1, an app
+//! crash restarted inside the same VM, then a rollback under load without
+//! a failed request, and VMs that survive a kill -9 of berth and are
+//! adopted; a canary of VMs that regresses is rolled back and a healthy
+//! one is promoted; requests a server cannot honour fail at deploy.
 
 use super::{deploy_wait, host, step, unique, wait_body, Cleanup};
 use crate::harness::*;
@@ -18,6 +19,14 @@ echo \"init=$(cat /proc/1/cmdline)\"
 echo \"kernel=$(uname -r)\"
 echo \"docker-sock=$(test -e /var/run/docker.sock && echo yes || echo no)\"
 echo \"processes=$(ls /proc | grep -c '^[0-9]')\"
+";
+
+/// Kills the app (every httpd, the main one with it) from inside.
+const CRASH_CGI: &str = "#!/bin/sh
+echo 'Content-Type: text/plain'
+echo
+echo crashing
+killall -9 httpd
 ";
 
 const BERTH_TOML: &str = "[services.web]
@@ -112,7 +121,8 @@ fn app_cgi(repo: &AppRepo, status: &str) {
 
 /// The canary stages (004) with VM instances: the candidate VM takes its
 /// share of the edge's traffic beside the active one; a regressing one ends
-/// rolled back (its VM gone, v1's still serving), a healthy one is promoted.
+/// rolled back (its VM gone, v1's still serving), a healthy one is promoted;
+/// then one whose entrypoint does not exist fails naming it.
 /// Short windows: every request is a CGI fork inside a TCG guest.
 #[test]
 fn microvm_canary_rolls_back_a_regression_and_promotes_a_healthy_one() {
@@ -188,6 +198,40 @@ fn microvm_canary_rolls_back_a_regression_and_promotes_a_healthy_one() {
     let logs = s.ok(&["logs", d3["id"].as_str().unwrap()]);
     assert!(logs.contains("canary: 50% of traffic"), "{logs}");
     wait_body(&s, &h, "c3");
+    let vm3 = d3["runtime"]["instanceId"].as_str().unwrap().to_string();
+
+    // An entrypoint the image does not have: failed within the readiness
+    // deadline naming it (the init's error, also on the app's stderr so
+    // the failure's "last output" has it), its VM gone, v3 serving.
+    std::fs::write(
+        repo.dir.path().join("berth.toml"),
+        "[services.web]\nisolation = \"microvm\"\nport = 3000\n\
+         [services.web.resources]\nmemory = \"160m\"\n",
+    )
+    .unwrap();
+    let cmd = DOCKERFILE.lines().last().unwrap();
+    assert!(cmd.starts_with("CMD "), "{DOCKERFILE}");
+    let dockerfile = DOCKERFILE.replace(cmd, "CMD [\"/nonexistent-entrypoint\", \"--serve\"]");
+    repo.commit_app("c4", &dockerfile, "v4 without its entrypoint");
+    let (ok, d4) = deploy_wait(&s, &project);
+    assert!(!ok, "{d4}");
+    assert_eq!(d4["status"], "failed", "{d4}");
+    let msg = d4["failureMessage"].as_str().unwrap_or_default();
+    assert!(msg.contains("exited with code 127"), "{msg}");
+    assert!(
+        msg.contains("entrypoint \"/nonexistent-entrypoint\" not found in the image"),
+        "{msg}"
+    );
+    // Left: v3's VM, and v1's while it is warm in v3's bake window.
+    let vms = running_vms(&s.data_dir());
+    assert!(
+        vms.iter().any(|m| m["name"] == vm3.as_str())
+            && vms
+                .iter()
+                .all(|m| m["name"] == vm3.as_str() || m["name"] == vm1.as_str()),
+        "{vms:?}"
+    );
+    wait_body(&s, &h, "c3");
 }
 
 #[test]
@@ -204,6 +248,12 @@ fn microvm_runtime_deploys_serves_logs_apart_rolls_back_and_survives_kill_9() {
     {
         use std::os::unix::fs::PermissionsExt;
         let p = repo.dir.path().join("www/cgi-bin/inside");
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::write(repo.dir.path().join("www/cgi-bin/crash"), CRASH_CGI).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let p = repo.dir.path().join("www/cgi-bin/crash");
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     std::fs::write(repo.dir.path().join("berth.toml"), BERTH_TOML).unwrap();
@@ -275,8 +325,10 @@ fn microvm_runtime_deploys_serves_logs_apart_rolls_back_and_survives_kill_9() {
         std::thread::sleep(Duration::from_millis(500));
     }
 
-    // kill -9 of berth: the VM keeps serving; after the restart it is
-    // adopted, not rebooted.
+    // The app crashes after it became ready: berth-init starts it again in
+    // the same VM (as the Docker Engine restarts a container), the edge
+    // serves it again, the exit code is in `berth logs`, and the health
+    // monitor keeps the instance (no new VM).
     let pid_before = std::fs::read_to_string(
         s.data_dir()
             .join("microvm/vms")
@@ -284,6 +336,29 @@ fn microvm_runtime_deploys_serves_logs_apart_rolls_back_and_survives_kill_9() {
             .join("qemu.pid"),
     )
     .unwrap();
+    let _ = s.get_host(&h, "/cgi-bin/crash");
+    let restarted = "berth-init: the app exited with code 137; restart 1 in 100 ms";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = s.ok(&["logs", &id1, "--json"]);
+        let seen = out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|l| l["stream"] == "stderr" && l["text"].as_str() == Some(restarted));
+        if seen {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no restart in berth logs: {out}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    wait_body(&s, &h, "vm v1");
+    let d = s.json(&["inspect", &id1, "--json"]);
+    assert_eq!(d["isActive"], true, "{d}");
+    assert_eq!(d["runtime"]["instanceId"], vm1.as_str(), "replaced: {d}");
+    assert_eq!(running_vms(&s.data_dir()).len(), 1);
+
+    // kill -9 of berth: the VM keeps serving; after the restart it is
+    // adopted, not rebooted.
     s.kill9();
     let (st, body) = {
         // The edge is down with berth; the VM's own port still answers.
@@ -306,7 +381,10 @@ fn microvm_runtime_deploys_serves_logs_apart_rolls_back_and_survives_kill_9() {
             .join("qemu.pid"),
     )
     .unwrap();
-    assert_eq!(pid_before, pid_after, "the VM was rebooted");
+    assert_eq!(
+        pid_before, pid_after,
+        "the VM was rebooted (app crash or kill -9)"
+    );
 
     // v2, then a rollback to v1 under load: no failed request.
     repo.commit_app("vm v2", DOCKERFILE, "v2");
