@@ -65,6 +65,10 @@ need_file /usr/lib/postgresql/15/bin/initdb postgresql
 # (/opt/berth-moto; Debian's python is externally managed), below.
 moto_found() { command -v moto_server >/dev/null 2>&1 || [ -x /opt/berth-moto/bin/moto_server ]; }
 moto_found || python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+# The API document's check: openapi-spec-validator, from PyPI into its own
+# venv (/opt/berth-openapi), below.
+oasv_found() { command -v openapi-spec-validator >/dev/null 2>&1 || [ -x /opt/berth-openapi/bin/openapi-spec-validator ]; }
+oasv_found || python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 
 if ((${#need[@]})); then
     # One entry per package.
@@ -88,6 +92,16 @@ if ! moto_found; then
         say "installed moto_server in /opt/berth-moto"
     else
         problems+=("moto_server is missing (as root: python3 -m venv /opt/berth-moto && /opt/berth-moto/bin/pip install 'moto[server]')")
+    fi
+fi
+
+# openapi-spec-validator for the API document's test.
+if ! oasv_found; then
+    if $root && python3 -m venv /opt/berth-openapi >/dev/null &&
+        /opt/berth-openapi/bin/pip install -q openapi-spec-validator; then
+        say "installed openapi-spec-validator in /opt/berth-openapi"
+    else
+        problems+=("openapi-spec-validator is missing (as root: python3 -m venv /opt/berth-openapi && /opt/berth-openapi/bin/pip install openapi-spec-validator)")
     fi
 fi
 

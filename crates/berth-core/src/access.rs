@@ -13,7 +13,19 @@ use serde::{Deserialize, Serialize};
 pub const ADMIN_TOKEN_NAME: &str = "admin";
 
 /// What a token may do. Ordered: each role allows what the lower ones do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Reads: projects, status, logs, variables (secrets masked).
@@ -59,7 +71,7 @@ impl std::str::FromStr for Role {
 }
 
 /// A token as listed: never the token itself.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenInfo {
     pub name: String,
@@ -93,7 +105,7 @@ pub enum TokenDead {
 }
 
 /// `POST /tokens`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateToken {
     pub name: String,
@@ -106,7 +118,7 @@ pub struct CreateToken {
 }
 
 /// The answer to `POST /tokens`: the only time the token is shown.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreatedToken {
     #[serde(flatten)]
@@ -115,7 +127,7 @@ pub struct CreatedToken {
 }
 
 /// One change made through the API, the console or `git push`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditEntry {
     pub at: DateTime<Utc>,

@@ -5,14 +5,14 @@ use crate::model::{Environment, Project};
 use serde::{Deserialize, Serialize};
 
 /// Every error the API returns: `{"error": code, "message": text}`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: String,
     pub message: String,
 }
 
 /// `POST /api/v1/projects`
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateProject {
     pub name: String,
@@ -29,7 +29,7 @@ pub struct CreateProject {
 }
 
 /// `PATCH /api/v1/projects/{name}`
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateProject {
     #[serde(default)]
@@ -46,7 +46,7 @@ pub struct UpdateProject {
 }
 
 /// One service of a project in one environment, as `projects show` lists it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSummary {
     pub name: String,
@@ -58,7 +58,7 @@ pub struct ServiceSummary {
 }
 
 /// `GET /api/v1/projects/{name}`
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProjectDetail {
     #[serde(flatten)]
@@ -68,7 +68,7 @@ pub struct ProjectDetail {
 }
 
 /// `POST /api/v1/projects/{name}/environments`
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateEnvironment {
     pub name: String,
@@ -77,7 +77,7 @@ pub struct CreateEnvironment {
 }
 
 /// `PUT /api/v1/projects/{p}/environments/{e}/variables/{key}`
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SetVariable {
     pub value: String,
@@ -89,7 +89,7 @@ pub struct SetVariable {
 }
 
 /// `POST /api/v1/deployments`
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateDeployment {
     pub project: String,
@@ -103,7 +103,7 @@ pub struct CreateDeployment {
 }
 
 /// `POST /api/v1/rollback`
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Rollback {
     pub project: String,
@@ -114,7 +114,7 @@ pub struct Rollback {
 }
 
 /// `POST /api/v1/routes`
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AddRoute {
     pub hostname: String,
@@ -122,7 +122,7 @@ pub struct AddRoute {
 }
 
 /// `POST /api/v1/projects/{p}/domains`
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AddDomain {
     pub hostname: String,

@@ -12,7 +12,7 @@ pub const DEFAULT_SERVICE: &str = "web";
 /// Images kept per service and environment unless the project says otherwise.
 pub const DEFAULT_RETAIN_IMAGES: u32 = 3;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Project {
     pub name: String,
@@ -32,7 +32,7 @@ pub struct Project {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EnvironmentKind {
     Production,
@@ -40,7 +40,7 @@ pub enum EnvironmentKind {
     Preview,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Environment {
     pub project_name: String,
@@ -52,7 +52,7 @@ pub struct Environment {
 }
 
 /// An environment variable as shown: secrets never carry their value.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Variable {
     pub key: String,
@@ -68,7 +68,7 @@ pub struct Variable {
 }
 
 /// What created a deployment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
     /// `berth deploy` or the API.
@@ -107,7 +107,7 @@ impl Trigger {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Commit {
     pub sha: String,
@@ -116,7 +116,7 @@ pub struct Commit {
     pub author: String,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageInfo {
     /// The image reference the runtime starts (tag or registry ref).
@@ -127,7 +127,7 @@ pub struct ImageInfo {
 }
 
 /// The steps of a deployment (002), in pipeline order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepName {
     Clone,
@@ -169,7 +169,7 @@ impl StepName {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     Pending,
@@ -208,7 +208,7 @@ impl StepStatus {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Step {
     pub name: StepName,
@@ -234,7 +234,7 @@ impl Step {
 }
 
 /// What analyze found out about the source (002).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BuildInfo {
     pub provider: Option<String>,
@@ -254,7 +254,7 @@ pub struct BuildInfo {
 }
 
 /// One file of the build output (004's manifest).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ManifestEntry {
     pub path: String,
@@ -263,7 +263,7 @@ pub struct ManifestEntry {
 }
 
 /// A single build-and-run of one service in one environment.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Deployment {
     pub id: String,
@@ -324,7 +324,7 @@ fn one() -> u32 {
 }
 
 /// One instance of a deployment, as `instances` lists it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceInfo {
     /// The runtime's id (a container id; a Swarm `<service id>.<slot>`).
@@ -341,7 +341,7 @@ pub struct InstanceInfo {
 }
 
 /// The running instance of a deployment.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RuntimeInfo {
     pub instance_id: String,
@@ -425,7 +425,7 @@ impl Deployment {
 }
 
 /// A hostname served by an upstream berth does not run.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExternalRoute {
     pub hostname: String,
@@ -434,7 +434,7 @@ pub struct ExternalRoute {
 }
 
 /// One server of a cluster sharing a store (`berth cluster status`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterMember {
     /// The server's instance id (kept in its data dir).
@@ -578,7 +578,7 @@ mod tests {
 
 /// Which log stream a line belongs to (003's three streams, with berth's
 /// own split into platform events and build output).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LogStream {
     /// berth's own events: stage transitions, probe results, failures.
@@ -611,7 +611,7 @@ impl LogStream {
 }
 
 /// One stored log line, tagged as 003 asks.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LogLine {
     /// Position in the store, strictly increasing: the resume cursor.
@@ -630,7 +630,7 @@ pub struct LogLine {
 
 /// A custom domain (004): verified by a TXT record, then routed to a
 /// service's active deployment.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Domain {
     pub hostname: String,
@@ -650,7 +650,7 @@ pub struct Domain {
 }
 
 /// Where a hostname's TLS certificate stands.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CertState {
     /// None asked for (not verified, or no ACME directory configured).
@@ -686,7 +686,7 @@ impl CertState {
 }
 
 /// A hostname's certificate as the API shows it (never the key).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CertificateStatus {
     pub state: CertState,
@@ -701,7 +701,7 @@ pub struct CertificateStatus {
     pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DomainVerification {
     #[serde(rename = "type")]
@@ -718,7 +718,7 @@ pub fn verification_name(hostname: &str) -> String {
 /// A service, or every service of an environment, in maintenance
 /// (`berth maintenance on`): the edge answers its hostnames with 503,
 /// `Retry-After` and berth's maintenance page.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Maintenance {
     pub project_name: String,

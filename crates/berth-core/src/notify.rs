@@ -16,7 +16,7 @@ pub const FIRST_DELAY_SECS: i64 = 10;
 pub const MAX_DELAY_SECS: i64 = 15 * 60;
 
 /// What happened to a deployment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NotifyEvent {
     /// A deployment became active (deploy, promote, redeploy).
@@ -189,7 +189,7 @@ pub fn parse_url(url: &str) -> Result<EndpointUrl, NotifyError> {
 }
 
 /// A registered endpoint, as shown: never its full URL nor its secret.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Notification {
     pub id: String,
@@ -201,7 +201,7 @@ pub struct Notification {
 }
 
 /// `POST /api/v1/projects/{p}/notifications`
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AddNotification {
     pub url: String,
@@ -212,7 +212,7 @@ pub struct AddNotification {
 
 /// The answer to `notify add`: the record and its signing secret, which
 /// is never shown again.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NotificationCreated {
     #[serde(flatten)]
@@ -221,7 +221,7 @@ pub struct NotificationCreated {
 }
 
 /// An endpoint with its latest deliveries (`notify list`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NotificationStatus {
     #[serde(flatten)]
@@ -231,7 +231,7 @@ pub struct NotificationStatus {
 }
 
 /// Where a delivery is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryStatus {
     /// Not sent yet, or to be retried at `nextAttemptAt`.
@@ -254,7 +254,7 @@ impl DeliveryStatus {
 }
 
 /// One try at sending a delivery.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Attempt {
     pub at: DateTime<Utc>,
@@ -267,7 +267,7 @@ pub struct Attempt {
 
 /// One event for one endpoint (the outbox row): the exact body is fixed
 /// when it is queued, so every retry sends (and signs) the same bytes.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Delivery {
     pub id: String,
@@ -286,7 +286,7 @@ pub struct Delivery {
 }
 
 /// What an attempt's result means.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, utoipa::ToSchema)]
 pub enum Outcome {
     Delivered,
     Retry,

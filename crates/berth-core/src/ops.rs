@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 pub const RUN_OUTPUT_LINES: usize = 1000;
 
 /// Where a run is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// Recorded, its instance starting or running.
@@ -58,7 +58,7 @@ impl std::fmt::Display for RunStatus {
 }
 
 /// One line of a run's output (secrets already redacted).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RunLine {
     pub ts: DateTime<Utc>,
@@ -67,7 +67,7 @@ pub struct RunLine {
 }
 
 /// A one-off command (`berth run`) or a scheduled job's run.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Run {
     pub id: String,
@@ -144,7 +144,7 @@ impl Run {
 /// `POST /api/v1/projects/{name}/runs`: a detached run. The attached form
 /// (`POST .../runs/attach`) takes the same fields as query parameters,
 /// `command` as a JSON array, and its body is the process's stdin.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateRun {
     pub service: Option<String>,
@@ -154,7 +154,7 @@ pub struct CreateRun {
 
 /// One line of the NDJSON answer of `POST .../runs/attach`: `started`
 /// first, then the output lines, then `exit` with the finished record.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum RunStreamEvent {
     Started { run: Box<Run> },
@@ -165,7 +165,7 @@ pub enum RunStreamEvent {
 /// A scheduled job (`[jobs.<name>]`) of an environment, as defined by the
 /// berth.toml of its service's active deployment (`GET
 /// /api/v1/projects/{name}/jobs`, `berth jobs list`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Job {
     pub name: String,
@@ -185,7 +185,7 @@ pub struct Job {
 }
 
 /// `POST /api/v1/projects/{name}/jobs/{job}/runs`: run a job now.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RunJob {
     pub environment: Option<String>,

@@ -21,7 +21,7 @@ pub fn engine_name(project: &str, environment: &str, volume: &str, instance: &st
 }
 
 /// A volume as `berth volumes list` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeInfo {
     /// The name in `berth.toml`.
@@ -36,7 +36,7 @@ pub struct VolumeInfo {
 }
 
 /// Where a service mounts a volume.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeMountInfo {
     pub service_name: String,
@@ -45,7 +45,7 @@ pub struct VolumeMountInfo {
 
 /// Where a backup is in its life. A backup is `succeeded` only once its
 /// archive has been read back and its checksum matched.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BackupStatus {
     Running,
@@ -80,7 +80,7 @@ impl std::fmt::Display for BackupStatus {
 }
 
 /// Why a backup was made.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BackupTrigger {
     /// `berth volumes backup`.
@@ -93,7 +93,7 @@ pub enum BackupTrigger {
 
 /// One backup of one volume: a gzip-compressed tar archive of the volume's
 /// content and the SHA-256 of the archive file.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Backup {
     pub id: String,
@@ -119,7 +119,7 @@ pub struct Backup {
 }
 
 /// `POST /api/v1/projects/{name}/volumes/{volume}/restore`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RestoreRequest {
     pub backup_id: String,

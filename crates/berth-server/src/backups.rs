@@ -53,7 +53,7 @@ static VOLUME_OPS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// What `restore` did: the backup put back and the one that keeps the
 /// content it replaced.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RestoreOutcome {
     pub restored: Backup,

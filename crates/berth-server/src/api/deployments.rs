@@ -7,13 +7,15 @@ use crate::error::{ApiError, ApiResult};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use berth_core::api::ErrorBody;
 use berth_core::api::{CreateDeployment, Rollback};
-use berth_core::model::{Deployment, Trigger, DEFAULT_SERVICE, PRODUCTION};
+use berth_core::model::{Deployment, ManifestEntry, Trigger, DEFAULT_SERVICE, PRODUCTION};
 use berth_store::{DeploymentQuery, Slot};
 use serde::Deserialize;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     project: Option<String>,
     environment: Option<String>,
@@ -21,6 +23,14 @@ pub struct ListQuery {
     limit: Option<u32>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/deployments",
+    operation_id = "deployments_list",
+    summary = "list deployments, newest first",
+    params(ListQuery),
+    responses((status = 200, description = "success", body = Vec<Deployment>), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn list(
     State(s): State<AppState>,
     Query(q): Query<ListQuery>,
@@ -44,6 +54,14 @@ pub async fn list(
     Ok(Json(ds))
 }
 
+#[utoipa::path(
+    post,
+    path = "/deployments",
+    operation_id = "deployments_create",
+    summary = "deploy",
+    request_body = CreateDeployment,
+    responses((status = 201, description = "success", body = Deployment), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn create(
     State(s): State<AppState>,
     Json(req): Json<CreateDeployment>,
@@ -63,6 +81,14 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(d)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/deployments/{id}",
+    operation_id = "deployments_show",
+    summary = "inspect a deployment",
+    params(("id" = String, Path, description = "id")),
+    responses((status = 200, description = "success", body = Deployment), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn show(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -70,24 +96,50 @@ pub async fn show(
     Ok(Json(s.store.get_deployment(&id).await?))
 }
 
+/// The answer of `GET /deployments/{id}/pin`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Pin {
+    pub deployment_id: String,
+    /// The header that pins a request (`X-Berth-Deployment`).
+    pub header: String,
+    /// The sticky cookie that pins a client.
+    pub cookie: String,
+    /// The value of either.
+    pub value: String,
+}
+
 /// `GET /deployments/{id}/pin`: the value that sends a request of a route
 /// under canary to this deployment, as the `X-Berth-Deployment` header or
 /// as the sticky cookie (for testing one version on purpose; see the edge's
 /// `sticky.rs`).
-pub async fn pin(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+#[utoipa::path(
+    get,
+    path = "/deployments/{id}/pin",
+    operation_id = "deployments_pin",
+    summary = "the pin value that sends requests of a route under canary to this deployment (X-Berth-Deployment header or berth_rollout cookie)",
+    params(("id" = String, Path, description = "id")),
+    responses((status = 200, description = "success", body = Pin), (status = "default", description = "error", body = ErrorBody))
+)]
+pub async fn pin(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Pin>> {
     let d = s.store.get_deployment(&id).await?;
     let value = s.deployer.edge.pin_value(&d.id);
-    Ok(Json(serde_json::json!({
-        "deploymentId": d.id,
-        "header": berth_edge::PIN_HEADER,
-        "cookie": berth_edge::STICKY_COOKIE,
-        "value": value,
-    })))
+    Ok(Json(Pin {
+        deployment_id: d.id,
+        header: berth_edge::PIN_HEADER.into(),
+        cookie: berth_edge::STICKY_COOKIE.into(),
+        value,
+    }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/deployments/{id}/cancel",
+    operation_id = "deployments_cancel",
+    summary = "cancel a queued or running deployment",
+    params(("id" = String, Path, description = "id")),
+    responses((status = 200, description = "success", body = Deployment), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn cancel(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -95,6 +147,14 @@ pub async fn cancel(
     Ok(Json(s.deployer.cancel(&id).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/rollback",
+    operation_id = "deployments_rollback",
+    summary = "roll a service back to its previous deployment",
+    request_body = Rollback,
+    responses((status = 201, description = "success", body = Deployment), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn rollback(
     State(s): State<AppState>,
     Json(req): Json<Rollback>,
@@ -108,6 +168,14 @@ pub async fn rollback(
     Ok((StatusCode::CREATED, Json(d)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/deployments/{id}/promote",
+    operation_id = "deployments_promote",
+    summary = "make a historic deployment active again",
+    params(("id" = String, Path, description = "id")),
+    responses((status = 201, description = "success", body = Deployment), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn promote(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -115,6 +183,14 @@ pub async fn promote(
     Ok((StatusCode::CREATED, Json(s.deployer.promote(&id).await?)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/deployments/{id}/redeploy",
+    operation_id = "deployments_redeploy",
+    summary = "run the same commit again",
+    params(("id" = String, Path, description = "id")),
+    responses((status = 201, description = "success", body = Deployment), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn redeploy(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -122,10 +198,18 @@ pub async fn redeploy(
     Ok((StatusCode::CREATED, Json(s.deployer.redeploy(&id).await?)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/deployments/{id}/manifest",
+    operation_id = "deployments_manifest",
+    summary = "files of a deployment's image (path, size, sha256)",
+    params(("id" = String, Path, description = "id")),
+    responses((status = 200, description = "success", body = Vec<ManifestEntry>), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn manifest(
     State(s): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Vec<berth_core::model::ManifestEntry>>> {
+) -> ApiResult<Json<Vec<ManifestEntry>>> {
     let d = s.store.get_deployment(&id).await?;
     let image = d
         .image
@@ -149,6 +233,14 @@ const EVENTS_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 /// change, woken by the deployer's change signal the moment a record is
 /// saved. The stream ends after the first terminal state. `berth deploy
 /// --wait` follows it.
+#[utoipa::path(
+    get,
+    path = "/deployments/{id}/events",
+    operation_id = "deployments_events",
+    summary = "Server-Sent Events of a deployment as it changes",
+    params(("id" = String, Path, description = "id")),
+    responses((status = 200, description = "text/event-stream: one `deployment` event (id: its version, data: the Deployment JSON) at once, then one per saved change; the stream ends after the first terminal state", body = String, content_type = "text/event-stream"), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn events(
     State(s): State<AppState>,
     Path(id): Path<String>,

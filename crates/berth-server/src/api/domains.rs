@@ -9,12 +9,21 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use berth_core::api::AddDomain;
+use berth_core::api::ErrorBody;
 use berth_core::model::{
     verification_name, Domain, DomainVerification, DEFAULT_SERVICE, PRODUCTION,
 };
 use berth_core::{hosts, names};
 use rand::RngCore;
 
+#[utoipa::path(
+    get,
+    path = "/projects/{name}/domains",
+    operation_id = "domains_list",
+    summary = "list custom domains",
+    params(("name" = String, Path, description = "project name")),
+    responses((status = 200, description = "success", body = Vec<Domain>), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn list(
     State(s): State<AppState>,
     Path(project): Path<String>,
@@ -23,6 +32,15 @@ pub async fn list(
     Ok(Json(s.store.list_domains(Some(&project)).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/projects/{name}/domains",
+    operation_id = "domains_add",
+    summary = "attach a custom domain (returns the TXT record to create)",
+    params(("name" = String, Path, description = "project name")),
+    request_body = AddDomain,
+    responses((status = 201, description = "success", body = Domain), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn add(
     State(s): State<AppState>,
     Path(project): Path<String>,
@@ -87,6 +105,14 @@ async fn find(s: &AppState, project: &str, hostname: &str) -> ApiResult<Domain> 
         .ok_or_else(|| ApiError::not_found(format!("domain {h} is not attached to {project}")))
 }
 
+#[utoipa::path(
+    post,
+    path = "/projects/{name}/domains/{hostname}/verify",
+    operation_id = "domains_verify",
+    summary = "check the TXT record; a verified domain is routed",
+    params(("name" = String, Path, description = "project name"), ("hostname" = String, Path, description = "hostname")),
+    responses((status = 200, description = "success", body = Domain), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn verify(
     State(s): State<AppState>,
     Path((project, hostname)): Path<(String, String)>,
@@ -120,6 +146,14 @@ pub async fn verify(
     Ok(Json(find(&s, &project, &hostname).await?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/projects/{name}/domains/{hostname}",
+    operation_id = "domains_remove",
+    summary = "detach a custom domain",
+    params(("name" = String, Path, description = "project name"), ("hostname" = String, Path, description = "hostname")),
+    responses((status = 204, description = "success"), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn remove(
     State(s): State<AppState>,
     Path((project, hostname)): Path<(String, String)>,

@@ -7,6 +7,7 @@ use crate::jobs::JobError;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use berth_core::api::ErrorBody;
 use berth_core::model::PRODUCTION;
 use berth_core::ops::{Job, Run, RunJob};
 use berth_store::RunQuery;
@@ -22,13 +23,22 @@ impl From<JobError> for ApiError {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     environment: Option<String>,
 }
 
 /// `GET /projects/{name}/jobs`: every environment's jobs, or one's.
+#[utoipa::path(
+    get,
+    path = "/projects/{name}/jobs",
+    operation_id = "jobs_list",
+    summary = "scheduled jobs of the project's environments (from the active deployments' berth.toml) with their next firing and last runs",
+    params(("name" = String, Path, description = "project name"), ListQuery),
+    responses((status = 200, description = "success", body = Vec<Job>), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn list(
     State(s): State<AppState>,
     Path(project): Path<String>,
@@ -47,6 +57,15 @@ pub async fn list(
 
 /// `POST /projects/{name}/jobs/{job}/runs`: run the job now (detached);
 /// `GET /runs/{id}` follows it.
+#[utoipa::path(
+    post,
+    path = "/projects/{name}/jobs/{job}/runs",
+    operation_id = "jobs_run_now",
+    summary = "run a job now, outside its schedule (detached)",
+    params(("name" = String, Path, description = "project name"), ("job" = String, Path, description = "job name")),
+    request_body(content = RunJob, description = "optional (no body: production)"),
+    responses((status = 202, description = "success", body = Run), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn run_now(
     State(s): State<AppState>,
     caller: crate::access::Caller,
@@ -69,8 +88,9 @@ pub async fn run_now(
     Ok((StatusCode::ACCEPTED, Json(run)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct RunsQuery {
     environment: Option<String>,
     limit: Option<u32>,
@@ -78,6 +98,14 @@ pub struct RunsQuery {
 
 /// `GET /projects/{name}/jobs/{job}/runs`: the job's runs, newest first,
 /// with their output (secrets redacted).
+#[utoipa::path(
+    get,
+    path = "/projects/{name}/jobs/{job}/runs",
+    operation_id = "jobs_runs",
+    summary = "a job's runs, newest first, with their output (secrets redacted)",
+    params(("name" = String, Path, description = "project name"), ("job" = String, Path, description = "job name"), RunsQuery),
+    responses((status = 200, description = "success", body = Vec<Run>), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn runs(
     State(s): State<AppState>,
     Path((project, job)): Path<(String, String)>,

@@ -9,6 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use berth_core::api::ErrorBody;
 use berth_core::model::{LogLine, LogStream, StepName, DEFAULT_SERVICE, PRODUCTION};
 use berth_core::state::Stage;
 use berth_store::{LogQuery, Slot, Store};
@@ -19,8 +20,9 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LogParams {
     project: Option<String>,
     service: Option<String>,
@@ -82,6 +84,14 @@ fn build_query(p: &LogParams, headers: &HeaderMap) -> ApiResult<LogQuery> {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/deployments/{id}/logs",
+    operation_id = "logs_deployment_logs",
+    summary = "logs of a deployment; follow=true streams SSE",
+    params(("id" = String, Path, description = "id"), LogParams),
+    responses((status = 200, description = "log lines (JSON), or with follow=true a text/event-stream of `log` events whose data is one LogLine", body = Vec<LogLine>), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn deployment_logs(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -94,6 +104,14 @@ pub async fn deployment_logs(
     respond(s, q, p.follow.unwrap_or(false), Some(id)).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/logs",
+    operation_id = "logs_service_logs",
+    summary = "logs of a service across deployments; follow=true streams SSE",
+    params(LogParams),
+    responses((status = 200, description = "log lines (JSON), or with follow=true a text/event-stream of `log` events whose data is one LogLine", body = Vec<LogLine>), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn service_logs(
     State(s): State<AppState>,
     Query(p): Query<LogParams>,

@@ -6,11 +6,20 @@ use super::{AppState, Json};
 use crate::error::{ApiError, ApiResult};
 use crate::ids::now;
 use axum::extract::{Path, State};
+use berth_core::api::ErrorBody;
 use berth_core::model::Maintenance;
 use berth_core::names;
 use berth_store::DeploymentQuery;
 
 /// `GET /projects/{name}/maintenance`
+#[utoipa::path(
+    get,
+    path = "/projects/{name}/maintenance",
+    operation_id = "maintenance_list",
+    summary = "what of the project is in maintenance: projectName, environmentName, serviceName (null: every service), since",
+    params(("name" = String, Path, description = "project name")),
+    responses((status = 200, description = "success", body = Vec<Maintenance>), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn list(
     State(s): State<AppState>,
     Path(project): Path<String>,
@@ -20,6 +29,14 @@ pub async fn list(
 }
 
 /// `PUT /projects/{name}/environments/{env}/maintenance`
+#[utoipa::path(
+    put,
+    path = "/projects/{name}/environments/{env}/maintenance",
+    operation_id = "maintenance_env_on",
+    summary = "put every service of the environment in maintenance (the edge answers 503 with Retry-After and berth's maintenance page; health checks unaffected); answers what of the project is in maintenance",
+    params(("name" = String, Path, description = "project name"), ("env" = String, Path, description = "environment name")),
+    responses((status = 200, description = "success", body = Vec<Maintenance>), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn env_on(
     State(s): State<AppState>,
     Path((project, env)): Path<(String, String)>,
@@ -28,6 +45,14 @@ pub async fn env_on(
 }
 
 /// `DELETE /projects/{name}/environments/{env}/maintenance`
+#[utoipa::path(
+    delete,
+    path = "/projects/{name}/environments/{env}/maintenance",
+    operation_id = "maintenance_env_off",
+    summary = "take the environment and every service of it out of maintenance",
+    params(("name" = String, Path, description = "project name"), ("env" = String, Path, description = "environment name")),
+    responses((status = 200, description = "success", body = Vec<Maintenance>), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn env_off(
     State(s): State<AppState>,
     Path((project, env)): Path<(String, String)>,
@@ -36,6 +61,14 @@ pub async fn env_off(
 }
 
 /// `PUT /projects/{name}/environments/{env}/services/{service}/maintenance`
+#[utoipa::path(
+    put,
+    path = "/projects/{name}/environments/{env}/services/{service}/maintenance",
+    operation_id = "maintenance_service_on",
+    summary = "put one service of the environment in maintenance (404 when it was never deployed there)",
+    params(("name" = String, Path, description = "project name"), ("env" = String, Path, description = "environment name"), ("service" = String, Path, description = "service name")),
+    responses((status = 200, description = "success", body = Vec<Maintenance>), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn service_on(
     State(s): State<AppState>,
     Path((project, env, service)): Path<(String, String, String)>,
@@ -44,6 +77,14 @@ pub async fn service_on(
 }
 
 /// `DELETE /projects/{name}/environments/{env}/services/{service}/maintenance`
+#[utoipa::path(
+    delete,
+    path = "/projects/{name}/environments/{env}/services/{service}/maintenance",
+    operation_id = "maintenance_service_off",
+    summary = "take one service out of maintenance (409 while the whole environment is in it)",
+    params(("name" = String, Path, description = "project name"), ("env" = String, Path, description = "environment name"), ("service" = String, Path, description = "service name")),
+    responses((status = 200, description = "success", body = Vec<Maintenance>), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn service_off(
     State(s): State<AppState>,
     Path((project, env, service)): Path<(String, String, String)>,

@@ -102,13 +102,31 @@ pub fn token_matches(given: &[u8], want: &[u8]) -> bool {
         == 0
 }
 
+/// `GET /health`'s answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: String,
+    pub version: String,
+    /// `connected` or `unreachable`.
+    pub docker: String,
+}
+
+#[utoipa::path(
+    get,
+    path = "/health",
+    operation_id = "health",
+    summary = "liveness (no token needed)",
+    security(()),
+    responses((status = 200, description = "ok", body = Health))
+)]
 async fn health(State(state): State<AppState>) -> Response {
     let docker = state.deployer.engine_connected;
-    axum::Json(serde_json::json!({
-        "status": "ok",
-        "version": env!("CARGO_PKG_VERSION"),
-        "docker": if docker { "connected" } else { "unreachable" },
-    }))
+    axum::Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        docker: if docker { "connected" } else { "unreachable" }.into(),
+    })
     .into_response()
 }
 

@@ -6,19 +6,23 @@ use super::{AppState, Json};
 use crate::error::{ApiError, ApiResult};
 use crate::nodes::{DrainReport, NodeError};
 use axum::extract::{Path, State};
+use berth_core::api::ErrorBody;
 use berth_runtime::swarm::{Availability, NodeInfo};
 use berth_runtime::{RuntimeError, SwarmRuntime};
 use std::sync::Arc;
 
 /// A node as the API shows it.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeView {
     pub id: String,
     pub hostname: String,
     pub address: Option<String>,
+    #[schema(value_type = String)]
     pub role: &'static str,
+    #[schema(value_type = String)]
     pub status: &'static str,
+    #[schema(value_type = String)]
     pub availability: &'static str,
     pub leader: bool,
     /// berth instances running (or starting) there.
@@ -63,12 +67,27 @@ fn runtime_error(e: RuntimeError) -> ApiError {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/nodes",
+    operation_id = "nodes_list",
+    summary = "list the swarm's nodes (--runtime swarm; 409 otherwise)",
+    responses((status = 200, description = "success", body = Vec<NodeView>), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn list(State(s): State<AppState>) -> ApiResult<Json<Vec<NodeView>>> {
     let swarm = swarm(&s)?;
     let nodes = swarm.nodes().await.map_err(runtime_error)?;
     Ok(Json(nodes.into_iter().map(NodeView::from).collect()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/nodes/{id}/drain",
+    operation_id = "nodes_drain",
+    summary = "move every instance off a node (replacements healthy and routed first), then drain it",
+    params(("id" = String, Path, description = "id")),
+    responses((status = 200, description = "the node (`node`, a NodeView) and what moved", body = serde_json::Value), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn drain(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -93,6 +112,14 @@ pub async fn drain(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/nodes/{id}/activate",
+    operation_id = "nodes_activate",
+    summary = "let the swarm place instances on a node again",
+    params(("id" = String, Path, description = "id")),
+    responses((status = 200, description = "success", body = NodeView), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn activate(
     State(s): State<AppState>,
     Path(id): Path<String>,

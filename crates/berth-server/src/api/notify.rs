@@ -7,6 +7,7 @@ use crate::ids::{new_id, now};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use berth_core::api::ErrorBody;
 use berth_core::notify::{
     self, AddNotification, Notification, NotificationCreated, NotificationStatus, NotifyEvent,
 };
@@ -16,6 +17,15 @@ use berth_store::NotifyTarget;
 const SHOWN_DELIVERIES: u32 = 10;
 
 /// `POST /projects/{name}/notifications`
+#[utoipa::path(
+    post,
+    path = "/projects/{name}/notifications",
+    operation_id = "notify_add",
+    summary = "add a notification endpoint: the answer holds its signing secret, shown once",
+    params(("name" = String, Path, description = "project name")),
+    request_body = AddNotification,
+    responses((status = 201, description = "success", body = NotificationCreated), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn add(
     State(s): State<AppState>,
     Path(project): Path<String>,
@@ -62,6 +72,14 @@ pub async fn add(
 }
 
 /// `GET /projects/{name}/notifications`
+#[utoipa::path(
+    get,
+    path = "/projects/{name}/notifications",
+    operation_id = "notify_list",
+    summary = "notification endpoints with their latest delivery attempts (URLs shown as scheme://host/…)",
+    params(("name" = String, Path, description = "project name")),
+    responses((status = 200, description = "success", body = Vec<NotificationStatus>), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn list(
     State(s): State<AppState>,
     Path(project): Path<String>,
@@ -85,6 +103,14 @@ pub async fn list(
 }
 
 /// `DELETE /projects/{name}/notifications/{id}`
+#[utoipa::path(
+    delete,
+    path = "/projects/{name}/notifications/{id}",
+    operation_id = "notify_remove",
+    summary = "remove a notification endpoint and its deliveries",
+    params(("name" = String, Path, description = "project name"), ("id" = String, Path, description = "id")),
+    responses((status = 204, description = "success"), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn remove(
     State(s): State<AppState>,
     Path((project, id)): Path<(String, String)>,

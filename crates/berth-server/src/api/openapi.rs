@@ -1,115 +1,113 @@
-//! The OpenAPI document of the API, written by hand next to the router.
+//! The OpenAPI document of the API, generated with `utoipa` from the
+//! handlers' `#[utoipa::path]` attributes (path, method, parameters,
+//! bodies, responses) and the `ToSchema` derives of the request and response
+//! types, so the schemas follow serde's field names (`camelCase`, `ref`, …)
+//! and cannot drift from what the handlers take and return. A route of
+//! [`super::router`] missing here, or listed here without a route, fails the
+//! tests below.
 
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Value};
+use serde_json::Value;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::OpenApi;
 
-fn op(summary: &str, ok: &str) -> Value {
-    json!({
-        "summary": summary,
-        "responses": {
-            ok: {"description": "success"},
-            "default": {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-        }
-    })
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "berth API"),
+    servers((url = "/api/v1")),
+    security(("bearer" = [])),
+    modifiers(&Bearer),
+    paths(
+        super::health,
+        document,
+        super::projects::list,
+        super::projects::create,
+        super::projects::show,
+        super::projects::update,
+        super::projects::list_envs,
+        super::projects::create_env,
+        super::projects::delete_env,
+        super::projects::list_vars,
+        super::projects::set_var,
+        super::projects::unset_var,
+        super::deployments::list,
+        super::deployments::create,
+        super::deployments::show,
+        super::deployments::cancel,
+        super::deployments::promote,
+        super::deployments::redeploy,
+        super::logs::deployment_logs,
+        super::deployments::events,
+        super::deployments::manifest,
+        super::deployments::pin,
+        super::logs::service_logs,
+        super::deployments::rollback,
+        super::domains::list,
+        super::domains::add,
+        super::domains::remove,
+        super::domains::verify,
+        super::routes::list,
+        super::routes::add,
+        super::routes::remove,
+        super::cluster::status,
+        super::runs::list,
+        super::runs::create,
+        super::runs::attach,
+        super::runs::show,
+        super::jobs::list,
+        super::jobs::runs,
+        super::jobs::run_now,
+        super::volumes::list,
+        super::volumes::backups,
+        super::volumes::backup,
+        super::volumes::restore,
+        super::notify::list,
+        super::notify::add,
+        super::notify::remove,
+        super::maintenance::list,
+        super::maintenance::env_on,
+        super::maintenance::env_off,
+        super::maintenance::service_on,
+        super::maintenance::service_off,
+        super::nodes::list,
+        super::nodes::drain,
+        super::nodes::activate,
+        super::tokens::list,
+        super::tokens::create,
+        super::tokens::revoke,
+        super::audit::list,
+    )
+)]
+struct ApiDoc;
+
+/// Declares the `bearer` scheme every operation but `/health` requires.
+struct Bearer;
+
+impl utoipa::Modify for Bearer {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
 }
 
+/// The document as served.
 pub fn spec() -> Value {
-    let mut doc = json!({
-        "openapi": "3.0.3",
-        "info": {"title": "berth API", "version": env!("CARGO_PKG_VERSION")},
-        "servers": [{"url": "/api/v1"}],
-        "security": [{"bearer": []}],
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Error": {"type": "object", "required": ["error", "message"], "properties": {
-                    "error": {"type": "string"}, "message": {"type": "string"}}},
-            }
-        },
-        "paths": {
-            "/health": {"get": {"summary": "liveness (no token needed)", "security": [], "responses": {"200": {"description": "ok"}}}},
-            "/openapi.json": {"get": op("this document", "200")},
-            "/projects": {"get": op("list projects", "200"), "post": op("create a project", "201")},
-            "/projects/{name}": {"get": op("show a project with its environments and services", "200"), "patch": op("change a project", "200")},
-            "/projects/{name}/environments": {"get": op("list environments", "200"), "post": op("create an environment", "201")},
-            "/projects/{name}/environments/{env}": {"delete": op("tear an environment down", "204")},
-            "/projects/{name}/environments/{env}/variables": {"get": op("list variables (secrets masked)", "200")},
-            "/projects/{name}/environments/{env}/variables/{key}": {"put": op("set a variable", "200"), "delete": op("unset a variable", "204")},
-            "/deployments": {"get": op("list deployments, newest first", "200"), "post": op("deploy", "201")},
-            "/deployments/{id}": {"get": op("inspect a deployment", "200")},
-            "/deployments/{id}/cancel": {"post": op("cancel a queued or running deployment", "200")},
-            "/deployments/{id}/promote": {"post": op("make a historic deployment active again", "201")},
-            "/deployments/{id}/redeploy": {"post": op("run the same commit again", "201")},
-            "/deployments/{id}/logs": {"get": op("logs of a deployment; follow=true streams SSE", "200")},
-            "/deployments/{id}/manifest": {"get": op("files of a deployment's image (path, size, sha256)", "200")},
-            "/deployments/{id}/pin": {"get": op("the pin value that sends requests of a route under canary to this deployment (X-Berth-Deployment header or berth_rollout cookie)", "200")},
-            "/logs": {"get": op("logs of a service across deployments; follow=true streams SSE", "200")},
-            "/rollback": {"post": op("roll a service back to its previous deployment", "201")},
-            "/projects/{name}/domains": {"get": op("list custom domains", "200"), "post": op("attach a custom domain (returns the TXT record to create)", "201")},
-            "/projects/{name}/domains/{hostname}": {"delete": op("detach a custom domain", "204")},
-            "/projects/{name}/domains/{hostname}/verify": {"post": op("check the TXT record; a verified domain is routed", "200")},
-            "/routes": {"get": op("list external routes", "200"), "post": op("add an external route", "201")},
-            "/routes/{hostname}": {"delete": op("remove an external route", "204")},
-            "/cluster": {"get": op("the servers sharing this store: id, apiUrl, isLeader, epoch, lastSeenAt (the leader first)", "200")},
-            "/projects/{name}/runs": {"get": op("list one-off and job runs, newest first (without output)", "200"), "post": op("start a detached one-off run of a command in the active deployment's image", "202")},
-            "/projects/{name}/runs/attach": {"post": op("run a command attached: the body is its stdin, the answer NDJSON events (started, line, exit)", "200")},
-            "/runs/{id}": {"get": op("a run with its output (secrets redacted)", "200")},
-            "/projects/{name}/jobs": {"get": op("scheduled jobs of the project's environments (from the active deployments' berth.toml) with their next firing and last runs", "200")},
-            "/projects/{name}/jobs/{job}/runs": {"get": op("a job's runs, newest first, with their output (secrets redacted)", "200"), "post": op("run a job now, outside its schedule (detached)", "202")},
-            "/projects/{name}/notifications": {"get": op("notification endpoints with their latest delivery attempts (URLs shown as scheme://host/…)", "200"), "post": op("add a notification endpoint: the answer holds its signing secret, shown once", "201")},
-            "/projects/{name}/notifications/{id}": {"delete": op("remove a notification endpoint and its deliveries", "204")},
-            "/nodes": {"get": op("list the swarm's nodes (--runtime swarm; 409 otherwise)", "200")},
-            "/nodes/{id}/drain": {"post": op("move every instance off a node (replacements healthy and routed first), then drain it", "200")},
-            "/nodes/{id}/activate": {"post": op("let the swarm place instances on a node again", "200")},
-        }
-    });
-    // Tokens and the audit log (apart: one json! of every path would pass
-    // the macro's recursion limit).
-    let paths = doc["paths"].as_object_mut().expect("paths");
-    paths.insert("/tokens".into(), json!({"get": op("list API tokens: name, role, project, expiresAt, lastUsedAt (never the token; admin)", "200"), "post": op("create an API token (role admin, deployer or viewer; optionally one project and an expiry); the token is in this answer only", "201")}));
-    paths.insert("/tokens/{name}".into(), json!({"delete": op("revoke an API token (effective at its next request, open log streams included)", "200")}));
-    paths.insert("/audit".into(), json!({"get": op("the audit log, newest first: at, token, action, target, sourceIp (admin; project= narrows it)", "200")}));
-    // Maintenance (apart, for the same reason).
-    paths.insert("/projects/{name}/maintenance".into(), json!({"get": op("what of the project is in maintenance: projectName, environmentName, serviceName (null: every service), since", "200")}));
-    paths.insert("/projects/{name}/environments/{env}/maintenance".into(), json!({"put": op("put every service of the environment in maintenance (the edge answers 503 with Retry-After and berth's maintenance page; health checks unaffected); answers what of the project is in maintenance", "200"), "delete": op("take the environment and every service of it out of maintenance", "200")}));
-    paths.insert("/projects/{name}/environments/{env}/services/{service}/maintenance".into(), json!({"put": op("put one service of the environment in maintenance (404 when it was never deployed there)", "200"), "delete": op("take one service out of maintenance (409 while the whole environment is in it)", "200")}));
-    // Volumes (apart, for the same reason).
-    let volumes = json!({
-        "/projects/{name}/volumes": {"get": op("the project's volumes (query environment), with the services that mount each", "200")},
-        "/projects/{name}/volumes/{volume}/backups": {"get": op("a volume's backups (query environment), newest first: id, status, sizeBytes, checksum, createdAt", "200"), "post": op("back a volume up (query environment): a gzip tar archive with its sha256, read back before it is reported succeeded (else failed with the reason)", "200")},
-        "/projects/{name}/volumes/{volume}/restore": {"post": op("restore a backup (body backupId, query environment): checksum verified first, the instances stopped, the current content kept as a backup, the archive written, the instances started again", "200")},
-    });
-    if let Some(more) = volumes.as_object() {
-        paths.extend(more.clone());
-    }
-    // A deployment's event stream (apart, for the same reason).
-    paths.insert("/deployments/{id}/events".into(), json!({"get": op("Server-Sent Events of a deployment as it changes: one `deployment` event (id: its version, data: the deployment JSON) at once, then one per saved change; the stream ends after the first terminal state (`deploy --wait` follows it)", "200")}));
-    declare_path_parameters(&mut doc);
-    doc
+    serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes")
 }
 
-/// OpenAPI requires every `{name}` of a path to be declared as a
-/// parameter: one string parameter per segment, on the path item.
-fn declare_path_parameters(doc: &mut Value) {
-    let Some(paths) = doc["paths"].as_object_mut() else {
-        return;
-    };
-    for (path, item) in paths.iter_mut() {
-        let params: Vec<Value> = path_parameters(path)
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
-            .collect();
-        if !params.is_empty() {
-            item["parameters"] = Value::Array(params);
-        }
-    }
-}
-
-/// The `{name}` segments of a path.
-fn path_parameters(path: &str) -> impl Iterator<Item = &str> {
-    path.split('/')
-        .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
-}
-
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    operation_id = "openapi_document",
+    summary = "this document",
+    responses(
+        (status = 200, description = "the OpenAPI document", body = Object),
+        (status = "default", description = "error", body = berth_core::api::ErrorBody)
+    )
+)]
 pub async fn document() -> Response {
     axum::Json(spec()).into_response()
 }
@@ -117,6 +115,7 @@ pub async fn document() -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use std::collections::BTreeSet;
 
     const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
@@ -163,9 +162,7 @@ mod tests {
         let mut out = BTreeSet::new();
         for (p, item) in doc["paths"].as_object().unwrap() {
             for (m, _) in item.as_object().unwrap() {
-                if m != "parameters" {
-                    out.insert((p.clone(), m.clone()));
-                }
+                out.insert((p.clone(), m.clone()));
             }
         }
         out
@@ -191,48 +188,148 @@ mod tests {
         );
     }
 
+    /// The `{name}` segments of a path.
+    fn path_parameters(path: &str) -> impl Iterator<Item = &str> {
+        path.split('/')
+            .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+    }
+
     #[test]
-    fn every_operation_is_valid_openapi() {
+    fn every_operation_is_complete() {
         let doc = spec();
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+        assert_eq!(doc["security"], json!([{"bearer": []}]));
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        let mut ids = BTreeSet::new();
         for (p, item) in doc["paths"].as_object().unwrap() {
-            let declared: BTreeSet<&str> = item["parameters"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .inspect(|x| {
-                            assert_eq!(
-                                (&x["in"], &x["required"]),
-                                (&json!("path"), &json!(true)),
-                                "{p}"
-                            )
-                        })
-                        .map(|x| x["name"].as_str().unwrap())
-                        .collect()
-                })
-                .unwrap_or_default();
-            let wanted: BTreeSet<&str> = path_parameters(p).collect();
-            assert_eq!(declared, wanted, "{p}: path parameters");
             for (m, op) in item.as_object().unwrap() {
-                if m == "parameters" {
-                    continue;
-                }
                 assert!(METHODS.contains(&m.as_str()), "{p}: {m}");
+                assert!(
+                    ids.insert(op["operationId"].to_string()),
+                    "{p} {m}: operationId"
+                );
                 assert!(
                     op["summary"].as_str().is_some_and(|s| !s.is_empty()),
                     "{p} {m}"
                 );
+                let declared: BTreeSet<&str> = op["parameters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|x| x["in"] == "path")
+                    .inspect(|x| assert_eq!(x["required"], true, "{p} {m}"))
+                    .map(|x| x["name"].as_str().unwrap())
+                    .collect();
+                let wanted: BTreeSet<&str> = path_parameters(p).collect();
+                assert_eq!(declared, wanted, "{p} {m}: path parameters");
                 let responses = op["responses"].as_object().unwrap();
                 let ok: Vec<_> = responses.keys().filter(|k| k.starts_with('2')).collect();
                 assert_eq!(ok.len(), 1, "{p} {m}: one success status");
-                if p != "/health" {
-                    assert_eq!(
-                        responses["default"]["content"]["application/json"]["schema"]["$ref"],
-                        "#/components/schemas/Error",
-                        "{p} {m}: errors documented"
+                if p == "/health" {
+                    assert_eq!(op["security"], json!([{}]), "health needs no token");
+                    continue;
+                }
+                assert_eq!(
+                    responses["default"]["content"]["application/json"]["schema"]["$ref"],
+                    "#/components/schemas/ErrorBody",
+                    "{p} {m}: errors documented"
+                );
+                // Every answer with content has a schema, and every schema
+                // it names exists.
+                let text = op.to_string();
+                for r in text.split("\"#/components/schemas/").skip(1) {
+                    let name = &r[..r.find('"').unwrap()];
+                    assert!(schemas.contains_key(name), "{p} {m}: {name}");
+                }
+                if *ok[0] != "204" {
+                    let content = responses[ok[0]]["content"].as_object();
+                    assert!(
+                        content.is_some_and(|c| c.values().all(|v| v["schema"].is_object())),
+                        "{p} {m}: success body without a schema"
                     );
                 }
             }
         }
+        // The field names are serde's, not Rust's (a contract of the API).
+        let d = &schemas["Deployment"]["properties"];
+        for f in ["projectName", "ref", "isActive", "instances", "createdAt"] {
+            assert!(d.get(f).is_some(), "Deployment.{f}: {d}");
+        }
+        assert!(d.get("reference").is_none() && d.get("version").is_none());
+    }
+
+    /// `openapi-spec-validator` (PyPI; scripts/ensure-deps.sh installs it
+    /// in /opt/berth-openapi): `$BERTH_OPENAPI_VALIDATOR`, else on `PATH`,
+    /// else in that venv.
+    fn validator() -> Option<std::path::PathBuf> {
+        if let Some(p) = std::env::var_os("BERTH_OPENAPI_VALIDATOR") {
+            return Some(p.into());
+        }
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .chain([std::path::PathBuf::from("/opt/berth-openapi/bin")])
+            .map(|d| d.join("openapi-spec-validator"))
+            .find(|p| p.is_file())
+    }
+
+    /// Runs the validator on `doc`: `Ok` when it is valid, else its output.
+    fn validate(tool: &std::path::Path, doc: &[u8]) -> Result<(), String> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("openapi.json");
+        std::fs::write(&file, doc).unwrap();
+        let out = std::process::Command::new(tool)
+            .arg(&file)
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", tool.display()));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    }
+
+    /// The document as `GET /api/v1/openapi.json` serves it passes a real
+    /// OpenAPI validator, and the validator catches a broken document.
+    #[tokio::test]
+    async fn the_served_document_passes_openapi_spec_validator() {
+        let Some(tool) = validator() else {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "openapi-spec-validator is missing (scripts/ensure-deps.sh installs it)"
+            );
+            eprintln!(
+                "skipped: openapi-spec-validator is missing (scripts/ensure-deps.sh installs it)"
+            );
+            return;
+        };
+        let res = document().await;
+        assert_eq!(res.status(), axum::http::StatusCode::OK);
+        let body = axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        if let Err(out) = validate(&tool, &body) {
+            panic!("openapi.json is not valid OpenAPI:\n{out}");
+        }
+        // A path parameter left undeclared is refused.
+        let mut broken: Value = serde_json::from_slice(&body).unwrap();
+        for op in broken["paths"]["/runs/{id}"]
+            .as_object_mut()
+            .unwrap()
+            .values_mut()
+        {
+            op.as_object_mut().unwrap().remove("parameters");
+        }
+        let out = validate(&tool, &serde_json::to_vec(&broken).unwrap())
+            .expect_err("a document with an undeclared path parameter passed");
+        assert!(out.contains("id"), "{out}");
     }
 
     /// The checks above can fail: a router with a route the document lacks.

@@ -7,6 +7,7 @@ use crate::ids::now;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use berth_core::api::ErrorBody;
 use berth_core::api::{
     CreateEnvironment, CreateProject, ProjectDetail, ServiceSummary, SetVariable, UpdateProject,
 };
@@ -79,6 +80,13 @@ fn check_branch(b: &Option<String>) -> ApiResult<()> {
 }
 
 /// Every project the caller sees (a scoped token: its own).
+#[utoipa::path(
+    get,
+    path = "/projects",
+    operation_id = "projects_list",
+    summary = "list projects",
+    responses((status = 200, description = "success", body = Vec<Project>), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn list(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Project>>> {
     Ok(Json(
         s.store
@@ -91,6 +99,14 @@ pub async fn list(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<V
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/projects",
+    operation_id = "projects_create",
+    summary = "create a project",
+    request_body = CreateProject,
+    responses((status = 201, description = "success", body = Project), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn create(
     State(s): State<AppState>,
     Json(req): Json<CreateProject>,
@@ -118,6 +134,14 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(shown(p))))
 }
 
+#[utoipa::path(
+    get,
+    path = "/projects/{name}",
+    operation_id = "projects_show",
+    summary = "show a project with its environments and services",
+    params(("name" = String, Path, description = "project name")),
+    responses((status = 200, description = "success", body = ProjectDetail), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn show(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -157,6 +181,15 @@ pub async fn show(
     }))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/projects/{name}",
+    operation_id = "projects_update",
+    summary = "change a project",
+    params(("name" = String, Path, description = "project name")),
+    request_body = UpdateProject,
+    responses((status = 200, description = "success", body = Project), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn update(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -187,6 +220,14 @@ pub async fn update(
     Ok(Json(shown(p)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/projects/{name}/environments",
+    operation_id = "projects_list_envs",
+    summary = "list environments",
+    params(("name" = String, Path, description = "project name")),
+    responses((status = 200, description = "success", body = Vec<Environment>), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn list_envs(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -194,6 +235,15 @@ pub async fn list_envs(
     Ok(Json(s.store.list_environments(&name).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/projects/{name}/environments",
+    operation_id = "projects_create_env",
+    summary = "create an environment",
+    params(("name" = String, Path, description = "project name")),
+    request_body = CreateEnvironment,
+    responses((status = 201, description = "success", body = Environment), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn create_env(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -219,6 +269,14 @@ pub async fn create_env(
     Ok((StatusCode::CREATED, Json(env)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/projects/{name}/environments/{env}",
+    operation_id = "projects_delete_env",
+    summary = "tear an environment down",
+    params(("name" = String, Path, description = "project name"), ("env" = String, Path, description = "environment name")),
+    responses((status = 204, description = "success"), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn delete_env(
     State(s): State<AppState>,
     Path((name, env)): Path<(String, String)>,
@@ -227,6 +285,14 @@ pub async fn delete_env(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/projects/{name}/environments/{env}/variables",
+    operation_id = "projects_list_vars",
+    summary = "list variables (secrets masked)",
+    params(("name" = String, Path, description = "project name"), ("env" = String, Path, description = "environment name")),
+    responses((status = 200, description = "success", body = Vec<Variable>), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn list_vars(
     State(s): State<AppState>,
     Path((name, env)): Path<(String, String)>,
@@ -234,6 +300,15 @@ pub async fn list_vars(
     Ok(Json(s.store.list_variables(&name, &env).await?))
 }
 
+#[utoipa::path(
+    put,
+    path = "/projects/{name}/environments/{env}/variables/{key}",
+    operation_id = "projects_set_var",
+    summary = "set a variable",
+    params(("name" = String, Path, description = "project name"), ("env" = String, Path, description = "environment name"), ("key" = String, Path, description = "variable name")),
+    request_body = SetVariable,
+    responses((status = 200, description = "success", body = Variable), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn set_var(
     State(s): State<AppState>,
     Path((name, env, key)): Path<(String, String, String)>,
@@ -258,6 +333,14 @@ pub async fn set_var(
     ))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/projects/{name}/environments/{env}/variables/{key}",
+    operation_id = "projects_unset_var",
+    summary = "unset a variable",
+    params(("name" = String, Path, description = "project name"), ("env" = String, Path, description = "environment name"), ("key" = String, Path, description = "variable name")),
+    responses((status = 204, description = "success"), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn unset_var(
     State(s): State<AppState>,
     Path((name, env, key)): Path<(String, String, String)>,

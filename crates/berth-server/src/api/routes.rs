@@ -7,9 +7,17 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use berth_core::api::AddRoute;
+use berth_core::api::ErrorBody;
 use berth_core::model::ExternalRoute;
 use berth_core::names;
 
+#[utoipa::path(
+    get,
+    path = "/routes",
+    operation_id = "routes_list",
+    summary = "list external routes",
+    responses((status = 200, description = "success", body = Vec<ExternalRoute>), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn list(State(s): State<AppState>) -> ApiResult<Json<Vec<ExternalRoute>>> {
     Ok(Json(s.store.list_external_routes().await?))
 }
@@ -26,6 +34,14 @@ fn check_upstream(u: &str) -> ApiResult<()> {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/routes",
+    operation_id = "routes_add",
+    summary = "add an external route",
+    request_body = AddRoute,
+    responses((status = 201, description = "success", body = ExternalRoute), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn add(
     State(s): State<AppState>,
     Json(req): Json<AddRoute>,
@@ -56,6 +72,14 @@ pub async fn add(
     Ok((StatusCode::CREATED, Json(route)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/routes/{hostname}",
+    operation_id = "routes_remove",
+    summary = "remove an external route",
+    params(("hostname" = String, Path, description = "hostname")),
+    responses((status = 204, description = "success"), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn remove(
     State(s): State<AppState>,
     Path(hostname): Path<String>,

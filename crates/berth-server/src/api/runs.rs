@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use berth_core::api::ErrorBody;
 use berth_core::ops::{CreateRun, Run, RunStreamEvent};
 use berth_store::RunQuery;
 use futures::StreamExt;
@@ -29,8 +30,9 @@ impl From<RunError> for ApiError {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AttachQuery {
     service: Option<String>,
     environment: Option<String>,
@@ -47,6 +49,15 @@ fn ndjson(event: &RunStreamEvent) -> Result<bytes::Bytes, std::io::Error> {
 }
 
 /// `POST /projects/{name}/runs/attach`
+#[utoipa::path(
+    post,
+    path = "/projects/{name}/runs/attach",
+    operation_id = "runs_attach",
+    summary = "run a command attached: the body is its stdin, the answer NDJSON events (started, line, exit)",
+    params(("name" = String, Path, description = "project name"), AttachQuery),
+    request_body(content = String, description = "the process's stdin (any bytes)", content_type = "application/octet-stream"),
+    responses((status = 200, description = "application/x-ndjson: one RunStreamEvent per line", body = RunStreamEvent, content_type = "application/x-ndjson"), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn attach(
     State(s): State<AppState>,
     caller: Caller,
@@ -96,6 +107,15 @@ pub async fn attach(
 
 /// `POST /projects/{name}/runs`: a detached run; `GET /runs/{id}` and
 /// `berth logs <id>` follow it.
+#[utoipa::path(
+    post,
+    path = "/projects/{name}/runs",
+    operation_id = "runs_create",
+    summary = "start a detached one-off run of a command in the active deployment's image",
+    params(("name" = String, Path, description = "project name")),
+    request_body = CreateRun,
+    responses((status = 202, description = "success", body = Run), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn create(
     State(s): State<AppState>,
     caller: Caller,
@@ -114,8 +134,9 @@ pub async fn create(
     Ok((StatusCode::ACCEPTED, Json(run)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     environment: Option<String>,
     job: Option<String>,
@@ -123,6 +144,14 @@ pub struct ListQuery {
 }
 
 /// `GET /projects/{name}/runs`: newest first, without their output.
+#[utoipa::path(
+    get,
+    path = "/projects/{name}/runs",
+    operation_id = "runs_list",
+    summary = "list one-off and job runs, newest first (without output)",
+    params(("name" = String, Path, description = "project name"), ListQuery),
+    responses((status = 200, description = "success", body = Vec<Run>), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn list(
     State(s): State<AppState>,
     Path(project): Path<String>,
@@ -149,6 +178,14 @@ pub async fn list(
 }
 
 /// `GET /runs/{id}`: the run with its output so far.
+#[utoipa::path(
+    get,
+    path = "/runs/{id}",
+    operation_id = "runs_show",
+    summary = "a run with its output (secrets redacted)",
+    params(("id" = String, Path, description = "id")),
+    responses((status = 200, description = "success", body = Run), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn show(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Run>> {
     Ok(Json(s.store.get_run(&id).await?))
 }

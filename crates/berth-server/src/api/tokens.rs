@@ -10,11 +10,20 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use berth_core::access::{token_name, CreateToken, CreatedToken, TokenInfo};
+use berth_core::api::ErrorBody;
 use berth_store::TokenRecord;
 
 /// Every token starts with this (so a leaked one is recognizable).
 pub const TOKEN_PREFIX: &str = "berth_t_";
 
+#[utoipa::path(
+    post,
+    path = "/tokens",
+    operation_id = "tokens_create",
+    summary = "create an API token (role admin, deployer or viewer; optionally one project and an expiry); the token is in this answer only",
+    request_body = CreateToken,
+    responses((status = 201, description = "success", body = CreatedToken), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn create(
     State(s): State<AppState>,
     Json(req): Json<CreateToken>,
@@ -60,10 +69,25 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(CreatedToken { info, token })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/tokens",
+    operation_id = "tokens_list",
+    summary = "list API tokens: name, role, project, expiresAt, lastUsedAt (never the token; admin)",
+    responses((status = 200, description = "success", body = Vec<TokenInfo>), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn list(State(s): State<AppState>) -> ApiResult<Json<Vec<TokenInfo>>> {
     Ok(Json(s.store.list_tokens().await?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/tokens/{name}",
+    operation_id = "tokens_revoke",
+    summary = "revoke an API token (effective at its next request, open log streams included)",
+    params(("name" = String, Path, description = "token name")),
+    responses((status = 200, description = "success", body = TokenInfo), (status = "default", description = "error", body = ErrorBody))
+)]
 pub async fn revoke(
     State(s): State<AppState>,
     Path(name): Path<String>,

@@ -53,7 +53,7 @@ fn api_requires_the_token_and_answers_json_errors() {
         .send()
         .unwrap();
     let doc: Value = r.json().unwrap();
-    assert_eq!(doc["openapi"], "3.0.3");
+    assert_eq!(doc["openapi"], "3.1.0");
     // Every documented operation exists on the running server, behind the
     // token: 401 without it (an undocumented path would be 404, a wrong
     // method 405), /health open.

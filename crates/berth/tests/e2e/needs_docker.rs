@@ -12,6 +12,7 @@ mod logs;
 mod maintenance;
 mod microvm;
 mod notify;
+mod openapi;
 mod replicas;
 mod runs;
 mod ssh;
