@@ -1103,7 +1103,7 @@ mod tests {
             restarts,
             delay_ms: 100,
         };
-        assert_eq!(runs(&[started.clone()]), Runs::default());
+        assert_eq!(runs(std::slice::from_ref(&started)), Runs::default());
         let records = vec![started.clone(), restarting(3, false, 10, 1)];
         assert_eq!(
             runs(&records),
