@@ -177,6 +177,7 @@ pub const RULES: &[Rule] = &[
     read("/console", Viewer, Listing),
     read("/console/audit", Admin, Query),
     read("/console/projects/{p}", Viewer, P("p")),
+    read("/console/projects/{p}/services/{env}/{s}", Viewer, P("p")),
     change("POST", "/console/projects/{p}/deploy", Deployer, P("p"), "deploy"),
     change("POST", "/console/projects/{p}/rollback", Deployer, P("p"), "rollback"),
     change("POST", "/console/projects/{p}/variables", Deployer, P("p"), "variables.set"),

@@ -18,6 +18,7 @@
 pub mod access;
 pub mod api;
 pub mod backups;
+pub mod charts;
 pub mod cluster;
 pub mod config;
 pub mod console;
@@ -444,6 +445,9 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
 
     // Notifications: the leader queues deployment events and sends them.
     tokio::spawn(notify::Notifier::new(store.clone())?.run(leadership.clone()));
+
+    // The console's charts: the leader rolls the edge's counters up per minute.
+    tokio::spawn(charts::run(deployer.clone()));
 
     // Log retention, at start and every 10 minutes.
     {

@@ -394,6 +394,24 @@ pub struct SessionRecord {
     pub expires_at: DateTime<Utc>,
 }
 
+/// One minute of one deployment's traffic as the edge counted it: the
+/// rollup behind the console's charts (kept about an hour, then pruned).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricMinute {
+    pub deployment_id: String,
+    pub project_name: String,
+    pub environment_name: String,
+    pub service_name: String,
+    /// The start of the minute (whole seconds, seconds at zero).
+    pub minute: DateTime<Utc>,
+    pub requests: u64,
+    /// Responses with a 5xx status, the edge's own 502/503/504 included.
+    pub errors: u64,
+    /// p95 latency of the minute's requests in milliseconds (`None`
+    /// without requests).
+    pub p95_ms: Option<f64>,
+}
+
 /// A notification endpoint's URL and signing secret in clear, for sending
 /// only.
 #[derive(Clone, PartialEq, Eq)]
@@ -679,4 +697,21 @@ pub trait Store: Send + Sync + 'static {
     async fn put_dns_update_key(&self, server: &str, key: &str) -> Result<()>;
     /// Every DNS server with a key (for copying a store).
     async fn list_dns_update_servers(&self) -> Result<Vec<String>>;
+
+    // --- charts: per-minute traffic rollup ---
+    /// Writes minutes of traffic; a row for a (deployment, minute) already
+    /// stored replaces it (the leader rewrites the current minute as it
+    /// fills).
+    async fn put_metric_minutes(&self, rows: &[MetricMinute]) -> Result<()>;
+    /// A service's minutes from `since` on (inclusive), every deployment
+    /// of it, oldest minute first, then by deployment id.
+    async fn list_metric_minutes(
+        &self,
+        project: &str,
+        environment: &str,
+        service: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<MetricMinute>>;
+    /// Removes the minutes before `before`; how many were removed.
+    async fn prune_metric_minutes(&self, before: DateTime<Utc>) -> Result<u64>;
 }

@@ -10,13 +10,13 @@
 
 use crate::seal::{Sealer, Secret};
 use crate::sqlite::{env_kind, env_kind_str};
-use crate::NotifyTarget;
 use crate::RunQuery;
 use crate::{
     Activate, CertRecord, Cipher, DeploymentQuery, LogQuery, NewLogLine, NewProject, ProjectPatch,
     RepoAccess, ResolvedVar, Result, Slot, Store, StoreError, VarFlags,
 };
 use crate::{AuditQuery, SessionRecord, TokenRecord};
+use crate::{MetricMinute, NotifyTarget};
 use async_trait::async_trait;
 use berth_core::access::{AuditEntry, Role, TokenInfo};
 use berth_core::model::{
@@ -45,6 +45,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0006_notifications.sql"),
     include_str!("../migrations/postgres/0007_maintenance.sql"),
     include_str!("../migrations/postgres/0008_dns_update_keys.sql"),
+    include_str!("../migrations/postgres/0009_metric_minutes.sql"),
 ];
 
 /// The advisory lock key migrations run under ("berth" in ASCII).
@@ -2052,5 +2053,76 @@ impl Store for PgStore {
             .query("SELECT server FROM dns_update_keys ORDER BY server", &[])
             .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    // --- charts: per-minute traffic rollup ---
+    async fn put_metric_minutes(&self, rows: &[MetricMinute]) -> Result<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let st = tx
+            .prepare(
+                "INSERT INTO metric_minutes (deployment_id, project, environment, service, \
+                 minute, requests, errors, p95_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (deployment_id, minute) DO UPDATE SET requests = excluded.requests, \
+                 errors = excluded.errors, p95_ms = excluded.p95_ms",
+            )
+            .await?;
+        for r in rows {
+            tx.execute(
+                &st,
+                &[
+                    &r.deployment_id,
+                    &r.project_name,
+                    &r.environment_name,
+                    &r.service_name,
+                    &r.minute,
+                    &(r.requests as i64),
+                    &(r.errors as i64),
+                    &r.p95_ms,
+                ],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_metric_minutes(
+        &self,
+        project: &str,
+        environment: &str,
+        service: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<MetricMinute>> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT deployment_id, project, environment, service, minute, requests, errors, \
+                 p95_ms FROM metric_minutes WHERE project = $1 AND environment = $2 \
+                 AND service = $3 AND minute >= $4 ORDER BY minute, deployment_id",
+                &[&project, &environment, &service, &since],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| MetricMinute {
+                deployment_id: r.get(0),
+                project_name: r.get(1),
+                environment_name: r.get(2),
+                service_name: r.get(3),
+                minute: r.get(4),
+                requests: r.get::<_, i64>(5).max(0) as u64,
+                errors: r.get::<_, i64>(6).max(0) as u64,
+                p95_ms: r.get(7),
+            })
+            .collect())
+    }
+
+    async fn prune_metric_minutes(&self, before: DateTime<Utc>) -> Result<u64> {
+        let c = self.client().await?;
+        Ok(
+            c.execute("DELETE FROM metric_minutes WHERE minute < $1", &[&before])
+                .await?,
+        )
     }
 }

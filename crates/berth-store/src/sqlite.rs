@@ -2,13 +2,13 @@
 
 use crate::crypto::Cipher;
 use crate::seal::{Sealer, Secret};
-use crate::NotifyTarget;
 use crate::RunQuery;
 use crate::{
     Activate, CertRecord, DeploymentQuery, LogQuery, NewLogLine, NewProject, ProjectPatch,
     RepoAccess, ResolvedVar, Result, Slot, Store, StoreError, VarFlags,
 };
 use crate::{AuditQuery, SessionRecord, TokenRecord};
+use crate::{MetricMinute, NotifyTarget};
 use async_trait::async_trait;
 use berth_core::access::{AuditEntry, Role, TokenInfo};
 use berth_core::model::{
@@ -43,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0011_notifications.sql"),
     include_str!("../migrations/0012_maintenance.sql"),
     include_str!("../migrations/0013_dns_update_keys.sql"),
+    include_str!("../migrations/0014_metric_minutes.sql"),
 ];
 
 /// File name of the database inside the data dir.
@@ -1989,6 +1990,83 @@ impl Store for SqliteStore {
             let mut st = c.prepare("SELECT server FROM dns_update_keys ORDER BY server")?;
             let rows = st.query_map([], |r| r.get(0))?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    // --- charts: per-minute traffic rollup ---
+    async fn put_metric_minutes(&self, rows: &[MetricMinute]) -> Result<()> {
+        let rows = rows.to_vec();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            {
+                let mut st = tx.prepare(
+                    "INSERT INTO metric_minutes (deployment_id, project, environment, service, \
+                     minute, requests, errors, p95_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+                     ON CONFLICT (deployment_id, minute) DO UPDATE SET requests = excluded.requests, \
+                     errors = excluded.errors, p95_ms = excluded.p95_ms",
+                )?;
+                for r in &rows {
+                    st.execute(params![
+                        r.deployment_id,
+                        r.project_name,
+                        r.environment_name,
+                        r.service_name,
+                        r.minute.timestamp(),
+                        r.requests as i64,
+                        r.errors as i64,
+                        r.p95_ms
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_metric_minutes(
+        &self,
+        project: &str,
+        environment: &str,
+        service: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<MetricMinute>> {
+        let (project, env, service) = (
+            project.to_string(),
+            environment.to_string(),
+            service.to_string(),
+        );
+        self.call(move |c| {
+            let mut st = c.prepare(
+                "SELECT deployment_id, project, environment, service, minute, requests, errors, \
+                 p95_ms FROM metric_minutes WHERE project = ?1 AND environment = ?2 \
+                 AND service = ?3 AND minute >= ?4 ORDER BY minute, deployment_id",
+            )?;
+            let rows = st.query_map(params![project, env, service, since.timestamp()], |r| {
+                Ok(MetricMinute {
+                    deployment_id: r.get(0)?,
+                    project_name: r.get(1)?,
+                    environment_name: r.get(2)?,
+                    service_name: r.get(3)?,
+                    minute: DateTime::from_timestamp(r.get(4)?, 0).unwrap_or_default(),
+                    requests: r.get::<_, i64>(5)?.max(0) as u64,
+                    errors: r.get::<_, i64>(6)?.max(0) as u64,
+                    p95_ms: r.get(7)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn prune_metric_minutes(&self, before: DateTime<Utc>) -> Result<u64> {
+        self.call(move |c| {
+            let n = c.execute(
+                "DELETE FROM metric_minutes WHERE minute < ?1",
+                [before.timestamp()],
+            )?;
+            Ok(n as u64)
         })
         .await
     }

@@ -1,25 +1,13 @@
-//! HTML building blocks: escaping, the page frame, badges, times.
+//! HTML building blocks through `maud`: the page frame, badges, times,
+//! links and action forms.
 //!
-//! Invariant: every value that did not come from this file goes through
-//! [`esc`] before it reaches a page.
+//! Invariant: pages are built with `maud::html!`, which escapes every
+//! interpolated value by default; nothing in the console writes markup by
+//! string formatting, and `PreEscaped` is used only for markup this crate
+//! wrote itself (the chart SVG's numbers), never for a value from a user.
 
 use chrono::{DateTime, Utc};
-
-/// Escape text for HTML element content and quoted attribute values.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(c),
-        }
-    }
-    out
-}
+use maud::{html, Markup, DOCTYPE};
 
 /// Escape one path segment of a URL (names here are already restricted to
 /// DNS-like characters, but ids and keys come from requests).
@@ -45,47 +33,46 @@ pub struct Frame<'a> {
 }
 
 /// A complete page around `body`.
-pub fn page(f: &Frame, body: &str) -> String {
-    let mut nav = String::new();
-    if f.csrf.is_some() {
-        nav.push_str(r#"<a href="/console">Projects</a>"#);
-        for (label, link) in f.crumbs {
-            nav.push_str(r#"<span class="sep">/</span>"#);
-            match link {
-                Some(l) => nav.push_str(&format!(r#"<a href="{}">{}</a>"#, esc(l), esc(label))),
-                None => nav.push_str(&format!("<span>{}</span>", esc(label))),
+pub fn page(f: &Frame, body: Markup) -> String {
+    let v = env!("CARGO_PKG_VERSION");
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (f.title) " · berth" }
+                link rel="stylesheet" href={ "/console/static/console.css?v=" (v) };
+                script src={ "/console/static/console.js?v=" (v) } defer {}
+            }
+            body {
+                header.top {
+                    a.brand href="/console" { span.logo { "⚓" } " berth" }
+                    nav.crumbs {
+                        @if f.csrf.is_some() {
+                            a href="/console" { "Projects" }
+                            @for (label, link) in f.crumbs {
+                                span.sep { "/" }
+                                @match link {
+                                    Some(l) => a href=(l) { (label) },
+                                    None => span { (label) },
+                                }
+                            }
+                        }
+                    }
+                    @if let Some(c) = f.csrf {
+                        form.signout method="post" action="/logout" {
+                            input type="hidden" name="csrf" value=(c);
+                            button.btn.ghost type="submit" { "Sign out" }
+                        }
+                    }
+                }
+                main { (body) }
+                footer { "berth " (v) }
             }
         }
     }
-    let signout = match f.csrf {
-        Some(c) => format!(
-            r#"<form method="post" action="/logout" class="signout"><input type="hidden" name="csrf" value="{}"><button type="submit" class="btn ghost">Sign out</button></form>"#,
-            esc(c)
-        ),
-        None => String::new(),
-    };
-    let v = env!("CARGO_PKG_VERSION");
-    format!(
-        r#"<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title} · berth</title>
-<link rel="stylesheet" href="/console/static/console.css?v={v}">
-<script src="/console/static/console.js?v={v}" defer></script>
-</head>
-<body>
-<header class="top"><a class="brand" href="/console"><span class="logo">⚓</span> berth</a><nav class="crumbs">{nav}</nav>{signout}</header>
-<main>
-{body}
-</main>
-<footer>berth {v}</footer>
-</body>
-</html>
-"#,
-        title = esc(f.title),
-    )
+    .into_string()
 }
 
 /// Colour family of a status, stage or health word.
@@ -103,35 +90,32 @@ fn tone(word: &str) -> &'static str {
 }
 
 /// A coloured badge; `title` says which track it is.
-pub fn badge(title: &str, word: &str) -> String {
-    format!(
-        r#"<span class="badge {}" title="{}">{}</span>"#,
-        tone(word),
-        esc(title),
-        esc(&word.replace('_', " "))
-    )
+pub fn badge(title: &str, word: &str) -> Markup {
+    html! {
+        span class={ "badge " (tone(word)) } title=(title) { (word.replace('_', " ")) }
+    }
 }
 
-pub fn time(t: &DateTime<Utc>) -> String {
-    format!(
-        r#"<time datetime="{}">{}</time>"#,
-        t.to_rfc3339(),
-        t.format("%Y-%m-%d %H:%M:%S UTC")
-    )
+pub fn time(t: &DateTime<Utc>) -> Markup {
+    html! {
+        time datetime=(t.to_rfc3339()) { (t.format("%Y-%m-%d %H:%M:%S UTC")) }
+    }
 }
 
 /// `11-22 11:16:44`, the full time on hover.
-pub fn short_time(t: &DateTime<Utc>) -> String {
-    format!(
-        r#"<time datetime="{}" title="{}">{}</time>"#,
-        t.to_rfc3339(),
-        t.format("%Y-%m-%d %H:%M:%S UTC"),
-        t.format("%m-%d %H:%M:%S")
-    )
+pub fn short_time(t: &DateTime<Utc>) -> Markup {
+    html! {
+        time datetime=(t.to_rfc3339()) title=(t.format("%Y-%m-%d %H:%M:%S UTC")) {
+            (t.format("%m-%d %H:%M:%S"))
+        }
+    }
 }
 
-pub fn opt_time(t: &Option<DateTime<Utc>>) -> String {
-    t.as_ref().map(time).unwrap_or_else(|| "—".into())
+pub fn opt_time(t: &Option<DateTime<Utc>>) -> Markup {
+    match t {
+        Some(t) => time(t),
+        None => html! { "—" },
+    }
 }
 
 /// `850 ms`, `3.2 s`, `2 m 05 s`.
@@ -146,42 +130,31 @@ pub fn duration_ms(ms: i64) -> String {
     }
 }
 
-/// A link that opens outside the console.
-pub fn ext_link(url: &str) -> String {
-    if url.starts_with("http://") || url.starts_with("https://") {
-        format!(
-            r#"<a href="{u}" target="_blank" rel="noopener noreferrer">{u}</a>"#,
-            u = esc(url)
-        )
-    } else {
-        esc(url)
+/// A link that opens outside the console (only http and https URLs become
+/// links).
+pub fn ext_link(url: &str) -> Markup {
+    html! {
+        @if url.starts_with("http://") || url.starts_with("https://") {
+            a href=(url) target="_blank" rel="noopener noreferrer" { (url) }
+        } @else {
+            (url)
+        }
     }
 }
 
 /// A POST form with one button, the CSRF token and a confirmation text.
-pub fn action(path: &str, csrf: &str, label: &str, class: &str, confirm: &str) -> String {
-    format!(
-        r#"<form method="post" action="{}" class="inline" data-confirm="{}"><input type="hidden" name="csrf" value="{}"><button type="submit" class="btn {}">{}</button></form>"#,
-        esc(path),
-        esc(confirm),
-        esc(csrf),
-        esc(class),
-        esc(label)
-    )
+pub fn action(path: &str, csrf: &str, label: &str, class: &str, confirm: &str) -> Markup {
+    html! {
+        form.inline method="post" action=(path) data-confirm=(confirm) {
+            input type="hidden" name="csrf" value=(csrf);
+            button type="submit" class={ "btn " (class) } { (label) }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn escapes_markup_and_quotes() {
-        assert_eq!(
-            esc(r#"<script>alert("x")</script> & 'y'"#),
-            "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#39;y&#39;"
-        );
-        assert_eq!(esc("plain ünïcode"), "plain ünïcode");
-    }
 
     #[test]
     fn path_segments_are_percent_encoded() {
@@ -197,13 +170,25 @@ mod tests {
                 crumbs: &[("<y>", Some("/console/projects/\"z".into()))],
                 csrf: Some("tok"),
             },
-            "",
+            html! {},
         );
         assert!(p.contains("<title>&lt;x&gt; · berth</title>"));
         assert!(p.contains("&lt;y&gt;"));
         assert!(p.contains("/console/projects/&quot;z"));
         assert!(!p.contains("<x>") && !p.contains("<y>"));
         assert!(p.contains(r#"name="csrf" value="tok""#));
+        assert!(p.starts_with("<!DOCTYPE html>"));
+    }
+
+    #[test]
+    fn only_web_urls_become_links() {
+        let l = ext_link("http://a.localhost/?q=<x>").into_string();
+        assert!(
+            l.contains(r#"href="http://a.localhost/?q=&lt;x&gt;""#),
+            "{l}"
+        );
+        let j = ext_link("javascript:alert(1)").into_string();
+        assert!(!j.contains("<a"), "{j}");
     }
 
     #[test]
@@ -215,7 +200,11 @@ mod tests {
 
     #[test]
     fn badges_have_tones() {
-        assert!(badge("status", "failed").contains(r#"class="badge bad""#));
-        assert!(badge("stage", "rolled_back").contains(">rolled back<"));
+        assert!(badge("status", "failed")
+            .into_string()
+            .contains(r#"class="badge bad""#));
+        assert!(badge("stage", "rolled_back")
+            .into_string()
+            .contains(">rolled back<"));
     }
 }

@@ -23,6 +23,7 @@
 //! variables are never shown (the store does not return their values) and
 //! log lines reach the page already redacted by the log hub.
 
+mod chart;
 mod html;
 mod pages;
 mod session;
@@ -73,6 +74,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/console", get(projects))
         .route("/console/audit", get(audit))
         .route("/console/projects/{p}", get(project))
+        .route("/console/projects/{p}/services/{env}/{s}", get(service))
         .route("/console/projects/{p}/deploy", post(deploy))
         .route("/console/projects/{p}/rollback", post(rollback_slot))
         .route("/console/projects/{p}/variables", post(set_variable))
@@ -184,19 +186,7 @@ impl From<StoreError> for Oops {
 
 impl IntoResponse for Oops {
     fn into_response(self) -> Response {
-        let body = format!(
-            r#"<section class="card error"><h1>{}</h1><p>{}</p><p><a href="/console" data-back>← Back</a> · <a href="/console">Projects</a></p></section>"#,
-            html::esc(self.0.canonical_reason().unwrap_or("Error")),
-            html::esc(&self.1)
-        );
-        let page = html::page(
-            &html::Frame {
-                title: "Error",
-                crumbs: &[],
-                csrf: None,
-            },
-            &body,
-        );
+        let page = pages::error(self.0.canonical_reason().unwrap_or("Error"), &self.1);
         (self.0, Html(page)).into_response()
     }
 }
@@ -417,6 +407,69 @@ async fn project(State(s): State<AppState>, a: Authed, Path(p): Path<String>) ->
         &vars,
         &deployments,
         &jobs,
+    ))
+    .into_response())
+}
+
+/// A service's page: charts of its last hour of traffic (from the store's
+/// rollup, [`crate::charts`]), its canaries and recent deployments.
+async fn service(
+    State(s): State<AppState>,
+    a: Authed,
+    Path((p, env, svc)): Path<(String, String, String)>,
+) -> PageResult {
+    s.store.get_project(&p).await?;
+    let now = chrono::Utc::now();
+    let since = now - chrono::Duration::minutes(chart::SPAN_MINUTES);
+    let deployments = s
+        .store
+        .list_deployments(&DeploymentQuery {
+            project: Some(p.clone()),
+            environment: Some(env.clone()),
+            service: Some(svc.clone()),
+            limit: Some(50),
+            ..Default::default()
+        })
+        .await?;
+    let rows = s
+        .store
+        .list_metric_minutes(&p, &env, &svc, crate::charts::minute_of(since))
+        .await?;
+    if deployments.is_empty() && rows.is_empty() {
+        return Err(Oops(
+            StatusCode::NOT_FOUND,
+            format!("no service {svc} in {p}/{env}"),
+        ));
+    }
+    let lines = s
+        .store
+        .read_logs(&LogQuery {
+            slot: Some(Slot {
+                project: p.clone(),
+                environment: env.clone(),
+                service: svc.clone(),
+            }),
+            streams: vec![berth_core::model::LogStream::Berth],
+            since: Some(since),
+            limit: Some(5000),
+            tail: true,
+            ..Default::default()
+        })
+        .await?;
+    let recent: Vec<Deployment> = deployments
+        .iter()
+        .filter(|d| d.completed_at.is_some_and(|t| t >= since))
+        .cloned()
+        .collect();
+    let charts = chart::service_charts(&rows, &chart::markers(&recent, &lines), now);
+    Ok(Html(pages::service(
+        &a.csrf,
+        &p,
+        &env,
+        &svc,
+        &deployments,
+        charts,
+        &chart::canaries(&lines),
     ))
     .into_response())
 }

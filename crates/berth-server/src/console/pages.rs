@@ -1,7 +1,8 @@
-//! The console's pages, rendered from records (no IO here).
+//! The console's pages, rendered from records (no IO here) with
+//! `maud::html!`: every value is escaped by default.
 
 use super::html::{
-    action, badge, duration_ms, esc, ext_link, opt_time, page, seg, short_time, time, Frame,
+    action, badge, duration_ms, ext_link, opt_time, page, seg, short_time, time, Frame,
 };
 use berth_core::access::AuditEntry;
 use berth_core::model::{
@@ -11,8 +12,8 @@ use berth_core::model::{
 use berth_core::ops::Job;
 use berth_core::state::Stage;
 use chrono::Utc;
+use maud::{html, Markup};
 use std::collections::BTreeMap;
-use std::fmt::Write;
 
 /// Log lines rendered with the deployment page (the newest); the live
 /// stream continues after the last of them.
@@ -20,31 +21,24 @@ pub const LOG_LINES: u32 = 500;
 /// Files listed in a manifest page, at most.
 pub const MANIFEST_ENTRIES: usize = 200;
 
-fn dep_link(d: &Deployment) -> String {
-    format!(
-        r#"<a class="mono" href="/console/deployments/{}">{}</a>"#,
-        seg(&d.id),
-        esc(&d.id)
-    )
+fn dep_link(d: &Deployment) -> Markup {
+    html! { a.mono href={ "/console/deployments/" (seg(&d.id)) } { (d.id) } }
 }
 
-fn project_link(name: &str) -> String {
-    format!(
-        r#"<a href="/console/projects/{}">{}</a>"#,
-        seg(name),
-        esc(name)
-    )
+fn project_link(name: &str) -> Markup {
+    html! { a href={ "/console/projects/" (seg(name)) } { (name) } }
 }
 
-fn commit_cell(d: &Deployment) -> String {
-    match &d.commit {
-        Some(c) => format!(
-            r#"<span class="mono">{}</span> <span class="msg" title="{}">{}</span>"#,
-            esc(d.short_sha().unwrap_or("")),
-            esc(&c.message),
-            esc(c.message.lines().next().unwrap_or(""))
-        ),
-        None => format!(r#"<span class="muted mono">{}</span>"#, esc(&d.reference)),
+fn commit_cell(d: &Deployment) -> Markup {
+    html! {
+        @match &d.commit {
+            Some(c) => {
+                span.mono { (d.short_sha().unwrap_or("")) }
+                " "
+                span.msg title=(c.message) { (c.message.lines().next().unwrap_or("")) }
+            }
+            None => span.muted.mono { (d.reference) },
+        }
     }
 }
 
@@ -53,13 +47,16 @@ fn total_ms(d: &Deployment) -> Option<i64> {
     d.completed_at.map(|end| (end - start).num_milliseconds())
 }
 
-fn state_badges(d: &Deployment) -> String {
-    format!(
-        "{} {} {}",
-        badge("status", d.status.as_str()),
-        badge("promotion stage", d.promotion_stage.as_str()),
-        badge("health", d.health.as_str())
-    )
+fn state_badges(d: &Deployment) -> Markup {
+    html! {
+        (badge("status", d.status.as_str())) " "
+        (badge("promotion stage", d.promotion_stage.as_str())) " "
+        (badge("health", d.health.as_str()))
+    }
+}
+
+fn live_pill() -> Markup {
+    html! { " " span.pill.live { "live" } }
 }
 
 /// What the page script compares to decide that a deployment changed.
@@ -76,76 +73,96 @@ fn watch_key(d: &Deployment) -> String {
 }
 
 pub fn login(next: &str, error: Option<&str>) -> String {
-    let err = error
-        .map(|e| format!(r#"<p class="flash bad" role="alert">{}</p>"#, esc(e)))
-        .unwrap_or_default();
-    let body = format!(
-        r#"<section class="card login">
-<h1>Sign in to berth</h1>
-<p class="muted">Paste the server's API token (<code>--token</code>, <code>BERTH_TOKEN</code> or <code>&lt;data-dir&gt;/admin.token</code>).</p>
-{err}
-<form method="post" action="/login">
-<input type="hidden" name="next" value="{next}">
-<label for="token">API token</label>
-<input id="token" name="token" type="password" autocomplete="current-password" required autofocus>
-<button type="submit" class="btn primary" id="signin">Sign in</button>
-</form>
-</section>"#,
-        next = esc(next)
-    );
+    let body = html! {
+        section.card.login {
+            h1 { "Sign in to berth" }
+            p.muted {
+                "Paste the server's API token (" code { "--token" } ", " code { "BERTH_TOKEN" }
+                " or " code { "<data-dir>/admin.token" } ")."
+            }
+            @if let Some(e) = error {
+                p.flash.bad role="alert" { (e) }
+            }
+            form method="post" action="/login" {
+                input type="hidden" name="next" value=(next);
+                label for="token" { "API token" }
+                input #token name="token" type="password" autocomplete="current-password" required autofocus;
+                button.btn.primary #signin type="submit" { "Sign in" }
+            }
+        }
+    };
     page(
         &Frame {
             title: "Sign in",
             crumbs: &[],
             csrf: None,
         },
-        &body,
+        body,
+    )
+}
+
+/// An error shown as a page.
+pub fn error(status: &str, message: &str) -> String {
+    let body = html! {
+        section.card.error {
+            h1 { (status) }
+            p { (message) }
+            p { a href="/console" data-back { "← Back" } " · " a href="/console" { "Projects" } }
+        }
+    };
+    page(
+        &Frame {
+            title: "Error",
+            crumbs: &[],
+            csrf: None,
+        },
+        body,
     )
 }
 
 pub fn projects(csrf: &str, projects: &[Project], recent: &[Deployment]) -> String {
-    let mut body = String::from(r#"<div class="head"><h1>Projects</h1></div>"#);
-    if projects.is_empty() {
-        body.push_str(
-            r#"<section class="card empty"><p>No projects yet. Create one with <code>berth projects create NAME --repo URL</code>.</p></section>"#,
-        );
-    } else {
-        body.push_str(
-            r#"<section class="card"><table class="grid"><thead><tr><th>Project</th><th>Repository</th><th>Default branch</th><th>Services live</th><th>Last deployment</th><th>Created</th></tr></thead><tbody>"#,
-        );
-        for p in projects {
-            let mine: Vec<&Deployment> =
-                recent.iter().filter(|d| d.project_name == p.name).collect();
-            let live = mine.iter().filter(|d| d.is_active).count();
-            let last = mine
-                .first()
-                .map(|d| {
-                    format!(
-                        "{} {} {}",
-                        badge("status", d.status.as_str()),
-                        dep_link(d),
-                        time(&d.created_at)
-                    )
-                })
-                .unwrap_or_else(|| r#"<span class="muted">none</span>"#.into());
-            let _ = write!(
-                body,
-                r#"<tr><td class="strong">{}</td><td class="mono">{}</td><td class="mono">{}</td><td class="num">{live}</td><td>{last}</td><td>{}</td></tr>"#,
-                project_link(&p.name),
-                esc(&berth_core::model::mask_url(&p.repo)),
-                esc(&p.default_branch),
-                time(&p.created_at)
-            );
+    let body = html! {
+        div.head { h1 { "Projects" } }
+        @if projects.is_empty() {
+            section.card.empty {
+                p { "No projects yet. Create one with " code { "berth projects create NAME --repo URL" } "." }
+            }
+        } @else {
+            section.card {
+                table.grid {
+                    thead { tr {
+                        th { "Project" } th { "Repository" } th { "Default branch" }
+                        th { "Services live" } th { "Last deployment" } th { "Created" }
+                    } }
+                    tbody {
+                        @for p in projects {
+                            @let mine: Vec<&Deployment> = recent.iter().filter(|d| d.project_name == p.name).collect();
+                            tr {
+                                td.strong { (project_link(&p.name)) }
+                                td.mono { (berth_core::model::mask_url(&p.repo)) }
+                                td.mono { (p.default_branch) }
+                                td.num { (mine.iter().filter(|d| d.is_active).count()) }
+                                td {
+                                    @match mine.first() {
+                                        Some(d) => { (badge("status", d.status.as_str())) " " (dep_link(d)) " " (time(&d.created_at)) }
+                                        None => span.muted { "none" },
+                                    }
+                                }
+                                td { (time(&p.created_at)) }
+                            }
+                        }
+                    }
+                }
+            }
         }
-        body.push_str("</tbody></table></section>");
-    }
+    };
     page(
         &Frame {
             title: "Projects",
             crumbs: &[],
             csrf: Some(csrf),
         },
-        &body,
+        body,
     )
 }
 
@@ -172,282 +189,289 @@ pub fn project(
         .iter()
         .any(|d| !d.status.is_terminal() || d.promotion_stage == Stage::DrainingPrevious);
     let pl = format!("/console/projects/{}", seg(&p.name));
-    let mut body = format!(
-        r#"<div class="head" data-refresh-while-busy="{busy}"><h1>{}</h1><p class="sub"><span class="mono">{}</span> · default branch <span class="mono">{}</span> · keeps {} images per service · webhook secret {}{}</p></div>"#,
-        esc(&p.name),
-        esc(&berth_core::model::mask_url(&p.repo)),
-        esc(&p.default_branch),
-        p.retain_images,
-        if p.has_webhook_secret {
-            "set"
-        } else {
-            "not set"
-        },
-        match (p.has_repo_credentials, p.has_deploy_key) {
-            (true, true) => " · repository token and deploy key stored",
-            (true, false) => " · repository token stored",
-            (false, true) => " · deploy key stored",
-            (false, false) => "",
-        }
-    );
-
-    // Services per environment: the newest and the active deployment.
-    body.push_str(r#"<h2>Environments and services</h2>"#);
-    for e in envs {
-        let mut services: BTreeMap<&str, (Option<&Deployment>, &Deployment)> = BTreeMap::new();
-        for d in deployments.iter().filter(|d| d.environment_name == e.name) {
-            let entry = services.entry(&d.service_name).or_insert((None, d));
-            if d.is_active && entry.0.is_none() {
-                entry.0 = Some(d);
+    let stored = match (p.has_repo_credentials, p.has_deploy_key) {
+        (true, true) => " · repository token and deploy key stored",
+        (true, false) => " · repository token stored",
+        (false, true) => " · deploy key stored",
+        (false, false) => "",
+    };
+    let body = html! {
+        div.head data-refresh-while-busy=(busy) {
+            h1 { (p.name) }
+            p.sub {
+                span.mono { (berth_core::model::mask_url(&p.repo)) }
+                " · default branch " span.mono { (p.default_branch) }
+                " · keeps " (p.retain_images) " images per service · webhook secret "
+                (if p.has_webhook_secret { "set" } else { "not set" })
+                (stored)
             }
         }
-        let branch = e
-            .branch
-            .as_deref()
-            .map(|b| format!(r#" · branch <span class="mono">{}</span>"#, esc(b)))
-            .unwrap_or_default();
-        let _ = write!(
-            body,
-            r#"<section class="card env" id="env-{}"><div class="card-head"><h3>{}{}</h3><span class="muted">{branch}</span><div class="spacer"></div>{}</div>"#,
-            esc(&e.name),
-            esc(&e.name),
-            if e.name == kind_word(e.kind) {
-                String::new()
-            } else {
-                format!(r#" <span class="pill">{}</span>"#, kind_word(e.kind))
-            },
-            if can_change {
-                deploy_form(csrf, &pl, &e.name, None)
-            } else {
-                String::new()
-            }
-        );
-        if services.is_empty() {
-            body.push_str(r#"<p class="muted pad">No deployments in this environment yet.</p>"#);
-        } else {
-            body.push_str(r#"<table class="grid"><thead><tr><th>Service</th><th>Active deployment</th><th>URL</th><th>Status</th><th>Health</th><th>Latest</th><th class="right">Actions</th></tr></thead><tbody>"#);
-            for (name, (active, newest)) in &services {
-                let (act, url, st, he) = match active {
-                    Some(a) => (
-                        format!("{} {}", dep_link(a), commit_cell(a)),
-                        a.route_url.as_deref().map(ext_link).unwrap_or_default(),
-                        badge("status", a.status.as_str()),
-                        badge("health", a.health.as_str()),
-                    ),
-                    None => (
-                        r#"<span class="muted">none</span>"#.into(),
-                        String::new(),
-                        String::new(),
-                        String::new(),
-                    ),
-                };
-                let latest = if active.is_some_and(|a| a.id == newest.id) {
-                    r#"<span class="muted">same</span>"#.to_string()
-                } else {
-                    format!(
-                        "{} {} {}",
-                        dep_link(newest),
-                        badge("status", newest.status.as_str()),
-                        badge("promotion stage", newest.promotion_stage.as_str())
-                    )
-                };
-                let mut actions = String::new();
-                if can_change {
-                    actions.push_str(&deploy_form(csrf, &pl, &e.name, Some(name)));
+        h2 { "Environments and services" }
+        @for e in envs {
+            (env_section(csrf, can_change, &pl, e, deployments))
+        }
+        @if !jobs.is_empty() {
+            (jobs_section(jobs))
+        }
+        h2 { "Deployments" }
+        section.card {
+            @if deployments.is_empty() {
+                p.muted.pad { "No deployments yet." }
+            } @else {
+                table.grid #deployments {
+                    thead { tr {
+                        th { "Deployment" } th { "Service" } th { "Environment" } th { "Status" }
+                        th { "Stage" } th { "Health" } th { "Commit" } th { "Trigger" }
+                        th { "Created" } th.num { "Duration" }
+                    } }
+                    tbody {
+                        @for d in deployments {
+                            tr {
+                                td { (dep_link(d)) @if d.is_active { (live_pill()) } }
+                                td { (d.service_name) }
+                                td { (d.environment_name) }
+                                td { (badge("status", d.status.as_str())) }
+                                td { (badge("promotion stage", d.promotion_stage.as_str())) }
+                                td { (badge("health", d.health.as_str())) }
+                                td { (commit_cell(d)) }
+                                td { (d.trigger.as_str()) }
+                                td { (short_time(&d.created_at)) }
+                                td.num { (total_ms(d).map(duration_ms).unwrap_or_else(|| "—".into())) }
+                            }
+                        }
+                    }
                 }
-                if can_change && active.is_some() {
-                    actions.push_str(&slot_rollback_form(csrf, &pl, &e.name, name));
-                }
-                let _ = write!(
-                    body,
-                    r#"<tr><td class="strong">{}</td><td>{act}</td><td>{url}</td><td>{st}</td><td>{he}</td><td>{latest}</td><td class="right actions">{actions}</td></tr>"#,
-                    esc(name)
-                );
             }
-            body.push_str("</tbody></table>");
         }
-        body.push_str("</section>");
-    }
-
-    if !jobs.is_empty() {
-        body.push_str(&jobs_section(jobs));
-    }
-
-    // Deployments, newest first.
-    body.push_str(r#"<h2>Deployments</h2><section class="card">"#);
-    if deployments.is_empty() {
-        body.push_str(r#"<p class="muted pad">No deployments yet.</p>"#);
-    } else {
-        body.push_str(r#"<table class="grid" id="deployments"><thead><tr><th>Deployment</th><th>Service</th><th>Environment</th><th>Status</th><th>Stage</th><th>Health</th><th>Commit</th><th>Trigger</th><th>Created</th><th class="num">Duration</th></tr></thead><tbody>"#);
-        for d in deployments {
-            let active = if d.is_active {
-                r#" <span class="pill live">live</span>"#
-            } else {
-                ""
-            };
-            let _ = write!(
-                body,
-                r#"<tr><td>{}{active}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class="num">{}</td></tr>"#,
-                dep_link(d),
-                esc(&d.service_name),
-                esc(&d.environment_name),
-                badge("status", d.status.as_str()),
-                badge("promotion stage", d.promotion_stage.as_str()),
-                badge("health", d.health.as_str()),
-                commit_cell(d),
-                esc(d.trigger.as_str()),
-                short_time(&d.created_at),
-                total_ms(d).map(duration_ms).unwrap_or_else(|| "—".into())
-            );
+        h2 { "Variables" }
+        @for (e, vs) in envs.iter().zip(vars) {
+            (vars_section(csrf, can_change, &pl, e, vs))
         }
-        body.push_str("</tbody></table>");
-    }
-    body.push_str("</section>");
-
-    // Variables per environment.
-    body.push_str(r#"<h2>Variables</h2>"#);
-    for (e, vs) in envs.iter().zip(vars) {
-        let _ = write!(
-            body,
-            r#"<section class="card" id="vars-{}"><div class="card-head"><h3>{}</h3></div>"#,
-            esc(&e.name),
-            esc(&e.name)
-        );
-        if vs.is_empty() {
-            body.push_str(r#"<p class="muted pad">No variables.</p>"#);
-        } else {
-            body.push_str(r#"<table class="grid vars"><thead><tr><th>Key</th><th>Value</th><th>Updated</th><th class="right"></th></tr></thead><tbody>"#);
-            for v in vs {
-                let mut value = match (&v.value, v.secret) {
-                    (Some(val), false) => format!(r#"<span class="mono">{}</span>"#, esc(val)),
-                    _ => r#"<span class="secret" title="secret: never shown">•••</span> <span class="pill">secret</span>"#.into(),
-                };
-                if v.build {
-                    value.push_str(r#" <span class="pill" title="given to builds">build</span>"#);
-                }
-                let unset = if !can_change {
-                    String::new()
-                } else {
-                    format!(
-                        r#"<form method="post" action="{pl}/variables/unset" class="inline" data-confirm="Unset {k} in {env}? Deployments from now on will not have it."><input type="hidden" name="csrf" value="{c}"><input type="hidden" name="environment" value="{env}"><input type="hidden" name="key" value="{k}"><button class="btn small danger" type="submit">Unset</button></form>"#,
-                        k = esc(&v.key),
-                        env = esc(&e.name),
-                        c = esc(csrf)
-                    )
-                };
-                let _ = write!(
-                    body,
-                    r#"<tr><td class="mono strong">{}</td><td>{value}</td><td>{}</td><td class="right">{unset}</td></tr>"#,
-                    esc(&v.key),
-                    time(&v.updated_at)
-                );
-            }
-            body.push_str("</tbody></table>");
-        }
-        if !can_change {
-            body.push_str("</section>");
-            continue;
-        }
-        let _ = write!(
-            body,
-            r#"<form method="post" action="{pl}/variables" class="setvar"><input type="hidden" name="csrf" value="{c}"><input type="hidden" name="environment" value="{env}"><input name="key" placeholder="KEY" required pattern="[A-Za-z_][A-Za-z0-9_]*" class="mono" aria-label="key"><input name="value" placeholder="value" class="mono grow" aria-label="value" autocomplete="off"><label class="check"><input type="checkbox" name="secret" value="on"> secret</label><label class="check" title="plain: a build argument; secret: a BuildKit secret (RUN --mount=type=secret,id=KEY)"><input type="checkbox" name="build" value="on"> build</label><button class="btn" type="submit">Set</button></form><p class="hint">Applies to deployments started from now on. Secrets are encrypted at rest, never shown, and masked as <code>***</code> in logs.</p></section>"#,
-            c = esc(csrf),
-            env = esc(&e.name)
-        );
-    }
-
+    };
     page(
         &Frame {
             title: &p.name,
             crumbs: &[(&p.name, None)],
             csrf: Some(csrf),
         },
-        &body,
+        body,
     )
 }
 
-/// Scheduled jobs with their next firing and last runs (newest first).
-fn jobs_section(jobs: &[Job]) -> String {
-    let mut body = String::from(
-        r#"<h2>Jobs</h2><section class="card" id="jobs"><table class="grid"><thead><tr><th>Job</th><th>Environment</th><th>Service</th><th>Schedule (UTC)</th><th>Command</th><th>Next</th><th>Last runs</th></tr></thead><tbody>"#,
-    );
-    for j in jobs {
-        let runs: Vec<String> = j
-            .last_runs
-            .iter()
-            .map(|r| {
-                let at = r.scheduled_for.or(r.started_at).unwrap_or(r.created_at);
-                let exit = r
-                    .exit_code
-                    .map(|c| format!(" exit {c}"))
-                    .unwrap_or_default();
-                format!(
-                    r#"<div title="run {}: {}">{} {}{}</div>"#,
-                    esc(&r.id),
-                    esc(&r.outcome()),
-                    badge("run status", r.status.as_str()),
-                    short_time(&at),
-                    esc(&exit)
-                )
-            })
-            .collect();
-        let _ = write!(
-            body,
-            r#"<tr><td class="strong">{}</td><td>{}</td><td>{}</td><td class="mono">{}</td><td class="mono">{}</td><td>{}</td><td>{}</td></tr>"#,
-            esc(&j.name),
-            esc(&j.environment_name),
-            esc(&j.service_name),
-            esc(&j.schedule),
-            esc(&j.command),
-            j.next_run_at
-                .as_ref()
-                .map(short_time)
-                .unwrap_or_else(|| "—".into()),
-            if runs.is_empty() {
-                r#"<span class="muted">none yet</span>"#.to_string()
-            } else {
-                runs.join("")
-            }
-        );
+/// One environment's services: the newest and the active deployment of each.
+fn env_section(
+    csrf: &str,
+    can_change: bool,
+    pl: &str,
+    e: &Environment,
+    deployments: &[Deployment],
+) -> Markup {
+    let mut services: BTreeMap<&str, (Option<&Deployment>, &Deployment)> = BTreeMap::new();
+    for d in deployments.iter().filter(|d| d.environment_name == e.name) {
+        let entry = services.entry(&d.service_name).or_insert((None, d));
+        if d.is_active && entry.0.is_none() {
+            entry.0 = Some(d);
+        }
     }
-    body.push_str("</tbody></table></section>");
-    body
+    html! {
+        section.card.env id={ "env-" (e.name) } {
+            div.card-head {
+                h3 {
+                    (e.name)
+                    @if e.name != kind_word(e.kind) { " " span.pill { (kind_word(e.kind)) } }
+                }
+                span.muted {
+                    @if let Some(b) = &e.branch { " · branch " span.mono { (b) } }
+                }
+                div.spacer {}
+                @if can_change { (deploy_form(csrf, pl, &e.name, None)) }
+            }
+            @if services.is_empty() {
+                p.muted.pad { "No deployments in this environment yet." }
+            } @else {
+                table.grid {
+                    thead { tr {
+                        th { "Service" } th { "Active deployment" } th { "URL" } th { "Status" }
+                        th { "Health" } th { "Latest" } th.right { "Actions" }
+                    } }
+                    tbody {
+                        @for (name, (active, newest)) in &services {
+                            tr {
+                                td.strong {
+                                    a.service href={ (pl) "/services/" (seg(&e.name)) "/" (seg(name)) } title="traffic charts" { (name) }
+                                }
+                                @match active {
+                                    Some(a) => {
+                                        td { (dep_link(a)) " " (commit_cell(a)) }
+                                        td { @if let Some(u) = &a.route_url { (ext_link(u)) } }
+                                        td { (badge("status", a.status.as_str())) }
+                                        td { (badge("health", a.health.as_str())) }
+                                    }
+                                    None => {
+                                        td { span.muted { "none" } }
+                                        td {} td {} td {}
+                                    }
+                                }
+                                td {
+                                    @if active.is_some_and(|a| a.id == newest.id) {
+                                        span.muted { "same" }
+                                    } @else {
+                                        (dep_link(newest)) " "
+                                        (badge("status", newest.status.as_str())) " "
+                                        (badge("promotion stage", newest.promotion_stage.as_str()))
+                                    }
+                                }
+                                td.right.actions {
+                                    @if can_change { (deploy_form(csrf, pl, &e.name, Some(name))) }
+                                    @if can_change && active.is_some() { (slot_rollback_form(csrf, pl, &e.name, name)) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
-fn deploy_form(csrf: &str, pl: &str, env: &str, service: Option<&str>) -> String {
-    let (svc, label, what) = match service {
+/// One environment's variables, with the editor for those who may change them.
+fn vars_section(
+    csrf: &str,
+    can_change: bool,
+    pl: &str,
+    e: &Environment,
+    vs: &[Variable],
+) -> Markup {
+    html! {
+        section.card id={ "vars-" (e.name) } {
+            div.card-head { h3 { (e.name) } }
+            @if vs.is_empty() {
+                p.muted.pad { "No variables." }
+            } @else {
+                table.grid.vars {
+                    thead { tr { th { "Key" } th { "Value" } th { "Updated" } th.right {} } }
+                    tbody {
+                        @for v in vs {
+                            tr {
+                                td.mono.strong { (v.key) }
+                                td {
+                                    @match (&v.value, v.secret) {
+                                        (Some(val), false) => span.mono { (val) },
+                                        _ => { span.secret title="secret: never shown" { "•••" } " " span.pill { "secret" } }
+                                    }
+                                    @if v.build { " " span.pill title="given to builds" { "build" } }
+                                }
+                                td { (time(&v.updated_at)) }
+                                td.right {
+                                    @if can_change {
+                                        form.inline method="post" action={ (pl) "/variables/unset" }
+                                            data-confirm={ "Unset " (v.key) " in " (e.name) "? Deployments from now on will not have it." } {
+                                            input type="hidden" name="csrf" value=(csrf);
+                                            input type="hidden" name="environment" value=(e.name);
+                                            input type="hidden" name="key" value=(v.key);
+                                            button.btn.small.danger type="submit" { "Unset" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            @if can_change {
+                form.setvar method="post" action={ (pl) "/variables" } {
+                    input type="hidden" name="csrf" value=(csrf);
+                    input type="hidden" name="environment" value=(e.name);
+                    input.mono name="key" placeholder="KEY" required pattern="[A-Za-z_][A-Za-z0-9_]*" aria-label="key";
+                    input.mono.grow name="value" placeholder="value" aria-label="value" autocomplete="off";
+                    label.check { input type="checkbox" name="secret" value="on"; " secret" }
+                    label.check title="plain: a build argument; secret: a BuildKit secret (RUN --mount=type=secret,id=KEY)" {
+                        input type="checkbox" name="build" value="on"; " build"
+                    }
+                    button.btn type="submit" { "Set" }
+                }
+                p.hint {
+                    "Applies to deployments started from now on. Secrets are encrypted at rest, never shown, and masked as "
+                    code { "***" } " in logs."
+                }
+            }
+        }
+    }
+}
+
+/// Scheduled jobs with their next firing and last runs (newest first).
+fn jobs_section(jobs: &[Job]) -> Markup {
+    html! {
+        h2 { "Jobs" }
+        section.card #jobs {
+            table.grid {
+                thead { tr {
+                    th { "Job" } th { "Environment" } th { "Service" } th { "Schedule (UTC)" }
+                    th { "Command" } th { "Next" } th { "Last runs" }
+                } }
+                tbody {
+                    @for j in jobs {
+                        tr {
+                            td.strong { (j.name) }
+                            td { (j.environment_name) }
+                            td { (j.service_name) }
+                            td.mono { (j.schedule) }
+                            td.mono { (j.command) }
+                            td { @match &j.next_run_at { Some(t) => (short_time(t)), None => "—" } }
+                            td {
+                                @if j.last_runs.is_empty() {
+                                    span.muted { "none yet" }
+                                }
+                                @for r in &j.last_runs {
+                                    @let at = r.scheduled_for.or(r.started_at).unwrap_or(r.created_at);
+                                    div title={ "run " (r.id) ": " (r.outcome()) } {
+                                        (badge("run status", r.status.as_str())) " " (short_time(&at))
+                                        @if let Some(c) = r.exit_code { " exit " (c) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn deploy_form(csrf: &str, pl: &str, env: &str, service: Option<&str>) -> Markup {
+    let (label, what) = match service {
         Some(s) => (
-            format!(r#"<input type="hidden" name="service" value="{}">"#, esc(s)),
             "Deploy",
-            format!("Deploy {} in {} from the latest commit?", s, env),
+            format!("Deploy {s} in {env} from the latest commit?"),
         ),
         None => (
-            String::new(),
             "Deploy web",
             format!("Deploy the web service in {env} from the latest commit?"),
         ),
     };
-    format!(
-        r#"<form method="post" action="{pl}/deploy" class="inline" data-confirm="{}"><input type="hidden" name="csrf" value="{}"><input type="hidden" name="environment" value="{}">{svc}<button type="submit" class="btn small">{label}</button></form>"#,
-        esc(&what),
-        esc(csrf),
-        esc(env)
-    )
+    html! {
+        form.inline method="post" action={ (pl) "/deploy" } data-confirm=(what) {
+            input type="hidden" name="csrf" value=(csrf);
+            input type="hidden" name="environment" value=(env);
+            @if let Some(s) = service { input type="hidden" name="service" value=(s); }
+            button.btn.small type="submit" { (label) }
+        }
+    }
 }
 
-fn slot_rollback_form(csrf: &str, pl: &str, env: &str, service: &str) -> String {
-    format!(
-        r#"<form method="post" action="{pl}/rollback" class="inline" data-confirm="{}"><input type="hidden" name="csrf" value="{}"><input type="hidden" name="environment" value="{}"><input type="hidden" name="service" value="{}"><button type="submit" class="btn small warn">Rollback</button></form>"#,
-        esc(&format!(
-            "Roll {service} in {env} back to its previous deployment?"
-        )),
-        esc(csrf),
-        esc(env),
-        esc(service)
-    )
+fn slot_rollback_form(csrf: &str, pl: &str, env: &str, service: &str) -> Markup {
+    html! {
+        form.inline method="post" action={ (pl) "/rollback" }
+            data-confirm={ "Roll " (service) " in " (env) " back to its previous deployment?" } {
+            input type="hidden" name="csrf" value=(csrf);
+            input type="hidden" name="environment" value=(env);
+            input type="hidden" name="service" value=(service);
+            button.btn.small.warn type="submit" { "Rollback" }
+        }
+    }
 }
 
-fn step_rows(d: &Deployment) -> String {
+fn step_rows(d: &Deployment) -> Markup {
     let now = Utc::now();
     let t0 = d
         .steps
@@ -464,44 +488,39 @@ fn step_rows(d: &Deployment) -> String {
         (Some(a), Some(b)) => (b - a).num_milliseconds().max(1) as f64,
         _ => 1.0,
     };
-    let mut out = String::new();
-    for s in &d.steps {
-        let dur = step_ms(s, now);
-        let bar = match (t0, s.started_at) {
-            (Some(t0), Some(st)) => {
-                let (left, width) = bar_geometry(
-                    (st - t0).num_milliseconds() as f64,
-                    dur.unwrap_or(0) as f64,
-                    span,
-                );
-                format!(
-                    r#"<div class="track"><div class="bar {}" style="margin-left:{left:.2}%;width:{width:.2}%"></div></div>"#,
-                    s.status.as_str()
-                )
+    html! {
+        @for s in &d.steps {
+            @let dur = step_ms(s, now);
+            @let dur_text = match (dur, s.status) {
+                (Some(ms), StepStatus::Running) => format!("{} …", duration_ms(ms)),
+                (Some(ms), _) => duration_ms(ms),
+                (None, _) => "—".into(),
+            };
+            tr.step {
+                td.strong { (s.name.as_str().replace('_', " ")) }
+                td { (badge("step status", s.status.as_str())) }
+                td.num { (dur_text) }
+                td.timeline {
+                    div.track {
+                        @if let (Some(t0), Some(st)) = (t0, s.started_at) {
+                            @let (left, width) = bar_geometry(
+                                (st - t0).num_milliseconds() as f64,
+                                dur.unwrap_or(0) as f64,
+                                span,
+                            );
+                            div class={ "bar " (s.status.as_str()) }
+                                style=(format!("margin-left:{left:.2}%;width:{width:.2}%")) {}
+                        }
+                    }
+                }
+                td {
+                    @if !s.log.trim().is_empty() {
+                        details { summary { "output" } pre.steplog { (s.log) } }
+                    }
+                }
             }
-            _ => r#"<div class="track"></div>"#.into(),
-        };
-        let dur_text = match (dur, s.status) {
-            (Some(ms), StepStatus::Running) => format!("{} …", duration_ms(ms)),
-            (Some(ms), _) => duration_ms(ms),
-            (None, _) => "—".into(),
-        };
-        let log = if s.log.trim().is_empty() {
-            String::new()
-        } else {
-            format!(
-                r#"<details><summary>output</summary><pre class="steplog">{}</pre></details>"#,
-                esc(&s.log)
-            )
-        };
-        let _ = write!(
-            out,
-            r#"<tr class="step"><td class="strong">{}</td><td>{}</td><td class="num">{dur_text}</td><td class="timeline">{bar}</td><td>{log}</td></tr>"#,
-            esc(&s.name.as_str().replace('_', " ")),
-            badge("step status", s.status.as_str()),
-        );
+        }
     }
-    out
 }
 
 /// Left offset and width in percent of a step's bar: at least a sliver
@@ -528,123 +547,119 @@ fn step_ms(s: &Step, now: chrono::DateTime<Utc>) -> Option<i64> {
     })
 }
 
-fn log_line(l: &LogLine) -> String {
-    let step = l
-        .step
-        .map(|s| format!(r#"<span class="step">{}</span>"#, s.as_str()))
-        .unwrap_or_default();
-    format!(
-        r#"<div class="ln s-{st}" data-seq="{seq}"><span class="ts">{}</span><span class="tag">{st}</span>{step}<span class="tx">{}</span></div>"#,
-        l.ts.format("%H:%M:%S%.3f"),
-        esc(&l.text),
-        st = l.stream.as_str(),
-        seq = l.seq,
-    )
+fn log_line(l: &LogLine) -> Markup {
+    let st = l.stream.as_str();
+    html! {
+        div class={ "ln s-" (st) } data-seq=(l.seq) {
+            span.ts { (l.ts.format("%H:%M:%S%.3f")) }
+            span.tag { (st) }
+            @if let Some(s) = l.step { span.step { (s.as_str()) } }
+            span.tx { (l.text) }
+        }
+    }
 }
 
-fn row(label: &str, value: &str) -> String {
-    format!("<tr><th>{}</th><td>{value}</td></tr>", esc(label))
+fn row(label: &str, value: Markup) -> Markup {
+    html! { tr { th { (label) } td { (value) } } }
+}
+
+fn mono(v: &str) -> Markup {
+    html! { span.mono { (v) } }
 }
 
 /// The audit log: every change, newest first.
 pub fn audit(csrf: &str, project: Option<&str>, entries: &[AuditEntry]) -> String {
-    let mut body = format!(
-        r#"<div class="head"><h1>Audit log{}</h1><p class="sub">Every change made through the API, the console and git push, newest first.</p></div>"#,
-        project
-            .map(|p| format!(r#" of <span class="mono">{}</span>"#, esc(p)))
-            .unwrap_or_default()
-    );
-    if entries.is_empty() {
-        body.push_str(r#"<section class="card empty"><p>No changes recorded yet.</p></section>"#);
-    } else {
-        body.push_str(r#"<section class="card"><table class="grid" id="audit"><thead><tr><th>At</th><th>Token</th><th>Action</th><th>Target</th><th>Source IP</th></tr></thead><tbody>"#);
-        for e in entries {
-            let _ = write!(
-                body,
-                r#"<tr><td>{}</td><td class="mono strong">{}</td><td class="mono">{}</td><td class="mono">{}</td><td class="mono">{}</td></tr>"#,
-                time(&e.at),
-                esc(&e.token),
-                esc(&e.action),
-                esc(&e.target),
-                esc(&e.source_ip)
-            );
+    let body = html! {
+        div.head {
+            h1 { "Audit log" @if let Some(p) = project { " of " span.mono { (p) } } }
+            p.sub { "Every change made through the API, the console and git push, newest first." }
         }
-        body.push_str("</tbody></table></section>");
-    }
+        @if entries.is_empty() {
+            section.card.empty { p { "No changes recorded yet." } }
+        } @else {
+            section.card {
+                table.grid #audit {
+                    thead { tr { th { "At" } th { "Token" } th { "Action" } th { "Target" } th { "Source IP" } } }
+                    tbody {
+                        @for e in entries {
+                            tr {
+                                td { (time(&e.at)) }
+                                td.mono.strong { (e.token) }
+                                td.mono { (e.action) }
+                                td.mono { (e.target) }
+                                td.mono { (e.source_ip) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
     page(
         &Frame {
             title: "Audit log",
             crumbs: &[("Audit log", None)],
             csrf: Some(csrf),
         },
-        &body,
+        body,
     )
 }
 
 /// The action buttons of a deployment's page.
-fn actions_of(d: &Deployment, dl: &str, csrf: &str, rollback_to: Option<&Deployment>) -> String {
-    let mut actions = String::new();
-    if d.is_active {
-        let what = match rollback_to {
-            Some(t) => format!(
-                "Roll {} in {} back to {} ({})? It serves again within seconds.",
-                d.service_name,
-                d.environment_name,
-                t.id,
-                t.short_sha().unwrap_or(&t.reference)
-            ),
-            None => format!(
-                "Roll {} in {} back to its previous deployment?",
-                d.service_name, d.environment_name
-            ),
-        };
-        actions.push_str(&action(
-            &format!("{dl}/rollback"),
-            csrf,
-            "Rollback",
-            "warn",
-            &what,
-        ));
-    }
-    if d.status == berth_core::state::Status::Succeeded
+fn actions_of(d: &Deployment, dl: &str, csrf: &str, rollback_to: Option<&Deployment>) -> Markup {
+    let rollback_what = match rollback_to {
+        Some(t) => format!(
+            "Roll {} in {} back to {} ({})? It serves again within seconds.",
+            d.service_name,
+            d.environment_name,
+            t.id,
+            t.short_sha().unwrap_or(&t.reference)
+        ),
+        None => format!(
+            "Roll {} in {} back to its previous deployment?",
+            d.service_name, d.environment_name
+        ),
+    };
+    let promotable = d.status == berth_core::state::Status::Succeeded
         && d.image.is_some()
         && !d.is_active
-        && d.promotion_stage != Stage::Active
-    {
-        actions.push_str(&action(
-            &format!("{dl}/promote"),
+        && d.promotion_stage != Stage::Active;
+    html! {
+        @if d.is_active {
+            (action(&format!("{dl}/rollback"), csrf, "Rollback", "warn", &rollback_what))
+        }
+        @if promotable {
+            (action(
+                &format!("{dl}/promote"),
+                csrf,
+                "Promote",
+                "primary",
+                &format!(
+                    "Promote {} to serve {} in {}? Its image is reused, no rebuild.",
+                    d.id, d.service_name, d.environment_name
+                ),
+            ))
+        }
+        (action(
+            &format!("{dl}/redeploy"),
             csrf,
-            "Promote",
-            "primary",
+            "Redeploy",
+            "",
             &format!(
-                "Promote {} to serve {} in {}? Its image is reused, no rebuild.",
-                d.id, d.service_name, d.environment_name
+                "Build and deploy commit {} again as a new deployment?",
+                d.short_sha().unwrap_or(&d.reference)
             ),
-        ));
+        ))
+        @if !d.status.is_terminal() {
+            (action(
+                &format!("{dl}/cancel"),
+                csrf,
+                "Cancel",
+                "danger",
+                &format!("Cancel deployment {}? The active deployment keeps serving.", d.id),
+            ))
+        }
     }
-    actions.push_str(&action(
-        &format!("{dl}/redeploy"),
-        csrf,
-        "Redeploy",
-        "",
-        &format!(
-            "Build and deploy commit {} again as a new deployment?",
-            d.short_sha().unwrap_or(&d.reference)
-        ),
-    ));
-    if !d.status.is_terminal() {
-        actions.push_str(&action(
-            &format!("{dl}/cancel"),
-            csrf,
-            "Cancel",
-            "danger",
-            &format!(
-                "Cancel deployment {}? The active deployment keeps serving.",
-                d.id
-            ),
-        ));
-    }
-    actions
 }
 
 /// `can_change`: as for [`project`].
@@ -660,114 +675,25 @@ pub fn deployment(
     let live = !d.status.is_terminal()
         || matches!(d.promotion_stage, Stage::Active | Stage::DrainingPrevious);
 
-    let mut actions = String::new();
-    if can_change {
-        actions = actions_of(d, &dl, csrf, rollback_to);
-    }
-
-    let mut body = format!(
-        r#"<div class="head" id="deployment" data-id="{id}" data-watch="{key}" data-live="{live}"><div class="title"><h1>Deployment <span class="mono">{id}</span></h1><div class="badges" id="badges">{badges}{active}</div></div><div class="actions">{actions}</div></div>"#,
-        id = esc(&d.id),
-        key = esc(&watch_key(d)),
-        badges = state_badges(d),
-        active = if d.is_active {
-            r#" <span class="pill live">live</span>"#
-        } else {
-            ""
-        },
-    );
-    if let Some(m) = &d.failure_message {
-        let _ = write!(
-            body,
-            r#"<p class="flash bad" role="alert" id="failure"><strong>Failed:</strong> {}</p>"#,
-            esc(m)
-        );
-    }
-
-    // Details.
-    let mut info = String::new();
-    info.push_str(&row("Project", &project_link(&d.project_name)));
-    info.push_str(&row("Service", &esc(&d.service_name)));
-    info.push_str(&row("Environment", &esc(&d.environment_name)));
-    info.push_str(&row("Trigger", &esc(d.trigger.as_str())));
-    if let Some(src) = &d.source_deployment_id {
-        info.push_str(&row(
-            "Copy of",
-            &format!(
-                r#"<a class="mono" href="/console/deployments/{}">{}</a>"#,
-                seg(src),
-                esc(src)
-            ),
-        ));
-    }
-    if let Some(u) = &d.route_url {
-        info.push_str(&row("URL", &ext_link(u)));
-    }
-    if let Some(u) = &d.preview_url {
-        info.push_str(&row("Preview URL", &ext_link(u)));
-    }
-    info.push_str(&row("Created", &time(&d.created_at)));
-    info.push_str(&row("Started", &opt_time(&d.started_at)));
-    info.push_str(&row("Completed", &opt_time(&d.completed_at)));
-    if let Some(ms) = total_ms(d) {
-        info.push_str(&row("Took", &duration_ms(ms)));
-    }
-    if let Some(w) = d.canary_weight {
-        info.push_str(&row("Canary weight", &format!("{w} %")));
-    }
-
-    let mut src = String::new();
-    src.push_str(&row(
-        "Ref",
-        &format!(r#"<span class="mono">{}</span>"#, esc(&d.reference)),
-    ));
-    match &d.commit {
-        Some(c) => {
-            src.push_str(&row(
-                "Commit",
-                &format!(
-                    r#"<span class="mono" id="commit-sha">{}</span>"#,
-                    esc(&c.sha)
-                ),
-            ));
-            if let Some(b) = &c.branch {
-                src.push_str(&row(
-                    "Branch",
-                    &format!(r#"<span class="mono">{}</span>"#, esc(b)),
-                ));
-            }
-            src.push_str(&row("Message", &esc(&c.message)));
-            src.push_str(&row("Author", &esc(&c.author)));
+    let info = html! {
+        (row("Project", project_link(&d.project_name)))
+        (row("Service", html! { (d.service_name) }))
+        (row("Environment", html! { (d.environment_name) }))
+        (row("Trigger", html! { (d.trigger.as_str()) }))
+        @if let Some(src) = &d.source_deployment_id {
+            (row("Copy of", html! { a.mono href={ "/console/deployments/" (seg(src)) } { (src) } }))
         }
-        None => src.push_str(&row(
-            "Commit",
-            r#"<span class="muted">not cloned yet</span>"#,
-        )),
-    }
-    match &d.image {
-        Some(i) => {
-            src.push_str(&row(
-                "Image",
-                &format!(
-                    r#"<span class="mono" id="image-ref">{}</span>"#,
-                    esc(&i.reference)
-                ),
-            ));
-            if let Some(dg) = &i.digest {
-                src.push_str(&row(
-                    "Digest",
-                    &format!(r#"<span class="mono small">{}</span>"#, esc(dg)),
-                ));
-            }
-            src.push_str(&row(
-                "Manifest",
-                &format!(r#"<a href="{dl}/manifest">files of the image (path, size, sha256)</a>"#),
-            ));
-        }
-        None => src.push_str(&row("Image", r#"<span class="muted">none</span>"#)),
-    }
+        @if let Some(u) = &d.route_url { (row("URL", ext_link(u))) }
+        @if let Some(u) = &d.preview_url { (row("Preview URL", ext_link(u))) }
+        (row("Created", time(&d.created_at)))
+        (row("Started", opt_time(&d.started_at)))
+        (row("Completed", opt_time(&d.completed_at)))
+        @if let Some(ms) = total_ms(d) { (row("Took", html! { (duration_ms(ms)) })) }
+        @if let Some(w) = d.canary_weight { (row("Canary weight", html! { (w) " %" })) }
+    };
+
     let b = &d.build;
-    let mut build = Vec::new();
+    let mut build: Vec<Markup> = Vec::new();
     for (k, v) in [
         ("provider", &b.provider),
         ("framework", &b.framework),
@@ -775,61 +701,95 @@ pub fn deployment(
         ("start", &b.start_command),
     ] {
         if let Some(v) = v {
-            build.push(format!(r#"{k} <span class="mono">{}</span>"#, esc(v)));
+            build.push(html! { (k) " " (mono(v)) });
         }
     }
     if let Some(p) = b.port {
-        build.push(format!(r#"port <span class="mono">{p}</span>"#));
+        build.push(html! { "port " span.mono { (p) } });
     }
     if b.cache_hit {
-        build.push("cache hit".into());
+        build.push(html! { "cache hit" });
     }
-    if !build.is_empty() {
-        src.push_str(&row("Build", &build.join(" · ")));
-    }
-    if let Some(r) = &d.runtime {
-        src.push_str(&row(
-            "Container",
-            &format!(
-                r#"<span class="mono">{}</span>{}"#,
-                esc(&r.instance_name),
-                r.address
-                    .as_deref()
-                    .map(|a| format!(r#" on <span class="mono">{}</span>"#, esc(a)))
-                    .unwrap_or_default()
-            ),
-        ));
-    }
-    let _ = write!(
-        body,
-        r#"<div class="cols"><section class="card"><h3>Details</h3><table class="kv">{info}</table></section><section class="card"><h3>Source and image</h3><table class="kv">{src}</table></section></div>"#
-    );
-
-    let _ = write!(
-        body,
-        r#"<h2>Steps</h2><section class="card"><table class="grid steps"><thead><tr><th>Step</th><th>Status</th><th class="num">Duration</th><th class="timeline">Timeline</th><th>Output</th></tr></thead><tbody>{}</tbody></table></section>"#,
-        step_rows(d)
-    );
+    let src = html! {
+        (row("Ref", mono(&d.reference)))
+        @match &d.commit {
+            Some(c) => {
+                (row("Commit", html! { span.mono #commit-sha { (c.sha) } }))
+                @if let Some(b) = &c.branch { (row("Branch", mono(b))) }
+                (row("Message", html! { (c.message) }))
+                (row("Author", html! { (c.author) }))
+            }
+            None => (row("Commit", html! { span.muted { "not cloned yet" } })),
+        }
+        @match &d.image {
+            Some(i) => {
+                (row("Image", html! { span.mono #image-ref { (i.reference) } }))
+                @if let Some(dg) = &i.digest { (row("Digest", html! { span.mono.small { (dg) } })) }
+                (row("Manifest", html! { a href={ (dl) "/manifest" } { "files of the image (path, size, sha256)" } }))
+            }
+            None => (row("Image", html! { span.muted { "none" } })),
+        }
+        @if !build.is_empty() {
+            (row("Build", html! {
+                @for (i, part) in build.iter().enumerate() {
+                    @if i > 0 { " · " }
+                    (part)
+                }
+            }))
+        }
+        @if let Some(r) = &d.runtime {
+            (row("Container", html! {
+                (mono(&r.instance_name))
+                @if let Some(a) = &r.address { " on " (mono(a)) }
+            }))
+        }
+    };
 
     let after = logs.last().map(|l| l.seq).unwrap_or(0);
-    let mut lines = String::new();
-    for l in logs {
-        lines.push_str(&log_line(l));
-    }
-    let earlier = if logs.len() as u32 >= LOG_LINES {
-        format!(
-            r#"<div class="ln s-berth"><span class="tx muted">… earlier lines: <code>berth logs {}</code></span></div>"#,
-            esc(&d.id)
-        )
-    } else {
-        String::new()
+    let body = html! {
+        div.head #deployment data-id=(d.id) data-watch=(watch_key(d)) data-live=(live) {
+            div.title {
+                h1 { "Deployment " span.mono { (d.id) } }
+                div.badges #badges { (state_badges(d)) @if d.is_active { (live_pill()) } }
+            }
+            div.actions {
+                @if can_change { (actions_of(d, &dl, csrf, rollback_to)) }
+            }
+        }
+        @if let Some(m) = &d.failure_message {
+            p.flash.bad role="alert" #failure { strong { "Failed:" } " " (m) }
+        }
+        div.cols {
+            section.card { h3 { "Details" } table.kv { (info) } }
+            section.card { h3 { "Source and image" } table.kv { (src) } }
+        }
+        h2 { "Steps" }
+        section.card {
+            table.grid.steps {
+                thead { tr {
+                    th { "Step" } th { "Status" } th.num { "Duration" } th.timeline { "Timeline" } th { "Output" }
+                } }
+                tbody { (step_rows(d)) }
+            }
+        }
+        h2 { "Logs" }
+        section.card.logs-card {
+            div.logbar {
+                span #logstate .logstate { (if live { "connecting…" } else { "ended" }) }
+                div.spacer {}
+                @for s in ["berth", "build", "stdout", "stderr"] {
+                    label.check { input type="checkbox" data-stream=(s) checked; " " (s) }
+                }
+            }
+            div #logs .logs data-src={ "/api/v1/deployments/" (seg(&d.id)) "/logs?follow=true&after=" (after) } {
+                @if logs.len() as u32 >= LOG_LINES {
+                    div.ln.s-berth { span.tx.muted { "… earlier lines: " code { "berth logs " (d.id) } } }
+                }
+                @for l in logs { (log_line(l)) }
+            }
+            noscript { p.hint.pad { "Live logs need JavaScript; reload for new lines." } }
+        }
     };
-    let _ = write!(
-        body,
-        r#"<h2>Logs</h2><section class="card logs-card"><div class="logbar"><span id="logstate" class="logstate">{state}</span><div class="spacer"></div><label class="check"><input type="checkbox" data-stream="berth" checked> berth</label><label class="check"><input type="checkbox" data-stream="build" checked> build</label><label class="check"><input type="checkbox" data-stream="stdout" checked> stdout</label><label class="check"><input type="checkbox" data-stream="stderr" checked> stderr</label></div><div id="logs" class="logs" data-src="/api/v1/deployments/{id}/logs?follow=true&amp;after={after}">{earlier}{lines}</div><noscript><p class="hint pad">Live logs need JavaScript; reload for new lines.</p></noscript></section>"#,
-        state = if live { "connecting…" } else { "ended" },
-        id = seg(&d.id),
-    );
 
     page(
         &Frame {
@@ -837,7 +797,95 @@ pub fn deployment(
             crumbs: &[(&d.project_name, Some(pl)), (&d.id, None)],
             csrf: Some(csrf),
         },
-        &body,
+        body,
+    )
+}
+
+/// A service's page: its last hour of traffic per deployment (charts with
+/// deploys, rollbacks, promotions and canary stages marked), its canaries
+/// stage by stage against their thresholds, and its recent deployments.
+#[allow(clippy::too_many_arguments)]
+pub fn service(
+    csrf: &str,
+    project: &str,
+    environment: &str,
+    service: &str,
+    deployments: &[Deployment],
+    charts: Markup,
+    canaries: &[super::chart::Canary],
+) -> String {
+    let pl = format!("/console/projects/{}", seg(project));
+    let body = html! {
+        div.head #service {
+            h1 { (service) " " span.muted { "in " (environment) } }
+            p.sub { "Traffic through the edge over the last hour, per deployment, one point a minute." }
+        }
+        section.card #charts { (charts) }
+        @if !canaries.is_empty() {
+            h2 { "Canaries" }
+            @for c in canaries {
+                section.card.canary {
+                    div.card-head {
+                        h3 { "Canary " a.mono href={ "/console/deployments/" (seg(&c.deployment_id)) } { (c.deployment_id) } }
+                    }
+                    p.pad {
+                        "Thresholds: "
+                        @match &c.thresholds {
+                            Some(t) => span.thresholds { (t) },
+                            None => span.muted { "not recorded" },
+                        }
+                    }
+                    @if c.decisions.is_empty() {
+                        p.muted.pad { "No window judged yet." }
+                    } @else {
+                        table.grid.stages {
+                            thead { tr { th { "At" } th { "Stage" } th { "Candidate" } th { "Baseline (previous deployment)" } th { "Verdict" } } }
+                            tbody {
+                                @for d in &c.decisions {
+                                    tr {
+                                        td { (short_time(&d.at)) }
+                                        td { (d.stage) }
+                                        td.mono { (d.candidate) }
+                                        td.mono { (d.baseline) }
+                                        td { (d.verdict) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Recent deployments" }
+        section.card {
+            @if deployments.is_empty() {
+                p.muted.pad { "No deployments yet." }
+            } @else {
+                table.grid {
+                    thead { tr { th { "Deployment" } th { "Status" } th { "Stage" } th { "Trigger" } th { "Commit" } th { "Completed" } } }
+                    tbody {
+                        @for d in deployments {
+                            tr {
+                                td { (dep_link(d)) @if d.is_active { (live_pill()) } }
+                                td { (badge("status", d.status.as_str())) }
+                                td { (badge("promotion stage", d.promotion_stage.as_str())) }
+                                td { (d.trigger.as_str()) }
+                                td { (commit_cell(d)) }
+                                td { (opt_time(&d.completed_at)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(
+        &Frame {
+            title: &format!("{service} in {project}/{environment}"),
+            crumbs: &[(project, Some(pl)), (environment, None), (service, None)],
+            csrf: Some(csrf),
+        },
+        body,
     )
 }
 
@@ -850,48 +898,35 @@ pub struct Files {
 
 pub fn manifest(csrf: &str, d: &Deployment, m: Result<Files, String>) -> String {
     let dl = format!("/console/deployments/{}", seg(&d.id));
-    let mut body = format!(
-        r#"<div class="head"><h1>Manifest of <span class="mono">{}</span></h1><p class="sub">{}</p></div>"#,
-        esc(&d.id),
-        d.image
-            .as_ref()
-            .map(|i| format!(r#"image <span class="mono">{}</span>"#, esc(&i.reference)))
-            .unwrap_or_default()
-    );
-    match m {
-        Err(e) => {
-            let _ = write!(body, r#"<p class="flash bad">{}</p>"#, esc(&e));
+    let body = html! {
+        div.head {
+            h1 { "Manifest of " span.mono { (d.id) } }
+            p.sub { @if let Some(i) = &d.image { "image " span.mono { (i.reference) } } }
         }
-        Ok(m) => {
-            let total: u64 = m.entries.iter().map(|e| e.size).sum();
-            let _ = write!(
-                body,
-                r#"<section class="card"><p class="pad muted">{} files{}, {}; {}</p><table class="grid"><thead><tr><th>Path</th><th class="num">Size</th><th>SHA-256</th></tr></thead><tbody>"#,
-                m.total,
-                if m.total > m.entries.len() as u64 {
-                    format!(" (the first {} listed)", m.entries.len())
-                } else {
-                    String::new()
-                },
-                if m.total > m.entries.len() as u64 {
-                    format!("{} bytes listed", total)
-                } else {
-                    format!("{} bytes", total)
-                },
-                m.source
-            );
-            for e in &m.entries {
-                let _ = write!(
-                    body,
-                    r#"<tr><td class="mono">{}</td><td class="num">{}</td><td class="mono small">{}</td></tr>"#,
-                    esc(&e.path),
-                    e.size,
-                    esc(&e.sha256)
-                );
+        @match m {
+            Err(e) => p.flash.bad { (e) },
+            Ok(m) => {
+                @let bytes: u64 = m.entries.iter().map(|e| e.size).sum();
+                @let partial = m.total > m.entries.len() as u64;
+                section.card {
+                    p.pad.muted {
+                        (m.total) " files"
+                        @if partial { " (the first " (m.entries.len()) " listed)" }
+                        ", " (bytes) @if partial { " bytes listed" } @else { " bytes" }
+                        "; " (m.source)
+                    }
+                    table.grid {
+                        thead { tr { th { "Path" } th.num { "Size" } th { "SHA-256" } } }
+                        tbody {
+                            @for e in &m.entries {
+                                tr { td.mono { (e.path) } td.num { (e.size) } td.mono.small { (e.sha256) } }
+                            }
+                        }
+                    }
+                }
             }
-            body.push_str("</tbody></table></section>");
         }
-    }
+    };
     page(
         &Frame {
             title: &format!("Manifest {}", d.id),
@@ -905,7 +940,7 @@ pub fn manifest(csrf: &str, d: &Deployment, m: Result<Files, String>) -> String 
             ],
             csrf: Some(csrf),
         },
-        &body,
+        body,
     )
 }
 
@@ -1138,6 +1173,141 @@ mod tests {
         assert!(html.contains("ci&lt;x&gt;"));
         assert!(html.contains("shop/production/web -&gt; dep_1"));
         assert!(html.contains("127.0.0.1"));
+    }
+
+    /// Every page that shows something a user typed (names, variables,
+    /// commit text, failure messages, audit targets, file paths, errors)
+    /// renders a hostile value as text, never as markup.
+    #[test]
+    fn user_input_is_escaped_on_every_page() {
+        const X: &str = "<script>alert(1)</script>";
+        const ESCAPED: &str = "&lt;script&gt;alert(1)&lt;/script&gt;";
+        let t = chrono::Utc::now();
+        let p = Project {
+            name: X.into(),
+            repo: format!("https://example.com/{X}.git"),
+            default_branch: X.into(),
+            retain_images: 3,
+            has_webhook_secret: false,
+            has_repo_credentials: false,
+            has_deploy_key: false,
+            created_at: t,
+        };
+        let env = Environment {
+            project_name: X.into(),
+            name: X.into(),
+            branch: Some(X.into()),
+            kind: EnvironmentKind::Branch,
+            created_at: t,
+        };
+        let vars = vec![vec![Variable {
+            key: X.into(),
+            value: Some(X.into()),
+            secret: false,
+            build: false,
+            updated_at: t,
+        }]];
+        let mut d = failed_deployment();
+        d.project_name = X.into();
+        d.service_name = X.into();
+        d.environment_name = X.into();
+        d.id = X.into();
+        d.reference = X.into();
+        d.failure_message = Some(X.into());
+        d.commit.as_mut().unwrap().message = X.into();
+        d.commit.as_mut().unwrap().author = X.into();
+        d.image = Some(berth_core::model::ImageInfo {
+            reference: X.into(),
+            digest: Some(X.into()),
+        });
+        let log = LogLine {
+            seq: 1,
+            ts: t,
+            deployment_id: X.into(),
+            project_name: X.into(),
+            service_name: X.into(),
+            environment_name: X.into(),
+            sha: None,
+            stream: berth_core::model::LogStream::Stdout,
+            step: None,
+            text: X.into(),
+        };
+        let audit_entry = AuditEntry {
+            at: t,
+            token: X.into(),
+            action: X.into(),
+            target: X.into(),
+            project: Some(X.into()),
+            source_ip: X.into(),
+        };
+        let files = Files {
+            entries: vec![ManifestEntry {
+                path: X.into(),
+                size: 1,
+                sha256: X.into(),
+            }],
+            total: 1,
+            source: "recorded at build time",
+        };
+        let pages = [
+            ("login", login(X, Some(X))),
+            ("error", error(X, X)),
+            (
+                "projects",
+                projects(X, std::slice::from_ref(&p), std::slice::from_ref(&d)),
+            ),
+            (
+                "project (deployer)",
+                project(
+                    X,
+                    true,
+                    &p,
+                    std::slice::from_ref(&env),
+                    &vars,
+                    std::slice::from_ref(&d),
+                    &[],
+                ),
+            ),
+            (
+                "project (viewer)",
+                project(
+                    X,
+                    false,
+                    &p,
+                    std::slice::from_ref(&env),
+                    &vars,
+                    std::slice::from_ref(&d),
+                    &[],
+                ),
+            ),
+            ("deployment", deployment(X, true, &d, &[log], None)),
+            ("audit", audit(X, Some(X), &[audit_entry])),
+            (
+                "service",
+                service(
+                    X,
+                    X,
+                    X,
+                    X,
+                    std::slice::from_ref(&d),
+                    super::super::chart::service_charts(&[], &[], t),
+                    &[super::super::chart::Canary {
+                        deployment_id: X.into(),
+                        thresholds: Some(X.into()),
+                        decisions: Vec::new(),
+                    }],
+                ),
+            ),
+            ("manifest", manifest(X, &d, Ok(files))),
+            ("manifest error", manifest(X, &d, Err(X.into()))),
+        ];
+        for (name, html) in pages {
+            assert!(
+                !html.contains("<script>alert"),
+                "{name}: raw markup in {html}"
+            );
+            assert!(html.contains(ESCAPED), "{name}: the value is shown escaped");
+        }
     }
 
     #[test]

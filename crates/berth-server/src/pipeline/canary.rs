@@ -53,6 +53,17 @@ impl Deployer {
             return Ok(());
         }
         self.apply(d, Event::CanaryStarted).await;
+        // The console's canary section shows this beside each stage.
+        self.logs.event(
+            &d.id,
+            &format!(
+                "{}error rate at most +{:.1} points over the previous deployment, p95 at most {:.2}x of it, at least {} request(s) per window",
+                crate::charts::THRESHOLDS_PREFIX,
+                cfg.error_rate_threshold * 100.0,
+                cfg.latency_p95_threshold,
+                cfg.min_requests
+            ),
+        );
         let slot_hosts = self.slot_hosts(d).await;
         // The share is the deployment's, whatever its replica count: each
         // of the candidate's n_c targets weighs w·n_p, each of the previous
@@ -211,7 +222,7 @@ impl Deployer {
 
     /// The edge's counters of a deployment: every instance's target summed
     /// (the latency buckets share their bounds).
-    pub(super) fn window_of(&self, d: &Deployment) -> canary::Window {
+    pub(crate) fn window_of(&self, d: &Deployment) -> canary::Window {
         let mut w = canary::Window {
             requests: 0,
             errors: 0,

@@ -1788,3 +1788,103 @@ pub async fn a_deposed_leaders_writes_of_every_kind_are_refused(h: &Harness) {
     );
     s.release_lease("b").await.unwrap();
 }
+
+// --- charts: per-minute traffic rollup ---
+/// Minutes come back per service, oldest first, from `since` on; writing a
+/// (deployment, minute) again replaces it; pruning removes only older
+/// minutes.
+pub async fn metric_minutes_are_kept_per_service_replaced_and_pruned(h: &Harness) {
+    let s = &*h.store;
+    let t0 = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    let m = |dep: &str, svc: &str, min: i64, requests: u64, errors: u64, p95: Option<f64>| {
+        MetricMinute {
+            deployment_id: dep.into(),
+            project_name: "shop".into(),
+            environment_name: "production".into(),
+            service_name: svc.into(),
+            minute: t0 + Duration::minutes(min),
+            requests,
+            errors,
+            p95_ms: p95,
+        }
+    };
+    assert!(s
+        .list_metric_minutes("shop", "production", "web", t0)
+        .await
+        .unwrap()
+        .is_empty());
+    s.put_metric_minutes(&[
+        m("d2", "web", 1, 50, 0, Some(12.5)),
+        m("d1", "web", 0, 100, 3, Some(40.25)),
+        m("d1", "web", 1, 20, 1, Some(41.0)),
+        m("a1", "api", 1, 7, 0, Some(3.0)),
+        m("d1", "web", 2, 0, 0, None),
+    ])
+    .await
+    .unwrap();
+    let web = s
+        .list_metric_minutes("shop", "production", "web", t0)
+        .await
+        .unwrap();
+    assert_eq!(
+        web,
+        [
+            m("d1", "web", 0, 100, 3, Some(40.25)),
+            m("d1", "web", 1, 20, 1, Some(41.0)),
+            m("d2", "web", 1, 50, 0, Some(12.5)),
+            m("d1", "web", 2, 0, 0, None),
+        ]
+    );
+    // Another environment, another service: not in this list.
+    assert!(s
+        .list_metric_minutes("shop", "staging", "web", t0)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        s.list_metric_minutes("shop", "production", "api", t0)
+            .await
+            .unwrap(),
+        [m("a1", "api", 1, 7, 0, Some(3.0))]
+    );
+    // The current minute is rewritten as it fills.
+    s.put_metric_minutes(&[m("d1", "web", 1, 35, 2, Some(45.5))])
+        .await
+        .unwrap();
+    let since_1 = s
+        .list_metric_minutes("shop", "production", "web", t0 + Duration::minutes(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        since_1,
+        [
+            m("d1", "web", 1, 35, 2, Some(45.5)),
+            m("d2", "web", 1, 50, 0, Some(12.5)),
+            m("d1", "web", 2, 0, 0, None),
+        ]
+    );
+    // Pruning: only minutes strictly before the cut go.
+    assert_eq!(
+        s.prune_metric_minutes(t0 + Duration::minutes(1))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.list_metric_minutes("shop", "production", "web", t0)
+            .await
+            .unwrap(),
+        since_1
+    );
+    assert_eq!(
+        s.prune_metric_minutes(t0 + Duration::minutes(10))
+            .await
+            .unwrap(),
+        4
+    );
+    assert!(s
+        .list_metric_minutes("shop", "production", "web", t0)
+        .await
+        .unwrap()
+        .is_empty());
+}

@@ -43,6 +43,7 @@ macro_rules! contract_tests {
             session_records_are_the_unexpired_sessions,
             dns_update_keys_are_sealed_and_the_certificates_stamp_moves_on_every_write,
             a_deposed_leaders_writes_of_every_kind_are_refused,
+            metric_minutes_are_kept_per_service_replaced_and_pruned,
         );
     };
     (@each $make:path; $($name:ident),* $(,)?) => {
