@@ -153,13 +153,100 @@ pub struct CreateRun {
 }
 
 /// One line of the NDJSON answer of `POST .../runs/attach`: `started`
-/// first, then the output lines, then `exit` with the finished record.
+/// first, then the output (`line`s, or with a terminal `output`), then
+/// `exit` with the finished record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum RunStreamEvent {
-    Started { run: Box<Run> },
+    Started {
+        run: Box<Run>,
+    },
     Line(RunLine),
-    Exit { run: Box<Run> },
+    /// With a terminal (`tty=true`): the terminal's bytes as they came,
+    /// base64 (standard alphabet, padded), secrets redacted.
+    Output {
+        data: String,
+    },
+    Exit {
+        run: Box<Run>,
+    },
+}
+
+/// The request body of an attached run with a terminal (`tty=true`): a
+/// sequence of frames, each a kind byte, a big-endian u32 length and that
+/// many bytes: [`TtyFrame::STDIN`] carries input bytes,
+/// [`TtyFrame::RESIZE`] four bytes (columns then rows, big-endian u16).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TtyFrame {
+    Stdin(Vec<u8>),
+    Resize { cols: u16, rows: u16 },
+}
+
+/// A malformed [`TtyFrame`] stream.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TtyFrameError {
+    #[error("unknown terminal frame kind {0}")]
+    UnknownKind(u8),
+    #[error("terminal frame of {0} bytes is too large")]
+    TooLarge(u32),
+    #[error("resize frame of {0} bytes, want 4")]
+    BadResize(u32),
+}
+
+impl TtyFrame {
+    pub const STDIN: u8 = 0;
+    pub const RESIZE: u8 = 1;
+    /// Largest payload accepted.
+    pub const MAX_LEN: u32 = 1 << 20;
+
+    pub fn encode(&self) -> Vec<u8> {
+        let (kind, payload) = match self {
+            TtyFrame::Stdin(b) => (Self::STDIN, b.clone()),
+            TtyFrame::Resize { cols, rows } => {
+                let mut p = cols.to_be_bytes().to_vec();
+                p.extend_from_slice(&rows.to_be_bytes());
+                (Self::RESIZE, p)
+            }
+        };
+        let mut out = Vec::with_capacity(5 + payload.len());
+        out.push(kind);
+        out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        out.extend_from_slice(&payload);
+        out
+    }
+
+    /// Takes the first whole frame off `buf`; `Ok(None)` while it is
+    /// incomplete.
+    pub fn decode(buf: &mut Vec<u8>) -> Result<Option<TtyFrame>, TtyFrameError> {
+        if buf.len() < 5 {
+            return Ok(None);
+        }
+        let kind = buf[0];
+        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+        if kind != Self::STDIN && kind != Self::RESIZE {
+            return Err(TtyFrameError::UnknownKind(kind));
+        }
+        if len > Self::MAX_LEN {
+            return Err(TtyFrameError::TooLarge(len));
+        }
+        if kind == Self::RESIZE && len != 4 {
+            return Err(TtyFrameError::BadResize(len));
+        }
+        let end = 5 + len as usize;
+        if buf.len() < end {
+            return Ok(None);
+        }
+        let payload = buf[5..end].to_vec();
+        buf.drain(..end);
+        Ok(Some(if kind == Self::STDIN {
+            TtyFrame::Stdin(payload)
+        } else {
+            TtyFrame::Resize {
+                cols: u16::from_be_bytes([payload[0], payload[1]]),
+                rows: u16::from_be_bytes([payload[2], payload[3]]),
+            }
+        }))
+    }
 }
 
 /// A scheduled job (`[jobs.<name>]`) of an environment, as defined by the
@@ -217,6 +304,42 @@ mod tests {
             output: Vec::new(),
             dropped_lines: 0,
         }
+    }
+
+    #[test]
+    fn tty_frames_round_trip_in_pieces_and_refuse_garbage() {
+        let frames = [
+            TtyFrame::Stdin(b"echo hi\r".to_vec()),
+            TtyFrame::Resize {
+                cols: 132,
+                rows: 50,
+            },
+            TtyFrame::Stdin(Vec::new()),
+        ];
+        let wire: Vec<u8> = frames.iter().flat_map(|f| f.encode()).collect();
+        // Fed one byte at a time, the same frames come out.
+        let mut buf = Vec::new();
+        let mut got = Vec::new();
+        for b in wire {
+            buf.push(b);
+            while let Some(f) = TtyFrame::decode(&mut buf).unwrap() {
+                got.push(f);
+            }
+        }
+        assert_eq!(got, frames);
+        assert!(buf.is_empty());
+        let mut bad = vec![7, 0, 0, 0, 0];
+        assert_eq!(
+            TtyFrame::decode(&mut bad),
+            Err(TtyFrameError::UnknownKind(7))
+        );
+        let mut bad = vec![1, 0, 0, 0, 2, 0, 0];
+        assert_eq!(TtyFrame::decode(&mut bad), Err(TtyFrameError::BadResize(2)));
+        let mut bad = vec![0, 0xff, 0, 0, 0];
+        assert!(matches!(
+            TtyFrame::decode(&mut bad),
+            Err(TtyFrameError::TooLarge(_))
+        ));
     }
 
     #[test]

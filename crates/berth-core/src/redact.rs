@@ -83,9 +83,100 @@ impl Redactor {
     }
 }
 
+/// Redacts a byte stream cut into arbitrary chunks (a terminal's output):
+/// a secret split across two chunks is masked too. The bytes at the end
+/// of a chunk that could be the start of a secret are held back until the
+/// next chunk shows whether they are, or until [`StreamRedactor::flush`].
+#[derive(Clone, Debug, Default)]
+pub struct StreamRedactor {
+    needles: Vec<Vec<u8>>,
+    held: Vec<u8>,
+}
+
+impl StreamRedactor {
+    pub fn new(r: &Redactor) -> Self {
+        StreamRedactor {
+            needles: r.needles.iter().map(|n| n.as_bytes().to_vec()).collect(),
+            held: Vec::new(),
+        }
+    }
+
+    /// The redacted bytes of `chunk` that can go out now.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
+        if self.needles.is_empty() {
+            return chunk.to_vec();
+        }
+        let mut data = std::mem::take(&mut self.held);
+        data.extend_from_slice(chunk);
+        let out = self.mask(&data);
+        // Hold back the longest tail that is a proper prefix of a secret.
+        let keep = self
+            .needles
+            .iter()
+            .map(|n| {
+                (1..n.len().min(out.len() + 1))
+                    .rev()
+                    .find(|&k| out.ends_with(&n[..k]))
+                    .unwrap_or(0)
+            })
+            .max()
+            .unwrap_or(0);
+        let (now, later) = out.split_at(out.len() - keep);
+        self.held = later.to_vec();
+        now.to_vec()
+    }
+
+    /// Whatever is held back (the stream ended, or went quiet).
+    pub fn flush(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.held)
+    }
+
+    /// Whether bytes are held back.
+    pub fn holds(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    fn mask(&self, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(data.len());
+        let mut i = 0;
+        'outer: while i < data.len() {
+            // Longest first, as in [`Redactor::redact`].
+            for n in &self.needles {
+                if data[i..].starts_with(n) {
+                    out.extend_from_slice(MASK.as_bytes());
+                    i += n.len();
+                    continue 'outer;
+                }
+            }
+            out.push(data[i]);
+            i += 1;
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_masks_secrets_split_across_chunks() {
+        let r = Redactor::new(["hunter22"]);
+        let mut s = StreamRedactor::new(&r);
+        let mut out = Vec::new();
+        for chunk in [&b"pw=hun"[..], b"ter", b"22\r\n$ ", b"hunt"] {
+            out.extend(s.push(chunk));
+        }
+        // The prompt went out at once; the trailing "hunt" is held back.
+        assert_eq!(out, b"pw=***\r\n$ ");
+        assert!(s.holds());
+        out.extend(s.flush());
+        assert_eq!(out, b"pw=***\r\n$ hunt");
+        // Nothing to redact: bytes pass as they are.
+        let mut none = StreamRedactor::new(&Redactor::new([]));
+        assert_eq!(none.push(b"\x1b[1mhi"), b"\x1b[1mhi");
+        assert!(!none.holds());
+    }
 
     #[test]
     fn masks_value_base64_and_url_forms() {

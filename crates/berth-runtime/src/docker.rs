@@ -21,8 +21,8 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, InspectContainerOptions, ListContainersOptions,
-    LogsOptions, RemoveContainerOptions, RemoveImageOptions, StopContainerOptions,
-    WaitContainerOptions,
+    LogsOptions, RemoveContainerOptions, RemoveImageOptions, ResizeContainerTTYOptions,
+    StopContainerOptions, WaitContainerOptions,
 };
 use bollard::Docker;
 use chrono::{DateTime, Utc};
@@ -368,6 +368,8 @@ impl Runtime for DockerRuntime {
         spec.validate()?;
         let mut config = container_config(spec, true);
         let with_stdin = io.stdin.is_some();
+        // With a terminal, stdout and stderr are one stream (the engine's).
+        config.tty = Some(io.tty.is_some());
         config.open_stdin = Some(with_stdin);
         config.stdin_once = Some(with_stdin);
         config.attach_stdin = Some(with_stdin);
@@ -407,7 +409,7 @@ impl DockerRuntime {
     ) -> Result<OneOffOutcome, RuntimeError> {
         use tokio::io::AsyncWriteExt;
         let started = Instant::now();
-        let Attach { stdin, output } = io;
+        let Attach { stdin, output, tty } = io;
         let options = AttachContainerOptions {
             stdin: stdin.is_some(),
             stdout: true,
@@ -425,6 +427,31 @@ impl DockerRuntime {
             .start_container(id, None)
             .await
             .map_err(|e| map_err("start container", &spec.name, e))?;
+        let (raw_out, resizer) = match tty {
+            Some(t) => {
+                let docker = self.docker.clone();
+                let cid = id.to_owned();
+                let mut resize = t.resize;
+                let first = t.size;
+                // Sizes apply to a running container: the first one right
+                // after the start, then each change as it comes.
+                let resizer = tokio::spawn(async move {
+                    let mut next = Some(first);
+                    while let Some(size) = next {
+                        let options = ResizeContainerTTYOptions {
+                            h: i32::from(size.rows),
+                            w: i32::from(size.cols),
+                        };
+                        if let Err(e) = docker.resize_container_tty(&cid, options).await {
+                            tracing::debug!(container = cid, error = %e, "tty resize failed");
+                        }
+                        next = resize.recv().await;
+                    }
+                });
+                (Some(t.raw), Some(resizer))
+            }
+            None => (None, None),
+        };
         let mut input = attached.input;
         let pump = stdin.map(|mut rx| {
             tokio::spawn(async move {
@@ -460,6 +487,9 @@ impl DockerRuntime {
                     // The connection ends when the container exits.
                     Err(_) => break,
                 };
+                if let Some(raw_out) = &raw_out {
+                    let _ = raw_out.send(bytes.clone()).await;
+                }
                 for chunk in splitter.push(stream, &bytes) {
                     let _ = output.send(chunk.clone()).await;
                     keep(chunk, &mut tail);
@@ -483,6 +513,9 @@ impl DockerRuntime {
         let finished = tokio::time::timeout(timeout, read).await;
         if let Some(pump) = pump {
             pump.abort();
+        }
+        if let Some(resizer) = resizer {
+            resizer.abort();
         }
         match finished {
             Ok(result) => result?,

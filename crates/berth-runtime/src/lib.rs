@@ -73,7 +73,7 @@ pub use docker::{DockerRuntime, EngineImages};
 pub use health::{probe, ProbeFailure, ProbeResult, ProbeSchedule};
 pub use images::{Images, RegistryImages};
 pub use microvm::{MicroVmConfig, MicroVmRuntime};
-pub use runtime::{Attach, Runtime, RuntimeError};
+pub use runtime::{Attach, AttachTty, Runtime, RuntimeError, TtySize};
 pub use spec::{
     berth_labels, instance_name, is_dns_label, replica_name, shell_command, BadEndpoint, Endpoint,
     Instance, InstanceSpec, InstanceState, InstanceStatus, Limits, LogChunk, LogOptions, LogStream,

@@ -130,6 +130,11 @@ pub trait Runtime: Send + Sync {
     ) -> Result<OneOffOutcome, RuntimeError> {
         let out = self.run_oneoff(spec, timeout).await?;
         for line in &out.output {
+            if let Some(tty) = &io.tty {
+                let mut bytes = line.line.clone().into_bytes();
+                bytes.extend_from_slice(b"\r\n");
+                let _ = tty.raw.send(bytes.into()).await;
+            }
             if io.output.send(line.clone()).await.is_err() {
                 break;
             }
@@ -145,6 +150,29 @@ pub struct Attach {
     /// Where output lines go as they come. A receiver that went away does
     /// not stop the run.
     pub output: tokio::sync::mpsc::Sender<LogChunk>,
+    /// A terminal for the process (`berth run` from a terminal); `None`:
+    /// plain pipes. Backends that cannot allocate one ignore it.
+    pub tty: Option<AttachTty>,
+}
+
+/// The terminal of an attached run: stdout and stderr are one stream,
+/// whose bytes go to `raw` exactly as they come (a prompt has no newline);
+/// its lines also go to [`Attach::output`], as stdout, for the record.
+pub struct AttachTty {
+    /// The size at start.
+    pub size: TtySize,
+    /// Later sizes (the user's window changed).
+    pub resize: tokio::sync::mpsc::Receiver<TtySize>,
+    /// The terminal's output bytes. A receiver that went away does not
+    /// stop the run.
+    pub raw: tokio::sync::mpsc::Sender<bytes::Bytes>,
+}
+
+/// A terminal's size in character cells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TtySize {
+    pub cols: u16,
+    pub rows: u16,
 }
 
 /// Errors of every runtime operation.

@@ -16,8 +16,8 @@ use crate::ids::{new_id, now};
 use crate::pipeline::INSTANCE_LABEL;
 use berth_core::model::{LogStream, PRODUCTION};
 use berth_core::ops::{Run, RunLine, RunStatus};
-use berth_core::redact::Redactor;
-use berth_runtime::{instance_name, Attach, InstanceSpec, RestartPolicy};
+use berth_core::redact::{Redactor, StreamRedactor};
+use berth_runtime::{instance_name, Attach, AttachTty, InstanceSpec, RestartPolicy, TtySize};
 use berth_store::{RunQuery, Slot, StoreError};
 use bytes::Bytes;
 use std::sync::Arc;
@@ -76,13 +76,29 @@ pub(crate) struct PreparedRun {
     pub redactor: Arc<Redactor>,
 }
 
-/// What a run's follower receives: output lines as they come, then the
-/// finished record (without its output).
+/// What a run's follower receives: output lines as they come (with a
+/// terminal: its redacted bytes instead), then the finished record
+/// (without its output).
 #[derive(Clone, Debug)]
 pub enum RunEvent {
     Line(RunLine),
+    Output(Bytes),
     Done(Box<Run>),
 }
+
+/// A terminal for a run (`berth run` from a terminal): its size at start
+/// and its later sizes.
+pub struct RunTty {
+    pub size: TtySize,
+    pub resize: mpsc::Receiver<TtySize>,
+}
+
+/// Why a run with a terminal is refused on `--runtime swarm`.
+const TTY_UNSUPPORTED_ON_SWARM: &str = "a terminal cannot be given to a run on --runtime swarm (its task runs on any node, reached only through the swarm's logs): run it with -T --no-stdin, or --detach";
+
+/// How long a terminal's output that could be the start of a secret is
+/// held back waiting for the rest.
+const TTY_HOLD: Duration = Duration::from_millis(100);
 
 impl Deployer {
     /// Records the run and starts it in the background. Returns the record
@@ -104,6 +120,23 @@ impl Deployer {
         self.launch_run(prepared, stdin, RUN_TIMEOUT).await
     }
 
+    /// [`Deployer::start_run`] with a terminal: the events carry its
+    /// bytes ([`RunEvent::Output`], redacted) instead of lines; the record
+    /// keeps its lines as stdout.
+    pub async fn start_run_tty(
+        self: &Arc<Self>,
+        req: RunRequest,
+        stdin: Option<mpsc::Receiver<Bytes>>,
+        tty: RunTty,
+    ) -> Result<(Run, mpsc::Receiver<RunEvent>), RunError> {
+        // Refused before anything is recorded or created.
+        if self.cfg.runtime == crate::config::RuntimeKind::Swarm {
+            return Err(RunError::StdinUnsupported(TTY_UNSUPPORTED_ON_SWARM));
+        }
+        let prepared = self.prepare_run(req, None).await?;
+        self.launch(prepared, stdin, Some(tty), RUN_TIMEOUT).await
+    }
+
     /// Records `prepared` (before its instance starts) and starts it in the
     /// background; see [`Deployer::start_run`]. A job firing recorded
     /// already is [`StoreError::Conflict`] and nothing starts.
@@ -111,6 +144,16 @@ impl Deployer {
         self: &Arc<Self>,
         prepared: PreparedRun,
         stdin: Option<mpsc::Receiver<Bytes>>,
+        timeout: Duration,
+    ) -> Result<(Run, mpsc::Receiver<RunEvent>), RunError> {
+        self.launch(prepared, stdin, None, timeout).await
+    }
+
+    async fn launch(
+        self: &Arc<Self>,
+        prepared: PreparedRun,
+        stdin: Option<mpsc::Receiver<Bytes>>,
+        tty: Option<RunTty>,
         timeout: Duration,
     ) -> Result<(Run, mpsc::Receiver<RunEvent>), RunError> {
         let PreparedRun {
@@ -125,7 +168,7 @@ impl Deployer {
         let record = run.clone();
         // A job firing's run keeps the leader's fence (a `berth run` has none).
         tokio::spawn(berth_store::cluster::inherit(async move {
-            this.execute_run(record, spec, stdin, timeout, redactor, events_tx)
+            this.execute_run(record, spec, stdin, tty, timeout, redactor, events_tx)
                 .await;
         }));
         Ok((run, events))
@@ -229,20 +272,37 @@ impl Deployer {
     /// lines to `events`, saves the output as it grows, and records the
     /// outcome. Never returns an error: a failure to start is the run's
     /// outcome.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn execute_run(
         self: &Arc<Self>,
         mut run: Run,
         spec: InstanceSpec,
         stdin: Option<mpsc::Receiver<Bytes>>,
+        tty: Option<RunTty>,
         timeout: Duration,
         redactor: Arc<Redactor>,
         events: mpsc::Sender<RunEvent>,
     ) -> Run {
         let (out_tx, mut out_rx) = mpsc::channel(256);
+        let with_tty = tty.is_some();
+        let (raw_tx, raw_rx) = mpsc::channel::<Bytes>(256);
         let io = Attach {
             stdin,
             output: out_tx,
+            tty: tty.map(|t| AttachTty {
+                size: t.size,
+                resize: t.resize,
+                raw: raw_tx,
+            }),
         };
+        // The terminal's bytes go to the follower redacted, as they come.
+        let raw_pump = with_tty.then(|| {
+            tokio::spawn(forward_tty_output(
+                raw_rx,
+                StreamRedactor::new(&redactor),
+                events.clone(),
+            ))
+        });
         let runtime = self.runtime.clone();
         let task = tokio::spawn(async move { runtime.run_attached(&spec, io, timeout).await });
         let mut last_save = tokio::time::Instant::now();
@@ -257,7 +317,9 @@ impl Deployer {
             };
             run.push_line(line.clone());
             // A follower that went away does not stop the run.
-            let _ = events.send(RunEvent::Line(line)).await;
+            if !with_tty {
+                let _ = events.send(RunEvent::Line(line)).await;
+            }
             if last_save.elapsed() >= SAVE_EVERY {
                 self.save_run_logged(&run).await;
                 last_save = tokio::time::Instant::now();
@@ -267,6 +329,10 @@ impl Deployer {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(e) => Err(format!("run task failed: {e}")),
         };
+        if let Some(pump) = raw_pump {
+            // Its sender went with the runtime's task: it ends by itself.
+            let _ = pump.await;
+        }
         match outcome {
             Ok(out) => {
                 run.exit_code = Some(out.exit_code);
@@ -322,5 +388,38 @@ impl Deployer {
             run.completed_at = Some(now());
             self.save_run_logged(&run).await;
         }
+    }
+}
+
+/// Sends a terminal's bytes to the follower through `redactor`; bytes it
+/// holds back (a possible start of a secret) go out when nothing more
+/// comes for [`TTY_HOLD`], or at the end.
+async fn forward_tty_output(
+    mut raw: mpsc::Receiver<Bytes>,
+    mut redactor: StreamRedactor,
+    events: mpsc::Sender<RunEvent>,
+) {
+    loop {
+        let next = if redactor.holds() {
+            match tokio::time::timeout(TTY_HOLD, raw.recv()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    let held = redactor.flush();
+                    let _ = events.send(RunEvent::Output(held.into())).await;
+                    continue;
+                }
+            }
+        } else {
+            raw.recv().await
+        };
+        let Some(chunk) = next else { break };
+        let out = redactor.push(&chunk);
+        if !out.is_empty() {
+            let _ = events.send(RunEvent::Output(out.into())).await;
+        }
+    }
+    let held = redactor.flush();
+    if !held.is_empty() {
+        let _ = events.send(RunEvent::Output(held.into())).await;
     }
 }

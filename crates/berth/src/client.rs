@@ -456,6 +456,39 @@ impl ApiClient {
         self.send(req).await
     }
 
+    /// Start an attached run with a terminal of `cols` x `rows`: `frames`
+    /// is the body of [`berth_core::ops::TtyFrame`]s (stdin bytes and
+    /// window sizes); the answer is NDJSON events whose output comes as
+    /// `output` (the terminal's bytes).
+    pub async fn attach_run_tty(
+        &self,
+        project: &str,
+        body: &CreateRun,
+        (cols, rows): (u16, u16),
+        with_stdin: bool,
+        frames: reqwest::Body,
+    ) -> Result<reqwest::Response, ClientError> {
+        let command =
+            serde_json::to_string(&body.command).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let url = self.url(
+            &["projects", project, "runs", "attach"],
+            &[
+                ("service", body.service.clone()),
+                ("environment", body.environment.clone()),
+                ("command", Some(command)),
+                ("stdin", Some(with_stdin.to_string())),
+                ("tty", Some("true".into())),
+                ("cols", Some(cols.to_string())),
+                ("rows", Some(rows.to_string())),
+            ],
+        );
+        let req = self
+            .request(Method::POST, url)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(frames);
+        self.send(req).await
+    }
+
     pub async fn get_run(&self, id: &str) -> R<Run> {
         self.get(&["runs", id], &[]).await
     }

@@ -19,6 +19,7 @@
 mod client;
 mod cmd;
 mod output;
+mod terminal;
 
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};

@@ -440,6 +440,7 @@ async fn attached_run_streams_output_live_and_forwards_stdin() {
     let io = berth_runtime::Attach {
         stdin: Some(stdin_rx),
         output: out_tx,
+        tty: None,
     };
     let run = {
         let rt = rt.clone();
@@ -507,6 +508,7 @@ async fn attached_run_without_stdin_reports_oom() {
     let io = berth_runtime::Attach {
         stdin: None,
         output: out_tx,
+        tty: None,
     };
     let outcome = rt
         .run_attached(&spec, io, Duration::from_secs(60))

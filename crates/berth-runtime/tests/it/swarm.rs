@@ -285,6 +285,7 @@ async fn attached_run_streams_live_from_the_task_logs(rt: &SwarmRuntime, image: 
     let io = berth_runtime::Attach {
         stdin: None,
         output: tx,
+        tty: None,
     };
     let run = {
         let rt = rt.clone();
@@ -339,6 +340,7 @@ async fn attached_run_streams_live_from_the_task_logs(rt: &SwarmRuntime, image: 
             berth_runtime::Attach {
                 stdin: Some(stdin),
                 output: tx,
+                tty: None,
             },
             Duration::from_secs(30),
         )
@@ -362,6 +364,7 @@ async fn attached_run_streams_live_from_the_task_logs(rt: &SwarmRuntime, image: 
             berth_runtime::Attach {
                 stdin: None,
                 output: tx,
+                tty: None,
             },
             Duration::from_secs(15),
         )

@@ -1,16 +1,20 @@
 //! One-off runs: start one attached (the request body is its stdin, the
-//! answer streams its output as NDJSON) or detached, list and show them.
+//! answer streams its output as NDJSON; with `tty=true` the body is
+//! [`TtyFrame`]s and the output the terminal's bytes) or detached, list
+//! and show them.
 
 use super::{AppState, Json};
 use crate::access::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::runs::{RunError, RunEvent, RunRequest};
+use crate::runs::{RunError, RunEvent, RunRequest, RunTty};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
 use berth_core::api::ErrorBody;
-use berth_core::ops::{CreateRun, Run, RunStreamEvent};
+use berth_core::ops::{CreateRun, Run, RunStreamEvent, TtyFrame};
+use berth_runtime::TtySize;
 use berth_store::RunQuery;
 use futures::StreamExt;
 use serde::Deserialize;
@@ -40,6 +44,12 @@ pub struct AttachQuery {
     command: String,
     /// Whether the body is the process's stdin (default true).
     stdin: Option<bool>,
+    /// A terminal for the process (default false): the body is
+    /// [`TtyFrame`]s (stdin bytes and window sizes).
+    tty: Option<bool>,
+    /// The terminal's size at start (default 80x24).
+    cols: Option<u16>,
+    rows: Option<u16>,
 }
 
 fn ndjson(event: &RunStreamEvent) -> Result<bytes::Bytes, std::io::Error> {
@@ -53,9 +63,9 @@ fn ndjson(event: &RunStreamEvent) -> Result<bytes::Bytes, std::io::Error> {
     post,
     path = "/projects/{name}/runs/attach",
     operation_id = "runs_attach",
-    summary = "run a command attached: the body is its stdin, the answer NDJSON events (started, line, exit)",
+    summary = "run a command attached: the body is its stdin (with tty=true, terminal frames), the answer NDJSON events (started, line or output, exit)",
     params(("name" = String, Path, description = "project name"), AttachQuery),
-    request_body(content = String, description = "the process's stdin (any bytes)", content_type = "application/octet-stream"),
+    request_body(content = String, description = "the process's stdin (any bytes); with tty=true a sequence of frames: kind byte (0 stdin bytes, 1 resize: u16 columns, u16 rows), big-endian u32 length, payload", content_type = "application/octet-stream"),
     responses((status = 200, description = "application/x-ndjson: one RunStreamEvent per line", body = RunStreamEvent, content_type = "application/x-ndjson"), (status = "default", description = "error", body = ErrorBody))
 )]
 pub async fn attach(
@@ -75,6 +85,14 @@ pub async fn attach(
         command,
         requested_by: caller.name,
     };
+    if q.tty.unwrap_or(false) {
+        let tty = TtyQuery {
+            stdin: q.stdin.unwrap_or(true),
+            cols: q.cols,
+            rows: q.rows,
+        };
+        return attach_tty(s, req, tty, body).await;
+    }
     let stdin = if q.stdin.unwrap_or(true) {
         let (tx, rx) = mpsc::channel::<bytes::Bytes>(16);
         tokio::spawn(async move {
@@ -90,19 +108,79 @@ pub async fn attach(
         None
     };
     let (run, events) = s.deployer.start_run(req, stdin).await?;
+    Ok(stream_events(run, events))
+}
+
+/// The attached run with a terminal: reads [`TtyFrame`]s off the body
+/// (stdin bytes to the process, sizes to its terminal); a malformed
+/// frame ends its stdin.
+struct TtyQuery {
+    stdin: bool,
+    cols: Option<u16>,
+    rows: Option<u16>,
+}
+
+async fn attach_tty(s: AppState, req: RunRequest, q: TtyQuery, body: Body) -> ApiResult<Response> {
+    let size = TtySize {
+        cols: q.cols.filter(|&c| c > 0).unwrap_or(80),
+        rows: q.rows.filter(|&r| r > 0).unwrap_or(24),
+    };
+    let (resize_tx, resize_rx) = mpsc::channel::<TtySize>(8);
+    let with_stdin = q.stdin;
+    let (stdin_tx, stdin_rx) = mpsc::channel::<bytes::Bytes>(16);
+    tokio::spawn(async move {
+        let mut body = body.into_data_stream();
+        let mut buf = Vec::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            buf.extend_from_slice(&chunk);
+            loop {
+                match TtyFrame::decode(&mut buf) {
+                    Ok(Some(TtyFrame::Stdin(b))) => {
+                        if with_stdin && stdin_tx.send(b.into()).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Some(TtyFrame::Resize { cols, rows })) => {
+                        if cols > 0 && rows > 0 {
+                            let _ = resize_tx.try_send(TtySize { cols, rows });
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "attached run: bad terminal frame");
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let tty = RunTty {
+        size,
+        resize: resize_rx,
+    };
+    let stdin = with_stdin.then_some(stdin_rx);
+    let (run, events) = s.deployer.start_run_tty(req, stdin, tty).await?;
+    Ok(stream_events(run, events))
+}
+
+/// The NDJSON answer of an attached run: `started`, its output, `exit`.
+fn stream_events(run: Run, events: mpsc::Receiver<RunEvent>) -> Response {
     let started = RunStreamEvent::Started { run: Box::new(run) };
     let rest = tokio_stream::wrappers::ReceiverStream::new(events).map(|e| match e {
         RunEvent::Line(l) => RunStreamEvent::Line(l),
+        RunEvent::Output(b) => RunStreamEvent::Output {
+            data: base64::engine::general_purpose::STANDARD.encode(&b),
+        },
         RunEvent::Done(run) => RunStreamEvent::Exit { run },
     });
     let stream = futures::stream::once(async move { started })
         .chain(rest)
         .map(|e| ndjson(&e));
-    Ok((
+    (
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(stream),
     )
-        .into_response())
+        .into_response()
 }
 
 /// `POST /projects/{name}/runs`: a detached run; `GET /runs/{id}` and

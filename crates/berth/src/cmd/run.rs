@@ -2,14 +2,21 @@
 //! image. Attached (the default), stdin is forwarded, stdout and stderr
 //! come back apart and live, and berth exits with the command's exit code;
 //! `--detach` prints the run's id (`berth logs <id>` shows its output).
+//!
+//! From a terminal (stdin and stdout both terminals, or `--tty`) the
+//! command gets a terminal of its own: the local one is in raw mode for the
+//! session (restored on every way out), its window size follows the local
+//! one (SIGWINCH), and stdout and stderr are one stream.
 
 use super::Ctx;
 use crate::client::ClientError;
 use crate::output::emitln;
+use base64::Engine as _;
 use berth_core::model::LogStream;
-use berth_core::ops::{CreateRun, Run, RunLine, RunStatus, RunStreamEvent};
+use berth_core::ops::{CreateRun, Run, RunLine, RunStatus, RunStreamEvent, TtyFrame};
 use clap::Args;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 #[derive(Args, Debug)]
@@ -28,6 +35,14 @@ pub struct RunArgs {
     /// Do not forward stdin (the command reads end of file).
     #[arg(long)]
     no_stdin: bool,
+    /// Give the command a terminal even when berth's stdin or stdout is
+    /// not one. With a terminal, stdout and stderr are one stream.
+    /// [default: a terminal when stdin and stdout both are terminals]
+    #[arg(long, short = 't', conflicts_with_all = ["no_tty", "detach"])]
+    tty: bool,
+    /// Never give the command a terminal: stdout and stderr stay apart.
+    #[arg(long = "no-tty", short = 'T')]
+    no_tty: bool,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
@@ -53,6 +68,11 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
         }
         return Ok(0);
     }
+    let tty =
+        a.tty || (!a.no_tty && std::io::stdin().is_terminal() && std::io::stdout().is_terminal());
+    if tty {
+        return run_tty(ctx, &a.project, &body, !a.no_stdin).await;
+    }
     let stdin = (!a.no_stdin && stdin_may_have_input()).then(stdin_body);
     let mut resp = ctx.client.attach_run(&a.project, &body, stdin).await?;
     let mut buf: Vec<u8> = Vec::new();
@@ -72,7 +92,7 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
             match event {
                 RunStreamEvent::Started { .. } => {}
                 RunStreamEvent::Line(l) if !ctx.json => print_line(&l),
-                RunStreamEvent::Line(_) => {}
+                RunStreamEvent::Line(_) | RunStreamEvent::Output { .. } => {}
                 RunStreamEvent::Exit { run } => done = Some(*run),
             }
         }
@@ -81,6 +101,117 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
         anyhow::anyhow!("the connection to berth ended before the run did; see berth logs")
     })?;
     exit_code_of(&run)
+}
+
+/// `berth run` with a terminal. The local terminal is raw until the
+/// session ends; the guard restores it on every way out (the end, an
+/// error, SIGTERM/SIGHUP/SIGINT sent to berth, a panic).
+async fn run_tty(
+    ctx: &Ctx,
+    project: &str,
+    body: &CreateRun,
+    with_stdin: bool,
+) -> anyhow::Result<u8> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let size = crate::terminal::size().unwrap_or(crate::terminal::Size { cols: 80, rows: 24 });
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let frames = tty_body(with_stdin)?;
+    let mut resp = ctx
+        .client
+        .attach_run_tty(project, body, (size.cols, size.rows), with_stdin, frames)
+        .await?;
+    let raw = crate::terminal::RawMode::enable()?;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut done: Option<Run> = None;
+    let ended: anyhow::Result<()> = loop {
+        let chunk = tokio::select! {
+            c = ctx.client.next_chunk(&mut resp) => c,
+            _ = hangup.recv() => break Err(anyhow::anyhow!("hung up; the run goes on: see berth logs")),
+            _ = terminate.recv() => break Err(anyhow::anyhow!("terminated; the run goes on: see berth logs")),
+            _ = interrupt.recv() => break Err(anyhow::anyhow!("interrupted; the run goes on: see berth logs")),
+        };
+        let chunk = match chunk {
+            Ok(Some(c)) => c,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e.into()),
+        };
+        buf.extend_from_slice(&chunk);
+        let mut failed = None;
+        while let Some(i) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
+            let event: RunStreamEvent = match serde_json::from_slice(&line) {
+                Ok(e) => e,
+                Err(e) => {
+                    failed = Some(ClientError::Decode(e.to_string()));
+                    break;
+                }
+            };
+            if ctx.json {
+                emitln(String::from_utf8_lossy(&line).trim_end());
+            }
+            match event {
+                RunStreamEvent::Output { data } if !ctx.json => {
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(data.as_bytes())
+                        .map_err(|e| ClientError::Decode(e.to_string()))?;
+                    let mut o = std::io::stdout().lock();
+                    let _ = o.write_all(&bytes);
+                    let _ = o.flush();
+                }
+                RunStreamEvent::Exit { run } => done = Some(*run),
+                _ => {}
+            }
+        }
+        if let Some(e) = failed {
+            break Err(e.into());
+        }
+    };
+    // The terminal as it was before anything else is printed.
+    drop(raw);
+    ended?;
+    let run = done.ok_or_else(|| {
+        anyhow::anyhow!("the connection to berth ended before the run did; see berth logs")
+    })?;
+    exit_code_of(&run)
+}
+
+/// The body of a run with a terminal: stdin's bytes (read on a thread, as
+/// for [`stdin_body`]) and the window's new sizes (on SIGWINCH) as
+/// [`TtyFrame`]s. It ends when stdin does.
+fn tty_body(with_stdin: bool) -> anyhow::Result<reqwest::Body> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (in_tx, in_rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
+    if with_stdin {
+        std::thread::spawn(move || read_stdin(in_tx));
+    } else {
+        // No stdin: the body stays open for the sizes until the run ends.
+        std::mem::forget(in_tx);
+    }
+    let (size_tx, size_rx) = tokio::sync::mpsc::channel::<crate::terminal::Size>(4);
+    let mut winch = signal(SignalKind::window_change())?;
+    tokio::spawn(async move {
+        while winch.recv().await.is_some() {
+            if let Some(size) = crate::terminal::size() {
+                if size_tx.send(size).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let frames = futures::stream::unfold((in_rx, size_rx), |(mut in_rx, mut size_rx)| async move {
+        let item = tokio::select! {
+            biased;
+            Some(size) = size_rx.recv() => Ok(TtyFrame::Resize { cols: size.cols, rows: size.rows }.encode()),
+            input = in_rx.recv() => match input? {
+                Ok(bytes) => Ok(TtyFrame::Stdin(bytes).encode()),
+                Err(e) => Err(e),
+            },
+        };
+        Some((item, (in_rx, size_rx)))
+    });
+    Ok(reqwest::Body::wrap_stream(frames))
 }
 
 /// The exit code `berth run` leaves with: the command's (0-255), or an
@@ -181,27 +312,38 @@ fn stdin_may_have_input() -> bool {
 /// the end of the run.
 fn stdin_body() -> reqwest::Body {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
-    std::thread::spawn(move || {
-        use std::io::Read;
-        let mut stdin = std::io::stdin().lock();
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            match stdin.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    if tx.blocking_send(Ok(buf[..n].to_vec())).is_err() {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                    return;
-                }
-            }
-        }
-    });
+    std::thread::spawn(move || read_stdin(tx));
     reqwest::Body::wrap_stream(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     }))
+}
+
+/// Sends this process's stdin to `tx` until end of file (or `tx` closes).
+fn read_stdin(tx: tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>) {
+    use std::io::Read;
+    // Not `stdin().lock()`: the raw mode guard needs stdin's handle while
+    // this thread waits in `read`.
+    let mut stdin = match std::io::stdin().as_fd().try_clone_to_owned() {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(e) => {
+            let _ = tx.blocking_send(Err(e));
+            return;
+        }
+    };
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match stdin.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if tx.blocking_send(Ok(buf[..n].to_vec())).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        }
+    }
 }
