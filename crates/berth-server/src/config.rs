@@ -69,8 +69,9 @@ pub struct ServerConfig {
     /// Preview environments idle (no deployment) this long are torn down;
     /// `None` keeps them until their pull request closes.
     pub preview_ttl: Option<Duration>,
-    /// DNS resolver for custom domain verification (else /etc/resolv.conf).
-    pub dns_server: Option<SocketAddr>,
+    /// DNS resolvers for custom domain verification, asked in turn (none:
+    /// /etc/resolv.conf's).
+    pub dns_servers: Vec<SocketAddr>,
     /// What runs app instances (`--runtime`).
     pub runtime: RuntimeKind,
     /// Guest kernel of microVMs; `None`: the newest /boot/vmlinuz-*-cloud-amd64.
@@ -159,7 +160,7 @@ impl ServerConfig {
             queue_timeout: Duration::from_secs(3600),
             log_retention: Duration::from_secs(30 * 24 * 3600),
             log_max_lines_per_project: 2_000_000,
-            dns_server: None,
+            dns_servers: Vec::new(),
             registry_user: None,
             registry_password: None,
             access_log: None,

@@ -1,7 +1,9 @@
 //! TXT lookups for custom domain verification, through hickory-resolver:
 //! EDNS0, a retry over TCP when a UDP answer is truncated, and every
-//! nameserver of /etc/resolv.conf (or the one given with `--dns-server`,
-//! asked over UDP and TCP). NXDOMAIN and a server failure are told apart.
+//! nameserver of /etc/resolv.conf (or those given with `--dns-server`, each
+//! asked over UDP and TCP): a nameserver that does not answer costs a
+//! timeout at most, the others answer (hickory asks two at once and keeps
+//! the fastest first). NXDOMAIN and a server failure are told apart.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -25,15 +27,16 @@ pub enum DnsError {
     Lookup { name: String, reason: String },
 }
 
-fn resolver(configured: Option<SocketAddr>) -> Result<TokioResolver, DnsError> {
-    let mut builder = match configured {
-        Some(addr) => {
-            let mut config = ResolverConfig::new();
+fn resolver(configured: &[SocketAddr]) -> Result<TokioResolver, DnsError> {
+    let mut builder = if configured.is_empty() {
+        Resolver::builder_tokio().map_err(|e| DnsError::NoResolver(e.to_string()))?
+    } else {
+        let mut config = ResolverConfig::new();
+        for &addr in configured {
             config.add_name_server(NameServerConfig::new(addr, Protocol::Udp));
             config.add_name_server(NameServerConfig::new(addr, Protocol::Tcp));
-            Resolver::builder_with_config(config, TokioConnectionProvider::default())
         }
-        None => Resolver::builder_tokio().map_err(|e| DnsError::NoResolver(e.to_string()))?,
+        Resolver::builder_with_config(config, TokioConnectionProvider::default())
     };
     let opts = builder.options_mut();
     opts.edns0 = true;
@@ -64,11 +67,8 @@ fn classify(name: &str, e: ResolveError) -> Result<Vec<String>, DnsError> {
 }
 
 /// The TXT strings of `name` (each record's chunks joined), asked of
-/// `configured` or of the system's nameservers.
-pub async fn lookup_txt(
-    configured: Option<SocketAddr>,
-    name: &str,
-) -> Result<Vec<String>, DnsError> {
+/// the `configured` nameservers or, with none, of the system's.
+pub async fn lookup_txt(configured: &[SocketAddr], name: &str) -> Result<Vec<String>, DnsError> {
     let fqdn = format!("{}.", name.trim_end_matches('.'));
     match resolver(configured)?.txt_lookup(fqdn).await {
         Ok(found) => Ok(found
@@ -145,10 +145,43 @@ mod tests {
         (addr, tcp_count)
     }
 
+    /// A nameserver that is down: its UDP socket and TCP listener take
+    /// queries and never answer (held for the test's life).
+    async fn silent() -> (SocketAddr, tokio::net::UdpSocket, tokio::net::TcpListener) {
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+        (addr, udp, tcp)
+    }
+
+    #[tokio::test]
+    async fn with_several_nameservers_one_down_the_next_answers() {
+        let (good, _) = server(0, false).await;
+        let (dead, _udp, _tcp) = silent().await;
+        // Nothing listens on this one at all.
+        let closed = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        for servers in [[dead, good], [good, dead], [closed, good]] {
+            let t = std::time::Instant::now();
+            let found = lookup_txt(&servers, "t.example").await;
+            assert_eq!(found.unwrap(), vec!["abcdef"], "{servers:?}");
+            assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        }
+        // All down: a one-line reason, not a hang.
+        let e = lookup_txt(&[dead, closed], "t.example")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("DNS lookup of t.example failed: "), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+
     #[tokio::test]
     async fn reads_txt_over_udp() {
         let (addr, tcp) = server(0, false).await;
-        let found = lookup_txt(Some(addr), "t.example").await.unwrap();
+        let found = lookup_txt(&[addr], "t.example").await.unwrap();
         assert_eq!(found, vec!["abcdef"]);
         assert_eq!(tcp.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
@@ -156,7 +189,7 @@ mod tests {
     #[tokio::test]
     async fn a_truncated_udp_answer_is_asked_again_over_tcp() {
         let (addr, tcp) = server(0, true).await;
-        let found = lookup_txt(Some(addr), "t.example").await.unwrap();
+        let found = lookup_txt(&[addr], "t.example").await.unwrap();
         assert_eq!(found, vec!["abcdef"]);
         assert!(tcp.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     }
@@ -164,13 +197,13 @@ mod tests {
     #[tokio::test]
     async fn nxdomain_and_servfail_are_told_apart() {
         let (nx, _) = server(3, false).await;
-        let e = lookup_txt(Some(nx), "_berth-challenge.shop.example")
+        let e = lookup_txt(&[nx], "_berth-challenge.shop.example")
             .await
             .unwrap_err()
             .to_string();
         assert_eq!(e, "_berth-challenge.shop.example does not exist (NXDOMAIN)");
         let (fail, _) = server(2, false).await;
-        let e = lookup_txt(Some(fail), "_berth-challenge.shop.example")
+        let e = lookup_txt(&[fail], "_berth-challenge.shop.example")
             .await
             .unwrap_err()
             .to_string();

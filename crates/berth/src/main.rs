@@ -256,6 +256,29 @@ mod tests {
     }
 
     #[test]
+    fn dns_server_takes_several_addresses_comma_separated_or_repeated() {
+        let cli = Cli::try_parse_from([
+            "berth",
+            "server",
+            "--dns-server",
+            "127.0.0.1:53,127.0.0.2:5353",
+            "--dns-server",
+            "[::1]:53",
+        ])
+        .unwrap();
+        let Command::Server(args) = cli.command else {
+            panic!("not server")
+        };
+        let cfg = args.config(PathBuf::from("/tmp/unused"), None);
+        let got: Vec<String> = cfg.dns_servers.iter().map(|a| a.to_string()).collect();
+        assert_eq!(got, ["127.0.0.1:53", "127.0.0.2:5353", "[::1]:53"]);
+        let e = Cli::try_parse_from(["berth", "server", "--dns-server", "127.0.0.1:53,nope"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
     fn usage_errors_are_one_line() {
         let e = Cli::try_parse_from(["berth", "logs"]).unwrap_err();
         let line = usage_error_line(&e);

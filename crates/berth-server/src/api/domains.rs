@@ -11,16 +11,20 @@ use axum::response::IntoResponse;
 use berth_core::api::AddDomain;
 use berth_core::api::ErrorBody;
 use berth_core::model::{
-    verification_name, Domain, DomainVerification, DEFAULT_SERVICE, PRODUCTION,
+    verification_name, CertState, CertificateStatus, Domain, DomainVerification, DEFAULT_SERVICE,
+    PRODUCTION,
 };
 use berth_core::{hosts, names};
 use rand::RngCore;
 
+/// The project's domains; with DNS-01 configured, first a row for the
+/// server's wildcard `*.<base-domain>`, which serves the project's route
+/// and preview hostnames (see [`wildcard_row`]).
 #[utoipa::path(
     get,
     path = "/projects/{name}/domains",
     operation_id = "domains_list",
-    summary = "list custom domains",
+    summary = "list custom domains (first the server's DNS-01 wildcard, when configured)",
     params(("name" = String, Path, description = "project name")),
     responses((status = 200, description = "success", body = Vec<Domain>), (status = "default", description = "error", body = ErrorBody))
 )]
@@ -29,7 +33,50 @@ pub async fn list(
     Path(project): Path<String>,
 ) -> ApiResult<Json<Vec<Domain>>> {
     s.store.get_project(&project).await?;
-    Ok(Json(s.store.list_domains(Some(&project)).await?))
+    let mut out = Vec::new();
+    if let Some(host) = crate::tls::wildcard_host(&s.deployer.cfg) {
+        let rec = s.store.get_certificate(&host).await?;
+        out.push(wildcard_row(&project, &host, rec.as_ref()));
+    }
+    out.extend(s.store.list_domains(Some(&project)).await?);
+    Ok(Json(out))
+}
+
+/// The wildcard's row in a project's domain list: verified (its zone is
+/// proven at each order by the DNS-01 record `_acme-challenge.<base>`,
+/// which berth writes itself, hence no value to create), no service,
+/// environment or target of its own, and its certificate's state (pending
+/// until the first attempt has been recorded).
+fn wildcard_row(project: &str, host: &str, rec: Option<&berth_store::CertRecord>) -> Domain {
+    let certificate = match rec {
+        Some(r) => CertificateStatus {
+            state: r.state,
+            not_after: r.not_after,
+            error: r.error.clone(),
+            attempts: r.attempts,
+            next_attempt_at: r.next_attempt_at,
+        },
+        None => CertificateStatus {
+            state: CertState::Pending,
+            ..Default::default()
+        },
+    };
+    Domain {
+        hostname: host.to_string(),
+        project_name: project.to_string(),
+        service_name: String::new(),
+        environment_name: String::new(),
+        verified: true,
+        verified_at: None,
+        verification: DomainVerification {
+            record_type: "TXT".into(),
+            name: crate::tls::dns01::challenge_name(host),
+            value: String::new(),
+        },
+        target: String::new(),
+        created_at: rec.map_or_else(now, |r| r.updated_at),
+        certificate,
+    }
 }
 
 #[utoipa::path(
@@ -118,17 +165,17 @@ pub async fn verify(
     Path((project, hostname)): Path<(String, String)>,
 ) -> ApiResult<Json<Domain>> {
     let d = find(&s, &project, &hostname).await?;
-    let found = match crate::dns::lookup_txt(s.deployer.cfg.dns_server, &d.verification.name).await
-    {
-        Ok(found) => found,
-        Err(e @ crate::dns::DnsError::NxDomain(_)) => {
-            return Err(ApiError::conflict(format!(
-                "TXT record {}: {e}; DNS changes can take a while",
-                d.verification.name
-            )))
-        }
-        Err(e) => return Err(ApiError::new(StatusCode::BAD_GATEWAY, "dns", e.to_string())),
-    };
+    let found =
+        match crate::dns::lookup_txt(&s.deployer.cfg.dns_servers, &d.verification.name).await {
+            Ok(found) => found,
+            Err(e @ crate::dns::DnsError::NxDomain(_)) => {
+                return Err(ApiError::conflict(format!(
+                    "TXT record {}: {e}; DNS changes can take a while",
+                    d.verification.name
+                )))
+            }
+            Err(e) => return Err(ApiError::new(StatusCode::BAD_GATEWAY, "dns", e.to_string())),
+        };
     if !found.iter().any(|v| v.trim() == d.verification.value) {
         return Err(ApiError::conflict(format!(
             "TXT record {} does not hold {:?} yet (found: {}); DNS changes can take a while",

@@ -47,6 +47,14 @@ pub enum Dns01Error {
     Timeout(SocketAddr),
     #[error("DNS server {server}: {reason}")]
     Io { server: SocketAddr, reason: String },
+    /// A success the server did not sign with the update's key (or whose
+    /// signature does not verify): not trusted, the record may not be there.
+    #[error("DNS server {server} answered the update without a valid TSIG signature of key {key}: {reason}")]
+    Unsigned {
+        server: SocketAddr,
+        key: String,
+        reason: String,
+    },
     #[error("DNS server {server} is not authoritative for {name} (no SOA in its answer)")]
     NoZone { server: SocketAddr, name: String },
 }
@@ -190,6 +198,24 @@ impl DnsUpdater {
         self.update(addr, msg).await
     }
 
+    /// Whether this server is authoritative for the zone holding `host`:
+    /// its answer to a SOA question for `host` has the AA bit, no error,
+    /// and the SOA of a zone `host` is in. A custom domain whose zone the
+    /// server serves (delegated to it) can be validated by DNS-01; any
+    /// other answer (REFUSED, a referral, no SOA) means it cannot.
+    pub async fn serves_zone_of(&self, host: &str) -> Result<bool, Dns01Error> {
+        let addr = self.addr().await?;
+        let fqdn = format!("{}.", host.trim_end_matches('.'));
+        let name = Name::from_ascii(&fqdn).map_err(|_| Dns01Error::BadName(host.to_string()))?;
+        let (answer, _) = exchange(addr, &soa_query(&name)).await?;
+        Ok(answer.authoritative()
+            && matches!(
+                answer.response_code(),
+                ResponseCode::NoError | ResponseCode::NXDomain
+            )
+            && soa_zone(&answer, &name).is_some())
+    }
+
     async fn addr(&self) -> Result<SocketAddr, Dns01Error> {
         let mut addrs =
             tokio::net::lookup_host(&self.server)
@@ -226,11 +252,31 @@ impl DnsUpdater {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as u32)
             .unwrap_or_default();
-        msg.finalize(&self.key.signer()?, now)
+        let verifier = msg
+            .finalize(&self.key.signer()?, now)
             .map_err(|e| Dns01Error::BadKey(e.to_string()))?;
-        let answer = exchange(addr, &msg).await?;
+        let (answer, bytes) = exchange(addr, &msg).await?;
         match answer.response_code() {
-            ResponseCode::NoError => Ok(()),
+            // Only a success must prove it comes from the key's holder: a
+            // refusal is a failure either way (and a server that does not
+            // know the key cannot sign it).
+            ResponseCode::NoError => {
+                let checked = match (answer.signature().is_empty(), verifier) {
+                    (true, _) => Err("it is not signed".to_string()),
+                    (false, None) => Err("nothing to check it with".to_string()),
+                    (false, Some(mut verify)) => verify(&bytes).map(|_| ()).map_err(|e| {
+                        let e = e.to_string();
+                        e.strip_prefix("tsig validation error: ")
+                            .unwrap_or(&e)
+                            .to_string()
+                    }),
+                };
+                checked.map_err(|reason| Dns01Error::Unsigned {
+                    server: addr,
+                    key: self.key.name.clone(),
+                    reason,
+                })
+            }
             code => Err(Dns01Error::Refused(format!(
                 "{} ({})",
                 rcode_name(code),
@@ -240,31 +286,42 @@ impl DnsUpdater {
     }
 }
 
-/// The zone holding `name` on the server at `addr`: the owner of the SOA
-/// in its answer to a SOA question for `name`.
-async fn zone_of(addr: SocketAddr, name: &Name) -> Result<Name, Dns01Error> {
+/// A SOA question for `name` (no recursion: the server answers from its
+/// own zones).
+fn soa_query(name: &Name) -> Message {
     let mut q = Message::new();
     q.set_id(rand::random())
         .set_message_type(MessageType::Query)
         .set_op_code(OpCode::Query)
         .set_recursion_desired(false)
         .add_query(Query::query(name.clone(), RecordType::SOA));
-    let answer = exchange(addr, &q).await?;
+    q
+}
+
+/// The owner of the SOA in `answer` (answer or authority section) whose
+/// zone holds `name`.
+fn soa_zone(answer: &Message, name: &Name) -> Option<Name> {
     answer
         .answers()
         .iter()
         .chain(answer.name_servers())
         .find(|r| r.record_type() == RecordType::SOA && r.name().zone_of(name))
         .map(|r| r.name().clone())
-        .ok_or_else(|| Dns01Error::NoZone {
-            server: addr,
-            name: name.to_string(),
-        })
 }
 
-/// Sends `msg` over UDP and returns the answer with its id, trying
-/// [`TRIES`] times.
-async fn exchange(addr: SocketAddr, msg: &Message) -> Result<Message, Dns01Error> {
+/// The zone holding `name` on the server at `addr`: the owner of the SOA
+/// in its answer to a SOA question for `name`.
+async fn zone_of(addr: SocketAddr, name: &Name) -> Result<Name, Dns01Error> {
+    let (answer, _) = exchange(addr, &soa_query(name)).await?;
+    soa_zone(&answer, name).ok_or_else(|| Dns01Error::NoZone {
+        server: addr,
+        name: name.to_string(),
+    })
+}
+
+/// Sends `msg` over UDP and returns the answer with its id (and its bytes,
+/// which a TSIG signature covers), trying [`TRIES`] times.
+async fn exchange(addr: SocketAddr, msg: &Message) -> Result<(Message, Vec<u8>), Dns01Error> {
     let io = |e: std::io::Error| Dns01Error::Io {
         server: addr,
         reason: e.to_string(),
@@ -293,7 +350,7 @@ async fn exchange(addr: SocketAddr, msg: &Message) -> Result<Message, Dns01Error
                 continue;
             };
             if answer.id() == msg.id() && answer.message_type() == MessageType::Response {
-                return Ok(answer);
+                return Ok((answer, buf[..n].to_vec()));
             }
         }
     }
@@ -348,6 +405,122 @@ mod tests {
         assert_eq!(e, "--acme-dns-server 127.0.0.1: expected host:port");
         assert_eq!(rcode_name(ResponseCode::NotAuth), "NOTAUTH");
         assert_eq!(rcode_name(ResponseCode::Refused), "REFUSED");
+    }
+
+    /// A DNS server on 127.0.0.1 that serves `apps.test` (SOA, AA) and
+    /// answers every update with success: unsigned, or signed with `sign`
+    /// as if it were a question (not covering the update's MAC), or
+    /// signed right for the update (`sign` and `right`), as BIND does.
+    async fn fake_primary(sign: Option<TsigKey>, right: bool) -> SocketAddr {
+        use hickory_proto::dnssec::rdata::tsig::{make_tsig_record, message_tbs, TSIG};
+        use hickory_proto::rr::rdata::SOA;
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            for _ in 0..20 {
+                let (n, peer) = sock.recv_from(&mut buf).await.unwrap();
+                let q = Message::from_vec(&buf[..n]).unwrap();
+                let mut a = Message::new();
+                a.set_id(q.id())
+                    .set_message_type(MessageType::Response)
+                    .set_op_code(q.op_code())
+                    .set_authoritative(true)
+                    .add_queries(q.queries().to_vec());
+                if q.op_code() == OpCode::Query {
+                    let zone = Name::from_ascii("apps.test.").unwrap();
+                    let soa = SOA::new(zone.clone(), zone.clone(), 1, 60, 60, 600, 60);
+                    a.add_answer(Record::from_rdata(zone, 60, RData::SOA(soa)));
+                } else if let Some(k) = &sign {
+                    let signer = k.signer().unwrap();
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_secs();
+                    if right {
+                        // RFC 8945 4.3.1: the request's MAC first.
+                        let req_mac = match q.signature()[0].data() {
+                            RData::DNSSEC(hickory_proto::dnssec::rdata::DNSSECRData::TSIG(t)) => {
+                                t.mac().to_vec()
+                            }
+                            _ => panic!("update not signed"),
+                        };
+                        let pre = TSIG::new(
+                            signer.algorithm().clone(),
+                            now,
+                            FUDGE,
+                            Vec::new(),
+                            a.id(),
+                            0,
+                            Vec::new(),
+                        );
+                        let tbs =
+                            message_tbs(Some(&req_mac), &a, &pre, signer.signer_name()).unwrap();
+                        let mac = signer.sign(&tbs).unwrap();
+                        let rec = make_tsig_record(signer.signer_name().clone(), pre.set_mac(mac));
+                        let mut bytes = a.to_vec().unwrap();
+                        // The TSIG record last in the additional section.
+                        let arcount = u16::from_be_bytes([bytes[10], bytes[11]]) + 1;
+                        bytes[10..12].copy_from_slice(&arcount.to_be_bytes());
+                        let mut enc = Vec::new();
+                        {
+                            use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
+                            let mut e = BinEncoder::new(&mut enc);
+                            rec.emit(&mut e).unwrap();
+                        }
+                        bytes.extend_from_slice(&enc);
+                        let _ = sock.send_to(&bytes, peer).await;
+                        continue;
+                    }
+                    a.finalize(&signer, now as u32).unwrap();
+                }
+                let _ = sock.send_to(&a.to_vec().unwrap(), peer).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn an_update_answer_without_a_valid_signature_of_the_key_fails_the_update() {
+        let key = TsigKey::parse("berth-acme:hmac-sha256:c2VjcmV0LWtleQ==").unwrap();
+        let up = |addr: SocketAddr| DnsUpdater::new(&addr.to_string(), key.clone()).unwrap();
+        let name = "_acme-challenge.apps.test";
+
+        // Signed right by the key's holder: accepted.
+        let addr = fake_primary(Some(key.clone()), true).await;
+        up(addr).add_txt(name, "v").await.unwrap();
+
+        // Unsigned success (anyone on the path could send it).
+        let addr = fake_primary(None, false).await;
+        let e = up(addr).add_txt(name, "v").await.unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!("DNS server {addr} answered the update without a valid TSIG signature of key berth-acme: it is not signed")
+        );
+
+        // Signed by another key.
+        let other = TsigKey::parse("someone-else:hmac-sha256:c2VjcmV0LWtleQ==").unwrap();
+        let addr = fake_primary(Some(other), true).await;
+        let e = up(addr)
+            .remove_txt(name, "v")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("without a valid TSIG signature of key berth-acme: "),
+            "{e}"
+        );
+
+        // Signed with the right key but not over this exchange (the MAC
+        // does not cover the update's): a replayed or forged answer.
+        let addr = fake_primary(Some(key.clone()), false).await;
+        let e = up(addr).add_txt(name, "v").await.unwrap_err().to_string();
+        assert!(
+            e.contains("without a valid TSIG signature of key berth-acme: "),
+            "{e}"
+        );
+        assert!(!e.contains("c2VjcmV0"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
     }
 
     /// A real BIND (`named -g`) on 127.0.0.1 serving `zone` and taking
@@ -475,7 +648,7 @@ zone "{zone}" {{
                 Name::from_ascii(format!("{name}.")).unwrap(),
                 RecordType::TXT,
             ));
-        let a = exchange(addr, &q).await.unwrap();
+        let (a, _) = exchange(addr, &q).await.unwrap();
         let mut v: Vec<String> = a
             .answers()
             .iter()
@@ -505,6 +678,11 @@ zone "{zone}" {{
         assert_eq!(txt(addr, &name).await, ["value-one", "value-two"]);
         up.remove_txt(&name, "value-one").await.unwrap();
         assert_eq!(txt(addr, &name).await, ["value-two"]);
+        // Its answers are signed with the key and verified (else the
+        // updates above failed); it is authoritative for names in its zone.
+        assert!(up.serves_zone_of("www.apps.test").await.unwrap());
+        assert!(up.serves_zone_of("apps.test").await.unwrap());
+        assert!(!up.serves_zone_of("www.other.test").await.unwrap());
 
         // The same key name with another secret: BIND refuses, nothing changes.
         let wrong = TsigKey::parse("berth-acme:hmac-sha256:b3RoZXItc2VjcmV0").unwrap();

@@ -14,9 +14,11 @@
 //! 2. serves the stored certificates of those hosts, stops serving the
 //!    others (their records are deleted after a day unwanted);
 //! 3. obtains or renews, one host at a time, those whose
-//!    [`renew::decide`] says so, through ACME ([`acme`]): HTTP-01 for a
-//!    hostname, DNS-01 through RFC 2136 updates ([`dns01`]) for the
-//!    wildcard and its base name; recording pending → issued (notAfter) or
+//!    [`renew::decide`] says so, through ACME ([`acme`]): DNS-01 through
+//!    RFC 2136 updates ([`dns01`]) for the wildcard and its base name, and
+//!    for a custom domain whose zone the DNS-01 server is authoritative for
+//!    (its SOA answer, AA bit set: the zone is delegated to it); HTTP-01
+//!    for every other hostname; recording pending → issued (notAfter) or
 //!    failed (reason, retry time) in the store.
 //!
 //! Invariants: nothing here blocks the API or a deployment (it is its own
@@ -89,6 +91,14 @@ pub fn wanted_hosts(
         }
     }
     out
+}
+
+/// The wildcard this server keeps, `*.<base-domain>`, when DNS-01 is
+/// configured (ACME directory, `--acme-dns-server`, a public base domain).
+pub fn wildcard_host(cfg: &ServerConfig) -> Option<String> {
+    let base = cfg.base_domain();
+    (cfg.acme_directory.is_some() && cfg.acme_dns_server.is_some() && !is_local(base))
+        .then(|| format!("*.{base}"))
 }
 
 /// Whether `host` is exactly one label under `base` (what `*.<base>` covers).
@@ -326,6 +336,36 @@ impl CertManager {
         let u = Arc::new(DnsUpdater::new(&setup.server, key).map_err(|e| fail(e.to_string()))?);
         *cached = Some(u.clone());
         Ok(Some(u))
+    }
+
+    /// How `host` is validated: `Some` (DNS-01 through that server) for
+    /// the wildcard, and for a custom domain whose zone the DNS-01 server
+    /// is authoritative for (delegated to it); `None` (HTTP-01) for every
+    /// other host, and for a custom domain when that server cannot be
+    /// asked or has no key (a warning: HTTP-01 may still work).
+    async fn challenge_dns(&self, host: &str) -> Result<Option<Arc<DnsUpdater>>, acme::AcmeError> {
+        if self.dns.is_none() {
+            return Ok(None);
+        }
+        if host.starts_with("*.") {
+            return self.dns_updater().await;
+        }
+        let updater = match self.dns_updater().await {
+            Ok(Some(u)) => u,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                tracing::warn!(%host, error = %e, "custom domain by HTTP-01: DNS-01 unusable");
+                return Ok(None);
+            }
+        };
+        match updater.serves_zone_of(host).await {
+            Ok(true) => Ok(Some(updater)),
+            Ok(false) => Ok(None),
+            Err(e) => {
+                tracing::warn!(%host, server = %updater.server, error = %e, "custom domain by HTTP-01: cannot ask whether the DNS-01 server serves its zone");
+                Ok(None)
+            }
+        }
     }
 
     /// Serves `key` for `host`, and for a wildcard also for its base name
@@ -591,10 +631,17 @@ impl CertManager {
         rec.state = CertState::Pending;
         rec.updated_at = Utc::now();
         self.store.put_certificate(&rec).await?;
-        tracing::info!(%host, directory = %acme.directory, "obtaining a certificate");
+        let dns = self.challenge_dns(host).await;
+        let challenge = if matches!(dns, Ok(None)) {
+            "http-01"
+        } else {
+            "dns-01"
+        };
+        tracing::info!(%host, directory = %acme.directory, %challenge, "obtaining a certificate");
         let started = std::time::Instant::now();
         let result: Result<acme::Issued, acme::AcmeError> =
             async {
+                let dns = dns?;
                 let mut account = self.account.lock().await;
                 if account.is_none() {
                     *account = Some(acme::account(acme, self.store.as_ref()).await.map_err(
@@ -607,12 +654,6 @@ impl CertManager {
                     )?);
                 }
                 let ca = account.as_ref().expect("set above");
-                // The wildcard by DNS-01; every other host by HTTP-01.
-                let dns = if host.starts_with("*.") {
-                    self.dns_updater().await?
-                } else {
-                    None
-                };
                 let solver = acme::Solver {
                     edge: &self.edge,
                     dns: dns.as_deref(),

@@ -88,10 +88,11 @@ pub struct ServerArgs {
     /// Base image of generated Python Dockerfiles.
     #[arg(long, env = "BERTH_PYTHON_IMAGE")]
     python_image: Option<String>,
-    /// DNS resolver (ip:port) for custom domain verification; default: the
-    /// first nameserver of /etc/resolv.conf.
-    #[arg(long, env = "BERTH_DNS_SERVER")]
-    dns_server: Option<std::net::SocketAddr>,
+    /// DNS resolvers (ip:port) for custom domain verification, comma-
+    /// separated or the flag repeated: when one does not answer, the next
+    /// does; default: the nameservers of /etc/resolv.conf.
+    #[arg(long, env = "BERTH_DNS_SERVER", value_delimiter = ',')]
+    dns_server: Vec<std::net::SocketAddr>,
     /// Tear down preview environments (pr-<n>) without a deployment for
     /// this long, in case their "closed" webhook never comes ("7d", "12h";
     /// "0" keeps them until closed).
@@ -194,7 +195,7 @@ impl ServerArgs {
         }
         cfg.node_image = self.node_image.filter(|s| !s.is_empty());
         cfg.python_image = self.python_image.filter(|s| !s.is_empty());
-        cfg.dns_server = self.dns_server;
+        cfg.dns_servers = self.dns_server;
         cfg.registry_user = self.registry_user.filter(|s| !s.is_empty());
         cfg.registry_password = self.registry_password.filter(|s| !s.is_empty());
         if let Some(ttl) = self.preview_ttl {

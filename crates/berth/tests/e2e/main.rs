@@ -11,6 +11,7 @@ mod needs_docker;
 mod postgres_store;
 mod server_log;
 mod tokens;
+mod wildcard_row;
 
 use harness::*;
 use serde_json::Value;
