@@ -8,7 +8,9 @@
 //! - a server that takes it runs `Deployer::reconcile` under its fence
 //!   (what the old leader left running fails "interrupted", queued
 //!   deployments are queued again, containers are adopted), then picks up
-//!   queued deployments from the store every [`PICK_UP_EVERY`];
+//!   queued deployments from the store every [`PICK_UP_EVERY`], and
+//!   carries out the cancels asked of other servers
+//!   (`Deployer::carry_out_cancels`, `Store::cancel_requests`);
 //! - a server that loses it (the lease moved, or it could not renew within
 //!   the TTL) drops its pipelines, monitors and queues at once; what they
 //!   still try to write is refused by the fence;
@@ -251,6 +253,9 @@ fn become_leader(d: &Arc<Deployer>, epoch: u64) {
             every.tick().await;
             if let Err(e) = d.pick_up_queued().await {
                 tracing::debug!(error = %e, "cannot look for queued deployments");
+            }
+            if let Err(e) = d.carry_out_cancels().await {
+                tracing::debug!(error = %e, "cannot look for cancel requests");
             }
         }
     }));

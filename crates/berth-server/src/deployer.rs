@@ -651,50 +651,96 @@ impl Deployer {
                 }
             }
             self.cancel_queued(id, "cancelled by request").await;
-        } else {
-            if transition(d.state(), Event::Cancel).is_err() {
+            if self.leadership.is_leader() {
+                return Ok(self.store.get_deployment(id).await?);
+            }
+            // Off the leader, the leader may have picked it up in between:
+            // then it is cancelled like a running one, below.
+            let d = self.store.get_deployment(id).await?;
+            if d.status.is_terminal() {
+                return Ok(d);
+            }
+        }
+        let d = self.store.get_deployment(id).await?;
+        if transition(d.state(), Event::Cancel).is_err() {
+            return Err(ApiError::conflict(format!(
+                "deployment {id} is at stage {} and can no longer be cancelled; roll back instead",
+                d.promotion_stage
+            )));
+        }
+        let token = self
+            .cancels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned();
+        match token {
+            Some(t) => t.cancel(),
+            // A follower: the leader runs it; the request goes through the
+            // store and the leader carries it out (`carry_out_cancels`).
+            None if !self.leadership.is_leader() => self.store.request_cancel(id).await?,
+            None => {
                 return Err(ApiError::conflict(format!(
-                    "deployment {id} is at stage {} and can no longer be cancelled; roll back instead",
-                    d.promotion_stage
-                )));
+                    "deployment {id} is not running"
+                )))
+            }
+        }
+        // Wait briefly for the pipeline to record it.
+        for _ in 0..100 {
+            let d = self.store.get_deployment(id).await?;
+            if d.status.is_terminal() {
+                return Ok(d);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Ok(self.store.get_deployment(id).await?)
+    }
+
+    /// On the leader: the cancels asked of other servers (recorded with
+    /// `Store::request_cancel`), done as if asked here. A request stays
+    /// until its deployment runs here, is queued here, ended, or passed the
+    /// stage where it can be cancelled.
+    pub async fn carry_out_cancels(&self) -> Result<(), berth_store::StoreError> {
+        for id in self.store.cancel_requests().await? {
+            if !self.leadership.is_leader() {
+                return Ok(());
             }
             let token = self
                 .cancels
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .get(id)
+                .get(&id)
                 .cloned();
-            match token {
-                Some(t) => t.cancel(),
-                None if !self.leadership.is_leader() => {
-                    let leader = self
-                        .store
-                        .cluster_members()
-                        .await
-                        .ok()
-                        .and_then(|ms| ms.into_iter().find(|m| m.is_leader))
-                        .map(|m| m.api_url)
-                        .unwrap_or_else(|| "no leader right now".into());
-                    return Err(ApiError::conflict(format!(
-                        "deployment {id} runs on the leader ({leader}); send the cancel there"
-                    )));
+            let done = match token {
+                Some(t) => {
+                    self.logs.event(&id, "cancel asked of another server");
+                    t.cancel();
+                    true
                 }
-                None => {
-                    return Err(ApiError::conflict(format!(
-                        "deployment {id} is not running"
-                    )))
-                }
-            }
-            // Wait briefly for the pipeline to record it.
-            for _ in 0..100 {
-                let d = self.store.get_deployment(id).await?;
-                if d.status.is_terminal() {
-                    return Ok(d);
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                None => match self.store.get_deployment(&id).await {
+                    Err(berth_store::StoreError::NotFound { .. }) => true,
+                    Err(e) => return Err(e),
+                    Ok(d) if d.status.is_terminal() => true,
+                    Ok(d) if d.status == Status::Queued => {
+                        {
+                            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+                            if let Some(q) = slots.get_mut(&Slot::of(&d)) {
+                                q.queued.retain(|x| x != &id);
+                            }
+                        }
+                        self.cancel_queued(&id, "cancelled by request").await;
+                        true
+                    }
+                    // Past the cancellable stages: the asker was told so
+                    // (or sees it still running when its wait ends).
+                    Ok(d) => transition(d.state(), Event::Cancel).is_err(),
+                },
+            };
+            if done {
+                self.store.clear_cancel_request(&id).await?;
             }
         }
-        Ok(self.store.get_deployment(id).await?)
+        Ok(())
     }
 
     /// The deployment that was active before the current one of a slot.

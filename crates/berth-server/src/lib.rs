@@ -34,6 +34,7 @@ pub mod monitor;
 pub mod nodes;
 pub mod notify;
 pub mod pipeline;
+pub mod pushed;
 pub mod reconcile;
 pub mod runs;
 pub mod s3;

@@ -11,8 +11,9 @@
 //! maintenance, one-off and job runs (with their kept output), volume backup records (the archives stay where they are: the
 //! data dir's `backups/` or the bucket), notification endpoints (URL and
 //! secret sealed again) with their delivery outbox, API tokens (their
-//! hashes: the same tokens keep working), the audit log and the console
-//! sessions not expired (people stay signed in). Edge policies are part of
+//! hashes: the same tokens keep working), the audit log, the console
+//! sessions not expired (people stay signed in) and the repositories pushed
+//! with `git push` (their bundles). Edge policies are part of
 //! each deployment's recorded settings. Log cursors (`seq`) are numbered
 //! again by the target, in the same order; the audit log is copied only
 //! into a target without one.
@@ -43,6 +44,8 @@ pub struct CopyReport {
     pub notifications: usize,
     pub notification_deliveries: usize,
     pub sessions: usize,
+    /// Repositories pushed with `git push` (their bundles).
+    pub pushed_repos: usize,
     /// Projects already in the target (only with `force`), left as they were.
     pub kept: usize,
 }
@@ -51,7 +54,7 @@ impl std::fmt::Display for CopyReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} projects, {} environments, {} variables, {} deployments, {} log lines, {} domains, {} certificates, {} acme accounts, {} dns update keys, {} routes, {} manifests, {} webhook deliveries, {} tokens, {} audit entries, {} runs, {} backups, {} notification endpoints, {} notification deliveries, {} console sessions",
+            "{} projects, {} environments, {} variables, {} deployments, {} log lines, {} domains, {} certificates, {} acme accounts, {} dns update keys, {} routes, {} manifests, {} webhook deliveries, {} tokens, {} audit entries, {} runs, {} backups, {} notification endpoints, {} notification deliveries, {} console sessions, {} pushed repositories",
             self.projects,
             self.environments,
             self.variables,
@@ -70,7 +73,8 @@ impl std::fmt::Display for CopyReport {
             self.backups,
             self.notifications,
             self.notification_deliveries,
-            self.sessions
+            self.sessions,
+            self.pushed_repos
         )?;
         if self.kept > 0 {
             write!(f, "; {} projects already in the target kept", self.kept)?;
@@ -347,6 +351,16 @@ pub async fn copy_store(from: &dyn Store, to: &dyn Store, force: bool) -> Result
     for session in from.session_records(chrono::Utc::now()).await? {
         to.put_session(&session).await?;
         r.sessions += 1;
+    }
+    for p in from.pushed_repo_projects().await? {
+        if !copied_projects.contains(&p) {
+            continue;
+        }
+        if let Some((_, bundle)) = from.pushed_repo(&p).await? {
+            if to.put_pushed_repo(&p, 0, &bundle).await?.is_some() {
+                r.pushed_repos += 1;
+            }
+        }
     }
     Ok(r)
 }

@@ -714,4 +714,33 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<MetricMinute>>;
     /// Removes the minutes before `before`; how many were removed.
     async fn prune_metric_minutes(&self, before: DateTime<Utc>) -> Result<u64>;
+
+    // --- pushed repositories, cancel requests (cluster) ---
+    /// The version of `project`'s pushed repository (0: never pushed): a
+    /// server compares it with the copy it holds before serving a fetch or
+    /// cloning.
+    async fn pushed_repo_version(&self, project: &str) -> Result<u64>;
+    /// `project`'s pushed repository (a git bundle of every ref) and its
+    /// version; `None` when never pushed.
+    async fn pushed_repo(&self, project: &str) -> Result<Option<(u64, Vec<u8>)>>;
+    /// Replaces `project`'s bundle if its version is still `expected` (0:
+    /// none yet); the new version, or `None` (nothing written) when
+    /// another push was saved first. The project must exist
+    /// ([`StoreError::NotFound`]).
+    async fn put_pushed_repo(
+        &self,
+        project: &str,
+        expected: u64,
+        bundle: &[u8],
+    ) -> Result<Option<u64>>;
+    /// Every project with a pushed repository (for copying a store).
+    async fn pushed_repo_projects(&self) -> Result<Vec<String>>;
+    /// Records that cancelling deployment `id` was asked (again: kept
+    /// once); [`StoreError::NotFound`] when there is no such deployment.
+    async fn request_cancel(&self, id: &str) -> Result<()>;
+    /// The deployments whose cancel was asked and not yet carried out,
+    /// oldest request first.
+    async fn cancel_requests(&self) -> Result<Vec<String>>;
+    /// Forgets the cancel request of `id` (nothing when there is none).
+    async fn clear_cancel_request(&self, id: &str) -> Result<()>;
 }

@@ -46,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0007_maintenance.sql"),
     include_str!("../migrations/postgres/0008_dns_update_keys.sql"),
     include_str!("../migrations/postgres/0009_metric_minutes.sql"),
+    include_str!("../migrations/postgres/0010_pushed_repos.sql"),
 ];
 
 /// The advisory lock key migrations run under ("berth" in ASCII).
@@ -2124,5 +2125,119 @@ impl Store for PgStore {
             c.execute("DELETE FROM metric_minutes WHERE minute < $1", &[&before])
                 .await?,
         )
+    }
+
+    // --- pushed repositories, cancel requests (cluster) ---
+    async fn pushed_repo_version(&self, project: &str) -> Result<u64> {
+        let c = self.client().await?;
+        let v: Option<i64> = c
+            .query_opt(
+                "SELECT version FROM pushed_repos WHERE project = $1",
+                &[&project],
+            )
+            .await?
+            .map(|r| r.get(0));
+        Ok(v.unwrap_or(0) as u64)
+    }
+
+    async fn pushed_repo(&self, project: &str) -> Result<Option<(u64, Vec<u8>)>> {
+        let c = self.client().await?;
+        Ok(c.query_opt(
+            "SELECT version, bundle FROM pushed_repos WHERE project = $1",
+            &[&project],
+        )
+        .await?
+        .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, Vec<u8>>(1))))
+    }
+
+    async fn put_pushed_repo(
+        &self,
+        project: &str,
+        expected: u64,
+        bundle: &[u8],
+    ) -> Result<Option<u64>> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        // Locks the project row, so two pushes of it are saved one after
+        // the other and the second sees the first's version.
+        if tx
+            .query_opt(
+                "SELECT 1 FROM projects WHERE name = $1 FOR UPDATE",
+                &[&project],
+            )
+            .await?
+            .is_none()
+        {
+            return Err(StoreError::not_found("project", project));
+        }
+        let cur: i64 = tx
+            .query_opt(
+                "SELECT version FROM pushed_repos WHERE project = $1",
+                &[&project],
+            )
+            .await?
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        if cur as u64 != expected {
+            return Ok(None);
+        }
+        let next = cur + 1;
+        tx.execute(
+            "INSERT INTO pushed_repos (project, version, bundle, updated_at) VALUES ($1, $2, $3, now()) \
+             ON CONFLICT (project) DO UPDATE SET version = excluded.version, bundle = excluded.bundle, updated_at = excluded.updated_at",
+            &[&project, &next, &bundle],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(next as u64))
+    }
+
+    async fn pushed_repo_projects(&self) -> Result<Vec<String>> {
+        let c = self.client().await?;
+        let rows = c
+            .query("SELECT project FROM pushed_repos ORDER BY project", &[])
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn request_cancel(&self, id: &str) -> Result<()> {
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                "INSERT INTO cancel_requests (deployment_id, requested_at) \
+                 SELECT id, now() FROM deployments WHERE id = $1 \
+                 ON CONFLICT (deployment_id) DO NOTHING",
+                &[&id],
+            )
+            .await?;
+        if n == 0
+            && c.query_opt("SELECT 1 FROM deployments WHERE id = $1", &[&id])
+                .await?
+                .is_none()
+        {
+            return Err(StoreError::not_found("deployment", id));
+        }
+        Ok(())
+    }
+
+    async fn cancel_requests(&self) -> Result<Vec<String>> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT deployment_id FROM cancel_requests ORDER BY requested_at, deployment_id",
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn clear_cancel_request(&self, id: &str) -> Result<()> {
+        let c = self.client().await?;
+        c.execute(
+            "DELETE FROM cancel_requests WHERE deployment_id = $1",
+            &[&id],
+        )
+        .await?;
+        Ok(())
     }
 }

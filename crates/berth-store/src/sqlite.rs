@@ -44,6 +44,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0012_maintenance.sql"),
     include_str!("../migrations/0013_dns_update_keys.sql"),
     include_str!("../migrations/0014_metric_minutes.sql"),
+    include_str!("../migrations/0015_pushed_repos.sql"),
 ];
 
 /// File name of the database inside the data dir.
@@ -2067,6 +2068,128 @@ impl Store for SqliteStore {
                 [before.timestamp()],
             )?;
             Ok(n as u64)
+        })
+        .await
+    }
+
+    // --- pushed repositories, cancel requests (cluster) ---
+    async fn pushed_repo_version(&self, project: &str) -> Result<u64> {
+        let p = project.to_string();
+        self.call(move |c| {
+            let v: Option<i64> = c
+                .query_row(
+                    "SELECT version FROM pushed_repos WHERE project = ?1",
+                    [&p],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(v.unwrap_or(0) as u64)
+        })
+        .await
+    }
+
+    async fn pushed_repo(&self, project: &str) -> Result<Option<(u64, Vec<u8>)>> {
+        let p = project.to_string();
+        self.call(move |c| {
+            Ok(c.query_row(
+                "SELECT version, bundle FROM pushed_repos WHERE project = ?1",
+                [&p],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?)),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn put_pushed_repo(
+        &self,
+        project: &str,
+        expected: u64,
+        bundle: &[u8],
+    ) -> Result<Option<u64>> {
+        let p = project.to_string();
+        let bundle = bundle.to_vec();
+        let now = ts(&Utc::now());
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let known: Option<i64> = tx
+                .query_row("SELECT 1 FROM projects WHERE name = ?1", [&p], |r| r.get(0))
+                .optional()?;
+            if known.is_none() {
+                return Err(StoreError::not_found("project", p));
+            }
+            let cur: i64 = tx
+                .query_row(
+                    "SELECT version FROM pushed_repos WHERE project = ?1",
+                    [&p],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(0);
+            if cur as u64 != expected {
+                return Ok(None);
+            }
+            let next = cur + 1;
+            tx.execute(
+                "INSERT INTO pushed_repos (project, version, bundle, updated_at) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (project) DO UPDATE SET version = excluded.version, bundle = excluded.bundle, updated_at = excluded.updated_at",
+                params![p, next, bundle, now],
+            )?;
+            tx.commit()?;
+            Ok(Some(next as u64))
+        })
+        .await
+    }
+
+    async fn pushed_repo_projects(&self) -> Result<Vec<String>> {
+        self.call(|c| {
+            let mut st = c.prepare("SELECT project FROM pushed_repos ORDER BY project")?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn request_cancel(&self, id: &str) -> Result<()> {
+        let id = id.to_string();
+        let now = ts(&Utc::now());
+        self.call(move |c| {
+            let known: Option<i64> = c
+                .query_row("SELECT 1 FROM deployments WHERE id = ?1", [&id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            if known.is_none() {
+                return Err(StoreError::not_found("deployment", id));
+            }
+            c.execute(
+                "INSERT OR IGNORE INTO cancel_requests (deployment_id, requested_at) VALUES (?1, ?2)",
+                params![id, now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn cancel_requests(&self) -> Result<Vec<String>> {
+        self.call(|c| {
+            let mut st = c.prepare(
+                "SELECT deployment_id FROM cancel_requests ORDER BY requested_at, deployment_id",
+            )?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn clear_cancel_request(&self, id: &str) -> Result<()> {
+        let id = id.to_string();
+        self.call(move |c| {
+            c.execute(
+                "DELETE FROM cancel_requests WHERE deployment_id = ?1",
+                [&id],
+            )?;
+            Ok(())
         })
         .await
     }

@@ -1,8 +1,10 @@
 //! `git push` to berth: Git's smart HTTP protocol at `/git/<project>.git`
 //! (HTTP basic auth, an API token as password: fetching needs a viewer,
 //! pushing a deployer, of that project; see [`crate::access`]; each push
-//! is in the audit log). berth keeps a bare
-//! repository per project in `<data-dir>/git/`; after a push it deploys the
+//! is in the audit log). The pushed repository is kept in the store as a
+//! bundle, so every server of a cluster serves it and the leader builds it
+//! (see [`crate::pushed`]; each server's working copy is in
+//! `<data-dir>/git/`); after a push it deploys the
 //! environment mapped to each pushed branch and streams the deployment's
 //! stages back to the pusher's terminal as `remote:` messages (side band 2),
 //! the way Heroku and Dokku do. Fetch and clone work too.
@@ -42,27 +44,20 @@ fn project_of(repo: &str) -> Option<&str> {
     repo.strip_suffix(".git")
 }
 
-/// The project's bare repository, created on first use.
-pub async fn bare_repo(s: &AppState, project: &str) -> Result<PathBuf, ApiError> {
-    let dir = s
-        .deployer
-        .cfg
-        .data_dir
-        .join("git")
-        .join(format!("{project}.git"));
-    if !dir.join("HEAD").exists() {
-        std::fs::create_dir_all(&dir).map_err(ApiError::internal)?;
-        let out = tokio::process::Command::new("git")
-            .args(["init", "--bare", "-q"])
-            .arg(&dir)
-            .output()
-            .await
-            .map_err(ApiError::internal)?;
-        if !out.status.success() {
-            return Err(ApiError::internal(String::from_utf8_lossy(&out.stderr)));
-        }
+/// The project's working copy of its pushed repository on this server,
+/// brought up to the stored version (see [`crate::pushed`]).
+async fn synced_repo(s: &AppState, project: &str) -> Result<PathBuf, ApiError> {
+    crate::pushed::sync(&*s.store, &s.deployer.cfg.data_dir, project)
+        .await
+        .map(|(dir, _)| dir)
+        .map_err(pushed_error)
+}
+
+fn pushed_error(e: crate::pushed::PushedError) -> ApiError {
+    match e {
+        crate::pushed::PushedError::Store(e) => ApiError::from(e),
+        e => ApiError::internal(e.to_string()),
     }
-    Ok(dir)
 }
 
 fn pkt(data: &[u8]) -> Vec<u8> {
@@ -100,10 +95,8 @@ async fn checked(
     if let Err(e) = s.store.get_project(project).await {
         return Err(ApiError::from(e).into_response());
     }
-    match bare_repo(s, project).await {
-        Ok(dir) => Ok((project.to_string(), dir, caller)),
-        Err(e) => Err(e.into_response()),
-    }
+    let dir = crate::pushed::dir(&s.deployer.cfg.data_dir, project);
+    Ok((project.to_string(), dir, caller))
 }
 
 pub async fn info_refs(
@@ -119,9 +112,13 @@ pub async fn info_refs(
     } else {
         Role::Viewer
     };
-    let (_, dir, _) = match checked(&s, &repo, &headers, &peer, need).await {
+    let (project, _, _) = match checked(&s, &repo, &headers, &peer, need).await {
         Ok(x) => x,
         Err(r) => return r,
+    };
+    let dir = match synced_repo(&s, &project).await {
+        Ok(d) => d,
+        Err(e) => return e.into_response(),
     };
     let sub = match service.as_str() {
         "git-receive-pack" => "receive-pack",
@@ -254,6 +251,22 @@ async fn rpc(
     } else {
         (vec![], false)
     };
+    // A push holds the working copy from its sync to its save.
+    let lock = crate::pushed::lock(&dir);
+    let held = if sub == "receive-pack" {
+        Some(lock.lock().await)
+    } else {
+        None
+    };
+    let data_dir = &s.deployer.cfg.data_dir;
+    let synced = match held {
+        Some(_) => crate::pushed::sync_locked(&*s.store, data_dir, &project).await,
+        None => crate::pushed::sync(&*s.store, data_dir, &project).await,
+    };
+    let started_from = match synced {
+        Ok((_, v)) => v,
+        Err(e) => return pushed_error(e).into_response(),
+    };
     let mut child = match tokio::process::Command::new("git")
         .args([sub, "--stateless-rpc"])
         .arg(&dir)
@@ -281,6 +294,14 @@ async fn rpc(
     if sub != "receive-pack" || !out.status.success() {
         return ([(header::CONTENT_TYPE, content_type)], out.stdout).into_response();
     }
+    // Every server (the leader builds) sees the push through the store.
+    let saved = if cmds.is_empty() {
+        Ok(started_from)
+    } else {
+        crate::pushed::save_locked(&*s.store, &s.deployer.cfg.data_dir, &project, started_from)
+            .await
+    };
+    drop(held);
 
     // Deploy each pushed branch's environment and stream its progress.
     let mut pushed: Vec<(String, String)> = Vec::new();
@@ -312,7 +333,6 @@ async fn rpc(
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     let _ = tx.send(Ok(Bytes::from(report))).await;
-    let bare = dir.display().to_string();
     tokio::spawn(async move {
         let say = |m: String| {
             let tx = tx.clone();
@@ -322,6 +342,14 @@ async fn rpc(
                 }
             }
         };
+        if let Err(e) = saved {
+            tracing::warn!(project = %project, error = %e, "a git push was not kept");
+            say(format!("berth: push not kept, nothing deployed: {e}")).await;
+            if sideband {
+                let _ = tx.send(Ok(Bytes::from_static(b"0000"))).await;
+            }
+            return;
+        }
         let envs = s
             .store
             .list_environments(&project)
@@ -347,7 +375,7 @@ async fn rpc(
                             &env.name,
                             Some(sha.clone()),
                             Trigger::GitPush,
-                            Some(bare.clone()),
+                            Some(crate::pushed::source_of(&project)),
                         )
                         .await
                     {

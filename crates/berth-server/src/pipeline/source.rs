@@ -58,15 +58,36 @@ impl Deployer {
         project: &str,
     ) -> Flow<berth_store::RepoAccess> {
         match &d.source_repo {
-            Some(local) => Ok(berth_store::RepoAccess {
-                url: local.clone(),
-                deploy_key: None,
-            }),
+            Some(src) => match self.local_source(src).await {
+                Ok(url) => Ok(berth_store::RepoAccess {
+                    url,
+                    deploy_key: None,
+                }),
+                Err(e) => fail(StepName::Clone, e.to_string()),
+            },
             None => self
                 .store
                 .repo_access(project)
                 .await
                 .or_else(|e| fail(StepName::Clone, e.to_string())),
+        }
+    }
+
+    /// Where a deployment's `source_repo` is on this server: a pushed
+    /// repository (`berth-git:<project>`) is brought up to the stored
+    /// version in this server's working copy first (`crate::pushed`); a
+    /// path is itself.
+    pub(crate) async fn local_source(
+        &self,
+        source_repo: &str,
+    ) -> Result<String, crate::pushed::PushedError> {
+        match crate::pushed::project_of_source(source_repo) {
+            Some(project) => {
+                let (dir, _) =
+                    crate::pushed::sync(&*self.store, &self.cfg.data_dir, project).await?;
+                Ok(dir.display().to_string())
+            }
+            None => Ok(source_repo.to_string()),
         }
     }
 
@@ -84,8 +105,8 @@ impl Deployer {
         reference: &str,
     ) -> Option<berth_core::model::Commit> {
         let access = match source_repo {
-            Some(local) => berth_store::RepoAccess {
-                url: local.to_string(),
+            Some(src) => berth_store::RepoAccess {
+                url: self.local_source(src).await.ok()?,
                 deploy_key: None,
             },
             None => self.store.repo_access(project).await.ok()?,

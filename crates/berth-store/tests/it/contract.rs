@@ -1888,3 +1888,65 @@ pub async fn metric_minutes_are_kept_per_service_replaced_and_pruned(h: &Harness
         .unwrap()
         .is_empty());
 }
+
+// --- pushed repositories, cancel requests (cluster) ---
+/// A pushed repository's bundle is saved only over the version the pusher
+/// started from (a second server's push in between is refused, nothing
+/// written), and a cancel request is kept once
+/// until the leader clears it.
+pub async fn pushed_repos_are_compare_and_set_and_cancel_requests_kept_once(h: &Harness) {
+    let s = &*h.store;
+    assert!(matches!(
+        s.put_pushed_repo("shop", 0, b"x").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    s.create_project(new_project("shop")).await.unwrap();
+    assert_eq!(s.pushed_repo_version("shop").await.unwrap(), 0);
+    assert_eq!(s.pushed_repo("shop").await.unwrap(), None);
+    let one: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+    assert_eq!(s.put_pushed_repo("shop", 0, &one).await.unwrap(), Some(1));
+    assert_eq!(s.pushed_repo_version("shop").await.unwrap(), 1);
+    assert_eq!(s.pushed_repo("shop").await.unwrap(), Some((1, one.clone())));
+    // Two servers both started from version 1: the first save wins, the
+    // second is refused and writes nothing.
+    assert_eq!(s.put_pushed_repo("shop", 1, b"two").await.unwrap(), Some(2));
+    assert_eq!(s.put_pushed_repo("shop", 1, b"late").await.unwrap(), None);
+    assert_eq!(s.put_pushed_repo("shop", 0, b"late").await.unwrap(), None);
+    assert_eq!(
+        s.pushed_repo("shop").await.unwrap(),
+        Some((2, b"two".to_vec()))
+    );
+    assert_eq!(s.pushed_repo_projects().await.unwrap(), vec!["shop"]);
+    // Saves racing from one version: exactly one lands.
+    let racers = (0..4).map(|i| {
+        let st = h.store.clone();
+        tokio::spawn(async move { st.put_pushed_repo("shop", 2, &[i]).await.unwrap() })
+    });
+    let mut landed = 0;
+    for r in racers {
+        if r.await.unwrap().is_some() {
+            landed += 1;
+        }
+    }
+    assert_eq!(landed, 1);
+    assert_eq!(s.pushed_repo_version("shop").await.unwrap(), 3);
+
+    // Cancel requests.
+    assert!(matches!(
+        s.request_cancel("nope").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let a = deployment("a", "shop", Utc::now());
+    let mut b = deployment("b", "shop", Utc::now());
+    b.service_name = "worker".into();
+    s.insert_deployment(&a).await.unwrap();
+    s.insert_deployment(&b).await.unwrap();
+    assert!(s.cancel_requests().await.unwrap().is_empty());
+    s.request_cancel("a").await.unwrap();
+    s.request_cancel("b").await.unwrap();
+    s.request_cancel("a").await.unwrap();
+    assert_eq!(s.cancel_requests().await.unwrap(), vec!["a", "b"]);
+    s.clear_cancel_request("a").await.unwrap();
+    s.clear_cancel_request("a").await.unwrap();
+    assert_eq!(s.cancel_requests().await.unwrap(), vec!["b"]);
+}

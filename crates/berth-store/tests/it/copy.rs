@@ -237,6 +237,12 @@ async fn populate(s: &dyn Store) {
     ))
     .await
     .unwrap();
+    // A repository pushed with `git push` (its bundle, bytes as they are).
+    let bundle: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    assert_eq!(
+        s.put_pushed_repo("shop", 0, &bundle).await.unwrap(),
+        Some(1)
+    );
     // Console sessions: one still valid, one expired (not copied).
     for (id, expires) in [("live", Duration::hours(8)), ("gone", -Duration::hours(1))] {
         s.put_session(&SessionRecord {
@@ -382,6 +388,12 @@ async fn sqlite_to_postgres_loses_nothing_and_refuses_a_non_empty_target() {
     assert_eq!(report.certificates, 1);
     assert_eq!(report.acme_accounts, 1);
     assert_eq!(report.dns_update_keys, 1);
+    assert_eq!(report.pushed_repos, 1);
+    let (_, copied) = to.pushed_repo("shop").await.unwrap().unwrap();
+    assert_eq!(
+        copied,
+        (0..=255u8).cycle().take(70_000).collect::<Vec<u8>>()
+    );
     assert_eq!((report.tokens, report.audit_entries), (1, 2));
     let before = view(&from).await;
     assert!(before.contains(SECRET) && before.contains(TLS_KEY));

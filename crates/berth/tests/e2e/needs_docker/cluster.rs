@@ -2,6 +2,8 @@
 //! the follower goes live on both edges; kill -9 of the leader during a
 //! deploy with load on the other edge: 0 failed requests, the other leads
 //! within 10 s, nothing stays queued or running, the next deploy succeeds.
+//! `git push` and `berth cancel` asked of the follower work as on one
+//! server.
 
 use super::{host, unique, Cleanup};
 use crate::cluster::{database, instance_id, leader, member, wait_leader};
@@ -227,4 +229,144 @@ fn takeover_of_the_cluster_leader_leads_under_a_new_epoch_and_keeps_serving() {
     wait_body(&a, &host(&project), "takeover v2", Duration::from_secs(5));
     wait_body(&b, &host(&project), "takeover v2", Duration::from_secs(5));
     assert_eq!(leader(&b), Some((id, new_epoch)));
+}
+
+fn push(repo: &AppRepo, s: &Server, project: &str) -> std::process::Output {
+    let remote = format!(
+        "http://git:{TOKEN}@127.0.0.1:{}/git/{project}.git",
+        s.api_port
+    );
+    std::process::Command::new("git")
+        .args(["push", &remote, "main"])
+        .current_dir(repo.dir.path())
+        .output()
+        .unwrap()
+}
+
+/// `git push` to the follower: the push is kept in the store, the leader
+/// builds it from its own copy of it (not from the follower's disk) and it
+/// goes live on both edges; a fetch from the leader sees the pushed commit.
+/// A cancel asked of the follower of a build the leader runs: recorded in
+/// the store, carried out by the leader, the answer a single server gives.
+#[test]
+fn git_push_and_cancel_asked_of_a_follower_work_as_on_one_server() {
+    let Some(url) = database() else {
+        return;
+    };
+    let project = unique("e2eclg");
+    let _c = Cleanup(project.clone());
+    let a = member(&url);
+    let (leader_id, _) = wait_leader(&a, Duration::from_secs(10), |_, _| true);
+    let b = member(&url);
+    assert_eq!(leader_id, instance_id(&a));
+    let repo = AppRepo::new("pushed to the follower");
+    a.ok(&[
+        "projects",
+        "create",
+        &project,
+        "--repo",
+        "/nonexistent/origin.git",
+    ]);
+
+    let out = push(&repo, &b, &project);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\nA:\n{}", a.log());
+    assert!(stderr.contains("is live at"), "{stderr}\nA:\n{}", a.log());
+    wait_body(
+        &a,
+        &host(&project),
+        "pushed to the follower",
+        Duration::from_secs(5),
+    );
+    wait_body(
+        &b,
+        &host(&project),
+        "pushed to the follower",
+        Duration::from_secs(2),
+    );
+    let all = deployments(&b, &project);
+    assert_eq!(all[0]["trigger"], "git_push");
+    assert_eq!(all[0]["commit"]["sha"], repo.head());
+    // The leader's own copy holds the push (it cloned from it) ...
+    let copy = a.data_dir().join(format!("git/{project}.git"));
+    assert_eq!(
+        git(&copy, &["rev-parse", "refs/heads/main"]),
+        repo.head(),
+        "the leader has no copy of the push"
+    );
+    // ... and a fetch from the leader's endpoint sees the pushed commit.
+    let from_a = format!(
+        "http://git:{TOKEN}@127.0.0.1:{}/git/{project}.git",
+        a.api_port
+    );
+    let ls = git(repo.dir.path(), &["ls-remote", &from_a, "refs/heads/main"]);
+    assert!(ls.starts_with(&repo.head()), "{ls}");
+
+    // A slow build, pushed to the follower; cancelled there while the
+    // leader builds it.
+    let slow = DOCKERFILE.replace(
+        "COPY www /www",
+        "COPY www /www\nRUN [\"/bin/sleep\", \"48\"]",
+    );
+    repo.commit_app("never", &slow, "slow build");
+    let pusher = {
+        let dir = repo.dir.path().to_path_buf();
+        let remote = format!(
+            "http://git:{TOKEN}@127.0.0.1:{}/git/{project}.git",
+            b.api_port
+        );
+        std::thread::spawn(move || {
+            std::process::Command::new("git")
+                .args(["push", &remote, "main"])
+                .current_dir(dir)
+                .output()
+                .unwrap()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let id = loop {
+        let building = deployments(&b, &project).into_iter().find(|d| {
+            d["commit"]["sha"] == repo.head().as_str()
+                && super::step(d, "build")["status"] == "running"
+        });
+        if let Some(d) = building {
+            break d["id"].as_str().unwrap().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the build never started: {:?}\nA:\n{}",
+            deployments(&b, &project),
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let asked = Instant::now();
+    let c = b.json(&["cancel", &id, "--json"]);
+    assert_eq!(c["status"], "cancelled", "{c}\nA:\n{}", a.log());
+    assert_eq!(super::step(&c, "build")["status"], "cancelled");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "cancel took {:?}",
+        asked.elapsed()
+    );
+    let out = pusher.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cancelled"), "{stderr}");
+    // The build's container goes, and the previous version still serves.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while docker(&["ps", "--no-trunc", "--format", "{{.Command}}"]).contains("sleep 48") {
+        assert!(Instant::now() < deadline, "the build kept running");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_body(
+        &b,
+        &host(&project),
+        "pushed to the follower",
+        Duration::from_secs(2),
+    );
+    // Again: the same conflict a single server answers.
+    let o = b.cli(&["cancel", &id]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already ended"));
 }
