@@ -486,3 +486,91 @@ fn console_signs_in_follows_live_logs_and_rolls_back_in_a_browser() {
     b.wait_text("main", "/bin/busybox", 60);
     b.screenshot("09-manifest");
 }
+
+/// The service page after real traffic through the edge: the leader's
+/// rollup (every 10 s) puts the deployment's minute in the store and the
+/// page draws it, with the deploy marked on the time axis. A viewer token
+/// sees the same charts.
+#[test]
+fn service_page_charts_real_traffic_with_a_deploy_marker() {
+    let project = unique("e2ech");
+    let _c = Cleanup(project.clone());
+    let s = Server::start();
+    let repo = AppRepo::new("charts v1");
+    s.ok(&["projects", "create", &project, "--repo", repo.path()]);
+    let d = deployed(&s, &project);
+    let id = d["id"].as_str().unwrap().to_string();
+    wait_body(&s, &host(&project), "charts v1");
+    for _ in 0..40 {
+        let (status, _) = s.get_host(&host(&project), "/").expect("edge answers");
+        assert_eq!(status, 200);
+    }
+    let v = s.json(&[
+        "tokens",
+        "create",
+        "chart-viewer",
+        "--role",
+        "viewer",
+        "--json",
+    ]);
+    let viewer = v["token"].as_str().unwrap().to_string();
+    let url = format!(
+        "{}/console/projects/{project}/services/production/web",
+        s.api()
+    );
+    let page = |token: &str| {
+        let r = s
+            .client()
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .expect("console answers");
+        assert_eq!(r.status().as_u16(), 200, "{url}");
+        r.text().unwrap()
+    };
+    let points = |html: &str| -> u64 {
+        let key = r#"data-metric="requests" data-points=""#;
+        html.find(key)
+            .and_then(|i| html[i + key.len()..].split('"').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let html = loop {
+        let html = page(TOKEN);
+        if points(&html) > 0 {
+            break html;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the service page never charted the traffic:\n{html}\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        html.contains(r#"data-kind="deploy""#),
+        "a deploy marker: {html}"
+    );
+    assert!(
+        html.contains(&format!("deploy {id}")),
+        "the marker names it"
+    );
+    assert!(html.contains(&id), "the legend names the deployment");
+    assert!(html.contains("<polyline") || html.contains("<circle"));
+    // A viewer sees the charts too.
+    let as_viewer = page(&viewer);
+    assert!(points(&as_viewer) > 0, "{as_viewer}");
+    // The project page links to the service's charts.
+    let r = s
+        .client()
+        .get(format!("{}/console/projects/{project}", s.api()))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(r.contains(&format!(
+        "/console/projects/{project}/services/production/web"
+    )));
+}
