@@ -34,10 +34,12 @@ wait_port() { # port
 
 # One nginx worker answering a 24-byte body on each port given (several
 # ports stand for the replicas of one deployment with the same capacity),
-# and 1 MiB at /big (tls.sh).
+# and 1 MiB at /big (tls.sh); with UPSTREAM_H2C_PORT set, also HTTP/2
+# with prior knowledge (h2c) on that port (h2c.sh).
 start_upstream() { # port...
     local port listen=""
     for port in "$@"; do listen+="listen 127.0.0.1:$port; "; done
+    [[ -n ${UPSTREAM_H2C_PORT:-} ]] && listen+="listen 127.0.0.1:$UPSTREAM_H2C_PORT http2; "
     mkdir -p "$WORK/up"
     head -c $((1024 * 1024)) /dev/zero | tr '\0' 'x' >"$WORK/up/big"
     cat >"$WORK/up/nginx.conf" <<CONF
@@ -53,6 +55,8 @@ http {
     fastcgi_temp_path $WORK/up/f; uwsgi_temp_path $WORK/up/u; scgi_temp_path $WORK/up/s;
     keepalive_requests 1000000;
     keepalive_timeout 120s;
+    http2_max_requests 1000000;
+    http2_max_concurrent_streams 1024;
     sendfile on;
     server {
         $listen
@@ -63,7 +67,7 @@ http {
 CONF
     nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" 2>>"$WORK/up.log" &
     PIDS+=($!)
-    for port in "$@"; do wait_port "$port"; done
+    for port in "$@" ${UPSTREAM_H2C_PORT:-}; do wait_port "$port"; done
 }
 
 # The release edge_bench (crates/berth-edge/examples/edge_bench.rs).

@@ -32,36 +32,7 @@ need_tools wrk nginx haproxy caddy cargo
 edge_bench_bin
 
 # the upstream: one nginx worker, HTTP/1.1 on UP_H1, h2c on UP_H2C
-mkdir -p "$WORK/up"
-head -c $((1024 * 1024)) /dev/zero | tr '\0' 'x' >"$WORK/up/big"
-cat >"$WORK/up/nginx.conf" <<CONF
-daemon off;
-pid $WORK/up/nginx.pid;
-error_log $WORK/up/error.log warn;
-user root;
-worker_processes 1;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $WORK/up/cb; proxy_temp_path $WORK/up/p;
-    fastcgi_temp_path $WORK/up/f; uwsgi_temp_path $WORK/up/u; scgi_temp_path $WORK/up/s;
-    keepalive_requests 1000000;
-    keepalive_timeout 120s;
-    http2_max_requests 1000000;
-    http2_max_concurrent_streams 1024;
-    sendfile on;
-    server {
-        listen 127.0.0.1:$UP_H1;
-        listen 127.0.0.1:$UP_H2C http2;
-        location = /big { default_type application/octet-stream; alias $WORK/up/big; }
-        location / { default_type text/plain; return 200 "hello from the upstream\n"; }
-    }
-}
-CONF
-nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" 2>>"$WORK/up.log" &
-PIDS+=($!)
-wait_port "$UP_H1"
-wait_port "$UP_H2C"
+UPSTREAM_H2C_PORT=$UP_H2C start_upstream "$UP_H1"
 
 # proxy name -> port, and how to start it
 declare -A PORT=([berth-h1]=$((BASE_PORT + 2)) [haproxy-h1]=$((BASE_PORT + 3)) [haproxy-h2c]=$((BASE_PORT + 4)) [caddy-h1]=$((BASE_PORT + 5)) [caddy-h2c]=$((BASE_PORT + 6)))

@@ -587,21 +587,7 @@ impl Edge {
         threads: usize,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<ServeHandle> {
-        let threads = threads.max(1);
-        let mut sockets = Vec::with_capacity(threads);
-        let mut bind_to = addr;
-        for _ in 0..threads {
-            let socket = if addr.is_ipv4() {
-                tokio::net::TcpSocket::new_v4()?
-            } else {
-                tokio::net::TcpSocket::new_v6()?
-            };
-            socket.set_reuseaddr(true)?;
-            socket.set_reuseport(true)?;
-            socket.bind(bind_to)?;
-            bind_to = socket.local_addr()?;
-            sockets.push(Unlistened::Socket(socket));
-        }
+        let (sockets, bind_to) = reuseport_sockets(addr, threads)?;
         self.serve_on(sockets, bind_to, Mode::Plain, shutdown)
     }
 
@@ -616,21 +602,7 @@ impl Edge {
         certs: TlsCerts,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<ServeHandle> {
-        let threads = threads.max(1);
-        let mut sockets = Vec::with_capacity(threads);
-        let mut bind_to = addr;
-        for _ in 0..threads {
-            let socket = if addr.is_ipv4() {
-                tokio::net::TcpSocket::new_v4()?
-            } else {
-                tokio::net::TcpSocket::new_v6()?
-            };
-            socket.set_reuseaddr(true)?;
-            socket.set_reuseport(true)?;
-            socket.bind(bind_to)?;
-            bind_to = socket.local_addr()?;
-            sockets.push(Unlistened::Socket(socket));
-        }
+        let (sockets, bind_to) = reuseport_sockets(addr, threads)?;
         self.serve_on(sockets, bind_to, Mode::Tls(certs.server_config()), shutdown)
     }
 
@@ -912,6 +884,31 @@ impl Edge {
         }
         out
     }
+}
+
+/// `threads` sockets bound to `addr` with `SO_REUSEPORT` (not yet
+/// listening), one per worker; port 0 is resolved by the first and reused
+/// by the others. Returns them with the address they are bound to.
+fn reuseport_sockets(
+    addr: SocketAddr,
+    threads: usize,
+) -> std::io::Result<(Vec<Unlistened>, SocketAddr)> {
+    let threads = threads.max(1);
+    let mut sockets = Vec::with_capacity(threads);
+    let mut bind_to = addr;
+    for _ in 0..threads {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(bind_to)?;
+        bind_to = socket.local_addr()?;
+        sockets.push(Unlistened::Socket(socket));
+    }
+    Ok((sockets, bind_to))
 }
 
 #[cfg(test)]
