@@ -379,17 +379,20 @@ pub async fn caller_of_session(s: &AppState, sid: &str, ip: String) -> Result<Ca
     }
 }
 
-/// The client's address: the socket's (never a forwarded header).
-pub struct Peer(pub Option<std::net::IpAddr>);
+/// The client: its address — the socket's on `--api-listen` (never a
+/// header the client sent), the edge's `X-Forwarded-For` on the console
+/// host's private listener (see `console::host`) — and whether berth's
+/// edge says it came over HTTPS.
+pub struct Peer {
+    pub addr: Option<std::net::IpAddr>,
+    pub edge_https: bool,
+}
 
 impl Peer {
     pub fn ip(&self) -> String {
-        self.0
+        self.addr
             .map(|a| a.to_string())
             .unwrap_or_else(|| "unknown".into())
-    }
-    pub fn is_loopback(&self) -> bool {
-        self.0.is_some_and(|a| a.is_loopback())
     }
 }
 
@@ -397,16 +400,20 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Peer(
-            parts
+        Ok(Peer {
+            addr: parts
                 .extensions
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|c| c.0.ip()),
-        ))
+            edge_https: parts
+                .extensions
+                .get::<crate::console::host::ViaEdge>()
+                .is_some_and(|v| v.https),
+        })
     }
 }
 
-/// The socket's address of a request, as text.
+/// The client's address of a request, as text (see [`Peer`]).
 pub fn source_ip(ext: &axum::http::Extensions) -> String {
     ext.get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip().to_string())

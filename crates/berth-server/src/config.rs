@@ -20,6 +20,9 @@ pub struct ServerConfig {
     pub https_listen: Option<SocketAddr>,
     /// HTTPS answers carry `Strict-Transport-Security` (needs `https_listen`).
     pub hsts: bool,
+    /// The edge also serves the console and API on this hostname (HTTP,
+    /// and HTTPS with a certificate like a domain's); see `console::host`.
+    pub console_host: Option<String>,
     /// ACME directory URL; `None`: no ACME (the local CA covers `*.localhost`).
     pub acme_directory: Option<String>,
     /// Contact of the ACME account.
@@ -140,6 +143,7 @@ impl ServerConfig {
             http_listen: ([127, 0, 0, 1], 8080).into(),
             https_listen: None,
             hsts: false,
+            console_host: None,
             acme_directory: None,
             acme_email: None,
             acme_ca_file: None,

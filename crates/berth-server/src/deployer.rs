@@ -76,6 +76,9 @@ pub struct Deployer {
     /// Named volumes (`[services.<name>.volumes]`); set only where the
     /// runtime has them (Docker), see `volumes`.
     pub volumes: std::sync::OnceLock<Arc<dyn berth_runtime::Volumes>>,
+    /// `--console-host` and the private listener the edge sends it to; set
+    /// by the server at start (see `console::host`).
+    pub console_host: std::sync::OnceLock<Arc<crate::console::host::ConsoleHost>>,
     /// Bumped after this process saves a deployment record: what wakes the
     /// API's deployment event streams (`api::events`) at once.
     changes: tokio::sync::watch::Sender<u64>,
@@ -184,6 +187,7 @@ impl Deployer {
             leadership,
             quiescing: Default::default(),
             volumes: Default::default(),
+            console_host: Default::default(),
             changes: tokio::sync::watch::channel(0).0,
         })
     }

@@ -222,9 +222,15 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         berth_core::names::hostname(b).context("--base-domain")?;
     }
     cfg.backup_target()?;
+    let mut cfg = cfg;
+    cfg.console_host = cfg
+        .console_host
+        .as_deref()
+        .map(console::host::check)
+        .transpose()
+        .context("--console-host")?;
     let (token, token_file) = resolve_token(&cfg)?;
     let cipher = Cipher::load(&cfg.data_dir, cfg.master_key.as_deref())?;
-    let mut cfg = cfg;
 
     // The listening sockets: fresh ones, or the running server's. A
     // takeover returns once the old server's control plane is quiet, so
@@ -285,6 +291,24 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         cluster::Leadership::single(&member, &api_url(cfg.api_listen))
     };
 
+    // The console host's private listener: the edge proxies that hostname
+    // to it, and only requests arriving there carry the edge's word on the
+    // client's address and scheme (see console::host).
+    let console_listener = match &cfg.console_host {
+        Some(_) => Some(
+            std::net::TcpListener::bind(("127.0.0.1", 0))
+                .context("cannot listen on 127.0.0.1 for --console-host")?,
+        ),
+        None => None,
+    };
+    let console_host = match (&cfg.console_host, &console_listener) {
+        (Some(host), Some(l)) => Some(Arc::new(console::host::ConsoleHost::new(
+            host.clone(),
+            l.local_addr()?,
+        ))),
+        _ => None,
+    };
+
     // The edge first: it serves the persisted routes while the rest starts.
     let edge = Edge::new(EdgeConfig {
         routes_file: Some(cfg.data_dir.join("routes.json")),
@@ -303,6 +327,23 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         ..EdgeConfig::default()
     })
     .context("cannot start the edge proxy")?;
+    if let Some(c) = &console_host {
+        // At once (the persisted table may name the previous process's
+        // listener), unless an app's route holds the hostname.
+        let held = edge
+            .routes()
+            .iter()
+            .any(|(h, r)| *h == c.host && !console::host::ConsoleHost::is_console_route(r));
+        if held {
+            c.warn_taken();
+        } else {
+            edge.apply(vec![berth_edge::RouteChange::Upsert {
+                host: c.host.clone(),
+                route: c.route(),
+            }])
+            .context("--console-host: the edge refused its route")?;
+        }
+    }
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     // One single-threaded runtime per socket (`SO_REUSEPORT`), each with
     // its own upstream pool.
@@ -418,6 +459,9 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         instance,
         leadership.clone(),
     );
+    if let Some(c) = &console_host {
+        let _ = deployer.console_host.set(c.clone());
+    }
     if let Some(v) = volumes {
         // Helpers carry the instance: reconcile removes this server's
         // leaked ones only.
@@ -503,8 +547,24 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         swarm,
     };
     let app = api::router(state);
+    if let Some(listener) = console_listener {
+        serve_console_host(listener, app.clone(), stop_tx.subscribe())?;
+    }
     println!("berth {} started", env!("CARGO_PKG_VERSION"));
     println!("  API and console  http://{}", cfg.api_listen);
+    if let Some(host) = &cfg.console_host {
+        match &https {
+            Some((addr, _, _)) => println!(
+                "  console host     https://{host}{} (and http://{host}{})",
+                port_suffix(addr.port(), 443),
+                port_suffix(cfg.http_listen.port(), 80)
+            ),
+            None => println!(
+                "  console host     http://{host}{}",
+                port_suffix(cfg.http_listen.port(), 80)
+            ),
+        }
+    }
     println!(
         "  edge proxy       http://{} (apps at *.{})",
         cfg.http_listen,
@@ -550,6 +610,39 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     if let Some((_, _, handle)) = https {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), handle.wait()).await;
     }
+    Ok(())
+}
+
+/// `:<port>` unless it is the scheme's own.
+fn port_suffix(port: u16, default: u16) -> String {
+    if port == default {
+        String::new()
+    } else {
+        format!(":{port}")
+    }
+}
+
+/// Serves the API's router (console, `/api/v1`, `git push`) on the console
+/// host's private listener, where [`console::host::via_edge`] believes the
+/// edge's forwarded headers, until the edge stops.
+fn serve_console_host(
+    listener: std::net::TcpListener,
+    app: axum::Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let app = app.layer(axum::middleware::from_fn(console::host::via_edge));
+    tokio::spawn(
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .into_future(),
+    );
     Ok(())
 }
 

@@ -447,6 +447,15 @@ impl Deployer {
                 },
             );
         }
+        // The console's hostname, unless an app routes it already (that
+        // app keeps it).
+        if let Some(c) = self.console_host.get() {
+            if out.contains_key(&c.host) {
+                c.warn_taken();
+            } else {
+                out.insert(c.host.clone(), c.route());
+            }
+        }
         Ok(out)
     }
 

@@ -106,6 +106,7 @@ pub async fn add(
             "{hostname} is under berth's own base domain {base}"
         )));
     }
+    crate::console::host::refuse_console_host(&s.deployer.cfg, &hostname)?;
     if s.store
         .list_external_routes()
         .await?

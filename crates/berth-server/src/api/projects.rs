@@ -119,6 +119,20 @@ pub async fn create(
         return Err(ApiError::bad_request("webhookSecret must not be empty"));
     }
     check_deploy_key(&req.deploy_key, false)?;
+    // Its production hostname must not be the console's.
+    let cfg = &s.deployer.cfg;
+    let host = berth_core::hosts::route_host(
+        cfg.base_domain(),
+        &req.name,
+        berth_core::model::DEFAULT_SERVICE,
+        berth_core::model::PRODUCTION,
+    );
+    if cfg.console_host.as_deref() == Some(host.as_str()) {
+        return Err(ApiError::conflict(format!(
+            "project {}'s hostname {host} is the console's (--console-host); choose another name",
+            req.name
+        )));
+    }
     let p = s
         .store
         .create_project(NewProject {

@@ -48,6 +48,7 @@ pub async fn add(
 ) -> ApiResult<impl IntoResponse> {
     let hostname = names::hostname(&req.hostname)?;
     check_upstream(&req.upstream)?;
+    crate::console::host::refuse_console_host(&s.deployer.cfg, &hostname)?;
     let taken = s
         .deployer
         .desired_routes()

@@ -1,6 +1,7 @@
-//! The web console, served on the API listener: server-rendered pages and
-//! one small script, all embedded in the binary (nothing is fetched from
-//! the internet at run time).
+//! The web console, served on the API listener (and through the edge on
+//! `--console-host`, see [`host`]): server-rendered pages and one small
+//! script, all embedded in the binary (nothing is fetched from the internet
+//! at run time).
 //!
 //! - `GET /login`, `POST /login` (an API token: the server's or a stored
 //!   one), `POST /logout`;
@@ -24,6 +25,7 @@
 //! log lines reach the page already redacted by the log hub.
 
 mod chart;
+pub mod host;
 mod html;
 mod pages;
 mod session;
@@ -303,7 +305,7 @@ async fn login(
     if let Err(e) = s.store.put_session(&record).await {
         return error_page(e.into());
     }
-    let secure = session::over_https(&headers, peer.is_loopback());
+    let secure = session::over_https(&headers, peer.edge_https);
     (
         [(header::SET_COOKIE, session::set_cookie(&sid, secure))],
         Redirect::to(&next),
@@ -329,7 +331,7 @@ async fn logout(
         return Err(stale_form());
     }
     s.store.remove_session(&crate::access::digest(sid)).await?;
-    let secure = session::over_https(&headers, peer.is_loopback());
+    let secure = session::over_https(&headers, peer.edge_https);
     Ok((
         [(header::SET_COOKIE, session::clear_cookie(secure))],
         Redirect::to("/login"),

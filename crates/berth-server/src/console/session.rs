@@ -70,20 +70,16 @@ pub fn clear_cookie(secure: bool) -> String {
 }
 
 /// Whether the browser reached the console over HTTPS: the form's `Origin`
-/// is `https://…`, or berth's own edge proxied an HTTPS request to it
-/// (`X-Forwarded-Proto: https` from a loopback address; the edge replaces
-/// any such header a client sent).
-pub fn over_https(headers: &HeaderMap, peer_loopback: bool) -> bool {
+/// is `https://…`, or berth's own edge said so (`edge_https`: the request
+/// came through the console host's private listener with the edge's
+/// `X-Forwarded-Proto: https`, see [`super::host`]). An `X-Forwarded-Proto`
+/// sent straight to `--api-listen` is not believed.
+pub fn over_https(headers: &HeaderMap, edge_https: bool) -> bool {
     let origin = headers
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|o| o.starts_with("https://"));
-    let forwarded = peer_loopback
-        && headers
-            .get("x-forwarded-proto")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|p| p.eq_ignore_ascii_case("https"));
-    origin || forwarded
+    origin || edge_https
 }
 
 /// Whether a state-changing request comes from this origin: browsers send
@@ -128,9 +124,9 @@ mod tests {
         assert!(set_cookie("x", true).ends_with("; Secure"));
         assert!(!set_cookie("x", false).contains("Secure"));
         let mut h = HeaderMap::new();
-        assert!(!over_https(&h, true));
+        assert!(!over_https(&h, false));
+        assert!(over_https(&h, true), "the edge said https");
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        assert!(over_https(&h, true));
         assert!(!over_https(&h, false), "only berth's own edge is believed");
         let mut h = HeaderMap::new();
         h.insert(

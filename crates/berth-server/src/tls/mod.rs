@@ -59,14 +59,16 @@ pub struct Started {
     pub local_ca: PathBuf,
 }
 
-/// The hostnames that should have a certificate: verified custom domains,
-/// plus the routed hostnames under `base` when ACME is on (never under
-/// `localhost`, which no public CA signs: the local CA covers it). With
+/// The hostnames that should have a certificate: verified custom domains
+/// and the console's hostname (`--console-host`), plus the routed
+/// hostnames under `base` when ACME is on (never under `localhost`, which
+/// no public CA signs: the local CA covers it). With
 /// `wildcard` (DNS-01 configured), `*.<base>` stands for every hostname one
 /// label under `base` (routes, previews, and custom domains there): they
 /// need no order of their own.
 pub fn wanted_hosts(
     domains: &[Domain],
+    console_host: Option<&str>,
     routed: &[String],
     base: &str,
     acme_on: bool,
@@ -76,6 +78,7 @@ pub fn wanted_hosts(
         .iter()
         .filter(|d| d.verified && !is_local(&d.hostname))
         .map(|d| d.hostname.clone())
+        .chain(console_host.filter(|h| !is_local(h)).map(str::to_string))
         .collect();
     if acme_on && !is_local(base) {
         let suffix = format!(".{base}");
@@ -167,6 +170,7 @@ pub fn start(
         acme,
         leadership: leadership.clone(),
         base_domain: cfg.base_domain().to_string(),
+        console_host: cfg.console_host.clone(),
         dns,
         account: tokio::sync::Mutex::new(None),
         resume: Mutex::new(HashMap::new()),
@@ -255,6 +259,8 @@ pub struct CertManager {
     /// Only the leader orders, renews and deletes; every server serves.
     leadership: crate::cluster::Leadership,
     base_domain: String,
+    /// `--console-host`: wanted like a verified custom domain.
+    console_host: Option<String>,
     /// `Some`: the base domain's hostnames get one wildcard, by DNS-01.
     dns: Option<DnsSetup>,
     account: tokio::sync::Mutex<Option<acme::Ca>>,
@@ -408,6 +414,7 @@ impl CertManager {
         let routed: Vec<String> = self.edge.routes().into_iter().map(|(h, _)| h).collect();
         let wanted = wanted_hosts(
             &domains,
+            self.console_host.as_deref(),
             &routed,
             &self.base_domain,
             self.acme.is_some(),
@@ -745,7 +752,7 @@ mod tests {
             "legacy.other.test".to_string(),
             "shop.example.com".to_string(),
         ];
-        let got = wanted_hosts(&domains, &routed, "apps.test", true, false);
+        let got = wanted_hosts(&domains, None, &routed, "apps.test", true, false);
         let want: BTreeSet<String> = [
             "shop.example.com",
             "shop.apps.test",
@@ -757,15 +764,58 @@ mod tests {
         assert_eq!(got, want);
         // Without ACME: the verified domain only (served if a certificate is stored).
         assert_eq!(
-            wanted_hosts(&domains, &routed, "apps.test", false, false),
+            wanted_hosts(&domains, None, &routed, "apps.test", false, false),
             BTreeSet::from(["shop.example.com".to_string()])
         );
         // Never hosts under localhost: the local CA covers them.
         let routed = vec!["shop.localhost".to_string()];
         assert_eq!(
-            wanted_hosts(&[], &routed, "localhost", true, true),
+            wanted_hosts(&[], None, &routed, "localhost", true, true),
             BTreeSet::new()
         );
+    }
+
+    #[test]
+    fn the_console_host_is_wanted_like_a_verified_domain() {
+        let routed = vec!["shop.apps.test".to_string()];
+        let got = wanted_hosts(
+            &[],
+            Some("console.example.com"),
+            &routed,
+            "apps.test",
+            false,
+            false,
+        );
+        assert_eq!(got, BTreeSet::from(["console.example.com".to_string()]));
+        let got = wanted_hosts(
+            &[],
+            Some("console.example.com"),
+            &routed,
+            "apps.test",
+            true,
+            false,
+        );
+        assert!(got.contains("console.example.com") && got.contains("shop.apps.test"));
+        // One label under the base domain: the wildcard covers it.
+        let got = wanted_hosts(
+            &[],
+            Some("console.apps.test"),
+            &routed,
+            "apps.test",
+            true,
+            true,
+        );
+        assert_eq!(got, BTreeSet::from(["*.apps.test".to_string()]));
+        // Under localhost: the local CA's.
+        let got = wanted_hosts(
+            &[],
+            Some("console.localhost"),
+            &routed,
+            "localhost",
+            true,
+            false,
+        );
+        assert!(got.is_empty(), "{got:?}");
     }
 
     #[test]
@@ -780,7 +830,7 @@ mod tests {
             "deep.shop.apps.test".to_string(),
             "legacy.other.test".to_string(),
         ];
-        let got = wanted_hosts(&domains, &routed, "apps.test", true, true);
+        let got = wanted_hosts(&domains, None, &routed, "apps.test", true, true);
         let want: BTreeSet<String> = ["shop.example.com", "*.apps.test", "deep.shop.apps.test"]
             .iter()
             .map(|s| s.to_string())
@@ -789,7 +839,10 @@ mod tests {
         // A new preview changes nothing: no new order.
         let mut more = routed.clone();
         more.push("shop-ef34gh.apps.test".to_string());
-        assert_eq!(wanted_hosts(&domains, &more, "apps.test", true, true), want);
+        assert_eq!(
+            wanted_hosts(&domains, None, &more, "apps.test", true, true),
+            want
+        );
         // The wildcard is ordered with its base name; a host alone.
         assert_eq!(order_names("*.apps.test"), ["*.apps.test", "apps.test"]);
         assert_eq!(order_names("shop.example.com"), ["shop.example.com"]);

@@ -691,6 +691,7 @@ mod tests {
             acme: None,
             leadership: crate::cluster::Leadership::single("local", ""),
             base_domain: "apps.test".into(),
+            console_host: None,
             dns: None,
             account: tokio::sync::Mutex::new(None),
             resume: Mutex::new(Default::default()),

@@ -23,6 +23,11 @@ pub struct ServerArgs {
     /// (max-age one year), so browsers come back over HTTPS only.
     #[arg(long, env = "BERTH_HSTS", requires = "https_listen")]
     hsts: bool,
+    /// Serve the console (and the API) on this hostname through the edge:
+    /// plain HTTP, and HTTPS with --https-listen, with a certificate like
+    /// any domain's, so the API port need not be exposed.
+    #[arg(long, env = "BERTH_CONSOLE_HOST")]
+    console_host: Option<String>,
     /// ACME directory URL for automatic certificates (e.g. Let's Encrypt's
     /// https://acme-v02.api.letsencrypt.org/directory) [default: none, no ACME].
     #[arg(long, env = "BERTH_ACME_DIRECTORY")]
@@ -165,6 +170,7 @@ impl ServerArgs {
         cfg.http_listen = self.http_listen;
         cfg.https_listen = self.https_listen;
         cfg.hsts = self.hsts;
+        cfg.console_host = self.console_host.filter(|s| !s.trim().is_empty());
         cfg.acme_directory = self.acme_directory.filter(|s| !s.is_empty());
         cfg.acme_email = self.acme_email.filter(|s| !s.is_empty());
         cfg.acme_ca_file = self.acme_ca_file;

@@ -4,6 +4,7 @@
 
 mod cluster;
 mod cluster_tls;
+mod console_host;
 mod events;
 mod harness;
 mod https_redirect;
