@@ -548,3 +548,63 @@ fn a_short_lived_certificate_is_renewed_without_a_failed_handshake() {
         served_new - renewed_at
     );
 }
+
+/// `--console-host`: the console's hostname gets its certificate from the
+/// CA by HTTP-01 like a custom domain (no domain added anywhere), the
+/// sign-in page is served over HTTPS validated against pebble's root, and
+/// plain HTTP on it gets 308 to HTTPS.
+#[test]
+fn the_console_host_gets_an_acme_certificate_like_a_domain() {
+    require_pebble();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    pebble_tls(dir);
+    // challtestsrv answers 127.0.0.1 for every name (-defaultIPv4).
+    let (_chall, dns_port, _chall_mgmt) = start_challtestsrv(dir);
+    let pebble = PebblePorts::new();
+    let https_port = free_port();
+    let console = format!("{}.example.com", unique("console"));
+    let mut args = pebble.server_args(dir, dns_port, https_port);
+    args.extend(["--console-host".to_string(), console.clone()]);
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let s = Server::start_with(&args);
+    let _pebble = pebble.start(dir, s.http_port, dns_port, None, 0);
+    let root = pebble.root(dir);
+
+    let https: SocketAddr = format!("127.0.0.1:{https_port}").parse().unwrap();
+    let client = client_trusting(&root)
+        .resolve(&console, https)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let url = format!("https://{console}:{https_port}/login");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match client.get(&url).send() {
+            Ok(r) if r.status() == 200 => {
+                assert!(r.text().unwrap().contains("name=\"token\""));
+                break;
+            }
+            other => assert!(
+                Instant::now() < deadline,
+                "{console} never served over validated HTTPS: {other:?}\n--- berth\n{}\n--- pebble\n{}",
+                s.log(),
+                std::fs::read_to_string(dir.join("pebble.log")).unwrap_or_default()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let r = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("http://127.0.0.1:{}/console", s.http_port))
+        .header("host", &console)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 308);
+    assert_eq!(
+        r.headers()["location"],
+        format!("https://{console}:{https_port}/console").as_str()
+    );
+}
