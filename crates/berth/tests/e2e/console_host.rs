@@ -131,6 +131,37 @@ fn the_console_on_its_own_hostname_over_https() {
     let r = c.get(format!("{base}/api/v1/projects")).send().unwrap();
     assert_eq!(r.status(), 401, "still guarded through the edge");
 
+    // A log stream (what the console's live logs read) flows through the
+    // edge as it is written: a deployment's lines arrive while it stays open.
+    let r = c
+        .get(format!("{base}/api/v1/logs?project=shop&follow=true"))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = r;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = std::io::Read::read(&mut r, &mut buf) {
+            got.extend_from_slice(&buf[..n]);
+            if got.windows(5).any(|w| w == b"data:") {
+                let _ = tx.send(String::from_utf8_lossy(&got).into_owned());
+                return;
+            }
+        }
+    });
+    s.ok(&["deploy", "--project", "shop"]);
+    let first = rx
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("no log line through the edge\n{}", s.log()));
+    assert!(first.contains("\"seq\""), "{first}");
+
     // Plain HTTP on the console host: 308 to HTTPS (ACME paths excepted).
     let plain = plain_client([127, 0, 0, 2]);
     let r = plain
