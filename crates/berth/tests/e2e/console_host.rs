@@ -17,6 +17,10 @@ const HOST: &str = "console.localhost";
 /// (and checking the certificate names `console.localhost`), connecting
 /// from `from`.
 fn https_client(s: &Server, https: u16, from: [u8; 4]) -> reqwest::blocking::Client {
+    https_builder(s, https, from).build().unwrap()
+}
+
+fn https_builder(s: &Server, https: u16, from: [u8; 4]) -> reqwest::blocking::ClientBuilder {
     let ca = std::fs::read(s.data_dir().join("tls/local-ca.pem")).unwrap();
     reqwest::blocking::Client::builder()
         .tls_built_in_root_certs(false)
@@ -25,8 +29,6 @@ fn https_client(s: &Server, https: u16, from: [u8; 4]) -> reqwest::blocking::Cli
         .local_address(IpAddr::from(from))
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
 }
 
 fn plain_client(from: [u8; 4]) -> reqwest::blocking::Client {
@@ -79,8 +81,41 @@ fn the_console_on_its_own_hostname_over_https() {
     assert_eq!(r.status(), 200, "{}", s.log());
     assert!(r.text().unwrap().contains("name=\"token\""));
 
-    // Signing in: the cookie is Secure because the edge says the browser
-    // came over HTTPS (no Origin header sent here).
+    // A browser's sign-in form (its Origin is the console host: the edge
+    // keeps the Host header, so the same-origin check passes), over HTTP/2
+    // and HTTP/1.1.
+    let h1 = https_builder(&s, https, [127, 0, 0, 2])
+        .http1_only()
+        .build()
+        .unwrap();
+    for (client, version) in [
+        (&c, reqwest::Version::HTTP_2),
+        (&h1, reqwest::Version::HTTP_11),
+    ] {
+        let r = client
+            .post(format!("{base}/login"))
+            .header("origin", &base)
+            .form(&[("token", TOKEN), ("next", "/console")])
+            .send()
+            .unwrap();
+        assert_eq!(
+            (r.status().as_u16(), r.version()),
+            (303, version),
+            "{}",
+            s.log()
+        );
+        assert!(set_cookie(&r).contains("; Secure"));
+    }
+    let r = c
+        .post(format!("{base}/login"))
+        .header("origin", "https://evil.example")
+        .form(&[("token", TOKEN), ("next", "/console")])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403, "another site's form");
+
+    // The cookie is Secure because the edge says the browser came over
+    // HTTPS (no Origin header sent here).
     let r = c
         .post(format!("{base}/login"))
         .form(&[("token", TOKEN), ("next", "/console")])
@@ -117,17 +152,19 @@ fn the_console_on_its_own_hostname_over_https() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().unwrap()[0]["name"], "shop");
-    let r = c
-        .put(format!(
-            "{base}/api/v1/projects/shop/environments/production/variables/VIA_EDGE"
-        ))
-        .bearer_auth(TOKEN)
-        .header("x-forwarded-for", "6.6.6.6")
-        .json(&serde_json::json!({"value": "1"}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
-    assert_eq!(audited(&s, "VIA_EDGE")["sourceIp"], "127.0.0.2");
+    for (client, key) in [(&c, "VIA_EDGE_H2"), (&h1, "VIA_EDGE_H1")] {
+        let r = client
+            .put(format!(
+                "{base}/api/v1/projects/shop/environments/production/variables/{key}"
+            ))
+            .bearer_auth(TOKEN)
+            .header("x-forwarded-for", "6.6.6.6")
+            .json(&serde_json::json!({"value": "1"}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+        assert_eq!(audited(&s, key)["sourceIp"], "127.0.0.2", "{key}");
+    }
     let r = c.get(format!("{base}/api/v1/projects")).send().unwrap();
     assert_eq!(r.status(), 401, "still guarded through the edge");
 
