@@ -3,9 +3,13 @@
 # not slow another client. berth's edge (edge_bench --rate-limit) in front
 # of one nginx worker; a second client on 127.0.0.2 measures its latency
 # (sequential keep-alive GETs, bench/policy_probe.py) alone, then while wrk
-# floods from 127.0.0.1 (almost all of its requests answered 429). Prints
-# the second client's p50/p99 beside the same figures without the flood.
-# All on 127.0.0.1/127.0.0.2; installs nothing.
+# floods from 127.0.0.1 (over the limit: 429s, held back by the tarpit, see
+# crates/berth-edge/src/policy.rs), then while the same flood goes through
+# a second edge without a rate limit and reaches nginx (the reference).
+# With EDGE_BIN_BEFORE (an edge_bench built from an older commit, e.g.
+# without the tarpit), also the flood over the limit through that one.
+# Prints the second client's p50/p99 for each case. All on
+# 127.0.0.1/127.0.0.2; installs nothing.
 #
 #   RATE_LIMIT=100 PROBE_SECS=8 CONNECTIONS=64 RUNS=3 bench/policy.sh
 set -euo pipefail
@@ -16,7 +20,7 @@ CONNECTIONS="${CONNECTIONS:-64}"
 PROXY_THREADS="${PROXY_THREADS:-2}"
 RUNS="${RUNS:-3}"
 BASE_PORT="${BASE_PORT:-18200}"
-UP=$BASE_PORT EDGE=$((BASE_PORT + 1))
+UP=$BASE_PORT EDGE=$((BASE_PORT + 1)) OPEN_EDGE=$((BASE_PORT + 2)) BEFORE_EDGE=$((BASE_PORT + 3))
 HOST_HEADER=bench.localhost
 
 BENCH=policy
@@ -24,26 +28,50 @@ BENCH=policy
 need_tools wrk nginx cargo python3
 edge_bench_bin
 start_upstream "$UP"
-"$EDGE_BIN" --listen "127.0.0.1:$EDGE" --host "$HOST_HEADER" --upstream "127.0.0.1:$UP" \
-    --threads "$PROXY_THREADS" --rate-limit "$RATE_LIMIT" 2>"$WORK/edge.log" &
-PIDS+=($!)
-wait_port "$EDGE"
+start_edge() { # binary port log [args...]
+    local bin="$1" port="$2" log="$3"
+    shift 3
+    "$bin" --listen "127.0.0.1:$port" --host "$HOST_HEADER" --upstream "127.0.0.1:$UP" \
+        --threads "$PROXY_THREADS" "$@" 2>"$WORK/$log" &
+    PIDS+=($!)
+    wait_port "$port"
+}
+start_edge "$EDGE_BIN" "$EDGE" edge.log --rate-limit "$RATE_LIMIT"
+start_edge "$EDGE_BIN" "$OPEN_EDGE" open-edge.log
+if [[ -n ${EDGE_BIN_BEFORE:-} ]]; then
+    start_edge "$EDGE_BIN_BEFORE" "$BEFORE_EDGE" before-edge.log --rate-limit "$RATE_LIMIT"
+fi
 
-probe() { python3 "$ROOT/bench/policy_probe.py" 127.0.0.2 "127.0.0.1:$EDGE" "$HOST_HEADER" "$PROBE_SECS" "$((RATE_LIMIT / 2))"; }
+probe() { # edge port
+    python3 "$ROOT/bench/policy_probe.py" 127.0.0.2 "127.0.0.1:$1" "$HOST_HEADER" "$PROBE_SECS" "$((RATE_LIMIT / 2))"
+}
 
-echo
-echo "$(date -u +%FT%TZ), commit $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?'): RATE_LIMIT=$RATE_LIMIT PROBE_SECS=$PROBE_SECS CONNECTIONS=$CONNECTIONS RUNS=$RUNS bench/policy.sh"
-echo "second client: 127.0.0.2, sequential keep-alive GETs (below its limit: it paces itself to $((RATE_LIMIT / 2))/s); flood: wrk -t2 -c$CONNECTIONS from 127.0.0.1"
-printf '%-4s %-14s %8s %10s %10s %10s  %s\n' run case requests "non-2xx" "p50 ms" "p99 ms" "flood req/s (429s)"
-for run in $(seq 1 "$RUNS"); do
-    read -r n bad p50 p99 < <(probe)
-    printf '%-4s %-14s %8s %10s %10s %10s  %s\n' "$run" alone "$n" "$bad" "$p50" "$p99" "-"
-    wrk -t2 -c"$CONNECTIONS" -d"$((PROBE_SECS + 2))s" -H "Host: $HOST_HEADER" "http://127.0.0.1:$EDGE/" >"$WORK/flood.txt" &
+row() { # run case n bad p50 p99 flood
+    printf '%-4s %-22s %8s %8s %8s %8s  %s\n' "$@"
+}
+
+flooded() { # run case port
+    local n bad p50 p99 flood frps fbad
+    wrk -t2 -c"$CONNECTIONS" -d"$((PROBE_SECS + 2))s" -H "Host: $HOST_HEADER" "http://127.0.0.1:$3/" >"$WORK/flood.txt" &
     flood=$!
     sleep 1
-    read -r n bad p50 p99 < <(probe)
+    read -r n bad p50 p99 < <(probe "$3")
     wait "$flood"
     frps="$(awk '/^Requests\/sec:/ {print $2}' "$WORK/flood.txt")"
     fbad="$(awk -F: '/Non-2xx/ {gsub(/ /, "", $2); print $2}' "$WORK/flood.txt")"
-    printf '%-4s %-14s %8s %10s %10s %10s  %s\n' "$run" "during flood" "$n" "$bad" "$p50" "$p99" "$frps (${fbad:-0} non-2xx)"
+    row "$1" "$2" "$n" "$bad" "$p50" "$p99" "$frps (${fbad:-0} non-2xx)"
+}
+
+echo
+echo "$(date -u +%FT%TZ), commit $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?'), load $(cut -d' ' -f1-3 /proc/loadavg): RATE_LIMIT=$RATE_LIMIT PROBE_SECS=$PROBE_SECS CONNECTIONS=$CONNECTIONS RUNS=$RUNS${EDGE_BIN_BEFORE:+ EDGE_BIN_BEFORE=$EDGE_BIN_BEFORE} bench/policy.sh"
+echo "second client: 127.0.0.2, sequential keep-alive GETs (below its limit: it paces itself to $((RATE_LIMIT / 2))/s); flood: wrk -t2 -c$CONNECTIONS from 127.0.0.1"
+row run case requests non-2xx "p50 ms" "p99 ms" "flood req/s (429s)"
+for run in $(seq 1 "$RUNS"); do
+    read -r n bad p50 p99 < <(probe "$EDGE")
+    row "$run" alone "$n" "$bad" "$p50" "$p99" "-"
+    flooded "$run" "flood, rate limit" "$EDGE"
+    if [[ -n ${EDGE_BIN_BEFORE:-} ]]; then
+        flooded "$run" "flood, limit, before" "$BEFORE_EDGE"
+    fi
+    flooded "$run" "flood, no limit (ref)" "$OPEN_EDGE"
 done

@@ -52,7 +52,7 @@
 //!   gracefully.
 
 use std::future::{poll_fn, Future};
-use std::io;
+use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -330,11 +330,22 @@ impl<S: ClientIo> Conn<S> {
         req.close || self.worker.front.is_stopping()
     }
 
-    /// Answers with a page of the proxy's own.
-    async fn page(&mut self, page: Page, req: &Request) -> Outcome {
-        let (method, close) = (req.method, self.closing(req));
-        self.out.clear();
+    /// Answers with a page of the proxy's own; a 429 waits in the tarpit
+    /// first, or closes the connection when the tarpit is full (see
+    /// `policy.rs`).
+    async fn page(&mut self, mut page: Page, req: &Request) -> Outcome {
         let worker = self.worker.clone();
+        if page.status == StatusCode::TOO_MANY_REQUESTS {
+            match worker.inner.tarpit.park(self.remote.ip()) {
+                Some(held) => {
+                    hold_back(&worker.front, page.retry_after).await;
+                    drop(held);
+                }
+                None => page.close = true,
+            }
+        }
+        let (method, close) = (req.method, self.closing(req) || page.close);
+        self.out.clear();
         let hsts = hsts(self.proto, &worker.inner);
         write_page(
             &mut self.out,
@@ -573,6 +584,21 @@ impl<S: ClientIo> Conn<S> {
             io,
         };
         serve_hyper(worker, io, remote, proto, served == 0).await;
+    }
+}
+
+/// Holds a 429 back before it is written: `min(Retry-After, 1 s)`
+/// (`policy::Tarpit::delay`), less if shutdown begins.
+pub(crate) async fn hold_back(front: &Shared, retry_after: Option<u64>) {
+    let mut stop = pin!(front.stop.notified());
+    stop.as_mut().enable();
+    if front.is_stopping() {
+        return;
+    }
+    let delay = crate::policy::Tarpit::delay(retry_after.unwrap_or(1));
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = stop => {}
     }
 }
 
@@ -1063,13 +1089,14 @@ fn write_page(
     status_line(out, page.status);
     out.extend_from_slice(b"content-type: ");
     out.extend_from_slice(content_type.as_bytes());
-    out.extend_from_slice(b"\r\ncache-control: no-store\r\ncontent-length: ");
-    out.extend_from_slice(text.len().to_string().as_bytes());
-    out.extend_from_slice(b"\r\n");
+    // (write!: numbers without a String each)
+    let _ = write!(
+        out,
+        "\r\ncache-control: no-store\r\ncontent-length: {}\r\n",
+        text.len()
+    );
     if let Some(secs) = page.retry_after {
-        out.extend_from_slice(b"retry-after: ");
-        out.extend_from_slice(secs.to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
+        let _ = write!(out, "retry-after: {secs}\r\n");
     }
     if page.challenge {
         out.extend_from_slice(b"www-authenticate: ");

@@ -180,7 +180,7 @@ pub use body::ProxyBody;
 pub use observe::{AccessLogConfig, AccessLogTarget};
 pub use otlp::{OtlpConfig, OtlpError};
 pub use persist::LoadError;
-pub use policy::{basic_auth_digest, Policy};
+pub use policy::{basic_auth_digest, Policy, PARK_PER_CLIENT, PARK_TOTAL, TARPIT_MAX};
 pub use route::{RouteChange, RouteError, RouteSpec, TargetSpec};
 pub use select::Balance;
 pub use stats::TargetStats;
@@ -301,6 +301,11 @@ pub struct EdgeConfig {
     pub otlp: Option<OtlpConfig>,
     /// How a request chooses among a deployment's replicas.
     pub balance: Balance,
+    /// 429s of one client address the tarpit holds back at a time (see
+    /// `policy.rs`); past it they leave at once with `Connection: close`.
+    pub tarpit_per_client: u32,
+    /// 429s the tarpit holds back at a time, all addresses together.
+    pub tarpit_total: u32,
 }
 
 impl Default for EdgeConfig {
@@ -316,6 +321,8 @@ impl Default for EdgeConfig {
             access_log: None,
             otlp: None,
             balance: Balance::default(),
+            tarpit_per_client: PARK_PER_CLIENT,
+            tarpit_total: PARK_TOTAL,
         }
     }
 }
@@ -375,6 +382,8 @@ pub(crate) struct Inner {
     pin_key: sticky::PinKey,
     /// The access log and the span export; `None` when both are off.
     pub(crate) observers: Option<Arc<observe::Observers>>,
+    /// Where 429s wait before they are written (see `policy.rs`).
+    pub(crate) tarpit: policy::Tarpit,
 }
 
 /// What one `serve` loop shares with its connections.
@@ -474,6 +483,7 @@ impl Edge {
                 https: std::sync::OnceLock::new(),
                 pin_key,
                 observers,
+                tarpit: policy::Tarpit::with_limits(cfg.tarpit_per_client, cfg.tarpit_total),
             }),
         })
     }
@@ -866,6 +876,16 @@ impl Edge {
             out,
             "# HELP berth_edge_passive_down_total Targets taken out of rotation because a request found them refusing connections.\n# TYPE berth_edge_passive_down_total counter\nberth_edge_passive_down_total {}",
             self.inner.marked_down.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP berth_edge_rate_limited_total Requests answered 429 because their client address was over the route's rate limit.\n# TYPE berth_edge_rate_limited_total counter\nberth_edge_rate_limited_total {}",
+            self.inner.tarpit.refused.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP berth_edge_rate_limited_closed_total 429s answered at once with the connection closed, because the tarpit held as many of their address's (or all) requests as allowed.\n# TYPE berth_edge_rate_limited_closed_total counter\nberth_edge_rate_limited_closed_total {}",
+            self.inner.tarpit.full.load(Ordering::Relaxed)
         );
         if let Some(o) = &self.inner.observers {
             if let Some(n) = o.dropped_lines() {

@@ -14,7 +14,16 @@
 //!   second of burst; over it 429 with `Retry-After`. The buckets of a route
 //!   are bounded ([`MAX_CLIENTS`]): when full, buckets idle long enough to
 //!   be full again are forgotten first (forgetting one changes nothing),
-//!   then the oldest; a flood from one address only ever empties its own;
+//!   then the oldest; a flood from one address only ever empties its own.
+//!   A 429 is held back ([`Tarpit`]) before it is written: up to
+//!   `min(Retry-After, 1 s)`, so a client that sends its next request as
+//!   soon as it has an answer (a flood over a few connections) gets about
+//!   one answer per connection and second instead of thousands, and the CPU
+//!   its 429s would have taken stays with the other clients. At most
+//!   [`PARK_PER_CLIENT`] requests of one address and [`PARK_TOTAL`] of all
+//!   are held at a time; past that the 429 leaves at once with
+//!   `Connection: close`, so an address cannot keep more connections busy
+//!   than that, and the tarpit's memory is bounded however many clients;
 //! * `basic_auth`: the route asks for HTTP basic authentication (preview
 //!   hostnames, `preview_auth = "basic"`); the policy holds the SHA-256 of
 //!   the expected `Authorization` token (the base64 of `user:password`),
@@ -26,8 +35,9 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -257,6 +267,106 @@ fn unhex(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// Longest a 429 is held back (see [`Tarpit`]).
+pub const TARPIT_MAX: Duration = Duration::from_secs(1);
+/// Requests of one client address held back at a time (the default of
+/// `EdgeConfig::tarpit_per_client`). A held request holds a connection the
+/// client has open anyway (and one timer), so the cap is high: it is there
+/// so that one address cannot keep an unbounded number of connections
+/// waiting; past it the excess is closed.
+pub const PARK_PER_CLIENT: u32 = 4096;
+/// Requests held back at a time, all addresses together
+/// (`EdgeConfig::tarpit_total`).
+pub const PARK_TOTAL: u32 = 65536;
+/// Counters of held requests, by a hash of the address: a fixed array, so
+/// its memory does not grow with the number of clients (two addresses
+/// whose hashes meet share a budget, which only ever makes a 429 leave
+/// sooner).
+const PARK_SLOTS: usize = 4096;
+
+/// Where 429s wait before they are written, edge-wide (a client address
+/// reaches several routes and every serve thread). Holding a request costs
+/// a timer; writing a 429 at once to a client that sends the next request
+/// the moment it has the answer costs a read, a policy check and a write,
+/// tens of thousands of times a second.
+#[derive(Debug)]
+pub(crate) struct Tarpit {
+    per_client: u32,
+    total_max: u32,
+    total: AtomicU32,
+    slots: Box<[AtomicU32]>,
+    /// 429s answered (held or not).
+    pub(crate) refused: AtomicU64,
+    /// 429s answered at once with `Connection: close` (tarpit full).
+    pub(crate) full: AtomicU64,
+}
+
+/// A request held in the [`Tarpit`]; its place is given back on drop.
+#[derive(Debug)]
+pub(crate) struct Parked<'a> {
+    pit: &'a Tarpit,
+    slot: usize,
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.pit.slots[self.slot].fetch_sub(1, Ordering::Relaxed);
+        self.pit.total.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Tarpit {
+    pub(crate) fn with_limits(per_client: u32, total_max: u32) -> Tarpit {
+        Tarpit {
+            per_client,
+            total_max,
+            total: AtomicU32::new(0),
+            slots: (0..PARK_SLOTS).map(|_| AtomicU32::new(0)).collect(),
+            refused: AtomicU64::new(0),
+            full: AtomicU64::new(0),
+        }
+    }
+
+    /// How long to hold a 429 whose `Retry-After` is `retry_after` seconds.
+    pub(crate) fn delay(retry_after: u64) -> Duration {
+        Duration::from_secs(retry_after).min(TARPIT_MAX)
+    }
+
+    /// A place for a 429 to `ip`, or `None` when its address or the edge
+    /// holds as many as allowed (answer at once and close the connection).
+    /// Counts the 429 either way.
+    pub(crate) fn park(&self, ip: IpAddr) -> Option<Parked<'_>> {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        let slot = (hash(ip) >> 32) as usize % PARK_SLOTS;
+        let bounded = |c: &AtomicU32, max: u32| {
+            c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+        };
+        if !bounded(&self.total, self.total_max) {
+            self.full.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        if !bounded(&self.slots[slot], self.per_client) {
+            self.total.fetch_sub(1, Ordering::Relaxed);
+            self.full.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Parked { pit: self, slot })
+    }
+
+    #[cfg(test)]
+    fn held(&self) -> u32 {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
+fn hash(ip: IpAddr) -> u64 {
+    let (bits, _) = to_bits(ip);
+    (bits as u64 ^ (bits >> 64) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
 /// Per-client token buckets of one route, bounded.
 #[derive(Debug)]
 struct Limiter {
@@ -279,9 +389,7 @@ impl Limiter {
     }
 
     fn shard(&self, ip: IpAddr) -> &Mutex<HashMap<IpAddr, Bucket>> {
-        let (bits, _) = to_bits(ip);
-        let h = (bits as u64 ^ (bits >> 64) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        &self.shards[(h >> 60) as usize % SHARDS]
+        &self.shards[(hash(ip) >> 60) as usize % SHARDS]
     }
 
     /// Takes a token for `ip`; `Err(seconds to wait)` when none is left.
@@ -325,7 +433,6 @@ impl Limiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -404,6 +511,27 @@ mod tests {
             let _ = l.take(a, t0);
         }
         assert!(l.clients() <= MAX_CLIENTS, "{}", l.clients());
+    }
+
+    #[test]
+    fn the_tarpit_holds_a_bounded_number_per_address_and_in_all() {
+        let pit = Tarpit::with_limits(3, 5);
+        let (a, b, c) = (ip("127.0.0.1"), ip("127.0.0.2"), ip("127.0.0.3"));
+        let held_a: Vec<_> = (0..3).map(|_| pit.park(a).expect("a place")).collect();
+        assert!(pit.park(a).is_none(), "a fourth request of one address");
+        assert!(pit.park(b).is_some(), "another address has its own places");
+        let held_b: Vec<_> = (0..2).map(|_| pit.park(b).expect("a place")).collect();
+        assert_eq!(pit.held(), 5);
+        assert!(pit.park(c).is_none(), "all places taken");
+        drop(held_a);
+        assert_eq!(pit.held(), 2);
+        assert!(pit.park(a).is_some() && pit.park(c).is_some());
+        assert_eq!(pit.refused.load(Ordering::Relaxed), 10);
+        assert_eq!(pit.full.load(Ordering::Relaxed), 2);
+        drop(held_b);
+        assert_eq!(pit.held(), 0, "every place given back");
+        assert_eq!(Tarpit::delay(1), Duration::from_secs(1));
+        assert_eq!(Tarpit::delay(30), TARPIT_MAX);
     }
 
     #[test]

@@ -501,7 +501,8 @@ async fn handle_inner(
     };
     let (target, set_cookie, max_body) = match route(inner, &table, request_host(&req), hints) {
         Ok(r) => (r.target, r.set_cookie, r.max_body),
-        Err(page) => {
+        Err(mut page) => {
+            drop(table);
             if let Some(observers) = &inner.observers {
                 let trace = TraceContext::for_request(
                     req.headers().get(&TRACEPARENT).map(HeaderValue::as_bytes),
@@ -520,6 +521,16 @@ async fn handle_inner(
                     page.status.as_u16(),
                     page.render(json).1.len(),
                 );
+            }
+            if page.status == StatusCode::TOO_MANY_REQUESTS {
+                // the tarpit, as on the hand-written path (see `policy.rs`)
+                match inner.tarpit.park(conn.remote) {
+                    Some(held) => {
+                        crate::front::hold_back(&worker.front, page.retry_after).await;
+                        drop(held);
+                    }
+                    None => page.close = true,
+                }
             }
             return page_response(page, json);
         }

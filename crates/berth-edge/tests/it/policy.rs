@@ -3,7 +3,9 @@
 //! the body, basic authentication of previews, maintenance.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use berth_edge::{basic_auth_digest, Policy, RouteChange, RouteSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -68,8 +70,17 @@ async fn allow_uses_the_socket_address_never_a_header() {
     assert_eq!(app.hits.load(Ordering::SeqCst), 2);
 }
 
+/// A counter of the edge's `/metrics` text.
+fn counter(e: &Running, name: &str) -> u64 {
+    e.edge
+        .metrics_text()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in the metrics"))
+}
+
 #[tokio::test]
-async fn a_burst_over_the_rate_limit_gets_429_and_another_address_is_unaffected() {
+async fn a_burst_over_the_rate_limit_gets_429_held_back_and_another_address_is_served_meanwhile() {
     let app = upstream("app").await;
     let e = edge().await;
     e.edge
@@ -82,24 +93,139 @@ async fn a_burst_over_the_rate_limit_gets_429_and_another_address_is_unaffected(
             },
         )])
         .unwrap();
-    let mut limited = 0;
-    let mut retry_after = None;
-    for _ in 0..100 {
-        let (status, text) = from("127.0.0.1", e.addr, GET).await;
+    // 100 at once from one address, half of them POSTs (hyper's path), half
+    // GETs (the hand-written one)
+    let answered_429 = Arc::new(AtomicUsize::new(0));
+    let burst: Vec<_> = (0..100)
+        .map(|i| {
+            let (edge, answered_429) = (e.addr, answered_429.clone());
+            tokio::spawn(async move {
+                let sent = Instant::now();
+                let (status, text) =
+                    from("127.0.0.1", edge, if i % 2 == 0 { GET } else { POST }).await;
+                if status == 429 {
+                    answered_429.fetch_add(1, Ordering::SeqCst);
+                }
+                (i, status, text, sent.elapsed())
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counter(&e, "berth_edge_rate_limited_total") < 50 {
+        assert!(Instant::now() < deadline, "the burst was not refused");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // the 429s are held; another address is answered meanwhile
+    let (status, text) = from("127.0.0.2", e.addr, GET).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        answered_429.load(Ordering::SeqCst),
+        0,
+        "a 429 left before another address's request was answered"
+    );
+    for _ in 0..15 {
+        assert_eq!(from("127.0.0.2", e.addr, GET).await.0, 200);
+    }
+    let mut limited = [0, 0];
+    for b in burst {
+        let (i, status, text, took) = b.await.unwrap();
         if status == 429 {
-            limited += 1;
-            retry_after = text
-                .lines()
-                .find_map(|l| l.strip_prefix("retry-after: ").map(str::to_string));
+            limited[i % 2] += 1;
+            assert!(text.contains("\r\nretry-after: 1\r\n"), "{text}");
+            assert!(
+                took >= Duration::from_millis(900),
+                "a 429 left after {took:?}"
+            );
         } else {
             assert_eq!(status, 200, "{text}");
         }
     }
-    assert!(limited >= 50, "only {limited} of 100 refused");
-    assert_eq!(retry_after.as_deref(), Some("1"));
-    for _ in 0..15 {
-        assert_eq!(from("127.0.0.2", e.addr, GET).await.0, 200);
+    assert!(
+        limited[0] + limited[1] >= 50,
+        "only {limited:?} of 100 refused"
+    );
+    assert!(
+        limited[0] > 0 && limited[1] > 0,
+        "GETs and POSTs: {limited:?}"
+    );
+    assert_eq!(counter(&e, "berth_edge_rate_limited_closed_total"), 0);
+    assert_eq!(
+        app.hits.load(Ordering::SeqCst) as u64,
+        116 - counter(&e, "berth_edge_rate_limited_total"),
+        "a refused request reached the app"
+    );
+}
+
+/// Sends a keep-alive GET on a new connection from 127.0.0.1; the response
+/// head and how long it took.
+async fn keep_alive_get(edge: SocketAddr) -> (String, Duration) {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut s = sock.connect(edge).await.unwrap();
+    let sent = Instant::now();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: shop.localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte)).await {
+            Ok(Ok(1)) => head.push(byte[0]),
+            other => panic!("no answer: {other:?}"),
+        }
     }
+    (String::from_utf8_lossy(&head).into_owned(), sent.elapsed())
+}
+
+#[tokio::test]
+async fn a_full_tarpit_answers_429_at_once_and_closes_the_connection() {
+    let app = upstream("app").await;
+    let e = edge_with(berth_edge::EdgeConfig {
+        tarpit_per_client: 16,
+        ..berth_edge::EdgeConfig::default()
+    })
+    .await;
+    e.edge
+        .apply(vec![with_policy(
+            "shop.localhost",
+            app.addr,
+            Policy {
+                rate_limit: Some(1),
+                ..Policy::default()
+            },
+        )])
+        .unwrap();
+    let many = 16 + 44;
+    let all: Vec<_> = (0..many)
+        .map(|_| tokio::spawn(keep_alive_get(e.addr)))
+        .collect();
+    let (mut held, mut closed, mut ok) = (0, 0, 0);
+    for a in all {
+        let (head, took) = a.await.unwrap();
+        if head.starts_with("HTTP/1.1 200") {
+            ok += 1;
+            continue;
+        }
+        assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+        if head.contains("\r\nconnection: close\r\n") {
+            closed += 1;
+            assert!(
+                took < Duration::from_millis(900),
+                "held {took:?} and closed"
+            );
+        } else {
+            held += 1;
+            assert!(
+                took >= Duration::from_millis(900),
+                "a 429 left after {took:?}"
+            );
+        }
+    }
+    assert!(ok <= 2, "{ok} answered under a limit of 1/s");
+    assert!(closed > 0, "the tarpit never filled ({held} held)");
+    assert!(held >= 16, "only {held} held");
+    assert_eq!(counter(&e, "berth_edge_rate_limited_closed_total"), closed);
+    assert_eq!(counter(&e, "berth_edge_rate_limited_total"), held + closed);
 }
 
 #[tokio::test]
