@@ -1722,3 +1722,37 @@ async fn bad_volumes_fail_at_analyze_and_volumes_need_a_runtime_that_has_them() 
     assert!(h.store.get_deployment(&live.id).await.unwrap().is_active);
     h.check_invariants().await;
 }
+
+/// `--console-host`: the table routes the console's hostname to its
+/// private listener (and sync puts it in the edge); a hostname an app's
+/// route holds stays the app's, the console's route left out.
+#[tokio::test]
+async fn the_console_host_is_routed_unless_an_app_holds_it() {
+    use crate::console::host::ConsoleHost;
+    let h = harness().await;
+    let console = ConsoleHost::new("console.example.com".into(), ([127, 0, 0, 1], 4711).into());
+    h.deployer.console_host.set(Arc::new(console)).unwrap();
+    let routes = h.deployer.desired_routes().await.unwrap();
+    let route = &routes["console.example.com"];
+    assert!(ConsoleHost::is_console_route(route));
+    assert_eq!(route.targets[0].upstream, "127.0.0.1:4711");
+    h.deployer.sync_routes().await.unwrap();
+    assert!(h
+        .edge
+        .routes()
+        .iter()
+        .any(|(host, r)| host == "console.example.com" && ConsoleHost::is_console_route(r)));
+
+    let h = harness().await;
+    let v1 = h.deploy().await;
+    assert!(v1.is_active, "{:?}", v1.failure_message);
+    let taken = h.deployer.route_host(&v1);
+    let console = ConsoleHost::new(taken.clone(), ([127, 0, 0, 1], 4711).into());
+    h.deployer.console_host.set(Arc::new(console)).unwrap();
+    let routes = h.deployer.desired_routes().await.unwrap();
+    assert!(!ConsoleHost::is_console_route(&routes[&taken]));
+    assert!(routes[&taken]
+        .targets
+        .iter()
+        .all(|t| t.deployment_id.as_deref() == Some(v1.id.as_str())));
+}
