@@ -40,7 +40,30 @@ pub struct Config {
     /// config without it (an older host) never restarts.
     #[serde(default)]
     pub restart: Restart,
+    /// Volumes to mount (virtio-fs) before the app starts; a config
+    /// without them (an older host) mounts none.
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
 }
+
+/// A volume shared by the host through virtio-fs (one `vhost-user-fs`
+/// device per volume, its `tag` naming it), mounted at `target` in the
+/// app's root before the app starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// The virtio-fs tag (at most [`MAX_TAG_LEN`] bytes).
+    pub tag: String,
+    /// Absolute path in the app's root; made when missing.
+    pub target: String,
+    /// The volume's name, for messages.
+    #[serde(default)]
+    pub volume: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// Longest virtio-fs tag (the device's config field is 36 bytes).
+pub const MAX_TAG_LEN: usize = 36;
 
 /// The restart policy the init applies inside the VM, as the Docker Engine
 /// applies a container's (`no`, `on-failure:N`, `unless-stopped`): the app
@@ -135,6 +158,8 @@ pub enum ConfigError {
     EmptyCommand,
     #[error("bad init config: no root device")]
     NoRootDevice,
+    #[error("bad init config: bad mount {0:?} (an absolute target and a tag of 1 to 36 bytes)")]
+    BadMount(String),
 }
 
 /// Default `PATH` when the image sets none (the same as Docker's).
@@ -149,6 +174,15 @@ impl Config {
         }
         if config.root_device.is_empty() {
             return Err(ConfigError::NoRootDevice);
+        }
+        for m in &config.mounts {
+            if m.tag.is_empty()
+                || m.tag.len() > MAX_TAG_LEN
+                || !m.target.starts_with('/')
+                || m.target == "/"
+            {
+                return Err(ConfigError::BadMount(format!("{}:{}", m.tag, m.target)));
+            }
         }
         Ok(config)
     }
@@ -214,6 +248,34 @@ mod tests {
             network: Some(Network::qemu_user()),
             probe: false,
             restart: Restart::OnFailure { max_retries: 3 },
+            mounts: vec![Mount {
+                tag: "berth-vol0".into(),
+                target: "/data".into(),
+                volume: "uploads".into(),
+                read_only: false,
+            }],
+        }
+    }
+
+    #[test]
+    fn mounts_are_optional_and_checked() {
+        let mut v = serde_json::to_value(config()).unwrap();
+        v.as_object_mut().unwrap().remove("mounts");
+        assert!(Config::parse(&v.to_string()).unwrap().mounts.is_empty());
+        for (tag, target) in [
+            ("", "/data"),
+            (&*"t".repeat(MAX_TAG_LEN + 1), "/data"),
+            ("berth-vol0", "data"),
+            ("berth-vol0", "/"),
+        ] {
+            let mut c = config();
+            c.mounts[0].tag = tag.to_owned();
+            c.mounts[0].target = target.to_owned();
+            let err = Config::parse(&serde_json::to_string(&c).unwrap()).unwrap_err();
+            assert!(
+                err.to_string().contains("bad mount"),
+                "{tag} {target}: {err}"
+            );
         }
     }
 

@@ -11,7 +11,8 @@
 //!    makes it the root (move mounts + chroot; the init keeps running, so
 //!    `/proc/1/cmdline` stays `/berth-init`).
 //! 2. **Stage 2** (in the app's root): `/dev/pts`, `/dev/shm`, `/tmp`,
-//!    hostname, loopback + the user-mode network, `/etc/resolv.conf`; then
+//!    hostname, loopback + the user-mode network, `/etc/resolv.conf`, the
+//!    volumes (virtio-fs, one tag per volume, [`config::Mount`]); then
 //!    runs the app (argv, env, working directory and user already merged by
 //!    the host from the image config and berth's variables), reaps every
 //!    zombie, forwards the host's signals, reports the exit code (and

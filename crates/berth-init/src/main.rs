@@ -122,6 +122,7 @@ fn run(status: &Arc<Mutex<StatusPort>>) -> Result<Option<(i32, bool)>, String> {
 
     // Stage 2: the app's root.
     prepare_root(&config)?;
+    mount_volumes(&config)?;
     let stdout_port = find_port(protocol::STDOUT_PORT, Duration::from_secs(2))
         .ok_or("no stdout port (virtio-console) found")?;
     let stderr_port = find_port(protocol::STDERR_PORT, Duration::from_secs(2))
@@ -289,6 +290,35 @@ fn prepare_root(config: &Config) -> Result<(), String> {
         ),
     );
     let _ = fs::write("/etc/hostname", format!("{}\n", config.hostname));
+    Ok(())
+}
+
+/// Mounts each volume (virtio-fs, shared by the host) over its target,
+/// made when missing. A volume whose root is empty takes the owner and
+/// mode of the image's directory there (as the Docker Engine gives a new
+/// volume the image directory's), so an app running as a user can write
+/// to it; the image directory's files are not copied.
+fn mount_volumes(config: &Config) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    for m in &config.mounts {
+        let name = if m.volume.is_empty() {
+            &m.tag
+        } else {
+            &m.volume
+        };
+        fs::create_dir_all(&m.target)
+            .map_err(|e| format!("volume {name}: cannot make {}: {e}", m.target))?;
+        let under = fs::metadata(&m.target).ok();
+        let flags = if m.read_only { libc::MS_RDONLY } else { 0 };
+        mount(&m.tag, &m.target, "virtiofs", flags, "")
+            .map_err(|e| format!("volume {name}: {e}"))?;
+        let empty = fs::read_dir(&m.target).is_ok_and(|mut d| d.next().is_none());
+        if let (true, false, Some(under)) = (empty, m.read_only, under) {
+            let _ = std::os::unix::fs::chown(&m.target, Some(under.uid()), Some(under.gid()));
+            let _ =
+                fs::set_permissions(&m.target, fs::Permissions::from_mode(under.mode() & 0o7777));
+        }
+    }
     Ok(())
 }
 

@@ -49,7 +49,7 @@ pub use config::{RuntimeKind, ServerConfig};
 
 use anyhow::Context;
 use berth_edge::{Edge, EdgeConfig};
-use berth_runtime::{DockerRuntime, Runtime};
+use berth_runtime::{DockerRuntime, MicroVmRuntime, Runtime};
 use berth_store::{Cipher, Store};
 use std::future::IntoFuture;
 use std::path::{Path, PathBuf};
@@ -143,13 +143,21 @@ async fn shutdown_signal() {
 /// "microvm"`) get one. `--runtime microvm` checks the host now and fails
 /// the start naming what is missing; otherwise the check waits for the
 /// first microVM deployment, which fails naming it.
+///
+/// Also returns the microVM runtime when this server has one, so the
+/// volumes seam counts its VMs among a volume's users.
+#[allow(clippy::type_complexity)]
 async fn with_microvms(
     cfg: &ServerConfig,
     containers: Arc<dyn Runtime>,
     images: Arc<dyn berth_runtime::Images>,
     engine: Option<DockerRuntime>,
-) -> anyhow::Result<(Arc<dyn Runtime>, Arc<dyn berth_runtime::Images>)> {
-    use berth_runtime::microvm::{Isolating, MicroVmConfig, MicroVmRuntime};
+) -> anyhow::Result<(
+    Arc<dyn Runtime>,
+    Arc<dyn berth_runtime::Images>,
+    Option<MicroVmRuntime>,
+)> {
+    use berth_runtime::microvm::{Isolating, MicroVmConfig};
     let all = cfg.runtime == RuntimeKind::MicroVm;
     let init = match &cfg.microvm_init {
         Some(path) => path.clone(),
@@ -179,8 +187,9 @@ async fn with_microvms(
             anyhow::bail!("--runtime microvm: {why}");
         }
     }
+    let vm_runtime = vms.as_ref().ok().cloned();
     let isolating = Arc::new(Isolating::new(containers, images, vms, all));
-    Ok((isolating.clone(), isolating))
+    Ok((isolating.clone(), isolating, vm_runtime))
 }
 
 /// `--runtime swarm`: the engine must be a swarm manager; fails the start
@@ -430,12 +439,13 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         Some(swarm) => swarm.clone(),
         None => runtime,
     };
-    // Named volumes live on the local engine: only the Docker runtime has them.
+    // Named volumes live on the local engine: containers mount them, and
+    // microVMs share their directories (virtio-fs); not on Swarm.
     let volumes = engine
         .as_ref()
-        .filter(|_| cfg.runtime == RuntimeKind::Docker)
+        .filter(|_| cfg.runtime != RuntimeKind::Swarm)
         .map(|rt| berth_runtime::DockerVolumes::from_docker(rt.docker().clone()));
-    let (runtime, images) = with_microvms(&cfg, runtime, images, engine).await?;
+    let (runtime, images, vms) = with_microvms(&cfg, runtime, images, engine).await?;
     // The servers of a cluster share one identity on the container engine
     // (the first one's), so a new leader adopts what the old one started.
     let instance = store
@@ -469,7 +479,15 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             pipeline::INSTANCE_LABEL.to_owned(),
             deployer.instance.clone(),
         )]));
-        let _ = deployer.volumes.set(Arc::new(v));
+        let seam: Arc<dyn berth_runtime::Volumes> = match vms {
+            // VMs mounting a volume are its users too.
+            Some(vms) => Arc::new(berth_runtime::microvm::volumes::WithVms::new(
+                Arc::new(v),
+                vms,
+            )),
+            None => Arc::new(v),
+        };
+        let _ = deployer.volumes.set(seam);
     }
     if leadership.is_clustered() {
         // The leader reconciles when it takes the lease.

@@ -11,15 +11,18 @@
 //! only with its environment (a preview's teardown removes the preview
 //! environment's own volumes, never another's).
 //!
-//! Volumes exist on the Docker runtime only (see `berth_runtime::volumes`):
-//! a deployment asking for one on Swarm, on the microVM runtime or with
-//! `isolation = "microvm"` fails at its deploy step with the reason.
+//! Volumes are the local engine's (see `berth_runtime::volumes`): a
+//! container mounts one, a microVM (`--runtime microvm` or `isolation =
+//! "microvm"`) shares the same directory through virtio-fs
+//! (`berth_runtime::microvm::virtiofs`), so a container and a VM, or two
+//! VMs, can use it side by side during a cutover. A deployment asking for
+//! one on Swarm fails at its deploy step with the reason.
 //!
 //! Backups and restores are in [`crate::backups`].
 
 use std::collections::BTreeMap;
 
-use berth_core::config::{Isolation, ServiceConfig};
+use berth_core::config::ServiceConfig;
 use berth_core::volumes::{engine_name, VolumeInfo, VolumeMountInfo};
 use berth_runtime::{VolumeMount, ENVIRONMENT_LABEL, OWNER_LABEL, PROJECT_LABEL};
 
@@ -84,7 +87,7 @@ impl Deployer {
         if service.volumes.is_empty() {
             return Ok(());
         }
-        let volumes = self.volume_backend(service)?;
+        let volumes = self.volumes_seam()?;
         for volume in service.volumes.values() {
             let name = self.volume_engine_name(project, environment, volume);
             volumes
@@ -98,27 +101,13 @@ impl Deployer {
         Ok(())
     }
 
-    /// The volume seam for `service`, or why there is none.
-    pub(crate) fn volume_backend(
-        &self,
-        service: &ServiceConfig,
-    ) -> Result<&std::sync::Arc<dyn berth_runtime::Volumes>, String> {
-        if service.isolation == Isolation::MicroVm {
-            return Err(format!(
-                "service {} asks for volumes and isolation = \"microvm\": microVMs have no volumes yet",
-                service.name
-            ));
-        }
-        self.volumes_seam()
-    }
-
     /// The volume seam, or why this server has none.
     pub(crate) fn volumes_seam(
         &self,
     ) -> Result<&std::sync::Arc<dyn berth_runtime::Volumes>, String> {
         self.volumes.get().ok_or_else(|| match self.cfg.runtime {
             RuntimeKind::Swarm => "volumes need --runtime docker: a Swarm volume is local to one node, so an instance moved to another node would not find its data".to_owned(),
-            RuntimeKind::MicroVm => "volumes need --runtime docker: the microvm runtime has no volumes yet".to_owned(),
+            RuntimeKind::MicroVm => "volumes need the container engine (microVMs share its volumes' directories), which is not reachable".to_owned(),
             RuntimeKind::Docker => "volumes need the container engine, which is not reachable".to_owned(),
         })
     }

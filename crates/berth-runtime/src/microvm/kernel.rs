@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 /// The drivers a guest needs: PCI transport, root disk, network, ports.
 pub const NEEDED_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "virtio_net", "virtio_console"];
 
+/// The drivers a guest with volumes needs besides (virtio-fs, with fuse
+/// as its dependency; `CONFIG_VIRTIO_FS=m` in Debian's cloud kernel).
+pub const VOLUME_MODULES: &[&str] = &["virtiofs"];
+
 /// Why the kernel or its modules could not be found.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -33,6 +37,9 @@ pub struct GuestKernel {
     pub image: PathBuf,
     /// Absolute paths of the `.ko` files, in load order.
     pub modules: Vec<PathBuf>,
+    /// The `.ko` files a guest with volumes loads after `modules` (none
+    /// already among them), or why the kernel has no virtio-fs.
+    pub volume_modules: Result<Vec<PathBuf>, String>,
 }
 
 impl GuestKernel {
@@ -49,7 +56,7 @@ impl GuestKernel {
             .and_then(|n| n.to_str())
             .and_then(|n| n.strip_prefix("vmlinuz-"))
             .map(str::to_owned);
-        let modules = match version.map(|v| Path::new("/lib/modules").join(v)) {
+        let (modules, volume_modules) = match version.map(|v| Path::new("/lib/modules").join(v)) {
             Some(dir) if dir.join("modules.dep").is_file() => {
                 let read = |name: &str| {
                     let path = dir.join(name);
@@ -58,19 +65,37 @@ impl GuestKernel {
                 };
                 let dep = read("modules.dep")?;
                 let builtin = read("modules.builtin").unwrap_or_default();
-                load_order(&dep, &builtin, NEEDED_MODULES)
-                    .map_err(|module| KernelError::NoModule {
+                let base = load_order(&dep, &builtin, NEEDED_MODULES).map_err(|module| {
+                    KernelError::NoModule {
                         module,
                         dir: dir.clone(),
-                    })?
-                    .into_iter()
-                    .map(|rel| dir.join(rel))
-                    .collect()
+                    }
+                })?;
+                let volume = load_order(&dep, &builtin, VOLUME_MODULES)
+                    .map(|order| {
+                        order
+                            .into_iter()
+                            .filter(|m| !base.contains(m))
+                            .map(|rel| dir.join(rel))
+                            .collect()
+                    })
+                    .map_err(|module| {
+                        KernelError::NoModule {
+                            module,
+                            dir: dir.clone(),
+                        }
+                        .to_string()
+                    });
+                (base.into_iter().map(|rel| dir.join(rel)).collect(), volume)
             }
             // A kernel without a modules tree: drivers assumed built in.
-            _ => Vec::new(),
+            _ => (Vec::new(), Ok(Vec::new())),
         };
-        Ok(GuestKernel { image, modules })
+        Ok(GuestKernel {
+            image,
+            modules,
+            volume_modules,
+        })
     }
 }
 
@@ -184,6 +209,17 @@ kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/
                     "{:?}",
                     kernel.modules
                 );
+                // virtio-fs for volumes, fuse first, nothing loaded twice.
+                let volume = kernel.volume_modules.as_ref().unwrap();
+                let names: Vec<_> = volume
+                    .iter()
+                    .map(|m| m.file_name().unwrap().to_string_lossy().into_owned())
+                    .collect();
+                if !names.is_empty() {
+                    assert_eq!(names.last().unwrap(), "virtiofs.ko", "{names:?}");
+                    assert!(names.iter().any(|n| n == "fuse.ko"), "{names:?}");
+                }
+                assert!(volume.iter().all(|m| !kernel.modules.contains(m)));
             }
             Err(KernelError::NoKernel) if std::env::var("CI").as_deref() != Ok("true") => {
                 eprintln!("skipped: no guest kernel under /boot");

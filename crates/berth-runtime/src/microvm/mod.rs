@@ -34,6 +34,8 @@ pub mod rootfs;
 pub mod select;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod virtiofs;
+pub mod volumes;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -41,7 +43,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_init::config::{Config as InitConfig, Network, Restart};
+use berth_init::config::{Config as InitConfig, Mount as InitMount, Network, Restart};
 use berth_init::lines;
 use berth_init::protocol::{self, Control, Status};
 use bollard::errors::Error as DockerError;
@@ -164,6 +166,9 @@ struct Meta {
     cpus: u32,
     accel: String,
     started_at: DateTime<Utc>,
+    /// The engine names of the volumes it mounts (virtio-fs).
+    #[serde(default)]
+    volumes: Vec<String>,
 }
 
 impl MicroVmRuntime {
@@ -327,8 +332,9 @@ impl MicroVmRuntime {
             network: None,
             probe: true,
             restart: Restart::Never,
+            mounts: Vec::new(),
         };
-        self.write_initrd(dir.path(), kernel, config)
+        self.write_initrd(dir.path(), kernel.modules.clone(), config)
             .await
             .map_err(|e| e.to_string())?;
         // Any readable file does as the (unused) root disk.
@@ -341,6 +347,7 @@ impl MicroVmRuntime {
             memory_mib: MIN_MEMORY_MIB,
             cpus: 1,
             forward: None,
+            shares: Vec::new(),
         };
         self.launch(&launch).await.map_err(|e| e.to_string())?;
         let deadline = Instant::now() + PROBE_TIMEOUT;
@@ -392,14 +399,15 @@ impl MicroVmRuntime {
         }
     }
 
+    /// Writes the VM's initramfs: berth-init, `modules` (load order) and
+    /// `config`.
     async fn write_initrd(
         &self,
         dir: &Path,
-        kernel: &GuestKernel,
+        modules: Vec<PathBuf>,
         config: InitConfig,
     ) -> Result<(), RuntimeError> {
         let init = self.inner.config.init.clone();
-        let modules = kernel.modules.clone();
         let path = dir.join(qemu::INITRD);
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             let init = std::fs::read(&init)?;
@@ -494,6 +502,7 @@ impl MicroVmRuntime {
                 root_device: "/dev/vda".into(),
                 network: Some(Network::qemu_user()),
                 probe: false,
+                mounts: Vec::new(),
                 // A one-off never restarts (as with containers).
                 restart: if oneoff {
                     Restart::Never
@@ -506,12 +515,6 @@ impl MicroVmRuntime {
 
     async fn create(&self, spec: &InstanceSpec, oneoff: bool) -> Result<Instance, RuntimeError> {
         spec.validate()?;
-        if !spec.mounts.is_empty() {
-            return Err(RuntimeError::Backend {
-                op: "start microvm",
-                message: "volumes are not supported by the microvm runtime yet".into(),
-            });
-        }
         let dir = self.vm_dir(&spec.name);
         if dir.exists() {
             return Err(RuntimeError::Conflict(format!(
@@ -520,7 +523,23 @@ impl MicroVmRuntime {
             )));
         }
         let boot = self.boot().await?;
-        let (image_id, init_config) = self.image_config(spec, oneoff).await?;
+        let (image_id, mut init_config) = self.image_config(spec, oneoff).await?;
+        let volumes = self.volume_sources(spec, &boot.kernel).await?;
+        let mut modules = boot.kernel.modules.clone();
+        if let Some(v) = &volumes {
+            modules.extend(v.modules.iter().cloned());
+            init_config.mounts = spec
+                .mounts
+                .iter()
+                .enumerate()
+                .map(|(i, m)| InitMount {
+                    tag: virtiofs::tag(i),
+                    target: m.target.clone(),
+                    volume: m.volume.clone(),
+                    read_only: m.read_only,
+                })
+                .collect();
+        }
         let root_disk = {
             let _guard = self.inner.build_lock.lock().await;
             rootfs::ensure(
@@ -535,7 +554,7 @@ impl MicroVmRuntime {
         let (memory_mib, cpus) = guest_resources(&spec.limits);
         std::fs::create_dir_all(&dir).map_err(|e| backend("create vm dir", e))?;
         let result = async {
-            self.write_initrd(&dir, &boot.kernel, init_config).await?;
+            self.write_initrd(&dir, modules, init_config).await?;
             // An ephemeral port, then QEMU binds it; retried when taken meanwhile.
             let mut attempt = 0;
             loop {
@@ -559,6 +578,7 @@ impl MicroVmRuntime {
                     cpus,
                     accel: boot.accel.as_str().into(),
                     started_at: Utc::now(),
+                    volumes: spec.mounts.iter().map(|m| m.volume.clone()).collect(),
                 };
                 std::fs::write(
                     dir.join("meta.json"),
@@ -574,7 +594,15 @@ impl MicroVmRuntime {
                     memory_mib,
                     cpus,
                     forward: port.zip(host_port).map(|(g, h)| (h, g)),
+                    shares: (0..spec.mounts.len())
+                        .map(|i| (virtiofs::tag(i), virtiofs::socket(&dir, i)))
+                        .collect(),
                 };
+                // Fresh daemons for each attempt: a QEMU that failed may
+                // have connected to (and so ended) the previous ones.
+                if let Some(v) = &volumes {
+                    self.start_virtiofsd(&dir, v).await?;
+                }
                 match self.launch(&launch).await {
                     Ok(()) => return Ok(self.instance(&dir, meta)),
                     Err(e) if attempt < 3 && e.to_string().contains("hostfwd") => continue,
@@ -584,9 +612,110 @@ impl MicroVmRuntime {
         }
         .await;
         if result.is_err() {
+            virtiofs::stop_all(&dir).await;
             let _ = std::fs::remove_dir_all(&dir);
         }
         result
+    }
+
+    /// What `spec`'s volumes need, checked before anything is made: the
+    /// guest's virtio-fs modules, virtiofsd, and each volume's directory
+    /// on this host (the engine's own for that volume). `None` without
+    /// volumes.
+    async fn volume_sources(
+        &self,
+        spec: &InstanceSpec,
+        kernel: &GuestKernel,
+    ) -> Result<Option<VolumeSources>, RuntimeError> {
+        if spec.mounts.is_empty() {
+            return Ok(None);
+        }
+        let refuse = |message: String| RuntimeError::Backend {
+            op: "start microvm",
+            message,
+        };
+        let modules = kernel.volume_modules.clone().map_err(|why| {
+            refuse(format!(
+                "volumes in a microVM need virtio-fs in the guest kernel: {why}"
+            ))
+        })?;
+        let daemon = virtiofs::find().ok_or_else(|| {
+            refuse(
+                "volumes in a microVM need virtiofsd (not found in PATH, /usr/libexec or /usr/lib/qemu; install qemu-system-common or virtiofsd)"
+                    .into(),
+            )
+        })?;
+        let mut dirs = Vec::new();
+        for m in &spec.mounts {
+            let volume = match self.inner.docker.inspect_volume(&m.volume).await {
+                Ok(v) => v,
+                Err(DockerError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => return Err(RuntimeError::NotFound(format!("volume {}", m.volume))),
+                Err(e) => return Err(backend("inspect volume", e)),
+            };
+            let dir = PathBuf::from(&volume.mountpoint);
+            if volume.mountpoint.is_empty() || !dir.is_dir() {
+                return Err(refuse(format!(
+                    "volume {}: its directory {:?} is not on this host (a microVM shares a volume from the local engine's directory)",
+                    m.volume, volume.mountpoint
+                )));
+            }
+            dirs.push(dir);
+        }
+        Ok(Some(VolumeSources {
+            modules,
+            daemon,
+            dirs,
+        }))
+    }
+
+    /// (Re)starts one virtiofsd per volume for the VM in `dir`.
+    async fn start_virtiofsd(&self, dir: &Path, v: &VolumeSources) -> Result<(), RuntimeError> {
+        virtiofs::stop_all(dir).await;
+        for (i, source) in v.dirs.iter().enumerate() {
+            let _ = std::fs::remove_file(virtiofs::socket(dir, i));
+            virtiofs::start(&v.daemon, dir, i, source)
+                .await
+                .map_err(|why| RuntimeError::Backend {
+                    op: "start microvm",
+                    message: format!("volume {}: {why}", source.display()),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The VMs (running or not) that mount volume `name`.
+    pub fn volume_users(&self, name: &str) -> Vec<crate::volumes::VolumeUser> {
+        let Ok(entries) = std::fs::read_dir(self.vms_dir()) else {
+            return Vec::new();
+        };
+        let mut users: Vec<crate::volumes::VolumeUser> = entries
+            .flatten()
+            .filter_map(|e| {
+                let dir = e.path();
+                let meta = Self::read_meta(&dir)?;
+                meta.volumes.iter().any(|v| v == name).then(|| {
+                    let running = qemu::running_pid(&dir).is_some() && exited(&dir).is_none();
+                    crate::volumes::VolumeUser {
+                        id: meta.name.clone(),
+                        name: meta.name,
+                        labels: meta.labels,
+                        running,
+                    }
+                })
+            })
+            .collect();
+        users.sort_by(|a, b| a.name.cmp(&b.name));
+        users
+    }
+
+    /// The pids of VM `id`'s virtiofsd daemons that run.
+    pub fn virtiofsd_pids(&self, id: &str) -> Vec<i32> {
+        match self.find(id) {
+            Ok((dir, _)) => virtiofs::running(&dir),
+            Err(_) => Vec::new(),
+        }
     }
 
     fn instance(&self, dir: &Path, meta: Meta) -> Instance {
@@ -626,9 +755,61 @@ impl MicroVmRuntime {
         ok
     }
 
+    /// Stops the VM in `dir`: SIGTERM to the app through the init, SIGKILL
+    /// after `grace`, then QEMU itself.
+    async fn stop_vm(&self, dir: &Path, grace: Duration) {
+        if qemu::running_pid(dir).is_none() {
+            return;
+        }
+        let _ = std::fs::write(dir.join("stopped"), b"");
+        // SIGTERM again every second of the grace: a control record written
+        // while the guest's end of the port is between two opens is lost.
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            Self::control(
+                dir,
+                &Control::Signal {
+                    signal: libc::SIGTERM,
+                },
+            )
+            .await;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if self.wait_exit(dir, left.min(Duration::from_secs(1))).await {
+                return;
+            }
+            if left <= Duration::from_secs(1) {
+                break;
+            }
+        }
+        Self::control(
+            dir,
+            &Control::Signal {
+                signal: libc::SIGKILL,
+            },
+        )
+        .await;
+        if self.wait_exit(dir, Duration::from_secs(2)).await {
+            return;
+        }
+        if let Some(pid) = qemu::running_pid(dir) {
+            qemu::kill(pid, libc::SIGKILL);
+        }
+        self.wait_exit(dir, Duration::from_secs(5)).await;
+    }
+
     async fn wait_exit(&self, dir: &Path, timeout: Duration) -> bool {
         qemu::wait_gone(dir, timeout).await
     }
+}
+
+/// What a VM's volumes need (see `MicroVmRuntime::volume_sources`).
+struct VolumeSources {
+    /// virtio-fs modules, loaded after the base ones.
+    modules: Vec<PathBuf>,
+    /// The virtiofsd binary.
+    daemon: PathBuf,
+    /// Each mount's host directory, in the spec's order.
+    dirs: Vec<PathBuf>,
 }
 
 /// berth's restart words → the init's (the same meaning as Docker's `no`,
@@ -844,43 +1025,10 @@ impl Runtime for MicroVmRuntime {
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
         let (dir, _) = self.find(id)?;
-        if qemu::running_pid(&dir).is_none() {
-            return Ok(());
-        }
-        let _ = std::fs::write(dir.join("stopped"), b"");
-        // SIGTERM again every second of the grace: a control record written
-        // while the guest's end of the port is between two opens is lost.
-        let deadline = tokio::time::Instant::now() + grace;
-        loop {
-            Self::control(
-                &dir,
-                &Control::Signal {
-                    signal: libc::SIGTERM,
-                },
-            )
-            .await;
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if self.wait_exit(&dir, left.min(Duration::from_secs(1))).await {
-                return Ok(());
-            }
-            if left <= Duration::from_secs(1) {
-                break;
-            }
-        }
-        Self::control(
-            &dir,
-            &Control::Signal {
-                signal: libc::SIGKILL,
-            },
-        )
-        .await;
-        if self.wait_exit(&dir, Duration::from_secs(2)).await {
-            return Ok(());
-        }
-        if let Some(pid) = qemu::running_pid(&dir) {
-            qemu::kill(pid, libc::SIGKILL);
-        }
-        self.wait_exit(&dir, Duration::from_secs(5)).await;
+        self.stop_vm(&dir, grace).await;
+        // Their QEMU gone, the volumes' daemons end by themselves; any left
+        // (QEMU killed before it connected) go now.
+        virtiofs::stop_all(&dir).await;
         Ok(())
     }
 
@@ -892,6 +1040,7 @@ impl Runtime for MicroVmRuntime {
             qemu::kill(pid, libc::SIGKILL);
             qemu::wait_gone(&dir, Duration::from_secs(5)).await;
         }
+        virtiofs::stop_all(&dir).await;
         std::fs::remove_dir_all(&dir).or_else(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 Ok(())

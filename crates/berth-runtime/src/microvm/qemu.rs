@@ -71,6 +71,9 @@ pub struct VmLaunch {
     pub cpus: u32,
     /// `(host port on 127.0.0.1, guest port)`.
     pub forward: Option<(u16, u16)>,
+    /// Volumes shared through virtio-fs: `(tag, virtiofsd's socket)`.
+    /// With any, guest memory is a shared memfd (vhost-user needs it).
+    pub shares: Vec<(String, PathBuf)>,
 }
 
 impl VmLaunch {
@@ -81,7 +84,11 @@ impl VmLaunch {
             "-name".into(),
             format!("berth-{}", self.name),
             "-machine".into(),
-            "q35".into(),
+            if self.shares.is_empty() {
+                "q35".into()
+            } else {
+                "q35,memory-backend=mem".into()
+            },
             "-accel".into(),
             match self.accel {
                 Accel::Kvm => "kvm".into(),
@@ -116,6 +123,23 @@ impl VmLaunch {
             "-device".into(),
             "virtio-blk-pci,drive=root".into(),
         ];
+        if !self.shares.is_empty() {
+            args.extend([
+                "-object".into(),
+                format!(
+                    "memory-backend-memfd,id=mem,size={}M,share=on",
+                    self.memory_mib
+                ),
+            ]);
+        }
+        for (i, (tag, socket)) in self.shares.iter().enumerate() {
+            args.extend([
+                "-chardev".into(),
+                format!("socket,id=fs{i},path={}", socket.to_string_lossy()),
+                "-device".into(),
+                format!("vhost-user-fs-pci,chardev=fs{i},tag={tag}"),
+            ]);
+        }
         let mut netdev = "user,id=net0".to_owned();
         if let Some((host, guest)) = self.forward {
             netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
@@ -160,17 +184,16 @@ impl VmLaunch {
 /// pidfile's process must name `dir` on its command line, so a reused pid
 /// is not mistaken for it).
 pub fn running_pid(dir: &Path) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(dir.join(PIDFILE))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let needle = dir.join(PIDFILE);
-    let needle = needle.to_string_lossy();
-    let alive = cmdline
-        .split(|&b| b == 0)
-        .any(|arg| arg == needle.as_bytes());
+    pid_running(&dir.join(PIDFILE), &needle.to_string_lossy())
+}
+
+/// The pid in `pidfile` if that process runs (not a zombie) and one of its
+/// arguments is `arg` (so a reused pid is not mistaken for it).
+pub fn pid_running(pidfile: &Path, arg: &str) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let alive = cmdline.split(|&b| b == 0).any(|a| a == arg.as_bytes());
     // A zombie (exited, not yet reaped) is not running.
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let zombie = stat
@@ -214,7 +237,37 @@ mod tests {
             memory_mib: 256,
             cpus: 1,
             forward: Some((41000, 3000)),
+            shares: Vec::new(),
         }
+    }
+
+    #[test]
+    fn volumes_are_vhost_user_fs_devices_on_shared_memory() {
+        let mut l = launch();
+        assert_eq!(after(&l.args(), "-machine"), ["q35"]);
+        assert!(after(&l.args(), "-object").is_empty());
+        l.shares = vec![
+            ("berth-vol0".into(), PathBuf::from("/data/vms/abc/fs0.sock")),
+            ("berth-vol1".into(), PathBuf::from("/data/vms/abc/fs1.sock")),
+        ];
+        let args = l.args();
+        assert_eq!(after(&args, "-machine"), ["q35,memory-backend=mem"]);
+        assert_eq!(
+            after(&args, "-object"),
+            ["memory-backend-memfd,id=mem,size=256M,share=on"]
+        );
+        let fs: Vec<&str> = after(&args, "-device")
+            .into_iter()
+            .filter(|d| d.starts_with("vhost-user-fs-pci"))
+            .collect();
+        assert_eq!(
+            fs,
+            [
+                "vhost-user-fs-pci,chardev=fs0,tag=berth-vol0",
+                "vhost-user-fs-pci,chardev=fs1,tag=berth-vol1"
+            ]
+        );
+        assert!(after(&args, "-chardev").contains(&"socket,id=fs1,path=/data/vms/abc/fs1.sock"));
     }
 
     fn after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {

@@ -458,3 +458,143 @@ async fn the_restart_policy_restarts_the_app_inside_the_same_vm() {
         "{logs:?}"
     );
 }
+
+/// The processes on this host whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+            !zombie && String::from_utf8_lossy(&cmdline).contains(needle)
+        })
+        .collect()
+}
+
+/// Volumes in VMs (virtio-fs): a VM writes into a named volume of the
+/// engine and the host sees it in the engine's directory; a second VM
+/// started beside it (as in a cutover) reads it and adds to it; the VMs
+/// count as the volume's users (removing it is refused), are adopted with
+/// their virtiofsd by a new runtime on the same state dir, and removing
+/// them leaves no virtiofsd behind.
+#[tokio::test]
+async fn vms_share_a_volume_through_virtio_fs_and_leave_no_daemon_behind() {
+    use berth_runtime::microvm::volumes::WithVms;
+    use berth_runtime::{DockerVolumes, VolumeMount, Volumes};
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    let Some((rt, dir, image)) =
+        setup("vms_share_a_volume_through_virtio_fs_and_leave_no_daemon_behind").await
+    else {
+        return;
+    };
+    let docker = testing::connect().await.expect("connect to docker");
+    let engine = DockerVolumes::from_docker(docker.clone());
+    let mut cleanup = testing::Cleanup::new();
+    let volume = format!("berth-mvm-test-{}", testing::unique_suffix());
+    cleanup.volume(volume.clone());
+    let labels = BTreeMap::from([(TEST_LABEL.to_owned(), "berth-runtime".to_owned())]);
+    engine.ensure(&volume, &labels).await.expect("ensure");
+    let host_dir = std::path::PathBuf::from(
+        docker
+            .inspect_volume(&volume)
+            .await
+            .expect("inspect volume")
+            .mountpoint,
+    );
+    let volumes = WithVms::new(Arc::new(engine), rt.clone());
+    let with_volume = |command: &str| {
+        let mut s = spec(&image, command);
+        s.mounts.push(VolumeMount {
+            volume: volume.clone(),
+            target: "/data".into(),
+            read_only: false,
+        });
+        s
+    };
+
+    let first = with_volume("echo one >> /data/lines && echo written && exec sleep 1000");
+    let vm1 = rt.start(&first).await.expect("start vm1");
+    let _g1 = VmGuard(rt.clone(), vm1.id.clone());
+    let deadline = Instant::now() + BOOT_DEADLINE;
+    while !lines(&rt, &vm1.id)
+        .await
+        .contains(&(LogStream::Stdout, "written".into()))
+    {
+        let state = rt.inspect(&vm1.id).await.unwrap();
+        assert_eq!(state.status, InstanceStatus::Running, "{state:?}");
+        assert!(Instant::now() < deadline, "vm1 wrote nothing");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The engine's own directory of the volume holds what the VM wrote.
+    assert_eq!(
+        std::fs::read_to_string(host_dir.join("lines")).unwrap(),
+        "one\n"
+    );
+    let daemons = rt.virtiofsd_pids(&vm1.id);
+    assert_eq!(daemons.len(), 1, "one virtiofsd per volume");
+
+    // A second VM beside it sees the data and adds to it.
+    let second = with_volume("cat /data/lines; echo two >> /data/lines");
+    let vm2 = rt.start(&second).await.expect("start vm2");
+    let _g2 = VmGuard(rt.clone(), vm2.id.clone());
+    let state = wait_exited(&rt, &vm2.id).await;
+    assert_eq!(
+        state.status,
+        InstanceStatus::Exited { code: 0 },
+        "{state:?}"
+    );
+    assert!(lines(&rt, &vm2.id)
+        .await
+        .contains(&(LogStream::Stdout, "one".into())));
+    assert_eq!(
+        std::fs::read_to_string(host_dir.join("lines")).unwrap(),
+        "one\ntwo\n"
+    );
+    // Its QEMU gone, its daemon went with it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !rt.virtiofsd_pids(&vm2.id).is_empty() {
+        assert!(Instant::now() < deadline, "vm2's virtiofsd outlived it");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Both VMs use the volume: removing it is refused.
+    let users = volumes.users(&volume).await.unwrap();
+    let mut names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
+    names.sort();
+    let mut want = vec![vm1.id.as_str(), vm2.id.as_str()];
+    want.sort();
+    assert_eq!(names, want);
+    assert!(users.iter().any(|u| u.id == vm1.id && u.running));
+    let err = volumes.remove(&volume).await.unwrap_err().to_string();
+    assert!(err.contains("in use by microvm"), "{err}");
+
+    // After a restart of berth (a new runtime on the same state dir) the
+    // VM and its daemon are adopted, not restarted.
+    let adopted = MicroVmRuntime::open(
+        testing::connect().await.unwrap(),
+        berth_runtime::MicroVmConfig {
+            state_dir: dir.path().to_owned(),
+            kernel: None,
+            init: vm_testing::init_binary().unwrap(),
+            accel: Accel::Tcg,
+            qemu: "qemu-system-x86_64".into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(adopted.virtiofsd_pids(&vm1.id), daemons);
+    assert!(adopted.inspect(&vm1.id).await.unwrap().status == InstanceStatus::Running);
+
+    // Removed: no virtiofsd of this state dir is left on the host.
+    adopted.remove(&vm1.id).await.unwrap();
+    adopted.remove(&vm2.id).await.unwrap();
+    let left = processes_mentioning(&dir.path().to_string_lossy());
+    assert!(left.is_empty(), "left running: {left:?}");
+    assert!(volumes.users(&volume).await.unwrap().is_empty());
+    volumes.remove(&volume).await.expect("remove the volume");
+}

@@ -1711,7 +1711,7 @@ async fn bad_volumes_fail_at_analyze_and_volumes_need_a_runtime_that_has_them() 
         );
         assert!(h.store.get_deployment(&live.id).await.unwrap().is_active);
     }
-    // The fake runtime has no volumes (as Swarm and microVMs): the deploy
+    // The fake runtime has no volumes (as Swarm): the deploy
     // step fails with the reason and the previous deployment keeps serving.
     *h.builder.toml.lock().unwrap() =
         format!("{TOML}\n[services.web.volumes]\n\"/data\" = \"uploads\"\n");

@@ -24,7 +24,7 @@ cat /data/note.txt 2>/dev/null || echo missing
 ";
 
 /// Removes the project's volumes (after its containers).
-struct VolumeCleanup(String);
+pub(super) struct VolumeCleanup(pub(super) String);
 impl Drop for VolumeCleanup {
     fn drop(&mut self) {
         remove_project_containers(&self.0);
