@@ -50,6 +50,10 @@ need_cmd mmdebstrap mmdebstrap
 need_cmd qemu-system-x86_64 qemu-system-x86
 ls /boot/vmlinuz-*-cloud-amd64 >/dev/null 2>&1 || need+=(linux-image-cloud-amd64)
 need_cmd mkfs.ext4 e2fsprogs
+# Volumes on microVMs: QEMU's virtiofsd (Debian 12: in qemu-system-common).
+if ! command -v virtiofsd >/dev/null 2>&1 && [ ! -x /usr/libexec/virtiofsd ]; then
+  need_file /usr/lib/qemu/virtiofsd qemu-system-common
+fi
 # The two-node test swarm (scripts/swarm-testnet.sh): a registry, network
 # namespaces (ip, nsenter, unshare), python3 for the htpasswd hash.
 need_cmd docker-registry docker-registry

@@ -12,9 +12,11 @@
 //! (the engine names them after the directory asked for); writing one back
 //! at `/` of a helper puts the files back into the volume.
 //!
-//! Only the Docker backend has volumes: a Swarm volume is local to a node
-//! (a task rescheduled elsewhere would find another, empty one) and a
-//! microVM has no volume support, so the server refuses volumes there.
+//! Volumes are the local engine's: a container mounts one, a microVM shares
+//! its directory through virtio-fs (see `microvm::virtiofs`, and
+//! `microvm::volumes::WithVms` for VMs as users). A Swarm volume is local
+//! to a node (a task rescheduled elsewhere would find another, empty one),
+//! so the server refuses volumes there.
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -24,8 +24,12 @@
 //!   `berth_init::config::Restart`); `inspect` counts the restarts and says
 //!   `Restarting` between two runs. A host stop is never restarted.
 //!
-//! Not supported (refused or ignored, documented): volumes (refused), PID
-//! limits.
+//! - **Volumes**: the engine's named volume's directory shared through
+//!   virtio-fs, one virtiofsd per volume ([`virtiofs`]), mounted by the
+//!   init before the app; VMs count as the volume's users
+//!   ([`volumes::WithVms`]).
+//!
+//! Not supported (ignored, documented): PID limits.
 
 pub mod initramfs;
 pub mod kernel;

@@ -67,10 +67,27 @@ pub fn host_ready() -> Result<(), String> {
     Ok(())
 }
 
+/// What a microVM test with volumes needs besides [`host_ready`]: virtiofsd.
+pub fn volumes_ready() -> Result<(), String> {
+    host_ready()?;
+    super::virtiofs::find()
+        .map(|_| ())
+        .ok_or_else(|| "virtiofsd not found (install qemu-system-common)".to_owned())
+}
+
 /// `Some(())` when microVM tests can run; otherwise prints why and returns
 /// `None`, or panics under `CI=true`.
 pub fn require_host(test: &str) -> Option<()> {
-    match host_ready() {
+    require(test, host_ready())
+}
+
+/// [`require_host`] for a test with volumes ([`volumes_ready`]).
+pub fn require_volumes(test: &str) -> Option<()> {
+    require(test, volumes_ready())
+}
+
+fn require(test: &str, ready: Result<(), String>) -> Option<()> {
+    match ready {
         Ok(()) => Some(()),
         Err(why) if std::env::var("CI").as_deref() == Ok("true") => {
             panic!("{test}: {why} (CI=true: microVM tests must run)")

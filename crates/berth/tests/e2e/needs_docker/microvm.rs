@@ -635,6 +635,10 @@ fn boots(s: &Server, host: &str) -> Vec<String> {
 /// one virtiofsd, and none is left for a VM that is gone.
 #[test]
 fn microvm_volumes_keep_their_data_across_deploys_restarts_restores_and_rollbacks() {
+    if let Err(why) = berth_runtime::microvm::testing::volumes_ready() {
+        missing_tool(&why, "apt-get install qemu-system-common");
+        return;
+    }
     let Some(mut s) = microvm_server() else {
         return;
     };
