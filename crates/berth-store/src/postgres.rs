@@ -96,12 +96,12 @@ impl From<tokio_postgres::Error> for StoreError {
 /// Inside [`crate::cluster::fenced`]: refuse the transaction unless the
 /// lease still has this holder and epoch; the row stays share-locked until
 /// commit, so the lease cannot move while the write lands.
-async fn check_fence(tx: &tokio_postgres::Transaction<'_>) -> Result<()> {
+async fn check_fence(tx: &deadpool_postgres::Transaction<'_>) -> Result<()> {
     let Some(f) = crate::cluster::current_fence() else {
         return Ok(());
     };
     let held = tx
-        .query_opt(
+        .query_opt_cached(
             "SELECT 1 FROM cluster_lease WHERE id = 1 AND holder = $1 AND epoch = $2 FOR SHARE",
             &[&f.member, &(f.epoch as i64)],
         )
@@ -121,6 +121,53 @@ async fn write_tx(c: &mut deadpool_postgres::Object) -> Result<deadpool_postgres
     check_fence(&tx).await?;
     Ok(tx)
 }
+
+/// Statements through the connection's statement cache (deadpool-postgres'
+/// `prepare_cached`): each SQL text is parsed and described once per pooled
+/// connection, then every use is one round trip (Bind/Execute) instead of
+/// two (Parse/Describe, then Bind/Execute). So no SQL text may vary by value:
+/// values are always parameters (`LIMIT` too), and the texts built from
+/// optional filters form a small fixed set, which bounds each cache.
+#[async_trait]
+trait Cached: GenericClient {
+    async fn query_cached(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Vec<Row>, tokio_postgres::Error> {
+        let st = self.prepare_cached(sql).await?;
+        self.query(&st, params).await
+    }
+
+    async fn query_one_cached(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Row, tokio_postgres::Error> {
+        let st = self.prepare_cached(sql).await?;
+        self.query_one(&st, params).await
+    }
+
+    async fn query_opt_cached(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Option<Row>, tokio_postgres::Error> {
+        let st = self.prepare_cached(sql).await?;
+        self.query_opt(&st, params).await
+    }
+
+    async fn execute_cached(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<u64, tokio_postgres::Error> {
+        let st = self.prepare_cached(sql).await?;
+        self.execute(&st, params).await
+    }
+}
+
+impl<C: GenericClient> Cached for C {}
 
 fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&SqlState::UNIQUE_VIOLATION)
@@ -198,13 +245,13 @@ impl PgStore {
 
     async fn check_key(&self, c: &deadpool_postgres::Object) -> Result<()> {
         let fresh = self.sealer.seal(Secret::KeyCheck, "berth");
-        c.execute(
+        c.execute_cached(
             "INSERT INTO key_check (id, sealed) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
             &[&fresh],
         )
         .await?;
         let sealed: String = c
-            .query_one("SELECT sealed FROM key_check WHERE id = 1", &[])
+            .query_one_cached("SELECT sealed FROM key_check WHERE id = 1", &[])
             .await?
             .get(0);
         self.sealer.open(Secret::KeyCheck, &sealed).map_err(|_| {
@@ -226,14 +273,14 @@ impl PgStore {
 
 async fn migrate(c: &mut deadpool_postgres::Object) -> Result<()> {
     let tx = c.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+    tx.execute_cached("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS berth_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
     )
     .await?;
     let done: i32 = tx
-        .query_one(
+        .query_one_cached(
             "SELECT COALESCE(MAX(version), 0) FROM berth_migrations",
             &[],
         )
@@ -243,7 +290,7 @@ async fn migrate(c: &mut deadpool_postgres::Object) -> Result<()> {
         tx.batch_execute(sql).await.map_err(|e| {
             StoreError::Backend(format!("migration {} failed: {}", i + 1, pg_err(e)))
         })?;
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO berth_migrations (version) VALUES ($1)",
             &[&((i + 1) as i32)],
         )
@@ -269,7 +316,7 @@ fn project_row(r: &Row) -> Project {
 }
 
 async fn get_project<C: GenericClient>(c: &C, name: &str) -> Result<Project> {
-    c.query_opt(
+    c.query_opt_cached(
         &format!("SELECT {PROJECT_COLS} FROM projects WHERE name = $1"),
         &[&name],
     )
@@ -290,7 +337,7 @@ fn env_row(r: &Row) -> Environment {
 
 async fn get_env<C: GenericClient>(c: &C, project: &str, env: &str) -> Result<Environment> {
     get_project(c, project).await?;
-    c.query_opt(
+    c.query_opt_cached(
         "SELECT project, name, branch, kind, created_at FROM environments WHERE project = $1 AND name = $2",
         &[&project, &env],
     )
@@ -379,7 +426,7 @@ impl Store for PgStore {
         let tx = c.transaction().await?;
         let retain = p.retain_images as i32;
         let n = tx
-            .execute(
+            .execute_cached(
                 &format!(
                     "INSERT INTO projects ({PROJECT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (name) DO NOTHING"
                 ),
@@ -392,7 +439,7 @@ impl Store for PgStore {
                 name: p.name,
             });
         }
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO environments (project, name, branch, kind, created_at) VALUES ($1, $2, $3, 'production', $4)",
             &[&p.name, &PRODUCTION, &p.default_branch, &p.created_at],
         )
@@ -405,7 +452,7 @@ impl Store for PgStore {
     async fn list_projects(&self) -> Result<Vec<Project>> {
         let c = self.client().await?;
         let rows = c
-            .query(
+            .query_cached(
                 &format!("SELECT {PROJECT_COLS} FROM projects ORDER BY name"),
                 &[],
             )
@@ -436,42 +483,42 @@ impl Store for PgStore {
             .map(|k| (!k.trim().is_empty()).then(|| self.sealer.seal(Secret::DeployKey(name), k)));
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
-        tx.query_opt(
+        tx.query_opt_cached(
             "SELECT 1 FROM projects WHERE name = $1 FOR UPDATE",
             &[&name],
         )
         .await?
         .ok_or_else(|| StoreError::not_found("project", name))?;
         if let Some(n) = patch.retain_images {
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE projects SET retain_images = $2 WHERE name = $1",
                 &[&name, &(n as i32)],
             )
             .await?;
         }
         if let Some(s) = sealed {
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE projects SET webhook_secret = $2 WHERE name = $1",
                 &[&name, &s],
             )
             .await?;
         }
         if let Some(b) = patch.default_branch {
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE projects SET default_branch = $2 WHERE name = $1",
                 &[&name, &b],
             )
             .await?;
         }
         if let Some((r, cred)) = repo {
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE projects SET repo = $2, repo_credentials = $3 WHERE name = $1",
                 &[&name, &r, &cred],
             )
             .await?;
         }
         if let Some(k) = key {
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE projects SET deploy_key = $2 WHERE name = $1",
                 &[&name, &k],
             )
@@ -485,7 +532,7 @@ impl Store for PgStore {
     async fn webhook_secret(&self, project: &str) -> Result<Option<String>> {
         let c = self.client().await?;
         let row = c
-            .query_opt(
+            .query_opt_cached(
                 "SELECT webhook_secret FROM projects WHERE name = $1",
                 &[&project],
             )
@@ -499,7 +546,7 @@ impl Store for PgStore {
     async fn repo_access(&self, project: &str) -> Result<RepoAccess> {
         let c = self.client().await?;
         let row = c
-            .query_opt(
+            .query_opt_cached(
                 "SELECT repo, repo_credentials, deploy_key FROM projects WHERE name = $1",
                 &[&project],
             )
@@ -523,7 +570,7 @@ impl Store for PgStore {
         let c = self.client().await?;
         get_project(&c, project).await?;
         let rows = c
-            .query(
+            .query_cached(
                 "SELECT project, name, branch, kind, created_at FROM environments WHERE project = $1 \
                  ORDER BY name <> 'production', name",
                 &[&project],
@@ -543,7 +590,7 @@ impl Store for PgStore {
         let tx = c.transaction().await?;
         get_project(&tx, &e.project_name).await?;
         let n = tx
-            .execute(
+            .execute_cached(
                 "INSERT INTO environments (project, name, branch, kind, created_at) VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT (project, name) DO NOTHING",
                 &[&e.project_name, &e.name, &e.branch, &env_kind_str(e.kind), &e.created_at],
@@ -569,12 +616,12 @@ impl Store for PgStore {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         get_env(&tx, project, env).await?;
-        tx.execute(
+        tx.execute_cached(
             "DELETE FROM slots WHERE project = $1 AND environment = $2",
             &[&project, &env],
         )
         .await?;
-        tx.execute(
+        tx.execute_cached(
             "DELETE FROM environments WHERE project = $1 AND name = $2",
             &[&project, &env],
         )
@@ -609,7 +656,7 @@ impl Store for PgStore {
         };
         let c = self.client().await?;
         get_env(&c, project, env).await?;
-        c.execute(
+        c.execute_cached(
             "INSERT INTO variables (project, environment, key, value, secret, build, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
              ON CONFLICT (project, environment, key) DO UPDATE SET value = excluded.value, secret = excluded.secret, build = excluded.build, updated_at = excluded.updated_at",
             &[&project, &env, &key, &stored, &secret, &build, &at],
@@ -628,7 +675,7 @@ impl Store for PgStore {
         let c = self.client().await?;
         get_env(&c, project, env).await?;
         let n = c
-            .execute(
+            .execute_cached(
                 "DELETE FROM variables WHERE project = $1 AND environment = $2 AND key = $3",
                 &[&project, &env, &key],
             )
@@ -640,7 +687,7 @@ impl Store for PgStore {
         let c = self.client().await?;
         get_env(&c, project, env).await?;
         let rows = c
-            .query(
+            .query_cached(
                 "SELECT key, value, secret, updated_at, build FROM variables WHERE project = $1 AND environment = $2 ORDER BY key",
                 &[&project, &env],
             )
@@ -664,7 +711,7 @@ impl Store for PgStore {
         let c = self.client().await?;
         get_env(&c, project, env).await?;
         let rows = c
-            .query(
+            .query_cached(
                 "SELECT key, value, secret, build FROM variables WHERE project = $1 AND environment = $2 ORDER BY key",
                 &[&project, &env],
             )
@@ -701,7 +748,7 @@ impl Store for PgStore {
         let mut c = self.client().await?;
         let tx = write_tx(&mut c).await?;
         get_env(&tx, &d.project_name, &d.environment_name).await?;
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO deployments (id, project, environment, service, status, stage, created_at, data, version) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             &[
@@ -734,7 +781,7 @@ impl Store for PgStore {
     async fn get_deployment(&self, id: &str) -> Result<Deployment> {
         let c = self.client().await?;
         let row = c
-            .query_opt(&format!("{DEPLOYMENT_SELECT} WHERE d.id = $1"), &[&id])
+            .query_opt_cached(&format!("{DEPLOYMENT_SELECT} WHERE d.id = $1"), &[&id])
             .await?
             .ok_or_else(|| StoreError::not_found("deployment", id))?;
         deployment_row(&row)
@@ -758,10 +805,11 @@ impl Store for PgStore {
         }
         sql.push_str(" ORDER BY d.created_at DESC, d.id DESC");
         if let Some(l) = q.limit {
-            sql.push_str(&format!(" LIMIT {l}"));
+            params.push(Box::new(i64::from(l)));
+            sql.push_str(&format!(" LIMIT ${}", params.len()));
         }
         let c = self.client().await?;
-        let rows = c.query(&sql, &refs(&params)).await?;
+        let rows = c.query_cached(&sql, &refs(&params)).await?;
         rows.iter().map(deployment_row).collect()
     }
 
@@ -775,7 +823,7 @@ impl Store for PgStore {
         for d in ds.iter() {
             let data = crate::deployment_json(d)?;
             let n = tx
-                .execute(
+                .execute_cached(
                     "UPDATE deployments SET status = $2, stage = $3, data = $4, version = version + 1 \
                      WHERE id = $1 AND version = $5",
                     &[
@@ -789,7 +837,7 @@ impl Store for PgStore {
                 .await?;
             if n == 0 {
                 let found = tx
-                    .query_opt("SELECT version FROM deployments WHERE id = $1", &[&d.id])
+                    .query_opt_cached("SELECT version FROM deployments WHERE id = $1", &[&d.id])
                     .await?;
                 return Err(match found {
                     None => StoreError::not_found("deployment", &d.id),
@@ -798,7 +846,7 @@ impl Store for PgStore {
             }
         }
         if let Some(a) = activate {
-            tx.execute(
+            tx.execute_cached(
                 "INSERT INTO slots (project, environment, service, active) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (project, environment, service) DO UPDATE SET active = excluded.active",
                 &[&a.slot.project, &a.slot.environment, &a.slot.service, &a.deployment_id],
@@ -815,7 +863,7 @@ impl Store for PgStore {
     async fn active_deployment(&self, slot: &Slot) -> Result<Option<Deployment>> {
         let c = self.client().await?;
         let row = c
-            .query_opt(
+            .query_opt_cached(
                 &format!(
                     "{DEPLOYMENT_SELECT} WHERE s.project = $1 AND s.environment = $2 AND s.service = $3 AND d.id = s.active"
                 ),
@@ -833,32 +881,26 @@ impl Store for PgStore {
         let tx = write_tx(&mut c).await?;
         // The counter row stays locked until commit: cursors in commit order.
         let last: i64 = tx
-            .query_one(
+            .query_one_cached(
                 "UPDATE log_cursor SET last = last + $1 WHERE id = 1 RETURNING last",
                 &[&(lines.len() as i64)],
             )
             .await?
             .get(0);
         let first = last - lines.len() as i64 + 1;
-        let st = tx
-            .prepare(
-                "INSERT INTO logs (seq, deployment_id, ts, stream, step, text) VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .await?;
-        for (i, l) in lines.iter().enumerate() {
-            tx.execute(
-                &st,
-                &[
-                    &(first + i as i64),
-                    &l.deployment_id,
-                    &l.ts,
-                    &l.stream.as_str(),
-                    &l.step.map(|s| s.as_str()),
-                    &l.text,
-                ],
-            )
-            .await?;
-        }
+        // One statement for the whole batch (one round trip, not one a line).
+        let seqs: Vec<i64> = (first..=last).collect();
+        let ids: Vec<&str> = lines.iter().map(|l| l.deployment_id.as_str()).collect();
+        let ts: Vec<DateTime<Utc>> = lines.iter().map(|l| l.ts).collect();
+        let streams: Vec<&str> = lines.iter().map(|l| l.stream.as_str()).collect();
+        let steps: Vec<Option<&str>> = lines.iter().map(|l| l.step.map(|s| s.as_str())).collect();
+        let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+        tx.execute_cached(
+            "INSERT INTO logs (seq, deployment_id, ts, stream, step, text) \
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[])",
+            &[&seqs, &ids, &ts, &streams, &steps, &texts],
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -909,10 +951,11 @@ impl Store for PgStore {
             " ORDER BY l.seq"
         });
         if let Some(l) = q.limit {
-            sql.push_str(&format!(" LIMIT {l}"));
+            params.push(Box::new(i64::from(l)));
+            sql.push_str(&format!(" LIMIT ${}", params.len()));
         }
         let c = self.client().await?;
-        let rows = c.query(&sql, &refs(&params)).await?;
+        let rows = c.query_cached(&sql, &refs(&params)).await?;
         let mut out: Vec<LogLine> = rows
             .iter()
             .map(|r| LogLine {
@@ -934,7 +977,7 @@ impl Store for PgStore {
         for line in out.iter_mut() {
             if !shas.contains_key(&line.deployment_id) {
                 let data: Option<String> = c
-                    .query_opt(
+                    .query_opt_cached(
                         "SELECT data FROM deployments WHERE id = $1",
                         &[&line.deployment_id],
                     )
@@ -955,7 +998,7 @@ impl Store for PgStore {
 
     async fn put_external_route(&self, r: &ExternalRoute) -> Result<()> {
         let c = self.client().await?;
-        c.execute(
+        c.execute_cached(
             "INSERT INTO external_routes (hostname, upstream, created_at) VALUES ($1, $2, $3) \
              ON CONFLICT (hostname) DO UPDATE SET upstream = excluded.upstream",
             &[&r.hostname, &r.upstream, &r.created_at],
@@ -967,7 +1010,7 @@ impl Store for PgStore {
     async fn list_external_routes(&self) -> Result<Vec<ExternalRoute>> {
         let c = self.client().await?;
         let rows = c
-            .query(
+            .query_cached(
                 "SELECT hostname, upstream, created_at FROM external_routes ORDER BY hostname",
                 &[],
             )
@@ -984,7 +1027,7 @@ impl Store for PgStore {
 
     async fn remove_external_route(&self, hostname: &str) -> Result<bool> {
         let c = self.client().await?;
-        Ok(c.execute(
+        Ok(c.execute_cached(
             "DELETE FROM external_routes WHERE hostname = $1",
             &[&hostname],
         )
@@ -1000,7 +1043,7 @@ impl Store for PgStore {
     ) -> Result<bool> {
         let c = self.client().await?;
         let n = c
-            .execute(
+            .execute_cached(
                 "INSERT INTO webhook_deliveries (delivery_id, project, received_at) VALUES ($1, $2, $3) \
                  ON CONFLICT (delivery_id) DO NOTHING",
                 &[&delivery_id, &project, &at],
@@ -1019,7 +1062,7 @@ impl Store for PgStore {
             serde_json::to_string(entries).map_err(|e| StoreError::Backend(e.to_string()))?;
         let mut c = self.client().await?;
         let tx = write_tx(&mut c).await?;
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO manifests (image, data, created_at) VALUES ($1, $2, $3) \
              ON CONFLICT (image) DO UPDATE SET data = excluded.data",
             &[&image, &data, &at],
@@ -1032,7 +1075,7 @@ impl Store for PgStore {
     async fn get_manifest(&self, image: &str) -> Result<Option<Vec<ManifestEntry>>> {
         let c = self.client().await?;
         let data: Option<String> = c
-            .query_opt("SELECT data FROM manifests WHERE image = $1", &[&image])
+            .query_opt_cached("SELECT data FROM manifests WHERE image = $1", &[&image])
             .await?
             .map(|r| r.get(0));
         data.map(|d| serde_json::from_str(&d).map_err(|e| StoreError::Backend(e.to_string())))
@@ -1047,13 +1090,13 @@ impl Store for PgStore {
         let mut c = self.client().await?;
         let tx = write_tx(&mut c).await?;
         let mut removed = tx
-            .execute("DELETE FROM logs WHERE ts < $1", &[&older_than])
+            .execute_cached("DELETE FROM logs WHERE ts < $1", &[&older_than])
             .await?;
-        let projects = tx.query("SELECT name FROM projects", &[]).await?;
+        let projects = tx.query_cached("SELECT name FROM projects", &[]).await?;
         for p in projects {
             let p: String = p.get(0);
             let cut: Option<i64> = tx
-                .query_opt(
+                .query_opt_cached(
                     "SELECT l.seq FROM logs l JOIN deployments d ON d.id = l.deployment_id \
                      WHERE d.project = $1 ORDER BY l.seq DESC LIMIT 1 OFFSET $2",
                     &[&p, &(max_lines_per_project as i64)],
@@ -1062,7 +1105,7 @@ impl Store for PgStore {
                 .map(|r| r.get(0));
             if let Some(cut) = cut {
                 removed += tx
-                    .execute(
+                    .execute_cached(
                         "DELETE FROM logs WHERE seq <= $1 AND deployment_id IN (SELECT id FROM deployments WHERE project = $2)",
                         &[&cut, &p],
                     )
@@ -1077,7 +1120,7 @@ impl Store for PgStore {
         let c = self.client().await?;
         get_env(&c, &d.project_name, &d.environment_name).await?;
         let n = c
-            .execute(
+            .execute_cached(
                 "INSERT INTO domains (hostname, project, environment, service, token, target, verified_at, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, NULL, $7) ON CONFLICT (hostname) DO NOTHING",
                 &[
@@ -1113,7 +1156,7 @@ impl Store for PgStore {
         }
         sql.push_str(" ORDER BY d.hostname");
         let c = self.client().await?;
-        let rows = c.query(&sql, &refs(&params)).await?;
+        let rows = c.query_cached(&sql, &refs(&params)).await?;
         Ok(rows
             .iter()
             .map(|r| {
@@ -1151,7 +1194,7 @@ impl Store for PgStore {
     async fn set_domain_verified(&self, hostname: &str, at: DateTime<Utc>) -> Result<()> {
         let c = self.client().await?;
         let n = c
-            .execute(
+            .execute_cached(
                 "UPDATE domains SET verified_at = $2 WHERE hostname = $1",
                 &[&hostname, &at],
             )
@@ -1165,7 +1208,7 @@ impl Store for PgStore {
     async fn remove_domain(&self, hostname: &str) -> Result<bool> {
         let c = self.client().await?;
         Ok(
-            c.execute("DELETE FROM domains WHERE hostname = $1", &[&hostname])
+            c.execute_cached("DELETE FROM domains WHERE hostname = $1", &[&hostname])
                 .await?
                 > 0,
         )
@@ -1178,7 +1221,7 @@ impl Store for PgStore {
             .map(|k| self.sealer.seal(Secret::TlsKey(&cert.hostname), k));
         let mut c = self.client().await?;
         let tx = write_tx(&mut c).await?;
-        tx.execute(
+        tx.execute_cached(
             &format!(
                 "INSERT INTO certificates ({CERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                  ON CONFLICT (hostname) DO UPDATE SET state = excluded.state, chain_pem = excluded.chain_pem, \
@@ -1205,7 +1248,7 @@ impl Store for PgStore {
     async fn get_certificate(&self, hostname: &str) -> Result<Option<CertRecord>> {
         let c = self.client().await?;
         let row = c
-            .query_opt(
+            .query_opt_cached(
                 &format!("SELECT {CERT_COLUMNS} FROM certificates WHERE hostname = $1"),
                 &[&hostname],
             )
@@ -1216,7 +1259,7 @@ impl Store for PgStore {
     async fn list_certificates(&self) -> Result<Vec<CertRecord>> {
         let c = self.client().await?;
         let rows = c
-            .query(
+            .query_cached(
                 &format!("SELECT {CERT_COLUMNS} FROM certificates ORDER BY hostname"),
                 &[],
             )
@@ -1228,7 +1271,7 @@ impl Store for PgStore {
         let mut c = self.client().await?;
         let tx = write_tx(&mut c).await?;
         let n = tx
-            .execute("DELETE FROM certificates WHERE hostname = $1", &[&hostname])
+            .execute_cached("DELETE FROM certificates WHERE hostname = $1", &[&hostname])
             .await?;
         tx.commit().await?;
         Ok(n > 0)
@@ -1237,7 +1280,7 @@ impl Store for PgStore {
     async fn acme_account(&self, directory: &str) -> Result<Option<String>> {
         let c = self.client().await?;
         let sealed: Option<String> = c
-            .query_opt(
+            .query_opt_cached(
                 "SELECT credentials_sealed FROM acme_accounts WHERE directory = $1",
                 &[&directory],
             )
@@ -1253,7 +1296,7 @@ impl Store for PgStore {
             .seal(Secret::AcmeAccount(directory), credentials);
         let mut c = self.client().await?;
         let tx = write_tx(&mut c).await?;
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO acme_accounts (directory, credentials_sealed, created_at) VALUES ($1, $2, now()) \
              ON CONFLICT (directory) DO UPDATE SET credentials_sealed = excluded.credentials_sealed",
             &[&directory, &sealed],
@@ -1266,7 +1309,7 @@ impl Store for PgStore {
     async fn list_acme_directories(&self) -> Result<Vec<String>> {
         let c = self.client().await?;
         let rows = c
-            .query(
+            .query_cached(
                 "SELECT directory FROM acme_accounts ORDER BY directory",
                 &[],
             )
@@ -1277,7 +1320,7 @@ impl Store for PgStore {
     async fn list_manifest_images(&self) -> Result<Vec<String>> {
         let c = self.client().await?;
         let rows = c
-            .query("SELECT image FROM manifests ORDER BY image", &[])
+            .query_cached("SELECT image FROM manifests ORDER BY image", &[])
             .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
@@ -1285,7 +1328,7 @@ impl Store for PgStore {
     async fn list_deliveries(&self) -> Result<Vec<(String, String, DateTime<Utc>)>> {
         let c = self.client().await?;
         let rows = c
-            .query(
+            .query_cached(
                 "SELECT project, delivery_id, received_at FROM webhook_deliveries ORDER BY received_at, delivery_id",
                 &[],
             )
@@ -1310,14 +1353,14 @@ impl Store for PgStore {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         let row = tx
-            .query_one(
+            .query_one_cached(
                 "SELECT holder, epoch, expires_at > now() FROM cluster_lease WHERE id = 1 FOR UPDATE",
                 &[],
             )
             .await?;
         let (holder, valid): (Option<String>, bool) = (row.get(0), row.get(2));
         let row = if valid && holder.as_deref() == Some(member) {
-            tx.query_one(
+            tx.query_one_cached(
                 "UPDATE cluster_lease SET expires_at = now() + $1::bigint * interval '1 millisecond' WHERE id = 1 RETURNING holder, epoch, expires_at",
                 &[&ttl_ms],
             )
@@ -1325,13 +1368,13 @@ impl Store for PgStore {
         } else if !valid {
             // Free or expired (also when it was ours: a server that could
             // not renew in time leads again only under a new epoch).
-            tx.query_one(
+            tx.query_one_cached(
                 "UPDATE cluster_lease SET holder = $1, epoch = epoch + 1, expires_at = now() + $2::bigint * interval '1 millisecond' WHERE id = 1 RETURNING holder, epoch, expires_at",
                 &[&member, &ttl_ms],
             )
             .await?
         } else {
-            tx.query_one(
+            tx.query_one_cached(
                 "SELECT holder, epoch, expires_at FROM cluster_lease WHERE id = 1",
                 &[],
             )
@@ -1343,7 +1386,7 @@ impl Store for PgStore {
             mine: row.get::<_, Option<String>>(0).as_deref() == Some(member),
             expires_at: row.get(2),
         };
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO cluster_members (id, api_url, epoch, last_seen_at) VALUES ($1, $2, $3, now()) ON CONFLICT (id) DO UPDATE SET api_url = excluded.api_url, epoch = excluded.epoch, last_seen_at = excluded.last_seen_at",
             &[&member, &api_url, &(lease.epoch as i64)],
         )
@@ -1354,7 +1397,7 @@ impl Store for PgStore {
 
     async fn release_lease(&self, member: &str) -> Result<()> {
         let c = self.client().await?;
-        c.execute(
+        c.execute_cached(
             "UPDATE cluster_lease SET expires_at = 'epoch' WHERE id = 1 AND holder = $1",
             &[&member],
         )
@@ -1365,7 +1408,7 @@ impl Store for PgStore {
     async fn cluster_members(&self) -> Result<Vec<ClusterMember>> {
         let c = self.client().await?;
         let rows = c
-            .query(
+            .query_cached(
                 "SELECT m.id, m.api_url, m.epoch, m.last_seen_at, (l.holder = m.id AND l.expires_at > now()) AS leader, l.epoch FROM cluster_members m CROSS JOIN cluster_lease l ORDER BY leader DESC, m.last_seen_at DESC, m.id",
                 &[],
             )
@@ -1389,7 +1432,7 @@ impl Store for PgStore {
     async fn engine_identity(&self, candidate: &str) -> Result<Option<String>> {
         let c = self.client().await?;
         let row = c
-            .query_one(
+            .query_one_cached(
                 "UPDATE cluster_lease SET engine_id = COALESCE(engine_id, $1) WHERE id = 1 RETURNING engine_id",
                 &[&candidate],
             )
@@ -1402,7 +1445,7 @@ impl Store for PgStore {
         let mut c = self.client().await?;
         let tx = write_tx(&mut c).await?;
         get_env(&tx, &r.project_name, &r.environment_name).await?;
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO runs (id, project, environment, service, job, scheduled_for, status, created_at, data) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             &[
@@ -1437,7 +1480,7 @@ impl Store for PgStore {
         let mut c = self.client().await?;
         let tx = write_tx(&mut c).await?;
         let n = tx
-            .execute(
+            .execute_cached(
                 "UPDATE runs SET status = $2, data = $3 WHERE id = $1",
                 &[&r.id, &r.status.as_str(), &data],
             )
@@ -1452,7 +1495,7 @@ impl Store for PgStore {
     async fn get_run(&self, id: &str) -> Result<Run> {
         let c = self.client().await?;
         let row = c
-            .query_opt("SELECT data FROM runs WHERE id = $1", &[&id])
+            .query_opt_cached("SELECT data FROM runs WHERE id = $1", &[&id])
             .await?
             .ok_or_else(|| StoreError::not_found("run", id))?;
         crate::run_from_json(&row.get::<_, String>(0))
@@ -1479,10 +1522,11 @@ impl Store for PgStore {
         }
         sql.push_str(" ORDER BY created_at DESC, id DESC");
         if let Some(l) = q.limit {
-            sql.push_str(&format!(" LIMIT {l}"));
+            params.push(Box::new(i64::from(l)));
+            sql.push_str(&format!(" LIMIT ${}", params.len()));
         }
         let c = self.client().await?;
-        let rows = c.query(&sql, &refs(&params)).await?;
+        let rows = c.query_cached(&sql, &refs(&params)).await?;
         rows.iter()
             .map(|r| crate::run_from_json(&r.get::<_, String>(0)))
             .collect()
@@ -1493,7 +1537,7 @@ impl Store for PgStore {
         crate::sqlite::check_token(t)?;
         let i = &t.info;
         let c = self.client().await?;
-        c.execute(
+        c.execute_cached(
             "INSERT INTO api_tokens (name, hash, role, project, created_at, expires_at, last_used_at, revoked_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             &[
@@ -1524,7 +1568,7 @@ impl Store for PgStore {
     async fn list_tokens(&self) -> Result<Vec<TokenInfo>> {
         let c = self.client().await?;
         let rows = c
-            .query(
+            .query_cached(
                 &format!("SELECT {TOKEN_COLS} FROM api_tokens ORDER BY name"),
                 &[],
             )
@@ -1535,7 +1579,7 @@ impl Store for PgStore {
     async fn token_records(&self) -> Result<Vec<TokenRecord>> {
         let c = self.client().await?;
         let rows = c
-            .query(
+            .query_cached(
                 &format!("SELECT {TOKEN_COLS}, hash FROM api_tokens ORDER BY name"),
                 &[],
             )
@@ -1552,7 +1596,7 @@ impl Store for PgStore {
 
     async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenInfo>> {
         let c = self.client().await?;
-        c.query_opt(
+        c.query_opt_cached(
             &format!("SELECT {TOKEN_COLS} FROM api_tokens WHERE hash = $1"),
             &[&hash],
         )
@@ -1565,7 +1609,7 @@ impl Store for PgStore {
     async fn get_token(&self, name: &str) -> Result<TokenInfo> {
         let c = self.client().await?;
         let row = c
-            .query_opt(
+            .query_opt_cached(
                 &format!("SELECT {TOKEN_COLS} FROM api_tokens WHERE name = $1"),
                 &[&name],
             )
@@ -1577,7 +1621,7 @@ impl Store for PgStore {
     async fn revoke_token(&self, name: &str, at: DateTime<Utc>) -> Result<TokenInfo> {
         let c = self.client().await?;
         let row = c
-            .query_opt(
+            .query_opt_cached(
                 &format!(
                     "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE name = $1 \
                      RETURNING {TOKEN_COLS}"
@@ -1591,7 +1635,7 @@ impl Store for PgStore {
 
     async fn touch_token(&self, name: &str, at: DateTime<Utc>) -> Result<()> {
         let c = self.client().await?;
-        c.execute(
+        c.execute_cached(
             "UPDATE api_tokens SET last_used_at = $2 WHERE name = $1",
             &[&name, &at],
         )
@@ -1601,7 +1645,7 @@ impl Store for PgStore {
 
     async fn append_audit(&self, e: &AuditEntry) -> Result<()> {
         let c = self.client().await?;
-        c.execute(
+        c.execute_cached(
             "INSERT INTO audit_log (at, token, action, target, project, source_ip) \
              VALUES ($1, $2, $3, $4, $5, $6)",
             &[
@@ -1627,10 +1671,11 @@ impl Store for PgStore {
         }
         sql.push_str(" ORDER BY seq DESC");
         if let Some(l) = q.limit {
-            sql.push_str(&format!(" LIMIT {l}"));
+            params.push(Box::new(i64::from(l)));
+            sql.push_str(&format!(" LIMIT ${}", params.len()));
         }
         let c = self.client().await?;
-        let rows = c.query(&sql, &refs(&params)).await?;
+        let rows = c.query_cached(&sql, &refs(&params)).await?;
         Ok(rows
             .iter()
             .map(|r| AuditEntry {
@@ -1647,12 +1692,12 @@ impl Store for PgStore {
     async fn put_session(&self, s: &SessionRecord) -> Result<()> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
-        tx.execute(
+        tx.execute_cached(
             "DELETE FROM console_sessions WHERE expires_at <= $1",
             &[&s.created_at],
         )
         .await?;
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO console_sessions (id_hash, token, created_at, expires_at) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (id_hash) DO UPDATE \
              SET token = EXCLUDED.token, created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at",
@@ -1669,7 +1714,7 @@ impl Store for PgStore {
         now: DateTime<Utc>,
     ) -> Result<Option<SessionRecord>> {
         let c = self.client().await?;
-        Ok(c.query_opt(
+        Ok(c.query_opt_cached(
             "SELECT id_hash, token, created_at, expires_at FROM console_sessions \
              WHERE id_hash = $1 AND expires_at > $2",
             &[&id_hash, &now],
@@ -1685,7 +1730,7 @@ impl Store for PgStore {
 
     async fn remove_session(&self, id_hash: &str) -> Result<()> {
         let c = self.client().await?;
-        c.execute(
+        c.execute_cached(
             "DELETE FROM console_sessions WHERE id_hash = $1",
             &[&id_hash],
         )
@@ -1699,7 +1744,7 @@ impl Store for PgStore {
         let mut c = self.client().await?;
         let tx = write_tx(&mut c).await?;
         get_project(&tx, &b.project_name).await?;
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO backups (id, project, environment, volume, status, created_at, data) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
             &[
@@ -1732,7 +1777,7 @@ impl Store for PgStore {
         let mut c = self.client().await?;
         let tx = write_tx(&mut c).await?;
         let n = tx
-            .execute(
+            .execute_cached(
                 "UPDATE backups SET status = $2, data = $3 WHERE id = $1",
                 &[&b.id, &b.status.as_str(), &data],
             )
@@ -1747,7 +1792,7 @@ impl Store for PgStore {
     async fn get_backup(&self, id: &str) -> Result<Backup> {
         let c = self.client().await?;
         let row = c
-            .query_opt("SELECT data FROM backups WHERE id = $1", &[&id])
+            .query_opt_cached("SELECT data FROM backups WHERE id = $1", &[&id])
             .await?
             .ok_or_else(|| StoreError::not_found("backup", id))?;
         crate::backup_from_json(&row.get::<_, String>(0))
@@ -1769,7 +1814,7 @@ impl Store for PgStore {
         }
         sql.push_str(" ORDER BY created_at DESC, id DESC");
         let c = self.client().await?;
-        let rows = c.query(&sql, &refs(&params)).await?;
+        let rows = c.query_cached(&sql, &refs(&params)).await?;
         rows.iter()
             .map(|r| crate::backup_from_json(&r.get::<_, String>(0)))
             .collect()
@@ -1778,7 +1823,7 @@ impl Store for PgStore {
     async fn delete_backup(&self, id: &str) -> Result<()> {
         let mut c = self.client().await?;
         let tx = write_tx(&mut c).await?;
-        tx.execute("DELETE FROM backups WHERE id = $1", &[&id])
+        tx.execute_cached("DELETE FROM backups WHERE id = $1", &[&id])
             .await?;
         tx.commit().await?;
         Ok(())
@@ -1793,7 +1838,7 @@ impl Store for PgStore {
         let data = crate::to_json(n)?;
         let c = self.client().await?;
         get_project(&c, &n.project_name).await?;
-        c.execute(
+        c.execute_cached(
             "INSERT INTO notifications (id, project, url, secret, created_at, data) \
              VALUES ($1, $2, $3, $4, $5, $6)",
             &[&n.id, &n.project_name, &url, &secret, &n.created_at, &data],
@@ -1815,7 +1860,7 @@ impl Store for PgStore {
     async fn list_notifications(&self, project: Option<&str>) -> Result<Vec<Notification>> {
         let c = self.client().await?;
         let rows = c
-            .query(
+            .query_cached(
                 "SELECT data FROM notifications WHERE $1::TEXT IS NULL OR project = $1 \
                  ORDER BY created_at, id",
                 &[&project],
@@ -1829,7 +1874,7 @@ impl Store for PgStore {
     async fn remove_notification(&self, project: &str, id: &str) -> Result<bool> {
         let c = self.client().await?;
         let n = c
-            .execute(
+            .execute_cached(
                 "DELETE FROM notifications WHERE project = $1 AND id = $2",
                 &[&project, &id],
             )
@@ -1840,7 +1885,7 @@ impl Store for PgStore {
     async fn notification_target(&self, id: &str) -> Result<NotifyTarget> {
         let c = self.client().await?;
         let row = c
-            .query_opt(
+            .query_opt_cached(
                 "SELECT url, secret FROM notifications WHERE id = $1",
                 &[&id],
             )
@@ -1861,7 +1906,7 @@ impl Store for PgStore {
         let mut c = self.client().await?;
         let tx = write_tx(&mut c).await?;
         let n = tx
-            .execute(
+            .execute_cached(
                 "INSERT INTO notification_deliveries \
                  (id, notification, deployment, event, status, next_attempt_at, created_at, data) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
@@ -1885,7 +1930,7 @@ impl Store for PgStore {
     async fn due_deliveries(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Delivery>> {
         let c = self.client().await?;
         let rows = c
-            .query(
+            .query_cached(
                 "SELECT data FROM notification_deliveries \
                  WHERE status = 'pending' AND next_attempt_at <= $1 \
                  ORDER BY next_attempt_at, id LIMIT $2",
@@ -1902,7 +1947,7 @@ impl Store for PgStore {
         let mut c = self.client().await?;
         let tx = write_tx(&mut c).await?;
         let n = tx
-            .execute(
+            .execute_cached(
                 "UPDATE notification_deliveries SET status = $2, next_attempt_at = $3, data = $4 \
                  WHERE id = $1",
                 &[&d.id, &d.status.as_str(), &d.next_attempt_at, &data],
@@ -1922,7 +1967,7 @@ impl Store for PgStore {
     ) -> Result<Vec<Delivery>> {
         let c = self.client().await?;
         let rows = c
-            .query(
+            .query_cached(
                 "SELECT data FROM notification_deliveries WHERE notification = $1 \
                  ORDER BY created_at DESC, id DESC LIMIT $2",
                 &[&notification, &i64::from(limit)],
@@ -1937,7 +1982,7 @@ impl Store for PgStore {
     async fn set_maintenance(&self, m: &Maintenance) -> Result<()> {
         let c = self.client().await?;
         get_env(&c, &m.project_name, &m.environment_name).await?;
-        c.execute(
+        c.execute_cached(
             "INSERT INTO maintenance (project, environment, service, since) \
              VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
             &[
@@ -1959,7 +2004,7 @@ impl Store for PgStore {
     ) -> Result<u64> {
         let c = self.client().await?;
         get_env(&c, project, environment).await?;
-        Ok(c.execute(
+        Ok(c.execute_cached(
             "DELETE FROM maintenance WHERE project = $1 AND environment = $2 \
              AND ($3::TEXT IS NULL OR service = $3)",
             &[&project, &environment, &service],
@@ -1970,7 +2015,7 @@ impl Store for PgStore {
     async fn list_maintenance(&self, project: Option<&str>) -> Result<Vec<Maintenance>> {
         let c = self.client().await?;
         let rows = c
-            .query(
+            .query_cached(
                 "SELECT project, environment, service, since FROM maintenance \
                  WHERE $1::TEXT IS NULL OR project = $1 ORDER BY project, environment, service",
                 &[&project],
@@ -1993,7 +2038,7 @@ impl Store for PgStore {
     // --- copy-store ---
     async fn session_records(&self, now: DateTime<Utc>) -> Result<Vec<SessionRecord>> {
         let c = self.client().await?;
-        Ok(c.query(
+        Ok(c.query_cached(
             "SELECT id_hash, token, created_at, expires_at FROM console_sessions \
                  WHERE expires_at > $1 ORDER BY created_at, id_hash",
             &[&now],
@@ -2013,7 +2058,7 @@ impl Store for PgStore {
     async fn certificates_stamp(&self) -> Result<String> {
         let c = self.client().await?;
         let row = c
-            .query_one("SELECT COUNT(*), MAX(updated_at) FROM certificates", &[])
+            .query_one_cached("SELECT COUNT(*), MAX(updated_at) FROM certificates", &[])
             .await?;
         let n: i64 = row.get(0);
         let last: Option<DateTime<Utc>> = row.get(1);
@@ -2026,7 +2071,7 @@ impl Store for PgStore {
     async fn dns_update_key(&self, server: &str) -> Result<Option<String>> {
         let c = self.client().await?;
         let sealed: Option<String> = c
-            .query_opt(
+            .query_opt_cached(
                 "SELECT key_sealed FROM dns_update_keys WHERE server = $1",
                 &[&server],
             )
@@ -2039,7 +2084,7 @@ impl Store for PgStore {
     async fn put_dns_update_key(&self, server: &str, key: &str) -> Result<()> {
         let sealed = self.sealer.seal(Secret::DnsUpdateKey(server), key);
         let c = self.client().await?;
-        c.execute(
+        c.execute_cached(
             "INSERT INTO dns_update_keys (server, key_sealed, created_at) VALUES ($1, $2, now()) \
              ON CONFLICT (server) DO UPDATE SET key_sealed = excluded.key_sealed",
             &[&server, &sealed],
@@ -2051,7 +2096,7 @@ impl Store for PgStore {
     async fn list_dns_update_servers(&self) -> Result<Vec<String>> {
         let c = self.client().await?;
         let rows = c
-            .query("SELECT server FROM dns_update_keys ORDER BY server", &[])
+            .query_cached("SELECT server FROM dns_update_keys ORDER BY server", &[])
             .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
@@ -2061,7 +2106,7 @@ impl Store for PgStore {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         let st = tx
-            .prepare(
+            .prepare_cached(
                 "INSERT INTO metric_minutes (deployment_id, project, environment, service, \
                  minute, requests, errors, p95_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
                  ON CONFLICT (deployment_id, minute) DO UPDATE SET requests = excluded.requests, \
@@ -2097,7 +2142,7 @@ impl Store for PgStore {
     ) -> Result<Vec<MetricMinute>> {
         let c = self.client().await?;
         let rows = c
-            .query(
+            .query_cached(
                 "SELECT deployment_id, project, environment, service, minute, requests, errors, \
                  p95_ms FROM metric_minutes WHERE project = $1 AND environment = $2 \
                  AND service = $3 AND minute >= $4 ORDER BY minute, deployment_id",
@@ -2122,7 +2167,7 @@ impl Store for PgStore {
     async fn prune_metric_minutes(&self, before: DateTime<Utc>) -> Result<u64> {
         let c = self.client().await?;
         Ok(
-            c.execute("DELETE FROM metric_minutes WHERE minute < $1", &[&before])
+            c.execute_cached("DELETE FROM metric_minutes WHERE minute < $1", &[&before])
                 .await?,
         )
     }
@@ -2131,7 +2176,7 @@ impl Store for PgStore {
     async fn pushed_repo_version(&self, project: &str) -> Result<u64> {
         let c = self.client().await?;
         let v: Option<i64> = c
-            .query_opt(
+            .query_opt_cached(
                 "SELECT version FROM pushed_repos WHERE project = $1",
                 &[&project],
             )
@@ -2142,7 +2187,7 @@ impl Store for PgStore {
 
     async fn pushed_repo(&self, project: &str) -> Result<Option<(u64, Vec<u8>)>> {
         let c = self.client().await?;
-        Ok(c.query_opt(
+        Ok(c.query_opt_cached(
             "SELECT version, bundle FROM pushed_repos WHERE project = $1",
             &[&project],
         )
@@ -2161,7 +2206,7 @@ impl Store for PgStore {
         // Locks the project row, so two pushes of it are saved one after
         // the other and the second sees the first's version.
         if tx
-            .query_opt(
+            .query_opt_cached(
                 "SELECT 1 FROM projects WHERE name = $1 FOR UPDATE",
                 &[&project],
             )
@@ -2171,7 +2216,7 @@ impl Store for PgStore {
             return Err(StoreError::not_found("project", project));
         }
         let cur: i64 = tx
-            .query_opt(
+            .query_opt_cached(
                 "SELECT version FROM pushed_repos WHERE project = $1",
                 &[&project],
             )
@@ -2182,7 +2227,7 @@ impl Store for PgStore {
             return Ok(None);
         }
         let next = cur + 1;
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO pushed_repos (project, version, bundle, updated_at) VALUES ($1, $2, $3, now()) \
              ON CONFLICT (project) DO UPDATE SET version = excluded.version, bundle = excluded.bundle, updated_at = excluded.updated_at",
             &[&project, &next, &bundle],
@@ -2195,7 +2240,7 @@ impl Store for PgStore {
     async fn pushed_repo_projects(&self) -> Result<Vec<String>> {
         let c = self.client().await?;
         let rows = c
-            .query("SELECT project FROM pushed_repos ORDER BY project", &[])
+            .query_cached("SELECT project FROM pushed_repos ORDER BY project", &[])
             .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
@@ -2203,7 +2248,7 @@ impl Store for PgStore {
     async fn request_cancel(&self, id: &str) -> Result<()> {
         let c = self.client().await?;
         let n = c
-            .execute(
+            .execute_cached(
                 "INSERT INTO cancel_requests (deployment_id, requested_at) \
                  SELECT id, now() FROM deployments WHERE id = $1 \
                  ON CONFLICT (deployment_id) DO NOTHING",
@@ -2211,7 +2256,7 @@ impl Store for PgStore {
             )
             .await?;
         if n == 0
-            && c.query_opt("SELECT 1 FROM deployments WHERE id = $1", &[&id])
+            && c.query_opt_cached("SELECT 1 FROM deployments WHERE id = $1", &[&id])
                 .await?
                 .is_none()
         {
@@ -2223,7 +2268,7 @@ impl Store for PgStore {
     async fn cancel_requests(&self) -> Result<Vec<String>> {
         let c = self.client().await?;
         let rows = c
-            .query(
+            .query_cached(
                 "SELECT deployment_id FROM cancel_requests ORDER BY requested_at, deployment_id",
                 &[],
             )
@@ -2233,11 +2278,83 @@ impl Store for PgStore {
 
     async fn clear_cancel_request(&self, id: &str) -> Result<()> {
         let c = self.client().await?;
-        c.execute(
+        c.execute_cached(
             "DELETE FROM cancel_requests WHERE deployment_id = $1",
             &[&id],
         )
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The statement cache of the pool's one connection.
+    async fn cached(store: &PgStore) -> usize {
+        store.client().await.unwrap().statement_cache.size()
+    }
+
+    /// The reads whose SQL is built from optional filters, with `n` in
+    /// every value (limit, cursor, names).
+    async fn reads(store: &PgStore, n: u32) {
+        store
+            .list_deployments(&DeploymentQuery {
+                project: Some(format!("p{n}")),
+                limit: Some(n),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        store
+            .read_logs(&LogQuery {
+                deployment_id: Some(format!("d{n}")),
+                after_seq: Some(i64::from(n)),
+                limit: Some(n),
+                tail: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        store
+            .list_runs(&RunQuery {
+                limit: Some(n),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        store
+            .list_audit(&AuditQuery {
+                limit: Some(n),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Each SQL text is prepared once per connection, and no text varies by
+    /// value: after the first round of reads, 40 more with other limits,
+    /// cursors and names add nothing to the connection's statement cache (a
+    /// `LIMIT` formatted into the text would add a statement per value,
+    /// without bound).
+    #[tokio::test]
+    async fn statements_are_prepared_once_per_text_whatever_the_values() {
+        let Some(base) = crate::testpg::require() else {
+            return;
+        };
+        let url = crate::testpg::fresh_database(&base).await;
+        let store = PgStore::connect(&url, Cipher::from_key([3; 32]))
+            .await
+            .unwrap();
+        // One connection: every call below goes through the same cache.
+        store.pool.resize(1);
+        reads(&store, 1).await;
+        let warm = cached(&store).await;
+        assert!(warm >= 4, "the reads were not cached ({warm} statements)");
+        for n in 2..=40 {
+            reads(&store, n).await;
+        }
+        assert_eq!(cached(&store).await, warm);
     }
 }
