@@ -11,6 +11,12 @@
 //! vhost-user connection closes); [`stop_all`] ends the ones left (a VM
 //! removed, a launch that failed before QEMU connected).
 //!
+//! Sandbox: `namespace` (its own mount, pid and network namespaces, the
+//! volume as its root) where this host lets a process make them, else
+//! `chroot` (a container without `CAP_SYS_ADMIN`), found once by trying
+//! ([`sandbox`]); virtiofsd sets it up only after QEMU connects, so a
+//! refusal would otherwise surface as a VM that cannot mount its volume.
+//!
 //! The cache mode is `none`: two VMs (or a VM and a container) sharing a
 //! volume during a cutover see each other's writes at once.
 
@@ -62,14 +68,14 @@ pub fn find() -> Option<PathBuf> {
 
 /// The daemon's arguments for `source` at socket `i` of `dir`: QEMU's C
 /// virtiofsd takes `-o` options, the Rust one (`--shared-dir`) its own.
-pub fn args(rust_flavour: bool, dir: &Path, i: usize, source: &Path) -> Vec<String> {
+pub fn args(rust_flavour: bool, sandbox: &str, dir: &Path, i: usize, source: &Path) -> Vec<String> {
     let source = source.to_string_lossy().into_owned();
     let mut args = vec![socket_arg(dir, i)];
     if rust_flavour {
         args.extend([
             format!("--shared-dir={source}"),
             "--cache=never".into(),
-            "--sandbox=namespace".into(),
+            format!("--sandbox={sandbox}"),
         ]);
     } else {
         args.extend([
@@ -78,10 +84,44 @@ pub fn args(rust_flavour: bool, dir: &Path, i: usize, source: &Path) -> Vec<Stri
             "-o".into(),
             "cache=none".into(),
             "-o".into(),
-            "sandbox=namespace".into(),
+            format!("sandbox={sandbox}"),
         ]);
     }
     args
+}
+
+/// `namespace` when a child of this process may unshare the namespaces
+/// virtiofsd's sandbox makes (tried once, on `binary --help`), else
+/// `chroot`.
+pub fn sandbox(binary: &Path) -> &'static str {
+    static CHOSEN: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    CHOSEN.get_or_init(|| {
+        use std::os::unix::process::CommandExt;
+        let mut probe = std::process::Command::new(binary);
+        probe
+            .arg("--help")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        unsafe {
+            probe.pre_exec(|| {
+                if libc::unshare(libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        match probe.status() {
+            Ok(_) => "namespace",
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "microvm: this host does not let virtiofsd make its namespaces; volumes use its chroot sandbox"
+                );
+                "chroot"
+            }
+        }
+    })
 }
 
 /// Whether `binary` is the Rust virtiofsd (its help names `--shared-dir`).
@@ -104,15 +144,15 @@ pub async fn start(binary: &Path, dir: &Path, i: usize, source: &Path) -> Result
     let log_path = log(dir, i);
     let log_file = std::fs::File::create(&log_path)
         .map_err(|e| format!("create {}: {e}", log_path.display()))?;
-    let rust = {
+    let (rust, sandbox) = {
         let b = binary.to_owned();
-        tokio::task::spawn_blocking(move || is_rust_flavour(&b))
+        tokio::task::spawn_blocking(move || (is_rust_flavour(&b), sandbox(&b)))
             .await
-            .unwrap_or(false)
+            .unwrap_or((false, "chroot"))
     };
     let mut command = tokio::process::Command::new(binary);
     command
-        .args(args(rust, dir, i, source))
+        .args(args(rust, sandbox, dir, i, source))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(log_file)
@@ -214,7 +254,13 @@ mod tests {
     #[test]
     fn both_daemons_get_the_source_cache_none_and_a_sandbox() {
         let dir = Path::new("/data/vms/abc");
-        let c = args(false, dir, 1, Path::new("/var/lib/docker/volumes/v/_data"));
+        let c = args(
+            false,
+            "namespace",
+            dir,
+            1,
+            Path::new("/var/lib/docker/volumes/v/_data"),
+        );
         assert_eq!(
             c,
             [
@@ -227,10 +273,11 @@ mod tests {
                 "sandbox=namespace"
             ]
         );
-        let r = args(true, dir, 0, Path::new("/v"));
+        let r = args(true, "chroot", dir, 0, Path::new("/v"));
         assert_eq!(r[0], "--socket-path=/data/vms/abc/fs0.sock");
         assert!(r.contains(&"--shared-dir=/v".to_owned()));
         assert!(r.contains(&"--cache=never".to_owned()));
+        assert!(r.contains(&"--sandbox=chroot".to_owned()));
         assert!(tag(35).len() <= berth_init::config::MAX_TAG_LEN);
     }
 
