@@ -73,6 +73,10 @@ moto_found || python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(pyth
 # venv (/opt/berth-openapi), below.
 oasv_found() { command -v openapi-spec-validator >/dev/null 2>&1 || [ -x /opt/berth-openapi/bin/openapi-spec-validator ]; }
 oasv_found || python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+# The /metrics page's check: prometheus_client's OpenMetrics parser, from
+# PyPI into its own venv (/opt/berth-metrics), below.
+promc_found() { /opt/berth-metrics/bin/python -c 'import prometheus_client.openmetrics.parser' >/dev/null 2>&1; }
+promc_found || python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 
 if ((${#need[@]})); then
     # One entry per package.
@@ -106,6 +110,16 @@ if ! oasv_found; then
         say "installed openapi-spec-validator in /opt/berth-openapi"
     else
         problems+=("openapi-spec-validator is missing (as root: python3 -m venv /opt/berth-openapi && /opt/berth-openapi/bin/pip install openapi-spec-validator)")
+    fi
+fi
+
+# prometheus_client for the /metrics page's test.
+if ! promc_found; then
+    if $root && python3 -m venv /opt/berth-metrics >/dev/null &&
+        /opt/berth-metrics/bin/pip install -q prometheus-client; then
+        say "installed prometheus-client in /opt/berth-metrics"
+    else
+        problems+=("prometheus-client is missing (as root: python3 -m venv /opt/berth-metrics && /opt/berth-metrics/bin/pip install prometheus-client)")
     fi
 fi
 

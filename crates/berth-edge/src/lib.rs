@@ -826,11 +826,15 @@ impl Edge {
             .map_or(0, |t| t.inflight())
     }
 
-    /// Metrics in the Prometheus text exposition format.
+    /// The edge's metric families in the OpenMetrics text format, without
+    /// the closing `# EOF` (the page that includes them adds it after its
+    /// own): a counter's family is declared without `_total`, its samples
+    /// carry it (`# TYPE berth_edge_requests counter`,
+    /// `berth_edge_requests_total{...} 5`).
     pub fn metrics_text(&self) -> String {
         let mut out = String::with_capacity(4096);
         let series = self.inner.registry.live_series();
-        out.push_str("# HELP berth_edge_requests_total Requests proxied, by host, target and status class.\n# TYPE berth_edge_requests_total counter\n");
+        out.push_str("# HELP berth_edge_requests Requests proxied, by host, target and status class.\n# TYPE berth_edge_requests counter\n");
         for s in &series {
             s.render_requests(&mut out);
         }
@@ -859,45 +863,45 @@ impl Edge {
         }
         let _ = writeln!(
             out,
-            "# HELP berth_edge_unknown_host_total Requests for a host without a route (404).\n# TYPE berth_edge_unknown_host_total counter\nberth_edge_unknown_host_total {}",
+            "# HELP berth_edge_unknown_host Requests for a host without a route (404).\n# TYPE berth_edge_unknown_host counter\nberth_edge_unknown_host_total {}",
             self.inner.unknown_host.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,
-            "# HELP berth_edge_no_target_total Requests for a route without a usable target (503).\n# TYPE berth_edge_no_target_total counter\nberth_edge_no_target_total {}",
+            "# HELP berth_edge_no_target Requests for a route without a usable target (503).\n# TYPE berth_edge_no_target counter\nberth_edge_no_target_total {}",
             self.inner.no_target.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,
-            "# HELP berth_edge_retried_total Requests sent to another replica after theirs refused the connection.\n# TYPE berth_edge_retried_total counter\nberth_edge_retried_total {}",
+            "# HELP berth_edge_retried Requests sent to another replica after theirs refused the connection.\n# TYPE berth_edge_retried counter\nberth_edge_retried_total {}",
             self.inner.retried.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,
-            "# HELP berth_edge_passive_down_total Targets taken out of rotation because a request found them refusing connections.\n# TYPE berth_edge_passive_down_total counter\nberth_edge_passive_down_total {}",
+            "# HELP berth_edge_passive_down Targets taken out of rotation because a request found them refusing connections.\n# TYPE berth_edge_passive_down counter\nberth_edge_passive_down_total {}",
             self.inner.marked_down.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,
-            "# HELP berth_edge_rate_limited_total Requests answered 429 because their client address was over the route's rate limit.\n# TYPE berth_edge_rate_limited_total counter\nberth_edge_rate_limited_total {}",
+            "# HELP berth_edge_rate_limited Requests answered 429 because their client address was over the route's rate limit.\n# TYPE berth_edge_rate_limited counter\nberth_edge_rate_limited_total {}",
             self.inner.tarpit.refused.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,
-            "# HELP berth_edge_rate_limited_closed_total 429s answered at once with the connection closed, because the tarpit held as many of their address's (or all) requests as allowed.\n# TYPE berth_edge_rate_limited_closed_total counter\nberth_edge_rate_limited_closed_total {}",
+            "# HELP berth_edge_rate_limited_closed 429s answered at once with the connection closed, because the tarpit held as many of their address's (or all) requests as allowed.\n# TYPE berth_edge_rate_limited_closed counter\nberth_edge_rate_limited_closed_total {}",
             self.inner.tarpit.full.load(Ordering::Relaxed)
         );
         if let Some(o) = &self.inner.observers {
             if let Some(n) = o.dropped_lines() {
                 let _ = writeln!(
                     out,
-                    "# HELP berth_edge_access_log_dropped_total Access log lines dropped because the writer fell behind.\n# TYPE berth_edge_access_log_dropped_total counter\nberth_edge_access_log_dropped_total {n}"
+                    "# HELP berth_edge_access_log_dropped Access log lines dropped because the writer fell behind.\n# TYPE berth_edge_access_log_dropped counter\nberth_edge_access_log_dropped_total {n}"
                 );
             }
             if let Some(s) = &o.spans {
                 let _ = writeln!(
                     out,
-                    "# HELP berth_edge_spans_dropped_total Spans dropped because the exporter fell behind.\n# TYPE berth_edge_spans_dropped_total counter\nberth_edge_spans_dropped_total {}",
+                    "# HELP berth_edge_spans_dropped Spans dropped because the exporter fell behind.\n# TYPE berth_edge_spans_dropped counter\nberth_edge_spans_dropped_total {}",
                     s.dropped.load(Ordering::Relaxed)
                 );
             }

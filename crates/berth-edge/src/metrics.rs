@@ -1,5 +1,5 @@
 //! Per (host, target) request metrics, lock-free on the request path, and
-//! their Prometheus text rendering.
+//! their OpenMetrics text rendering (see `Edge::metrics_text`).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -89,9 +89,11 @@ impl Series {
                 acc += self.latency.count(fine);
                 fine += 1;
             }
+            // `{b:?}`: a float's canonical form (`1.0`, `0.005`), as
+            // OpenMetrics writes `le`
             let _ = writeln!(
                 out,
-                "berth_edge_request_duration_seconds_bucket{{{l},le=\"{b}\"}} {acc}"
+                "berth_edge_request_duration_seconds_bucket{{{l},le=\"{b:?}\"}} {acc}"
             );
         }
         let count = self.count.load(Ordering::Relaxed);
@@ -134,7 +136,8 @@ mod tests {
         assert!(out.contains("class=\"5xx\"} 1"));
         assert!(out.contains("le=\"0.005\"} 1\n"));
         assert!(out.contains("le=\"0.5\"} 2\n"));
-        assert!(out.contains("le=\"10\"} 2\n"));
+        assert!(out.contains("le=\"10.0\"} 2\n"));
+        assert!(out.contains("le=\"1.0\"} 2\n"));
         assert!(out.contains("le=\"+Inf\"} 3\n"));
         assert!(out.contains("_count{host=\"a.localhost\",target=\"dep-1\"} 3\n"));
     }

@@ -165,6 +165,7 @@ impl Deployer {
             engine_connected,
             edge,
         } = backends;
+        let metrics = crate::metrics::Metrics::new(logs.dropped_counter());
         Arc::new(Deployer {
             build_slots: Arc::new(Semaphore::new(cfg.build_concurrency.max(1))),
             store,
@@ -182,7 +183,7 @@ impl Deployer {
             image_gate: Default::default(),
             fan_out_lock: Default::default(),
             instance,
-            metrics: Default::default(),
+            metrics,
             tasks: Default::default(),
             leadership,
             quiescing: Default::default(),

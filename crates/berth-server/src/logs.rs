@@ -15,7 +15,6 @@ use berth_core::redact::Redactor;
 use berth_store::cluster::{current_fence, fenced, Fence};
 use berth_store::{NewLogLine, Store, StoreError};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
 
@@ -41,7 +40,8 @@ const MAX_LINE: usize = 16 * 1024;
 pub struct LogHub {
     tx: mpsc::Sender<(NewLogLine, Option<Fence>)>,
     dropped: Arc<Mutex<HashMap<String, u64>>>,
-    dropped_total: Arc<AtomicU64>,
+    /// Shared with `/metrics` (`berth_log_lines_dropped_total`).
+    dropped_total: prometheus_client::metrics::counter::Counter,
     redactors: Arc<Mutex<HashMap<String, Arc<Redactor>>>>,
     written: watch::Receiver<u64>,
 }
@@ -112,7 +112,12 @@ impl LogHub {
 
     /// Lines dropped since start because the queue was full.
     pub fn dropped_total(&self) -> u64 {
-        self.dropped_total.load(Ordering::Relaxed)
+        self.dropped_total.get()
+    }
+
+    /// The counter `/metrics` renders (the same, not a copy).
+    pub fn dropped_counter(&self) -> prometheus_client::metrics::counter::Counter {
+        self.dropped_total.clone()
     }
 
     pub fn line(&self, deployment_id: &str, stream: LogStream, step: Option<StepName>, text: &str) {
@@ -198,7 +203,7 @@ impl LogHub {
     }
 
     fn count_drop(&self, deployment_id: &str, n: u64) {
-        self.dropped_total.fetch_add(n, Ordering::Relaxed);
+        self.dropped_total.inc_by(n);
         *self
             .dropped
             .lock()

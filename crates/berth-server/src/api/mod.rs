@@ -131,24 +131,11 @@ async fn health(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /metrics`: the edge's request metrics and the control plane's
-/// pipeline metrics, in Prometheus text format (bearer token required).
+/// (pipelines, illegal transitions, log lines dropped) on one OpenMetrics
+/// page (bearer token required; see `metrics.rs`).
 async fn metrics(State(state): State<AppState>) -> Response {
-    let mut out = state.deployer.edge.metrics_text();
-    state.deployer.metrics.render(&mut out);
-    out.push_str("# HELP berth_log_lines_dropped_total Log lines dropped because the log store could not keep up.\n");
-    out.push_str("# TYPE berth_log_lines_dropped_total counter\n");
-    out.push_str(&format!(
-        "berth_log_lines_dropped_total {}\n",
-        state.deployer.logs.dropped_total()
-    ));
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        out,
-    )
-        .into_response()
+    let page = crate::metrics::page(&state.deployer.edge, &state.deployer.metrics);
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], page).into_response()
 }
 
 /// The OpenAPI document (for the access rules' test).
