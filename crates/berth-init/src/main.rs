@@ -294,13 +294,14 @@ fn prepare_root(config: &Config) -> Result<(), String> {
 }
 
 /// Mounts each volume (virtio-fs, shared by the host) over its target,
-/// made when missing. A volume whose root is empty takes the owner and
-/// mode of the image's directory there (as the Docker Engine gives a new
-/// volume the image directory's), so an app running as a user can write
-/// to it; the image directory's files are not copied.
+/// made when missing. As the Docker Engine does for a volume that is
+/// empty, the image's files at the target are copied into it (owners and
+/// modes kept) and its root takes the owner and mode of the image's
+/// directory: the volume is mounted aside first, filled, then moved over
+/// the target.
 fn mount_volumes(config: &Config) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
-    for m in &config.mounts {
+    for (i, m) in config.mounts.iter().enumerate() {
         let name = if m.volume.is_empty() {
             &m.tag
         } else {
@@ -308,15 +309,54 @@ fn mount_volumes(config: &Config) -> Result<(), String> {
         };
         fs::create_dir_all(&m.target)
             .map_err(|e| format!("volume {name}: cannot make {}: {e}", m.target))?;
-        let under = fs::metadata(&m.target).ok();
+        let under =
+            fs::metadata(&m.target).map_err(|e| format!("volume {name}: {}: {e}", m.target))?;
+        let aside = format!("/.berth-volume-{i}");
+        mkdir(&aside);
         let flags = if m.read_only { libc::MS_RDONLY } else { 0 };
-        mount(&m.tag, &m.target, "virtiofs", flags, "")
+        mount(&m.tag, &aside, "virtiofs", flags, "").map_err(|e| format!("volume {name}: {e}"))?;
+        let empty = fs::read_dir(&aside).is_ok_and(|mut d| d.next().is_none());
+        if empty && !m.read_only {
+            copy_tree(Path::new(&m.target), Path::new(&aside)).map_err(|e| {
+                format!(
+                    "volume {name}: cannot copy the image's {} into it: {e}",
+                    m.target
+                )
+            })?;
+            let _ = std::os::unix::fs::chown(&aside, Some(under.uid()), Some(under.gid()));
+            let _ = fs::set_permissions(&aside, fs::Permissions::from_mode(under.mode() & 0o7777));
+        }
+        mount(&aside, &m.target, "", libc::MS_MOVE, "")
             .map_err(|e| format!("volume {name}: {e}"))?;
-        let empty = fs::read_dir(&m.target).is_ok_and(|mut d| d.next().is_none());
-        if let (true, false, Some(under)) = (empty, m.read_only, under) {
-            let _ = std::os::unix::fs::chown(&m.target, Some(under.uid()), Some(under.gid()));
-            let _ =
-                fs::set_permissions(&m.target, fs::Permissions::from_mode(under.mode() & 0o7777));
+        let _ = fs::remove_dir(&aside);
+    }
+    Ok(())
+}
+
+/// Copies the directory tree `from` into `to` (which exists): directories,
+/// regular files and symlinks with their owners and modes; other kinds
+/// (devices, sockets, fifos) are skipped.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let src = entry.path();
+        let dst = to.join(entry.file_name());
+        let meta = fs::symlink_metadata(&src)?;
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            fs::create_dir(&dst)?;
+            copy_tree(&src, &dst)?;
+        } else if kind.is_file() {
+            fs::copy(&src, &dst)?;
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(&src)?, &dst)?;
+        } else {
+            continue;
+        }
+        std::os::unix::fs::lchown(&dst, Some(meta.uid()), Some(meta.gid()))?;
+        if !kind.is_symlink() {
+            fs::set_permissions(&dst, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
         }
     }
     Ok(())

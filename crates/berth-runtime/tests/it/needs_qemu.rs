@@ -477,7 +477,9 @@ fn processes_mentioning(needle: &str) -> Vec<u32> {
 }
 
 /// Volumes in VMs (virtio-fs): a VM writes into a named volume of the
-/// engine and the host sees it in the engine's directory; a second VM
+/// engine and the host sees it in the engine's directory; an empty volume
+/// mounted over a directory of the image gets the image's files (as
+/// Docker copies them); a second VM
 /// started beside it (as in a cutover) reads it and adds to it; the VMs
 /// count as the volume's users (removing it is refused), are adopted with
 /// their virtiofsd by a new runtime on the same state dir, and removing
@@ -509,6 +511,16 @@ async fn vms_share_a_volume_through_virtio_fs_and_leave_no_daemon_behind() {
             .expect("inspect volume")
             .mountpoint,
     );
+    let www = format!("berth-mvm-test-www-{}", testing::unique_suffix());
+    cleanup.volume(www.clone());
+    engine.ensure(&www, &labels).await.expect("ensure www");
+    let www_dir = std::path::PathBuf::from(
+        docker
+            .inspect_volume(&www)
+            .await
+            .expect("inspect volume")
+            .mountpoint,
+    );
     let volumes = WithVms::new(Arc::new(engine), rt.clone());
     let with_volume = |command: &str| {
         let mut s = spec(&image, command);
@@ -520,7 +532,12 @@ async fn vms_share_a_volume_through_virtio_fs_and_leave_no_daemon_behind() {
         s
     };
 
-    let first = with_volume("echo one >> /data/lines && echo written && exec sleep 1000");
+    let mut first = with_volume("echo one >> /data/lines && echo written && exec sleep 1000");
+    first.mounts.push(VolumeMount {
+        volume: www.clone(),
+        target: "/www".into(),
+        read_only: false,
+    });
     let vm1 = rt.start(&first).await.expect("start vm1");
     let _g1 = VmGuard(rt.clone(), vm1.id.clone());
     let deadline = Instant::now() + BOOT_DEADLINE;
@@ -538,8 +555,13 @@ async fn vms_share_a_volume_through_virtio_fs_and_leave_no_daemon_behind() {
         std::fs::read_to_string(host_dir.join("lines")).unwrap(),
         "one\n"
     );
+    // The image's /www, copied into the empty volume mounted there.
+    assert_eq!(
+        std::fs::read_to_string(www_dir.join("index.html")).unwrap(),
+        testing::INDEX_BODY
+    );
     let daemons = rt.virtiofsd_pids(&vm1.id);
-    assert_eq!(daemons.len(), 1, "one virtiofsd per volume");
+    assert_eq!(daemons.len(), 2, "one virtiofsd per volume");
 
     // A second VM beside it sees the data and adds to it.
     let second = with_volume("cat /data/lines; echo two >> /data/lines");
