@@ -695,7 +695,16 @@ fn microvm_volumes_keep_their_data_across_deploys_restarts_restores_and_rollback
 
     // kill -9 of berth: adopted with its volume, not rebooted.
     let sockets = virtiofsd_sockets(&s.data_dir());
+    let port = running_vms(&s.data_dir())
+        .into_iter()
+        .find(|m| m["name"] == vm2.as_str())
+        .and_then(|m| m["host_port"].as_u64())
+        .expect("v2's VM and its port");
     s.kill9();
+    // While berth is down the VM's own port serves the volume's data.
+    let r = reqwest::blocking::get(format!("http://127.0.0.1:{port}/cgi-bin/read")).unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.text().unwrap().trim(), "first");
     s.spawn();
     wait_body(&s, &h, "vol v2");
     assert_eq!(boots(&s, &h), [vm1.as_str(), vm2.as_str()]);
