@@ -262,6 +262,14 @@ print(json.dumps([[f.name, f.type, [s.name for s in f.samples]] for f in fams]))
             eprintln!("skipped: no Python with prometheus_client (see scripts/ensure-deps.sh)");
             return;
         };
+        // a fresh server: the edge's families without series, the
+        // pipelines' absent until one ends
+        let fresh = page(
+            &berth_edge::Edge::new(berth_edge::EdgeConfig::default()).unwrap(),
+            &Metrics::default(),
+        );
+        parse_openmetrics(&python, &fresh).unwrap_or_else(|e| panic!("{e}\n{fresh}"));
+
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("access.log");
         let edge = berth_edge::Edge::new(berth_edge::EdgeConfig {

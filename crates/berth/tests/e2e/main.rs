@@ -475,3 +475,34 @@ fn nodes_need_the_swarm_runtime() {
     let out = s.cli(&["nodes", "drain", "some-node"]);
     assert!(!out.status.success());
 }
+
+#[test]
+fn metrics_is_one_openmetrics_page() {
+    let s = Server::start();
+    let r = s
+        .client()
+        .get(format!("{}/metrics", s.api()))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let content_type = r.headers()["content-type"].to_str().unwrap().to_string();
+    assert_eq!(
+        content_type,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let page = r.text().unwrap();
+    // the edge's families, then the server's, one `# EOF` at the very end
+    let edge = page.find("# TYPE berth_edge_requests counter\n");
+    let server = page.find("# TYPE berth_illegal_transitions counter\n");
+    assert!(
+        edge.is_some() && server.is_some() && edge < server,
+        "{page}"
+    );
+    assert!(page.ends_with("\n# EOF\n"), "{page}");
+    assert_eq!(page.matches("# EOF").count(), 1, "{page}");
+    assert!(
+        page.contains("\nberth_log_lines_dropped_total 0\n"),
+        "{page}"
+    );
+}
