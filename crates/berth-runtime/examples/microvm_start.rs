@@ -1,10 +1,14 @@
 //! One microVM start for `bench/microvm.sh`: starts `--image` (serving HTTP
 //! on `--port`) with [`MicroVmRuntime`], polls 127.0.0.1 until the first
 //! 200, waits `--idle-secs`, reads the VMM's RSS, removes the VM and prints
-//! one JSON line: `first200_ms`, `kernel_ms`, `init_ms`, `rss_kb`.
+//! one JSON line: `first200_ms`, `kernel_ms`, `init_ms`, `rss_kb`, and with
+//! `--volume NAME` (an existing engine volume, mounted at `/data` through
+//! virtio-fs) `virtiofsd_rss_kb` (the daemon's recorded process; with the
+//! namespace sandbox its forked child, about as much again, is not counted).
 //!
 //! `cargo run --release -p berth-runtime --example microvm_start -- \
-//!    --image IMG --port 3000 --state-dir DIR --init PATH [--accel tcg]`
+//!    --image IMG --port 3000 --state-dir DIR --init PATH [--accel tcg]
+//!    [--volume NAME]`
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -65,6 +69,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut spec = InstanceSpec::new(berth_runtime::instance_name(&["bench"], &suffix), &image);
     spec.labels = berth_labels("bench", "web", "bench", &suffix);
     spec.port = Some(port);
+    if let Some(volume) = arg("--volume") {
+        spec.mounts.push(berth_runtime::VolumeMount {
+            volume,
+            target: "/data".into(),
+            read_only: false,
+        });
+    }
 
     let started = Instant::now();
     let instance = rt.start(&spec).await?;
@@ -80,17 +91,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let first200 = started.elapsed();
         let (kernel_ms, init_ms) = rt.boot_times(&instance.id).unwrap_or((0, 0));
         tokio::time::sleep(Duration::from_secs(idle)).await;
-        let rss_kb = rt
-            .vmm_pid(&instance.id)
-            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            })
-            .unwrap_or(0);
+        let rss = |pid: i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("VmRSS:"))
+                        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                })
+                .unwrap_or(0)
+        };
+        let rss_kb = rt.vmm_pid(&instance.id).map(rss).unwrap_or(0);
+        let virtiofsd = if spec.mounts.is_empty() {
+            String::new()
+        } else {
+            let kb: u64 = rt.virtiofsd_pids(&instance.id).into_iter().map(rss).sum();
+            format!(",\"virtiofsd_rss_kb\":{kb}")
+        };
         println!(
-            "{{\"first200_ms\":{},\"kernel_ms\":{kernel_ms},\"init_ms\":{init_ms},\"rss_kb\":{rss_kb},\"accel\":\"{}\"}}",
+            "{{\"first200_ms\":{},\"kernel_ms\":{kernel_ms},\"init_ms\":{init_ms},\"rss_kb\":{rss_kb}{virtiofsd},\"accel\":\"{}\"}}",
             first200.as_millis(),
             rt.accel().as_str()
         );
