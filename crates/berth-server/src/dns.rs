@@ -111,13 +111,26 @@ mod tests {
 
     /// A DNS server on 127.0.0.1 answering every UDP query with `udp` and
     /// every TCP query with the full TXT answer; counts TCP queries.
+    /// A UDP socket and a TCP listener on the same free port. The kernel
+    /// picks the UDP port; the same TCP port may already be taken by another
+    /// process, so a taken one is given up and another tried.
+    async fn udp_and_tcp_on_one_port(
+    ) -> (SocketAddr, tokio::net::UdpSocket, tokio::net::TcpListener) {
+        for _ in 0..50 {
+            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = udp.local_addr().unwrap();
+            if let Ok(tcp) = tokio::net::TcpListener::bind(addr).await {
+                return (addr, udp, tcp);
+            }
+        }
+        panic!("no port free for both UDP and TCP on 127.0.0.1 in 50 tries");
+    }
+
     async fn server(
         rcode: u8,
         truncated: bool,
     ) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = udp.local_addr().unwrap();
-        let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let (addr, udp, tcp) = udp_and_tcp_on_one_port().await;
         let tcp_count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         tokio::spawn(async move {
             let mut buf = [0u8; 1500];
@@ -148,10 +161,7 @@ mod tests {
     /// A nameserver that is down: its UDP socket and TCP listener take
     /// queries and never answer (held for the test's life).
     async fn silent() -> (SocketAddr, tokio::net::UdpSocket, tokio::net::TcpListener) {
-        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = udp.local_addr().unwrap();
-        let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
-        (addr, udp, tcp)
+        udp_and_tcp_on_one_port().await
     }
 
     #[tokio::test]
