@@ -75,8 +75,10 @@ PGURL="postgres://postgres@127.0.0.1:$PGPORT/berth"
 KEY=$(head -c 32 /dev/urandom | base64)
 TOKEN=bench-token-0123456789
 
-start() { # name extra-args...
-    local name=$1; shift
+# start <name> <var> <extra args...>: a server; its API port into <var> (not
+# through $(...): the PID must reach this shell's pids for the cleanup).
+start() {
+    local name=$1 var=$2; shift 2
     local api; api=$(port)
     "$BIN" server --data-dir "$TMP/$name" --api-listen "127.0.0.1:$api" \
         --http-listen "127.0.0.1:$(port)" --token "$TOKEN" --master-key "$KEY" "$@" \
@@ -84,7 +86,7 @@ start() { # name extra-args...
     pids+=($!)
     for _ in $(seq 200); do curl -fs "http://127.0.0.1:$api/api/v1/health" >/dev/null && break; sleep 0.05; done
     curl -fs "http://127.0.0.1:$api/api/v1/health" >/dev/null || { echo "the $name server did not start:"; tail -5 "$TMP/$name.log"; exit 1; }
-    echo "$api"
+    printf -v "$var" '%s' "$api"
 }
 as_store() { local api=$1; shift; BERTH_API="http://127.0.0.1:$api" BERTH_TOKEN=$TOKEN "$BIN" "$@"; }
 
@@ -110,8 +112,8 @@ gets() { # heading
     done
 }
 
-SQ=$(start sqlite)
-PQ=$(start postgres --database-url "$PGURL")
+start sqlite SQ
+start postgres PQ --database-url "$PGURL"
 for api in "$SQ" "$PQ"; do
     for i in $(seq 20); do
         as_store "$api" projects create "p$i" --repo /srv/git/p$i.git >/dev/null
