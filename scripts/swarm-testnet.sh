@@ -154,7 +154,10 @@ auth:
     path: $dir/registry/htpasswd
 EOF
     fi
-    in_ns "$ns1" docker-registry serve "$dir/registry/config.yml" >"$dir/registry/registry.log" 2>&1 &
+    # nsenter itself, not the in_ns function: a function sent to the
+    # background is a subshell, whose pid `down` would kill while the
+    # registry lived on (nsenter without --pid execs the program).
+    nsenter --net="/run/netns/$ns1" docker-registry serve "$dir/registry/config.yml" >"$dir/registry/registry.log" 2>&1 &
     echo $! >"$dir/node1/registry.pid"
 
     wait_sock "$dir/node1/docker.sock"
