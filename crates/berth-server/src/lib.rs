@@ -651,6 +651,9 @@ fn serve_console_host(
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let app = app.layer(axum::middleware::from_fn(console::host::via_edge));
+    // Only this process's edge is served there; `tap_io` keeps the
+    // connection's address available to `ConnectInfo`.
+    let listener = axum::serve::ListenerExt::tap_io(console::host::OwnEdgeOnly(listener), |_| {});
     tokio::spawn(
         axum::serve(
             listener,

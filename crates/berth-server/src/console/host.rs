@@ -9,7 +9,9 @@
 //! ```
 //!
 //! Invariants: the forwarded headers are believed only on the private
-//! listener, where every request comes from berth's own edge, which
+//! listener, which serves only connections from this very process
+//! ([`OwnEdgeOnly`]: another local process's connection is closed at
+//! accept), so every request there comes from berth's own edge, which
 //! replaces any `X-Forwarded-*` a client sent; so the audit log's source
 //! IP is the browser's socket address through the edge and the socket's
 //! own on `--api-listen` (where a sent `X-Forwarded-For` is ignored), and
@@ -23,7 +25,7 @@ use axum::extract::{ConnectInfo, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 use berth_edge::{RouteSpec, TargetSpec};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The edge target id of the console route (metrics, error pages).
@@ -146,10 +148,88 @@ pub async fn via_edge(mut req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
+/// The private listener: a connection is served only when its other end
+/// is a socket of this process (the edge's connection pool); any other
+/// local process's connection is closed at accept, so nobody else can
+/// speak for the edge with forged `X-Forwarded-*` headers. Looked up in
+/// `/proc` once per connection (the edge keeps its connections alive).
+pub struct OwnEdgeOnly(pub tokio::net::TcpListener);
+
+impl axum::serve::Listener for OwnEdgeOnly {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (io, peer) = axum::serve::Listener::accept(&mut self.0).await;
+            let local = match io.local_addr() {
+                Ok(a) => a,
+                Err(_) => continue,
+            };
+            match tokio::task::spawn_blocking(move || peer_is_this_process(peer, local)).await {
+                Ok(Ok(true)) => return (io, peer),
+                Ok(Ok(false)) => tracing::warn!(
+                    %peer,
+                    "a connection to the console host's private listener from another process was closed (only berth's edge may use it)"
+                ),
+                Ok(Err(e)) => tracing::warn!(
+                    %peer,
+                    error = %e,
+                    "cannot tell who connected to the console host's private listener; closed"
+                ),
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+/// Whether the TCP connection from `peer` to `local` (a socket this
+/// process accepted) was opened by this process: its `peer` end is found
+/// in `/proc/net/tcp` and that socket's inode among `/proc/self/fd`.
+pub fn peer_is_this_process(peer: SocketAddr, local: SocketAddr) -> std::io::Result<bool> {
+    let (SocketAddr::V4(peer), SocketAddr::V4(local)) = (peer, local) else {
+        return Ok(false);
+    };
+    let (want_local, want_remote) = (proc_net_addr(peer), proc_net_addr(local));
+    let table = std::fs::read_to_string("/proc/net/tcp")?;
+    let inode = table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.len() > 9 && f[1] == want_local && f[2] == want_remote).then(|| f[9].to_owned())
+    });
+    let Some(inode) = inode.filter(|i| i != "0") else {
+        return Ok(false);
+    };
+    let want = format!("socket:[{inode}]");
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let Ok(entry) = entry else { continue };
+        if std::fs::read_link(entry.path()).is_ok_and(|t| t.as_os_str() == want.as_str()) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// An address as `/proc/net/tcp` prints it: the address's four bytes as
+/// one native-endian word, then the port, both in hex.
+fn proc_net_addr(a: SocketAddrV4) -> String {
+    format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(a.ip().octets()),
+        a.port()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::routing::get;
+    use axum::serve::ListenerExt;
+    use std::future::IntoFuture;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tower::ServiceExt;
 
     #[test]
@@ -232,5 +312,66 @@ mod tests {
             seen(&[("x-forwarded-for", "not an address")]).await,
             "127.0.0.1 false"
         );
+    }
+
+    #[tokio::test]
+    async fn only_this_process_is_served_on_the_private_listener() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let app = axum::Router::new().route("/", get(|| async { "console" }));
+        tokio::spawn(
+            axum::serve(
+                OwnEdgeOnly(listener).tap_io(|_| {}),
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .into_future(),
+        );
+        let request = "GET / HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n";
+        // Another process (a shell) connects and asks: closed unanswered.
+        let other = tokio::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "exec 3<>/dev/tcp/127.0.0.1/{port}; printf '{}' >&3; cat <&3",
+                request.replace("\r", "\\r").replace("\n", "\\n")
+            ))
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            other.stdout.is_empty(),
+            "another process was answered: {}",
+            String::from_utf8_lossy(&other.stdout)
+        );
+        // This process (where the edge lives) is served.
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("console"), "{answer}");
+    }
+
+    #[test]
+    fn a_connection_is_told_apart_by_the_process_that_opened_it() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (accepted, peer) = l.accept().unwrap();
+        assert_eq!(peer, ours.local_addr().unwrap());
+        assert!(peer_is_this_process(peer, accepted.local_addr().unwrap()).unwrap());
+        let mut child = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "exec 3<>/dev/tcp/127.0.0.1/{}; sleep 5",
+                l.local_addr().unwrap().port()
+            ))
+            .spawn()
+            .unwrap();
+        let (accepted, peer) = l.accept().unwrap();
+        let theirs = peer_is_this_process(peer, accepted.local_addr().unwrap()).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(!theirs, "a shell's connection was taken for this process's");
     }
 }
