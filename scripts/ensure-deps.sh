@@ -93,35 +93,20 @@ if ((${#need[@]})); then
     fi
 fi
 
-# moto_server for the S3 backup test.
-if ! moto_found; then
-    if $root && python3 -m venv /opt/berth-moto >/dev/null &&
-        /opt/berth-moto/bin/pip install -q 'moto[server]'; then
-        say "installed moto_server in /opt/berth-moto"
+# A tool from PyPI in its own venv: venv_install <what> <venv dir> <pip spec>.
+venv_install() {
+    local what=$1 dir=$2 spec=$3
+    if $root && python3 -m venv "$dir" >/dev/null && "$dir/bin/pip" install -q "$spec"; then
+        say "installed $what in $dir"
     else
-        problems+=("moto_server is missing (as root: python3 -m venv /opt/berth-moto && /opt/berth-moto/bin/pip install 'moto[server]')")
+        problems+=("$what is missing (as root: python3 -m venv $dir && $dir/bin/pip install '$spec')")
     fi
-fi
-
-# openapi-spec-validator for the API document's test.
-if ! oasv_found; then
-    if $root && python3 -m venv /opt/berth-openapi >/dev/null &&
-        /opt/berth-openapi/bin/pip install -q openapi-spec-validator; then
-        say "installed openapi-spec-validator in /opt/berth-openapi"
-    else
-        problems+=("openapi-spec-validator is missing (as root: python3 -m venv /opt/berth-openapi && /opt/berth-openapi/bin/pip install openapi-spec-validator)")
-    fi
-fi
-
-# prometheus_client for the /metrics page's test.
-if ! promc_found; then
-    if $root && python3 -m venv /opt/berth-metrics >/dev/null &&
-        /opt/berth-metrics/bin/pip install -q prometheus-client; then
-        say "installed prometheus-client in /opt/berth-metrics"
-    else
-        problems+=("prometheus-client is missing (as root: python3 -m venv /opt/berth-metrics && /opt/berth-metrics/bin/pip install prometheus-client)")
-    fi
-fi
+}
+# moto_server for the S3 backup test, openapi-spec-validator for the API
+# document's test, prometheus_client for the /metrics page's test.
+moto_found || venv_install moto_server /opt/berth-moto 'moto[server]'
+oasv_found || venv_install openapi-spec-validator /opt/berth-openapi openapi-spec-validator
+promc_found || venv_install prometheus-client /opt/berth-metrics prometheus-client
 
 # The Docker engine.
 if command -v docker >/dev/null 2>&1 && ! docker info >/dev/null 2>&1; then

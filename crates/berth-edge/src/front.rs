@@ -53,7 +53,7 @@
 
 use std::future::{poll_fn, Future};
 use std::io::{self, Write as _};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -335,15 +335,7 @@ impl<S: ClientIo> Conn<S> {
     /// `policy.rs`).
     async fn page(&mut self, mut page: Page, req: &Request) -> Outcome {
         let worker = self.worker.clone();
-        if page.status == StatusCode::TOO_MANY_REQUESTS {
-            match worker.inner.tarpit.park(self.remote.ip()) {
-                Some(held) => {
-                    hold_back(&worker.front, page.retry_after).await;
-                    drop(held);
-                }
-                None => page.close = true,
-            }
-        }
+        tarpit(&worker, self.remote.ip(), &mut page).await;
         let (method, close) = (req.method, self.closing(req) || page.close);
         self.out.clear();
         let hsts = hsts(self.proto, &worker.inner);
@@ -587,9 +579,19 @@ impl<S: ClientIo> Conn<S> {
     }
 }
 
-/// Holds a 429 back before it is written: `min(Retry-After, 1 s)`
-/// (`policy::Tarpit::delay`), less if shutdown begins.
-pub(crate) async fn hold_back(front: &Shared, retry_after: Option<u64>) {
+/// The tarpit of both request paths (see `policy.rs`): a 429 is held back
+/// before it is written, `min(Retry-After, 1 s)` (`policy::Tarpit::delay`),
+/// less if shutdown begins; when the tarpit is full it leaves at once and
+/// closes the connection. Other pages pass untouched.
+pub(crate) async fn tarpit(worker: &Worker, client: IpAddr, page: &mut Page) {
+    if page.status != StatusCode::TOO_MANY_REQUESTS {
+        return;
+    }
+    let Some(_held) = worker.inner.tarpit.park(client) else {
+        page.close = true;
+        return;
+    };
+    let (front, retry_after) = (&worker.front, page.retry_after);
     let mut stop = pin!(front.stop.notified());
     stop.as_mut().enable();
     if front.is_stopping() {

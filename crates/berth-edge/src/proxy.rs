@@ -522,16 +522,7 @@ async fn handle_inner(
                     page.render(json).1.len(),
                 );
             }
-            if page.status == StatusCode::TOO_MANY_REQUESTS {
-                // the tarpit, as on the hand-written path (see `policy.rs`)
-                match inner.tarpit.park(conn.remote) {
-                    Some(held) => {
-                        crate::front::hold_back(&worker.front, page.retry_after).await;
-                        drop(held);
-                    }
-                    None => page.close = true,
-                }
-            }
+            crate::front::tarpit(worker, conn.remote, &mut page).await;
             return page_response(page, json);
         }
     };

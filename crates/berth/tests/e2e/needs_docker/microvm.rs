@@ -9,6 +9,7 @@
 //! requests a server cannot honour fail at deploy, and `--runtime microvm`
 //! refuses to start without QEMU or a kernel.
 
+use super::volumes::{DELETE_CGI, READ_CGI, WRITE_CGI};
 use super::{deploy_wait, host, step, unique, wait_body, Cleanup};
 use crate::harness::*;
 use serde_json::Value;
@@ -562,23 +563,6 @@ const BOOTS_CGI: &str = "#!/bin/sh
 echo 'Content-Type: text/plain'
 echo
 cat /data/boots
-";
-const WRITE_CGI: &str = "#!/bin/sh
-echo \"$QUERY_STRING\" > /data/note.txt
-echo 'Content-Type: text/plain'
-echo
-echo written
-";
-const DELETE_CGI: &str = "#!/bin/sh
-rm -f /data/note.txt
-echo 'Content-Type: text/plain'
-echo
-echo deleted
-";
-const READ_CGI: &str = "#!/bin/sh
-echo 'Content-Type: text/plain'
-echo
-cat /data/note.txt 2>/dev/null || echo missing
 ";
 
 /// Each VM appends its hostname (its instance name) to the volume as it

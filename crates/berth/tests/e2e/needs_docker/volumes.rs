@@ -5,19 +5,19 @@
 
 use super::*;
 
-const WRITE_CGI: &str = "#!/bin/sh
+pub(super) const WRITE_CGI: &str = "#!/bin/sh
 echo \"$QUERY_STRING\" > /data/note.txt
 echo 'Content-Type: text/plain'
 echo
 echo written
 ";
-const DELETE_CGI: &str = "#!/bin/sh
+pub(super) const DELETE_CGI: &str = "#!/bin/sh
 rm -f /data/note.txt
 echo 'Content-Type: text/plain'
 echo
 echo deleted
 ";
-const READ_CGI: &str = "#!/bin/sh
+pub(super) const READ_CGI: &str = "#!/bin/sh
 echo 'Content-Type: text/plain'
 echo
 cat /data/note.txt 2>/dev/null || echo missing
