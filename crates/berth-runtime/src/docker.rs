@@ -20,9 +20,9 @@ use bollard::models::{
     PortMap, RestartPolicy as DockerRestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, InspectContainerOptions, ListContainersOptions,
-    LogsOptions, RemoveContainerOptions, RemoveImageOptions, ResizeContainerTTYOptions,
-    StopContainerOptions, WaitContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, EventsOptions, InspectContainerOptions,
+    ListContainersOptions, LogsOptions, RemoveContainerOptions, RemoveImageOptions,
+    ResizeContainerTTYOptions, StopContainerOptions, WaitContainerOptions,
 };
 use bollard::Docker;
 use chrono::{DateTime, Utc};
@@ -63,6 +63,8 @@ pub const LOG_MAX_FILE: &str = "5";
 
 /// Extra time the engine client waits for `stop` beyond the grace period.
 const STOP_SLACK: Duration = Duration::from_secs(30);
+/// How long a look into the engine's event log for an OOM may take.
+const OOM_EVENT_LOOKUP: Duration = Duration::from_secs(2);
 
 /// A [`Runtime`] backed by a Docker Engine.
 #[derive(Debug, Clone)]
@@ -71,6 +73,33 @@ pub struct DockerRuntime {
 }
 
 impl DockerRuntime {
+    /// Whether the engine logged an `oom` event for container `id` since
+    /// `since`. The engine sets `OOMKilled` only when containerd's OOM
+    /// notice reaches it before the exit; one that arrives after is still
+    /// logged as an event (the engine keeps the last 256), so an exit by
+    /// SIGKILL under a memory limit looks there before saying "killed".
+    async fn oom_event_since(&self, id: &str, since: Option<DateTime<Utc>>) -> bool {
+        let now = Utc::now();
+        let since = since.map_or(0, |t| t.timestamp() - 1);
+        let options = EventsOptions {
+            since: Some(since.to_string()),
+            until: Some(format!(
+                "{}.{:09}",
+                now.timestamp(),
+                now.timestamp_subsec_nanos()
+            )),
+            filters: Some(HashMap::from([
+                ("container".to_owned(), vec![id.to_owned()]),
+                ("event".to_owned(), vec!["oom".to_owned()]),
+            ])),
+        };
+        let mut events = self.docker.events(Some(options));
+        matches!(
+            tokio::time::timeout(OOM_EVENT_LOOKUP, events.next()).await,
+            Ok(Some(Ok(_)))
+        )
+    }
+
     /// Connects to the local engine (`DOCKER_HOST` or the default socket)
     /// and negotiates the API version down to what the engine speaks.
     pub async fn connect() -> Result<Self, RuntimeError> {
@@ -215,7 +244,16 @@ impl Runtime for DockerRuntime {
             .inspect_container(id, None::<InspectContainerOptions>)
             .await
             .map_err(|e| map_err("inspect container", id, e))?;
-        Ok(state_from_inspect(id, response))
+        let limited = response
+            .host_config
+            .as_ref()
+            .and_then(|h| h.memory)
+            .is_some_and(|m| m > 0);
+        let mut state = state_from_inspect(id, response);
+        if limited && !state.oom_killed && state.status == (InstanceStatus::Exited { code: 137 }) {
+            state.oom_killed = self.oom_event_since(&state.id, state.started_at).await;
+        }
+        Ok(state)
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {

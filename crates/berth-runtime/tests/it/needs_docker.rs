@@ -399,30 +399,47 @@ async fn restart_policy_counts_restarts() {
     rt.remove(&instance.id).await.expect("remove");
 }
 
+/// An app killed by the kernel's OOM killer under its memory limit is
+/// reported as such; one killed by SIGKILL otherwise is not. The engine
+/// learns of an OOM from containerd's notice, which containerd drops when it
+/// reads it only after the container's cgroup is gone (seen once in CI
+/// under load): up to three runs, each on a fresh container.
 #[tokio::test]
 async fn memory_limit_overrun_is_reported_as_oom() {
     let (rt, image) = runtime().await;
     let mut cleanup = Cleanup::new();
-    // The shell holds 64 MB in a variable under a 16 MiB limit.
-    let mut spec = spec(
-        &image,
-        "a=$(head -c 64000000 /dev/zero | tr '\\0' x); echo survived",
-    );
-    spec.limits.memory_bytes = Some(16 << 20);
-    cleanup.container(spec.name.clone());
-    let instance = rt.start(&spec).await.expect("start");
-    let mut state = wait_not_running(&rt, &instance.id).await;
-    // The engine records the OOM from its own event, which may arrive just
-    // after the exit: give it a bounded moment.
-    for _ in 0..30 {
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        // The shell holds 64 MB in a variable under a 16 MiB limit.
+        let mut spec = spec(
+            &image,
+            "a=$(head -c 64000000 /dev/zero | tr '\\0' x); echo survived",
+        );
+        spec.limits.memory_bytes = Some(16 << 20);
+        cleanup.container(spec.name.clone());
+        let instance = rt.start(&spec).await.expect("start");
+        let state = wait_not_running(&rt, &instance.id).await;
+        rt.remove(&instance.id).await.expect("remove");
+        assert_ne!(state.exit_code(), Some(0), "{state:?}");
         if state.oom_killed {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        state = rt.inspect(&instance.id).await.expect("inspect");
+        seen.push(state);
     }
-    assert!(state.oom_killed, "{state:?}");
-    assert_ne!(state.exit_code(), Some(0));
+    assert!(seen.len() < 3, "no run was reported oom killed: {seen:?}");
+
+    // A SIGKILL under the same limit exits 137 too, and is no OOM.
+    let mut spec = spec(&image, "kill -9 $$");
+    spec.limits.memory_bytes = Some(16 << 20);
+    cleanup.container(spec.name.clone());
+    let instance = rt.start(&spec).await.expect("start");
+    let state = wait_not_running(&rt, &instance.id).await;
+    assert_eq!(
+        state.status,
+        InstanceStatus::Exited { code: 137 },
+        "{state:?}"
+    );
+    assert!(!state.oom_killed, "{state:?}");
     rt.remove(&instance.id).await.expect("remove");
 }
 
@@ -494,30 +511,39 @@ async fn attached_run_streams_output_live_and_forwards_stdin() {
     ));
 }
 
+/// Up to three runs, as in [`memory_limit_overrun_is_reported_as_oom`]:
+/// the engine may never hear of an OOM.
 #[tokio::test]
 async fn attached_run_without_stdin_reports_oom() {
     let (rt, image) = runtime().await;
     let mut cleanup = Cleanup::new();
-    let mut spec = spec(
-        &image,
-        "echo before; a=$(head -c 64000000 /dev/zero | tr '\\0' x); echo survived",
-    );
-    spec.limits.memory_bytes = Some(16 << 20);
-    cleanup.container(spec.name.clone());
-    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(64);
-    let io = berth_runtime::Attach {
-        stdin: None,
-        output: out_tx,
-        tty: None,
-    };
-    let outcome = rt
-        .run_attached(&spec, io, Duration::from_secs(60))
-        .await
-        .expect("run");
-    assert!(outcome.oom_killed, "{outcome:?}");
-    assert_ne!(outcome.exit_code, 0);
-    assert_eq!(out_rx.recv().await.map(|c| c.line), Some("before".into()));
-    assert!(!outcome.output.iter().any(|c| c.line == "survived"));
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let mut spec = spec(
+            &image,
+            "echo before; a=$(head -c 64000000 /dev/zero | tr '\\0' x); echo survived",
+        );
+        spec.limits.memory_bytes = Some(16 << 20);
+        cleanup.container(spec.name.clone());
+        let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(64);
+        let io = berth_runtime::Attach {
+            stdin: None,
+            output: out_tx,
+            tty: None,
+        };
+        let outcome = rt
+            .run_attached(&spec, io, Duration::from_secs(60))
+            .await
+            .expect("run");
+        assert_ne!(outcome.exit_code, 0);
+        assert_eq!(out_rx.recv().await.map(|c| c.line), Some("before".into()));
+        assert!(!outcome.output.iter().any(|c| c.line == "survived"));
+        if outcome.oom_killed {
+            break;
+        }
+        seen.push(outcome);
+    }
+    assert!(seen.len() < 3, "no run was reported oom killed: {seen:?}");
 }
 
 /// A volume's content goes out as a tar and back in through never-started
