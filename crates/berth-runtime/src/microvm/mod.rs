@@ -149,6 +149,8 @@ struct Inner {
     boot: tokio::sync::OnceCell<Result<Boot, String>>,
     /// Serializes root-disk builds.
     build_lock: tokio::sync::Mutex<()>,
+    /// virtiofsd's sandbox when a test forced one (else probed).
+    virtiofs_sandbox: std::sync::OnceLock<virtiofs::Sandbox>,
 }
 
 /// What booting a VM needs, settled once.
@@ -212,6 +214,7 @@ impl MicroVmRuntime {
                 },
                 boot: tokio::sync::OnceCell::new(),
                 build_lock: tokio::sync::Mutex::new(()),
+                virtiofs_sandbox: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -679,7 +682,8 @@ impl MicroVmRuntime {
         virtiofs::stop_all(dir).await;
         for (i, source) in v.dirs.iter().enumerate() {
             let _ = std::fs::remove_file(virtiofs::socket(dir, i));
-            virtiofs::start(&v.daemon, dir, i, source)
+            let forced = self.inner.virtiofs_sandbox.get().copied();
+            virtiofs::start(&v.daemon, dir, i, source, forced)
                 .await
                 .map_err(|why| RuntimeError::Backend {
                     op: "start microvm",
@@ -712,6 +716,15 @@ impl MicroVmRuntime {
             .collect();
         users.sort_by(|a, b| a.name.cmp(&b.name));
         users
+    }
+
+    /// Tests only: every virtiofsd this runtime starts from now on uses
+    /// `sandbox` instead of the one probed for this host (so the `chroot`
+    /// fallback is exercised where namespaces are allowed). Set once;
+    /// false when a sandbox was already forced.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn force_virtiofs_sandbox(&self, sandbox: virtiofs::Sandbox) -> bool {
+        self.inner.virtiofs_sandbox.set(sandbox).is_ok()
     }
 
     /// The pids of VM `id`'s virtiofsd daemons that run.

@@ -16,6 +16,10 @@
 //! `chroot` (a container without `CAP_SYS_ADMIN`), found once by trying
 //! ([`sandbox`]); virtiofsd sets it up only after QEMU connects, so a
 //! refusal would otherwise surface as a VM that cannot mount its volume.
+//! Tests force one or the other on a runtime
+//! (`MicroVmRuntime::force_virtiofs_sandbox`, `testing` feature only) so
+//! the `chroot` path is exercised on a host that allows namespaces; it
+//! needs `CAP_SYS_CHROOT` (berth runs virtiofsd as itself, root).
 //!
 //! The cache mode is `none`: two VMs (or a VM and a container) sharing a
 //! volume during a cutover see each other's writes at once.
@@ -68,8 +72,15 @@ pub fn find() -> Option<PathBuf> {
 
 /// The daemon's arguments for `source` at socket `i` of `dir`: QEMU's C
 /// virtiofsd takes `-o` options, the Rust one (`--shared-dir`) its own.
-pub fn args(rust_flavour: bool, sandbox: &str, dir: &Path, i: usize, source: &Path) -> Vec<String> {
+pub fn args(
+    rust_flavour: bool,
+    sandbox: Sandbox,
+    dir: &Path,
+    i: usize,
+    source: &Path,
+) -> Vec<String> {
     let source = source.to_string_lossy().into_owned();
+    let sandbox = sandbox.as_str();
     let mut args = vec![socket_arg(dir, i)];
     if rust_flavour {
         args.extend([
@@ -90,12 +101,31 @@ pub fn args(rust_flavour: bool, sandbox: &str, dir: &Path, i: usize, source: &Pa
     args
 }
 
-/// `namespace` when a child of this process may unshare the namespaces
-/// virtiofsd's sandbox makes (tried once, on `binary --help`), else
-/// `chroot`.
-pub fn sandbox(binary: &Path) -> &'static str {
-    static CHOSEN: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
-    CHOSEN.get_or_init(|| {
+/// How virtiofsd confines itself to the volume's directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sandbox {
+    /// Its own mount, pid and network namespaces, the volume as its root.
+    Namespace,
+    /// `chroot(2)` into the volume (no namespaces needed).
+    Chroot,
+}
+
+impl Sandbox {
+    /// The daemons' word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sandbox::Namespace => "namespace",
+            Sandbox::Chroot => "chroot",
+        }
+    }
+}
+
+/// [`Sandbox::Namespace`] when a child of this process may unshare the
+/// namespaces virtiofsd's sandbox makes (tried once, on `binary --help`),
+/// else [`Sandbox::Chroot`].
+pub fn sandbox(binary: &Path) -> Sandbox {
+    static CHOSEN: std::sync::OnceLock<Sandbox> = std::sync::OnceLock::new();
+    *CHOSEN.get_or_init(|| {
         use std::os::unix::process::CommandExt;
         let mut probe = std::process::Command::new(binary);
         probe
@@ -112,13 +142,13 @@ pub fn sandbox(binary: &Path) -> &'static str {
             });
         }
         match probe.status() {
-            Ok(_) => "namespace",
+            Ok(_) => Sandbox::Namespace,
             Err(e) => {
                 tracing::warn!(
                     error = %e,
                     "microvm: this host does not let virtiofsd make its namespaces; volumes use its chroot sandbox"
                 );
-                "chroot"
+                Sandbox::Chroot
             }
         }
     })
@@ -138,17 +168,26 @@ fn is_rust_flavour(binary: &Path) -> bool {
 }
 
 /// Starts virtiofsd `i` of VM directory `dir` serving `source`, in its own
-/// session; returns once its socket exists. Err names the volume's problem
-/// with the daemon's last words.
-pub async fn start(binary: &Path, dir: &Path, i: usize, source: &Path) -> Result<(), String> {
+/// session, with sandbox `forced` or else the one [`sandbox`] finds;
+/// returns once its socket exists. Err names the volume's problem with the
+/// daemon's last words.
+pub async fn start(
+    binary: &Path,
+    dir: &Path,
+    i: usize,
+    source: &Path,
+    forced: Option<Sandbox>,
+) -> Result<(), String> {
     let log_path = log(dir, i);
     let log_file = std::fs::File::create(&log_path)
         .map_err(|e| format!("create {}: {e}", log_path.display()))?;
     let (rust, sandbox) = {
         let b = binary.to_owned();
-        tokio::task::spawn_blocking(move || (is_rust_flavour(&b), sandbox(&b)))
-            .await
-            .unwrap_or((false, "chroot"))
+        tokio::task::spawn_blocking(move || {
+            (is_rust_flavour(&b), forced.unwrap_or_else(|| sandbox(&b)))
+        })
+        .await
+        .unwrap_or((false, forced.unwrap_or(Sandbox::Chroot)))
     };
     let mut command = tokio::process::Command::new(binary);
     command
@@ -256,7 +295,7 @@ mod tests {
         let dir = Path::new("/data/vms/abc");
         let c = args(
             false,
-            "namespace",
+            Sandbox::Namespace,
             dir,
             1,
             Path::new("/var/lib/docker/volumes/v/_data"),
@@ -273,7 +312,7 @@ mod tests {
                 "sandbox=namespace"
             ]
         );
-        let r = args(true, "chroot", dir, 0, Path::new("/v"));
+        let r = args(true, Sandbox::Chroot, dir, 0, Path::new("/v"));
         assert_eq!(r[0], "--socket-path=/data/vms/abc/fs0.sock");
         assert!(r.contains(&"--shared-dir=/v".to_owned()));
         assert!(r.contains(&"--cache=never".to_owned()));

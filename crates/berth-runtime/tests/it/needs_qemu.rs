@@ -622,3 +622,86 @@ async fn vms_share_a_volume_through_virtio_fs_and_leave_no_daemon_behind() {
     assert!(volumes.users(&volume).await.unwrap().is_empty());
     volumes.remove(&volume).await.expect("remove the volume");
 }
+
+/// virtiofsd's `chroot` sandbox (the fallback for hosts that refuse the
+/// namespaces), forced on this host that allows them: the VM reads what the
+/// host put in the volume and the host sees what the VM wrote, the daemon
+/// really is chrooted into the volume's directory (its `/proc/<pid>/root`),
+/// and removing the VM leaves no virtiofsd or QEMU behind.
+#[tokio::test]
+async fn a_volume_works_with_virtiofsd_in_its_chroot_sandbox() {
+    use berth_runtime::microvm::virtiofs::Sandbox;
+    use berth_runtime::{DockerVolumes, VolumeMount, Volumes};
+    use std::collections::BTreeMap;
+    let test = "a_volume_works_with_virtiofsd_in_its_chroot_sandbox";
+    if vm_testing::require_volumes(test).is_none() {
+        return;
+    }
+    let Some((rt, dir, image)) = setup(test).await else {
+        return;
+    };
+    assert!(rt.force_virtiofs_sandbox(Sandbox::Chroot));
+    let docker = testing::connect().await.expect("connect to docker");
+    let engine = DockerVolumes::from_docker(docker.clone());
+    let mut cleanup = testing::Cleanup::new();
+    let volume = format!("berth-mvm-test-chroot-{}", testing::unique_suffix());
+    cleanup.volume(volume.clone());
+    let labels = BTreeMap::from([(TEST_LABEL.to_owned(), "berth-runtime".to_owned())]);
+    engine.ensure(&volume, &labels).await.expect("ensure");
+    let host_dir = std::fs::canonicalize(
+        docker
+            .inspect_volume(&volume)
+            .await
+            .expect("inspect volume")
+            .mountpoint,
+    )
+    .unwrap();
+    std::fs::write(host_dir.join("from-host"), "put by the host\n").unwrap();
+
+    let mut s = spec(
+        &image,
+        "cat /data/from-host && echo from the vm > /data/from-vm && echo written && exec sleep 1000",
+    );
+    s.mounts.push(VolumeMount {
+        volume: volume.clone(),
+        target: "/data".into(),
+        read_only: false,
+    });
+    let vm = rt.start(&s).await.expect("start");
+    let _guard = VmGuard(rt.clone(), vm.id.clone());
+    let deadline = Instant::now() + BOOT_DEADLINE;
+    while !lines(&rt, &vm.id)
+        .await
+        .contains(&(LogStream::Stdout, "written".into()))
+    {
+        let state = rt.inspect(&vm.id).await.unwrap();
+        assert_eq!(state.status, InstanceStatus::Running, "{state:?}");
+        assert!(Instant::now() < deadline, "the vm wrote nothing");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(lines(&rt, &vm.id)
+        .await
+        .contains(&(LogStream::Stdout, "put by the host".into())));
+    assert_eq!(
+        std::fs::read_to_string(host_dir.join("from-vm")).unwrap(),
+        "from the vm\n"
+    );
+
+    // The daemon was told chroot and is chrooted into the volume.
+    let daemons = rt.virtiofsd_pids(&vm.id);
+    assert_eq!(daemons.len(), 1, "{daemons:?}");
+    let pid = daemons[0];
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(cmdline.contains("sandbox=chroot"), "{cmdline}");
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/root")).unwrap(),
+        host_dir,
+        "virtiofsd's root"
+    );
+
+    rt.remove(&vm.id).await.expect("remove");
+    let left = processes_mentioning(&dir.path().to_string_lossy());
+    assert!(left.is_empty(), "left running: {left:?}");
+    engine.remove(&volume).await.expect("remove the volume");
+}
