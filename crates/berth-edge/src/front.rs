@@ -140,9 +140,55 @@ impl Shared {
 pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ClientIo for S {}
 
+/// A client connection [`admit`] let in: the stream, and, when its address
+/// is over a rate limit, its place in the address's count of connections
+/// (given back when this is dropped).
+pub(crate) struct Admitted {
+    pub(crate) stream: TcpStream,
+    pub(crate) counted: Option<Counted>,
+}
+
+/// A connection counted by `policy::Admission`, until dropped.
+pub(crate) struct Counted {
+    inner: Arc<crate::Inner>,
+    ticket: crate::policy::Ticket,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.inner.admission.release(self.ticket);
+    }
+}
+
+/// Admission of a connection just accepted, before a byte of it is read
+/// (see `policy::Admission`): `None` when its address is over a rate limit
+/// and already holds as many connections as allowed; the connection is
+/// then closed at once, with a reset (no `TIME_WAIT` kept for it).
+pub(crate) fn admit(worker: &Worker, stream: TcpStream, remote: SocketAddr) -> Option<Admitted> {
+    let inner = &worker.inner;
+    match inner.admission.admit(remote.ip(), Instant::now()) {
+        Ok(ticket) => {
+            let _ = stream.set_nodelay(true);
+            Some(Admitted {
+                stream,
+                counted: ticket.map(|ticket| Counted {
+                    inner: inner.clone(),
+                    ticket,
+                }),
+            })
+        }
+        Err(crate::policy::Refused) => {
+            let _ = stream.set_zero_linger();
+            None
+        }
+    }
+}
+
 /// Serves one plain client connection until it closes.
-pub(crate) async fn serve(worker: Arc<Worker>, io: TcpStream, remote: SocketAddr) {
-    serve_io(worker, io, remote, "http").await
+pub(crate) async fn serve(worker: Arc<Worker>, conn: Admitted, remote: SocketAddr) {
+    let Admitted { stream, counted } = conn;
+    serve_io(worker, stream, remote, "http").await;
+    drop(counted);
 }
 
 /// Serves one client connection until it closes; `proto` is what
@@ -587,17 +633,21 @@ pub(crate) async fn tarpit(worker: &Worker, client: IpAddr, page: &mut Page) {
     if page.status != StatusCode::TOO_MANY_REQUESTS {
         return;
     }
+    // new connections of this address are counted until it may try again
+    let retry_after = page.retry_after.unwrap_or(1);
+    let span = crate::policy::Admission::span(retry_after);
+    worker.inner.admission.flag(client, span, Instant::now());
     let Some(_held) = worker.inner.tarpit.park(client) else {
         page.close = true;
         return;
     };
-    let (front, retry_after) = (&worker.front, page.retry_after);
+    let front = &worker.front;
     let mut stop = pin!(front.stop.notified());
     stop.as_mut().enable();
     if front.is_stopping() {
         return;
     }
-    let delay = crate::policy::Tarpit::delay(retry_after.unwrap_or(1));
+    let delay = crate::policy::Tarpit::delay(retry_after);
     tokio::select! {
         _ = tokio::time::sleep(delay) => {}
         _ = stop => {}

@@ -180,7 +180,9 @@ pub use body::ProxyBody;
 pub use observe::{AccessLogConfig, AccessLogTarget};
 pub use otlp::{OtlpConfig, OtlpError};
 pub use persist::LoadError;
-pub use policy::{basic_auth_digest, Policy, PARK_PER_CLIENT, PARK_TOTAL, TARPIT_MAX};
+pub use policy::{
+    basic_auth_digest, Policy, FLAGGED_CONNS, PARK_PER_CLIENT, PARK_TOTAL, TARPIT_MAX,
+};
 pub use route::{RouteChange, RouteError, RouteSpec, TargetSpec};
 pub use select::Balance;
 pub use stats::TargetStats;
@@ -306,6 +308,10 @@ pub struct EdgeConfig {
     pub tarpit_per_client: u32,
     /// 429s the tarpit holds back at a time, all addresses together.
     pub tarpit_total: u32,
+    /// Connections an address answered a 429 may open until its
+    /// `Retry-After` has passed; past it a new one is closed right after
+    /// accept (see `policy::Admission`).
+    pub flagged_conns_per_client: u32,
 }
 
 impl Default for EdgeConfig {
@@ -323,6 +329,7 @@ impl Default for EdgeConfig {
             balance: Balance::default(),
             tarpit_per_client: PARK_PER_CLIENT,
             tarpit_total: PARK_TOTAL,
+            flagged_conns_per_client: FLAGGED_CONNS,
         }
     }
 }
@@ -384,6 +391,9 @@ pub(crate) struct Inner {
     pub(crate) observers: Option<Arc<observe::Observers>>,
     /// Where 429s wait before they are written (see `policy.rs`).
     pub(crate) tarpit: policy::Tarpit,
+    /// Which addresses over a rate limit may open another connection (see
+    /// `policy.rs`).
+    pub(crate) admission: policy::Admission,
 }
 
 /// What one `serve` loop shares with its connections.
@@ -484,6 +494,7 @@ impl Edge {
                 pin_key,
                 observers,
                 tarpit: policy::Tarpit::with_limits(cfg.tarpit_per_client, cfg.tarpit_total),
+                admission: policy::Admission::new(cfg.flagged_conns_per_client),
             }),
         })
     }
@@ -562,8 +573,10 @@ impl Edge {
                             continue;
                         }
                     };
-                    let _ = stream.set_nodelay(true);
-                    conns.spawn(front::serve(worker.clone(), stream, remote));
+                    let Some(admitted) = front::admit(&worker, stream, remote) else {
+                        continue;
+                    };
+                    conns.spawn(front::serve(worker.clone(), admitted, remote));
                 }
                 _ = &mut shutdown => break,
             }
@@ -890,6 +903,11 @@ impl Edge {
             out,
             "# HELP berth_edge_rate_limited_closed 429s answered at once with the connection closed, because the tarpit held as many of their address's (or all) requests as allowed.\n# TYPE berth_edge_rate_limited_closed counter\nberth_edge_rate_limited_closed_total {}",
             self.inner.tarpit.full.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP berth_edge_connections_refused Connections closed right after accept, unread, because their address was over a rate limit and held as many connections as allowed.\n# TYPE berth_edge_connections_refused counter\nberth_edge_connections_refused_total {}",
+            self.inner.admission.refused.load(Ordering::Relaxed)
         );
         if let Some(o) = &self.inner.observers {
             if let Some(n) = o.dropped_lines() {

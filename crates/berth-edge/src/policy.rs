@@ -23,7 +23,11 @@
 //!   [`PARK_PER_CLIENT`] requests of one address and [`PARK_TOTAL`] of all
 //!   are held at a time; past that the 429 leaves at once with
 //!   `Connection: close`, so an address cannot keep more connections busy
-//!   than that, and the tarpit's memory is bounded however many clients;
+//!   than that, and the tarpit's memory is bounded however many clients.
+//!   A 429 also flags its address for [`Admission`]: until its
+//!   `Retry-After` has passed, a new connection from it beyond a small
+//!   allowance is closed right after accept, so a client that opens
+//!   connections without waiting for answers is bounded too;
 //! * `basic_auth`: the route asks for HTTP basic authentication (preview
 //!   hostnames, `preview_auth = "basic"`); the policy holds the SHA-256 of
 //!   the expected `Authorization` token (the base64 of `user:password`),
@@ -362,6 +366,171 @@ impl Tarpit {
     }
 }
 
+/// Connections an address over its rate limit may open while it is (the
+/// default of `EdgeConfig::flagged_conns_per_client`; see [`Admission`]).
+pub const FLAGGED_CONNS: u32 = 8;
+/// Addresses [`Admission`] can hold flagged at a time: a fixed array, so
+/// its memory does not grow with the number of clients.
+const FLAG_SLOTS: usize = 4096;
+
+/// Connection admission, edge-wide: an address answered a 429 is
+/// *flagged* until its `Retry-After` has passed, counted from when the 429
+/// leaves the [`Tarpit`] (each 429 moves that on: [`Admission::span`]).
+/// While it is, a new connection from it is counted, and one beyond
+/// `per_client` counted ones still open is closed right after accept,
+/// before a byte of it is read or a TLS handshake begins: a client that
+/// opens connections as fast as it can (an open-loop flood, which the
+/// [`Tarpit`] does not slow) then costs an accept and a close each.
+///
+/// An address that was never answered a 429, or whose `Retry-After` has
+/// passed, is never refused: the check is one atomic load of its slot (and
+/// a clock read and a lock when the slot is flagged). Connections opened
+/// before the flag are not counted (the tarpit bounds what they can cost).
+/// Slots are picked by a hash of the address and remember the address
+/// itself: two flagged addresses whose hashes meet share a slot, the later
+/// flag taking it (the other one is then admitted as if unflagged), never
+/// an address refused for another's flag.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    per_client: u32,
+    epoch: Instant,
+    slots: Box<[FlagSlot]>,
+    /// Connections closed right after accept.
+    pub(crate) refused: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct FlagSlot {
+    /// Milliseconds since `epoch` until which `flag.who` is flagged; 0:
+    /// never flagged. Read without the lock on every accept.
+    until: AtomicU64,
+    flag: Mutex<Flag>,
+}
+
+#[derive(Debug, Default)]
+struct Flag {
+    /// The address, as [`to_bits`] gives it (an IPv4-mapped IPv6 address
+    /// is its IPv4 one).
+    who: Option<(u128, bool)>,
+    until: u64,
+    /// Bumped when the slot changes address, so that a connection counted
+    /// for the previous one is not given back to the new one.
+    generation: u64,
+    /// Connections counted for `who` and still open.
+    open: u32,
+}
+
+/// A connection counted by [`Admission::admit`]; give it back with
+/// [`Admission::release`] when it closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ticket {
+    slot: usize,
+    generation: u64,
+}
+
+/// A connection [`Admission::admit`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Refused;
+
+impl Admission {
+    pub(crate) fn new(per_client: u32) -> Admission {
+        Admission {
+            per_client,
+            epoch: Instant::now(),
+            slots: (0..FLAG_SLOTS).map(|_| FlagSlot::default()).collect(),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    fn millis(&self, at: Instant) -> u64 {
+        // +1: 0 means "never flagged"
+        at.saturating_duration_since(self.epoch).as_millis() as u64 + 1
+    }
+
+    fn slot(ip: IpAddr) -> usize {
+        // other bits than the tarpit's and the limiter's
+        (hash(ip) >> 40) as usize % FLAG_SLOTS
+    }
+
+    fn lock(&self, slot: usize) -> std::sync::MutexGuard<'_, Flag> {
+        self.slots[slot]
+            .flag
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `ip` was answered a 429 and is to be counted for `span` from `now`.
+    pub(crate) fn flag(&self, ip: IpAddr, span: Duration, now: Instant) {
+        let slot = Admission::slot(ip);
+        let until = self.millis(now + span);
+        let mut f = self.lock(slot);
+        if f.who != Some(to_bits(ip)) {
+            f.who = Some(to_bits(ip));
+            f.generation += 1;
+            f.open = 0;
+            f.until = until;
+        } else {
+            f.until = f.until.max(until);
+        }
+        self.slots[slot].until.store(f.until, Ordering::Relaxed);
+    }
+
+    /// How long a 429 with `Retry-After: retry_after` flags its address:
+    /// the time it is held back, then the `Retry-After`.
+    pub(crate) fn span(retry_after: u64) -> Duration {
+        Tarpit::delay(retry_after) + Duration::from_secs(retry_after.max(1))
+    }
+
+    /// Whether a connection from `ip`, accepted `now`, may be served:
+    /// `Ok(None)` when `ip` is not flagged, `Ok(Some(ticket))` when it is
+    /// and is within its allowance (the connection is counted until the
+    /// ticket is released), `Err` when it is over it (close the
+    /// connection; counted in `refused`).
+    pub(crate) fn admit(&self, ip: IpAddr, now: Instant) -> Result<Option<Ticket>, Refused> {
+        let slot = Admission::slot(ip);
+        let until = self.slots[slot].until.load(Ordering::Relaxed);
+        if until == 0 {
+            return Ok(None);
+        }
+        let now = self.millis(now);
+        if until <= now {
+            return Ok(None);
+        }
+        let mut f = self.lock(slot);
+        if f.who != Some(to_bits(ip)) || f.until <= now {
+            return Ok(None);
+        }
+        if f.open >= self.per_client {
+            drop(f);
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(Refused);
+        }
+        f.open += 1;
+        Ok(Some(Ticket {
+            slot,
+            generation: f.generation,
+        }))
+    }
+
+    /// A counted connection closed.
+    pub(crate) fn release(&self, ticket: Ticket) {
+        let mut f = self.lock(ticket.slot);
+        if f.generation == ticket.generation {
+            f.open = f.open.saturating_sub(1);
+        }
+    }
+
+    #[cfg(test)]
+    fn open(&self, ip: IpAddr) -> u32 {
+        let f = self.lock(Admission::slot(ip));
+        if f.who == Some(to_bits(ip)) {
+            f.open
+        } else {
+            0
+        }
+    }
+}
+
 fn hash(ip: IpAddr) -> u64 {
     let (bits, _) = to_bits(ip);
     (bits as u64 ^ (bits >> 64) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
@@ -532,6 +701,87 @@ mod tests {
         assert_eq!(pit.held(), 0, "every place given back");
         assert_eq!(Tarpit::delay(1), Duration::from_secs(1));
         assert_eq!(Tarpit::delay(30), TARPIT_MAX);
+    }
+
+    #[test]
+    fn a_flagged_address_gets_its_allowance_of_connections_until_its_retry_after_passes() {
+        let adm = Admission::new(2);
+        let t0 = Instant::now();
+        let (a, b) = (ip("127.0.0.1"), ip("127.0.0.2"));
+        // never answered a 429: admitted, not counted
+        assert_eq!(adm.admit(a, t0), Ok(None));
+        adm.flag(a, Duration::from_secs(1), t0);
+        let first = adm.admit(a, t0).unwrap().expect("counted");
+        let second = adm.admit(a, t0).unwrap().expect("counted");
+        assert_eq!(adm.open(a), 2);
+        assert_eq!(adm.admit(a, t0), Err(Refused), "past its allowance");
+        assert_eq!(adm.admit(b, t0), Ok(None), "another address");
+        adm.release(first);
+        let third = adm.admit(a, t0).unwrap().expect("a place given back");
+        assert_eq!(adm.admit(a, t0), Err(Refused));
+        assert_eq!(adm.refused.load(Ordering::Relaxed), 2);
+        // a later 429 moves the flag on; a shorter one does not shorten it
+        let t1 = t0 + Duration::from_millis(600);
+        adm.flag(a, Duration::from_secs(1), t1);
+        adm.flag(a, Duration::from_secs(1), t0);
+        assert_eq!(adm.admit(a, t0 + Duration::from_millis(1500)), Err(Refused));
+        // once its Retry-After has passed: admitted, not counted
+        let later = t1 + Duration::from_millis(1001);
+        assert_eq!(adm.admit(a, later), Ok(None));
+        // flagged again: the connections still open still count
+        adm.flag(a, Duration::from_secs(2), later);
+        assert_eq!(adm.admit(a, later), Err(Refused));
+        adm.release(second);
+        adm.release(third);
+        assert_eq!(adm.open(a), 0, "every place given back");
+        assert!(adm.admit(a, later).unwrap().is_some());
+        // a 429 held 1 s and saying Retry-After: 1 counts for 2 s
+        assert_eq!(Admission::span(1), Duration::from_secs(2));
+        assert_eq!(Admission::span(30), Duration::from_secs(31));
+    }
+
+    #[test]
+    fn admission_memory_is_bounded_and_a_shared_slot_never_refuses_another_address() {
+        let adm = Admission::new(1);
+        let t0 = Instant::now();
+        // far more flagged addresses than slots: the table does not grow
+        for i in 0..(FLAG_SLOTS as u32 * 4) {
+            let a = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            adm.flag(a, Duration::from_secs(1), t0);
+            let _ = adm.admit(a, t0);
+        }
+        assert_eq!(adm.slots.len(), FLAG_SLOTS);
+        // two addresses whose hashes meet
+        let a = ip("192.168.0.1");
+        let b = (1u32..)
+            .map(|i| IpAddr::V4(std::net::Ipv4Addr::from(0xc0a8_0001 + i)))
+            .find(|b| Admission::slot(*b) == Admission::slot(a))
+            .unwrap();
+        let adm = Admission::new(1);
+        adm.flag(a, Duration::from_secs(1), t0);
+        let held = adm.admit(a, t0).unwrap().expect("counted");
+        assert_eq!(adm.admit(a, t0), Err(Refused));
+        for _ in 0..10 {
+            assert_eq!(adm.admit(b, t0), Ok(None), "b was never flagged");
+        }
+        // b's flag takes the slot: a is admitted again, b counted
+        adm.flag(b, Duration::from_secs(1), t0);
+        assert_eq!(adm.admit(a, t0), Ok(None));
+        let held_b = adm.admit(b, t0).unwrap().expect("counted");
+        assert_eq!(adm.admit(b, t0), Err(Refused));
+        // a's old connection closing does not give b a place
+        adm.release(held);
+        assert_eq!(adm.admit(b, t0), Err(Refused));
+        adm.release(held_b);
+        assert!(adm.admit(b, t0).unwrap().is_some());
+        // IPv6, and a mapped IPv4 address is its IPv4 one
+        adm.flag(ip("::ffff:10.9.8.7"), Duration::from_secs(1), t0);
+        assert!(adm.admit(ip("10.9.8.7"), t0).unwrap().is_some());
+        assert_eq!(adm.admit(ip("10.9.8.7"), t0), Err(Refused));
+        adm.flag(ip("fd00::1"), Duration::from_secs(1), t0);
+        assert!(adm.admit(ip("fd00::1"), t0).unwrap().is_some());
+        assert_eq!(adm.admit(ip("fd00::1"), t0), Err(Refused));
+        assert_eq!(adm.admit(ip("fd00::2"), t0), Ok(None));
     }
 
     #[test]

@@ -362,9 +362,13 @@ impl Edge {
                             continue;
                         }
                     };
-                    let _ = stream.set_nodelay(true);
+                    // before the handshake (see `policy::Admission`)
+                    let Some(admitted) = crate::front::admit(&worker, stream, remote) else {
+                        continue;
+                    };
                     let (acceptor, worker, stop) = (acceptor.clone(), worker.clone(), stop.clone());
                     conns.spawn(async move {
+                        let crate::front::Admitted { stream, counted: _counted } = admitted;
                         let handshake = tokio::time::timeout(
                             worker.inner.header_read_timeout,
                             acceptor.accept(stream),

@@ -82,7 +82,12 @@ fn counter(e: &Running, name: &str) -> u64 {
 #[tokio::test]
 async fn a_burst_over_the_rate_limit_gets_429_held_back_and_another_address_is_served_meanwhile() {
     let app = upstream("app").await;
-    let e = edge().await;
+    // (the burst's connections all get in: this is about the tarpit)
+    let e = edge_with(berth_edge::EdgeConfig {
+        flagged_conns_per_client: u32::MAX,
+        ..berth_edge::EdgeConfig::default()
+    })
+    .await;
     e.edge
         .apply(vec![with_policy(
             "shop.localhost",
@@ -185,6 +190,7 @@ async fn a_full_tarpit_answers_429_at_once_and_closes_the_connection() {
     let app = upstream("app").await;
     let e = edge_with(berth_edge::EdgeConfig {
         tarpit_per_client: 16,
+        flagged_conns_per_client: u32::MAX,
         ..berth_edge::EdgeConfig::default()
     })
     .await;
@@ -229,6 +235,182 @@ async fn a_full_tarpit_answers_429_at_once_and_closes_the_connection() {
     assert!(held >= 16, "only {held} held");
     assert_eq!(counter(&e, "berth_edge_rate_limited_closed_total"), closed);
     assert_eq!(counter(&e, "berth_edge_rate_limited_total"), held + closed);
+}
+
+/// A keep-alive GET on a new connection from `from`; the status, or 0
+/// when the connection was closed without an answer.
+/// (The connection, to keep it open, when it was answered.)
+async fn try_get(from: &str, edge: SocketAddr) -> (u16, Option<tokio::net::TcpStream>) {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(from.parse::<IpAddr>().unwrap(), 0))
+        .unwrap();
+    // a connection reset at once may fail its connect already
+    let Ok(mut s) = sock.connect(edge).await else {
+        return (0, None);
+    };
+    if s.write_all(b"GET / HTTP/1.1\r\nhost: shop.localhost\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return (0, None);
+    }
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte)).await {
+            Ok(Ok(1)) => head.push(byte[0]),
+            Ok(_) => break,
+            Err(_) => panic!("neither an answer nor a close"),
+        }
+    }
+    let status = String::from_utf8_lossy(&head)
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, Some(s))
+}
+
+#[tokio::test]
+async fn an_address_over_its_limit_gets_new_connections_closed_and_comes_back_after_its_retry_after(
+) {
+    let app = upstream("app").await;
+    let e = edge_with(berth_edge::EdgeConfig {
+        flagged_conns_per_client: 3,
+        ..berth_edge::EdgeConfig::default()
+    })
+    .await;
+    e.edge
+        .apply(vec![with_policy(
+            "shop.localhost",
+            app.addr,
+            Policy {
+                rate_limit: Some(2),
+                ..Policy::default()
+            },
+        )])
+        .unwrap();
+    // under its limit, an address is never refused a connection
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let (status, s) = try_get("127.0.0.1", e.addr).await;
+        assert_eq!(status, 200);
+        open.push(s);
+    }
+    // over it: a 429 (held in the tarpit), and the address is flagged
+    let held = tokio::spawn(try_get("127.0.0.1", e.addr));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while counter(&e, "berth_edge_rate_limited_total") < 1 {
+        assert!(Instant::now() < deadline, "no 429");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // 3 more connections get in (they are counted), the next ones are
+    // closed unread, while another address is served
+    let mut counted = Vec::new();
+    for _ in 0..3 {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        counted.push(sock.connect(e.addr).await.unwrap());
+    }
+    for i in 0..20 {
+        let (status, _) = try_get("127.0.0.1", e.addr).await;
+        assert_eq!(status, 0, "connection {i} over the allowance was answered");
+        if i % 10 == 0 {
+            // (twice: within its own limit)
+            let (status, _) = try_get("127.0.0.2", e.addr).await;
+            assert_eq!(status, 200, "another address");
+        }
+    }
+    assert_eq!(counter(&e, "berth_edge_connections_refused_total"), 20);
+    // the counted connections are served (the bucket has refilled or not)
+    for mut s in counted {
+        s.write_all(b"GET / HTTP/1.1\r\nhost: shop.localhost\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.1 429"),
+            "{text}"
+        );
+    }
+    let (status, _) = held.await.unwrap();
+    assert_eq!(status, 429);
+    // once the last 429 was written and its Retry-After passed, the
+    // address is admitted again and served
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let refused = counter(&e, "berth_edge_connections_refused_total");
+    for _ in 0..5 {
+        let (status, s) = try_get("127.0.0.1", e.addr).await;
+        assert_ne!(status, 0, "refused after its Retry-After");
+        open.push(s);
+    }
+    assert_eq!(counter(&e, "berth_edge_connections_refused_total"), refused);
+}
+
+#[tokio::test]
+async fn without_a_rate_limit_no_connection_is_refused() {
+    let app = upstream("app").await;
+    let e = edge_with(berth_edge::EdgeConfig {
+        flagged_conns_per_client: 1,
+        ..berth_edge::EdgeConfig::default()
+    })
+    .await;
+    e.edge
+        .apply(vec![with_policy(
+            "shop.localhost",
+            app.addr,
+            Policy::default(),
+        )])
+        .unwrap();
+    let all: Vec<_> = (0..64)
+        .map(|_| tokio::spawn(try_get("127.0.0.1", e.addr)))
+        .collect();
+    for a in all {
+        assert_eq!(a.await.unwrap().0, 200);
+    }
+    assert_eq!(counter(&e, "berth_edge_connections_refused_total"), 0);
+}
+
+#[tokio::test]
+async fn pipelined_requests_over_the_limit_are_answered_one_a_second_not_read_ahead() {
+    let app = upstream("app").await;
+    let e = edge().await;
+    e.edge
+        .apply(vec![with_policy(
+            "shop.localhost",
+            app.addr,
+            Policy {
+                rate_limit: Some(1),
+                ..Policy::default()
+            },
+        )])
+        .unwrap();
+    // 50 requests in one write, without waiting for an answer
+    let mut s = tokio::net::TcpStream::connect(e.addr).await.unwrap();
+    let one = b"GET / HTTP/1.1\r\nhost: shop.localhost\r\n\r\n";
+    s.write_all(&one.repeat(50)).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = tokio::time::Instant::now() + Duration::from_millis(2500);
+    while let Ok(Ok(n)) = tokio::time::timeout_at(end, s.read(&mut buf)).await {
+        assert!(n > 0, "closed");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    // a 200, then a 429 held back for a second, after which the bucket has
+    // a token again: a 200 and a 429 a second, the requests behind the
+    // held one waiting unread
+    let (ok, limited) = (
+        text.matches("HTTP/1.1 200 ").count(),
+        text.matches("HTTP/1.1 429 ").count(),
+    );
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(limited >= 1 && ok <= 3 && limited <= 3, "{text}");
+    let judged = counter(&e, "berth_edge_rate_limited_total");
+    assert!(judged <= 3, "{judged} pipelined requests refused in 2.5 s");
+    assert_eq!(app.hits.load(Ordering::SeqCst), ok);
 }
 
 #[tokio::test]
