@@ -470,3 +470,63 @@ async fn without_https_nothing_is_redirected() {
     let (status, body) = c.get("shop.localhost", "/x").await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "app-a"));
 }
+
+#[tokio::test]
+async fn over_its_rate_limit_an_address_gets_new_tls_connections_closed_before_the_handshake() {
+    let a = upstream("app-a").await;
+    let e = edge_with(EdgeConfig {
+        flagged_conns_per_client: 1,
+        ..EdgeConfig::default()
+    })
+    .await;
+    e.edge
+        .apply(vec![berth_edge::RouteChange::Upsert {
+            host: "a.localhost".into(),
+            route: berth_edge::RouteSpec {
+                targets: vec![target("a", a.addr, 1)],
+                policy: berth_edge::Policy {
+                    rate_limit: Some(1),
+                    ..berth_edge::Policy::default()
+                },
+            },
+        }])
+        .unwrap();
+    let ca = ca();
+    let certs = TlsCerts::new(leaf(&ca, "a.localhost"));
+    let addr = serve_tls(&e.edge, certs).await;
+    let h1 = || client_config(&ca.pem, &[b"http/1.1"], &[&rustls::version::TLS13]);
+    let refused = || {
+        e.edge
+            .metrics_text()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("berth_edge_connections_refused_total ")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap()
+    };
+    let tls = connect(addr, h1(), "a.localhost").await.unwrap();
+    assert_eq!(get(tls, "a.localhost", "/").await.0, StatusCode::OK);
+    // over the limit: a 429 (held a second), and 127.0.0.1 is flagged
+    let tls = connect(addr, h1(), "a.localhost").await.unwrap();
+    assert_eq!(
+        get(tls, "a.localhost", "/").await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // one more connection is allowed, the next is closed before its
+    // handshake; another address shakes hands
+    let kept = connect(addr, h1(), "a.localhost").await.unwrap();
+    assert!(connect(addr, h1(), "a.localhost").await.is_err());
+    assert_eq!(refused(), 1);
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let tcp = sock.connect(addr).await.unwrap();
+    let other = tokio_rustls::TlsConnector::from(Arc::new(h1()))
+        .connect(ServerName::try_from("a.localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(get(other, "a.localhost", "/").await.0, StatusCode::OK);
+    drop(kept);
+    assert_eq!(refused(), 1);
+}
