@@ -2,13 +2,14 @@
 //! on `--port`) with [`MicroVmRuntime`], polls 127.0.0.1 until the first
 //! 200, waits `--idle-secs`, reads the VMM's RSS, removes the VM and prints
 //! one JSON line: `first200_ms`, `kernel_ms`, `init_ms`, `rss_kb`, and with
-//! `--volume NAME` (an existing engine volume, mounted at `/data` through
-//! virtio-fs) `virtiofsd_rss_kb` (the daemon's recorded process; with the
-//! namespace sandbox its forked child, about as much again, is not counted).
+//! `--volume NAME` (an existing engine volume, mounted through virtio-fs at
+//! `--volume-target`, `/data` unless given) `virtiofsd_rss_kb`: the RSS of
+//! the VM's virtiofsd processes (the recorded one and its descendants: with
+//! the namespace sandbox the daemon forks into its own pid namespace).
 //!
 //! `cargo run --release -p berth-runtime --example microvm_start -- \
 //!    --image IMG --port 3000 --state-dir DIR --init PATH [--accel tcg]
-//!    [--volume NAME]`
+//!    [--volume NAME [--volume-target /data]]`
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -43,6 +44,29 @@ async fn status_200(addr: &str) -> bool {
     ) && &head[9..12] == b"200"
 }
 
+/// `pid` and the processes below it (from `/proc/<pid>/task/*/children`).
+fn with_descendants(pid: i32) -> Vec<i32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        let p = all[i];
+        i += 1;
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            all.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<i32>().ok()),
+            );
+        }
+    }
+    all
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let image = arg("--image").ok_or("--image is required")?;
@@ -72,7 +96,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(volume) = arg("--volume") {
         spec.mounts.push(berth_runtime::VolumeMount {
             volume,
-            target: "/data".into(),
+            target: arg("--volume-target").unwrap_or_else(|| "/data".into()),
             read_only: false,
         });
     }
@@ -105,7 +129,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let virtiofsd = if spec.mounts.is_empty() {
             String::new()
         } else {
-            let kb: u64 = rt.virtiofsd_pids(&instance.id).into_iter().map(rss).sum();
+            let kb: u64 = rt
+                .virtiofsd_pids(&instance.id)
+                .into_iter()
+                .flat_map(with_descendants)
+                .map(rss)
+                .sum();
             format!(",\"virtiofsd_rss_kb\":{kb}")
         };
         println!(
