@@ -70,6 +70,11 @@ impl std::fmt::Debug for PgStore {
 }
 
 fn pg_err(e: tokio_postgres::Error) -> StoreError {
+    if is_stale_plan(&e) {
+        return StoreError::Backend(
+            "postgresql: a table changed under a cached statement (cached plan must not change result type); the statement cache was cleared, retry".into(),
+        );
+    }
     match e.as_db_error() {
         Some(db) => StoreError::Backend(format!("postgresql: {}", db.message())),
         None if lost_connection(&e) => {
@@ -128,15 +133,51 @@ async fn write_tx(c: &mut deadpool_postgres::Object) -> Result<deadpool_postgres
 /// two (Parse/Describe, then Bind/Execute). So no SQL text may vary by value:
 /// values are always parameters (`LIMIT` too), and the texts built from
 /// optional filters form a small fixed set, which bounds each cache.
+///
+/// A cached statement goes stale when a table it reads changes its result
+/// type (another server's migration in a rolling upgrade, any `ALTER TABLE`
+/// of a selected column): the server answers [`is_stale_plan`]. Then the
+/// connection's cache is cleared (every statement of it may be stale) and,
+/// outside a transaction, the statement is prepared again and run once more.
+/// Inside a transaction the server has already aborted it, so one statement
+/// cannot be redone alone: the error is returned (the cache cleared, so the
+/// caller's next attempt works) and the writer's transaction rolls back
+/// whole, as on any other error.
 #[async_trait]
 trait Cached: GenericClient {
+    /// This connection's statement cache.
+    fn cache(&self) -> &deadpool_postgres::StatementCache;
+
+    /// Whether statements run inside a transaction.
+    fn in_transaction(&self) -> bool;
+
+    /// After `e`: whether to prepare the statement again and retry it (a
+    /// stale plan outside a transaction), clearing the cache on a stale plan.
+    fn retry_after(&self, e: &tokio_postgres::Error) -> bool {
+        if !is_stale_plan(e) {
+            return false;
+        }
+        self.cache().clear();
+        tracing::warn!(
+            in_transaction = self.in_transaction(),
+            "postgresql: a table changed under a cached statement; statement cache cleared"
+        );
+        !self.in_transaction()
+    }
+
     async fn query_cached(
         &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> std::result::Result<Vec<Row>, tokio_postgres::Error> {
         let st = self.prepare_cached(sql).await?;
-        self.query(&st, params).await
+        match self.query(&st, params).await {
+            Err(e) if self.retry_after(&e) => {
+                let st = self.prepare_cached(sql).await?;
+                self.query(&st, params).await
+            }
+            r => r,
+        }
     }
 
     async fn query_one_cached(
@@ -145,7 +186,13 @@ trait Cached: GenericClient {
         params: &[&(dyn ToSql + Sync)],
     ) -> std::result::Result<Row, tokio_postgres::Error> {
         let st = self.prepare_cached(sql).await?;
-        self.query_one(&st, params).await
+        match self.query_one(&st, params).await {
+            Err(e) if self.retry_after(&e) => {
+                let st = self.prepare_cached(sql).await?;
+                self.query_one(&st, params).await
+            }
+            r => r,
+        }
     }
 
     async fn query_opt_cached(
@@ -154,7 +201,13 @@ trait Cached: GenericClient {
         params: &[&(dyn ToSql + Sync)],
     ) -> std::result::Result<Option<Row>, tokio_postgres::Error> {
         let st = self.prepare_cached(sql).await?;
-        self.query_opt(&st, params).await
+        match self.query_opt(&st, params).await {
+            Err(e) if self.retry_after(&e) => {
+                let st = self.prepare_cached(sql).await?;
+                self.query_opt(&st, params).await
+            }
+            r => r,
+        }
     }
 
     async fn execute_cached(
@@ -163,11 +216,46 @@ trait Cached: GenericClient {
         params: &[&(dyn ToSql + Sync)],
     ) -> std::result::Result<u64, tokio_postgres::Error> {
         let st = self.prepare_cached(sql).await?;
-        self.execute(&st, params).await
+        match self.execute(&st, params).await {
+            Err(e) if self.retry_after(&e) => {
+                let st = self.prepare_cached(sql).await?;
+                self.execute(&st, params).await
+            }
+            r => r,
+        }
     }
 }
 
-impl<C: GenericClient> Cached for C {}
+impl Cached for deadpool_postgres::Client {
+    fn cache(&self) -> &deadpool_postgres::StatementCache {
+        &self.statement_cache
+    }
+
+    fn in_transaction(&self) -> bool {
+        false
+    }
+}
+
+impl Cached for deadpool_postgres::Transaction<'_> {
+    fn cache(&self) -> &deadpool_postgres::StatementCache {
+        &self.statement_cache
+    }
+
+    fn in_transaction(&self) -> bool {
+        true
+    }
+}
+
+/// The server's answer to a cached statement whose result columns changed
+/// type since it was prepared (SQLSTATE 0A000 "cached plan must not change
+/// result type").
+fn is_stale_plan(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::FEATURE_NOT_SUPPORTED)
+        && e.as_db_error().is_some_and(|db| {
+            db.message()
+                .starts_with("cached plan must not change result type")
+        })
+}
 
 fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&SqlState::UNIQUE_VIOLATION)
@@ -315,7 +403,7 @@ fn project_row(r: &Row) -> Project {
     }
 }
 
-async fn get_project<C: GenericClient>(c: &C, name: &str) -> Result<Project> {
+async fn get_project<C: Cached>(c: &C, name: &str) -> Result<Project> {
     c.query_opt_cached(
         &format!("SELECT {PROJECT_COLS} FROM projects WHERE name = $1"),
         &[&name],
@@ -335,7 +423,7 @@ fn env_row(r: &Row) -> Environment {
     }
 }
 
-async fn get_env<C: GenericClient>(c: &C, project: &str, env: &str) -> Result<Environment> {
+async fn get_env<C: Cached>(c: &C, project: &str, env: &str) -> Result<Environment> {
     get_project(c, project).await?;
     c.query_opt_cached(
         "SELECT project, name, branch, kind, created_at FROM environments WHERE project = $1 AND name = $2",
@@ -2356,5 +2444,80 @@ mod tests {
             reads(&store, n).await;
         }
         assert_eq!(cached(&store).await, warm);
+    }
+
+    /// What another server's migration does to a table during a rolling
+    /// upgrade: a selected column changes type (here `projects.repo`, TEXT
+    /// to VARCHAR, which the store still decodes), from another connection.
+    async fn alter_repo_type(url: &str, ty: &str) {
+        let (client, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
+        let task = tokio::spawn(conn);
+        client
+            .batch_execute(&format!("ALTER TABLE projects ALTER COLUMN repo TYPE {ty}"))
+            .await
+            .unwrap();
+        drop(client);
+        task.await.unwrap().unwrap();
+    }
+
+    /// A read whose cached statement went stale (the server answers "cached
+    /// plan must not change result type") is prepared again and succeeds;
+    /// a write transaction that meets a stale statement rolls back whole
+    /// with an error saying so, and the next attempt succeeds.
+    #[tokio::test]
+    async fn a_table_changed_under_cached_statements_is_prepared_again() {
+        let Some(base) = crate::testpg::require() else {
+            return;
+        };
+        let url = crate::testpg::fresh_database(&base).await;
+        let store = PgStore::connect(&url, Cipher::from_key([4; 32]))
+            .await
+            .unwrap();
+        // One connection: the statements primed here are the ones used after.
+        store.pool.resize(1);
+        store
+            .create_project(NewProject {
+                name: "shop".into(),
+                repo: "/srv/git/shop.git".into(),
+                default_branch: "main".into(),
+                retain_images: 3,
+                webhook_secret: None,
+                deploy_key: None,
+                created_at: Utc::now(),
+            })
+            .await
+            .unwrap();
+        // Prime the cache: the reads, and the write's statements.
+        assert_eq!(store.list_projects().await.unwrap().len(), 1);
+        store.get_project("shop").await.unwrap();
+        let patch = |n| ProjectPatch {
+            retain_images: Some(n),
+            ..Default::default()
+        };
+        store.update_project("shop", patch(4)).await.unwrap();
+
+        alter_repo_type(&url, "VARCHAR(4096)").await;
+        let listed = store.list_projects().await.expect("the list is read again");
+        assert_eq!(listed[0].repo, "/srv/git/shop.git");
+        assert_eq!(
+            store.get_project("shop").await.unwrap().repo,
+            "/srv/git/shop.git"
+        );
+
+        // The write: its statements went stale with the reads' (one cache).
+        alter_repo_type(&url, "TEXT").await;
+        // (the update's own SELECT is its first statement to read `repo`)
+        let e = store
+            .update_project("shop", patch(5))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("a table changed under a cached statement"),
+            "{e}"
+        );
+        assert_eq!(store.get_project("shop").await.unwrap().retain_images, 4);
+        let p = store.update_project("shop", patch(5)).await.unwrap();
+        assert_eq!((p.retain_images, p.repo.as_str()), (5, "/srv/git/shop.git"));
     }
 }
