@@ -1,16 +1,28 @@
-//! The traffic rollup behind the console's charts: the leader samples the
-//! edge's per-deployment counters ([`Deployer::window_of`], the same ones
-//! the canary judges on) every [`EVERY`] and writes one row per deployment
-//! and minute to the store (requests, 5xx errors, p95 from the latency
-//! histogram's difference over the minute), rewriting the current minute
-//! as it fills; rows older than [`KEEP`] are pruned.
+//! The traffic rollup behind the console's charts: every server (leader or
+//! follower) samples its own edge's per-deployment counters
+//! ([`Deployer::window_of`], the same ones the canary judges on) every
+//! [`EVERY`] and writes one row per deployment and minute under its own
+//! member id (the server's instance id, [`Leadership::member`]): requests,
+//! 5xx errors, the minute's latency histogram (sparse,
+//! [`berth_store::rollup::sparse`]) and its p95, rewriting the current
+//! minute as it fills. Readers ([`Store::list_metric_minutes`]) get the
+//! members summed, p95 taken from the summed histograms, so traffic served
+//! by any server behind a load balancer is in the charts.
 //!
-//! Invariants: only the leader writes, under its fence; the counters are
-//! the leader's own edge's (with several servers behind one load balancer,
-//! the other servers' traffic is not in the charts); counters start at
-//! zero when a target appears (or the server starts), so the first sample
-//! of a deployment is measured from zero; a deployment is sampled while it
-//! is active or carries a canary weight.
+//! Invariants: a server writes only rows of its own member id, so these
+//! writes need no fence (a deposed leader's rows are still its own edge's
+//! true counts) and go on through leader changes; pruning (rows older than
+//! [`KEEP`], every member's, those of servers gone included) is the
+//! leader's, under its fence; counters start at zero when a target appears
+//! (or the server starts), so the first sample of a deployment is measured
+//! from zero, and a restarted server (or a `--takeover`, same member id)
+//! rewrites its current minute from zero: that minute loses what the
+//! previous process counted in it; a retired process (handing over) stops
+//! sampling; a deployment is sampled while it is active or carries a
+//! canary weight.
+//!
+//! [`Leadership::member`]: crate::cluster::Leadership::member
+//! [`Store::list_metric_minutes`]: berth_store::Store::list_metric_minutes
 
 use crate::deployer::Deployer;
 use berth_core::canary::Window;
@@ -66,16 +78,26 @@ pub fn minute_of(t: DateTime<Utc>) -> DateTime<Utc> {
 
 /// The row of `d` for `minute` from the counters `now` and at the
 /// minute's start.
-pub fn row(d: &Routed, minute: DateTime<Utc>, now: &Window, base: &Window) -> MetricMinute {
+/// The row of `d` for `minute` as `member`'s edge counted it, from the
+/// counters `now` and at the minute's start.
+pub fn row(
+    member: &str,
+    d: &Routed,
+    minute: DateTime<Utc>,
+    now: &Window,
+    base: &Window,
+) -> MetricMinute {
     let w = now.since(base);
     MetricMinute {
         deployment_id: d.deployment_id.clone(),
         project_name: d.project_name.clone(),
         environment_name: d.environment_name.clone(),
         service_name: d.service_name.clone(),
+        member: member.to_string(),
         minute,
         requests: w.requests,
         errors: w.errors,
+        latency: berth_store::rollup::sparse(&w.latency),
         p95_ms: w
             .p95()
             .filter(|s| s.is_finite() && w.requests > 0)
@@ -83,13 +105,22 @@ pub fn row(d: &Routed, minute: DateTime<Utc>, now: &Window, base: &Window) -> Me
     }
 }
 
-/// The sampler's state: what it saw of each deployment.
-#[derive(Default)]
+/// The sampler's state: whose edge it samples and what it saw of each
+/// deployment.
 pub struct Rollup {
+    member: String,
     tracked: HashMap<String, Tracked>,
 }
 
 impl Rollup {
+    /// A sampler writing rows of `member` (this server's member id).
+    pub fn new(member: &str) -> Self {
+        Rollup {
+            member: member.to_string(),
+            tracked: HashMap::new(),
+        }
+    }
+
     /// One sample at `now` of `routed` (the deployments the edge routes
     /// to, with their counters): the rows to write. A deployment that
     /// crossed into a new minute gets its previous minute closed with the
@@ -107,7 +138,7 @@ impl Rollup {
                     base: Window::default(),
                 });
             let t = if t.minute != minute {
-                let closed = row(d, t.minute, w, &t.base);
+                let closed = row(&self.member, d, t.minute, w, &t.base);
                 if closed.requests > 0 {
                     rows.push(closed);
                 }
@@ -118,7 +149,7 @@ impl Rollup {
             } else {
                 t
             };
-            let current = row(d, minute, w, &t.base);
+            let current = row(&self.member, d, minute, w, &t.base);
             if current.requests > 0 {
                 rows.push(current);
             }
@@ -130,17 +161,16 @@ impl Rollup {
     }
 }
 
-/// Runs for the life of the server: samples while this server leads.
+/// Runs for the life of the server: samples its own edge whether it leads
+/// or not (until it retires for a `--takeover`); prunes while it leads.
 pub async fn run(d: std::sync::Arc<Deployer>) {
-    let mut rollup = Rollup::default();
+    let mut rollup = Rollup::new(d.leadership.member());
     let mut routed: Vec<Deployment> = Vec::new();
     let mut listed_at: Option<DateTime<Utc>> = None;
     let mut pruned_at: Option<DateTime<Utc>> = None;
     loop {
         tokio::time::sleep(EVERY).await;
-        if !d.leadership.is_leader() {
-            rollup = Rollup::default();
-            listed_at = None;
+        if d.leadership.is_retired() {
             continue;
         }
         let now = Utc::now();
@@ -177,10 +207,14 @@ pub async fn run(d: std::sync::Arc<Deployer>) {
         }
         let rows = rollup.sample(now, &sampled);
         if !rows.is_empty() {
-            let put = d.store.put_metric_minutes(&rows);
-            if let Err(e) = berth_store::cluster::fenced(d.leadership.fence(), put).await {
+            // Only this member's rows: no fence (see the module doc).
+            if let Err(e) = d.store.put_metric_minutes(&rows).await {
                 tracing::warn!(error = %e, "charts: writing the traffic rollup failed");
             }
+        }
+        if !d.leadership.is_leader() {
+            pruned_at = None;
+            continue;
         }
         if pruned_at.is_none_or(|t| now - t >= Span::minutes(5)) {
             let cut = now - Span::from_std(KEEP).unwrap_or(Span::hours(1));
@@ -220,7 +254,7 @@ mod tests {
     fn a_minute_is_the_counters_difference_and_closes_when_the_next_begins() {
         let t0 = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         let d = dep("d1");
-        let mut r = Rollup::default();
+        let mut r = Rollup::new("m1");
         // First sight: measured from zero (the edge's counters start there).
         let rows = r.sample(t0 + Span::seconds(10), &[(d.clone(), window(100, 0, 100))]);
         assert_eq!(rows.len(), 1);
@@ -229,6 +263,10 @@ mod tests {
             (t0, 100, 0)
         );
         assert!(rows[0].p95_ms.unwrap() <= 10.0);
+        // This server's row, with the minute's histogram to sum with other
+        // members'.
+        assert_eq!(rows[0].member, "m1");
+        assert_eq!(rows[0].latency.last().map(|(_, c)| *c), Some(100));
         // Same minute: the row is rewritten with everything so far.
         let rows = r.sample(t0 + Span::seconds(20), &[(d.clone(), window(150, 10, 100))]);
         assert_eq!(

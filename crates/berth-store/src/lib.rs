@@ -24,6 +24,7 @@ pub mod cluster;
 pub mod copy;
 pub mod crypto;
 mod postgres;
+pub mod rollup;
 pub mod seal;
 mod sqlite;
 #[doc(hidden)]
@@ -394,21 +395,33 @@ pub struct SessionRecord {
     pub expires_at: DateTime<Utc>,
 }
 
-/// One minute of one deployment's traffic as the edge counted it: the
-/// rollup behind the console's charts (kept about an hour, then pruned).
-#[derive(Clone, Debug, PartialEq)]
+/// One minute of one deployment's traffic as one server's edge counted
+/// it: the rollup behind the console's charts (kept about an hour, then
+/// pruned). Every server writes its own rows ([`MetricMinute::member`]);
+/// [`Store::list_metric_minutes`] gives them summed ([`rollup`]).
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct MetricMinute {
     pub deployment_id: String,
     pub project_name: String,
     pub environment_name: String,
     pub service_name: String,
+    /// The cluster member (server instance id) whose edge counted it;
+    /// empty in what [`Store::list_metric_minutes`] returns (the members
+    /// summed) and in rows written before members were kept.
+    pub member: String,
     /// The start of the minute (whole seconds, seconds at zero).
     pub minute: DateTime<Utc>,
     pub requests: u64,
     /// Responses with a 5xx status, the edge's own 502/503/504 included.
     pub errors: u64,
+    /// The minute's latency histogram, sparse ([`rollup::sparse`]):
+    /// `(upper bound in seconds, cumulative count)`; what lets members'
+    /// rows be combined into one p95. Empty in rows written before it was
+    /// kept.
+    pub latency: Vec<(f64, u64)>,
     /// p95 latency of the minute's requests in milliseconds (`None`
-    /// without requests).
+    /// without requests); of the summed histogram in what
+    /// [`Store::list_metric_minutes`] returns.
     pub p95_ms: Option<f64>,
 }
 
@@ -699,12 +712,16 @@ pub trait Store: Send + Sync + 'static {
     async fn list_dns_update_servers(&self) -> Result<Vec<String>>;
 
     // --- charts: per-minute traffic rollup ---
-    /// Writes minutes of traffic; a row for a (deployment, minute) already
-    /// stored replaces it (the leader rewrites the current minute as it
-    /// fills).
+    /// Writes minutes of traffic; a row for a (deployment, member, minute)
+    /// already stored replaces it (each server rewrites its current minute
+    /// as it fills). A server writes only rows of its own member id, so
+    /// these writes need no fence.
     async fn put_metric_minutes(&self, rows: &[MetricMinute]) -> Result<()>;
     /// A service's minutes from `since` on (inclusive), every deployment
-    /// of it, oldest minute first, then by deployment id.
+    /// of it, oldest minute first, then by deployment id: one row per
+    /// deployment and minute, the members' rows summed
+    /// ([`rollup::merge_members`]: requests and errors added, p95 of the
+    /// summed histogram).
     async fn list_metric_minutes(
         &self,
         project: &str,

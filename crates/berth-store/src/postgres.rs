@@ -47,6 +47,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0008_dns_update_keys.sql"),
     include_str!("../migrations/postgres/0009_metric_minutes.sql"),
     include_str!("../migrations/postgres/0010_pushed_repos.sql"),
+    include_str!("../migrations/postgres/0011_metric_members.sql"),
 ];
 
 /// The advisory lock key migrations run under ("berth" in ASCII).
@@ -2196,9 +2197,11 @@ impl Store for PgStore {
         let st = tx
             .prepare_cached(
                 "INSERT INTO metric_minutes (deployment_id, project, environment, service, \
-                 minute, requests, errors, p95_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                 ON CONFLICT (deployment_id, minute) DO UPDATE SET requests = excluded.requests, \
-                 errors = excluded.errors, p95_ms = excluded.p95_ms",
+                 minute, requests, errors, p95_ms, member, latency) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT (deployment_id, minute, member) DO UPDATE SET \
+                 requests = excluded.requests, errors = excluded.errors, \
+                 p95_ms = excluded.p95_ms, latency = excluded.latency",
             )
             .await?;
         for r in rows {
@@ -2213,6 +2216,8 @@ impl Store for PgStore {
                     &(r.requests as i64),
                     &(r.errors as i64),
                     &r.p95_ms,
+                    &r.member,
+                    &crate::rollup::encode_latency(&r.latency),
                 ],
             )
             .await?;
@@ -2232,24 +2237,28 @@ impl Store for PgStore {
         let rows = c
             .query_cached(
                 "SELECT deployment_id, project, environment, service, minute, requests, errors, \
-                 p95_ms FROM metric_minutes WHERE project = $1 AND environment = $2 \
-                 AND service = $3 AND minute >= $4 ORDER BY minute, deployment_id",
+                 p95_ms, member, latency FROM metric_minutes WHERE project = $1 \
+                 AND environment = $2 AND service = $3 AND minute >= $4 \
+                 ORDER BY minute, deployment_id, member",
                 &[&project, &environment, &service, &since],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| MetricMinute {
-                deployment_id: r.get(0),
-                project_name: r.get(1),
-                environment_name: r.get(2),
-                service_name: r.get(3),
-                minute: r.get(4),
-                requests: r.get::<_, i64>(5).max(0) as u64,
-                errors: r.get::<_, i64>(6).max(0) as u64,
-                p95_ms: r.get(7),
-            })
-            .collect())
+        Ok(crate::rollup::merge_members(
+            rows.iter()
+                .map(|r| MetricMinute {
+                    deployment_id: r.get(0),
+                    project_name: r.get(1),
+                    environment_name: r.get(2),
+                    service_name: r.get(3),
+                    minute: r.get(4),
+                    requests: r.get::<_, i64>(5).max(0) as u64,
+                    errors: r.get::<_, i64>(6).max(0) as u64,
+                    p95_ms: r.get(7),
+                    member: r.get(8),
+                    latency: crate::rollup::decode_latency(r.get(9)),
+                })
+                .collect(),
+        ))
     }
 
     async fn prune_metric_minutes(&self, before: DateTime<Utc>) -> Result<u64> {

@@ -45,6 +45,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0013_dns_update_keys.sql"),
     include_str!("../migrations/0014_metric_minutes.sql"),
     include_str!("../migrations/0015_pushed_repos.sql"),
+    include_str!("../migrations/0016_metric_members.sql"),
 ];
 
 /// File name of the database inside the data dir.
@@ -2003,9 +2004,11 @@ impl Store for SqliteStore {
             {
                 let mut st = tx.prepare(
                     "INSERT INTO metric_minutes (deployment_id, project, environment, service, \
-                     minute, requests, errors, p95_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
-                     ON CONFLICT (deployment_id, minute) DO UPDATE SET requests = excluded.requests, \
-                     errors = excluded.errors, p95_ms = excluded.p95_ms",
+                     minute, requests, errors, p95_ms, member, latency) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+                     ON CONFLICT (deployment_id, minute, member) DO UPDATE SET \
+                     requests = excluded.requests, errors = excluded.errors, \
+                     p95_ms = excluded.p95_ms, latency = excluded.latency",
                 )?;
                 for r in &rows {
                     st.execute(params![
@@ -2016,7 +2019,9 @@ impl Store for SqliteStore {
                         r.minute.timestamp(),
                         r.requests as i64,
                         r.errors as i64,
-                        r.p95_ms
+                        r.p95_ms,
+                        r.member,
+                        crate::rollup::encode_latency(&r.latency),
                     ])?;
                 }
             }
@@ -2041,8 +2046,9 @@ impl Store for SqliteStore {
         self.call(move |c| {
             let mut st = c.prepare(
                 "SELECT deployment_id, project, environment, service, minute, requests, errors, \
-                 p95_ms FROM metric_minutes WHERE project = ?1 AND environment = ?2 \
-                 AND service = ?3 AND minute >= ?4 ORDER BY minute, deployment_id",
+                 p95_ms, member, latency FROM metric_minutes WHERE project = ?1 \
+                 AND environment = ?2 AND service = ?3 AND minute >= ?4 \
+                 ORDER BY minute, deployment_id, member",
             )?;
             let rows = st.query_map(params![project, env, service, since.timestamp()], |r| {
                 Ok(MetricMinute {
@@ -2054,9 +2060,12 @@ impl Store for SqliteStore {
                     requests: r.get::<_, i64>(5)?.max(0) as u64,
                     errors: r.get::<_, i64>(6)?.max(0) as u64,
                     p95_ms: r.get(7)?,
+                    member: r.get(8)?,
+                    latency: crate::rollup::decode_latency(r.get(9)?),
                 })
             })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            let rows = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(crate::rollup::merge_members(rows))
         })
         .await
     }

@@ -223,6 +223,14 @@ pub fn service_charts(rows: &[MetricMinute], markers: &[Marker], now: DateTime<U
             order.push(&r.deployment_id);
         }
     }
+    // Each deployment's requests in the hour, every server's edge summed
+    // (on its legend key, for tools and tests).
+    let requests_of = |id: &str| -> u64 {
+        rows.iter()
+            .filter(|r| r.deployment_id == id && r.minute + Duration::minutes(1) > start)
+            .map(|r| r.requests)
+            .sum()
+    };
     let colour = |id: &str| {
         let i = order.iter().position(|o| *o == id).unwrap_or(0);
         PALETTE[i % PALETTE.len()]
@@ -234,7 +242,9 @@ pub fn service_charts(rows: &[MetricMinute], markers: &[Marker], now: DateTime<U
             } @else {
                 p.legend {
                     @for id in &order {
-                        span.key { span.swatch style={ "background:" (colour(id)) } {} " " span.mono { (id) } }
+                        span.key data-deployment=(id) data-requests=(requests_of(id)) {
+                            span.swatch style={ "background:" (colour(id)) } {} " " span.mono { (id) }
+                        }
                         " "
                     }
                 }
@@ -354,6 +364,7 @@ mod tests {
             requests,
             errors,
             p95_ms: p95,
+            ..Default::default()
         }
     }
 
@@ -390,6 +401,14 @@ mod tests {
         ];
         let html = service_charts(&rows, &markers, now).into_string();
         assert_eq!(html.matches("<svg").count(), 3);
+        assert!(
+            html.contains(r#"data-deployment="d2" data-requests="90""#),
+            "{html}"
+        );
+        assert!(
+            html.contains(r#"data-deployment="&lt;d1&gt;" data-requests="1800""#),
+            "{html}"
+        );
         assert!(
             html.contains(r#"data-metric="requests" data-points="4""#),
             "{html}"

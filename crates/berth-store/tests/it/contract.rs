@@ -1806,6 +1806,7 @@ pub async fn metric_minutes_are_kept_per_service_replaced_and_pruned(h: &Harness
             requests,
             errors,
             p95_ms: p95,
+            ..Default::default()
         }
     };
     assert!(s
@@ -1887,6 +1888,123 @@ pub async fn metric_minutes_are_kept_per_service_replaced_and_pruned(h: &Harness
         .await
         .unwrap()
         .is_empty());
+}
+
+/// Every server writes its own rows (member id): a reader gets one row per
+/// deployment and minute, requests and errors summed and p95 taken from
+/// the summed histograms (not from either member's p95); a member
+/// rewriting its minute replaces only its own row; pruning removes every
+/// member's old rows.
+pub async fn metric_minutes_of_several_members_are_summed_with_p95_of_the_merged_histogram(
+    h: &Harness,
+) {
+    use berth_store::rollup;
+    let s = &*h.store;
+    let t0 = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    // Buckets 1 ms wide up to 400 ms; `(ms, n)` puts n requests in the
+    // bucket ending at ms.
+    let hist = |parts: &[(usize, u64)]| {
+        let mut counts = vec![0u64; 400];
+        for (ms, n) in parts {
+            counts[ms - 1] += n;
+        }
+        let mut acc = 0;
+        let dense: Vec<(f64, u64)> = counts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                acc += c;
+                ((i + 1) as f64 / 1000.0, acc)
+            })
+            .collect();
+        rollup::sparse(&dense)
+    };
+    let m = |member: &str, min: i64, requests: u64, errors: u64, latency: Vec<(f64, u64)>| {
+        MetricMinute {
+            deployment_id: "d1".into(),
+            project_name: "shop".into(),
+            environment_name: "production".into(),
+            service_name: "web".into(),
+            member: member.into(),
+            minute: t0 + Duration::minutes(min),
+            requests,
+            errors,
+            p95_ms: rollup::p95_ms(&latency),
+            latency,
+        }
+    };
+    // Member a served 90 fast requests (2 ms), b 10 slow ones (300 ms).
+    let a0 = m("a", 0, 90, 1, hist(&[(2, 90)]));
+    let b0 = m("b", 0, 10, 4, hist(&[(300, 10)]));
+    assert!(a0.p95_ms.unwrap() <= 2.0 && b0.p95_ms.unwrap() > 299.0);
+    s.put_metric_minutes(&[a0.clone(), b0.clone(), m("a", 1, 5, 0, hist(&[(7, 5)]))])
+        .await
+        .unwrap();
+    let rows = s
+        .list_metric_minutes("shop", "production", "web", t0)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let first = &rows[0];
+    assert_eq!(
+        (
+            first.minute,
+            first.requests,
+            first.errors,
+            first.member.as_str()
+        ),
+        (t0, 100, 5, "")
+    );
+    // 95 of 100 requests: the rank lies among b's slow ones.
+    let p95 = first.p95_ms.unwrap();
+    assert!(p95 > 299.0 && p95 <= 300.0, "{p95}");
+    assert_eq!(first.latency.last().unwrap().1, 100);
+    // A minute only one member saw is that member's.
+    assert_eq!((rows[1].requests, rows[1].member.as_str()), (5, ""));
+    assert!(rows[1].p95_ms.unwrap() > 6.0 && rows[1].p95_ms.unwrap() <= 7.0);
+
+    // b rewrites its minute as it fills: a's part stays.
+    s.put_metric_minutes(&[m("b", 0, 30, 4, hist(&[(300, 30)]))])
+        .await
+        .unwrap();
+    let rows = s
+        .list_metric_minutes("shop", "production", "web", t0)
+        .await
+        .unwrap();
+    assert_eq!((rows[0].requests, rows[0].errors), (120, 5));
+    // 114 of 120 requests: 90 fast, so the rank is well inside the slow ones.
+    assert!(rows[0].p95_ms.unwrap() > 299.0);
+
+    // A row written before members were kept (no member, no histogram)
+    // still counts.
+    s.put_metric_minutes(&[MetricMinute {
+        latency: Vec::new(),
+        p95_ms: Some(50.0),
+        ..m("", 2, 8, 0, Vec::new())
+    }])
+    .await
+    .unwrap();
+    let rows = s
+        .list_metric_minutes("shop", "production", "web", t0 + Duration::minutes(2))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].requests, rows[0].p95_ms), (8, Some(50.0)));
+
+    // Pruning takes every member's old minutes.
+    assert_eq!(
+        s.prune_metric_minutes(t0 + Duration::minutes(1))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        s.list_metric_minutes("shop", "production", "web", t0)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
 }
 
 // --- pushed repositories, cancel requests (cluster) ---

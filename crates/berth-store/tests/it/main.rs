@@ -44,6 +44,7 @@ macro_rules! contract_tests {
             dns_update_keys_are_sealed_and_the_certificates_stamp_moves_on_every_write,
             a_deposed_leaders_writes_of_every_kind_are_refused,
             metric_minutes_are_kept_per_service_replaced_and_pruned,
+            metric_minutes_of_several_members_are_summed_with_p95_of_the_merged_histogram,
             pushed_repos_are_compare_and_set_and_cancel_requests_kept_once,
         );
     };

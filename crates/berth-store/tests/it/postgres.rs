@@ -191,3 +191,73 @@ async fn one_leader_a_lease_that_moves_when_it_expires_and_fenced_writes() {
         Some("first")
     );
 }
+
+/// The charts' rows written before members were kept (one per deployment
+/// and minute, no member, no histogram) are still listed after the
+/// upgrade, and a member's row then adds to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metric_minutes_written_before_members_were_kept_survive_the_upgrade() {
+    let Some(base) = testpg::require() else {
+        return;
+    };
+    let url = testpg::fresh_database(&base).await;
+    drop(
+        PgStore::connect(&url, Cipher::from_key([4; 32]))
+            .await
+            .unwrap(),
+    );
+    let t0 = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    {
+        // The table as it was before members were kept, with a row; then
+        // the migration that keeps members.
+        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let task = tokio::spawn(conn);
+        c.batch_execute(&format!(
+            "DROP TABLE metric_minutes; {}",
+            include_str!("../../migrations/postgres/0009_metric_minutes.sql")
+        ))
+        .await
+        .unwrap();
+        c.execute(
+            "INSERT INTO metric_minutes (deployment_id, project, environment, service, minute, \
+             requests, errors, p95_ms) VALUES ('d1', 'shop', 'production', 'web', $1, 40, 2, 12.5)",
+            &[&t0],
+        )
+        .await
+        .unwrap();
+        c.batch_execute(include_str!(
+            "../../migrations/postgres/0011_metric_members.sql"
+        ))
+        .await
+        .unwrap();
+        drop(c);
+        let _ = task.await;
+    }
+    let s = PgStore::connect(&url, Cipher::from_key([4; 32]))
+        .await
+        .unwrap();
+    let rows = s
+        .list_metric_minutes("shop", "production", "web", t0)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (rows[0].requests, rows[0].errors, rows[0].p95_ms),
+        (40, 2, Some(12.5))
+    );
+    s.put_metric_minutes(&[MetricMinute {
+        member: "m1".into(),
+        requests: 10,
+        ..rows[0].clone()
+    }])
+    .await
+    .unwrap();
+    let rows = s
+        .list_metric_minutes("shop", "production", "web", t0)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].requests, 50);
+}

@@ -159,3 +159,54 @@ async fn credentials_stored_in_clear_by_an_older_berth_are_sealed_at_start() {
     );
     assert!(!contains(&all_bytes(dir.path()), token));
 }
+
+/// The charts' rows written before members were kept (one per deployment
+/// and minute, no member, no histogram) are still listed after the
+/// upgrade, and a member's row then adds to them.
+#[tokio::test]
+async fn metric_minutes_written_before_members_were_kept_survive_the_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    let t0 = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    {
+        // The table as it was before members were kept, with a row; then
+        // the migration that keeps members.
+        let c = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        c.execute_batch(&format!(
+            "DROP TABLE metric_minutes; {}",
+            include_str!("../../migrations/0014_metric_minutes.sql")
+        ))
+        .unwrap();
+        c.execute(
+            "INSERT INTO metric_minutes (deployment_id, project, environment, service, minute, \
+             requests, errors, p95_ms) VALUES ('d1', 'shop', 'production', 'web', ?1, 40, 2, 12.5)",
+            [t0.timestamp()],
+        )
+        .unwrap();
+        c.execute_batch(include_str!("../../migrations/0016_metric_members.sql"))
+            .unwrap();
+    }
+    let s = open(dir.path());
+    let rows = s
+        .list_metric_minutes("shop", "production", "web", t0)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (rows[0].requests, rows[0].errors, rows[0].p95_ms),
+        (40, 2, Some(12.5))
+    );
+    s.put_metric_minutes(&[MetricMinute {
+        member: "m1".into(),
+        requests: 10,
+        ..rows[0].clone()
+    }])
+    .await
+    .unwrap();
+    let rows = s
+        .list_metric_minutes("shop", "production", "web", t0)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].requests, 50);
+}

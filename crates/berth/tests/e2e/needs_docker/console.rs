@@ -487,7 +487,7 @@ fn console_signs_in_follows_live_logs_and_rolls_back_in_a_browser() {
     b.screenshot("09-manifest");
 }
 
-/// The service page after real traffic through the edge: the leader's
+/// The service page after real traffic through the edge: the server's
 /// rollup (every 10 s) puts the deployment's minute in the store and the
 /// page draws it, with the deploy marked on the time axis. A viewer token
 /// sees the same charts.
