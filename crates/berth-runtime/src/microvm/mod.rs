@@ -674,6 +674,7 @@ impl MicroVmRuntime {
             modules,
             daemon,
             dirs,
+            read_only: spec.mounts.iter().map(|m| m.read_only).collect(),
         }))
     }
 
@@ -683,7 +684,7 @@ impl MicroVmRuntime {
         for (i, source) in v.dirs.iter().enumerate() {
             let _ = std::fs::remove_file(virtiofs::socket(dir, i));
             let forced = self.inner.virtiofs_sandbox.get().copied();
-            virtiofs::start(&v.daemon, dir, i, source, forced)
+            virtiofs::start(&v.daemon, dir, i, source, forced, v.read_only[i])
                 .await
                 .map_err(|why| RuntimeError::Backend {
                     op: "start microvm",
@@ -827,6 +828,9 @@ struct VolumeSources {
     daemon: PathBuf,
     /// Each mount's host directory, in the spec's order.
     dirs: Vec<PathBuf>,
+    /// Whether each mount is read-only (the guest mounts it so, and its
+    /// virtiofsd sees the directory read-only).
+    read_only: Vec<bool>,
 }
 
 /// berth's restart words → the init's (the same meaning as Docker's `no`,

@@ -169,14 +169,17 @@ fn is_rust_flavour(binary: &Path) -> bool {
 
 /// Starts virtiofsd `i` of VM directory `dir` serving `source`, in its own
 /// session, with sandbox `forced` or else the one [`sandbox`] finds;
-/// returns once its socket exists. Err names the volume's problem with the
-/// daemon's last words.
+/// returns once its socket exists. With `read_only` the daemon sees
+/// `source` read-only ([`read_only_view`]), so a guest that remounts its
+/// volume read-write still cannot change the host's files. Err names the
+/// volume's problem with the daemon's last words.
 pub async fn start(
     binary: &Path,
     dir: &Path,
     i: usize,
     source: &Path,
     forced: Option<Sandbox>,
+    read_only: bool,
 ) -> Result<(), String> {
     let log_path = log(dir, i);
     let log_file = std::fs::File::create(&log_path)
@@ -196,17 +199,36 @@ pub async fn start(
         .stdout(std::process::Stdio::null())
         .stderr(log_file)
         .kill_on_drop(false);
+    let view = if read_only {
+        use std::os::unix::ffi::OsStrExt;
+        Some(
+            std::ffi::CString::new(source.as_os_str().as_bytes())
+                .map_err(|_| format!("{}: a NUL byte in the path", source.display()))?,
+        )
+    } else {
+        None
+    };
     // Its own session: signals to berth's process group do not reach it,
     // and it outlives a kill -9 of berth.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             libc::setsid();
-            Ok(())
+            match &view {
+                Some(source) => read_only_view(source),
+                None => Ok(()),
+            }
         });
     }
-    let mut child = command
-        .spawn()
-        .map_err(|e| format!("run {}: {e}", binary.display()))?;
+    let mut child = command.spawn().map_err(|e| {
+        if read_only {
+            format!(
+                "run {} with the volume read-only (its own mount namespace, a read-only bind of the volume): {e}",
+                binary.display()
+            )
+        } else {
+            format!("run {}: {e}", binary.display())
+        }
+    })?;
     let pid = child.id().unwrap_or_default();
     std::fs::write(pidfile(dir, i), pid.to_string())
         .map_err(|e| format!("write virtiofsd pidfile: {e}"))?;
@@ -239,6 +261,48 @@ pub async fn start(
             None => why,
         }
     })
+}
+
+/// In the child about to become virtiofsd: a mount namespace of its own
+/// (private, so nothing propagates back to the host) where `source` is a
+/// read-only bind of itself. The daemon's own sandbox binds and chroots
+/// into it (a bind keeps the read-only flag), so every write it is asked
+/// for fails with `EROFS` whatever the guest mounted; the host's view of
+/// the volume is unchanged and the namespace goes with the daemon. Only
+/// async-signal-safe calls (it runs between fork and exec).
+fn read_only_view(source: &std::ffi::CStr) -> std::io::Result<()> {
+    let check = |rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    let none = std::ptr::null::<libc::c_char>();
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS))?;
+        check(libc::mount(
+            none,
+            c"/".as_ptr(),
+            none,
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ))?;
+        check(libc::mount(
+            source.as_ptr(),
+            source.as_ptr(),
+            none,
+            libc::MS_BIND,
+            std::ptr::null(),
+        ))?;
+        check(libc::mount(
+            none,
+            source.as_ptr(),
+            none,
+            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+            std::ptr::null(),
+        ))
+    }
 }
 
 /// The pids of `dir`'s virtiofsd daemons that still run.

@@ -705,3 +705,97 @@ async fn a_volume_works_with_virtiofsd_in_its_chroot_sandbox() {
     assert!(left.is_empty(), "left running: {left:?}");
     engine.remove(&volume).await.expect("remove the volume");
 }
+
+/// A read-only volume on a VM: the app reads the host's file but cannot
+/// write, not even after remounting the volume read-write as root in the
+/// guest (its virtiofsd sees the directory through a read-only bind in a
+/// mount namespace of its own); the host's directory stays writable and no
+/// mount of it leaks into the host's namespace.
+#[tokio::test]
+async fn a_read_only_volume_stays_read_only_even_if_the_guest_remounts_it() {
+    use berth_runtime::{DockerVolumes, VolumeMount, Volumes};
+    use std::collections::BTreeMap;
+    let test = "a_read_only_volume_stays_read_only_even_if_the_guest_remounts_it";
+    if vm_testing::require_volumes(test).is_none() {
+        return;
+    }
+    let Some((rt, dir, image)) = setup(test).await else {
+        return;
+    };
+    let docker = testing::connect().await.expect("connect to docker");
+    let engine = DockerVolumes::from_docker(docker.clone());
+    let mut cleanup = testing::Cleanup::new();
+    let volume = format!("berth-mvm-test-ro-{}", testing::unique_suffix());
+    cleanup.volume(volume.clone());
+    let labels = BTreeMap::from([(TEST_LABEL.to_owned(), "berth-runtime".to_owned())]);
+    engine.ensure(&volume, &labels).await.expect("ensure");
+    let host_dir = std::fs::canonicalize(
+        docker
+            .inspect_volume(&volume)
+            .await
+            .expect("inspect volume")
+            .mountpoint,
+    )
+    .unwrap();
+    std::fs::write(host_dir.join("from-host"), "put by the host\n").unwrap();
+
+    let mut s = spec(
+        &image,
+        "cat /data/from-host; echo x > /data/new; echo \"write $?\"; \
+         echo x >> /data/from-host; echo \"append $?\"; \
+         /bin/busybox mount -o remount,rw /data; echo \"remount $?\"; \
+         echo x > /data/new; echo \"write after remount $?\"; \
+         echo x >> /data/from-host; echo \"append after remount $?\"; \
+         echo done; exec sleep 1000",
+    );
+    s.mounts.push(VolumeMount {
+        volume: volume.clone(),
+        target: "/data".into(),
+        read_only: true,
+    });
+    let vm = rt.start(&s).await.expect("start");
+    let _guard = VmGuard(rt.clone(), vm.id.clone());
+    let deadline = Instant::now() + BOOT_DEADLINE;
+    while !lines(&rt, &vm.id)
+        .await
+        .contains(&(LogStream::Stdout, "done".into()))
+    {
+        let state = rt.inspect(&vm.id).await.unwrap();
+        assert_eq!(state.status, InstanceStatus::Running, "{state:?}");
+        assert!(Instant::now() < deadline, "the vm did not finish");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let out: Vec<String> = lines(&rt, &vm.id)
+        .await
+        .into_iter()
+        .filter(|(stream, _)| *stream == LogStream::Stdout)
+        .map(|(_, line)| line)
+        .collect();
+    for want in [
+        "put by the host",
+        "write 1",
+        "append 1",
+        "remount 0",
+        "write after remount 1",
+        "append after remount 1",
+    ] {
+        assert!(out.iter().any(|l| l == want), "no {want:?} in {out:?}");
+    }
+    assert!(!host_dir.join("new").exists());
+    assert_eq!(
+        std::fs::read_to_string(host_dir.join("from-host")).unwrap(),
+        "put by the host\n"
+    );
+    // The host's own view: still writable, and no bind of it here.
+    std::fs::write(host_dir.join("by-host-meanwhile"), "ok").unwrap();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&*host_dir.to_string_lossy()),
+        "the read-only bind leaked into the host's namespace"
+    );
+
+    rt.remove(&vm.id).await.expect("remove");
+    let left = processes_mentioning(&dir.path().to_string_lossy());
+    assert!(left.is_empty(), "left running: {left:?}");
+    engine.remove(&volume).await.expect("remove the volume");
+}
