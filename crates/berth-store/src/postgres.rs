@@ -48,6 +48,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0009_metric_minutes.sql"),
     include_str!("../migrations/postgres/0010_pushed_repos.sql"),
     include_str!("../migrations/postgres/0011_metric_members.sql"),
+    include_str!("../migrations/postgres/0012_deployments_read.sql"),
 ];
 
 /// The advisory lock key migrations run under ("berth" in ASCII).

@@ -261,3 +261,72 @@ async fn metric_minutes_written_before_members_were_kept_survive_the_upgrade() {
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].requests, 50);
 }
+
+/// A deployment record long enough for TOAST (its steps' log tails) is
+/// stored lz4-compressed, and the newest-first list of a long history
+/// reads it through the `deployments_recent` index, not a scan and sort of
+/// every row.
+#[tokio::test]
+async fn deployment_records_are_lz4_and_the_recent_list_uses_its_index() {
+    let Some(base) = testpg::require() else {
+        return;
+    };
+    let url = testpg::fresh_database(&base).await;
+    let store = PgStore::connect(&url, Cipher::from_key([6; 32]))
+        .await
+        .unwrap();
+    store.create_project(new_project("shop")).await.unwrap();
+    let t0 = chrono::Utc::now();
+    for i in 0..300 {
+        let mut d = crate::deployment(
+            &format!("d{i:04}"),
+            "shop",
+            t0 + chrono::Duration::seconds(i),
+        );
+        d.steps[0].log = (0..60)
+            .map(|n| format!("step {i} line {n}: fetched object {n:08x}\n"))
+            .collect();
+        store.insert_deployment(&d).await.unwrap();
+    }
+    let listed = store
+        .list_deployments(&DeploymentQuery {
+            limit: Some(20),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 20);
+    assert_eq!(listed[0].id, "d0299");
+    assert!(listed[0].steps[0].log.contains("step 299 line 59"));
+
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client.batch_execute("ANALYZE deployments").await.unwrap();
+    let methods: Vec<Option<String>> = client
+        .query(
+            "SELECT DISTINCT pg_column_compression(data) FROM deployments",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(methods, [Some("lz4".to_string())]);
+    let plan: String = client
+        .query(
+            "EXPLAIN SELECT d.data, s.active, d.version FROM deployments d \
+             LEFT JOIN slots s ON s.project = d.project AND s.environment = d.environment AND s.service = d.service \
+             ORDER BY d.created_at DESC, d.id DESC LIMIT 20",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0) + "\n")
+        .collect();
+    assert!(plan.contains("deployments_recent"), "{plan}");
+    assert!(!plan.contains("Sort"), "{plan}");
+}
