@@ -13,7 +13,14 @@
 #     request -> the CLI reports it active, and of the deployment's own
 #     createdAt -> completedAt. The two stores' deploys are interleaved, so
 #     a load change hits both alike.
+#  3. the PostgreSQL side: the size of the deployment records as text and
+#     as stored (and their TOAST compression), and with pg_stat_statements
+#     (when installed) the server's own time per statement of the last
+#     round of GETs.
 # Each line prints both stores and the PostgreSQL/SQLite ratio of the p99.
+# PG_BEFORE_0012=1 undoes the PostgreSQL migration 0012 right after start
+# (deployment records compressed with pglz, no deployments_recent index):
+# the same binary before and after, for an A/B in one window.
 # Target (issue 10): PostgreSQL within 1.5x of SQLite.
 #
 #   bench/store.sh [N]    (N requests per GET, default 500; DEPLOYS=20;
@@ -68,9 +75,15 @@ mkdir -p "$TMP/pg"
 [ "$(id -u)" = 0 ] && chown postgres:postgres "$TMP/pg"
 as_pg "$PG/initdb" -D "$TMP/pg/data" -U postgres --auth=trust -E UTF8 >/dev/null
 PGPORT=$(port)
-as_pg "$PG/postgres" -D "$TMP/pg/data" -k "$TMP/pg" -p "$PGPORT" -h 127.0.0.1 >"$TMP/pg.log" 2>&1 &
+# pg_stat_statements (when installed) times each statement inside the
+# server: the store's own per-request figure, steadier than curl's.
+STATS=()
+[ -f "$PG/../lib/pg_stat_statements.so" ] && STATS=(-c shared_preload_libraries=pg_stat_statements)
+as_pg "$PG/postgres" -D "$TMP/pg/data" -k "$TMP/pg" -p "$PGPORT" -h 127.0.0.1 "${STATS[@]}" >"$TMP/pg.log" 2>&1 &
 for _ in $(seq 100); do "$PG/pg_isready" -q -h 127.0.0.1 -p "$PGPORT" && break; sleep 0.1; done
 as_pg "$PG/psql" -q -h 127.0.0.1 -p "$PGPORT" -U postgres -c "CREATE DATABASE berth" >/dev/null
+psql_q() { as_pg "$PG/psql" -qAtX -h 127.0.0.1 -p "$PGPORT" -U postgres -d berth -c "$1"; }
+[ ${#STATS[@]} = 0 ] || psql_q "CREATE EXTENSION pg_stat_statements" >/dev/null
 PGURL="postgres://postgres@127.0.0.1:$PGPORT/berth"
 KEY=$(head -c 32 /dev/urandom | base64)
 TOKEN=bench-token-0123456789
@@ -114,6 +127,12 @@ gets() { # heading
 
 start sqlite SQ
 start postgres PQ --database-url "$PGURL"
+if [ "${PG_BEFORE_0012:-}" = 1 ]; then
+    # The PostgreSQL store as it read deployments before its migration 0012
+    # (same binary, for an A/B in one window): pglz records, no
+    # newest-first index.
+    psql_q "ALTER TABLE deployments ALTER COLUMN data SET COMPRESSION pglz; DROP INDEX IF EXISTS deployments_recent" >/dev/null
+fi
 for api in "$SQ" "$PQ"; do
     for i in $(seq 20); do
         as_store "$api" projects create "p$i" --repo /srv/git/p$i.git >/dev/null
@@ -178,5 +197,19 @@ DOCKERFILE
     echo "deploy of a built image, $DEPLOYS per store (cache hit, start, health check, switch), interleaved:"
     row "  request -> CLI reports active" "$(cli 0)" "$(cli 1)" "%6.0f ms"
     row "  createdAt -> completedAt" "$(rec 0)" "$(rec 1)" "%6.0f ms"
+    [ ${#STATS[@]} = 0 ] || psql_q "SELECT pg_stat_statements_reset()" >/dev/null
     gets "API again, with that deploy history ($((DEPLOYS + 2)) deployments of one project):"
+fi
+
+# --- 3. the PostgreSQL side of those reads ---
+# What the deployments list reads (the JSON records: size as text and as
+# stored, compressed or not) and the server's own time per statement.
+echo "PostgreSQL side (PG_BEFORE_0012=${PG_BEFORE_0012:-0}; deployments_recent index: $(psql_q "SELECT count(*) FROM pg_indexes WHERE indexname = 'deployments_recent'")):"
+psql_q "SELECT '  deployments.data: ' || count(*) || ' rows, ' || coalesce(avg(octet_length(data))::int, 0) || ' B as text, '
+        || coalesce(avg(pg_column_size(data))::int, 0) || ' B stored (compression: '
+        || coalesce(string_agg(DISTINCT coalesce(pg_column_compression(data), 'none'), ','), '-') || ')' FROM deployments"
+if [ ${#STATS[@]} != 0 ]; then
+    echo "  server time per statement (pg_stat_statements, the last round of GETs):"
+    psql_q "SELECT format('    %s calls, mean %s ms, max %s ms: %s', calls, round(mean_exec_time::numeric, 3), round(max_exec_time::numeric, 3), left(regexp_replace(query, '\s+', ' ', 'g'), 100))
+            FROM pg_stat_statements WHERE query ~ '^SELECT (d\.data|name, repo)' ORDER BY calls DESC LIMIT 4"
 fi
