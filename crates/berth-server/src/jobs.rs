@@ -16,7 +16,8 @@
 //!   [`berth_core::schedule::Schedule::due`] names: the latest
 //!   firing, less than one period late, not before the job existed (a
 //!   firing missed while berth was down runs once at start, older ones
-//!   never);
+//!   never; a firing before the active deployment runs only if a run of
+//!   the job was made before it — a manual run since proves nothing);
 //! - when a run of the job is still going at a firing, that firing is
 //!   recorded `skipped` (its own record, under the same unique index); a
 //!   run this server left going before it restarted does not block (it is
@@ -159,7 +160,7 @@ impl Scheduler {
         firing: DateTime<Utc>,
     ) -> Result<Option<Fired>, JobError> {
         let d = &self.deployer;
-        if firing < job.deployed_at && !self.has_runs(job).await? {
+        if firing < job.deployed_at && !self.ran_before(job, firing).await? {
             return Ok(None);
         }
         let going = d
@@ -257,7 +258,11 @@ impl Scheduler {
         now() - since < chrono::Duration::from_std(lost).unwrap_or(chrono::Duration::MAX)
     }
 
-    async fn has_runs(&self, job: &ActiveJob) -> Result<bool, StoreError> {
+    /// Whether `job` has a run created before `firing`: then it existed
+    /// at that firing even if its deployment is newer (a redeploy while
+    /// berth was down). A run made after the firing (`berth jobs run`)
+    /// says nothing about it.
+    async fn ran_before(&self, job: &ActiveJob, firing: DateTime<Utc>) -> Result<bool, StoreError> {
         Ok(!self
             .deployer
             .store
@@ -265,6 +270,7 @@ impl Scheduler {
                 project: Some(job.project.clone()),
                 environment: Some(job.environment.clone()),
                 job: Some(job.config.name.clone()),
+                created_before: Some(firing),
                 limit: Some(1),
                 ..Default::default()
             })

@@ -365,6 +365,8 @@ pub struct RunQuery {
     pub jobs_only: bool,
     /// Only runs still going.
     pub unfinished: bool,
+    /// Only runs created before this time.
+    pub created_before: Option<DateTime<Utc>>,
     pub limit: Option<u32>,
 }
 

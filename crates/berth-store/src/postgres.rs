@@ -1610,6 +1610,10 @@ impl Store for PgStore {
         if q.unfinished {
             sql.push_str(" AND status = 'running'");
         }
+        if let Some(t) = q.created_before {
+            params.push(Box::new(t));
+            sql.push_str(&format!(" AND created_at < ${}", params.len()));
+        }
         sql.push_str(" ORDER BY created_at DESC, id DESC");
         if let Some(l) = q.limit {
             params.push(Box::new(i64::from(l)));

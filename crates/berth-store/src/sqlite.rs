@@ -1367,6 +1367,10 @@ impl Store for SqliteStore {
             if q.unfinished {
                 sql.push_str(" AND status = 'running'");
             }
+            if let Some(t) = &q.created_before {
+                args.push(ts(t));
+                sql.push_str(&format!(" AND created_at < ?{}", args.len()));
+            }
             sql.push_str(" ORDER BY created_at DESC, id DESC");
             if let Some(l) = q.limit {
                 sql.push_str(&format!(" LIMIT {l}"));

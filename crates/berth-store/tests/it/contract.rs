@@ -907,6 +907,23 @@ pub async fn runs_are_kept_newest_first_and_a_firing_runs_once(h: &Harness) {
         .await
         .unwrap();
     assert!(!ids(going).contains(&"r1".to_string()));
+    let before = s
+        .list_runs(&RunQuery {
+            job: Some("report".into()),
+            created_before: Some(firing + Duration::minutes(1)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(before), ["r3"]);
+    let none = s
+        .list_runs(&RunQuery {
+            created_before: Some(t0),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "{none:?}");
 }
 
 // --- tokens, audit log, console sessions ---

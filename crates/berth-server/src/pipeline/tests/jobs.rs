@@ -162,6 +162,24 @@ async fn a_firing_before_the_job_existed_does_not_run() {
     started(&s.tick(f + secs(61), &jobs).await);
 }
 
+/// A yearly job's latest firing (last 1 January) is older than its
+/// deployment: a `berth jobs run` made since does not make it run (CI saw
+/// it fire right after a manual run).
+#[tokio::test]
+async fn a_manual_run_does_not_make_a_firing_before_the_deployment_run() {
+    let yearly = EVERY_MINUTE.replace("* * * * *", "0 0 1 1 *");
+    let (h, _d) = job_harness(&yearly, Behaviour::default()).await;
+    let (run, _events) = h
+        .deployer
+        .run_job_now("shop", "production", "tick", "admin")
+        .await
+        .unwrap();
+    assert_eq!(finished_run(&h, &run.id).await.status, RunStatus::Succeeded);
+    let s = Scheduler::new(h.deployer.clone(), Utc::now());
+    assert!(s.tick(Utc::now(), &jobs_of(&h).await).await.is_empty());
+    assert_eq!(runs_of(&h, "tick").await.len(), 1);
+}
+
 #[tokio::test]
 async fn a_firing_while_the_previous_run_goes_is_recorded_skipped() {
     let slow = Behaviour {
