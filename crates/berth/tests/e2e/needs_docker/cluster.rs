@@ -3,7 +3,7 @@
 //! deploy with load on the other edge: 0 failed requests, the other leads
 //! within 10 s, nothing stays queued or running, the next deploy succeeds.
 //! `git push` and `berth cancel` asked of the follower work as on one
-//! server.
+//! server. Traffic served by the follower's edge is in the leader's charts.
 
 use super::{host, unique, Cleanup};
 use crate::cluster::{database, instance_id, leader, member, wait_leader};
@@ -369,4 +369,98 @@ fn git_push_and_cancel_asked_of_a_follower_work_as_on_one_server() {
     let o = b.cli(&["cancel", &id]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("already ended"));
+}
+
+/// Requests to `host` through `s`'s edge until `n` got the app's answer
+/// (the first ones may find no route yet: 404 until the server's edge
+/// follows the table); returns how many reached the app.
+fn serve(s: &Server, host: &str, n: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut reached = 0;
+    while reached < n {
+        let (status, body) = s.get_host(host, "/").expect("the edge answers");
+        match status {
+            200 => reached += 1,
+            404 if reached == 0 && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            _ => panic!("{status} from the edge: {body}\n{}", s.log()),
+        }
+    }
+    reached
+}
+
+/// The requests the service page of `s` charts for deployment `id` (its
+/// legend key's `data-requests`; 0 while it has none).
+fn charted(s: &Server, project: &str, id: &str) -> u64 {
+    let url = format!(
+        "{}/console/projects/{project}/services/production/web",
+        s.api()
+    );
+    let r = s
+        .client()
+        .get(&url)
+        .bearer_auth(TOKEN)
+        .send()
+        .expect("the console answers");
+    assert_eq!(r.status().as_u16(), 200, "{url}");
+    let html = r.text().unwrap();
+    let key = format!(r#"data-deployment="{id}" data-requests=""#);
+    html.find(&key)
+        .and_then(|i| html[i + key.len()..].split('"').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Wait until the service page of `s` charts exactly `want` requests of
+/// `id` (every server samples its edge every 10 s).
+fn wait_charted(s: &Server, project: &str, id: &str, want: u64, others: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let got = charted(s, project, id);
+        if got == want {
+            return;
+        }
+        assert!(got < want, "{got} requests charted, {want} served");
+        assert!(
+            Instant::now() < deadline,
+            "the charts show {got} of the {want} requests served\nthis server:\n{}\nthe other:\n{}",
+            s.log(),
+            others.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Issue 15's charts with several servers: traffic served only by the
+/// follower's edge is charted on the leader's service page (every server
+/// writes its own per-minute rows, the page sums them), and traffic then
+/// served by the leader's edge adds to it. Both pages show the same sum.
+#[test]
+fn traffic_through_the_followers_edge_is_charted_on_the_leader() {
+    let Some(url) = database() else {
+        return;
+    };
+    let project = unique("e2ecc");
+    let _c = Cleanup(project.clone());
+    let a = member(&url);
+    let (leader_id, _) = wait_leader(&a, Duration::from_secs(10), |_, _| true);
+    assert_eq!(leader_id, instance_id(&a));
+    let b = member(&url);
+    assert_ne!(instance_id(&b), leader_id);
+    let repo = AppRepo::new("charts on two servers");
+    a.ok(&["projects", "create", &project, "--repo", repo.path()]);
+    let (ok, d) = super::deploy_wait(&a, &project);
+    assert!(ok, "{d}\n{}", a.log());
+    let id = d["id"].as_str().unwrap().to_string();
+
+    // Only the follower's edge serves: the leader's page charts it.
+    let through_b = serve(&b, &host(&project), 30);
+    wait_charted(&a, &project, &id, through_b, &b);
+    assert_eq!(charted(&b, &project, &id), through_b);
+
+    // Then the leader's edge too: the page sums both servers.
+    let through_a = serve(&a, &host(&project), 12);
+    wait_charted(&a, &project, &id, through_b + through_a, &b);
+    wait_charted(&b, &project, &id, through_b + through_a, &a);
 }
