@@ -16,8 +16,8 @@
 #             and closing it, as fast as they can (examples/flood.rs);
 #   pipeline  open loop: 64 connections writing GETs back to back without
 #             waiting for answers (examples/flood.rs).
-# Prints the second client's p50/p99 for each case. All on
-# 127.0.0.1/127.0.0.2; installs nothing.
+# Prints the second client's p50/p99 for each case, and the edge's CPU (% of
+# one core) over the flood. All on 127.0.0.1/127.0.0.2; installs nothing.
 #
 #   RATE_LIMIT=100 PROBE_SECS=8 CONNECTIONS=64 RUNS=3 FLOODS="wrk conns pipeline" bench/policy.sh
 set -euo pipefail
@@ -48,7 +48,12 @@ start_edge() { # binary port log [args...]
     "$bin" --listen "127.0.0.1:$port" --host "$HOST_HEADER" --upstream "127.0.0.1:$UP" \
         --threads "$PROXY_THREADS" "$@" 2>"$WORK/$log" &
     PIDS+=($!)
+    EDGE_PID[$port]=$!
     wait_port "$port"
+}
+declare -A EDGE_PID
+cpu_ticks() { # pid: user + system clock ticks so far
+    awk '{print $14 + $15}' "/proc/$1/stat"
 }
 start_edge "$EDGE_BIN" "$EDGE" edge.log --rate-limit "$RATE_LIMIT"
 start_edge "$EDGE_BIN" "$OPEN_EDGE" open-edge.log
@@ -72,9 +77,14 @@ flooded() { # run kind case port
         "$FLOOD_BIN" --mode "$2" --tasks "$FLOOD_TASKS" --target "127.0.0.1:$4" --host "$HOST_HEADER" --secs "$((PROBE_SECS + 2))" >"$WORK/flood.txt" &
     fi
     flood=$!
+    local t0 c0 cpu
+    t0=$(date +%s.%N) c0=$(cpu_ticks "${EDGE_PID[$4]}")
     sleep 1
     read -r n bad p50 p99 < <(probe "$4")
     wait "$flood"
+    # the edge's CPU over the whole flood, in % of one core
+    cpu=$(echo "$(cpu_ticks "${EDGE_PID[$4]}") $c0 $(date +%s.%N) $t0 $(getconf CLK_TCK)" |
+        awk '{printf "%.0f", 100 * ($1 - $2) / $5 / ($3 - $4)}')
     if [[ $2 == wrk ]]; then
         local frps fbad
         frps="$(awk '/^Requests\/sec:/ {print $2}' "$WORK/flood.txt")"
@@ -83,7 +93,7 @@ flooded() { # run kind case port
     else
         what="$(cut -d' ' -f2- "$WORK/flood.txt")"
     fi
-    row "$1" "$2, $3" "$n" "$bad" "$p50" "$p99" "$what"
+    row "$1" "$2, $3" "$n" "$bad" "$p50" "$p99" "edge cpu ${cpu}%, $what"
 }
 
 echo

@@ -194,10 +194,12 @@ mod tests {
         "berth_pipeline_duration_seconds_count",
         "berth_log_lines_dropped_total",
     ];
-    /// Added since (issue 15, the rate limit's tarpit).
+    /// Added since (issue 15, the rate limit's tarpit and connection
+    /// admission).
     const NAMES_ADDED: &[&str] = &[
         "berth_edge_rate_limited_total",
         "berth_edge_rate_limited_closed_total",
+        "berth_edge_connections_refused_total",
     ];
 
     /// A Python with `prometheus_client` (its OpenMetrics parser):
