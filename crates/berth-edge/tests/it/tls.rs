@@ -495,25 +495,24 @@ async fn over_its_rate_limit_an_address_gets_new_tls_connections_closed_before_t
     let certs = TlsCerts::new(leaf(&ca, "a.localhost"));
     let addr = serve_tls(&e.edge, certs).await;
     let h1 = || client_config(&ca.pem, &[b"http/1.1"], &[&rustls::version::TLS13]);
-    let refused = || {
+    let counter = |name: &str| {
         e.edge
             .metrics_text()
             .lines()
-            .find_map(|l| {
-                l.strip_prefix("berth_edge_connections_refused_total ")?
-                    .parse::<u64>()
-                    .ok()
-            })
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok())
             .unwrap()
     };
+    let refused = || counter("berth_edge_connections_refused_total");
     let tls = connect(addr, h1(), "a.localhost").await.unwrap();
     assert_eq!(get(tls, "a.localhost", "/").await.0, StatusCode::OK);
     // over the limit: a 429 (held a second), and 127.0.0.1 is flagged
     let tls = connect(addr, h1(), "a.localhost").await.unwrap();
-    assert_eq!(
-        get(tls, "a.localhost", "/").await.0,
-        StatusCode::TOO_MANY_REQUESTS
-    );
+    let held = tokio::spawn(async move { get(tls, "a.localhost", "/").await.0 });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while counter("berth_edge_rate_limited_total") < 1 {
+        assert!(std::time::Instant::now() < deadline, "no 429");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
     // one more connection is allowed, the next is closed before its
     // handshake; another address shakes hands
     let kept = connect(addr, h1(), "a.localhost").await.unwrap();
@@ -527,6 +526,7 @@ async fn over_its_rate_limit_an_address_gets_new_tls_connections_closed_before_t
         .await
         .unwrap();
     assert_eq!(get(other, "a.localhost", "/").await.0, StatusCode::OK);
+    assert_eq!(held.await.unwrap(), StatusCode::TOO_MANY_REQUESTS);
     drop(kept);
     assert_eq!(refused(), 1);
 }
