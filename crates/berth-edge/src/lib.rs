@@ -31,7 +31,8 @@
 //! `stats.rs` (typed per-target counters for canary judgement); `trace.rs`
 //! W3C trace context; `sticky.rs` sticky canary visitors (cookie, pin
 //! values); `policy.rs` a route's edge policies (allow, rate limit,
-//! body limit, basic auth, maintenance); `observe.rs` per-request records and the access log;
+//! body limit, basic auth, maintenance) and, edge-wide, the tarpit of 429s
+//! and connection admission of addresses over a limit; `observe.rs` per-request records and the access log;
 //! `otlp.rs` the span exporter.
 //!
 //! # API
