@@ -63,6 +63,8 @@ pub struct PgStore {
     sealer: Sealer,
     /// `host:port` (or the socket dir), for messages; never the password.
     target: String,
+    /// [`STALE_SEEN`] when this store last cleared its connections' caches.
+    stale_seen: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -144,7 +146,8 @@ async fn write_tx(c: &mut deadpool_postgres::Object) -> Result<deadpool_postgres
 /// Inside a transaction the server has already aborted it, so one statement
 /// cannot be redone alone: the error is returned (the cache cleared, so the
 /// caller's next attempt works) and the writer's transaction rolls back
-/// whole, as on any other error.
+/// whole, as on any other error. Either way the next checkout clears every
+/// other connection's cache too ([`STALE_SEEN`]).
 #[async_trait]
 trait Cached: GenericClient {
     /// This connection's statement cache.
@@ -160,6 +163,7 @@ trait Cached: GenericClient {
             return false;
         }
         self.cache().clear();
+        STALE_SEEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(
             in_transaction = self.in_transaction(),
             "postgresql: a table changed under a cached statement; statement cache cleared"
@@ -248,6 +252,14 @@ impl Cached for deadpool_postgres::Transaction<'_> {
     }
 }
 
+/// Counts the stale cached statements met in this process: the change that
+/// made one connection's statements stale made the others' stale too, so a
+/// store's next checkout ([`PgStore::client`]) after the count moved clears
+/// every connection's cache, and at most the transactions already running
+/// meet the error (not one per connection). Process-wide, so each store
+/// compares it with its own copy (`PgStore::stale_seen`).
+static STALE_SEEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// The server's answer to a cached statement whose result columns changed
 /// type since it was prepared (SQLSTATE 0A000 "cached plan must not change
 /// result type").
@@ -305,6 +317,9 @@ impl PgStore {
             pool,
             sealer: Sealer::new(cipher),
             target,
+            stale_seen: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(
+                STALE_SEEN.load(std::sync::atomic::Ordering::Relaxed),
+            )),
         };
         let mut c = store.client().await?;
         migrate(&mut c).await?;
@@ -318,6 +333,11 @@ impl PgStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let seen = STALE_SEEN.load(Relaxed);
+        if self.stale_seen.swap(seen, Relaxed) != seen {
+            self.pool.manager().statement_caches.clear();
+        }
         self.pool.get().await.map_err(|e| {
             let why = match &e {
                 deadpool_postgres::PoolError::Backend(e) => match e.as_db_error() {
@@ -2393,6 +2413,11 @@ impl Store for PgStore {
 mod tests {
     use super::*;
 
+    /// The tests that count cached statements or meet stale ones, one at a
+    /// time: meeting one moves the process-wide [`STALE_SEEN`], which makes
+    /// every store of the process clear its caches at its next checkout.
+    static STALE_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     /// The statement cache of the pool's one connection.
     async fn cached(store: &PgStore) -> usize {
         store.client().await.unwrap().statement_cache.size()
@@ -2445,6 +2470,7 @@ mod tests {
         let Some(base) = crate::testpg::require() else {
             return;
         };
+        let _one = STALE_TESTS.lock().await;
         let url = crate::testpg::fresh_database(&base).await;
         let store = PgStore::connect(&url, Cipher::from_key([3; 32]))
             .await
@@ -2483,6 +2509,7 @@ mod tests {
         let Some(base) = crate::testpg::require() else {
             return;
         };
+        let _one = STALE_TESTS.lock().await;
         let url = crate::testpg::fresh_database(&base).await;
         let store = PgStore::connect(&url, Cipher::from_key([4; 32]))
             .await
@@ -2533,5 +2560,55 @@ mod tests {
         assert_eq!(store.get_project("shop").await.unwrap().retain_images, 4);
         let p = store.update_project("shop", patch(5)).await.unwrap();
         assert_eq!((p.retain_images, p.repo.as_str()), (5, "/srv/git/shop.git"));
+    }
+
+    /// One connection meeting a stale statement clears every connection's
+    /// cache at the next checkout: a write transaction on another primed
+    /// connection then succeeds instead of failing in its turn.
+    #[tokio::test]
+    async fn a_stale_statement_on_one_connection_clears_every_connection() {
+        let Some(base) = crate::testpg::require() else {
+            return;
+        };
+        let _one = STALE_TESTS.lock().await;
+        let url = crate::testpg::fresh_database(&base).await;
+        let store = PgStore::connect(&url, Cipher::from_key([4; 32]))
+            .await
+            .unwrap();
+        store.pool.resize(2);
+        store
+            .create_project(NewProject {
+                name: "shop".into(),
+                repo: "/srv/git/shop.git".into(),
+                default_branch: "main".into(),
+                retain_images: 3,
+                webhook_secret: None,
+                deploy_key: None,
+                created_at: Utc::now(),
+            })
+            .await
+            .unwrap();
+        // Two connections, both with the project read cached.
+        let a = store.client().await.unwrap();
+        let b = store.client().await.unwrap();
+        get_project(&a, "shop").await.unwrap();
+        get_project(&b, "shop").await.unwrap();
+        drop(b);
+        alter_repo_type(&url, "VARCHAR(4096)").await;
+        // `a` meets the stale statement (and reads again); `b`, the only
+        // idle connection while `a` is held, serves the write.
+        get_project(&a, "shop").await.unwrap();
+        let p = store
+            .update_project(
+                "shop",
+                ProjectPatch {
+                    retain_images: Some(7),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("the other connection's cache was cleared too");
+        assert_eq!(p.retain_images, 7);
+        drop(a);
     }
 }
