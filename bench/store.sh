@@ -16,7 +16,8 @@
 #  3. the PostgreSQL side: the size of the deployment records as text and
 #     as stored (and their TOAST compression), and with pg_stat_statements
 #     (when installed) the server's own time per statement of the last
-#     round of GETs.
+#     round of GETs, beside what the servers' background loops ran
+#     meanwhile.
 # Each line prints both stores and the PostgreSQL/SQLite ratio of the p99.
 # PG_BEFORE_0012=1 undoes the PostgreSQL migration 0012 right after start
 # (deployment records compressed with pglz, no deployments_recent index):
@@ -209,7 +210,7 @@ psql_q "SELECT '  deployments.data: ' || count(*) || ' rows, ' || coalesce(avg(o
         || coalesce(avg(pg_column_size(data))::int, 0) || ' B stored (compression: '
         || coalesce(string_agg(DISTINCT coalesce(pg_column_compression(data), 'none'), ','), '-') || ')' FROM deployments"
 if [ ${#STATS[@]} != 0 ]; then
-    echo "  server time per statement (pg_stat_statements, the last round of GETs):"
+    echo "  server time per statement (pg_stat_statements, the last round of GETs and what the servers did meanwhile):"
     psql_q "SELECT format('    %s calls, mean %s ms, max %s ms: %s', calls, round(mean_exec_time::numeric, 3), round(max_exec_time::numeric, 3), left(regexp_replace(query, '\s+', ' ', 'g'), 100))
-            FROM pg_stat_statements WHERE query ~ '^SELECT (d\.data|name, repo)' ORDER BY calls DESC LIMIT 4"
+            FROM pg_stat_statements WHERE query !~* 'pg_stat_statements' ORDER BY calls DESC LIMIT 10"
 fi
