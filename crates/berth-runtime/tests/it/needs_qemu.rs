@@ -476,6 +476,29 @@ fn processes_mentioning(needle: &str) -> Vec<u32> {
         .collect()
 }
 
+/// A new volume on the engine named `prefix-<unique>`, labelled as this
+/// crate's test volume and removed by `cleanup`, with its directory on
+/// this host (what virtiofsd serves).
+async fn test_volume(
+    engine: &berth_runtime::DockerVolumes,
+    docker: &bollard::Docker,
+    cleanup: &mut testing::Cleanup,
+    prefix: &str,
+) -> (String, std::path::PathBuf) {
+    use berth_runtime::Volumes;
+    let volume = format!("{prefix}-{}", testing::unique_suffix());
+    cleanup.volume(volume.clone());
+    let labels =
+        std::collections::BTreeMap::from([(TEST_LABEL.to_owned(), "berth-runtime".to_owned())]);
+    engine.ensure(&volume, &labels).await.expect("ensure");
+    let mountpoint = docker
+        .inspect_volume(&volume)
+        .await
+        .expect("inspect volume")
+        .mountpoint;
+    (volume, std::fs::canonicalize(mountpoint).unwrap())
+}
+
 /// Volumes in VMs (virtio-fs): a VM writes into a named volume of the
 /// engine and the host sees it in the engine's directory; an empty volume
 /// mounted over a directory of the image gets the image's files (as
@@ -488,7 +511,6 @@ fn processes_mentioning(needle: &str) -> Vec<u32> {
 async fn vms_share_a_volume_through_virtio_fs_and_leave_no_daemon_behind() {
     use berth_runtime::microvm::volumes::WithVms;
     use berth_runtime::{DockerVolumes, VolumeMount, Volumes};
-    use std::collections::BTreeMap;
     use std::sync::Arc;
     let test = "vms_share_a_volume_through_virtio_fs_and_leave_no_daemon_behind";
     if vm_testing::require_volumes(test).is_none() {
@@ -500,27 +522,8 @@ async fn vms_share_a_volume_through_virtio_fs_and_leave_no_daemon_behind() {
     let docker = testing::connect().await.expect("connect to docker");
     let engine = DockerVolumes::from_docker(docker.clone());
     let mut cleanup = testing::Cleanup::new();
-    let volume = format!("berth-mvm-test-{}", testing::unique_suffix());
-    cleanup.volume(volume.clone());
-    let labels = BTreeMap::from([(TEST_LABEL.to_owned(), "berth-runtime".to_owned())]);
-    engine.ensure(&volume, &labels).await.expect("ensure");
-    let host_dir = std::path::PathBuf::from(
-        docker
-            .inspect_volume(&volume)
-            .await
-            .expect("inspect volume")
-            .mountpoint,
-    );
-    let www = format!("berth-mvm-test-www-{}", testing::unique_suffix());
-    cleanup.volume(www.clone());
-    engine.ensure(&www, &labels).await.expect("ensure www");
-    let www_dir = std::path::PathBuf::from(
-        docker
-            .inspect_volume(&www)
-            .await
-            .expect("inspect volume")
-            .mountpoint,
-    );
+    let (volume, host_dir) = test_volume(&engine, &docker, &mut cleanup, "berth-mvm-test").await;
+    let (www, www_dir) = test_volume(&engine, &docker, &mut cleanup, "berth-mvm-test-www").await;
     let volumes = WithVms::new(Arc::new(engine), rt.clone());
     let with_volume = |command: &str| {
         let mut s = spec(&image, command);
@@ -632,7 +635,6 @@ async fn vms_share_a_volume_through_virtio_fs_and_leave_no_daemon_behind() {
 async fn a_volume_works_with_virtiofsd_in_its_chroot_sandbox() {
     use berth_runtime::microvm::virtiofs::Sandbox;
     use berth_runtime::{DockerVolumes, VolumeMount, Volumes};
-    use std::collections::BTreeMap;
     let test = "a_volume_works_with_virtiofsd_in_its_chroot_sandbox";
     if vm_testing::require_volumes(test).is_none() {
         return;
@@ -644,18 +646,8 @@ async fn a_volume_works_with_virtiofsd_in_its_chroot_sandbox() {
     let docker = testing::connect().await.expect("connect to docker");
     let engine = DockerVolumes::from_docker(docker.clone());
     let mut cleanup = testing::Cleanup::new();
-    let volume = format!("berth-mvm-test-chroot-{}", testing::unique_suffix());
-    cleanup.volume(volume.clone());
-    let labels = BTreeMap::from([(TEST_LABEL.to_owned(), "berth-runtime".to_owned())]);
-    engine.ensure(&volume, &labels).await.expect("ensure");
-    let host_dir = std::fs::canonicalize(
-        docker
-            .inspect_volume(&volume)
-            .await
-            .expect("inspect volume")
-            .mountpoint,
-    )
-    .unwrap();
+    let (volume, host_dir) =
+        test_volume(&engine, &docker, &mut cleanup, "berth-mvm-test-chroot").await;
     std::fs::write(host_dir.join("from-host"), "put by the host\n").unwrap();
 
     let mut s = spec(
@@ -717,7 +709,6 @@ async fn a_volume_works_with_virtiofsd_in_its_chroot_sandbox() {
 async fn a_read_only_volume_stays_read_only_even_if_the_guest_remounts_it() {
     use berth_runtime::microvm::virtiofs::{self, Sandbox};
     use berth_runtime::{DockerVolumes, VolumeMount, Volumes};
-    use std::collections::BTreeMap;
     let test = "a_read_only_volume_stays_read_only_even_if_the_guest_remounts_it";
     if vm_testing::require_volumes(test).is_none() {
         return;
@@ -728,18 +719,7 @@ async fn a_read_only_volume_stays_read_only_even_if_the_guest_remounts_it() {
     let docker = testing::connect().await.expect("connect to docker");
     let engine = DockerVolumes::from_docker(docker.clone());
     let mut cleanup = testing::Cleanup::new();
-    let volume = format!("berth-mvm-test-ro-{}", testing::unique_suffix());
-    cleanup.volume(volume.clone());
-    let labels = BTreeMap::from([(TEST_LABEL.to_owned(), "berth-runtime".to_owned())]);
-    engine.ensure(&volume, &labels).await.expect("ensure");
-    let host_dir = std::fs::canonicalize(
-        docker
-            .inspect_volume(&volume)
-            .await
-            .expect("inspect volume")
-            .mountpoint,
-    )
-    .unwrap();
+    let (volume, host_dir) = test_volume(&engine, &docker, &mut cleanup, "berth-mvm-test-ro").await;
     std::fs::write(host_dir.join("from-host"), "put by the host\n").unwrap();
 
     let mut s = spec(

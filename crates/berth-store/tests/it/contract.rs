@@ -2024,6 +2024,35 @@ pub async fn metric_minutes_of_several_members_are_summed_with_p95_of_the_merged
     );
 }
 
+/// After the upgrade that keys `metric_minutes` by member: a row written
+/// before it (for deployment d1 of shop/production/web at `t0`: 40
+/// requests, 2 errors, p95 12.5 ms) is listed, and a member's row of the
+/// same minute adds to it. The upgrade test of each backend writes the row.
+pub async fn a_minute_from_before_members_counts(s: &dyn Store, t0: chrono::DateTime<Utc>) {
+    let rows = s
+        .list_metric_minutes("shop", "production", "web", t0)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (rows[0].requests, rows[0].errors, rows[0].p95_ms),
+        (40, 2, Some(12.5))
+    );
+    s.put_metric_minutes(&[MetricMinute {
+        member: "m1".into(),
+        requests: 10,
+        ..rows[0].clone()
+    }])
+    .await
+    .unwrap();
+    let rows = s
+        .list_metric_minutes("shop", "production", "web", t0)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].requests, 50);
+}
+
 // --- pushed repositories, cancel requests (cluster) ---
 /// A pushed repository's bundle is saved only over the version the pusher
 /// started from (a second server's push in between is refused, nothing

@@ -238,28 +238,7 @@ async fn metric_minutes_written_before_members_were_kept_survive_the_upgrade() {
     let s = PgStore::connect(&url, Cipher::from_key([4; 32]))
         .await
         .unwrap();
-    let rows = s
-        .list_metric_minutes("shop", "production", "web", t0)
-        .await
-        .unwrap();
-    assert_eq!(rows.len(), 1, "{rows:?}");
-    assert_eq!(
-        (rows[0].requests, rows[0].errors, rows[0].p95_ms),
-        (40, 2, Some(12.5))
-    );
-    s.put_metric_minutes(&[MetricMinute {
-        member: "m1".into(),
-        requests: 10,
-        ..rows[0].clone()
-    }])
-    .await
-    .unwrap();
-    let rows = s
-        .list_metric_minutes("shop", "production", "web", t0)
-        .await
-        .unwrap();
-    assert_eq!(rows.len(), 1, "{rows:?}");
-    assert_eq!(rows[0].requests, 50);
+    crate::contract::a_minute_from_before_members_counts(&s, t0).await;
 }
 
 /// A deployment record long enough for TOAST (its steps' log tails) is
